@@ -375,8 +375,11 @@ echo blkgw-vm >"$stage/etc/hostname"
 	cpio -o -H newc -R 0:0 --reproducible --quiet) >"$out/initrd.tmp"
 mv -f "$out/initrd.tmp" "$out/initrd"
 mv -f "$out/manifest.txt.tmp" "$out/manifest.txt"
-ln -f "$kdir/vmlinuz" "$out/vmlinuz.tmp" 2>/dev/null || cp "$kdir/vmlinuz" "$out/vmlinuz.tmp"
-mv -f "$out/vmlinuz.tmp" "$out/vmlinuz"
+if [ ! "$out/vmlinuz" -ef "$kdir/vmlinuz" ]; then
+	rm -f "$out/vmlinuz.tmp"
+	ln "$kdir/vmlinuz" "$out/vmlinuz.tmp" 2>/dev/null || cp "$kdir/vmlinuz" "$out/vmlinuz.tmp"
+	mv -f "$out/vmlinuz.tmp" "$out/vmlinuz"
+fi
 echo "$kver" >"$out/kernel-version"
 
 size=$(stat -c %s "$out/initrd")

@@ -137,6 +137,25 @@ bg_wait() {
 }
 _vm_gone() { ! kill -0 "$1" 2>/dev/null || grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
 
+# --- host binaries -------------------------------------------------------------
+
+# Debian's busybox sh runs its own applet for a bare command name even when
+# PATH has a real binary first (FEATURE_PREFER_APPLETS). For each binary that
+# build-guest.sh added to /usr/local/bin under an applet's name (blkdiscard,
+# losetup, ...), define a function so a bare name runs the added binary in
+# this shell. Child shells (sh -c) need the full path /usr/local/bin/NAME.
+_vm_shadow_applets() {
+	local f n
+	for f in /usr/local/bin/*; do
+		[ -x "$f" ] || continue
+		n=${f##*/}
+		case "$n" in *[!A-Za-z0-9_]*|[0-9]*) continue ;; esac
+		/bin/busybox --list 2>/dev/null | /bin/busybox grep -qx "$n" || continue
+		eval "$n() { $f \"\$@\"; }"
+	done
+}
+_vm_shadow_applets
+
 # --- kernel modules --------------------------------------------------------
 
 # load_module NAME [PARAM=VALUE...]: insmod NAME after its dependencies

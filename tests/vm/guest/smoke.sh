@@ -1,5 +1,6 @@
 # shellcheck shell=dash
 # vm-smoke: the guest boots, every module loads, the device nodes appear.
+# shellcheck source=SCRIPTDIR/../guest-lib.sh
 . /lib/blkgw-vm/guest-lib.sh
 
 check_eq "kernel is the 6.12 test kernel" "$(cat /lib/blkgw-vm/kernel-version)" "$(uname -r)"
@@ -15,5 +16,6 @@ check "/dev/nbd0 is a block device" wait_for 5 test -b /dev/nbd0
 check "/dev/ublk-control is a char device" wait_for 5 test -c /dev/ublk-control
 check "/dev/vduse/control is a char device" wait_for 5 test -c /dev/vduse/control
 check "virtio_vdpa driver is on the vdpa bus" wait_for 5 test -d /sys/bus/vdpa/drivers/virtio_vdpa
-check "nbd0 is not connected" sh -c '[ "$(cat /sys/block/nbd0/size)" = 0 ]'
-check "a tmpfs is writable" sh -c 'echo hi >/tmp/x && [ "$(cat /tmp/x)" = hi ]'
+check_eq "nbd0 is not connected (size 0)" 0 "$(cat /sys/block/nbd0/size)"
+echo hi >/tmp/x
+check_eq "/tmp is a writable tmpfs" hi "$(cat /tmp/x)"
