@@ -20,6 +20,7 @@ struct probe {
 	struct vu_queue *q;
 	const struct vu_client_info *in;
 	int failures;
+	int timeout_ms;
 	bool verbose;
 };
 
@@ -33,6 +34,7 @@ static void usage(FILE *f)
 		"  -q, --queue N         virtqueue to use (default 0)\n"
 		"  -n, --no-discard      skip the discard and write-zeroes steps\n"
 		"  -w, --wait SECONDS    retry connecting this long (default 0)\n"
+		"  -T, --timeout MS      give up on a request after MS (default 30000)\n"
 		"  -t, --trace           log every vhost-user message\n"
 		"  -v, --verbose         say what each step does\n");
 }
@@ -108,7 +110,7 @@ static int run1(struct probe *p, struct vu_blk_req *rq, struct vu_blk_cpl *out)
 		}
 		if (r == 1)
 			break;
-		r = vu_queue_wait(p->q, 30000);
+		r = vu_queue_wait(p->q, p->timeout_ms);
 		if (r < 0) {
 			fprintf(stderr, "vu-blk-probe: %s\n", vu_queue_errmsg(p->q));
 			return r;
@@ -246,20 +248,21 @@ int main(int argc, char **argv)
 		{ "queue", required_argument, NULL, 'q' },
 		{ "no-discard", no_argument, NULL, 'n' },
 		{ "wait", required_argument, NULL, 'w' },
+		{ "timeout", required_argument, NULL, 'T' },
 		{ "trace", no_argument, NULL, 't' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct vu_client_opts copts = { 0 };
-	struct probe p = { 0 };
+	struct probe p = { .timeout_ms = 30000 };
 	uint64_t off = 0, len = 65536;
 	unsigned long qidx = 0;
 	bool info_only = false, do_discard = true;
 	char err[256], *end;
 	int ch, r;
 
-	while ((ch = getopt_long(argc, argv, "io:l:q:nw:tvh", lopts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "io:l:q:nw:T:tvh", lopts, NULL)) != -1) {
 		switch (ch) {
 		case 'i':
 			info_only = true;
@@ -291,6 +294,9 @@ int main(int argc, char **argv)
 			break;
 		case 'w':
 			copts.connect_timeout_ms = (unsigned int)strtoul(optarg, NULL, 0) * 1000u;
+			break;
+		case 'T':
+			p.timeout_ms = (int)strtol(optarg, NULL, 0);
 			break;
 		case 't':
 			copts.trace = true;

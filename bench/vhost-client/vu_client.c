@@ -372,11 +372,23 @@ static void trace_msg(const struct vu_client *c, const char *dir,
 		return;
 	fprintf(stderr, "vu_client: %s %s(%u) flags=0x%x size=%u", dir,
 		req_name(m->request), m->request, m->flags, m->size);
-	if (m->size == 8)
-		fprintf(stderr, " u64=0x%" PRIx64, m->p.u64);
-	else if (m->size == sizeof(struct vu_vring_state))
-		fprintf(stderr, " index=%u num=%u", m->p.state.index,
-			m->p.state.num);
+	switch (m->request) {
+	case VU_SET_VRING_NUM:
+	case VU_SET_VRING_BASE:
+	case VU_GET_VRING_BASE:
+	case VU_SET_VRING_ENABLE:
+		if (m->size == sizeof(struct vu_vring_state) && !(m->flags & VU_FLAG_REPLY &&
+								 m->request != VU_GET_VRING_BASE)) {
+			fprintf(stderr, " index=%u num=%u", m->p.state.index,
+				m->p.state.num);
+			break;
+		}
+		/* fall through */
+	default:
+		if (m->size == 8)
+			fprintf(stderr, " u64=0x%" PRIx64, m->p.u64);
+		break;
+	}
 	if (nfds)
 		fprintf(stderr, " fds=%d", nfds);
 	fputc('\n', stderr);
