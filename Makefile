@@ -1,0 +1,33 @@
+# Thin wrapper around CMake: `make run` and `make test` do all set-up on a
+# fresh Debian 12 machine (missing packages are installed with apt-get).
+BUILD     ?= build
+BUILDTYPE ?= RelWithDebInfo
+MANIFEST  ?= config/examples/quickstart.yaml
+JOBS      ?= $(shell nproc)
+
+.PHONY: all deps deps-test configure build run test check-manifest clean
+
+all: build
+
+deps:
+	@scripts/deps.sh build
+
+deps-test:
+	@scripts/deps.sh test
+
+configure: deps
+	@if [ ! -f $(BUILD)/CMakeCache.txt ]; then \
+	  cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILDTYPE); fi
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	@scripts/quickstart-banner.sh $(MANIFEST)
+	exec ./$(BUILD)/blkgw serve $(MANIFEST)
+
+test: deps-test build
+	cd $(BUILD) && ctest --output-on-failure --timeout 900 $(CTEST_ARGS)
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,40 @@
+#!/bin/sh
+# Install the Debian 12 packages blkgw needs, only those that are missing.
+#   scripts/deps.sh build   what building needs
+#   scripts/deps.sh test    what building and every test (VM tests included) need
+set -eu
+
+build_pkgs="build-essential cmake pkg-config liburing-dev libev-dev libjson-c-dev
+  libyaml-dev libcurl4-openssl-dev libnbd-dev"
+# Test clients and peers: real NBD clients (libnbd tools, qemu-img/qemu-io, fio),
+# peers for the benchmarks (nbdkit, qemu-storage-daemon), and what the test VM
+# is built from (QEMU, busybox, cpio, xz, e2fsprogs, nbd-client).
+test_pkgs="libnbd-bin python3-libnbd nbdkit fio qemu-utils qemu-system-x86
+  qemu-block-extra jq cpio busybox-static xz-utils e2fsprogs util-linux nbd-client
+  procps kmod file binutils dpkg-dev"
+
+case "${1:-build}" in
+  build) want="$build_pkgs" ;;
+  test)  want="$build_pkgs $test_pkgs" ;;
+  *) echo "usage: $0 build|test" >&2; exit 2 ;;
+esac
+
+missing=""
+for p in $want; do
+  if ! dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+    missing="$missing $p"
+  fi
+done
+[ -z "$missing" ] && exit 0
+
+echo "deps: installing:$missing"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "deps: need root (or sudo) to install:$missing" >&2; exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -q --no-install-recommends $missing
