@@ -1,0 +1,83 @@
+#include "gateway/log.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+enum gw_log_level gw_log_threshold = GW_LOG_INFO;
+
+static __thread char thread_name[16] = "main";
+static const char *const level_names[] = {
+	[GW_LOG_ERR] = "error",
+	[GW_LOG_WARN] = "warn",
+	[GW_LOG_INFO] = "info",
+	[GW_LOG_DEBUG] = "debug",
+};
+
+void gw_log_set_level(enum gw_log_level level)
+{
+	gw_log_threshold = level;
+}
+
+int gw_log_parse_level(const char *s, enum gw_log_level *out)
+{
+	for (size_t i = 0; i < GW_ARRAY_SIZE(level_names); i++) {
+		if (strcmp(s, level_names[i]) == 0) {
+			*out = (enum gw_log_level)i;
+			return 0;
+		}
+	}
+	if (strcmp(s, "warning") == 0) {
+		*out = GW_LOG_WARN;
+		return 0;
+	}
+	return -1;
+}
+
+const char *gw_log_level_name(enum gw_log_level level)
+{
+	return level < GW_ARRAY_SIZE(level_names) ? level_names[level] : "?";
+}
+
+void gw_log_set_thread_name(const char *name)
+{
+	gw_strlcpy(thread_name, name, sizeof(thread_name));
+	pthread_setname_np(pthread_self(), thread_name);
+}
+
+void gw_log(enum gw_log_level level, const char *fmt, ...)
+{
+	char line[1024];
+	int saved = errno;
+	struct timespec ts;
+	struct tm tm;
+	size_t n;
+	va_list ap;
+
+	if (level > gw_log_threshold)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	n = strftime(line, sizeof(line), "%H:%M:%S", &tm);
+	n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03ld blkgw[%s] %s: ",
+			      ts.tv_nsec / 1000000, thread_name, gw_log_level_name(level));
+	if (n < sizeof(line)) {
+		va_start(ap, fmt);
+		errno = saved;
+		vsnprintf(line + n, sizeof(line) - n, fmt, ap);
+		va_end(ap);
+	}
+	n = strlen(line);
+	if (n >= sizeof(line) - 1)
+		n = sizeof(line) - 2;
+	line[n++] = '\n';
+	/* One write per line so threads never interleave inside a line. */
+	if (write(STDERR_FILENO, line, n) < 0) {
+		/* nothing sensible to do */
+	}
+	errno = saved;
+}

@@ -1,0 +1,349 @@
+#include "gateway/opts.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "gateway/util.h"
+
+int gw_parse_u64(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	if (!s || !*s || *s == '-' || *s == '+' || *s == ' ')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 0);
+	if (errno == ERANGE)
+		return -ERANGE;
+	if (end == s || *end)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+int gw_parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+	unsigned shift = 0;
+
+	if (!s || !*s || *s < '0' || *s > '9')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno == ERANGE)
+		return -ERANGE;
+	switch (*end) {
+	case '\0':
+		break;
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 't': case 'T': shift = 40; end++; break;
+	case 'p': case 'P': shift = 50; end++; break;
+	case 'e': case 'E': shift = 60; end++; break;
+	case 'b': case 'B':
+		break;
+	default:
+		return -EINVAL;
+	}
+	/* Optional "iB" or "B" after a unit, or a lone "B" for bytes. */
+	if (shift && (strcmp(end, "iB") == 0 || strcmp(end, "ib") == 0))
+		end += 2;
+	else if (strcmp(end, "B") == 0 || strcmp(end, "b") == 0)
+		end += 1;
+	if (*end)
+		return -EINVAL;
+	if (shift && v > (UINT64_MAX >> shift))
+		return -ERANGE;
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+int gw_parse_bool(const char *s, bool *out)
+{
+	static const char *yes[] = { "true", "yes", "on", "True", "TRUE", "Yes", "YES", "On", "ON" };
+	static const char *no[] = { "false", "no", "off", "False", "FALSE", "No", "NO", "Off", "OFF" };
+
+	for (size_t i = 0; i < GW_ARRAY_SIZE(yes); i++) {
+		if (strcmp(s, yes[i]) == 0) {
+			*out = true;
+			return 0;
+		}
+		if (strcmp(s, no[i]) == 0) {
+			*out = false;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+const struct gw_opt_desc *gw_opt_find(const struct gw_opt_schema *s, const char *key)
+{
+	for (size_t i = 0; i < s->nopts; i++)
+		if (strcmp(s->opts[i].key, key) == 0)
+			return &s->opts[i];
+	return NULL;
+}
+
+unsigned gw_edit_distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	unsigned row[64 + 1];
+
+	if (la > 64 || lb > 64)
+		return UINT_MAX;
+	for (size_t j = 0; j <= lb; j++)
+		row[j] = (unsigned)j;
+	for (size_t i = 1; i <= la; i++) {
+		unsigned diag = row[0];
+
+		row[0] = (unsigned)i;
+		for (size_t j = 1; j <= lb; j++) {
+			unsigned up = row[j];
+			unsigned cost = a[i - 1] == b[j - 1] ? 0 : 1;
+			unsigned best = diag + cost;
+
+			if (up + 1 < best)
+				best = up + 1;
+			if (row[j - 1] + 1 < best)
+				best = row[j - 1] + 1;
+			row[j] = best;
+			diag = up;
+		}
+	}
+	return row[lb];
+}
+
+const char *gw_opt_closest(const struct gw_opt_schema *s, const char *key)
+{
+	const char *best = NULL;
+	unsigned bestd = UINT_MAX;
+
+	for (size_t i = 0; i < s->nopts; i++) {
+		unsigned d = gw_edit_distance(key, s->opts[i].key);
+
+		if (d < bestd) {
+			bestd = d;
+			best = s->opts[i].key;
+		}
+	}
+	/* Close means: at most a third of the key's letters differ (and at least one may). */
+	if (best && bestd <= GW_MAX(1u, (unsigned)strlen(key) / 3))
+		return best;
+	return NULL;
+}
+
+const char *gw_opt_type_hint(const struct gw_opt_desc *d)
+{
+	switch (d->type) {
+	case GW_OPT_STR: return "a string";
+	case GW_OPT_PATH: return "a path";
+	case GW_OPT_BOOL: return "true or false";
+	case GW_OPT_U32: return "a whole number";
+	case GW_OPT_SIZE: return "a size such as 4096, 64M or 1G";
+	case GW_OPT_MODE: return "an octal file mode such as 0600";
+	case GW_OPT_HOSTPORT: return "HOST:PORT such as 127.0.0.1:10809";
+	case GW_OPT_ENUM: return "one of the listed words";
+	}
+	return "a value";
+}
+
+int gw_split_hostport(const char *s, char **host, char **port)
+{
+	const char *colon;
+	const char *h, *hend;
+
+	if (s[0] == '[') {
+		hend = strchr(s, ']');
+		if (!hend || hend[1] != ':')
+			return -EINVAL;
+		h = s + 1;
+		colon = hend + 1;
+	} else {
+		colon = strrchr(s, ':');
+		if (!colon || memchr(s, ':', (size_t)(colon - s)))
+			return -EINVAL;
+		h = s;
+		hend = colon;
+	}
+	if (hend == h || !colon[1])
+		return -EINVAL;
+	for (const char *p = colon + 1; *p; p++)
+		if (*p < '0' || *p > '9')
+			return -EINVAL;
+	long pn = strtol(colon + 1, NULL, 10);
+	if (pn < 1 || pn > 65535)
+		return -ERANGE;
+	*host = strndup(h, (size_t)(hend - h));
+	*port = strdup(colon + 1);
+	if (!*host || !*port) {
+		free(*host);
+		free(*port);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static char *resolve_path(const char *text, const char *dir)
+{
+	char *p;
+
+	if (text[0] == '/' || !dir || !*dir)
+		return strdup(text);
+	if (asprintf(&p, "%s/%s", dir, text) < 0)
+		return NULL;
+	return p;
+}
+
+int gw_opt_set(const struct gw_opt_desc *d, const char *text, const char *dir, void *base,
+	       char *err, size_t errlen)
+{
+	void *field = (char *)base + d->offset;
+	uint64_t v, lo = d->min, hi = d->max;
+	bool b;
+	int rc;
+
+	switch (d->type) {
+	case GW_OPT_STR:
+	case GW_OPT_PATH:
+		if (!*text) {
+			gw_seterr(err, errlen, "'%s' must not be empty", d->key);
+			return -1;
+		}
+		free(*(char **)field);
+		*(char **)field = d->type == GW_OPT_PATH ? resolve_path(text, dir) : strdup(text);
+		return 0;
+	case GW_OPT_ENUM:
+		for (const char *const *c = d->choices; c && *c; c++) {
+			if (strcmp(*c, text) == 0) {
+				free(*(char **)field);
+				*(char **)field = strdup(text);
+				return 0;
+			}
+		}
+		{
+			char list[256] = "";
+			size_t n = 0;
+
+			for (const char *const *c = d->choices; c && *c; c++)
+				n += (size_t)snprintf(list + n, n < sizeof(list) ? sizeof(list) - n : 0,
+						      "%s%s", n ? ", " : "", *c);
+			gw_seterr(err, errlen, "'%s' must be one of: %s (got '%s')", d->key, list, text);
+		}
+		return -1;
+	case GW_OPT_HOSTPORT: {
+		char *h, *p;
+
+		rc = gw_split_hostport(text, &h, &p);
+		if (rc) {
+			gw_seterr(err, errlen, "'%s' must be %s (got '%s')", d->key,
+				  gw_opt_type_hint(d), text);
+			return -1;
+		}
+		free(h);
+		free(p);
+		free(*(char **)field);
+		*(char **)field = strdup(text);
+		return 0;
+	}
+	case GW_OPT_BOOL:
+		if (gw_parse_bool(text, &b)) {
+			gw_seterr(err, errlen, "'%s' must be true or false (got '%s')", d->key, text);
+			return -1;
+		}
+		*(bool *)field = b;
+		return 0;
+	case GW_OPT_U32:
+		if (!hi)
+			hi = UINT32_MAX;
+		rc = gw_parse_u64(text, &v);
+		if (rc || v < lo || v > hi) {
+			gw_seterr(err, errlen, "'%s' must be a whole number from %llu to %llu (got '%s')",
+				  d->key, (unsigned long long)lo, (unsigned long long)hi, text);
+			return -1;
+		}
+		*(uint32_t *)field = (uint32_t)v;
+		return 0;
+	case GW_OPT_MODE: {
+		char *end;
+		const char *t = text;
+
+		if (t[0] == '0' && (t[1] == 'o' || t[1] == 'O'))
+			t += 2;
+		errno = 0;
+		v = strtoull(t, &end, 8);
+		if (!*t || *end || errno || v > 07777) {
+			gw_seterr(err, errlen, "'%s' must be %s (got '%s')", d->key,
+				  gw_opt_type_hint(d), text);
+			return -1;
+		}
+		*(uint32_t *)field = (uint32_t)v;
+		return 0;
+	}
+	case GW_OPT_SIZE: {
+		char a[32], c[32];
+
+		if (!hi)
+			hi = UINT64_MAX;
+		rc = gw_parse_size(text, &v);
+		if (rc) {
+			gw_seterr(err, errlen,
+				  "'%s': bad size '%s': use a number of bytes with an optional K, M, G or T suffix (binary units), e.g. 64M",
+				  d->key, text);
+			return -1;
+		}
+		if (v < lo || v > hi) {
+			gw_seterr(err, errlen, "'%s': size %s is out of range (%s to %s)", d->key, text,
+				  gw_fmt_size(lo, a, sizeof(a)), gw_fmt_size(hi, c, sizeof(c)));
+			return -1;
+		}
+		*(uint64_t *)field = v;
+		return 0;
+	}
+	}
+	gw_seterr(err, errlen, "'%s': unsupported option type", d->key);
+	return -1;
+}
+
+void gw_opt_defaults(const struct gw_opt_schema *s, void *base)
+{
+	for (size_t i = 0; i < s->nopts; i++) {
+		const struct gw_opt_desc *d = &s->opts[i];
+		void *field = (char *)base + d->offset;
+
+		switch (d->type) {
+		case GW_OPT_BOOL: *(bool *)field = d->def != 0; break;
+		case GW_OPT_U32:
+		case GW_OPT_MODE: *(uint32_t *)field = (uint32_t)d->def; break;
+		case GW_OPT_SIZE: *(uint64_t *)field = d->def; break;
+		default: break;
+		}
+	}
+}
+
+void gw_opt_free(const struct gw_opt_schema *s, void *base)
+{
+	if (!base)
+		return;
+	for (size_t i = 0; i < s->nopts; i++) {
+		const struct gw_opt_desc *d = &s->opts[i];
+
+		switch (d->type) {
+		case GW_OPT_STR:
+		case GW_OPT_PATH:
+		case GW_OPT_HOSTPORT:
+		case GW_OPT_ENUM:
+			free(*(char **)((char *)base + d->offset));
+			*(char **)((char *)base + d->offset) = NULL;
+			break;
+		default:
+			break;
+		}
+	}
+}

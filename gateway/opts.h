@@ -1,0 +1,79 @@
+/*
+ * Option schemas. Backends and transports describe their settings with a
+ * table of gw_opt_desc; the manifest loader (config/) decodes YAML into the
+ * struct the table describes, so neither backends nor transports know YAML,
+ * and a later control-socket command can decode JSON through the same table.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum gw_opt_type {
+	GW_OPT_STR,      /* char *, malloc'd; NULL when absent */
+	GW_OPT_PATH,     /* char *, relative paths resolved against the manifest's folder */
+	GW_OPT_BOOL,     /* bool: true/false/yes/no/on/off */
+	GW_OPT_U32,      /* uint32_t, decimal or 0x hex, within [min, max] */
+	GW_OPT_SIZE,     /* uint64_t bytes: 4096, 512K, 64M, 1G, 2T (binary units) */
+	GW_OPT_MODE,     /* uint32_t file mode written in octal: 0600, 0660 */
+	GW_OPT_HOSTPORT, /* char *: "127.0.0.1:10809", "[::1]:10809", "localhost:10809" */
+	GW_OPT_ENUM,     /* char *: one of choices[] */
+};
+
+#define GW_OPT_REQUIRED (1u << 0)
+
+struct gw_opt_desc {
+	const char *key;
+	enum gw_opt_type type;
+	size_t offset;      /* into the options struct */
+	unsigned flags;     /* GW_OPT_REQUIRED */
+	uint64_t min, max;  /* numeric bounds (0,0 = type's full range) */
+	uint64_t def;       /* default for BOOL/U32/SIZE/MODE when absent */
+	const char *const *choices; /* GW_OPT_ENUM: NULL-terminated */
+	const char *help;   /* one line, for docs and error hints */
+};
+
+/* A whole schema: the table plus the struct it fills. */
+struct gw_opt_schema {
+	const struct gw_opt_desc *opts;
+	size_t nopts;
+	size_t size; /* sizeof the options struct */
+	/*
+	 * Optional cross-field check, run after every key decoded. Returns NULL
+	 * when fine, or a message; *key names the key the message is about
+	 * (NULL: the whole mapping).
+	 */
+	const char *(*check)(const void *opts, const char **key);
+};
+
+#define GW_OPT_SCHEMA(table, type, checkfn) \
+	{ (table), sizeof(table) / sizeof((table)[0]), sizeof(type), (checkfn) }
+
+/* Parse "64M", "1G", "4096", "2TiB"; binary units only. 0 or -EINVAL/-ERANGE. */
+int gw_parse_size(const char *s, uint64_t *out);
+int gw_parse_u64(const char *s, uint64_t *out);
+int gw_parse_bool(const char *s, bool *out);
+
+/* Find a key in a schema; NULL when unknown. */
+const struct gw_opt_desc *gw_opt_find(const struct gw_opt_schema *s, const char *key);
+/* The valid key closest to `key` (edit distance), or NULL when nothing is close. */
+const char *gw_opt_closest(const struct gw_opt_schema *s, const char *key);
+/* Edit distance for "did you mean" hints. */
+unsigned gw_edit_distance(const char *a, const char *b);
+
+/*
+ * Decode one scalar into base+desc->offset. `dir` is the folder relative
+ * paths are resolved against (may be NULL). Returns 0, or -1 with a message.
+ */
+int gw_opt_set(const struct gw_opt_desc *d, const char *text, const char *dir, void *base,
+	       char *err, size_t errlen);
+/* Fill defaults for every key of the schema (call on a zeroed struct). */
+void gw_opt_defaults(const struct gw_opt_schema *s, void *base);
+/* Free the strings a decode allocated. */
+void gw_opt_free(const struct gw_opt_schema *s, void *base);
+/* Human name of a type, for messages ("a size such as 64M"). */
+const char *gw_opt_type_hint(const struct gw_opt_desc *d);
+
+/* Split "host:port" / "[v6]:port"; host and port are malloc'd. */
+int gw_split_hostport(const char *s, char **host, char **port);
