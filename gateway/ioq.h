@@ -1,0 +1,43 @@
+/*
+ * An I/O queue: one io_uring owned by one thread. Every worker has one;
+ * backends submit their asynchronous work on the ring of the thread that
+ * submitted the request, and completions run on that same thread.
+ *
+ * Thread: every function here is called only by the owning thread.
+ */
+#pragma once
+
+#include <liburing.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct gw_ioq;
+
+/* What a CQE's user_data points at. */
+struct gw_uring_cb {
+	void (*fn)(struct gw_uring_cb *cb, int res);
+};
+
+struct gw_ioq {
+	struct io_uring ring;
+	int eventfd;        /* signalled on every CQE; -1 when not registered */
+	unsigned slot;      /* statistics slot (see gw_export stats) */
+	unsigned queued;    /* SQEs prepared but not yet submitted */
+	unsigned inflight;  /* SQEs submitted, CQE not yet seen */
+};
+
+/* entries: SQ size; with_eventfd: register an eventfd for an event loop to watch. */
+int gw_ioq_init(struct gw_ioq *q, unsigned entries, unsigned slot, bool with_eventfd);
+void gw_ioq_exit(struct gw_ioq *q);
+
+/*
+ * A zeroed SQE whose user_data is cb. When the SQ is full the queued SQEs
+ * are submitted first. Never returns NULL.
+ */
+struct io_uring_sqe *gw_ioq_sqe(struct gw_ioq *q, struct gw_uring_cb *cb);
+/* Submit queued SQEs (cheap when none). Returns 0 or -errno. */
+int gw_ioq_submit(struct gw_ioq *q);
+/* Run the callbacks of every available CQE; returns how many. */
+unsigned gw_ioq_reap(struct gw_ioq *q);
+/* Submit, then block until at least one completion and reap (for threads without an event loop). */
+int gw_ioq_wait(struct gw_ioq *q);

@@ -1,0 +1,328 @@
+#include "gateway/worker.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/log.h"
+#include "gateway/util.h"
+
+/* Ring size per worker: enough for several connections at QD 128 each. */
+#define GW_WORKER_RING 512
+/* Buffer cache per worker. */
+#define GW_WORKER_CACHE (64u << 20)
+
+struct gw_call {
+	struct gw_call *next;
+	void (*fn)(void *arg);
+	void *arg;
+};
+
+static struct gw_worker *workers;
+static unsigned nworkers;
+static unsigned pick_rr;
+static __thread struct gw_worker *self;
+static struct gw_mailbox main_mbox;
+static bool main_mbox_ready;
+
+static void mailbox_cb(struct ev_loop *loop, ev_async *a, int revents)
+{
+	struct gw_mailbox *mb = container_of(a, struct gw_mailbox, async);
+	struct gw_call *list;
+
+	(void)loop;
+	(void)revents;
+	pthread_mutex_lock(&mb->lock);
+	list = mb->head;
+	mb->head = NULL;
+	mb->tail = &mb->head;
+	pthread_mutex_unlock(&mb->lock);
+	while (list) {
+		struct gw_call *c = list;
+
+		list = c->next;
+		c->fn(c->arg);
+		free(c);
+	}
+}
+
+int gw_mailbox_init(struct gw_mailbox *mb, struct ev_loop *loop)
+{
+	memset(mb, 0, sizeof(*mb));
+	mb->loop = loop;
+	mb->tail = &mb->head;
+	pthread_mutex_init(&mb->lock, NULL);
+	ev_async_init(&mb->async, mailbox_cb);
+	ev_async_start(loop, &mb->async);
+	/* The mailbox alone must not keep a loop alive. */
+	ev_unref(loop);
+	return 0;
+}
+
+void gw_mailbox_exit(struct gw_mailbox *mb)
+{
+	ev_ref(mb->loop);
+	ev_async_stop(mb->loop, &mb->async);
+	/* Run what is left, so nobody waits forever for a reply. */
+	mailbox_cb(mb->loop, &mb->async, 0);
+	pthread_mutex_destroy(&mb->lock);
+}
+
+int gw_mailbox_post(struct gw_mailbox *mb, void (*fn)(void *arg), void *arg)
+{
+	struct gw_call *c = malloc(sizeof(*c));
+
+	if (!c)
+		return -ENOMEM;
+	c->next = NULL;
+	c->fn = fn;
+	c->arg = arg;
+	pthread_mutex_lock(&mb->lock);
+	*mb->tail = c;
+	mb->tail = &c->next;
+	pthread_mutex_unlock(&mb->lock);
+	ev_async_send(mb->loop, &mb->async);
+	return 0;
+}
+
+int gw_main_init(struct ev_loop *loop)
+{
+	int rc = gw_mailbox_init(&main_mbox, loop);
+
+	main_mbox_ready = rc == 0;
+	return rc;
+}
+
+void gw_main_exit(void)
+{
+	if (main_mbox_ready)
+		gw_mailbox_exit(&main_mbox);
+	main_mbox_ready = false;
+}
+
+int gw_main_call(void (*fn)(void *arg), void *arg)
+{
+	return gw_mailbox_post(&main_mbox, fn, arg);
+}
+
+int gw_worker_call(struct gw_worker *w, void (*fn)(void *arg), void *arg)
+{
+	return gw_mailbox_post(&w->mbox, fn, arg);
+}
+
+void gw_worker_defer(struct gw_worker *w, struct gw_deferred *d)
+{
+	if (d->queued)
+		return;
+	d->queued = true;
+	d->next = w->deferred;
+	w->deferred = d;
+}
+
+static void run_deferred(struct gw_worker *w)
+{
+	while (w->deferred) {
+		struct gw_deferred *list = w->deferred;
+
+		w->deferred = NULL;
+		while (list) {
+			struct gw_deferred *d = list;
+
+			list = d->next;
+			d->queued = false;
+			d->fn(d);
+		}
+	}
+}
+
+/* Before the loop blocks: flush what callbacks batched, submit the ring. */
+static void prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents)
+{
+	struct gw_worker *w = container_of(p, struct gw_worker, prepare);
+
+	(void)loop;
+	(void)revents;
+	for (int round = 0; round < 64; round++) {
+		int rc;
+
+		run_deferred(w);
+		rc = gw_ioq_submit(&w->ioq);
+		if (rc < 0 && rc != -EAGAIN && rc != -EBUSY)
+			gw_err("%s: io_uring submit: %s", w->name, strerror(-rc));
+		if (!io_uring_cq_ready(&w->ioq.ring))
+			break;
+		gw_ioq_reap(&w->ioq);
+	}
+}
+
+static void ioq_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+	struct gw_worker *w = container_of(io, struct gw_worker, ioq_watcher);
+
+	(void)loop;
+	(void)revents;
+	gw_ioq_reap(&w->ioq);
+}
+
+static void *worker_main(void *arg)
+{
+	struct gw_worker *w = arg;
+
+	self = w;
+	gw_log_set_thread_name(w->name);
+	ev_run(w->loop, 0);
+	run_deferred(w);
+	/* Drain the ring before the thread goes: buffers may still be in flight. */
+	while (w->ioq.inflight || w->ioq.queued)
+		if (gw_ioq_wait(&w->ioq) < 0)
+			break;
+	return NULL;
+}
+
+static void break_cb(void *arg)
+{
+	struct gw_worker *w = arg;
+
+	ev_break(w->loop, EVBREAK_ALL);
+}
+
+static int worker_init(struct gw_worker *w, unsigned id, char *err, size_t errlen)
+{
+	int rc;
+
+	memset(w, 0, sizeof(*w));
+	w->id = id;
+	snprintf(w->name, sizeof(w->name), "worker%u", id);
+	w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+	if (!w->loop) {
+		gw_seterr(err, errlen, "cannot create an event loop for %s", w->name);
+		return -ENOMEM;
+	}
+	rc = gw_ioq_init(&w->ioq, GW_WORKER_RING, id, true);
+	if (rc < 0) {
+		gw_seterr(err, errlen, "cannot create an io_uring for %s: %s%s", w->name,
+			  strerror(-rc),
+			  rc == -EPERM || rc == -ENOSYS ? " (io_uring disabled on this host?)" : "");
+		ev_loop_destroy(w->loop);
+		return rc;
+	}
+	gw_bufpool_init(&w->pool, GW_WORKER_CACHE);
+	gw_mailbox_init(&w->mbox, w->loop);
+	ev_io_init(&w->ioq_watcher, ioq_cb, w->ioq.eventfd, EV_READ);
+	ev_io_start(w->loop, &w->ioq_watcher);
+	ev_prepare_init(&w->prepare, prepare_cb);
+	ev_prepare_start(w->loop, &w->prepare);
+	/* Internal watchers alone must not keep the loop running... but workers
+	 * run until told to stop, so keep one reference: the ioq watcher. */
+	ev_unref(w->loop); /* for the prepare watcher */
+	return 0;
+}
+
+static void worker_fini(struct gw_worker *w)
+{
+	ev_ref(w->loop);
+	ev_prepare_stop(w->loop, &w->prepare);
+	ev_io_stop(w->loop, &w->ioq_watcher);
+	gw_mailbox_exit(&w->mbox);
+	gw_ioq_exit(&w->ioq);
+	gw_bufpool_exit(&w->pool);
+	ev_loop_destroy(w->loop);
+}
+
+int gw_workers_start(unsigned n, char *err, size_t errlen)
+{
+	int rc;
+
+	if (n == 0)
+		n = 1;
+	workers = calloc(n, sizeof(*workers));
+	if (!workers)
+		return -ENOMEM;
+	for (unsigned i = 0; i < n; i++) {
+		rc = worker_init(&workers[i], i, err, errlen);
+		if (rc < 0)
+			goto err_fini;
+		nworkers = i + 1;
+	}
+	/* Workers inherit a full signal mask: signals belong to the main loop. */
+	sigset_t all, old;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	for (unsigned i = 0; i < n; i++) {
+		rc = -pthread_create(&workers[i].thread, NULL, worker_main, &workers[i]);
+		if (rc) {
+			pthread_sigmask(SIG_SETMASK, &old, NULL);
+			gw_seterr(err, errlen, "cannot start worker thread: %s", strerror(-rc));
+			goto err_stop;
+		}
+		workers[i].started = true;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return 0;
+
+err_stop:
+	gw_workers_stop();
+	return rc;
+err_fini:
+	for (unsigned i = 0; i < nworkers; i++)
+		worker_fini(&workers[i]);
+	free(workers);
+	workers = NULL;
+	nworkers = 0;
+	return rc;
+}
+
+void gw_workers_stop(void)
+{
+	for (unsigned i = 0; i < nworkers; i++)
+		if (workers[i].started)
+			gw_worker_call(&workers[i], break_cb, &workers[i]);
+	for (unsigned i = 0; i < nworkers; i++)
+		if (workers[i].started)
+			pthread_join(workers[i].thread, NULL);
+	for (unsigned i = 0; i < nworkers; i++)
+		worker_fini(&workers[i]);
+	free(workers);
+	workers = NULL;
+	nworkers = 0;
+}
+
+unsigned gw_workers_count(void)
+{
+	return nworkers;
+}
+
+struct gw_worker *gw_worker_get(unsigned i)
+{
+	return i < nworkers ? &workers[i] : NULL;
+}
+
+struct gw_worker *gw_worker_pick(void)
+{
+	struct gw_worker *best = NULL;
+	unsigned start = __atomic_fetch_add(&pick_rr, 1, __ATOMIC_RELAXED);
+
+	for (unsigned k = 0; k < nworkers; k++) {
+		struct gw_worker *w = &workers[(start + k) % nworkers];
+
+		if (!best || __atomic_load_n(&w->load, __ATOMIC_RELAXED) <
+				     __atomic_load_n(&best->load, __ATOMIC_RELAXED))
+			best = w;
+	}
+	if (best)
+		__atomic_fetch_add(&best->load, 1, __ATOMIC_RELAXED);
+	return best;
+}
+
+void gw_worker_unload(struct gw_worker *w)
+{
+	__atomic_fetch_sub(&w->load, 1, __ATOMIC_RELAXED);
+}
+
+struct gw_worker *gw_worker_self(void)
+{
+	return self;
+}

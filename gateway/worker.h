@@ -1,0 +1,78 @@
+/*
+ * I/O worker threads. A fixed pool (gateway.workers) runs every export's
+ * connections and queues; each worker has its own libev loop, its own
+ * io_uring (struct gw_ioq) and its own buffer pool, so the data path of a
+ * connection never takes a lock. See docs/architecture.md.
+ *
+ * Cross-thread: gw_worker_call() and gw_main_call() post a function to
+ * another thread's loop. Everything else is for the owning thread only.
+ */
+#pragma once
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "gateway/bufpool.h"
+#include "gateway/ioq.h"
+
+struct gw_call;
+
+/* A cross-thread mailbox on a libev loop. */
+struct gw_mailbox {
+	struct ev_loop *loop;
+	ev_async async;
+	pthread_mutex_t lock;
+	struct gw_call *head, **tail;
+};
+
+/* Runs fn on the owning thread before the loop next blocks (same-thread only). */
+struct gw_deferred {
+	struct gw_deferred *next;
+	void (*fn)(struct gw_deferred *d);
+	bool queued;
+};
+
+struct gw_worker {
+	unsigned id;
+	char name[24];
+	pthread_t thread;
+	struct ev_loop *loop;
+	struct gw_ioq ioq;
+	struct gw_bufpool pool;
+	struct gw_mailbox mbox;
+	ev_io ioq_watcher;
+	ev_prepare prepare;
+	struct gw_deferred *deferred;
+	unsigned load;  /* connections/queues assigned (atomic) */
+	bool started;
+};
+
+/* Start n workers (n >= 1). Main thread. 0 or -errno with a message. */
+int gw_workers_start(unsigned n, char *err, size_t errlen);
+/* Stop every worker loop and join; everything on them must already be closed. */
+void gw_workers_stop(void);
+unsigned gw_workers_count(void);
+struct gw_worker *gw_worker_get(unsigned i);
+/* The worker with the least load (ties: round robin); bumps its load. */
+struct gw_worker *gw_worker_pick(void);
+void gw_worker_unload(struct gw_worker *w);
+/* The worker running the calling thread, or NULL (main thread). */
+struct gw_worker *gw_worker_self(void);
+
+/* Post fn(arg) to run on w's thread. Any thread. 0 or -ENOMEM. */
+int gw_worker_call(struct gw_worker *w, void (*fn)(void *arg), void *arg);
+/* Post fn(arg) to run on the main thread. Any thread. 0 or -ENOMEM. */
+int gw_main_call(void (*fn)(void *arg), void *arg);
+/* Set up the main thread's mailbox on the main loop (once, before workers start). */
+int gw_main_init(struct ev_loop *loop);
+void gw_main_exit(void);
+
+/* Same-thread: run d->fn before the loop next blocks (once, however often called). */
+void gw_worker_defer(struct gw_worker *w, struct gw_deferred *d);
+
+/* Mailbox primitives (exposed for threads that are not workers). */
+int gw_mailbox_init(struct gw_mailbox *mb, struct ev_loop *loop);
+void gw_mailbox_exit(struct gw_mailbox *mb);
+int gw_mailbox_post(struct gw_mailbox *mb, void (*fn)(void *arg), void *arg);
