@@ -1,0 +1,132 @@
+#include "backends/backend.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/util.h"
+
+extern const struct gw_backend_ops gw_file_backend;
+extern const struct gw_backend_ops gw_memory_backend;
+extern const struct gw_backend_ops gw_null_backend;
+
+static const struct gw_backend_ops *const backends[] = {
+	&gw_file_backend,
+	&gw_memory_backend,
+	&gw_null_backend,
+};
+
+const struct gw_backend_ops *gw_backend_find(const char *name)
+{
+	for (size_t i = 0; i < GW_ARRAY_SIZE(backends); i++)
+		if (strcmp(backends[i]->name, name) == 0)
+			return backends[i];
+	return NULL;
+}
+
+const struct gw_backend_ops *const *gw_backend_list(size_t *n)
+{
+	*n = GW_ARRAY_SIZE(backends);
+	return backends;
+}
+
+struct gw_backend *gw_backend_open(const struct gw_backend_ops *ops, const char *image_name,
+				   const void *opts, char *err, size_t errlen)
+{
+	struct gw_backend *b;
+	int rc;
+
+	if (ops->abi_version != GW_BACKEND_ABI || ops->instance_size < sizeof(*b)) {
+		gw_seterr(err, errlen, "backend '%s' was built for another interface version",
+			  ops->name);
+		return NULL;
+	}
+	b = calloc(1, ops->instance_size);
+	if (!b) {
+		gw_seterr(err, errlen, "out of memory");
+		return NULL;
+	}
+	b->ops = ops;
+	b->name = strdup(image_name);
+	b->min_block = 1;
+	b->pref_block = 4096;
+	rc = b->name ? ops->open(b, opts, err, errlen) : -ENOMEM;
+	if (rc < 0) {
+		if (rc == -ENOMEM && err && !*err)
+			gw_seterr(err, errlen, "out of memory");
+		free((char *)b->name);
+		free(b);
+		return NULL;
+	}
+	return b;
+}
+
+void gw_backend_close(struct gw_backend *b)
+{
+	if (!b)
+		return;
+	b->ops->close(b);
+	free((char *)b->name);
+	free(b);
+}
+
+int gw_extents_add(struct gw_extents *e, uint64_t len, uint32_t flags)
+{
+	if (!len)
+		return e->n >= e->cap;
+	if (e->n && e->v[e->n - 1].flags == flags) {
+		e->v[e->n - 1].len += len;
+	} else {
+		if (e->n >= e->cap)
+			return 1;
+		e->v[e->n].len = len;
+		e->v[e->n].flags = flags;
+		e->n++;
+	}
+	e->end += len;
+	return 0;
+}
+
+void gw_iov_zero(const struct iovec *iov, unsigned iovcnt)
+{
+	for (unsigned i = 0; i < iovcnt; i++)
+		memset(iov[i].iov_base, 0, iov[i].iov_len);
+}
+
+void gw_iov_to_buf(void *dst, const struct iovec *iov, unsigned iovcnt, size_t skip, size_t len)
+{
+	char *d = dst;
+
+	for (unsigned i = 0; i < iovcnt && len; i++) {
+		size_t l = iov[i].iov_len;
+
+		if (skip >= l) {
+			skip -= l;
+			continue;
+		}
+		l = GW_MIN(l - skip, len);
+		memcpy(d, (char *)iov[i].iov_base + skip, l);
+		d += l;
+		len -= l;
+		skip = 0;
+	}
+}
+
+void gw_iov_from_buf(const struct iovec *iov, unsigned iovcnt, size_t skip, const void *src, size_t len)
+{
+	const char *s = src;
+
+	for (unsigned i = 0; i < iovcnt && len; i++) {
+		size_t l = iov[i].iov_len;
+
+		if (skip >= l) {
+			skip -= l;
+			continue;
+		}
+		l = GW_MIN(l - skip, len);
+		memcpy((char *)iov[i].iov_base + skip, s, l);
+		s += l;
+		len -= l;
+		skip = 0;
+	}
+}

@@ -1,0 +1,172 @@
+/*
+ * The backend interface: what every data source (file, memory, null; later
+ * HTTP, NBD, RBD, overlays) implements.
+ *
+ * Requests are asynchronous. A transport fills a struct gw_io (usually embedded
+ * in its own request struct) and submits it through the checked layer
+ * (gw_export_submit() in gateway/export.h), never through these ops directly.
+ * The checked layer validates range, alignment, size, flags and read-only
+ * state, then calls ops->submit on the submitting thread:
+ *
+ *   submit() returns 1 when the request completed inline (io->result is set),
+ *   or 0 when it was queued; a queued request completes later, on the same
+ *   thread, through gw_io_complete(io, result). Backends that do real I/O use
+ *   the thread's io_uring (struct gw_ioq), so completions need no locks.
+ *
+ * Results are 0 or -errno. Backends never see out-of-range, misaligned or
+ * unsupported requests: the checked layer refuses them first.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "gateway/ioq.h"
+#include "gateway/opts.h"
+
+#define GW_BACKEND_ABI 1
+
+enum gw_io_op {
+	GW_OP_READ = 0,
+	GW_OP_WRITE,
+	GW_OP_FLUSH,        /* make every completed write durable */
+	GW_OP_TRIM,         /* hint: the range may be deallocated; contents undefined after */
+	GW_OP_WRITE_ZEROES, /* the range must read back as zeros */
+	GW_OP_CACHE,        /* hint: prefetch */
+	GW_OP__COUNT,
+};
+
+/* Request flags (io->flags). */
+#define GW_IO_FUA       (1u << 0) /* WRITE/WRITE_ZEROES/TRIM: durable before completion */
+#define GW_IO_NO_UNMAP  (1u << 1) /* WRITE_ZEROES: must not deallocate the range */
+#define GW_IO_FAST_ZERO (1u << 2) /* WRITE_ZEROES: fail with -ENOTSUP unless cheaper than writing */
+#define GW_IO_HOLE_OK   (1u << 3) /* READ: the caller accepts GW_IO_R_HOLE instead of zero-filled data */
+#define GW_IO__ALL      ((1u << 4) - 1)
+
+/* Result flags (io->rflags), set by the backend before completion. */
+#define GW_IO_R_HOLE (1u << 0) /* READ: the whole range reads as zeros and the buffer was NOT filled */
+
+/* Capabilities (backend->caps). The checked layer refuses what is missing. */
+#define GW_CAP_FLUSH       (1u << 0) /* FLUSH does something (volatile cache) */
+#define GW_CAP_FUA         (1u << 1) /* FUA honoured natively (else emulated with a flush) */
+#define GW_CAP_TRIM        (1u << 2)
+#define GW_CAP_ZERO        (1u << 3) /* WRITE_ZEROES efficient (else written as zeros) */
+#define GW_CAP_FAST_ZERO   (1u << 4) /* can tell fast zeroing from slow */
+#define GW_CAP_EXTENTS     (1u << 5) /* extents() reports real allocation */
+#define GW_CAP_CACHE       (1u << 6)
+#define GW_CAP_MULTI_CONN  (1u << 7) /* a FLUSH from any client covers writes from all clients */
+#define GW_CAP_READ_ONLY   (1u << 8) /* the source itself cannot be written */
+#define GW_CAP_ROTATIONAL  (1u << 9)
+
+struct gw_io;
+typedef void (*gw_io_done_fn)(struct gw_io *io);
+
+struct gw_io {
+	uint8_t op;          /* enum gw_io_op */
+	uint32_t flags;      /* GW_IO_* */
+	uint64_t offset;
+	uint64_t len;        /* bytes; for READ/WRITE equals the iovec total */
+	struct iovec *iov;   /* READ/WRITE data */
+	unsigned iovcnt;
+
+	int result;          /* out: 0 or -errno */
+	uint32_t rflags;     /* out: GW_IO_R_* */
+	gw_io_done_fn done;  /* called once for queued requests, on the submitting thread */
+
+	/* Private to the checked layer. */
+	void *_stats;
+
+	/* Private to the backend: a ring callback and scratch space. */
+	struct gw_uring_cb ucb;
+	struct gw_ioq *q;
+	uint64_t scratch[4];
+};
+
+/* One run of allocation state, in order from the queried offset. */
+#define GW_EXT_HOLE (1u << 0) /* not allocated */
+#define GW_EXT_ZERO (1u << 1) /* reads as zeros */
+
+struct gw_extent {
+	uint64_t len;
+	uint32_t flags;
+};
+
+struct gw_extents {
+	struct gw_extent *v;
+	size_t n, cap;  /* cap: the most the caller wants */
+	uint64_t end;   /* offset just past the last extent */
+};
+
+/* Append a run, merging with the previous one when the flags agree. Returns 1 when full. */
+int gw_extents_add(struct gw_extents *e, uint64_t len, uint32_t flags);
+
+struct gw_backend {
+	const struct gw_backend_ops *ops;
+	const char *name;    /* the image name */
+	uint64_t size;       /* bytes */
+	uint32_t caps;       /* GW_CAP_* */
+	uint32_t min_block;  /* required offset/length alignment for READ/WRITE (1 = none) */
+	uint32_t pref_block; /* preferred I/O size */
+	uint32_t max_xfer;   /* largest READ/WRITE accepted (0 = no limit of its own) */
+};
+
+struct gw_backend_ops {
+	uint32_t abi_version;    /* GW_BACKEND_ABI */
+	const char *name;        /* "file", "memory", "null" */
+	const char *summary;     /* one line for --help and docs */
+	size_t instance_size;    /* >= sizeof(struct gw_backend); the backend embeds it first */
+	struct gw_opt_schema schema;
+
+	/*
+	 * Required. Main thread. Open the source described by opts (decoded with
+	 * `schema`), fill size, caps and block sizes. Returns 0 or -errno with a
+	 * message in err.
+	 */
+	int (*open)(struct gw_backend *b, const void *opts, char *err, size_t errlen);
+
+	/*
+	 * Optional. Main thread, no side effects: what open() would do, for
+	 * `blkgw check` (e.g. "creates 1 GiB sparse file"). Returns 0 or -errno
+	 * with a message when open() would surely fail.
+	 */
+	int (*check)(const void *opts, char *msg, size_t len);
+
+	/* Required. Any I/O thread. See the file comment. */
+	int (*submit)(struct gw_backend *b, struct gw_ioq *q, struct gw_io *io);
+
+	/*
+	 * Optional (without it everything reads as allocated data). Any I/O
+	 * thread, synchronous. Describe [offset, offset+len): append runs to out
+	 * until it is full or the range is covered. 0 or -errno.
+	 */
+	int (*extents)(struct gw_backend *b, uint64_t offset, uint64_t len, struct gw_extents *out);
+
+	/* Optional. Main thread, after all I/O stopped: make everything durable. */
+	int (*sync)(struct gw_backend *b);
+
+	/* Required. Main thread, after all I/O stopped. Free everything. */
+	void (*close)(struct gw_backend *b);
+
+	/* Optional. Short description for status ("file /x (O_DIRECT)"). */
+	void (*describe)(struct gw_backend *b, char *buf, size_t len);
+};
+
+/* Registry: the backends this build has. */
+const struct gw_backend_ops *gw_backend_find(const char *name);
+const struct gw_backend_ops *const *gw_backend_list(size_t *n);
+
+/* Open a backend instance; returns NULL with a message on failure. */
+struct gw_backend *gw_backend_open(const struct gw_backend_ops *ops, const char *image_name,
+				   const void *opts, char *err, size_t errlen);
+void gw_backend_close(struct gw_backend *b);
+
+/* For backends: finish a queued request (on the submitting thread). */
+void gw_io_complete(struct gw_io *io, int result);
+
+/* Helpers for backends. */
+void gw_iov_zero(const struct iovec *iov, unsigned iovcnt);
+/* Copy between a flat buffer and an iovec, starting at byte `skip` of the iovec. */
+void gw_iov_to_buf(void *dst, const struct iovec *iov, unsigned iovcnt, size_t skip, size_t len);
+void gw_iov_from_buf(const struct iovec *iov, unsigned iovcnt, size_t skip, const void *src, size_t len);

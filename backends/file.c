@@ -1,0 +1,542 @@
+/*
+ * file: a regular file or a block device, I/O through the worker's io_uring.
+ *
+ * direct: true opens with O_DIRECT. Offsets and lengths are then kept aligned
+ * by the checked layer (the backend's min_block is the device's direct-I/O
+ * alignment); memory that is not aligned enough (a guest's buffers, say) goes
+ * through a bounce buffer.
+ *
+ * FLUSH is fdatasync, FUA is RWF_DSYNC; TRIM punches holes; WRITE_ZEROES
+ * uses FALLOC_FL_ZERO_RANGE (or punches, when unmapping is allowed) and
+ * falls back to punch+allocate, then to writing zeros, where a filesystem
+ * lacks one of them. Extents come from SEEK_DATA/SEEK_HOLE.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "backends/backend.h"
+#include "gateway/log.h"
+#include "gateway/util.h"
+
+struct file_opts {
+	char *path;
+	bool direct;
+	uint64_t size;
+};
+
+static const struct gw_opt_desc file_opts[] = {
+	{ .key = "path", .type = GW_OPT_PATH, .offset = offsetof(struct file_opts, path),
+	  .flags = GW_OPT_REQUIRED, .help = "image file or block device (relative to the manifest)" },
+	{ .key = "direct", .type = GW_OPT_BOOL, .offset = offsetof(struct file_opts, direct),
+	  .help = "bypass the page cache (O_DIRECT)" },
+	{ .key = "size", .type = GW_OPT_SIZE, .offset = offsetof(struct file_opts, size),
+	  .min = 1, .max = INT64_MAX,
+	  .help = "create a sparse file of this size if the path does not exist; must match an existing file" },
+};
+
+enum file_stage {
+	ST_IO = 0,      /* the request itself */
+	ST_FUA_SYNC,    /* the fdatasync after a FUA zero/trim */
+};
+
+struct file_backend {
+	struct gw_backend b;
+	int fd;
+	bool direct;
+	bool blockdev;
+	bool no_punch;      /* filesystem refused PUNCH_HOLE once */
+	bool no_zero_range; /* filesystem refused ZERO_RANGE once */
+	uint32_t mem_align; /* O_DIRECT buffer alignment */
+	char *path;
+};
+
+static inline struct file_backend *to_file(struct gw_backend *b)
+{
+	return container_of(b, struct file_backend, b);
+}
+
+static int file_check(const void *opts, char *msg, size_t len)
+{
+	const struct file_opts *o = opts;
+	struct stat st;
+
+	if (stat(o->path, &st) < 0) {
+		if (errno == ENOENT && o->size) {
+			char s[32];
+
+			gw_seterr(msg, len, "will create %s sparse file %s",
+				  gw_fmt_size(o->size, s, sizeof(s)), o->path);
+			return 0;
+		}
+		gw_seterr(msg, len, "%s: %s%s", o->path, strerror(errno),
+			  errno == ENOENT ? " (set 'size' to create it)" : "");
+		return -errno;
+	}
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+		gw_seterr(msg, len, "%s is neither a regular file nor a block device", o->path);
+		return -EINVAL;
+	}
+	if (S_ISREG(st.st_mode) && o->size && (uint64_t)st.st_size != o->size) {
+		char a[32], c[32];
+
+		gw_seterr(msg, len, "%s is %s, but 'size' says %s", o->path,
+			  gw_fmt_size((uint64_t)st.st_size, a, sizeof(a)), gw_fmt_size(o->size, c, sizeof(c)));
+		return -EINVAL;
+	}
+	gw_seterr(msg, len, "%s", o->path);
+	return 0;
+}
+
+static void dio_alignment(struct file_backend *f, struct stat *st)
+{
+	struct statx sx;
+	uint32_t off_align = 512, mem_align = 512;
+
+	if (f->blockdev) {
+		int ss = 0;
+
+		if (ioctl(f->fd, BLKSSZGET, &ss) == 0 && ss > 0)
+			off_align = mem_align = (uint32_t)ss;
+	} else if (statx(f->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 &&
+		   (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align) {
+		off_align = sx.stx_dio_offset_align;
+		mem_align = sx.stx_dio_mem_align ? sx.stx_dio_mem_align : off_align;
+	} else if (st->st_blksize > 512 && st->st_blksize <= 4096) {
+		/* No reliable answer: the filesystem block is a safe alignment. */
+		off_align = (uint32_t)st->st_blksize;
+		mem_align = 512;
+	}
+	f->b.min_block = off_align;
+	f->mem_align = mem_align;
+}
+
+static int file_open(struct gw_backend *b, const void *opts, char *err, size_t errlen)
+{
+	const struct file_opts *o = opts;
+	struct file_backend *f = to_file(b);
+	int flags = O_RDWR | O_CLOEXEC;
+	struct stat st;
+	int rc;
+
+	f->fd = -1;
+	f->direct = o->direct;
+	f->path = strdup(o->path);
+	if (!f->path)
+		return -ENOMEM;
+	if (o->direct)
+		flags |= O_DIRECT;
+	f->fd = open(o->path, flags);
+	if (f->fd < 0 && errno == ENOENT && o->size) {
+		f->fd = open(o->path, flags | O_CREAT | O_EXCL, 0644);
+		if (f->fd >= 0 && ftruncate(f->fd, (off_t)o->size) < 0) {
+			rc = -errno;
+			gw_seterr(err, errlen, "%s: cannot size new file: %s", o->path, strerror(errno));
+			close(f->fd);
+			unlink(o->path);
+			goto err;
+		}
+	}
+	if (f->fd < 0 && (errno == EACCES || errno == EROFS || errno == EPERM)) {
+		/* Read-only source: an export of it must be read-only. */
+		f->fd = open(o->path, (flags & ~O_RDWR) | O_RDONLY);
+		if (f->fd >= 0)
+			b->caps |= GW_CAP_READ_ONLY;
+	}
+	if (f->fd < 0) {
+		rc = -errno;
+		if (errno == EINVAL && o->direct)
+			gw_seterr(err, errlen, "%s: the filesystem does not support O_DIRECT (direct: true)",
+				  o->path);
+		else
+			gw_seterr(err, errlen, "%s: %s%s", o->path, strerror(errno),
+				  errno == ENOENT ? " (set 'size' to create it)" : "");
+		goto err;
+	}
+	if (fstat(f->fd, &st) < 0) {
+		rc = -errno;
+		gw_seterr(err, errlen, "%s: %s", o->path, strerror(errno));
+		goto err_close;
+	}
+	if (S_ISBLK(st.st_mode)) {
+		uint64_t sz;
+
+		f->blockdev = true;
+		if (ioctl(f->fd, BLKGETSIZE64, &sz) < 0) {
+			rc = -errno;
+			gw_seterr(err, errlen, "%s: cannot read device size: %s", o->path, strerror(errno));
+			goto err_close;
+		}
+		b->size = sz;
+	} else if (S_ISREG(st.st_mode)) {
+		b->size = (uint64_t)st.st_size;
+	} else {
+		rc = -EINVAL;
+		gw_seterr(err, errlen, "%s is neither a regular file nor a block device", o->path);
+		goto err_close;
+	}
+	if (o->size && !f->blockdev && b->size != o->size) {
+		char a[32], c[32];
+
+		rc = -EINVAL;
+		gw_seterr(err, errlen, "%s is %s, but 'size' says %s", o->path,
+			  gw_fmt_size(b->size, a, sizeof(a)), gw_fmt_size(o->size, c, sizeof(c)));
+		goto err_close;
+	}
+	if (b->size == 0) {
+		rc = -EINVAL;
+		gw_seterr(err, errlen, "%s is empty (size 0)", o->path);
+		goto err_close;
+	}
+	if (o->direct)
+		dio_alignment(f, &st);
+	b->pref_block = GW_MAX(4096u, b->min_block);
+	b->caps |= GW_CAP_FLUSH | GW_CAP_FUA | GW_CAP_TRIM | GW_CAP_ZERO | GW_CAP_FAST_ZERO |
+		   GW_CAP_CACHE | GW_CAP_MULTI_CONN;
+	if (!f->blockdev)
+		b->caps |= GW_CAP_EXTENTS;
+	return 0;
+
+err_close:
+	close(f->fd);
+err:
+	free(f->path);
+	return rc;
+}
+
+/* ---- completion paths ---- */
+
+static bool iov_aligned(const struct gw_io *io, uint32_t align)
+{
+	for (unsigned i = 0; i < io->iovcnt; i++)
+		if (((uintptr_t)io->iov[i].iov_base | io->iov[i].iov_len) & (align - 1))
+			return false;
+	return true;
+}
+
+/* scratch[0]: stage; scratch[1]: bounce buffer or 0; scratch[3]: the backend */
+static void file_finish(struct gw_io *io, int res)
+{
+	void *bounce = (void *)(uintptr_t)io->scratch[1];
+
+	if (bounce) {
+		if (res == 0 && io->op == GW_OP_READ)
+			gw_iov_from_buf(io->iov, io->iovcnt, 0, bounce, io->len);
+		free(bounce);
+		io->scratch[1] = 0;
+	}
+	gw_io_complete(io, res);
+}
+
+/* Finish a short read/write synchronously: rare (EOF races, signals). */
+static int finish_short(struct file_backend *f, struct gw_io *io, uint64_t done)
+{
+	void *bounce = (void *)(uintptr_t)io->scratch[1];
+	uint8_t *tmp = NULL;
+	uint64_t left = io->len - done;
+	int rc = 0;
+
+	if (!bounce) {
+		if (posix_memalign((void **)&tmp, 4096, left))
+			return -ENOMEM;
+		if (io->op == GW_OP_WRITE)
+			gw_iov_to_buf(tmp, io->iov, io->iovcnt, done, left);
+	}
+	uint8_t *p = bounce ? (uint8_t *)bounce + done : tmp;
+	uint64_t pos = 0;
+
+	while (pos < left) {
+		ssize_t n = io->op == GW_OP_READ
+			? pread(f->fd, p + pos, left - pos, (off_t)(io->offset + done + pos))
+			: pwrite(f->fd, p + pos, left - pos, (off_t)(io->offset + done + pos));
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			rc = -errno;
+			break;
+		}
+		if (n == 0) {
+			if (io->op == GW_OP_READ) {
+				/* Past end of file (it shrank under us): reads as zeros. */
+				memset(p + pos, 0, left - pos);
+				pos = left;
+				break;
+			}
+			rc = -EIO;
+			break;
+		}
+		pos += (uint64_t)n;
+	}
+	if (rc == 0 && tmp && io->op == GW_OP_READ)
+		gw_iov_from_buf(io->iov, io->iovcnt, done, tmp, left);
+	if (rc == 0 && io->op == GW_OP_WRITE && (io->flags & GW_IO_FUA) && fdatasync(f->fd) < 0)
+		rc = -errno;
+	free(tmp);
+	return rc;
+}
+
+static int zero_fallback(struct file_backend *f, struct gw_io *io);
+
+static void file_cb(struct gw_uring_cb *cb, int res)
+{
+	struct gw_io *io = container_of(cb, struct gw_io, ucb);
+	struct file_backend *f = io->scratch[3] ? (struct file_backend *)(uintptr_t)io->scratch[3] : NULL;
+
+	if (io->scratch[0] == ST_FUA_SYNC) {
+		file_finish(io, res < 0 ? res : 0);
+		return;
+	}
+	switch (io->op) {
+	case GW_OP_READ:
+	case GW_OP_WRITE:
+		if (res >= 0 && (uint64_t)res < io->len)
+			res = finish_short(f, io, (uint64_t)res);
+		else if (res > 0)
+			res = 0;
+		break;
+	case GW_OP_TRIM:
+		if (res == -EOPNOTSUPP || res == -ENOTSUP) {
+			f->no_punch = true;
+			res = 0; /* a hint */
+		}
+		break;
+	case GW_OP_WRITE_ZEROES:
+		if (res == -EOPNOTSUPP || res == -ENOTSUP || res == -EINVAL) {
+			if (io->flags & GW_IO_NO_UNMAP)
+				f->no_zero_range = true;
+			else
+				f->no_punch = true;
+			if (io->flags & GW_IO_FAST_ZERO) {
+				res = -ENOTSUP;
+				break;
+			}
+			res = zero_fallback(f, io);
+		}
+		break;
+	case GW_OP_CACHE:
+		res = 0; /* advisory */
+		break;
+	default:
+		break;
+	}
+	if (res == 0 && (io->flags & GW_IO_FUA) &&
+	    (io->op == GW_OP_TRIM || io->op == GW_OP_WRITE_ZEROES)) {
+		struct io_uring_sqe *sqe = gw_ioq_sqe(io->q, &io->ucb);
+
+		io_uring_prep_fsync(sqe, f->fd, IORING_FSYNC_DATASYNC);
+		io->scratch[0] = ST_FUA_SYNC;
+		return;
+	}
+	file_finish(io, res);
+}
+
+/* Zeroing where the fast paths are missing: punch+allocate, else write zeros. Synchronous. */
+static int zero_fallback(struct file_backend *f, struct gw_io *io)
+{
+	static const uint8_t zeros[1 << 16] __attribute__((aligned(4096)));
+	uint64_t off = io->offset, end = io->offset + io->len;
+
+	if (!f->blockdev &&
+	    fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)io->len) == 0) {
+		if (!(io->flags & GW_IO_NO_UNMAP))
+			return 0;
+		if (fallocate(f->fd, FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)io->len) == 0)
+			return 0;
+	}
+	while (off < end) {
+		size_t n = (size_t)GW_MIN(end - off, sizeof(zeros));
+		ssize_t w = pwrite(f->fd, zeros, n, (off_t)off);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		off += (uint64_t)w;
+	}
+	return 0;
+}
+
+static int file_submit(struct gw_backend *b, struct gw_ioq *q, struct gw_io *io)
+{
+	struct file_backend *f = to_file(b);
+	struct io_uring_sqe *sqe;
+	const struct iovec *iov = io->iov;
+	unsigned iovcnt = io->iovcnt;
+	int mode;
+
+	io->scratch[0] = ST_IO;
+	io->scratch[1] = 0;
+	io->scratch[3] = (uintptr_t)f;
+	io->ucb.fn = file_cb;
+
+	switch (io->op) {
+	case GW_OP_READ:
+	case GW_OP_WRITE:
+		if (f->direct && !iov_aligned(io, f->mem_align)) {
+			void *bounce;
+
+			if (posix_memalign(&bounce, GW_MAX(4096u, f->mem_align), io->len)) {
+				io->result = -ENOMEM;
+				return 1;
+			}
+			if (io->op == GW_OP_WRITE)
+				gw_iov_to_buf(bounce, io->iov, io->iovcnt, 0, io->len);
+			io->scratch[1] = (uintptr_t)bounce;
+			sqe = gw_ioq_sqe(q, &io->ucb);
+			if (io->op == GW_OP_READ)
+				io_uring_prep_read(sqe, f->fd, bounce, (unsigned)io->len, io->offset);
+			else
+				io_uring_prep_write(sqe, f->fd, bounce, (unsigned)io->len, io->offset);
+		} else {
+			sqe = gw_ioq_sqe(q, &io->ucb);
+			if (iovcnt == 1) {
+				if (io->op == GW_OP_READ)
+					io_uring_prep_read(sqe, f->fd, iov[0].iov_base, (unsigned)iov[0].iov_len,
+							   io->offset);
+				else
+					io_uring_prep_write(sqe, f->fd, iov[0].iov_base, (unsigned)iov[0].iov_len,
+							    io->offset);
+			} else if (io->op == GW_OP_READ) {
+				io_uring_prep_readv(sqe, f->fd, iov, iovcnt, io->offset);
+			} else {
+				io_uring_prep_writev(sqe, f->fd, iov, iovcnt, io->offset);
+			}
+		}
+		if (io->op == GW_OP_WRITE && (io->flags & GW_IO_FUA))
+			sqe->rw_flags = RWF_DSYNC;
+		return 0;
+	case GW_OP_FLUSH:
+		sqe = gw_ioq_sqe(q, &io->ucb);
+		io_uring_prep_fsync(sqe, f->fd, IORING_FSYNC_DATASYNC);
+		return 0;
+	case GW_OP_TRIM:
+		if (f->no_punch) {
+			io->result = 0;
+			return 1;
+		}
+		sqe = gw_ioq_sqe(q, &io->ucb);
+		io_uring_prep_fallocate(sqe, f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					io->offset, io->len);
+		return 0;
+	case GW_OP_WRITE_ZEROES:
+		if (io->flags & GW_IO_NO_UNMAP) {
+			mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+			if (f->no_zero_range)
+				mode = -1;
+		} else {
+			mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+			if (f->no_punch)
+				mode = f->no_zero_range ? -1 : (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE);
+		}
+		if (mode < 0) {
+			if (io->flags & GW_IO_FAST_ZERO) {
+				io->result = -ENOTSUP;
+				return 1;
+			}
+			io->result = zero_fallback(f, io);
+			if (io->result == 0 && (io->flags & GW_IO_FUA) && fdatasync(f->fd) < 0)
+				io->result = -errno;
+			return 1;
+		}
+		sqe = gw_ioq_sqe(q, &io->ucb);
+		io_uring_prep_fallocate(sqe, f->fd, mode, io->offset, io->len);
+		return 0;
+	case GW_OP_CACHE:
+		sqe = gw_ioq_sqe(q, &io->ucb);
+		io_uring_prep_fadvise(sqe, f->fd, io->offset, (off_t)io->len, POSIX_FADV_WILLNEED);
+		return 0;
+	default:
+		io->result = -EINVAL;
+		return 1;
+	}
+}
+
+static int file_extents(struct gw_backend *b, uint64_t offset, uint64_t len, struct gw_extents *out)
+{
+	struct file_backend *f = to_file(b);
+	uint64_t pos = offset, end = offset + len;
+
+	while (pos < end) {
+		off_t data = lseek(f->fd, (off_t)pos, SEEK_DATA);
+		uint64_t d;
+
+		if (data < 0) {
+			if (errno == ENXIO) { /* hole up to the end of file */
+				gw_extents_add(out, end - pos, GW_EXT_HOLE | GW_EXT_ZERO);
+				return 0;
+			}
+			if (errno == EINVAL || errno == EOPNOTSUPP) { /* no hole support: all data */
+				gw_extents_add(out, end - pos, 0);
+				return 0;
+			}
+			return -errno;
+		}
+		d = (uint64_t)data;
+		if (d > pos) {
+			if (gw_extents_add(out, GW_MIN(d, end) - pos, GW_EXT_HOLE | GW_EXT_ZERO))
+				return 0;
+			pos = d;
+			if (pos >= end)
+				return 0;
+		}
+		off_t hole = lseek(f->fd, (off_t)pos, SEEK_HOLE);
+		if (hole < 0)
+			return -errno;
+		uint64_t h = GW_MIN((uint64_t)hole, end);
+
+		if (h <= pos) /* file shrank: the rest reads as zeros */
+			h = end;
+		if (gw_extents_add(out, h - pos, 0))
+			return 0;
+		pos = h;
+	}
+	return 0;
+}
+
+static int file_sync(struct gw_backend *b)
+{
+	struct file_backend *f = to_file(b);
+
+	if (b->caps & GW_CAP_READ_ONLY)
+		return 0;
+	return fdatasync(f->fd) < 0 ? -errno : 0;
+}
+
+static void file_close(struct gw_backend *b)
+{
+	struct file_backend *f = to_file(b);
+
+	close(f->fd);
+	free(f->path);
+}
+
+static void file_describe(struct gw_backend *b, char *buf, size_t len)
+{
+	struct file_backend *f = to_file(b);
+
+	snprintf(buf, len, "file %s%s%s", f->path, f->direct ? " (O_DIRECT)" : "",
+		 b->caps & GW_CAP_READ_ONLY ? " (read-only)" : "");
+}
+
+const struct gw_backend_ops gw_file_backend = {
+	.abi_version = GW_BACKEND_ABI,
+	.name = "file",
+	.summary = "regular file or block device through io_uring; O_DIRECT with direct: true",
+	.instance_size = sizeof(struct file_backend),
+	.schema = GW_OPT_SCHEMA(file_opts, struct file_opts, NULL),
+	.open = file_open,
+	.check = file_check,
+	.submit = file_submit,
+	.extents = file_extents,
+	.sync = file_sync,
+	.close = file_close,
+	.describe = file_describe,
+};

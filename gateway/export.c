@@ -1,0 +1,225 @@
+#include "gateway/export.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/log.h"
+
+#define GW_DEFAULT_MAX_XFER (32u << 20)
+
+static const char *const state_names[] = {
+	[GW_EXPORT_NEW] = "new",
+	[GW_EXPORT_RUNNING] = "running",
+	[GW_EXPORT_STOPPING] = "stopping",
+	[GW_EXPORT_STOPPED] = "stopped",
+	[GW_EXPORT_FAILED] = "failed",
+};
+
+const char *gw_export_state_name(enum gw_export_state s)
+{
+	return (unsigned)s < GW_ARRAY_SIZE(state_names) ? state_names[s] : "?";
+}
+
+struct gw_export *gw_export_new(const char *id, struct gw_backend *b, bool read_only,
+				uint32_t block_size)
+{
+	struct gw_export *e = calloc(1, sizeof(*e));
+
+	if (!e)
+		return NULL;
+	e->id = strdup(id);
+	e->notes = strdup("");
+	if (posix_memalign((void **)&e->stats, GW_CACHELINE,
+			   GW_STATS_SLOTS * sizeof(struct gw_stats)) || !e->id || !e->notes) {
+		gw_export_free(e);
+		return NULL;
+	}
+	memset(e->stats, 0, GW_STATS_SLOTS * sizeof(struct gw_stats));
+	e->backend = b;
+	e->image = b->name;
+	e->size = b->size;
+	e->read_only = read_only || (b->caps & GW_CAP_READ_ONLY);
+	e->caps = b->caps | (e->read_only ? GW_CAP_READ_ONLY : 0);
+	e->min_block = GW_MAX(b->min_block ? b->min_block : 1, block_size ? block_size : 1);
+	e->pref_block = GW_MAX(b->pref_block ? b->pref_block : 4096, e->min_block);
+	e->max_xfer = b->max_xfer ? GW_MIN(b->max_xfer, GW_DEFAULT_MAX_XFER) : GW_DEFAULT_MAX_XFER;
+	atomic_init(&e->clients, 0);
+	return e;
+}
+
+void gw_export_free(struct gw_export *e)
+{
+	if (!e)
+		return;
+	free(e->id);
+	free(e->notes);
+	free(e->stats);
+	free(e);
+}
+
+static const uint32_t allowed_flags[GW_OP__COUNT] = {
+	[GW_OP_READ] = GW_IO_HOLE_OK,
+	[GW_OP_WRITE] = GW_IO_FUA,
+	[GW_OP_FLUSH] = 0,
+	[GW_OP_TRIM] = GW_IO_FUA,
+	[GW_OP_WRITE_ZEROES] = GW_IO_FUA | GW_IO_NO_UNMAP | GW_IO_FAST_ZERO,
+	[GW_OP_CACHE] = 0,
+};
+
+static inline struct gw_stats *slot_of(struct gw_export *e, struct gw_ioq *q)
+{
+	return &e->stats[q->slot % GW_STATS_SLOTS];
+}
+
+static inline void count(struct gw_stats *s, struct gw_io *io)
+{
+	__atomic_fetch_add(&s->ops[io->op], 1, __ATOMIC_RELAXED);
+	if (io->result < 0) {
+		__atomic_fetch_add(&s->errors, 1, __ATOMIC_RELAXED);
+	} else if (io->op == GW_OP_READ) {
+		__atomic_fetch_add(&s->bytes_read, io->len, __ATOMIC_RELAXED);
+	} else if (io->op == GW_OP_WRITE) {
+		__atomic_fetch_add(&s->bytes_written, io->len, __ATOMIC_RELAXED);
+	}
+}
+
+/* Validate; 0 when the backend should see it, 1 when done inline (result set). */
+static int check(struct gw_export *e, struct gw_io *io)
+{
+	uint64_t end;
+	bool writes;
+
+	io->rflags = 0;
+	if (gw_unlikely(io->op >= GW_OP__COUNT || (io->flags & ~allowed_flags[io->op])))
+		goto einval;
+	writes = io->op == GW_OP_WRITE || io->op == GW_OP_TRIM || io->op == GW_OP_WRITE_ZEROES;
+	if (gw_unlikely(writes && e->read_only)) {
+		io->result = -EPERM;
+		return 1;
+	}
+	if (io->op == GW_OP_FLUSH) {
+		if (!(e->caps & GW_CAP_FLUSH)) {
+			io->result = 0;
+			return 1;
+		}
+		return 0;
+	}
+	end = io->offset + io->len;
+	if (gw_unlikely(end < io->offset || end > e->size)) {
+		io->result = io->op == GW_OP_WRITE || io->op == GW_OP_WRITE_ZEROES ? -ENOSPC : -EINVAL;
+		return 1;
+	}
+	if (gw_unlikely(((io->offset | io->len) & (e->min_block - 1)) != 0))
+		goto einval;
+	if (io->len == 0) {
+		io->result = 0;
+		return 1;
+	}
+	switch (io->op) {
+	case GW_OP_READ:
+	case GW_OP_WRITE:
+		if (gw_unlikely(io->len > e->max_xfer))
+			goto einval;
+		break;
+	case GW_OP_TRIM:
+		if (!(e->caps & GW_CAP_TRIM)) {
+			io->result = 0; /* a hint nobody can act on */
+			return 1;
+		}
+		break;
+	case GW_OP_WRITE_ZEROES:
+		if ((io->flags & GW_IO_FAST_ZERO) && !(e->caps & GW_CAP_FAST_ZERO)) {
+			io->result = -ENOTSUP;
+			return 1;
+		}
+		break;
+	case GW_OP_CACHE:
+		if (!(e->caps & GW_CAP_CACHE)) {
+			io->result = 0;
+			return 1;
+		}
+		break;
+	default:
+		break;
+	}
+	return 0;
+einval:
+	io->result = -EINVAL;
+	return 1;
+}
+
+int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io)
+{
+	struct gw_stats *s = slot_of(e, q);
+	int rc;
+
+	if (check(e, io)) {
+		count(s, io);
+		return 1;
+	}
+	io->_stats = s;
+	io->q = q;
+	io->result = 0;
+	rc = e->backend->ops->submit(e->backend, q, io);
+	if (rc) {
+		count(s, io);
+		return 1;
+	}
+	return 0;
+}
+
+void gw_io_complete(struct gw_io *io, int result)
+{
+	io->result = result;
+	count(io->_stats, io);
+	io->done(io);
+}
+
+int gw_export_extents(struct gw_export *e, struct gw_ioq *q, uint64_t offset, uint64_t len,
+		      struct gw_extents *out)
+{
+	uint64_t end = offset + len;
+	int rc;
+
+	__atomic_fetch_add(&slot_of(e, q)->extents, 1, __ATOMIC_RELAXED);
+	out->n = 0;
+	out->end = offset;
+	if (len == 0 || end < offset || end > e->size || out->cap == 0 ||
+	    ((offset | len) & (e->min_block - 1)))
+		return -EINVAL;
+	if (!e->backend->ops->extents) {
+		gw_extents_add(out, len, 0);
+		return 0;
+	}
+	rc = e->backend->ops->extents(e->backend, offset, len, out);
+	if (rc < 0)
+		return rc;
+	if (out->n == 0)
+		return -EIO; /* a backend must describe at least the first byte */
+	return 0;
+}
+
+void gw_export_stats(const struct gw_export *e, struct gw_stats_total *t)
+{
+	memset(t, 0, sizeof(*t));
+	for (unsigned i = 0; i < GW_STATS_SLOTS; i++) {
+		const struct gw_stats *s = &e->stats[i];
+		uint64_t ops[GW_OP__COUNT];
+
+		for (unsigned o = 0; o < GW_OP__COUNT; o++) {
+			ops[o] = __atomic_load_n(&s->ops[o], __ATOMIC_RELAXED);
+			t->requests += ops[o];
+		}
+		t->reads += ops[GW_OP_READ];
+		t->writes += ops[GW_OP_WRITE];
+		t->flushes += ops[GW_OP_FLUSH];
+		t->trims += ops[GW_OP_TRIM];
+		t->zeroes += ops[GW_OP_WRITE_ZEROES];
+		t->caches += ops[GW_OP_CACHE];
+		t->extents += __atomic_load_n(&s->extents, __ATOMIC_RELAXED);
+		t->bytes_read += __atomic_load_n(&s->bytes_read, __ATOMIC_RELAXED);
+		t->bytes_written += __atomic_load_n(&s->bytes_written, __ATOMIC_RELAXED);
+		t->errors += __atomic_load_n(&s->errors, __ATOMIC_RELAXED);
+	}
+}

@@ -1,0 +1,92 @@
+/*
+ * Exports and the checked layer.
+ *
+ * An export is one image served over one transport. Transports never call a
+ * backend: they call gw_export_submit(), which refuses bad requests (range,
+ * alignment, size, flags, read-only) with the errno the protocols expect,
+ * counts statistics and then hands the request to the backend.
+ *
+ *   READ/CACHE/TRIM past the end, misaligned, longer than max_xfer:     -EINVAL
+ *   WRITE/WRITE_ZEROES past the end:                                    -ENOSPC
+ *   any write on a read-only export:                                    -EPERM
+ *   FAST_ZERO where zeroing is not fast:                                -ENOTSUP
+ *   unknown op or flag:                                                 -EINVAL
+ */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "backends/backend.h"
+#include "gateway/util.h"
+
+#define GW_STATS_SLOTS 32
+
+/* Counters of one slot; each I/O thread writes its own slot. */
+struct gw_stats {
+	uint64_t ops[GW_OP__COUNT];
+	uint64_t bytes_read;
+	uint64_t bytes_written;
+	uint64_t errors;
+	uint64_t extents;      /* extent queries */
+} __attribute__((aligned(GW_CACHELINE)));
+
+struct gw_stats_total {
+	uint64_t requests, reads, writes, flushes, trims, zeroes, caches, extents;
+	uint64_t bytes_read, bytes_written, errors;
+};
+
+enum gw_export_state {
+	GW_EXPORT_NEW = 0,
+	GW_EXPORT_RUNNING,
+	GW_EXPORT_STOPPING,
+	GW_EXPORT_STOPPED,
+	GW_EXPORT_FAILED,
+};
+
+struct gw_transport_ops;
+
+struct gw_export {
+	char *id;                 /* unique: image name, or image#N when exported twice */
+	struct gw_backend *backend;
+	const char *image;        /* image name */
+	bool read_only;
+	uint64_t size;
+	uint32_t caps;            /* backend caps, plus GW_CAP_READ_ONLY when read_only */
+	uint32_t min_block;       /* alignment the checked layer enforces */
+	uint32_t pref_block;
+	uint32_t max_xfer;        /* largest READ/WRITE */
+
+	const struct gw_transport_ops *transport; /* the one in use */
+	const void *topts;        /* its decoded options */
+	void *tpriv;              /* the transport's per-export state */
+	enum gw_export_state state;
+	char *notes;              /* why earlier transports were skipped ("" when none) */
+
+	atomic_uint clients;      /* connections/queues attached, kept by the transport */
+	struct gw_stats *stats;   /* GW_STATS_SLOTS entries */
+};
+
+/* Create an export of backend b (main thread). block_size: 0 = the backend's. */
+struct gw_export *gw_export_new(const char *id, struct gw_backend *b, bool read_only,
+				uint32_t block_size);
+void gw_export_free(struct gw_export *e);
+
+/*
+ * The checked layer. Any I/O thread, with that thread's ioq. Returns 1 when
+ * the request finished inline (io->result set, io->done NOT called), 0 when
+ * queued (io->done runs later on this thread).
+ */
+int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io);
+
+/*
+ * Allocation state of [offset, offset+len), synchronous. Without backend
+ * support everything is reported as data. 0 or -errno (-EINVAL for a bad range).
+ */
+int gw_export_extents(struct gw_export *e, struct gw_ioq *q, uint64_t offset, uint64_t len,
+		      struct gw_extents *out);
+
+/* Sum the statistics slots (any thread; values are approximate while I/O runs). */
+void gw_export_stats(const struct gw_export *e, struct gw_stats_total *t);
+const char *gw_export_state_name(enum gw_export_state s);
