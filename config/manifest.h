@@ -1,0 +1,82 @@
+/*
+ * The manifest (version 1): images, exports and gateway settings, decoded
+ * from YAML and fully validated before anything starts. Every problem is
+ * collected with its position, so `blkgw check` can list them all as
+ * FILE:LINE:COL: message. See docs/manifest.md.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "backends/backend.h"
+#include "gateway/transport.h"
+
+struct gw_diag_item {
+	int line, col;
+	char *msg;
+};
+
+struct gw_diags {
+	struct gw_diag_item *v;
+	size_t n, cap;
+};
+
+void gw_diag_add(struct gw_diags *d, int line, int col, const char *fmt, ...) GW_PRINTF(4, 5);
+/* Print sorted by position as FILE:LINE:COL: message (or FILE: message without a position). */
+void gw_diags_print(const struct gw_diags *d, const char *file, FILE *out);
+void gw_diags_free(struct gw_diags *d);
+
+struct gw_gateway_cfg {
+	char *control_socket;
+	char *run_dir;
+	uint32_t workers;
+	char *log_level;  /* NULL: default */
+};
+
+struct gw_image_spec {
+	char *name;
+	const struct gw_backend_ops *ops;
+	void *opts;             /* decoded with ops->schema */
+	uint32_t block_size;    /* 0: the backend's own */
+	int line, col;
+};
+
+struct gw_transport_spec {
+	const struct gw_transport_ops *ops;
+	void *opts;             /* decoded with ops->schema */
+	int line, col;
+};
+
+struct gw_export_spec {
+	char *id;               /* image name, or image#N for the N-th export of one image */
+	char *image;
+	size_t image_index;
+	bool read_only;
+	struct gw_transport_spec *transports; /* in order of preference */
+	size_t ntransports;
+	int line, col;
+};
+
+struct gw_manifest {
+	char *path;
+	char *dir;              /* folder relative paths are resolved against */
+	struct gw_gateway_cfg gw;
+	struct gw_image_spec *images;
+	size_t nimages;
+	struct gw_export_spec *exports;
+	size_t nexports;
+};
+
+/*
+ * Load and validate. Returns 0 with *out set, or -1 with every problem in d
+ * (and *out NULL). check_sources: also ask backends whether their sources
+ * exist (e.g. missing image files), as `check` and `serve` do.
+ */
+int gw_manifest_load(const char *path, bool check_sources, struct gw_manifest **out,
+		     struct gw_diags *d);
+void gw_manifest_free(struct gw_manifest *m);
+
+/* The run dir defaults: /run/blkgw for root, else $XDG_RUNTIME_DIR/blkgw or /tmp/blkgw-UID. */
+char *gw_default_run_dir(void);
