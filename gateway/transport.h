@@ -1,0 +1,70 @@
+/*
+ * The transport interface: NBD, vhost-user-blk, VDUSE, ublk.
+ *
+ * A transport serves one export at a time per start() call and keeps its own
+ * per-export state in exp->tpriv. Transports know nothing of YAML or of each
+ * other: their settings arrive decoded through their option schema, and the
+ * gateway picks among them in the manifest's order of preference, using
+ * probe() to learn whether one can work on this host and why not.
+ *
+ * Thread: every op runs on the main thread (the libev default loop). I/O
+ * runs on workers (gateway/worker.h) through gw_export_submit().
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "gateway/export.h"
+#include "gateway/opts.h"
+
+#define GW_TRANSPORT_ABI 1
+
+struct gw_export_status {
+	char endpoint[1024]; /* how to reach it: URIs, socket paths */
+	char device[128];    /* local device node, if any ("" when none) */
+};
+
+struct gw_transport_ops {
+	uint32_t abi_version; /* GW_TRANSPORT_ABI */
+	const char *name;     /* the manifest's word: "nbd", "vhost-user-blk" */
+	const char *summary;  /* one line for --help and docs */
+	struct gw_opt_schema schema;
+
+	/*
+	 * Optional. Can this transport work on this host for these options?
+	 * No side effects. 0, or -errno with a reason a user can act on
+	 * ("nbd kernel module not loaded"). Called by `check` and before start.
+	 */
+	int (*probe)(const void *opts, char *why, size_t len);
+
+	/*
+	 * Optional. Would exports a and b (same transport) collide, e.g. the same
+	 * socket and export name? Returns NULL, or a message. No side effects.
+	 */
+	const char *(*conflict)(const void *a, const char *image_a, const void *b,
+				const char *image_b, char *buf, size_t len);
+
+	/* Optional. One line for `check`: where the export would be reachable. */
+	void (*describe)(const void *opts, const char *image, char *buf, size_t len);
+
+	/*
+	 * Required. Start serving exp (exp->topts holds the options). 0, or
+	 * -errno with a message; on failure nothing is left behind, and the
+	 * gateway may try the next transport.
+	 */
+	int (*start)(struct gw_export *exp, char *err, size_t errlen);
+
+	/*
+	 * Required. Stop accepting, finish in-flight requests, detach clients,
+	 * remove sockets/devices; then call done(exp) on the main thread (it may
+	 * be called before stop returns).
+	 */
+	void (*stop)(struct gw_export *exp, void (*done)(struct gw_export *exp));
+
+	/* Optional. Fill status fields. */
+	void (*status)(struct gw_export *exp, struct gw_export_status *st);
+};
+
+const struct gw_transport_ops *gw_transport_find(const char *name);
+const struct gw_transport_ops *const *gw_transport_list(size_t *n);

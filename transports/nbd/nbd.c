@@ -1,0 +1,550 @@
+/*
+ * The NBD transport: options, listeners and export lifecycle, on the main
+ * thread. Connections are accepted here and handed to a worker
+ * (nbd_conn.c), which runs the handshake and the transmission phase.
+ *
+ * Several exports may share one listener (the same socket or address);
+ * a client chooses among them by export name, and an empty name picks the
+ * first export of the listener.
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "gateway/gateway.h"
+#include "gateway/log.h"
+#include "gateway/transport.h"
+#include "gateway/util.h"
+#include "transports/nbd/nbd_conn.h"
+#include "transports/nbd/nbd_internal.h"
+#include "transports/nbd/nbd_proto.h"
+
+static const char *nbd_check_opts(const void *opts, const char **key);
+
+static const struct gw_opt_desc nbd_opts_table[] = {
+	{ .key = "socket", .type = GW_OPT_PATH, .offset = offsetof(struct nbd_opts, socket),
+	  .help = "unix socket to serve on (default RUN-DIR/IMAGE.sock when 'listen' is not set)" },
+	{ .key = "listen", .type = GW_OPT_HOSTPORT, .offset = offsetof(struct nbd_opts, listen),
+	  .help = "TCP address to serve on, e.g. 127.0.0.1:10809" },
+	{ .key = "name", .type = GW_OPT_STR, .offset = offsetof(struct nbd_opts, name),
+	  .help = "export name clients ask for (default: the image name)" },
+	{ .key = "description", .type = GW_OPT_STR, .offset = offsetof(struct nbd_opts, description),
+	  .help = "free text shown to clients that list exports" },
+	{ .key = "socket-mode", .type = GW_OPT_MODE, .offset = offsetof(struct nbd_opts, socket_mode),
+	  .def = 0600, .help = "permissions of the unix socket (default 0600)" },
+};
+
+static struct nbd_listener *listeners;
+
+/* ---- options ---- */
+
+static const char *nbd_check_opts(const void *opts, const char **key)
+{
+	const struct nbd_opts *o = opts;
+
+	if (o->name && strlen(o->name) > NBD_MAX_STRING) {
+		*key = "name";
+		return "'name' is longer than 4096 bytes";
+	}
+	if (o->description && strlen(o->description) > NBD_MAX_STRING) {
+		*key = "description";
+		return "'description' is longer than 4096 bytes";
+	}
+	if (o->socket && strlen(o->socket) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+		*key = "socket";
+		return "'socket' path is too long for a unix socket (at most 107 bytes)";
+	}
+	return NULL;
+}
+
+static const char *wire_name(const struct nbd_opts *o, const char *image)
+{
+	return o->name ? o->name : image;
+}
+
+/* The endpoints an export serves on, as listener keys ("unix:PATH", "tcp:HOST:PORT"). */
+static unsigned endpoints(const struct nbd_opts *o, const char *image, char keys[2][4200])
+{
+	unsigned n = 0;
+
+	if (o->socket)
+		snprintf(keys[n++], sizeof(keys[0]), "unix:%s", o->socket);
+	if (o->listen)
+		snprintf(keys[n++], sizeof(keys[0]), "tcp:%s", o->listen);
+	if (!n)
+		snprintf(keys[n++], sizeof(keys[0]), "unix:%s/%s.sock", gw_run_dir(), image);
+	return n;
+}
+
+static const char *nbd_conflict(const void *a, const char *image_a, const void *b,
+				const char *image_b, char *buf, size_t len)
+{
+	const struct nbd_opts *oa = a, *ob = b;
+	char ka[2][4200], kb[2][4200];
+	unsigned na = endpoints(oa, image_a, ka), nb = endpoints(ob, image_b, kb);
+
+	for (unsigned i = 0; i < na; i++) {
+		for (unsigned j = 0; j < nb; j++) {
+			if (strcmp(ka[i], kb[j]) != 0)
+				continue;
+			if (strcmp(wire_name(oa, image_a), wire_name(ob, image_b)) == 0) {
+				snprintf(buf, len, "export name '%s' on %s is already served by another export",
+					 wire_name(oa, image_a), ka[i]);
+				return buf;
+			}
+			if (ka[i][0] == 'u' && oa->socket_mode != ob->socket_mode) {
+				snprintf(buf, len, "%s is shared with another export but with a different socket-mode (%04o vs %04o)",
+					 ka[i] + 5, oa->socket_mode, ob->socket_mode);
+				return buf;
+			}
+		}
+	}
+	return NULL;
+}
+
+/* Percent-encode an export name for a URI path. */
+static void uri_name(char *out, size_t len, const char *name)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t n = 0;
+
+	for (const unsigned char *p = (const unsigned char *)name; *p && n + 4 < len; p++) {
+		if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		    *p == '-' || *p == '.' || *p == '_' || *p == '~') {
+			out[n++] = (char)*p;
+		} else {
+			out[n++] = '%';
+			out[n++] = hex[*p >> 4];
+			out[n++] = hex[*p & 15];
+		}
+	}
+	out[n] = '\0';
+}
+
+static void nbd_describe(const void *opts, const char *image, char *buf, size_t len)
+{
+	const struct nbd_opts *o = opts;
+	char keys[2][4200], name[1024];
+	unsigned n = endpoints(o, image, keys);
+	size_t used = 0;
+
+	uri_name(name, sizeof(name), wire_name(o, image));
+	buf[0] = '\0';
+	for (unsigned i = 0; i < n && used < len; i++) {
+		if (keys[i][0] == 'u')
+			used += (size_t)snprintf(buf + used, len - used, "%snbd+unix:///%s?socket=%s",
+						 i ? " " : "", name, keys[i] + 5);
+		else
+			used += (size_t)snprintf(buf + used, len - used, "%snbd://%s/%s", i ? " " : "",
+						 keys[i] + 4, name);
+	}
+}
+
+/* ---- listeners ---- */
+
+static void listener_free(struct nbd_listener *l)
+{
+	pthread_mutex_destroy(&l->lock);
+	free(l->exps);
+	free(l->key);
+	free(l->path);
+	free(l->hostport);
+	free(l);
+}
+
+void nbd_listener_put(struct nbd_listener *l)
+{
+	if (atomic_fetch_sub(&l->refs, 1) == 1)
+		listener_free(l);
+}
+
+struct nbd_exp *nbd_listener_get(struct nbd_listener *l, const char *name, size_t len)
+{
+	struct nbd_exp *found = NULL;
+
+	pthread_mutex_lock(&l->lock);
+	for (unsigned i = 0; i < l->nexps; i++) {
+		struct nbd_exp *x = l->exps[i];
+
+		if (len == 0 || (strlen(x->name) == len && memcmp(x->name, name, len) == 0)) {
+			found = x;
+			break;
+		}
+	}
+	if (found)
+		atomic_fetch_add(&found->conns, 1);
+	pthread_mutex_unlock(&l->lock);
+	return found;
+}
+
+void nbd_listener_each(struct nbd_listener *l, void (*fn)(void *arg, struct nbd_exp *x), void *arg)
+{
+	pthread_mutex_lock(&l->lock);
+	for (unsigned i = 0; i < l->nexps; i++)
+		fn(arg, l->exps[i]);
+	pthread_mutex_unlock(&l->lock);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct nbd_listener *l = w->data;
+
+	for (int i = 0; i < 64; i++) {
+		struct gw_worker *wk;
+		int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno != EAGAIN)
+				gw_warn("nbd: accept on %s: %s", l->key, strerror(errno));
+			return;
+		}
+		if (!l->is_unix) {
+			int one = 1;
+
+			setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		}
+		wk = gw_worker_pick();
+		atomic_fetch_add(&l->refs, 1);
+		nbd_conn_accept(wk, fd, l);
+	}
+}
+
+static int mkdir_parents(const char *path)
+{
+	char *p = strdup(path);
+
+	if (!p)
+		return -ENOMEM;
+	for (char *s = p + 1; *s; s++) {
+		if (*s != '/')
+			continue;
+		*s = '\0';
+		if (mkdir(p, 0755) < 0 && errno != EEXIST) {
+			int rc = -errno;
+
+			free(p);
+			return rc;
+		}
+		*s = '/';
+	}
+	free(p);
+	return 0;
+}
+
+static int listen_unix(struct nbd_listener *l, char *err, size_t errlen)
+{
+	struct sockaddr_un sa;
+	struct stat st;
+	mode_t old;
+	int fd, rc;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	if (gw_strlcpy(sa.sun_path, l->path, sizeof(sa.sun_path)) < 0) {
+		gw_seterr(err, errlen, "socket path %s is too long", l->path);
+		return -ENAMETOOLONG;
+	}
+	rc = mkdir_parents(l->path);
+	if (rc < 0) {
+		gw_seterr(err, errlen, "cannot create the folder of %s: %s", l->path, strerror(-rc));
+		return rc;
+	}
+	if (lstat(l->path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			gw_seterr(err, errlen, "%s exists and is not a socket", l->path);
+			return -EEXIST;
+		}
+		/* A live server there keeps it; a stale socket is replaced. */
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+			close(fd);
+			gw_seterr(err, errlen, "%s is in use by another running server", l->path);
+			return -EADDRINUSE;
+		}
+		if (fd >= 0)
+			close(fd);
+		unlink(l->path);
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		rc = -errno;
+		gw_seterr(err, errlen, "socket: %s", strerror(errno));
+		return rc;
+	}
+	/* Never let the socket exist with wider permissions than asked for. */
+	old = umask(0777 & ~(mode_t)l->mode);
+	rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+	umask(old);
+	if (rc < 0 || chmod(l->path, l->mode) < 0 || listen(fd, 128) < 0) {
+		rc = -errno;
+		gw_seterr(err, errlen, "cannot serve on %s: %s", l->path, strerror(errno));
+		close(fd);
+		unlink(l->path);
+		return rc;
+	}
+	l->fds[l->nfds++] = fd;
+	return 0;
+}
+
+static int listen_tcp(struct nbd_listener *l, char *err, size_t errlen)
+{
+	struct addrinfo hints, *res = NULL, *ai;
+	char *host = NULL, *port = NULL;
+	int rc, last = 0;
+
+	rc = gw_split_hostport(l->hostport, &host, &port);
+	if (rc < 0) {
+		gw_seterr(err, errlen, "bad address %s", l->hostport);
+		return rc;
+	}
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	rc = getaddrinfo(host, port, &hints, &res);
+	if (rc != 0) {
+		gw_seterr(err, errlen, "cannot resolve %s: %s", l->hostport, gai_strerror(rc));
+		free(host);
+		free(port);
+		return -EINVAL;
+	}
+	for (ai = res; ai && l->nfds < NBD_MAX_LISTEN_FDS; ai = ai->ai_next) {
+		int one = 1;
+		int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+
+		if (fd < 0) {
+			last = errno;
+			continue;
+		}
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (ai->ai_family == AF_INET6)
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 128) < 0) {
+			last = errno;
+			close(fd);
+			continue;
+		}
+		l->fds[l->nfds++] = fd;
+	}
+	freeaddrinfo(res);
+	free(host);
+	free(port);
+	if (!l->nfds) {
+		gw_seterr(err, errlen, "cannot listen on %s: %s", l->hostport, strerror(last ? last : EADDRNOTAVAIL));
+		return -(last ? last : EADDRNOTAVAIL);
+	}
+	return 0;
+}
+
+static void listener_close(struct nbd_listener *l)
+{
+	struct nbd_listener **pp;
+
+	atomic_store(&l->closed, true);
+	for (unsigned i = 0; i < l->nfds; i++) {
+		ev_io_stop(EV_DEFAULT, &l->w[i]);
+		close(l->fds[i]);
+	}
+	l->nfds = 0;
+	if (l->is_unix)
+		unlink(l->path);
+	for (pp = &listeners; *pp; pp = &(*pp)->next) {
+		if (*pp == l) {
+			*pp = l->next;
+			break;
+		}
+	}
+	gw_info("nbd: stopped listening on %s", l->key + (l->is_unix ? 5 : 4));
+	nbd_listener_put(l);
+}
+
+static struct nbd_listener *listener_open(const char *key, uint32_t mode, char *err, size_t errlen)
+{
+	struct nbd_listener *l;
+	int rc;
+
+	for (l = listeners; l; l = l->next)
+		if (strcmp(l->key, key) == 0)
+			return l;
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return NULL;
+	l->key = strdup(key);
+	l->is_unix = strncmp(key, "unix:", 5) == 0;
+	l->mode = mode;
+	if (l->is_unix)
+		l->path = strdup(key + 5);
+	else
+		l->hostport = strdup(key + 4);
+	pthread_mutex_init(&l->lock, NULL);
+	atomic_init(&l->refs, 1);
+	atomic_init(&l->closed, false);
+	rc = l->is_unix ? listen_unix(l, err, errlen) : listen_tcp(l, err, errlen);
+	if (rc < 0) {
+		listener_free(l);
+		return NULL;
+	}
+	for (unsigned i = 0; i < l->nfds; i++) {
+		ev_io_init(&l->w[i], accept_cb, l->fds[i], EV_READ);
+		l->w[i].data = l;
+		ev_io_start(EV_DEFAULT, &l->w[i]);
+	}
+	l->next = listeners;
+	listeners = l;
+	gw_info("nbd: listening on %s", key + (l->is_unix ? 5 : 4));
+	return l;
+}
+
+static int listener_add(struct nbd_listener *l, struct nbd_exp *x)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&l->lock);
+	if (l->nexps == l->cap) {
+		unsigned cap = l->cap ? l->cap * 2 : 4;
+		struct nbd_exp **v = realloc(l->exps, cap * sizeof(*v));
+
+		if (v) {
+			l->exps = v;
+			l->cap = cap;
+		} else {
+			rc = -ENOMEM;
+		}
+	}
+	if (!rc)
+		l->exps[l->nexps++] = x;
+	pthread_mutex_unlock(&l->lock);
+	return rc;
+}
+
+/* Remove x; close the listener when it serves nothing any more. */
+static void listener_remove(struct nbd_listener *l, struct nbd_exp *x)
+{
+	bool empty;
+
+	pthread_mutex_lock(&l->lock);
+	for (unsigned i = 0; i < l->nexps; i++) {
+		if (l->exps[i] == x) {
+			memmove(&l->exps[i], &l->exps[i + 1], (l->nexps - i - 1) * sizeof(*l->exps));
+			l->nexps--;
+			break;
+		}
+	}
+	empty = l->nexps == 0;
+	pthread_mutex_unlock(&l->lock);
+	if (empty)
+		listener_close(l);
+}
+
+/* ---- exports ---- */
+
+uint16_t nbd_tflags(const struct nbd_exp *x, bool structured)
+{
+	const struct gw_export *e = x->exp;
+	uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_CACHE;
+
+	if (e->read_only)
+		f |= NBD_FLAG_READ_ONLY;
+	else
+		f |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
+	if (structured)
+		f |= NBD_FLAG_SEND_DF;
+	if (e->caps & GW_CAP_MULTI_CONN)
+		f |= NBD_FLAG_CAN_MULTI_CONN;
+	if (e->caps & GW_CAP_ROTATIONAL)
+		f |= NBD_FLAG_ROTATIONAL;
+	return f;
+}
+
+static void stop_finish(void *arg)
+{
+	struct nbd_exp *x = arg;
+	struct gw_export *e = x->exp;
+	void (*done)(struct gw_export *) = x->stop_done;
+
+	e->tpriv = NULL;
+	free(x);
+	done(e);
+}
+
+void nbd_exp_unbind(struct nbd_exp *x)
+{
+	if (atomic_fetch_sub(&x->conns, 1) != 1 || !atomic_load(&x->stopping))
+		return;
+	if (!atomic_exchange(&x->done_posted, true))
+		gw_main_call(stop_finish, x);
+}
+
+static int nbd_start(struct gw_export *e, char *err, size_t errlen)
+{
+	const struct nbd_opts *o = e->topts;
+	char keys[2][4200];
+	unsigned n = endpoints(o, e->image, keys);
+	struct nbd_exp *x = calloc(1, sizeof(*x));
+
+	if (!x)
+		return -ENOMEM;
+	x->exp = e;
+	x->o = o;
+	x->name = wire_name(o, e->image);
+	atomic_init(&x->conns, 0);
+	atomic_init(&x->stopping, false);
+	atomic_init(&x->done_posted, false);
+	for (unsigned i = 0; i < n; i++) {
+		struct nbd_listener *l = listener_open(keys[i], o->socket_mode, err, errlen);
+
+		if (!l || listener_add(l, x) < 0) {
+			if (l && !l->nexps)
+				listener_close(l);
+			for (unsigned j = 0; j < x->nlis; j++)
+				listener_remove(x->lis[j], x);
+			free(x);
+			return -EIO;
+		}
+		x->lis[x->nlis++] = l;
+	}
+	e->tpriv = x;
+	return 0;
+}
+
+static void nbd_stop(struct gw_export *e, void (*done)(struct gw_export *e))
+{
+	struct nbd_exp *x = e->tpriv;
+
+	x->stop_done = done;
+	for (unsigned i = 0; i < x->nlis; i++)
+		listener_remove(x->lis[i], x);
+	x->nlis = 0;
+	/* Hold a reference while the drain messages go out, so completion waits for them. */
+	atomic_fetch_add(&x->conns, 1);
+	atomic_store(&x->stopping, true);
+	nbd_conns_drain(x);
+	nbd_exp_unbind(x);
+}
+
+static void nbd_status(struct gw_export *e, struct gw_export_status *st)
+{
+	nbd_describe(e->topts, e->image, st->endpoint, sizeof(st->endpoint));
+}
+
+const struct gw_transport_ops gw_nbd_transport = {
+	.abi_version = GW_TRANSPORT_ABI,
+	.name = "nbd",
+	.summary = "NBD server on unix sockets and TCP (QEMU, qemu-img, libnbd, nbd-client)",
+	.schema = GW_OPT_SCHEMA(nbd_opts_table, struct nbd_opts, nbd_check_opts),
+	.conflict = nbd_conflict,
+	.describe = nbd_describe,
+	.start = nbd_start,
+	.stop = nbd_stop,
+	.status = nbd_status,
+};

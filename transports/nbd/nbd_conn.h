@@ -1,0 +1,98 @@
+/*
+ * One NBD connection, owned by one worker thread from accept to close.
+ * Private to nbd_conn.c and nbd_handshake.c.
+ */
+#pragma once
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backends/backend.h"
+#include "gateway/worker.h"
+#include "transports/nbd/nbd_internal.h"
+
+enum nbd_cstate {
+	CS_HS_FLAGS,   /* waiting for the client's 32-bit flags */
+	CS_HS_OPT,     /* option haggling */
+	CS_TX,         /* transmission */
+	CS_CLOSING,    /* no more requests: finish in-flight ones, flush, close */
+	CS_DEAD,       /* socket closed; waiting for in-flight I/O to come back */
+};
+
+struct nbd_req;
+
+/* One piece of output: bytes to send and what to release once sent. */
+struct nbd_seg {
+	const void *base;
+	size_t len;
+	struct nbd_req *req; /* released when its last segment is sent */
+	void *owned;         /* freed when sent */
+};
+
+struct nbd_conn {
+	struct gw_worker *w;
+	int fd;
+	ev_io rio, wio;
+	enum nbd_cstate state;
+	struct nbd_listener *lis;  /* NULL for sockets the gateway handed to a kernel */
+	struct nbd_exp *x;         /* bound export (transmission) */
+	struct gw_export *exp;
+	uint16_t tflags;
+
+	/* Negotiated. */
+	bool fixed;
+	bool no_zeroes;
+	bool structured;
+	bool meta_alloc;           /* base:allocation selected */
+	char *meta_name;           /* export the selection was made for */
+	unsigned nopts;
+
+	/* Input. */
+	uint8_t *ibuf;
+	size_t ipos, iend, icap;
+	struct nbd_req *wr;        /* write whose payload is arriving */
+	uint32_t wr_have;
+	uint64_t skip;             /* payload bytes to throw away */
+	uint32_t skip_opt;         /* option being discarded (reply after) */
+	bool skip_is_opt;
+	bool paused;               /* stopped reading: too much in flight or queued */
+	bool shutting;             /* server stopping: answer new requests with ESHUTDOWN */
+	bool rd_on, wr_on;
+	unsigned in_process;
+
+	/* Output. */
+	struct nbd_seg *oseg;
+	size_t ohead, otail, ocap; /* ring of segments */
+	size_t ooff;               /* bytes of oseg[ohead] already sent */
+	size_t obytes;             /* queued bytes */
+	struct gw_deferred flush;
+
+	/* Requests. */
+	unsigned inflight;
+	size_t inflight_bytes;
+	struct nbd_req *free_reqs;
+	unsigned nfree;
+
+	struct nbd_conn *next, *prev; /* the worker's connections */
+};
+
+/* Queue a malloc'd buffer, freed once sent (or on failure). 0 or -ENOMEM. */
+int nbd_out_own(struct nbd_conn *c, void *buf, size_t len);
+/* Queue a copy of bytes (handshake and other cold paths). 0 or -ENOMEM. */
+int nbd_out_copy(struct nbd_conn *c, const void *p, size_t len);
+/* Send what is queued as soon as the callback returns. */
+void nbd_out_kick(struct nbd_conn *c);
+/* Option reply: header + data. 0 or -ENOMEM. */
+int nbd_opt_reply(struct nbd_conn *c, uint32_t opt, uint32_t type, const void *data, size_t len);
+/* Error reply with a message. */
+int nbd_opt_error(struct nbd_conn *c, uint32_t opt, uint32_t type, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+/* Enter transmission bound to x (connection already counted on x). */
+int nbd_conn_enter_tx(struct nbd_conn *c, struct nbd_exp *x);
+
+/* nbd_handshake.c: consume option-phase input. 0 (need more / now transmitting) or -1 (close). */
+int nbd_hs_process(struct nbd_conn *c);
+/* The 18-byte greeting. */
+int nbd_hs_greet(struct nbd_conn *c);

@@ -1,0 +1,82 @@
+/*
+ * NBD transport internals shared by nbd.c (transport ops, listeners,
+ * main thread), nbd_handshake.c (option haggling) and nbd_conn.c
+ * (connections and the transmission phase, on workers).
+ *
+ * Lifetimes: a listener is refcounted (the transport holds one reference
+ * while exports use it, each connection another); an nbd_exp lives from
+ * start() until its last bound connection is gone after stop().
+ * Lock order: nbd_listener.lock is a leaf lock.
+ */
+#pragma once
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "gateway/export.h"
+#include "gateway/worker.h"
+
+#define NBD_MAX_LISTEN_FDS 8
+
+struct nbd_opts {
+	char *socket;       /* unix socket path */
+	char *listen;       /* HOST:PORT */
+	char *name;         /* export name on the wire (default: image name) */
+	char *description;
+	uint32_t socket_mode;
+};
+
+struct nbd_exp;
+
+struct nbd_listener {
+	char *key;                   /* "unix:/path" or "tcp:host:port" */
+	bool is_unix;
+	char *path;                  /* unix */
+	char *hostport;              /* tcp */
+	uint32_t mode;
+	int fds[NBD_MAX_LISTEN_FDS];
+	ev_io w[NBD_MAX_LISTEN_FDS];
+	unsigned nfds;
+	atomic_uint refs;
+	atomic_bool closed;          /* no longer accepting; handshakes in progress end */
+	pthread_mutex_t lock;        /* guards exps */
+	struct nbd_exp **exps;
+	unsigned nexps, cap;
+	struct nbd_listener *next;   /* main thread's list */
+};
+
+struct nbd_exp {
+	struct gw_export *exp;
+	const struct nbd_opts *o;
+	const char *name;            /* wire name */
+	struct nbd_listener *lis[2];
+	unsigned nlis;
+	atomic_uint conns;           /* bound connections */
+	atomic_bool stopping;
+	atomic_bool done_posted;
+	void (*stop_done)(struct gw_export *exp);
+};
+
+/* ---- nbd.c ---- */
+void nbd_listener_put(struct nbd_listener *l);
+/*
+ * Find an export by wire name ("" = the listener's first) and take a
+ * reference on it (x->conns), or NULL. Release with nbd_exp_unbind().
+ */
+struct nbd_exp *nbd_listener_get(struct nbd_listener *l, const char *name, size_t len);
+/* Names of the listener's exports, for LIST; calls fn under the lock. */
+void nbd_listener_each(struct nbd_listener *l, void (*fn)(void *arg, struct nbd_exp *x), void *arg);
+/* Drop a reference from nbd_listener_get() or a drain message. Any thread. */
+void nbd_exp_unbind(struct nbd_exp *x);
+/* Transmission flags for this export. */
+uint16_t nbd_tflags(const struct nbd_exp *x, bool structured);
+
+/* ---- nbd_conn.c ---- */
+/* Serve an accepted socket on worker w (runs on w through gw_worker_call). */
+void nbd_conn_accept(struct gw_worker *w, int fd, struct nbd_listener *l);
+/* On every worker: finish and close the connections of x; close handshakes on closed listeners. */
+void nbd_conns_drain(struct nbd_exp *x);
