@@ -1,0 +1,315 @@
+#include "gateway/control.h"
+
+#include <errno.h>
+#include <ev.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "gateway/log.h"
+#include "gateway/util.h"
+
+#define CTL_MAX_LINE (64 * 1024)
+#define CTL_MAX_CLIENTS 64
+
+struct ctl_client {
+	int fd;
+	ev_io rio, wio;
+	char *in;
+	size_t inlen;
+	char *out;
+	size_t outlen, outoff;
+	struct ctl_client *next;
+};
+
+static struct {
+	int fd;
+	ev_io w;
+	char *path;
+	gw_ctl_handler handler;
+	void *arg;
+	struct ctl_client *clients;
+	unsigned nclients;
+} ctl = { .fd = -1 };
+
+json_object *gw_ctl_error(int code, const char *fmt, ...)
+{
+	json_object *r = json_object_new_object(), *e = json_object_new_object();
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	json_object_object_add(e, "code", json_object_new_int(code));
+	json_object_object_add(e, "message", json_object_new_string(msg));
+	json_object_object_add(r, "ok", json_object_new_boolean(0));
+	json_object_object_add(r, "error", e);
+	return r;
+}
+
+static void client_close(struct ctl_client *c)
+{
+	struct ctl_client **pp;
+
+	ev_io_stop(EV_DEFAULT, &c->rio);
+	ev_io_stop(EV_DEFAULT, &c->wio);
+	close(c->fd);
+	for (pp = &ctl.clients; *pp; pp = &(*pp)->next) {
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	}
+	ctl.nclients--;
+	free(c->in);
+	free(c->out);
+	free(c);
+}
+
+static void client_flush(struct ctl_client *c)
+{
+	while (c->outoff < c->outlen) {
+		ssize_t n = send(c->fd, c->out + c->outoff, c->outlen - c->outoff, MSG_NOSIGNAL);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN) {
+				ev_io_start(EV_DEFAULT, &c->wio);
+				return;
+			}
+			client_close(c);
+			return;
+		}
+		c->outoff += (size_t)n;
+	}
+	ev_io_stop(EV_DEFAULT, &c->wio);
+	c->outlen = c->outoff = 0;
+}
+
+static void client_reply(struct ctl_client *c, json_object *reply)
+{
+	const char *s = json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PLAIN);
+	size_t n = strlen(s);
+	char *b = realloc(c->out, c->outlen + n + 1);
+
+	if (b) {
+		memcpy(b + c->outlen, s, n);
+		b[c->outlen + n] = '\n';
+		c->out = b;
+		c->outlen += n + 1;
+	}
+	json_object_put(reply);
+}
+
+static void handle_line(struct ctl_client *c, const char *line, size_t len)
+{
+	json_tokener *tok = json_tokener_new();
+	json_object *req, *reply;
+
+	req = json_tokener_parse_ex(tok, line, (int)len);
+	if (!req || json_tokener_get_error(tok) != json_tokener_success ||
+	    tok->char_offset != (int)len) {
+		reply = gw_ctl_error(-EINVAL, "request is not valid JSON: %s",
+				     json_tokener_error_desc(json_tokener_get_error(tok)));
+	} else if (!json_object_is_type(req, json_type_object)) {
+		reply = gw_ctl_error(-EINVAL, "request must be a JSON object such as {\"command\": \"status\"}");
+	} else {
+		reply = ctl.handler(req, ctl.arg);
+	}
+	json_object_put(req);
+	json_tokener_free(tok);
+	client_reply(c, reply);
+}
+
+static void client_readable(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct ctl_client *c = w->data;
+	char buf[4096];
+	ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+	char *nl;
+
+	if (n <= 0) {
+		if (n < 0 && (errno == EINTR || errno == EAGAIN))
+			return;
+		client_close(c);
+		return;
+	}
+	if (c->inlen + (size_t)n > CTL_MAX_LINE) {
+		client_reply(c, gw_ctl_error(-E2BIG, "request longer than %d bytes", CTL_MAX_LINE));
+		client_flush(c);
+		client_close(c);
+		return;
+	}
+	{
+		char *in = realloc(c->in, c->inlen + (size_t)n);
+
+		if (!in) {
+			client_close(c);
+			return;
+		}
+		c->in = in;
+	}
+	memcpy(c->in + c->inlen, buf, (size_t)n);
+	c->inlen += (size_t)n;
+	while ((nl = memchr(c->in, '\n', c->inlen))) {
+		size_t l = (size_t)(nl - c->in);
+
+		if (l > 0)
+			handle_line(c, c->in, l);
+		memmove(c->in, nl + 1, c->inlen - l - 1);
+		c->inlen -= l + 1;
+	}
+	client_flush(c);
+}
+
+static void client_writable(struct ev_loop *loop, ev_io *w, int revents)
+{
+	client_flush(w->data);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	int fd = accept4(ctl.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	struct ctl_client *c;
+
+	if (fd < 0)
+		return;
+	if (ctl.nclients >= CTL_MAX_CLIENTS || !(c = calloc(1, sizeof(*c)))) {
+		close(fd);
+		return;
+	}
+	c->fd = fd;
+	ev_io_init(&c->rio, client_readable, fd, EV_READ);
+	ev_io_init(&c->wio, client_writable, fd, EV_WRITE);
+	c->rio.data = c->wio.data = c;
+	ev_io_start(EV_DEFAULT, &c->rio);
+	c->next = ctl.clients;
+	ctl.clients = c;
+	ctl.nclients++;
+}
+
+int gw_ctl_start(const char *path, gw_ctl_handler handler, void *arg, char *err, size_t errlen)
+{
+	struct sockaddr_un sa;
+	struct stat st;
+	mode_t old;
+	int fd, rc;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	if (gw_strlcpy(sa.sun_path, path, sizeof(sa.sun_path)) < 0) {
+		gw_seterr(err, errlen, "control socket path %s is too long", path);
+		return -ENAMETOOLONG;
+	}
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			gw_seterr(err, errlen, "%s exists and is not a socket", path);
+			return -EEXIST;
+		}
+		unlink(path); /* the caller made sure no daemon answers on it */
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		rc = -errno;
+		gw_seterr(err, errlen, "socket: %s", strerror(errno));
+		return rc;
+	}
+	old = umask(0177);
+	rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+	umask(old);
+	if (rc < 0 || listen(fd, 16) < 0) {
+		rc = -errno;
+		gw_seterr(err, errlen, "cannot create control socket %s: %s", path, strerror(errno));
+		close(fd);
+		return rc;
+	}
+	ctl.fd = fd;
+	ctl.path = strdup(path);
+	ctl.handler = handler;
+	ctl.arg = arg;
+	ev_io_init(&ctl.w, accept_cb, fd, EV_READ);
+	ev_io_start(EV_DEFAULT, &ctl.w);
+	return 0;
+}
+
+void gw_ctl_stop(void)
+{
+	while (ctl.clients)
+		client_close(ctl.clients);
+	if (ctl.fd >= 0) {
+		ev_io_stop(EV_DEFAULT, &ctl.w);
+		close(ctl.fd);
+		unlink(ctl.path);
+	}
+	free(ctl.path);
+	ctl.path = NULL;
+	ctl.fd = -1;
+}
+
+json_object *gw_ctl_request(const char *path, json_object *req, char *err, size_t errlen)
+{
+	struct sockaddr_un sa;
+	const char *s = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
+	char *buf = NULL;
+	size_t len = 0;
+	json_object *reply = NULL;
+	int fd;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	if (gw_strlcpy(sa.sun_path, path, sizeof(sa.sun_path)) < 0) {
+		gw_seterr(err, errlen, "control socket path %s is too long", path);
+		return NULL;
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		gw_seterr(err, errlen, "cannot reach blkgw at %s: %s%s", path, strerror(errno),
+			  errno == ENOENT || errno == ECONNREFUSED ? " (is the daemon running? see --control)" : "");
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
+	if (send(fd, s, strlen(s), MSG_NOSIGNAL) < 0 || send(fd, "\n", 1, MSG_NOSIGNAL) < 0) {
+		gw_seterr(err, errlen, "cannot send to %s: %s", path, strerror(errno));
+		close(fd);
+		return NULL;
+	}
+	for (;;) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		char *nb;
+		ssize_t n;
+
+		if (poll(&p, 1, 10000) <= 0) {
+			gw_seterr(err, errlen, "no answer from %s within 10 s", path);
+			break;
+		}
+		nb = realloc(buf, len + 65536 + 1);
+		if (!nb)
+			break;
+		buf = nb;
+		n = recv(fd, buf + len, 65536, 0);
+		if (n <= 0) {
+			gw_seterr(err, errlen, "connection to %s closed before an answer", path);
+			break;
+		}
+		len += (size_t)n;
+		buf[len] = '\0';
+		if (memchr(buf, '\n', len)) {
+			reply = json_tokener_parse(buf);
+			if (!reply)
+				gw_seterr(err, errlen, "answer from %s is not valid JSON", path);
+			break;
+		}
+	}
+	free(buf);
+	close(fd);
+	return reply;
+}

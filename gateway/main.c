@@ -1,0 +1,357 @@
+/* blkgw: the command line. */
+#include <errno.h>
+#include <getopt.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config/manifest.h"
+#include "gateway/control.h"
+#include "gateway/gateway.h"
+#include "gateway/log.h"
+#include "gateway/transport.h"
+#include "gateway/util.h"
+#include "gw_version.h"
+
+static void usage_main(FILE *f)
+{
+	size_t nt, nb;
+	const struct gw_transport_ops *const *tl = gw_transport_list(&nt);
+	const struct gw_backend_ops *const *bl = gw_backend_list(&nb);
+
+	fprintf(f,
+		"Usage: blkgw COMMAND [OPTIONS]\n"
+		"Export disk images over block transports, as a YAML manifest declares.\n"
+		"\n"
+		"Commands:\n"
+		"  serve MANIFEST   run the gateway in the foreground until SIGTERM/SIGINT\n"
+		"  check MANIFEST   validate a manifest and show what serve would do\n"
+		"  status           show the exports of a running gateway\n"
+		"  version          print the version\n"
+		"  help [COMMAND]   show help\n"
+		"\n"
+		"Transports in this build:\n");
+	for (size_t i = 0; i < nt; i++)
+		fprintf(f, "  %-16s %s\n", tl[i]->name, tl[i]->summary);
+	fprintf(f, "Backends in this build:\n");
+	for (size_t i = 0; i < nb; i++)
+		fprintf(f, "  %-16s %s\n", bl[i]->name, bl[i]->summary);
+	fprintf(f, "\n'blkgw COMMAND --help' describes each command; docs/manifest.md the manifest.\n");
+}
+
+static void usage_serve(FILE *f)
+{
+	fprintf(f,
+		"Usage: blkgw serve MANIFEST [--pidfile FILE] [--log-level LEVEL]\n"
+		"Open every image of MANIFEST, serve every export, and run in the foreground,\n"
+		"logging to stderr. SIGTERM or SIGINT stops it cleanly: no new connections,\n"
+		"in-flight requests finish, images are flushed and closed, sockets removed.\n"
+		"A manifest with any error starts nothing (see 'blkgw check').\n"
+		"\n"
+		"Options:\n"
+		"  --pidfile FILE      write the daemon's pid to FILE once it serves\n"
+		"  --log-level LEVEL   error, warn, info or debug (overrides the manifest)\n"
+		"  -h, --help          show this help\n");
+}
+
+static void usage_check(FILE *f)
+{
+	fprintf(f,
+		"Usage: blkgw check MANIFEST\n"
+		"Validate MANIFEST without starting anything. Prints each export and the\n"
+		"transport it would use; exits 0 when valid, or 1 listing every problem as\n"
+		"FILE:LINE:COL: message.\n"
+		"\n"
+		"Options:\n"
+		"  -h, --help          show this help\n");
+}
+
+static void usage_status(FILE *f)
+{
+	fprintf(f,
+		"Usage: blkgw status [--control SOCKET | --manifest MANIFEST] [--json]\n"
+		"Ask a running gateway for its exports: image, transport, endpoint, state,\n"
+		"clients and counters (requests, bytes read/written, errors).\n"
+		"\n"
+		"Options:\n"
+		"  --control SOCKET    the daemon's control socket (default: $BLKGW_CONTROL,\n"
+		"                      else RUN-DIR/control.sock of the default run dir)\n"
+		"  --manifest FILE     use the control socket that manifest declares\n"
+		"  --json              print the daemon's JSON answer\n"
+		"  -h, --help          show this help\n");
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "pidfile", required_argument, NULL, 'p' },
+		{ "log-level", required_argument, NULL, 'l' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct gw_serve_opts so = { 0 };
+	struct gw_manifest *m;
+	struct gw_diags d = { 0 };
+	enum gw_log_level lvl;
+	int c, rc;
+
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'p': so.pidfile = optarg; break;
+		case 'l':
+			if (gw_log_parse_level(optarg, &lvl) < 0) {
+				fprintf(stderr, "blkgw serve: unknown log level '%s' (error, warn, info, debug)\n", optarg);
+				return 2;
+			}
+			so.log_level = optarg;
+			break;
+		case 'h': usage_serve(stdout); return 0;
+		default: usage_serve(stderr); return 2;
+		}
+	}
+	if (optind + 1 != argc) {
+		usage_serve(stderr);
+		return 2;
+	}
+	if (gw_manifest_load(argv[optind], true, &m, &d) < 0) {
+		gw_diags_print(&d, argv[optind], stderr);
+		fprintf(stderr, "blkgw: %zu problem%s in %s; nothing was started\n", d.n, d.n == 1 ? "" : "s",
+			argv[optind]);
+		gw_diags_free(&d);
+		return 1;
+	}
+	rc = gw_serve(m, &so);
+	gw_manifest_free(m);
+	return rc;
+}
+
+static int cmd_check(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct gw_manifest *m;
+	struct gw_diags d = { 0 };
+	int c;
+
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'h': usage_check(stdout); return 0;
+		default: usage_check(stderr); return 2;
+		}
+	}
+	if (optind + 1 != argc) {
+		usage_check(stderr);
+		return 2;
+	}
+	if (gw_manifest_load(argv[optind], true, &m, &d) < 0) {
+		gw_diags_print(&d, argv[optind], stderr);
+		fprintf(stderr, "%zu problem%s found\n", d.n, d.n == 1 ? "" : "s");
+		gw_diags_free(&d);
+		return 1;
+	}
+	printf("%s: valid (run dir %s, control socket %s, %u worker%s)\n", argv[optind], m->gw.run_dir,
+	       m->gw.control_socket, m->gw.workers, m->gw.workers == 1 ? "" : "s");
+	for (size_t i = 0; i < m->nexports; i++) {
+		const struct gw_export_spec *x = &m->exports[i];
+		const struct gw_image_spec *img = &m->images[x->image_index];
+		bool chosen = false;
+
+		printf("export %s: image %s (%s)%s\n", x->id, img->name, img->ops->name,
+		       x->read_only ? " read-only" : "");
+		for (size_t t = 0; t < x->ntransports; t++) {
+			const struct gw_transport_spec *ts = &x->transports[t];
+			char why[512] = "", where[2048] = "";
+			int rc = 0;
+
+			if (ts->ops->probe)
+				rc = ts->ops->probe(ts->opts, why, sizeof(why));
+			if (ts->ops->describe)
+				ts->ops->describe(ts->opts, x->image, where, sizeof(where));
+			if (rc < 0) {
+				printf("  %s: not available here: %s\n", ts->ops->name, *why ? why : strerror(-rc));
+			} else if (!chosen) {
+				printf("  %s: would serve at %s\n", ts->ops->name, where);
+				chosen = true;
+			} else {
+				printf("  %s: fallback, at %s\n", ts->ops->name, where);
+			}
+		}
+		if (!chosen)
+			printf("  no listed transport is available on this host\n");
+	}
+	gw_manifest_free(m);
+	return 0;
+}
+
+static void human_size(uint64_t v, char *buf, size_t len)
+{
+	static const char *u[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+	double d = (double)v;
+	unsigned i = 0;
+
+	while (d >= 1024 && i + 1 < GW_ARRAY_SIZE(u)) {
+		d /= 1024;
+		i++;
+	}
+	if (i == 0)
+		snprintf(buf, len, "%llu B", (unsigned long long)v);
+	else
+		snprintf(buf, len, "%.1f %s", d, u[i]);
+}
+
+static const char *jstr(json_object *o, const char *key)
+{
+	json_object *v;
+
+	if (!json_object_object_get_ex(o, key, &v) || !v)
+		return "";
+	return json_object_get_string(v);
+}
+
+static uint64_t jnum(json_object *o, const char *key)
+{
+	json_object *v;
+
+	if (!json_object_object_get_ex(o, key, &v) || !v)
+		return 0;
+	return (uint64_t)json_object_get_int64(v);
+}
+
+static int cmd_status(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "control", required_argument, NULL, 'c' },
+		{ "manifest", required_argument, NULL, 'm' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	const char *control = getenv("BLKGW_CONTROL");
+	const char *manifest = NULL;
+	char *owned = NULL;
+	bool as_json = false;
+	json_object *req, *reply, *ok, *exports;
+	char err[1024];
+	int c, rc = 0;
+
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c': control = optarg; break;
+		case 'm': manifest = optarg; break;
+		case 'j': as_json = true; break;
+		case 'h': usage_status(stdout); return 0;
+		default: usage_status(stderr); return 2;
+		}
+	}
+	if (optind != argc) {
+		usage_status(stderr);
+		return 2;
+	}
+	if (manifest) {
+		struct gw_manifest *m;
+		struct gw_diags d = { 0 };
+
+		if (gw_manifest_load(manifest, false, &m, &d) < 0) {
+			gw_diags_print(&d, manifest, stderr);
+			gw_diags_free(&d);
+			return 1;
+		}
+		owned = strdup(m->gw.control_socket);
+		control = owned;
+		gw_manifest_free(m);
+	}
+	if (!control || !*control) {
+		char *rd = gw_default_run_dir();
+
+		if (rd && asprintf(&owned, "%s/control.sock", rd) < 0)
+			owned = NULL;
+		free(rd);
+		control = owned;
+	}
+	req = json_object_new_object();
+	json_object_object_add(req, "command", json_object_new_string("status"));
+	reply = gw_ctl_request(control, req, err, sizeof(err));
+	json_object_put(req);
+	if (!reply) {
+		fprintf(stderr, "blkgw status: %s\n", err);
+		free(owned);
+		return 1;
+	}
+	if (!json_object_object_get_ex(reply, "ok", &ok) || !json_object_get_boolean(ok)) {
+		json_object *e;
+
+		json_object_object_get_ex(reply, "error", &e);
+		fprintf(stderr, "blkgw status: %s\n", e ? jstr(e, "message") : "error");
+		rc = 1;
+	} else if (as_json) {
+		printf("%s\n", json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED));
+	} else {
+		printf("blkgw %s, pid %d, %d workers, up %.0f s%s\n", jstr(reply, "version"), (int)jnum(reply, "pid"),
+		       (int)jnum(reply, "workers"), json_object_get_double(json_object_object_get(reply, "uptime_s")),
+		       json_object_get_boolean(json_object_object_get(reply, "stopping")) ? ", stopping" : "");
+		printf("%-16s %-16s %-10s %-9s %7s %10s %10s %10s %7s  %s\n", "EXPORT", "IMAGE", "TRANSPORT",
+		       "STATE", "CLIENTS", "REQUESTS", "READ", "WRITTEN", "ERRORS", "ENDPOINT");
+		json_object_object_get_ex(reply, "exports", &exports);
+		for (size_t i = 0; exports && i < json_object_array_length(exports); i++) {
+			json_object *e = json_object_array_get_idx(exports, i), *cn;
+			char rd[32], wr[32];
+			const char *dev = jstr(e, "device");
+
+			json_object_object_get_ex(e, "counters", &cn);
+			human_size(jnum(cn, "bytes_read"), rd, sizeof(rd));
+			human_size(jnum(cn, "bytes_written"), wr, sizeof(wr));
+			printf("%-16s %-16s %-10s %-9s %7llu %10llu %10s %10s %7llu  %s%s%s\n", jstr(e, "id"),
+			       jstr(e, "image"), jstr(e, "transport"), jstr(e, "state"),
+			       (unsigned long long)jnum(e, "clients"), (unsigned long long)jnum(cn, "requests"), rd, wr,
+			       (unsigned long long)jnum(cn, "errors"), jstr(e, "endpoint"), *dev ? " " : "", dev);
+			if (*jstr(e, "notes"))
+				printf("%-16s   fell back: %s\n", "", jstr(e, "notes"));
+		}
+	}
+	json_object_put(reply);
+	free(owned);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	const char *cmd;
+
+	if (argc < 2) {
+		usage_main(stderr);
+		return 2;
+	}
+	cmd = argv[1];
+	if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0 || strcmp(cmd, "version") == 0) {
+		printf("blkgw %s\n", GW_VERSION);
+		return 0;
+	}
+	if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+		usage_main(stdout);
+		return 0;
+	}
+	if (strcmp(cmd, "help") == 0) {
+		if (argc > 2 && strcmp(argv[2], "serve") == 0)
+			usage_serve(stdout);
+		else if (argc > 2 && strcmp(argv[2], "check") == 0)
+			usage_check(stdout);
+		else if (argc > 2 && strcmp(argv[2], "status") == 0)
+			usage_status(stdout);
+		else
+			usage_main(stdout);
+		return 0;
+	}
+	if (strcmp(cmd, "serve") == 0)
+		return cmd_serve(argc - 1, argv + 1);
+	if (strcmp(cmd, "check") == 0)
+		return cmd_check(argc - 1, argv + 1);
+	if (strcmp(cmd, "status") == 0)
+		return cmd_status(argc - 1, argv + 1);
+	fprintf(stderr, "blkgw: unknown command '%s'\n\n", cmd);
+	usage_main(stderr);
+	return 2;
+}
