@@ -290,7 +290,8 @@ for b in "${bins[@]}"; do
 	src=$b
 	case "$b" in
 	*/*) ;;
-	*) src=$(command -v "$b" 2>/dev/null) || die "--bin $b: not found in PATH" ;;
+	*) src=$(PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" command -v "$b" 2>/dev/null) ||
+		die "--bin $b: not found in PATH" ;;
 	esac
 	if [ ! -f "$src" ] || [ ! -x "$src" ]; then
 		die "--bin $b: '$src' is not an executable file"

@@ -120,6 +120,28 @@ bg_start() {
 # bg_pid NAME
 bg_pid() { cat "$VM_STATE/$1.pid"; }
 
+# bg_running NAME: true while NAME has not exited
+bg_running() { ! _vm_gone "$(bg_pid "$1")"; }
+
+# bg_wait_for NAME SECONDS CMD [ARGS...]: like wait_for, but give up at once
+# (printing NAME's log) when NAME exits before CMD succeeds
+bg_wait_for() {
+	local name="$1" limit=$(($2 * 10)) i=0
+	shift 2
+	while ! "$@" >/dev/null 2>&1; do
+		if ! bg_running "$name"; then
+			"$@" >/dev/null 2>&1 && return 0
+			echo "$name exited before: $*"
+			cat "$VM_LOGS/$name.log"
+			return 1
+		fi
+		i=$((i + 1))
+		[ "$i" -ge "$limit" ] && { echo "timed out after $((limit / 10))s: $*"; return 1; }
+		sleep 0.1
+	done
+	return 0
+}
+
 # bg_wait NAME [SECONDS]: wait for NAME to exit (default 30 s); returns its
 # exit status, or 124 after killing it when it did not exit in time
 bg_wait() {

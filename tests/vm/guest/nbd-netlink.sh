@@ -42,13 +42,14 @@ check "probe without the nbd module says the driver is not loaded" \
 require "load nbd (nbds_max=4)" load_module nbd nbds_max=4
 require "probe resolves the nbd family and its multicast group" \
 	sh -c "$T probe | tee /dev/stderr | grep -q 'multicast group nbd_mc_group id [1-9]'"
+check "genl-check passes with the nbd module loaded" $T genl-check
 check "connect as an unprivileged user is refused with a permission message" \
 	expect_fail "permission denied" $T serve --as-user 65534 --size 1M
 
 # --- one connection: dd, blkdiscard, fio verify --------------------------------
 
 bg_start srv $T serve --size 64M --block-size 4096 --ready-file /tmp/srv.idx --dump /tmp/srv.img
-require "the selftest connected a device" wait_for_file 20 /tmp/srv.idx
+require "the selftest connected a device" bg_wait_for srv 20 test -s /tmp/srv.idx
 idx=$(cat /tmp/srv.idx)
 dev=/dev/nbd$idx
 vm_log "attached $dev"
@@ -100,7 +101,7 @@ rm -f /tmp/srv.img
 # --- two connections (CAN_MULTI_CONN), destroy on disconnect -------------------
 
 bg_start mc $T serve --size 32M --block-size 512 --conns 2 --destroy --ready-file /tmp/mc.idx
-require "the selftest connected a device with two sockets" wait_for_file 20 /tmp/mc.idx
+require "the selftest connected a device with two sockets" bg_wait_for mc 20 test -s /tmp/mc.idx
 idx=$(cat /tmp/mc.idx)
 dev=/dev/nbd$idx
 check "$dev is a block device" wait_for 5 test -b "$dev"
@@ -117,7 +118,7 @@ check_eq "no protocol errors" 0 "$(stat_of "$VM_LOGS/mc.log" errors)"
 # --- a dropped connection repaired with RECONFIGURE ------------------------------
 
 bg_start rc $T serve --size 32M --timeout 2 --dead-timeout 30 --drop-after 40 --ready-file /tmp/rc.idx
-require "the selftest connected a device (dead-conn timeout 30 s)" wait_for_file 20 /tmp/rc.idx
+require "the selftest connected a device (dead-conn timeout 30 s)" bg_wait_for rc 20 test -s /tmp/rc.idx
 idx=$(cat /tmp/rc.idx)
 dev=/dev/nbd$idx
 check "$dev is a block device" wait_for 5 test -b "$dev"

@@ -24,6 +24,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <linux/genetlink.h>
+
 #include "transports/nbd/nbd_netlink.h"
 
 #define REQUEST_MAGIC 0x25609513u
@@ -77,7 +79,8 @@ static void die_usage(void)
 		"           [--ready-file PATH] [--dump PATH]\n"
 		"       nbd-nl-selftest disconnect INDEX\n"
 		"       nbd-nl-selftest status [INDEX]\n"
-		"       nbd-nl-selftest probe\n");
+		"       nbd-nl-selftest probe\n"
+		"       nbd-nl-selftest genl-check\n");
 	exit(2);
 }
 
@@ -538,6 +541,165 @@ static int cmd_status(int argc, char **argv)
 	return 0;
 }
 
+/* --- genl-check: host-side checks of gateway/genl.c on any kernel ---------- */
+
+static int gc_failed, gc_passed;
+
+static void gc_check(bool ok, const char *what)
+{
+	printf("%s: %s\n", ok ? "ok" : "FAILED", what);
+	if (ok)
+		gc_passed++;
+	else
+		gc_failed++;
+}
+
+struct gc_dump {
+	int families;
+	bool saw_nlctrl;
+};
+
+static int gc_dump_cb(const struct gw_genl_reply *r, void *arg)
+{
+	const struct nlattr *tb[CTRL_ATTR_MAX + 1];
+	struct gc_dump *d = arg;
+	const char *name;
+
+	if (gw_genl_parse(r->attrs, r->len, tb, CTRL_ATTR_MAX) < 0)
+		return -EBADMSG;
+	d->families++;
+	if (tb[CTRL_ATTR_FAMILY_NAME] &&
+	    gw_genl_attr_str(tb[CTRL_ATTR_FAMILY_NAME], &name) == 0 &&
+	    strcmp(name, "nlctrl") == 0)
+		d->saw_nlctrl = true;
+	return 0;
+}
+
+static int cmd_genl_check(void)
+{
+	struct gw_genl_sock s;
+	struct gw_genl_family fam;
+	struct gw_genl_msg m;
+	struct gc_dump d = { 0 };
+	struct nbd_nl nl;
+	uint32_t grp = 0;
+	char msg[512];
+	int ret;
+
+	ret = gw_genl_open(&s);
+	gc_check(ret == 0, "open a generic netlink socket");
+	if (ret)
+		return 1;
+	ret = gw_genl_family_resolve(&s, "nlctrl", &fam);
+	gc_check(ret == 0 && fam.id == GENL_ID_CTRL, "resolve nlctrl to GENL_ID_CTRL");
+	gc_check(gw_genl_group_id(&fam, "notify", &grp) == 0 && grp != 0,
+		 "nlctrl has a \"notify\" multicast group");
+	gc_check(gw_genl_group_id(&fam, "no-such-group", &grp) == -ENOENT,
+		 "an unknown group is -ENOENT");
+	ret = gw_genl_family_resolve(&s, "blkgw-nosuchfam", &fam);
+	gc_check(ret == -ENOENT, "an unknown family is -ENOENT");
+	ret = gw_genl_family_resolve(&s, "a-name-longer-than-16", &fam);
+	gc_check(ret == -ENAMETOOLONG, "an over-long family name is -ENAMETOOLONG");
+
+	gw_genl_msg_init(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, NLM_F_DUMP);
+	ret = gw_genl_request(&s, &m, gc_dump_cb, &d);
+	gc_check(ret == 0 && d.families >= 1 && d.saw_nlctrl,
+		 "a dump of all families ends with NLMSG_DONE and lists nlctrl");
+
+	gw_genl_msg_init(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, 0);
+	ret = gw_genl_request(&s, &m, NULL, NULL);
+	gc_check(ret < 0, "a GETFAMILY without a name gets the kernel's -errno");
+	gw_genl_msg_init(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, 0);
+	gw_genl_put_str(&m, CTRL_ATTR_FAMILY_NAME, "nlctrl");
+	ret = gw_genl_request(&s, &m, NULL, NULL);
+	gc_check(ret == 0, "the same socket still works after an error");
+
+	static uint8_t big[5000];
+
+	gw_genl_msg_init(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, 0);
+	ret = gw_genl_put(&m, 1, big, sizeof(big));
+	gc_check(ret == -EMSGSIZE, "an attribute larger than the message is -EMSGSIZE");
+	gc_check(gw_genl_put_u32(&m, 2, 1) == -EMSGSIZE &&
+		 gw_genl_request(&s, &m, NULL, NULL) == -EMSGSIZE,
+		 "the error sticks to later puts and to the request");
+	gw_genl_msg_init(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, 0);
+	for (int i = 0; i < GW_GENL_MAX_NEST; i++)
+		gw_genl_nest_start(&m, 1);
+	gc_check(gw_genl_nest_start(&m, 1) == -E2BIG, "nesting deeper than the limit is -E2BIG");
+	gw_genl_msg_init(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, 0);
+	gc_check(gw_genl_nest_end(&m) == -EINVAL, "nest_end without nest_start is -EINVAL");
+	gw_genl_msg_init(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, 0);
+	gw_genl_nest_start(&m, 7);
+	gc_check(gw_genl_request(&s, &m, NULL, NULL) == -EINVAL, "an unclosed nest is -EINVAL");
+
+	/* a nest built here parses back with the same values */
+	gw_genl_msg_init(&m, 0x20, 1, 1, 0);
+	gw_genl_put_u64(&m, 2, 0x1122334455667788ull);
+	gw_genl_nest_start(&m, 7);
+	gw_genl_nest_start(&m, 1);
+	gw_genl_put_u32(&m, 1, 42);
+	gw_genl_nest_end(&m);
+	gw_genl_nest_start(&m, 1);
+	gw_genl_put_u32(&m, 1, 43);
+	gw_genl_nest_end(&m);
+	gw_genl_nest_end(&m);
+	gw_genl_put_str(&m, 10, "abc");
+	{
+		const uint8_t *attrs = m.buf + NLMSG_HDRLEN + 4;
+		size_t len = m.len - NLMSG_HDRLEN - 4;
+		const struct nlattr *tb[11], *it_a, *in[2];
+		struct gw_genl_iter it;
+		uint64_t v64 = 0;
+		uint32_t sum = 0, v32;
+		const char *str = NULL;
+		int n = 0;
+
+		ret = gw_genl_parse(attrs, len, tb, 10);
+		gc_check(ret == 0 && tb[2] && tb[7] && tb[10] && !tb[3],
+			 "parse finds the attributes that were put");
+		gc_check(tb[2] && gw_genl_attr_u64(tb[2], &v64) == 0 &&
+			 v64 == 0x1122334455667788ull, "u64 round trip");
+		gc_check(tb[10] && gw_genl_attr_str(tb[10], &str) == 0 && strcmp(str, "abc") == 0,
+			 "string round trip");
+		gc_check(tb[2] && gw_genl_attr_u32(tb[2], &v32) == -EINVAL,
+			 "reading a u64 as u32 is -EINVAL");
+		if (tb[7]) {
+			gw_genl_iter_nested(&it, tb[7]);
+			while (gw_genl_iter_next(&it, &it_a) > 0) {
+				if (gw_genl_parse_nested(it_a, in, 1) == 0 && in[1] &&
+				    gw_genl_attr_u32(in[1], &v32) == 0)
+					sum += v32;
+				n++;
+			}
+		}
+		gc_check(n == 2 && sum == 85, "a nested array iterates in order");
+	}
+	{
+		uint8_t bad[8] = { 2, 0, 1, 0, 0, 0, 0, 0 }; /* nla_len 2 < header */
+		uint8_t over[8] = { 12, 0, 1, 0, 0, 0, 0, 0 }; /* runs past the end */
+		const struct nlattr *tb[2];
+
+		gc_check(gw_genl_parse(bad, sizeof(bad), tb, 1) == -EINVAL,
+			 "an attribute shorter than its header is -EINVAL");
+		gc_check(gw_genl_parse(over, sizeof(over), tb, 1) == -EINVAL,
+			 "an attribute longer than the buffer is -EINVAL");
+	}
+	gw_genl_close(&s);
+
+	ret = nbd_nl_open(&nl, msg, sizeof(msg));
+	if (ret == 0) {
+		gc_check(nl.family.id != 0 && nl.mcast_group != 0,
+			 "this kernel has nbd: family and multicast group resolved");
+		nbd_nl_close(&nl);
+	} else {
+		printf("nbd_nl_open: %s\n", msg);
+		gc_check(ret == -ENOENT && strstr(msg, "not loaded") != NULL,
+			 "without the nbd module, nbd_nl_open says the driver is not loaded");
+	}
+	printf("genl-check: %d ok, %d FAILED\n", gc_passed, gc_failed);
+	return gc_failed ? 1 : 0;
+}
+
 static int cmd_probe(void)
 {
 	struct nbd_nl nl;
@@ -567,5 +729,7 @@ int main(int argc, char **argv)
 		return cmd_status(argc - 1, argv + 1);
 	if (strcmp(argv[1], "probe") == 0)
 		return cmd_probe();
+	if (strcmp(argv[1], "genl-check") == 0)
+		return cmd_genl_check();
 	die_usage();
 }
