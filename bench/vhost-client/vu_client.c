@@ -14,7 +14,7 @@
  * (VU_GPA_BASE + offset). The two differ on purpose, so a backend that mixes
  * the two address spaces fails loudly instead of working by accident.
  */
-#include "vu_client.h"
+#include "vu_client_internal.h"
 
 #include <endian.h>
 #include <errno.h>
@@ -33,204 +33,9 @@
 #include <time.h>
 #include <unistd.h>
 
-/* ---- vhost-user wire format --------------------------------------------- */
+__thread char vu_tls_err[256];
 
-enum vu_req {
-	VU_GET_FEATURES = 1,
-	VU_SET_FEATURES = 2,
-	VU_SET_OWNER = 3,
-	VU_SET_MEM_TABLE = 5,
-	VU_SET_VRING_NUM = 8,
-	VU_SET_VRING_ADDR = 9,
-	VU_SET_VRING_BASE = 10,
-	VU_GET_VRING_BASE = 11,
-	VU_SET_VRING_KICK = 12,
-	VU_SET_VRING_CALL = 13,
-	VU_GET_PROTOCOL_FEATURES = 15,
-	VU_SET_PROTOCOL_FEATURES = 16,
-	VU_GET_QUEUE_NUM = 17,
-	VU_SET_VRING_ENABLE = 18,
-	VU_GET_CONFIG = 24,
-	VU_REQ_MAX_NAMED = 25,
-};
-
-#define VU_FLAG_VERSION    0x1u
-#define VU_FLAG_VERSION_MASK 0x3u
-#define VU_FLAG_REPLY      0x4u
-#define VU_FLAG_NEED_REPLY 0x8u
-
-#define VU_CONFIG_MAX 256
-#define VU_HDR_SIZE 12u
-
-struct vu_vring_state {
-	uint32_t index;
-	uint32_t num;
-};
-
-struct vu_vring_addr {
-	uint32_t index;
-	uint32_t flags;
-	uint64_t desc;
-	uint64_t used;
-	uint64_t avail;
-	uint64_t log;
-};
-
-struct vu_mem_region {
-	uint64_t guest_phys_addr;
-	uint64_t size;
-	uint64_t userspace_addr;
-	uint64_t mmap_offset;
-};
-
-struct vu_mem_table {
-	uint32_t nregions;
-	uint32_t padding;
-	struct vu_mem_region regions[8];
-};
-
-struct vu_config_msg {
-	uint32_t offset;
-	uint32_t size;
-	uint32_t flags;
-	uint8_t data[VU_CONFIG_MAX];
-};
-
-struct vu_msg {
-	uint32_t request;
-	uint32_t flags;
-	uint32_t size;
-	union {
-		uint64_t u64;
-		struct vu_vring_state state;
-		struct vu_vring_addr addr;
-		struct vu_mem_table mem;
-		struct vu_config_msg config;
-	} p;
-} __attribute__((packed));
-
-_Static_assert(sizeof(struct vu_vring_addr) == 40, "vring_addr layout");
-_Static_assert(sizeof(struct vu_mem_region) == 32, "mem region layout");
-_Static_assert(offsetof(struct vu_msg, p) == VU_HDR_SIZE, "header layout");
-
-/* ---- virtio split ring and virtio-blk ----------------------------------- */
-
-#define VRING_DESC_F_NEXT  1
-#define VRING_DESC_F_WRITE 2
-#define VRING_AVAIL_F_NO_INTERRUPT 1
-#define VRING_USED_F_NO_NOTIFY 1
-
-struct vring_desc {
-	uint64_t addr;
-	uint32_t len;
-	uint16_t flags;
-	uint16_t next;
-};
-
-struct vring_used_elem {
-	uint32_t id;
-	uint32_t len;
-};
-
-#define VIRTIO_BLK_T_IN           0
-#define VIRTIO_BLK_T_OUT          1
-#define VIRTIO_BLK_T_FLUSH        4
-#define VIRTIO_BLK_T_GET_ID       8
-#define VIRTIO_BLK_T_DISCARD      11
-#define VIRTIO_BLK_T_WRITE_ZEROES 13
-
-#define VIRTIO_BLK_S_OK     0
-#define VIRTIO_BLK_S_IOERR  1
-#define VIRTIO_BLK_S_UNSUPP 2
-
-#define VIRTIO_BLK_ID_BYTES 20
-#define VU_STATUS_SENTINEL 0xa5 /* not a valid status: "never written" */
-
-struct blk_outhdr {
-	uint32_t type;
-	uint32_t ioprio;
-	uint64_t sector;
-};
-
-struct blk_seg {
-	uint64_t sector;
-	uint32_t num_sectors;
-	uint32_t flags;
-};
-
-/* Per-descriptor-head data the backend reads or writes, in shared memory. */
-struct vu_slot {
-	struct blk_outhdr hdr;
-	struct blk_seg seg;
-	uint8_t id[VIRTIO_BLK_ID_BYTES];
-	uint8_t status;
-	uint8_t pad[64 - 16 - 16 - VIRTIO_BLK_ID_BYTES - 1];
-};
-_Static_assert(sizeof(struct vu_slot) == 64, "slot size");
-
-#define VU_GPA_BASE 0x100000000ULL /* 4 GiB: "guest physical" of mem[0] */
-#define VU_SECTOR 512ULL
-#define VU_MAX_QUEUE_SIZE 32768u
-#define VU_DEFAULT_REPLY_TIMEOUT_MS 15000
-
-/* ---- objects ------------------------------------------------------------ */
-
-struct vu_client {
-	int sock;
-	pthread_mutex_t lock;     /* control messages, allocator, queue table */
-	char *path;
-	struct vu_client_opts opts;
-	struct vu_client_info info;
-	bool started;
-	bool dead;                /* the connection failed; refuse more */
-	int memfd;
-	uint8_t *mem;
-	uint64_t mem_size;
-	uint64_t mem_used;
-	uint8_t *queue_busy;      /* [max_queues] */
-	unsigned int open_queues;
-};
-
-struct vu_track {
-	void *cookie;
-	void *id_dst;             /* GET_ID: copy the id here on completion */
-	uint32_t in_bytes;        /* device-writable bytes, status included */
-	uint16_t ndesc;
-	uint8_t op;
-	uint8_t inflight;
-};
-
-struct vu_queue {
-	struct vu_client *c;
-	unsigned int index;
-	unsigned int num;
-	unsigned int flags;
-	bool event_idx;
-	bool broken;
-	int kickfd;
-	int callfd;
-	struct vring_desc *desc;
-	uint16_t *avail;          /* flags, idx, ring[num], used_event */
-	uint8_t *used;            /* flags, idx, elem[num], avail_event */
-	struct vu_slot *slots;    /* [num], indexed by head descriptor */
-	struct vu_track *track;   /* [num], private */
-	uint16_t *next_free;      /* [num], private free list / chain links */
-	uint16_t free_head;
-	unsigned int nfree;
-	uint16_t avail_shadow;    /* next avail idx we will publish */
-	uint16_t avail_published;
-	uint16_t last_used;
-	unsigned int inflight;
-	uint64_t seg_limit;       /* bytes per data descriptor */
-	unsigned int max_data_segs;
-	struct vu_queue_stats st;
-	char err[256];
-};
-
-static __thread char vu_tls_err[256];
-
-__attribute__((format(printf, 1, 2)))
-static void cerr(const char *fmt, ...)
+void vu_set_err(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -239,8 +44,7 @@ static void cerr(const char *fmt, ...)
 	va_end(ap);
 }
 
-__attribute__((format(printf, 2, 3)))
-static void qerr(struct vu_queue *q, const char *fmt, ...)
+void vu_queue_set_err(struct vu_queue *q, const char *fmt, ...)
 {
 	va_list ap;
 	int n;
@@ -253,7 +57,6 @@ static void qerr(struct vu_queue *q, const char *fmt, ...)
 	va_end(ap);
 	snprintf(vu_tls_err, sizeof(vu_tls_err), "%s", q->err);
 }
-
 const char *vu_client_errmsg(const struct vu_client *c)
 {
 	(void)c;
@@ -340,29 +143,6 @@ const char *vu_protocol_feature_name(unsigned int bit)
 	return bit < 64 && proto_feature_names[bit] ? proto_feature_names[bit] : NULL;
 }
 
-/* ---- time --------------------------------------------------------------- */
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Remaining ms until deadline (-1: none), never negative. */
-static int remaining_ms(int64_t deadline)
-{
-	int64_t left;
-
-	if (deadline < 0)
-		return -1;
-	left = deadline - now_ms();
-	if (left < 0)
-		return 0;
-	return left > INT32_MAX ? INT32_MAX : (int)left;
-}
-
 /* ---- message I/O (call with c->lock held) ------------------------------- */
 
 static void trace_msg(const struct vu_client *c, const char *dir,
@@ -405,13 +185,13 @@ static int wait_fd(struct vu_client *c, short events, int64_t deadline,
 		if (r > 0)
 			return 0;
 		if (r == 0) {
-			cerr("vhost-user %s: no %s from the backend within %d ms",
+			vu_set_err("vhost-user %s: no %s from the backend within %d ms",
 			     req_name(req), what, VU_DEFAULT_REPLY_TIMEOUT_MS);
 			return -ETIMEDOUT;
 		}
 		if (errno != EINTR) {
 			r = -errno;
-			cerr("poll on vhost-user socket: %s", strerror(errno));
+			vu_set_err("poll on vhost-user socket: %s", strerror(errno));
 			return r;
 		}
 	}
@@ -429,7 +209,7 @@ static int send_msg(struct vu_client *c, struct vu_msg *m, const int *fds, int n
 	ssize_t n;
 
 	if (c->dead) {
-		cerr("vhost-user connection is down");
+		vu_set_err("vhost-user connection is down");
 		return -EPIPE;
 	}
 	if (nfds > 0) {
@@ -451,7 +231,7 @@ static int send_msg(struct vu_client *c, struct vu_msg *m, const int *fds, int n
 			if (errno == EINTR)
 				continue;
 			n = -errno;
-			cerr("sending vhost-user %s: %s", req_name(m->request),
+			vu_set_err("sending vhost-user %s: %s", req_name(m->request),
 			     strerror(errno));
 			c->dead = true;
 			return (int)n;
@@ -495,7 +275,7 @@ static int recv_all(struct vu_client *c, void *buf, size_t len, int64_t deadline
 			if (errno == EINTR || errno == EAGAIN)
 				continue;
 			r = -errno;
-			cerr("receiving reply to vhost-user %s: %s", req_name(req),
+			vu_set_err("receiving reply to vhost-user %s: %s", req_name(req),
 			     strerror(errno));
 			c->dead = true;
 			return r;
@@ -513,7 +293,7 @@ static int recv_all(struct vu_client *c, void *buf, size_t len, int64_t deadline
 			}
 		}
 		if (n == 0) {
-			cerr("backend closed the connection while we waited for the "
+			vu_set_err("backend closed the connection while we waited for the "
 			     "reply to %s", req_name(req));
 			c->dead = true;
 			return -EPIPE;
@@ -537,20 +317,20 @@ static int recv_reply(struct vu_client *c, uint32_t req, struct vu_msg *m,
 	if (r < 0)
 		return r;
 	if (m->request != req) {
-		cerr("backend replied with request %u (%s) to %s", m->request,
+		vu_set_err("backend replied with request %u (%s) to %s", m->request,
 		     req_name(m->request), req_name(req));
 		c->dead = true;
 		return -EPROTO;
 	}
 	if ((m->flags & VU_FLAG_VERSION_MASK) != VU_FLAG_VERSION ||
 	    !(m->flags & VU_FLAG_REPLY)) {
-		cerr("reply to %s has bad flags 0x%x (want version 1 and REPLY)",
+		vu_set_err("reply to %s has bad flags 0x%x (want version 1 and REPLY)",
 		     req_name(req), m->flags);
 		c->dead = true;
 		return -EPROTO;
 	}
 	if (m->size > sizeof(m->p) || (want && m->size != want)) {
-		cerr("reply to %s has payload size %u, expected %u", req_name(req),
+		vu_set_err("reply to %s has payload size %u, expected %u", req_name(req),
 		     m->size, want);
 		c->dead = true;
 		return -EPROTO;
@@ -591,7 +371,7 @@ static int send_set(struct vu_client *c, uint32_t req, const void *payload,
 	if (r < 0)
 		return r;
 	if (m.p.u64 != 0) {
-		cerr("backend rejected %s (REPLY_ACK status %" PRIu64 ")",
+		vu_set_err("backend rejected %s (REPLY_ACK status %" PRIu64 ")",
 		     req_name(req), m.p.u64);
 		return -EREMOTEIO;
 	}
@@ -643,7 +423,7 @@ static int open_socket(const char *path, unsigned int timeout_ms)
 	int fd, r;
 
 	if (strlen(path) >= sizeof(sa.sun_path)) {
-		cerr("socket path too long (max %zu bytes): %s",
+		vu_set_err("socket path too long (max %zu bytes): %s",
 		     sizeof(sa.sun_path) - 1, path);
 		return -ENAMETOOLONG;
 	}
@@ -652,7 +432,7 @@ static int open_socket(const char *path, unsigned int timeout_ms)
 		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (fd < 0) {
 			r = -errno;
-			cerr("socket: %s", strerror(errno));
+			vu_set_err("socket: %s", strerror(errno));
 			return r;
 		}
 		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
@@ -661,7 +441,7 @@ static int open_socket(const char *path, unsigned int timeout_ms)
 		close(fd);
 		if ((r != -ENOENT && r != -ECONNREFUSED && r != -EAGAIN) ||
 		    now_ms() >= deadline) {
-			cerr("connect to vhost-user socket %s: %s", path, strerror(-r));
+			vu_set_err("connect to vhost-user socket %s: %s", path, strerror(-r));
 			return r;
 		}
 		usleep(20 * 1000);
@@ -713,7 +493,7 @@ static int get_config_locked(struct vu_client *c)
 	if (r < 0)
 		return r;
 	if (m.p.config.size != len || m.p.config.offset != 0) {
-		cerr("GET_CONFIG reply covers offset %u size %u, asked for 0/%u",
+		vu_set_err("GET_CONFIG reply covers offset %u size %u, asked for 0/%u",
 		     m.p.config.offset, m.p.config.size, len);
 		return -EPROTO;
 	}
@@ -742,13 +522,13 @@ static int handshake(struct vu_client *c)
 	if (r < 0)
 		return r;
 	if (!(in->offered_features & VU_BIT(VU_F_PROTOCOL_FEATURES))) {
-		cerr("backend does not offer VHOST_USER_F_PROTOCOL_FEATURES "
+		vu_set_err("backend does not offer VHOST_USER_F_PROTOCOL_FEATURES "
 		     "(features 0x%" PRIx64 "); GET_CONFIG needs it",
 		     in->offered_features);
 		return -ENOTSUP;
 	}
 	if (!(in->offered_features & VU_BIT(VU_F_VERSION_1))) {
-		cerr("backend does not offer VIRTIO_F_VERSION_1 (features 0x%" PRIx64
+		vu_set_err("backend does not offer VIRTIO_F_VERSION_1 (features 0x%" PRIx64
 		     "); legacy devices are not supported", in->offered_features);
 		return -ENOTSUP;
 	}
@@ -760,7 +540,7 @@ static int handshake(struct vu_client *c)
 	if (r < 0)
 		return r;
 	if (!(in->offered_protocol & VU_BIT(VU_PROTO_F_CONFIG))) {
-		cerr("backend does not offer VHOST_USER_PROTOCOL_F_CONFIG "
+		vu_set_err("backend does not offer VHOST_USER_PROTOCOL_F_CONFIG "
 		     "(protocol features 0x%" PRIx64 "); cannot read the disk size",
 		     in->offered_protocol);
 		return -ENOTSUP;
@@ -780,7 +560,7 @@ static int handshake(struct vu_client *c)
 		if (r < 0)
 			return r;
 		if (v == 0 || v > 65535) {
-			cerr("backend reports %" PRIu64 " queues (GET_QUEUE_NUM)", v);
+			vu_set_err("backend reports %" PRIu64 " queues (GET_QUEUE_NUM)", v);
 			return -EPROTO;
 		}
 		in->max_queues = (unsigned int)v;
@@ -803,7 +583,7 @@ static int handshake(struct vu_client *c)
 	if (!(in->features & VU_BIT(VU_BLK_F_MQ)))
 		in->cfg.num_queues = 1;
 	if (in->cfg.blk_size < 512 || (in->cfg.blk_size & (in->cfg.blk_size - 1))) {
-		cerr("backend config has blk_size %u (not a power of two >= 512)",
+		vu_set_err("backend config has blk_size %u (not a power of two >= 512)",
 		     in->cfg.blk_size);
 		return -EPROTO;
 	}
@@ -819,7 +599,7 @@ int vu_client_connect(const char *socket_path, const struct vu_client_opts *opts
 	*out = NULL;
 	c = calloc(1, sizeof(*c));
 	if (!c) {
-		cerr("out of memory");
+		vu_set_err("out of memory");
 		r = -ENOMEM;
 		goto fail;
 	}
@@ -830,7 +610,7 @@ int vu_client_connect(const char *socket_path, const struct vu_client_opts *opts
 	if (c->opts.config_len == 0)
 		c->opts.config_len = 60;
 	if (c->opts.config_len > 96) {
-		cerr("config_len %u is larger than virtio_blk_config (96)",
+		vu_set_err("config_len %u is larger than virtio_blk_config (96)",
 		     c->opts.config_len);
 		r = -EINVAL;
 		goto fail_free;
@@ -850,7 +630,7 @@ int vu_client_connect(const char *socket_path, const struct vu_client_opts *opts
 		goto fail_free;
 	c->queue_busy = calloc(c->info.max_queues, 1);
 	if (!c->queue_busy) {
-		cerr("out of memory");
+		vu_set_err("out of memory");
 		r = -ENOMEM;
 		goto fail_free;
 	}
@@ -889,13 +669,13 @@ int vu_client_start(struct vu_client *c, uint64_t mem_size)
 
 	pthread_mutex_lock(&c->lock);
 	if (c->started) {
-		cerr("vu_client_start called twice");
+		vu_set_err("vu_client_start called twice");
 		r = -EALREADY;
 		goto out;
 	}
 	mem_size = (mem_size + page - 1) & ~(page - 1);
 	if (mem_size == 0) {
-		cerr("shared memory size must not be 0");
+		vu_set_err("shared memory size must not be 0");
 		r = -EINVAL;
 		goto out;
 	}
@@ -907,12 +687,12 @@ int vu_client_start(struct vu_client *c, uint64_t mem_size)
 	c->memfd = memfd_create("vu-client", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (c->memfd < 0) {
 		r = -errno;
-		cerr("memfd_create: %s", strerror(errno));
+		vu_set_err("memfd_create: %s", strerror(errno));
 		goto out;
 	}
 	if (ftruncate(c->memfd, (off_t)mem_size) < 0) {
 		r = -errno;
-		cerr("ftruncate memfd to %" PRIu64 " bytes: %s", mem_size,
+		vu_set_err("ftruncate memfd to %" PRIu64 " bytes: %s", mem_size,
 		     strerror(errno));
 		goto out_close;
 	}
@@ -923,7 +703,7 @@ int vu_client_start(struct vu_client *c, uint64_t mem_size)
 	if (c->mem == MAP_FAILED) {
 		r = -errno;
 		c->mem = NULL;
-		cerr("mmap %" PRIu64 " bytes of shared memory: %s", mem_size,
+		vu_set_err("mmap %" PRIu64 " bytes of shared memory: %s", mem_size,
 		     strerror(errno));
 		goto out_close;
 	}
@@ -976,7 +756,7 @@ void *vu_client_alloc(struct vu_client *c, size_t size, size_t align)
 	pthread_mutex_lock(&c->lock);
 	p = alloc_locked(c, size, align);
 	if (!p)
-		cerr("shared memory exhausted: %zu bytes wanted, %" PRIu64
+		vu_set_err("shared memory exhausted: %zu bytes wanted, %" PRIu64
 		     " of %" PRIu64 " free", size,
 		     c->mem_size - (c->mem_used < c->mem_size ? c->mem_used : c->mem_size),
 		     c->mem_size);
@@ -1001,11 +781,6 @@ bool vu_client_mem_contains(const struct vu_client *c, const void *p, size_t len
 	if (!c->mem || a < base)
 		return false;
 	return a - base <= c->mem_size && len <= c->mem_size - (a - base);
-}
-
-static uint64_t to_gpa(const struct vu_client *c, const void *p)
-{
-	return VU_GPA_BASE + (uint64_t)((const uint8_t *)p - c->mem);
 }
 
 /* ---- queues ------------------------------------------------------------- */
@@ -1036,18 +811,6 @@ size_t vu_queue_mem_size(unsigned int size)
 	return l.total + 4096; /* alignment slack */
 }
 
-static volatile uint16_t *avail_flags(struct vu_queue *q) { return &q->avail[0]; }
-static volatile uint16_t *avail_idx(struct vu_queue *q) { return &q->avail[1]; }
-static volatile uint16_t *avail_ring(struct vu_queue *q, unsigned int i) { return &q->avail[2 + i]; }
-static volatile uint16_t *used_event(struct vu_queue *q) { return &q->avail[2 + q->num]; }
-static volatile uint16_t *used_flags(struct vu_queue *q) { return (uint16_t *)(q->used + 0); }
-static volatile uint16_t *used_idx(struct vu_queue *q) { return (uint16_t *)(q->used + 2); }
-static volatile struct vring_used_elem *used_elem(struct vu_queue *q, unsigned int i)
-{
-	return (struct vring_used_elem *)(q->used + 4 + 8u * i);
-}
-static volatile uint16_t *avail_event(struct vu_queue *q) { return (uint16_t *)(q->used + 4 + 8u * q->num); }
-
 static void free_queue(struct vu_queue *q)
 {
 	if (q->kickfd >= 0)
@@ -1072,13 +835,13 @@ int vu_queue_open(struct vu_client *c, unsigned int index, unsigned int size,
 
 	*out = NULL;
 	if (size < 2 || size > VU_MAX_QUEUE_SIZE || (size & (size - 1))) {
-		cerr("queue size %u is not a power of two in 2..%u", size,
+		vu_set_err("queue size %u is not a power of two in 2..%u", size,
 		     VU_MAX_QUEUE_SIZE);
 		return -EINVAL;
 	}
 	q = calloc(1, sizeof(*q));
 	if (!q) {
-		cerr("out of memory");
+		vu_set_err("out of memory");
 		return -ENOMEM;
 	}
 	q->c = c;
@@ -1089,7 +852,7 @@ int vu_queue_open(struct vu_client *c, unsigned int index, unsigned int size,
 	q->track = calloc(size, sizeof(*q->track));
 	q->next_free = calloc(size, sizeof(*q->next_free));
 	if (!q->track || !q->next_free) {
-		cerr("out of memory");
+		vu_set_err("out of memory");
 		free_queue(q);
 		return -ENOMEM;
 	}
@@ -1097,32 +860,32 @@ int vu_queue_open(struct vu_client *c, unsigned int index, unsigned int size,
 	q->callfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (q->kickfd < 0 || q->callfd < 0) {
 		r = -errno;
-		cerr("eventfd: %s", strerror(errno));
+		vu_set_err("eventfd: %s", strerror(errno));
 		free_queue(q);
 		return r;
 	}
 
 	pthread_mutex_lock(&c->lock);
 	if (!c->started) {
-		cerr("vu_queue_open before vu_client_start");
+		vu_set_err("vu_queue_open before vu_client_start");
 		r = -EINVAL;
 		goto fail;
 	}
 	if (index >= c->info.max_queues) {
-		cerr("queue %u does not exist: the backend has %u queue%s", index,
+		vu_set_err("queue %u does not exist: the backend has %u queue%s", index,
 		     c->info.max_queues, c->info.max_queues == 1 ? "" : "s");
 		r = -ERANGE;
 		goto fail;
 	}
 	if (c->queue_busy[index]) {
-		cerr("queue %u is already in use on this connection", index);
+		vu_set_err("queue %u is already in use on this connection", index);
 		r = -EBUSY;
 		goto fail;
 	}
 	ring_layout(size, &l);
 	base = alloc_locked(c, l.total, 4096);
 	if (!base) {
-		cerr("shared memory exhausted: queue %u of size %u needs %zu bytes, "
+		vu_set_err("shared memory exhausted: queue %u of size %u needs %zu bytes, "
 		     "%" PRIu64 " free", index, size, l.total, c->mem_size - c->mem_used);
 		r = -ENOMEM;
 		goto fail;
@@ -1205,16 +968,16 @@ int vu_queue_close(struct vu_queue *q)
 		if (!ret)
 			ret = r;
 	} else if (m.p.state.index != q->index) {
-		cerr("GET_VRING_BASE reply names queue %u, asked for %u",
+		vu_set_err("GET_VRING_BASE reply names queue %u, asked for %u",
 		     m.p.state.index, q->index);
 		ret = -EPROTO;
 	} else if (m.p.state.num != q->avail_published) {
-		cerr("backend stopped queue %u at avail index %u, but %u were "
+		vu_set_err("backend stopped queue %u at avail index %u, but %u were "
 		     "published (%u requests still in flight)", q->index,
 		     m.p.state.num, q->avail_published, q->inflight);
 		ret = -EPROTO;
 	} else if (q->inflight) {
-		cerr("queue %u closed with %u requests in flight", q->index,
+		vu_set_err("queue %u closed with %u requests in flight", q->index,
 		     q->inflight);
 		ret = -EBUSY;
 	}
@@ -1223,477 +986,6 @@ int vu_queue_close(struct vu_queue *q)
 	pthread_mutex_unlock(&c->lock);
 	free_queue(q);
 	return ret;
-}
-
-unsigned int vu_queue_inflight(const struct vu_queue *q) { return q->inflight; }
-unsigned int vu_queue_index(const struct vu_queue *q) { return q->index; }
-unsigned int vu_queue_room(const struct vu_queue *q) { return q->nfree / 3; }
-
-void vu_queue_get_stats(const struct vu_queue *q, struct vu_queue_stats *st)
-{
-	*st = q->st;
-}
-
-/* ---- data path ---------------------------------------------------------- */
-
-static uint16_t desc_alloc(struct vu_queue *q)
-{
-	uint16_t d = q->free_head;
-
-	q->free_head = q->next_free[d];
-	q->nfree--;
-	return d;
-}
-
-static void desc_set(struct vu_queue *q, uint16_t d, uint64_t gpa, uint32_t len,
-		     uint16_t flags)
-{
-	q->desc[d].addr = htole64(gpa);
-	q->desc[d].len = htole32(len);
-	q->desc[d].flags = htole16(flags);
-	q->desc[d].next = 0;
-}
-
-static int check_req(struct vu_queue *q, const struct vu_blk_req *rq)
-{
-	const struct vu_client_info *in = &q->c->info;
-	uint64_t cap = in->cfg.capacity * VU_SECTOR;
-	uint64_t f = in->features;
-
-	switch (rq->op) {
-	case VU_BLK_READ:
-	case VU_BLK_WRITE:
-		if (rq->op == VU_BLK_WRITE && (f & VU_BIT(VU_BLK_F_RO))) {
-			qerr(q, "write to a read-only device");
-			return -EROFS;
-		}
-		if (!vu_client_mem_contains(q->c, rq->buf, rq->len)) {
-			qerr(q, "I/O buffer %p+%" PRIu64 " is not inside the shared "
-			     "memory", rq->buf, rq->len);
-			return -EINVAL;
-		}
-		break;
-	case VU_BLK_FLUSH:
-		if (!(f & VU_BIT(VU_BLK_F_FLUSH))) {
-			qerr(q, "FLUSH was not negotiated");
-			return -EOPNOTSUPP;
-		}
-		return 0;
-	case VU_BLK_GET_ID:
-		return 0;
-	case VU_BLK_DISCARD:
-		if (!(f & VU_BIT(VU_BLK_F_DISCARD))) {
-			qerr(q, "DISCARD was not negotiated");
-			return -EOPNOTSUPP;
-		}
-		if (in->cfg.max_discard_sectors &&
-		    rq->len / VU_SECTOR > in->cfg.max_discard_sectors) {
-			qerr(q, "discard of %" PRIu64 " sectors exceeds "
-			     "max_discard_sectors %u", (uint64_t)(rq->len / VU_SECTOR),
-			     in->cfg.max_discard_sectors);
-			return -EINVAL;
-		}
-		break;
-	case VU_BLK_WRITE_ZEROES:
-		if (!(f & VU_BIT(VU_BLK_F_WRITE_ZEROES))) {
-			qerr(q, "WRITE_ZEROES was not negotiated");
-			return -EOPNOTSUPP;
-		}
-		if (in->cfg.max_write_zeroes_sectors &&
-		    rq->len / VU_SECTOR > in->cfg.max_write_zeroes_sectors) {
-			qerr(q, "write-zeroes of %" PRIu64 " sectors exceeds "
-			     "max_write_zeroes_sectors %u", (uint64_t)(rq->len / VU_SECTOR),
-			     in->cfg.max_write_zeroes_sectors);
-			return -EINVAL;
-		}
-		break;
-	default:
-		qerr(q, "unknown request op %d", (int)rq->op);
-		return -EINVAL;
-	}
-	if (rq->len == 0 || rq->len % VU_SECTOR || rq->offset % VU_SECTOR) {
-		qerr(q, "offset %" PRIu64 " / length %" PRIu64 " not multiples of "
-		     "512 bytes (or length 0)", rq->offset, rq->len);
-		return -EINVAL;
-	}
-	if (rq->offset > cap || rq->len > cap - rq->offset) {
-		qerr(q, "range %" PRIu64 "+%" PRIu64 " is beyond the capacity "
-		     "(%" PRIu64 " bytes)", rq->offset, rq->len, cap);
-		return -EINVAL;
-	}
-	if ((rq->op == VU_BLK_DISCARD || rq->op == VU_BLK_WRITE_ZEROES) &&
-	    rq->len / VU_SECTOR > UINT32_MAX) {
-		qerr(q, "a segment holds at most 2^32-1 sectors");
-		return -EINVAL;
-	}
-	return 0;
-}
-
-int vu_queue_submit(struct vu_queue *q, const struct vu_blk_req *rq)
-{
-	struct vu_slot *s;
-	struct vu_track *t;
-	uint64_t nseg = 0, left, done;
-	uint16_t head, prev, d;
-	uint32_t type, in_bytes = 1;
-	bool data_write = false;
-	int r;
-
-	if (q->broken)
-		return -EPROTO;
-	if (!(rq->flags & VU_REQ_NOCHECK)) {
-		r = check_req(q, rq);
-		if (r < 0)
-			return r;
-	}
-	switch (rq->op) {
-	case VU_BLK_READ:
-		type = VIRTIO_BLK_T_IN;
-		data_write = true;
-		nseg = (rq->len + q->seg_limit - 1) / q->seg_limit;
-		break;
-	case VU_BLK_WRITE:
-		type = VIRTIO_BLK_T_OUT;
-		nseg = (rq->len + q->seg_limit - 1) / q->seg_limit;
-		break;
-	case VU_BLK_FLUSH:
-		type = VIRTIO_BLK_T_FLUSH;
-		break;
-	case VU_BLK_GET_ID:
-		type = VIRTIO_BLK_T_GET_ID;
-		nseg = 1;
-		break;
-	case VU_BLK_DISCARD:
-		type = VIRTIO_BLK_T_DISCARD;
-		nseg = 1;
-		break;
-	case VU_BLK_WRITE_ZEROES:
-		type = VIRTIO_BLK_T_WRITE_ZEROES;
-		nseg = 1;
-		break;
-	default:
-		qerr(q, "unknown request op %d", (int)rq->op);
-		return -EINVAL;
-	}
-	if (nseg > q->max_data_segs) {
-		qerr(q, "request of %" PRIu64 " bytes needs %" PRIu64 " data "
-		     "descriptors of at most %" PRIu64 " bytes; the limit is %u "
-		     "(seg_max / queue size)", rq->len, nseg, q->seg_limit,
-		     q->max_data_segs);
-		return -EINVAL;
-	}
-	if (q->nfree < nseg + 2)
-		return -EAGAIN;
-
-	head = desc_alloc(q);
-	s = &q->slots[head];
-	t = &q->track[head];
-	s->hdr.type = htole32(type);
-	s->hdr.ioprio = 0;
-	s->hdr.sector = htole64(rq->op == VU_BLK_FLUSH || rq->op == VU_BLK_GET_ID
-				? 0 : rq->offset / VU_SECTOR);
-	s->status = VU_STATUS_SENTINEL;
-	desc_set(q, head, to_gpa(q->c, &s->hdr), sizeof(s->hdr), VRING_DESC_F_NEXT);
-	prev = head;
-
-	switch (rq->op) {
-	case VU_BLK_READ:
-	case VU_BLK_WRITE:
-		for (done = 0; done < rq->len; done += left) {
-			left = rq->len - done;
-			if (left > q->seg_limit)
-				left = q->seg_limit;
-			d = desc_alloc(q);
-			desc_set(q, d, to_gpa(q->c, (uint8_t *)rq->buf + done),
-				 (uint32_t)left,
-				 VRING_DESC_F_NEXT | (data_write ? VRING_DESC_F_WRITE : 0));
-			q->desc[prev].next = htole16(d);
-			q->next_free[prev] = d;
-			prev = d;
-		}
-		if (data_write)
-			in_bytes += (uint32_t)rq->len;
-		break;
-	case VU_BLK_GET_ID:
-		memset(s->id, 0, sizeof(s->id));
-		d = desc_alloc(q);
-		desc_set(q, d, to_gpa(q->c, s->id), VIRTIO_BLK_ID_BYTES,
-			 VRING_DESC_F_NEXT | VRING_DESC_F_WRITE);
-		q->desc[prev].next = htole16(d);
-		q->next_free[prev] = d;
-		prev = d;
-		in_bytes += VIRTIO_BLK_ID_BYTES;
-		break;
-	case VU_BLK_DISCARD:
-	case VU_BLK_WRITE_ZEROES:
-		s->seg.sector = htole64(rq->offset / VU_SECTOR);
-		s->seg.num_sectors = htole32((uint32_t)(rq->len / VU_SECTOR));
-		s->seg.flags = htole32(rq->op == VU_BLK_WRITE_ZEROES &&
-				       (rq->flags & VU_REQ_UNMAP) ? 1 : 0);
-		d = desc_alloc(q);
-		desc_set(q, d, to_gpa(q->c, &s->seg), sizeof(s->seg), VRING_DESC_F_NEXT);
-		q->desc[prev].next = htole16(d);
-		q->next_free[prev] = d;
-		prev = d;
-		break;
-	default:
-		break;
-	}
-	d = desc_alloc(q);
-	desc_set(q, d, to_gpa(q->c, &s->status), 1, VRING_DESC_F_WRITE);
-	q->desc[prev].next = htole16(d);
-	q->next_free[prev] = d;
-
-	t->cookie = rq->cookie;
-	t->id_dst = rq->op == VU_BLK_GET_ID ? rq->buf : NULL;
-	t->in_bytes = in_bytes;
-	t->ndesc = (uint16_t)(nseg + 2);
-	t->op = (uint8_t)rq->op;
-	t->inflight = 1;
-
-	*avail_ring(q, q->avail_shadow & (q->num - 1)) = htole16(head);
-	q->avail_shadow++;
-	q->inflight++;
-	q->st.submitted++;
-	return 0;
-}
-
-int vu_queue_kick(struct vu_queue *q)
-{
-	uint16_t old = q->avail_published, new = q->avail_shadow;
-	bool need;
-
-	if (q->broken)
-		return -EPROTO;
-	if (old == new)
-		return 0;
-	__atomic_store_n(avail_idx(q), htole16(new), __ATOMIC_RELEASE);
-	q->avail_published = new;
-	/* The index store must be visible before we read the backend's
-	 * notification state, or we can miss a needed kick. */
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	if (q->event_idx) {
-		uint16_t ev = le16toh(*avail_event(q));
-
-		need = (uint16_t)(new - ev - 1) < (uint16_t)(new - old);
-	} else {
-		need = !(le16toh(*used_flags(q)) & VRING_USED_F_NO_NOTIFY);
-	}
-	if (!need) {
-		q->st.kicks_suppressed++;
-		return 0;
-	}
-	q->st.kicks++;
-	for (;;) {
-		uint64_t one = 1;
-		ssize_t n = write(q->kickfd, &one, sizeof(one));
-
-		if (n == sizeof(one) || (n < 0 && errno == EAGAIN))
-			return 0; /* EAGAIN: counter saturated, kick pending */
-		if (n < 0 && errno == EINTR)
-			continue;
-		qerr(q, "kick eventfd write: %s", n < 0 ? strerror(errno) : "short");
-		return -EIO;
-	}
-}
-
-static void release_chain(struct vu_queue *q, uint16_t head, unsigned int ndesc)
-{
-	uint16_t d = head;
-	unsigned int i;
-
-	for (i = 1; i < ndesc; i++)
-		d = q->next_free[d];
-	/* d is the tail; splice the whole chain onto the free list. */
-	q->next_free[d] = q->free_head;
-	q->free_head = head;
-	q->nfree += ndesc;
-}
-
-static int broken(struct vu_queue *q)
-{
-	q->broken = true;
-	return -EPROTO;
-}
-
-int vu_queue_reap(struct vu_queue *q, struct vu_blk_cpl *cpl, unsigned int max)
-{
-	uint16_t idx, pending;
-	unsigned int n = 0;
-
-	if (q->broken)
-		return -EPROTO;
-	idx = le16toh(__atomic_load_n(used_idx(q), __ATOMIC_ACQUIRE));
-	pending = (uint16_t)(idx - q->last_used);
-	if (pending > q->inflight) {
-		qerr(q, "backend moved used->idx from %u to %u (%u entries), but "
-		     "only %u requests are in flight", q->last_used, idx, pending,
-		     q->inflight);
-		return broken(q);
-	}
-	while (n < max && q->last_used != idx) {
-		volatile struct vring_used_elem *e =
-			used_elem(q, q->last_used & (q->num - 1));
-		uint32_t id = le32toh(e->id), len = le32toh(e->len);
-		struct vu_track *t;
-		struct vu_blk_cpl *o = &cpl[n];
-		uint8_t status;
-
-		if (id >= q->num || !q->track[id].inflight) {
-			qerr(q, "backend completed descriptor id %u (used ring slot "
-			     "%u), which is %s", id, q->last_used,
-			     id >= q->num ? "out of range" : "not in flight");
-			return broken(q);
-		}
-		t = &q->track[id];
-		if (len > t->in_bytes) {
-			qerr(q, "backend reports %u bytes written for request %u, "
-			     "but it only had %u writable bytes", len, id, t->in_bytes);
-			return broken(q);
-		}
-		if (len != t->in_bytes)
-			q->st.len_mismatch++;
-		status = q->slots[id].status;
-		o->cookie = t->cookie;
-		o->status = status;
-		o->used_len = len;
-		switch (status) {
-		case VIRTIO_BLK_S_OK:
-			o->result = 0;
-			if (t->op == VU_BLK_GET_ID && t->id_dst)
-				memcpy(t->id_dst, q->slots[id].id, VIRTIO_BLK_ID_BYTES);
-			break;
-		case VIRTIO_BLK_S_IOERR:
-			o->result = -EIO;
-			break;
-		case VIRTIO_BLK_S_UNSUPP:
-			o->result = -EOPNOTSUPP;
-			break;
-		case VU_STATUS_SENTINEL:
-			qerr(q, "backend completed request %u without writing its "
-			     "status byte", id);
-			o->result = -EPROTO;
-			break;
-		default:
-			qerr(q, "backend returned invalid status %u for request %u",
-			     status, id);
-			o->result = -EPROTO;
-			break;
-		}
-		t->inflight = 0;
-		release_chain(q, (uint16_t)id, t->ndesc);
-		q->inflight--;
-		q->last_used++;
-		q->st.completed++;
-		n++;
-	}
-	return (int)n;
-}
-
-static bool has_used(struct vu_queue *q)
-{
-	return le16toh(__atomic_load_n(used_idx(q), __ATOMIC_ACQUIRE)) != q->last_used;
-}
-
-static void enable_cb(struct vu_queue *q)
-{
-	if (q->event_idx)
-		*used_event(q) = htole16(q->last_used);
-	else
-		*avail_flags(q) = 0;
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-}
-
-static void disable_cb(struct vu_queue *q)
-{
-	if (q->event_idx)
-		*used_event(q) = htole16((uint16_t)(q->last_used - 1));
-	else
-		*avail_flags(q) = htole16(VRING_AVAIL_F_NO_INTERRUPT);
-}
-
-static int check_conn(struct vu_queue *q, short revents)
-{
-	if (revents & (POLLHUP | POLLERR | POLLNVAL)) {
-		qerr(q, "backend closed the connection with %u requests in flight",
-		     q->inflight);
-		q->broken = true;
-		return -EPIPE;
-	}
-	return 0;
-}
-
-int vu_queue_wait(struct vu_queue *q, int timeout_ms)
-{
-	int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
-	struct pollfd pfd[2];
-	uint64_t spins = 0;
-	int r;
-
-	if (q->broken)
-		return -EPROTO;
-	if (has_used(q))
-		return 0;
-	q->st.waits++;
-	if (q->flags & VU_QUEUE_POLL) {
-		for (;;) {
-			if (has_used(q))
-				return 0;
-			if ((++spins & 0xffff) == 0) {
-				pfd[0].fd = q->c->sock;
-				pfd[0].events = 0;
-				if (poll(pfd, 1, 0) > 0 && check_conn(q, pfd[0].revents))
-					return -EPIPE;
-				if (deadline >= 0 && now_ms() >= deadline)
-					goto timeout;
-			}
-			__builtin_ia32_pause();
-		}
-	}
-	for (;;) {
-		enable_cb(q);
-		if (has_used(q))
-			break;
-		pfd[0].fd = q->callfd;
-		pfd[0].events = POLLIN;
-		pfd[1].fd = q->c->sock;
-		pfd[1].events = 0;
-		r = poll(pfd, 2, remaining_ms(deadline));
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			r = -errno;
-			qerr(q, "poll: %s", strerror(errno));
-			disable_cb(q);
-			return r;
-		}
-		if (pfd[0].revents & POLLIN) {
-			uint64_t v;
-
-			q->st.wakeups++;
-			if (read(q->callfd, &v, sizeof(v)) < 0 && errno != EAGAIN) {
-				r = -errno;
-				qerr(q, "call eventfd read: %s", strerror(errno));
-				disable_cb(q);
-				return r;
-			}
-		}
-		if (has_used(q))
-			break;
-		if (check_conn(q, pfd[1].revents))
-			return -EPIPE;
-		if (r == 0 && deadline >= 0 && now_ms() >= deadline) {
-			disable_cb(q);
-			goto timeout;
-		}
-	}
-	disable_cb(q);
-	return 0;
-
-timeout:
-	qerr(q, "no completion from the backend within %d ms (%u requests in "
-	     "flight)", timeout_ms, q->inflight);
-	return -ETIMEDOUT;
 }
 
 /* ---- teardown ----------------------------------------------------------- */
