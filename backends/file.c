@@ -34,7 +34,7 @@ struct file_opts {
 
 static const struct gw_opt_desc file_opts[] = {
 	{ .key = "path", .type = GW_OPT_PATH, .offset = offsetof(struct file_opts, path),
-	  .flags = GW_OPT_REQUIRED, .help = "image file or block device (relative to the manifest)" },
+	  .flags = GW_OPT_REQUIRED, .help = "image file or block device; a relative path is resolved against the manifest's folder" },
 	{ .key = "direct", .type = GW_OPT_BOOL, .offset = offsetof(struct file_opts, direct),
 	  .help = "bypass the page cache (O_DIRECT)" },
 	{ .key = "size", .type = GW_OPT_SIZE, .offset = offsetof(struct file_opts, size),
@@ -70,8 +70,18 @@ static int file_check(const void *opts, char *msg, size_t len)
 
 	if (stat(o->path, &st) < 0) {
 		if (errno == ENOENT && o->size) {
-			char s[32];
+			char s[32], *dir = strdup(o->path), *slash = dir ? strrchr(dir, '/') : NULL;
+			struct stat ds;
 
+			if (slash && slash != dir)
+				*slash = '\0';
+			if (slash && (stat(slash == dir ? "/" : dir, &ds) < 0 || !S_ISDIR(ds.st_mode))) {
+				gw_seterr(msg, len, "cannot create %s: folder %s does not exist", o->path,
+					  slash == dir ? "/" : dir);
+				free(dir);
+				return -ENOENT;
+			}
+			free(dir);
 			gw_seterr(msg, len, "will create %s sparse file %s",
 				  gw_fmt_size(o->size, s, sizeof(s)), o->path);
 			return 0;

@@ -29,7 +29,7 @@ struct mem_opts {
 static const struct gw_opt_desc mem_opts[] = {
 	{ .key = "size", .type = GW_OPT_SIZE, .offset = offsetof(struct mem_opts, size),
 	  .flags = GW_OPT_REQUIRED, .min = 1, .max = INT64_MAX,
-	  .help = "size of the RAM disk (e.g. 1G); memory is used only for written data" },
+	  .help = "size of the RAM disk, e.g. 1G; memory is used only for written data" },
 };
 
 struct mem_backend {

@@ -234,7 +234,7 @@ static int decode(const struct ynode *map, const struct gw_opt_schema *s, void *
 
 		if ((od->flags & GW_OPT_REQUIRED) && !ymap_get(map, od->key))
 			gw_diag_add(d, map ? map->line : owner->line, map ? map->col : owner->col,
-				    "%smissing '%s' (%s)", prefix, od->key, od->help ? od->help : gw_opt_type_hint(od));
+				    "%smissing '%s': %s", prefix, od->key, od->help ? od->help : gw_opt_type_hint(od));
 	}
 	if (d->n == before && s->check) {
 		const char *key = NULL;
@@ -459,7 +459,7 @@ static void load_export(struct gw_manifest *m, const struct ynode *e, size_t idx
 				inames[ni++] = m->images[i].name;
 		}
 		x->image = strdup(img->text);
-		if (!found)
+		if (!found && m->images_ok && valid_name(img->text))
 			E(img, "%sunknown image '%s'%s", prefix, img->text, hint(hb, sizeof(hb), img->text, inames, ni));
 	}
 
@@ -663,6 +663,7 @@ int gw_manifest_load(const char *path, bool check_sources, struct gw_manifest **
 		E(n ? n : root, "missing 'images' (a mapping such as 'disk0: { backend: file, path: disk0.raw }')");
 	else
 		load_images(m, n, check_sources, d);
+	m->images_ok = n && n->type == YN_MAP;
 
 	n = ymap_get(root, "exports");
 	if (!n || ynode_is_null(n)) {

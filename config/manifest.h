@@ -67,6 +67,7 @@ struct gw_manifest {
 	size_t nimages;
 	struct gw_export_spec *exports;
 	size_t nexports;
+	bool images_ok;         /* 'images' was a mapping (so unknown names are worth reporting) */
 };
 
 /*

@@ -105,7 +105,9 @@ int ytree_load(const char *path, struct ytree *t, int *line, int *col, char *msg
 			*line = (int)parser.problem_mark.line + 1;
 			*col = (int)parser.problem_mark.column + 1;
 			if (parser.context)
-				gw_seterr(msg, len, "invalid YAML: %s %s", parser.problem, parser.context);
+				gw_seterr(msg, len, "invalid YAML: %s %s that starts at line %d, column %d",
+					  parser.problem, parser.context, (int)parser.context_mark.line + 1,
+					  (int)parser.context_mark.column + 1);
 			else
 				gw_seterr(msg, len, "invalid YAML: %s", parser.problem ? parser.problem : "error");
 			goto out;

@@ -93,31 +93,33 @@ const struct gw_opt_desc *gw_opt_find(const struct gw_opt_schema *s, const char 
 
 unsigned gw_edit_distance(const char *a, const char *b)
 {
+	/* Optimal string alignment: insertions, deletions, substitutions and
+	 * swaps of neighbours each cost 1 ("fiel" is one edit from "file"). */
 	size_t la = strlen(a), lb = strlen(b);
-	unsigned row[64 + 1];
+	unsigned d[65][65];
 
 	if (la > 64 || lb > 64)
 		return UINT_MAX;
+	for (size_t i = 0; i <= la; i++)
+		d[i][0] = (unsigned)i;
 	for (size_t j = 0; j <= lb; j++)
-		row[j] = (unsigned)j;
+		d[0][j] = (unsigned)j;
 	for (size_t i = 1; i <= la; i++) {
-		unsigned diag = row[0];
-
-		row[0] = (unsigned)i;
 		for (size_t j = 1; j <= lb; j++) {
-			unsigned up = row[j];
 			unsigned cost = a[i - 1] == b[j - 1] ? 0 : 1;
-			unsigned best = diag + cost;
+			unsigned best = d[i - 1][j - 1] + cost;
 
-			if (up + 1 < best)
-				best = up + 1;
-			if (row[j - 1] + 1 < best)
-				best = row[j - 1] + 1;
-			row[j] = best;
-			diag = up;
+			if (d[i - 1][j] + 1 < best)
+				best = d[i - 1][j] + 1;
+			if (d[i][j - 1] + 1 < best)
+				best = d[i][j - 1] + 1;
+			if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+			    d[i - 2][j - 2] + 1 < best)
+				best = d[i - 2][j - 2] + 1;
+			d[i][j] = best;
 		}
 	}
-	return row[lb];
+	return d[la][lb];
 }
 
 const char *gw_opt_closest(const struct gw_opt_schema *s, const char *key)
