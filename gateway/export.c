@@ -176,6 +176,11 @@ void gw_io_complete(struct gw_io *io, int result)
 	io->done(io);
 }
 
+void gw_export_count_error(struct gw_export *e, struct gw_ioq *q)
+{
+	__atomic_fetch_add(&slot_of(e, q)->errors, 1, __ATOMIC_RELAXED);
+}
+
 int gw_export_extents(struct gw_export *e, struct gw_ioq *q, uint64_t offset, uint64_t len,
 		      struct gw_extents *out)
 {
@@ -186,18 +191,20 @@ int gw_export_extents(struct gw_export *e, struct gw_ioq *q, uint64_t offset, ui
 	out->n = 0;
 	out->end = offset;
 	if (len == 0 || end < offset || end > e->size || out->cap == 0 ||
-	    ((offset | len) & (e->min_block - 1)))
+	    ((offset | len) & (e->min_block - 1))) {
+		gw_export_count_error(e, q);
 		return -EINVAL;
+	}
 	if (!e->backend->ops->extents) {
 		gw_extents_add(out, len, 0);
 		return 0;
 	}
 	rc = e->backend->ops->extents(e->backend, offset, len, out);
+	if (rc == 0 && out->n == 0)
+		rc = -EIO; /* a backend must describe at least the first byte */
 	if (rc < 0)
-		return rc;
-	if (out->n == 0)
-		return -EIO; /* a backend must describe at least the first byte */
-	return 0;
+		gw_export_count_error(e, q);
+	return rc;
 }
 
 void gw_export_stats(const struct gw_export *e, struct gw_stats_total *t)

@@ -87,6 +87,9 @@ int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io);
 int gw_export_extents(struct gw_export *e, struct gw_ioq *q, uint64_t offset, uint64_t len,
 		      struct gw_extents *out);
 
+/* Count a request the transport refused before it reached the checked layer. */
+void gw_export_count_error(struct gw_export *e, struct gw_ioq *q);
+
 /* Sum the statistics slots (any thread; values are approximate while I/O runs). */
 void gw_export_stats(const struct gw_export *e, struct gw_stats_total *t);
 const char *gw_export_state_name(enum gw_export_state s);

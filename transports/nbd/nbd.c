@@ -96,8 +96,9 @@ static const char *nbd_conflict(const void *a, const char *image_a, const void *
 			if (strcmp(ka[i], kb[j]) != 0)
 				continue;
 			if (strcmp(wire_name(oa, image_a), wire_name(ob, image_b)) == 0) {
-				snprintf(buf, len, "export name '%s' on %s is already served by another export",
-					 wire_name(oa, image_a), ka[i]);
+				snprintf(buf, len, "export name '%s' on %s %s is already served by another export",
+					 wire_name(oa, image_a), ka[i][0] == 'u' ? "socket" : "address",
+					 ka[i] + (ka[i][0] == 'u' ? 5 : 4));
 				return buf;
 			}
 			if (ka[i][0] == 'u' && oa->socket_mode != ob->socket_mode) {

@@ -592,6 +592,8 @@ static void reply_now(struct nbd_conn *c, uint16_t cmd, uint64_t cookie, uint64_
 	r->cmd = cmd;
 	r->cookie = cookie;
 	r->offset = offset;
+	if (c->exp)
+		gw_export_count_error(c->exp, &c->w->ioq);
 	reply(r, err);
 }
 
@@ -602,6 +604,7 @@ static void block_status(struct nbd_conn *c, struct nbd_req *r)
 	int rc;
 
 	if (!c->structured || !c->meta_alloc || r->len == 0) {
+		gw_export_count_error(c->exp, &c->w->ioq);
 		reply(r, -EINVAL);
 		return;
 	}
@@ -655,6 +658,22 @@ static const uint16_t allowed_flags[] = {
 	[NBD_CMD_BLOCK_STATUS] = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE,
 };
 
+/*
+ * Refuse a write without reading its payload into memory: the payload is
+ * skipped, and only then answered (clients expect no reply to a request
+ * they are still sending).
+ */
+static void refuse_write(struct nbd_conn *c, uint64_t cookie, uint32_t len, int err)
+{
+	if (!len) {
+		reply_now(c, NBD_CMD_WRITE, cookie, 0, err);
+		return;
+	}
+	c->skip = len;
+	c->skip_cookie = cookie;
+	c->skip_err = err;
+}
+
 /* One request header at c->ibuf + c->ipos (28 bytes available). 0, or -1 to close. */
 static int tx_request(struct nbd_conn *c)
 {
@@ -678,22 +697,19 @@ static int tx_request(struct nbd_conn *c)
 	}
 	if (c->shutting) {
 		if (cmd == NBD_CMD_WRITE)
-			c->skip = len;
-		reply_now(c, cmd, cookie, offset, -ESHUTDOWN);
+			refuse_write(c, cookie, len, -ESHUTDOWN);
+		else
+			reply_now(c, cmd, cookie, offset, -ESHUTDOWN);
 		return 0;
 	}
 	if (cmd >= GW_ARRAY_SIZE(allowed_flags) || (flags & ~allowed_flags[cmd]) ||
-	    ((flags & NBD_CMD_FLAG_DF) && !c->structured)) {
+	    ((flags & NBD_CMD_FLAG_DF) && !c->structured) ||
+	    /* Never allocate what a client asks for beyond the advertised maximum. */
+	    ((cmd == NBD_CMD_READ || cmd == NBD_CMD_WRITE) && len > c->exp->max_xfer)) {
 		if (cmd == NBD_CMD_WRITE)
-			c->skip = len;
-		reply_now(c, cmd, cookie, offset, -EINVAL);
-		return 0;
-	}
-	if ((cmd == NBD_CMD_READ || cmd == NBD_CMD_WRITE) && len > c->exp->max_xfer) {
-		/* Never allocate what a client asks for beyond the advertised maximum. */
-		if (cmd == NBD_CMD_WRITE)
-			c->skip = len;
-		reply_now(c, cmd, cookie, offset, -EINVAL);
+			refuse_write(c, cookie, len, -EINVAL);
+		else
+			reply_now(c, cmd, cookie, offset, -EINVAL);
 		return 0;
 	}
 	r = req_get(c);
@@ -716,8 +732,8 @@ static int tx_request(struct nbd_conn *c)
 		return 0;
 	case NBD_CMD_WRITE:
 		if (len && req_buf(r, len) < 0) {
-			c->skip = len;
-			reply(r, -ENOMEM);
+			req_put(r);
+			refuse_write(c, cookie, len, -ENOMEM);
 			return 0;
 		}
 		c->wr = r;
@@ -767,6 +783,10 @@ static int tx_process(struct nbd_conn *c)
 			c->skip -= n;
 			if (c->skip)
 				return 0;
+			if (c->skip_err) {
+				reply_now(c, NBD_CMD_WRITE, c->skip_cookie, 0, c->skip_err);
+				c->skip_err = 0;
+			}
 			continue;
 		}
 		if (c->wr) {

@@ -55,6 +55,8 @@ struct nbd_conn {
 	struct nbd_req *wr;        /* write whose payload is arriving */
 	uint32_t wr_have;
 	uint64_t skip;             /* payload bytes to throw away */
+	uint64_t skip_cookie;      /* write refused early: answered once its payload is gone */
+	int skip_err;              /* its -errno (0: nothing to answer) */
 	uint32_t skip_opt;         /* option being discarded (reply after) */
 	bool skip_is_opt;
 	bool paused;               /* stopped reading: too much in flight or queued */

@@ -397,6 +397,7 @@ int nbd_hs_process(struct nbd_conn *c)
 			if (nbd_opt_error(c, c->skip_opt, c->fixed ? NBD_REP_ERR_TOO_BIG : NBD_REP_ERR_UNSUP,
 					  "option data larger than %u bytes", NBD_OPT_MAX) < 0)
 				return -1;
+			nbd_out_kick(c);
 			continue;
 		}
 		if (c->state == CS_HS_FLAGS) {
