@@ -1,0 +1,262 @@
+/* Backends and the checked layer, driven directly through a private io_uring. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "backends/backend.h"
+#include "check.h"
+#include "gateway/bufpool.h"
+#include "gateway/export.h"
+
+static struct gw_ioq q;
+static int done_count;
+
+static void on_done(struct gw_io *io)
+{
+	done_count++;
+}
+
+/* Submit through the checked layer and wait; returns io->result. */
+static int run(struct gw_export *e, uint8_t op, uint32_t flags, uint64_t off, void *buf, uint64_t len)
+{
+	struct iovec iov = { buf, len };
+	struct gw_io io;
+	int before = done_count;
+
+	memset(&io, 0, sizeof(io));
+	io.op = op;
+	io.flags = flags;
+	io.offset = off;
+	io.len = len;
+	io.iov = buf ? &iov : NULL;
+	io.iovcnt = buf ? 1 : 0;
+	io.done = on_done;
+	if (gw_export_submit(e, &q, &io))
+		return io.result;
+	while (done_count == before)
+		gw_ioq_wait(&q);
+	return io.result;
+}
+
+static struct gw_backend *open_backend(const char *name, void *opts)
+{
+	char err[256] = "";
+	struct gw_backend *b = gw_backend_open(gw_backend_find(name), name, opts, err, sizeof(err));
+
+	if (!b)
+		fprintf(stderr, "open %s: %s\n", name, err);
+	return b;
+}
+
+static int extents(struct gw_export *e, uint64_t off, uint64_t len, struct gw_extent *v, size_t cap)
+{
+	struct gw_extents x = { .v = v, .cap = cap };
+	int rc = gw_export_extents(e, &q, off, len, &x);
+
+	return rc < 0 ? rc : (int)x.n;
+}
+
+static void test_memory(void)
+{
+	struct { uint64_t size; } mo = { (1ull << 30) + 1000 };
+	struct gw_backend *b = open_backend("memory", &mo);
+	struct gw_export *e = gw_export_new("m", b, false, 0);
+	uint8_t *buf = malloc(1 << 20), *rd = malloc(1 << 20);
+	struct gw_extent v[16];
+	struct gw_stats_total t;
+	struct iovec iov = { rd, 8192 };
+	struct gw_io io;
+
+	CHECK(e && e->size == (1ull << 30) + 1000);
+	memset(buf, 0x5a, 1 << 20);
+	CHECK(run(e, GW_OP_WRITE, 0, 4096 * 10 + 100, buf, 5000) == 0);
+	memset(rd, 1, 1 << 20);
+	CHECK(run(e, GW_OP_READ, 0, 4096 * 10, rd, 8192) == 0);
+	CHECK(rd[99] == 0 && rd[100] == 0x5a && rd[5099] == 0x5a && rd[5100] == 0);
+	/* A read of never-written space, hole allowed: reported, buffer untouched. */
+	memset(&io, 0, sizeof(io));
+	memset(rd, 7, 8192);
+	io.op = GW_OP_READ; io.flags = GW_IO_HOLE_OK; io.offset = 1 << 29; io.len = 8192;
+	io.iov = &iov; io.iovcnt = 1; io.done = on_done;
+	CHECK(gw_export_submit(e, &q, &io) == 1 && io.result == 0 && (io.rflags & GW_IO_R_HOLE) && rd[0] == 7);
+	/* Without HOLE_OK the same range is zero-filled. */
+	CHECK(run(e, GW_OP_READ, 0, 1 << 29, rd, 8192) == 0 && rd[0] == 0 && rd[8191] == 0);
+	/* The tail past the last whole page. */
+	CHECK(run(e, GW_OP_WRITE, 0, (1ull << 30), buf, 1000) == 0);
+	CHECK(run(e, GW_OP_READ, 0, (1ull << 30) + 500, rd, 500) == 0 && rd[0] == 0x5a);
+	/* Extents: data exactly where pages were written. */
+	CHECK(extents(e, 0, 1 << 20, v, 16) == 3);
+	CHECK(v[0].len == 40960 && v[0].flags == (GW_EXT_HOLE | GW_EXT_ZERO));
+	CHECK(v[1].len == 8192 && v[1].flags == 0);
+	CHECK(v[2].len == (1 << 20) - 49152);
+	CHECK(extents(e, 4096 * 10 + 1, 10, v, 16) == 1 && v[0].flags == 0 && v[0].len == 10);
+	CHECK(extents(e, (1ull << 30) - 4096, 4096 + 1000, v, 16) == 2 && v[1].flags == 0 && v[1].len == 1000);
+	/* Trim frees whole pages and zeroes partial ones. */
+	CHECK(run(e, GW_OP_TRIM, 0, 4096 * 10 + 200, NULL, 4096 * 2) == 0);
+	CHECK(run(e, GW_OP_READ, 0, 4096 * 10, rd, 12288) == 0);
+	CHECK(rd[100] == 0x5a && rd[199] == 0x5a && rd[200] == 0 && rd[8391] == 0 && rd[8392] == 0);
+	/* page 10 partly kept, page 11 trimmed whole (freed), page 12 never written */
+	CHECK(extents(e, 40960, 12288, v, 16) == 2 && v[0].flags == 0 && v[0].len == 4096);
+	CHECK(run(e, GW_OP_TRIM, 0, 40960, NULL, 8192) == 0);
+	CHECK(extents(e, 40960, 8192, v, 16) == 1 && v[0].flags == (GW_EXT_HOLE | GW_EXT_ZERO));
+	/* Write-zeroes without unmap allocates; with it, frees. */
+	CHECK(run(e, GW_OP_WRITE_ZEROES, GW_IO_NO_UNMAP, 1 << 20, NULL, 8192) == 0);
+	CHECK(extents(e, 1 << 20, 8192, v, 16) == 1 && v[0].flags == 0);
+	CHECK(run(e, GW_OP_WRITE_ZEROES, 0, 1 << 20, NULL, 8192) == 0);
+	CHECK(extents(e, 1 << 20, 8192, v, 16) == 1 && v[0].flags == (GW_EXT_HOLE | GW_EXT_ZERO));
+	/* The extent list stops when full. */
+	for (int i = 0; i < 8; i++)
+		run(e, GW_OP_WRITE, 0, (uint64_t)(100 + 2 * i) << 12, buf, 4096);
+	CHECK(extents(e, 100 << 12, 16 << 12, v, 4) == 4);
+	gw_export_stats(e, &t);
+	CHECK(t.errors == 0 && t.writes >= 10 && t.bytes_written >= 5000 + 1000 + 8 * 4096);
+	gw_export_free(e);
+	gw_backend_close(b);
+	free(buf);
+	free(rd);
+}
+
+static void test_checked_layer(void)
+{
+	struct { uint64_t size; } mo = { 16 << 20 };
+	struct gw_backend *b = open_backend("memory", &mo);
+	struct gw_export *e = gw_export_new("c", b, false, 4096), *ro = gw_export_new("r", b, true, 0);
+	struct gw_backend *n = open_backend("null", &mo);
+	struct gw_export *ne = gw_export_new("n", n, false, 0);
+	uint8_t *buf = calloc(1, 33 << 20);
+	struct gw_stats_total t;
+	struct gw_extent v[4];
+
+	CHECK(e->min_block == 4096 && e->max_xfer == 32u << 20);
+	CHECK(run(e, GW_OP_READ, 0, 512, buf, 4096) == -EINVAL);      /* misaligned offset */
+	CHECK(run(e, GW_OP_READ, 0, 0, buf, 512) == -EINVAL);         /* misaligned length */
+	CHECK(run(e, GW_OP_WRITE, 0, 4096, buf, 100) == -EINVAL);
+	CHECK(run(e, GW_OP_TRIM, 0, 100, NULL, 4096) == -EINVAL);
+	CHECK(run(e, GW_OP_READ, 0, 16 << 20, buf, 4096) == -EINVAL);  /* past the end */
+	CHECK(run(e, GW_OP_WRITE, 0, 16 << 20, buf, 4096) == -ENOSPC);
+	CHECK(run(e, GW_OP_WRITE_ZEROES, 0, (16 << 20) - 4096, NULL, 8192) == -ENOSPC);
+	CHECK(run(e, GW_OP_TRIM, 0, 16 << 20, NULL, 4096) == -EINVAL);
+	CHECK(run(e, GW_OP_READ, 0, UINT64_MAX - 4095, buf, 4096) == -EINVAL); /* wraps */
+	CHECK(run(e, GW_OP_READ, 0, 0, buf, 33 << 20) == -EINVAL);     /* > max_xfer */
+	CHECK(run(e, GW_OP_READ, GW_IO_FUA, 0, buf, 4096) == -EINVAL);  /* flag not for reads */
+	CHECK(run(e, GW_OP_WRITE, GW_IO_NO_UNMAP, 0, buf, 4096) == -EINVAL);
+	CHECK(run(e, GW_OP__COUNT, 0, 0, NULL, 0) == -EINVAL);
+	CHECK(run(e, GW_OP_READ, 0, 0, buf, 0) == 0);                 /* zero length: nothing to do */
+	CHECK(run(e, GW_OP_WRITE, GW_IO_FUA, 4096, buf, 4096) == 0);
+	CHECK(run(e, GW_OP_FLUSH, 0, 0, NULL, 0) == 0);
+	CHECK(run(ro, GW_OP_WRITE, 0, 0, buf, 4096) == -EPERM);
+	CHECK(run(ro, GW_OP_TRIM, 0, 0, NULL, 4096) == -EPERM);
+	CHECK(run(ro, GW_OP_WRITE_ZEROES, 0, 0, NULL, 4096) == -EPERM);
+	CHECK(run(ro, GW_OP_READ, 0, 0, buf, 4096) == 0);
+	CHECK(extents(e, 100, 4096, v, 4) == -EINVAL);
+	CHECK(extents(e, 0, 0, v, 4) == -EINVAL);
+	CHECK(extents(e, 0, (16 << 20) + 4096, v, 4) == -EINVAL);
+	gw_export_stats(e, &t);
+	CHECK_EQ_U64(t.errors, 16);
+	gw_export_stats(ro, &t);
+	CHECK_EQ_U64(t.errors, 3);
+	/* null: zeros, holes everywhere, writes vanish. */
+	memset(buf, 9, 8192);
+	CHECK(run(ne, GW_OP_WRITE, 0, 0, buf, 8192) == 0);
+	CHECK(run(ne, GW_OP_READ, 0, 0, buf, 8192) == 0 && buf[0] == 0 && buf[8191] == 0);
+	CHECK(extents(ne, 0, 16 << 20, v, 4) == 1 && v[0].len == 16 << 20 && v[0].flags == (GW_EXT_HOLE | GW_EXT_ZERO));
+	gw_export_free(e);
+	gw_export_free(ro);
+	gw_export_free(ne);
+	gw_backend_close(b);
+	gw_backend_close(n);
+	free(buf);
+}
+
+static void test_file(bool direct)
+{
+	char path[] = "/tmp/blkgw-unit-XXXXXX";
+	int fd = mkstemp(path);
+	struct { char *path; bool direct; uint64_t size; } fo = { path, direct, 0 };
+	struct gw_backend *b;
+	struct gw_export *e;
+	uint8_t *buf = NULL, *rd = NULL;
+	struct gw_extent v[8];
+	struct stat st;
+
+	CHECK(fd >= 0 && ftruncate(fd, 8 << 20) == 0);
+	close(fd);
+	b = open_backend("file", &fo);
+	CHECK(b != NULL);
+	if (!b) {
+		unlink(path);
+		return;
+	}
+	e = gw_export_new("f", b, false, 0);
+	CHECK(b->size == 8 << 20 && (b->caps & GW_CAP_EXTENTS));
+	CHECK(direct ? b->min_block >= 512 : b->min_block == 1);
+	if (posix_memalign((void **)&buf, 4096, 1 << 20) || posix_memalign((void **)&rd, 4096, (1 << 20) + 4096))
+		abort();
+	memset(buf, 0xc3, 1 << 20);
+	CHECK(run(e, GW_OP_WRITE, 0, 1 << 20, buf, 1 << 20) == 0);
+	CHECK(run(e, GW_OP_WRITE, GW_IO_FUA, 3 << 20, buf, 65536) == 0);
+	/* Misaligned memory on an O_DIRECT file goes through a bounce buffer. */
+	CHECK(run(e, GW_OP_READ, 0, 1 << 20, rd + 1, 65536) == 0 && rd[1] == 0xc3 && rd[65536] == 0xc3);
+	CHECK(run(e, GW_OP_WRITE, 0, 5 << 20, rd + 1, 4096) == 0);
+	CHECK(run(e, GW_OP_FLUSH, 0, 0, NULL, 0) == 0);
+	CHECK(extents(e, 0, 8 << 20, v, 8) >= 4);
+	CHECK(v[0].flags == (GW_EXT_HOLE | GW_EXT_ZERO) && v[0].len == 1 << 20 && v[1].flags == 0);
+	/* Zero with unmap punches; without, keeps it allocated; both read back zero. */
+	CHECK(run(e, GW_OP_WRITE_ZEROES, 0, 1 << 20, NULL, 1 << 19) == 0);
+	CHECK(run(e, GW_OP_WRITE_ZEROES, GW_IO_NO_UNMAP | GW_IO_FUA, (1 << 20) + (1 << 19), NULL, 1 << 19) == 0);
+	CHECK(run(e, GW_OP_READ, 0, 1 << 20, rd, 1 << 20) == 0 && rd[0] == 0 && rd[(1 << 20) - 1] == 0);
+	/* The punched half is a hole (ZERO_RANGE's unwritten extents may report as holes too). */
+	CHECK(extents(e, 1 << 20, 1 << 20, v, 8) >= 1 && v[0].flags == (GW_EXT_HOLE | GW_EXT_ZERO) &&
+	      v[0].len >= 1 << 19);
+	CHECK(run(e, GW_OP_TRIM, 0, 3 << 20, NULL, 65536) == 0);
+	CHECK(run(e, GW_OP_CACHE, 0, 0, NULL, 1 << 20) == 0);
+	CHECK(run(e, GW_OP_WRITE_ZEROES, GW_IO_FAST_ZERO, 0, NULL, 4096) == 0);
+	CHECK(b->ops->sync(b) == 0);
+	gw_export_free(e);
+	gw_backend_close(b);
+	CHECK(stat(path, &st) == 0 && st.st_size == 8 << 20);
+	unlink(path);
+	free(buf);
+	free(rd);
+}
+
+static void test_bufpool(void)
+{
+	struct gw_bufpool p;
+	void *a, *b2, *c;
+
+	gw_bufpool_init(&p, 1 << 20);
+	a = gw_buf_get(&p, 100);
+	CHECK(a && ((uintptr_t)a & 4095) == 0);
+	gw_buf_put(&p, a, 100);
+	b2 = gw_buf_get(&p, 4096);
+	CHECK(b2 == a); /* same class: reused */
+	c = gw_buf_get(&p, 4097);
+	CHECK(c && c != a);
+	CHECK(gw_buf_get(&p, (32u << 20) + 1) == NULL);
+	gw_buf_put(&p, b2, 4096);
+	gw_buf_put(&p, c, 4097);
+	a = gw_buf_get(&p, 1 << 20);
+	gw_buf_put(&p, a, 1 << 20); /* over the cache limit: freed, not kept */
+	CHECK(p.cached_bytes <= 1 << 20);
+	gw_bufpool_exit(&p);
+	CHECK(p.cached_bytes == 0);
+}
+
+int main(void)
+{
+	if (gw_ioq_init(&q, 64, 0, false) < 0) {
+		fprintf(stderr, "io_uring unavailable\n");
+		return 77;
+	}
+	test_memory();
+	test_checked_layer();
+	test_file(false);
+	test_file(true);
+	test_bufpool();
+	gw_ioq_exit(&q);
+	return check_report();
+}
