@@ -26,7 +26,8 @@ usage: $0 --out DIR --script GUEST_SCRIPT [options]
   --module NAME        also include kernel module NAME and its dependencies
                        (repeatable; the default set is always included:
                        $default_modules)
-  --cache DIR          kernel cache (default \$BLKGW_VM_CACHE or /var/cache/blkgw-vm)
+  --cache DIR          kernel cache (default \$BLKGW_VM_CACHE, else
+                       /var/cache/blkgw-vm, else ~/.cache/blkgw-vm for non-root)
   --kernel-version V   use kernel V (uname -r form, e.g. 6.12.95+deb12-amd64)
   --refresh            ask the mirror again which 6.12 kernel is current
   --fetch-only         only fill the kernel cache, build nothing
@@ -44,7 +45,13 @@ kernel_series=6.12
 die() { echo "$me: error: $*" >&2; exit 1; }
 say() { [ "$quiet" = 1 ] || echo "$me: $*"; }
 
-out="" script="" cache="${BLKGW_VM_CACHE:-/var/cache/blkgw-vm}" kver="" refresh=0
+# Default cache: /var/cache/blkgw-vm, or the user's cache dir when that is not
+# writable (not root).
+default_cache=/var/cache/blkgw-vm
+if [ "$(id -u)" != 0 ] && ! { mkdir -p "$default_cache" && [ -w "$default_cache" ]; } 2>/dev/null; then
+	default_cache="${XDG_CACHE_HOME:-$HOME/.cache}/blkgw-vm"
+fi
+out="" script="" cache="${BLKGW_VM_CACHE:-$default_cache}" kver="" refresh=0
 fetch_only=0 quiet=0
 bins=() files=() modules=()
 while [ $# -gt 0 ]; do
@@ -161,6 +168,8 @@ EOF
 # Fetch and unpack the kernel package into $cache/kernel/$kver.
 fetch_kernel() {
 	local work pkg
+	# we hold the lock: any tmp.* left here is from a killed run
+	rm -rf "$cache"/tmp.*
 	setup_apt
 	say "apt-get update (bookworm-backports, private lists in $cache/apt)"
 	apt-get "${apt_opts[@]}" -q update >"$cache/apt/update.log" 2>&1 || {

@@ -28,7 +28,7 @@ skip() {
 		echo "# SKIP: this VM test cannot run: $*"
 		echo "# Install QEMU (apt-get install qemu-system-x86, or scripts/deps.sh test)."
 		echo "######################################################################"
-	} | tee /dev/stderr
+	} >&2
 	exit 77
 }
 
