@@ -5,10 +5,12 @@
 #include "gateway/util.h"
 
 extern const struct gw_transport_ops gw_nbd_transport;
+extern const struct gw_transport_ops gw_vhost_transport;
 
 /* Order is only the listing order; exports choose by name. */
 static const struct gw_transport_ops *const transports[] = {
 	&gw_nbd_transport,
+	&gw_vhost_transport,
 };
 
 const struct gw_transport_ops *gw_transport_find(const char *name)

@@ -1,0 +1,352 @@
+/*
+ * The vhost-user-blk transport: options, the listening unix socket (QEMU
+ * is the client), and one frontend connection per export, on the main
+ * thread. The connection's queues run on the workers.
+ *
+ * A second frontend is refused while one is connected; one that arrives
+ * while the previous connection is still closing (QEMU reconnecting) waits
+ * until that one is gone, then is served.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "gateway/gateway.h"
+#include "gateway/log.h"
+#include "gateway/transport.h"
+#include "gateway/util.h"
+#include "transports/vhost/vhost_internal.h"
+
+static const char *vhost_check_opts(const void *opts, const char **key);
+
+static const struct gw_opt_desc vhost_opts_table[] = {
+	{ .key = "socket", .type = GW_OPT_PATH, .offset = offsetof(struct vhost_opts, socket),
+	  .help = "unix socket QEMU connects to (default RUN-DIR/IMAGE.vhost.sock)" },
+	{ .key = "queues", .type = GW_OPT_U32, .offset = offsetof(struct vhost_opts, queues),
+	  .min = 1, .max = VHOST_MAX_QUEUES, .def = 16,
+	  .help = "virtqueues offered, at least QEMU's num-queues (default 16, at most 64)" },
+	{ .key = "queue-size", .type = GW_OPT_U32, .offset = offsetof(struct vhost_opts, queue_size),
+	  .min = 4, .max = VHOST_MAX_QUEUE_SIZE, .def = 256,
+	  .help = "largest virtqueue accepted, a power of two; seg_max is queue-size - 2 (default 256)" },
+	{ .key = "serial", .type = GW_OPT_STR, .offset = offsetof(struct vhost_opts, serial),
+	  .help = "disk serial reported by GET_ID, at most 20 bytes (default: the image name)" },
+	{ .key = "socket-mode", .type = GW_OPT_MODE, .offset = offsetof(struct vhost_opts, socket_mode),
+	  .def = 0600, .help = "permissions of the unix socket (default 0600)" },
+};
+
+static const char *vhost_check_opts(const void *opts, const char **key)
+{
+	const struct vhost_opts *o = opts;
+
+	if (o->socket && strlen(o->socket) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+		*key = "socket";
+		return "'socket' path is too long for a unix socket (at most 107 bytes)";
+	}
+	if (!gw_is_pow2(o->queue_size)) {
+		*key = "queue-size";
+		return "'queue-size' must be a power of two (4 to 1024)";
+	}
+	if (o->serial && strlen(o->serial) > VIRTIO_BLK_ID_BYTES) {
+		*key = "serial";
+		return "'serial' is longer than 20 bytes (virtio-blk's GET_ID limit)";
+	}
+	return NULL;
+}
+
+static void socket_path(const struct vhost_opts *o, const char *image, char *buf, size_t len)
+{
+	if (o->socket)
+		snprintf(buf, len, "%s", o->socket);
+	else
+		snprintf(buf, len, "%s/%s.vhost.sock", gw_run_dir(), image);
+}
+
+static const char *vhost_conflict(const void *a, const char *image_a, const void *b, const char *image_b,
+				  char *buf, size_t len)
+{
+	char pa[4200], pb[4200];
+
+	socket_path(a, image_a, pa, sizeof(pa));
+	socket_path(b, image_b, pb, sizeof(pb));
+	if (strcmp(pa, pb) != 0)
+		return NULL;
+	snprintf(buf, len, "vhost-user-blk socket %s is already used by another export (one device per socket)", pa);
+	return buf;
+}
+
+static void vhost_describe(const void *opts, const char *image, char *buf, size_t len)
+{
+	socket_path(opts, image, buf, len);
+}
+
+/* The deepest existing folder of path must be writable for the socket to appear. */
+static int check_folder(const char *path, char *why, size_t len)
+{
+	char dir[4200], *slash;
+
+	snprintf(dir, sizeof(dir), "%s", path);
+	for (;;) {
+		slash = strrchr(dir, '/');
+		if (!slash)
+			snprintf(dir, sizeof(dir), ".");
+		else if (slash == dir)
+			dir[1] = '\0';
+		else
+			*slash = '\0';
+		if (access(dir, F_OK) == 0)
+			break;
+		if (!slash || slash == dir)
+			break;
+	}
+	if (access(dir, W_OK | X_OK) < 0) {
+		gw_seterr(why, len, "cannot create the socket %s: %s is not writable (%s)", path, dir,
+			  strerror(errno));
+		return -EACCES;
+	}
+	return 0;
+}
+
+static int vhost_probe(const void *opts, char *why, size_t len)
+{
+	const struct vhost_opts *o = opts;
+	char path[4200];
+	int fd;
+
+	/* The inflight region (reconnect) and eventfd-driven queues need these. */
+	fd = memfd_create("blkgw-probe", MFD_CLOEXEC);
+	if (fd < 0) {
+		gw_seterr(why, len, "memfd_create: %s (needed for the inflight region)", strerror(errno));
+		return -errno;
+	}
+	close(fd);
+	if (!o->socket)
+		return 0; /* the run dir is created by the gateway */
+	socket_path(o, "", path, sizeof(path));
+	return check_folder(path, why, len);
+}
+
+/* ---- the listening socket ---- */
+
+static int mkdir_parents(const char *path)
+{
+	char *p = strdup(path);
+
+	if (!p)
+		return -ENOMEM;
+	for (char *s = p + 1; *s; s++) {
+		if (*s != '/')
+			continue;
+		*s = '\0';
+		if (mkdir(p, 0755) < 0 && errno != EEXIST) {
+			int rc = -errno;
+
+			free(p);
+			return rc;
+		}
+		*s = '/';
+	}
+	free(p);
+	return 0;
+}
+
+static int listen_unix(struct vhost_exp *x, char *err, size_t errlen)
+{
+	struct sockaddr_un sa;
+	struct stat st;
+	mode_t old;
+	int fd, rc;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	if (gw_strlcpy(sa.sun_path, x->path, sizeof(sa.sun_path)) < 0) {
+		gw_seterr(err, errlen, "socket path %s is too long", x->path);
+		return -ENAMETOOLONG;
+	}
+	rc = mkdir_parents(x->path);
+	if (rc < 0) {
+		gw_seterr(err, errlen, "cannot create the folder of %s: %s", x->path, strerror(-rc));
+		return rc;
+	}
+	if (lstat(x->path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			gw_seterr(err, errlen, "%s exists and is not a socket", x->path);
+			return -EEXIST;
+		}
+		/* A live server keeps it; a stale socket (a killed blkgw) is replaced. */
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+			close(fd);
+			gw_seterr(err, errlen, "%s is in use by another running server", x->path);
+			return -EADDRINUSE;
+		}
+		if (fd >= 0)
+			close(fd);
+		unlink(x->path);
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		rc = -errno;
+		gw_seterr(err, errlen, "socket: %s", strerror(errno));
+		return rc;
+	}
+	old = umask(0777 & ~(mode_t)x->o->socket_mode);
+	rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+	umask(old);
+	if (rc < 0 || chmod(x->path, x->o->socket_mode) < 0 || listen(fd, 16) < 0) {
+		rc = -errno;
+		gw_seterr(err, errlen, "cannot serve on %s: %s", x->path, strerror(errno));
+		close(fd);
+		unlink(x->path);
+		return rc;
+	}
+	x->lfd = fd;
+	return 0;
+}
+
+static void serve(struct vhost_exp *x, int fd)
+{
+	x->conn = vhost_conn_new(x, fd);
+	if (!x->conn) {
+		gw_err("vhost-user-blk %s: out of memory for a connection", x->exp->id);
+		close(fd);
+	}
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct vhost_exp *x = w->data;
+
+	for (;;) {
+		int fd = accept4(x->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno != EAGAIN)
+				gw_warn("vhost-user-blk %s: accept on %s: %s", x->exp->id, x->path, strerror(errno));
+			return;
+		}
+		if (!x->conn) {
+			serve(x, fd);
+		} else if (x->conn->closing && x->waiting_fd < 0) {
+			gw_info("vhost-user-blk %s: a frontend connected while the last one is closing; it is served once that one is gone",
+				x->exp->id);
+			x->waiting_fd = fd;
+		} else {
+			gw_warn("vhost-user-blk %s: refusing a second frontend on %s: one is already connected (one device, one frontend)",
+				x->exp->id, x->path);
+			close(fd);
+		}
+	}
+}
+
+static void stop_finish(struct vhost_exp *x)
+{
+	struct gw_export *e = x->exp;
+	void (*done)(struct gw_export *) = x->stop_done;
+
+	e->tpriv = NULL;
+	free(x->path);
+	free(x);
+	done(e);
+}
+
+void vhost_conn_gone(struct vhost_exp *x)
+{
+	x->conn = NULL;
+	if (x->stopping) {
+		stop_finish(x);
+		return;
+	}
+	if (x->waiting_fd >= 0) {
+		int fd = x->waiting_fd;
+
+		x->waiting_fd = -1;
+		serve(x, fd);
+	}
+}
+
+static int vhost_start(struct gw_export *e, char *err, size_t errlen)
+{
+	const struct vhost_opts *o = e->topts;
+	struct vhost_exp *x = calloc(1, sizeof(*x));
+	char path[4200];
+	int rc;
+
+	if (!x)
+		return -ENOMEM;
+	x->exp = e;
+	x->o = o;
+	x->lfd = -1;
+	x->waiting_fd = -1;
+	rc = vblk_dev_init(&x->dev, e, o->serial, (uint16_t)o->queues, (uint16_t)o->queue_size);
+	if (rc < 0) {
+		gw_seterr(err, errlen, "block size %u cannot be expressed in virtio-blk", e->min_block);
+		free(x);
+		return rc;
+	}
+	socket_path(o, e->image, path, sizeof(path));
+	x->path = strdup(path);
+	if (!x->path) {
+		free(x);
+		return -ENOMEM;
+	}
+	rc = listen_unix(x, err, errlen);
+	if (rc < 0) {
+		free(x->path);
+		free(x);
+		return rc;
+	}
+	ev_io_init(&x->lw, accept_cb, x->lfd, EV_READ);
+	x->lw.data = x;
+	ev_io_start(EV_DEFAULT, &x->lw);
+	e->tpriv = x;
+	return 0;
+}
+
+static void vhost_stop(struct gw_export *e, void (*done)(struct gw_export *e))
+{
+	struct vhost_exp *x = e->tpriv;
+
+	x->stop_done = done;
+	x->stopping = true;
+	ev_io_stop(EV_DEFAULT, &x->lw);
+	close(x->lfd);
+	x->lfd = -1;
+	unlink(x->path);
+	if (x->waiting_fd >= 0) {
+		close(x->waiting_fd);
+		x->waiting_fd = -1;
+	}
+	if (x->conn)
+		vhost_conn_close(x->conn, "export stopping");
+	else
+		stop_finish(x);
+}
+
+static void vhost_status(struct gw_export *e, struct gw_export_status *st)
+{
+	struct vhost_exp *x = e->tpriv;
+
+	snprintf(st->endpoint, sizeof(st->endpoint), "%s", x->path);
+}
+
+const struct gw_transport_ops gw_vhost_transport = {
+	.abi_version = GW_TRANSPORT_ABI,
+	.name = "vhost-user-blk",
+	.summary = "vhost-user-blk backend on a unix socket (QEMU -device vhost-user-blk-pci)",
+	.schema = GW_OPT_SCHEMA(vhost_opts_table, struct vhost_opts, vhost_check_opts),
+	.probe = vhost_probe,
+	.conflict = vhost_conflict,
+	.describe = vhost_describe,
+	.start = vhost_start,
+	.stop = vhost_stop,
+	.status = vhost_status,
+};
