@@ -267,8 +267,14 @@ static unsigned int pick_queue_size(struct thread_data *td,
 	need = (unsigned long long)td->o.iodepth * descs_per_io(in, td_max_bs(td));
 	if (need < 16)
 		need = 16;
-	if (need > VHOST_MAX_AUTO_QUEUE_SIZE)
+	if (need > VHOST_MAX_AUTO_QUEUE_SIZE) {
+		log_info("fio: vhost-user-blk: job %s: iodepth %u needs %llu "
+			 "descriptors; the queue size is capped at %u, so at most "
+			 "%llu requests will be in flight (vhost_queue_size= raises it)\n",
+			 td->o.name, td->o.iodepth, need, VHOST_MAX_AUTO_QUEUE_SIZE,
+			 VHOST_MAX_AUTO_QUEUE_SIZE / descs_per_io(in, td_max_bs(td)));
 		need = VHOST_MAX_AUTO_QUEUE_SIZE;
+	}
 	return roundup_pow2(need);
 }
 

@@ -15,7 +15,7 @@ shift 2
 
 all_cases="probe randwrite_verify seq1m_verify trim_flush backing_file
   read_placement corrupt_detected wrong_seed_detected zeroes_mode
-  jobs_vs_queues no_thread null_poll"
+  jobs_vs_queues stonewall_reuse no_thread null_poll"
 cases=${*:-$all_cases}
 
 QUEUES=4
@@ -255,6 +255,40 @@ case_jobs_vs_queues() {
   vfio --name=q --rw=randread --bs=4k --iodepth=4 --vhost_queue=3 --size=4M \
     --vhost_trace=1 >"$work/out" 2>&1 && grep -q 'uses queue 3' "$work/out" &&
     ok "vhost_queue=3 selects queue 3" || { cat "$work/out"; bad "vhost_queue=3"; }
+}
+
+# Stonewalled jobs reuse the queues earlier jobs stopped (GET_VRING_BASE,
+# then a fresh SET_VRING_* sequence on the same connection).
+case_stonewall_reuse() {
+  cat >"$work/sw.fio" <<EOF2
+[global]
+thread
+ioengine=external:$engine
+vhost_socket=$work/disk.sock
+vhost_trace=1
+bs=4k
+size=16M
+offset_increment=16M
+iodepth=16
+numjobs=$QUEUES
+verify=crc32c
+verify_fatal=1
+[write]
+rw=randwrite
+[reverify]
+stonewall
+rw=randwrite
+verify_only
+[mixed]
+stonewall
+rw=randrw
+EOF2
+  fio "$work/sw.fio" >"$work/out" 2>&1 || { cat "$work/out"; bad "fio failed"; return; }
+  local n
+  n=$(grep -c "uses queue" "$work/out")
+  [ "$n" -eq $((3 * QUEUES)) ] &&
+    ok "3 stonewalled groups of $QUEUES jobs reused the $QUEUES queues, data verified" ||
+    { cat "$work/out"; bad "expected $((3 * QUEUES)) queue set-ups, saw $n"; }
 }
 
 case_no_thread() {
