@@ -96,7 +96,7 @@ static void client_flush(struct ctl_client *c)
 
 static void client_reply(struct ctl_client *c, json_object *reply)
 {
-	const char *s = json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PLAIN);
+	const char *s = json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 	size_t n = strlen(s);
 	char *b = realloc(c->out, c->outlen + n + 1);
 
@@ -257,7 +257,7 @@ void gw_ctl_stop(void)
 json_object *gw_ctl_request(const char *path, json_object *req, char *err, size_t errlen)
 {
 	struct sockaddr_un sa;
-	const char *s = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
+	const char *s = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 	char *buf = NULL;
 	size_t len = 0;
 	json_object *reply = NULL;

@@ -288,7 +288,7 @@ static int cmd_status(int argc, char **argv)
 		fprintf(stderr, "blkgw status: %s\n", e ? jstr(e, "message") : "error");
 		rc = 1;
 	} else if (as_json) {
-		printf("%s\n", json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED));
+		printf("%s\n", json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE));
 	} else {
 		printf("blkgw %s, pid %d, %d workers, up %.0f s%s\n", jstr(reply, "version"), (int)jnum(reply, "pid"),
 		       (int)jnum(reply, "workers"), json_object_get_double(json_object_object_get(reply, "uptime_s")),

@@ -8,6 +8,7 @@
  * first export of the listener.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -25,9 +26,11 @@
 #include "gateway/util.h"
 #include "transports/nbd/nbd_conn.h"
 #include "transports/nbd/nbd_internal.h"
+#include "transports/nbd/nbd_netlink.h"
 #include "transports/nbd/nbd_proto.h"
 
 static const char *nbd_check_opts(const void *opts, const char **key);
+static int device_index(const char *dev);
 
 static const struct gw_opt_desc nbd_opts_table[] = {
 	{ .key = "socket", .type = GW_OPT_PATH, .offset = offsetof(struct nbd_opts, socket),
@@ -40,6 +43,16 @@ static const struct gw_opt_desc nbd_opts_table[] = {
 	  .help = "free text shown to clients that list exports" },
 	{ .key = "socket-mode", .type = GW_OPT_MODE, .offset = offsetof(struct nbd_opts, socket_mode),
 	  .def = 0600, .help = "permissions of the unix socket (default 0600)" },
+	{ .key = "attach", .type = GW_OPT_BOOL, .offset = offsetof(struct nbd_opts, attach),
+	  .help = "also attach the export as a local /dev/nbdN through the kernel's NBD client" },
+	{ .key = "device", .type = GW_OPT_STR, .offset = offsetof(struct nbd_opts, device),
+	  .help = "with attach: the device to use, e.g. /dev/nbd3 (default: the first free one)" },
+	{ .key = "connections", .type = GW_OPT_U32, .offset = offsetof(struct nbd_opts, connections),
+	  .min = 1, .max = 16, .def = 1, .help = "with attach: sockets (kernel queues) handed to the kernel, 1 to 16" },
+	{ .key = "timeout", .type = GW_OPT_U32, .offset = offsetof(struct nbd_opts, timeout),
+	  .max = 86400, .help = "with attach: seconds before the kernel gives up on a request (default: never)" },
+	{ .key = "dead-conn-timeout", .type = GW_OPT_U32, .offset = offsetof(struct nbd_opts, dead_conn_timeout),
+	  .max = 86400, .help = "with attach: seconds the kernel waits for a lost connection to come back" },
 };
 
 static struct nbd_listener *listeners;
@@ -62,7 +75,31 @@ static const char *nbd_check_opts(const void *opts, const char **key)
 		*key = "socket";
 		return "'socket' path is too long for a unix socket (at most 107 bytes)";
 	}
+	if (o->device && device_index(o->device) < 0) {
+		*key = "device";
+		return "'device' must be an NBD device such as /dev/nbd0";
+	}
+	if (!o->attach && (o->device || o->connections != 1 || o->timeout || o->dead_conn_timeout)) {
+		*key = o->device ? "device" : o->connections != 1 ? "connections" : o->timeout ? "timeout" : "dead-conn-timeout";
+		return "this setting needs 'attach: true'";
+	}
 	return NULL;
+}
+
+/* "/dev/nbd12" -> 12, else -1. */
+static int device_index(const char *dev)
+{
+	const char *p = dev;
+	long v = 0;
+
+	if (strncmp(p, "/dev/nbd", 8) != 0 || !p[8])
+		return -1;
+	for (p += 8; *p; p++) {
+		if (*p < '0' || *p > '9' || v > 1000000)
+			return -1;
+		v = v * 10 + (*p - '0');
+	}
+	return (int)v;
 }
 
 static const char *wire_name(const struct nbd_opts *o, const char *image)
@@ -79,7 +116,7 @@ static unsigned endpoints(const struct nbd_opts *o, const char *image, char keys
 		snprintf(keys[n++], sizeof(keys[0]), "unix:%s", o->socket);
 	if (o->listen)
 		snprintf(keys[n++], sizeof(keys[0]), "tcp:%s", o->listen);
-	if (!n)
+	if (!n && !o->attach)
 		snprintf(keys[n++], sizeof(keys[0]), "unix:%s/%s.sock", gw_run_dir(), image);
 	return n;
 }
@@ -91,6 +128,10 @@ static const char *nbd_conflict(const void *a, const char *image_a, const void *
 	char ka[2][4200], kb[2][4200];
 	unsigned na = endpoints(oa, image_a, ka), nb = endpoints(ob, image_b, kb);
 
+	if (oa->attach && ob->attach && oa->device && ob->device && strcmp(oa->device, ob->device) == 0) {
+		snprintf(buf, len, "%s is attached by another export", oa->device);
+		return buf;
+	}
 	for (unsigned i = 0; i < na; i++) {
 		for (unsigned j = 0; j < nb; j++) {
 			if (strcmp(ka[i], kb[j]) != 0)
@@ -130,9 +171,8 @@ static void uri_name(char *out, size_t len, const char *name)
 	out[n] = '\0';
 }
 
-static void nbd_describe(const void *opts, const char *image, char *buf, size_t len)
+static size_t describe_sockets(const struct nbd_opts *o, const char *image, char *buf, size_t len)
 {
-	const struct nbd_opts *o = opts;
 	char keys[2][4200], name[1024];
 	unsigned n = endpoints(o, image, keys);
 	size_t used = 0;
@@ -147,6 +187,17 @@ static void nbd_describe(const void *opts, const char *image, char *buf, size_t 
 			used += (size_t)snprintf(buf + used, len - used, "%snbd://%s/%s", i ? " " : "",
 						 keys[i] + 4, name);
 	}
+	return GW_MIN(used, len);
+}
+
+static void nbd_describe(const void *opts, const char *image, char *buf, size_t len)
+{
+	const struct nbd_opts *o = opts;
+	size_t used = describe_sockets(o, image, buf, len);
+
+	if (o->attach && used < len)
+		snprintf(buf + used, len - used, "%skernel %s", used ? " " : "",
+			 o->device ? o->device : "/dev/nbdN (first free)");
 }
 
 /* ---- listeners ---- */
@@ -473,9 +524,12 @@ static void stop_finish(void *arg)
 	struct gw_export *e = x->exp;
 	void (*done)(struct gw_export *) = x->stop_done;
 
-	e->tpriv = NULL;
+	if (e->tpriv == x)
+		e->tpriv = NULL;
+	free(x->dev_link);
 	free(x);
-	done(e);
+	if (done)
+		done(e);
 }
 
 void nbd_exp_unbind(struct nbd_exp *x)
@@ -485,6 +539,159 @@ void nbd_exp_unbind(struct nbd_exp *x)
 	if (!atomic_exchange(&x->done_posted, true))
 		gw_main_call(stop_finish, x);
 }
+
+/* ---- kernel attach ---- */
+
+static bool have_cap_sys_admin(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	bool ok = geteuid() == 0;
+
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long long caps;
+
+		if (sscanf(line, "CapEff: %llx", &caps) == 1)
+			ok = caps & (1ull << 21); /* CAP_SYS_ADMIN */
+	}
+	if (f)
+		fclose(f);
+	return ok;
+}
+
+static int nbd_probe(const void *opts, char *why, size_t len)
+{
+	const struct nbd_opts *o = opts;
+	struct nbd_nl nl;
+	int rc;
+
+	if (!o->attach)
+		return 0;
+	if (!have_cap_sys_admin()) {
+		gw_seterr(why, len, "attaching a kernel NBD device needs root (CAP_SYS_ADMIN): permission denied");
+		return -EPERM;
+	}
+	rc = nbd_nl_open(&nl, why, len);
+	if (rc == -ENOENT)
+		gw_seterr(why, len, "the nbd kernel module is not loaded (modprobe nbd)");
+	if (rc < 0)
+		return rc;
+	nbd_nl_close(&nl);
+	return 0;
+}
+
+static void link_device(struct nbd_exp *x)
+{
+	char target[32];
+
+	if (asprintf(&x->dev_link, "%s/dev/%s", gw_run_dir(), x->exp->id) < 0) {
+		x->dev_link = NULL;
+		return;
+	}
+	mkdir_parents(x->dev_link);
+	snprintf(target, sizeof(target), "/dev/nbd%d", x->dev_index);
+	unlink(x->dev_link);
+	if (symlink(target, x->dev_link) < 0) {
+		gw_warn("export %s: cannot link %s -> %s: %s", x->exp->id, x->dev_link, target, strerror(errno));
+		free(x->dev_link);
+		x->dev_link = NULL;
+	}
+}
+
+/*
+ * Hand the kernel one end of a socketpair per connection; the other ends are
+ * served on workers as already-negotiated connections (simple replies).
+ */
+static int attach(struct nbd_exp *x, char *err, size_t errlen)
+{
+	const struct nbd_opts *o = x->o;
+	struct gw_export *e = x->exp;
+	int kfds[16];
+	unsigned n = 0;
+	struct nbd_nl nl;
+	struct nbd_nl_connect_params p;
+	uint32_t index;
+	int rc;
+
+	if (e->min_block > 4096) {
+		gw_seterr(err, errlen, "a kernel NBD device takes block sizes up to 4096, the image has %u",
+			  e->min_block);
+		return -EINVAL;
+	}
+	rc = nbd_nl_open(&nl, err, errlen);
+	if (rc == -ENOENT)
+		gw_seterr(err, errlen, "the nbd kernel module is not loaded (modprobe nbd)");
+	if (rc < 0)
+		return rc;
+	for (n = 0; n < o->connections; n++) {
+		int sp[2];
+
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
+			rc = -errno;
+			gw_seterr(err, errlen, "socketpair: %s", strerror(errno));
+			break;
+		}
+		if (fcntl(sp[0], F_SETFL, O_NONBLOCK) < 0) {
+			rc = -errno;
+			close(sp[0]);
+			close(sp[1]);
+			break;
+		}
+		kfds[n] = sp[1];
+		atomic_fetch_add(&x->conns, 1);
+		nbd_conn_attach(gw_worker_pick(), sp[0], x);
+	}
+	if (rc == 0) {
+		memset(&p, 0, sizeof(p));
+		p.size_bytes = e->size;
+		/* 4096 unless the image insists on its own block size. */
+		p.block_size = e->min_block > 1 ? GW_MAX(512u, e->min_block) : 4096;
+		p.server_flags = nbd_tflags(x, false);
+		p.timeout_s = o->timeout;
+		p.dead_conn_timeout_s = o->dead_conn_timeout;
+		p.client_flags = NBD_CFLAG_DESTROY_ON_DISCONNECT;
+		p.index = o->device ? device_index(o->device) : -1;
+		p.fds = kfds;
+		p.n_fds = n;
+		rc = nbd_nl_connect(&nl, &p, &index, err, errlen);
+	}
+	/* The kernel holds its own references; ours go (on failure this ends the server side too). */
+	for (unsigned i = 0; i < n; i++)
+		close(kfds[i]);
+	nbd_nl_close(&nl);
+	if (rc < 0)
+		return rc;
+	x->dev_index = (int)index;
+	link_device(x);
+	gw_info("export %s: attached as /dev/nbd%u (%u connection%s, block size %llu)", e->id, index,
+		n, n == 1 ? "" : "s", (unsigned long long)p.block_size);
+	return 0;
+}
+
+static void detach(struct nbd_exp *x)
+{
+	struct nbd_nl nl;
+	char msg[256];
+	int rc;
+
+	if (x->dev_link) {
+		unlink(x->dev_link);
+		free(x->dev_link);
+		x->dev_link = NULL;
+	}
+	rc = nbd_nl_open(&nl, msg, sizeof(msg));
+	if (rc == 0) {
+		rc = nbd_nl_disconnect(&nl, (uint32_t)x->dev_index, msg, sizeof(msg));
+		nbd_nl_close(&nl);
+	}
+	if (rc < 0)
+		gw_warn("export %s: detaching /dev/nbd%d: %s", x->exp->id, x->dev_index, msg);
+	else
+		gw_info("export %s: detached /dev/nbd%d", x->exp->id, x->dev_index);
+	x->dev_index = -1;
+}
+
+static void stop_exp(struct nbd_exp *x, void (*done)(struct gw_export *e));
 
 static int nbd_start(struct gw_export *e, char *err, size_t errlen)
 {
@@ -498,6 +705,7 @@ static int nbd_start(struct gw_export *e, char *err, size_t errlen)
 	x->exp = e;
 	x->o = o;
 	x->name = wire_name(o, e->image);
+	x->dev_index = -1;
 	atomic_init(&x->conns, 0);
 	atomic_init(&x->stopping, false);
 	atomic_init(&x->done_posted, false);
@@ -515,14 +723,23 @@ static int nbd_start(struct gw_export *e, char *err, size_t errlen)
 		x->lis[x->nlis++] = l;
 	}
 	e->tpriv = x;
+	if (o->attach) {
+		int rc = attach(x, err, errlen);
+
+		if (rc < 0) {
+			e->tpriv = NULL;
+			stop_exp(x, NULL); /* frees x once its connections are gone */
+			return rc;
+		}
+	}
 	return 0;
 }
 
-static void nbd_stop(struct gw_export *e, void (*done)(struct gw_export *e))
+static void stop_exp(struct nbd_exp *x, void (*done)(struct gw_export *e))
 {
-	struct nbd_exp *x = e->tpriv;
-
 	x->stop_done = done;
+	if (x->dev_index >= 0)
+		detach(x);
 	for (unsigned i = 0; i < x->nlis; i++)
 		listener_remove(x->lis[i], x);
 	x->nlis = 0;
@@ -533,16 +750,26 @@ static void nbd_stop(struct gw_export *e, void (*done)(struct gw_export *e))
 	nbd_exp_unbind(x);
 }
 
+static void nbd_stop(struct gw_export *e, void (*done)(struct gw_export *e))
+{
+	stop_exp(e->tpriv, done);
+}
+
 static void nbd_status(struct gw_export *e, struct gw_export_status *st)
 {
-	nbd_describe(e->topts, e->image, st->endpoint, sizeof(st->endpoint));
+	struct nbd_exp *x = e->tpriv;
+
+	describe_sockets(e->topts, e->image, st->endpoint, sizeof(st->endpoint));
+	if (x && x->dev_index >= 0)
+		snprintf(st->device, sizeof(st->device), "/dev/nbd%d", x->dev_index);
 }
 
 const struct gw_transport_ops gw_nbd_transport = {
 	.abi_version = GW_TRANSPORT_ABI,
 	.name = "nbd",
-	.summary = "NBD server on unix sockets and TCP (QEMU, qemu-img, libnbd, nbd-client)",
+	.summary = "NBD server on unix sockets and TCP (QEMU, qemu-img, libnbd), optionally attached as /dev/nbdN",
 	.schema = GW_OPT_SCHEMA(nbd_opts_table, struct nbd_opts, nbd_check_opts),
+	.probe = nbd_probe,
 	.conflict = nbd_conflict,
 	.describe = nbd_describe,
 	.start = nbd_start,

@@ -406,7 +406,46 @@ struct accept_msg {
 	struct gw_worker *w;
 	int fd;
 	struct nbd_listener *l;
+	struct nbd_exp *x; /* kernel attach: bound from the start */
 };
+
+static void attach_on_worker(void *arg)
+{
+	struct accept_msg *m = arg;
+	struct nbd_conn *c = conn_new(m->w, m->fd);
+
+	if (!c || nbd_conn_enter_tx(c, m->x) < 0) {
+		if (c) {
+			c->x = m->x; /* released with the connection */
+			conn_kill(c);
+		} else {
+			close(m->fd);
+			nbd_exp_unbind(m->x);
+			gw_worker_unload(m->w);
+		}
+		free(m);
+		return;
+	}
+	free(m);
+	rd_set(c, true);
+}
+
+void nbd_conn_attach(struct gw_worker *w, int fd, struct nbd_exp *x)
+{
+	struct accept_msg *m = calloc(1, sizeof(*m));
+
+	if (m) {
+		m->w = w;
+		m->fd = fd;
+		m->x = x;
+	}
+	if (!m || gw_worker_call(w, attach_on_worker, m) < 0) {
+		free(m);
+		close(fd);
+		nbd_exp_unbind(x);
+		gw_worker_unload(w);
+	}
+}
 
 static void accept_on_worker(void *arg)
 {
@@ -433,7 +472,7 @@ static void accept_on_worker(void *arg)
 
 void nbd_conn_accept(struct gw_worker *w, int fd, struct nbd_listener *l)
 {
-	struct accept_msg *m = malloc(sizeof(*m));
+	struct accept_msg *m = calloc(1, sizeof(*m));
 
 	if (m) {
 		m->w = w;

@@ -28,6 +28,12 @@ struct nbd_opts {
 	char *name;         /* export name on the wire (default: image name) */
 	char *description;
 	uint32_t socket_mode;
+	/* Kernel attach (/dev/nbdN through the nbd generic-netlink family). */
+	bool attach;
+	char *device;               /* "/dev/nbdN" to use; NULL: the kernel picks */
+	uint32_t connections;       /* sockets handed to the kernel */
+	uint32_t timeout;           /* seconds; 0: the kernel's default */
+	uint32_t dead_conn_timeout; /* seconds the kernel waits for a reconnect */
 };
 
 struct nbd_exp;
@@ -59,6 +65,8 @@ struct nbd_exp {
 	atomic_bool stopping;
 	atomic_bool done_posted;
 	void (*stop_done)(struct gw_export *exp);
+	int dev_index;               /* attached /dev/nbdN, or -1 */
+	char *dev_link;              /* RUN-DIR/dev/IMAGE -> /dev/nbdN */
 };
 
 /* ---- nbd.c ---- */
@@ -78,5 +86,10 @@ uint16_t nbd_tflags(const struct nbd_exp *x, bool structured);
 /* ---- nbd_conn.c ---- */
 /* Serve an accepted socket on worker w (runs on w through gw_worker_call). */
 void nbd_conn_accept(struct gw_worker *w, int fd, struct nbd_listener *l);
+/*
+ * Serve a socket whose other end goes to the kernel: no handshake, simple
+ * replies, bound to x (the caller took the x->conns reference and w's load).
+ */
+void nbd_conn_attach(struct gw_worker *w, int fd, struct nbd_exp *x);
 /* On every worker: finish and close the connections of x; close handshakes on closed listeners. */
 void nbd_conns_drain(struct nbd_exp *x);

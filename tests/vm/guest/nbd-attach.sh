@@ -1,0 +1,139 @@
+# shellcheck shell=dash
+# vm-nbd-attach: blkgw attaches its NBD exports as /dev/nbdN itself (nbd
+# generic netlink, socketpairs, no nbd-client): a filesystem survives detach
+# and reattach and lands in the backing file; fio verifies 4k random and
+# 1 MiB sequential writes; blkdiscard punches holes in the sparse backing
+# file; a read-only attach refuses writes; Debian's nbd-client (netlink and
+# ioctl) works against blkgw's TCP and unix exports.
+# shellcheck source=SCRIPTDIR/../guest-lib.sh
+. /lib/blkgw-vm/guest-lib.sh
+
+B=/usr/local/bin/blkgw
+RUN=/tmp/run
+
+# --- errors a user meets ------------------------------------------------------
+
+mkdir -p $RUN
+truncate -s 256M /tmp/disk.raw
+cat >/tmp/m.yaml <<YAML
+version: 1
+gateway: { run-dir: $RUN, workers: 2 }
+images:
+  disk: { backend: file, path: /tmp/disk.raw }
+exports:
+  - { image: disk, transports: [nbd], nbd: { attach: true, connections: 2 } }
+YAML
+check "check: without the module, the nbd transport is reported unavailable" \
+	sh -c "$B check /tmp/m.yaml | grep -q 'not available here: the nbd kernel module is not loaded'"
+check "serve: without the module, a plain error and exit 1" \
+	sh -c "! $B serve /tmp/m.yaml 2>/tmp/err; cat /tmp/err; grep -q 'nbd kernel module is not loaded' /tmp/err"
+require "load nbd" load_module nbd nbds_max=8
+require "load ext4 (and crc32c for its checksums)" load_modules crc32c_generic ext4
+chmod 666 /tmp/disk.raw
+chmod 1777 $RUN
+check "serve as an unprivileged user: permission denied" \
+	sh -c "! /usr/local/bin/setpriv --reuid=65534 --regid=65534 --clear-groups $B serve /tmp/m.yaml 2>/tmp/err; cat /tmp/err; grep -qi 'permission denied' /tmp/err"
+
+start_gw() {
+	bg_start gw $B serve /tmp/m.yaml --log-level debug
+	bg_wait_for gw 20 test -L $RUN/dev/disk
+}
+stop_gw() {
+	kill -TERM "$(bg_pid gw)" && bg_wait gw 30
+}
+
+# --- filesystem across detach and reattach ----------------------------------------
+
+require "blkgw attaches the export (link $RUN/dev/disk)" start_gw
+dev=$(readlink $RUN/dev/disk)
+vm_log "attached at $dev"
+idx=${dev#/dev/nbd}
+check_eq "device size is 256 MiB" 524288 "$(cat /sys/block/nbd$idx/size)"
+check_eq "logical block size 4096" 4096 "$(cat /sys/block/nbd$idx/queue/logical_block_size)"
+check "two connections (sockets) to the kernel" sh -c "$B status --control $RUN/control.sock --json | grep -q '\"clients\": 2'"
+check "status shows the device" sh -c "$B status --control $RUN/control.sock --json | grep -q '\"device\": \"$dev\"'"
+require "mkfs.ext4 on $dev" mkfs.ext4 -q -F "$dev"
+mkdir -p /mnt
+require "mount $dev" mount -t ext4 "$dev" /mnt
+echo "hello from blkgw" >/mnt/hello.txt
+dd if=/dev/urandom of=/mnt/random.bin bs=1M count=8 2>/dev/null
+md5sum /mnt/random.bin | cut -d' ' -f1 >/tmp/random.md5
+check "umount" umount /mnt
+check "SIGTERM: blkgw exits 0" stop_gw
+check "the device link is gone" test ! -e $RUN/dev/disk
+check_eq "the device is detached (size 0)" 0 "$(cat /sys/block/nbd$idx/size 2>/dev/null || echo 0)"
+require "blkgw reattaches" start_gw
+dev=$(readlink $RUN/dev/disk)
+require "mount again" mount -t ext4 "$dev" /mnt
+check_eq "the file is intact" "hello from blkgw" "$(cat /mnt/hello.txt)"
+check_eq "the 8 MiB file is intact" "$(cat /tmp/random.md5)" "$(md5sum /mnt/random.bin | cut -d' ' -f1)"
+check "umount" umount /mnt
+check "stop" stop_gw
+check_eq "the backing file holds the files (debugfs)" "hello from blkgw" \
+	"$(debugfs -R 'cat /hello.txt' /tmp/disk.raw 2>/dev/null)"
+
+# --- fio verify and discard on the attached device ---------------------------------
+
+rm -f /tmp/disk.raw
+cat >/tmp/m.yaml <<YAML
+version: 1
+gateway: { run-dir: $RUN, workers: 2 }
+images:
+  disk: { backend: file, path: /tmp/disk.raw, size: 256M }
+  ro: { backend: file, path: /tmp/ro.raw, size: 16M }
+  mem: { backend: memory, size: 64M }
+exports:
+  - { image: disk, transports: [nbd], nbd: { attach: true, connections: 2, device: /dev/nbd4 } }
+  - { image: ro, transports: [nbd], read-only: true, nbd: { attach: true } }
+  - { image: mem, transports: [nbd], nbd: { socket: $RUN/mem.sock, listen: "127.0.0.1:10809" } }
+YAML
+dd if=/dev/urandom of=/tmp/ro.raw bs=1M count=16 2>/dev/null
+md5sum /tmp/ro.raw | cut -d' ' -f1 >/tmp/ro.md5
+require "blkgw starts with three exports" start_gw
+require "the read-only export is attached too" bg_wait_for gw 10 test -L $RUN/dev/ro
+dev=$(readlink $RUN/dev/disk)
+check_eq "the device option is honoured" /dev/nbd4 "$dev"
+check "fio 4k randwrite, 2 jobs x iodepth 16, crc32c verify" \
+	fio --name=rand --filename="$dev" --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k \
+	--size=64M --offset_increment=64M --numjobs=2 --iodepth=16 --verify=crc32c --do_verify=1 \
+	--verify_fatal=1 --randrepeat=1 --group_reporting
+check "fio 1 MiB sequential, 2 jobs x iodepth 16, crc32c verify" \
+	fio --name=seq --filename="$dev" --direct=1 --ioengine=io_uring --rw=write --bs=1M \
+	--size=64M --offset=128M --offset_increment=64M --numjobs=2 --iodepth=16 --verify=crc32c \
+	--do_verify=1 --verify_fatal=1 --group_reporting
+sync
+used0=$(stat -c %b /tmp/disk.raw)
+check "blkdiscard 128 MiB" blkdiscard -o 134217728 -l 134217728 "$dev"
+used1=$(stat -c %b /tmp/disk.raw)
+vm_log "backing file blocks: $used0 before, $used1 after the discard"
+check "the discard punched holes in the sparse backing file" test $((used0 - used1)) -ge 250000
+check "the discarded range reads as zeros" \
+	sh -c "dd if=$dev bs=1M skip=200 count=32 iflag=direct 2>/dev/null | cmp - /dev/zero 2>&1 | grep -q EOF"
+
+rodev=$(readlink $RUN/dev/ro)
+check "the read-only device is read-only" test "$(cat /sys/block/${rodev#/dev/}/ro)" = 1
+check "writing the read-only device fails with an I/O error" \
+	sh -c "! dd if=/dev/zero of=$rodev bs=4k count=1 oflag=direct 2>/tmp/err; cat /tmp/err; grep -qiE 'I/O error|not permitted|read-only' /tmp/err"
+check "reading the read-only device gives the backing file" \
+	sh -c "dd if=$rodev bs=1M iflag=direct 2>/dev/null | md5sum | grep -q $(cat /tmp/ro.md5)"
+
+# --- Debian's nbd-client against blkgw's servers ---------------------------------------
+
+dd if=/dev/urandom of=/tmp/pat bs=1M count=4 2>/dev/null
+nbdc() { # DESC DEVICE CONNECT-ARGS...
+	local desc="$1" d="$2"
+	shift 2
+	check "nbd-client $desc connects" nbd-client "$@" "$d" -b 4096 || return
+	check "$desc: write and read back 4 MiB" \
+		sh -c "dd if=/tmp/pat of=$d bs=1M oflag=direct 2>/dev/null && dd if=$d bs=1M count=4 iflag=direct 2>/dev/null | cmp - /tmp/pat"
+	check "nbd-client -d $d" nbd-client -d "$d"
+}
+nbdc "unix, netlink" /dev/nbd5 -N mem -u $RUN/mem.sock
+nbdc "unix, ioctl (-nonetlink)" /dev/nbd6 -N mem -u $RUN/mem.sock -nonetlink
+nbdc "TCP, netlink" /dev/nbd5 -N mem 127.0.0.1 10809
+nbdc "TCP, ioctl (-nonetlink)" /dev/nbd6 -N mem 127.0.0.1 10809 -nonetlink
+
+check "SIGTERM detaches everything and exits 0" stop_gw
+check_eq "the read-only backing file is unchanged" "$(cat /tmp/ro.md5)" "$(md5sum /tmp/ro.raw | cut -d' ' -f1)"
+check "no device links remain" sh -c "[ -z \"\$(ls $RUN/dev 2>/dev/null)\" ]"
+check_eq "/dev/nbd4 is detached" 0 "$(cat /sys/block/nbd4/size 2>/dev/null || echo 0)"
