@@ -93,6 +93,16 @@ require "blkgw starts with three exports" start_gw
 require "the read-only export is attached too" bg_wait_for gw 10 test -L $RUN/dev/ro
 dev=$(readlink $RUN/dev/disk)
 check_eq "the device option is honoured" /dev/nbd4 "$dev"
+cat >/tmp/busy.yaml <<YAML
+version: 1
+gateway: { run-dir: /tmp/run2 }
+images:
+  other: { backend: memory, size: 16M }
+exports:
+  - { image: other, transports: [nbd], nbd: { attach: true, device: /dev/nbd4 } }
+YAML
+check "a second daemon asking for /dev/nbd4: 'already in use', exit 1" \
+	sh -c "! $B serve /tmp/busy.yaml 2>/tmp/err; cat /tmp/err; grep -q 'already in use' /tmp/err"
 check "fio 4k randwrite, 2 jobs x iodepth 16, crc32c verify" \
 	fio --name=rand --filename="$dev" --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k \
 	--size=64M --offset_increment=64M --numjobs=2 --iodepth=16 --verify=crc32c --do_verify=1 \
