@@ -49,7 +49,6 @@ if [ ! -f "$dir/src/config-host.h" ]; then
   done
   [ "$n" -gt 0 ] || die "no apt sources found under /etc/apt"
 
-  # shellcheck disable=SC2086
   set -- -q -o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$apt/sources" \
     -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" \
     -o APT::Sandbox::User=root -o Debug::NoLocking=1
@@ -57,7 +56,8 @@ if [ ! -f "$dir/src/config-host.h" ]; then
     { cat "$apt/update.log" >&2; die "apt-get update (deb-src, private lists) failed"; }
   (cd "$dir/dl" && apt-get "$@" source --download-only "fio=$ver") >"$dir/fetch.log" 2>&1 ||
     { cat "$dir/fetch.log" >&2; die "apt-get source fio=$ver failed"; }
-  dsc=$(ls "$dir"/dl/fio_*.dsc 2>/dev/null | head -n 1)
+  dsc=
+  for f in "$dir"/dl/fio_*.dsc; do [ -f "$f" ] && dsc=$f; done
   [ -n "$dsc" ] || die "no .dsc downloaded for fio $ver"
   # apt already checked the files against the signed archive index.
   dpkg-source --no-check -x "$dsc" "$dir/src.tmp" >"$dir/unpack.log" 2>&1 ||

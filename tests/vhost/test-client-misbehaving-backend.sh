@@ -4,6 +4,8 @@
 # normal exit, never a crash or a hang.
 #
 #   test-client-misbehaving-backend.sh ENGINE_SO PROBE
+# ok/bad only print, so "check && ok ... || bad ..." is a safe if/else.
+# shellcheck disable=SC2015
 set -u
 
 engine=${1:?usage: $0 ENGINE_SO PROBE}

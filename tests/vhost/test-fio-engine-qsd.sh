@@ -7,6 +7,8 @@
 # With no CASE every case runs. Each case starts its own qemu-storage-daemon
 # (a sparse file node and a null-co node, each exported over vhost-user-blk)
 # and stops it afterwards. Exit status: 0 when every case passed, 1 otherwise.
+# ok/bad only print, so "check && ok ... || bad ..." is a safe if/else.
+# shellcheck disable=SC2015
 set -u
 
 engine=${1:?usage: $0 ENGINE_SO PROBE [CASE...]}
