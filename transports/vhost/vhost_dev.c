@@ -202,7 +202,8 @@ static int h_get_inflight(struct vhost_conn *c, struct vhost_msg *m)
 		return vhost_refuse(c, -EINVAL, "queues are running");
 	rc = vhost_inflight_new(c, in.num_queues, in.queue_size, &fd, &size);
 	if (rc < 0)
-		return vhost_refuse(c, rc, "cannot create an inflight region: %s", strerror(-rc));
+		return vhost_refuse(c, rc, "no inflight region for %u queues of %u entries: %s", in.num_queues,
+				    in.queue_size, strerror(-rc));
 	in.mmap_size = size;
 	in.mmap_offset = 0;
 	rc = vhost_msg_reply(c, m->request, &in, sizeof(in), fd);
@@ -225,7 +226,10 @@ static int h_set_inflight(struct vhost_conn *c, struct vhost_msg *m)
 	}
 	rc = vhost_inflight_set(c, &in, fd);
 	if (rc < 0)
-		return vhost_refuse(c, rc, "cannot map the inflight region: %s", strerror(-rc));
+		return vhost_refuse(c, rc, "inflight region of %llu bytes at offset %llu for %u queues of %u entries: %s",
+				    (unsigned long long)in.mmap_size, (unsigned long long)in.mmap_offset,
+				    in.num_queues, in.queue_size,
+				    rc == -EINVAL ? "too small, or sizes out of range" : strerror(-rc));
 	gw_debug("%s: frontend's inflight region: %u queues of %u", c->name, in.num_queues, in.queue_size);
 	return 0;
 }

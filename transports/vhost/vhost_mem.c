@@ -249,15 +249,10 @@ void vhost_inflight_drop(struct vhost_conn *c)
 	c->infl_queues = c->infl_qsize = 0;
 }
 
-static bool inflight_params_ok(struct vhost_conn *c, uint16_t num_queues, uint16_t queue_size)
+static bool inflight_params_ok(uint16_t num_queues, uint16_t queue_size)
 {
-	if (num_queues == 0 || num_queues > VHOST_MAX_QUEUES || queue_size == 0 ||
-	    queue_size > VHOST_MAX_QUEUE_SIZE || !gw_is_pow2(queue_size)) {
-		gw_warn("%s: inflight region for %u queues of %u entries refused", c->name, num_queues,
-			queue_size);
-		return false;
-	}
-	return true;
+	return num_queues && num_queues <= VHOST_MAX_QUEUES && queue_size && queue_size <= VHOST_MAX_QUEUE_SIZE &&
+	       gw_is_pow2(queue_size);
 }
 
 int vhost_inflight_new(struct vhost_conn *c, uint16_t num_queues, uint16_t queue_size, int *fd,
@@ -267,7 +262,7 @@ int vhost_inflight_new(struct vhost_conn *c, uint16_t num_queues, uint16_t queue
 	void *p;
 	int mfd;
 
-	if (!inflight_params_ok(c, num_queues, queue_size))
+	if (!inflight_params_ok(num_queues, queue_size))
 		return -EINVAL;
 	len = vq_inflight_size(queue_size) * num_queues;
 	mfd = memfd_create("blkgw-inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -304,16 +299,13 @@ int vhost_inflight_set(struct vhost_conn *c, const struct vhost_inflight_msg *m,
 	struct stat st;
 	void *p;
 
-	if (!inflight_params_ok(c, m->num_queues, m->queue_size)) {
+	if (!inflight_params_ok(m->num_queues, m->queue_size)) {
 		close(fd);
 		return -EINVAL;
 	}
 	need = (uint64_t)vq_inflight_size(m->queue_size) * m->num_queues;
 	if (m->mmap_size < need || __builtin_add_overflow(m->mmap_offset, m->mmap_size, &end) ||
 	    end > INT64_MAX || fstat(fd, &st) < 0 || (S_ISREG(st.st_mode) && (uint64_t)st.st_size < end)) {
-		gw_warn("%s: inflight region of %llu bytes at offset %llu refused (%u queues of %u need %llu)",
-			c->name, (unsigned long long)m->mmap_size, (unsigned long long)m->mmap_offset,
-			m->num_queues, m->queue_size, (unsigned long long)need);
 		close(fd);
 		return -EINVAL;
 	}

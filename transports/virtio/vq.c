@@ -341,8 +341,11 @@ int vq_inflight_recover(struct vq *q, uint64_t features, uint16_t *heads)
 	if (region_used != q->used_idx) {
 		/* The last push published used->idx but died before its bookkeeping. */
 		batch = __atomic_load_n(&r->last_batch_head, __ATOMIC_RELAXED);
-		if (batch < q->num)
+		if (batch < q->num && r->desc[batch].inflight) {
+			gw_info("%s: head %u was completed just before the restart; not resubmitted",
+				q->name, batch);
 			r->desc[batch].inflight = 0;
+		}
 		r->used_idx = q->used_idx;
 	}
 	ord = malloc(sizeof(*ord) * q->num);
