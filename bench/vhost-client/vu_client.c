@@ -109,6 +109,7 @@ static const char *const blk_feature_names[64] = {
 	[16] = "SECURE_ERASE",
 	[17] = "ZONED",
 	[VU_F_NOTIFY_ON_EMPTY] = "NOTIFY_ON_EMPTY",
+	[26] = "LOG_ALL",
 	[27] = "ANY_LAYOUT",
 	[VU_F_INDIRECT_DESC] = "INDIRECT_DESC",
 	[VU_F_EVENT_IDX] = "EVENT_IDX",
@@ -185,8 +186,11 @@ static int wait_fd(struct vu_client *c, short events, int64_t deadline,
 		if (r > 0)
 			return 0;
 		if (r == 0) {
-			vu_set_err("vhost-user %s: no %s from the backend within %d ms",
-			     req_name(req), what, VU_DEFAULT_REPLY_TIMEOUT_MS);
+			vu_set_err("vhost-user %s: no %s from the backend within %d ms%s",
+			     req_name(req), what, VU_DEFAULT_REPLY_TIMEOUT_MS,
+			     req == VU_GET_FEATURES
+				     ? " (is another frontend connected? a backend "
+				       "serves one connection at a time)" : "");
 			return -ETIMEDOUT;
 		}
 		if (errno != EINTR) {
