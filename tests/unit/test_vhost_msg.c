@@ -560,6 +560,25 @@ static void test_bad_ring(void)
 	gb_fini(&g);
 }
 
+/*
+ * A frontend that reconnects at once is served, even when the loop sees the
+ * new connection before the old one's EOF.
+ */
+static void test_quick_reconnect(void)
+{
+	unsigned served = 0;
+
+	for (int i = 0; i < 100; i++) {
+		int fd = cl_connect();
+
+		if (get_u64(fd, VHOST_USER_GET_FEATURES) != ~0ull)
+			served++;
+		close(fd); /* the next connect comes before the loop runs again */
+	}
+	CHECK_EQ_U64(served, 100);
+	settle();
+}
+
 int main(void)
 {
 	struct vhost_opts o = { .queues = 2, .queue_size = 64, .socket_mode = 0600 };
@@ -589,6 +608,7 @@ int main(void)
 	test_bad_messages();
 	test_nacks();
 	test_bad_ring();
+	test_quick_reconnect();
 	test_data_path(); /* the export still serves */
 	settle();
 	CHECK_EQ_U64(open_fds(), fds_before); /* every fd a message carried was closed */

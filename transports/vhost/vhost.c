@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -219,6 +220,18 @@ static void serve(struct vhost_exp *x, int fd)
 	}
 }
 
+/*
+ * Has the current frontend hung up without us having read its EOF yet? A
+ * frontend that reconnects at once (QEMU, or the next fio job) must not be
+ * refused because the loop happened to see the new connection first.
+ */
+static bool peer_gone(struct vhost_conn *c)
+{
+	struct pollfd p = { .fd = c->fd, .events = POLLRDHUP };
+
+	return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct vhost_exp *x = w->data;
@@ -233,11 +246,13 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 				gw_warn("vhost-user-blk %s: accept on %s: %s", x->exp->id, x->path, strerror(errno));
 			return;
 		}
+		if (x->conn && !x->conn->closing && peer_gone(x->conn))
+			vhost_conn_close(x->conn, "frontend disconnected");
 		if (!x->conn) {
 			serve(x, fd);
 		} else if (x->conn->closing && x->waiting_fd < 0) {
-			gw_info("vhost-user-blk %s: a frontend connected while the last one is closing; it is served once that one is gone",
-				x->exp->id);
+			gw_debug("vhost-user-blk %s: a frontend connected while the last one is closing; it is served once that one is gone",
+				 x->exp->id);
 			x->waiting_fd = fd;
 		} else {
 			gw_warn("vhost-user-blk %s: refusing a second frontend on %s: one is already connected (one device, one frontend)",
