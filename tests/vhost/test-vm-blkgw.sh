@@ -1,0 +1,181 @@
+#!/bin/bash
+# blkgw's vhost-user-blk transport under a real QEMU guest (tests/vm, TCG,
+# Debian's 6.12 kernel, vhost-user-blk-pci, shared memfd memory).
+#
+#   test-vm-blkgw.sh io         two disks, two vCPUs, two queues each: fio
+#                               verify, flush, discard, write zeroes, ext4 with
+#                               files and fstrim; the host then checks the
+#                               backing files (pattern, zeros, e2fsck, debugfs)
+#   test-vm-blkgw.sh reconnect  guest fio with verify while blkgw is killed
+#                               with SIGKILL three times, each time with
+#                               requests in flight, and started again; the
+#                               restarted blkgw must resubmit exactly the
+#                               requests the inflight region holds
+#
+# Needs BLKGW (ctest passes it) and GW_SOURCE_DIR. Exits 77 only when QEMU
+# cannot be installed (vm-test.sh decides).
+. "$(dirname "$0")/../lib.sh"
+requires python3 cmp
+mode=${1:?usage: $0 io|reconnect}
+src=${GW_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+vm=$src/tests/vm
+run=$T/run
+vmpid=""
+
+stop_vm() {
+  if [ -n "$vmpid" ] && kill -0 "$vmpid" 2>/dev/null; then
+    kill "$vmpid" 2>/dev/null
+    wait "$vmpid" 2>/dev/null
+  fi
+  vmpid=""
+}
+on_exit stop_vm
+
+# Start vm-test.sh in the background (QEMU waits for blkgw's sockets).
+start_vm() {
+  local script=$1
+  shift
+  "$vm/vm-test.sh" --workdir "$T/vm" --script "$vm/guest/$script" "$@" >"$T/vm.out" 2>&1 &
+  vmpid=$!
+}
+
+# Wait for the VM's exit status; 77 (no QEMU) passes through as a skip.
+wait_vm() {
+  local rc=0
+  wait "$vmpid" || rc=$?
+  vmpid=""
+  tail -n 40 "$T/vm.out"
+  [ "$rc" -ne 77 ] || exit 77
+  grep -E 'PASS:|FAIL:' "$T/vm/console.log" 2>/dev/null
+  [ "$rc" -eq 0 ] || fail "the guest failed (exit $rc); console: $T/vm/console.log"
+}
+
+# Wait until the console shows $1 (or the VM ended).
+wait_console() {
+  local i
+  for i in $(seq 3000); do
+    grep -q "$1" "$T/vm/console.log" 2>/dev/null && return 0
+    kill -0 "$vmpid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+case_io() {
+  requires e2fsck debugfs md5sum
+  truncate -s 128M "$T/disk0.raw" "$T/disk1.raw"
+  cat >"$T/m.yaml" <<YAML
+version: 1
+gateway: { run-dir: $run, workers: 2 }
+images:
+  rawdisk: { backend: file, path: $T/disk0.raw }
+  fsdisk: { backend: file, path: $T/disk1.raw, direct: true }
+exports:
+  - { image: rawdisk, transports: [vhost-user-blk], vhost-user-blk: { socket: $run/vda.sock, queues: 2, serial: blkgw-vda } }
+  - { image: fsdisk, transports: [vhost-user-blk], vhost-user-blk: { socket: $run/vdb.sock, queues: 2 } }
+YAML
+  start_blkgw "$T/m.yaml"
+  start_vm vhost-blkgw.sh --bin fio --bin blkdiscard --bin fstrim --bin mkfs.ext4 \
+    --file /etc/mke2fs.conf:/etc/mke2fs.conf --module ext4 --module crc32c_generic -- \
+    --smp 2 --vhost-user-blk "$run/vda.sock,num-queues=2" --vhost-user-blk "$run/vdb.sock,num-queues=2" \
+    --append "blkgw.size_mib=128 blkgw.queues=2" --timeout 400
+  wait_vm
+  "$BLKGW" status --json >"$T/status.json"
+  jq -e '.exports[0].counters | .flushes > 0 and .trims > 0 and .zeroes > 0 and .errors == 0' \
+    "$T/status.json" >/dev/null || { jq '.exports[0].counters' "$T/status.json"; fail "vda counters"; }
+  jq -e '.exports[1].counters | .flushes > 0 and .trims > 0 and .errors == 0' "$T/status.json" \
+    >/dev/null || { jq '.exports[1].counters' "$T/status.json"; fail "vdb counters"; }
+  echo "ok - blkgw counted flushes, discards and write zeroes, no errors"
+  stop_blkgw
+  (set +o pipefail; yes blkgw-vm-pattern | head -c 4194304) >"$T/pattern"
+  cmp -n 4194304 -i 0:$((100 << 20)) "$T/pattern" "$T/disk0.raw" ||
+    fail "disk0.raw does not hold the guest's pattern at 100 MiB"
+  echo "ok - disk0.raw holds the guest's pattern at 100 MiB"
+  cmp -n $((3 << 20)) -i $((40 << 20)):0 "$T/disk0.raw" /dev/zero ||
+    fail "the discarded / zeroed range 40-43 MiB is not zero in disk0.raw"
+  echo "ok - the discarded and zeroed range is zero in disk0.raw"
+  e2fsck -fn "$T/disk1.raw" >"$T/fsck" 2>&1 || { cat "$T/fsck"; fail "e2fsck found problems in disk1.raw"; }
+  echo "ok - e2fsck -fn: the guest's ext4 is clean in disk1.raw"
+  want=$(sed -n 's/.*BLKGW-MD5 \([0-9a-f]*\).*/\1/p' "$T/vm/console.log" | tail -n1)
+  got=$(debugfs -R "cat /big" "$T/disk1.raw" 2>/dev/null | md5sum | cut -d' ' -f1)
+  [ -n "$want" ] && [ "$want" = "$got" ] || fail "/big read on the host: md5 $got, the guest wrote $want"
+  echo "ok - /big read from disk1.raw with debugfs matches the guest's md5 $want"
+}
+
+# SIGSTOP blkgw until its inflight region shows requests in flight, then
+# SIGKILL it. Prints how many were in flight.
+kill_with_inflight() {
+  local pid=$1 n tries=0 out
+  while :; do
+    tries=$((tries + 1))
+    kill -STOP "$pid"
+    out=$(python3 "$src/tests/vhost/inflight-peek.py" "$pid") || { kill -CONT "$pid"; return 1; }
+    n=$(echo "$out" | sed -n 's/^total //p')
+    if [ "${n:-0}" -gt 0 ]; then
+      kill -KILL "$pid"
+      echo "$out" >>"$T/peek.log"
+      echo "$n"
+      return 0
+    fi
+    kill -CONT "$pid"
+    [ $tries -lt 2000 ] || return 1
+    sleep 0.00$((RANDOM % 9 + 1))
+  done
+}
+
+case_reconnect() {
+  local round n resub total_in=0 total_re=0
+  truncate -s 128M "$T/disk.raw"
+  cat >"$T/m.yaml" <<YAML
+version: 1
+gateway: { run-dir: $run, workers: 2 }
+images:
+  disk: { backend: file, path: $T/disk.raw, direct: true }
+exports:
+  - { image: disk, transports: [vhost-user-blk], vhost-user-blk: { socket: $run/vu.sock, queues: 2 } }
+YAML
+  start_blkgw "$T/m.yaml"
+  start_vm vhost-blkgw-reconnect.sh --bin fio -- --smp 2 --vhost-user-blk "$run/vu.sock,num-queues=2" \
+    --append "blkgw.size_mib=128 blkgw.fio_mib=112" --timeout 600
+  wait_console BLKGW-FIO-RUNNING || { wait_vm; fail "the guest never started fio"; }
+  for round in 1 2 3; do
+    sleep 1
+    grep -q BLKGW-FIO-DONE "$T/vm/console.log" && fail "fio finished before kill $round; make it longer"
+    n=$(kill_with_inflight "$BLKGW_PID") || fail "round $round: never caught a request in flight"
+    wait "$BLKGW_PID" 2>/dev/null || true
+    BLKGW_PID=""
+    echo "round $round: killed blkgw with $n request(s) in flight"
+    mv "$T/blkgw.log" "$T/blkgw.$round.log"
+    sleep 0.5
+    start_blkgw "$T/m.yaml" --log-level debug
+    # QEMU reconnects within a second or two and restarts both rings (with
+    # recovery from its inflight region).
+    for _ in $(seq 300); do
+      [ "$(grep -c 'inflight tracked' "$T/blkgw.log")" -ge 2 ] && break
+      sleep 0.1
+    done
+    [ "$(grep -c 'inflight tracked' "$T/blkgw.log")" -ge 2 ] ||
+      fail "round $round: QEMU did not restart both rings with an inflight region"
+    sleep 0.5
+    resub=$(sed -n 's/.*resubmitting \([0-9]*\) request.*/\1/p' "$T/blkgw.log" | awk '{ s += $1 } END { print s + 0 }')
+    torn=$(grep -c 'completed just before the restart' "$T/blkgw.log" || true)
+    echo "round $round: the restarted blkgw resubmitted $resub, skipped $torn torn completion(s)"
+    [ "$resub" -eq $((n - torn)) ] || fail "round $round: $n in flight at the kill, $torn torn, but $resub resubmitted"
+    total_in=$((total_in + n))
+    total_re=$((total_re + resub))
+  done
+  wait_vm
+  grep -q 'PASS: fio randwrite' "$T/vm/console.log" || fail "fio's verify did not pass"
+  echo "ok - 3 kills with $total_in request(s) in flight, $total_re resubmitted exactly once, fio verify passed"
+  stop_blkgw
+  (set +o pipefail; yes blkgw-vm-pattern | head -c 1048576) >"$T/pattern"
+  cmp -n 1048576 -i 0:$((127 << 20)) "$T/pattern" "$T/disk.raw" || fail "disk.raw lacks the final pattern"
+  echo "ok - the backing file holds what the guest wrote after the last restart"
+}
+
+mkdir -p "$run"
+case "$mode" in
+io) case_io ;;
+reconnect) case_reconnect ;;
+*) fail "unknown mode $mode" ;;
+esac
