@@ -59,6 +59,8 @@ enum gw_io_op {
 #define GW_CAP_MULTI_CONN  (1u << 7) /* a FLUSH from any client covers writes from all clients */
 #define GW_CAP_READ_ONLY   (1u << 8) /* the source itself cannot be written */
 #define GW_CAP_ROTATIONAL  (1u << 9)
+#define GW_CAP_INLINE      (1u << 10) /* submit() always completes inline: a caller may lend
+					 buffers that live only for the call (memory, null) */
 
 struct gw_io;
 typedef void (*gw_io_done_fn)(struct gw_io *io);

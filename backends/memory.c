@@ -59,7 +59,8 @@ static int mem_open(struct gw_backend *b, const void *opts, char *err, size_t er
 		return -ENOMEM;
 	pthread_rwlock_init(&m->lock, NULL);
 	b->size = o->size;
-	b->caps = GW_CAP_TRIM | GW_CAP_ZERO | GW_CAP_FAST_ZERO | GW_CAP_EXTENTS | GW_CAP_MULTI_CONN;
+	b->caps = GW_CAP_TRIM | GW_CAP_ZERO | GW_CAP_FAST_ZERO | GW_CAP_EXTENTS | GW_CAP_MULTI_CONN |
+		  GW_CAP_INLINE;
 	return 0;
 }
 

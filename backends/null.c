@@ -24,7 +24,8 @@ static int null_open(struct gw_backend *b, const void *opts, char *err, size_t e
 	const struct null_opts *o = opts;
 
 	b->size = o->size;
-	b->caps = GW_CAP_TRIM | GW_CAP_ZERO | GW_CAP_FAST_ZERO | GW_CAP_EXTENTS | GW_CAP_MULTI_CONN;
+	b->caps = GW_CAP_TRIM | GW_CAP_ZERO | GW_CAP_FAST_ZERO | GW_CAP_EXTENTS | GW_CAP_MULTI_CONN |
+		  GW_CAP_INLINE;
 	return 0;
 }
 

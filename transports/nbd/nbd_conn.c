@@ -609,7 +609,7 @@ static void submit(struct nbd_req *r, uint8_t op, uint32_t gwflags)
 	r->io.offset = r->offset;
 	r->io.len = r->len;
 	r->io.done = io_done;
-	if (r->buf) {
+	if (r->iov.iov_len) {
 		r->io.iov = &r->iov;
 		r->io.iovcnt = 1;
 	}
@@ -770,6 +770,17 @@ static int tx_request(struct nbd_conn *c)
 		submit(r, GW_OP_READ, c->structured ? GW_IO_HOLE_OK : 0);
 		return 0;
 	case NBD_CMD_WRITE:
+		/*
+		 * A backend that completes inline can take the payload straight
+		 * from the input buffer: no copy, no buffer from the pool.
+		 */
+		if ((c->exp->caps & GW_CAP_INLINE) && len && c->iend - c->ipos >= len) {
+			r->iov.iov_base = c->ibuf + c->ipos;
+			r->iov.iov_len = len;
+			c->ipos += len;
+			submit(r, GW_OP_WRITE, fua);
+			return 0;
+		}
 		if (len && req_buf(r, len) < 0) {
 			req_put(r);
 			refuse_write(c, cookie, len, -ENOMEM);
