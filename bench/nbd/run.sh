@@ -116,6 +116,7 @@ case ",$ONLY," in *,nbdkit-*) command -v nbdkit >/dev/null ||
 [ -n "$OUT" ] || OUT=${TMPDIR:-/tmp}/blkgw-bench-nbd.$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+rm -rf "$OUT/raw" # a previous run's, which the report would mix in
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/blkgw-bench-run.XXXXXX")
 SHM=/dev/shm/blkgw-bench-$$.img
 
