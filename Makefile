@@ -22,7 +22,8 @@ configure: deps
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
-run: build
+run: configure
+	cmake --build $(BUILD) -j $(JOBS) --target blkgw
 	@scripts/quickstart-banner.sh $(MANIFEST)
 	exec ./$(BUILD)/blkgw serve $(MANIFEST)
 
