@@ -163,15 +163,20 @@ static void test_bad_requests(void)
 	uint8_t *sp, st;
 	uint16_t h, x;
 
-	/* Short header: 8 readable bytes. IOERR in the status byte. */
-	h = d();
-	x = d();
-	sg = gb_alloc(&g, 1);
-	gb_desc(&g, h, gb_blk_hdr(&g, VIRTIO_BLK_T_IN, 0), 8, VRING_DESC_F_NEXT, x);
-	gb_desc(&g, x, sg, 1, VRING_DESC_F_WRITE, 0);
-	sp = gb_ptr(&g, sg);
-	CHECK(run(h, &sp, &st) == 0);
-	CHECK_EQ_U64(st, VIRTIO_BLK_S_IOERR);
+	/* Short header: 8 readable bytes (a GET_ID that would succeed). IOERR. */
+	{
+		uint16_t y = d();
+
+		h = d();
+		x = d();
+		sg = gb_alloc(&g, 1);
+		gb_desc(&g, h, gb_blk_hdr(&g, VIRTIO_BLK_T_GET_ID, 0), 8, VRING_DESC_F_NEXT, x);
+		gb_desc(&g, x, gb_alloc(&g, 20), 20, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, y);
+		gb_desc(&g, y, sg, 1, VRING_DESC_F_WRITE, 0);
+		sp = gb_ptr(&g, sg);
+		CHECK(run(h, &sp, &st) == 0);
+		CHECK_EQ_U64(st, VIRTIO_BLK_S_IOERR);
+	}
 
 	/* No writable byte at all: cannot be answered. */
 	h = d();
@@ -281,6 +286,17 @@ static void fill(uint64_t sector, uint32_t bytes)
 	CHECK(run(req(VIRTIO_BLK_T_OUT, sector, wb, bytes, false, &sp), &sp, &st) == 0 && st == 0);
 }
 
+/* 1 when the memory backend has [off, off+len) allocated, 0 when it is a hole. */
+static int allocated(uint64_t off, uint64_t len)
+{
+	struct gw_extent v[4];
+	struct gw_extents x = { .v = v, .cap = 4 };
+
+	if (gw_export_extents(dev.exp, &ioq, off, len, &x) < 0 || x.n != 1)
+		return -1;
+	return !(v[0].flags & GW_EXT_HOLE);
+}
+
 static void test_discard_zeroes(void)
 {
 	uint64_t two[2][3] = { { 16, 8, 0 }, { 64, 16, 0 } };
@@ -306,10 +322,12 @@ static void test_discard_zeroes(void)
 	CHECK(run(segs_req(VIRTIO_BLK_T_WRITE_ZEROES, unmap, 1, 0, &sp), &sp, &st) == 0);
 	CHECK_EQ_U64(st, VIRTIO_BLK_S_OK);
 	CHECK(zero_at(16, 4096));
+	CHECK(allocated(16 * 512, 4096) == 0); /* UNMAP: the pages were freed */
 	fill(64, 8192);
 	CHECK(run(segs_req(VIRTIO_BLK_T_WRITE_ZEROES, two, 2, 0, &sp), &sp, &st) == 0);
 	CHECK_EQ_U64(st, VIRTIO_BLK_S_OK);
 	CHECK(zero_at(64, 8192));
+	CHECK(allocated(64 * 512, 8192) == 1); /* no UNMAP: still allocated, now zeros */
 
 	CHECK(run(segs_req(VIRTIO_BLK_T_DISCARD, unmap, 1, 0, &sp), &sp, &st) == 0);
 	CHECK_EQ_U64(st, VIRTIO_BLK_S_UNSUPP); /* UNMAP on DISCARD */

@@ -141,6 +141,7 @@ static void test_chains(void)
 
 	setup(ALLF);
 	gb_desc(&g, 0, gb_alloc(&g, 16), 16, VRING_DESC_F_NEXT, NUM);
+	gb_desc(&g, NUM, gb_alloc(&g, 1), 1, VRING_DESC_F_WRITE, 0); /* past the table: never read */
 	expect_broken("next out of range", pop_head(0));
 
 	setup(ALLF);
@@ -193,7 +194,7 @@ static void test_indirect(void)
 	setup(ALLF);
 	t = itable(&tg, 3);
 	good_itable(t);
-	gb_desc(&g, 0, tg, 40, VRING_DESC_F_INDIRECT, 0);
+	gb_desc(&g, 0, tg, 56, VRING_DESC_F_INDIRECT, 0); /* 3 good entries + 8 bytes */
 	expect_broken("indirect length not a multiple of 16", pop_head(0));
 
 	setup(ALLF);
@@ -209,17 +210,23 @@ static void test_indirect(void)
 	expect_broken("INDIRECT with NEXT", pop_head(0));
 
 	setup(ALLF);
-	t = itable(&tg, 3);
-	good_itable(t);
-	gb_desc_in(t, 1, tg, 48, VRING_DESC_F_INDIRECT | VRING_DESC_F_NEXT, 2);
-	gb_desc(&g, 0, tg, 48, VRING_DESC_F_INDIRECT, 0);
-	expect_broken("nested indirect table", pop_head(0));
+	{
+		struct vring_desc *inner;
+		uint64_t ig;
+
+		inner = itable(&ig, 3);
+		good_itable(inner);
+		t = itable(&tg, 1); /* a table whose only entry points at another table */
+		gb_desc_in(t, 0, ig, 48, VRING_DESC_F_INDIRECT, 0);
+		gb_desc(&g, 0, tg, 16, VRING_DESC_F_INDIRECT, 0);
+		expect_broken("nested indirect table", pop_head(0));
+	}
 
 	setup(ALLF);
-	t = itable(&tg, 3);
+	t = itable(&tg, 16);
 	good_itable(t);
 	gb_desc(&g, 0, gb_alloc(&g, 16), 16, VRING_DESC_F_NEXT, 1);
-	gb_desc(&g, 1, tg, 48, VRING_DESC_F_INDIRECT, 0);
+	gb_desc(&g, 1, tg, 16 * 16, VRING_DESC_F_INDIRECT, 0);
 	expect_broken("indirect in the middle of a chain", pop_head(0));
 
 	setup(ALLF);
@@ -236,7 +243,10 @@ static void test_indirect(void)
 	setup(ALLF);
 	t = itable(&tg, 3);
 	good_itable(t);
-	gb_desc_in(t, 1, gb_alloc(&g, 512), 512, VRING_DESC_F_NEXT, 3); /* table has 3 */
+	t = itable(&tg, 4); /* a 4th entry that looks fine, past the 3 the table claims */
+	good_itable(t);
+	gb_desc_in(t, 1, gb_alloc(&g, 512), 512, VRING_DESC_F_NEXT, 3);
+	gb_desc_in(t, 3, gb_alloc(&g, 1), 1, VRING_DESC_F_WRITE, 0);
 	gb_desc(&g, 0, tg, 48, VRING_DESC_F_INDIRECT, 0);
 	expect_broken("indirect next beyond the table", pop_head(0));
 }
@@ -287,6 +297,29 @@ static void test_split_regions(void)
 	virtio_mem_put(m);
 	free(lo);
 	free(hi);
+}
+
+/*
+ * A buffer that runs off the top of the 64-bit space must not wrap into a
+ * region at address 0, however the regions are laid out.
+ */
+static void test_wrap(void)
+{
+	uint8_t *top = calloc(1, 8192), *low = calloc(1, 8192);
+	struct virtio_memmap *m = virtio_mem_new(4, NULL, NULL);
+	const struct virtio_memmap *saved;
+
+	CHECK(virtio_mem_add(m, 4, UINT64_MAX - 8191, 8192, top) == 0);
+	CHECK(virtio_mem_add(m, 4, 0, 8192, low) == 0);
+	setup(ALLF);
+	saved = q.mem;
+	q.mem = m;
+	gb_desc(&g, 0, UINT64_MAX - 99, 512, VRING_DESC_F_WRITE, 0); /* 100 bytes at the top, 412 "after" */
+	expect_broken("buffer wrapping from the top of the address space to 0", pop_head(0));
+	q.mem = saved;
+	virtio_mem_put(m);
+	free(top);
+	free(low);
 }
 
 static void test_truncated(void)
@@ -465,6 +498,7 @@ int main(void)
 	test_chains();
 	test_indirect();
 	test_split_regions();
+	test_wrap();
 	test_truncated();
 	test_push_and_notify();
 	test_inflight();
