@@ -40,6 +40,9 @@ static const struct gw_opt_desc vhost_opts_table[] = {
 	  .help = "disk serial reported by GET_ID, at most 20 bytes (default: the image name)" },
 	{ .key = "socket-mode", .type = GW_OPT_MODE, .offset = offsetof(struct vhost_opts, socket_mode),
 	  .def = 0600, .help = "permissions of the unix socket (default 0600)" },
+	{ .key = "poll-us", .type = GW_OPT_U32, .offset = offsetof(struct vhost_opts, poll_us),
+	  .min = 0, .max = 1000, .def = 32,
+	  .help = "a busy queue polls its ring up to this long before sleeping (adaptive; 0: never; default 32)" },
 };
 
 static const char *vhost_check_opts(const void *opts, const char **key)

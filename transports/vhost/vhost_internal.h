@@ -36,6 +36,7 @@ struct vhost_opts {
 	uint32_t queue_size;
 	char *serial;
 	uint32_t socket_mode;
+	uint32_t poll_us;
 };
 
 /* ---- memory ---- */

@@ -9,6 +9,7 @@
 #include "transports/virtio/vblk_queue.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,19 @@
 
 /* Requests taken per pass before the loop gets to run other watchers. */
 #define VBLK_PASS_BUDGET 256
+
+/* Longest a poller keeps the worker's loop waiting, and how often it yields when idle. */
+#define VBLK_POLL_SLICE_NS 100000u
+#define VBLK_POLL_YIELD_NS 4000u
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield");
+#endif
+}
 
 enum qop { QOP_START, QOP_STOP, QOP_ENABLE, QOP_SET_CALL, QOP_SET_KICK, QOP_SET_MEM };
 
@@ -283,10 +297,13 @@ static void kick_watch(struct vblk_queue *q, bool on)
 		ev_io_stop(q->w->loop, &q->kick_w);
 }
 
+static void poll_watch(struct vblk_queue *q, bool on);
+
 static void mark_broken(struct vblk_queue *q)
 {
 	q->enabled = false;
 	kick_watch(q, false);
+	poll_watch(q, false);
 	if (q->broken_reported)
 		return;
 	q->broken_reported = true;
@@ -332,42 +349,79 @@ static bool req_run(struct vblk_queue *q, struct vblk_req *r)
 	return true;
 }
 
+/* Take requests until the ring is empty (0), the budget is spent (1) or it broke (-1). */
+static int pass(struct vblk_queue *q)
+{
+	for (unsigned budget = VBLK_PASS_BUDGET; budget; budget--) {
+		struct vblk_req *r = req_get(q);
+		int rc;
+
+		if (gw_unlikely(!r)) {
+			q->starved = true; /* retried when a request completes */
+			return 0;
+		}
+		rc = vq_pop(&q->vq, &r->elem, r->iov, r->iov_cap);
+		if (rc <= 0) {
+			req_put(q, r);
+			if (rc < 0) {
+				mark_broken(q);
+				return -1;
+			}
+			return 0;
+		}
+		if (!req_run(q, r))
+			return -1;
+	}
+	return 1;
+}
+
+static void poll_watch(struct vblk_queue *q, bool on)
+{
+	if (on == q->poll_on)
+		return;
+	q->poll_on = on;
+	if (on)
+		ev_idle_start(q->w->loop, &q->poll_w);
+	else
+		ev_idle_stop(q->w->loop, &q->poll_w);
+}
+
+static bool can_run(const struct vblk_queue *q)
+{
+	return q->running && q->enabled && !q->stopping && !q->vq.broken;
+}
+
+/*
+ * Drain the ring. Then either keep polling it (kicks stay off; poll_cb
+ * carries on from the loop) or ask for a kick and let the worker sleep.
+ */
 static void process(struct vblk_queue *q)
 {
-	unsigned budget = VBLK_PASS_BUDGET;
-
-	if (!q->running || !q->enabled || q->stopping || q->vq.broken)
-		return;
 	for (;;) {
-		while (budget) {
-			struct vblk_req *r = req_get(q);
-			int rc;
+		int rc;
 
-			if (gw_unlikely(!r)) {
-				q->starved = true; /* retried when a request completes */
-				return;
-			}
-			rc = vq_pop(&q->vq, &r->elem, r->iov, r->iov_cap);
-			if (rc <= 0) {
-				req_put(q, r);
-				if (rc < 0) {
-					mark_broken(q);
-					return;
-				}
-				break;
-			}
-			if (!req_run(q, r))
-				return;
-			budget--;
-		}
-		if (!budget) {
-			/* Let other watchers run; continue before the loop blocks. */
-			q->need_process = true;
-			gw_worker_defer(q->w, &q->defer);
+		if (!can_run(q))
+			return;
+		rc = pass(q);
+		if (rc < 0)
+			return;
+		if (rc > 0 || q->starved) {
+			/* More than a pass's worth: continue from the loop, after other events. */
+			q->need_process = rc > 0;
+			if (rc > 0)
+				poll_watch(q, true);
 			return;
 		}
-		if (!vq_arm_kick(&q->vq))
+		if (q->poll_ns) {
+			q->poll_deadline = gw_now_ns() + q->poll_ns;
+			vq_suppress_kicks(&q->vq);
+			poll_watch(q, true);
 			return;
+		}
+		if (!vq_arm_kick(&q->vq)) {
+			q->idle_since = q->poll_max_ns ? gw_now_ns() : 0;
+			return;
+		}
 	}
 }
 
@@ -383,19 +437,93 @@ static void signal_driver(struct vblk_queue *q)
 		gw_debug("%s: call eventfd: %s", q->name, strerror(errno));
 }
 
-static void deferred(struct gw_deferred *d)
+static void notify_now(struct vblk_queue *q)
 {
-	struct vblk_queue *q = container_of(d, struct vblk_queue, defer);
-
-	if (q->need_process) {
-		q->need_process = false;
-		process(q);
-	}
 	if (q->need_notify) {
 		q->need_notify = false;
 		if (vq_should_notify(&q->vq))
 			signal_driver(q);
 	}
+}
+
+/* The ring stayed empty for the whole window: sleep until kicked. */
+static void poll_expired(struct vblk_queue *q, uint64_t now)
+{
+	poll_watch(q, false);
+	q->poll_ns = q->poll_ns / 2 < 1000 ? 0 : q->poll_ns / 2;
+	if (vq_arm_kick(&q->vq)) {
+		process(q);
+		return;
+	}
+	q->idle_since = now;
+}
+
+/*
+ * ev_idle: the loop has nothing else to do. Poll the ring (and the worker's
+ * io_uring) for at most a slice, then let the loop run again (it does not
+ * block while polling is on). Requests found are processed and signalled
+ * here; the window restarts with each batch and polling ends, kicks
+ * re-armed, when it runs out. A yield now and then leaves the CPU to a
+ * thread woken onto it (the client, often).
+ */
+static void poll_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+	struct vblk_queue *q = container_of(w, struct vblk_queue, poll_w);
+	struct gw_ioq *ioq = &q->w->ioq;
+	uint64_t now = gw_now_ns(), start = now, last_work = now;
+
+	if (q->need_process) {
+		q->need_process = false;
+		poll_watch(q, false);
+		process(q);
+		notify_now(q);
+		return;
+	}
+	for (;;) {
+		if (!can_run(q)) {
+			poll_watch(q, false);
+			return;
+		}
+		if (vq_pending(&q->vq)) {
+			int rc = pass(q);
+
+			gw_ioq_submit(ioq);
+			notify_now(q);
+			if (rc < 0)
+				return;
+			now = gw_now_ns();
+			q->poll_deadline = now + q->poll_ns;
+			last_work = now;
+		} else if (io_uring_cq_ready(&ioq->ring)) {
+			gw_ioq_reap(ioq);
+			notify_now(q);
+			now = gw_now_ns();
+		} else if (now >= q->poll_deadline) {
+			poll_expired(q, now);
+			notify_now(q);
+			return;
+		} else {
+			cpu_relax();
+			now = gw_now_ns();
+			if (now - last_work > VBLK_POLL_YIELD_NS) {
+				sched_yield();
+				last_work = now;
+			}
+		}
+		if (now - start > VBLK_POLL_SLICE_NS)
+			return; /* let the loop serve the rest; polling stays on */
+	}
+}
+
+static void deferred(struct gw_deferred *d)
+{
+	struct vblk_queue *q = container_of(d, struct vblk_queue, defer);
+
+	if (q->need_process && !q->poll_on) {
+		q->need_process = false;
+		process(q);
+	}
+	notify_now(q);
 	if (q->stop_msg && !q->inflight)
 		finish_stop(q);
 }
@@ -411,6 +539,19 @@ static void kick_cb(struct ev_loop *loop, ev_io *w, int revents)
 		mark_broken(q);
 		return;
 	}
+	if (q->idle_since) {
+		/* Would polling have caught this request? Then poll next time. */
+		uint64_t gap = gw_now_ns() - q->idle_since;
+
+		q->idle_since = 0;
+		if (gap <= q->poll_max_ns)
+			q->poll_ns = q->poll_ns ? GW_MIN(q->poll_ns * 2, q->poll_max_ns)
+						: GW_MIN(4000u, q->poll_max_ns);
+		else
+			q->poll_ns = 0;
+	}
+	if (q->poll_on)
+		return; /* the poller is on it */
 	process(q);
 }
 
@@ -428,12 +569,9 @@ static void finish_stop(struct vblk_queue *q)
 	struct vblk_qmsg *m = q->stop_msg;
 
 	q->stop_msg = NULL;
-	if (q->need_notify) {
-		q->need_notify = false;
-		if (vq_should_notify(&q->vq))
-			signal_driver(q);
-	}
+	notify_now(q);
 	kick_watch(q, false);
+	poll_watch(q, false);
 	m->value = q->vq.last_avail;
 	m->rc = 0;
 	q->running = false;
@@ -516,6 +654,11 @@ static int op_start(struct vblk_queue *q, struct vblk_queue_start *s)
 	q->enabled = s->enabled;
 	ev_io_init(&q->kick_w, kick_cb, q->kick_fd, EV_READ);
 	q->kick_on = false;
+	ev_idle_init(&q->poll_w, poll_cb);
+	q->poll_on = false;
+	q->poll_max_ns = s->poll_max_ns;
+	q->poll_ns = 0;
+	q->idle_since = 0;
 	q->broken_reported = false;
 	if (s->infl) {
 		rc = recover(q, s->features);
@@ -564,6 +707,7 @@ static void on_worker(void *arg)
 		q->enabled = false;
 		q->stopping = true;
 		kick_watch(q, false);
+		poll_watch(q, false);
 		q->stop_msg = m;
 		if (!q->inflight)
 			finish_stop(q);
@@ -573,8 +717,12 @@ static void on_worker(void *arg)
 			break;
 		q->enabled = m->on && !q->vq.broken;
 		kick_watch(q, q->enabled);
-		if (q->enabled)
+		if (q->enabled) {
+			vq_arm_kick(&q->vq);
 			process(q);
+		} else {
+			poll_watch(q, false);
+		}
 		break;
 	case QOP_SET_CALL:
 		if (!q->running) {

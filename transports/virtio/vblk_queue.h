@@ -5,6 +5,14 @@
  * same worker, and one interrupt per loop iteration at most (EVENT_IDX /
  * NO_INTERRUPT / NOTIFY_ON_EMPTY decide whether it is sent at all).
  *
+ * Adaptive polling: a busy queue keeps polling its ring for a short window
+ * after it runs dry, with kicks suppressed, instead of sleeping in epoll and
+ * being woken by the next kick (a sleep and a wake-up cost far more than a
+ * request). The window grows while requests keep arriving within it and
+ * shrinks when it expires empty; an idle queue never polls. While polling,
+ * the worker's loop keeps running (an ev_idle watcher): other queues,
+ * connections and io_uring completions are served in between.
+ *
  * Transports (vhost-user-blk, VDUSE) drive a queue from the main thread:
  * every vblk_queue_* call below posts the work to the queue's worker and
  * reports back on the main thread through cb(arg, rc, value). A transport
@@ -57,6 +65,7 @@ struct vblk_queue_start {
 	int call_fd;                /* eventfd or -1; owned likewise */
 	bool enabled;               /* take requests from the start */
 	struct vq_inflight *infl;   /* inflight region of this queue, or NULL */
+	uint32_t poll_max_ns;       /* longest polling window, 0: never poll */
 };
 
 struct vblk_queue {
@@ -84,6 +93,13 @@ struct vblk_queue {
 	struct vblk_qmsg *stop_msg;   /* pending stop, answered once drained */
 	uint16_t *heads;              /* recovery scratch */
 	uint64_t resubmitted;         /* requests recovered from the inflight region */
+
+	/* Adaptive polling. */
+	ev_idle poll_w;
+	bool poll_on;
+	uint32_t poll_max_ns, poll_ns; /* limit, current window */
+	uint64_t poll_deadline;        /* stop polling at (ns) */
+	uint64_t idle_since;           /* when the ring went to sleep (0: it did not) */
 };
 
 /* Main thread. The queue runs on w (its load is the caller's business). */

@@ -293,12 +293,19 @@ bool vq_arm_kick(struct vq *q)
 {
 	if (q->broken)
 		return false;
-	if (q->event_idx) {
+	if (q->event_idx)
 		__atomic_store_n(avail_event_ptr(q), htole16(q->last_avail), __ATOMIC_RELAXED);
-		/* Publish avail_event before looking at avail->idx again. */
-		__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	}
+	else
+		__atomic_store_n((uint16_t *)q->used, 0, __ATOMIC_RELAXED);
+	/* Publish before looking at avail->idx again, or a kick could be lost. */
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	return avail_idx_acquire(q) != q->last_avail;
+}
+
+void vq_suppress_kicks(struct vq *q)
+{
+	if (!q->event_idx)
+		__atomic_store_n((uint16_t *)q->used, htole16(VRING_USED_F_NO_NOTIFY), __ATOMIC_RELAXED);
 }
 
 /* ---- inflight recovery ---- */

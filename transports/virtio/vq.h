@@ -118,10 +118,18 @@ void vq_push(struct vq *q, uint16_t head, uint32_t len);
 bool vq_should_notify(struct vq *q);
 
 /*
- * The ring looks empty: publish avail_event (EVENT_IDX) so the driver kicks
- * for the next request, then check again. True when more work arrived.
+ * The ring looks empty: ask the driver to kick for the next request
+ * (publish avail_event with EVENT_IDX, clear NO_NOTIFY without), then check
+ * again. True when more work arrived.
  */
 bool vq_arm_kick(struct vq *q);
+
+/*
+ * The device polls the ring: no kicks wanted. Without EVENT_IDX this sets
+ * NO_NOTIFY; with it nothing is needed (avail_event stays behind what the
+ * driver publishes until vq_arm_kick).
+ */
+void vq_suppress_kicks(struct vq *q);
 
 /* Entries waiting on the avail ring (0 when none or when broken). */
 uint16_t vq_pending(struct vq *q);
