@@ -1,0 +1,355 @@
+/*
+ * The worker side of a virtio-blk queue's data path: pooled requests, passes
+ * over the ring, adaptive polling, interrupts. See vblk_queue.h.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "gateway/log.h"
+#include "gateway/util.h"
+#include "transports/virtio/vblk_queue_internal.h"
+
+/* Requests taken per pass before the loop gets to run other watchers. */
+#define VBLK_PASS_BUDGET 256
+
+/* Longest a poller keeps the worker's loop waiting, and how often it yields when idle. */
+#define VBLK_POLL_SLICE_NS 100000u
+#define VBLK_POLL_YIELD_NS 4000u
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield");
+#endif
+}
+
+/* ---- worker side: requests ---- */
+
+struct vblk_req *vblkq_req_get(struct vblk_queue *q)
+{
+	struct vblk_req *r = q->free_reqs;
+
+	if (gw_likely(r)) {
+		q->free_reqs = r->next;
+		return r;
+	}
+	if (q->nreqs >= q->vq.num)
+		return NULL; /* cannot happen: vq_pop refuses more heads than entries */
+	r = malloc(sizeof(*r) + q->dev->iov_max * sizeof(struct iovec));
+	if (!r)
+		return NULL;
+	memset(r, 0, sizeof(*r));
+	r->iov_cap = q->dev->iov_max;
+	r->owner = q;
+	q->nreqs++;
+	return r;
+}
+
+void vblkq_req_put(struct vblk_queue *q, struct vblk_req *r)
+{
+	r->next = q->free_reqs;
+	q->free_reqs = r;
+}
+
+static void mem_release_req(struct vblk_queue *q, struct virtio_memmap *m)
+{
+	struct vblk_retired **pp;
+
+	if (gw_likely(m == q->mem)) {
+		q->mem_inflight--;
+		return;
+	}
+	for (pp = &q->retired; *pp; pp = &(*pp)->next) {
+		struct vblk_retired *t = *pp;
+
+		if (t->mem != m)
+			continue;
+		if (--t->inflight == 0) {
+			*pp = t->next;
+			virtio_mem_put(t->mem);
+			free(t);
+		}
+		return;
+	}
+}
+
+void vblkq_kick_watch(struct vblk_queue *q, bool on)
+{
+	if (on == q->kick_on)
+		return;
+	q->kick_on = on;
+	if (on)
+		ev_io_start(q->w->loop, &q->kick_w);
+	else
+		ev_io_stop(q->w->loop, &q->kick_w);
+}
+
+
+static void broken_on_main(void *arg)
+{
+	struct vblk_queue *q = arg;
+
+	if (q->ops && q->ops->broken)
+		q->ops->broken(q, q->ops_arg);
+}
+
+void vblkq_mark_broken(struct vblk_queue *q)
+{
+	q->enabled = false;
+	vblkq_kick_watch(q, false);
+	vblkq_poll_watch(q, false);
+	if (q->broken_reported)
+		return;
+	q->broken_reported = true;
+	if (gw_main_call(broken_on_main, q) < 0)
+		gw_err("%s: cannot report the broken ring to the main thread", q->name);
+}
+
+
+static void req_done(struct vblk_req *r)
+{
+	struct vblk_queue *q = r->owner;
+
+	vq_push(&q->vq, r->elem.head, r->used_len);
+	mem_release_req(q, r->mem);
+	vblkq_req_put(q, r);
+	q->inflight--;
+	q->need_notify = true;
+	if (gw_unlikely(q->starved)) {
+		q->starved = false;
+		q->need_process = true;
+	}
+	gw_worker_defer(q->w, &q->defer);
+}
+
+/* Hand a mapped chain to the blk layer. False when the queue broke. */
+bool vblkq_req_run(struct vblk_queue *q, struct vblk_req *r)
+{
+	r->done = req_done;
+	r->ioq = &q->w->ioq;
+	r->mem = q->mem;
+	q->mem_inflight++;
+	q->inflight++;
+	if (gw_unlikely(vblk_req_start(q->dev, r) < 0)) {
+		/* Unanswerable: it stays popped; the connection is going away. */
+		vq_fail(&q->vq, "head %u: request without a writable status byte", r->elem.head);
+		q->mem_inflight--;
+		q->inflight--;
+		vblkq_req_put(q, r);
+		vblkq_mark_broken(q);
+		return false;
+	}
+	return true;
+}
+
+/* Take requests until the ring is empty (0), the budget is spent (1) or it broke (-1). */
+static int pass(struct vblk_queue *q)
+{
+	for (unsigned budget = VBLK_PASS_BUDGET; budget; budget--) {
+		struct vblk_req *r = vblkq_req_get(q);
+		int rc;
+
+		if (gw_unlikely(!r)) {
+			q->starved = true; /* retried when a request completes */
+			return 0;
+		}
+		rc = vq_pop(&q->vq, &r->elem, r->iov, r->iov_cap);
+		if (rc <= 0) {
+			vblkq_req_put(q, r);
+			if (rc < 0) {
+				vblkq_mark_broken(q);
+				return -1;
+			}
+			return 0;
+		}
+		if (!vblkq_req_run(q, r))
+			return -1;
+	}
+	return 1;
+}
+
+void vblkq_poll_watch(struct vblk_queue *q, bool on)
+{
+	if (on == q->poll_on)
+		return;
+	q->poll_on = on;
+	if (on)
+		ev_idle_start(q->w->loop, &q->poll_w);
+	else
+		ev_idle_stop(q->w->loop, &q->poll_w);
+}
+
+static bool can_run(const struct vblk_queue *q)
+{
+	return q->running && q->enabled && !q->stopping && !q->vq.broken;
+}
+
+/*
+ * Drain the ring. Then either keep polling it (kicks stay off; vblkq_poll_cb
+ * carries on from the loop) or ask for a kick and let the worker sleep.
+ */
+void vblkq_process(struct vblk_queue *q)
+{
+	for (;;) {
+		int rc;
+
+		if (!can_run(q))
+			return;
+		rc = pass(q);
+		if (rc < 0)
+			return;
+		if (rc > 0 || q->starved) {
+			/* More than a pass's worth: continue from the loop, after other events. */
+			q->need_process = rc > 0;
+			if (rc > 0)
+				vblkq_poll_watch(q, true);
+			return;
+		}
+		if (q->poll_ns) {
+			q->poll_deadline = gw_now_ns() + q->poll_ns;
+			vq_suppress_kicks(&q->vq);
+			vblkq_poll_watch(q, true);
+			return;
+		}
+		if (!vq_arm_kick(&q->vq)) {
+			q->idle_since = q->poll_max_ns ? gw_now_ns() : 0;
+			return;
+		}
+	}
+}
+
+void vblkq_signal_driver(struct vblk_queue *q)
+{
+	static const uint64_t one = 1;
+
+	if (q->ops && q->ops->notify) {
+		q->ops->notify(q, q->ops_arg);
+		return;
+	}
+	if (q->call_fd >= 0 && write(q->call_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		gw_debug("%s: call eventfd: %s", q->name, strerror(errno));
+}
+
+void vblkq_notify_now(struct vblk_queue *q)
+{
+	if (q->need_notify) {
+		q->need_notify = false;
+		if (vq_should_notify(&q->vq))
+			vblkq_signal_driver(q);
+	}
+}
+
+/* The ring stayed empty for the whole window: sleep until kicked. */
+static void poll_expired(struct vblk_queue *q, uint64_t now)
+{
+	vblkq_poll_watch(q, false);
+	q->poll_ns = q->poll_ns / 2 < 1000 ? 0 : q->poll_ns / 2;
+	if (vq_arm_kick(&q->vq)) {
+		vblkq_process(q);
+		return;
+	}
+	q->idle_since = now;
+}
+
+/*
+ * ev_idle: the loop has nothing else to do. Poll the ring (and the worker's
+ * io_uring) for at most a slice, then let the loop run again (it does not
+ * block while polling is on). Requests found are processed and signalled
+ * here; the window restarts with each batch and polling ends, kicks
+ * re-armed, when it runs out. A yield now and then leaves the CPU to a
+ * thread woken onto it (the client, often).
+ */
+void vblkq_poll_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+	struct vblk_queue *q = container_of(w, struct vblk_queue, poll_w);
+	struct gw_ioq *ioq = &q->w->ioq;
+	uint64_t now = gw_now_ns(), start = now, last_work = now;
+
+	if (q->need_process) {
+		q->need_process = false;
+		vblkq_poll_watch(q, false);
+		vblkq_process(q);
+		vblkq_notify_now(q);
+		return;
+	}
+	for (;;) {
+		if (!can_run(q)) {
+			vblkq_poll_watch(q, false);
+			return;
+		}
+		if (vq_pending(&q->vq)) {
+			int rc = pass(q);
+
+			gw_ioq_submit(ioq);
+			vblkq_notify_now(q);
+			if (rc < 0)
+				return;
+			now = gw_now_ns();
+			q->poll_deadline = now + q->poll_ns;
+			last_work = now;
+		} else if (io_uring_cq_ready(&ioq->ring)) {
+			gw_ioq_reap(ioq);
+			vblkq_notify_now(q);
+			now = gw_now_ns();
+		} else if (now >= q->poll_deadline) {
+			poll_expired(q, now);
+			vblkq_notify_now(q);
+			return;
+		} else {
+			cpu_relax();
+			now = gw_now_ns();
+			if (now - last_work > VBLK_POLL_YIELD_NS) {
+				sched_yield();
+				last_work = now;
+			}
+		}
+		if (now - start > VBLK_POLL_SLICE_NS)
+			return; /* let the loop serve the rest; polling stays on */
+	}
+}
+
+void vblkq_deferred(struct gw_deferred *d)
+{
+	struct vblk_queue *q = container_of(d, struct vblk_queue, defer);
+
+	if (q->need_process && !q->poll_on) {
+		q->need_process = false;
+		vblkq_process(q);
+	}
+	vblkq_notify_now(q);
+	if (q->stop_msg && !q->inflight)
+		vblkq_finish_stop(q);
+}
+
+void vblkq_kick_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct vblk_queue *q = container_of(w, struct vblk_queue, kick_w);
+	uint64_t v;
+
+	if (read(q->kick_fd, &v, sizeof(v)) < 0 && errno != EAGAIN && errno != EINTR) {
+		gw_warn("%s: kick eventfd: %s; the queue stops", q->name, strerror(errno));
+		q->vq.broken = true;
+		vblkq_mark_broken(q);
+		return;
+	}
+	if (q->idle_since) {
+		/* Would polling have caught this request? Then poll next time. */
+		uint64_t gap = gw_now_ns() - q->idle_since;
+
+		q->idle_since = 0;
+		if (gap <= q->poll_max_ns)
+			q->poll_ns = q->poll_ns ? GW_MIN(q->poll_ns * 2, q->poll_max_ns)
+						: GW_MIN(4000u, q->poll_max_ns);
+		else
+			q->poll_ns = 0;
+	}
+	if (q->poll_on)
+		return; /* the poller is on it */
+	vblkq_process(q);
+}
+
