@@ -1,26 +1,29 @@
 /*
- * memory: sparse RAM. Pages (4 KiB) are allocated on first write and hang off
- * a radix tree of 512-way nodes, deep enough for the image size; unwritten
- * ranges read as zeros and report as holes. Trimming or zeroing whole pages
- * frees them.
+ * memory: a sparse RAM disk.
  *
- * Concurrency: node and page pointers are installed with compare-and-swap,
- * so reads and writes from several workers run in parallel under a shared
- * lock; only operations that free pages take the lock exclusively.
+ * The image is one anonymous MAP_NORESERVE mapping of its full size: the
+ * kernel gives it memory only for pages that are written, and untouched
+ * pages read as zeros. Reads and writes are plain copies at base + offset,
+ * with no lookup and no lock. A bitmap (one bit per 4 KiB page, itself a
+ * lazily-backed mapping) records which pages hold data, for extents and for
+ * answering "hole" to reads of never-written ranges. Trimming or zeroing
+ * whole pages gives them back to the kernel (MADV_DONTNEED).
+ *
+ * Concurrent requests on overlapping ranges behave as on a real disk: the
+ * outcome is one of the orders, never a crash.
  */
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "backends/backend.h"
 #include "gateway/util.h"
 
 #define MEM_PAGE_SHIFT 12
 #define MEM_PAGE ((uint64_t)1 << MEM_PAGE_SHIFT)
-#define MEM_FAN_SHIFT 9
-#define MEM_FAN (1u << MEM_FAN_SHIFT)
+#define MEM_MAX_SIZE ((uint64_t)1 << 46) /* 64 TiB: the mapping must fit the address space */
 
 struct mem_opts {
 	uint64_t size;
@@ -28,16 +31,18 @@ struct mem_opts {
 
 static const struct gw_opt_desc mem_opts[] = {
 	{ .key = "size", .type = GW_OPT_SIZE, .offset = offsetof(struct mem_opts, size),
-	  .flags = GW_OPT_REQUIRED, .min = 1, .max = INT64_MAX,
-	  .help = "size of the RAM disk, e.g. 1G; memory is used only for written data" },
+	  .flags = GW_OPT_REQUIRED, .min = 1, .max = MEM_MAX_SIZE,
+	  .help = "size of the RAM disk, e.g. 1G (at most 64T); memory is used only for written data" },
 };
 
 struct mem_backend {
 	struct gw_backend b;
-	unsigned levels;      /* node levels above the pages (>= 1) */
-	void **root;          /* MEM_FAN slots */
-	pthread_rwlock_t lock;
-	uint64_t pages;       /* allocated pages (atomic) */
+	uint8_t *base;
+	size_t map_len;
+	uint64_t *bits;     /* one bit per page: written since last freed */
+	size_t bits_len;
+	uint64_t npages;
+	uint64_t written;   /* pages with their bit set (atomic) */
 };
 
 static inline struct mem_backend *to_mem(struct gw_backend *b)
@@ -45,260 +50,170 @@ static inline struct mem_backend *to_mem(struct gw_backend *b)
 	return container_of(b, struct mem_backend, b);
 }
 
+static void *map_anon(size_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	/* Sparse writes must not pull in 2 MiB huge pages. */
+	madvise(p, len, MADV_NOHUGEPAGE);
+	return p;
+}
+
 static int mem_open(struct gw_backend *b, const void *opts, char *err, size_t errlen)
 {
 	const struct mem_opts *o = opts;
 	struct mem_backend *m = to_mem(b);
-	uint64_t npages = (o->size + MEM_PAGE - 1) >> MEM_PAGE_SHIFT;
 
-	m->levels = 1;
-	while (m->levels < 8 && (npages - 1) >> (MEM_FAN_SHIFT * m->levels))
-		m->levels++;
-	m->root = calloc(MEM_FAN, sizeof(void *));
-	if (!m->root)
+	m->npages = (o->size + MEM_PAGE - 1) >> MEM_PAGE_SHIFT;
+	m->map_len = m->npages << MEM_PAGE_SHIFT;
+	m->bits_len = ((m->npages + 63) / 64) * sizeof(uint64_t);
+	m->base = map_anon(m->map_len);
+	m->bits = m->base ? map_anon(m->bits_len) : NULL;
+	if (!m->base || !m->bits) {
+		gw_seterr(err, errlen, "cannot reserve %llu bytes of address space: %s",
+			  (unsigned long long)m->map_len, strerror(errno));
+		if (m->base)
+			munmap(m->base, m->map_len);
 		return -ENOMEM;
-	pthread_rwlock_init(&m->lock, NULL);
+	}
 	b->size = o->size;
 	b->caps = GW_CAP_TRIM | GW_CAP_ZERO | GW_CAP_FAST_ZERO | GW_CAP_EXTENTS | GW_CAP_MULTI_CONN |
 		  GW_CAP_INLINE;
 	return 0;
 }
 
-static inline unsigned slot_at(uint64_t page, unsigned level)
+static inline bool page_written(const struct mem_backend *m, uint64_t p)
 {
-	return (unsigned)(page >> (MEM_FAN_SHIFT * level)) & (MEM_FAN - 1);
+	return __atomic_load_n(&m->bits[p / 64], __ATOMIC_RELAXED) & (1ull << (p % 64));
 }
 
-/* Install *fresh into *slot unless somebody beat us; returns what is there. */
-static void *install(void **slot, void *fresh)
+/* Set or clear the bits of pages [first, last]. */
+static void mark(struct mem_backend *m, uint64_t first, uint64_t last, bool set)
 {
-	void *expected = NULL;
+	for (uint64_t p = first; p <= last;) {
+		uint64_t word = p / 64, lo = p % 64;
+		uint64_t hi = GW_MIN(63, lo + (last - p));
+		uint64_t mask = (hi == 63 ? ~0ull : ((1ull << (hi + 1)) - 1)) & ~((1ull << lo) - 1);
 
-	if (__atomic_compare_exchange_n(slot, &expected, fresh, false, __ATOMIC_ACQ_REL,
-					__ATOMIC_ACQUIRE))
-		return fresh;
-	free(fresh);
-	return expected;
-}
+		uint64_t cur = __atomic_load_n(&m->bits[word], __ATOMIC_RELAXED);
 
-/* The page's data, or NULL when never written (and !create). */
-static uint8_t *page_get(struct mem_backend *m, uint64_t page, bool create)
-{
-	void **node = m->root;
+		if (set && (cur & mask) != mask) {
+			uint64_t old = __atomic_fetch_or(&m->bits[word], mask, __ATOMIC_RELAXED);
 
-	for (unsigned l = m->levels - 1; l > 0; l--) {
-		void **slot = &node[slot_at(page, l)];
-		void *child = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+			__atomic_fetch_add(&m->written, (uint64_t)__builtin_popcountll(mask & ~old), __ATOMIC_RELAXED);
+		} else if (!set && (cur & mask)) {
+			uint64_t old = __atomic_fetch_and(&m->bits[word], ~mask, __ATOMIC_RELAXED);
 
-		if (!child) {
-			if (!create)
-				return NULL;
-			child = calloc(MEM_FAN, sizeof(void *));
-			if (!child)
-				return NULL;
-			child = install(slot, child);
+			__atomic_fetch_sub(&m->written, (uint64_t)__builtin_popcountll(mask & old), __ATOMIC_RELAXED);
 		}
-		node = child;
+		p += hi - lo + 1;
 	}
-	void **slot = &node[slot_at(page, 0)];
-	uint8_t *data = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
-
-	if (!data && create) {
-		data = calloc(1, MEM_PAGE);
-		if (!data)
-			return NULL;
-		uint8_t *won = install(slot, data);
-		if (won == data)
-			__atomic_fetch_add(&m->pages, 1, __ATOMIC_RELAXED);
-		data = won;
-	}
-	return data;
 }
 
-/* Free one page (exclusive lock held). */
-static void page_free(struct mem_backend *m, uint64_t page)
+/* Is any page of [first, last] written? Whole words at a time. */
+static bool any_written(const struct mem_backend *m, uint64_t first, uint64_t last)
 {
-	void **node = m->root;
+	for (uint64_t p = first; p <= last;) {
+		uint64_t word = p / 64, lo = p % 64;
+		uint64_t hi = GW_MIN(63, lo + (last - p));
+		uint64_t mask = (hi == 63 ? ~0ull : ((1ull << (hi + 1)) - 1)) & ~((1ull << lo) - 1);
 
-	for (unsigned l = m->levels - 1; l > 0; l--) {
-		node = node[slot_at(page, l)];
-		if (!node)
-			return;
+		if (__atomic_load_n(&m->bits[word], __ATOMIC_RELAXED) & mask)
+			return true;
+		p += hi - lo + 1;
 	}
-	void **slot = &node[slot_at(page, 0)];
-	if (*slot) {
-		free(*slot);
-		*slot = NULL;
-		m->pages--;
-	}
+	return false;
 }
 
-/* Walk [off, off+len) page by page: fn(page data or NULL, offset in page, length, buffer position). */
-static int mem_read(struct mem_backend *m, struct gw_io *io)
-{
-	uint64_t off = io->offset, done = 0;
-	bool any = false;
-
-	/* First pass only when a hole reply is acceptable: is anything allocated? */
-	if (io->flags & GW_IO_HOLE_OK) {
-		for (uint64_t p = off >> MEM_PAGE_SHIFT; p <= (off + io->len - 1) >> MEM_PAGE_SHIFT; p++) {
-			if (page_get(m, p, false)) {
-				any = true;
-				break;
-			}
-		}
-		if (!any) {
-			io->rflags |= GW_IO_R_HOLE;
-			return 0;
-		}
-	}
-	while (done < io->len) {
-		uint64_t pos = off + done;
-		uint64_t in = pos & (MEM_PAGE - 1);
-		uint64_t n = GW_MIN(MEM_PAGE - in, io->len - done);
-		uint8_t *data = page_get(m, pos >> MEM_PAGE_SHIFT, false);
-
-		if (data) {
-			gw_iov_from_buf(io->iov, io->iovcnt, done, data + in, n);
-		} else {
-			static const uint8_t zeros[MEM_PAGE];
-
-			gw_iov_from_buf(io->iov, io->iovcnt, done, zeros, n);
-		}
-		done += n;
-	}
-	return 0;
-}
-
-static int mem_write(struct mem_backend *m, struct gw_io *io)
-{
-	uint64_t off = io->offset, done = 0;
-
-	while (done < io->len) {
-		uint64_t pos = off + done;
-		uint64_t in = pos & (MEM_PAGE - 1);
-		uint64_t n = GW_MIN(MEM_PAGE - in, io->len - done);
-		uint8_t *data = page_get(m, pos >> MEM_PAGE_SHIFT, true);
-
-		if (!data)
-			return -ENOMEM;
-		gw_iov_to_buf(data + in, io->iov, io->iovcnt, done, n);
-		done += n;
-	}
-	return 0;
-}
-
-/* Zero a range; whole pages are freed unless keep (then allocated and cleared). */
+/* Zero [off, off+len): whole pages are given back unless keep (then allocated, zeroed). */
 static int mem_zero(struct mem_backend *m, uint64_t off, uint64_t len, bool keep)
 {
 	uint64_t end = off + len;
+	uint64_t first_full = (off + MEM_PAGE - 1) & ~(MEM_PAGE - 1);
+	uint64_t last_full = end & ~(MEM_PAGE - 1);
 
-	while (off < end) {
-		uint64_t in = off & (MEM_PAGE - 1);
-		uint64_t n = GW_MIN(MEM_PAGE - in, end - off);
-		uint64_t page = off >> MEM_PAGE_SHIFT;
-
-		if (n == MEM_PAGE && !keep) {
-			page_free(m, page);
-		} else {
-			uint8_t *data = page_get(m, page, keep);
-
-			if (keep && !data)
-				return -ENOMEM;
-			if (data)
-				memset(data + in, 0, n);
-		}
-		off += n;
+	if (keep || first_full >= last_full) {
+		memset(m->base + off, 0, len);
+		if (keep)
+			mark(m, off >> MEM_PAGE_SHIFT, (end - 1) >> MEM_PAGE_SHIFT, true);
+		return 0;
 	}
+	memset(m->base + off, 0, first_full - off);
+	memset(m->base + last_full, 0, end - last_full);
+	if (madvise(m->base + first_full, last_full - first_full, MADV_DONTNEED) < 0)
+		memset(m->base + first_full, 0, last_full - first_full);
+	mark(m, first_full >> MEM_PAGE_SHIFT, (last_full >> MEM_PAGE_SHIFT) - 1, false);
 	return 0;
 }
 
 static int mem_submit(struct gw_backend *b, struct gw_ioq *q, struct gw_io *io)
 {
 	struct mem_backend *m = to_mem(b);
-	int rc = 0;
+	uint64_t first = io->offset >> MEM_PAGE_SHIFT, last;
 
+	io->result = 0;
 	switch (io->op) {
 	case GW_OP_READ:
-		pthread_rwlock_rdlock(&m->lock);
-		rc = mem_read(m, io);
-		pthread_rwlock_unlock(&m->lock);
+		last = (io->offset + io->len - 1) >> MEM_PAGE_SHIFT;
+		if ((io->flags & GW_IO_HOLE_OK) && !any_written(m, first, last))
+			io->rflags |= GW_IO_R_HOLE;
+		else
+			gw_iov_from_buf(io->iov, io->iovcnt, 0, m->base + io->offset, io->len);
 		break;
 	case GW_OP_WRITE:
-		pthread_rwlock_rdlock(&m->lock);
-		rc = mem_write(m, io);
-		pthread_rwlock_unlock(&m->lock);
+		last = (io->offset + io->len - 1) >> MEM_PAGE_SHIFT;
+		gw_iov_to_buf(m->base + io->offset, io->iov, io->iovcnt, 0, io->len);
+		mark(m, first, last, true);
 		break;
 	case GW_OP_TRIM:
-	case GW_OP_WRITE_ZEROES: {
-		bool keep = io->op == GW_OP_WRITE_ZEROES && (io->flags & GW_IO_NO_UNMAP);
-
-		pthread_rwlock_wrlock(&m->lock);
-		rc = mem_zero(m, io->offset, io->len, keep);
-		pthread_rwlock_unlock(&m->lock);
+	case GW_OP_WRITE_ZEROES:
+		io->result = mem_zero(m, io->offset, io->len,
+				      io->op == GW_OP_WRITE_ZEROES && (io->flags & GW_IO_NO_UNMAP));
 		break;
-	}
 	default: /* FLUSH, CACHE: nothing to do in RAM */
 		break;
 	}
-	io->result = rc;
 	return 1;
-}
-
-/* Extents: skip whole unallocated subtrees. */
-static int walk(struct mem_backend *m, void **node, unsigned level, uint64_t base,
-		uint64_t start, uint64_t end, struct gw_extents *out)
-{
-	uint64_t span = (uint64_t)1 << (MEM_FAN_SHIFT * level + MEM_PAGE_SHIFT);
-
-	for (unsigned i = slot_at(start >> MEM_PAGE_SHIFT, level); i < MEM_FAN; i++) {
-		uint64_t lo = base + (uint64_t)i * span;
-		uint64_t hi = lo + span;
-		uint64_t a = GW_MAX(lo, start), z = GW_MIN(hi, end);
-		void *child;
-
-		if (a >= end)
-			return 0;
-		child = __atomic_load_n(&node[i], __ATOMIC_ACQUIRE);
-		if (!child || level == 0) {
-			if (gw_extents_add(out, z - a, child ? 0 : GW_EXT_HOLE | GW_EXT_ZERO))
-				return 1;
-		} else if (walk(m, child, level - 1, lo, a, z, out)) {
-			return 1;
-		}
-	}
-	return 0;
 }
 
 static int mem_extents(struct gw_backend *b, uint64_t offset, uint64_t len, struct gw_extents *out)
 {
 	struct mem_backend *m = to_mem(b);
+	uint64_t pos = offset, end = offset + len;
 
-	pthread_rwlock_rdlock(&m->lock);
-	walk(m, m->root, m->levels - 1, 0, offset, offset + len, out);
-	pthread_rwlock_unlock(&m->lock);
-	return 0;
-}
+	while (pos < end) {
+		uint64_t p = pos >> MEM_PAGE_SHIFT;
+		bool w = page_written(m, p);
+		uint64_t run_end = (p + 1) << MEM_PAGE_SHIFT;
 
-static void free_tree(void **node, unsigned level)
-{
-	for (unsigned i = 0; i < MEM_FAN; i++) {
-		if (!node[i])
-			continue;
-		if (level > 0)
-			free_tree(node[i], level - 1);
-		else
-			free(node[i]);
+		/* Extend the run while pages agree; skip whole words of one kind. */
+		while (run_end < end) {
+			uint64_t q = run_end >> MEM_PAGE_SHIFT, word = __atomic_load_n(&m->bits[q / 64], __ATOMIC_RELAXED);
+
+			if (q % 64 == 0 && word == (w ? ~0ull : 0) && run_end + (64 << MEM_PAGE_SHIFT) <= end) {
+				run_end += 64 << MEM_PAGE_SHIFT;
+				continue;
+			}
+			if (page_written(m, q) != w)
+				break;
+			run_end += MEM_PAGE;
+		}
+		run_end = GW_MIN(run_end, end);
+		if (gw_extents_add(out, run_end - pos, w ? 0 : GW_EXT_HOLE | GW_EXT_ZERO))
+			return 0;
+		pos = run_end;
 	}
-	free(node);
+	return 0;
 }
 
 static void mem_close(struct gw_backend *b)
 {
 	struct mem_backend *m = to_mem(b);
 
-	free_tree(m->root, m->levels - 1);
-	pthread_rwlock_destroy(&m->lock);
+	munmap(m->base, m->map_len);
+	munmap(m->bits, m->bits_len);
 }
 
 static void mem_describe(struct gw_backend *b, char *buf, size_t len)
@@ -306,8 +221,8 @@ static void mem_describe(struct gw_backend *b, char *buf, size_t len)
 	struct mem_backend *m = to_mem(b);
 	char s[32], u[32];
 
-	snprintf(buf, len, "memory %s (%s in use)", gw_fmt_size(b->size, s, sizeof(s)),
-		 gw_fmt_size(__atomic_load_n(&m->pages, __ATOMIC_RELAXED) * MEM_PAGE, u, sizeof(u)));
+	snprintf(buf, len, "memory %s (%s written)", gw_fmt_size(b->size, s, sizeof(s)),
+		 gw_fmt_size(__atomic_load_n(&m->written, __ATOMIC_RELAXED) << MEM_PAGE_SHIFT, u, sizeof(u)));
 }
 
 const struct gw_backend_ops gw_memory_backend = {

@@ -119,6 +119,36 @@ static void test_memory(void)
 	free(rd);
 }
 
+/* A 64 TiB RAM disk costs nothing until written, and its extents stay exact. */
+static void test_memory_huge(void)
+{
+	struct { uint64_t size; } mo = { 64ull << 40 };
+	struct gw_backend *b = open_backend("memory", &mo);
+	struct gw_export *e = b ? gw_export_new("h", b, false, 0) : NULL;
+	uint8_t buf[8192];
+	struct gw_extent v[8];
+	char desc[128];
+
+	CHECK(e != NULL);
+	if (!e)
+		return;
+	CHECK(extents(e, 0, 64ull << 40, v, 8) == 1 && v[0].len == 64ull << 40 && v[0].flags == (GW_EXT_HOLE | GW_EXT_ZERO));
+	memset(buf, 0xee, sizeof(buf));
+	CHECK(run(e, GW_OP_WRITE, 0, (64ull << 40) - 8192, buf, 8192) == 0);
+	CHECK(run(e, GW_OP_WRITE, 0, 1ull << 40, buf, 4096) == 0);
+	CHECK(extents(e, 0, 64ull << 40, v, 8) == 4);
+	CHECK(v[0].len == 1ull << 40 && v[1].len == 4096 && v[1].flags == 0 && v[3].len == 8192 && v[3].flags == 0);
+	b->ops->describe(b, desc, sizeof(desc));
+	CHECK(strstr(desc, "(12 KiB written)") != NULL);
+	CHECK(run(e, GW_OP_TRIM, 0, (64ull << 40) - 8192, NULL, 8192) == 0);
+	b->ops->describe(b, desc, sizeof(desc));
+	CHECK(strstr(desc, "(4 KiB written)") != NULL);
+	memset(buf, 1, sizeof(buf));
+	CHECK(run(e, GW_OP_READ, 0, (64ull << 40) - 8192, buf, 8192) == 0 && buf[0] == 0 && buf[8191] == 0);
+	gw_export_free(e);
+	gw_backend_close(b);
+}
+
 static void test_checked_layer(void)
 {
 	struct { uint64_t size; } mo = { 16 << 20 };
@@ -253,6 +283,7 @@ int main(void)
 		return 77;
 	}
 	test_memory();
+	test_memory_huge();
 	test_checked_layer();
 	test_file(false);
 	test_file(true);
