@@ -77,7 +77,7 @@ def machine(out, blkgw):
         "qemu_storage_daemon": sh("qemu-storage-daemon", "--version").splitlines()[0],
         "nbdkit": sh("nbdkit", "--version"),
         "blkgw": sh(blkgw, "--version") if blkgw and os.access(blkgw, os.X_OK) else "n/a",
-        "blkgw_git": sh("git", "-C", os.path.dirname(os.path.abspath(__file__)),
+        "bench_tree_git": sh("git", "-C", os.path.dirname(os.path.abspath(__file__)),
                         "describe", "--always", "--dirty"),
         "clk_tck": CLK_TCK,
     }
@@ -406,11 +406,12 @@ def markdown(res, servers, jobs):
     L.append("Machine: %s, %s CPUs, %d MiB RAM; %s; kernel %s." % (
         m.get("cpu_model"), m.get("cpus_online"), m.get("mem_total_mib", 0),
         m.get("os"), m.get("kernel")))
-    L.append("Versions: %s; %s; %s; %s; %s (%s)." % (
+    L.append("Versions: %s; %s; %s; %s; %s%s (harness from tree %s)." % (
         m.get("fio"), m.get("libnbd"), m.get("qemu_storage_daemon"), m.get("nbdkit"),
-        m.get("blkgw"), m.get("blkgw_git")))
-    L.append("Load average (1/5/15 min) at start %s, at end %s; 1-min load around the jobs "
-             "%s." % ("/".join(res["load_start"]), "/".join(res["load_end"]),
+        m.get("blkgw"), ", " + o["note"] if o.get("note") else "",
+        m.get("bench_tree_git", m.get("blkgw_git"))))
+    L.append("Load average (1/5/15 min; includes the benchmark itself) at start %s, at end %s; "
+             "1-min load around the jobs %s." % ("/".join(res["load_start"]), "/".join(res["load_end"]),
                       "%.2f–%.2f (median %.2f)" % (ld["min"], ld["max"], ld["median"])
                       if ld else "n/a"))
     nz = sum(r["noisy_attempts_discarded"] for r in res["runs"])

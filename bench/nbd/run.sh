@@ -29,6 +29,7 @@ QUIET_PCT=15
 QUIET_WAIT=120
 NOISY_CORES=0.25
 NOISY_RETRIES=2
+NOTE=""
 PY=/usr/bin/python3
 
 usage() {
@@ -64,6 +65,7 @@ server's CPU time per request, and write a markdown table and raw JSON.
   --retry-noisy C[,N]  rerun a job (at most N times, default $NOISY_CORES,$NOISY_RETRIES)
                     when other processes used more than C cores during it;
                     the noisy attempt is kept as JOB.noisyK.*; 0 disables
+  --note TEXT       recorded with the results, e.g. which commit --blkgw is
   -h, --help        this help
 EOF
 }
@@ -82,6 +84,7 @@ while [ $# -gt 0 ]; do
 	--pin) PIN=$2; shift ;;
 	--rss-exports) RSS_EXPORTS=$2; shift ;;
 	--qsd-file-opts) QSD_FILE_OPTS=$2; shift ;;
+	--note) NOTE=$2; shift ;;
 	--retry-noisy) NOISY_CORES=${2%%,*}; case $2 in *,*) NOISY_RETRIES=${2#*,} ;; esac; shift ;;
 	--quiet) QUIET_PCT=${2%%,*}; case $2 in *,*) QUIET_WAIT=${2#*,} ;; esac; shift ;;
 	-h | --help) usage; exit 0 ;;
@@ -326,7 +329,7 @@ bench_log "results in $OUT"
 BO_BLKGW=$BLKGW BO_FLOOR=$FLOOR BO_RUNTIME=$RUNTIME BO_REPEAT=$REPEAT \
 BO_ONLY=$ONLY BO_JOBS=$JOBS BO_SIZE=$SIZE_BYTES BO_WORKERS=$WORKERS BO_PIN=$PIN \
 BO_RSS=$RSS_EXPORTS BO_QSD_FILE_OPTS=$QSD_FILE_OPTS BO_QUIET="$QUIET_PCT,$QUIET_WAIT" \
-BO_NOISY="$NOISY_CORES,$NOISY_RETRIES" \
+BO_NOISY="$NOISY_CORES,$NOISY_RETRIES" BO_NOTE=$NOTE \
 	"$PY" - "$OUT/options.json" "$0" "${ORIG_ARGS[@]+"${ORIG_ARGS[@]}"}" <<'EOF'
 import json, os, shlex, sys
 e = os.environ
@@ -339,7 +342,7 @@ json.dump({
     "pin": e["BO_PIN"], "rss_exports": int(e["BO_RSS"]),
     "qsd_file_opts": e["BO_QSD_FILE_OPTS"],
     "quiet": e["BO_QUIET"],
-    "retry_noisy": e["BO_NOISY"],
+    "retry_noisy": e["BO_NOISY"], "note": e["BO_NOTE"],
 }, open(sys.argv[1], "w"), indent=1)
 EOF
 "$PY" "$ROOT/bench/lib/nbd_report.py" --machine "$OUT" "$BLKGW"
