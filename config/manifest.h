@@ -32,6 +32,7 @@ struct gw_gateway_cfg {
 	char *control_socket;
 	char *run_dir;
 	uint32_t workers;
+	uint32_t coalesce_us;
 	char *log_level;  /* NULL: default */
 };
 

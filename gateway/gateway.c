@@ -376,6 +376,7 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		gw.nexports = i + 1;
 	}
 
+	gw_workers_set_coalesce_us(m->gw.coalesce_us);
 	rc = gw_workers_start(m->gw.workers, err, sizeof(err));
 	if (rc < 0) {
 		gw_err("%s", err);

@@ -22,6 +22,7 @@ struct gw_call {
 
 static struct gw_worker *workers;
 static unsigned nworkers;
+static unsigned coalesce_us = 20;
 static unsigned pick_rr;
 static __thread struct gw_worker *self;
 static struct gw_mailbox main_mbox;
@@ -144,6 +145,12 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 
 	(void)loop;
 	(void)revents;
+	if (w->co.window_ns) {
+		uint64_t win = gw_coalesce_update(&w->co, gw_now_ns(), w->work);
+
+		ev_set_io_collect_interval(w->loop, (double)win / 1e9);
+		w->work = 0;
+	}
 	for (int round = 0; round < 64; round++) {
 		int rc;
 
@@ -209,6 +216,7 @@ static int worker_init(struct gw_worker *w, unsigned id, char *err, size_t errle
 		return rc;
 	}
 	gw_bufpool_init(&w->pool, GW_WORKER_CACHE);
+	gw_coalesce_init(&w->co, (uint64_t)coalesce_us * 1000);
 	gw_mailbox_init(&w->mbox, w->loop);
 	ev_io_init(&w->ioq_watcher, ioq_cb, w->ioq.eventfd, EV_READ);
 	ev_io_start(w->loop, &w->ioq_watcher);
@@ -288,6 +296,11 @@ void gw_workers_stop(void)
 	free(workers);
 	workers = NULL;
 	nworkers = 0;
+}
+
+void gw_workers_set_coalesce_us(unsigned us)
+{
+	coalesce_us = us;
 }
 
 unsigned gw_workers_count(void)

@@ -15,6 +15,7 @@
 #include <stddef.h>
 
 #include "gateway/bufpool.h"
+#include "gateway/coalesce.h"
 #include "gateway/ioq.h"
 
 struct gw_call;
@@ -45,6 +46,8 @@ struct gw_worker {
 	ev_io ioq_watcher;
 	ev_prepare prepare;
 	struct gw_deferred *deferred;
+	unsigned work;      /* requests handled since the loop last blocked (gw_worker_note_work) */
+	struct gw_coalesce co;
 	unsigned load;  /* connections/queues assigned (atomic) */
 	bool started;
 };
@@ -68,6 +71,18 @@ int gw_main_call(void (*fn)(void *arg), void *arg);
 /* Set up the main thread's mailbox on the main loop (once, before workers start). */
 int gw_main_init(struct ev_loop *loop);
 void gw_main_exit(void);
+
+/*
+ * Same-thread: count requests handled in this loop iteration; it feeds the
+ * worker's adaptive coalescing (gateway/coalesce.h).
+ */
+static inline void gw_worker_note_work(struct gw_worker *w, unsigned n)
+{
+	w->work += n;
+}
+
+/* Main thread, before gw_workers_start(): the coalescing window (0 disables). */
+void gw_workers_set_coalesce_us(unsigned us);
 
 /* Same-thread: run d->fn before the loop next blocks (once, however often called). */
 void gw_worker_defer(struct gw_worker *w, struct gw_deferred *d);

@@ -723,6 +723,7 @@ static int tx_request(struct nbd_conn *c)
 	struct nbd_req *r;
 	uint32_t fua;
 
+	gw_worker_note_work(c->w, 1);
 	if (nbd_get32(p) != NBD_REQUEST_MAGIC) {
 		gw_info("nbd: export '%s': bad request magic 0x%08x: closing connection", c->x->name,
 			nbd_get32(p));

@@ -1,0 +1,75 @@
+#include "gateway/coalesce.h"
+
+#include <string.h>
+
+/* Keep the window only when it serves this much more (3%). */
+#define CO_GAIN_PCT 103
+
+void gw_coalesce_init(struct gw_coalesce *c, uint64_t window_ns)
+{
+	memset(c, 0, sizeof(*c));
+	c->window_ns = window_ns;
+	c->epoch_ns = 20 * 1000 * 1000;    /* 20 ms */
+	c->settle_ns = 500 * 1000 * 1000;  /* 500 ms */
+	c->phase = GW_CO_IDLE;
+}
+
+static void enter(struct gw_coalesce *c, enum gw_coalesce_phase p, uint64_t now)
+{
+	c->phase = p;
+	c->phase_start = now;
+	c->reqs = 0;
+	c->iters = 0;
+	c->busy_iters = 0;
+	c->current = p == GW_CO_MEASURE_ON ? c->window_ns : (p == GW_CO_SETTLED ? c->current : 0);
+}
+
+uint64_t gw_coalesce_update(struct gw_coalesce *c, uint64_t now, unsigned reqs)
+{
+	uint64_t dt;
+
+	if (!c->window_ns)
+		return 0;
+	if (c->phase_start == 0)
+		c->phase_start = now;
+	c->reqs += reqs;
+	c->iters++;
+	if (reqs >= 2)
+		c->busy_iters++;
+	dt = now - c->phase_start;
+
+	switch (c->phase) {
+	case GW_CO_IDLE:
+		/* Busy: several requests per wake-up, most of the time. */
+		if (dt >= c->epoch_ns) {
+			if (c->iters >= 16 && c->busy_iters * 2 >= c->iters)
+				enter(c, GW_CO_MEASURE_OFF, now);
+			else
+				enter(c, GW_CO_IDLE, now);
+		}
+		break;
+	case GW_CO_MEASURE_OFF:
+		if (dt >= c->epoch_ns) {
+			c->rate_off = c->reqs * 1000000000ull / dt;
+			enter(c, GW_CO_MEASURE_ON, now);
+		}
+		break;
+	case GW_CO_MEASURE_ON:
+		if (dt >= c->epoch_ns) {
+			uint64_t rate_on = c->reqs * 1000000000ull / dt;
+
+			c->current = rate_on * 100 >= c->rate_off * CO_GAIN_PCT && rate_on > 0 ? c->window_ns : 0;
+
+			enter(c, GW_CO_SETTLED, now);
+		}
+		break;
+	case GW_CO_SETTLED:
+		/* Re-measure after a while, or at once when the load went away. */
+		if (dt >= c->settle_ns || (c->iters >= 64 && c->busy_iters * 4 < c->iters)) {
+			c->current = 0;
+			enter(c, GW_CO_IDLE, now);
+		}
+		break;
+	}
+	return c->current;
+}

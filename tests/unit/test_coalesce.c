@@ -1,0 +1,81 @@
+/* The adaptive coalescing controller: when it waits, when it does not. */
+#include "check.h"
+#include "gateway/coalesce.h"
+
+#define MS 1000000ull
+
+/*
+ * Drive the controller with a workload model: `per_wake` requests per loop
+ * iteration, one iteration every `gap_ns` without the window; with the
+ * window in force, `model_on` says how many requests an iteration serves and
+ * how long it takes. Returns the window in force at the end.
+ */
+struct model {
+	unsigned per_wake_off, per_wake_on;
+	uint64_t gap_off, gap_on;
+};
+
+static uint64_t run(struct gw_coalesce *c, const struct model *m, uint64_t *t, uint64_t until, uint64_t *on_time)
+{
+	uint64_t win = 0;
+
+	while (*t < until) {
+		unsigned n = win ? m->per_wake_on : m->per_wake_off;
+		uint64_t gap = win ? m->gap_on : m->gap_off;
+
+		*t += gap;
+		if (win && on_time)
+			*on_time += gap;
+		win = gw_coalesce_update(c, *t, n);
+	}
+	return win;
+}
+
+int main(void)
+{
+	struct gw_coalesce c;
+	uint64_t t = 1, on = 0;
+
+	/* Disabled: never waits. */
+	gw_coalesce_init(&c, 0);
+	CHECK(gw_coalesce_update(&c, 1000, 10) == 0);
+
+	/* QD1-like: one request per wake-up: never waits. */
+	{
+		struct model qd1 = { 1, 1, 50000, 50000 };
+
+		gw_coalesce_init(&c, 20000);
+		CHECK(run(&c, &qd1, &t, t + 2000 * MS, &on) == 0);
+		CHECK(on == 0);
+	}
+	/* Deep pipeline: waiting serves more per second (2/12us -> 6/30us): it keeps waiting. */
+	{
+		struct model deep = { 2, 6, 12000, 30000 };
+
+		gw_coalesce_init(&c, 20000);
+		on = 0;
+		t = 1;
+		CHECK(run(&c, &deep, &t, 2000 * MS, &on) == 20000);
+		CHECK(on > 1500 * MS); /* the window held most of the time */
+	}
+	/* Shallow pipeline (QD4-like): waiting starves the client (2/17us -> 4/40us): it stops. */
+	{
+		struct model shallow = { 2, 4, 17000, 40000 };
+
+		gw_coalesce_init(&c, 20000);
+		on = 0;
+		t = 1;
+		CHECK(run(&c, &shallow, &t, 2000 * MS, &on) == 0);
+		CHECK(on < 200 * MS); /* only the probing epochs */
+	}
+	/* The load goes away while the window holds: it drops the window soon after. */
+	{
+		struct model deep = { 2, 6, 12000, 30000 }, idle = { 0, 0, 1000000, 1000000 };
+
+		gw_coalesce_init(&c, 20000);
+		t = 1;
+		CHECK(run(&c, &deep, &t, 200 * MS, NULL) == 20000);
+		CHECK(run(&c, &idle, &t, t + 700 * MS, NULL) == 0);
+	}
+	return check_report();
+}
