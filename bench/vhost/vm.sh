@@ -1,0 +1,97 @@
+#!/bin/bash
+# blkgw vs qemu-storage-daemon as the vhost-user-blk back-end of a QEMU TCG
+# guest (tests/vm): guest fio, 4k, QD1 randread and QD32 randread/randwrite,
+# one vCPU, one queue. TCG makes the guest the bottleneck: compare the two
+# daemons with each other, never with bench/vhost/run.sh's host numbers.
+#
+#   bench/vhost/vm.sh [--build DIR] [--reps N] [--runtime S]
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+build=$root/build
+reps=2
+runtime=8
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--build) build=${2:?}; shift 2 ;;
+	--reps) reps=${2:?}; shift 2 ;;
+	--runtime) runtime=${2:?}; shift 2 ;;
+	*) echo "usage: $0 [--build DIR] [--reps N] [--runtime S]" >&2; exit 2 ;;
+	esac
+done
+work=$(mktemp -d "${TMPDIR:-/tmp}/vhost-vmbench.XXXXXX")
+pid=""
+cleanup() {
+	[ -z "$pid" ] || kill "$pid" 2>/dev/null || true
+	wait 2>/dev/null || true
+	rm -rf "$work" /dev/shm/vhost-vmbench-$$.img
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$root/tests/vm/build-guest.sh" -q --out "$work/guest" --script "$here/guest-fio.sh" --bin fio
+
+start() { # start DAEMON BACKEND; sets pid, sock
+	local d=$1 b=$2
+	sock=$work/$d-$b.sock
+	rm -f "$sock"
+	if [ "$d" = blkgw ]; then
+		local img
+		if [ "$b" = null ]; then img="{ backend: null, size: 1G }"; else img="{ backend: memory, size: 1G }"; fi
+		cat >"$work/m.yaml" <<YAML
+version: 1
+gateway: { run-dir: $work/run, log-level: warn }
+images:
+  disk: $img
+exports:
+  - { image: disk, transports: [vhost-user-blk], vhost-user-blk: { socket: $sock, queues: 1 } }
+YAML
+		setpriv --pdeathsig KILL -- "$build/blkgw" serve "$work/m.yaml" >"$work/$d.log" 2>&1 &
+	else
+		local node
+		if [ "$b" = null ]; then
+			node="driver=null-co,node-name=n0,size=1073741824,read-zeroes=on"
+		else
+			truncate -s 1G /dev/shm/vhost-vmbench-$$.img
+			node="driver=file,node-name=n0,filename=/dev/shm/vhost-vmbench-$$.img,aio=io_uring"
+		fi
+		setpriv --pdeathsig KILL -- qemu-storage-daemon --blockdev "$node" \
+			--export "type=vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path=$sock,writable=on,num-queues=1" \
+			>"$work/$d.log" 2>&1 &
+	fi
+	pid=$!
+	for _ in $(seq 100); do [ -S "$sock" ] && return 0; sleep 0.1; done
+	cat "$work/$d.log" >&2
+	exit 1
+}
+
+echo "daemon,backend,job,rep,iops,lat_us" >"$work/vm.csv"
+for rep in $(seq "$reps"); do
+	for b in null memory; do
+		for d in blkgw qsd; do
+			start "$d" "$b"
+			"$root/tests/vm/run-vm.sh" -q --guest "$work/guest" --log "$work/console.log" \
+				--vhost-user-blk "$sock,num-queues=1" --append "blkgw.runtime=$runtime" --timeout 300 >/dev/null ||
+				{ tail -n 30 "$work/console.log"; exit 1; }
+			kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+			sed -n 's/\r$//; s/^\[[0-9.]*\] //; s/^BENCH \([^ ]*\) \([0-9.]*\) \([0-9.]*\)$/\1 \2 \3/p' "$work/console.log" |
+				while read -r job iops lat; do
+					echo "$d,$b,$job,$rep,$iops,$lat" >>"$work/vm.csv"
+					echo "$d $b $job rep $rep: $iops IOPS, $lat us" >&2
+				done
+		done
+	done
+done
+python3 - "$work/vm.csv" <<'PY'
+import csv, statistics, sys
+from collections import defaultdict
+v = defaultdict(list)
+for r in csv.DictReader(open(sys.argv[1])):
+    v[(r["backend"], r["job"], r["daemon"])].append((float(r["iops"]), float(r["lat_us"])))
+print(f"{'backend':8} {'job':15} {'blkgw IOPS':>11} {'qsd IOPS':>9} {'ratio':>6} {'blkgw lat':>10} {'qsd lat':>8}")
+for b, j in sorted({(b, j) for b, j, _ in v}):
+    bi = statistics.median(x[0] for x in v[(b, j, "blkgw")]); qi = statistics.median(x[0] for x in v[(b, j, "qsd")])
+    bl = statistics.median(x[1] for x in v[(b, j, "blkgw")]); ql = statistics.median(x[1] for x in v[(b, j, "qsd")])
+    print(f"{b:8} {j:15} {bi:11.0f} {qi:9.0f} {bi / qi:5.2f}x {bl:9.1f}us {ql:7.1f}us")
+PY
