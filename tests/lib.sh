@@ -54,9 +54,11 @@ requires() {
 # Wait until the daemon's control socket answers (or the daemon dies).
 start_blkgw() {
   manifest=$1; shift
+  # Ask `check` first: once serve runs, the images it creates are half-made for a moment.
+  control=$("$BLKGW" check "$manifest" | sed -n 's/.*control socket \([^,]*\),.*/\1/p')
+  [ -n "$control" ] || fail "blkgw check $manifest named no control socket"
   "$BLKGW" serve "$manifest" "$@" 2>>"$T/blkgw.log" &
   BLKGW_PID=$!
-  control=$("$BLKGW" check "$manifest" | sed -n 's/.*control socket \([^,]*\),.*/\1/p')
   i=0
   while ! "$BLKGW" status --control "$control" >/dev/null 2>&1; do
     kill -0 "$BLKGW_PID" 2>/dev/null || fail "blkgw exited during start-up"
