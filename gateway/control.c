@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "gateway/log.h"
+#include "gateway/sockets.h"
 #include "gateway/util.h"
 
 #define CTL_MAX_LINE (64 * 1024)
@@ -198,39 +199,10 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 int gw_ctl_start(const char *path, gw_ctl_handler handler, void *arg, char *err, size_t errlen)
 {
-	struct sockaddr_un sa;
-	struct stat st;
-	mode_t old;
-	int fd, rc;
+	int fd = gw_listen_unix(path, 0600, 16, err, errlen);
 
-	memset(&sa, 0, sizeof(sa));
-	sa.sun_family = AF_UNIX;
-	if (gw_strlcpy(sa.sun_path, path, sizeof(sa.sun_path)) < 0) {
-		gw_seterr(err, errlen, "control socket path %s is too long", path);
-		return -ENAMETOOLONG;
-	}
-	if (lstat(path, &st) == 0) {
-		if (!S_ISSOCK(st.st_mode)) {
-			gw_seterr(err, errlen, "%s exists and is not a socket", path);
-			return -EEXIST;
-		}
-		unlink(path); /* the caller made sure no daemon answers on it */
-	}
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		rc = -errno;
-		gw_seterr(err, errlen, "socket: %s", strerror(errno));
-		return rc;
-	}
-	old = umask(0177);
-	rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
-	umask(old);
-	if (rc < 0 || listen(fd, 16) < 0) {
-		rc = -errno;
-		gw_seterr(err, errlen, "cannot create control socket %s: %s", path, strerror(errno));
-		close(fd);
-		return rc;
-	}
+	if (fd < 0)
+		return fd;
 	ctl.fd = fd;
 	ctl.path = strdup(path);
 	ctl.handler = handler;

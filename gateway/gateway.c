@@ -15,6 +15,7 @@
 #include "gateway/control.h"
 #include "gateway/export.h"
 #include "gateway/log.h"
+#include "gateway/sockets.h"
 #include "gateway/transport.h"
 #include "gateway/util.h"
 #include "gateway/worker.h"
@@ -236,32 +237,6 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 	stop_all();
 }
 
-static int mkdir_p(const char *path, mode_t mode)
-{
-	char *p = strdup(path);
-
-	if (!p)
-		return -ENOMEM;
-	for (char *s = p + 1;; s++) {
-		if (*s == '/' || *s == '\0') {
-			char c = *s;
-
-			*s = '\0';
-			if (mkdir(p, mode) < 0 && errno != EEXIST) {
-				int rc = -errno;
-
-				free(p);
-				return rc;
-			}
-			*s = c;
-			if (!c)
-				break;
-		}
-	}
-	free(p);
-	return 0;
-}
-
 static int write_pidfile(const char *path)
 {
 	char tmp[4096];
@@ -325,7 +300,7 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 	signal(SIGPIPE, SIG_IGN);
 	gw_set_run_dir(m->gw.run_dir);
 
-	rc = mkdir_p(m->gw.run_dir, 0755);
+	rc = gw_mkdir_p(m->gw.run_dir);
 	if (rc < 0) {
 		gw_err("cannot create run dir %s: %s", m->gw.run_dir, strerror(-rc));
 		return 1;

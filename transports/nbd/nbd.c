@@ -22,6 +22,7 @@
 
 #include "gateway/gateway.h"
 #include "gateway/log.h"
+#include "gateway/sockets.h"
 #include "gateway/transport.h"
 #include "gateway/util.h"
 #include "transports/nbd/nbd_conn.h"
@@ -271,79 +272,12 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 	}
 }
 
-static int mkdir_parents(const char *path)
-{
-	char *p = strdup(path);
-
-	if (!p)
-		return -ENOMEM;
-	for (char *s = p + 1; *s; s++) {
-		if (*s != '/')
-			continue;
-		*s = '\0';
-		if (mkdir(p, 0755) < 0 && errno != EEXIST) {
-			int rc = -errno;
-
-			free(p);
-			return rc;
-		}
-		*s = '/';
-	}
-	free(p);
-	return 0;
-}
-
 static int listen_unix(struct nbd_listener *l, char *err, size_t errlen)
 {
-	struct sockaddr_un sa;
-	struct stat st;
-	mode_t old;
-	int fd, rc;
+	int fd = gw_listen_unix(l->path, l->mode, 128, err, errlen);
 
-	memset(&sa, 0, sizeof(sa));
-	sa.sun_family = AF_UNIX;
-	if (gw_strlcpy(sa.sun_path, l->path, sizeof(sa.sun_path)) < 0) {
-		gw_seterr(err, errlen, "socket path %s is too long", l->path);
-		return -ENAMETOOLONG;
-	}
-	rc = mkdir_parents(l->path);
-	if (rc < 0) {
-		gw_seterr(err, errlen, "cannot create the folder of %s: %s", l->path, strerror(-rc));
-		return rc;
-	}
-	if (lstat(l->path, &st) == 0) {
-		if (!S_ISSOCK(st.st_mode)) {
-			gw_seterr(err, errlen, "%s exists and is not a socket", l->path);
-			return -EEXIST;
-		}
-		/* A live server there keeps it; a stale socket is replaced. */
-		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-			close(fd);
-			gw_seterr(err, errlen, "%s is in use by another running server", l->path);
-			return -EADDRINUSE;
-		}
-		if (fd >= 0)
-			close(fd);
-		unlink(l->path);
-	}
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		rc = -errno;
-		gw_seterr(err, errlen, "socket: %s", strerror(errno));
-		return rc;
-	}
-	/* Never let the socket exist with wider permissions than asked for. */
-	old = umask(0777 & ~(mode_t)l->mode);
-	rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
-	umask(old);
-	if (rc < 0 || chmod(l->path, l->mode) < 0 || listen(fd, 128) < 0) {
-		rc = -errno;
-		gw_seterr(err, errlen, "cannot serve on %s: %s", l->path, strerror(errno));
-		close(fd);
-		unlink(l->path);
-		return rc;
-	}
+	if (fd < 0)
+		return fd;
 	l->fds[l->nfds++] = fd;
 	return 0;
 }
@@ -588,7 +522,7 @@ static void link_device(struct nbd_exp *x)
 		x->dev_link = NULL;
 		return;
 	}
-	mkdir_parents(x->dev_link);
+	gw_mkdir_parents(x->dev_link);
 	snprintf(target, sizeof(target), "/dev/nbd%d", x->dev_index);
 	unlink(x->dev_link);
 	if (symlink(target, x->dev_link) < 0) {

@@ -21,6 +21,7 @@
 
 #include "gateway/gateway.h"
 #include "gateway/log.h"
+#include "gateway/sockets.h"
 #include "gateway/transport.h"
 #include "gateway/util.h"
 #include "transports/vhost/vhost_internal.h"
@@ -138,78 +139,12 @@ static int vhost_probe(const void *opts, char *why, size_t len)
 
 /* ---- the listening socket ---- */
 
-static int mkdir_parents(const char *path)
-{
-	char *p = strdup(path);
-
-	if (!p)
-		return -ENOMEM;
-	for (char *s = p + 1; *s; s++) {
-		if (*s != '/')
-			continue;
-		*s = '\0';
-		if (mkdir(p, 0755) < 0 && errno != EEXIST) {
-			int rc = -errno;
-
-			free(p);
-			return rc;
-		}
-		*s = '/';
-	}
-	free(p);
-	return 0;
-}
-
 static int listen_unix(struct vhost_exp *x, char *err, size_t errlen)
 {
-	struct sockaddr_un sa;
-	struct stat st;
-	mode_t old;
-	int fd, rc;
+	int fd = gw_listen_unix(x->path, x->o->socket_mode, 16, err, errlen);
 
-	memset(&sa, 0, sizeof(sa));
-	sa.sun_family = AF_UNIX;
-	if (gw_strlcpy(sa.sun_path, x->path, sizeof(sa.sun_path)) < 0) {
-		gw_seterr(err, errlen, "socket path %s is too long", x->path);
-		return -ENAMETOOLONG;
-	}
-	rc = mkdir_parents(x->path);
-	if (rc < 0) {
-		gw_seterr(err, errlen, "cannot create the folder of %s: %s", x->path, strerror(-rc));
-		return rc;
-	}
-	if (lstat(x->path, &st) == 0) {
-		if (!S_ISSOCK(st.st_mode)) {
-			gw_seterr(err, errlen, "%s exists and is not a socket", x->path);
-			return -EEXIST;
-		}
-		/* A live server keeps it; a stale socket (a killed blkgw) is replaced. */
-		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-			close(fd);
-			gw_seterr(err, errlen, "%s is in use by another running server", x->path);
-			return -EADDRINUSE;
-		}
-		if (fd >= 0)
-			close(fd);
-		unlink(x->path);
-	}
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		rc = -errno;
-		gw_seterr(err, errlen, "socket: %s", strerror(errno));
-		return rc;
-	}
-	old = umask(0777 & ~(mode_t)x->o->socket_mode);
-	rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
-	umask(old);
-	if (rc < 0 || chmod(x->path, x->o->socket_mode) < 0 || listen(fd, 16) < 0) {
-		rc = -errno;
-		gw_seterr(err, errlen, "cannot serve on %s: %s", x->path, strerror(errno));
-		close(fd);
-		unlink(x->path);
-		return rc;
-	}
+	if (fd < 0)
+		return fd;
 	x->lfd = fd;
 	return 0;
 }

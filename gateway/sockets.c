@@ -1,0 +1,109 @@
+#include "gateway/sockets.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "gateway/util.h"
+
+static int mkdir_upto(char *p, char *stop)
+{
+	for (char *s = p + 1; s <= stop && *s; s++) {
+		if (*s != '/' && s != stop)
+			continue;
+		char c = *s;
+
+		*s = '\0';
+		if (mkdir(p, 0755) < 0 && errno != EEXIST) {
+			int rc = -errno;
+
+			*s = c;
+			return rc;
+		}
+		*s = c;
+	}
+	return 0;
+}
+
+int gw_mkdir_p(const char *dir)
+{
+	char *p = strdup(dir);
+	int rc;
+
+	if (!p)
+		return -ENOMEM;
+	rc = mkdir_upto(p, p + strlen(p));
+	free(p);
+	return rc;
+}
+
+int gw_mkdir_parents(const char *path)
+{
+	char *p = strdup(path), *slash;
+	int rc = 0;
+
+	if (!p)
+		return -ENOMEM;
+	slash = strrchr(p, '/');
+	if (slash && slash != p)
+		rc = mkdir_upto(p, slash);
+	free(p);
+	return rc;
+}
+
+int gw_listen_unix(const char *path, uint32_t mode, int backlog, char *err, size_t errlen)
+{
+	struct sockaddr_un sa;
+	struct stat st;
+	mode_t old;
+	int fd, rc;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	if (gw_strlcpy(sa.sun_path, path, sizeof(sa.sun_path)) < 0) {
+		gw_seterr(err, errlen, "socket path %s is too long", path);
+		return -ENAMETOOLONG;
+	}
+	rc = gw_mkdir_parents(path);
+	if (rc < 0) {
+		gw_seterr(err, errlen, "cannot create the folder of %s: %s", path, strerror(-rc));
+		return rc;
+	}
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			gw_seterr(err, errlen, "%s exists and is not a socket", path);
+			return -EEXIST;
+		}
+		/* A live server keeps it; a stale socket (a killed process's) is replaced. */
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+			close(fd);
+			gw_seterr(err, errlen, "%s is in use by another running server", path);
+			return -EADDRINUSE;
+		}
+		if (fd >= 0)
+			close(fd);
+		unlink(path);
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		rc = -errno;
+		gw_seterr(err, errlen, "socket: %s", strerror(errno));
+		return rc;
+	}
+	old = umask(0777 & ~(mode_t)mode);
+	rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+	umask(old);
+	if (rc < 0 || chmod(path, mode) < 0 || listen(fd, backlog) < 0) {
+		rc = -errno;
+		gw_seterr(err, errlen, "cannot serve on %s: %s", path, strerror(errno));
+		close(fd);
+		unlink(path);
+		return rc;
+	}
+	return fd;
+}
