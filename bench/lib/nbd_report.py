@@ -47,6 +47,8 @@ PEERS = {"null": ["qsd-null", "nbdkit-null"], "mem": ["qsd-mem", "nbdkit-mem"]}
 def sh(*cmd):
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        if r.returncode:
+            return "n/a"
         return (r.stdout + r.stderr).strip()
     except (OSError, subprocess.SubprocessError) as e:
         return "unavailable (%s)" % e
