@@ -2,8 +2,12 @@
 
 #include <string.h>
 
+#include "gateway/util.h"
+
 /* Keep the window only when it serves this much more (3%). */
 #define CO_GAIN_PCT 103
+/* Longest hold after losing probes: settle << 4 (8 s). */
+#define CO_MAX_BACKOFF 4
 
 void gw_coalesce_init(struct gw_coalesce *c, uint64_t window_ns)
 {
@@ -20,7 +24,6 @@ static void enter(struct gw_coalesce *c, enum gw_coalesce_phase p, uint64_t now)
 	c->phase_start = now;
 	c->reqs = 0;
 	c->iters = 0;
-	c->busy_iters = 0;
 	c->current = p == GW_CO_MEASURE_ON ? c->window_ns : (p == GW_CO_SETTLED ? c->current : 0);
 }
 
@@ -34,15 +37,13 @@ uint64_t gw_coalesce_update(struct gw_coalesce *c, uint64_t now, unsigned reqs)
 		c->phase_start = now;
 	c->reqs += reqs;
 	c->iters++;
-	if (reqs >= 2)
-		c->busy_iters++;
 	dt = now - c->phase_start;
 
 	switch (c->phase) {
 	case GW_CO_IDLE:
-		/* Busy: several requests per wake-up, most of the time. */
+		/* Busy: one and a half requests per wake-up or more, on average. */
 		if (dt >= c->epoch_ns) {
-			if (c->iters >= 16 && c->busy_iters * 2 >= c->iters)
+			if (c->iters >= 16 && c->reqs * 2 >= c->iters * 3)
 				enter(c, GW_CO_MEASURE_OFF, now);
 			else
 				enter(c, GW_CO_IDLE, now);
@@ -59,13 +60,14 @@ uint64_t gw_coalesce_update(struct gw_coalesce *c, uint64_t now, unsigned reqs)
 			uint64_t rate_on = c->reqs * 1000000000ull / dt;
 
 			c->current = rate_on * 100 >= c->rate_off * CO_GAIN_PCT && rate_on > 0 ? c->window_ns : 0;
-
+			/* Probing costs a little each time it loses: back off while it keeps losing. */
+			c->backoff = c->current ? 0 : GW_MIN(c->backoff + 1, CO_MAX_BACKOFF);
 			enter(c, GW_CO_SETTLED, now);
 		}
 		break;
 	case GW_CO_SETTLED:
 		/* Re-measure after a while, or at once when the load went away. */
-		if (dt >= c->settle_ns || (c->iters >= 64 && c->busy_iters * 4 < c->iters)) {
+		if (dt >= (c->settle_ns << c->backoff) || (c->iters >= 64 && c->reqs * 4 < c->iters * 3)) {
 			c->current = 0;
 			enter(c, GW_CO_IDLE, now);
 		}

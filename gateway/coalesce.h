@@ -28,13 +28,13 @@ enum gw_coalesce_phase {
 struct gw_coalesce {
 	uint64_t window_ns;    /* configured window (0: never wait) */
 	uint64_t epoch_ns;     /* length of a measuring epoch */
-	uint64_t settle_ns;    /* how long a decision holds */
+	uint64_t settle_ns;    /* how long a decision to wait holds */
+	unsigned backoff;      /* consecutive decisions not to wait: each doubles the hold */
 	enum gw_coalesce_phase phase;
 	uint64_t phase_start;  /* ns */
 	uint64_t reqs;         /* requests counted in this phase */
 	uint64_t rate_off;     /* requests per second measured without the window */
-	uint64_t busy_iters;   /* iterations with >= 2 requests in this phase */
-	uint64_t iters;
+	uint64_t iters;        /* loop iterations in this phase */
 	uint64_t current;      /* the window in force, ns */
 };
 

@@ -68,6 +68,17 @@ int main(void)
 		CHECK(run(&c, &shallow, &t, 2000 * MS, &on) == 0);
 		CHECK(on < 200 * MS); /* only the probing epochs */
 	}
+	/* Losing probes back off: over 20 s of a shallow load, less than 1% of the time is spent waiting. */
+	{
+		struct model shallow = { 2, 4, 17000, 40000 };
+
+		gw_coalesce_init(&c, 20000);
+		on = 0;
+		t = 1;
+		CHECK(run(&c, &shallow, &t, 20000 * MS, &on) == 0);
+		CHECK(on < 200 * MS);
+		CHECK(c.backoff == 4);
+	}
 	/* The load goes away while the window holds: it drops the window soon after. */
 	{
 		struct model deep = { 2, 6, 12000, 30000 }, idle = { 0, 0, 1000000, 1000000 };
