@@ -43,10 +43,14 @@ enum gw_io_op {
 #define GW_IO_NO_UNMAP  (1u << 1) /* WRITE_ZEROES: must not deallocate the range */
 #define GW_IO_FAST_ZERO (1u << 2) /* WRITE_ZEROES: fail with -ENOTSUP unless cheaper than writing */
 #define GW_IO_HOLE_OK   (1u << 3) /* READ: the caller accepts GW_IO_R_HOLE instead of zero-filled data */
-#define GW_IO__ALL      ((1u << 4) - 1)
+#define GW_IO_BORROW    (1u << 4) /* READ, no iovec: point io->ref at the backend's own copy of the
+				     data (GW_CAP_BORROW backends only); see GW_IO_R_REF */
+#define GW_IO__ALL      ((1u << 5) - 1)
 
 /* Result flags (io->rflags), set by the backend before completion. */
 #define GW_IO_R_HOLE (1u << 0) /* READ: the whole range reads as zeros and the buffer was NOT filled */
+#define GW_IO_R_REF  (1u << 1) /* READ with GW_IO_BORROW: io->ref holds the data (io->len bytes),
+				  readable while the image is open; it may change under later writes */
 
 /* Capabilities (backend->caps). The checked layer refuses what is missing. */
 #define GW_CAP_FLUSH       (1u << 0) /* FLUSH does something (volatile cache) */
@@ -61,6 +65,7 @@ enum gw_io_op {
 #define GW_CAP_ROTATIONAL  (1u << 9)
 #define GW_CAP_INLINE      (1u << 10) /* submit() always completes inline: a caller may lend
 					 buffers that live only for the call (memory, null) */
+#define GW_CAP_BORROW      (1u << 11) /* reads can lend the backend's own memory (GW_IO_BORROW) */
 
 struct gw_io;
 typedef void (*gw_io_done_fn)(struct gw_io *io);
@@ -75,6 +80,7 @@ struct gw_io {
 
 	int result;          /* out: 0 or -errno */
 	uint32_t rflags;     /* out: GW_IO_R_* */
+	const void *ref;     /* out, with GW_IO_R_REF: where the data is */
 	gw_io_done_fn done;  /* called once for queued requests, on the submitting thread */
 
 	/* Private to the checked layer. */

@@ -80,7 +80,7 @@ static int mem_open(struct gw_backend *b, const void *opts, char *err, size_t er
 	}
 	b->size = o->size;
 	b->caps = GW_CAP_TRIM | GW_CAP_ZERO | GW_CAP_FAST_ZERO | GW_CAP_EXTENTS | GW_CAP_MULTI_CONN |
-		  GW_CAP_INLINE;
+		  GW_CAP_INLINE | GW_CAP_BORROW;
 	return 0;
 }
 
@@ -157,10 +157,14 @@ static int mem_submit(struct gw_backend *b, struct gw_ioq *q, struct gw_io *io)
 	switch (io->op) {
 	case GW_OP_READ:
 		last = (io->offset + io->len - 1) >> MEM_PAGE_SHIFT;
-		if ((io->flags & GW_IO_HOLE_OK) && !any_written(m, first, last))
+		if ((io->flags & GW_IO_HOLE_OK) && !any_written(m, first, last)) {
 			io->rflags |= GW_IO_R_HOLE;
-		else
+		} else if (io->flags & GW_IO_BORROW) {
+			io->ref = m->base + io->offset; /* no copy: the caller sends it from here */
+			io->rflags |= GW_IO_R_REF;
+		} else {
 			gw_iov_from_buf(io->iov, io->iovcnt, 0, m->base + io->offset, io->len);
+		}
 		break;
 	case GW_OP_WRITE:
 		last = (io->offset + io->len - 1) >> MEM_PAGE_SHIFT;

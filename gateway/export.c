@@ -59,7 +59,7 @@ void gw_export_free(struct gw_export *e)
 }
 
 static const uint32_t allowed_flags[GW_OP__COUNT] = {
-	[GW_OP_READ] = GW_IO_HOLE_OK,
+	[GW_OP_READ] = GW_IO_HOLE_OK | GW_IO_BORROW,
 	[GW_OP_WRITE] = GW_IO_FUA,
 	[GW_OP_FLUSH] = 0,
 	[GW_OP_TRIM] = GW_IO_FUA,
@@ -92,6 +92,8 @@ static int check(struct gw_export *e, struct gw_io *io)
 
 	io->rflags = 0;
 	if (gw_unlikely(io->op >= GW_OP__COUNT || (io->flags & ~allowed_flags[io->op])))
+		goto einval;
+	if (gw_unlikely((io->flags & GW_IO_BORROW) && !(e->caps & GW_CAP_BORROW)))
 		goto einval;
 	writes = io->op == GW_OP_WRITE || io->op == GW_OP_TRIM || io->op == GW_OP_WRITE_ZEROES;
 	if (gw_unlikely(writes && e->read_only)) {

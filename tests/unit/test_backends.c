@@ -111,6 +111,15 @@ static void test_memory(void)
 	for (int i = 0; i < 8; i++)
 		run(e, GW_OP_WRITE, 0, (uint64_t)(100 + 2 * i) << 12, buf, 4096);
 	CHECK(extents(e, 100 << 12, 16 << 12, v, 4) == 4);
+	/* Borrowed reads: no copy, the data where the image keeps it. */
+	memset(&io, 0, sizeof(io));
+	io.op = GW_OP_READ; io.flags = GW_IO_BORROW; io.offset = 100 << 12; io.len = 4096;
+	io.done = on_done;
+	CHECK(gw_export_submit(e, &q, &io) == 1 && io.result == 0 && (io.rflags & GW_IO_R_REF) &&
+	      io.ref && ((const uint8_t *)io.ref)[0] == 0x5a && ((const uint8_t *)io.ref)[4095] == 0x5a);
+	io.flags = GW_IO_BORROW | GW_IO_HOLE_OK; io.offset = 1 << 29; io.len = 8192;
+	CHECK(gw_export_submit(e, &q, &io) == 1 && io.result == 0 && (io.rflags & GW_IO_R_HOLE) &&
+	      !(io.rflags & GW_IO_R_REF));
 	gw_export_stats(e, &t);
 	CHECK(t.errors == 0 && t.writes >= 10 && t.bytes_written >= 5000 + 1000 + 8 * 4096);
 	gw_export_free(e);
@@ -188,6 +197,15 @@ static void test_checked_layer(void)
 	CHECK_EQ_U64(t.errors, 16);
 	gw_export_stats(ro, &t);
 	CHECK_EQ_U64(t.errors, 3);
+	/* Only backends that can lend their memory take GW_IO_BORROW. */
+	{
+		struct gw_io io;
+
+		memset(&io, 0, sizeof(io));
+		io.op = GW_OP_READ; io.flags = GW_IO_BORROW; io.len = 4096; io.done = on_done;
+		CHECK(gw_export_submit(ne, &q, &io) == 1 && io.result == -EINVAL);
+		CHECK(gw_export_submit(e, &q, &io) == 1 && io.result == 0 && (io.rflags & GW_IO_R_REF));
+	}
 	/* null: zeros, holes everywhere, writes vanish. */
 	memset(buf, 9, 8192);
 	CHECK(run(ne, GW_OP_WRITE, 0, 0, buf, 8192) == 0);

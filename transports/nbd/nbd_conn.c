@@ -528,6 +528,12 @@ static void put_chunk(uint8_t *h, uint16_t flags, uint16_t type, uint64_t cookie
 	nbd_put32(h + 16, len);
 }
 
+/* Where a successful read's data is: the backend's memory (borrowed) or our buffer. */
+static const void *read_data(const struct nbd_req *r)
+{
+	return (r->io.rflags & GW_IO_R_REF) ? r->io.ref : r->buf;
+}
+
 /* Queue the reply for r; r is released when it has been sent. */
 static void reply(struct nbd_req *r, int result)
 {
@@ -560,13 +566,13 @@ static void reply(struct nbd_req *r, int result)
 			nbd_put64(r->hdr + 20, r->offset);
 			rc = seg_push(c, r->hdr, 28, r, NULL);
 			if (!rc)
-				rc = seg_push(c, r->buf, r->len, r, NULL);
+				rc = seg_push(c, read_data(r), r->len, r, NULL);
 		}
 	} else {
 		put_simple(r->hdr, err, r->cookie);
 		rc = seg_push(c, r->hdr, NBD_SIMPLE_SIZE, r, NULL);
 		if (!rc && !err && r->cmd == NBD_CMD_READ && r->len)
-			rc = seg_push(c, r->buf, r->len, r, NULL);
+			rc = seg_push(c, read_data(r), r->len, r, NULL);
 	}
 	if (rc < 0) {
 		/* No memory to queue a reply: the client cannot be answered correctly. */
@@ -764,6 +770,11 @@ static int tx_request(struct nbd_conn *c)
 
 	switch (cmd) {
 	case NBD_CMD_READ:
+		/* A backend that can lend its memory is read without a copy. */
+		if (c->exp->caps & GW_CAP_BORROW) {
+			submit(r, GW_OP_READ, GW_IO_BORROW | (c->structured ? GW_IO_HOLE_OK : 0));
+			return 0;
+		}
 		if (len && req_buf(r, len) < 0) {
 			reply(r, -ENOMEM);
 			return 0;
