@@ -6,6 +6,8 @@
 
 /* Keep the window only when it serves this much more (3%). */
 #define CO_GAIN_PCT 103
+/* Requests per second that make a worker worth probing, whatever its batches. */
+#define CO_BUSY_RATE 50000ull
 /* Longest hold after losing probes: settle << 4 (8 s). */
 #define CO_MAX_BACKOFF 4
 
@@ -41,9 +43,10 @@ uint64_t gw_coalesce_update(struct gw_coalesce *c, uint64_t now, unsigned reqs)
 
 	switch (c->phase) {
 	case GW_CO_IDLE:
-		/* Busy: one and a half requests per wake-up or more, on average. */
+		/* Busy: many requests per second, or several per wake-up on average. */
 		if (dt >= c->epoch_ns) {
-			if (c->iters >= 16 && c->reqs * 2 >= c->iters * 3)
+			if (c->iters >= 16 &&
+			    (c->reqs * 1000000000ull >= CO_BUSY_RATE * dt || c->reqs * 2 >= c->iters * 3))
 				enter(c, GW_CO_MEASURE_OFF, now);
 			else
 				enter(c, GW_CO_IDLE, now);
