@@ -78,3 +78,12 @@ uint64_t gw_coalesce_update(struct gw_coalesce *c, uint64_t now, unsigned reqs)
 	}
 	return c->current;
 }
+
+uint32_t gw_poll_window_next(uint32_t cur, uint64_t gap, uint32_t max, uint64_t reach)
+{
+	if (gap > reach || !max)
+		return 0;
+	if (!cur)
+		return GW_MIN(GW_POLL_START_NS, max);
+	return (uint32_t)GW_MIN((uint64_t)cur * 2, (uint64_t)max);
+}

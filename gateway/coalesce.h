@@ -44,3 +44,15 @@ void gw_coalesce_init(struct gw_coalesce *c, uint64_t window_ns);
  * Returns the window (ns) to wait before polling next.
  */
 uint64_t gw_coalesce_update(struct gw_coalesce *c, uint64_t now_ns, unsigned reqs);
+
+/*
+ * Polling windows (socket polling, virtqueue polling). A poller that went
+ * idle learns, when the next request arrives `gap_ns` later, whether it
+ * came back in time (gap_ns <= reach_ns): then the window grows (4 us
+ * first, then doubling, capped at max_ns); otherwise the client is slow and
+ * the window closes (0). reach_ns is max_ns when the gap is measured
+ * exactly, more when it includes a wake-up. Pure function: returns the
+ * next window.
+ */
+#define GW_POLL_START_NS 4000u
+uint32_t gw_poll_window_next(uint32_t cur_ns, uint64_t gap_ns, uint32_t max_ns, uint64_t reach_ns);

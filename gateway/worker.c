@@ -1,6 +1,7 @@
 #include "gateway/worker.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,8 @@
 
 /* Ring size per worker: enough for several connections at QD 128 each. */
 #define GW_WORKER_RING 512
+/* A spinning loop yields its CPU this often. */
+#define GW_SPIN_YIELD_NS 4000u
 /* Buffer cache per worker. */
 #define GW_WORKER_CACHE (64u << 20)
 
@@ -145,7 +148,8 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 
 	(void)loop;
 	(void)revents;
-	if (w->co.window_ns) {
+	/* Empty turns of a spinning loop are not wake-ups: coalescing ignores them. */
+	if (w->co.window_ns && (w->work || !ev_is_active(&w->spin))) {
 		uint64_t win = gw_coalesce_update(&w->co, gw_now_ns(), w->work);
 
 		ev_set_io_collect_interval(w->loop, (double)win / 1e9);
@@ -161,6 +165,33 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 		if (!io_uring_cq_ready(&w->ioq.ring))
 			break;
 		gw_ioq_reap(&w->ioq);
+	}
+}
+
+/* The spin deadline (a yield now and then leaves the CPU to a woken client). */
+static void spin_cb(struct ev_loop *loop, ev_idle *i, int revents)
+{
+	struct gw_worker *w = container_of(i, struct gw_worker, spin);
+	uint64_t now = gw_now_ns();
+
+	(void)revents;
+	if (now >= w->spin_until) {
+		ev_idle_stop(loop, i);
+		return;
+	}
+	if (now - w->spin_yield >= GW_SPIN_YIELD_NS) {
+		sched_yield();
+		w->spin_yield = now;
+	}
+}
+
+void gw_worker_spin(struct gw_worker *w, uint64_t until_ns)
+{
+	if (until_ns > w->spin_until)
+		w->spin_until = until_ns;
+	if (!ev_is_active(&w->spin)) {
+		w->spin_yield = gw_now_ns();
+		ev_idle_start(w->loop, &w->spin);
 	}
 }
 
@@ -222,6 +253,7 @@ static int worker_init(struct gw_worker *w, unsigned id, char *err, size_t errle
 	ev_io_start(w->loop, &w->ioq_watcher);
 	ev_prepare_init(&w->prepare, prepare_cb);
 	ev_prepare_start(w->loop, &w->prepare);
+	ev_idle_init(&w->spin, spin_cb);
 	/* Internal watchers alone must not keep the loop running... but workers
 	 * run until told to stop, so keep one reference: the ioq watcher. */
 	ev_unref(w->loop); /* for the prepare watcher */
@@ -231,6 +263,7 @@ static int worker_init(struct gw_worker *w, unsigned id, char *err, size_t errle
 static void worker_fini(struct gw_worker *w)
 {
 	ev_ref(w->loop);
+	ev_idle_stop(w->loop, &w->spin);
 	ev_prepare_stop(w->loop, &w->prepare);
 	ev_io_stop(w->loop, &w->ioq_watcher);
 	gw_mailbox_exit(&w->mbox);

@@ -48,6 +48,8 @@ struct gw_worker {
 	struct gw_deferred *deferred;
 	unsigned work;      /* requests handled since the loop last blocked (gw_worker_note_work) */
 	struct gw_coalesce co;
+	ev_idle spin;       /* on while a socket poller keeps the loop from sleeping */
+	uint64_t spin_until, spin_yield; /* ns: when spinning stops; when it last yielded */
 	unsigned load;  /* connections/queues assigned (atomic) */
 	bool started;
 };
@@ -83,6 +85,15 @@ static inline void gw_worker_note_work(struct gw_worker *w, unsigned n)
 
 /* Main thread, before gw_workers_start(): the coalescing window (0 disables). */
 void gw_workers_set_coalesce_us(unsigned us);
+
+/*
+ * Socket polling. A connection that expects its client's next request
+ * within microseconds asks the worker not to sleep until then: the loop
+ * keeps polling its fds (epoll with no timeout), so the request is read as
+ * soon as it lands instead of after a wake-up. Deadlines from several
+ * callers extend each other; the loop sleeps again after the last.
+ */
+void gw_worker_spin(struct gw_worker *w, uint64_t until_ns);
 
 /* Same-thread: run d->fn before the loop next blocks (once, however often called). */
 void gw_worker_defer(struct gw_worker *w, struct gw_deferred *d);

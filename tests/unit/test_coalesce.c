@@ -88,5 +88,30 @@ int main(void)
 		CHECK(run(&c, &deep, &t, 200 * MS, NULL) == 20000);
 		CHECK(run(&c, &idle, &t, t + 700 * MS, NULL) == 0);
 	}
+
+	/* Polling windows: a client that comes back in time grows the window to the cap. */
+	{
+		uint32_t win = 0, seen[8];
+
+		for (int i = 0; i < 8; i++)
+			seen[i] = win = gw_poll_window_next(win, 20000, 50000, 50000);
+		CHECK_EQ_U64(seen[0], 4000);
+		CHECK_EQ_U64(seen[1], 8000);
+		CHECK_EQ_U64(seen[2], 16000);
+		CHECK_EQ_U64(seen[3], 32000);
+		CHECK_EQ_U64(seen[4], 50000);
+		CHECK_EQ_U64(seen[7], 50000);
+		/* One slow arrival closes it; a gap of exactly the reach still counts as in time. */
+		CHECK_EQ_U64(gw_poll_window_next(50000, 50001, 50000, 50000), 0);
+		CHECK_EQ_U64(gw_poll_window_next(0, 50000, 50000, 50000), 4000);
+		/* A longer reach (the gap includes a wake-up) keeps growing, never past the cap. */
+		CHECK_EQ_U64(gw_poll_window_next(32000, 90000, 50000, 100000), 50000);
+		CHECK_EQ_U64(gw_poll_window_next(50000, 100001, 50000, 100000), 0);
+		/* A cap below the first step is the window. */
+		CHECK_EQ_U64(gw_poll_window_next(0, 1000, 2000, 2000), 2000);
+		/* Polling off: never a window, whatever the reach. */
+		CHECK_EQ_U64(gw_poll_window_next(0, 0, 0, 0), 0);
+		CHECK_EQ_U64(gw_poll_window_next(0, 100, 0, 1000), 0);
+	}
 	return check_report();
 }

@@ -71,6 +71,12 @@ struct nbd_conn {
 	size_t obytes;             /* queued bytes */
 	struct gw_deferred flush;
 
+	/* Socket polling (nbd_conn.c: went_idle). */
+	uint64_t idle_since;       /* ns: answered everything and went idle; 0: busy */
+	uint32_t poll_ns;          /* current window, 0: sleep */
+	uint16_t burst;            /* requests since the last went_idle */
+	uint8_t serial;            /* consecutive wake-ups that brought one request */
+
 	/* Requests. */
 	unsigned inflight;
 	size_t inflight_bytes;

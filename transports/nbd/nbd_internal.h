@@ -28,6 +28,7 @@ struct nbd_opts {
 	char *name;         /* export name on the wire (default: image name) */
 	char *description;
 	uint32_t socket_mode;
+	uint32_t poll_us;   /* longest socket polling window after a reply */
 	/* Kernel attach (/dev/nbdN through the nbd generic-netlink family). */
 	bool attach;
 	char *device;               /* "/dev/nbdN" to use; NULL: the kernel picks */

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "gateway/coalesce.h"
 #include "gateway/log.h"
 #include "gateway/util.h"
 #include "transports/virtio/vblk_queue_internal.h"
@@ -339,14 +340,9 @@ void vblkq_kick_cb(struct ev_loop *loop, ev_io *w, int revents)
 	}
 	if (q->idle_since) {
 		/* Would polling have caught this request? Then poll next time. */
-		uint64_t gap = gw_now_ns() - q->idle_since;
-
+		q->poll_ns = gw_poll_window_next(q->poll_ns, gw_now_ns() - q->idle_since,
+						 q->poll_max_ns, q->poll_max_ns);
 		q->idle_since = 0;
-		if (gap <= q->poll_max_ns)
-			q->poll_ns = q->poll_ns ? GW_MIN(q->poll_ns * 2, q->poll_max_ns)
-						: GW_MIN(4000u, q->poll_max_ns);
-		else
-			q->poll_ns = 0;
 	}
 	if (q->poll_on)
 		return; /* the poller is on it */
