@@ -4,7 +4,7 @@
 # interleaved run by run. A benchmark, not a test.
 #
 #   bench/vhost/run.sh [--build DIR] [--runtime S] [--reps N] [--out DIR] [--quick]
-#                      [--no-pin]
+#                      [--no-pin] [--backends null,memory] [--jobs LIST]
 #
 # Backends (same for both daemons as far as each can):
 #   null     blkgw: null (reads zero-filled)     qsd: null-co, read-zeroes=on
@@ -31,6 +31,9 @@ runtime=10
 reps=3
 out=""
 pin=1
+backends="null memory"
+jobs="qd1-randread qd32-randread qd32-randwrite"
+usage="usage: $0 [--build DIR] [--runtime S] [--reps N] [--out DIR] [--quick] [--no-pin] [--backends null,memory] [--jobs qd1-randread,qd32-randread,qd32-randwrite]"
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--no-pin) pin=0; shift ;;
@@ -39,7 +42,9 @@ while [ $# -gt 0 ]; do
 	--reps) reps=${2:?}; shift 2 ;;
 	--out) out=${2:?}; shift 2 ;;
 	--quick) runtime=3; reps=1; shift ;;
-	*) echo "usage: $0 [--build DIR] [--runtime S] [--reps N] [--out DIR] [--quick] [--no-pin]" >&2; exit 2 ;;
+	--backends) backends=${2:?}; backends=${backends//,/ }; shift 2 ;;
+	--jobs) jobs=${2:?}; jobs=${jobs//,/ }; shift 2 ;;
+	*) echo "$usage" >&2; exit 2 ;;
 	esac
 done
 blkgw=$build/blkgw
@@ -139,6 +144,7 @@ run() {
 	qd1-randread) rw=randread qd=1 ;;
 	qd32-randread) rw=randread qd=32 ;;
 	qd32-randwrite) rw=randwrite qd=32 ;;
+	*) echo "unknown job '$job' (qd1-randread, qd32-randread, qd32-randwrite)" >&2; exit 2 ;;
 	esac
 	quiet=$(wait_quiet)
 	j=$out/$daemon-$backend-$job-$rep.json
@@ -162,8 +168,8 @@ start_qsd
 wait_sockets "$work/blkgw-null.sock" "$work/blkgw-memory.sock" "$work/qsd-null.sock" "$work/qsd-memory.sock"
 echo '"daemon","backend","job","rep","iops","lat_us","cpu_us_per_req","busy_pct_before"' >"$out/results.csv"
 for rep in $(seq "$reps"); do
-	for backend in null memory; do
-		for job in qd1-randread qd32-randread qd32-randwrite; do
+	for backend in $backends; do
+		for job in $jobs; do
 			# Alternate which daemon goes first, so drift hits both alike.
 			if [ $((rep % 2)) = 1 ]; then order="blkgw qsd"; else order="qsd blkgw"; fi
 			for d in $order; do
