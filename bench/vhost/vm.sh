@@ -4,7 +4,11 @@
 # one vCPU, one queue. TCG makes the guest the bottleneck: compare the two
 # daemons with each other, never with bench/vhost/run.sh's host numbers.
 #
-#   bench/vhost/vm.sh [--build DIR] [--reps N] [--runtime S]
+#   bench/vhost/vm.sh [--build DIR] [--reps N] [--runtime S] [--no-pin]
+#
+# Pinning (default, on 2+ CPUs): QEMU (the TCG vCPU and its other threads)
+# on CPU 0, the daemon on CPU 1, so the two never fight over a CPU; without
+# it single runs of one job varied up to 2x here.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -12,14 +16,21 @@ root=$(cd "$here/../.." && pwd)
 build=$root/build
 reps=2
 runtime=8
+pin=1
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--build) build=${2:?}; shift 2 ;;
 	--reps) reps=${2:?}; shift 2 ;;
 	--runtime) runtime=${2:?}; shift 2 ;;
-	*) echo "usage: $0 [--build DIR] [--reps N] [--runtime S]" >&2; exit 2 ;;
+	--no-pin) pin=0; shift ;;
+	*) echo "usage: $0 [--build DIR] [--reps N] [--runtime S] [--no-pin]" >&2; exit 2 ;;
 	esac
 done
+vm_cpu=() daemon_cpu=()
+if [ "$pin" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+	vm_cpu=(taskset -c 0)
+	daemon_cpu=(taskset -c 1)
+fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/vhost-vmbench.XXXXXX")
 pid=""
 cleanup() {
@@ -47,7 +58,7 @@ images:
 exports:
   - { image: disk, transports: [vhost-user-blk], vhost-user-blk: { socket: $sock, queues: 1 } }
 YAML
-		setpriv --pdeathsig KILL -- "$build/blkgw" serve "$work/m.yaml" >"$work/$d.log" 2>&1 &
+		setpriv --pdeathsig KILL -- "${daemon_cpu[@]}" "$build/blkgw" serve "$work/m.yaml" >"$work/$d.log" 2>&1 &
 	else
 		local node
 		if [ "$b" = null ]; then
@@ -56,7 +67,7 @@ YAML
 			truncate -s 1G /dev/shm/vhost-vmbench-$$.img
 			node="driver=file,node-name=n0,filename=/dev/shm/vhost-vmbench-$$.img,aio=io_uring"
 		fi
-		setpriv --pdeathsig KILL -- qemu-storage-daemon --blockdev "$node" \
+		setpriv --pdeathsig KILL -- "${daemon_cpu[@]}" qemu-storage-daemon --blockdev "$node" \
 			--export "type=vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path=$sock,writable=on,num-queues=1" \
 			>"$work/$d.log" 2>&1 &
 	fi
@@ -69,9 +80,11 @@ YAML
 echo "daemon,backend,job,rep,iops,lat_us" >"$work/vm.csv"
 for rep in $(seq "$reps"); do
 	for b in null memory; do
-		for d in blkgw qsd; do
+		# Alternate which daemon goes first: the machine drifts from run to run.
+		if [ $((rep % 2)) = 1 ]; then order="blkgw qsd"; else order="qsd blkgw"; fi
+		for d in $order; do
 			start "$d" "$b"
-			"$root/tests/vm/run-vm.sh" -q --guest "$work/guest" --log "$work/console.log" \
+			"${vm_cpu[@]}" "$root/tests/vm/run-vm.sh" -q --guest "$work/guest" --log "$work/console.log" \
 				--vhost-user-blk "$sock,num-queues=1" --append "blkgw.runtime=$runtime" --timeout 300 >/dev/null ||
 				{ tail -n 30 "$work/console.log"; exit 1; }
 			kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
@@ -86,12 +99,16 @@ done
 python3 - "$work/vm.csv" <<'PY'
 import csv, statistics, sys
 from collections import defaultdict
-v = defaultdict(list)
+v = defaultdict(dict)
 for r in csv.DictReader(open(sys.argv[1])):
-    v[(r["backend"], r["job"], r["daemon"])].append((float(r["iops"]), float(r["lat_us"])))
-print(f"{'backend':8} {'job':15} {'blkgw IOPS':>11} {'qsd IOPS':>9} {'ratio':>6} {'blkgw lat':>10} {'qsd lat':>8}")
+    v[(r["backend"], r["job"], r["daemon"])][r["rep"]] = (float(r["iops"]), float(r["lat_us"]))
+# The ratio is taken rep by rep (the two daemons ran back to back), then the median.
+print(f"{'backend':8} {'job':15} {'blkgw IOPS':>11} {'qsd IOPS':>9} {'ratio':>6} {'ratio range':>12} {'blkgw lat':>10} {'qsd lat':>8}")
 for b, j in sorted({(b, j) for b, j, _ in v}):
-    bi = statistics.median(x[0] for x in v[(b, j, "blkgw")]); qi = statistics.median(x[0] for x in v[(b, j, "qsd")])
-    bl = statistics.median(x[1] for x in v[(b, j, "blkgw")]); ql = statistics.median(x[1] for x in v[(b, j, "qsd")])
-    print(f"{b:8} {j:15} {bi:11.0f} {qi:9.0f} {bi / qi:5.2f}x {bl:9.1f}us {ql:7.1f}us")
+    g, q = v[(b, j, "blkgw")], v[(b, j, "qsd")]
+    ratios = [g[k][0] / q[k][0] for k in g if k in q and q[k][0] > 0]
+    bi = statistics.median(x[0] for x in g.values()); qi = statistics.median(x[0] for x in q.values())
+    bl = statistics.median(x[1] for x in g.values()); ql = statistics.median(x[1] for x in q.values())
+    rng = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-"
+    print(f"{b:8} {j:15} {bi:11.0f} {qi:9.0f} {statistics.median(ratios):5.2f}x {rng:>12} {bl:9.1f}us {ql:7.1f}us")
 PY
