@@ -55,4 +55,6 @@ uint64_t gw_coalesce_update(struct gw_coalesce *c, uint64_t now_ns, unsigned req
  * next window.
  */
 #define GW_POLL_START_NS 4000u
+/* A poller with nothing to do yields its CPU this often (a woken client may be waiting for it). */
+#define GW_POLL_YIELD_NS 4000u
 uint32_t gw_poll_window_next(uint32_t cur_ns, uint64_t gap_ns, uint32_t max_ns, uint64_t reach_ns);

@@ -12,8 +12,6 @@
 
 /* Ring size per worker: enough for several connections at QD 128 each. */
 #define GW_WORKER_RING 512
-/* A spinning loop yields its CPU this often. */
-#define GW_SPIN_YIELD_NS 4000u
 /* Buffer cache per worker. */
 #define GW_WORKER_CACHE (64u << 20)
 
@@ -179,7 +177,7 @@ static void spin_cb(struct ev_loop *loop, ev_idle *i, int revents)
 		ev_idle_stop(loop, i);
 		return;
 	}
-	if (now - w->spin_yield >= GW_SPIN_YIELD_NS) {
+	if (now - w->spin_yield >= GW_POLL_YIELD_NS) {
 		sched_yield();
 		w->spin_yield = now;
 	}

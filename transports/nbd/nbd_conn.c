@@ -254,7 +254,7 @@ static void maybe_resume(struct nbd_conn *c)
 
 static void went_idle(struct nbd_conn *c)
 {
-	if (c->state != CS_TX || !c->x || !c->x->o->poll_us || c->inflight || c->wr || c->skip ||
+	if (c->state != CS_TX || !c->x->o->poll_us || c->inflight || c->wr || c->skip ||
 	    c->ipos != c->iend || c->paused)
 		return;
 	c->serial = c->burst == 1 ? (uint8_t)GW_MIN(c->serial + 1u, 255u) : 0;

@@ -16,9 +16,8 @@
 /* Requests taken per pass before the loop gets to run other watchers. */
 #define VBLK_PASS_BUDGET 256
 
-/* Longest a poller keeps the worker's loop waiting, and how often it yields when idle. */
+/* Longest a poller keeps the worker's loop waiting (it yields every GW_POLL_YIELD_NS when idle). */
 #define VBLK_POLL_SLICE_NS 100000u
-#define VBLK_POLL_YIELD_NS 4000u
 
 static inline void cpu_relax(void)
 {
@@ -309,7 +308,7 @@ void vblkq_poll_cb(struct ev_loop *loop, ev_idle *w, int revents)
 		} else {
 			cpu_relax();
 			now = gw_now_ns();
-			if (now - last_work > VBLK_POLL_YIELD_NS) {
+			if (now - last_work > GW_POLL_YIELD_NS) {
 				sched_yield();
 				last_work = now;
 			}
