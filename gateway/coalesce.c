@@ -87,3 +87,59 @@ uint32_t gw_poll_window_next(uint32_t cur, uint64_t gap, uint32_t max, uint64_t 
 		return GW_MIN(GW_POLL_START_NS, max);
 	return (uint32_t)GW_MIN((uint64_t)cur * 2, (uint64_t)max);
 }
+
+void gw_hold_init(struct gw_hold *h, uint32_t quiet_ns)
+{
+	memset(h, 0, sizeof(*h));
+	h->quiet_ns = quiet_ns;
+}
+
+/* Gaps longer than this are idleness, not the driver's pace. */
+#define HOLD_GAP_CAP_NS 1000000u
+
+void gw_hold_arrival(struct gw_hold *h, uint64_t now)
+{
+	if (!h->quiet_ns)
+		return;
+	if (h->last_arrival) {
+		uint64_t gap = GW_MIN(now - h->last_arrival, (uint64_t)HOLD_GAP_CAP_NS);
+
+		/* 1/8 weight for the newest gap */
+		h->gap_ns = h->gap_ns ? h->gap_ns - h->gap_ns / 8 + gap / 8 : gap;
+	}
+	h->last_arrival = now;
+	if (h->due) {
+		h->merged++;
+		/* A quiet gap again from this arrival, within the overall cap. */
+		h->due = GW_MIN(now + h->quiet_ns, h->first + 4ull * h->quiet_ns);
+	}
+}
+
+bool gw_hold_signal_due(struct gw_hold *h, uint64_t now)
+{
+	if (h->due)
+		return true; /* already held: this completion goes with it */
+	if (!h->quiet_ns || h->gap_ns < h->quiet_ns / 4)
+		return false;
+	if (!h->on && ++h->probe < GW_HOLD_PROBE_EVERY)
+		return false;
+	h->probe = 0;
+	h->first = now;
+	h->merged = 0;
+	h->due = now + h->quiet_ns;
+	return true;
+}
+
+void gw_hold_release(struct gw_hold *h)
+{
+	if (!h->due)
+		return;
+	h->due = 0;
+	if (h->merged) {
+		h->on = true;
+		h->misses = 0;
+	} else if (++h->misses >= 2) {
+		h->on = false;
+		h->misses = 0;
+	}
+}

@@ -16,6 +16,7 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
 enum gw_coalesce_phase {
@@ -58,3 +59,42 @@ uint64_t gw_coalesce_update(struct gw_coalesce *c, uint64_t now_ns, unsigned req
 /* A poller with nothing to do yields its CPU this often (a woken client may be waiting for it). */
 #define GW_POLL_YIELD_NS 4000u
 uint32_t gw_poll_window_next(uint32_t cur_ns, uint64_t gap_ns, uint32_t max_ns, uint64_t reach_ns);
+
+/*
+ * Notification holding (interrupt moderation) for a slow driver: an
+ * emulated guest that posts requests tens of microseconds apart and takes
+ * an interrupt for nearly every completion when the back-end completes
+ * each one the moment it sees it. Holding the signal until the driver has
+ * been quiet for quiet_ns (at most 4x quiet_ns in all) lets one interrupt
+ * carry a burst. Completions are published at once; only the signal
+ * waits, so a driver that checks the ring finds them anyway.
+ *
+ * It is learned, never assumed: only a driver whose requests arrive
+ * quiet_ns/4 or more apart on average is ever held; holding stays on
+ * while holds take new requests along and goes off after two that took
+ * none (a closed-loop driver waiting for the very signal held). While off,
+ * every GW_HOLD_PROBE_EVERY-th due signal is held as a probe.
+ *
+ * Pure logic, like the rest of this file: the caller passes the time.
+ */
+#define GW_HOLD_PROBE_EVERY 32u
+
+struct gw_hold {
+	uint32_t quiet_ns;     /* configured quiet gap; 0: never hold */
+	bool on;               /* holds have been taking requests along */
+	uint8_t misses;        /* consecutive holds that took none */
+	uint8_t probe;         /* due signals since the last probe */
+	unsigned merged;       /* arrivals during the current hold */
+	uint64_t due;          /* release at (ns); 0: nothing held */
+	uint64_t first;        /* when the held signal became due */
+	uint64_t last_arrival; /* ns; 0: none yet */
+	uint64_t gap_ns;       /* moving average of the gap between arrivals */
+};
+
+void gw_hold_init(struct gw_hold *h, uint32_t quiet_ns);
+/* Requests arrived at now (a kick, or a poll that found some). */
+void gw_hold_arrival(struct gw_hold *h, uint64_t now);
+/* A signal is due at now: true to hold it (h->due says until when). */
+bool gw_hold_signal_due(struct gw_hold *h, uint64_t now);
+/* The held signal goes now: at h->due, or earlier for another reason. */
+void gw_hold_release(struct gw_hold *h);

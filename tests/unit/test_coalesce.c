@@ -31,6 +31,68 @@ static uint64_t run(struct gw_coalesce *c, const struct model *m, uint64_t *t, u
 	return win;
 }
 
+/*
+ * A driver against a back-end that completes every request the moment it
+ * arrives and signals through gw_hold. Open loop: a request every `period`
+ * ns whatever the signals. Closed loop: `burst` requests `period` apart,
+ * starting `think` ns after a signal reached the driver (none while a burst
+ * is still being posted), then nothing until the next signal.
+ */
+struct driver {
+	bool closed;
+	uint64_t period, think;
+	unsigned burst;
+};
+
+struct outcome {
+	uint64_t reqs, signals, held, delay_ns; /* delay: what holding added, summed over signals */
+};
+
+static struct outcome drive(struct gw_hold *h, const struct driver *d, uint64_t t, uint64_t until)
+{
+	struct outcome o = { 0 };
+	uint64_t next = t + d->period;
+	unsigned left = d->closed ? d->burst : 0;
+
+	for (;;) {
+		if (h->due && h->due <= next) {
+			if (h->due >= until)
+				break;
+			/* Released before the next arrival. */
+			t = h->due;
+			o.delay_ns += t - h->first;
+			gw_hold_release(h);
+			o.signals++;
+			if (d->closed && !left) {
+				left = d->burst;
+				next = t + d->think;
+			}
+			continue;
+		}
+		if (next >= until)
+			break;
+		t = next;
+		o.reqs++;
+		gw_hold_arrival(h, t);
+		if (gw_hold_signal_due(h, t))
+			o.held++; /* a new hold, or goes with the one held */
+		else
+			o.signals++;
+		if (!d->closed) {
+			next = t + d->period;
+		} else if (left && --left) {
+			next = t + d->period;
+		} else if (!h->due) {
+			/* Burst posted; the signal for it went: the driver takes it. */
+			left = d->burst;
+			next = t + d->think;
+		} else {
+			next = UINT64_MAX - 1; /* waits for the held signal */
+		}
+	}
+	return o;
+}
+
 int main(void)
 {
 	struct gw_coalesce c;
@@ -112,6 +174,90 @@ int main(void)
 		/* Polling off: never a window, whatever the reach. */
 		CHECK_EQ_U64(gw_poll_window_next(0, 0, 0, 0), 0);
 		CHECK_EQ_U64(gw_poll_window_next(0, 100, 0, 1000), 0);
+	}
+
+	/* Holding signals. Off (quiet 0): every completion is signalled at once. */
+	{
+		struct gw_hold h;
+		struct driver tcg = { false, 20000, 0, 0 };
+		struct outcome o;
+
+		gw_hold_init(&h, 0);
+		o = drive(&h, &tcg, 1, 1000 * MS);
+		CHECK_EQ_U64(o.held, 0);
+		CHECK_EQ_U64(o.signals, o.reqs);
+	}
+	/* A slow driver posting every 20 us (an emulated guest at QD32): held, one signal per many. */
+	{
+		struct gw_hold h;
+		struct driver tcg = { false, 20000, 0, 0 };
+		struct outcome o;
+
+		gw_hold_init(&h, 40000);
+		o = drive(&h, &tcg, 1, 1000 * MS);
+		CHECK(h.on);
+		CHECK(o.reqs > 49000);
+		/* Never quiet for 40 us, so the 160 us cap releases: 8 requests per signal. */
+		CHECK(o.signals * 7 < o.reqs);
+		CHECK(o.delay_ns / o.signals <= 160000);
+	}
+	/* The same driver in bursts of 8, 15 us apart, each started 100 us after a signal. */
+	{
+		struct gw_hold h;
+		struct driver burst = { true, 15000, 100000, 8 };
+		struct outcome o;
+
+		gw_hold_init(&h, 40000);
+		o = drive(&h, &burst, 1, 1000 * MS);
+		CHECK(h.on);
+		/* Without holding: a signal per request. With it: about one per burst. */
+		CHECK(o.signals * 6 < o.reqs);
+	}
+	/* A slow closed-loop driver (QD1, 150 us per round trip): only probes are held. */
+	{
+		struct gw_hold h;
+		struct driver qd1 = { true, 0, 150000, 1 };
+		struct outcome o;
+
+		gw_hold_init(&h, 40000);
+		o = drive(&h, &qd1, 1, 1000 * MS);
+		CHECK(!h.on);
+		CHECK(o.reqs > 4000);
+		CHECK(o.held > 0);
+		CHECK(o.held * GW_HOLD_PROBE_EVERY <= o.reqs + GW_HOLD_PROBE_EVERY);
+		/* A probe costs the quiet gap, once in 32 requests. */
+		CHECK(o.delay_ns <= o.held * 40000);
+	}
+	/* Fast drivers (a host client, QD1 and QD32) are never held: their pace is under quiet/4. */
+	{
+		struct gw_hold h;
+		struct driver qd1 = { true, 0, 2000, 1 }, qd32 = { false, 300, 0, 0 };
+		struct outcome o;
+
+		gw_hold_init(&h, 40000);
+		o = drive(&h, &qd1, 1, 100 * MS);
+		CHECK(o.reqs > 40000);
+		CHECK_EQ_U64(o.held, 0);
+		gw_hold_init(&h, 40000);
+		o = drive(&h, &qd32, 1, 100 * MS);
+		CHECK_EQ_U64(o.held, 0);
+	}
+	/* Holding turns off once the driver stops posting during holds, and probes again later. */
+	{
+		struct gw_hold h;
+		struct driver tcg = { false, 20000, 0, 0 }, qd1 = { true, 0, 150000, 1 };
+		struct outcome o;
+
+		gw_hold_init(&h, 40000);
+		drive(&h, &tcg, 1, 100 * MS);
+		CHECK(h.on);
+		o = drive(&h, &qd1, 200 * MS, 300 * MS);
+		CHECK(!h.on);
+		/* Two holds that took nothing along, then probes only. */
+		CHECK(o.held <= 2 + o.reqs / GW_HOLD_PROBE_EVERY + 1);
+		o = drive(&h, &tcg, 400 * MS, 500 * MS);
+		CHECK(h.on);
+		CHECK(o.signals * 7 < o.reqs);
 	}
 	return check_report();
 }

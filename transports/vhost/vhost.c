@@ -44,6 +44,11 @@ static const struct gw_opt_desc vhost_opts_table[] = {
 	{ .key = "poll-us", .type = GW_OPT_U32, .offset = offsetof(struct vhost_opts, poll_us),
 	  .min = 0, .max = 1000, .def = 32,
 	  .help = "a busy queue polls its ring up to this long before sleeping (adaptive; 0: never; default 32)" },
+	{ .key = "notify-hold-us", .type = GW_OPT_U32, .offset = offsetof(struct vhost_opts, notify_hold_us),
+	  .min = 0, .max = 1000, .def = 40,
+	  .help = "a driver that posts requests this long/4 apart or more gets its interrupts held until it "
+		  "is quiet this long, while that lets one interrupt carry several completions "
+		  "(adaptive; 0: never; default 40)" },
 };
 
 static const char *vhost_check_opts(const void *opts, const char **key)

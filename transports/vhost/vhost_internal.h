@@ -37,6 +37,7 @@ struct vhost_opts {
 	char *serial;
 	uint32_t socket_mode;
 	uint32_t poll_us;
+	uint32_t notify_hold_us;
 };
 
 /* ---- memory ---- */

@@ -165,6 +165,7 @@ static int start_vring(struct vhost_conn *c, unsigned i)
 		    !(c->features & VIRTIO_BIT(VHOST_USER_F_PROTOCOL_FEATURES));
 	s.infl = vhost_inflight_queue(c, i, vr->num);
 	s.poll_max_ns = c->x->o->poll_us * 1000u;
+	s.hold_ns = c->x->o->notify_hold_us * 1000u;
 	vr->kick_fd = -1;
 	c->pending_index = i;
 	rc = vblk_queue_start(vr->q, &s, started_cb, c);

@@ -291,6 +291,7 @@ static int op_start(struct vblk_queue *q, struct vblk_queue_start *s)
 	q->poll_max_ns = s->poll_max_ns;
 	q->poll_ns = 0;
 	q->idle_since = 0;
+	gw_hold_init(&q->hold, s->hold_ns);
 	q->broken_reported = false;
 	if (s->infl) {
 		rc = recover(q, s->features);

@@ -33,6 +33,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "gateway/coalesce.h"
 #include "gateway/worker.h"
 #include "transports/virtio/virtio_blk.h"
 #include "transports/virtio/vq.h"
@@ -66,6 +67,7 @@ struct vblk_queue_start {
 	bool enabled;               /* take requests from the start */
 	struct vq_inflight *infl;   /* inflight region of this queue, or NULL */
 	uint32_t poll_max_ns;       /* longest polling window, 0: never poll */
+	uint32_t hold_ns;           /* quiet gap for holding signals (gw_hold), 0: never hold */
 };
 
 struct vblk_queue {
@@ -100,6 +102,7 @@ struct vblk_queue {
 	uint32_t poll_max_ns, poll_ns; /* limit, current window */
 	uint64_t poll_deadline;        /* stop polling at (ns) */
 	uint64_t idle_since;           /* when the ring went to sleep (0: it did not) */
+	struct gw_hold hold;           /* interrupt moderation for a slow driver */
 };
 
 /* Main thread. The queue runs on w (its load is the caller's business). */

@@ -237,10 +237,39 @@ void vblkq_signal_driver(struct vblk_queue *q)
 
 void vblkq_notify_now(struct vblk_queue *q)
 {
+	gw_hold_release(&q->hold);
 	if (q->need_notify) {
 		q->need_notify = false;
 		if (vq_should_notify(&q->vq))
 			vblkq_signal_driver(q);
+	}
+}
+
+/*
+ * Signal what completed, or hold the signal while a slow driver is still
+ * posting (gw_hold). A held signal keeps the worker polling until its
+ * release (vblkq_poll_cb), with kicks off: the poller sees new requests.
+ */
+static void notify_or_hold(struct vblk_queue *q)
+{
+	uint64_t now;
+
+	if (!q->need_notify)
+		return;
+	if (!q->hold.quiet_ns || !can_run(q)) {
+		vblkq_notify_now(q);
+		return;
+	}
+	now = gw_now_ns();
+	if (!gw_hold_signal_due(&q->hold, now)) {
+		vblkq_notify_now(q);
+		return;
+	}
+	if (!q->poll_on) {
+		q->poll_deadline = now;
+		q->idle_since = 0;
+		vq_suppress_kicks(&q->vq);
+		vblkq_poll_watch(q, true);
 	}
 }
 
@@ -266,7 +295,8 @@ static void poll_expired(struct vblk_queue *q, uint64_t now)
  * io_uring) for at most a slice, then let the loop run again (it does not
  * block while polling is on). Requests found are processed and signalled
  * here; the window restarts with each batch and polling ends, kicks
- * re-armed, when it runs out. A yield now and then leaves the CPU to a
+ * re-armed, when it runs out (not while a signal is held: see
+ * notify_or_hold). A yield now and then leaves the CPU to a
  * thread woken onto it (the client, often).
  */
 void vblkq_poll_cb(struct ev_loop *loop, ev_idle *w, int revents)
@@ -285,13 +315,17 @@ void vblkq_poll_cb(struct ev_loop *loop, ev_idle *w, int revents)
 	for (;;) {
 		if (!can_run(q)) {
 			vblkq_poll_watch(q, false);
+			if (q->hold.due && !q->vq.broken)
+				vblkq_notify_now(q); /* disabled or stopping: nothing to wait for */
 			return;
 		}
 		if (vq_pending(&q->vq)) {
-			int rc = pass(q);
+			int rc;
 
+			gw_hold_arrival(&q->hold, now);
+			rc = pass(q);
 			gw_ioq_submit(ioq);
-			vblkq_notify_now(q);
+			notify_or_hold(q);
 			if (rc < 0)
 				return;
 			now = gw_now_ns();
@@ -299,7 +333,12 @@ void vblkq_poll_cb(struct ev_loop *loop, ev_idle *w, int revents)
 			last_work = now;
 		} else if (io_uring_cq_ready(&ioq->ring)) {
 			gw_ioq_reap(ioq);
-			vblkq_notify_now(q);
+			notify_or_hold(q);
+			now = gw_now_ns();
+		} else if (q->hold.due) {
+			if (now >= q->hold.due)
+				vblkq_notify_now(q); /* the driver went quiet: release */
+			cpu_relax();
 			now = gw_now_ns();
 		} else if (now >= q->poll_deadline) {
 			poll_expired(q, now);
@@ -326,7 +365,7 @@ void vblkq_deferred(struct gw_deferred *d)
 		q->need_process = false;
 		vblkq_process(q);
 	}
-	vblkq_notify_now(q);
+	notify_or_hold(q);
 	if (q->stop_msg && !q->inflight)
 		vblkq_finish_stop(q);
 }
@@ -352,6 +391,8 @@ void vblkq_kick_cb(struct ev_loop *loop, ev_io *w, int revents)
 						 q->poll_max_ns, 2ull * q->poll_max_ns);
 		q->idle_since = 0;
 	}
+	if (q->hold.quiet_ns)
+		gw_hold_arrival(&q->hold, gw_now_ns());
 	if (q->poll_on)
 		return; /* the poller is on it */
 	vblkq_process(q);
