@@ -93,6 +93,13 @@ static struct outcome drive(struct gw_hold *h, const struct driver *d, uint64_t 
 	return o;
 }
 
+/* A queue that has seen nothing yet, holding for 40 us of quiet, driven from t = 1. */
+static struct outcome drive_new(struct gw_hold *h, const struct driver *d, uint64_t until)
+{
+	gw_hold_init(h, 40000);
+	return drive(h, d, 1, until);
+}
+
 int main(void)
 {
 	struct gw_coalesce c;
@@ -193,8 +200,7 @@ int main(void)
 		struct driver tcg = { false, 20000, 0, 0 };
 		struct outcome o;
 
-		gw_hold_init(&h, 40000);
-		o = drive(&h, &tcg, 1, 1000 * MS);
+		o = drive_new(&h, &tcg, 1000 * MS);
 		CHECK(h.on);
 		CHECK(o.reqs > 49000);
 		/* Never quiet for 40 us, so the 160 us cap releases: 8 requests per signal. */
@@ -207,8 +213,7 @@ int main(void)
 		struct driver burst = { true, 15000, 100000, 8 };
 		struct outcome o;
 
-		gw_hold_init(&h, 40000);
-		o = drive(&h, &burst, 1, 1000 * MS);
+		o = drive_new(&h, &burst, 1000 * MS);
 		CHECK(h.on);
 		/* Without holding: a signal per request. With it: about one per burst. */
 		CHECK(o.signals * 6 < o.reqs);
@@ -219,8 +224,7 @@ int main(void)
 		struct driver qd1 = { true, 0, 150000, 1 };
 		struct outcome o;
 
-		gw_hold_init(&h, 40000);
-		o = drive(&h, &qd1, 1, 1000 * MS);
+		o = drive_new(&h, &qd1, 1000 * MS);
 		CHECK(!h.on);
 		CHECK(o.reqs > 4000);
 		CHECK(o.held > 0);
@@ -234,12 +238,10 @@ int main(void)
 		struct driver qd1 = { true, 0, 2000, 1 }, qd32 = { false, 300, 0, 0 };
 		struct outcome o;
 
-		gw_hold_init(&h, 40000);
-		o = drive(&h, &qd1, 1, 100 * MS);
+		o = drive_new(&h, &qd1, 100 * MS);
 		CHECK(o.reqs > 40000);
 		CHECK_EQ_U64(o.held, 0);
-		gw_hold_init(&h, 40000);
-		o = drive(&h, &qd32, 1, 100 * MS);
+		o = drive_new(&h, &qd32, 100 * MS);
 		CHECK_EQ_U64(o.held, 0);
 	}
 	/* Holding turns off once the driver stops posting during holds, and probes again later. */
@@ -248,8 +250,7 @@ int main(void)
 		struct driver tcg = { false, 20000, 0, 0 }, qd1 = { true, 0, 150000, 1 };
 		struct outcome o;
 
-		gw_hold_init(&h, 40000);
-		drive(&h, &tcg, 1, 100 * MS);
+		drive_new(&h, &tcg, 100 * MS);
 		CHECK(h.on);
 		o = drive(&h, &qd1, 200 * MS, 300 * MS);
 		CHECK(!h.on);
