@@ -335,12 +335,9 @@ void vblkq_poll_cb(struct ev_loop *loop, ev_idle *w, int revents)
 			gw_ioq_reap(ioq);
 			notify_or_hold(q);
 			now = gw_now_ns();
-		} else if (q->hold.due) {
-			if (now >= q->hold.due)
-				vblkq_notify_now(q); /* the driver went quiet: release */
-			cpu_relax();
-			now = gw_now_ns();
-		} else if (now >= q->poll_deadline) {
+		} else if (q->hold.due && now >= q->hold.due) {
+			vblkq_notify_now(q); /* the driver went quiet: release */
+		} else if (!q->hold.due && now >= q->poll_deadline) {
 			poll_expired(q, now);
 			vblkq_notify_now(q);
 			return;
