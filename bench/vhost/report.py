@@ -34,7 +34,10 @@ def main():
         bc, qc = med((b, j, "blkgw"), "cpu_us_per_req")[0], med((b, j, "qsd"), "cpu_us_per_req")[0]
         print(f"{'':8} {'':15} {'ratio':6} {bi / qi:10.2f}x {bl / ql:7.2f}x {bc / qc:9.2f}x")
     busy = [int(r["busy_pct_before"]) for v in rows.values() for r in v]
-    print(f"machine busy before each run: median {statistics.median(busy)}%, max {max(busy)}%")
+    if min(busy) < 0:
+        print("machine load before each run: not checked (--no-wait)")
+    else:
+        print(f"machine busy before each run: median {statistics.median(busy)}%, max {max(busy)}%")
 
 
 if __name__ == "__main__":

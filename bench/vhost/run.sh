@@ -4,12 +4,13 @@
 # interleaved run by run. A benchmark, not a test.
 #
 #   bench/vhost/run.sh [--build DIR] [--runtime S] [--reps N] [--out DIR] [--quick]
-#                      [--no-pin] [--backends null,memory] [--jobs LIST]
+#                      [--no-pin] [--backends null,memory] [--jobs LIST] [--no-wait]
 #
 # Backends (same for both daemons as far as each can):
 #   null     blkgw: null (reads zero-filled)     qsd: null-co, read-zeroes=on
 #   memory   blkgw: memory (sparse RAM)          qsd: a file on /dev/shm
-#            (tmpfs), aio=io_uring - the closest it has to a RAM disk
+#            (tmpfs), aio=io_uring - the closest it has to a RAM disk;
+#            both images are written in full before the first run
 # Jobs: QD1 4k randread (mean latency), QD32 4k randread and randwrite
 # (IOPS); one fio job, one virtqueue, interrupts (no client polling).
 # CPU per request: the daemon's utime+stime from /proc/PID/stat over the
@@ -21,6 +22,9 @@
 # context switch instead of an IPI to a halted CPU, and the same job
 # swings between ~8 and ~40 us at QD1 from run to run (seen in a VM).
 #
+# Before each run it waits (up to 60 s) for the machine to be below 15%
+# busy and records what it saw; --no-wait skips that (smoke tests).
+#
 # Output: a table on stdout, raw fio JSON and a results.csv in --out.
 set -euo pipefail
 
@@ -31,12 +35,14 @@ runtime=10
 reps=3
 out=""
 pin=1
+wait=1
 backends="null memory"
 jobs="qd1-randread qd32-randread qd32-randwrite"
-usage="usage: $0 [--build DIR] [--runtime S] [--reps N] [--out DIR] [--quick] [--no-pin] [--backends null,memory] [--jobs qd1-randread,qd32-randread,qd32-randwrite]"
+usage="usage: $0 [--build DIR] [--runtime S] [--reps N] [--out DIR] [--quick] [--no-pin] [--backends null,memory] [--jobs qd1-randread,qd32-randread,qd32-randwrite] [--no-wait]"
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--no-pin) pin=0; shift ;;
+	--no-wait) wait=0; shift ;;
 	--build) build=${2:?}; shift 2 ;;
 	--runtime) runtime=${2:?}; shift 2 ;;
 	--reps) reps=${2:?}; shift 2 ;;
@@ -91,6 +97,7 @@ busy() {
 # Wait (at most 120 s) until the machine is quiet; record what we saw.
 wait_quiet() {
 	local b i
+	[ "$wait" = 1 ] || { echo -1; return; }
 	for i in $(seq 60); do
 		b=$(busy)
 		[ "$b" -lt 15 ] && break
@@ -166,6 +173,17 @@ log "load before: $(uptime); pinning: ${daemon_cpu[*]:-none} (daemons) ${client_
 start_blkgw
 start_qsd
 wait_sockets "$work/blkgw-null.sock" "$work/blkgw-memory.sock" "$work/qsd-null.sock" "$work/qsd-memory.sock"
+# Fill the memory images first, so that reads carry data in every run
+# (unwritten space reads as zeros, cheaper for both daemons than real data).
+case " $backends " in
+*" memory "*)
+	for d in blkgw qsd; do
+		log "prefilling $d's memory image (1 GiB, fio's random data)"
+		"${client_cpu[@]}" fio --thread --ioengine="external:$engine" --vhost_socket="$work/$d-memory.sock" \
+			--name=prefill --rw=write --bs=1M --iodepth=8 --size=1G --output="$work/prefill-$d.txt" >/dev/null
+	done
+	;;
+esac
 echo '"daemon","backend","job","rep","iops","lat_us","cpu_us_per_req","busy_pct_before"' >"$out/results.csv"
 for rep in $(seq "$reps"); do
 	for backend in $backends; do
