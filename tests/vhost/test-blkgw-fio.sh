@@ -3,7 +3,8 @@
 # and vu-blk-probe (bench/vhost-client), no VM: memory, file (buffered and
 # O_DIRECT), null and read-only exports, 2 to 4 queues, crc32c verify, the
 # backing file checked behind blkgw's back, discard/write-zeroes/flush,
-# status, one frontend at a time, SIGTERM during I/O.
+# a slow driver (interrupt holding), status, one frontend at a time, SIGTERM
+# during I/O.
 #
 #   test-blkgw-fio.sh ENGINE_SO PROBE [CASE...]
 #
@@ -18,7 +19,7 @@ requires fio jq cmp
 [ -x "$probe" ] || fail "vu-blk-probe $probe not built"
 
 all_cases="probe mem_verify file_verify direct_verify trim_flush zeroes read_only null_poll
-  status_clients second_frontend sigterm_during_io"
+  slow_driver status_clients second_frontend sigterm_during_io"
 cases=${*:-$all_cases}
 run=$T/run
 pass=0
@@ -184,6 +185,22 @@ case_status_clients() {
   sleep 0.3
   c=$("$BLKGW" status --json | jq --arg s "$run/mem.sock" '.exports[] | select(.endpoint == $s) | .clients')
   [ "$c" = 0 ] && ok "status: 0 clients after it left" || bad "status shows $c clients after fio"
+}
+
+# A driver that posts requests 30 us apart, like an emulated guest: the
+# queue holds its interrupts (notify-hold-us, on by default; at QD1 one in
+# 32 as a probe). Whatever it holds must be released: a QD1 driver waits
+# for every interrupt, and one never sent stalls fio (seen with the release
+# taken out: fio hung), so each run gets 60 s.
+case_slow_driver() {
+  local qd
+  for qd in 1 16; do
+    timeout 60 fio --thread --ioengine="external:$engine" --vhost_socket="$run/mem.sock" --name=s --rw=randwrite --bs=4k --iodepth=$qd --thinktime=30 --thinktime_blocks=1 \
+      --offset=$((qd * 4))M --size=2M --verify=crc32c --do_verify=1 --verify_fatal=1 \
+      --vhost_timeout=10 --output-format=json >"$T/out" 2>"$T/err" &&
+      ok "QD$qd, 30 us between requests: written and verified ($(jq '.jobs[0].write.total_ios' "$T/out") writes)" ||
+      { cat "$T/err"; bad "QD$qd slow driver failed"; }
+  done
 }
 
 # One frontend per export: a second is refused, the first is unaffected.
