@@ -11,14 +11,24 @@
 #                               requests in flight, and started again; the
 #                               restarted blkgw must resubmit exactly the
 #                               requests the inflight region holds
+#   test-vm-blkgw.sh MODE --qemu-backports
+#                               the same with the newest QEMU from
+#                               bookworm-backports (10.x, fetched once into
+#                               the VM cache by build-guest.sh --qemu) instead
+#                               of Debian 12's QEMU 7.2
 #
 # Needs BLKGW (ctest passes it) and GW_SOURCE_DIR. Exits 77 only when QEMU
 # cannot be installed (vm-test.sh decides).
 . "$(dirname "$0")/../lib.sh"
 requires python3 cmp
-mode=${1:?usage: $0 io|reconnect}
+mode=${1:?usage: $0 io|reconnect [--qemu-backports]}
 src=${GW_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 vm=$src/tests/vm
+if [ "${2:-}" = --qemu-backports ]; then
+  QEMU_SYSTEM=$("$vm/build-guest.sh" --qemu -q | tail -n1) || fail "cannot fetch QEMU from bookworm-backports"
+  export QEMU_SYSTEM
+  echo "# QEMU: $("$QEMU_SYSTEM" --version | head -n1)"
+fi
 run=$T/run
 vmpid=""
 

@@ -15,6 +15,7 @@ usage() {
 	cat <<EOF
 usage: $0 --out DIR --script GUEST_SCRIPT [options]
        $0 --fetch-only [options]
+       $0 --qemu [--cache DIR] [--refresh] [-q]
 
   --out DIR            write DIR/vmlinuz, DIR/initrd, DIR/manifest.txt
   --script FILE        guest script, run by /init as /test/main.sh
@@ -31,6 +32,10 @@ usage: $0 --out DIR --script GUEST_SCRIPT [options]
   --kernel-version V   use kernel V (uname -r form, e.g. 6.12.95+deb12-amd64)
   --refresh            ask the mirror again which 6.12 kernel is current
   --fetch-only         only fill the kernel cache, build nothing
+  --qemu               fetch the newest QEMU in bookworm-backports (10.x:
+                       qemu-system-x86, -common, -data) into CACHE/qemu once,
+                       unpacked, never installed; print the path of its
+                       qemu-system-x86_64 (for run-vm.sh's QEMU_SYSTEM)
   -q, --quiet          print only errors
   -h, --help           this text
 
@@ -52,7 +57,7 @@ if [ "$(id -u)" != 0 ] && ! { mkdir -p "$default_cache" && [ -w "$default_cache"
 	default_cache="${XDG_CACHE_HOME:-$HOME/.cache}/blkgw-vm"
 fi
 out="" script="" cache="${BLKGW_VM_CACHE:-$default_cache}" kver="" refresh=0
-fetch_only=0 quiet=0
+fetch_only=0 quiet=0 qemu=0
 bins=() files=() modules=()
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -65,12 +70,13 @@ while [ $# -gt 0 ]; do
 	--kernel-version) kver=${2:?}; shift 2 ;;
 	--refresh) refresh=1; shift ;;
 	--fetch-only) fetch_only=1; shift ;;
+	--qemu) qemu=1; shift ;;
 	-q|--quiet) quiet=1; shift ;;
 	-h|--help) usage; exit 0 ;;
 	*) usage >&2; die "unknown argument '$1'" ;;
 	esac
 done
-if [ "$fetch_only" = 0 ]; then
+if [ "$fetch_only" = 0 ] && [ "$qemu" = 0 ]; then
 	[ -n "$out" ] || { usage >&2; die "--out is required"; }
 	[ -n "$script" ] || { usage >&2; die "--script is required"; }
 	[ -f "$script" ] || die "guest script '$script' not found"
@@ -219,9 +225,67 @@ fetch_kernel() {
 	rm -rf "$work"
 }
 
+# Fetch and unpack QEMU from backports into $cache/qemu/$ver (the packages
+# with the same version: the binary, its common helpers, its data files).
+fetch_qemu() {
+	local work ver d
+	rm -rf "$cache"/tmp.*
+	setup_apt
+	say "apt-get update (bookworm-backports, private lists in $cache/apt)"
+	apt-get "${apt_opts[@]}" -q update >"$cache/apt/update.log" 2>&1 || {
+		cat "$cache/apt/update.log" >&2
+		die "apt-get update for $codename-backports failed (is the Debian mirror reachable?)"
+	}
+	ver=$(apt-cache "${apt_opts[@]}" madison qemu-system-x86 2>/dev/null |
+		awk -F'|' -v s="$codename-backports" 'index($3, s) { gsub(/ /, "", $2); print $2 }' |
+		sort -V | tail -n1)
+	[ -n "$ver" ] || die "no qemu-system-x86 in $codename-backports"
+	work=$(mktemp -d "$cache/tmp.XXXXXX")
+	tmp_dirs+=("$work")
+	say "downloading qemu-system-x86 $ver"
+	(cd "$work" && apt-get "${apt_opts[@]}" -q download "qemu-system-x86=$ver" \
+		"qemu-system-common=$ver" "qemu-system-data=$ver") >"$work/download.log" 2>&1 || {
+		cat "$work/download.log" >&2
+		die "apt-get download of QEMU $ver failed"
+	}
+	for d in "$work"/*.deb; do dpkg-deb -x "$d" "$work/root"; done
+	[ -x "$work/root/usr/bin/qemu-system-x86_64" ] || die "no qemu-system-x86_64 in the QEMU $ver packages"
+	{
+		echo "version=$ver"
+		(cd "$work" && sha256sum ./*.deb)
+		echo "fetched=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+	} >"$work/root/SOURCE"
+	ver=${ver//[:~+]/_}
+	mkdir -p "$cache/qemu"
+	rm -rf "$cache/qemu/$ver"
+	mv "$work/root" "$cache/qemu/$ver"
+	touch "$cache/qemu/$ver/.complete"
+	echo "$ver" >"$cache/qemu/current.tmp.$$" && mv -f "$cache/qemu/current.tmp.$$" "$cache/qemu/current"
+	rm -rf "$work"
+}
+
 pinned=$kver
 # shellcheck disable=SC1091
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+
+if [ "$qemu" = 1 ]; then
+	qemu_ready() {
+		[ -f "$cache/qemu/current" ] && [ -f "$cache/qemu/$(cat "$cache/qemu/current")/.complete" ]
+	}
+	if [ "$refresh" = 1 ] || ! qemu_ready; then
+		exec 9>"$cache/.lock"
+		flock -w 1200 9 || die "timed out waiting for the lock on $cache/.lock"
+		if [ "$refresh" = 1 ] || ! qemu_ready; then
+			fetch_qemu
+		fi
+		exec 9>&-
+	fi
+	bin="$cache/qemu/$(cat "$cache/qemu/current")/usr/bin/qemu-system-x86_64"
+	"$bin" --version >/dev/null 2>&1 || die "$bin does not run (missing libraries? ldd it)"
+	say "QEMU $("$bin" --version | head -n1)"
+	echo "$bin"
+	exit 0
+fi
 
 kernel_ready() {
 	[ -n "$kver" ] && [ -f "$cache/kernel/$kver/.complete" ]
