@@ -171,17 +171,22 @@ EOF
 	return 0
 }
 
-# Fetch and unpack the kernel package into $cache/kernel/$kver.
-fetch_kernel() {
-	local work pkg
-	# we hold the lock: any tmp.* left here is from a killed run
-	rm -rf "$cache"/tmp.*
+# Private apt configuration, lists fetched fresh.
+apt_update() {
 	setup_apt
 	say "apt-get update (bookworm-backports, private lists in $cache/apt)"
 	apt-get "${apt_opts[@]}" -q update >"$cache/apt/update.log" 2>&1 || {
 		cat "$cache/apt/update.log" >&2
 		die "apt-get update for $codename-backports failed (is the Debian mirror reachable?)"
 	}
+}
+
+# Fetch and unpack the kernel package into $cache/kernel/$kver.
+fetch_kernel() {
+	local work pkg
+	# we hold the lock: any tmp.* left here is from a killed run
+	rm -rf "$cache"/tmp.*
+	apt_update
 	if [ -z "$kver" ]; then
 		pkg=$(apt-cache "${apt_opts[@]}" depends linux-image-amd64 2>/dev/null |
 			sed -n "s/^ *Depends: \(linux-image-${kernel_series}[.0-9]*[^ ]*-amd64\)\$/\1/p" |
@@ -230,12 +235,7 @@ fetch_kernel() {
 fetch_qemu() {
 	local work ver d
 	rm -rf "$cache"/tmp.*
-	setup_apt
-	say "apt-get update (bookworm-backports, private lists in $cache/apt)"
-	apt-get "${apt_opts[@]}" -q update >"$cache/apt/update.log" 2>&1 || {
-		cat "$cache/apt/update.log" >&2
-		die "apt-get update for $codename-backports failed (is the Debian mirror reachable?)"
-	}
+	apt_update
 	ver=$(apt-cache "${apt_opts[@]}" madison qemu-system-x86 2>/dev/null |
 		awk -F'|' -v s="$codename-backports" 'index($3, s) { gsub(/ /, "", $2); print $2 }' |
 		sort -V | tail -n1)
