@@ -370,7 +370,7 @@ void vblkq_deferred(struct gw_deferred *d)
 void vblkq_kick_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct vblk_queue *q = container_of(w, struct vblk_queue, kick_w);
-	uint64_t v;
+	uint64_t v, now;
 
 	if (read(q->kick_fd, &v, sizeof(v)) < 0 && errno != EAGAIN && errno != EINTR) {
 		gw_warn("%s: kick eventfd: %s; the queue stops", q->name, strerror(errno));
@@ -378,18 +378,18 @@ void vblkq_kick_cb(struct ev_loop *loop, ev_io *w, int revents)
 		vblkq_mark_broken(q);
 		return;
 	}
+	now = q->idle_since || q->hold.quiet_ns ? gw_now_ns() : 0;
 	if (q->idle_since) {
 		/*
 		 * Would polling have caught this request? Then poll next time. The
 		 * gap includes this thread's own wake-up, which polling saves: up
 		 * to twice the limit still counts as in time.
 		 */
-		q->poll_ns = gw_poll_window_next(q->poll_ns, gw_now_ns() - q->idle_since,
+		q->poll_ns = gw_poll_window_next(q->poll_ns, now - q->idle_since,
 						 q->poll_max_ns, 2ull * q->poll_max_ns);
 		q->idle_since = 0;
 	}
-	if (q->hold.quiet_ns)
-		gw_hold_arrival(&q->hold, gw_now_ns());
+	gw_hold_arrival(&q->hold, now);
 	if (q->poll_on)
 		return; /* the poller is on it */
 	vblkq_process(q);
