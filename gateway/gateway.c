@@ -14,6 +14,7 @@
 #include "config/manifest.h"
 #include "gateway/control.h"
 #include "gateway/export.h"
+#include "gateway/guard.h"
 #include "gateway/log.h"
 #include "gateway/sockets.h"
 #include "gateway/transport.h"
@@ -260,6 +261,7 @@ static void cleanup(void)
 	if (gw_workers_count())
 		gw_workers_stop();
 	gw_main_exit(); /* runs what workers posted last (stop completions) */
+	gw_guard_shutdown();
 	for (size_t i = 0; i < gw.m->nimages; i++) {
 		struct gw_backend *b = gw.images ? gw.images[i] : NULL;
 
@@ -320,6 +322,11 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 	}
 
 	gw_main_init(loop);
+	rc = gw_guard_init(loop);
+	if (rc < 0) {
+		gw_err("cannot install the SIGBUS guard: %s", strerror(-rc));
+		return 1;
+	}
 	gw.images = calloc(m->nimages + 1, sizeof(*gw.images));
 	gw.exports = calloc(m->nexports + 1, sizeof(*gw.exports));
 	if (!gw.images || !gw.exports)

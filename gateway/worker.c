@@ -285,10 +285,16 @@ int gw_workers_start(unsigned n, char *err, size_t errlen)
 			goto err_fini;
 		nworkers = i + 1;
 	}
-	/* Workers inherit a full signal mask: signals belong to the main loop. */
+	/*
+	 * Workers inherit a full signal mask: signals belong to the main loop.
+	 * Except SIGBUS: a worker's access to shared memory that its owner
+	 * shrank raises it, and gateway/guard.c handles it on that thread (a
+	 * blocked synchronous fault signal kills the process instead).
+	 */
 	sigset_t all, old;
 
 	sigfillset(&all);
+	sigdelset(&all, SIGBUS);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	for (unsigned i = 0; i < n; i++) {
 		rc = -pthread_create(&workers[i].thread, NULL, worker_main, &workers[i]);

@@ -33,6 +33,10 @@ static void usage(FILE *f)
 		"  -l, --length BYTES    bytes per write/read (default 65536)\n"
 		"  -q, --queue N         virtqueue to use (default 0)\n"
 		"  -n, --no-discard      skip the discard and write-zeroes steps\n"
+		"  -S, --shrink-memory   misbehave: after one good write, truncate the\n"
+		"                        shared memory under the next write's buffer;\n"
+		"                        passes when the backend never acknowledges that\n"
+		"                        write (it closes the connection or says IOERR)\n"
 		"  -w, --wait SECONDS    retry connecting this long (default 0)\n"
 		"  -T, --timeout MS      give up on a request after MS (default 30000)\n"
 		"  -t, --trace           log every vhost-user message\n"
@@ -239,6 +243,43 @@ static void round_trip(struct probe *p, uint64_t off, uint64_t len, bool do_disc
 	      "read past the end gets IOERR");
 }
 
+/*
+ * A hostile frontend: write once from a buffer (must succeed), truncate the
+ * memfd under that buffer, write from it again. The backend must not
+ * acknowledge the second write (its data is gone): it fails it or drops
+ * the connection. Whether the backend survives is for the caller to check.
+ */
+static void shrink_memory(struct probe *p, uint64_t off, uint64_t len)
+{
+	struct vu_blk_req rq;
+	struct vu_blk_cpl cpl;
+	uint8_t *buf;
+	int r;
+
+	buf = vu_client_alloc(p->c, len, 4096);
+	if (!buf) {
+		fprintf(stderr, "vu-blk-probe: %s\n", vu_client_errmsg(p->c));
+		p->failures++;
+		return;
+	}
+	fill_pattern(buf, len, off ^ len);
+	rq = (struct vu_blk_req){ .op = VU_BLK_WRITE, .offset = off, .len = len, .buf = buf };
+	r = run1(p, &rq, &cpl);
+	check(p, r == 0, strerror(-r), "write before shrinking");
+	r = vu_client_shrink_memory(p->c, buf);
+	check(p, r == 0, vu_client_errmsg(p->c), "truncate the shared memory");
+	if (r < 0)
+		return;
+	rq = (struct vu_blk_req){ .op = VU_BLK_WRITE, .offset = off, .len = len, .buf = buf };
+	r = run1(p, &rq, &cpl);
+	if (r == 0)
+		check(p, false, "the backend acknowledged data it could not have read", "write from shrunk memory");
+	else if (r == -EIO)
+		check(p, true, NULL, "write from shrunk memory: IOERR");
+	else
+		check(p, r == -EPIPE, strerror(-r), "write from shrunk memory: connection closed");
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option lopts[] = {
@@ -247,6 +288,7 @@ int main(int argc, char **argv)
 		{ "length", required_argument, NULL, 'l' },
 		{ "queue", required_argument, NULL, 'q' },
 		{ "no-discard", no_argument, NULL, 'n' },
+		{ "shrink-memory", no_argument, NULL, 'S' },
 		{ "wait", required_argument, NULL, 'w' },
 		{ "timeout", required_argument, NULL, 'T' },
 		{ "trace", no_argument, NULL, 't' },
@@ -258,11 +300,11 @@ int main(int argc, char **argv)
 	struct probe p = { .timeout_ms = 30000 };
 	uint64_t off = 0, len = 65536;
 	unsigned long qidx = 0;
-	bool info_only = false, do_discard = true;
+	bool info_only = false, do_discard = true, shrink = false;
 	char err[256], *end;
 	int ch, r;
 
-	while ((ch = getopt_long(argc, argv, "io:l:q:nw:T:tvh", lopts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "io:l:q:nSw:T:tvh", lopts, NULL)) != -1) {
 		switch (ch) {
 		case 'i':
 			info_only = true;
@@ -291,6 +333,10 @@ int main(int argc, char **argv)
 			break;
 		case 'n':
 			do_discard = false;
+			break;
+		case 'S':
+			shrink = true;
+			copts.unsealed = true;
 			break;
 		case 'w':
 			copts.connect_timeout_ms = (unsigned int)strtoul(optarg, NULL, 0) * 1000u;
@@ -343,6 +389,11 @@ int main(int argc, char **argv)
 		fprintf(stderr, "vu-blk-probe: %" PRIu64 "+%" PRIu64 " is past the "
 			"end of the disk\n", off, len);
 		p.failures++;
+	} else if (shrink) {
+		shrink_memory(&p, off, len);
+		/* The connection is gone (or the check above failed): no GET_VRING_BASE. */
+		vu_queue_close(p.q);
+		goto out;
 	} else {
 		round_trip(&p, off, len, do_discard);
 	}

@@ -701,7 +701,8 @@ int vu_client_start(struct vu_client *c, uint64_t mem_size)
 		goto out_close;
 	}
 	/* The size is part of what the backend maps: keep it fixed. */
-	(void)fcntl(c->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+	if (!c->opts.unsealed)
+		(void)fcntl(c->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
 	c->mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_SHARED,
 		      c->memfd, 0);
 	if (c->mem == MAP_FAILED) {
@@ -736,6 +737,24 @@ out_close:
 	close(c->memfd);
 	c->memfd = -1;
 out:
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+int vu_client_shrink_memory(struct vu_client *c, const void *from)
+{
+	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), off;
+	int r = 0;
+
+	pthread_mutex_lock(&c->lock);
+	if (!c->mem || !c->opts.unsealed || (const uint8_t *)from < c->mem ||
+	    (off = (uint64_t)((const uint8_t *)from - c->mem)) >= c->mem_size || off % page) {
+		vu_set_err("vu_client_shrink_memory: needs an unsealed region and a page inside it");
+		r = -EINVAL;
+	} else if (ftruncate(c->memfd, (off_t)off) < 0) {
+		r = -errno;
+		vu_set_err("ftruncate memfd to %" PRIu64 " bytes: %s", off, strerror(errno));
+	}
 	pthread_mutex_unlock(&c->lock);
 	return r;
 }

@@ -122,6 +122,9 @@ struct vu_client_opts {
 	unsigned int connect_timeout_ms;
 	/* Log every vhost-user message to stderr. */
 	bool trace;
+	/* Leave the shared memfd unsealed, so that vu_client_shrink_memory
+	 * can truncate it (tests of a frontend that misbehaves). */
+	bool unsealed;
 };
 
 struct vu_client;
@@ -160,6 +163,14 @@ void *vu_client_alloc(struct vu_client *c, size_t size, size_t align);
 uint64_t vu_client_mem_free(struct vu_client *c);
 /* Whether [p, p+len) lies within the shared region. */
 bool vu_client_mem_contains(const struct vu_client *c, const void *p, size_t len);
+
+/*
+ * Misbehave on purpose: truncate the shared memfd at `from` (a page-aligned
+ * pointer inside the region), as a hostile frontend could while the
+ * backend has it mapped. Needs opts.unsealed. Nothing at or past `from`
+ * may be touched afterwards, in this process either. 0 or -errno.
+ */
+int vu_client_shrink_memory(struct vu_client *c, const void *from);
 
 /* Bytes of shared memory vu_queue_open needs for a queue of `size` entries. */
 size_t vu_queue_mem_size(unsigned int size);

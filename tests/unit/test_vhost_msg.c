@@ -22,6 +22,7 @@
 #include "backends/backend.h"
 #include "check.h"
 #include "gateway/export.h"
+#include "gateway/guard.h"
 #include "gateway/log.h"
 #include "gateway/transport.h"
 #include "gateway/worker.h"
@@ -593,6 +594,7 @@ int main(void)
 	snprintf(sock_path, sizeof(sock_path), "%s/vu.sock", dir);
 	o.socket = sock_path;
 	gw_main_init(EV_DEFAULT);
+	CHECK(gw_guard_init(EV_DEFAULT) == 0); /* as the gateway does: regions of unsealed memfds are guarded */
 	if (gw_workers_start(2, err, sizeof(err)) < 0) {
 		fprintf(stderr, "workers: %s\n", err);
 		return 77;

@@ -3,8 +3,8 @@
 # and vu-blk-probe (bench/vhost-client), no VM: memory, file (buffered and
 # O_DIRECT), null and read-only exports, 2 to 4 queues, crc32c verify, the
 # backing file checked behind blkgw's back, discard/write-zeroes/flush,
-# a slow driver (interrupt holding), status, one frontend at a time, SIGTERM
-# during I/O.
+# a slow driver (interrupt holding), status, one frontend at a time, a
+# frontend that shrinks its memory under a request, SIGTERM during I/O.
 #
 #   test-blkgw-fio.sh ENGINE_SO PROBE [CASE...]
 #
@@ -19,7 +19,7 @@ requires fio jq cmp
 [ -x "$probe" ] || fail "vu-blk-probe $probe not built"
 
 all_cases="probe mem_verify file_verify direct_verify trim_flush zeroes read_only null_poll
-  slow_driver status_clients second_frontend sigterm_during_io"
+  slow_driver status_clients second_frontend shrunk_memory sigterm_during_io"
 cases=${*:-$all_cases}
 run=$T/run
 pass=0
@@ -215,6 +215,33 @@ case_second_frontend() {
   grep -q 'refusing a second frontend' "$T/blkgw.log" && ok "blkgw says why" || bad "no log line for the refusal"
   "$probe" "$run/mem.sock" >"$T/probe" 2>&1 && ok "the next frontend is served once the first left" ||
     { cat "$T/probe"; bad "frontend after the first one failed"; }
+}
+
+# A hostile frontend truncates its shared memory under a write's buffer
+# (memfd left unsealed). blkgw must not die of SIGBUS, must never
+# acknowledge that write, must close only that connection, and must keep
+# serving: the other exports during it, the same export afterwards.
+case_shrunk_memory() {
+  vfio direct --name=a --rw=randwrite --bs=4k --iodepth=8 --size=16M --verify=crc32c --do_verify=1 \
+    --verify_fatal=1 --time_based --runtime=3 >"$T/out" 2>&1 &
+  local fpid=$!
+  sleep 0.5
+  timeout 60 "$probe" --shrink-memory --timeout 10000 "$run/mem.sock" >"$T/probe" 2>&1 &&
+    grep -q '^write from shrunk memory: connection closed *ok' "$T/probe" &&
+    ok "memory backend: the write from shrunk memory was never acknowledged; the connection was closed" ||
+    { cat "$T/probe"; bad "memory backend: shrunk memory not handled"; }
+  kill -0 "$BLKGW_PID" 2>/dev/null && ok "blkgw survived the SIGBUS" || bad "blkgw died"
+  grep -q 'mem: closing the connection: the frontend shrank' "$T/blkgw.log" &&
+    ok "blkgw says why ($(grep -o 'mem: closing the connection: .*' "$T/blkgw.log" | head -n1))" ||
+    { cat "$T/blkgw.log"; bad "no log line naming the shrunk region"; }
+  # The file backend reads guest memory in the kernel (io_uring): EFAULT, an IOERR, never success.
+  timeout 60 "$probe" --shrink-memory --timeout 10000 "$run/file.sock" >"$T/probe" 2>&1 &&
+    ok "file backend: the write from shrunk memory failed ($(grep '^write from shrunk' "$T/probe" | tr -s ' '))" ||
+    { cat "$T/probe"; bad "file backend: shrunk memory not handled"; }
+  wait "$fpid" && ok "another frontend on another export carried on and verified" ||
+    { cat "$T/out"; bad "the other export's frontend failed"; }
+  "$probe" "$run/mem.sock" >"$T/probe" 2>&1 && ok "the export serves the next frontend" ||
+    { cat "$T/probe"; bad "the export is unusable after the hostile frontend"; }
 }
 
 # SIGTERM while fio runs: blkgw finishes in-flight requests and exits 0.

@@ -83,6 +83,35 @@ int vhost_refuse(struct vhost_conn *c, int rc, const char *fmt, ...)
 	return rc;
 }
 
+/* Every connection, for the SIGBUS guard's callback. Main thread only. */
+static struct vhost_conn *live;
+
+void vhost_mem_fault(void *base, size_t off)
+{
+	uint64_t gpa = 0, size = 0;
+
+	for (struct vhost_conn *c = live; c; c = c->live_next) {
+		char why[192];
+
+		if (vhost_mem_owns(c->mem, base, &gpa, &size))
+			snprintf(why, sizeof(why),
+				 "the frontend shrank the file behind memory region gpa 0x%llx (0x%llx bytes) "
+				 "while it was mapped (SIGBUS at offset 0x%zx)",
+				 (unsigned long long)gpa, (unsigned long long)size, off);
+		else if (c->infl_base == base)
+			snprintf(why, sizeof(why),
+				 "the frontend shrank the file behind its inflight region while it was mapped "
+				 "(SIGBUS at offset 0x%zx)", off);
+		else
+			continue;
+		c->broken = true;
+		vhost_conn_close(c, why);
+		return;
+	}
+	/* The connection went away already; the mapping reads as zeros until it is unmapped. */
+	gw_debug("vhost-user-blk: a memory region of a closed connection shrank (SIGBUS at offset 0x%zx)", off);
+}
+
 struct vhost_conn *vhost_conn_new(struct vhost_exp *x, int fd)
 {
 	struct vhost_conn *c = calloc(1, sizeof(*c));
@@ -91,6 +120,12 @@ struct vhost_conn *vhost_conn_new(struct vhost_exp *x, int fd)
 		return NULL;
 	c->x = x;
 	c->fd = fd;
+	c->infl_guard = -1;
+	c->live_next = live;
+	c->live_prev = &live;
+	if (live)
+		live->live_prev = &c->live_next;
+	live = c;
 	for (unsigned i = 0; i < VHOST_MAX_QUEUES; i++)
 		c->vr[i].kick_fd = c->vr[i].call_fd = c->vr[i].err_fd = -1;
 	snprintf(c->name, sizeof(c->name), "vhost-user-blk %s", x->exp->id);
@@ -436,6 +471,9 @@ static void conn_free(struct vhost_conn *c)
 	}
 	vhost_mem_put(c->mem);
 	vhost_inflight_drop(c);
+	*c->live_prev = c->live_next;
+	if (c->live_next)
+		c->live_next->live_prev = c->live_prev;
 	close(c->fd);
 	atomic_fetch_sub(&x->exp->clients, 1);
 	free(c);

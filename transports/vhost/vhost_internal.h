@@ -49,6 +49,7 @@ struct vhost_mapping {
 	size_t len;
 	uint64_t gpa, size, uva;  /* the region as the frontend described it */
 	uint8_t *host;            /* gpa / uva map here */
+	int guard;                /* SIGBUS guard slot (gateway/guard.h), -1: sealed, none needed */
 };
 
 /* A memory table snapshot. Its lifetime is that of `gpa` (refcounted). */
@@ -109,6 +110,7 @@ struct vhost_conn {
 	size_t infl_len;          /* mapped bytes */
 	uint8_t *infl;            /* start of queue 0's region */
 	uint16_t infl_queues, infl_qsize;
+	int infl_guard;           /* SIGBUS guard slot of a frontend's region, or -1 */
 
 	/* The message being answered asynchronously. */
 	unsigned pending;         /* queue operations still to call back */
@@ -122,6 +124,7 @@ struct vhost_conn {
 	bool broken;              /* a queue reported a malformed ring */
 	unsigned stopping;        /* queue stops outstanding during teardown */
 	char name[160];           /* "vhost-user-blk EXPORT" for logs */
+	struct vhost_conn *live_next, **live_prev; /* every connection (main thread) */
 };
 
 /* ---- an export ---- */
@@ -197,6 +200,13 @@ struct vhost_mem *vhost_mem_build(const struct vhost_mem *base, const struct vho
 /* Drop the main thread's reference (mappings go when no queue uses them). */
 void vhost_mem_put(struct vhost_mem *m);
 /* The mapping of base matching a REM_MEM_REG region, or NULL. */
+/* Whether base is the start of one of m's mappings; its region in *gpa, *size. */
+bool vhost_mem_owns(const struct vhost_mem *m, const void *base, uint64_t *gpa, uint64_t *size);
+/*
+ * The SIGBUS guard's callback (main thread): the mapping at base was shrunk
+ * by its frontend; close the connection that uses it.
+ */
+void vhost_mem_fault(void *base, size_t off);
 const struct vhost_mapping *vhost_mem_match(const struct vhost_mem *m, const struct vhost_mem_region *r);
 /*
  * Translate vring i's ring addresses through the QEMU-virtual map, checking

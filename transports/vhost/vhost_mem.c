@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "gateway/guard.h"
 #include "gateway/log.h"
 #include "gateway/util.h"
 #include "transports/vhost/vhost_internal.h"
@@ -26,6 +27,7 @@ static void mapping_put(struct vhost_mapping *mp)
 {
 	if (--mp->refs)
 		return;
+	gw_guard_del(mp->guard);
 	munmap(mp->base, mp->len);
 	free(mp);
 }
@@ -105,6 +107,25 @@ static int map_region(const struct vhost_mem_region *r, int fd, struct vhost_map
 	if (!mp) {
 		munmap(base, (size_t)(r->memory_size + delta));
 		return -ENOMEM;
+	}
+	mp->guard = -1;
+	/* A frontend that can shrink the file could otherwise SIGBUS the daemon. */
+	if (gw_guard_needed(fd)) {
+		mp->guard = gw_guard_add(base, (size_t)(r->memory_size + delta), vhost_mem_fault, base);
+		if (mp->guard < 0) {
+			int rc = mp->guard;
+
+			if (rc == -ENOSPC)
+				gw_seterr(err, errlen, "region gpa 0x%llx: more than %u unsealed memory regions are "
+					  "mapped (seal them against shrinking: QEMU memory-backend-memfd with seal=on)",
+					  (unsigned long long)r->guest_phys_addr, GW_GUARD_SLOTS);
+			else
+				gw_seterr(err, errlen, "region gpa 0x%llx: cannot guard it against shrinking: %s",
+					  (unsigned long long)r->guest_phys_addr, strerror(-rc));
+			munmap(base, (size_t)(r->memory_size + delta));
+			free(mp);
+			return rc;
+		}
 	}
 	mp->refs = 1;
 	mp->base = base;
@@ -207,6 +228,18 @@ fail_fds:
 	return NULL;
 }
 
+bool vhost_mem_owns(const struct vhost_mem *m, const void *base, uint64_t *gpa, uint64_t *size)
+{
+	for (unsigned i = 0; m && i < m->n; i++) {
+		if (m->m[i]->base == base) {
+			*gpa = m->m[i]->gpa;
+			*size = m->m[i]->size;
+			return true;
+		}
+	}
+	return false;
+}
+
 const struct vhost_mapping *vhost_mem_match(const struct vhost_mem *m, const struct vhost_mem_region *r)
 {
 	for (unsigned i = 0; m && i < m->n; i++)
@@ -241,6 +274,8 @@ int vhost_rings(const struct vhost_mem *m, const struct vhost_vring *vr, struct 
 
 void vhost_inflight_drop(struct vhost_conn *c)
 {
+	gw_guard_del(c->infl_guard);
+	c->infl_guard = -1;
 	if (c->infl_base)
 		munmap(c->infl_base, c->infl_len);
 	c->infl_base = NULL;
@@ -297,6 +332,7 @@ int vhost_inflight_set(struct vhost_conn *c, const struct vhost_inflight_msg *m,
 {
 	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), need, end, aligned, delta;
 	struct stat st;
+	int guard;
 	void *p;
 
 	if (!inflight_params_ok(m->num_queues, m->queue_size)) {
@@ -312,10 +348,24 @@ int vhost_inflight_set(struct vhost_conn *c, const struct vhost_inflight_msg *m,
 	aligned = m->mmap_offset & ~(page - 1);
 	delta = m->mmap_offset - aligned;
 	p = mmap(NULL, (size_t)(need + delta), PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)aligned);
+	if (p == MAP_FAILED) {
+		int rc = -errno;
+
+		close(fd);
+		return rc;
+	}
+	guard = -1;
+	if (gw_guard_needed(fd)) {
+		guard = gw_guard_add(p, (size_t)(need + delta), vhost_mem_fault, p);
+		if (guard < 0) {
+			close(fd);
+			munmap(p, (size_t)(need + delta));
+			return guard;
+		}
+	}
 	close(fd);
-	if (p == MAP_FAILED)
-		return -errno;
 	vhost_inflight_drop(c);
+	c->infl_guard = guard;
 	c->infl_base = p;
 	c->infl_len = (size_t)(need + delta);
 	c->infl = (uint8_t *)p + delta;

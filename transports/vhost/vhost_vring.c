@@ -33,7 +33,8 @@ static void broken_cb(struct vblk_queue *q, void *arg)
 	c->broken = true;
 	if (vr->err_fd >= 0 && write(vr->err_fd, &one, sizeof(one)) < 0)
 		gw_debug("%s: err eventfd: %s", c->name, strerror(errno));
-	vhost_conn_close(c, "malformed virtqueue");
+	vhost_conn_close(c, q->poisoned ? "the frontend shrank its memory under a request (SIGBUS)"
+					: "malformed virtqueue");
 }
 
 static const struct vblk_queue_ops queue_ops = {

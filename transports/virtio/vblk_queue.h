@@ -85,6 +85,8 @@ struct vblk_queue {
 	int kick_fd, call_fd;
 	bool running, enabled, kick_on, stopping;
 	bool need_notify, need_process, starved, broken_reported;
+	bool poisoned;                /* the driver's memory shrank (gateway/guard.h) */
+	unsigned long guard_seen;     /* gw_guard_faults() when last checked */
 	struct gw_deferred defer;
 	unsigned inflight;            /* requests submitted, not completed */
 	unsigned nreqs;               /* requests allocated */

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "gateway/coalesce.h"
+#include "gateway/guard.h"
 #include "gateway/log.h"
 #include "gateway/util.h"
 #include "transports/virtio/vblk_queue_internal.h"
@@ -111,10 +112,38 @@ void vblkq_mark_broken(struct vblk_queue *q)
 }
 
 
+/*
+ * Whether r used memory the SIGBUS guard poisoned: the driver shrank it
+ * while it was mapped, so what the backend read from it (or wrote to it)
+ * was private zeros, not the driver's. Checked only when the process-wide
+ * fault count moved (the guard counts before the zeros appear). The first
+ * such request breaks the queue for good.
+ */
+static bool req_poisoned(struct vblk_queue *q, const struct vblk_req *r)
+{
+	q->guard_seen = gw_guard_faults();
+	if (!q->poisoned && (virtio_mem_poisoned(r->mem) || virtio_mem_poisoned(q->mem))) {
+		q->poisoned = true;
+		gw_warn("%s: the driver's memory shrank under a request (SIGBUS); it and every later one "
+			"stay unanswered (resubmitted from the inflight region if the driver reconnects)",
+			q->name);
+		vblkq_mark_broken(q);
+	}
+	return q->poisoned;
+}
+
 static void req_done(struct vblk_req *r)
 {
 	struct vblk_queue *q = r->owner;
 
+	if (gw_unlikely(gw_guard_faults() != q->guard_seen || q->poisoned) && req_poisoned(q, r)) {
+		/* Never acknowledged: the inflight region keeps it for a reconnect. */
+		mem_release_req(q, r->mem);
+		vblkq_req_put(q, r);
+		q->inflight--;
+		gw_worker_defer(q->w, &q->defer);
+		return;
+	}
 	vq_push(&q->vq, r->elem.head, r->used_len);
 	mem_release_req(q, r->mem);
 	vblkq_req_put(q, r);

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gateway/guard.h"
+
 struct virtio_memmap *virtio_mem_new(unsigned cap, void (*release)(struct virtio_memmap *m),
 				     void *owner)
 {
@@ -113,4 +115,12 @@ int virtio_mem_iov(const struct virtio_memmap *m, uint64_t addr, uint64_t len, s
 		len -= chunk;
 	}
 	return 0;
+}
+
+bool virtio_mem_poisoned(const struct virtio_memmap *m)
+{
+	for (unsigned i = 0; m && i < m->n; i++)
+		if (gw_guard_poisoned(m->r[i].host, (size_t)m->r[i].len))
+			return true;
+	return false;
 }

@@ -81,3 +81,10 @@ void *virtio_mem_ptr(const struct virtio_memmap *m, uint64_t addr, uint64_t len)
  */
 int virtio_mem_iov(const struct virtio_memmap *m, uint64_t addr, uint64_t len, struct iovec *iov,
 		   unsigned *n, unsigned max);
+
+/*
+ * Whether any region of m was poisoned by the SIGBUS guard (gateway/guard.h):
+ * its memory was shrunk by the process that shared it and now reads as
+ * zeros. Any thread.
+ */
+bool virtio_mem_poisoned(const struct virtio_memmap *m);
