@@ -16,14 +16,25 @@
 #                               bookworm-backports (10.x, fetched once into
 #                               the VM cache by build-guest.sh --qemu) instead
 #                               of Debian 12's QEMU 7.2
+#   test-vm-blkgw.sh MODE --mem-file
+#                               guest memory in a file on /dev/shm
+#                               (memory-backend-file: not sealed, so blkgw
+#                               guards its mappings against SIGBUS) instead of
+#                               a sealed memfd
 #
 # Needs BLKGW (ctest passes it) and GW_SOURCE_DIR. Exits 77 only when QEMU
 # cannot be installed (vm-test.sh decides).
 . "$(dirname "$0")/../lib.sh"
 requires python3 cmp
-mode=${1:?usage: $0 io|reconnect [--qemu-backports]}
+mode=${1:?usage: $0 io|reconnect [--qemu-backports|--mem-file]}
 src=${GW_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 vm=$src/tests/vm
+mem_args=()
+log_level=info
+if [ "${2:-}" = --mem-file ]; then
+  mem_args=(--mem-path /dev/shm)
+  log_level=debug # the line that says a region is guarded
+fi
 if [ "${2:-}" = --qemu-backports ]; then
   QEMU_SYSTEM=$("$vm/build-guest.sh" --qemu -q | tail -n1) || fail "cannot fetch QEMU from bookworm-backports"
   export QEMU_SYSTEM
@@ -84,12 +95,17 @@ exports:
   - { image: rawdisk, transports: [vhost-user-blk], vhost-user-blk: { socket: $run/vda.sock, queues: 2, serial: blkgw-vda } }
   - { image: fsdisk, transports: [vhost-user-blk], vhost-user-blk: { socket: $run/vdb.sock, queues: 2 } }
 YAML
-  start_blkgw "$T/m.yaml"
+  start_blkgw "$T/m.yaml" --log-level "$log_level"
   start_vm vhost-blkgw.sh --bin fio --bin blkdiscard --bin fstrim --bin mkfs.ext4 \
     --file /etc/mke2fs.conf:/etc/mke2fs.conf --module ext4 --module crc32c_generic -- \
-    --smp 2 --vhost-user-blk "$run/vda.sock,num-queues=2" --vhost-user-blk "$run/vdb.sock,num-queues=2" \
+    "${mem_args[@]}" --smp 2 --vhost-user-blk "$run/vda.sock,num-queues=2" --vhost-user-blk "$run/vdb.sock,num-queues=2" \
     --append "blkgw.size_mib=128 blkgw.queues=2" --timeout 400
   wait_vm
+  if [ ${#mem_args[@]} -gt 0 ]; then
+    grep -q 'not sealed against shrinking: guarded' "$T/blkgw.log" ||
+      fail "guest memory in a /dev/shm file, but blkgw did not guard its mappings"
+    echo "ok - blkgw guarded the unsealed guest memory ($(grep -c 'not sealed against shrinking: guarded' "$T/blkgw.log") region(s))"
+  fi
   "$BLKGW" status --json >"$T/status.json"
   jq -e '.exports[0].counters | .flushes > 0 and .trims > 0 and .zeroes > 0 and .errors == 0' \
     "$T/status.json" >/dev/null || { jq '.exports[0].counters' "$T/status.json"; fail "vda counters"; }
@@ -145,7 +161,7 @@ exports:
   - { image: disk, transports: [vhost-user-blk], vhost-user-blk: { socket: $run/vu.sock, queues: 2 } }
 YAML
   start_blkgw "$T/m.yaml"
-  start_vm vhost-blkgw-reconnect.sh --bin fio -- --smp 2 --vhost-user-blk "$run/vu.sock,num-queues=2" \
+  start_vm vhost-blkgw-reconnect.sh --bin fio -- "${mem_args[@]}" --smp 2 --vhost-user-blk "$run/vu.sock,num-queues=2" \
     --append "blkgw.size_mib=128 blkgw.fio_mib=112" --timeout 600
   wait_console BLKGW-FIO-RUNNING || { wait_vm; fail "the guest never started fio"; }
   for round in 1 2 3; do

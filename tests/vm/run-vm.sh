@@ -23,6 +23,9 @@ usage: $0 --guest DIR [options] [-- EXTRA QEMU ARGS...]
                        the unix socket SOCKET (repeatable; /dev/vda, /dev/vdb...
                        in order). Start the server first. Turns on shared
                        memfd guest memory.
+  --mem-path DIR       with --vhost-user-blk: back guest memory with a file
+                       QEMU creates in DIR (memory-backend-file, e.g. on
+                       /dev/shm or hugetlbfs) instead of a sealed memfd
   --no-retry           do not retry the known TCG int3 oops with --smp > 1
   -q, --quiet          do not copy the console to stdout while it runs
   -h, --help           this text
@@ -35,7 +38,7 @@ EOF
 
 die() { echo "$me: error: $*" >&2; exit 125; }
 
-guest="" kernel="" initrd="" smp=1 mem=1024 timeout=300 log="" append="" retry=1 quiet=0
+guest="" kernel="" initrd="" smp=1 mem=1024 timeout=300 log="" append="" retry=1 quiet=0 mem_path=""
 vhost=() extra=()
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -48,6 +51,7 @@ while [ $# -gt 0 ]; do
 	--log) log=${2:?}; shift 2 ;;
 	--append) append="$append ${2:?}"; shift 2 ;;
 	--vhost-user-blk) vhost+=("${2:?}"); shift 2 ;;
+	--mem-path) mem_path=${2:?}; shift 2 ;;
 	--no-retry) retry=0; shift ;;
 	-q|--quiet) quiet=1; shift ;;
 	-h|--help) usage; exit 0 ;;
@@ -81,7 +85,12 @@ machine="pc"
 args=(-accel tcg -cpu max -smp "$smp" -m "$mem" -nodefaults -no-user-config
 	-display none -no-reboot -serial "file:$log")
 if [ "${#vhost[@]}" -gt 0 ]; then
-	args+=(-object "memory-backend-memfd,id=blkgw-mem,size=${mem}M,share=on")
+	if [ -n "$mem_path" ]; then
+		[ -d "$mem_path" ] || die "--mem-path $mem_path is not a directory"
+		args+=(-object "memory-backend-file,id=blkgw-mem,size=${mem}M,mem-path=$mem_path,share=on")
+	else
+		args+=(-object "memory-backend-memfd,id=blkgw-mem,size=${mem}M,share=on")
+	fi
 	machine="$machine,memory-backend=blkgw-mem"
 	i=0
 	for spec in "${vhost[@]}"; do

@@ -111,6 +111,9 @@ static int map_region(const struct vhost_mem_region *r, int fd, struct vhost_map
 	mp->guard = -1;
 	/* A frontend that can shrink the file could otherwise SIGBUS the daemon. */
 	if (gw_guard_needed(fd)) {
+		gw_debug("vhost-user-blk: memory region gpa 0x%llx (0x%llx bytes) is not sealed against shrinking: "
+			 "guarded against SIGBUS", (unsigned long long)r->guest_phys_addr,
+			 (unsigned long long)r->memory_size);
 		mp->guard = gw_guard_add(base, (size_t)(r->memory_size + delta), vhost_mem_fault, base);
 		if (mp->guard < 0) {
 			int rc = mp->guard;
