@@ -199,7 +199,6 @@ struct vhost_mem *vhost_mem_build(const struct vhost_mem *base, const struct vho
 				  char *err, size_t errlen);
 /* Drop the main thread's reference (mappings go when no queue uses them). */
 void vhost_mem_put(struct vhost_mem *m);
-/* The mapping of base matching a REM_MEM_REG region, or NULL. */
 /* Whether base is the start of one of m's mappings; its region in *gpa, *size. */
 bool vhost_mem_owns(const struct vhost_mem *m, const void *base, uint64_t *gpa, uint64_t *size);
 /*
@@ -207,6 +206,7 @@ bool vhost_mem_owns(const struct vhost_mem *m, const void *base, uint64_t *gpa, 
  * by its frontend; close the connection that uses it.
  */
 void vhost_mem_fault(void *base, size_t off);
+/* The mapping of base matching a REM_MEM_REG region, or NULL. */
 const struct vhost_mapping *vhost_mem_match(const struct vhost_mem *m, const struct vhost_mem_region *r);
 /*
  * Translate vring i's ring addresses through the QEMU-virtual map, checking

@@ -136,19 +136,14 @@ static void req_done(struct vblk_req *r)
 {
 	struct vblk_queue *q = r->owner;
 
-	if (gw_unlikely(gw_guard_faults() != q->guard_seen || q->poisoned) && req_poisoned(q, r)) {
-		/* Never acknowledged: the inflight region keeps it for a reconnect. */
-		mem_release_req(q, r->mem);
-		vblkq_req_put(q, r);
-		q->inflight--;
-		gw_worker_defer(q->w, &q->defer);
-		return;
+	/* A poisoned request is never acknowledged: the inflight region keeps it for a reconnect. */
+	if (gw_likely(gw_guard_faults() == q->guard_seen && !q->poisoned) || !req_poisoned(q, r)) {
+		vq_push(&q->vq, r->elem.head, r->used_len);
+		q->need_notify = true;
 	}
-	vq_push(&q->vq, r->elem.head, r->used_len);
 	mem_release_req(q, r->mem);
 	vblkq_req_put(q, r);
 	q->inflight--;
-	q->need_notify = true;
 	if (gw_unlikely(q->starved)) {
 		q->starved = false;
 		q->need_process = true;
