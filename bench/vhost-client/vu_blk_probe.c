@@ -164,6 +164,32 @@ static bool all_zero(const uint8_t *b, size_t len)
 	return true;
 }
 
+/* A fresh buffer of len bytes from the shared memory; NULL (counted as a failure) when it is full. */
+static uint8_t *alloc_buf(struct probe *p, uint64_t len)
+{
+	uint8_t *b = vu_client_alloc(p->c, len, 4096);
+
+	if (!b) {
+		fprintf(stderr, "vu-blk-probe: %s\n", vu_client_errmsg(p->c));
+		p->failures++;
+	}
+	return b;
+}
+
+/* Write the pattern for (off, len) from buf; checked as `what`. */
+static void write_pattern(struct probe *p, uint8_t *buf, uint64_t off, uint64_t len, const char *what)
+{
+	struct vu_blk_req rq = { .op = VU_BLK_WRITE, .offset = off, .len = len, .buf = buf };
+	struct vu_blk_cpl cpl = { 0 };
+	int r;
+
+	fill_pattern(buf, len, off ^ len);
+	r = run1(p, &rq, &cpl);
+	check(p, r == 0, strerror(-r), what);
+	if (p->verbose)
+		printf("  used.len %u (expected 1)\n", cpl.used_len);
+}
+
 static void round_trip(struct probe *p, uint64_t off, uint64_t len, bool do_discard)
 {
 	struct vu_blk_req rq;
@@ -172,20 +198,11 @@ static void round_trip(struct probe *p, uint64_t off, uint64_t len, bool do_disc
 	char id[21] = { 0 };
 	int r;
 
-	wbuf = vu_client_alloc(p->c, len, 4096);
-	rbuf = vu_client_alloc(p->c, len, 4096);
-	if (!wbuf || !rbuf) {
-		fprintf(stderr, "vu-blk-probe: %s\n", vu_client_errmsg(p->c));
-		p->failures++;
+	wbuf = alloc_buf(p, len);
+	rbuf = wbuf ? alloc_buf(p, len) : NULL;
+	if (!rbuf)
 		return;
-	}
-	fill_pattern(wbuf, len, off ^ len);
-
-	rq = (struct vu_blk_req){ .op = VU_BLK_WRITE, .offset = off, .len = len, .buf = wbuf };
-	r = run1(p, &rq, &cpl);
-	check(p, r == 0, strerror(-r), "write pattern");
-	if (p->verbose)
-		printf("  used.len %u (expected 1)\n", cpl.used_len);
+	write_pattern(p, wbuf, off, len, "write pattern");
 
 	memset(rbuf, 0xee, len);
 	rq = (struct vu_blk_req){ .op = VU_BLK_READ, .offset = off, .len = len, .buf = rbuf };
@@ -256,16 +273,10 @@ static void shrink_memory(struct probe *p, uint64_t off, uint64_t len)
 	uint8_t *buf;
 	int r;
 
-	buf = vu_client_alloc(p->c, len, 4096);
-	if (!buf) {
-		fprintf(stderr, "vu-blk-probe: %s\n", vu_client_errmsg(p->c));
-		p->failures++;
+	buf = alloc_buf(p, len);
+	if (!buf)
 		return;
-	}
-	fill_pattern(buf, len, off ^ len);
-	rq = (struct vu_blk_req){ .op = VU_BLK_WRITE, .offset = off, .len = len, .buf = buf };
-	r = run1(p, &rq, &cpl);
-	check(p, r == 0, strerror(-r), "write before shrinking");
+	write_pattern(p, buf, off, len, "write before shrinking");
 	r = vu_client_shrink_memory(p->c, buf);
 	check(p, r == 0, vu_client_errmsg(p->c), "truncate the shared memory");
 	if (r < 0)

@@ -51,6 +51,19 @@ static uint8_t *shared(int *fd, bool seal)
 	return p;
 }
 
+/* shared(), registered with the guard (reporting to s); NULL on failure. */
+static uint8_t *guarded(int *fd, struct seen *s, int *slot)
+{
+	uint8_t *p = shared(fd, false);
+
+	CHECK(p != NULL);
+	if (!p)
+		return NULL;
+	*slot = gw_guard_add(p, LEN, on_fault, s);
+	CHECK(*slot >= 0);
+	return p;
+}
+
 /* The owner cannot shrink a sealed memfd; anything else needs the guard. */
 static void test_needed(void)
 {
@@ -75,12 +88,9 @@ static void test_fault_repaired(void)
 	uint8_t *p, other[16];
 	int fd, slot;
 
-	p = shared(&fd, false);
-	CHECK(p != NULL);
+	p = guarded(&fd, &s, &slot);
 	if (!p)
 		return;
-	slot = gw_guard_add(p, LEN, on_fault, &s);
-	CHECK(slot >= 0);
 	CHECK(!gw_guard_poisoned(p, LEN));
 
 	/* The owner keeps the first 16 KiB; we read at 32 KiB. */
@@ -147,11 +157,9 @@ static void test_fault_in_worker(void)
 	uint8_t *p;
 	int fd, slot;
 
-	p = shared(&fd, false);
-	CHECK(p != NULL);
+	p = guarded(&fd, &s, &slot);
 	if (!p)
 		return;
-	slot = gw_guard_add(p, LEN, on_fault, &s);
 	CHECK(ftruncate(fd, 0) == 0);
 	t.p = p;
 	t.got = 0xff;
