@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -74,7 +75,7 @@ static int wait_readable(int fd, int ms)
 	return 0;
 }
 
-static int cl_connect(void)
+static int cl_connect_nopump(void)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -84,6 +85,13 @@ static int cl_connect(void)
 		perror("connect");
 		exit(1);
 	}
+	return fd;
+}
+
+static int cl_connect(void)
+{
+	int fd = cl_connect_nopump();
+
 	pump();
 	return fd;
 }
@@ -495,6 +503,10 @@ static void test_nacks(void)
 		bad.mmap_size = 1 << 20;
 		bad.num_queues = 0;
 		CHECK(acked(fd, VHOST_USER_SET_INFLIGHT_FD, &bad, sizeof(bad), &g.fd, 1) == 1);
+		/* An offset that would misalign the region's 64-bit fields. */
+		bad.num_queues = 2;
+		bad.mmap_offset = 1;
+		CHECK(acked(fd, VHOST_USER_SET_INFLIGHT_FD, &bad, sizeof(bad), &g.fd, 1) == 1);
 	}
 	/* GET_INFLIGHT_FD hands out a region of the size it reports. */
 	cl_send(fd, VHOST_USER_GET_INFLIGHT_FD, false, &in, sizeof(in), NULL, 0);
@@ -580,6 +592,47 @@ static void test_quick_reconnect(void)
 	settle();
 }
 
+/*
+ * A message whose header and fd arrived but not all of its payload when the
+ * connection ends: the fd goes with the connection. main() checks that
+ * every fd was closed. The next frontend connects before the first one
+ * closes, so the daemon may notice the close while accepting rather than
+ * while reading; both must close the fd.
+ */
+static void test_partial_message_fds(void)
+{
+	int fd = cl_connect();
+
+	for (int i = 0; i < 20; i++) {
+		int mfd = memfd_create("partial", MFD_CLOEXEC), next;
+		uint32_t hdr[3] = { VHOST_USER_ADD_MEM_REG, VHOST_USER_VERSION, 40 };
+		uint8_t buf[12 + 3] = { 0 };
+		union {
+			char c[CMSG_SPACE(sizeof(int))];
+			struct cmsghdr a;
+		} ctl;
+		struct iovec iov = { buf, sizeof(buf) }; /* 3 of the 40 payload bytes */
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.c,
+				     .msg_controllen = sizeof(ctl.c) };
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+
+		memcpy(buf, hdr, sizeof(hdr));
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &mfd, sizeof(int));
+		CHECK(sendmsg(fd, &mh, 0) == (ssize_t)sizeof(buf));
+		pump();
+		close(mfd);
+		next = cl_connect_nopump();
+		close(fd);
+		pump();
+		fd = next;
+	}
+	close(fd);
+	settle();
+}
+
 int main(void)
 {
 	struct vhost_opts o = { .queues = 2, .queue_size = 64, .socket_mode = 0600 };
@@ -611,6 +664,7 @@ int main(void)
 	test_nacks();
 	test_bad_ring();
 	test_quick_reconnect();
+	test_partial_message_fds();
 	test_data_path(); /* the export still serves */
 	settle();
 	CHECK_EQ_U64(open_fds(), fds_before); /* every fd a message carried was closed */

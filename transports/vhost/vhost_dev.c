@@ -264,7 +264,8 @@ static int h_set_inflight(struct vhost_conn *c, struct vhost_msg *m)
 		return vhost_refuse(c, rc, "inflight region of %llu bytes at offset %llu for %u queues of %u entries: %s",
 				    (unsigned long long)in.mmap_size, (unsigned long long)in.mmap_offset,
 				    in.num_queues, in.queue_size,
-				    rc == -EINVAL ? "too small, or sizes out of range" : strerror(-rc));
+				    rc == -EINVAL ? "too small, misaligned (the offset must be a multiple of 8), or sizes "
+						    "out of range" : strerror(-rc));
 	gw_debug("%s: frontend's inflight region: %u queues of %u", c->name, in.num_queues, in.queue_size);
 	return 0;
 }
@@ -471,6 +472,7 @@ static void conn_free(struct vhost_conn *c)
 	}
 	vhost_mem_put(c->mem);
 	vhost_inflight_drop(c);
+	vhost_msg_close_fds(&c->msg); /* a message cut short by the close */
 	*c->live_prev = c->live_next;
 	if (c->live_next)
 		c->live_next->live_prev = c->live_prev;

@@ -343,7 +343,7 @@ int vhost_inflight_set(struct vhost_conn *c, const struct vhost_inflight_msg *m,
 		return -EINVAL;
 	}
 	need = (uint64_t)vq_inflight_size(m->queue_size) * m->num_queues;
-	if (m->mmap_size < need || __builtin_add_overflow(m->mmap_offset, m->mmap_size, &end) ||
+	if (m->mmap_size < need || m->mmap_offset % _Alignof(struct vq_inflight) || __builtin_add_overflow(m->mmap_offset, m->mmap_size, &end) ||
 	    end > INT64_MAX || fstat(fd, &st) < 0 || (S_ISREG(st.st_mode) && (uint64_t)st.st_size < end)) {
 		close(fd);
 		return -EINVAL;

@@ -72,7 +72,11 @@ void vq_fini(struct vq *q)
 	q->ind_buf = NULL;
 }
 
-/* An indirect table as one readable pointer: in place, or gathered when split. */
+/*
+ * An indirect table as one readable pointer: in place, or gathered into a
+ * buffer of ours when it is split across regions or not aligned for
+ * struct vring_desc (the driver chooses its address).
+ */
 static const struct vring_desc *indirect_table(struct vq *q, uint64_t addr, uint32_t len)
 {
 	struct iovec iov[16];
@@ -80,7 +84,7 @@ static const struct vring_desc *indirect_table(struct vq *q, uint64_t addr, uint
 	size_t off = 0;
 	void *p = virtio_mem_ptr(q->mem, addr, len);
 
-	if (p)
+	if (p && !((uintptr_t)p % _Alignof(struct vring_desc)))
 		return p;
 	if (virtio_mem_iov(q->mem, addr, len, iov, &n, 16) < 0)
 		return NULL;
