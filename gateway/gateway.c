@@ -13,6 +13,7 @@
 
 #include "config/manifest.h"
 #include "gateway/control.h"
+#include "gateway/efd.h"
 #include "gateway/export.h"
 #include "gateway/guard.h"
 #include "gateway/log.h"
@@ -262,6 +263,7 @@ static void cleanup(void)
 		gw_workers_stop();
 	gw_main_exit(); /* runs what workers posted last (stop completions) */
 	gw_guard_shutdown();
+	gw_efd_shutdown();
 	for (size_t i = 0; i < gw.m->nimages; i++) {
 		struct gw_backend *b = gw.images ? gw.images[i] : NULL;
 
@@ -325,6 +327,11 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 	rc = gw_guard_init(loop);
 	if (rc < 0) {
 		gw_err("cannot install the SIGBUS guard: %s", strerror(-rc));
+		return 1;
+	}
+	rc = gw_efd_init();
+	if (rc < 0) {
+		gw_err("cannot start the eventfd watchdog: %s", strerror(-rc));
 		return 1;
 	}
 	gw.images = calloc(m->nimages + 1, sizeof(*gw.images));

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gateway/efd.h"
 #include "gateway/log.h"
 #include "gateway/util.h"
 
@@ -208,6 +209,8 @@ static void *worker_main(void *arg)
 
 	self = w;
 	gw_log_set_thread_name(w->name);
+	if (gw_efd_thread() < 0)
+		gw_warn("%s: too many threads for the eventfd watchdog; a peer's full eventfd could hang it", w->name);
 	ev_run(w->loop, 0);
 	run_deferred(w);
 	/* Drain the ring before the thread goes: buffers may still be in flight. */
@@ -289,12 +292,15 @@ int gw_workers_start(unsigned n, char *err, size_t errlen)
 	 * Workers inherit a full signal mask: signals belong to the main loop.
 	 * Except SIGBUS: a worker's access to shared memory that its owner
 	 * shrank raises it, and gateway/guard.c handles it on that thread (a
-	 * blocked synchronous fault signal kills the process instead).
+	 * blocked synchronous fault signal kills the process instead). And
+	 * SIGURG: gateway/efd.c's watchdog uses it to free a worker stuck
+	 * writing to a peer's eventfd.
 	 */
 	sigset_t all, old;
 
 	sigfillset(&all);
 	sigdelset(&all, SIGBUS);
+	sigdelset(&all, SIGURG);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	for (unsigned i = 0; i < n; i++) {
 		rc = -pthread_create(&workers[i].thread, NULL, worker_main, &workers[i]);

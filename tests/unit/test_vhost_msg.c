@@ -9,6 +9,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ev.h>
 #include <poll.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@
 #include "backends/backend.h"
 #include "check.h"
 #include "gateway/export.h"
+#include "gateway/efd.h"
 #include "gateway/guard.h"
 #include "gateway/log.h"
 #include "gateway/transport.h"
@@ -427,6 +429,19 @@ static void test_bad_messages(void)
 			     NULL, 0);
 	}
 	expect_close("SET_INFLIGHT_FD without fd", VHOST_USER_SET_INFLIGHT_FD, v, big, 24, NULL, 0);
+	/* Kick, call and err fds must be eventfds (a pipe or /dev/null would block or spin). */
+	{
+		int p[2], dn = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+		CHECK(pipe2(p, O_CLOEXEC) == 0);
+		u = 0;
+		expect_close("SET_VRING_KICK with a pipe", VHOST_USER_SET_VRING_KICK, v, &u, 8, p, 1);
+		expect_close("SET_VRING_CALL with /dev/null", VHOST_USER_SET_VRING_CALL, v, &u, 8, &dn, 1);
+		expect_close("SET_VRING_ERR with a pipe", VHOST_USER_SET_VRING_ERR, v, &u, 8, &p[1], 1);
+		close(p[0]);
+		close(p[1]);
+		close(dn);
+	}
 	close(efd[0]);
 	close(efd[1]);
 }
@@ -574,6 +589,44 @@ static void test_bad_ring(void)
 }
 
 /*
+ * A frontend that fills its call eventfd, makes the file blocking again and
+ * never reads it: the worker's interrupt write is abandoned by the eventfd
+ * watchdog (gateway/efd.c), the queue stops and the connection closes, and
+ * the worker goes on serving.
+ */
+static void test_full_call_fd(void)
+{
+	struct gbuild g;
+	struct vring_fds f;
+	int fd = cl_connect();
+
+	gb_init_shared(&g, NUM);
+	handshake(fd, OK_FEATURES);
+	mem_table(fd, &g);
+	CHECK(start_ring(fd, &g, &f, GB_DESC) == 0);
+	settle();
+	{
+		eventfd_t was;
+
+		(void)eventfd_read(f.call, &was); /* the signal a new call fd gets */
+	}
+	CHECK(eventfd_write(f.call, 0xfffffffffffffffeull) == 0);
+	CHECK(fcntl(f.call, F_SETFL, 0) == 0); /* blkgw made it O_NONBLOCK; same open file */
+	gb_desc(&g, 0, gb_blk_hdr(&g, VIRTIO_BLK_T_FLUSH, 0), 16, VRING_DESC_F_NEXT, 1);
+	gb_desc(&g, 1, gb_alloc(&g, 1), 1, VRING_DESC_F_WRITE, 0);
+	gb_publish(&g, 0);
+	kick(&f);
+	CHECK(closed(fd));
+	settle();
+	close_fds(&f);
+	gb_fini(&g);
+	fd = cl_connect();
+	CHECK(get_u64(fd, VHOST_USER_GET_FEATURES) != ~0ull);
+	close(fd);
+	settle();
+}
+
+/*
  * A frontend that reconnects at once is served, even when the loop sees the
  * new connection before the old one's EOF.
  */
@@ -648,6 +701,7 @@ int main(void)
 	o.socket = sock_path;
 	gw_main_init(EV_DEFAULT);
 	CHECK(gw_guard_init(EV_DEFAULT) == 0); /* as the gateway does: regions of unsealed memfds are guarded */
+	CHECK(gw_efd_init() == 0);             /* and writes to a frontend's eventfds */
 	if (gw_workers_start(2, err, sizeof(err)) < 0) {
 		fprintf(stderr, "workers: %s\n", err);
 		return 77;
@@ -665,6 +719,7 @@ int main(void)
 	test_bad_ring();
 	test_quick_reconnect();
 	test_partial_message_fds();
+	test_full_call_fd();
 	test_data_path(); /* the export still serves */
 	settle();
 	CHECK_EQ_U64(open_fds(), fds_before); /* every fd a message carried was closed */

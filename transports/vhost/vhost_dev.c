@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "gateway/efd.h"
 #include "gateway/log.h"
 #include "gateway/util.h"
 #include "transports/vhost/vhost_internal.h"
@@ -121,6 +122,7 @@ struct vhost_conn *vhost_conn_new(struct vhost_exp *x, int fd)
 	c->x = x;
 	c->fd = fd;
 	c->infl_guard = -1;
+	gw_efd_watch(true);
 	c->live_next = live;
 	c->live_prev = &live;
 	if (live)
@@ -473,6 +475,7 @@ static void conn_free(struct vhost_conn *c)
 	vhost_mem_put(c->mem);
 	vhost_inflight_drop(c);
 	vhost_msg_close_fds(&c->msg); /* a message cut short by the close */
+	gw_efd_watch(false);
 	*c->live_prev = c->live_next;
 	if (c->live_next)
 		c->live_next->live_prev = c->live_prev;

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "gateway/efd.h"
 #include "gateway/log.h"
 #include "gateway/util.h"
 #include "transports/vhost/vhost_internal.h"
@@ -28,11 +29,11 @@ static void broken_cb(struct vblk_queue *q, void *arg)
 {
 	struct vhost_conn *c = arg;
 	struct vhost_vring *vr = &c->vr[q->index];
-	static const uint64_t one = 1;
+	int rc;
 
 	c->broken = true;
-	if (vr->err_fd >= 0 && write(vr->err_fd, &one, sizeof(one)) < 0)
-		gw_debug("%s: err eventfd: %s", c->name, strerror(errno));
+	if (vr->err_fd >= 0 && (rc = gw_efd_signal(vr->err_fd)) < 0)
+		gw_debug("%s: err eventfd: %s", c->name, rc == -ETIMEDOUT ? "blocked (full and unread)" : strerror(-rc));
 	vhost_conn_close(c, q->poisoned ? "the frontend shrank its memory under a request (SIGBUS)"
 					: "malformed virtqueue");
 }
@@ -196,8 +197,14 @@ int vhost_h_vring_fd(struct vhost_conn *c, struct vhost_msg *m)
 		return vhost_refuse(c, -EPROTO, "%u file descriptors with the no-fd flag %s", m->nfds,
 				    nofd ? "set" : "clear");
 	if (!nofd) {
+		char why[160];
+
 		fd = m->fds[0];
 		m->fds[0] = -1;
+		if (gw_efd_check(fd, why, sizeof(why)) < 0) {
+			close(fd);
+			return vhost_refuse(c, -EPROTO, "%s: the fd is %s", vhost_req_name(m->request), why);
+		}
 	}
 	switch (m->request) {
 	case VHOST_USER_SET_VRING_ERR:

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "gateway/coalesce.h"
+#include "gateway/efd.h"
 #include "gateway/guard.h"
 #include "gateway/log.h"
 #include "gateway/util.h"
@@ -249,14 +250,22 @@ void vblkq_process(struct vblk_queue *q)
 
 void vblkq_signal_driver(struct vblk_queue *q)
 {
-	static const uint64_t one = 1;
+	int rc;
 
 	if (q->ops && q->ops->notify) {
 		q->ops->notify(q, q->ops_arg);
 		return;
 	}
-	if (q->call_fd >= 0 && write(q->call_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-		gw_debug("%s: call eventfd: %s", q->name, strerror(errno));
+	if (q->call_fd < 0 || (rc = gw_efd_signal(q->call_fd)) == 0)
+		return;
+	if (rc == -ETIMEDOUT) {
+		gw_warn("%s: a write to the driver's call eventfd blocked for over %u ms (its counter is full "
+			"and it does not read it); the queue stops", q->name, GW_EFD_STALL_MS);
+		q->vq.broken = true;
+		vblkq_mark_broken(q);
+		return;
+	}
+	gw_debug("%s: call eventfd: %s", q->name, strerror(-rc));
 }
 
 void vblkq_notify_now(struct vblk_queue *q)
@@ -395,9 +404,10 @@ void vblkq_kick_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct vblk_queue *q = container_of(w, struct vblk_queue, kick_w);
 	uint64_t v, now;
+	int rc = gw_efd_take(q->kick_fd, &v);
 
-	if (read(q->kick_fd, &v, sizeof(v)) < 0 && errno != EAGAIN && errno != EINTR) {
-		gw_warn("%s: kick eventfd: %s; the queue stops", q->name, strerror(errno));
+	if (rc < 0 && rc != -EAGAIN && rc != -EINTR) {
+		gw_warn("%s: kick eventfd: %s; the queue stops", q->name, strerror(-rc));
 		q->vq.broken = true;
 		vblkq_mark_broken(q);
 		return;
