@@ -365,7 +365,8 @@ static int send_set(struct vu_client *c, uint32_t req, const void *payload,
 
 	if (size > sizeof(m.p))
 		return -EINVAL;
-	memcpy(&m.p, payload, size);
+	if (size)
+		memcpy(&m.p, payload, size); /* payload may be NULL when size is 0 */
 	if (ack)
 		m.flags |= VU_FLAG_NEED_REPLY;
 	r = send_msg(c, &m, fds, nfds);
