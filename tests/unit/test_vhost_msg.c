@@ -549,6 +549,29 @@ static void test_nacks(void)
 }
 
 /* A malformed ring ends the connection, signals err, and nothing else. */
+/* A connection with queue 0 started on fresh shared memory. */
+static int ring_session(struct gbuild *g, struct vring_fds *f)
+{
+	int fd = cl_connect();
+
+	gb_init_shared(g, NUM);
+	handshake(fd, OK_FEATURES);
+	mem_table(fd, g);
+	CHECK(start_ring(fd, g, f, GB_DESC) == 0);
+	return fd;
+}
+
+/* Post the chain at head 0, kick, and expect the daemon to close the connection. */
+static void expect_ring_closed(struct gbuild *g, struct vring_fds *f, int fd)
+{
+	gb_publish(g, 0);
+	kick(f);
+	CHECK(closed(fd));
+	settle();
+	close_fds(f);
+	gb_fini(g);
+}
+
 static void test_bad_ring(void)
 {
 	struct gbuild g;
@@ -573,19 +596,10 @@ static void test_bad_ring(void)
 	gb_fini(&g);
 
 	/* The same for a status byte that is not writable. */
-	gb_init_shared(&g, NUM);
-	fd = cl_connect();
-	handshake(fd, OK_FEATURES);
-	mem_table(fd, &g);
-	CHECK(start_ring(fd, &g, &f, GB_DESC) == 0);
+	fd = ring_session(&g, &f);
 	gb_desc(&g, 0, gb_blk_hdr(&g, VIRTIO_BLK_T_FLUSH, 0), 16, VRING_DESC_F_NEXT, 1);
 	gb_desc(&g, 1, gb_alloc(&g, 1), 1, 0, 0);
-	gb_publish(&g, 0);
-	kick(&f);
-	CHECK(closed(fd));
-	settle();
-	close_fds(&f);
-	gb_fini(&g);
+	expect_ring_closed(&g, &f, fd);
 }
 
 /*
@@ -598,12 +612,8 @@ static void test_full_call_fd(void)
 {
 	struct gbuild g;
 	struct vring_fds f;
-	int fd = cl_connect();
+	int fd = ring_session(&g, &f);
 
-	gb_init_shared(&g, NUM);
-	handshake(fd, OK_FEATURES);
-	mem_table(fd, &g);
-	CHECK(start_ring(fd, &g, &f, GB_DESC) == 0);
 	settle();
 	{
 		eventfd_t was;
@@ -614,12 +624,7 @@ static void test_full_call_fd(void)
 	CHECK(fcntl(f.call, F_SETFL, 0) == 0); /* blkgw made it O_NONBLOCK; same open file */
 	gb_desc(&g, 0, gb_blk_hdr(&g, VIRTIO_BLK_T_FLUSH, 0), 16, VRING_DESC_F_NEXT, 1);
 	gb_desc(&g, 1, gb_alloc(&g, 1), 1, VRING_DESC_F_WRITE, 0);
-	gb_publish(&g, 0);
-	kick(&f);
-	CHECK(closed(fd));
-	settle();
-	close_fds(&f);
-	gb_fini(&g);
+	expect_ring_closed(&g, &f, fd);
 	fd = cl_connect();
 	CHECK(get_u64(fd, VHOST_USER_GET_FEATURES) != ~0ull);
 	close(fd);
