@@ -18,6 +18,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -29,6 +30,7 @@ struct watched {
 	pthread_t th;
 	unsigned long busy; /* number of the guarded call in progress, 0: none */
 	unsigned long seen; /* watchdog: busy at the previous sample */
+	unsigned long kill; /* watchdog: the call SIGURG is meant to end */
 	unsigned long calls;
 };
 
@@ -43,12 +45,18 @@ static pthread_t watchdog;
 static __thread struct watched *self;
 static __thread sigjmp_buf *volatile escape; /* set while inside a guarded call */
 
+/*
+ * Jump out only from the call the watchdog meant: a signal that arrives
+ * after that call returned (and maybe during the next one) changes nothing.
+ * TLS is safe here: blkgw_core is linked statically (local-exec TLS).
+ */
 static void on_sigurg(int sig)
 {
 	sigjmp_buf *env = escape;
+	struct watched *t = self;
 
 	(void)sig;
-	if (env) {
+	if (env && t && __atomic_load_n(&t->busy, __ATOMIC_RELAXED) == __atomic_load_n(&t->kill, __ATOMIC_RELAXED)) {
 		escape = NULL;
 		siglongjmp(*env, 1);
 	}
@@ -74,8 +82,11 @@ static void *watchdog_main(void *arg)
 			struct watched *t = &threads[i];
 			unsigned long b = __atomic_load_n(&t->busy, __ATOMIC_RELAXED);
 
-			if (b && b == t->seen)
+			if (b && b == t->seen) {
+				/* busy is 0 once a thread is gone, so th is alive here. */
+				__atomic_store_n(&t->kill, b, __ATOMIC_RELAXED);
 				pthread_kill(t->th, SIGURG);
+			}
 			t->seen = b;
 		}
 		pthread_mutex_lock(&mu);
@@ -165,6 +176,23 @@ int gw_efd_check(int fd, char *why, size_t len)
 		snprintf(why, len, "%s, not an eventfd", target);
 		return -EINVAL;
 	}
+	/* A semaphore eventfd hands out 1 per read: a peer could keep a kick watcher firing forever. */
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+	{
+		FILE *f = fopen(path, "re");
+		char line[128];
+		bool sem = false;
+
+		while (f && fgets(line, sizeof(line), f))
+			if (!strncmp(line, "eventfd-semaphore:", 18) && strtol(line + 18, NULL, 10) == 1)
+				sem = true;
+		if (f)
+			fclose(f);
+		if (sem) {
+			snprintf(why, len, "a semaphore eventfd (EFD_SEMAPHORE)");
+			return -EINVAL;
+		}
+	}
 	fl = fcntl(fd, F_GETFL);
 	if (fl >= 0 && !(fl & O_NONBLOCK))
 		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
@@ -187,6 +215,7 @@ int gw_efd_signal(int fd)
 {
 	static const uint64_t one = 1;
 	struct watched *t = self;
+	volatile int tries = 0;
 	sigjmp_buf env;
 	ssize_t n;
 
@@ -194,8 +223,17 @@ int gw_efd_signal(int fd)
 		n = write(fd, &one, sizeof(one));
 	} else {
 		if (sigsetjmp(env, 0)) {
+			int fl = fcntl(fd, F_GETFL);
+
 			__atomic_store_n(&t->busy, 0, __ATOMIC_RELAXED);
-			return -ETIMEDOUT;
+			/*
+			 * Still non-blocking: the write could not have waited, the
+			 * thread was just held up (descheduled) that long. Write
+			 * again (a second 1 is harmless). Blocking: the peer
+			 * cleared the flag on a counter it keeps full.
+			 */
+			if (fl < 0 || !(fl & O_NONBLOCK) || ++tries > 2)
+				return -ETIMEDOUT;
 		}
 		__atomic_store_n(&t->busy, ++t->calls, __ATOMIC_RELAXED);
 		escape = &env;

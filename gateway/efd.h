@@ -35,7 +35,11 @@ int gw_efd_thread(void);
 /* One more (true) or one fewer (false) connection with a peer's eventfds. */
 void gw_efd_watch(bool on);
 
-/* 0 when fd is an eventfd (now non-blocking); -EINVAL and what it is in why otherwise. */
+/*
+ * 0 when fd is an eventfd (now non-blocking); -EINVAL and what it is in why
+ * otherwise, or when it is a semaphore eventfd (where the kernel says so:
+ * /proc/self/fdinfo of 6.x kernels).
+ */
 int gw_efd_check(int fd, char *why, size_t len);
 /* Read and reset the counter without blocking: 0, -EAGAIN when it was 0, or -errno. */
 int gw_efd_take(int fd, uint64_t *v);

@@ -13,7 +13,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <ev.h>
@@ -26,7 +28,8 @@ enum { CLEAN, POISONED, REPORTED };
 struct slot {
 	unsigned seq;
 	uintptr_t base;
-	size_t len; /* 0: free */
+	size_t len;  /* 0: free */
+	size_t page; /* the mapping's page size (huge pages on hugetlbfs) */
 	int state;  /* CLEAN, POISONED (by the handler), REPORTED (by the main thread) */
 	size_t fault_off;
 	void (*on_fault)(void *arg, size_t off);
@@ -39,11 +42,10 @@ static int wake_fd = -1;
 static struct ev_loop *main_loop;
 static ev_io wake_w;
 static bool installed;
-static uintptr_t page_size; /* sysconf is not async-signal-safe: read once */
 unsigned long gw_guard_fault_count;
 
 /* Read slot i's range consistently; false if it is free or being rewritten. */
-static bool slot_range(unsigned i, uintptr_t *base, size_t *len)
+static bool slot_range(unsigned i, uintptr_t *base, size_t *len, size_t *page)
 {
 	const struct slot *s = &slots[i];
 	unsigned seq = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
@@ -52,6 +54,7 @@ static bool slot_range(unsigned i, uintptr_t *base, size_t *len)
 		return false;
 	*base = __atomic_load_n(&s->base, __ATOMIC_RELAXED);
 	*len = __atomic_load_n(&s->len, __ATOMIC_RELAXED);
+	*page = __atomic_load_n(&s->page, __ATOMIC_RELAXED);
 	__atomic_thread_fence(__ATOMIC_ACQUIRE);
 	return __atomic_load_n(&s->seq, __ATOMIC_RELAXED) == seq && *len;
 }
@@ -59,13 +62,13 @@ static bool slot_range(unsigned i, uintptr_t *base, size_t *len)
 /*
  * Replace [page of a, end of the mapping) with private zero pages: the part
  * the file lost, and possibly more (the handler does not know the new file
- * size). Memory before the faulting page stays shared. If that split is
- * refused (a hugetlbfs mapping splits only at huge pages), the whole
- * mapping goes.
+ * size). Memory before the faulting page stays shared. A hugetlbfs mapping
+ * splits only at its huge pages (page); if the split is refused anyway,
+ * the whole mapping goes.
  */
-static bool replace_tail(uintptr_t base, size_t len, uintptr_t a)
+static bool replace_tail(uintptr_t base, size_t len, size_t page, uintptr_t a)
 {
-	uintptr_t from = a & ~(page_size - 1);
+	uintptr_t from = a & ~(page - 1);
 	const int flags = MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
 
 	if (from < base)
@@ -80,7 +83,7 @@ static void on_sigbus(int sig, siginfo_t *si, void *uctx)
 	uintptr_t a = (uintptr_t)si->si_addr, base;
 	unsigned n = __atomic_load_n(&used_slots, __ATOMIC_ACQUIRE);
 	int saved = errno;
-	size_t len;
+	size_t len, page;
 
 	(void)sig;
 	(void)uctx;
@@ -89,7 +92,7 @@ static void on_sigbus(int sig, siginfo_t *si, void *uctx)
 		struct slot *s = &slots[i];
 		int clean = CLEAN;
 
-		if (!slot_range(i, &base, &len) || a - base >= len)
+		if (!slot_range(i, &base, &len, &page) || a - base >= len)
 			continue;
 		if (__atomic_compare_exchange_n(&s->state, &clean, POISONED, false, __ATOMIC_SEQ_CST,
 						__ATOMIC_SEQ_CST)) {
@@ -102,7 +105,7 @@ static void on_sigbus(int sig, siginfo_t *si, void *uctx)
 		}
 		/* Counted before the zeros appear: whoever reads them sees the count move. */
 		__atomic_add_fetch(&gw_guard_fault_count, 1, __ATOMIC_SEQ_CST);
-		if (!replace_tail(base, len, a))
+		if (!replace_tail(base, len, page, a))
 			break; /* cannot repair: the default action */
 		errno = saved;
 		return;
@@ -134,7 +137,6 @@ int gw_guard_init(struct ev_loop *loop)
 	struct sigaction sa;
 
 	if (!installed) {
-		page_size = (uintptr_t)sysconf(_SC_PAGESIZE);
 		memset(&sa, 0, sizeof(sa));
 		sa.sa_sigaction = on_sigbus;
 		sa.sa_flags = SA_SIGINFO | SA_RESTART;
@@ -161,19 +163,36 @@ void gw_guard_shutdown(void)
 	main_loop = NULL;
 }
 
+/* The page size of fd's file system: huge pages on hugetlbfs, else the base page. */
+static size_t fd_page(int fd)
+{
+	struct statfs sf;
+
+	if (fd >= 0 && fstatfs(fd, &sf) == 0 && (unsigned long)sf.f_type == HUGETLBFS_MAGIC && sf.f_bsize > 0 &&
+	    !((size_t)sf.f_bsize & ((size_t)sf.f_bsize - 1)))
+		return (size_t)sf.f_bsize;
+	return (size_t)sysconf(_SC_PAGESIZE);
+}
+
 bool gw_guard_needed(int fd)
 {
-	int seals = fcntl(fd, F_GET_SEALS);
+	int seals;
 
+	/* hugetlbfs: a sealed file can still have holes punched, and refaulting them needs a free huge page. */
+	if (fd_page(fd) != (size_t)sysconf(_SC_PAGESIZE))
+		return true;
+	seals = fcntl(fd, F_GET_SEALS);
 	return seals < 0 || !(seals & F_SEAL_SHRINK);
 }
 
-static void slot_write(struct slot *s, uintptr_t base, size_t len, void (*on_fault)(void *, size_t), void *arg)
+static void slot_write(struct slot *s, uintptr_t base, size_t len, size_t page, void (*on_fault)(void *, size_t),
+		       void *arg)
 {
 	__atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELAXED);
 	__atomic_thread_fence(__ATOMIC_RELEASE);
 	__atomic_store_n(&s->base, base, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->len, len, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->page, page, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->state, CLEAN, __ATOMIC_RELAXED);
 	s->fault_off = 0;
 	s->on_fault = on_fault;
@@ -181,14 +200,17 @@ static void slot_write(struct slot *s, uintptr_t base, size_t len, void (*on_fau
 	__atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELEASE);
 }
 
-int gw_guard_add(void *base, size_t len, void (*on_fault)(void *arg, size_t off), void *arg)
+int gw_guard_add(void *base, size_t len, int fd, void (*on_fault)(void *arg, size_t off), void *arg)
 {
+	size_t page = fd_page(fd);
+
 	if (!installed || !len)
 		return -EINVAL;
+	len = (len + page - 1) & ~(page - 1); /* the kernel maps whole (huge) pages */
 	for (unsigned i = 0; i < GW_GUARD_SLOTS; i++) {
 		if (slots[i].len)
 			continue;
-		slot_write(&slots[i], (uintptr_t)base, len, on_fault, arg);
+		slot_write(&slots[i], (uintptr_t)base, len, page, on_fault, arg);
 		if (i >= used_slots)
 			__atomic_store_n(&used_slots, i + 1, __ATOMIC_RELEASE);
 		return (int)i;
@@ -200,17 +222,17 @@ void gw_guard_del(int slot)
 {
 	if (slot < 0 || (unsigned)slot >= GW_GUARD_SLOTS)
 		return;
-	slot_write(&slots[slot], 0, 0, NULL, NULL);
+	slot_write(&slots[slot], 0, 0, 0, NULL, NULL);
 }
 
 bool gw_guard_poisoned(const void *p, size_t len)
 {
 	unsigned n = __atomic_load_n(&used_slots, __ATOMIC_ACQUIRE);
 	uintptr_t a = (uintptr_t)p, base;
-	size_t l;
+	size_t l, page;
 
 	for (unsigned i = 0; i < n; i++) {
-		if (!slot_range(i, &base, &l) || __atomic_load_n(&slots[i].state, __ATOMIC_ACQUIRE) == CLEAN)
+		if (!slot_range(i, &base, &l, &page) || __atomic_load_n(&slots[i].state, __ATOMIC_ACQUIRE) == CLEAN)
 			continue;
 		if (a < base + l && base < a + len)
 			return true;

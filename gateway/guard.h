@@ -41,19 +41,22 @@ int gw_guard_init(struct ev_loop *loop);
 void gw_guard_shutdown(void);
 
 /*
- * Whether a mapping of fd can be shrunk from outside: false for a memfd
- * sealed with F_SEAL_SHRINK, true for anything else.
+ * Whether a mapping of fd can fault from outside: false for a memfd sealed
+ * with F_SEAL_SHRINK, true for anything else, hugetlbfs included (a sealed
+ * hugetlb file can still have holes punched, and refaulting one needs a
+ * free huge page).
  */
 bool gw_guard_needed(int fd);
 
 /*
- * Register [base, base+len), a mapping its owner will not unmap before
+ * Register [base, base+len), a mapping of fd (for its page size: huge pages
+ * on hugetlbfs; -1: base pages) its owner will not unmap before
  * gw_guard_del(). on_fault runs on the main thread (from the loop given to
  * gw_guard_init, or gw_guard_dispatch) once after the mapping is poisoned,
  * with arg and the offset of the first fault. Main thread only. Returns the
  * slot (>= 0) or -ENOSPC when all GW_GUARD_SLOTS are in use.
  */
-int gw_guard_add(void *base, size_t len, void (*on_fault)(void *arg, size_t off), void *arg);
+int gw_guard_add(void *base, size_t len, int fd, void (*on_fault)(void *arg, size_t off), void *arg);
 /* Unregister slot (before unmapping). Main thread only; -1 is ignored. */
 void gw_guard_del(int slot);
 

@@ -9,6 +9,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -59,7 +61,7 @@ static uint8_t *guarded(int *fd, struct seen *s, int *slot)
 	CHECK(p != NULL);
 	if (!p)
 		return NULL;
-	*slot = gw_guard_add(p, LEN, on_fault, s);
+	*slot = gw_guard_add(p, LEN, *fd, on_fault, s);
 	CHECK(*slot >= 0);
 	return p;
 }
@@ -127,7 +129,7 @@ static void test_fault_repaired(void)
 	/* Unregistered, the slot is free and clean for the next mapping. */
 	gw_guard_del(slot);
 	CHECK(!gw_guard_poisoned(p, LEN));
-	CHECK_EQ_U64(gw_guard_add(p, LEN, on_fault, &s), slot);
+	CHECK_EQ_U64(gw_guard_add(p, LEN, fd, on_fault, &s), slot);
 	CHECK(!gw_guard_poisoned(p, LEN));
 	gw_guard_del(slot);
 	munmap(p, LEN);
@@ -224,20 +226,98 @@ static void test_slots_run_out(void)
 	uint8_t dummy[1];
 	unsigned n = 0;
 
-	while (n < GW_GUARD_SLOTS && (slot[n] = gw_guard_add(dummy, 1, NULL, NULL)) >= 0)
+	while (n < GW_GUARD_SLOTS && (slot[n] = gw_guard_add(dummy, 1, -1, NULL, NULL)) >= 0)
 		n++;
 	CHECK_EQ_U64(n, GW_GUARD_SLOTS);
-	CHECK_EQ_U64(gw_guard_add(dummy, 1, NULL, NULL), -ENOSPC);
+	CHECK_EQ_U64(gw_guard_add(dummy, 1, -1, NULL, NULL), -ENOSPC);
 	gw_guard_del(slot[7]);
-	CHECK_EQ_U64(gw_guard_add(dummy, 1, NULL, NULL), slot[7]);
+	CHECK_EQ_U64(gw_guard_add(dummy, 1, -1, NULL, NULL), slot[7]);
 	for (unsigned i = 0; i < n; i++)
 		gw_guard_del(slot[i]);
-	CHECK(gw_guard_add(dummy, 0, NULL, NULL) < 0);
+	CHECK(gw_guard_add(dummy, 0, -1, NULL, NULL) < 0);
 }
 
-int main(void)
+static long read_long(const char *path, const char *key)
+{
+	char line[256];
+	long v = -1;
+	FILE *f = fopen(path, "r");
+
+	while (f && fgets(line, sizeof(line), f))
+		if (!key ? sscanf(line, "%ld", &v) == 1 : !strncmp(line, key, strlen(key)))
+			v = key ? strtol(line + strlen(key), NULL, 10) : v;
+	if (f)
+		fclose(f);
+	return v;
+}
+
+/*
+ * hugetlbfs (`test_guard hugetlb`): the repair must split the mapping at a
+ * huge page, and a sealed hugetlb memfd is guarded too. Reserves two huge
+ * pages for the run when none are free (root), and gives them back.
+ */
+static int test_hugetlb(void)
+{
+	const size_t H = 2u << 20;
+	long old = read_long("/proc/sys/vm/nr_hugepages", NULL);
+	bool raised = false;
+	struct seen s = { 0 };
+	volatile uint8_t *v;
+	uint8_t *p;
+	int fd, sealed, slot;
+
+	if (read_long("/proc/meminfo", "HugePages_Free:") < 2) {
+		FILE *f = fopen("/proc/sys/vm/nr_hugepages", "w");
+
+		raised = f && fprintf(f, "%ld\n", old + 2) > 0;
+		if (f && fclose(f) != 0)
+			raised = false;
+	}
+	fd = memfd_create("test-guard-huge", MFD_CLOEXEC | MFD_HUGETLB | MFD_ALLOW_SEALING);
+	if (fd < 0 || read_long("/proc/meminfo", "HugePages_Free:") < 2 || ftruncate(fd, 2 * H) < 0) {
+		printf("SKIP: no two 2 MiB huge pages for a hugetlb memfd (%s; needs root to reserve them)\n",
+		       fd < 0 ? strerror(errno) : "none free");
+		return 77;
+	}
+	p = mmap(NULL, 2 * H, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	CHECK(p != MAP_FAILED);
+	memset(p, 0x5a, 2 * H);
+	CHECK(gw_guard_needed(fd));
+	sealed = memfd_create("test-guard-huge-sealed", MFD_CLOEXEC | MFD_HUGETLB | MFD_ALLOW_SEALING);
+	CHECK(sealed >= 0 && fcntl(sealed, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0);
+	CHECK(gw_guard_needed(sealed)); /* holes can still be punched */
+
+	slot = gw_guard_add(p, 2 * H - 4096, fd, on_fault, &s); /* a length the kernel rounds up */
+	CHECK(slot >= 0);
+	CHECK(ftruncate(fd, H) == 0);
+	v = p;
+	CHECK_EQ_U64(v[H + 4096 * 3], 0);   /* repaired from its huge page on */
+	CHECK_EQ_U64(v[2 * H - 1], 0);      /* in the rounded-up tail too */
+	CHECK_EQ_U64(v[0], 0x5a);           /* the first huge page is still the file's */
+	CHECK_EQ_U64(v[H - 1], 0x5a);
+	gw_guard_dispatch();
+	CHECK_EQ_U64(s.calls, 1);
+	CHECK_EQ_U64(s.off, H + 4096 * 3);
+	gw_guard_del(slot);
+	munmap(p, 2 * H);
+	close(fd);
+	close(sealed);
+	if (raised) {
+		FILE *f = fopen("/proc/sys/vm/nr_hugepages", "w");
+
+		if (f) {
+			fprintf(f, "%ld\n", old);
+			fclose(f);
+		}
+	}
+	return check_report();
+}
+
+int main(int argc, char **argv)
 {
 	CHECK(gw_guard_init(NULL) == 0);
+	if (argc > 1 && !strcmp(argv[1], "hugetlb"))
+		return test_hugetlb();
 	test_needed();
 	test_fault_repaired();
 	test_fault_in_worker();

@@ -114,7 +114,7 @@ static int map_region(const struct vhost_mem_region *r, int fd, struct vhost_map
 		gw_debug("vhost-user-blk: memory region gpa 0x%llx (0x%llx bytes) is not sealed against shrinking: "
 			 "guarded against SIGBUS", (unsigned long long)r->guest_phys_addr,
 			 (unsigned long long)r->memory_size);
-		mp->guard = gw_guard_add(base, (size_t)(r->memory_size + delta), vhost_mem_fault, base);
+		mp->guard = gw_guard_add(base, (size_t)(r->memory_size + delta), fd, vhost_mem_fault, base);
 		if (mp->guard < 0) {
 			int rc = mp->guard;
 
@@ -359,7 +359,7 @@ int vhost_inflight_set(struct vhost_conn *c, const struct vhost_inflight_msg *m,
 	}
 	guard = -1;
 	if (gw_guard_needed(fd)) {
-		guard = gw_guard_add(p, (size_t)(need + delta), vhost_mem_fault, p);
+		guard = gw_guard_add(p, (size_t)(need + delta), fd, vhost_mem_fault, p);
 		if (guard < 0) {
 			close(fd);
 			munmap(p, (size_t)(need + delta));

@@ -32,10 +32,16 @@ static void broken_cb(struct vblk_queue *q, void *arg)
 	int rc;
 
 	c->broken = true;
-	if (vr->err_fd >= 0 && (rc = gw_efd_signal(vr->err_fd)) < 0)
+	if (vr->err_fd >= 0 && (rc = gw_efd_signal(vr->err_fd)) < 0) {
 		gw_debug("%s: err eventfd: %s", c->name, rc == -ETIMEDOUT ? "blocked (full and unread)" : strerror(-rc));
-	vhost_conn_close(c, q->poisoned ? "the frontend shrank its memory under a request (SIGBUS)"
-					: "malformed virtqueue");
+		if (rc == -ETIMEDOUT) {
+			close(vr->err_fd); /* not twice */
+			vr->err_fd = -1;
+		}
+	}
+	vhost_conn_close(c, q->poisoned     ? "the frontend shrank its memory under a request (SIGBUS)"
+			    : q->call_stuck ? "the frontend's call eventfd is full and unread"
+					    : "malformed virtqueue");
 }
 
 static const struct vblk_queue_ops queue_ops = {

@@ -86,7 +86,7 @@ struct vblk_queue {
 	bool running, enabled, kick_on, stopping;
 	bool need_notify, need_process, starved, broken_reported;
 	bool poisoned;                /* the driver's memory shrank (gateway/guard.h) */
-	unsigned long guard_seen;     /* gw_guard_faults() when last checked */
+	bool call_stuck;              /* a write to call_fd was abandoned (gateway/efd.h) */
 	struct gw_deferred defer;
 	unsigned inflight;            /* requests submitted, not completed */
 	unsigned nreqs;               /* requests allocated */

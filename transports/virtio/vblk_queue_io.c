@@ -117,12 +117,12 @@ void vblkq_mark_broken(struct vblk_queue *q)
  * Whether r used memory the SIGBUS guard poisoned: the driver shrank it
  * while it was mapped, so what the backend read from it (or wrote to it)
  * was private zeros, not the driver's. Checked only when the process-wide
- * fault count moved (the guard counts before the zeros appear). The first
- * such request breaks the queue for good.
+ * fault count moved while r was in flight (the guard counts before the
+ * zeros appear), against r's own map, which may be older than the queue's.
+ * The first such request breaks the queue for good.
  */
 static bool req_poisoned(struct vblk_queue *q, const struct vblk_req *r)
 {
-	q->guard_seen = gw_guard_faults();
 	if (!q->poisoned && (virtio_mem_poisoned(r->mem) || virtio_mem_poisoned(q->mem))) {
 		q->poisoned = true;
 		gw_warn("%s: the driver's memory shrank under a request (SIGBUS); it and every later one "
@@ -138,7 +138,7 @@ static void req_done(struct vblk_req *r)
 	struct vblk_queue *q = r->owner;
 
 	/* A poisoned request is never acknowledged: the inflight region keeps it for a reconnect. */
-	if (gw_likely(gw_guard_faults() == q->guard_seen && !q->poisoned) || !req_poisoned(q, r)) {
+	if (gw_likely(gw_guard_faults() == r->faults && !q->poisoned) || !req_poisoned(q, r)) {
 		vq_push(&q->vq, r->elem.head, r->used_len);
 		q->need_notify = true;
 	}
@@ -158,6 +158,7 @@ bool vblkq_req_run(struct vblk_queue *q, struct vblk_req *r)
 	r->done = req_done;
 	r->ioq = &q->w->ioq;
 	r->mem = q->mem;
+	r->faults = gw_guard_faults();
 	q->mem_inflight++;
 	q->inflight++;
 	if (gw_unlikely(vblk_req_start(q->dev, r) < 0)) {
@@ -261,6 +262,10 @@ void vblkq_signal_driver(struct vblk_queue *q)
 	if (rc == -ETIMEDOUT) {
 		gw_warn("%s: a write to the driver's call eventfd blocked for over %u ms (its counter is full "
 			"and it does not read it); the queue stops", q->name, GW_EFD_STALL_MS);
+		/* Never again: requests still in flight would each stall the thread anew. */
+		close(q->call_fd);
+		q->call_fd = -1;
+		q->call_stuck = true;
 		q->vq.broken = true;
 		vblkq_mark_broken(q);
 		return;

@@ -59,6 +59,7 @@ struct vblk_req {
 	void *owner;
 	struct gw_ioq *ioq;               /* the thread's ring, set by the owner */
 	struct virtio_memmap *mem;        /* the map the iovecs point into (owner's business) */
+	unsigned long faults;             /* gw_guard_faults() when it started (owner's business) */
 	struct vq_elem elem;
 	uint32_t used_len;                /* out: bytes written into the writable buffers */
 	uint8_t status;                   /* out: VIRTIO_BLK_S_* */
