@@ -39,9 +39,7 @@ static void broken_cb(struct vblk_queue *q, void *arg)
 			vr->err_fd = -1;
 		}
 	}
-	vhost_conn_close(c, q->poisoned     ? "the frontend shrank its memory under a request (SIGBUS)"
-			    : q->call_stuck ? "the frontend's call eventfd is full and unread"
-					    : "malformed virtqueue");
+	vhost_conn_close(c, q->broken_why ? q->broken_why : "malformed virtqueue");
 }
 
 static const struct vblk_queue_ops queue_ops = {

@@ -302,7 +302,7 @@ static int op_start(struct vblk_queue *q, struct vblk_queue_start *s)
 			 */
 			if (rc != -EPROTO)
 				vq_fail(&q->vq, "inflight recovery failed: %s", strerror(-rc));
-			vblkq_mark_broken(q);
+			vblkq_mark_broken(q, NULL);
 			return 0;
 		}
 	}

@@ -42,7 +42,7 @@ struct vblk_queue;
 
 /* Reports from the worker, on the main thread. */
 struct vblk_queue_ops {
-	/* The ring turned out malformed (already logged). Optional. */
+	/* The queue stopped for good (already logged; q->broken_why says why). Optional. */
 	void (*broken)(struct vblk_queue *q, void *arg);
 	/*
 	 * Optional: send an interrupt another way than writing 1 to call_fd
@@ -86,7 +86,7 @@ struct vblk_queue {
 	bool running, enabled, kick_on, stopping;
 	bool need_notify, need_process, starved, broken_reported;
 	bool poisoned;                /* the driver's memory shrank (gateway/guard.h) */
-	bool call_stuck;              /* a write to call_fd was abandoned (gateway/efd.h) */
+	const char *broken_why;       /* why it broke, for ops->broken (NULL: a malformed ring) */
 	struct gw_deferred defer;
 	unsigned inflight;            /* requests submitted, not completed */
 	unsigned nreqs;               /* requests allocated */

@@ -32,8 +32,11 @@ struct vblk_req *vblkq_req_get(struct vblk_queue *q);
 void vblkq_req_put(struct vblk_queue *q, struct vblk_req *r);
 void vblkq_kick_watch(struct vblk_queue *q, bool on);
 void vblkq_poll_watch(struct vblk_queue *q, bool on);
-/* Stop taking requests and tell the main thread (once). */
-void vblkq_mark_broken(struct vblk_queue *q);
+/*
+ * Stop taking requests and tell the main thread (once), with why (a static
+ * string; NULL: the ring was malformed, vq_fail said how) in q->broken_why.
+ */
+void vblkq_mark_broken(struct vblk_queue *q, const char *why);
 /* Run a mapped chain; false when the queue broke. */
 bool vblkq_req_run(struct vblk_queue *q, struct vblk_req *r);
 /* Drain the ring, then poll or re-arm the kick. */

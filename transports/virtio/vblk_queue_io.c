@@ -100,7 +100,7 @@ static void broken_on_main(void *arg)
 		q->ops->broken(q, q->ops_arg);
 }
 
-void vblkq_mark_broken(struct vblk_queue *q)
+void vblkq_mark_broken(struct vblk_queue *q, const char *why)
 {
 	q->enabled = false;
 	vblkq_kick_watch(q, false);
@@ -108,6 +108,7 @@ void vblkq_mark_broken(struct vblk_queue *q)
 	if (q->broken_reported)
 		return;
 	q->broken_reported = true;
+	q->broken_why = why;
 	if (gw_main_call(broken_on_main, q) < 0)
 		gw_err("%s: cannot report the broken ring to the main thread", q->name);
 }
@@ -128,7 +129,7 @@ static bool req_poisoned(struct vblk_queue *q, const struct vblk_req *r)
 		gw_warn("%s: the driver's memory shrank under a request (SIGBUS); it and every later one "
 			"stay unanswered (resubmitted from the inflight region if the driver reconnects)",
 			q->name);
-		vblkq_mark_broken(q);
+		vblkq_mark_broken(q, "the frontend shrank its memory under a request (SIGBUS)");
 	}
 	return q->poisoned;
 }
@@ -167,7 +168,7 @@ bool vblkq_req_run(struct vblk_queue *q, struct vblk_req *r)
 		q->mem_inflight--;
 		q->inflight--;
 		vblkq_req_put(q, r);
-		vblkq_mark_broken(q);
+		vblkq_mark_broken(q, NULL);
 		return false;
 	}
 	return true;
@@ -188,7 +189,7 @@ static int pass(struct vblk_queue *q)
 		if (rc <= 0) {
 			vblkq_req_put(q, r);
 			if (rc < 0) {
-				vblkq_mark_broken(q);
+				vblkq_mark_broken(q, NULL);
 				return -1;
 			}
 			return 0;
@@ -265,9 +266,8 @@ void vblkq_signal_driver(struct vblk_queue *q)
 		/* Never again: requests still in flight would each stall the thread anew. */
 		close(q->call_fd);
 		q->call_fd = -1;
-		q->call_stuck = true;
 		q->vq.broken = true;
-		vblkq_mark_broken(q);
+		vblkq_mark_broken(q, "the frontend's call eventfd is full and unread");
 		return;
 	}
 	gw_debug("%s: call eventfd: %s", q->name, strerror(-rc));
@@ -414,7 +414,7 @@ void vblkq_kick_cb(struct ev_loop *loop, ev_io *w, int revents)
 	if (rc < 0 && rc != -EAGAIN && rc != -EINTR) {
 		gw_warn("%s: kick eventfd: %s; the queue stops", q->name, strerror(-rc));
 		q->vq.broken = true;
-		vblkq_mark_broken(q);
+		vblkq_mark_broken(q, "its kick eventfd failed");
 		return;
 	}
 	now = q->idle_since || q->hold.quiet_ns ? gw_now_ns() : 0;
