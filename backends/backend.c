@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/util.h"
+#include "lib/util.h"
 
 extern const struct gw_backend_ops gw_file_backend;
 extern const struct gw_backend_ops gw_memory_backend;

@@ -23,8 +23,8 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-#include "gateway/ioq.h"
-#include "gateway/opts.h"
+#include "lib/ioq.h"
+#include "lib/opts.h"
 
 #define GW_BACKEND_ABI 1
 

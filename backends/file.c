@@ -23,8 +23,8 @@
 #include <unistd.h>
 
 #include "backends/backend.h"
-#include "gateway/log.h"
-#include "gateway/util.h"
+#include "lib/log.h"
+#include "lib/util.h"
 
 struct file_opts {
 	char *path;

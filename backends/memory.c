@@ -19,7 +19,7 @@
 #include <sys/mman.h>
 
 #include "backends/backend.h"
-#include "gateway/util.h"
+#include "lib/util.h"
 
 #define MEM_PAGE_SHIFT 12
 #define MEM_PAGE ((uint64_t)1 << MEM_PAGE_SHIFT)

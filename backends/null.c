@@ -7,7 +7,7 @@
 #include <stdlib.h>
 
 #include "backends/backend.h"
-#include "gateway/util.h"
+#include "lib/util.h"
 
 struct null_opts {
 	uint64_t size;

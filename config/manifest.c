@@ -10,7 +10,7 @@
 
 #include "config/yaml_tree.h"
 #include "gateway/gateway.h"
-#include "gateway/util.h"
+#include "lib/util.h"
 
 /* ---- diagnostics ---- */
 

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <yaml.h>
 
-#include "gateway/util.h"
+#include "lib/util.h"
 
 #define YT_MAX_DEPTH 64
 #define YT_MAX_ANCHORS 256

@@ -12,9 +12,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "gateway/log.h"
-#include "gateway/sockets.h"
-#include "gateway/util.h"
+#include "lib/log.h"
+#include "lib/sockets.h"
+#include "lib/util.h"
 
 #define CTL_MAX_LINE (64 * 1024)
 #define CTL_MAX_CLIENTS 64

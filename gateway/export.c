@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/log.h"
+#include "lib/log.h"
 
 #define GW_DEFAULT_MAX_XFER (32u << 20)
 

@@ -19,7 +19,7 @@
 #include <stdint.h>
 
 #include "backends/backend.h"
-#include "gateway/util.h"
+#include "lib/util.h"
 
 #define GW_STATS_SLOTS 32
 

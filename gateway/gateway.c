@@ -13,14 +13,14 @@
 
 #include "config/manifest.h"
 #include "gateway/control.h"
-#include "gateway/efd.h"
+#include "lib/efd.h"
 #include "gateway/export.h"
-#include "gateway/guard.h"
-#include "gateway/log.h"
-#include "gateway/sockets.h"
+#include "lib/guard.h"
+#include "lib/log.h"
+#include "lib/sockets.h"
 #include "gateway/transport.h"
-#include "gateway/util.h"
-#include "gateway/worker.h"
+#include "lib/util.h"
+#include "lib/worker.h"
 #include "gw_version.h"
 
 static char *run_dir;

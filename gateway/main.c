@@ -10,9 +10,9 @@
 #include "config/manifest.h"
 #include "gateway/control.h"
 #include "gateway/gateway.h"
-#include "gateway/log.h"
+#include "lib/log.h"
 #include "gateway/transport.h"
-#include "gateway/util.h"
+#include "lib/util.h"
 #include "gw_version.h"
 
 static void usage_main(FILE *f)

@@ -8,7 +8,7 @@
  * probe() to learn whether one can work on this host and why not.
  *
  * Thread: every op runs on the main thread (the libev default loop). I/O
- * runs on workers (gateway/worker.h) through gw_export_submit().
+ * runs on workers (lib/worker.h) through gw_export_submit().
  */
 #pragma once
 
@@ -16,7 +16,7 @@
 #include <stddef.h>
 
 #include "gateway/export.h"
-#include "gateway/opts.h"
+#include "lib/opts.h"
 
 #define GW_TRANSPORT_ABI 1
 

@@ -8,7 +8,7 @@
 
 #include "backends/backend.h"
 #include "check.h"
-#include "gateway/bufpool.h"
+#include "lib/bufpool.h"
 #include "gateway/export.h"
 
 static struct gw_ioq q;

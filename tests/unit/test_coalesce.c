@@ -1,6 +1,6 @@
 /* The adaptive coalescing controller: when it waits, when it does not. */
 #include "check.h"
-#include "gateway/coalesce.h"
+#include "lib/coalesce.h"
 
 #define MS 1000000ull
 

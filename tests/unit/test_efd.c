@@ -1,5 +1,5 @@
 /*
- * Eventfds shared with a peer (gateway/efd.c): only eventfds are taken, a
+ * Eventfds shared with a peer (lib/efd.c): only eventfds are taken, a
  * read never blocks whatever the peer does to the file's flags, and a write
  * to a full eventfd the peer made blocking is abandoned by the watchdog
  * instead of hanging the thread. alarm() turns a hang into a failure.
@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "gateway/efd.h"
+#include "lib/efd.h"
 
 static void test_check(void)
 {

@@ -1,5 +1,5 @@
 /*
- * The SIGBUS guard (gateway/guard.c): a registered shared mapping whose file
+ * The SIGBUS guard (lib/guard.c): a registered shared mapping whose file
  * shrinks is repaired instead of killing the process, the fault is counted
  * and reported once on the "main thread" (gw_guard_dispatch), and a SIGBUS
  * anywhere else still kills.
@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "gateway/guard.h"
+#include "lib/guard.h"
 
 #define LEN (64u * 1024u)
 
@@ -136,7 +136,7 @@ static void test_fault_repaired(void)
 	close(fd);
 }
 
-/* A worker thread (full signal mask but SIGBUS, as gateway/worker.c sets it). */
+/* A worker thread (full signal mask but SIGBUS, as lib/worker.c sets it). */
 struct thread_arg {
 	volatile uint8_t *p;
 	uint8_t got;

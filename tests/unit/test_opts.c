@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "gateway/opts.h"
+#include "lib/opts.h"
 
 struct o {
 	char *path;

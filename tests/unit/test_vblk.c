@@ -12,7 +12,7 @@
 #include "backends/backend.h"
 #include "check.h"
 #include "gateway/export.h"
-#include "gateway/log.h"
+#include "lib/log.h"
 #include "transports/virtio/virtio_blk.h"
 #include "vring_build.h"
 

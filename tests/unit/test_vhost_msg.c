@@ -24,11 +24,11 @@
 #include "backends/backend.h"
 #include "check.h"
 #include "gateway/export.h"
-#include "gateway/efd.h"
-#include "gateway/guard.h"
-#include "gateway/log.h"
+#include "lib/efd.h"
+#include "lib/guard.h"
+#include "lib/log.h"
 #include "gateway/transport.h"
-#include "gateway/worker.h"
+#include "lib/worker.h"
 #include "transports/vhost/vhost_internal.h"
 #include "vring_build.h"
 
@@ -605,7 +605,7 @@ static void test_bad_ring(void)
 /*
  * A frontend that fills its call eventfd, makes the file blocking again and
  * never reads it: the worker's interrupt write is abandoned by the eventfd
- * watchdog (gateway/efd.c), the queue stops and the connection closes, and
+ * watchdog (lib/efd.c), the queue stops and the connection closes, and
  * the worker goes on serving.
  */
 static void test_full_call_fd(void)

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "gateway/log.h"
+#include "lib/log.h"
 #include "vring_build.h"
 
 #define NUM 16

@@ -21,10 +21,10 @@
 #include <unistd.h>
 
 #include "gateway/gateway.h"
-#include "gateway/log.h"
-#include "gateway/sockets.h"
+#include "lib/log.h"
+#include "lib/sockets.h"
 #include "gateway/transport.h"
-#include "gateway/util.h"
+#include "lib/util.h"
 #include "transports/nbd/nbd_conn.h"
 #include "transports/nbd/nbd_internal.h"
 #include "transports/nbd/nbd_netlink.h"

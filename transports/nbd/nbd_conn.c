@@ -17,8 +17,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "gateway/log.h"
-#include "gateway/util.h"
+#include "lib/log.h"
+#include "lib/util.h"
 #include "transports/nbd/nbd_conn.h"
 #include "transports/nbd/nbd_proto.h"
 

@@ -10,7 +10,7 @@
 #include <stdint.h>
 
 #include "backends/backend.h"
-#include "gateway/worker.h"
+#include "lib/worker.h"
 #include "transports/nbd/nbd_internal.h"
 
 enum nbd_cstate {

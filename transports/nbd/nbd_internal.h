@@ -18,7 +18,7 @@
 #include <sys/uio.h>
 
 #include "gateway/export.h"
-#include "gateway/worker.h"
+#include "lib/worker.h"
 
 #define NBD_MAX_LISTEN_FDS 8
 

@@ -21,7 +21,7 @@
 
 #include <linux/nbd-netlink.h>
 
-#include "gateway/genl.h"
+#include "lib/genl.h"
 
 /* Constants Debian 12's linux-libc-dev (6.1) may lack. */
 #ifndef NBD_GENL_FAMILY_NAME

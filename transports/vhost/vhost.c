@@ -20,10 +20,10 @@
 #include <unistd.h>
 
 #include "gateway/gateway.h"
-#include "gateway/log.h"
-#include "gateway/sockets.h"
+#include "lib/log.h"
+#include "lib/sockets.h"
 #include "gateway/transport.h"
-#include "gateway/util.h"
+#include "lib/util.h"
 #include "transports/vhost/vhost_internal.h"
 
 static const char *vhost_check_opts(const void *opts, const char **key);

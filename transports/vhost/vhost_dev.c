@@ -16,9 +16,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gateway/efd.h"
-#include "gateway/log.h"
-#include "gateway/util.h"
+#include "lib/efd.h"
+#include "lib/log.h"
+#include "lib/util.h"
 #include "transports/vhost/vhost_internal.h"
 
 enum { VAR = 0xffff };

@@ -20,7 +20,7 @@
 #include <stdint.h>
 
 #include "gateway/export.h"
-#include "gateway/worker.h"
+#include "lib/worker.h"
 #include "transports/vhost/vhost_proto.h"
 #include "transports/virtio/vblk_queue.h"
 #include "transports/virtio/virtio_blk.h"
@@ -49,7 +49,7 @@ struct vhost_mapping {
 	size_t len;
 	uint64_t gpa, size, uva;  /* the region as the frontend described it */
 	uint8_t *host;            /* gpa / uva map here */
-	int guard;                /* SIGBUS guard slot (gateway/guard.h), -1: sealed, none needed */
+	int guard;                /* SIGBUS guard slot (lib/guard.h), -1: sealed, none needed */
 };
 
 /* A memory table snapshot. Its lifetime is that of `gpa` (refcounted). */

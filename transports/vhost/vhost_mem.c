@@ -18,9 +18,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "gateway/guard.h"
-#include "gateway/log.h"
-#include "gateway/util.h"
+#include "lib/guard.h"
+#include "lib/log.h"
+#include "lib/util.h"
 #include "transports/vhost/vhost_internal.h"
 
 static void mapping_put(struct vhost_mapping *mp)

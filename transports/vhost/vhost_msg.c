@@ -10,8 +10,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "gateway/log.h"
-#include "gateway/util.h"
+#include "lib/log.h"
+#include "lib/util.h"
 #include "transports/vhost/vhost_internal.h"
 
 static const char *const req_names[VHOST_USER_REQ_MAX] = {

@@ -13,8 +13,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gateway/log.h"
-#include "gateway/util.h"
+#include "lib/log.h"
+#include "lib/util.h"
 
 /* ---- main-thread side ---- */
 

@@ -33,8 +33,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "gateway/coalesce.h"
-#include "gateway/worker.h"
+#include "lib/coalesce.h"
+#include "lib/worker.h"
 #include "transports/virtio/virtio_blk.h"
 #include "transports/virtio/vq.h"
 
@@ -85,7 +85,7 @@ struct vblk_queue {
 	int kick_fd, call_fd;
 	bool running, enabled, kick_on, stopping;
 	bool need_notify, need_process, starved, broken_reported;
-	bool poisoned;                /* the driver's memory shrank (gateway/guard.h) */
+	bool poisoned;                /* the driver's memory shrank (lib/guard.h) */
 	const char *broken_why;       /* why it broke, for ops->broken (NULL: a malformed ring) */
 	struct gw_deferred defer;
 	unsigned inflight;            /* requests submitted, not completed */

@@ -8,11 +8,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gateway/coalesce.h"
-#include "gateway/efd.h"
-#include "gateway/guard.h"
-#include "gateway/log.h"
-#include "gateway/util.h"
+#include "lib/coalesce.h"
+#include "lib/efd.h"
+#include "lib/guard.h"
+#include "lib/log.h"
+#include "lib/util.h"
 #include "transports/virtio/vblk_queue_internal.h"
 
 /* Requests taken per pass before the loop gets to run other watchers. */

@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "backends/backend.h"
-#include "gateway/util.h"
+#include "lib/util.h"
 
 int vblk_dev_init(struct vblk_dev *d, struct gw_export *e, const char *serial, uint16_t num_queues,
 		  uint16_t queue_size)

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/guard.h"
+#include "lib/guard.h"
 
 struct virtio_memmap *virtio_mem_new(unsigned cap, void (*release)(struct virtio_memmap *m),
 				     void *owner)

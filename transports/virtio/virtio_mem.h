@@ -83,7 +83,7 @@ int virtio_mem_iov(const struct virtio_memmap *m, uint64_t addr, uint64_t len, s
 		   unsigned *n, unsigned max);
 
 /*
- * Whether any region of m was poisoned by the SIGBUS guard (gateway/guard.h):
+ * Whether any region of m was poisoned by the SIGBUS guard (lib/guard.h):
  * its memory was shrunk by the process that shared it and now reads as
  * zeros. Any thread.
  */

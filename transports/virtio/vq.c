@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/log.h"
+#include "lib/log.h"
 
 /* Driver-written memory is read exactly once per field, into locals. */
 #define LOAD16(p) le16toh(__atomic_load_n((p), __ATOMIC_RELAXED))

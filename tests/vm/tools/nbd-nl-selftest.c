@@ -541,7 +541,7 @@ static int cmd_status(int argc, char **argv)
 	return 0;
 }
 
-/* --- genl-check: host-side checks of gateway/genl.c on any kernel ---------- */
+/* --- genl-check: host-side checks of lib/genl.c on any kernel ---------- */
 
 static int gc_failed, gc_passed;
 

@@ -1,11 +1,11 @@
-#include "gateway/ioq.h"
+#include "lib/ioq.h"
 
 #include <errno.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "gateway/util.h"
+#include "lib/util.h"
 
 int gw_ioq_init(struct gw_ioq *q, unsigned entries, unsigned slot, bool with_eventfd)
 {

@@ -1,4 +1,4 @@
-#include "gateway/util.h"
+#include "lib/util.h"
 
 #include <inttypes.h>
 #include <stdarg.h>

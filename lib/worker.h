@@ -14,9 +14,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "gateway/bufpool.h"
-#include "gateway/coalesce.h"
-#include "gateway/ioq.h"
+#include "lib/bufpool.h"
+#include "lib/coalesce.h"
+#include "lib/ioq.h"
 
 struct gw_call;
 
@@ -76,7 +76,7 @@ void gw_main_exit(void);
 
 /*
  * Same-thread: count requests handled in this loop iteration; it feeds the
- * worker's adaptive coalescing (gateway/coalesce.h).
+ * worker's adaptive coalescing (lib/coalesce.h).
  */
 static inline void gw_worker_note_work(struct gw_worker *w, unsigned n)
 {

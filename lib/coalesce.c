@@ -1,8 +1,8 @@
-#include "gateway/coalesce.h"
+#include "lib/coalesce.h"
 
 #include <string.h>
 
-#include "gateway/util.h"
+#include "lib/util.h"
 
 /* Keep the window only when it serves this much more (3%). */
 #define CO_GAIN_PCT 103

@@ -1,4 +1,4 @@
-#include "gateway/worker.h"
+#include "lib/worker.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/efd.h"
-#include "gateway/log.h"
-#include "gateway/util.h"
+#include "lib/efd.h"
+#include "lib/log.h"
+#include "lib/util.h"
 
 /* Ring size per worker: enough for several connections at QD 128 each. */
 #define GW_WORKER_RING 512
@@ -291,9 +291,9 @@ int gw_workers_start(unsigned n, char *err, size_t errlen)
 	/*
 	 * Workers inherit a full signal mask: signals belong to the main loop.
 	 * Except SIGBUS: a worker's access to shared memory that its owner
-	 * shrank raises it, and gateway/guard.c handles it on that thread (a
+	 * shrank raises it, and lib/guard.c handles it on that thread (a
 	 * blocked synchronous fault signal kills the process instead). And
-	 * SIGURG: gateway/efd.c's watchdog uses it to free a worker stuck
+	 * SIGURG: lib/efd.c's watchdog uses it to free a worker stuck
 	 * writing to a peer's eventfd.
 	 */
 	sigset_t all, old;

@@ -5,7 +5,7 @@
  * 4-byte struct nlattr (whose length counts itself) followed by the payload
  * and padding to 4 bytes.
  */
-#include "gateway/genl.h"
+#include "lib/genl.h"
 
 #include <errno.h>
 #include <poll.h>

@@ -20,8 +20,8 @@
 
 #include <ev.h>
 
-#include "gateway/guard.h"
-#include "gateway/log.h"
+#include "lib/guard.h"
+#include "lib/log.h"
 
 enum { CLEAN, POISONED, REPORTED };
 

@@ -10,7 +10,7 @@
  * on. SA_NODEFER keeps SIGURG unblocked after the jump (sigsetjmp does not
  * save the mask: cheaper, and nothing else changes it).
  */
-#include "gateway/efd.h"
+#include "lib/efd.h"
 
 #include <errno.h>
 #include <fcntl.h>

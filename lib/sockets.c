@@ -1,4 +1,4 @@
-#include "gateway/sockets.h"
+#include "lib/sockets.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -8,7 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "gateway/util.h"
+#include "lib/util.h"
 
 static int mkdir_upto(char *p, char *stop)
 {

@@ -1,4 +1,4 @@
-#include "gateway/opts.h"
+#include "lib/opts.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -7,7 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "gateway/util.h"
+#include "lib/util.h"
 
 int gw_parse_u64(const char *s, uint64_t *out)
 {

@@ -3,7 +3,7 @@
 
 #include <stdbool.h>
 
-#include "gateway/util.h"
+#include "lib/util.h"
 
 enum gw_log_level {
 	GW_LOG_ERR = 0,

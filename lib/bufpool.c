@@ -1,4 +1,4 @@
-#include "gateway/bufpool.h"
+#include "lib/bufpool.h"
 
 #include <stdlib.h>
 #include <string.h>
