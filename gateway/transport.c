@@ -2,15 +2,20 @@
 
 #include <string.h>
 
-#include "gateway/util.h"
+#include "gw_config.h"
+#include "lib/util.h"
 
 extern const struct gw_transport_ops gw_nbd_transport;
 extern const struct gw_transport_ops gw_vhost_transport;
 
 /* Order is only the listing order; exports choose by name. */
 static const struct gw_transport_ops *const transports[] = {
+#if BLKGW_WITH_NBD
 	&gw_nbd_transport,
+#endif
+#if BLKGW_WITH_VHOST
 	&gw_vhost_transport,
+#endif
 };
 
 const struct gw_transport_ops *gw_transport_find(const char *name)
