@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include "config/yaml_tree.h"
-#include "gateway/gateway.h"
 #include "lib/util.h"
 
 /* ---- diagnostics ---- */
@@ -569,7 +568,7 @@ static void check_conflicts(struct gw_manifest *m, struct gw_diags *d)
 
 					if (b->ops != a->ops)
 						continue;
-					msg = a->ops->conflict(a->opts, m->exports[i].image, b->opts,
+					msg = a->ops->conflict(&m->env, a->opts, m->exports[i].image, b->opts,
 							       m->exports[j].image, buf, sizeof(buf));
 					if (msg)
 						E(a, "export %zu: %s: %s (export %zu, line %d)", i + 1, a->ops->name,
@@ -661,7 +660,7 @@ int gw_manifest_load(const char *path, bool check_sources, struct gw_manifest **
 	    asprintf(&m->gw.control_socket, "%s/control.sock", m->gw.run_dir) < 0)
 		m->gw.control_socket = NULL;
 	/* Transports derive default socket paths from it while validating. */
-	gw_set_run_dir(m->gw.run_dir);
+	m->env.run_dir = m->gw.run_dir;
 
 	n = ymap_get(root, "images");
 	if (!n || ynode_is_null(n))

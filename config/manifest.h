@@ -64,6 +64,7 @@ struct gw_manifest {
 	char *path;
 	char *dir;              /* folder relative paths are resolved against */
 	struct gw_gateway_cfg gw;
+	struct gw_transport_env env; /* what transports see; points into gw */
 	struct gw_image_spec *images;
 	size_t nimages;
 	struct gw_export_spec *exports;

@@ -46,6 +46,7 @@ enum gw_export_state {
 };
 
 struct gw_transport_ops;
+struct gw_transport_env;
 
 struct gw_export {
 	char *id;                 /* unique: image name, or image#N when exported twice */
@@ -60,6 +61,7 @@ struct gw_export {
 
 	const struct gw_transport_ops *transport; /* the one in use */
 	const void *topts;        /* its decoded options */
+	const struct gw_transport_env *env; /* run dir etc., owned by the daemon */
 	void *tpriv;              /* the transport's per-export state */
 	enum gw_export_state state;
 	char *notes;              /* why earlier transports were skipped ("" when none) */

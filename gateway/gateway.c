@@ -23,19 +23,6 @@
 #include "lib/worker.h"
 #include "gw_version.h"
 
-static char *run_dir;
-
-void gw_set_run_dir(const char *dir)
-{
-	free(run_dir);
-	run_dir = dir ? strdup(dir) : NULL;
-}
-
-const char *gw_run_dir(void)
-{
-	return run_dir ? run_dir : "/run/blkgw";
-}
-
 static struct {
 	struct gw_manifest *m;
 	struct gw_backend **images;
@@ -105,7 +92,7 @@ static json_object *cmd_status(json_object *req)
 	json_object_object_add(r, "uptime_s",
 			       json_object_new_double((double)(gw_now_ns() - gw.start_ns) / 1e9));
 	json_object_object_add(r, "manifest", json_object_new_string(gw.m->path));
-	json_object_object_add(r, "run_dir", json_object_new_string(gw_run_dir()));
+	json_object_object_add(r, "run_dir", json_object_new_string(gw.m->gw.run_dir));
 	json_object_object_add(r, "workers", json_object_new_int((int)gw_workers_count()));
 	json_object_object_add(r, "stopping", json_object_new_boolean(gw.stop_requested));
 	for (size_t i = 0; i < gw.nexports; i++)
@@ -169,7 +156,7 @@ static int start_export(struct gw_export *e, const struct gw_export_spec *x)
 		int rc;
 
 		why[0] = '\0';
-		if (t->ops->probe && (rc = t->ops->probe(t->opts, why, sizeof(why))) < 0) {
+		if (t->ops->probe && (rc = t->ops->probe(e->env, t->opts, why, sizeof(why))) < 0) {
 			note(e, t->ops->name, *why ? why : strerror(-rc));
 			gw_warn("export %s: %s is not available here: %s", e->id, t->ops->name,
 				*why ? why : strerror(-rc));
@@ -302,7 +289,6 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 	}
 	gw_log_set_level(lvl);
 	signal(SIGPIPE, SIG_IGN);
-	gw_set_run_dir(m->gw.run_dir);
 
 	rc = gw_mkdir_p(m->gw.run_dir);
 	if (rc < 0) {
@@ -362,6 +348,7 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		gw.exports[i] = gw_export_new(x->id, b, x->read_only, m->images[x->image_index].block_size);
 		if (!gw.exports[i])
 			goto fail;
+		gw.exports[i]->env = &m->env;
 		gw.nexports = i + 1;
 	}
 

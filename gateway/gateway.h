@@ -15,7 +15,3 @@ struct gw_serve_opts {
 
 /* Run until asked to stop. Returns the process exit status. */
 int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o);
-
-/* The run dir in force (set while loading a manifest). */
-void gw_set_run_dir(const char *dir);
-const char *gw_run_dir(void);

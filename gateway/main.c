@@ -168,9 +168,9 @@ static int cmd_check(int argc, char **argv)
 			int rc = 0;
 
 			if (ts->ops->probe)
-				rc = ts->ops->probe(ts->opts, why, sizeof(why));
+				rc = ts->ops->probe(&m->env, ts->opts, why, sizeof(why));
 			if (ts->ops->describe)
-				ts->ops->describe(ts->opts, x->image, where, sizeof(where));
+				ts->ops->describe(&m->env, ts->opts, x->image, where, sizeof(where));
 			if (rc < 0) {
 				printf("  %s: not available here: %s\n", ts->ops->name, *why ? why : strerror(-rc));
 			} else if (!chosen) {

@@ -18,7 +18,16 @@
 #include "gateway/export.h"
 #include "lib/opts.h"
 
-#define GW_TRANSPORT_ABI 1
+#define GW_TRANSPORT_ABI 2
+
+/*
+ * What a transport may know of its surroundings, passed explicitly (no
+ * process-wide state): validating a second manifest must not change what a
+ * running export sees.
+ */
+struct gw_transport_env {
+	const char *run_dir; /* sockets, state that survives a restart, device links */
+};
 
 struct gw_export_status {
 	char endpoint[1024]; /* how to reach it: URIs, socket paths */
@@ -36,20 +45,23 @@ struct gw_transport_ops {
 	 * No side effects. 0, or -errno with a reason a user can act on
 	 * ("nbd kernel module not loaded"). Called by `check` and before start.
 	 */
-	int (*probe)(const void *opts, char *why, size_t len);
+	int (*probe)(const struct gw_transport_env *env, const void *opts, char *why, size_t len);
 
 	/*
 	 * Optional. Would exports a and b (same transport) collide, e.g. the same
 	 * socket and export name? Returns NULL, or a message. No side effects.
 	 */
-	const char *(*conflict)(const void *a, const char *image_a, const void *b,
-				const char *image_b, char *buf, size_t len);
+	const char *(*conflict)(const struct gw_transport_env *env, const void *a,
+				const char *image_a, const void *b, const char *image_b, char *buf,
+				size_t len);
 
 	/* Optional. One line for `check`: where the export would be reachable. */
-	void (*describe)(const void *opts, const char *image, char *buf, size_t len);
+	void (*describe)(const struct gw_transport_env *env, const void *opts, const char *image,
+			 char *buf, size_t len);
 
 	/*
-	 * Required. Start serving exp (exp->topts holds the options). 0, or
+	 * Required. Start serving exp (exp->topts holds the options, exp->env
+	 * the surroundings, valid until done() of stop). 0, or
 	 * -errno with a message; on failure nothing is left behind, and the
 	 * gateway may try the next transport.
 	 */

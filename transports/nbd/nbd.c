@@ -20,7 +20,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "gateway/gateway.h"
 #include "lib/log.h"
 #include "lib/sockets.h"
 #include "gateway/transport.h"
@@ -112,7 +111,8 @@ static const char *wire_name(const struct nbd_opts *o, const char *image)
 }
 
 /* The endpoints an export serves on, as listener keys ("unix:PATH", "tcp:HOST:PORT"). */
-static unsigned endpoints(const struct nbd_opts *o, const char *image, char keys[2][4200])
+static unsigned endpoints(const struct gw_transport_env *env, const struct nbd_opts *o,
+			  const char *image, char keys[2][4200])
 {
 	unsigned n = 0;
 
@@ -121,16 +121,17 @@ static unsigned endpoints(const struct nbd_opts *o, const char *image, char keys
 	if (o->listen)
 		snprintf(keys[n++], sizeof(keys[0]), "tcp:%s", o->listen);
 	if (!n && !o->attach)
-		snprintf(keys[n++], sizeof(keys[0]), "unix:%s/%s.sock", gw_run_dir(), image);
+		snprintf(keys[n++], sizeof(keys[0]), "unix:%s/%s.sock", env->run_dir, image);
 	return n;
 }
 
-static const char *nbd_conflict(const void *a, const char *image_a, const void *b,
-				const char *image_b, char *buf, size_t len)
+static const char *nbd_conflict(const struct gw_transport_env *env, const void *a,
+				const char *image_a, const void *b, const char *image_b, char *buf,
+				size_t len)
 {
 	const struct nbd_opts *oa = a, *ob = b;
 	char ka[2][4200], kb[2][4200];
-	unsigned na = endpoints(oa, image_a, ka), nb = endpoints(ob, image_b, kb);
+	unsigned na = endpoints(env, oa, image_a, ka), nb = endpoints(env, ob, image_b, kb);
 
 	if (oa->attach && ob->attach && oa->device && ob->device && strcmp(oa->device, ob->device) == 0) {
 		snprintf(buf, len, "%s is attached by another export", oa->device);
@@ -175,10 +176,11 @@ static void uri_name(char *out, size_t len, const char *name)
 	out[n] = '\0';
 }
 
-static size_t describe_sockets(const struct nbd_opts *o, const char *image, char *buf, size_t len)
+static size_t describe_sockets(const struct gw_transport_env *env, const struct nbd_opts *o,
+			       const char *image, char *buf, size_t len)
 {
 	char keys[2][4200], name[1024];
-	unsigned n = endpoints(o, image, keys);
+	unsigned n = endpoints(env, o, image, keys);
 	size_t used = 0;
 
 	uri_name(name, sizeof(name), wire_name(o, image));
@@ -194,10 +196,11 @@ static size_t describe_sockets(const struct nbd_opts *o, const char *image, char
 	return GW_MIN(used, len);
 }
 
-static void nbd_describe(const void *opts, const char *image, char *buf, size_t len)
+static void nbd_describe(const struct gw_transport_env *env, const void *opts, const char *image,
+			 char *buf, size_t len)
 {
 	const struct nbd_opts *o = opts;
-	size_t used = describe_sockets(o, image, buf, len);
+	size_t used = describe_sockets(env, o, image, buf, len);
 
 	if (o->attach && used < len)
 		snprintf(buf + used, len - used, "%skernel %s", used ? " " : "",
@@ -496,7 +499,7 @@ static bool have_cap_sys_admin(void)
 	return ok;
 }
 
-static int nbd_probe(const void *opts, char *why, size_t len)
+static int nbd_probe(const struct gw_transport_env *env, const void *opts, char *why, size_t len)
 {
 	const struct nbd_opts *o = opts;
 	struct nbd_nl nl;
@@ -521,7 +524,7 @@ static void link_device(struct nbd_exp *x)
 {
 	char target[32];
 
-	if (asprintf(&x->dev_link, "%s/dev/%s", gw_run_dir(), x->exp->id) < 0) {
+	if (asprintf(&x->dev_link, "%s/dev/%s", x->exp->env->run_dir, x->exp->id) < 0) {
 		x->dev_link = NULL;
 		return;
 	}
@@ -634,7 +637,7 @@ static int nbd_start(struct gw_export *e, char *err, size_t errlen)
 {
 	const struct nbd_opts *o = e->topts;
 	char keys[2][4200];
-	unsigned n = endpoints(o, e->image, keys);
+	unsigned n = endpoints(e->env, o, e->image, keys);
 	struct nbd_exp *x = calloc(1, sizeof(*x));
 
 	if (!x)
@@ -696,7 +699,7 @@ static void nbd_status(struct gw_export *e, struct gw_export_status *st)
 {
 	struct nbd_exp *x = e->tpriv;
 
-	describe_sockets(e->topts, e->image, st->endpoint, sizeof(st->endpoint));
+	describe_sockets(e->env, e->topts, e->image, st->endpoint, sizeof(st->endpoint));
 	if (x && x->dev_index >= 0)
 		snprintf(st->device, sizeof(st->device), "/dev/nbd%d", x->dev_index);
 }

@@ -19,7 +19,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "gateway/gateway.h"
 #include "lib/log.h"
 #include "lib/sockets.h"
 #include "gateway/transport.h"
@@ -70,30 +69,33 @@ static const char *vhost_check_opts(const void *opts, const char **key)
 	return NULL;
 }
 
-static void socket_path(const struct vhost_opts *o, const char *image, char *buf, size_t len)
+static void socket_path(const struct gw_transport_env *env, const struct vhost_opts *o,
+			const char *image, char *buf, size_t len)
 {
 	if (o->socket)
 		snprintf(buf, len, "%s", o->socket);
 	else
-		snprintf(buf, len, "%s/%s.vhost.sock", gw_run_dir(), image);
+		snprintf(buf, len, "%s/%s.vhost.sock", env->run_dir, image);
 }
 
-static const char *vhost_conflict(const void *a, const char *image_a, const void *b, const char *image_b,
-				  char *buf, size_t len)
+static const char *vhost_conflict(const struct gw_transport_env *env, const void *a,
+				  const char *image_a, const void *b, const char *image_b, char *buf,
+				  size_t len)
 {
 	char pa[4200], pb[4200];
 
-	socket_path(a, image_a, pa, sizeof(pa));
-	socket_path(b, image_b, pb, sizeof(pb));
+	socket_path(env, a, image_a, pa, sizeof(pa));
+	socket_path(env, b, image_b, pb, sizeof(pb));
 	if (strcmp(pa, pb) != 0)
 		return NULL;
 	snprintf(buf, len, "vhost-user-blk socket %s is already used by another export (one device per socket)", pa);
 	return buf;
 }
 
-static void vhost_describe(const void *opts, const char *image, char *buf, size_t len)
+static void vhost_describe(const struct gw_transport_env *env, const void *opts, const char *image,
+			   char *buf, size_t len)
 {
-	socket_path(opts, image, buf, len);
+	socket_path(env, opts, image, buf, len);
 }
 
 /* The deepest existing folder of path must be writable for the socket to appear. */
@@ -123,7 +125,7 @@ static int check_folder(const char *path, char *why, size_t len)
 	return 0;
 }
 
-static int vhost_probe(const void *opts, char *why, size_t len)
+static int vhost_probe(const struct gw_transport_env *env, const void *opts, char *why, size_t len)
 {
 	const struct vhost_opts *o = opts;
 	char path[4200];
@@ -138,7 +140,7 @@ static int vhost_probe(const void *opts, char *why, size_t len)
 	close(fd);
 	if (!o->socket)
 		return 0; /* the run dir is created by the gateway */
-	socket_path(o, "", path, sizeof(path));
+	socket_path(env, o, "", path, sizeof(path));
 	return check_folder(path, why, len);
 }
 
@@ -250,7 +252,7 @@ static int vhost_start(struct gw_export *e, char *err, size_t errlen)
 		free(x);
 		return rc;
 	}
-	socket_path(o, e->image, path, sizeof(path));
+	socket_path(e->env, o, e->image, path, sizeof(path));
 	x->path = strdup(path);
 	if (!x->path) {
 		free(x);
