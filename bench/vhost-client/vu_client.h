@@ -20,8 +20,7 @@
  * replies) yields -EPROTO and a message naming the violation; after a data
  * path protocol error the queue is marked broken and refuses further I/O.
  */
-#ifndef VU_CLIENT_H
-#define VU_CLIENT_H
+#pragma once
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -32,29 +31,29 @@ extern "C" {
 #endif
 
 /* virtio-blk and virtio ring feature bits (virtio 1.2, 5.2.3 and 6). */
-#define VU_BLK_F_SIZE_MAX       1
-#define VU_BLK_F_SEG_MAX        2
-#define VU_BLK_F_GEOMETRY       4
-#define VU_BLK_F_RO             5
-#define VU_BLK_F_BLK_SIZE       6
-#define VU_BLK_F_FLUSH          9
-#define VU_BLK_F_TOPOLOGY       10
-#define VU_BLK_F_CONFIG_WCE     11
-#define VU_BLK_F_MQ             12
-#define VU_BLK_F_DISCARD        13
-#define VU_BLK_F_WRITE_ZEROES   14
-#define VU_F_NOTIFY_ON_EMPTY    24
-#define VU_F_INDIRECT_DESC      28
-#define VU_F_EVENT_IDX          29
-#define VU_F_PROTOCOL_FEATURES  30 /* vhost-user specific */
-#define VU_F_VERSION_1          32
-#define VU_F_ACCESS_PLATFORM    33
-#define VU_F_RING_PACKED        34
+#define VU_BLK_F_SIZE_MAX      1
+#define VU_BLK_F_SEG_MAX       2
+#define VU_BLK_F_GEOMETRY      4
+#define VU_BLK_F_RO            5
+#define VU_BLK_F_BLK_SIZE      6
+#define VU_BLK_F_FLUSH         9
+#define VU_BLK_F_TOPOLOGY      10
+#define VU_BLK_F_CONFIG_WCE    11
+#define VU_BLK_F_MQ            12
+#define VU_BLK_F_DISCARD       13
+#define VU_BLK_F_WRITE_ZEROES  14
+#define VU_F_NOTIFY_ON_EMPTY   24
+#define VU_F_INDIRECT_DESC     28
+#define VU_F_EVENT_IDX         29
+#define VU_F_PROTOCOL_FEATURES 30 /* vhost-user specific */
+#define VU_F_VERSION_1         32
+#define VU_F_ACCESS_PLATFORM   33
+#define VU_F_RING_PACKED       34
 
 /* vhost-user protocol feature bits. */
-#define VU_PROTO_F_MQ           0
-#define VU_PROTO_F_REPLY_ACK    3
-#define VU_PROTO_F_CONFIG       9
+#define VU_PROTO_F_MQ        0
+#define VU_PROTO_F_REPLY_ACK 3
+#define VU_PROTO_F_CONFIG    9
 
 #define VU_BIT(b) (1ULL << (b))
 
@@ -63,19 +62,16 @@ extern "C" {
  * offers is left off. VERSION_1 is required; the rest are taken if offered.
  * INDIRECT_DESC, RING_PACKED and ACCESS_PLATFORM are never negotiated.
  */
-#define VU_BLK_SUPPORTED_FEATURES                                              \
-	(VU_BIT(VU_BLK_F_SIZE_MAX) | VU_BIT(VU_BLK_F_SEG_MAX) |                \
-	 VU_BIT(VU_BLK_F_GEOMETRY) | VU_BIT(VU_BLK_F_RO) |                     \
-	 VU_BIT(VU_BLK_F_BLK_SIZE) | VU_BIT(VU_BLK_F_FLUSH) |                  \
-	 VU_BIT(VU_BLK_F_TOPOLOGY) | VU_BIT(VU_BLK_F_CONFIG_WCE) |             \
-	 VU_BIT(VU_BLK_F_MQ) | VU_BIT(VU_BLK_F_DISCARD) |                      \
-	 VU_BIT(VU_BLK_F_WRITE_ZEROES) | VU_BIT(VU_F_EVENT_IDX) |              \
+#define VU_BLK_SUPPORTED_FEATURES                                                            \
+	(VU_BIT(VU_BLK_F_SIZE_MAX) | VU_BIT(VU_BLK_F_SEG_MAX) | VU_BIT(VU_BLK_F_GEOMETRY) |  \
+	 VU_BIT(VU_BLK_F_RO) | VU_BIT(VU_BLK_F_BLK_SIZE) | VU_BIT(VU_BLK_F_FLUSH) |          \
+	 VU_BIT(VU_BLK_F_TOPOLOGY) | VU_BIT(VU_BLK_F_CONFIG_WCE) | VU_BIT(VU_BLK_F_MQ) |     \
+	 VU_BIT(VU_BLK_F_DISCARD) | VU_BIT(VU_BLK_F_WRITE_ZEROES) | VU_BIT(VU_F_EVENT_IDX) | \
 	 VU_BIT(VU_F_VERSION_1))
 
 /* The vhost-user protocol features this frontend can use. */
-#define VU_SUPPORTED_PROTOCOL_FEATURES                                         \
-	(VU_BIT(VU_PROTO_F_MQ) | VU_BIT(VU_PROTO_F_REPLY_ACK) |                \
-	 VU_BIT(VU_PROTO_F_CONFIG))
+#define VU_SUPPORTED_PROTOCOL_FEATURES \
+	(VU_BIT(VU_PROTO_F_MQ) | VU_BIT(VU_PROTO_F_REPLY_ACK) | VU_BIT(VU_PROTO_F_CONFIG))
 
 /* virtio-blk config space as read with GET_CONFIG, in host byte order. */
 struct vu_blk_config {
@@ -102,12 +98,12 @@ struct vu_blk_config {
 
 /* What was learned and negotiated at connect time. */
 struct vu_client_info {
-	uint64_t offered_features;   /* GET_FEATURES */
-	uint64_t features;           /* what SET_FEATURES will send/sent */
-	uint64_t offered_protocol;   /* GET_PROTOCOL_FEATURES */
-	uint64_t protocol;           /* SET_PROTOCOL_FEATURES */
-	unsigned int max_queues;     /* GET_QUEUE_NUM, 1 without MQ */
-	unsigned int config_len;     /* bytes returned by GET_CONFIG */
+	uint64_t offered_features; /* GET_FEATURES */
+	uint64_t features;         /* what SET_FEATURES will send/sent */
+	uint64_t offered_protocol; /* GET_PROTOCOL_FEATURES */
+	uint64_t protocol;         /* SET_PROTOCOL_FEATURES */
+	unsigned int max_queues;   /* GET_QUEUE_NUM, 1 without MQ */
+	unsigned int config_len;   /* bytes returned by GET_CONFIG */
 	struct vu_blk_config cfg;
 };
 
@@ -184,8 +180,8 @@ enum vu_queue_flags {
  * and enable it: SET_VRING_NUM/BASE/ADDR/CALL/KICK and SET_VRING_ENABLE(1).
  * Its rings and per-request headers are allocated from the shared memory.
  */
-int vu_queue_open(struct vu_client *c, unsigned int index, unsigned int size,
-		  unsigned int flags, struct vu_queue **out);
+int vu_queue_open(struct vu_client *c, unsigned int index, unsigned int size, unsigned int flags,
+		  struct vu_queue **out);
 
 /*
  * Stop the queue: SET_VRING_ENABLE(0) then GET_VRING_BASE, and check that
@@ -211,18 +207,18 @@ enum vu_req_flags {
 
 struct vu_blk_req {
 	enum vu_blk_op op;
-	unsigned int flags;   /* enum vu_req_flags */
-	uint64_t offset;      /* bytes; a multiple of 512 */
-	uint64_t len;         /* bytes; a multiple of 512 (GET_ID: 20) */
-	void *buf;            /* READ/WRITE/GET_ID: inside the shared memory */
-	void *cookie;         /* returned in the completion */
+	unsigned int flags; /* enum vu_req_flags */
+	uint64_t offset;    /* bytes; a multiple of 512 */
+	uint64_t len;       /* bytes; a multiple of 512 (GET_ID: 20) */
+	void *buf;          /* READ/WRITE/GET_ID: inside the shared memory */
+	void *cookie;       /* returned in the completion */
 };
 
 struct vu_blk_cpl {
 	void *cookie;
-	int result;           /* 0, -EIO (IOERR), -EOPNOTSUPP (UNSUPP) */
-	uint8_t status;       /* raw virtio-blk status byte */
-	uint32_t used_len;    /* len the backend put in the used element */
+	int result;        /* 0, -EIO (IOERR), -EOPNOTSUPP (UNSUPP) */
+	uint8_t status;    /* raw virtio-blk status byte */
+	uint32_t used_len; /* len the backend put in the used element */
 };
 
 /*
@@ -274,5 +270,3 @@ const char *vu_protocol_feature_name(unsigned int bit);
 #ifdef __cplusplus
 }
 #endif
-
-#endif /* VU_CLIENT_H */

@@ -4,8 +4,7 @@
  * queue setup; vu_ring.c: the split-ring data path). Wire formats, object
  * layouts and small shared helpers.
  */
-#ifndef VU_CLIENT_INTERNAL_H
-#define VU_CLIENT_INTERNAL_H
+#pragma once
 
 #include "vu_client.h"
 
@@ -36,13 +35,13 @@ enum vu_req {
 	VU_REQ_MAX_NAMED = 25,
 };
 
-#define VU_FLAG_VERSION    0x1u
+#define VU_FLAG_VERSION      0x1u
 #define VU_FLAG_VERSION_MASK 0x3u
-#define VU_FLAG_REPLY      0x4u
-#define VU_FLAG_NEED_REPLY 0x8u
+#define VU_FLAG_REPLY        0x4u
+#define VU_FLAG_NEED_REPLY   0x8u
 
 #define VU_CONFIG_MAX 256
-#define VU_HDR_SIZE 12u
+#define VU_HDR_SIZE   12u
 
 struct vu_vring_state {
 	uint32_t index;
@@ -97,10 +96,10 @@ _Static_assert(offsetof(struct vu_msg, p) == VU_HDR_SIZE, "header layout");
 
 /* ---- virtio split ring and virtio-blk ----------------------------------- */
 
-#define VRING_DESC_F_NEXT  1
-#define VRING_DESC_F_WRITE 2
+#define VRING_DESC_F_NEXT          1
+#define VRING_DESC_F_WRITE         2
 #define VRING_AVAIL_F_NO_INTERRUPT 1
-#define VRING_USED_F_NO_NOTIFY 1
+#define VRING_USED_F_NO_NOTIFY     1
 
 struct vring_desc {
 	uint64_t addr;
@@ -126,7 +125,7 @@ struct vring_used_elem {
 #define VIRTIO_BLK_S_UNSUPP 2
 
 #define VIRTIO_BLK_ID_BYTES 20
-#define VU_STATUS_SENTINEL 0xa5 /* not a valid status: "never written" */
+#define VU_STATUS_SENTINEL  0xa5 /* not a valid status: "never written" */
 
 struct blk_outhdr {
 	uint32_t type;
@@ -150,33 +149,33 @@ struct vu_slot {
 };
 _Static_assert(sizeof(struct vu_slot) == 64, "slot size");
 
-#define VU_GPA_BASE 0x100000000ULL /* 4 GiB: "guest physical" of mem[0] */
-#define VU_SECTOR 512ULL
-#define VU_MAX_QUEUE_SIZE 32768u
+#define VU_GPA_BASE                 0x100000000ULL /* 4 GiB: "guest physical" of mem[0] */
+#define VU_SECTOR                   512ULL
+#define VU_MAX_QUEUE_SIZE           32768u
 #define VU_DEFAULT_REPLY_TIMEOUT_MS 15000
 
 /* ---- objects ------------------------------------------------------------ */
 
 struct vu_client {
 	int sock;
-	pthread_mutex_t lock;     /* control messages, allocator, queue table */
+	pthread_mutex_t lock; /* control messages, allocator, queue table */
 	char *path;
 	struct vu_client_opts opts;
 	struct vu_client_info info;
 	bool started;
-	bool dead;                /* the connection failed; refuse more */
+	bool dead; /* the connection failed; refuse more */
 	int memfd;
 	uint8_t *mem;
 	uint64_t mem_size;
 	uint64_t mem_used;
-	uint8_t *queue_busy;      /* [max_queues] */
+	uint8_t *queue_busy; /* [max_queues] */
 	unsigned int open_queues;
 };
 
 struct vu_track {
 	void *cookie;
-	void *id_dst;             /* GET_ID: copy the id here on completion */
-	uint32_t in_bytes;        /* device-writable bytes, status included */
+	void *id_dst;      /* GET_ID: copy the id here on completion */
+	uint32_t in_bytes; /* device-writable bytes, status included */
 	uint16_t ndesc;
 	uint8_t op;
 	uint8_t inflight;
@@ -192,18 +191,18 @@ struct vu_queue {
 	int kickfd;
 	int callfd;
 	struct vring_desc *desc;
-	uint16_t *avail;          /* flags, idx, ring[num], used_event */
-	uint8_t *used;            /* flags, idx, elem[num], avail_event */
-	struct vu_slot *slots;    /* [num], indexed by head descriptor */
-	struct vu_track *track;   /* [num], private */
-	uint16_t *next_free;      /* [num], private free list / chain links */
+	uint16_t *avail;        /* flags, idx, ring[num], used_event */
+	uint8_t *used;          /* flags, idx, elem[num], avail_event */
+	struct vu_slot *slots;  /* [num], indexed by head descriptor */
+	struct vu_track *track; /* [num], private */
+	uint16_t *next_free;    /* [num], private free list / chain links */
 	uint16_t free_head;
 	unsigned int nfree;
-	uint16_t avail_shadow;    /* next avail idx we will publish */
+	uint16_t avail_shadow; /* next avail idx we will publish */
 	uint16_t avail_published;
 	uint16_t last_used;
 	unsigned int inflight;
-	uint64_t seg_limit;       /* bytes per data descriptor */
+	uint64_t seg_limit; /* bytes per data descriptor */
 	unsigned int max_data_segs;
 	struct vu_queue_stats st;
 	char err[256];
@@ -213,11 +212,10 @@ struct vu_queue {
  * per-queue messages (which also land in the thread's buffer). */
 extern __thread char vu_tls_err[256];
 
-__attribute__((format(printf, 1, 2)))
-void vu_set_err(const char *fmt, ...);
+__attribute__((format(printf, 1, 2))) void vu_set_err(const char *fmt, ...);
 
-__attribute__((format(printf, 2, 3)))
-void vu_queue_set_err(struct vu_queue *q, const char *fmt, ...);
+__attribute__((format(printf, 2, 3))) void vu_queue_set_err(struct vu_queue *q, const char *fmt,
+							    ...);
 
 /* ---- time --------------------------------------------------------------- */
 
@@ -259,16 +257,35 @@ static inline void cpu_relax(void)
 }
 
 /* Split-ring fields, little-endian in the shared memory. */
-static inline volatile uint16_t *avail_flags(struct vu_queue *q) { return &q->avail[0]; }
-static inline volatile uint16_t *avail_idx(struct vu_queue *q) { return &q->avail[1]; }
-static inline volatile uint16_t *avail_ring(struct vu_queue *q, unsigned int i) { return &q->avail[2 + i]; }
-static inline volatile uint16_t *used_event(struct vu_queue *q) { return &q->avail[2 + q->num]; }
-static inline volatile uint16_t *used_flags(struct vu_queue *q) { return (uint16_t *)(q->used + 0); }
-static inline volatile uint16_t *used_idx(struct vu_queue *q) { return (uint16_t *)(q->used + 2); }
+static inline volatile uint16_t *avail_flags(struct vu_queue *q)
+{
+	return &q->avail[0];
+}
+static inline volatile uint16_t *avail_idx(struct vu_queue *q)
+{
+	return &q->avail[1];
+}
+static inline volatile uint16_t *avail_ring(struct vu_queue *q, unsigned int i)
+{
+	return &q->avail[2 + i];
+}
+static inline volatile uint16_t *used_event(struct vu_queue *q)
+{
+	return &q->avail[2 + q->num];
+}
+static inline volatile uint16_t *used_flags(struct vu_queue *q)
+{
+	return (uint16_t *)(q->used + 0);
+}
+static inline volatile uint16_t *used_idx(struct vu_queue *q)
+{
+	return (uint16_t *)(q->used + 2);
+}
 static inline volatile struct vring_used_elem *used_elem(struct vu_queue *q, unsigned int i)
 {
 	return (struct vring_used_elem *)(q->used + 4 + 8u * i);
 }
-static inline volatile uint16_t *avail_event(struct vu_queue *q) { return (uint16_t *)(q->used + 4 + 8u * q->num); }
-
-#endif /* VU_CLIENT_INTERNAL_H */
+static inline volatile uint16_t *avail_event(struct vu_queue *q)
+{
+	return (uint16_t *)(q->used + 4 + 8u * q->num);
+}

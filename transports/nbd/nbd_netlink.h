@@ -12,8 +12,7 @@
  * (msg, msglen), a failure also writes a sentence for the user into msg
  * (msg may be NULL). Nothing is printed.
  */
-#ifndef NBD_NETLINK_H
-#define NBD_NETLINK_H
+#pragma once
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -40,7 +39,7 @@
 #define NBD_CFLAG_DISCONNECT_ON_CLOSE (1 << 1)
 #endif
 
-#define NBD_NL_MAX_SOCKS 64     /* sockets per connect/reconfigure request */
+#define NBD_NL_MAX_SOCKS 64 /* sockets per connect/reconfigure request */
 
 /* Transmission flags (NBD_FLAG_*) the kernel client acts on. */
 #define NBD_NL_FLAG_HAS_FLAGS         (1u << 0)
@@ -55,20 +54,20 @@
 struct nbd_nl {
 	struct gw_genl_sock sock;
 	struct gw_genl_family family;
-	uint32_t mcast_group;   /* "nbd_mc_group", 0 if the kernel has none */
+	uint32_t mcast_group; /* "nbd_mc_group", 0 if the kernel has none */
 };
 
 struct nbd_nl_connect_params {
-	uint64_t size_bytes;            /* export size; required (> 0) */
-	uint64_t block_size;            /* 512..4096, power of two; 0 = 512 */
-	uint64_t server_flags;          /* transmission flags from the handshake */
-	uint64_t timeout_s;             /* per-request timeout; 0 = kernel default */
-	uint64_t dead_conn_timeout_s;   /* wait for RECONFIGURE; 0 = fail at once */
-	uint64_t client_flags;          /* NBD_CFLAG_* */
-	int index;                      /* /dev/nbdN to use, or -1: kernel picks */
-	const int *fds;                 /* handshaken sockets (TCP or unix stream) */
-	unsigned int n_fds;             /* >1 needs NBD_NL_FLAG_CAN_MULTI_CONN */
-	const char *backend_id;         /* optional; RECONFIGURE must repeat it */
+	uint64_t size_bytes;          /* export size; required (> 0) */
+	uint64_t block_size;          /* 512..4096, power of two; 0 = 512 */
+	uint64_t server_flags;        /* transmission flags from the handshake */
+	uint64_t timeout_s;           /* per-request timeout; 0 = kernel default */
+	uint64_t dead_conn_timeout_s; /* wait for RECONFIGURE; 0 = fail at once */
+	uint64_t client_flags;        /* NBD_CFLAG_* */
+	int index;                    /* /dev/nbdN to use, or -1: kernel picks */
+	const int *fds;               /* handshaken sockets (TCP or unix stream) */
+	unsigned int n_fds;           /* >1 needs NBD_NL_FLAG_CAN_MULTI_CONN */
+	const char *backend_id;       /* optional; RECONFIGURE must repeat it */
 };
 
 struct nbd_nl_dev_status {
@@ -82,29 +81,27 @@ int nbd_nl_open(struct nbd_nl *nl, char *msg, size_t msglen);
 void nbd_nl_close(struct nbd_nl *nl);
 
 /* NBD_CMD_CONNECT; on success *index is the device number (/dev/nbd<index>). */
-int nbd_nl_connect(struct nbd_nl *nl, const struct nbd_nl_connect_params *p,
-		   uint32_t *index, char *msg, size_t msglen);
+int nbd_nl_connect(struct nbd_nl *nl, const struct nbd_nl_connect_params *p, uint32_t *index,
+		   char *msg, size_t msglen);
 
 /* NBD_CMD_DISCONNECT: the kernel sends NBD_CMD_DISC and shuts the sockets. */
-int nbd_nl_disconnect(struct nbd_nl *nl, uint32_t index, char *msg,
-		      size_t msglen);
+int nbd_nl_disconnect(struct nbd_nl *nl, uint32_t index, char *msg, size_t msglen);
 
 /*
  * NBD_CMD_RECONFIGURE with fresh handshaken sockets: each replaces one dead
  * connection of the device (the kernel ignores sockets beyond the number of
  * dead ones). backend_id must match the one given to connect, if any.
  */
-int nbd_nl_reconfigure(struct nbd_nl *nl, uint32_t index, const int *fds,
-		       unsigned int n_fds, const char *backend_id, char *msg,
-		       size_t msglen);
+int nbd_nl_reconfigure(struct nbd_nl *nl, uint32_t index, const int *fds, unsigned int n_fds,
+		       const char *backend_id, char *msg, size_t msglen);
 
 /*
  * NBD_CMD_STATUS for one device (index >= 0) or all (index -1). Fills up to
  * max entries and returns the number of devices the kernel reported (which
  * may exceed max).
  */
-int nbd_nl_status(struct nbd_nl *nl, int index, struct nbd_nl_dev_status *devs,
-		  size_t max, char *msg, size_t msglen);
+int nbd_nl_status(struct nbd_nl *nl, int index, struct nbd_nl_dev_status *devs, size_t max,
+		  char *msg, size_t msglen);
 
 /*
  * Link-dead events. nbd_nl_monitor_open() opens a second handle subscribed to
@@ -115,5 +112,3 @@ int nbd_nl_status(struct nbd_nl *nl, int index, struct nbd_nl_dev_status *devs,
  */
 int nbd_nl_monitor_open(struct nbd_nl *nl, char *msg, size_t msglen);
 int nbd_nl_monitor_next(struct nbd_nl *nl, int timeout_ms, uint32_t *index);
-
-#endif /* NBD_NETLINK_H */
