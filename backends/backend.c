@@ -112,7 +112,8 @@ void gw_iov_to_buf(void *dst, const struct iovec *iov, unsigned iovcnt, size_t s
 	}
 }
 
-void gw_iov_from_buf(const struct iovec *iov, unsigned iovcnt, size_t skip, const void *src, size_t len)
+void gw_iov_from_buf(const struct iovec *iov, unsigned iovcnt, size_t skip, const void *src,
+		     size_t len)
 {
 	const char *s = src;
 

@@ -38,50 +38,72 @@ enum gw_io_op {
 	GW_OP__COUNT,
 };
 
-/* Request flags (io->flags). */
-#define GW_IO_FUA       (1u << 0) /* WRITE/WRITE_ZEROES/TRIM: durable before completion */
-#define GW_IO_NO_UNMAP  (1u << 1) /* WRITE_ZEROES: must not deallocate the range */
-#define GW_IO_FAST_ZERO (1u << 2) /* WRITE_ZEROES: fail with -ENOTSUP unless cheaper than writing */
-#define GW_IO_HOLE_OK   (1u << 3) /* READ: the caller accepts GW_IO_R_HOLE instead of zero-filled data */
-#define GW_IO_BORROW    (1u << 4) /* READ, no iovec: point io->ref at the backend's own copy of the
-				     data (GW_CAP_BORROW backends only); see GW_IO_R_REF */
+/*
+ * Request flags (io->flags).
+ *   FUA        WRITE/WRITE_ZEROES/TRIM: durable before completion
+ *   NO_UNMAP   WRITE_ZEROES: must not deallocate the range
+ *   FAST_ZERO  WRITE_ZEROES: fail with -ENOTSUP unless cheaper than writing
+ *   HOLE_OK    READ: the caller accepts GW_IO_R_HOLE instead of zero-filled data
+ *   BORROW     READ, no iovec: point io->ref at the backend's own copy of the
+ *              data (GW_CAP_BORROW backends only); see GW_IO_R_REF
+ */
+#define GW_IO_FUA       (1u << 0)
+#define GW_IO_NO_UNMAP  (1u << 1)
+#define GW_IO_FAST_ZERO (1u << 2)
+#define GW_IO_HOLE_OK   (1u << 3)
+#define GW_IO_BORROW    (1u << 4)
 #define GW_IO__ALL      ((1u << 5) - 1)
 
-/* Result flags (io->rflags), set by the backend before completion. */
-#define GW_IO_R_HOLE (1u << 0) /* READ: the whole range reads as zeros and the buffer was NOT filled */
-#define GW_IO_R_REF  (1u << 1) /* READ with GW_IO_BORROW: io->ref holds the data (io->len bytes),
-				  readable while the image is open; it may change under later writes */
+/*
+ * Result flags (io->rflags), set by the backend before completion.
+ *   R_HOLE  READ: the whole range reads as zeros and the buffer was NOT filled
+ *   R_REF   READ with GW_IO_BORROW: io->ref holds the data (io->len bytes),
+ *           readable while the image is open; it may change under later writes
+ */
+#define GW_IO_R_HOLE (1u << 0)
+#define GW_IO_R_REF  (1u << 1)
 
-/* Capabilities (backend->caps). The checked layer refuses what is missing. */
-#define GW_CAP_FLUSH       (1u << 0) /* FLUSH does something (volatile cache) */
-#define GW_CAP_FUA         (1u << 1) /* FUA honoured natively (else emulated with a flush) */
-#define GW_CAP_TRIM        (1u << 2)
-#define GW_CAP_ZERO        (1u << 3) /* WRITE_ZEROES efficient (else written as zeros) */
-#define GW_CAP_FAST_ZERO   (1u << 4) /* can tell fast zeroing from slow */
-#define GW_CAP_EXTENTS     (1u << 5) /* extents() reports real allocation */
-#define GW_CAP_CACHE       (1u << 6)
-#define GW_CAP_MULTI_CONN  (1u << 7) /* a FLUSH from any client covers writes from all clients */
-#define GW_CAP_READ_ONLY   (1u << 8) /* the source itself cannot be written */
-#define GW_CAP_ROTATIONAL  (1u << 9)
-#define GW_CAP_INLINE      (1u << 10) /* submit() always completes inline: a caller may lend
-					 buffers that live only for the call (memory, null) */
-#define GW_CAP_BORROW      (1u << 11) /* reads can lend the backend's own memory (GW_IO_BORROW) */
+/*
+ * Capabilities (backend->caps). The checked layer refuses what is missing.
+ *   FLUSH       FLUSH does something (volatile cache)
+ *   FUA         FUA honoured natively (else emulated with a flush)
+ *   ZERO        WRITE_ZEROES efficient (else written as zeros)
+ *   FAST_ZERO   can tell fast zeroing from slow
+ *   EXTENTS     extents() reports real allocation
+ *   MULTI_CONN  a FLUSH from any client covers writes from all clients
+ *   READ_ONLY   the source itself cannot be written
+ *   INLINE      submit() always completes inline: a caller may lend buffers
+ *               that live only for the call (memory, null)
+ *   BORROW      reads can lend the backend's own memory (GW_IO_BORROW)
+ */
+#define GW_CAP_FLUSH      (1u << 0)
+#define GW_CAP_FUA        (1u << 1)
+#define GW_CAP_TRIM       (1u << 2)
+#define GW_CAP_ZERO       (1u << 3)
+#define GW_CAP_FAST_ZERO  (1u << 4)
+#define GW_CAP_EXTENTS    (1u << 5)
+#define GW_CAP_CACHE      (1u << 6)
+#define GW_CAP_MULTI_CONN (1u << 7)
+#define GW_CAP_READ_ONLY  (1u << 8)
+#define GW_CAP_ROTATIONAL (1u << 9)
+#define GW_CAP_INLINE     (1u << 10)
+#define GW_CAP_BORROW     (1u << 11)
 
 struct gw_io;
 typedef void (*gw_io_done_fn)(struct gw_io *io);
 
 struct gw_io {
-	uint8_t op;          /* enum gw_io_op */
-	uint32_t flags;      /* GW_IO_* */
+	uint8_t op;     /* enum gw_io_op */
+	uint32_t flags; /* GW_IO_* */
 	uint64_t offset;
-	uint64_t len;        /* bytes; for READ/WRITE equals the iovec total */
-	struct iovec *iov;   /* READ/WRITE data */
+	uint64_t len;      /* bytes; for READ/WRITE equals the iovec total */
+	struct iovec *iov; /* READ/WRITE data */
 	unsigned iovcnt;
 
-	int result;          /* out: 0 or -errno */
-	uint32_t rflags;     /* out: GW_IO_R_* */
-	const void *ref;     /* out, with GW_IO_R_REF: where the data is */
-	gw_io_done_fn done;  /* called once for queued requests, on the submitting thread */
+	int result;         /* out: 0 or -errno */
+	uint32_t rflags;    /* out: GW_IO_R_* */
+	const void *ref;    /* out, with GW_IO_R_REF: where the data is */
+	gw_io_done_fn done; /* called once for queued requests, on the submitting thread */
 
 	/* Private to the checked layer. */
 	void *_stats;
@@ -103,8 +125,8 @@ struct gw_extent {
 
 struct gw_extents {
 	struct gw_extent *v;
-	size_t n, cap;  /* cap: the most the caller wants */
-	uint64_t end;   /* offset just past the last extent */
+	size_t n, cap; /* cap: the most the caller wants */
+	uint64_t end;  /* offset just past the last extent */
 };
 
 /* Append a run, merging with the previous one when the flags agree. Returns 1 when full. */
@@ -121,10 +143,10 @@ struct gw_backend {
 };
 
 struct gw_backend_ops {
-	uint32_t abi_version;    /* GW_BACKEND_ABI */
-	const char *name;        /* "file", "memory", "null" */
-	const char *summary;     /* one line for --help and docs */
-	size_t instance_size;    /* >= sizeof(struct gw_backend); the backend embeds it first */
+	uint32_t abi_version; /* GW_BACKEND_ABI */
+	const char *name;     /* "file", "memory", "null" */
+	const char *summary;  /* one line for --help and docs */
+	size_t instance_size; /* >= sizeof(struct gw_backend); the backend embeds it first */
 	struct gw_opt_schema schema;
 
 	/*
@@ -177,4 +199,5 @@ void gw_io_complete(struct gw_io *io, int result);
 void gw_iov_zero(const struct iovec *iov, unsigned iovcnt);
 /* Copy between a flat buffer and an iovec, starting at byte `skip` of the iovec. */
 void gw_iov_to_buf(void *dst, const struct iovec *iov, unsigned iovcnt, size_t skip, size_t len);
-void gw_iov_from_buf(const struct iovec *iov, unsigned iovcnt, size_t skip, const void *src, size_t len);
+void gw_iov_from_buf(const struct iovec *iov, unsigned iovcnt, size_t skip, const void *src,
+		     size_t len);

@@ -33,18 +33,26 @@ struct file_opts {
 };
 
 static const struct gw_opt_desc file_opts[] = {
-	{ .key = "path", .type = GW_OPT_PATH, .offset = offsetof(struct file_opts, path),
-	  .flags = GW_OPT_REQUIRED, .help = "image file or block device; a relative path is resolved against the manifest's folder" },
-	{ .key = "direct", .type = GW_OPT_BOOL, .offset = offsetof(struct file_opts, direct),
+	{ .key = "path",
+	  .type = GW_OPT_PATH,
+	  .offset = offsetof(struct file_opts, path),
+	  .flags = GW_OPT_REQUIRED,
+	  .help = "image file or block device; a relative path is resolved against the manifest's folder" },
+	{ .key = "direct",
+	  .type = GW_OPT_BOOL,
+	  .offset = offsetof(struct file_opts, direct),
 	  .help = "bypass the page cache (O_DIRECT)" },
-	{ .key = "size", .type = GW_OPT_SIZE, .offset = offsetof(struct file_opts, size),
-	  .min = 1, .max = INT64_MAX,
+	{ .key = "size",
+	  .type = GW_OPT_SIZE,
+	  .offset = offsetof(struct file_opts, size),
+	  .min = 1,
+	  .max = INT64_MAX,
 	  .help = "create a sparse file of this size if the path does not exist; must match an existing file" },
 };
 
 enum file_stage {
-	ST_IO = 0,      /* the request itself */
-	ST_FUA_SYNC,    /* the fdatasync after a FUA zero/trim */
+	ST_IO = 0,   /* the request itself */
+	ST_FUA_SYNC, /* the fdatasync after a FUA zero/trim */
 };
 
 struct file_backend {
@@ -75,9 +83,10 @@ static int file_check(const void *opts, char *msg, size_t len)
 
 			if (slash && slash != dir)
 				*slash = '\0';
-			if (slash && (stat(slash == dir ? "/" : dir, &ds) < 0 || !S_ISDIR(ds.st_mode))) {
-				gw_seterr(msg, len, "cannot create %s: folder %s does not exist", o->path,
-					  slash == dir ? "/" : dir);
+			if (slash &&
+			    (stat(slash == dir ? "/" : dir, &ds) < 0 || !S_ISDIR(ds.st_mode))) {
+				gw_seterr(msg, len, "cannot create %s: folder %s does not exist",
+					  o->path, slash == dir ? "/" : dir);
 				free(dir);
 				return -ENOENT;
 			}
@@ -98,7 +107,8 @@ static int file_check(const void *opts, char *msg, size_t len)
 		char a[32], c[32];
 
 		gw_seterr(msg, len, "%s is %s, but 'size' says %s", o->path,
-			  gw_fmt_size((uint64_t)st.st_size, a, sizeof(a)), gw_fmt_size(o->size, c, sizeof(c)));
+			  gw_fmt_size((uint64_t)st.st_size, a, sizeof(a)),
+			  gw_fmt_size(o->size, c, sizeof(c)));
 		return -EINVAL;
 	}
 	gw_seterr(msg, len, "%s", o->path);
@@ -148,7 +158,8 @@ static int file_open(struct gw_backend *b, const void *opts, char *err, size_t e
 		f->fd = open(o->path, flags | O_CREAT | O_EXCL, 0644);
 		if (f->fd >= 0 && ftruncate(f->fd, (off_t)o->size) < 0) {
 			rc = -errno;
-			gw_seterr(err, errlen, "%s: cannot size new file: %s", o->path, strerror(errno));
+			gw_seterr(err, errlen, "%s: cannot size new file: %s", o->path,
+				  strerror(errno));
 			close(f->fd);
 			unlink(o->path);
 			goto err;
@@ -163,7 +174,8 @@ static int file_open(struct gw_backend *b, const void *opts, char *err, size_t e
 	if (f->fd < 0) {
 		rc = -errno;
 		if (errno == EINVAL && o->direct)
-			gw_seterr(err, errlen, "%s: the filesystem does not support O_DIRECT (direct: true)",
+			gw_seterr(err, errlen,
+				  "%s: the filesystem does not support O_DIRECT (direct: true)",
 				  o->path);
 		else
 			gw_seterr(err, errlen, "%s: %s%s", o->path, strerror(errno),
@@ -181,7 +193,8 @@ static int file_open(struct gw_backend *b, const void *opts, char *err, size_t e
 		f->blockdev = true;
 		if (ioctl(f->fd, BLKGETSIZE64, &sz) < 0) {
 			rc = -errno;
-			gw_seterr(err, errlen, "%s: cannot read device size: %s", o->path, strerror(errno));
+			gw_seterr(err, errlen, "%s: cannot read device size: %s", o->path,
+				  strerror(errno));
 			goto err_close;
 		}
 		b->size = sz;
@@ -263,9 +276,10 @@ static int finish_short(struct file_backend *f, struct gw_io *io, uint64_t done)
 	uint64_t pos = 0;
 
 	while (pos < left) {
-		ssize_t n = io->op == GW_OP_READ
-			? pread(f->fd, p + pos, left - pos, (off_t)(io->offset + done + pos))
-			: pwrite(f->fd, p + pos, left - pos, (off_t)(io->offset + done + pos));
+		ssize_t n = io->op == GW_OP_READ ? pread(f->fd, p + pos, left - pos,
+							 (off_t)(io->offset + done + pos))
+						 : pwrite(f->fd, p + pos, left - pos,
+							  (off_t)(io->offset + done + pos));
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -297,7 +311,8 @@ static int zero_fallback(struct file_backend *f, struct gw_io *io);
 static void file_cb(struct gw_uring_cb *cb, int res)
 {
 	struct gw_io *io = container_of(cb, struct gw_io, ucb);
-	struct file_backend *f = io->scratch[3] ? (struct file_backend *)(uintptr_t)io->scratch[3] : NULL;
+	struct file_backend *f = io->scratch[3] ? (struct file_backend *)(uintptr_t)io->scratch[3]
+						: NULL;
 
 	if (io->scratch[0] == ST_FUA_SYNC) {
 		file_finish(io, res < 0 ? res : 0);
@@ -353,8 +368,8 @@ static int zero_fallback(struct file_backend *f, struct gw_io *io)
 	static const uint8_t zeros[1 << 16] __attribute__((aligned(4096)));
 	uint64_t off = io->offset, end = io->offset + io->len;
 
-	if (!f->blockdev &&
-	    fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)io->len) == 0) {
+	if (!f->blockdev && fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+				      (off_t)io->len) == 0) {
 		if (!(io->flags & GW_IO_NO_UNMAP))
 			return 0;
 		if (fallocate(f->fd, FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)io->len) == 0)
@@ -402,18 +417,20 @@ static int file_submit(struct gw_backend *b, struct gw_ioq *q, struct gw_io *io)
 			io->scratch[1] = (uintptr_t)bounce;
 			sqe = gw_ioq_sqe(q, &io->ucb);
 			if (io->op == GW_OP_READ)
-				io_uring_prep_read(sqe, f->fd, bounce, (unsigned)io->len, io->offset);
+				io_uring_prep_read(sqe, f->fd, bounce, (unsigned)io->len,
+						   io->offset);
 			else
-				io_uring_prep_write(sqe, f->fd, bounce, (unsigned)io->len, io->offset);
+				io_uring_prep_write(sqe, f->fd, bounce, (unsigned)io->len,
+						    io->offset);
 		} else {
 			sqe = gw_ioq_sqe(q, &io->ucb);
 			if (iovcnt == 1) {
 				if (io->op == GW_OP_READ)
-					io_uring_prep_read(sqe, f->fd, iov[0].iov_base, (unsigned)iov[0].iov_len,
-							   io->offset);
+					io_uring_prep_read(sqe, f->fd, iov[0].iov_base,
+							   (unsigned)iov[0].iov_len, io->offset);
 				else
-					io_uring_prep_write(sqe, f->fd, iov[0].iov_base, (unsigned)iov[0].iov_len,
-							    io->offset);
+					io_uring_prep_write(sqe, f->fd, iov[0].iov_base,
+							    (unsigned)iov[0].iov_len, io->offset);
 			} else if (io->op == GW_OP_READ) {
 				io_uring_prep_readv(sqe, f->fd, iov, iovcnt, io->offset);
 			} else {
@@ -444,7 +461,9 @@ static int file_submit(struct gw_backend *b, struct gw_ioq *q, struct gw_io *io)
 		} else {
 			mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
 			if (f->no_punch)
-				mode = f->no_zero_range ? -1 : (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE);
+				mode = f->no_zero_range
+					       ? -1
+					       : (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE);
 		}
 		if (mode < 0) {
 			if (io->flags & GW_IO_FAST_ZERO) {
@@ -483,7 +502,8 @@ static int file_extents(struct gw_backend *b, uint64_t offset, uint64_t len, str
 				gw_extents_add(out, end - pos, GW_EXT_HOLE | GW_EXT_ZERO);
 				return 0;
 			}
-			if (errno == EINVAL || errno == EOPNOTSUPP) { /* no hole support: all data */
+			if (errno == EINVAL || errno == EOPNOTSUPP) { /* no hole support: all data
+								       */
 				gw_extents_add(out, end - pos, 0);
 				return 0;
 			}

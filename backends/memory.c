@@ -22,16 +22,20 @@
 #include "lib/util.h"
 
 #define MEM_PAGE_SHIFT 12
-#define MEM_PAGE ((uint64_t)1 << MEM_PAGE_SHIFT)
-#define MEM_MAX_SIZE ((uint64_t)1 << 46) /* 64 TiB: the mapping must fit the address space */
+#define MEM_PAGE       ((uint64_t)1 << MEM_PAGE_SHIFT)
+#define MEM_MAX_SIZE   ((uint64_t)1 << 46) /* 64 TiB: the mapping must fit the address space */
 
 struct mem_opts {
 	uint64_t size;
 };
 
 static const struct gw_opt_desc mem_opts[] = {
-	{ .key = "size", .type = GW_OPT_SIZE, .offset = offsetof(struct mem_opts, size),
-	  .flags = GW_OPT_REQUIRED, .min = 1, .max = MEM_MAX_SIZE,
+	{ .key = "size",
+	  .type = GW_OPT_SIZE,
+	  .offset = offsetof(struct mem_opts, size),
+	  .flags = GW_OPT_REQUIRED,
+	  .min = 1,
+	  .max = MEM_MAX_SIZE,
 	  .help = "size of the RAM disk, e.g. 1G (at most 64T); memory is used only for written data" },
 };
 
@@ -39,10 +43,10 @@ struct mem_backend {
 	struct gw_backend b;
 	uint8_t *base;
 	size_t map_len;
-	uint64_t *bits;     /* one bit per page: written since last freed */
+	uint64_t *bits; /* one bit per page: written since last freed */
 	size_t bits_len;
 	uint64_t npages;
-	uint64_t written;   /* pages with their bit set (atomic) */
+	uint64_t written; /* pages with their bit set (atomic) */
 };
 
 static inline struct mem_backend *to_mem(struct gw_backend *b)
@@ -52,7 +56,8 @@ static inline struct mem_backend *to_mem(struct gw_backend *b)
 
 static void *map_anon(size_t len)
 {
-	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 
 	if (p == MAP_FAILED)
 		return NULL;
@@ -79,8 +84,8 @@ static int mem_open(struct gw_backend *b, const void *opts, char *err, size_t er
 		return -ENOMEM;
 	}
 	b->size = o->size;
-	b->caps = GW_CAP_TRIM | GW_CAP_ZERO | GW_CAP_FAST_ZERO | GW_CAP_EXTENTS | GW_CAP_MULTI_CONN |
-		  GW_CAP_INLINE | GW_CAP_BORROW;
+	b->caps = GW_CAP_TRIM | GW_CAP_ZERO | GW_CAP_FAST_ZERO | GW_CAP_EXTENTS |
+		  GW_CAP_MULTI_CONN | GW_CAP_INLINE | GW_CAP_BORROW;
 	return 0;
 }
 
@@ -102,11 +107,13 @@ static void mark(struct mem_backend *m, uint64_t first, uint64_t last, bool set)
 		if (set && (cur & mask) != mask) {
 			uint64_t old = __atomic_fetch_or(&m->bits[word], mask, __ATOMIC_RELAXED);
 
-			__atomic_fetch_add(&m->written, (uint64_t)__builtin_popcountll(mask & ~old), __ATOMIC_RELAXED);
+			__atomic_fetch_add(&m->written, (uint64_t)__builtin_popcountll(mask & ~old),
+					   __ATOMIC_RELAXED);
 		} else if (!set && (cur & mask)) {
 			uint64_t old = __atomic_fetch_and(&m->bits[word], ~mask, __ATOMIC_RELAXED);
 
-			__atomic_fetch_sub(&m->written, (uint64_t)__builtin_popcountll(mask & old), __ATOMIC_RELAXED);
+			__atomic_fetch_sub(&m->written, (uint64_t)__builtin_popcountll(mask & old),
+					   __ATOMIC_RELAXED);
 		}
 		p += hi - lo + 1;
 	}
@@ -194,9 +201,11 @@ static int mem_extents(struct gw_backend *b, uint64_t offset, uint64_t len, stru
 
 		/* Extend the run while pages agree; skip whole words of one kind. */
 		while (run_end < end) {
-			uint64_t q = run_end >> MEM_PAGE_SHIFT, word = __atomic_load_n(&m->bits[q / 64], __ATOMIC_RELAXED);
+			uint64_t q = run_end >> MEM_PAGE_SHIFT,
+				 word = __atomic_load_n(&m->bits[q / 64], __ATOMIC_RELAXED);
 
-			if (q % 64 == 0 && word == (w ? ~0ull : 0) && run_end + (64 << MEM_PAGE_SHIFT) <= end) {
+			if (q % 64 == 0 && word == (w ? ~0ull : 0) &&
+			    run_end + (64 << MEM_PAGE_SHIFT) <= end) {
 				run_end += 64 << MEM_PAGE_SHIFT;
 				continue;
 			}
@@ -226,7 +235,8 @@ static void mem_describe(struct gw_backend *b, char *buf, size_t len)
 	char s[32], u[32];
 
 	snprintf(buf, len, "memory %s (%s written)", gw_fmt_size(b->size, s, sizeof(s)),
-		 gw_fmt_size(__atomic_load_n(&m->written, __ATOMIC_RELAXED) << MEM_PAGE_SHIFT, u, sizeof(u)));
+		 gw_fmt_size(__atomic_load_n(&m->written, __ATOMIC_RELAXED) << MEM_PAGE_SHIFT, u,
+			     sizeof(u)));
 }
 
 const struct gw_backend_ops gw_memory_backend = {

@@ -14,8 +14,12 @@ struct null_opts {
 };
 
 static const struct gw_opt_desc null_opts[] = {
-	{ .key = "size", .type = GW_OPT_SIZE, .offset = offsetof(struct null_opts, size),
-	  .flags = GW_OPT_REQUIRED, .min = 1, .max = INT64_MAX,
+	{ .key = "size",
+	  .type = GW_OPT_SIZE,
+	  .offset = offsetof(struct null_opts, size),
+	  .flags = GW_OPT_REQUIRED,
+	  .min = 1,
+	  .max = INT64_MAX,
 	  .help = "virtual size (e.g. 100G)" },
 };
 
@@ -24,8 +28,8 @@ static int null_open(struct gw_backend *b, const void *opts, char *err, size_t e
 	const struct null_opts *o = opts;
 
 	b->size = o->size;
-	b->caps = GW_CAP_TRIM | GW_CAP_ZERO | GW_CAP_FAST_ZERO | GW_CAP_EXTENTS | GW_CAP_MULTI_CONN |
-		  GW_CAP_INLINE;
+	b->caps = GW_CAP_TRIM | GW_CAP_ZERO | GW_CAP_FAST_ZERO | GW_CAP_EXTENTS |
+		  GW_CAP_MULTI_CONN | GW_CAP_INLINE;
 	return 0;
 }
 

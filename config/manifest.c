@@ -136,7 +136,8 @@ static bool valid_name(const char *s)
 
 	if (n == 0 || n > 64)
 		return false;
-	if (!((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= '0' && s[0] <= '9')))
+	if (!((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z') ||
+	      (s[0] >= '0' && s[0] <= '9')))
 		return false;
 	for (size_t i = 0; i < n; i++) {
 		char c = s[i];
@@ -165,7 +166,8 @@ static int check_dup_keys(const struct ynode *map, struct gw_diags *d)
 			const struct ynode *p = map->items[j];
 
 			if (p->type == YN_SCALAR && strcmp(p->text, k->text) == 0) {
-				E(k, "duplicate key '%s' (first defined at line %d)", k->text, p->line);
+				E(k, "duplicate key '%s' (first defined at line %d)", k->text,
+				  p->line);
 				bad = 1;
 				break;
 			}
@@ -220,8 +222,8 @@ static int decode(const struct ynode *map, const struct gw_opt_schema *s, void *
 				continue;
 			}
 			if (v->type != YN_SCALAR || ynode_is_null(v)) {
-				E(v, "%s'%s' must be %s, not %s", prefix, od->key, gw_opt_type_hint(od),
-				  ynode_is_null(v) ? "empty" : ynode_kind(v));
+				E(v, "%s'%s' must be %s, not %s", prefix, od->key,
+				  gw_opt_type_hint(od), ynode_is_null(v) ? "empty" : ynode_kind(v));
 				continue;
 			}
 			if (gw_opt_set(od, v->text, dir, out, err, sizeof(err)) < 0)
@@ -233,7 +235,8 @@ static int decode(const struct ynode *map, const struct gw_opt_schema *s, void *
 
 		if ((od->flags & GW_OPT_REQUIRED) && !ymap_get(map, od->key))
 			gw_diag_add(d, map ? map->line : owner->line, map ? map->col : owner->col,
-				    "%smissing '%s': %s", prefix, od->key, od->help ? od->help : gw_opt_type_hint(od));
+				    "%smissing '%s': %s", prefix, od->key,
+				    od->help ? od->help : gw_opt_type_hint(od));
 	}
 	if (d->n == before && s->check) {
 		const char *key = NULL;
@@ -262,17 +265,31 @@ struct gw_section {
 static const char *const log_levels[] = { "error", "warn", "info", "debug", NULL };
 
 static const struct gw_opt_desc gateway_opts[] = {
-	{ .key = "control-socket", .type = GW_OPT_PATH, .offset = offsetof(struct gw_section, control_socket),
+	{ .key = "control-socket",
+	  .type = GW_OPT_PATH,
+	  .offset = offsetof(struct gw_section, control_socket),
 	  .help = "unix socket for `blkgw status` and other control commands (default RUN-DIR/control.sock)" },
-	{ .key = "run-dir", .type = GW_OPT_PATH, .offset = offsetof(struct gw_section, run_dir),
+	{ .key = "run-dir",
+	  .type = GW_OPT_PATH,
+	  .offset = offsetof(struct gw_section, run_dir),
 	  .help = "sockets, state that must survive a restart, device links (default /run/blkgw)" },
-	{ .key = "workers", .type = GW_OPT_U32, .offset = offsetof(struct gw_section, workers),
-	  .min = 1, .max = 256, .help = "I/O threads (default: online CPUs)" },
-	{ .key = "coalesce-us", .type = GW_OPT_U32, .offset = offsetof(struct gw_section, coalesce_us),
-	  .max = 1000, .def = 20,
+	{ .key = "workers",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct gw_section, workers),
+	  .min = 1,
+	  .max = 256,
+	  .help = "I/O threads (default: online CPUs)" },
+	{ .key = "coalesce-us",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct gw_section, coalesce_us),
+	  .max = 1000,
+	  .def = 20,
 	  .help = "microseconds a busy worker may let events gather before polling, when measuring shows it helps (default 20; 0: never)" },
-	{ .key = "log-level", .type = GW_OPT_ENUM, .offset = offsetof(struct gw_section, log_level),
-	  .choices = log_levels, .help = "error, warn, info or debug (default info)" },
+	{ .key = "log-level",
+	  .type = GW_OPT_ENUM,
+	  .offset = offsetof(struct gw_section, log_level),
+	  .choices = log_levels,
+	  .help = "error, warn, info or debug (default info)" },
 };
 
 static const struct gw_opt_schema gateway_schema =
@@ -312,7 +329,8 @@ static void load_images(struct gw_manifest *m, const struct ynode *images, bool 
 	list_words(words, sizeof(words), bnames, GW_MIN(nb, GW_ARRAY_SIZE(bnames)));
 
 	if (images->type != YN_MAP) {
-		E(images, "'images' must be a mapping of image names to backends, not %s", ynode_kind(images));
+		E(images, "'images' must be a mapping of image names to backends, not %s",
+		  ynode_kind(images));
 		return;
 	}
 	check_dup_keys(images, d);
@@ -333,7 +351,8 @@ static void load_images(struct gw_manifest *m, const struct ynode *images, bool 
 		if (dup)
 			continue; /* reported by check_dup_keys */
 		if (!valid_name(k->text)) {
-			E(k, "image name '%s' is not valid: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+			E(k,
+			  "image name '%s' is not valid: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
 			  k->text);
 			continue;
 		}
@@ -343,8 +362,8 @@ static void load_images(struct gw_manifest *m, const struct ynode *images, bool 
 		img->line = k->line;
 		img->col = k->col;
 		if (v->type != YN_MAP) {
-			E(v, "%smust be a mapping such as { backend: memory, size: 1G }, not %s", prefix,
-			  ynode_is_null(v) ? "empty" : ynode_kind(v));
+			E(v, "%smust be a mapping such as { backend: memory, size: 1G }, not %s",
+			  prefix, ynode_is_null(v) ? "empty" : ynode_kind(v));
 			continue;
 		}
 		bn = ymap_get(v, "backend");
@@ -355,27 +374,30 @@ static void load_images(struct gw_manifest *m, const struct ynode *images, bool 
 		if (bn->type != YN_SCALAR || !(img->ops = gw_backend_find(bn->text))) {
 			E(bn, "%sunknown backend '%s'%s; backends: %s", prefix,
 			  bn->type == YN_SCALAR ? bn->text : "?",
-			  bn->type == YN_SCALAR ? hint(hb, sizeof(hb), bn->text, bnames, nb) : "", words);
+			  bn->type == YN_SCALAR ? hint(hb, sizeof(hb), bn->text, bnames, nb) : "",
+			  words);
 			continue;
 		}
 		bs = ymap_get(v, "block-size");
 		if (bs) {
 			uint64_t b = 0;
 
-			if (bs->type != YN_SCALAR || gw_parse_size(bs->text, &b) || !gw_is_pow2(b) ||
-			    b < 512 || b > 65536)
-				E(bs, "%s'block-size' must be a power of two from 512 to 64K (got '%s')", prefix,
-				  bs->type == YN_SCALAR ? bs->text : ynode_kind(bs));
+			if (bs->type != YN_SCALAR || gw_parse_size(bs->text, &b) ||
+			    !gw_is_pow2(b) || b < 512 || b > 65536)
+				E(bs,
+				  "%s'block-size' must be a power of two from 512 to 64K (got '%s')",
+				  prefix, bs->type == YN_SCALAR ? bs->text : ynode_kind(bs));
 			else
 				img->block_size = (uint32_t)b;
 		}
 		img->opts = calloc(1, img->ops->schema.size ? img->ops->schema.size : 1);
 		if (!img->opts)
 			continue;
-		if (decode(v, &img->ops->schema, img->opts, image_common, GW_ARRAY_SIZE(image_common),
-			   m->dir, prefix, k, d) < 0)
+		if (decode(v, &img->ops->schema, img->opts, image_common,
+			   GW_ARRAY_SIZE(image_common), m->dir, prefix, k, d) < 0)
 			continue;
-		/* A size that is not a multiple of the block size leaves a tail no client can reach. */
+		/* A size that is not a multiple of the block size leaves a tail no client can
+		 * reach. */
 		if (img->block_size) {
 			const struct gw_opt_desc *sd = gw_opt_find(&img->ops->schema, "size");
 
@@ -384,14 +406,16 @@ static void load_images(struct gw_manifest *m, const struct ynode *images, bool 
 
 				if (sz % img->block_size)
 					E(ymap_get(v, "size") ? ymap_get(v, "size") : v,
-					  "%s'size' must be a multiple of block-size %u", prefix, img->block_size);
+					  "%s'size' must be a multiple of block-size %u", prefix,
+					  img->block_size);
 			}
 		}
 		if (check_sources && img->ops->check) {
 			char msg[512] = "";
 
 			if (img->ops->check(img->opts, msg, sizeof(msg)) < 0)
-				E(ymap_get(v, "path") ? ymap_get(v, "path") : v, "%s%s", prefix, msg);
+				E(ymap_get(v, "path") ? ymap_get(v, "path") : v, "%s%s", prefix,
+				  msg);
 		}
 	}
 }
@@ -400,7 +424,8 @@ static void load_images(struct gw_manifest *m, const struct ynode *images, bool 
 
 static const char *const export_keys[] = { "image", "transports", "read-only" };
 
-static void load_export(struct gw_manifest *m, const struct ynode *e, size_t idx, struct gw_diags *d)
+static void load_export(struct gw_manifest *m, const struct ynode *e, size_t idx,
+			struct gw_diags *d)
 {
 	size_t nt;
 	const struct gw_transport_ops *const *tl = gw_transport_list(&nt);
@@ -421,7 +446,8 @@ static void load_export(struct gw_manifest *m, const struct ynode *e, size_t idx
 
 	snprintf(prefix, sizeof(prefix), "export %zu: ", idx + 1);
 	if (e->type != YN_MAP) {
-		E(e, "%smust be a mapping with 'image' and 'transports', not %s", prefix, ynode_kind(e));
+		E(e, "%smust be a mapping with 'image' and 'transports', not %s", prefix,
+		  ynode_kind(e));
 		return;
 	}
 	m->nexports++;
@@ -439,7 +465,8 @@ static void load_export(struct gw_manifest *m, const struct ynode *e, size_t idx
 				known = true;
 		if (!known) {
 			/* A transport this build lacks is worth saying so plainly. */
-			E(k, "%sunknown key '%s'%s", prefix, k->text, hint(hb, sizeof(hb), k->text, cands, nc));
+			E(k, "%sunknown key '%s'%s", prefix, k->text,
+			  hint(hb, sizeof(hb), k->text, cands, nc));
 		}
 	}
 
@@ -463,7 +490,8 @@ static void load_export(struct gw_manifest *m, const struct ynode *e, size_t idx
 		}
 		x->image = strdup(img->text);
 		if (!found && m->images_ok && valid_name(img->text))
-			E(img, "%sunknown image '%s'%s", prefix, img->text, hint(hb, sizeof(hb), img->text, inames, ni));
+			E(img, "%sunknown image '%s'%s", prefix, img->text,
+			  hint(hb, sizeof(hb), img->text, inames, ni));
 	}
 
 	ro = ymap_get(e, "read-only");
@@ -473,11 +501,15 @@ static void load_export(struct gw_manifest *m, const struct ynode *e, size_t idx
 
 	ts = ymap_get(e, "transports");
 	if (!ts) {
-		E(e, "%smissing 'transports' (a list in order of preference, e.g. [nbd]; available: %s)", prefix, words);
+		E(e,
+		  "%smissing 'transports' (a list in order of preference, e.g. [nbd]; available: %s)",
+		  prefix, words);
 	} else if (ts->type == YN_SCALAR && !ynode_is_null(ts) && gw_transport_find(ts->text)) {
 		E(ts, "%s'transports' must be a list, e.g. [%s]", prefix, ts->text);
 	} else if (ts->type != YN_SEQ || ts->n == 0) {
-		E(ts, "%s'transports' must be a non-empty list in order of preference (available: %s)", prefix, words);
+		E(ts,
+		  "%s'transports' must be a non-empty list in order of preference (available: %s)",
+		  prefix, words);
 	} else {
 		x->transports = calloc(ts->n, sizeof(*x->transports));
 		for (size_t i = 0; x->transports && i < ts->n; i++) {
@@ -488,13 +520,15 @@ static void load_export(struct gw_manifest *m, const struct ynode *e, size_t idx
 			bool dup = false;
 
 			if (t->type != YN_SCALAR) {
-				E(t, "%seach transport is a name (available: %s), not %s", prefix, words, ynode_kind(t));
+				E(t, "%seach transport is a name (available: %s), not %s", prefix,
+				  words, ynode_kind(t));
 				continue;
 			}
 			ops = gw_transport_find(t->text);
 			if (!ops) {
-				E(t, "%sunknown transport '%s'%s; available in this build: %s", prefix, t->text,
-				  hint(hb, sizeof(hb), t->text, tnames, nt), words);
+				E(t, "%sunknown transport '%s'%s; available in this build: %s",
+				  prefix, t->text, hint(hb, sizeof(hb), t->text, tnames, nt),
+				  words);
 				continue;
 			}
 			for (size_t j = 0; j < x->ntransports; j++)
@@ -512,7 +546,8 @@ static void load_export(struct gw_manifest *m, const struct ynode *e, size_t idx
 			if (!sp->opts)
 				continue;
 			snprintf(tp, sizeof(tp), "%s%s: ", prefix, ops->name);
-			decode(ymap_get(e, ops->name), &ops->schema, sp->opts, NULL, 0, m->dir, tp, t, d);
+			decode(ymap_get(e, ops->name), &ops->schema, sp->opts, NULL, 0, m->dir, tp,
+			       t, d);
 		}
 	}
 	/* Settings for a transport that is not listed are a mistake worth naming. */
@@ -521,7 +556,8 @@ static void load_export(struct gw_manifest *m, const struct ynode *e, size_t idx
 		bool listed = false;
 
 		for (size_t j = 0; j + 1 < e->n; j += 2)
-			if (e->items[j]->type == YN_SCALAR && strcmp(e->items[j]->text, tnames[i]) == 0)
+			if (e->items[j]->type == YN_SCALAR &&
+			    strcmp(e->items[j]->text, tnames[i]) == 0)
 				k = e->items[j];
 		if (!k)
 			continue;
@@ -529,7 +565,8 @@ static void load_export(struct gw_manifest *m, const struct ynode *e, size_t idx
 			if (strcmp(x->transports[j].ops->name, tnames[i]) == 0)
 				listed = true;
 		if (!listed && ts && ts->type == YN_SEQ)
-			E(k, "%ssettings for '%s' given, but '%s' is not in 'transports'", prefix, tnames[i], tnames[i]);
+			E(k, "%ssettings for '%s' given, but '%s' is not in 'transports'", prefix,
+			  tnames[i], tnames[i]);
 	}
 }
 
@@ -568,11 +605,14 @@ static void check_conflicts(struct gw_manifest *m, struct gw_diags *d)
 
 					if (b->ops != a->ops)
 						continue;
-					msg = a->ops->conflict(&m->env, a->opts, m->exports[i].image, b->opts,
-							       m->exports[j].image, buf, sizeof(buf));
+					msg = a->ops->conflict(&m->env, a->opts,
+							       m->exports[i].image, b->opts,
+							       m->exports[j].image, buf,
+							       sizeof(buf));
 					if (msg)
-						E(a, "export %zu: %s: %s (export %zu, line %d)", i + 1, a->ops->name,
-						  msg, j + 1, m->exports[j].line);
+						E(a, "export %zu: %s: %s (export %zu, line %d)",
+						  i + 1, a->ops->name, msg, j + 1,
+						  m->exports[j].line);
 				}
 			}
 		}
@@ -614,11 +654,14 @@ int gw_manifest_load(const char *path, bool check_sources, struct gw_manifest **
 	}
 	root = t.root;
 	if (!root || ynode_is_null(root)) {
-		gw_diag_add(d, 1, 1, "the manifest is empty: it needs at least 'version: 1', 'images' and 'exports'");
+		gw_diag_add(
+			d, 1, 1,
+			"the manifest is empty: it needs at least 'version: 1', 'images' and 'exports'");
 		goto out;
 	}
 	if (root->type != YN_MAP) {
-		E(root, "the manifest must be a mapping with 'version', 'images' and 'exports', not %s",
+		E(root,
+		  "the manifest must be a mapping with 'version', 'images' and 'exports', not %s",
 		  ynode_kind(root));
 		goto out;
 	}
@@ -645,7 +688,8 @@ int gw_manifest_load(const char *path, bool check_sources, struct gw_manifest **
 		  v->type == YN_SCALAR ? v->text : ynode_kind(v));
 
 	memset(&gs, 0, sizeof(gs));
-	decode(ymap_get(root, "gateway"), &gateway_schema, &gs, NULL, 0, m->dir, "gateway: ", root, d);
+	decode(ymap_get(root, "gateway"), &gateway_schema, &gs, NULL, 0, m->dir, "gateway: ", root,
+	       d);
 	m->gw.control_socket = gs.control_socket;
 	m->gw.run_dir = gs.run_dir ? gs.run_dir : gw_default_run_dir();
 	m->gw.log_level = gs.log_level;
@@ -664,14 +708,16 @@ int gw_manifest_load(const char *path, bool check_sources, struct gw_manifest **
 
 	n = ymap_get(root, "images");
 	if (!n || ynode_is_null(n))
-		E(n ? n : root, "missing 'images' (a mapping such as 'disk0: { backend: file, path: disk0.raw }')");
+		E(n ? n : root,
+		  "missing 'images' (a mapping such as 'disk0: { backend: file, path: disk0.raw }')");
 	else
 		load_images(m, n, check_sources, d);
 	m->images_ok = n && n->type == YN_MAP;
 
 	n = ymap_get(root, "exports");
 	if (!n || ynode_is_null(n)) {
-		E(n ? n : root, "missing 'exports' (a list such as '- { image: disk0, transports: [nbd] }')");
+		E(n ? n : root,
+		  "missing 'exports' (a list such as '- { image: disk0, transports: [nbd] }')");
 	} else if (n->type != YN_SEQ) {
 		E(n, "'exports' must be a list of exports, not %s", ynode_kind(n));
 	} else {

@@ -33,25 +33,25 @@ struct gw_gateway_cfg {
 	char *run_dir;
 	uint32_t workers;
 	uint32_t coalesce_us;
-	char *log_level;  /* NULL: default */
+	char *log_level; /* NULL: default */
 };
 
 struct gw_image_spec {
 	char *name;
 	const struct gw_backend_ops *ops;
-	void *opts;             /* decoded with ops->schema */
-	uint32_t block_size;    /* 0: the backend's own */
+	void *opts;          /* decoded with ops->schema */
+	uint32_t block_size; /* 0: the backend's own */
 	int line, col;
 };
 
 struct gw_transport_spec {
 	const struct gw_transport_ops *ops;
-	void *opts;             /* decoded with ops->schema */
+	void *opts; /* decoded with ops->schema */
 	int line, col;
 };
 
 struct gw_export_spec {
-	char *id;               /* image name, or image#N for the N-th export of one image */
+	char *id; /* image name, or image#N for the N-th export of one image */
 	char *image;
 	size_t image_index;
 	bool read_only;
@@ -62,14 +62,14 @@ struct gw_export_spec {
 
 struct gw_manifest {
 	char *path;
-	char *dir;              /* folder relative paths are resolved against */
+	char *dir; /* folder relative paths are resolved against */
 	struct gw_gateway_cfg gw;
 	struct gw_transport_env env; /* what transports see; points into gw */
 	struct gw_image_spec *images;
 	size_t nimages;
 	struct gw_export_spec *exports;
 	size_t nexports;
-	bool images_ok;         /* 'images' was a mapping (so unknown names are worth reporting) */
+	bool images_ok; /* 'images' was a mapping (so unknown names are worth reporting) */
 };
 
 /*

@@ -8,7 +8,7 @@
 
 #include "lib/util.h"
 
-#define YT_MAX_DEPTH 64
+#define YT_MAX_DEPTH   64
 #define YT_MAX_ANCHORS 256
 
 struct anchor {
@@ -105,11 +105,14 @@ int ytree_load(const char *path, struct ytree *t, int *line, int *col, char *msg
 			*line = (int)parser.problem_mark.line + 1;
 			*col = (int)parser.problem_mark.column + 1;
 			if (parser.context)
-				gw_seterr(msg, len, "invalid YAML: %s %s that starts at line %d, column %d",
-					  parser.problem, parser.context, (int)parser.context_mark.line + 1,
+				gw_seterr(msg, len,
+					  "invalid YAML: %s %s that starts at line %d, column %d",
+					  parser.problem, parser.context,
+					  (int)parser.context_mark.line + 1,
 					  (int)parser.context_mark.column + 1);
 			else
-				gw_seterr(msg, len, "invalid YAML: %s", parser.problem ? parser.problem : "error");
+				gw_seterr(msg, len, "invalid YAML: %s",
+					  parser.problem ? parser.problem : "error");
 			goto out;
 		}
 		switch (ev.type) {
@@ -120,14 +123,16 @@ int ytree_load(const char *path, struct ytree *t, int *line, int *col, char *msg
 			if (t->root) {
 				*line = (int)ev.start_mark.line + 1;
 				*col = (int)ev.start_mark.column + 1;
-				gw_seterr(msg, len, "a manifest holds one YAML document; found a second one");
+				gw_seterr(msg, len,
+					  "a manifest holds one YAML document; found a second one");
 				yaml_event_delete(&ev);
 				goto out;
 			}
 			break;
 		case YAML_SCALAR_EVENT:
 			n = node_new(&b, YN_SCALAR, ev.start_mark);
-			if (!n || !(n->text = strndup((const char *)ev.data.scalar.value, ev.data.scalar.length)))
+			if (!n || !(n->text = strndup((const char *)ev.data.scalar.value,
+						      ev.data.scalar.length)))
 				goto oom;
 			n->plain = ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
 			if (strlen(n->text) != ev.data.scalar.length) {
@@ -142,7 +147,8 @@ int ytree_load(const char *path, struct ytree *t, int *line, int *col, char *msg
 			break;
 		case YAML_SEQUENCE_START_EVENT:
 		case YAML_MAPPING_START_EVENT:
-			n = node_new(&b, ev.type == YAML_SEQUENCE_START_EVENT ? YN_SEQ : YN_MAP, ev.start_mark);
+			n = node_new(&b, ev.type == YAML_SEQUENCE_START_EVENT ? YN_SEQ : YN_MAP,
+				     ev.start_mark);
 			if (!n)
 				goto oom;
 			if (b.depth >= YT_MAX_DEPTH) {
@@ -152,8 +158,11 @@ int ytree_load(const char *path, struct ytree *t, int *line, int *col, char *msg
 				yaml_event_delete(&ev);
 				goto out;
 			}
-			if (remember(&b, ev.type == YAML_SEQUENCE_START_EVENT ? ev.data.sequence_start.anchor
-									 : ev.data.mapping_start.anchor, n) ||
+			if (remember(&b,
+				     ev.type == YAML_SEQUENCE_START_EVENT
+					     ? ev.data.sequence_start.anchor
+					     : ev.data.mapping_start.anchor,
+				     n) ||
 			    attach(&b, n))
 				goto oom;
 			b.stack[b.depth++] = n;
@@ -166,7 +175,8 @@ int ytree_load(const char *path, struct ytree *t, int *line, int *col, char *msg
 			int i;
 
 			for (i = b.nanchors - 1; i >= 0; i--)
-				if (strcmp(b.anchors[i].name, (const char *)ev.data.alias.anchor) == 0)
+				if (strcmp(b.anchors[i].name, (const char *)ev.data.alias.anchor) ==
+				    0)
 					break;
 			if (i < 0) {
 				*line = (int)ev.start_mark.line + 1;
@@ -228,9 +238,12 @@ struct ynode *ymap_get(const struct ynode *map, const char *key)
 const char *ynode_kind(const struct ynode *n)
 {
 	switch (n->type) {
-	case YN_MAP: return "a mapping";
-	case YN_SEQ: return "a list";
-	default: return "a single value";
+	case YN_MAP:
+		return "a mapping";
+	case YN_SEQ:
+		return "a list";
+	default:
+		return "a single value";
 	}
 }
 

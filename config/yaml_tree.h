@@ -8,21 +8,25 @@
 
 #include <stddef.h>
 
-enum ynode_type { YN_SCALAR, YN_MAP, YN_SEQ };
+enum ynode_type {
+	YN_SCALAR,
+	YN_MAP,
+	YN_SEQ
+};
 
 struct ynode {
 	enum ynode_type type;
-	int line, col;          /* 1-based */
-	char *text;             /* YN_SCALAR */
-	int plain;              /* YN_SCALAR: unquoted (so "null"/"~" mean nothing) */
-	struct ynode **items;   /* YN_MAP: key, value, key, value...; YN_SEQ: elements */
-	size_t n;               /* number of items (twice the pairs for a map) */
+	int line, col;        /* 1-based */
+	char *text;           /* YN_SCALAR */
+	int plain;            /* YN_SCALAR: unquoted (so "null"/"~" mean nothing) */
+	struct ynode **items; /* YN_MAP: key, value, key, value...; YN_SEQ: elements */
+	size_t n;             /* number of items (twice the pairs for a map) */
 	size_t cap;
 	struct ynode *arena_next;
 };
 
 struct ytree {
-	struct ynode *root;     /* NULL for an empty document */
+	struct ynode *root; /* NULL for an empty document */
 	struct ynode *arena;
 };
 

@@ -16,7 +16,7 @@
 #include "lib/sockets.h"
 #include "lib/util.h"
 
-#define CTL_MAX_LINE (64 * 1024)
+#define CTL_MAX_LINE    (64 * 1024)
 #define CTL_MAX_CLIENTS 64
 
 struct ctl_client {
@@ -97,7 +97,8 @@ static void client_flush(struct ctl_client *c)
 
 static void client_reply(struct ctl_client *c, json_object *reply)
 {
-	const char *s = json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+	const char *s = json_object_to_json_string_ext(
+		reply, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 	size_t n = strlen(s);
 	char *b = realloc(c->out, c->outlen + n + 1);
 
@@ -121,7 +122,8 @@ static void handle_line(struct ctl_client *c, const char *line, size_t len)
 		reply = gw_ctl_error(-EINVAL, "request is not valid JSON: %s",
 				     json_tokener_error_desc(json_tokener_get_error(tok)));
 	} else if (!json_object_is_type(req, json_type_object)) {
-		reply = gw_ctl_error(-EINVAL, "request must be a JSON object such as {\"command\": \"status\"}");
+		reply = gw_ctl_error(
+			-EINVAL, "request must be a JSON object such as {\"command\": \"status\"}");
 	} else {
 		reply = ctl.handler(req, ctl.arg);
 	}
@@ -229,7 +231,8 @@ void gw_ctl_stop(void)
 json_object *gw_ctl_request(const char *path, json_object *req, char *err, size_t errlen)
 {
 	struct sockaddr_un sa;
-	const char *s = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+	const char *s = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN |
+								    JSON_C_TO_STRING_NOSLASHESCAPE);
 	char *buf = NULL;
 	size_t len = 0;
 	json_object *reply = NULL;
@@ -244,7 +247,9 @@ json_object *gw_ctl_request(const char *path, json_object *req, char *err, size_
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		gw_seterr(err, errlen, "cannot reach blkgw at %s: %s%s", path, strerror(errno),
-			  errno == ENOENT || errno == ECONNREFUSED ? " (is the daemon running? see --control)" : "");
+			  errno == ENOENT || errno == ECONNREFUSED
+				  ? " (is the daemon running? see --control)"
+				  : "");
 		if (fd >= 0)
 			close(fd);
 		return NULL;

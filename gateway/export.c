@@ -9,10 +9,8 @@
 #define GW_DEFAULT_MAX_XFER (32u << 20)
 
 static const char *const state_names[] = {
-	[GW_EXPORT_NEW] = "new",
-	[GW_EXPORT_RUNNING] = "running",
-	[GW_EXPORT_STOPPING] = "stopping",
-	[GW_EXPORT_STOPPED] = "stopped",
+	[GW_EXPORT_NEW] = "new",           [GW_EXPORT_RUNNING] = "running",
+	[GW_EXPORT_STOPPING] = "stopping", [GW_EXPORT_STOPPED] = "stopped",
 	[GW_EXPORT_FAILED] = "failed",
 };
 
@@ -31,7 +29,8 @@ struct gw_export *gw_export_new(const char *id, struct gw_backend *b, bool read_
 	e->id = strdup(id);
 	e->notes = strdup("");
 	if (posix_memalign((void **)&e->stats, GW_CACHELINE,
-			   GW_STATS_SLOTS * sizeof(struct gw_stats)) || !e->id || !e->notes) {
+			   GW_STATS_SLOTS * sizeof(struct gw_stats)) ||
+	    !e->id || !e->notes) {
 		gw_export_free(e);
 		return NULL;
 	}
@@ -109,7 +108,8 @@ static int check(struct gw_export *e, struct gw_io *io)
 	}
 	end = io->offset + io->len;
 	if (gw_unlikely(end < io->offset || end > e->size)) {
-		io->result = io->op == GW_OP_WRITE || io->op == GW_OP_WRITE_ZEROES ? -ENOSPC : -EINVAL;
+		io->result = io->op == GW_OP_WRITE || io->op == GW_OP_WRITE_ZEROES ? -ENOSPC
+										   : -EINVAL;
 		return 1;
 	}
 	if (gw_unlikely(((io->offset | io->len) & (e->min_block - 1)) != 0))

@@ -29,7 +29,7 @@ struct gw_stats {
 	uint64_t bytes_read;
 	uint64_t bytes_written;
 	uint64_t errors;
-	uint64_t extents;      /* extent queries */
+	uint64_t extents; /* extent queries */
 } __attribute__((aligned(GW_CACHELINE)));
 
 struct gw_stats_total {
@@ -49,25 +49,25 @@ struct gw_transport_ops;
 struct gw_transport_env;
 
 struct gw_export {
-	char *id;                 /* unique: image name, or image#N when exported twice */
+	char *id; /* unique: image name, or image#N when exported twice */
 	struct gw_backend *backend;
-	const char *image;        /* image name */
+	const char *image; /* image name */
 	bool read_only;
 	uint64_t size;
-	uint32_t caps;            /* backend caps, plus GW_CAP_READ_ONLY when read_only */
-	uint32_t min_block;       /* alignment the checked layer enforces */
+	uint32_t caps;      /* backend caps, plus GW_CAP_READ_ONLY when read_only */
+	uint32_t min_block; /* alignment the checked layer enforces */
 	uint32_t pref_block;
-	uint32_t max_xfer;        /* largest READ/WRITE */
+	uint32_t max_xfer; /* largest READ/WRITE */
 
 	const struct gw_transport_ops *transport; /* the one in use */
-	const void *topts;        /* its decoded options */
-	const struct gw_transport_env *env; /* run dir etc., owned by the daemon */
-	void *tpriv;              /* the transport's per-export state */
+	const void *topts;                        /* its decoded options */
+	const struct gw_transport_env *env;       /* run dir etc., owned by the daemon */
+	void *tpriv;                              /* the transport's per-export state */
 	enum gw_export_state state;
-	char *notes;              /* why earlier transports were skipped ("" when none) */
+	char *notes; /* why earlier transports were skipped ("" when none) */
 
-	atomic_uint clients;      /* connections/queues attached, kept by the transport */
-	struct gw_stats *stats;   /* GW_STATS_SLOTS entries */
+	atomic_uint clients;    /* connections/queues attached, kept by the transport */
+	struct gw_stats *stats; /* GW_STATS_SLOTS entries */
 };
 
 /* Create an export of backend b (main thread). block_size: 0 = the backend's. */

@@ -28,7 +28,7 @@ static struct {
 	struct gw_backend **images;
 	struct gw_export **exports;
 	size_t nexports;
-	unsigned stopping;       /* exports still stopping */
+	unsigned stopping; /* exports still stopping */
 	bool stop_requested;
 	uint64_t start_ns;
 	ev_signal sig[3];
@@ -125,7 +125,8 @@ static json_object *ctl_handler(json_object *req, void *arg)
 	json_object *cmd;
 	const char *name;
 
-	if (!json_object_object_get_ex(req, "command", &cmd) || !json_object_is_type(cmd, json_type_string))
+	if (!json_object_object_get_ex(req, "command", &cmd) ||
+	    !json_object_is_type(cmd, json_type_string))
 		return gw_ctl_error(-EINVAL, "missing \"command\" (a string such as \"status\")");
 	name = json_object_get_string(cmd);
 	for (size_t i = 0; i < GW_ARRAY_SIZE(commands); i++)
@@ -173,15 +174,18 @@ static int start_export(struct gw_export *e, const struct gw_export_spec *x)
 			if (t->ops->status)
 				t->ops->status(e, &st);
 			gw_info("export %s: serving over %s%s%s%s%s", e->id, t->ops->name,
-				*st.endpoint ? " at " : "", st.endpoint, *st.device ? " as " : "", st.device);
+				*st.endpoint ? " at " : "", st.endpoint, *st.device ? " as " : "",
+				st.device);
 			if (i > 0)
-				gw_warn("export %s: fell back to %s (%s)", e->id, t->ops->name, e->notes);
+				gw_warn("export %s: fell back to %s (%s)", e->id, t->ops->name,
+					e->notes);
 			return 0;
 		}
 		e->transport = NULL;
 		e->topts = NULL;
 		note(e, t->ops->name, *why ? why : strerror(-rc));
-		gw_warn("export %s: %s failed to start: %s", e->id, t->ops->name, *why ? why : strerror(-rc));
+		gw_warn("export %s: %s failed to start: %s", e->id, t->ops->name,
+			*why ? why : strerror(-rc));
 	}
 	e->state = GW_EXPORT_FAILED;
 	return -1;
@@ -260,7 +264,8 @@ static void cleanup(void)
 			int rc = b->ops->sync(b);
 
 			if (rc < 0)
-				gw_err("image %s: flushing at shutdown failed: %s", b->name, strerror(-rc));
+				gw_err("image %s: flushing at shutdown failed: %s", b->name,
+				       strerror(-rc));
 		}
 		gw_backend_close(b);
 	}
@@ -284,7 +289,8 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 	gw.m = m;
 	gw.start_ns = gw_now_ns();
 	if (lname && gw_log_parse_level(lname, &lvl) < 0) {
-		fprintf(stderr, "blkgw: unknown log level '%s' (error, warn, info, debug)\n", lname);
+		fprintf(stderr, "blkgw: unknown log level '%s' (error, warn, info, debug)\n",
+			lname);
 		return 2;
 	}
 	gw_log_set_level(lvl);
@@ -304,7 +310,8 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		json_object_put(req);
 		if (reply) {
 			json_object_put(reply);
-			gw_err("another blkgw is already running on control socket %s", m->gw.control_socket);
+			gw_err("another blkgw is already running on control socket %s",
+			       m->gw.control_socket);
 			return 1;
 		}
 	}
@@ -332,7 +339,8 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		err[0] = '\0';
 		gw.images[i] = gw_backend_open(s->ops, s->name, s->opts, err, sizeof(err));
 		if (!gw.images[i]) {
-			fprintf(stderr, "%s:%d:%d: image '%s': %s\n", m->path, s->line, s->col, s->name, err);
+			fprintf(stderr, "%s:%d:%d: image '%s': %s\n", m->path, s->line, s->col,
+				s->name, err);
 			goto fail;
 		}
 	}
@@ -341,11 +349,13 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		struct gw_backend *b = gw.images[x->image_index];
 
 		if (!x->read_only && (b->caps & GW_CAP_READ_ONLY)) {
-			fprintf(stderr, "%s:%d:%d: export %zu: image '%s' can only be read (permissions?); set 'read-only: true'\n",
+			fprintf(stderr,
+				"%s:%d:%d: export %zu: image '%s' can only be read (permissions?); set 'read-only: true'\n",
 				m->path, x->line, x->col, i + 1, x->image);
 			goto fail;
 		}
-		gw.exports[i] = gw_export_new(x->id, b, x->read_only, m->images[x->image_index].block_size);
+		gw.exports[i] =
+			gw_export_new(x->id, b, x->read_only, m->images[x->image_index].block_size);
 		if (!gw.exports[i])
 			goto fail;
 		gw.exports[i]->env = &m->env;
@@ -360,8 +370,9 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 	}
 	for (size_t i = 0; i < gw.nexports; i++) {
 		if (start_export(gw.exports[i], &m->exports[i]) < 0) {
-			fprintf(stderr, "%s:%d:%d: export %zu (%s): no transport could start: %s\n", m->path,
-				m->exports[i].line, m->exports[i].col, i + 1, gw.exports[i]->id, gw.exports[i]->notes);
+			fprintf(stderr, "%s:%d:%d: export %zu (%s): no transport could start: %s\n",
+				m->path, m->exports[i].line, m->exports[i].col, i + 1,
+				gw.exports[i]->id, gw.exports[i]->notes);
 			goto fail_stop;
 		}
 	}
@@ -384,9 +395,9 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 	ev_signal_init(&gw.sig[2], signal_cb, SIGHUP);
 	for (int i = 0; i < 3; i++)
 		ev_signal_start(loop, &gw.sig[i]);
-	gw_info("blkgw %s ready: %zu export%s, %u worker%s, control socket %s", GW_VERSION, gw.nexports,
-		gw.nexports == 1 ? "" : "s", gw_workers_count(), gw_workers_count() == 1 ? "" : "s",
-		m->gw.control_socket);
+	gw_info("blkgw %s ready: %zu export%s, %u worker%s, control socket %s", GW_VERSION,
+		gw.nexports, gw.nexports == 1 ? "" : "s", gw_workers_count(),
+		gw_workers_count() == 1 ? "" : "s", m->gw.control_socket);
 
 	ev_run(loop, 0);
 

@@ -9,8 +9,8 @@
 struct gw_manifest;
 
 struct gw_serve_opts {
-	const char *pidfile;    /* NULL: none */
-	const char *log_level;  /* NULL: the manifest's, else info */
+	const char *pidfile;   /* NULL: none */
+	const char *log_level; /* NULL: the manifest's, else info */
 };
 
 /* Run until asked to stop. Returns the process exit status. */

@@ -21,66 +21,63 @@ static void usage_main(FILE *f)
 	const struct gw_transport_ops *const *tl = gw_transport_list(&nt);
 	const struct gw_backend_ops *const *bl = gw_backend_list(&nb);
 
-	fprintf(f,
-		"Usage: blkgw COMMAND [OPTIONS]\n"
-		"Export disk images over block transports, as a YAML manifest declares.\n"
-		"\n"
-		"Commands:\n"
-		"  serve MANIFEST   run the gateway in the foreground until SIGTERM/SIGINT\n"
-		"  check MANIFEST   validate a manifest and show what serve would do\n"
-		"  status           show the exports of a running gateway\n"
-		"  version          print the version\n"
-		"  help [COMMAND]   show help\n"
-		"\n"
-		"Transports in this build:\n");
+	fprintf(f, "Usage: blkgw COMMAND [OPTIONS]\n"
+		   "Export disk images over block transports, as a YAML manifest declares.\n"
+		   "\n"
+		   "Commands:\n"
+		   "  serve MANIFEST   run the gateway in the foreground until SIGTERM/SIGINT\n"
+		   "  check MANIFEST   validate a manifest and show what serve would do\n"
+		   "  status           show the exports of a running gateway\n"
+		   "  version          print the version\n"
+		   "  help [COMMAND]   show help\n"
+		   "\n"
+		   "Transports in this build:\n");
 	for (size_t i = 0; i < nt; i++)
 		fprintf(f, "  %-16s %s\n", tl[i]->name, tl[i]->summary);
 	fprintf(f, "Backends in this build:\n");
 	for (size_t i = 0; i < nb; i++)
 		fprintf(f, "  %-16s %s\n", bl[i]->name, bl[i]->summary);
-	fprintf(f, "\n'blkgw COMMAND --help' describes each command; docs/manifest.md the manifest.\n");
+	fprintf(f,
+		"\n'blkgw COMMAND --help' describes each command; docs/manifest.md the manifest.\n");
 }
 
 static void usage_serve(FILE *f)
 {
-	fprintf(f,
-		"Usage: blkgw serve MANIFEST [--pidfile FILE] [--log-level LEVEL]\n"
-		"Open every image of MANIFEST, serve every export, and run in the foreground,\n"
-		"logging to stderr. SIGTERM or SIGINT stops it cleanly: no new connections,\n"
-		"in-flight requests finish, images are flushed and closed, sockets removed.\n"
-		"A manifest with any error starts nothing (see 'blkgw check').\n"
-		"\n"
-		"Options:\n"
-		"  --pidfile FILE      write the daemon's pid to FILE once it serves\n"
-		"  --log-level LEVEL   error, warn, info or debug (overrides the manifest)\n"
-		"  -h, --help          show this help\n");
+	fprintf(f, "Usage: blkgw serve MANIFEST [--pidfile FILE] [--log-level LEVEL]\n"
+		   "Open every image of MANIFEST, serve every export, and run in the foreground,\n"
+		   "logging to stderr. SIGTERM or SIGINT stops it cleanly: no new connections,\n"
+		   "in-flight requests finish, images are flushed and closed, sockets removed.\n"
+		   "A manifest with any error starts nothing (see 'blkgw check').\n"
+		   "\n"
+		   "Options:\n"
+		   "  --pidfile FILE      write the daemon's pid to FILE once it serves\n"
+		   "  --log-level LEVEL   error, warn, info or debug (overrides the manifest)\n"
+		   "  -h, --help          show this help\n");
 }
 
 static void usage_check(FILE *f)
 {
-	fprintf(f,
-		"Usage: blkgw check MANIFEST\n"
-		"Validate MANIFEST without starting anything. Prints each export and the\n"
-		"transport it would use; exits 0 when valid, or 1 listing every problem as\n"
-		"FILE:LINE:COL: message.\n"
-		"\n"
-		"Options:\n"
-		"  -h, --help          show this help\n");
+	fprintf(f, "Usage: blkgw check MANIFEST\n"
+		   "Validate MANIFEST without starting anything. Prints each export and the\n"
+		   "transport it would use; exits 0 when valid, or 1 listing every problem as\n"
+		   "FILE:LINE:COL: message.\n"
+		   "\n"
+		   "Options:\n"
+		   "  -h, --help          show this help\n");
 }
 
 static void usage_status(FILE *f)
 {
-	fprintf(f,
-		"Usage: blkgw status [--control SOCKET | --manifest MANIFEST] [--json]\n"
-		"Ask a running gateway for its exports: image, transport, endpoint, state,\n"
-		"clients and counters (requests, bytes read/written, errors).\n"
-		"\n"
-		"Options:\n"
-		"  --control SOCKET    the daemon's control socket (default: $BLKGW_CONTROL,\n"
-		"                      else RUN-DIR/control.sock of the default run dir)\n"
-		"  --manifest FILE     use the control socket that manifest declares\n"
-		"  --json              print the daemon's JSON answer\n"
-		"  -h, --help          show this help\n");
+	fprintf(f, "Usage: blkgw status [--control SOCKET | --manifest MANIFEST] [--json]\n"
+		   "Ask a running gateway for its exports: image, transport, endpoint, state,\n"
+		   "clients and counters (requests, bytes read/written, errors).\n"
+		   "\n"
+		   "Options:\n"
+		   "  --control SOCKET    the daemon's control socket (default: $BLKGW_CONTROL,\n"
+		   "                      else RUN-DIR/control.sock of the default run dir)\n"
+		   "  --manifest FILE     use the control socket that manifest declares\n"
+		   "  --json              print the daemon's JSON answer\n"
+		   "  -h, --help          show this help\n");
 }
 
 static int cmd_serve(int argc, char **argv)
@@ -99,16 +96,24 @@ static int cmd_serve(int argc, char **argv)
 
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'p': so.pidfile = optarg; break;
+		case 'p':
+			so.pidfile = optarg;
+			break;
 		case 'l':
 			if (gw_log_parse_level(optarg, &lvl) < 0) {
-				fprintf(stderr, "blkgw serve: unknown log level '%s' (error, warn, info, debug)\n", optarg);
+				fprintf(stderr,
+					"blkgw serve: unknown log level '%s' (error, warn, info, debug)\n",
+					optarg);
 				return 2;
 			}
 			so.log_level = optarg;
 			break;
-		case 'h': usage_serve(stdout); return 0;
-		default: usage_serve(stderr); return 2;
+		case 'h':
+			usage_serve(stdout);
+			return 0;
+		default:
+			usage_serve(stderr);
+			return 2;
 		}
 	}
 	if (optind + 1 != argc) {
@@ -117,8 +122,8 @@ static int cmd_serve(int argc, char **argv)
 	}
 	if (gw_manifest_load(argv[optind], true, &m, &d) < 0) {
 		gw_diags_print(&d, argv[optind], stderr);
-		fprintf(stderr, "blkgw: %zu problem%s in %s; nothing was started\n", d.n, d.n == 1 ? "" : "s",
-			argv[optind]);
+		fprintf(stderr, "blkgw: %zu problem%s in %s; nothing was started\n", d.n,
+			d.n == 1 ? "" : "s", argv[optind]);
 		gw_diags_free(&d);
 		return 1;
 	}
@@ -139,8 +144,12 @@ static int cmd_check(int argc, char **argv)
 
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'h': usage_check(stdout); return 0;
-		default: usage_check(stderr); return 2;
+		case 'h':
+			usage_check(stdout);
+			return 0;
+		default:
+			usage_check(stderr);
+			return 2;
 		}
 	}
 	if (optind + 1 != argc) {
@@ -153,8 +162,8 @@ static int cmd_check(int argc, char **argv)
 		gw_diags_free(&d);
 		return 1;
 	}
-	printf("%s: valid (run dir %s, control socket %s, %u worker%s)\n", argv[optind], m->gw.run_dir,
-	       m->gw.control_socket, m->gw.workers, m->gw.workers == 1 ? "" : "s");
+	printf("%s: valid (run dir %s, control socket %s, %u worker%s)\n", argv[optind],
+	       m->gw.run_dir, m->gw.control_socket, m->gw.workers, m->gw.workers == 1 ? "" : "s");
 	for (size_t i = 0; i < m->nexports; i++) {
 		const struct gw_export_spec *x = &m->exports[i];
 		const struct gw_image_spec *img = &m->images[x->image_index];
@@ -170,9 +179,11 @@ static int cmd_check(int argc, char **argv)
 			if (ts->ops->probe)
 				rc = ts->ops->probe(&m->env, ts->opts, why, sizeof(why));
 			if (ts->ops->describe)
-				ts->ops->describe(&m->env, ts->opts, x->image, where, sizeof(where));
+				ts->ops->describe(&m->env, ts->opts, x->image, where,
+						  sizeof(where));
 			if (rc < 0) {
-				printf("  %s: not available here: %s\n", ts->ops->name, *why ? why : strerror(-rc));
+				printf("  %s: not available here: %s\n", ts->ops->name,
+				       *why ? why : strerror(-rc));
 			} else if (!chosen) {
 				printf("  %s: would serve at %s\n", ts->ops->name, where);
 				chosen = true;
@@ -240,11 +251,21 @@ static int cmd_status(int argc, char **argv)
 
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'c': control = optarg; break;
-		case 'm': manifest = optarg; break;
-		case 'j': as_json = true; break;
-		case 'h': usage_status(stdout); return 0;
-		default: usage_status(stderr); return 2;
+		case 'c':
+			control = optarg;
+			break;
+		case 'm':
+			manifest = optarg;
+			break;
+		case 'j':
+			as_json = true;
+			break;
+		case 'h':
+			usage_status(stdout);
+			return 0;
+		default:
+			usage_status(stderr);
+			return 2;
 		}
 	}
 	if (optind != argc) {
@@ -288,13 +309,19 @@ static int cmd_status(int argc, char **argv)
 		fprintf(stderr, "blkgw status: %s\n", e ? jstr(e, "message") : "error");
 		rc = 1;
 	} else if (as_json) {
-		printf("%s\n", json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE));
+		printf("%s\n", json_object_to_json_string_ext(
+				       reply, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
+						      JSON_C_TO_STRING_NOSLASHESCAPE));
 	} else {
-		printf("blkgw %s, pid %d, %d workers, up %.0f s%s\n", jstr(reply, "version"), (int)jnum(reply, "pid"),
-		       (int)jnum(reply, "workers"), json_object_get_double(json_object_object_get(reply, "uptime_s")),
-		       json_object_get_boolean(json_object_object_get(reply, "stopping")) ? ", stopping" : "");
-		printf("%-16s %-16s %-10s %-9s %7s %10s %10s %10s %7s  %s\n", "EXPORT", "IMAGE", "TRANSPORT",
-		       "STATE", "CLIENTS", "REQUESTS", "READ", "WRITTEN", "ERRORS", "ENDPOINT");
+		printf("blkgw %s, pid %d, %d workers, up %.0f s%s\n", jstr(reply, "version"),
+		       (int)jnum(reply, "pid"), (int)jnum(reply, "workers"),
+		       json_object_get_double(json_object_object_get(reply, "uptime_s")),
+		       json_object_get_boolean(json_object_object_get(reply, "stopping"))
+			       ? ", stopping"
+			       : "");
+		printf("%-16s %-16s %-10s %-9s %7s %10s %10s %10s %7s  %s\n", "EXPORT", "IMAGE",
+		       "TRANSPORT", "STATE", "CLIENTS", "REQUESTS", "READ", "WRITTEN", "ERRORS",
+		       "ENDPOINT");
 		json_object_object_get_ex(reply, "exports", &exports);
 		for (size_t i = 0; exports && i < json_object_array_length(exports); i++) {
 			json_object *e = json_object_array_get_idx(exports, i), *cn;
@@ -304,10 +331,12 @@ static int cmd_status(int argc, char **argv)
 			json_object_object_get_ex(e, "counters", &cn);
 			human_size(jnum(cn, "bytes_read"), rd, sizeof(rd));
 			human_size(jnum(cn, "bytes_written"), wr, sizeof(wr));
-			printf("%-16s %-16s %-10s %-9s %7llu %10llu %10s %10s %7llu  %s%s%s\n", jstr(e, "id"),
-			       jstr(e, "image"), jstr(e, "transport"), jstr(e, "state"),
-			       (unsigned long long)jnum(e, "clients"), (unsigned long long)jnum(cn, "requests"), rd, wr,
-			       (unsigned long long)jnum(cn, "errors"), jstr(e, "endpoint"), *dev ? " " : "", dev);
+			printf("%-16s %-16s %-10s %-9s %7llu %10llu %10s %10s %7llu  %s%s%s\n",
+			       jstr(e, "id"), jstr(e, "image"), jstr(e, "transport"),
+			       jstr(e, "state"), (unsigned long long)jnum(e, "clients"),
+			       (unsigned long long)jnum(cn, "requests"), rd, wr,
+			       (unsigned long long)jnum(cn, "errors"), jstr(e, "endpoint"),
+			       *dev ? " " : "", dev);
 			if (*jstr(e, "notes"))
 				printf("%-16s   fell back: %s\n", "", jstr(e, "notes"));
 		}
@@ -326,7 +355,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	cmd = argv[1];
-	if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0 || strcmp(cmd, "version") == 0) {
+	if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0 ||
+	    strcmp(cmd, "version") == 0) {
 		printf("blkgw %s\n", GW_VERSION);
 		return 0;
 	}

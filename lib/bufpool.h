@@ -9,7 +9,7 @@
 
 #define GW_BUF_MIN_SHIFT 12 /* 4 KiB */
 #define GW_BUF_MAX_SHIFT 25 /* 32 MiB */
-#define GW_BUF_CLASSES (GW_BUF_MAX_SHIFT - GW_BUF_MIN_SHIFT + 1)
+#define GW_BUF_CLASSES   (GW_BUF_MAX_SHIFT - GW_BUF_MIN_SHIFT + 1)
 
 struct gw_buf_hdr;
 

@@ -5,9 +5,9 @@
 #include "lib/util.h"
 
 /* Keep the window only when it serves this much more (3%). */
-#define CO_GAIN_PCT 103
+#define CO_GAIN_PCT    103
 /* Requests per second that make a worker worth probing, whatever its batches. */
-#define CO_BUSY_RATE 50000ull
+#define CO_BUSY_RATE   50000ull
 /* Longest hold after losing probes: settle << 4 (8 s). */
 #define CO_MAX_BACKOFF 4
 
@@ -15,8 +15,8 @@ void gw_coalesce_init(struct gw_coalesce *c, uint64_t window_ns)
 {
 	memset(c, 0, sizeof(*c));
 	c->window_ns = window_ns;
-	c->epoch_ns = 20 * 1000 * 1000;    /* 20 ms */
-	c->settle_ns = 500 * 1000 * 1000;  /* 500 ms */
+	c->epoch_ns = 20 * 1000 * 1000;   /* 20 ms */
+	c->settle_ns = 500 * 1000 * 1000; /* 500 ms */
 	c->phase = GW_CO_IDLE;
 }
 
@@ -45,8 +45,8 @@ uint64_t gw_coalesce_update(struct gw_coalesce *c, uint64_t now, unsigned reqs)
 	case GW_CO_IDLE:
 		/* Busy: many requests per second, or several per wake-up on average. */
 		if (dt >= c->epoch_ns) {
-			if (c->iters >= 16 &&
-			    (c->reqs * 1000000000ull >= CO_BUSY_RATE * dt || c->reqs * 2 >= c->iters * 3))
+			if (c->iters >= 16 && (c->reqs * 1000000000ull >= CO_BUSY_RATE * dt ||
+					       c->reqs * 2 >= c->iters * 3))
 				enter(c, GW_CO_MEASURE_OFF, now);
 			else
 				enter(c, GW_CO_IDLE, now);
@@ -62,15 +62,19 @@ uint64_t gw_coalesce_update(struct gw_coalesce *c, uint64_t now, unsigned reqs)
 		if (dt >= c->epoch_ns) {
 			uint64_t rate_on = c->reqs * 1000000000ull / dt;
 
-			c->current = rate_on * 100 >= c->rate_off * CO_GAIN_PCT && rate_on > 0 ? c->window_ns : 0;
-			/* Probing costs a little each time it loses: back off while it keeps losing. */
+			c->current = rate_on * 100 >= c->rate_off * CO_GAIN_PCT && rate_on > 0
+					     ? c->window_ns
+					     : 0;
+			/* Probing costs a little each time it loses: back off while it keeps
+			 * losing. */
 			c->backoff = c->current ? 0 : GW_MIN(c->backoff + 1, CO_MAX_BACKOFF);
 			enter(c, GW_CO_SETTLED, now);
 		}
 		break;
 	case GW_CO_SETTLED:
 		/* Re-measure after a while, or at once when the load went away. */
-		if (dt >= (c->settle_ns << c->backoff) || (c->iters >= 64 && c->reqs * 4 < c->iters * 3)) {
+		if (dt >= (c->settle_ns << c->backoff) ||
+		    (c->iters >= 64 && c->reqs * 4 < c->iters * 3)) {
 			c->current = 0;
 			enter(c, GW_CO_IDLE, now);
 		}

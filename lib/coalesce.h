@@ -20,23 +20,23 @@
 #include <stdint.h>
 
 enum gw_coalesce_phase {
-	GW_CO_IDLE,      /* not busy enough to bother */
+	GW_CO_IDLE, /* not busy enough to bother */
 	GW_CO_MEASURE_OFF,
 	GW_CO_MEASURE_ON,
 	GW_CO_SETTLED,
 };
 
 struct gw_coalesce {
-	uint64_t window_ns;    /* configured window (0: never wait) */
-	uint64_t epoch_ns;     /* length of a measuring epoch */
-	uint64_t settle_ns;    /* how long a decision to wait holds */
-	unsigned backoff;      /* consecutive decisions not to wait: each doubles the hold */
+	uint64_t window_ns; /* configured window (0: never wait) */
+	uint64_t epoch_ns;  /* length of a measuring epoch */
+	uint64_t settle_ns; /* how long a decision to wait holds */
+	unsigned backoff;   /* consecutive decisions not to wait: each doubles the hold */
 	enum gw_coalesce_phase phase;
-	uint64_t phase_start;  /* ns */
-	uint64_t reqs;         /* requests counted in this phase */
-	uint64_t rate_off;     /* requests per second measured without the window */
-	uint64_t iters;        /* loop iterations in this phase */
-	uint64_t current;      /* the window in force, ns */
+	uint64_t phase_start; /* ns */
+	uint64_t reqs;        /* requests counted in this phase */
+	uint64_t rate_off;    /* requests per second measured without the window */
+	uint64_t iters;       /* loop iterations in this phase */
+	uint64_t current;     /* the window in force, ns */
 };
 
 void gw_coalesce_init(struct gw_coalesce *c, uint64_t window_ns);

@@ -56,7 +56,9 @@ static void on_sigurg(int sig)
 	struct watched *t = self;
 
 	(void)sig;
-	if (env && t && __atomic_load_n(&t->busy, __ATOMIC_RELAXED) == __atomic_load_n(&t->kill, __ATOMIC_RELAXED)) {
+	if (env && t &&
+	    __atomic_load_n(&t->busy, __ATOMIC_RELAXED) ==
+		    __atomic_load_n(&t->kill, __ATOMIC_RELAXED)) {
 		escape = NULL;
 		siglongjmp(*env, 1);
 	}
@@ -176,7 +178,8 @@ int gw_efd_check(int fd, char *why, size_t len)
 		snprintf(why, len, "%s, not an eventfd", target);
 		return -EINVAL;
 	}
-	/* A semaphore eventfd hands out 1 per read: a peer could keep a kick watcher firing forever. */
+	/* A semaphore eventfd hands out 1 per read: a peer could keep a kick watcher firing
+	 * forever. */
 	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
 	{
 		FILE *f = fopen(path, "re");
@@ -184,7 +187,8 @@ int gw_efd_check(int fd, char *why, size_t len)
 		bool sem = false;
 
 		while (f && fgets(line, sizeof(line), f))
-			if (!strncmp(line, "eventfd-semaphore:", 18) && strtol(line + 18, NULL, 10) == 1)
+			if (!strncmp(line, "eventfd-semaphore:", 18) &&
+			    strtol(line + 18, NULL, 10) == 1)
 				sem = true;
 		if (f)
 			fclose(f);
@@ -205,7 +209,8 @@ int gw_efd_take(int fd, uint64_t *v)
 	ssize_t n = preadv2(fd, &iov, 1, -1, RWF_NOWAIT);
 
 	if (n < 0 && errno == EOPNOTSUPP)
-		n = read(fd, v, sizeof(*v)); /* before 5.12: O_NONBLOCK (gw_efd_check) is all there is */
+		n = read(fd, v, sizeof(*v)); /* before 5.12: O_NONBLOCK (gw_efd_check) is all there
+						is */
 	if (n == (ssize_t)sizeof(*v))
 		return 0;
 	return n < 0 ? -errno : -EIO;

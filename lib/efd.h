@@ -43,5 +43,6 @@ void gw_efd_watch(bool on);
 int gw_efd_check(int fd, char *why, size_t len);
 /* Read and reset the counter without blocking: 0, -EAGAIN when it was 0, or -errno. */
 int gw_efd_take(int fd, uint64_t *v);
-/* Add 1: 0 (also when the counter is full and fd non-blocking), -ETIMEDOUT when abandoned, or -errno. */
+/* Add 1: 0 (also when the counter is full and fd non-blocking), -ETIMEDOUT when abandoned, or
+ * -errno. */
 int gw_efd_signal(int fd);

@@ -16,11 +16,11 @@
 
 #include <linux/genetlink.h>
 
-#define ALIGN4(x) (((x) + 3u) & ~(size_t)3u)
-#define ATTR_HDRLEN ALIGN4(sizeof(struct nlattr))
+#define ALIGN4(x)    (((x) + 3u) & ~(size_t)3u)
+#define ATTR_HDRLEN  ALIGN4(sizeof(struct nlattr))
 #define GENL_HDRLEN_ ALIGN4(sizeof(struct genlmsghdr))
-#define RX_INITIAL (32u * 1024u)
-#define RX_MAX (1024u * 1024u)
+#define RX_INITIAL   (32u * 1024u)
+#define RX_MAX       (1024u * 1024u)
 
 /* --- socket --------------------------------------------------------------- */
 
@@ -69,16 +69,15 @@ void gw_genl_close(struct gw_genl_sock *s)
 
 int gw_genl_join_group(struct gw_genl_sock *s, uint32_t group)
 {
-	if (setsockopt(s->fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &group,
-		       sizeof(group)) < 0)
+	if (setsockopt(s->fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &group, sizeof(group)) < 0)
 		return -errno;
 	return 0;
 }
 
 /* --- building requests ---------------------------------------------------- */
 
-void gw_genl_msg_init(struct gw_genl_msg *m, uint16_t family, uint8_t cmd,
-		      uint8_t version, uint16_t flags)
+void gw_genl_msg_init(struct gw_genl_msg *m, uint16_t family, uint8_t cmd, uint8_t version,
+		      uint16_t flags)
 {
 	struct nlmsghdr *nh = (struct nlmsghdr *)m->buf;
 	struct genlmsghdr *gh;
@@ -94,8 +93,7 @@ void gw_genl_msg_init(struct gw_genl_msg *m, uint16_t family, uint8_t cmd,
 	gh->version = version;
 }
 
-int gw_genl_put(struct gw_genl_msg *m, uint16_t type, const void *data,
-		size_t len)
+int gw_genl_put(struct gw_genl_msg *m, uint16_t type, const void *data, size_t len)
 {
 	struct nlattr *a;
 	size_t total;
@@ -225,8 +223,7 @@ int gw_genl_iter_next(struct gw_genl_iter *it, const struct nlattr **a)
 	return 1;
 }
 
-int gw_genl_parse(const void *attrs, size_t len, const struct nlattr **tb,
-		  unsigned int maxtype)
+int gw_genl_parse(const void *attrs, size_t len, const struct nlattr **tb, unsigned int maxtype)
 {
 	struct gw_genl_iter it;
 	const struct nlattr *a;
@@ -243,11 +240,9 @@ int gw_genl_parse(const void *attrs, size_t len, const struct nlattr **tb,
 	return ret;
 }
 
-int gw_genl_parse_nested(const struct nlattr *nest, const struct nlattr **tb,
-			 unsigned int maxtype)
+int gw_genl_parse_nested(const struct nlattr *nest, const struct nlattr **tb, unsigned int maxtype)
 {
-	return gw_genl_parse(gw_genl_attr_data(nest), gw_genl_attr_len(nest), tb,
-			     maxtype);
+	return gw_genl_parse(gw_genl_attr_data(nest), gw_genl_attr_len(nest), tb, maxtype);
 }
 
 uint16_t gw_genl_attr_type(const struct nlattr *a)
@@ -358,8 +353,7 @@ static void parse_ext_ack(struct gw_genl_sock *s, const struct nlmsghdr *nh)
 		return;
 	if (gw_genl_parse(p, (size_t)(end - p), tb, NLMSGERR_ATTR_MAX) < 0)
 		return;
-	if (tb[NLMSGERR_ATTR_MSG] &&
-	    gw_genl_attr_str(tb[NLMSGERR_ATTR_MSG], &text) == 0) {
+	if (tb[NLMSGERR_ATTR_MSG] && gw_genl_attr_str(tb[NLMSGERR_ATTR_MSG], &text) == 0) {
 		size_t n = strlen(text);
 
 		if (n >= sizeof(s->ext_msg))
@@ -385,8 +379,7 @@ static int deliver(const struct nlmsghdr *nh, gw_genl_reply_fn fn, void *arg)
 	return fn ? fn(&r, arg) : 0;
 }
 
-int gw_genl_request(struct gw_genl_sock *s, struct gw_genl_msg *m,
-		    gw_genl_reply_fn fn, void *arg)
+int gw_genl_request(struct gw_genl_sock *s, struct gw_genl_msg *m, gw_genl_reply_fn fn, void *arg)
 {
 	struct nlmsghdr *req = (struct nlmsghdr *)m->buf;
 	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
@@ -405,8 +398,7 @@ int gw_genl_request(struct gw_genl_sock *s, struct gw_genl_msg *m,
 	dump = (req->nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP;
 
 	do {
-		n = sendto(s->fd, m->buf, m->len, 0, (struct sockaddr *)&kernel,
-			   sizeof(kernel));
+		n = sendto(s->fd, m->buf, m->len, 0, (struct sockaddr *)&kernel, sizeof(kernel));
 	} while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -errno;
@@ -423,8 +415,7 @@ int gw_genl_request(struct gw_genl_sock *s, struct gw_genl_msg *m,
 		left = (size_t)n;
 		for (nh = (const struct nlmsghdr *)s->rx; NLMSG_OK(nh, left);
 		     nh = NLMSG_NEXT(nh, left)) {
-			if (nh->nlmsg_seq != req->nlmsg_seq ||
-			    nh->nlmsg_pid != s->portid)
+			if (nh->nlmsg_seq != req->nlmsg_seq || nh->nlmsg_pid != s->portid)
 				continue; /* not ours: stale reply or event */
 			if (nh->nlmsg_type == NLMSG_ERROR) {
 				const struct nlmsgerr *e = NLMSG_DATA(nh);
@@ -448,8 +439,7 @@ int gw_genl_request(struct gw_genl_sock *s, struct gw_genl_msg *m,
 					return cb_err;
 				continue;
 			}
-			if (nh->nlmsg_type == NLMSG_NOOP ||
-			    nh->nlmsg_type == NLMSG_OVERRUN)
+			if (nh->nlmsg_type == NLMSG_NOOP || nh->nlmsg_type == NLMSG_OVERRUN)
 				continue;
 			if (nh->nlmsg_type != req->nlmsg_type)
 				continue;
@@ -459,8 +449,8 @@ int gw_genl_request(struct gw_genl_sock *s, struct gw_genl_msg *m,
 	}
 }
 
-int gw_genl_recv_event(struct gw_genl_sock *s, uint16_t family, bool nonblock,
-		       gw_genl_reply_fn fn, void *arg)
+int gw_genl_recv_event(struct gw_genl_sock *s, uint16_t family, bool nonblock, gw_genl_reply_fn fn,
+		       void *arg)
 {
 	const struct nlmsghdr *nh;
 	int count = 0;
@@ -471,8 +461,7 @@ int gw_genl_recv_event(struct gw_genl_sock *s, uint16_t family, bool nonblock,
 	if (n < 0)
 		return (int)n;
 	left = (size_t)n;
-	for (nh = (const struct nlmsghdr *)s->rx; NLMSG_OK(nh, left);
-	     nh = NLMSG_NEXT(nh, left)) {
+	for (nh = (const struct nlmsghdr *)s->rx; NLMSG_OK(nh, left); nh = NLMSG_NEXT(nh, left)) {
 		int ret;
 
 		if (nh->nlmsg_type != family)
@@ -534,11 +523,9 @@ static int family_reply(const struct gw_genl_reply *r, void *arg)
 		return 0;
 	if (gw_genl_parse(r->attrs, r->len, tb, CTRL_ATTR_MAX) < 0)
 		return -EBADMSG;
-	if (!tb[CTRL_ATTR_FAMILY_ID] ||
-	    gw_genl_attr_u16(tb[CTRL_ATTR_FAMILY_ID], &fam->id) < 0)
+	if (!tb[CTRL_ATTR_FAMILY_ID] || gw_genl_attr_u16(tb[CTRL_ATTR_FAMILY_ID], &fam->id) < 0)
 		return -EBADMSG;
-	if (tb[CTRL_ATTR_FAMILY_NAME] &&
-	    gw_genl_attr_str(tb[CTRL_ATTR_FAMILY_NAME], &name) == 0)
+	if (tb[CTRL_ATTR_FAMILY_NAME] && gw_genl_attr_str(tb[CTRL_ATTR_FAMILY_NAME], &name) == 0)
 		copy_name(fam->name, name);
 	if (tb[CTRL_ATTR_VERSION])
 		(void)gw_genl_attr_u32(tb[CTRL_ATTR_VERSION], &fam->version);
@@ -551,8 +538,7 @@ static int family_reply(const struct gw_genl_reply *r, void *arg)
 	return 0;
 }
 
-int gw_genl_family_resolve(struct gw_genl_sock *s, const char *name,
-			   struct gw_genl_family *fam)
+int gw_genl_family_resolve(struct gw_genl_sock *s, const char *name, struct gw_genl_family *fam)
 {
 	struct gw_genl_msg m;
 	int ret;
@@ -572,8 +558,7 @@ int gw_genl_family_resolve(struct gw_genl_sock *s, const char *name,
 	return 0;
 }
 
-int gw_genl_group_id(const struct gw_genl_family *fam, const char *name,
-		     uint32_t *id)
+int gw_genl_group_id(const struct gw_genl_family *fam, const char *name, uint32_t *id)
 {
 	for (unsigned int i = 0; i < fam->n_groups; i++) {
 		if (strcmp(fam->groups[i].name, name) == 0) {

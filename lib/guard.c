@@ -23,14 +23,18 @@
 #include "lib/guard.h"
 #include "lib/log.h"
 
-enum { CLEAN, POISONED, REPORTED };
+enum {
+	CLEAN,
+	POISONED,
+	REPORTED
+};
 
 struct slot {
 	unsigned seq;
 	uintptr_t base;
 	size_t len;  /* 0: free */
 	size_t page; /* the mapping's page size (huge pages on hugetlbfs) */
-	int state;  /* CLEAN, POISONED (by the handler), REPORTED (by the main thread) */
+	int state;   /* CLEAN, POISONED (by the handler), REPORTED (by the main thread) */
 	size_t fault_off;
 	void (*on_fault)(void *arg, size_t off);
 	void *arg;
@@ -73,9 +77,11 @@ static bool replace_tail(uintptr_t base, size_t len, size_t page, uintptr_t a)
 
 	if (from < base)
 		from = base;
-	if (mmap((void *)from, base + len - from, PROT_READ | PROT_WRITE, flags, -1, 0) != MAP_FAILED)
+	if (mmap((void *)from, base + len - from, PROT_READ | PROT_WRITE, flags, -1, 0) !=
+	    MAP_FAILED)
 		return true;
-	return from != base && mmap((void *)base, len, PROT_READ | PROT_WRITE, flags, -1, 0) != MAP_FAILED;
+	return from != base &&
+	       mmap((void *)base, len, PROT_READ | PROT_WRITE, flags, -1, 0) != MAP_FAILED;
 }
 
 static void on_sigbus(int sig, siginfo_t *si, void *uctx)
@@ -94,8 +100,8 @@ static void on_sigbus(int sig, siginfo_t *si, void *uctx)
 
 		if (!slot_range(i, &base, &len, &page) || a - base >= len)
 			continue;
-		if (__atomic_compare_exchange_n(&s->state, &clean, POISONED, false, __ATOMIC_SEQ_CST,
-						__ATOMIC_SEQ_CST)) {
+		if (__atomic_compare_exchange_n(&s->state, &clean, POISONED, false,
+						__ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
 			static const uint64_t one = 1;
 
 			__atomic_store_n(&s->fault_off, a - base, __ATOMIC_RELAXED);
@@ -168,8 +174,8 @@ static size_t fd_page(int fd)
 {
 	struct statfs sf;
 
-	if (fd >= 0 && fstatfs(fd, &sf) == 0 && (unsigned long)sf.f_type == HUGETLBFS_MAGIC && sf.f_bsize > 0 &&
-	    !((size_t)sf.f_bsize & ((size_t)sf.f_bsize - 1)))
+	if (fd >= 0 && fstatfs(fd, &sf) == 0 && (unsigned long)sf.f_type == HUGETLBFS_MAGIC &&
+	    sf.f_bsize > 0 && !((size_t)sf.f_bsize & ((size_t)sf.f_bsize - 1)))
 		return (size_t)sf.f_bsize;
 	return (size_t)sysconf(_SC_PAGESIZE);
 }
@@ -178,15 +184,16 @@ bool gw_guard_needed(int fd)
 {
 	int seals;
 
-	/* hugetlbfs: a sealed file can still have holes punched, and refaulting them needs a free huge page. */
+	/* hugetlbfs: a sealed file can still have holes punched, and refaulting them needs a free
+	 * huge page. */
 	if (fd_page(fd) != (size_t)sysconf(_SC_PAGESIZE))
 		return true;
 	seals = fcntl(fd, F_GET_SEALS);
 	return seals < 0 || !(seals & F_SEAL_SHRINK);
 }
 
-static void slot_write(struct slot *s, uintptr_t base, size_t len, size_t page, void (*on_fault)(void *, size_t),
-		       void *arg)
+static void slot_write(struct slot *s, uintptr_t base, size_t len, size_t page,
+		       void (*on_fault)(void *, size_t), void *arg)
 {
 	__atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELAXED);
 	__atomic_thread_fence(__ATOMIC_RELEASE);
@@ -232,7 +239,8 @@ bool gw_guard_poisoned(const void *p, size_t len)
 	size_t l, page;
 
 	for (unsigned i = 0; i < n; i++) {
-		if (!slot_range(i, &base, &l, &page) || __atomic_load_n(&slots[i].state, __ATOMIC_ACQUIRE) == CLEAN)
+		if (!slot_range(i, &base, &l, &page) ||
+		    __atomic_load_n(&slots[i].state, __ATOMIC_ACQUIRE) == CLEAN)
 			continue;
 		if (a < base + l && base < a + len)
 			return true;
@@ -246,8 +254,8 @@ void gw_guard_dispatch(void)
 		struct slot *s = &slots[i];
 		int poisoned = POISONED;
 
-		if (!s->len || !__atomic_compare_exchange_n(&s->state, &poisoned, REPORTED, false, __ATOMIC_SEQ_CST,
-							     __ATOMIC_SEQ_CST))
+		if (!s->len || !__atomic_compare_exchange_n(&s->state, &poisoned, REPORTED, false,
+							    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
 			continue;
 		if (s->on_fault)
 			s->on_fault(s->arg, __atomic_load_n(&s->fault_off, __ATOMIC_RELAXED));

@@ -56,7 +56,8 @@ bool gw_guard_needed(int fd);
  * with arg and the offset of the first fault. Main thread only. Returns the
  * slot (>= 0) or -ENOSPC when all GW_GUARD_SLOTS are in use.
  */
-int gw_guard_add(void *base, size_t len, int fd, void (*on_fault)(void *arg, size_t off), void *arg);
+int gw_guard_add(void *base, size_t len, int fd, void (*on_fault)(void *arg, size_t off),
+		 void *arg);
 /* Unregister slot (before unmapping). Main thread only; -1 is ignored. */
 void gw_guard_del(int slot);
 

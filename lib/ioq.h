@@ -20,10 +20,10 @@ struct gw_uring_cb {
 
 struct gw_ioq {
 	struct io_uring ring;
-	int eventfd;        /* signalled on every CQE; -1 when not registered */
-	unsigned slot;      /* statistics slot (see gw_export stats) */
-	unsigned queued;    /* SQEs prepared but not yet submitted */
-	unsigned inflight;  /* SQEs submitted, CQE not yet seen */
+	int eventfd;       /* signalled on every CQE; -1 when not registered */
+	unsigned slot;     /* statistics slot (see gw_export stats) */
+	unsigned queued;   /* SQEs prepared but not yet submitted */
+	unsigned inflight; /* SQEs submitted, CQE not yet seen */
 };
 
 /* entries: SQ size; with_eventfd: register an eventfd for an event loop to watch. */

@@ -63,8 +63,9 @@ void gw_log(enum gw_log_level level, const char *fmt, ...)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	n = strftime(line, sizeof(line), "%H:%M:%S", &tm);
-	n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03ld blkgw[%s] %s: ",
-			      ts.tv_nsec / 1000000, thread_name, gw_log_level_name(level));
+	n += (size_t)snprintf(line + n, sizeof(line) - n,
+			      ".%03ld blkgw[%s] %s: ", ts.tv_nsec / 1000000, thread_name,
+			      gw_log_level_name(level));
 	if (n < sizeof(line)) {
 		va_start(ap, fmt);
 		errno = saved;

@@ -24,15 +24,15 @@ void gw_log_set_thread_name(const char *name);
 void gw_log(enum gw_log_level level, const char *fmt, ...) GW_PRINTF(2, 3);
 
 #define gw_log_enabled(l) (gw_unlikely((l) <= gw_log_threshold))
-#define gw_err(...) gw_log(GW_LOG_ERR, __VA_ARGS__)
-#define gw_warn(...) gw_log(GW_LOG_WARN, __VA_ARGS__)
-#define gw_info(...)                                 \
-	do {                                         \
-		if (gw_log_enabled(GW_LOG_INFO))     \
+#define gw_err(...)       gw_log(GW_LOG_ERR, __VA_ARGS__)
+#define gw_warn(...)      gw_log(GW_LOG_WARN, __VA_ARGS__)
+#define gw_info(...)                                      \
+	do {                                              \
+		if (gw_log_enabled(GW_LOG_INFO))          \
 			gw_log(GW_LOG_INFO, __VA_ARGS__); \
 	} while (0)
-#define gw_debug(...)                                 \
-	do {                                          \
-		if (gw_log_enabled(GW_LOG_DEBUG))     \
+#define gw_debug(...)                                      \
+	do {                                               \
+		if (gw_log_enabled(GW_LOG_DEBUG))          \
 			gw_log(GW_LOG_DEBUG, __VA_ARGS__); \
 	} while (0)

@@ -41,13 +41,38 @@ int gw_parse_size(const char *s, uint64_t *out)
 	switch (*end) {
 	case '\0':
 		break;
-	case 'k': case 'K': shift = 10; end++; break;
-	case 'm': case 'M': shift = 20; end++; break;
-	case 'g': case 'G': shift = 30; end++; break;
-	case 't': case 'T': shift = 40; end++; break;
-	case 'p': case 'P': shift = 50; end++; break;
-	case 'e': case 'E': shift = 60; end++; break;
-	case 'b': case 'B':
+	case 'k':
+	case 'K':
+		shift = 10;
+		end++;
+		break;
+	case 'm':
+	case 'M':
+		shift = 20;
+		end++;
+		break;
+	case 'g':
+	case 'G':
+		shift = 30;
+		end++;
+		break;
+	case 't':
+	case 'T':
+		shift = 40;
+		end++;
+		break;
+	case 'p':
+	case 'P':
+		shift = 50;
+		end++;
+		break;
+	case 'e':
+	case 'E':
+		shift = 60;
+		end++;
+		break;
+	case 'b':
+	case 'B':
 		break;
 	default:
 		return -EINVAL;
@@ -68,7 +93,9 @@ int gw_parse_size(const char *s, uint64_t *out)
 int gw_parse_bool(const char *s, bool *out)
 {
 	static const char *yes[] = { "true", "yes", "on", "True", "TRUE", "Yes", "YES", "On", "ON" };
-	static const char *no[] = { "false", "no", "off", "False", "FALSE", "No", "NO", "Off", "OFF" };
+	static const char *no[] = {
+		"false", "no", "off", "False", "FALSE", "No", "NO", "Off", "OFF"
+	};
 
 	for (size_t i = 0; i < GW_ARRAY_SIZE(yes); i++) {
 		if (strcmp(s, yes[i]) == 0) {
@@ -144,14 +171,22 @@ const char *gw_opt_closest(const struct gw_opt_schema *s, const char *key)
 const char *gw_opt_type_hint(const struct gw_opt_desc *d)
 {
 	switch (d->type) {
-	case GW_OPT_STR: return "a string";
-	case GW_OPT_PATH: return "a path";
-	case GW_OPT_BOOL: return "true or false";
-	case GW_OPT_U32: return "a whole number";
-	case GW_OPT_SIZE: return "a size such as 4096, 64M or 1G";
-	case GW_OPT_MODE: return "an octal file mode such as 0600";
-	case GW_OPT_HOSTPORT: return "HOST:PORT such as 127.0.0.1:10809";
-	case GW_OPT_ENUM: return "one of the listed words";
+	case GW_OPT_STR:
+		return "a string";
+	case GW_OPT_PATH:
+		return "a path";
+	case GW_OPT_BOOL:
+		return "true or false";
+	case GW_OPT_U32:
+		return "a whole number";
+	case GW_OPT_SIZE:
+		return "a size such as 4096, 64M or 1G";
+	case GW_OPT_MODE:
+		return "an octal file mode such as 0600";
+	case GW_OPT_HOSTPORT:
+		return "HOST:PORT such as 127.0.0.1:10809";
+	case GW_OPT_ENUM:
+		return "one of the listed words";
 	}
 	return "a value";
 }
@@ -234,9 +269,11 @@ int gw_opt_set(const struct gw_opt_desc *d, const char *text, const char *dir, v
 			size_t n = 0;
 
 			for (const char *const *c = d->choices; c && *c; c++)
-				n += (size_t)snprintf(list + n, n < sizeof(list) ? sizeof(list) - n : 0,
+				n += (size_t)snprintf(list + n,
+						      n < sizeof(list) ? sizeof(list) - n : 0,
 						      "%s%s", n ? ", " : "", *c);
-			gw_seterr(err, errlen, "'%s' must be one of: %s (got '%s')", d->key, list, text);
+			gw_seterr(err, errlen, "'%s' must be one of: %s (got '%s')", d->key, list,
+				  text);
 		}
 		return -1;
 	case GW_OPT_HOSTPORT: {
@@ -256,7 +293,8 @@ int gw_opt_set(const struct gw_opt_desc *d, const char *text, const char *dir, v
 	}
 	case GW_OPT_BOOL:
 		if (gw_parse_bool(text, &b)) {
-			gw_seterr(err, errlen, "'%s' must be true or false (got '%s')", d->key, text);
+			gw_seterr(err, errlen, "'%s' must be true or false (got '%s')", d->key,
+				  text);
 			return -1;
 		}
 		*(bool *)field = b;
@@ -266,7 +304,8 @@ int gw_opt_set(const struct gw_opt_desc *d, const char *text, const char *dir, v
 			hi = UINT32_MAX;
 		rc = gw_parse_u64(text, &v);
 		if (rc || v < lo || v > hi) {
-			gw_seterr(err, errlen, "'%s' must be a whole number from %llu to %llu (got '%s')",
+			gw_seterr(err, errlen,
+				  "'%s' must be a whole number from %llu to %llu (got '%s')",
 				  d->key, (unsigned long long)lo, (unsigned long long)hi, text);
 			return -1;
 		}
@@ -295,14 +334,16 @@ int gw_opt_set(const struct gw_opt_desc *d, const char *text, const char *dir, v
 			hi = UINT64_MAX;
 		rc = gw_parse_size(text, &v);
 		if (rc) {
-			gw_seterr(err, errlen,
-				  "'%s': bad size '%s': use a number of bytes with an optional K, M, G or T suffix (binary units), e.g. 64M",
-				  d->key, text);
+			gw_seterr(
+				err, errlen,
+				"'%s': bad size '%s': use a number of bytes with an optional K, M, G or T suffix (binary units), e.g. 64M",
+				d->key, text);
 			return -1;
 		}
 		if (v < lo || v > hi) {
-			gw_seterr(err, errlen, "'%s': size %s is out of range (%s to %s)", d->key, text,
-				  gw_fmt_size(lo, a, sizeof(a)), gw_fmt_size(hi, c, sizeof(c)));
+			gw_seterr(err, errlen, "'%s': size %s is out of range (%s to %s)", d->key,
+				  text, gw_fmt_size(lo, a, sizeof(a)),
+				  gw_fmt_size(hi, c, sizeof(c)));
 			return -1;
 		}
 		*(uint64_t *)field = v;
@@ -320,11 +361,18 @@ void gw_opt_defaults(const struct gw_opt_schema *s, void *base)
 		void *field = (char *)base + d->offset;
 
 		switch (d->type) {
-		case GW_OPT_BOOL: *(bool *)field = d->def != 0; break;
+		case GW_OPT_BOOL:
+			*(bool *)field = d->def != 0;
+			break;
 		case GW_OPT_U32:
-		case GW_OPT_MODE: *(uint32_t *)field = (uint32_t)d->def; break;
-		case GW_OPT_SIZE: *(uint64_t *)field = d->def; break;
-		default: break;
+		case GW_OPT_MODE:
+			*(uint32_t *)field = (uint32_t)d->def;
+			break;
+		case GW_OPT_SIZE:
+			*(uint64_t *)field = d->def;
+			break;
+		default:
+			break;
 		}
 	}
 }

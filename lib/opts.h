@@ -26,12 +26,12 @@ enum gw_opt_type {
 struct gw_opt_desc {
 	const char *key;
 	enum gw_opt_type type;
-	size_t offset;      /* into the options struct */
-	unsigned flags;     /* GW_OPT_REQUIRED */
-	uint64_t min, max;  /* numeric bounds (0,0 = type's full range) */
-	uint64_t def;       /* default for BOOL/U32/SIZE/MODE when absent */
+	size_t offset;              /* into the options struct */
+	unsigned flags;             /* GW_OPT_REQUIRED */
+	uint64_t min, max;          /* numeric bounds (0,0 = type's full range) */
+	uint64_t def;               /* default for BOOL/U32/SIZE/MODE when absent */
 	const char *const *choices; /* GW_OPT_ENUM: NULL-terminated */
-	const char *help;   /* one line, for docs and error hints */
+	const char *help;           /* one line, for docs and error hints */
 };
 
 /* A whole schema: the table plus the struct it fills. */
@@ -47,8 +47,10 @@ struct gw_opt_schema {
 	const char *(*check)(const void *opts, const char **key);
 };
 
-#define GW_OPT_SCHEMA(table, type, checkfn) \
-	{ (table), sizeof(table) / sizeof((table)[0]), sizeof(type), (checkfn) }
+#define GW_OPT_SCHEMA(table, type, checkfn)                                          \
+	{                                                                            \
+		(table), sizeof(table) / sizeof((table)[0]), sizeof(type), (checkfn) \
+	}
 
 /* Parse "64M", "1G", "4096", "2TiB"; binary units only. 0 or -EINVAL/-ERANGE. */
 int gw_parse_size(const char *s, uint64_t *out);

@@ -8,18 +8,17 @@
 #define GW_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 #ifndef container_of
-#define container_of(ptr, type, member) \
-	((type *)((char *)(ptr) - offsetof(type, member)))
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 #endif
 
-#define gw_likely(x) __builtin_expect(!!(x), 1)
+#define gw_likely(x)   __builtin_expect(!!(x), 1)
 #define gw_unlikely(x) __builtin_expect(!!(x), 0)
 
 #define GW_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define GW_MAX(a, b) ((a) > (b) ? (a) : (b))
 
 #define GW_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
-#define GW_CACHELINE 64
+#define GW_CACHELINE         64
 
 static inline void gw_freep(void *p)
 {

@@ -12,7 +12,7 @@
 #include "lib/util.h"
 
 /* Ring size per worker: enough for several connections at QD 128 each. */
-#define GW_WORKER_RING 512
+#define GW_WORKER_RING  512
 /* Buffer cache per worker. */
 #define GW_WORKER_CACHE (64u << 20)
 
@@ -210,7 +210,8 @@ static void *worker_main(void *arg)
 	self = w;
 	gw_log_set_thread_name(w->name);
 	if (gw_efd_thread() < 0)
-		gw_warn("%s: too many threads for the eventfd watchdog; a peer's full eventfd could hang it", w->name);
+		gw_warn("%s: too many threads for the eventfd watchdog; a peer's full eventfd could hang it",
+			w->name);
 	ev_run(w->loop, 0);
 	run_deferred(w);
 	/* Drain the ring before the thread goes: buffers may still be in flight. */
@@ -243,7 +244,8 @@ static int worker_init(struct gw_worker *w, unsigned id, char *err, size_t errle
 	if (rc < 0) {
 		gw_seterr(err, errlen, "cannot create an io_uring for %s: %s%s", w->name,
 			  strerror(-rc),
-			  rc == -EPERM || rc == -ENOSYS ? " (io_uring disabled on this host?)" : "");
+			  rc == -EPERM || rc == -ENOSYS ? " (io_uring disabled on this host?)"
+							: "");
 		ev_loop_destroy(w->loop);
 		return rc;
 	}

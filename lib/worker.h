@@ -46,11 +46,11 @@ struct gw_worker {
 	ev_io ioq_watcher;
 	ev_prepare prepare;
 	struct gw_deferred *deferred;
-	unsigned work;      /* requests handled since the loop last blocked (gw_worker_note_work) */
+	unsigned work; /* requests handled since the loop last blocked (gw_worker_note_work) */
 	struct gw_coalesce co;
-	ev_idle spin;       /* on while a socket poller keeps the loop from sleeping */
+	ev_idle spin;                    /* on while a socket poller keeps the loop from sleeping */
 	uint64_t spin_until, spin_yield; /* ns: when spinning stops; when it last yielded */
-	unsigned load;  /* connections/queues assigned (atomic) */
+	unsigned load;                   /* connections/queues assigned (atomic) */
 	bool started;
 };
 

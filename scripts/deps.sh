@@ -11,7 +11,7 @@ build_pkgs="build-essential cmake pkg-config liburing-dev libev-dev libjson-c-de
 # is built from (QEMU, busybox, cpio, xz, e2fsprogs, nbd-client).
 test_pkgs="libnbd-bin python3-libnbd nbdkit fio qemu-utils qemu-system-x86
   qemu-block-extra jq cpio busybox-static xz-utils e2fsprogs util-linux nbd-client
-  procps kmod file binutils dpkg-dev"
+  procps kmod file binutils dpkg-dev clang-format"
 
 case "${1:-build}" in
   build) want="$build_pkgs" ;;

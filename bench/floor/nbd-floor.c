@@ -44,9 +44,8 @@
 #define NBD_FLAG_SEND_FLUSH     (1u << 2)
 #define NBD_FLAG_SEND_FUA       (1u << 3)
 #define NBD_FLAG_CAN_MULTI_CONN (1u << 8)
-#define FLOOR_TX_FLAGS                                                   \
-	(NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | \
-	 NBD_FLAG_CAN_MULTI_CONN)
+#define FLOOR_TX_FLAGS \
+	(NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_CAN_MULTI_CONN)
 
 #define NBD_OPT_EXPORT_NAME 1
 #define NBD_OPT_ABORT       2
@@ -61,19 +60,19 @@
 #define NBD_REP_ERR_INVALID 0x80000003u
 #define NBD_INFO_EXPORT     0
 
-#define NBD_CMD_READ  0
-#define NBD_CMD_WRITE 1
-#define NBD_CMD_DISC  2
-#define NBD_CMD_FLUSH 3
+#define NBD_CMD_READ     0
+#define NBD_CMD_WRITE    1
+#define NBD_CMD_DISC     2
+#define NBD_CMD_FLUSH    3
 #define NBD_CMD_FLAG_FUA (1u << 0)
 
 #define NBD_EINVAL 22
 #define NBD_ENOSPC 28
 
-#define FLOOR_MAX_OPTION  4096u             /* option data we accept */
-#define FLOOR_MAX_PAYLOAD (32u << 20)       /* the spec's portable maximum */
-#define FLOOR_ZERO_CHUNK  (1u << 20)        /* READ data comes from here */
-#define FLOOR_INBUF       (64u << 10)       /* input buffer per connection */
+#define FLOOR_MAX_OPTION  4096u       /* option data we accept */
+#define FLOOR_MAX_PAYLOAD (32u << 20) /* the spec's portable maximum */
+#define FLOOR_ZERO_CHUNK  (1u << 20)  /* READ data comes from here */
+#define FLOOR_INBUF       (64u << 10) /* input buffer per connection */
 #define FLOOR_REQ_LEN     28
 
 static uint64_t floor_size = 16ULL << 30;
@@ -226,8 +225,7 @@ static void put_be64(uint8_t *p, uint64_t v)
 	memcpy(p, &v, sizeof(v));
 }
 
-static int opt_reply(int fd, uint32_t opt, uint32_t type, const void *data,
-		     uint32_t len)
+static int opt_reply(int fd, uint32_t opt, uint32_t type, const void *data, uint32_t len)
 {
 	uint8_t h[20];
 	struct iovec iov[2] = {
@@ -302,13 +300,12 @@ static int handshake(struct floor_conn *c)
 			static const uint8_t empty_name[4];
 
 			if (len) {
-				if (opt_reply(c->fd, opt, NBD_REP_ERR_INVALID,
-					      NULL, 0) < 0)
+				if (opt_reply(c->fd, opt, NBD_REP_ERR_INVALID, NULL, 0) < 0)
 					return -1;
 				break;
 			}
-			if (opt_reply(c->fd, opt, NBD_REP_SERVER, empty_name,
-				      sizeof(empty_name)) < 0 ||
+			if (opt_reply(c->fd, opt, NBD_REP_SERVER, empty_name, sizeof(empty_name)) <
+				    0 ||
 			    opt_reply(c->fd, opt, NBD_REP_ACK, NULL, 0) < 0)
 				return -1;
 			break;
@@ -320,20 +317,17 @@ static int handshake(struct floor_conn *c)
 
 			/* u32 name length, name, u16 count, count x u16. */
 			if (len < 6 || (nlen = get_be32(buf)) > len - 6) {
-				if (opt_reply(c->fd, opt, NBD_REP_ERR_INVALID,
-					      NULL, 0) < 0)
+				if (opt_reply(c->fd, opt, NBD_REP_ERR_INVALID, NULL, 0) < 0)
 					return -1;
 				break;
 			}
 			nreq = (uint16_t)(buf[4 + nlen] << 8 | buf[5 + nlen]);
 			if (6 + nlen + 2u * nreq != len) {
-				if (opt_reply(c->fd, opt, NBD_REP_ERR_INVALID,
-					      NULL, 0) < 0)
+				if (opt_reply(c->fd, opt, NBD_REP_ERR_INVALID, NULL, 0) < 0)
 					return -1;
 				break;
 			}
-			if (opt_reply(c->fd, opt, NBD_REP_INFO, info,
-				      sizeof(info)) < 0 ||
+			if (opt_reply(c->fd, opt, NBD_REP_INFO, info, sizeof(info)) < 0 ||
 			    opt_reply(c->fd, opt, NBD_REP_ACK, NULL, 0) < 0)
 				return -1;
 			if (opt == NBD_OPT_GO)
@@ -376,14 +370,12 @@ static void transmit(struct floor_conn *c)
 			err = NBD_EINVAL;
 		switch (type) {
 		case NBD_CMD_READ:
-			if (len > FLOOR_MAX_PAYLOAD || off > floor_size ||
-			    len > floor_size - off)
+			if (len > FLOOR_MAX_PAYLOAD || off > floor_size || len > floor_size - off)
 				err = NBD_EINVAL;
 			if (err)
 				break;
 			for (uint32_t left = len; left; cnt++) {
-				uint32_t n = left < FLOOR_ZERO_CHUNK ? left
-								   : FLOOR_ZERO_CHUNK;
+				uint32_t n = left < FLOOR_ZERO_CHUNK ? left : FLOOR_ZERO_CHUNK;
 
 				iov[cnt].iov_base = (void *)floor_zeros;
 				iov[cnt].iov_len = n;
@@ -449,11 +441,28 @@ static int parse_size(const char *s, uint64_t *out)
 	if (errno || end == s)
 		return -1;
 	switch (*end) {
-	case 'K': case 'k': shift = 10; end++; break;
-	case 'M': case 'm': shift = 20; end++; break;
-	case 'G': case 'g': shift = 30; end++; break;
-	case 'T': case 't': shift = 40; end++; break;
-	default: break;
+	case 'K':
+	case 'k':
+		shift = 10;
+		end++;
+		break;
+	case 'M':
+	case 'm':
+		shift = 20;
+		end++;
+		break;
+	case 'G':
+	case 'g':
+		shift = 30;
+		end++;
+		break;
+	case 'T':
+	case 't':
+		shift = 40;
+		end++;
+		break;
+	default:
+		break;
 	}
 	if (*end || v == 0 || v > (UINT64_MAX >> shift))
 		return -1;
@@ -463,12 +472,11 @@ static int parse_size(const char *s, uint64_t *out)
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"usage: nbd-floor [-s SIZE] [-p PIDFILE] SOCKET\n"
-		"A do-nothing NBD server on a unix socket: reads return zeros,\n"
-		"writes are dropped. The client's ceiling for bench/nbd/run.sh.\n"
-		"  -s, --size SIZE      export size, K/M/G/T suffixes (default 16G)\n"
-		"  -p, --pidfile FILE   write the pid to FILE once listening\n");
+	fprintf(f, "usage: nbd-floor [-s SIZE] [-p PIDFILE] SOCKET\n"
+		   "A do-nothing NBD server on a unix socket: reads return zeros,\n"
+		   "writes are dropped. The client's ceiling for bench/nbd/run.sh.\n"
+		   "  -s, --size SIZE      export size, K/M/G/T suffixes (default 16G)\n"
+		   "  -p, --pidfile FILE   write the pid to FILE once listening\n");
 }
 
 int main(int argc, char **argv)
@@ -524,18 +532,15 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	unlink(floor_socket);
-	if (bind(lfd, (struct sockaddr *)&sun, sizeof(sun)) < 0 ||
-	    listen(lfd, 64) < 0) {
-		fprintf(stderr, "nbd-floor: %s: %s\n", floor_socket,
-			strerror(errno));
+	if (bind(lfd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || listen(lfd, 64) < 0) {
+		fprintf(stderr, "nbd-floor: %s: %s\n", floor_socket, strerror(errno));
 		return 1;
 	}
 	if (floor_pidfile) {
 		FILE *f = fopen(floor_pidfile, "w");
 
 		if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f)) {
-			fprintf(stderr, "nbd-floor: %s: %s\n", floor_pidfile,
-				strerror(errno));
+			fprintf(stderr, "nbd-floor: %s: %s\n", floor_pidfile, strerror(errno));
 			unlink(floor_socket);
 			return 1;
 		}

@@ -35,7 +35,7 @@
 
 #include "vu_client.h"
 
-#define VHOST_DEFAULT_TIMEOUT_S 60
+#define VHOST_DEFAULT_TIMEOUT_S   60
 #define VHOST_MAX_AUTO_QUEUE_SIZE 1024u
 
 enum vhost_trim_mode {
@@ -247,17 +247,14 @@ static unsigned int roundup_pow2(unsigned long long v)
 }
 
 /* Descriptors one request of max_bs bytes takes: header, data, status. */
-static unsigned long long descs_per_io(const struct vu_client_info *in,
-				       unsigned long long max_bs)
+static unsigned long long descs_per_io(const struct vu_client_info *in, unsigned long long max_bs)
 {
-	unsigned long long seg = in->cfg.size_max >= 512 ? in->cfg.size_max & ~511ULL
-							 : 1ULL << 30;
+	unsigned long long seg = in->cfg.size_max >= 512 ? in->cfg.size_max & ~511ULL : 1ULL << 30;
 
 	return 2 + (max_bs + seg - 1) / seg;
 }
 
-static unsigned int pick_queue_size(struct thread_data *td,
-				    const struct vu_client_info *in)
+static unsigned int pick_queue_size(struct thread_data *td, const struct vu_client_info *in)
 {
 	struct vhost_options *o = td->eo;
 	unsigned long long need;
@@ -287,15 +284,17 @@ static int check_options(struct thread_data *td)
 			"socket path) is required\n");
 		return 1;
 	}
-	if (o->queue_size && (o->queue_size < 2 || o->queue_size > 32768 ||
-			      (o->queue_size & (o->queue_size - 1)))) {
+	if (o->queue_size &&
+	    (o->queue_size < 2 || o->queue_size > 32768 || (o->queue_size & (o->queue_size - 1)))) {
 		log_err("fio: vhost-user-blk: vhost_queue_size=%u must be a power "
-			"of two in 2..32768\n", o->queue_size);
+			"of two in 2..32768\n",
+			o->queue_size);
 		return 1;
 	}
 	if (td->o.nr_files > 1) {
 		log_err("fio: vhost-user-blk: one job drives one disk; nrfiles=%u "
-			"is not supported\n", td->o.nr_files);
+			"is not supported\n",
+			td->o.nr_files);
 		return 1;
 	}
 	return 0;
@@ -377,7 +376,7 @@ static int vhost_setup(struct thread_data *td)
 		return 1;
 	if (!td->files_index) {
 		add_file(td, "vhost-user-blk", 0, 0);
-		td->o.nr_files = td->o.nr_files ? : 1;
+		td->o.nr_files = td->o.nr_files ?: 1;
 		td->o.open_files++;
 	}
 	f = td->files[0];
@@ -402,8 +401,7 @@ static int vhost_setup(struct thread_data *td)
 	vd->registered = true;
 	vd->qsize = pick_queue_size(td, in);
 	/* Rings + this job's buffers, as fio will size them, plus slack. */
-	est = vu_queue_mem_size(vd->qsize) +
-	      td_max_bs(td) * (unsigned long long)td->o.iodepth +
+	est = vu_queue_mem_size(vd->qsize) + td_max_bs(td) * (unsigned long long)td->o.iodepth +
 	      2 * (uint64_t)page_size + td->o.mem_align + (64u << 10);
 	cn->mem_need += est;
 	pthread_mutex_unlock(&conns_lock);
@@ -414,18 +412,18 @@ static int vhost_setup(struct thread_data *td)
 
 	if (td_write(td) && (in->features & VU_BIT(VU_BLK_F_RO))) {
 		log_err("fio: vhost-user-blk: %s: the backend is read-only "
-			"(VIRTIO_BLK_F_RO), but job %s writes\n", o->socket,
-			td->o.name);
+			"(VIRTIO_BLK_F_RO), but job %s writes\n",
+			o->socket, td->o.name);
 		return 1;
 	}
 	if (td_trim(td)) {
-		unsigned int bit = o->trim_mode == VHOST_TRIM_DISCARD
-					   ? VU_BLK_F_DISCARD : VU_BLK_F_WRITE_ZEROES;
+		unsigned int bit = o->trim_mode == VHOST_TRIM_DISCARD ? VU_BLK_F_DISCARD
+								      : VU_BLK_F_WRITE_ZEROES;
 
 		if (!(in->features & VU_BIT(bit))) {
 			log_err("fio: vhost-user-blk: %s: trim maps to %s, which the "
-				"backend does not offer\n", o->socket,
-				vu_blk_feature_name(bit));
+				"backend does not offer\n",
+				o->socket, vu_blk_feature_name(bit));
 			return 1;
 		}
 	}
@@ -452,7 +450,8 @@ static int vhost_init(struct thread_data *td)
 		log_err("fio: vhost-user-blk: %u jobs use the socket %s, and a "
 			"vhost-user-blk backend accepts only one frontend "
 			"connection, so they must share one: run fio with --thread "
-			"(or thread=1 in the job file)\n", cn->jobs, o->socket);
+			"(or thread=1 in the job file)\n",
+			cn->jobs, o->socket);
 		return 1;
 	}
 
@@ -460,8 +459,8 @@ static int vhost_init(struct thread_data *td)
 	if (o->queues) {
 		if (o->queues > in->max_queues) {
 			log_err("fio: vhost-user-blk: vhost_queues=%u, but the "
-				"backend at %s has only %u queue%s\n", o->queues,
-				o->socket, in->max_queues,
+				"backend at %s has only %u queue%s\n",
+				o->queues, o->socket, in->max_queues,
 				in->max_queues == 1 ? "" : "s");
 			return 1;
 		}
@@ -474,8 +473,8 @@ static int vhost_init(struct thread_data *td)
 
 		r = vu_client_start(cn->c, mem);
 		if (r < 0) {
-			log_err("fio: vhost-user-blk: %s: starting the device: %s\n",
-				o->socket, vu_client_errmsg(cn->c));
+			log_err("fio: vhost-user-blk: %s: starting the device: %s\n", o->socket,
+				vu_client_errmsg(cn->c));
 			pthread_mutex_unlock(&conns_lock);
 			return 1;
 		}
@@ -484,13 +483,12 @@ static int vhost_init(struct thread_data *td)
 	if (o->queue >= 0) {
 		if ((unsigned int)o->queue >= nq) {
 			log_err("fio: vhost-user-blk: vhost_queue=%d is out of range: "
-				"%u queue%s usable on %s\n", o->queue, nq,
-				nq == 1 ? "" : "s", o->socket);
+				"%u queue%s usable on %s\n",
+				o->queue, nq, nq == 1 ? "" : "s", o->socket);
 			pthread_mutex_unlock(&conns_lock);
 			return 1;
 		}
-		r = vu_queue_open(cn->c, (unsigned int)o->queue, vd->qsize, flags,
-				  &vd->q);
+		r = vu_queue_open(cn->c, (unsigned int)o->queue, vd->qsize, flags, &vd->q);
 	} else {
 		for (i = 0; i < nq; i++) {
 			r = vu_queue_open(cn->c, i, vd->qsize, flags, &vd->q);
@@ -504,14 +502,12 @@ static int vhost_init(struct thread_data *td)
 			"%s are taken by other jobs; each job needs its own queue. "
 			"Run at most %u concurrent job%s on this socket, or give the "
 			"backend more queues (qemu-storage-daemon: num-queues=)\n",
-			td->o.name, nq, nq == 1 ? "" : "s", o->socket, nq,
-			nq == 1 ? "" : "s");
+			td->o.name, nq, nq == 1 ? "" : "s", o->socket, nq, nq == 1 ? "" : "s");
 		return 1;
 	}
 	if (r < 0) {
-		log_err("fio: vhost-user-blk: job %s: %s: %s%s\n", td->o.name,
-			o->socket, vu_client_errmsg(cn->c),
-			r == -ENOMEM ? " (raise vhost_mem=)" : "");
+		log_err("fio: vhost-user-blk: job %s: %s: %s%s\n", td->o.name, o->socket,
+			vu_client_errmsg(cn->c), r == -ENOMEM ? " (raise vhost_mem=)" : "");
 		return 1;
 	}
 
@@ -523,8 +519,8 @@ static int vhost_init(struct thread_data *td)
 	}
 	if (o->trace)
 		log_info("fio: vhost-user-blk: job %s uses queue %u (size %u) of "
-			 "%s\n", td->o.name, vu_queue_index(vd->q), vd->qsize,
-			 o->socket);
+			 "%s\n",
+			 td->o.name, vu_queue_index(vd->q), vd->qsize, o->socket);
 	return 0;
 }
 
@@ -537,8 +533,8 @@ static int vhost_iomem_alloc(struct thread_data *td, size_t total_mem)
 	p = vu_client_alloc(vd->conn->c, total_mem, (size_t)page_size);
 	if (!p) {
 		log_err("fio: vhost-user-blk: job %s: %s; raise vhost_mem= (now "
-			"%llu bytes for all jobs on %s)\n", td->o.name,
-			vu_client_errmsg(vd->conn->c),
+			"%llu bytes for all jobs on %s)\n",
+			td->o.name, vu_client_errmsg(vd->conn->c),
 			(unsigned long long)vd->conn->mem_size, o->socket);
 		return 1;
 	}
@@ -603,8 +599,7 @@ static enum fio_q_status vhost_queue(struct thread_data *td, struct io_u *io_u)
 			"fit in a queue of %u entries; raise vhost_queue_size=\n",
 			td->o.name, io_u->xfer_buflen, vd->qsize);
 	else
-		log_err("fio: vhost-user-blk: job %s: %s\n", td->o.name,
-			vu_queue_errmsg(vd->q));
+		log_err("fio: vhost-user-blk: job %s: %s\n", td->o.name, vu_queue_errmsg(vd->q));
 	io_u->error = -r;
 	return FIO_Q_COMPLETED;
 }
@@ -616,8 +611,7 @@ static int vhost_commit(struct thread_data *td)
 
 	r = vu_queue_kick(vd->q);
 	if (r < 0) {
-		log_err("fio: vhost-user-blk: job %s: %s\n", td->o.name,
-			vu_queue_errmsg(vd->q));
+		log_err("fio: vhost-user-blk: job %s: %s\n", td->o.name, vu_queue_errmsg(vd->q));
 		return r;
 	}
 	return 0;
@@ -630,8 +624,8 @@ static int ts_to_ms(const struct timespec *t)
 	return ms > INT32_MAX ? INT32_MAX : (int)ms;
 }
 
-static int vhost_getevents(struct thread_data *td, unsigned int min,
-			   unsigned int max, const struct timespec *t)
+static int vhost_getevents(struct thread_data *td, unsigned int min, unsigned int max,
+			   const struct timespec *t)
 {
 	struct vhost_options *o = td->eo;
 	struct vhost_td *vd = td->io_ops_data;
@@ -650,8 +644,8 @@ static int vhost_getevents(struct thread_data *td, unsigned int min,
 			io_u->error = vd->cpl[i].result < 0 ? -vd->cpl[i].result : 0;
 			if (vd->cpl[i].result == -EPROTO && !vd->reported_proto) {
 				vd->reported_proto = true;
-				log_err("fio: vhost-user-blk: job %s: %s\n",
-					td->o.name, vu_queue_errmsg(vd->q));
+				log_err("fio: vhost-user-blk: job %s: %s\n", td->o.name,
+					vu_queue_errmsg(vd->q));
 			}
 			vd->events[i] = io_u;
 		}
@@ -672,8 +666,7 @@ static int vhost_getevents(struct thread_data *td, unsigned int min,
 	return (int)n;
 
 fail:
-	log_err("fio: vhost-user-blk: job %s: %s\n", td->o.name,
-		vu_queue_errmsg(vd->q));
+	log_err("fio: vhost-user-blk: job %s: %s\n", td->o.name, vu_queue_errmsg(vd->q));
 	return r;
 }
 
@@ -701,14 +694,13 @@ static void vhost_cleanup(struct thread_data *td)
 			log_info("fio: vhost-user-blk: queue %u: %" PRIu64 " submitted, "
 				 "%" PRIu64 " completed, %" PRIu64 " kicks (%" PRIu64
 				 " suppressed), %" PRIu64 " waits, %" PRIu64 " wakeups, "
-				 "%" PRIu64 " used.len different from expected\n", idx,
-				 st.submitted, st.completed, st.kicks,
-				 st.kicks_suppressed, st.waits, st.wakeups,
-				 st.len_mismatch);
+				 "%" PRIu64 " used.len different from expected\n",
+				 idx, st.submitted, st.completed, st.kicks, st.kicks_suppressed,
+				 st.waits, st.wakeups, st.len_mismatch);
 		r = vu_queue_close(vd->q);
 		if (r < 0)
-			log_err("fio: vhost-user-blk: job %s: stopping queue %u: %s\n",
-				td->o.name, idx, vu_client_errmsg(vd->conn->c));
+			log_err("fio: vhost-user-blk: job %s: stopping queue %u: %s\n", td->o.name,
+				idx, vu_client_errmsg(vd->conn->c));
 		vd->q = NULL;
 	}
 	if (vd->registered) {
@@ -740,8 +732,7 @@ static int vhost_invalidate(struct thread_data *td, struct fio_file *f)
 FIO_STATIC struct ioengine_ops ioengine = {
 	.name = "vhost-user-blk",
 	.version = FIO_IOOPS_VERSION,
-	.flags = FIO_DISKLESSIO | FIO_NOEXTEND | FIO_NODISKUTIL | FIO_RAWIO |
-		 FIO_MEMALIGN,
+	.flags = FIO_DISKLESSIO | FIO_NOEXTEND | FIO_NODISKUTIL | FIO_RAWIO | FIO_MEMALIGN,
 	.setup = vhost_setup,
 	.init = vhost_init,
 	.queue = vhost_queue,

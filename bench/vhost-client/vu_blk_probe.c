@@ -26,25 +26,23 @@ struct probe {
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"usage: vu-blk-probe [options] SOCKET\n"
-		"  -i, --info            print features and config only, no I/O\n"
-		"  -o, --offset BYTES    where the round trip writes (default 0)\n"
-		"  -l, --length BYTES    bytes per write/read (default 65536)\n"
-		"  -q, --queue N         virtqueue to use (default 0)\n"
-		"  -n, --no-discard      skip the discard and write-zeroes steps\n"
-		"  -S, --shrink-memory   misbehave: after one good write, truncate the\n"
-		"                        shared memory under the next write's buffer;\n"
-		"                        passes when the backend never acknowledges that\n"
-		"                        write (it closes the connection or says IOERR)\n"
-		"  -w, --wait SECONDS    retry connecting this long (default 0)\n"
-		"  -T, --timeout MS      give up on a request after MS (default 30000)\n"
-		"  -t, --trace           log every vhost-user message\n"
-		"  -v, --verbose         say what each step does\n");
+	fprintf(f, "usage: vu-blk-probe [options] SOCKET\n"
+		   "  -i, --info            print features and config only, no I/O\n"
+		   "  -o, --offset BYTES    where the round trip writes (default 0)\n"
+		   "  -l, --length BYTES    bytes per write/read (default 65536)\n"
+		   "  -q, --queue N         virtqueue to use (default 0)\n"
+		   "  -n, --no-discard      skip the discard and write-zeroes steps\n"
+		   "  -S, --shrink-memory   misbehave: after one good write, truncate the\n"
+		   "                        shared memory under the next write's buffer;\n"
+		   "                        passes when the backend never acknowledges that\n"
+		   "                        write (it closes the connection or says IOERR)\n"
+		   "  -w, --wait SECONDS    retry connecting this long (default 0)\n"
+		   "  -T, --timeout MS      give up on a request after MS (default 30000)\n"
+		   "  -t, --trace           log every vhost-user message\n"
+		   "  -v, --verbose         say what each step does\n");
 }
 
-static void print_bits(const char *label, uint64_t bits,
-		       const char *(*name)(unsigned int))
+static void print_bits(const char *label, uint64_t bits, const char *(*name)(unsigned int))
 {
 	unsigned int b;
 
@@ -70,23 +68,19 @@ static void print_info(const struct vu_client_info *in)
 	print_bits("protocol negotiated:", in->protocol, vu_protocol_feature_name);
 	printf("%-22s %u\n", "queues (GET_QUEUE_NUM):", in->max_queues);
 	printf("%-22s %u bytes\n", "config read:", in->config_len);
-	printf("capacity               %" PRIu64 " sectors (%" PRIu64 " bytes)\n",
-	       g->capacity, g->capacity * 512);
+	printf("capacity               %" PRIu64 " sectors (%" PRIu64 " bytes)\n", g->capacity,
+	       g->capacity * 512);
 	printf("blk_size               %u\n", g->blk_size);
 	printf("size_max / seg_max     %u / %u\n", g->size_max, g->seg_max);
-	printf("geometry               c%u h%u s%u\n", g->cylinders, g->heads,
-	       g->sectors);
+	printf("geometry               c%u h%u s%u\n", g->cylinders, g->heads, g->sectors);
 	printf("topology               phys_exp %u align_off %u min_io %u opt_io %u\n",
-	       g->physical_block_exp, g->alignment_offset, g->min_io_size,
-	       g->opt_io_size);
+	       g->physical_block_exp, g->alignment_offset, g->min_io_size, g->opt_io_size);
 	printf("writeback              %u\n", g->writeback);
 	printf("num_queues (config)    %u\n", g->num_queues);
 	printf("discard                max_sectors %u max_seg %u alignment %u\n",
-	       g->max_discard_sectors, g->max_discard_seg,
-	       g->discard_sector_alignment);
+	       g->max_discard_sectors, g->max_discard_seg, g->discard_sector_alignment);
 	printf("write_zeroes           max_sectors %u max_seg %u may_unmap %u\n",
-	       g->max_write_zeroes_sectors, g->max_write_zeroes_seg,
-	       g->write_zeroes_may_unmap);
+	       g->max_write_zeroes_sectors, g->max_write_zeroes_seg, g->write_zeroes_may_unmap);
 }
 
 /* Submit one request and wait for it. Returns the completion's result. */
@@ -164,7 +158,8 @@ static bool all_zero(const uint8_t *b, size_t len)
 	return true;
 }
 
-/* A fresh buffer of len bytes from the shared memory; NULL (counted as a failure) when it is full. */
+/* A fresh buffer of len bytes from the shared memory; NULL (counted as a failure) when it is full.
+ */
 static uint8_t *alloc_buf(struct probe *p, uint64_t len)
 {
 	uint8_t *b = vu_client_alloc(p->c, len, 4096);
@@ -177,7 +172,8 @@ static uint8_t *alloc_buf(struct probe *p, uint64_t len)
 }
 
 /* Write the pattern for (off, len) from buf; checked as `what`. */
-static void write_pattern(struct probe *p, uint8_t *buf, uint64_t off, uint64_t len, const char *what)
+static void write_pattern(struct probe *p, uint8_t *buf, uint64_t off, uint64_t len,
+			  const char *what)
 {
 	struct vu_blk_req rq = { .op = VU_BLK_WRITE, .offset = off, .len = len, .buf = buf };
 	struct vu_blk_cpl cpl = { 0 };
@@ -238,22 +234,28 @@ static void round_trip(struct probe *p, uint64_t off, uint64_t len, bool do_disc
 		printf("%-40s %s\n", "discard", "skipped (not offered)");
 	}
 	if (p->in->features & VU_BIT(VU_BLK_F_WRITE_ZEROES)) {
-		rq = (struct vu_blk_req){ .op = VU_BLK_WRITE, .offset = off, .len = len, .buf = wbuf };
+		rq = (struct vu_blk_req){
+			.op = VU_BLK_WRITE, .offset = off, .len = len, .buf = wbuf
+		};
 		r = run1(p, &rq, NULL);
 		check(p, r == 0, strerror(-r), "rewrite pattern");
 		rq = (struct vu_blk_req){ .op = VU_BLK_WRITE_ZEROES, .offset = off, .len = len };
 		r = run1(p, &rq, NULL);
 		check(p, r == 0, strerror(-r), "write zeroes");
 		memset(rbuf, 0xee, len);
-		rq = (struct vu_blk_req){ .op = VU_BLK_READ, .offset = off, .len = len, .buf = rbuf };
+		rq = (struct vu_blk_req){
+			.op = VU_BLK_READ, .offset = off, .len = len, .buf = rbuf
+		};
 		r = run1(p, &rq, NULL);
 		check(p, r == 0 && all_zero(rbuf, len), "range not zero", "read back zeroes");
 	} else {
 		printf("%-40s %s\n", "write zeroes", "skipped (not offered)");
 	}
 	/* A request past the end must fail on the device, not on us. */
-	rq = (struct vu_blk_req){ .op = VU_BLK_READ, .flags = VU_REQ_NOCHECK,
-				  .offset = p->in->cfg.capacity * 512, .len = 512,
+	rq = (struct vu_blk_req){ .op = VU_BLK_READ,
+				  .flags = VU_REQ_NOCHECK,
+				  .offset = p->in->cfg.capacity * 512,
+				  .len = 512,
 				  .buf = rbuf };
 	r = run1(p, &rq, NULL);
 	check(p, r == -EIO, r == 0 ? "read past the end succeeded" : strerror(-r),
@@ -284,7 +286,8 @@ static void shrink_memory(struct probe *p, uint64_t off, uint64_t len)
 	rq = (struct vu_blk_req){ .op = VU_BLK_WRITE, .offset = off, .len = len, .buf = buf };
 	r = run1(p, &rq, &cpl);
 	if (r == 0)
-		check(p, false, "the backend acknowledged data it could not have read", "write from shrunk memory");
+		check(p, false, "the backend acknowledged data it could not have read",
+		      "write from shrunk memory");
 	else if (r == -EIO)
 		check(p, true, NULL, "write from shrunk memory: IOERR");
 	else
@@ -331,7 +334,7 @@ int main(int argc, char **argv)
 			len = strtoull(optarg, &end, 0);
 			if (*end || len == 0 || len % 512) {
 				fprintf(stderr, "vu-blk-probe: length must be a positive "
-					"multiple of 512\n");
+						"multiple of 512\n");
 				return 2;
 			}
 			break;
@@ -397,8 +400,10 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (off + len > p.in->cfg.capacity * 512) {
-		fprintf(stderr, "vu-blk-probe: %" PRIu64 "+%" PRIu64 " is past the "
-			"end of the disk\n", off, len);
+		fprintf(stderr,
+			"vu-blk-probe: %" PRIu64 "+%" PRIu64 " is past the "
+			"end of the disk\n",
+			off, len);
 		p.failures++;
 	} else if (shrink) {
 		shrink_memory(&p, off, len);

@@ -125,12 +125,22 @@ static const char *const blk_feature_names[64] = {
 };
 
 static const char *const proto_feature_names[64] = {
-	[0] = "MQ", [1] = "LOG_SHMFD", [2] = "RARP", [3] = "REPLY_ACK",
-	[4] = "MTU", [5] = "BACKEND_REQ", [6] = "CROSS_ENDIAN",
-	[7] = "CRYPTO_SESSION", [8] = "PAGEFAULT", [9] = "CONFIG",
-	[10] = "BACKEND_SEND_FD", [11] = "HOST_NOTIFIER",
-	[12] = "INFLIGHT_SHMFD", [13] = "RESET_DEVICE",
-	[14] = "INBAND_NOTIFICATIONS", [15] = "CONFIGURE_MEM_SLOTS",
+	[0] = "MQ",
+	[1] = "LOG_SHMFD",
+	[2] = "RARP",
+	[3] = "REPLY_ACK",
+	[4] = "MTU",
+	[5] = "BACKEND_REQ",
+	[6] = "CROSS_ENDIAN",
+	[7] = "CRYPTO_SESSION",
+	[8] = "PAGEFAULT",
+	[9] = "CONFIG",
+	[10] = "BACKEND_SEND_FD",
+	[11] = "HOST_NOTIFIER",
+	[12] = "INFLIGHT_SHMFD",
+	[13] = "RESET_DEVICE",
+	[14] = "INBAND_NOTIFICATIONS",
+	[15] = "CONFIGURE_MEM_SLOTS",
 	[16] = "STATUS",
 };
 
@@ -146,22 +156,20 @@ const char *vu_protocol_feature_name(unsigned int bit)
 
 /* ---- message I/O (call with c->lock held) ------------------------------- */
 
-static void trace_msg(const struct vu_client *c, const char *dir,
-		      const struct vu_msg *m, int nfds)
+static void trace_msg(const struct vu_client *c, const char *dir, const struct vu_msg *m, int nfds)
 {
 	if (!c->opts.trace)
 		return;
-	fprintf(stderr, "vu_client: %s %s(%u) flags=0x%x size=%u", dir,
-		req_name(m->request), m->request, m->flags, m->size);
+	fprintf(stderr, "vu_client: %s %s(%u) flags=0x%x size=%u", dir, req_name(m->request),
+		m->request, m->flags, m->size);
 	switch (m->request) {
 	case VU_SET_VRING_NUM:
 	case VU_SET_VRING_BASE:
 	case VU_GET_VRING_BASE:
 	case VU_SET_VRING_ENABLE:
-		if (m->size == sizeof(struct vu_vring_state) && !(m->flags & VU_FLAG_REPLY &&
-								 m->request != VU_GET_VRING_BASE)) {
-			fprintf(stderr, " index=%u num=%u", m->p.state.index,
-				m->p.state.num);
+		if (m->size == sizeof(struct vu_vring_state) &&
+		    !(m->flags & VU_FLAG_REPLY && m->request != VU_GET_VRING_BASE)) {
+			fprintf(stderr, " index=%u num=%u", m->p.state.index, m->p.state.num);
 			break;
 		}
 		/* fall through */
@@ -175,8 +183,8 @@ static void trace_msg(const struct vu_client *c, const char *dir,
 	fputc('\n', stderr);
 }
 
-static int wait_fd(struct vu_client *c, short events, int64_t deadline,
-		   const char *what, uint32_t req)
+static int wait_fd(struct vu_client *c, short events, int64_t deadline, const char *what,
+		   uint32_t req)
 {
 	struct pollfd pfd = { .fd = c->sock, .events = events };
 	int r;
@@ -187,10 +195,11 @@ static int wait_fd(struct vu_client *c, short events, int64_t deadline,
 			return 0;
 		if (r == 0) {
 			vu_set_err("vhost-user %s: no %s from the backend within %d ms%s",
-			     req_name(req), what, VU_DEFAULT_REPLY_TIMEOUT_MS,
-			     req == VU_GET_FEATURES
-				     ? " (is another frontend connected? a backend "
-				       "serves one connection at a time)" : "");
+				   req_name(req), what, VU_DEFAULT_REPLY_TIMEOUT_MS,
+				   req == VU_GET_FEATURES
+					   ? " (is another frontend connected? a backend "
+					     "serves one connection at a time)"
+					   : "");
 			return -ETIMEDOUT;
 		}
 		if (errno != EINTR) {
@@ -236,7 +245,7 @@ static int send_msg(struct vu_client *c, struct vu_msg *m, const int *fds, int n
 				continue;
 			n = -errno;
 			vu_set_err("sending vhost-user %s: %s", req_name(m->request),
-			     strerror(errno));
+				   strerror(errno));
 			c->dead = true;
 			return (int)n;
 		}
@@ -252,8 +261,7 @@ static int send_msg(struct vu_client *c, struct vu_msg *m, const int *fds, int n
 }
 
 /* Read exactly len bytes; fds that arrive are closed (we expect none). */
-static int recv_all(struct vu_client *c, void *buf, size_t len, int64_t deadline,
-		    uint32_t req)
+static int recv_all(struct vu_client *c, void *buf, size_t len, int64_t deadline, uint32_t req)
 {
 	union {
 		char buf[CMSG_SPACE(8 * sizeof(int))];
@@ -262,9 +270,9 @@ static int recv_all(struct vu_client *c, void *buf, size_t len, int64_t deadline
 	size_t done = 0;
 
 	while (done < len) {
-		struct iovec iov = { .iov_base = (char *)buf + done,
-				     .iov_len = len - done };
-		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+		struct iovec iov = { .iov_base = (char *)buf + done, .iov_len = len - done };
+		struct msghdr mh = { .msg_iov = &iov,
+				     .msg_iovlen = 1,
 				     .msg_control = u.buf,
 				     .msg_controllen = sizeof(u.buf) };
 		struct cmsghdr *cm;
@@ -280,7 +288,7 @@ static int recv_all(struct vu_client *c, void *buf, size_t len, int64_t deadline
 				continue;
 			r = -errno;
 			vu_set_err("receiving reply to vhost-user %s: %s", req_name(req),
-			     strerror(errno));
+				   strerror(errno));
 			c->dead = true;
 			return r;
 		}
@@ -298,7 +306,8 @@ static int recv_all(struct vu_client *c, void *buf, size_t len, int64_t deadline
 		}
 		if (n == 0) {
 			vu_set_err("backend closed the connection while we waited for the "
-			     "reply to %s", req_name(req));
+				   "reply to %s",
+				   req_name(req));
 			c->dead = true;
 			return -EPIPE;
 		}
@@ -311,8 +320,7 @@ static int recv_all(struct vu_client *c, void *buf, size_t len, int64_t deadline
  * Receive the reply to `req`. The payload must be exactly `want` bytes
  * (or, if want is 0, anything up to the payload union's size).
  */
-static int recv_reply(struct vu_client *c, uint32_t req, struct vu_msg *m,
-		      uint32_t want)
+static int recv_reply(struct vu_client *c, uint32_t req, struct vu_msg *m, uint32_t want)
 {
 	int64_t deadline = now_ms() + VU_DEFAULT_REPLY_TIMEOUT_MS;
 	int r;
@@ -322,20 +330,19 @@ static int recv_reply(struct vu_client *c, uint32_t req, struct vu_msg *m,
 		return r;
 	if (m->request != req) {
 		vu_set_err("backend replied with request %u (%s) to %s", m->request,
-		     req_name(m->request), req_name(req));
+			   req_name(m->request), req_name(req));
 		c->dead = true;
 		return -EPROTO;
 	}
-	if ((m->flags & VU_FLAG_VERSION_MASK) != VU_FLAG_VERSION ||
-	    !(m->flags & VU_FLAG_REPLY)) {
+	if ((m->flags & VU_FLAG_VERSION_MASK) != VU_FLAG_VERSION || !(m->flags & VU_FLAG_REPLY)) {
 		vu_set_err("reply to %s has bad flags 0x%x (want version 1 and REPLY)",
-		     req_name(req), m->flags);
+			   req_name(req), m->flags);
 		c->dead = true;
 		return -EPROTO;
 	}
 	if (m->size > sizeof(m->p) || (want && m->size != want)) {
-		vu_set_err("reply to %s has payload size %u, expected %u", req_name(req),
-		     m->size, want);
+		vu_set_err("reply to %s has payload size %u, expected %u", req_name(req), m->size,
+			   want);
 		c->dead = true;
 		return -EPROTO;
 	}
@@ -356,8 +363,8 @@ static bool has_proto(const struct vu_client *c, unsigned int bit)
  * acknowledgement and check it, so a backend that rejects the message is
  * reported at the message that caused it.
  */
-static int send_set(struct vu_client *c, uint32_t req, const void *payload,
-		    uint32_t size, const int *fds, int nfds)
+static int send_set(struct vu_client *c, uint32_t req, const void *payload, uint32_t size,
+		    const int *fds, int nfds)
 {
 	struct vu_msg m = { .request = req, .flags = VU_FLAG_VERSION, .size = size };
 	bool ack = has_proto(c, VU_PROTO_F_REPLY_ACK);
@@ -376,8 +383,8 @@ static int send_set(struct vu_client *c, uint32_t req, const void *payload,
 	if (r < 0)
 		return r;
 	if (m.p.u64 != 0) {
-		vu_set_err("backend rejected %s (REPLY_ACK status %" PRIu64 ")",
-		     req_name(req), m.p.u64);
+		vu_set_err("backend rejected %s (REPLY_ACK status %" PRIu64 ")", req_name(req),
+			   m.p.u64);
 		return -EREMOTEIO;
 	}
 	return 0;
@@ -428,8 +435,8 @@ static int open_socket(const char *path, unsigned int timeout_ms)
 	int fd, r;
 
 	if (strlen(path) >= sizeof(sa.sun_path)) {
-		vu_set_err("socket path too long (max %zu bytes): %s",
-		     sizeof(sa.sun_path) - 1, path);
+		vu_set_err("socket path too long (max %zu bytes): %s", sizeof(sa.sun_path) - 1,
+			   path);
 		return -ENAMETOOLONG;
 	}
 	memcpy(sa.sun_path, path, strlen(path) + 1);
@@ -444,8 +451,7 @@ static int open_socket(const char *path, unsigned int timeout_ms)
 			return fd;
 		r = -errno;
 		close(fd);
-		if ((r != -ENOENT && r != -ECONNREFUSED && r != -EAGAIN) ||
-		    now_ms() >= deadline) {
+		if ((r != -ENOENT && r != -ECONNREFUSED && r != -EAGAIN) || now_ms() >= deadline) {
 			vu_set_err("connect to vhost-user socket %s: %s", path, strerror(-r));
 			return r;
 		}
@@ -453,9 +459,24 @@ static int open_socket(const char *path, unsigned int timeout_ms)
 	}
 }
 
-static uint32_t rd_le32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return le32toh(v); }
-static uint16_t rd_le16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return le16toh(v); }
-static uint64_t rd_le64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return le64toh(v); }
+static uint32_t rd_le32(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, 4);
+	return le32toh(v);
+}
+static uint16_t rd_le16(const uint8_t *p)
+{
+	uint16_t v;
+	memcpy(&v, p, 2);
+	return le16toh(v);
+}
+static uint64_t rd_le64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return le64toh(v);
+}
 
 static void parse_config(struct vu_blk_config *cfg, const uint8_t *b, unsigned int len)
 {
@@ -499,7 +520,7 @@ static int get_config_locked(struct vu_client *c)
 		return r;
 	if (m.p.config.size != len || m.p.config.offset != 0) {
 		vu_set_err("GET_CONFIG reply covers offset %u size %u, asked for 0/%u",
-		     m.p.config.offset, m.p.config.size, len);
+			   m.p.config.offset, m.p.config.size, len);
 		return -EPROTO;
 	}
 	parse_config(&c->info.cfg, m.p.config.data, len);
@@ -528,13 +549,14 @@ static int handshake(struct vu_client *c)
 		return r;
 	if (!(in->offered_features & VU_BIT(VU_F_PROTOCOL_FEATURES))) {
 		vu_set_err("backend does not offer VHOST_USER_F_PROTOCOL_FEATURES "
-		     "(features 0x%" PRIx64 "); GET_CONFIG needs it",
-		     in->offered_features);
+			   "(features 0x%" PRIx64 "); GET_CONFIG needs it",
+			   in->offered_features);
 		return -ENOTSUP;
 	}
 	if (!(in->offered_features & VU_BIT(VU_F_VERSION_1))) {
 		vu_set_err("backend does not offer VIRTIO_F_VERSION_1 (features 0x%" PRIx64
-		     "); legacy devices are not supported", in->offered_features);
+			   "); legacy devices are not supported",
+			   in->offered_features);
 		return -ENOTSUP;
 	}
 	want = c->opts.want_features ? c->opts.want_features : VU_BLK_SUPPORTED_FEATURES;
@@ -546,8 +568,8 @@ static int handshake(struct vu_client *c)
 		return r;
 	if (!(in->offered_protocol & VU_BIT(VU_PROTO_F_CONFIG))) {
 		vu_set_err("backend does not offer VHOST_USER_PROTOCOL_F_CONFIG "
-		     "(protocol features 0x%" PRIx64 "); cannot read the disk size",
-		     in->offered_protocol);
+			   "(protocol features 0x%" PRIx64 "); cannot read the disk size",
+			   in->offered_protocol);
 		return -ENOTSUP;
 	}
 	v = in->offered_protocol & VU_SUPPORTED_PROTOCOL_FEATURES;
@@ -589,7 +611,7 @@ static int handshake(struct vu_client *c)
 		in->cfg.num_queues = 1;
 	if (in->cfg.blk_size < 512 || (in->cfg.blk_size & (in->cfg.blk_size - 1))) {
 		vu_set_err("backend config has blk_size %u (not a power of two >= 512)",
-		     in->cfg.blk_size);
+			   in->cfg.blk_size);
 		return -EPROTO;
 	}
 	return 0;
@@ -616,7 +638,7 @@ int vu_client_connect(const char *socket_path, const struct vu_client_opts *opts
 		c->opts.config_len = 60;
 	if (c->opts.config_len > 96) {
 		vu_set_err("config_len %u is larger than virtio_blk_config (96)",
-		     c->opts.config_len);
+			   c->opts.config_len);
 		r = -EINVAL;
 		goto fail_free;
 	}
@@ -697,20 +719,18 @@ int vu_client_start(struct vu_client *c, uint64_t mem_size)
 	}
 	if (ftruncate(c->memfd, (off_t)mem_size) < 0) {
 		r = -errno;
-		vu_set_err("ftruncate memfd to %" PRIu64 " bytes: %s", mem_size,
-		     strerror(errno));
+		vu_set_err("ftruncate memfd to %" PRIu64 " bytes: %s", mem_size, strerror(errno));
 		goto out_close;
 	}
 	/* The size is part of what the backend maps: keep it fixed. */
 	if (!c->opts.unsealed)
 		(void)fcntl(c->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
-	c->mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_SHARED,
-		      c->memfd, 0);
+	c->mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_SHARED, c->memfd, 0);
 	if (c->mem == MAP_FAILED) {
 		r = -errno;
 		c->mem = NULL;
 		vu_set_err("mmap %" PRIu64 " bytes of shared memory: %s", mem_size,
-		     strerror(errno));
+			   strerror(errno));
 		goto out_close;
 	}
 	c->mem_size = mem_size;
@@ -721,8 +741,7 @@ int vu_client_start(struct vu_client *c, uint64_t mem_size)
 	mt.regions[0].userspace_addr = (uint64_t)(uintptr_t)c->mem;
 	mt.regions[0].mmap_offset = 0;
 	r = send_set(c, VU_SET_MEM_TABLE, &mt,
-		     (uint32_t)(offsetof(struct vu_mem_table, regions) +
-				sizeof(mt.regions[0])),
+		     (uint32_t)(offsetof(struct vu_mem_table, regions) + sizeof(mt.regions[0])),
 		     &c->memfd, 1);
 	if (r < 0)
 		goto out_unmap;
@@ -750,7 +769,8 @@ int vu_client_shrink_memory(struct vu_client *c, const void *from)
 	pthread_mutex_lock(&c->lock);
 	if (!c->mem || !c->opts.unsealed || (const uint8_t *)from < c->mem ||
 	    (off = (uint64_t)((const uint8_t *)from - c->mem)) >= c->mem_size || off % page) {
-		vu_set_err("vu_client_shrink_memory: needs an unsealed region and a page inside it");
+		vu_set_err(
+			"vu_client_shrink_memory: needs an unsealed region and a page inside it");
 		r = -EINVAL;
 	} else if (ftruncate(c->memfd, (off_t)off) < 0) {
 		r = -errno;
@@ -780,10 +800,11 @@ void *vu_client_alloc(struct vu_client *c, size_t size, size_t align)
 	pthread_mutex_lock(&c->lock);
 	p = alloc_locked(c, size, align);
 	if (!p)
-		vu_set_err("shared memory exhausted: %zu bytes wanted, %" PRIu64
-		     " of %" PRIu64 " free", size,
-		     c->mem_size - (c->mem_used < c->mem_size ? c->mem_used : c->mem_size),
-		     c->mem_size);
+		vu_set_err("shared memory exhausted: %zu bytes wanted, %" PRIu64 " of %" PRIu64
+			   " free",
+			   size,
+			   c->mem_size - (c->mem_used < c->mem_size ? c->mem_used : c->mem_size),
+			   c->mem_size);
 	pthread_mutex_unlock(&c->lock);
 	return p;
 }
@@ -846,8 +867,8 @@ static void free_queue(struct vu_queue *q)
 	free(q);
 }
 
-int vu_queue_open(struct vu_client *c, unsigned int index, unsigned int size,
-		  unsigned int flags, struct vu_queue **out)
+int vu_queue_open(struct vu_client *c, unsigned int index, unsigned int size, unsigned int flags,
+		  struct vu_queue **out)
 {
 	struct ring_layout l;
 	struct vu_vring_addr addr;
@@ -859,8 +880,7 @@ int vu_queue_open(struct vu_client *c, unsigned int index, unsigned int size,
 
 	*out = NULL;
 	if (size < 2 || size > VU_MAX_QUEUE_SIZE || (size & (size - 1))) {
-		vu_set_err("queue size %u is not a power of two in 2..%u", size,
-		     VU_MAX_QUEUE_SIZE);
+		vu_set_err("queue size %u is not a power of two in 2..%u", size, VU_MAX_QUEUE_SIZE);
 		return -EINVAL;
 	}
 	q = calloc(1, sizeof(*q));
@@ -897,7 +917,7 @@ int vu_queue_open(struct vu_client *c, unsigned int index, unsigned int size,
 	}
 	if (index >= c->info.max_queues) {
 		vu_set_err("queue %u does not exist: the backend has %u queue%s", index,
-		     c->info.max_queues, c->info.max_queues == 1 ? "" : "s");
+			   c->info.max_queues, c->info.max_queues == 1 ? "" : "s");
 		r = -ERANGE;
 		goto fail;
 	}
@@ -910,7 +930,8 @@ int vu_queue_open(struct vu_client *c, unsigned int index, unsigned int size,
 	base = alloc_locked(c, l.total, 4096);
 	if (!base) {
 		vu_set_err("shared memory exhausted: queue %u of size %u needs %zu bytes, "
-		     "%" PRIu64 " free", index, size, l.total, c->mem_size - c->mem_used);
+			   "%" PRIu64 " free",
+			   index, size, l.total, c->mem_size - c->mem_used);
 		r = -ENOMEM;
 		goto fail;
 	}
@@ -977,8 +998,7 @@ fail:
 int vu_queue_close(struct vu_queue *q)
 {
 	struct vu_client *c = q->c;
-	struct vu_msg m = { .request = VU_GET_VRING_BASE,
-			    .size = sizeof(struct vu_vring_state) };
+	struct vu_msg m = { .request = VU_GET_VRING_BASE, .size = sizeof(struct vu_vring_state) };
 	int r, ret = 0;
 
 	pthread_mutex_lock(&c->lock);
@@ -992,17 +1012,16 @@ int vu_queue_close(struct vu_queue *q)
 		if (!ret)
 			ret = r;
 	} else if (m.p.state.index != q->index) {
-		vu_set_err("GET_VRING_BASE reply names queue %u, asked for %u",
-		     m.p.state.index, q->index);
+		vu_set_err("GET_VRING_BASE reply names queue %u, asked for %u", m.p.state.index,
+			   q->index);
 		ret = -EPROTO;
 	} else if (m.p.state.num != q->avail_published) {
 		vu_set_err("backend stopped queue %u at avail index %u, but %u were "
-		     "published (%u requests still in flight)", q->index,
-		     m.p.state.num, q->avail_published, q->inflight);
+			   "published (%u requests still in flight)",
+			   q->index, m.p.state.num, q->avail_published, q->inflight);
 		ret = -EPROTO;
 	} else if (q->inflight) {
-		vu_set_err("queue %u closed with %u requests in flight", q->index,
-		     q->inflight);
+		vu_set_err("queue %u closed with %u requests in flight", q->index, q->inflight);
 		ret = -EBUSY;
 	}
 	c->queue_busy[q->index] = 0;

@@ -12,9 +12,18 @@
 #include <string.h>
 #include <unistd.h>
 
-unsigned int vu_queue_inflight(const struct vu_queue *q) { return q->inflight; }
-unsigned int vu_queue_index(const struct vu_queue *q) { return q->index; }
-unsigned int vu_queue_room(const struct vu_queue *q) { return q->nfree / 3; }
+unsigned int vu_queue_inflight(const struct vu_queue *q)
+{
+	return q->inflight;
+}
+unsigned int vu_queue_index(const struct vu_queue *q)
+{
+	return q->index;
+}
+unsigned int vu_queue_room(const struct vu_queue *q)
+{
+	return q->nfree / 3;
+}
 
 void vu_queue_get_stats(const struct vu_queue *q, struct vu_queue_stats *st)
 {
@@ -32,8 +41,7 @@ static uint16_t desc_alloc(struct vu_queue *q)
 	return d;
 }
 
-static void desc_set(struct vu_queue *q, uint16_t d, uint64_t gpa, uint32_t len,
-		     uint16_t flags)
+static void desc_set(struct vu_queue *q, uint16_t d, uint64_t gpa, uint32_t len, uint16_t flags)
 {
 	q->desc[d].addr = htole64(gpa);
 	q->desc[d].len = htole32(len);
@@ -55,8 +63,10 @@ static int check_req(struct vu_queue *q, const struct vu_blk_req *rq)
 			return -EROFS;
 		}
 		if (!vu_client_mem_contains(q->c, rq->buf, rq->len)) {
-			vu_queue_set_err(q, "I/O buffer %p+%" PRIu64 " is not inside the shared "
-			     "memory", rq->buf, rq->len);
+			vu_queue_set_err(q,
+					 "I/O buffer %p+%" PRIu64 " is not inside the shared "
+					 "memory",
+					 rq->buf, rq->len);
 			return -EINVAL;
 		}
 		break;
@@ -75,9 +85,11 @@ static int check_req(struct vu_queue *q, const struct vu_blk_req *rq)
 		}
 		if (in->cfg.max_discard_sectors &&
 		    rq->len / VU_SECTOR > in->cfg.max_discard_sectors) {
-			vu_queue_set_err(q, "discard of %" PRIu64 " sectors exceeds "
-			     "max_discard_sectors %u", (uint64_t)(rq->len / VU_SECTOR),
-			     in->cfg.max_discard_sectors);
+			vu_queue_set_err(q,
+					 "discard of %" PRIu64 " sectors exceeds "
+					 "max_discard_sectors %u",
+					 (uint64_t)(rq->len / VU_SECTOR),
+					 in->cfg.max_discard_sectors);
 			return -EINVAL;
 		}
 		break;
@@ -88,9 +100,11 @@ static int check_req(struct vu_queue *q, const struct vu_blk_req *rq)
 		}
 		if (in->cfg.max_write_zeroes_sectors &&
 		    rq->len / VU_SECTOR > in->cfg.max_write_zeroes_sectors) {
-			vu_queue_set_err(q, "write-zeroes of %" PRIu64 " sectors exceeds "
-			     "max_write_zeroes_sectors %u", (uint64_t)(rq->len / VU_SECTOR),
-			     in->cfg.max_write_zeroes_sectors);
+			vu_queue_set_err(q,
+					 "write-zeroes of %" PRIu64 " sectors exceeds "
+					 "max_write_zeroes_sectors %u",
+					 (uint64_t)(rq->len / VU_SECTOR),
+					 in->cfg.max_write_zeroes_sectors);
 			return -EINVAL;
 		}
 		break;
@@ -99,13 +113,17 @@ static int check_req(struct vu_queue *q, const struct vu_blk_req *rq)
 		return -EINVAL;
 	}
 	if (rq->len == 0 || rq->len % VU_SECTOR || rq->offset % VU_SECTOR) {
-		vu_queue_set_err(q, "offset %" PRIu64 " / length %" PRIu64 " not multiples of "
-		     "512 bytes (or length 0)", rq->offset, rq->len);
+		vu_queue_set_err(q,
+				 "offset %" PRIu64 " / length %" PRIu64 " not multiples of "
+				 "512 bytes (or length 0)",
+				 rq->offset, rq->len);
 		return -EINVAL;
 	}
 	if (rq->offset > cap || rq->len > cap - rq->offset) {
-		vu_queue_set_err(q, "range %" PRIu64 "+%" PRIu64 " is beyond the capacity "
-		     "(%" PRIu64 " bytes)", rq->offset, rq->len, cap);
+		vu_queue_set_err(q,
+				 "range %" PRIu64 "+%" PRIu64 " is beyond the capacity "
+				 "(%" PRIu64 " bytes)",
+				 rq->offset, rq->len, cap);
 		return -EINVAL;
 	}
 	if ((rq->op == VU_BLK_DISCARD || rq->op == VU_BLK_WRITE_ZEROES) &&
@@ -163,10 +181,11 @@ int vu_queue_submit(struct vu_queue *q, const struct vu_blk_req *rq)
 		return -EINVAL;
 	}
 	if (nseg > q->max_data_segs) {
-		vu_queue_set_err(q, "request of %" PRIu64 " bytes needs %" PRIu64 " data "
-		     "descriptors of at most %" PRIu64 " bytes; the limit is %u "
-		     "(seg_max / queue size)", rq->len, nseg, q->seg_limit,
-		     q->max_data_segs);
+		vu_queue_set_err(q,
+				 "request of %" PRIu64 " bytes needs %" PRIu64 " data "
+				 "descriptors of at most %" PRIu64 " bytes; the limit is %u "
+				 "(seg_max / queue size)",
+				 rq->len, nseg, q->seg_limit, q->max_data_segs);
 		return -EINVAL;
 	}
 	if (q->nfree < nseg + 2)
@@ -177,8 +196,8 @@ int vu_queue_submit(struct vu_queue *q, const struct vu_blk_req *rq)
 	t = &q->track[head];
 	s->hdr.type = htole32(type);
 	s->hdr.ioprio = 0;
-	s->hdr.sector = htole64(rq->op == VU_BLK_FLUSH || rq->op == VU_BLK_GET_ID
-				? 0 : rq->offset / VU_SECTOR);
+	s->hdr.sector = htole64(
+		rq->op == VU_BLK_FLUSH || rq->op == VU_BLK_GET_ID ? 0 : rq->offset / VU_SECTOR);
 	s->status = VU_STATUS_SENTINEL;
 	desc_set(q, head, to_gpa(q->c, &s->hdr), sizeof(s->hdr), VRING_DESC_F_NEXT);
 	prev = head;
@@ -191,8 +210,7 @@ int vu_queue_submit(struct vu_queue *q, const struct vu_blk_req *rq)
 			if (left > q->seg_limit)
 				left = q->seg_limit;
 			d = desc_alloc(q);
-			desc_set(q, d, to_gpa(q->c, (uint8_t *)rq->buf + done),
-				 (uint32_t)left,
+			desc_set(q, d, to_gpa(q->c, (uint8_t *)rq->buf + done), (uint32_t)left,
 				 VRING_DESC_F_NEXT | (data_write ? VRING_DESC_F_WRITE : 0));
 			q->desc[prev].next = htole16(d);
 			q->next_free[prev] = d;
@@ -215,8 +233,8 @@ int vu_queue_submit(struct vu_queue *q, const struct vu_blk_req *rq)
 	case VU_BLK_WRITE_ZEROES:
 		s->seg.sector = htole64(rq->offset / VU_SECTOR);
 		s->seg.num_sectors = htole32((uint32_t)(rq->len / VU_SECTOR));
-		s->seg.flags = htole32(rq->op == VU_BLK_WRITE_ZEROES &&
-				       (rq->flags & VU_REQ_UNMAP) ? 1 : 0);
+		s->seg.flags = htole32(
+			rq->op == VU_BLK_WRITE_ZEROES && (rq->flags & VU_REQ_UNMAP) ? 1 : 0);
 		d = desc_alloc(q);
 		desc_set(q, d, to_gpa(q->c, &s->seg), sizeof(s->seg), VRING_DESC_F_NEXT);
 		q->desc[prev].next = htole16(d);
@@ -313,29 +331,33 @@ int vu_queue_reap(struct vu_queue *q, struct vu_blk_cpl *cpl, unsigned int max)
 	idx = le16toh(__atomic_load_n(used_idx(q), __ATOMIC_ACQUIRE));
 	pending = (uint16_t)(idx - q->last_used);
 	if (pending > q->inflight) {
-		vu_queue_set_err(q, "backend moved used->idx from %u to %u (%u entries), but "
-		     "only %u requests are in flight", q->last_used, idx, pending,
-		     q->inflight);
+		vu_queue_set_err(q,
+				 "backend moved used->idx from %u to %u (%u entries), but "
+				 "only %u requests are in flight",
+				 q->last_used, idx, pending, q->inflight);
 		return broken(q);
 	}
 	while (n < max && q->last_used != idx) {
-		volatile struct vring_used_elem *e =
-			used_elem(q, q->last_used & (q->num - 1));
+		volatile struct vring_used_elem *e = used_elem(q, q->last_used & (q->num - 1));
 		uint32_t id = le32toh(e->id), len = le32toh(e->len);
 		struct vu_track *t;
 		struct vu_blk_cpl *o = &cpl[n];
 		uint8_t status;
 
 		if (id >= q->num || !q->track[id].inflight) {
-			vu_queue_set_err(q, "backend completed descriptor id %u (used ring slot "
-			     "%u), which is %s", id, q->last_used,
-			     id >= q->num ? "out of range" : "not in flight");
+			vu_queue_set_err(q,
+					 "backend completed descriptor id %u (used ring slot "
+					 "%u), which is %s",
+					 id, q->last_used,
+					 id >= q->num ? "out of range" : "not in flight");
 			return broken(q);
 		}
 		t = &q->track[id];
 		if (len > t->in_bytes) {
-			vu_queue_set_err(q, "backend reports %u bytes written for request %u, "
-			     "but it only had %u writable bytes", len, id, t->in_bytes);
+			vu_queue_set_err(q,
+					 "backend reports %u bytes written for request %u, "
+					 "but it only had %u writable bytes",
+					 len, id, t->in_bytes);
 			return broken(q);
 		}
 		if (len != t->in_bytes)
@@ -357,13 +379,15 @@ int vu_queue_reap(struct vu_queue *q, struct vu_blk_cpl *cpl, unsigned int max)
 			o->result = -EOPNOTSUPP;
 			break;
 		case VU_STATUS_SENTINEL:
-			vu_queue_set_err(q, "backend completed request %u without writing its "
-			     "status byte", id);
+			vu_queue_set_err(q,
+					 "backend completed request %u without writing its "
+					 "status byte",
+					 id);
 			o->result = -EPROTO;
 			break;
 		default:
 			vu_queue_set_err(q, "backend returned invalid status %u for request %u",
-			     status, id);
+					 status, id);
 			o->result = -EPROTO;
 			break;
 		}
@@ -403,7 +427,7 @@ static int check_conn(struct vu_queue *q, short revents)
 {
 	if (revents & (POLLHUP | POLLERR | POLLNVAL)) {
 		vu_queue_set_err(q, "backend closed the connection with %u requests in flight",
-		     q->inflight);
+				 q->inflight);
 		q->broken = true;
 		return -EPIPE;
 	}
@@ -478,7 +502,9 @@ int vu_queue_wait(struct vu_queue *q, int timeout_ms)
 	return 0;
 
 timeout:
-	vu_queue_set_err(q, "no completion from the backend within %d ms (%u requests in "
-	     "flight)", timeout_ms, q->inflight);
+	vu_queue_set_err(q,
+			 "no completion from the backend within %d ms (%u requests in "
+			 "flight)",
+			 timeout_ms, q->inflight);
 	return -ETIMEDOUT;
 }

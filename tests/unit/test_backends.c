@@ -20,7 +20,8 @@ static void on_done(struct gw_io *io)
 }
 
 /* Submit through the checked layer and wait; returns io->result. */
-static int run(struct gw_export *e, uint8_t op, uint32_t flags, uint64_t off, void *buf, uint64_t len)
+static int run(struct gw_export *e, uint8_t op, uint32_t flags, uint64_t off, void *buf,
+	       uint64_t len)
 {
 	struct iovec iov = { buf, len };
 	struct gw_io io;
@@ -61,7 +62,9 @@ static int extents(struct gw_export *e, uint64_t off, uint64_t len, struct gw_ex
 
 static void test_memory(void)
 {
-	struct { uint64_t size; } mo = { (1ull << 30) + 1000 };
+	struct {
+		uint64_t size;
+	} mo = { (1ull << 30) + 1000 };
 	struct gw_backend *b = open_backend("memory", &mo);
 	struct gw_export *e = gw_export_new("m", b, false, 0);
 	uint8_t *buf = malloc(1 << 20), *rd = malloc(1 << 20);
@@ -79,9 +82,15 @@ static void test_memory(void)
 	/* A read of never-written space, hole allowed: reported, buffer untouched. */
 	memset(&io, 0, sizeof(io));
 	memset(rd, 7, 8192);
-	io.op = GW_OP_READ; io.flags = GW_IO_HOLE_OK; io.offset = 1 << 29; io.len = 8192;
-	io.iov = &iov; io.iovcnt = 1; io.done = on_done;
-	CHECK(gw_export_submit(e, &q, &io) == 1 && io.result == 0 && (io.rflags & GW_IO_R_HOLE) && rd[0] == 7);
+	io.op = GW_OP_READ;
+	io.flags = GW_IO_HOLE_OK;
+	io.offset = 1 << 29;
+	io.len = 8192;
+	io.iov = &iov;
+	io.iovcnt = 1;
+	io.done = on_done;
+	CHECK(gw_export_submit(e, &q, &io) == 1 && io.result == 0 && (io.rflags & GW_IO_R_HOLE) &&
+	      rd[0] == 7);
 	/* Without HOLE_OK the same range is zero-filled. */
 	CHECK(run(e, GW_OP_READ, 0, 1 << 29, rd, 8192) == 0 && rd[0] == 0 && rd[8191] == 0);
 	/* The tail past the last whole page. */
@@ -93,7 +102,8 @@ static void test_memory(void)
 	CHECK(v[1].len == 8192 && v[1].flags == 0);
 	CHECK(v[2].len == (1 << 20) - 49152);
 	CHECK(extents(e, 4096 * 10 + 1, 10, v, 16) == 1 && v[0].flags == 0 && v[0].len == 10);
-	CHECK(extents(e, (1ull << 30) - 4096, 4096 + 1000, v, 16) == 2 && v[1].flags == 0 && v[1].len == 1000);
+	CHECK(extents(e, (1ull << 30) - 4096, 4096 + 1000, v, 16) == 2 && v[1].flags == 0 &&
+	      v[1].len == 1000);
 	/* Trim frees whole pages and zeroes partial ones. */
 	CHECK(run(e, GW_OP_TRIM, 0, 4096 * 10 + 200, NULL, 4096 * 2) == 0);
 	CHECK(run(e, GW_OP_READ, 0, 4096 * 10, rd, 12288) == 0);
@@ -113,11 +123,17 @@ static void test_memory(void)
 	CHECK(extents(e, 100 << 12, 16 << 12, v, 4) == 4);
 	/* Borrowed reads: no copy, the data where the image keeps it. */
 	memset(&io, 0, sizeof(io));
-	io.op = GW_OP_READ; io.flags = GW_IO_BORROW; io.offset = 100 << 12; io.len = 4096;
+	io.op = GW_OP_READ;
+	io.flags = GW_IO_BORROW;
+	io.offset = 100 << 12;
+	io.len = 4096;
 	io.done = on_done;
 	CHECK(gw_export_submit(e, &q, &io) == 1 && io.result == 0 && (io.rflags & GW_IO_R_REF) &&
-	      io.ref && ((const uint8_t *)io.ref)[0] == 0x5a && ((const uint8_t *)io.ref)[4095] == 0x5a);
-	io.flags = GW_IO_BORROW | GW_IO_HOLE_OK; io.offset = 1 << 29; io.len = 8192;
+	      io.ref && ((const uint8_t *)io.ref)[0] == 0x5a &&
+	      ((const uint8_t *)io.ref)[4095] == 0x5a);
+	io.flags = GW_IO_BORROW | GW_IO_HOLE_OK;
+	io.offset = 1 << 29;
+	io.len = 8192;
 	CHECK(gw_export_submit(e, &q, &io) == 1 && io.result == 0 && (io.rflags & GW_IO_R_HOLE) &&
 	      !(io.rflags & GW_IO_R_REF));
 	gw_export_stats(e, &t);
@@ -131,7 +147,9 @@ static void test_memory(void)
 /* A 64 TiB RAM disk costs nothing until written, and its extents stay exact. */
 static void test_memory_huge(void)
 {
-	struct { uint64_t size; } mo = { 64ull << 40 };
+	struct {
+		uint64_t size;
+	} mo = { 64ull << 40 };
 	struct gw_backend *b = open_backend("memory", &mo);
 	struct gw_export *e = b ? gw_export_new("h", b, false, 0) : NULL;
 	uint8_t buf[8192];
@@ -141,28 +159,34 @@ static void test_memory_huge(void)
 	CHECK(e != NULL);
 	if (!e)
 		return;
-	CHECK(extents(e, 0, 64ull << 40, v, 8) == 1 && v[0].len == 64ull << 40 && v[0].flags == (GW_EXT_HOLE | GW_EXT_ZERO));
+	CHECK(extents(e, 0, 64ull << 40, v, 8) == 1 && v[0].len == 64ull << 40 &&
+	      v[0].flags == (GW_EXT_HOLE | GW_EXT_ZERO));
 	memset(buf, 0xee, sizeof(buf));
 	CHECK(run(e, GW_OP_WRITE, 0, (64ull << 40) - 8192, buf, 8192) == 0);
 	CHECK(run(e, GW_OP_WRITE, 0, 1ull << 40, buf, 4096) == 0);
 	CHECK(extents(e, 0, 64ull << 40, v, 8) == 4);
-	CHECK(v[0].len == 1ull << 40 && v[1].len == 4096 && v[1].flags == 0 && v[3].len == 8192 && v[3].flags == 0);
+	CHECK(v[0].len == 1ull << 40 && v[1].len == 4096 && v[1].flags == 0 && v[3].len == 8192 &&
+	      v[3].flags == 0);
 	b->ops->describe(b, desc, sizeof(desc));
 	CHECK(strstr(desc, "(12 KiB written)") != NULL);
 	CHECK(run(e, GW_OP_TRIM, 0, (64ull << 40) - 8192, NULL, 8192) == 0);
 	b->ops->describe(b, desc, sizeof(desc));
 	CHECK(strstr(desc, "(4 KiB written)") != NULL);
 	memset(buf, 1, sizeof(buf));
-	CHECK(run(e, GW_OP_READ, 0, (64ull << 40) - 8192, buf, 8192) == 0 && buf[0] == 0 && buf[8191] == 0);
+	CHECK(run(e, GW_OP_READ, 0, (64ull << 40) - 8192, buf, 8192) == 0 && buf[0] == 0 &&
+	      buf[8191] == 0);
 	gw_export_free(e);
 	gw_backend_close(b);
 }
 
 static void test_checked_layer(void)
 {
-	struct { uint64_t size; } mo = { 16 << 20 };
+	struct {
+		uint64_t size;
+	} mo = { 16 << 20 };
 	struct gw_backend *b = open_backend("memory", &mo);
-	struct gw_export *e = gw_export_new("c", b, false, 4096), *ro = gw_export_new("r", b, true, 0);
+	struct gw_export *e = gw_export_new("c", b, false, 4096),
+			 *ro = gw_export_new("r", b, true, 0);
 	struct gw_backend *n = open_backend("null", &mo);
 	struct gw_export *ne = gw_export_new("n", n, false, 0);
 	uint8_t *buf = calloc(1, 33 << 20);
@@ -170,20 +194,20 @@ static void test_checked_layer(void)
 	struct gw_extent v[4];
 
 	CHECK(e->min_block == 4096 && e->max_xfer == 32u << 20);
-	CHECK(run(e, GW_OP_READ, 0, 512, buf, 4096) == -EINVAL);      /* misaligned offset */
-	CHECK(run(e, GW_OP_READ, 0, 0, buf, 512) == -EINVAL);         /* misaligned length */
+	CHECK(run(e, GW_OP_READ, 0, 512, buf, 4096) == -EINVAL); /* misaligned offset */
+	CHECK(run(e, GW_OP_READ, 0, 0, buf, 512) == -EINVAL);    /* misaligned length */
 	CHECK(run(e, GW_OP_WRITE, 0, 4096, buf, 100) == -EINVAL);
 	CHECK(run(e, GW_OP_TRIM, 0, 100, NULL, 4096) == -EINVAL);
-	CHECK(run(e, GW_OP_READ, 0, 16 << 20, buf, 4096) == -EINVAL);  /* past the end */
+	CHECK(run(e, GW_OP_READ, 0, 16 << 20, buf, 4096) == -EINVAL); /* past the end */
 	CHECK(run(e, GW_OP_WRITE, 0, 16 << 20, buf, 4096) == -ENOSPC);
 	CHECK(run(e, GW_OP_WRITE_ZEROES, 0, (16 << 20) - 4096, NULL, 8192) == -ENOSPC);
 	CHECK(run(e, GW_OP_TRIM, 0, 16 << 20, NULL, 4096) == -EINVAL);
 	CHECK(run(e, GW_OP_READ, 0, UINT64_MAX - 4095, buf, 4096) == -EINVAL); /* wraps */
-	CHECK(run(e, GW_OP_READ, 0, 0, buf, 33 << 20) == -EINVAL);     /* > max_xfer */
-	CHECK(run(e, GW_OP_READ, GW_IO_FUA, 0, buf, 4096) == -EINVAL);  /* flag not for reads */
+	CHECK(run(e, GW_OP_READ, 0, 0, buf, 33 << 20) == -EINVAL);             /* > max_xfer */
+	CHECK(run(e, GW_OP_READ, GW_IO_FUA, 0, buf, 4096) == -EINVAL); /* flag not for reads */
 	CHECK(run(e, GW_OP_WRITE, GW_IO_NO_UNMAP, 0, buf, 4096) == -EINVAL);
 	CHECK(run(e, GW_OP__COUNT, 0, 0, NULL, 0) == -EINVAL);
-	CHECK(run(e, GW_OP_READ, 0, 0, buf, 0) == 0);                 /* zero length: nothing to do */
+	CHECK(run(e, GW_OP_READ, 0, 0, buf, 0) == 0); /* zero length: nothing to do */
 	CHECK(run(e, GW_OP_WRITE, GW_IO_FUA, 4096, buf, 4096) == 0);
 	CHECK(run(e, GW_OP_FLUSH, 0, 0, NULL, 0) == 0);
 	CHECK(run(ro, GW_OP_WRITE, 0, 0, buf, 4096) == -EPERM);
@@ -202,15 +226,20 @@ static void test_checked_layer(void)
 		struct gw_io io;
 
 		memset(&io, 0, sizeof(io));
-		io.op = GW_OP_READ; io.flags = GW_IO_BORROW; io.len = 4096; io.done = on_done;
+		io.op = GW_OP_READ;
+		io.flags = GW_IO_BORROW;
+		io.len = 4096;
+		io.done = on_done;
 		CHECK(gw_export_submit(ne, &q, &io) == 1 && io.result == -EINVAL);
-		CHECK(gw_export_submit(e, &q, &io) == 1 && io.result == 0 && (io.rflags & GW_IO_R_REF));
+		CHECK(gw_export_submit(e, &q, &io) == 1 && io.result == 0 &&
+		      (io.rflags & GW_IO_R_REF));
 	}
 	/* null: zeros, holes everywhere, writes vanish. */
 	memset(buf, 9, 8192);
 	CHECK(run(ne, GW_OP_WRITE, 0, 0, buf, 8192) == 0);
 	CHECK(run(ne, GW_OP_READ, 0, 0, buf, 8192) == 0 && buf[0] == 0 && buf[8191] == 0);
-	CHECK(extents(ne, 0, 16 << 20, v, 4) == 1 && v[0].len == 16 << 20 && v[0].flags == (GW_EXT_HOLE | GW_EXT_ZERO));
+	CHECK(extents(ne, 0, 16 << 20, v, 4) == 1 && v[0].len == 16 << 20 &&
+	      v[0].flags == (GW_EXT_HOLE | GW_EXT_ZERO));
 	gw_export_free(e);
 	gw_export_free(ro);
 	gw_export_free(ne);
@@ -223,7 +252,11 @@ static void test_file(bool direct)
 {
 	char path[] = "/tmp/blkgw-unit-XXXXXX";
 	int fd = mkstemp(path);
-	struct { char *path; bool direct; uint64_t size; } fo = { path, direct, 0 };
+	struct {
+		char *path;
+		bool direct;
+		uint64_t size;
+	} fo = { path, direct, 0 };
 	struct gw_backend *b;
 	struct gw_export *e;
 	uint8_t *buf = NULL, *rd = NULL;
@@ -241,24 +274,28 @@ static void test_file(bool direct)
 	e = gw_export_new("f", b, false, 0);
 	CHECK(b->size == 8 << 20 && (b->caps & GW_CAP_EXTENTS));
 	CHECK(direct ? b->min_block >= 512 : b->min_block == 1);
-	if (posix_memalign((void **)&buf, 4096, 1 << 20) || posix_memalign((void **)&rd, 4096, (1 << 20) + 4096))
+	if (posix_memalign((void **)&buf, 4096, 1 << 20) ||
+	    posix_memalign((void **)&rd, 4096, (1 << 20) + 4096))
 		abort();
 	memset(buf, 0xc3, 1 << 20);
 	CHECK(run(e, GW_OP_WRITE, 0, 1 << 20, buf, 1 << 20) == 0);
 	CHECK(run(e, GW_OP_WRITE, GW_IO_FUA, 3 << 20, buf, 65536) == 0);
 	/* Misaligned memory on an O_DIRECT file goes through a bounce buffer. */
-	CHECK(run(e, GW_OP_READ, 0, 1 << 20, rd + 1, 65536) == 0 && rd[1] == 0xc3 && rd[65536] == 0xc3);
+	CHECK(run(e, GW_OP_READ, 0, 1 << 20, rd + 1, 65536) == 0 && rd[1] == 0xc3 &&
+	      rd[65536] == 0xc3);
 	CHECK(run(e, GW_OP_WRITE, 0, 5 << 20, rd + 1, 4096) == 0);
 	CHECK(run(e, GW_OP_FLUSH, 0, 0, NULL, 0) == 0);
 	CHECK(extents(e, 0, 8 << 20, v, 8) >= 4);
 	CHECK(v[0].flags == (GW_EXT_HOLE | GW_EXT_ZERO) && v[0].len == 1 << 20 && v[1].flags == 0);
 	/* Zero with unmap punches; without, keeps it allocated; both read back zero. */
 	CHECK(run(e, GW_OP_WRITE_ZEROES, 0, 1 << 20, NULL, 1 << 19) == 0);
-	CHECK(run(e, GW_OP_WRITE_ZEROES, GW_IO_NO_UNMAP | GW_IO_FUA, (1 << 20) + (1 << 19), NULL, 1 << 19) == 0);
-	CHECK(run(e, GW_OP_READ, 0, 1 << 20, rd, 1 << 20) == 0 && rd[0] == 0 && rd[(1 << 20) - 1] == 0);
+	CHECK(run(e, GW_OP_WRITE_ZEROES, GW_IO_NO_UNMAP | GW_IO_FUA, (1 << 20) + (1 << 19), NULL,
+		  1 << 19) == 0);
+	CHECK(run(e, GW_OP_READ, 0, 1 << 20, rd, 1 << 20) == 0 && rd[0] == 0 &&
+	      rd[(1 << 20) - 1] == 0);
 	/* The punched half is a hole (ZERO_RANGE's unwritten extents may report as holes too). */
-	CHECK(extents(e, 1 << 20, 1 << 20, v, 8) >= 1 && v[0].flags == (GW_EXT_HOLE | GW_EXT_ZERO) &&
-	      v[0].len >= 1 << 19);
+	CHECK(extents(e, 1 << 20, 1 << 20, v, 8) >= 1 &&
+	      v[0].flags == (GW_EXT_HOLE | GW_EXT_ZERO) && v[0].len >= 1 << 19);
 	CHECK(run(e, GW_OP_TRIM, 0, 3 << 20, NULL, 65536) == 0);
 	CHECK(run(e, GW_OP_CACHE, 0, 0, NULL, 1 << 20) == 0);
 	CHECK(run(e, GW_OP_WRITE_ZEROES, GW_IO_FAST_ZERO, 0, NULL, 4096) == 0);

@@ -15,7 +15,8 @@ struct model {
 	uint64_t gap_off, gap_on;
 };
 
-static uint64_t run(struct gw_coalesce *c, const struct model *m, uint64_t *t, uint64_t until, uint64_t *on_time)
+static uint64_t run(struct gw_coalesce *c, const struct model *m, uint64_t *t, uint64_t until,
+		    uint64_t *on_time)
 {
 	uint64_t win = 0;
 
@@ -137,7 +138,8 @@ int main(void)
 		CHECK(run(&c, &shallow, &t, 2000 * MS, &on) == 0);
 		CHECK(on < 200 * MS); /* only the probing epochs */
 	}
-	/* Losing probes back off: over 20 s of a shallow load, less than 1% of the time is spent waiting. */
+	/* Losing probes back off: over 20 s of a shallow load, less than 1% of the time is spent
+	 * waiting. */
 	{
 		struct model shallow = { 2, 4, 17000, 40000 };
 
@@ -170,7 +172,8 @@ int main(void)
 		CHECK_EQ_U64(seen[3], 32000);
 		CHECK_EQ_U64(seen[4], 50000);
 		CHECK_EQ_U64(seen[7], 50000);
-		/* One slow arrival closes it; a gap of exactly the reach still counts as in time. */
+		/* One slow arrival closes it; a gap of exactly the reach still counts as in time.
+		 */
 		CHECK_EQ_U64(gw_poll_window_next(50000, 50001, 50000, 50000), 0);
 		CHECK_EQ_U64(gw_poll_window_next(0, 50000, 50000, 50000), 4000);
 		/* A longer reach (the gap includes a wake-up) keeps growing, never past the cap. */
@@ -194,7 +197,8 @@ int main(void)
 		CHECK_EQ_U64(o.held, 0);
 		CHECK_EQ_U64(o.signals, o.reqs);
 	}
-	/* A slow driver posting every 20 us (an emulated guest at QD32): held, one signal per many. */
+	/* A slow driver posting every 20 us (an emulated guest at QD32): held, one signal per many.
+	 */
 	{
 		struct gw_hold h;
 		struct driver tcg = { false, 20000, 0, 0 };
@@ -232,7 +236,8 @@ int main(void)
 		/* A probe costs the quiet gap, once in 32 requests. */
 		CHECK(o.delay_ns <= o.held * 40000);
 	}
-	/* Fast drivers (a host client, QD1 and QD32) are never held: their pace is under quiet/4. */
+	/* Fast drivers (a host client, QD1 and QD32) are never held: their pace is under quiet/4.
+	 */
 	{
 		struct gw_hold h;
 		struct driver qd1 = { true, 0, 2000, 1 }, qd32 = { false, 300, 0, 0 };

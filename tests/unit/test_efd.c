@@ -129,7 +129,8 @@ static void test_stray_sigurg(void)
 	int p[2];
 
 	/* The handler is there (SIGURG's default action would make this test vacuous). */
-	CHECK(sigaction(SIGURG, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN);
+	CHECK(sigaction(SIGURG, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL &&
+	      sa.sa_handler != SIG_IGN);
 	CHECK(pipe(p) == 0);
 	b.fd = p[0];
 	CHECK(pthread_create(&th, NULL, reader, &b) == 0);
@@ -150,7 +151,8 @@ int main(void)
 	struct iovec iov = { &v, sizeof(v) };
 	int e = eventfd(0, 0);
 
-	/* Kernels before 5.12 cannot read an eventfd with RWF_NOWAIT: what gw_efd_take relies on. */
+	/* Kernels before 5.12 cannot read an eventfd with RWF_NOWAIT: what gw_efd_take relies on.
+	 */
 	if (preadv2(e, &iov, 1, -1, RWF_NOWAIT) < 0 && errno == EOPNOTSUPP) {
 		printf("SKIP: this kernel cannot read an eventfd with RWF_NOWAIT (before 5.12)\n");
 		return 77;

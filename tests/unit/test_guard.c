@@ -98,9 +98,9 @@ static void test_fault_repaired(void)
 	/* The owner keeps the first 16 KiB; we read at 32 KiB. */
 	CHECK(ftruncate(fd, 16 * 1024) == 0);
 	v = p;
-	CHECK_EQ_U64(v[32 * 1024], 0);     /* would have been SIGBUS: zeros now */
+	CHECK_EQ_U64(v[32 * 1024], 0); /* would have been SIGBUS: zeros now */
 	CHECK_EQ_U64(gw_guard_faults(), f0 + 1);
-	v[40 * 1024] = 7;                   /* writes land in private memory */
+	v[40 * 1024] = 7; /* writes land in private memory */
 	CHECK_EQ_U64(v[40 * 1024], 7);
 	CHECK_EQ_U64(gw_guard_faults(), f0 + 1); /* that page was repaired already */
 	/* Before the faulting page the mapping is still the file's. */
@@ -274,7 +274,8 @@ static int test_hugetlb(void)
 			raised = false;
 	}
 	fd = memfd_create("test-guard-huge", MFD_CLOEXEC | MFD_HUGETLB | MFD_ALLOW_SEALING);
-	if (fd < 0 || read_long("/proc/meminfo", "HugePages_Free:") < 2 || ftruncate(fd, 2 * H) < 0) {
+	if (fd < 0 || read_long("/proc/meminfo", "HugePages_Free:") < 2 ||
+	    ftruncate(fd, 2 * H) < 0) {
 		printf("SKIP: no two 2 MiB huge pages for a hugetlb memfd (%s; needs root to reserve them)\n",
 		       fd < 0 ? strerror(errno) : "none free");
 		return 77;
@@ -283,7 +284,8 @@ static int test_hugetlb(void)
 	CHECK(p != MAP_FAILED);
 	memset(p, 0x5a, 2 * H);
 	CHECK(gw_guard_needed(fd));
-	sealed = memfd_create("test-guard-huge-sealed", MFD_CLOEXEC | MFD_HUGETLB | MFD_ALLOW_SEALING);
+	sealed = memfd_create("test-guard-huge-sealed",
+			      MFD_CLOEXEC | MFD_HUGETLB | MFD_ALLOW_SEALING);
 	CHECK(sealed >= 0 && fcntl(sealed, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0);
 	CHECK(gw_guard_needed(sealed)); /* holes can still be punched */
 
@@ -291,9 +293,9 @@ static int test_hugetlb(void)
 	CHECK(slot >= 0);
 	CHECK(ftruncate(fd, H) == 0);
 	v = p;
-	CHECK_EQ_U64(v[H + 4096 * 3], 0);   /* repaired from its huge page on */
-	CHECK_EQ_U64(v[2 * H - 1], 0);      /* in the rounded-up tail too */
-	CHECK_EQ_U64(v[0], 0x5a);           /* the first huge page is still the file's */
+	CHECK_EQ_U64(v[H + 4096 * 3], 0); /* repaired from its huge page on */
+	CHECK_EQ_U64(v[2 * H - 1], 0);    /* in the rounded-up tail too */
+	CHECK_EQ_U64(v[0], 0x5a);         /* the first huge page is still the file's */
 	CHECK_EQ_U64(v[H - 1], 0x5a);
 	gw_guard_dispatch();
 	CHECK_EQ_U64(s.calls, 1);

@@ -19,8 +19,17 @@ struct o {
 static const char *const words[] = { "one", "two", NULL };
 static const struct gw_opt_desc table[] = {
 	{ .key = "path", .type = GW_OPT_PATH, .offset = offsetof(struct o, path) },
-	{ .key = "n", .type = GW_OPT_U32, .offset = offsetof(struct o, n), .min = 1, .max = 8, .def = 3 },
-	{ .key = "size", .type = GW_OPT_SIZE, .offset = offsetof(struct o, size), .min = 512, .def = 4096 },
+	{ .key = "n",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct o, n),
+	  .min = 1,
+	  .max = 8,
+	  .def = 3 },
+	{ .key = "size",
+	  .type = GW_OPT_SIZE,
+	  .offset = offsetof(struct o, size),
+	  .min = 512,
+	  .def = 4096 },
 	{ .key = "mode", .type = GW_OPT_MODE, .offset = offsetof(struct o, mode), .def = 0600 },
 	{ .key = "flag", .type = GW_OPT_BOOL, .offset = offsetof(struct o, flag), .def = 1 },
 	{ .key = "addr", .type = GW_OPT_HOSTPORT, .offset = offsetof(struct o, addr) },
@@ -65,12 +74,16 @@ int main(void)
 	CHECK(gw_parse_bool("off", &b) == 0 && !b);
 	CHECK(gw_parse_bool("maybe", &b) == -EINVAL);
 
-	CHECK(gw_split_hostport("127.0.0.1:10809", &h, &p) == 0 && !strcmp(h, "127.0.0.1") && !strcmp(p, "10809"));
-	free(h); free(p);
+	CHECK(gw_split_hostport("127.0.0.1:10809", &h, &p) == 0 && !strcmp(h, "127.0.0.1") &&
+	      !strcmp(p, "10809"));
+	free(h);
+	free(p);
 	CHECK(gw_split_hostport("[::1]:80", &h, &p) == 0 && !strcmp(h, "::1") && !strcmp(p, "80"));
-	free(h); free(p);
+	free(h);
+	free(p);
 	CHECK(gw_split_hostport("localhost:65535", &h, &p) == 0);
-	free(h); free(p);
+	free(h);
+	free(p);
 	CHECK(gw_split_hostport("127.0.0.1", &h, &p) < 0);
 	CHECK(gw_split_hostport("::1:80", &h, &p) < 0);
 	CHECK(gw_split_hostport("host:0", &h, &p) < 0);

@@ -16,7 +16,7 @@
 #include "transports/virtio/virtio_blk.h"
 #include "vring_build.h"
 
-#define NUM 64
+#define NUM  64
 #define DISK (1u << 20) /* 1 MiB: 2048 sectors */
 
 static struct gbuild g;
@@ -35,9 +35,12 @@ static void on_done(struct vblk_req *req)
 
 static struct gw_export *export_new(bool read_only)
 {
-	struct { uint64_t size; } mo = { DISK };
+	struct {
+		uint64_t size;
+	} mo = { DISK };
 	char err[256] = "";
-	struct gw_backend *b = gw_backend_open(gw_backend_find("memory"), "mem0", &mo, err, sizeof(err));
+	struct gw_backend *b =
+		gw_backend_open(gw_backend_find("memory"), "mem0", &mo, err, sizeof(err));
 
 	if (!b) {
 		fprintf(stderr, "memory backend: %s\n", err);
@@ -86,7 +89,8 @@ static uint16_t req(uint32_t type, uint64_t sector, uint64_t data, uint32_t dlen
 
 		s = d();
 		gb_desc(&g, h, gb_blk_hdr(&g, type, sector), 16, VRING_DESC_F_NEXT, dd);
-		gb_desc(&g, dd, data, dlen, VRING_DESC_F_NEXT | (dwrite ? VRING_DESC_F_WRITE : 0), s);
+		gb_desc(&g, dd, data, dlen, VRING_DESC_F_NEXT | (dwrite ? VRING_DESC_F_WRITE : 0),
+			s);
 	} else {
 		s = d();
 		gb_desc(&g, h, gb_blk_hdr(&g, type, sector), 16, VRING_DESC_F_NEXT, s);
@@ -126,13 +130,15 @@ static void test_rw(void)
 	gb_used_elem(&g, 1, &id, &len);
 	CHECK_EQ_U64(len, 4097);
 	/* Legacy BARRIER bit is ignored: still a read. */
-	CHECK(run(req(VIRTIO_BLK_T_IN | VIRTIO_BLK_T_BARRIER, 8, rbuf, 512, true, &sp), &sp, &st) == 0);
+	CHECK(run(req(VIRTIO_BLK_T_IN | VIRTIO_BLK_T_BARRIER, 8, rbuf, 512, true, &sp), &sp, &st) ==
+	      0);
 	CHECK_EQ_U64(st, VIRTIO_BLK_S_OK);
 }
 
 static void test_header_split(void)
 {
-	uint64_t hdr = gb_blk_hdr(&g, VIRTIO_BLK_T_IN, 8), data = gb_alloc(&g, 512), sg = gb_alloc(&g, 1);
+	uint64_t hdr = gb_blk_hdr(&g, VIRTIO_BLK_T_IN, 8), data = gb_alloc(&g, 512),
+		 sg = gb_alloc(&g, 1);
 	uint16_t a = d(), b = d(), c = d(), s = d();
 	uint8_t st, *sp;
 
@@ -213,7 +219,8 @@ static void test_bad_requests(void)
 static void test_data_cap(void)
 {
 	size_t big = (size_t)dev.max_data + 4096;
-	uint8_t *host = mmap(NULL, big, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	uint8_t *host = mmap(NULL, big, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	struct virtio_memmap *m = virtio_mem_new(4, NULL, NULL);
 	const struct virtio_memmap *saved = q.mem;
 	uint64_t base = 0x40000000;
@@ -250,7 +257,8 @@ static void test_flush_getid(void)
 }
 
 /* DISCARD / WRITE_ZEROES with n segments {sector, num, flags}. */
-static uint16_t segs_req(uint32_t type, const uint64_t (*s)[3], unsigned n, uint32_t extra_bytes, uint8_t **sp)
+static uint16_t segs_req(uint32_t type, const uint64_t (*s)[3], unsigned n, uint32_t extra_bytes,
+			 uint8_t **sp)
 {
 	uint32_t len = n * 16 + extra_bytes;
 	uint64_t buf = gb_alloc(&g, len ? len : 16);

@@ -32,13 +32,16 @@
 #include "transports/vhost/vhost_internal.h"
 #include "vring_build.h"
 
-#define NUM 16
+#define NUM  16
 #define DISK (4u << 20)
-#define OK_FEATURES (VIRTIO_BIT(VIRTIO_F_VERSION_1) | VIRTIO_BIT(VHOST_USER_F_PROTOCOL_FEATURES) | \
-		     VIRTIO_BIT(VIRTIO_F_EVENT_IDX) | VIRTIO_BIT(VIRTIO_F_INDIRECT_DESC) |       \
-		     VIRTIO_BIT(VIRTIO_BLK_F_FLUSH))
-#define PROTO (VIRTIO_BIT(VHOST_USER_PROTOCOL_F_MQ) | VIRTIO_BIT(VHOST_USER_PROTOCOL_F_REPLY_ACK) | \
-	       VIRTIO_BIT(VHOST_USER_PROTOCOL_F_CONFIG) | VIRTIO_BIT(VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD))
+#define OK_FEATURES                                                                    \
+	(VIRTIO_BIT(VIRTIO_F_VERSION_1) | VIRTIO_BIT(VHOST_USER_F_PROTOCOL_FEATURES) | \
+	 VIRTIO_BIT(VIRTIO_F_EVENT_IDX) | VIRTIO_BIT(VIRTIO_F_INDIRECT_DESC) |         \
+	 VIRTIO_BIT(VIRTIO_BLK_F_FLUSH))
+#define PROTO                                                                                 \
+	(VIRTIO_BIT(VHOST_USER_PROTOCOL_F_MQ) | VIRTIO_BIT(VHOST_USER_PROTOCOL_F_REPLY_ACK) | \
+	 VIRTIO_BIT(VHOST_USER_PROTOCOL_F_CONFIG) |                                           \
+	 VIRTIO_BIT(VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD))
 
 extern const struct gw_transport_ops gw_vhost_transport;
 
@@ -132,8 +135,8 @@ static int cl_send_raw(int fd, uint32_t req, uint32_t flags, const void *payload
 static void cl_send(int fd, uint32_t req, bool need_reply, const void *payload, uint32_t size,
 		    const int *fds, unsigned nfds)
 {
-	cl_send_raw(fd, req, VHOST_USER_VERSION | (need_reply ? VHOST_USER_NEED_REPLY : 0), payload, size,
-		    fds, nfds);
+	cl_send_raw(fd, req, VHOST_USER_VERSION | (need_reply ? VHOST_USER_NEED_REPLY : 0), payload,
+		    size, fds, nfds);
 }
 
 /* A reply (1), EOF (0) or nothing within the timeout (-1). */
@@ -145,7 +148,9 @@ static int cl_recv(int fd, struct reply *r)
 	} ctl;
 	uint8_t buf[12 + 512];
 	struct iovec iov = { buf, sizeof(buf) };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.c,
+	struct msghdr mh = { .msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = ctl.c,
 			     .msg_controllen = sizeof(ctl.c) };
 	ssize_t n;
 
@@ -255,9 +260,12 @@ struct vring_fds {
 static long start_ring(int fd, struct gbuild *g, struct vring_fds *f, uint64_t desc_off)
 {
 	struct vhost_vring_state st = { 0, NUM };
-	struct vhost_vring_addr a = { 0, 0, (uint64_t)(uintptr_t)(g->mem + desc_off),
+	struct vhost_vring_addr a = { 0,
+				      0,
+				      (uint64_t)(uintptr_t)(g->mem + desc_off),
 				      (uint64_t)(uintptr_t)(g->mem + GB_USED),
-				      (uint64_t)(uintptr_t)(g->mem + GB_AVAIL), 0 };
+				      (uint64_t)(uintptr_t)(g->mem + GB_AVAIL),
+				      0 };
 	uint64_t idx = 0;
 	long rc;
 
@@ -364,8 +372,8 @@ static void test_data_path(void)
 }
 
 /* Each malformed message closes its connection. */
-static void expect_close(const char *what, uint32_t req, uint32_t flags, const void *p, uint32_t size,
-			 const int *fds, unsigned nfds)
+static void expect_close(const char *what, uint32_t req, uint32_t flags, const void *p,
+			 uint32_t size, const int *fds, unsigned nfds)
 {
 	int fd = cl_connect();
 	bool ok;
@@ -389,44 +397,54 @@ static void test_bad_messages(void)
 
 	expect_close("GET_FEATURES with a payload", VHOST_USER_GET_FEATURES, v, &u, 8, NULL, 0);
 	expect_close("SET_FEATURES with 4 bytes", VHOST_USER_SET_FEATURES, v, &u, 4, NULL, 0);
-	expect_close("SET_FEATURES with bits never offered", VHOST_USER_SET_FEATURES, v, &packed, 8, NULL, 0);
+	expect_close("SET_FEATURES with bits never offered", VHOST_USER_SET_FEATURES, v, &packed, 8,
+		     NULL, 0);
 	expect_close("unknown request", 99, v, NULL, 0, NULL, 0);
 	expect_close("request 0", 0, v, NULL, 0, NULL, 0);
 	expect_close("SET_LOG_BASE (not offered)", VHOST_USER_SET_LOG_BASE, v, &u, 8, NULL, 0);
 	expect_close("protocol version 2", VHOST_USER_GET_FEATURES, 2, NULL, 0, NULL, 0);
-	expect_close("payload larger than any message", VHOST_USER_SET_FEATURES, v, big, sizeof(big), NULL, 0);
+	expect_close("payload larger than any message", VHOST_USER_SET_FEATURES, v, big,
+		     sizeof(big), NULL, 0);
 	expect_close("queue index out of range", VHOST_USER_SET_VRING_NUM, v, &bad_idx, 8, NULL, 0);
-	expect_close("GET_VRING_BASE of queue 7", VHOST_USER_GET_VRING_BASE, v, &bad_idx, 8, NULL, 0);
+	expect_close("GET_VRING_BASE of queue 7", VHOST_USER_GET_VRING_BASE, v, &bad_idx, 8, NULL,
+		     0);
 	u = 0;
 	expect_close("SET_VRING_KICK with two fds", VHOST_USER_SET_VRING_KICK, v, &u, 8, efd, 2);
 	expect_close("SET_VRING_CALL without its fd", VHOST_USER_SET_VRING_CALL, v, &u, 8, NULL, 0);
 	u = VHOST_USER_VRING_NOFD;
-	expect_close("SET_VRING_CALL with no-fd flag and an fd", VHOST_USER_SET_VRING_CALL, v, &u, 8, efd, 1);
+	expect_close("SET_VRING_CALL with no-fd flag and an fd", VHOST_USER_SET_VRING_CALL, v, &u,
+		     8, efd, 1);
 	u = 1ull << 20;
-	expect_close("SET_VRING_KICK with unknown bits", VHOST_USER_SET_VRING_KICK, v, &u, 8, efd, 1);
+	expect_close("SET_VRING_KICK with unknown bits", VHOST_USER_SET_VRING_KICK, v, &u, 8, efd,
+		     1);
 	u = 5;
 	expect_close("SET_VRING_ERR of queue 5", VHOST_USER_SET_VRING_ERR, v, &u, 8, efd, 1);
 	expect_close("SET_FEATURES with an fd", VHOST_USER_SET_FEATURES, v, &u, 8, efd, 1);
 	((uint32_t *)mt)[0] = 2;
-	expect_close("SET_MEM_TABLE: 2 regions, 1 fd", VHOST_USER_SET_MEM_TABLE, v, mt, 8 + 64, efd, 1);
+	expect_close("SET_MEM_TABLE: 2 regions, 1 fd", VHOST_USER_SET_MEM_TABLE, v, mt, 8 + 64, efd,
+		     1);
 	((uint32_t *)mt)[0] = 9;
-	expect_close("SET_MEM_TABLE: 9 regions", VHOST_USER_SET_MEM_TABLE, v, mt, sizeof(mt), efd, 1);
+	expect_close("SET_MEM_TABLE: 9 regions", VHOST_USER_SET_MEM_TABLE, v, mt, sizeof(mt), efd,
+		     1);
 	((uint32_t *)mt)[0] = 1;
-	expect_close("SET_MEM_TABLE: size mismatch", VHOST_USER_SET_MEM_TABLE, v, mt, 8 + 16, efd, 1);
+	expect_close("SET_MEM_TABLE: size mismatch", VHOST_USER_SET_MEM_TABLE, v, mt, 8 + 16, efd,
+		     1);
 	expect_close("SET_MEM_TABLE: no fd", VHOST_USER_SET_MEM_TABLE, v, mt, 8 + 32, NULL, 0);
 	expect_close("ADD_MEM_REG without fd", VHOST_USER_ADD_MEM_REG, v, mt, 40, NULL, 0);
-	expect_close("GET_CONFIG of 300 bytes", VHOST_USER_GET_CONFIG, v, cfg, sizeof(cfg), NULL, 0);
+	expect_close("GET_CONFIG of 300 bytes", VHOST_USER_GET_CONFIG, v, cfg, sizeof(cfg), NULL,
+		     0);
 	cfg[0] = 250;
 	cfg[1] = 10;
 	{
 		uint8_t c[12 + 10] = { 0 };
 
 		memcpy(c, cfg, 12);
-		expect_close("GET_CONFIG past 256 bytes", VHOST_USER_GET_CONFIG, v, c, sizeof(c), NULL, 0);
+		expect_close("GET_CONFIG past 256 bytes", VHOST_USER_GET_CONFIG, v, c, sizeof(c),
+			     NULL, 0);
 		cfg[0] = 0;
 		memcpy(c, cfg, 12);
-		expect_close("GET_CONFIG size disagreeing with the message", VHOST_USER_GET_CONFIG, v, c, 12 + 4,
-			     NULL, 0);
+		expect_close("GET_CONFIG size disagreeing with the message", VHOST_USER_GET_CONFIG,
+			     v, c, 12 + 4, NULL, 0);
 	}
 	expect_close("SET_INFLIGHT_FD without fd", VHOST_USER_SET_INFLIGHT_FD, v, big, 24, NULL, 0);
 	/* Kick, call and err fds must be eventfds (a pipe or /dev/null would block or spin). */
@@ -435,9 +453,12 @@ static void test_bad_messages(void)
 
 		CHECK(pipe2(p, O_CLOEXEC) == 0);
 		u = 0;
-		expect_close("SET_VRING_KICK with a pipe", VHOST_USER_SET_VRING_KICK, v, &u, 8, p, 1);
-		expect_close("SET_VRING_CALL with /dev/null", VHOST_USER_SET_VRING_CALL, v, &u, 8, &dn, 1);
-		expect_close("SET_VRING_ERR with a pipe", VHOST_USER_SET_VRING_ERR, v, &u, 8, &p[1], 1);
+		expect_close("SET_VRING_KICK with a pipe", VHOST_USER_SET_VRING_KICK, v, &u, 8, p,
+			     1);
+		expect_close("SET_VRING_CALL with /dev/null", VHOST_USER_SET_VRING_CALL, v, &u, 8,
+			     &dn, 1);
+		expect_close("SET_VRING_ERR with a pipe", VHOST_USER_SET_VRING_ERR, v, &u, 8, &p[1],
+			     1);
 		close(p[0]);
 		close(p[1]);
 		close(dn);
@@ -463,15 +484,15 @@ static void test_nacks(void)
 	gb_init_shared(&g, NUM);
 	handshake(fd, OK_FEATURES);
 	CHECK(acked(fd, VHOST_USER_SET_FEATURES, &legacy, 8, NULL, 0) == 1); /* no VERSION_1 */
-	CHECK(acked(fd, VHOST_USER_SET_VRING_NUM, &st, 8, NULL, 0) == 1);  /* not a power of two */
+	CHECK(acked(fd, VHOST_USER_SET_VRING_NUM, &st, 8, NULL, 0) == 1); /* not a power of two */
 	st.num = 128;
-	CHECK(acked(fd, VHOST_USER_SET_VRING_NUM, &st, 8, NULL, 0) == 1);  /* above queue-size 64 */
+	CHECK(acked(fd, VHOST_USER_SET_VRING_NUM, &st, 8, NULL, 0) == 1); /* above queue-size 64 */
 	st.num = 0;
 	CHECK(acked(fd, VHOST_USER_SET_VRING_NUM, &st, 8, NULL, 0) == 1);
 	st.num = 70000;
 	CHECK(acked(fd, VHOST_USER_SET_VRING_BASE, &st, 8, NULL, 0) == 1);
 	u = VHOST_USER_VRING_NOFD;
-	CHECK(acked(fd, VHOST_USER_SET_VRING_KICK, &u, 8, NULL, 0) == 1);  /* polling: unsupported */
+	CHECK(acked(fd, VHOST_USER_SET_VRING_KICK, &u, 8, NULL, 0) == 1); /* polling: unsupported */
 	{
 		uint32_t c[4] = { 0, 1, 0, 0 };
 
@@ -480,7 +501,8 @@ static void test_nacks(void)
 	/* Memory tables: wrapping, larger than the file, overlapping, empty. */
 	memset(buf, 0, sizeof(buf));
 	memcpy(buf, &n, 4);
-	reg = (struct vhost_mem_region){ UINT64_MAX - 4095, GB_SIZE, (uint64_t)(uintptr_t)g.mem, 0 };
+	reg = (struct vhost_mem_region){ UINT64_MAX - 4095, GB_SIZE, (uint64_t)(uintptr_t)g.mem,
+					 0 };
 	memcpy(buf + 8, &reg, 32);
 	CHECK(acked(fd, VHOST_USER_SET_MEM_TABLE, buf, 40, &g.fd, 1) == 1);
 	reg = (struct vhost_mem_region){ GB_GPA, 2 * GB_SIZE, (uint64_t)(uintptr_t)g.mem, 0 };
@@ -488,7 +510,8 @@ static void test_nacks(void)
 	CHECK(acked(fd, VHOST_USER_SET_MEM_TABLE, buf, 40, &g.fd, 1) == 1);
 	reg = (struct vhost_mem_region){ GB_GPA, GB_SIZE, (uint64_t)(uintptr_t)g.mem, GB_SIZE };
 	memcpy(buf + 8, &reg, 32);
-	CHECK(acked(fd, VHOST_USER_SET_MEM_TABLE, buf, 40, &g.fd, 1) == 1); /* offset past the end */
+	CHECK(acked(fd, VHOST_USER_SET_MEM_TABLE, buf, 40, &g.fd, 1) == 1); /* offset past the end
+									     */
 	reg = (struct vhost_mem_region){ GB_GPA, 0, (uint64_t)(uintptr_t)g.mem, 0 };
 	memcpy(buf + 8, &reg, 32);
 	CHECK(acked(fd, VHOST_USER_SET_MEM_TABLE, buf, 40, &g.fd, 1) == 1);
@@ -534,7 +557,7 @@ static void test_nacks(void)
 	mem_table(fd, &g);
 	CHECK(start_ring(fd, &g, &f, GB_SIZE - 64) == 1); /* the table runs off the end */
 	close_fds(&f);
-	CHECK(start_ring(fd, &g, &f, 8) == 1);            /* not 16-byte aligned */
+	CHECK(start_ring(fd, &g, &f, 8) == 1); /* not 16-byte aligned */
 	close_fds(&f);
 	/* After all that, the connection still works. */
 	CHECK(start_ring(fd, &g, &f, GB_DESC) == 0);
@@ -670,7 +693,9 @@ static void test_partial_message_fds(void)
 			struct cmsghdr a;
 		} ctl;
 		struct iovec iov = { buf, sizeof(buf) }; /* 3 of the 40 payload bytes */
-		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.c,
+		struct msghdr mh = { .msg_iov = &iov,
+				     .msg_iovlen = 1,
+				     .msg_control = ctl.c,
 				     .msg_controllen = sizeof(ctl.c) };
 		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
 
@@ -694,7 +719,9 @@ static void test_partial_message_fds(void)
 int main(void)
 {
 	struct vhost_opts o = { .queues = 2, .queue_size = 64, .socket_mode = 0600 };
-	struct { uint64_t size; } mo = { DISK };
+	struct {
+		uint64_t size;
+	} mo = { DISK };
 	char err[256] = "", dir[] = "/tmp/test-vhost-XXXXXX";
 	struct gw_backend *b;
 	unsigned fds_before;
@@ -705,7 +732,8 @@ int main(void)
 	snprintf(sock_path, sizeof(sock_path), "%s/vu.sock", dir);
 	o.socket = sock_path;
 	gw_main_init(EV_DEFAULT);
-	CHECK(gw_guard_init(EV_DEFAULT) == 0); /* as the gateway does: regions of unsealed memfds are guarded */
+	CHECK(gw_guard_init(EV_DEFAULT) == 0); /* as the gateway does: regions of unsealed memfds
+						  are guarded */
 	CHECK(gw_efd_init() == 0);             /* and writes to a frontend's eventfds */
 	if (gw_workers_start(2, err, sizeof(err)) < 0) {
 		fprintf(stderr, "workers: %s\n", err);

@@ -12,7 +12,7 @@
 #include "lib/log.h"
 #include "vring_build.h"
 
-#define NUM 16
+#define NUM  16
 #define ALLF (VIRTIO_BIT(VIRTIO_F_INDIRECT_DESC) | VIRTIO_BIT(VIRTIO_F_EVENT_IDX))
 
 static struct gbuild g;
@@ -63,7 +63,8 @@ static void test_good(void)
 	CHECK(!q.broken);
 	/* A chain of exactly num descriptors is fine. */
 	for (uint16_t i = 0; i < NUM; i++)
-		gb_desc(&g, i, gb_alloc(&g, 8), 8, i == NUM - 1 ? VRING_DESC_F_WRITE : VRING_DESC_F_NEXT, i + 1);
+		gb_desc(&g, i, gb_alloc(&g, 8), 8,
+			i == NUM - 1 ? VRING_DESC_F_WRITE : VRING_DESC_F_NEXT, i + 1);
 	vq_push(&q, 0, 1);
 	CHECK(pop_head(0) == 1);
 	CHECK_EQ_U64(e.nout + e.nin, NUM);
@@ -141,7 +142,8 @@ static void test_chains(void)
 
 	setup(ALLF);
 	gb_desc(&g, 0, gb_alloc(&g, 16), 16, VRING_DESC_F_NEXT, NUM);
-	gb_desc(&g, NUM, gb_alloc(&g, 1), 1, VRING_DESC_F_WRITE, 0); /* past the table: never read */
+	gb_desc(&g, NUM, gb_alloc(&g, 1), 1, VRING_DESC_F_WRITE, 0); /* past the table: never read
+								      */
 	expect_broken("next out of range", pop_head(0));
 
 	setup(ALLF);
@@ -255,7 +257,8 @@ static void test_indirect(void)
 	setup(ALLF);
 	t = itable(&tg, 3);
 	good_itable(t);
-	gb_desc_in(t, 2, gb_alloc(&g, 1), 1, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 0); /* back to 0 */
+	gb_desc_in(t, 2, gb_alloc(&g, 1), 1, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 0); /* back to
+											    0 */
 	gb_desc(&g, 0, tg, 48, VRING_DESC_F_INDIRECT, 0);
 	expect_broken("loop inside an indirect table", pop_head(0));
 
@@ -275,7 +278,8 @@ static void test_split_regions(void)
 {
 	uint8_t *lo = calloc(1, 8192), *hi = calloc(1, 8192);
 	struct virtio_memmap *m = virtio_mem_new(4, NULL, NULL);
-	struct vring_desc *t = (struct vring_desc *)(hi + 4096 - 16); /* a table across the border */
+	struct vring_desc *t = (struct vring_desc *)(hi + 4096 - 16); /* a table across the border
+								       */
 	const struct virtio_memmap *saved;
 
 	CHECK(virtio_mem_add(m, 4, 0x10000000, 8192, lo) == 0);
@@ -333,7 +337,8 @@ static void test_wrap(void)
 	setup(ALLF);
 	saved = q.mem;
 	q.mem = m;
-	gb_desc(&g, 0, UINT64_MAX - 99, 512, VRING_DESC_F_WRITE, 0); /* 100 bytes at the top, 412 "after" */
+	gb_desc(&g, 0, UINT64_MAX - 99, 512, VRING_DESC_F_WRITE, 0); /* 100 bytes at the top, 412
+									"after" */
 	expect_broken("buffer wrapping from the top of the address space to 0", pop_head(0));
 	q.mem = saved;
 	virtio_mem_put(m);
@@ -382,7 +387,7 @@ static void test_push_and_notify(void)
 	CHECK(!vq_should_notify(&q)); /* one still waiting on the avail ring */
 	CHECK(vq_pop(&q, &e, iov, 64) == 1);
 	vq_push(&q, 3, 1);
-	CHECK(vq_should_notify(&q));  /* empty now */
+	CHECK(vq_should_notify(&q)); /* empty now */
 
 	/* EVENT_IDX: signal only when used crosses used_event. */
 	setup(ALLF);
@@ -395,14 +400,14 @@ static void test_push_and_notify(void)
 	vq_push(&q, 0, 1);           /* used 0 -> 1 */
 	CHECK(vq_should_notify(&q)); /* first one always signals */
 	CHECK(vq_pop(&q, &e, iov, 64) == 1);
-	vq_push(&q, 3, 1);           /* 1 -> 2: crosses used_event 1 */
+	vq_push(&q, 3, 1); /* 1 -> 2: crosses used_event 1 */
 	CHECK(vq_should_notify(&q));
 	CHECK(vq_pop(&q, &e, iov, 64) == 1);
-	vq_push(&q, 6, 1);           /* 2 -> 3: used_event still 1, already signalled */
+	vq_push(&q, 6, 1); /* 2 -> 3: used_event still 1, already signalled */
 	CHECK(!vq_should_notify(&q));
 	gb_set_used_event(&g, 3);
 	CHECK(vq_pop(&q, &e, iov, 64) == 1);
-	vq_push(&q, 9, 1);           /* 3 -> 4 crosses 3 */
+	vq_push(&q, 9, 1); /* 3 -> 4 crosses 3 */
 	CHECK(vq_should_notify(&q));
 	/* avail_event follows what we consumed, and a late arrival is seen. */
 	CHECK(!vq_arm_kick(&q));
@@ -450,7 +455,7 @@ static void test_inflight(void)
 	n = vq_inflight_recover(&q, 7, heads);
 	CHECK_EQ_U64(n, 1);
 	CHECK_EQ_U64(heads[0], 3);
-	CHECK_EQ_U64(q.last_avail, 2); /* used 1 + 1 in flight */
+	CHECK_EQ_U64(q.last_avail, 2);       /* used 1 + 1 in flight */
 	CHECK(vq_pop(&q, &e, iov, 64) == 0); /* nothing new */
 	CHECK(vq_map_head(&q, 3, &e, iov, 64) == 0);
 	vq_push(&q, 3, 1);
@@ -485,7 +490,7 @@ static void test_inflight(void)
 	good_chain(0, 512);
 	CHECK(pop_head(0) == 1);
 	*(uint16_t *)(g.mem + GB_USED + 2) = htole16(1); /* the push reached used->idx ... */
-	r->last_batch_head = 0;                           /* ... and died before inflight = 0 */
+	r->last_batch_head = 0;                          /* ... and died before inflight = 0 */
 	vq_fini(&q);
 	gb_vq(&g, &q, ALLF);
 	vq_init(&q, 1);

@@ -16,20 +16,20 @@
 #include "transports/virtio/virtio_mem.h"
 #include "transports/virtio/vq.h"
 
-#define GB_GPA 0x100000ull        /* where guest memory starts */
-#define GB_SIZE (4u << 20)        /* 4 MiB of it */
-#define GB_DESC 0x0000u           /* ring offsets inside it */
+#define GB_GPA   0x100000ull /* where guest memory starts */
+#define GB_SIZE  (4u << 20)  /* 4 MiB of it */
+#define GB_DESC  0x0000u     /* ring offsets inside it */
 #define GB_AVAIL 0x8000u
-#define GB_USED 0x10000u
-#define GB_BUF 0x20000u           /* buffers from here on */
+#define GB_USED  0x10000u
+#define GB_BUF   0x20000u /* buffers from here on */
 
 struct gbuild {
-	uint8_t *mem;                 /* GB_SIZE bytes */
-	int fd;                       /* memfd behind mem (gb_init_shared), or -1 */
+	uint8_t *mem; /* GB_SIZE bytes */
+	int fd;       /* memfd behind mem (gb_init_shared), or -1 */
 	struct virtio_memmap *map;
 	uint16_t num;
-	uint16_t avail_idx;           /* the driver's avail index */
-	uint64_t next_buf;            /* bump allocator for buffers */
+	uint16_t avail_idx; /* the driver's avail index */
+	uint64_t next_buf;  /* bump allocator for buffers */
 };
 
 static inline void gb_init(struct gbuild *g, uint16_t num)
@@ -112,8 +112,8 @@ static inline void gb_desc_in(struct vring_desc *table, uint16_t i, uint64_t add
 	table[i].next = htole16(next);
 }
 
-static inline void gb_desc(struct gbuild *g, uint16_t i, uint64_t addr, uint32_t len, uint16_t flags,
-			   uint16_t next)
+static inline void gb_desc(struct gbuild *g, uint16_t i, uint64_t addr, uint32_t len,
+			   uint16_t flags, uint16_t next)
 {
 	gb_desc_in((struct vring_desc *)(g->mem + GB_DESC), i, addr, len, flags, next);
 }

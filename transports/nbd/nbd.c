@@ -33,29 +33,58 @@ static const char *nbd_check_opts(const void *opts, const char **key);
 static int device_index(const char *dev);
 
 static const struct gw_opt_desc nbd_opts_table[] = {
-	{ .key = "socket", .type = GW_OPT_PATH, .offset = offsetof(struct nbd_opts, socket),
+	{ .key = "socket",
+	  .type = GW_OPT_PATH,
+	  .offset = offsetof(struct nbd_opts, socket),
 	  .help = "unix socket to serve on (default RUN-DIR/IMAGE.sock when 'listen' is not set)" },
-	{ .key = "listen", .type = GW_OPT_HOSTPORT, .offset = offsetof(struct nbd_opts, listen),
+	{ .key = "listen",
+	  .type = GW_OPT_HOSTPORT,
+	  .offset = offsetof(struct nbd_opts, listen),
 	  .help = "TCP address to serve on, e.g. 127.0.0.1:10809" },
-	{ .key = "name", .type = GW_OPT_STR, .offset = offsetof(struct nbd_opts, name),
+	{ .key = "name",
+	  .type = GW_OPT_STR,
+	  .offset = offsetof(struct nbd_opts, name),
 	  .help = "export name clients ask for (default: the image name)" },
-	{ .key = "description", .type = GW_OPT_STR, .offset = offsetof(struct nbd_opts, description),
+	{ .key = "description",
+	  .type = GW_OPT_STR,
+	  .offset = offsetof(struct nbd_opts, description),
 	  .help = "free text shown to clients that list exports" },
-	{ .key = "socket-mode", .type = GW_OPT_MODE, .offset = offsetof(struct nbd_opts, socket_mode),
-	  .def = 0600, .help = "permissions of the unix socket (default 0600)" },
-	{ .key = "poll-us", .type = GW_OPT_U32, .offset = offsetof(struct nbd_opts, poll_us),
-	  .max = 1000, .def = 50,
+	{ .key = "socket-mode",
+	  .type = GW_OPT_MODE,
+	  .offset = offsetof(struct nbd_opts, socket_mode),
+	  .def = 0600,
+	  .help = "permissions of the unix socket (default 0600)" },
+	{ .key = "poll-us",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct nbd_opts, poll_us),
+	  .max = 1000,
+	  .def = 50,
 	  .help = "a queue-depth-1 client that comes back quickly after each reply has its socket polled up to this long instead of the worker sleeping (adaptive; 0: never; default 50)" },
-	{ .key = "attach", .type = GW_OPT_BOOL, .offset = offsetof(struct nbd_opts, attach),
+	{ .key = "attach",
+	  .type = GW_OPT_BOOL,
+	  .offset = offsetof(struct nbd_opts, attach),
 	  .help = "also attach the export as a local /dev/nbdN through the kernel's NBD client" },
-	{ .key = "device", .type = GW_OPT_STR, .offset = offsetof(struct nbd_opts, device),
+	{ .key = "device",
+	  .type = GW_OPT_STR,
+	  .offset = offsetof(struct nbd_opts, device),
 	  .help = "with attach: the device to use, e.g. /dev/nbd3 (default: the first free one)" },
-	{ .key = "connections", .type = GW_OPT_U32, .offset = offsetof(struct nbd_opts, connections),
-	  .min = 1, .max = 16, .def = 1, .help = "with attach: sockets (kernel queues) handed to the kernel, 1 to 16" },
-	{ .key = "timeout", .type = GW_OPT_U32, .offset = offsetof(struct nbd_opts, timeout),
-	  .max = 86400, .help = "with attach: seconds before the kernel gives up on a request (default: never)" },
-	{ .key = "dead-conn-timeout", .type = GW_OPT_U32, .offset = offsetof(struct nbd_opts, dead_conn_timeout),
-	  .max = 86400, .help = "with attach: seconds the kernel waits for a lost connection to come back" },
+	{ .key = "connections",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct nbd_opts, connections),
+	  .min = 1,
+	  .max = 16,
+	  .def = 1,
+	  .help = "with attach: sockets (kernel queues) handed to the kernel, 1 to 16" },
+	{ .key = "timeout",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct nbd_opts, timeout),
+	  .max = 86400,
+	  .help = "with attach: seconds before the kernel gives up on a request (default: never)" },
+	{ .key = "dead-conn-timeout",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct nbd_opts, dead_conn_timeout),
+	  .max = 86400,
+	  .help = "with attach: seconds the kernel waits for a lost connection to come back" },
 };
 
 static struct nbd_listener *listeners;
@@ -82,8 +111,12 @@ static const char *nbd_check_opts(const void *opts, const char **key)
 		*key = "device";
 		return "'device' must be an NBD device such as /dev/nbd0";
 	}
-	if (!o->attach && (o->device || o->connections != 1 || o->timeout || o->dead_conn_timeout)) {
-		*key = o->device ? "device" : o->connections != 1 ? "connections" : o->timeout ? "timeout" : "dead-conn-timeout";
+	if (!o->attach &&
+	    (o->device || o->connections != 1 || o->timeout || o->dead_conn_timeout)) {
+		*key = o->device             ? "device"
+		       : o->connections != 1 ? "connections"
+		       : o->timeout          ? "timeout"
+					     : "dead-conn-timeout";
 		return "this setting needs 'attach: true'";
 	}
 	return NULL;
@@ -133,7 +166,8 @@ static const char *nbd_conflict(const struct gw_transport_env *env, const void *
 	char ka[2][4200], kb[2][4200];
 	unsigned na = endpoints(env, oa, image_a, ka), nb = endpoints(env, ob, image_b, kb);
 
-	if (oa->attach && ob->attach && oa->device && ob->device && strcmp(oa->device, ob->device) == 0) {
+	if (oa->attach && ob->attach && oa->device && ob->device &&
+	    strcmp(oa->device, ob->device) == 0) {
 		snprintf(buf, len, "%s is attached by another export", oa->device);
 		return buf;
 	}
@@ -142,14 +176,19 @@ static const char *nbd_conflict(const struct gw_transport_env *env, const void *
 			if (strcmp(ka[i], kb[j]) != 0)
 				continue;
 			if (strcmp(wire_name(oa, image_a), wire_name(ob, image_b)) == 0) {
-				snprintf(buf, len, "export name '%s' on %s %s is already served by another export",
-					 wire_name(oa, image_a), ka[i][0] == 'u' ? "socket" : "address",
-					 ka[i] + (ka[i][0] == 'u' ? 5 : 4));
+				snprintf(
+					buf, len,
+					"export name '%s' on %s %s is already served by another export",
+					wire_name(oa, image_a),
+					ka[i][0] == 'u' ? "socket" : "address",
+					ka[i] + (ka[i][0] == 'u' ? 5 : 4));
 				return buf;
 			}
 			if (ka[i][0] == 'u' && oa->socket_mode != ob->socket_mode) {
-				snprintf(buf, len, "%s is shared with another export but with a different socket-mode (%04o vs %04o)",
-					 ka[i] + 5, oa->socket_mode, ob->socket_mode);
+				snprintf(
+					buf, len,
+					"%s is shared with another export but with a different socket-mode (%04o vs %04o)",
+					ka[i] + 5, oa->socket_mode, ob->socket_mode);
 				return buf;
 			}
 		}
@@ -164,8 +203,8 @@ static void uri_name(char *out, size_t len, const char *name)
 	size_t n = 0;
 
 	for (const unsigned char *p = (const unsigned char *)name; *p && n + 4 < len; p++) {
-		if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-		    *p == '-' || *p == '.' || *p == '_' || *p == '~') {
+		if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+		    (*p >= '0' && *p <= '9') || *p == '-' || *p == '.' || *p == '_' || *p == '~') {
 			out[n++] = (char)*p;
 		} else {
 			out[n++] = '%';
@@ -187,11 +226,12 @@ static size_t describe_sockets(const struct gw_transport_env *env, const struct 
 	buf[0] = '\0';
 	for (unsigned i = 0; i < n && used < len; i++) {
 		if (keys[i][0] == 'u')
-			used += (size_t)snprintf(buf + used, len - used, "%snbd+unix:///%s?socket=%s",
-						 i ? " " : "", name, keys[i] + 5);
+			used += (size_t)snprintf(buf + used, len - used,
+						 "%snbd+unix:///%s?socket=%s", i ? " " : "", name,
+						 keys[i] + 5);
 		else
-			used += (size_t)snprintf(buf + used, len - used, "%snbd://%s/%s", i ? " " : "",
-						 keys[i] + 4, name);
+			used += (size_t)snprintf(buf + used, len - used, "%snbd://%s/%s",
+						 i ? " " : "", keys[i] + 4, name);
 	}
 	return GW_MIN(used, len);
 }
@@ -312,7 +352,8 @@ static int listen_tcp(struct nbd_listener *l, char *err, size_t errlen)
 	}
 	for (ai = res; ai && l->nfds < NBD_MAX_LISTEN_FDS; ai = ai->ai_next) {
 		int one = 1;
-		int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+		int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+				ai->ai_protocol);
 
 		if (fd < 0) {
 			last = errno;
@@ -332,7 +373,8 @@ static int listen_tcp(struct nbd_listener *l, char *err, size_t errlen)
 	free(host);
 	free(port);
 	if (!l->nfds) {
-		gw_seterr(err, errlen, "cannot listen on %s: %s", l->hostport, strerror(last ? last : EADDRNOTAVAIL));
+		gw_seterr(err, errlen, "cannot listen on %s: %s", l->hostport,
+			  strerror(last ? last : EADDRNOTAVAIL));
 		return -(last ? last : EADDRNOTAVAIL);
 	}
 	return 0;
@@ -427,7 +469,8 @@ static void listener_remove(struct nbd_listener *l, struct nbd_exp *x)
 	pthread_mutex_lock(&l->lock);
 	for (unsigned i = 0; i < l->nexps; i++) {
 		if (l->exps[i] == x) {
-			memmove(&l->exps[i], &l->exps[i + 1], (l->nexps - i - 1) * sizeof(*l->exps));
+			memmove(&l->exps[i], &l->exps[i + 1],
+				(l->nexps - i - 1) * sizeof(*l->exps));
 			l->nexps--;
 			break;
 		}
@@ -443,7 +486,8 @@ static void listener_remove(struct nbd_listener *l, struct nbd_exp *x)
 uint16_t nbd_tflags(const struct nbd_exp *x, bool structured)
 {
 	const struct gw_export *e = x->exp;
-	uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_CACHE;
+	uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA |
+		     NBD_FLAG_SEND_CACHE;
 
 	if (e->read_only)
 		f |= NBD_FLAG_READ_ONLY;
@@ -508,7 +552,9 @@ static int nbd_probe(const struct gw_transport_env *env, const void *opts, char 
 	if (!o->attach)
 		return 0;
 	if (!have_cap_sys_admin()) {
-		gw_seterr(why, len, "attaching a kernel NBD device needs root (CAP_SYS_ADMIN): permission denied");
+		gw_seterr(
+			why, len,
+			"attaching a kernel NBD device needs root (CAP_SYS_ADMIN): permission denied");
 		return -EPERM;
 	}
 	rc = nbd_nl_open(&nl, why, len);
@@ -532,7 +578,8 @@ static void link_device(struct nbd_exp *x)
 	snprintf(target, sizeof(target), "/dev/nbd%d", x->dev_index);
 	unlink(x->dev_link);
 	if (symlink(target, x->dev_link) < 0) {
-		gw_warn("export %s: cannot link %s -> %s: %s", x->exp->id, x->dev_link, target, strerror(errno));
+		gw_warn("export %s: cannot link %s -> %s: %s", x->exp->id, x->dev_link, target,
+			strerror(errno));
 		free(x->dev_link);
 		x->dev_link = NULL;
 	}
@@ -554,7 +601,8 @@ static int attach(struct nbd_exp *x, char *err, size_t errlen)
 	int rc;
 
 	if (e->min_block > 4096) {
-		gw_seterr(err, errlen, "a kernel NBD device takes block sizes up to 4096, the image has %u",
+		gw_seterr(err, errlen,
+			  "a kernel NBD device takes block sizes up to 4096, the image has %u",
 			  e->min_block);
 		return -EINVAL;
 	}
@@ -595,7 +643,8 @@ static int attach(struct nbd_exp *x, char *err, size_t errlen)
 		p.n_fds = n;
 		rc = nbd_nl_connect(&nl, &p, &index, err, errlen);
 	}
-	/* The kernel holds its own references; ours go (on failure this ends the server side too). */
+	/* The kernel holds its own references; ours go (on failure this ends the server side too).
+	 */
 	for (unsigned i = 0; i < n; i++)
 		close(kfds[i]);
 	nbd_nl_close(&nl);
@@ -603,8 +652,8 @@ static int attach(struct nbd_exp *x, char *err, size_t errlen)
 		return rc;
 	x->dev_index = (int)index;
 	link_device(x);
-	gw_info("export %s: attached as /dev/nbd%u (%u connection%s, block size %llu)", e->id, index,
-		n, n == 1 ? "" : "s", (unsigned long long)p.block_size);
+	gw_info("export %s: attached as /dev/nbd%u (%u connection%s, block size %llu)", e->id,
+		index, n, n == 1 ? "" : "s", (unsigned long long)p.block_size);
 	return 0;
 }
 
@@ -707,7 +756,8 @@ static void nbd_status(struct gw_export *e, struct gw_export_status *st)
 const struct gw_transport_ops gw_nbd_transport = {
 	.abi_version = GW_TRANSPORT_ABI,
 	.name = "nbd",
-	.summary = "NBD server on unix sockets and TCP (QEMU, qemu-img, libnbd), optionally attached as /dev/nbdN",
+	.summary =
+		"NBD server on unix sockets and TCP (QEMU, qemu-img, libnbd), optionally attached as /dev/nbdN",
 	.schema = GW_OPT_SCHEMA(nbd_opts_table, struct nbd_opts, nbd_check_opts),
 	.probe = nbd_probe,
 	.conflict = nbd_conflict,

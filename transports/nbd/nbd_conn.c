@@ -22,15 +22,17 @@
 #include "transports/nbd/nbd_conn.h"
 #include "transports/nbd/nbd_proto.h"
 
-#define IBUF_HS (NBD_OPT_HDR_SIZE + 32u * 1024 + 1024) /* fits the largest option we accept */
-#define IBUF_TX (256u * 1024)
-#define MAX_INFLIGHT 512
+/* IBUF_HS fits the largest option we accept; write payloads of DIRECT_PAYLOAD
+ * bytes or more are read straight into their buffer. */
+#define IBUF_HS            (NBD_OPT_HDR_SIZE + 32u * 1024 + 1024)
+#define IBUF_TX            (256u * 1024)
+#define MAX_INFLIGHT       512
 #define MAX_INFLIGHT_BYTES (96u << 20)
-#define MAX_QUEUED_BYTES (64u << 20)
-#define MAX_IOV 128
-#define READS_PER_EVENT 16
-#define MAX_EXTENTS 1024
-#define DIRECT_PAYLOAD (64u * 1024) /* read write payloads this big straight into their buffer */
+#define MAX_QUEUED_BYTES   (64u << 20)
+#define MAX_IOV            128
+#define READS_PER_EVENT    16
+#define MAX_EXTENTS        1024
+#define DIRECT_PAYLOAD     (64u * 1024)
 
 struct nbd_req {
 	struct gw_io io;
@@ -43,7 +45,7 @@ struct nbd_req {
 	void *buf;
 	size_t buflen;
 	struct iovec iov;
-	unsigned segs;        /* queued segments still referencing this request */
+	unsigned segs; /* queued segments still referencing this request */
 	uint8_t hdr[32];
 };
 
@@ -70,7 +72,8 @@ static void conn_maybe_finish(struct nbd_conn *c);
 
 /* ---- output ---- */
 
-static int seg_push(struct nbd_conn *c, const void *base, size_t len, struct nbd_req *r, void *owned)
+static int seg_push(struct nbd_conn *c, const void *base, size_t len, struct nbd_req *r,
+		    void *owned)
 {
 	struct nbd_seg *s;
 
@@ -546,7 +549,8 @@ int nbd_conn_enter_tx(struct nbd_conn *c, struct nbd_exp *x)
 		c->ibuf = b;
 		c->icap = IBUF_TX;
 	}
-	gw_debug("nbd: client bound to export '%s'%s", x->name, c->structured ? " (structured replies)" : "");
+	gw_debug("nbd: client bound to export '%s'%s", x->name,
+		 c->structured ? " (structured replies)" : "");
 	return 0;
 }
 
@@ -597,12 +601,14 @@ static void reply(struct nbd_req *r, int result)
 			put_chunk(r->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, r->cookie, 0);
 			rc = seg_push(c, r->hdr, 20, r, NULL);
 		} else if (r->io.rflags & GW_IO_R_HOLE) {
-			put_chunk(r->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_HOLE, r->cookie, 12);
+			put_chunk(r->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_HOLE,
+				  r->cookie, 12);
 			nbd_put64(r->hdr + 20, r->offset);
 			nbd_put32(r->hdr + 28, r->len);
 			rc = seg_push(c, r->hdr, 32, r, NULL);
 		} else {
-			put_chunk(r->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, r->cookie, 8 + r->len);
+			put_chunk(r->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA,
+				  r->cookie, 8 + r->len);
 			nbd_put64(r->hdr + 20, r->offset);
 			rc = seg_push(c, r->hdr, 28, r, NULL);
 			if (!rc)
@@ -772,8 +778,8 @@ static int tx_request(struct nbd_conn *c)
 	gw_worker_note_work(c->w, 1);
 	c->burst++;
 	if (nbd_get32(p) != NBD_REQUEST_MAGIC) {
-		gw_info("nbd: export '%s': bad request magic 0x%08x: closing connection", c->x->name,
-			nbd_get32(p));
+		gw_info("nbd: export '%s': bad request magic 0x%08x: closing connection",
+			c->x->name, nbd_get32(p));
 		return -1;
 	}
 	c->ipos += NBD_REQUEST_SIZE;
@@ -946,7 +952,8 @@ static void conn_readable(struct ev_loop *loop, ev_io *w, int revents)
 			return;
 		/* Large write payloads go straight into their buffer. */
 		if (c->wr && c->ipos == c->iend && c->wr->len - c->wr_have >= DIRECT_PAYLOAD) {
-			n = read(c->fd, (uint8_t *)c->wr->buf + c->wr_have, c->wr->len - c->wr_have);
+			n = read(c->fd, (uint8_t *)c->wr->buf + c->wr_have,
+				 c->wr->len - c->wr_have);
 			if (n > 0) {
 				c->wr_have += (uint32_t)n;
 				if (c->wr_have == c->wr->len) {
@@ -983,7 +990,8 @@ static void conn_readable(struct ev_loop *loop, ev_io *w, int revents)
 			}
 		}
 		if (n == 0) {
-			/* The client went away: in-flight requests finish, their replies are dropped. */
+			/* The client went away: in-flight requests finish, their replies are
+			 * dropped. */
 			conn_kill(c);
 			return;
 		}

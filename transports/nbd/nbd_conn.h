@@ -14,11 +14,11 @@
 #include "transports/nbd/nbd_internal.h"
 
 enum nbd_cstate {
-	CS_HS_FLAGS,   /* waiting for the client's 32-bit flags */
-	CS_HS_OPT,     /* option haggling */
-	CS_TX,         /* transmission */
-	CS_CLOSING,    /* no more requests: finish in-flight ones, flush, close */
-	CS_DEAD,       /* socket closed; waiting for in-flight I/O to come back */
+	CS_HS_FLAGS, /* waiting for the client's 32-bit flags */
+	CS_HS_OPT,   /* option haggling */
+	CS_TX,       /* transmission */
+	CS_CLOSING,  /* no more requests: finish in-flight ones, flush, close */
+	CS_DEAD,     /* socket closed; waiting for in-flight I/O to come back */
 };
 
 struct nbd_req;
@@ -36,8 +36,8 @@ struct nbd_conn {
 	int fd;
 	ev_io rio, wio;
 	enum nbd_cstate state;
-	struct nbd_listener *lis;  /* NULL for sockets the gateway handed to a kernel */
-	struct nbd_exp *x;         /* bound export (transmission) */
+	struct nbd_listener *lis; /* NULL for sockets the gateway handed to a kernel */
+	struct nbd_exp *x;        /* bound export (transmission) */
 	struct gw_export *exp;
 	uint16_t tflags;
 
@@ -45,22 +45,22 @@ struct nbd_conn {
 	bool fixed;
 	bool no_zeroes;
 	bool structured;
-	bool meta_alloc;           /* base:allocation selected */
-	char *meta_name;           /* export the selection was made for */
+	bool meta_alloc; /* base:allocation selected */
+	char *meta_name; /* export the selection was made for */
 	unsigned nopts;
 
 	/* Input. */
 	uint8_t *ibuf;
 	size_t ipos, iend, icap;
-	struct nbd_req *wr;        /* write whose payload is arriving */
+	struct nbd_req *wr; /* write whose payload is arriving */
 	uint32_t wr_have;
-	uint64_t skip;             /* payload bytes to throw away */
-	uint64_t skip_cookie;      /* write refused early: answered once its payload is gone */
-	int skip_err;              /* its -errno (0: nothing to answer) */
-	uint32_t skip_opt;         /* option being discarded (reply after) */
+	uint64_t skip;        /* payload bytes to throw away */
+	uint64_t skip_cookie; /* write refused early: answered once its payload is gone */
+	int skip_err;         /* its -errno (0: nothing to answer) */
+	uint32_t skip_opt;    /* option being discarded (reply after) */
 	bool skip_is_opt;
-	bool paused;               /* stopped reading: too much in flight or queued */
-	bool shutting;             /* server stopping: answer new requests with ESHUTDOWN */
+	bool paused;   /* stopped reading: too much in flight or queued */
+	bool shutting; /* server stopping: answer new requests with ESHUTDOWN */
 	bool rd_on, wr_on;
 	unsigned in_process;
 
@@ -72,10 +72,10 @@ struct nbd_conn {
 	struct gw_deferred flush;
 
 	/* Socket polling (nbd_conn.c: went_idle). */
-	uint64_t idle_since;       /* ns: answered everything and went idle; 0: busy */
-	uint32_t poll_ns;          /* current window, 0: sleep */
-	uint16_t burst;            /* requests since the last went_idle */
-	uint8_t serial;            /* consecutive wake-ups that brought one request */
+	uint64_t idle_since; /* ns: answered everything and went idle; 0: busy */
+	uint32_t poll_ns;    /* current window, 0: sleep */
+	uint16_t burst;      /* requests since the last went_idle */
+	uint8_t serial;      /* consecutive wake-ups that brought one request */
 
 	/* Requests. */
 	unsigned inflight;

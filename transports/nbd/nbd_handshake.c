@@ -18,7 +18,7 @@
 #include "transports/nbd/nbd_proto.h"
 
 /* Largest option data we buffer; bigger ones are discarded and refused. */
-#define NBD_OPT_MAX (32u * 1024)
+#define NBD_OPT_MAX  (32u * 1024)
 /* Options per connection before we give up on the client. */
 #define NBD_MAX_OPTS 4096
 
@@ -133,8 +133,9 @@ static int unknown_export(struct nbd_conn *c, uint32_t opt, const char *name, si
 	struct list_names l = { .used = 0 };
 
 	nbd_listener_each(c->lis, collect_name, &l);
-	return nbd_opt_error(c, opt, NBD_REP_ERR_UNKNOWN, "no export named '%.*s' here (exports: %s)",
-			     (int)GW_MIN(len, 256), name, l.used ? l.buf : "none");
+	return nbd_opt_error(c, opt, NBD_REP_ERR_UNKNOWN,
+			     "no export named '%.*s' here (exports: %s)", (int)GW_MIN(len, 256),
+			     name, l.used ? l.buf : "none");
 }
 
 static int opt_info_go(struct nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len)
@@ -149,16 +150,19 @@ static int opt_info_go(struct nbd_conn *c, uint32_t opt, const uint8_t *d, uint3
 		return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID, "option data too short");
 	namelen = nbd_get32(d);
 	if (namelen > len - 6 || namelen > NBD_MAX_STRING)
-		return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID, "export name length %u does not fit", namelen);
+		return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID,
+				     "export name length %u does not fit", namelen);
 	name = (const char *)d + 4;
 	nreq = nbd_get16(d + 4 + namelen);
 	if ((uint64_t)4 + namelen + 2 + 2u * nreq != len)
-		return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID, "information request count %u does not match the option length",
-				     nreq);
+		return nbd_opt_error(
+			c, opt, NBD_REP_ERR_INVALID,
+			"information request count %u does not match the option length", nreq);
 	for (unsigned i = 0; i < nreq && i < GW_ARRAY_SIZE(req); i++)
 		req[i] = nbd_get16(d + 6 + namelen + 2 * i);
 	if (memchr(name, '\0', namelen))
-		return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID, "export name contains a NUL byte");
+		return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID,
+				     "export name contains a NUL byte");
 
 	if (opt == NBD_OPT_INFO) {
 		int rc;
@@ -219,7 +223,8 @@ static void list_one(void *arg, struct nbd_exp *x)
 {
 	struct list_ctx *l = arg;
 	size_t n = strlen(x->name);
-	size_t dn = x->o->description ? GW_MIN(strlen(x->o->description), (size_t)NBD_MAX_STRING) : 0;
+	size_t dn = x->o->description ? GW_MIN(strlen(x->o->description), (size_t)NBD_MAX_STRING)
+				      : 0;
 	uint8_t *p = malloc(4 + n + dn);
 
 	if (!p) {
@@ -267,13 +272,15 @@ static int opt_meta(struct nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t
 		c->meta_name = NULL;
 	}
 	if (set && !c->structured)
-		return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID,
-				     "negotiate structured replies before selecting metadata contexts");
+		return nbd_opt_error(
+			c, opt, NBD_REP_ERR_INVALID,
+			"negotiate structured replies before selecting metadata contexts");
 	if (len < 8)
 		return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID, "option data too short");
 	namelen = nbd_get32(d);
 	if (namelen > len - 8 || namelen > NBD_MAX_STRING)
-		return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID, "export name length %u does not fit", namelen);
+		return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID,
+				     "export name length %u does not fit", namelen);
 	name = (const char *)d + 4;
 	nq = nbd_get32(d + 4 + namelen);
 	pos = 8 + namelen;
@@ -282,16 +289,20 @@ static int opt_meta(struct nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t
 		uint32_t ql;
 
 		if (len - p < 4)
-			return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID, "query %u runs past the option", i + 1);
+			return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID,
+					     "query %u runs past the option", i + 1);
 		ql = nbd_get32(d + p);
 		if (ql > len - p - 4 || ql > NBD_MAX_STRING)
-			return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID, "query %u runs past the option", i + 1);
+			return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID,
+					     "query %u runs past the option", i + 1);
 		p += 4 + ql;
 		if (i + 1 == nq && p != len)
-			return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID, "trailing bytes after the queries");
+			return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID,
+					     "trailing bytes after the queries");
 	}
 	if (nq == 0 && pos != len)
-		return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID, "trailing bytes after the queries");
+		return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID,
+				     "trailing bytes after the queries");
 	x = nbd_listener_get(c->lis, name, namelen);
 	if (!x)
 		return unknown_export(c, opt, name, namelen);
@@ -307,14 +318,16 @@ static int meta_select(struct nbd_conn *c, uint32_t opt, struct nbd_exp *x, cons
 	bool match = false;
 
 	if (nq == 0) {
-		match = !set; /* LIST with no query lists everything; SET with none selects nothing */
+		match = !set; /* LIST with no query lists everything; SET with none selects nothing
+			       */
 	} else {
 		for (uint32_t i = 0; i < nq; i++) {
 			uint32_t ql = nbd_get32(d + pos);
 			const char *q = (const char *)d + pos + 4;
 
 			pos += 4 + ql;
-			if (ql == strlen(NBD_META_ALLOCATION) && memcmp(q, NBD_META_ALLOCATION, ql) == 0)
+			if (ql == strlen(NBD_META_ALLOCATION) &&
+			    memcmp(q, NBD_META_ALLOCATION, ql) == 0)
 				match = true;
 			else if (!set && ql == 5 && memcmp(q, "base:", 5) == 0)
 				match = true;
@@ -364,17 +377,26 @@ static int handle_option(struct nbd_conn *c, uint32_t opt, const uint8_t *d, uin
 		return opt_list(c, len) < 0 ? -1 : 0;
 	case NBD_OPT_STRUCTURED_REPLY:
 		if (len)
-			return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID, "STRUCTURED_REPLY takes no data") < 0 ? -1 : 0;
+			return nbd_opt_error(c, opt, NBD_REP_ERR_INVALID,
+					     "STRUCTURED_REPLY takes no data") < 0
+				       ? -1
+				       : 0;
 		c->structured = true;
 		return nbd_opt_reply(c, opt, NBD_REP_ACK, NULL, 0) < 0 ? -1 : 0;
 	case NBD_OPT_LIST_META_CONTEXT:
 	case NBD_OPT_SET_META_CONTEXT:
 		return opt_meta(c, opt, d, len) < 0 ? -1 : 0;
 	case NBD_OPT_STARTTLS:
-		return nbd_opt_error(c, opt, NBD_REP_ERR_UNSUP, "TLS is not supported by this server") < 0 ? -1 : 0;
+		return nbd_opt_error(c, opt, NBD_REP_ERR_UNSUP,
+				     "TLS is not supported by this server") < 0
+			       ? -1
+			       : 0;
 	case NBD_OPT_EXTENDED_HEADERS:
 	default:
-		return nbd_opt_error(c, opt, NBD_REP_ERR_UNSUP, "option %u is not supported", opt) < 0 ? -1 : 0;
+		return nbd_opt_error(c, opt, NBD_REP_ERR_UNSUP, "option %u is not supported", opt) <
+				       0
+			       ? -1
+			       : 0;
 	}
 }
 
@@ -394,7 +416,8 @@ int nbd_hs_process(struct nbd_conn *c)
 			if (c->skip)
 				return 0;
 			/* The oversized option is gone; now refuse it. */
-			if (nbd_opt_error(c, c->skip_opt, c->fixed ? NBD_REP_ERR_TOO_BIG : NBD_REP_ERR_UNSUP,
+			if (nbd_opt_error(c, c->skip_opt,
+					  c->fixed ? NBD_REP_ERR_TOO_BIG : NBD_REP_ERR_UNSUP,
 					  "option data larger than %u bytes", NBD_OPT_MAX) < 0)
 				return -1;
 			nbd_out_kick(c);

@@ -23,12 +23,12 @@
 #define NBD_MAX_LISTEN_FDS 8
 
 struct nbd_opts {
-	char *socket;       /* unix socket path */
-	char *listen;       /* HOST:PORT */
-	char *name;         /* export name on the wire (default: image name) */
+	char *socket; /* unix socket path */
+	char *listen; /* HOST:PORT */
+	char *name;   /* export name on the wire (default: image name) */
 	char *description;
 	uint32_t socket_mode;
-	uint32_t poll_us;   /* longest socket polling window after a reply */
+	uint32_t poll_us; /* longest socket polling window after a reply */
 	/* Kernel attach (/dev/nbdN through the nbd generic-netlink family). */
 	bool attach;
 	char *device;               /* "/dev/nbdN" to use; NULL: the kernel picks */
@@ -40,34 +40,34 @@ struct nbd_opts {
 struct nbd_exp;
 
 struct nbd_listener {
-	char *key;                   /* "unix:/path" or "tcp:host:port" */
+	char *key; /* "unix:/path" or "tcp:host:port" */
 	bool is_unix;
-	char *path;                  /* unix */
-	char *hostport;              /* tcp */
+	char *path;     /* unix */
+	char *hostport; /* tcp */
 	uint32_t mode;
 	int fds[NBD_MAX_LISTEN_FDS];
 	ev_io w[NBD_MAX_LISTEN_FDS];
 	unsigned nfds;
 	atomic_uint refs;
-	atomic_bool closed;          /* no longer accepting; handshakes in progress end */
-	pthread_mutex_t lock;        /* guards exps */
+	atomic_bool closed;   /* no longer accepting; handshakes in progress end */
+	pthread_mutex_t lock; /* guards exps */
 	struct nbd_exp **exps;
 	unsigned nexps, cap;
-	struct nbd_listener *next;   /* main thread's list */
+	struct nbd_listener *next; /* main thread's list */
 };
 
 struct nbd_exp {
 	struct gw_export *exp;
 	const struct nbd_opts *o;
-	const char *name;            /* wire name */
+	const char *name; /* wire name */
 	struct nbd_listener *lis[2];
 	unsigned nlis;
-	atomic_uint conns;           /* bound connections */
+	atomic_uint conns; /* bound connections */
 	atomic_bool stopping;
 	atomic_bool done_posted;
 	void (*stop_done)(struct gw_export *exp);
-	int dev_index;               /* attached /dev/nbdN, or -1 */
-	char *dev_link;              /* RUN-DIR/dev/IMAGE -> /dev/nbdN */
+	int dev_index;  /* attached /dev/nbdN, or -1 */
+	char *dev_link; /* RUN-DIR/dev/IMAGE -> /dev/nbdN */
 };
 
 /* ---- nbd.c ---- */

@@ -10,8 +10,8 @@
 #include <stdio.h>
 #include <string.h>
 
-__attribute__((format(printf, 3, 4)))
-static void set_msg(char *msg, size_t msglen, const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void set_msg(char *msg, size_t msglen, const char *fmt,
+							  ...)
 {
 	va_list ap;
 
@@ -32,8 +32,8 @@ static const char *kernel_text(const struct nbd_nl *nl, char *buf, size_t len)
 }
 
 /* Turn a kernel -errno from an NBD command into a sentence for the user. */
-static int explain(const struct nbd_nl *nl, int err, const char *what,
-		   int index, char *msg, size_t msglen)
+static int explain(const struct nbd_nl *nl, int err, const char *what, int index, char *msg,
+		   size_t msglen)
 {
 	char dev[32], kt[GW_GENL_EXTACK_LEN + 16];
 
@@ -45,8 +45,7 @@ static int explain(const struct nbd_nl *nl, int err, const char *what,
 	switch (err) {
 	case -EPERM:
 	case -EACCES:
-		set_msg(msg, msglen,
-			"permission denied: %s needs CAP_SYS_ADMIN (run as root)%s",
+		set_msg(msg, msglen, "permission denied: %s needs CAP_SYS_ADMIN (run as root)%s",
 			what, kt);
 		break;
 	case -EBUSY:
@@ -77,12 +76,10 @@ static int explain(const struct nbd_nl *nl, int err, const char *what,
 				what, kt);
 		break;
 	case -ENOENT:
-		set_msg(msg, msglen,
-			"the kernel NBD driver is not loaded (modprobe nbd)%s", kt);
+		set_msg(msg, msglen, "the kernel NBD driver is not loaded (modprobe nbd)%s", kt);
 		break;
 	default:
-		set_msg(msg, msglen, "NBD %s of %s failed: %s%s", what, dev,
-			strerror(-err), kt);
+		set_msg(msg, msglen, "NBD %s of %s failed: %s%s", what, dev, strerror(-err), kt);
 		break;
 	}
 	return err;
@@ -95,8 +92,7 @@ static int open_common(struct nbd_nl *nl, char *msg, size_t msglen)
 	memset(nl, 0, sizeof(*nl));
 	ret = gw_genl_open(&nl->sock);
 	if (ret < 0) {
-		set_msg(msg, msglen, "cannot open a generic netlink socket: %s",
-			strerror(-ret));
+		set_msg(msg, msglen, "cannot open a generic netlink socket: %s", strerror(-ret));
 		return ret;
 	}
 	ret = gw_genl_family_resolve(&nl->sock, NBD_GENL_FAMILY_NAME, &nl->family);
@@ -111,8 +107,7 @@ static int open_common(struct nbd_nl *nl, char *msg, size_t msglen)
 			NBD_GENL_FAMILY_NAME, strerror(-ret));
 		goto fail;
 	}
-	if (gw_genl_group_id(&nl->family, NBD_GENL_MCAST_GROUP_NAME,
-			     &nl->mcast_group) < 0)
+	if (gw_genl_group_id(&nl->family, NBD_GENL_MCAST_GROUP_NAME, &nl->mcast_group) < 0)
 		nl->mcast_group = 0;
 	return 0;
 fail:
@@ -153,8 +148,7 @@ static int check_fds(const int *fds, unsigned int n, char *msg, size_t msglen)
 		return -EINVAL;
 	}
 	if (n > NBD_NL_MAX_SOCKS) {
-		set_msg(msg, msglen, "too many sockets (%u, at most %d)", n,
-			NBD_NL_MAX_SOCKS);
+		set_msg(msg, msglen, "too many sockets (%u, at most %d)", n, NBD_NL_MAX_SOCKS);
 		return -EINVAL;
 	}
 	for (unsigned int i = 0; i < n; i++) {
@@ -179,8 +173,8 @@ static int index_reply(const struct gw_genl_reply *r, void *arg)
 	return 0;
 }
 
-int nbd_nl_connect(struct nbd_nl *nl, const struct nbd_nl_connect_params *p,
-		   uint32_t *index, char *msg, size_t msglen)
+int nbd_nl_connect(struct nbd_nl *nl, const struct nbd_nl_connect_params *p, uint32_t *index,
+		   char *msg, size_t msglen)
 {
 	struct gw_genl_msg m;
 	uint64_t bs = p->block_size ? p->block_size : 512;
@@ -195,14 +189,12 @@ int nbd_nl_connect(struct nbd_nl *nl, const struct nbd_nl_connect_params *p,
 		return -EINVAL;
 	}
 	if (bs < 512 || bs > 4096 || (bs & (bs - 1))) {
-		set_msg(msg, msglen,
-			"block size %llu is not a power of two between 512 and 4096",
+		set_msg(msg, msglen, "block size %llu is not a power of two between 512 and 4096",
 			(unsigned long long)bs);
 		return -EINVAL;
 	}
 	if (p->n_fds > 1 && !(p->server_flags & NBD_NL_FLAG_CAN_MULTI_CONN)) {
-		set_msg(msg, msglen,
-			"%u sockets need a server that offers CAN_MULTI_CONN",
+		set_msg(msg, msglen, "%u sockets need a server that offers CAN_MULTI_CONN",
 			p->n_fds);
 		return -EINVAL;
 	}
@@ -216,16 +208,14 @@ int nbd_nl_connect(struct nbd_nl *nl, const struct nbd_nl_connect_params *p,
 	if (p->timeout_s)
 		gw_genl_put_u64(&m, NBD_ATTR_TIMEOUT, p->timeout_s);
 	if (p->dead_conn_timeout_s)
-		gw_genl_put_u64(&m, NBD_ATTR_DEAD_CONN_TIMEOUT,
-				p->dead_conn_timeout_s);
+		gw_genl_put_u64(&m, NBD_ATTR_DEAD_CONN_TIMEOUT, p->dead_conn_timeout_s);
 	if (p->client_flags)
 		gw_genl_put_u64(&m, NBD_ATTR_CLIENT_FLAGS, p->client_flags);
 	if (p->backend_id)
 		gw_genl_put_str(&m, NBD_ATTR_BACKEND_IDENTIFIER, p->backend_id);
 	put_sockets(&m, p->fds, p->n_fds);
 	if (m.err) {
-		set_msg(msg, msglen, "NBD connect request too large: %s",
-			strerror(-m.err));
+		set_msg(msg, msglen, "NBD connect request too large: %s", strerror(-m.err));
 		return m.err;
 	}
 
@@ -233,15 +223,15 @@ int nbd_nl_connect(struct nbd_nl *nl, const struct nbd_nl_connect_params *p,
 	if (ret < 0)
 		return explain(nl, ret, "connect", p->index, msg, msglen);
 	if (got < 0) {
-		set_msg(msg, msglen, "the kernel accepted the NBD connect but sent no device index");
+		set_msg(msg, msglen,
+			"the kernel accepted the NBD connect but sent no device index");
 		return -EPROTO;
 	}
 	*index = (uint32_t)got;
 	return 0;
 }
 
-int nbd_nl_disconnect(struct nbd_nl *nl, uint32_t index, char *msg,
-		      size_t msglen)
+int nbd_nl_disconnect(struct nbd_nl *nl, uint32_t index, char *msg, size_t msglen)
 {
 	struct gw_genl_msg m;
 	int ret;
@@ -254,9 +244,8 @@ int nbd_nl_disconnect(struct nbd_nl *nl, uint32_t index, char *msg,
 	return 0;
 }
 
-int nbd_nl_reconfigure(struct nbd_nl *nl, uint32_t index, const int *fds,
-		       unsigned int n_fds, const char *backend_id, char *msg,
-		       size_t msglen)
+int nbd_nl_reconfigure(struct nbd_nl *nl, uint32_t index, const int *fds, unsigned int n_fds,
+		       const char *backend_id, char *msg, size_t msglen)
 {
 	struct gw_genl_msg m;
 	int ret;
@@ -270,8 +259,7 @@ int nbd_nl_reconfigure(struct nbd_nl *nl, uint32_t index, const int *fds,
 		gw_genl_put_str(&m, NBD_ATTR_BACKEND_IDENTIFIER, backend_id);
 	put_sockets(&m, fds, n_fds);
 	if (m.err) {
-		set_msg(msg, msglen, "NBD reconfigure request too large: %s",
-			strerror(-m.err));
+		set_msg(msg, msglen, "NBD reconfigure request too large: %s", strerror(-m.err));
 		return m.err;
 	}
 	ret = gw_genl_request(&nl->sock, &m, NULL, NULL);
@@ -307,8 +295,7 @@ static int status_reply(const struct gw_genl_reply *r, void *arg)
 		if (gw_genl_attr_type(item) != NBD_DEVICE_ITEM)
 			continue;
 		if (gw_genl_parse_nested(item, dtb, NBD_DEVICE_ATTR_MAX) < 0 ||
-		    !dtb[NBD_DEVICE_INDEX] ||
-		    gw_genl_attr_u32(dtb[NBD_DEVICE_INDEX], &idx) < 0)
+		    !dtb[NBD_DEVICE_INDEX] || gw_genl_attr_u32(dtb[NBD_DEVICE_INDEX], &idx) < 0)
 			return -EBADMSG;
 		if (dtb[NBD_DEVICE_CONNECTED])
 			(void)gw_genl_attr_u8(dtb[NBD_DEVICE_CONNECTED], &conn);
@@ -321,8 +308,8 @@ static int status_reply(const struct gw_genl_reply *r, void *arg)
 	return ret < 0 ? -EBADMSG : 0;
 }
 
-int nbd_nl_status(struct nbd_nl *nl, int index, struct nbd_nl_dev_status *devs,
-		  size_t max, char *msg, size_t msglen)
+int nbd_nl_status(struct nbd_nl *nl, int index, struct nbd_nl_dev_status *devs, size_t max,
+		  char *msg, size_t msglen)
 {
 	struct status_ctx ctx = { .devs = devs, .max = max };
 	struct gw_genl_msg m;
@@ -351,8 +338,7 @@ int nbd_nl_monitor_open(struct nbd_nl *nl, char *msg, size_t msglen)
 	}
 	ret = gw_genl_join_group(&nl->sock, nl->mcast_group);
 	if (ret < 0) {
-		set_msg(msg, msglen, "cannot join the NBD multicast group: %s",
-			strerror(-ret));
+		set_msg(msg, msglen, "cannot join the NBD multicast group: %s", strerror(-ret));
 		nbd_nl_close(nl);
 		return ret;
 	}
@@ -385,8 +371,7 @@ int nbd_nl_monitor_next(struct nbd_nl *nl, int timeout_ms, uint32_t *index)
 		return errno == EINTR ? 0 : -errno;
 	if (ret == 0)
 		return 0;
-	ret = gw_genl_recv_event(&nl->sock, nl->family.id, true, link_dead_event,
-				 &got);
+	ret = gw_genl_recv_event(&nl->sock, nl->family.id, true, link_dead_event, &got);
 	if (ret == -EAGAIN)
 		return 0;
 	if (ret < 0)

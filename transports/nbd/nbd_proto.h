@@ -87,13 +87,13 @@
 #define NBD_CMD_FLAG_FAST_ZERO (1u << 4)
 
 /* Structured reply chunks. */
-#define NBD_REPLY_FLAG_DONE          (1u << 0)
-#define NBD_REPLY_TYPE_NONE          0
-#define NBD_REPLY_TYPE_OFFSET_DATA   1
-#define NBD_REPLY_TYPE_OFFSET_HOLE   2
-#define NBD_REPLY_TYPE_BLOCK_STATUS  5
-#define NBD_REPLY_TYPE_ERROR         32769
-#define NBD_REPLY_TYPE_ERROR_OFFSET  32770
+#define NBD_REPLY_FLAG_DONE         (1u << 0)
+#define NBD_REPLY_TYPE_NONE         0
+#define NBD_REPLY_TYPE_OFFSET_DATA  1
+#define NBD_REPLY_TYPE_OFFSET_HOLE  2
+#define NBD_REPLY_TYPE_BLOCK_STATUS 5
+#define NBD_REPLY_TYPE_ERROR        32769
+#define NBD_REPLY_TYPE_ERROR_OFFSET 32770
 
 /* base:allocation flags. */
 #define NBD_STATE_HOLE (1u << 0)
@@ -110,34 +110,73 @@
 #define NBD_ESHUTDOWN 108
 
 /* Sizes. */
-#define NBD_REQUEST_SIZE    28
-#define NBD_SIMPLE_SIZE     16
-#define NBD_CHUNK_HDR_SIZE  20
-#define NBD_OPT_HDR_SIZE    16
-#define NBD_REP_HDR_SIZE    20
-#define NBD_MAX_STRING      4096
-#define NBD_META_ALLOCATION "base:allocation"
+#define NBD_REQUEST_SIZE       28
+#define NBD_SIMPLE_SIZE        16
+#define NBD_CHUNK_HDR_SIZE     20
+#define NBD_OPT_HDR_SIZE       16
+#define NBD_REP_HDR_SIZE       20
+#define NBD_MAX_STRING         4096
+#define NBD_META_ALLOCATION    "base:allocation"
 #define NBD_META_ALLOCATION_ID 1
 
-static inline void nbd_put16(uint8_t *p, uint16_t v) { v = htobe16(v); memcpy(p, &v, 2); }
-static inline void nbd_put32(uint8_t *p, uint32_t v) { v = htobe32(v); memcpy(p, &v, 4); }
-static inline void nbd_put64(uint8_t *p, uint64_t v) { v = htobe64(v); memcpy(p, &v, 8); }
-static inline uint16_t nbd_get16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return be16toh(v); }
-static inline uint32_t nbd_get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return be32toh(v); }
-static inline uint64_t nbd_get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return be64toh(v); }
+static inline void nbd_put16(uint8_t *p, uint16_t v)
+{
+	v = htobe16(v);
+	memcpy(p, &v, 2);
+}
+static inline void nbd_put32(uint8_t *p, uint32_t v)
+{
+	v = htobe32(v);
+	memcpy(p, &v, 4);
+}
+static inline void nbd_put64(uint8_t *p, uint64_t v)
+{
+	v = htobe64(v);
+	memcpy(p, &v, 8);
+}
+static inline uint16_t nbd_get16(const uint8_t *p)
+{
+	uint16_t v;
+	memcpy(&v, p, 2);
+	return be16toh(v);
+}
+static inline uint32_t nbd_get32(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, 4);
+	return be32toh(v);
+}
+static inline uint64_t nbd_get64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return be64toh(v);
+}
 
 /* The NBD error for a -errno from the checked layer or a backend. */
 static inline uint32_t nbd_errno(int err)
 {
 	switch (-err) {
-	case 0: return 0;
-	case EPERM: case EROFS: return NBD_EPERM;
-	case ENOMEM: return NBD_ENOMEM;
-	case EINVAL: return NBD_EINVAL;
-	case ENOSPC: case EDQUOT: case EFBIG: return NBD_ENOSPC;
-	case EOVERFLOW: return NBD_EOVERFLOW;
-	case ENOTSUP: return NBD_ENOTSUP;
-	case ESHUTDOWN: return NBD_ESHUTDOWN;
-	default: return NBD_EIO;
+	case 0:
+		return 0;
+	case EPERM:
+	case EROFS:
+		return NBD_EPERM;
+	case ENOMEM:
+		return NBD_ENOMEM;
+	case EINVAL:
+		return NBD_EINVAL;
+	case ENOSPC:
+	case EDQUOT:
+	case EFBIG:
+		return NBD_ENOSPC;
+	case EOVERFLOW:
+		return NBD_EOVERFLOW;
+	case ENOTSUP:
+		return NBD_ENOTSUP;
+	case ESHUTDOWN:
+		return NBD_ESHUTDOWN;
+	default:
+		return NBD_EIO;
 	}
 }

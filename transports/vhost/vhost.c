@@ -28,23 +28,46 @@
 static const char *vhost_check_opts(const void *opts, const char **key);
 
 static const struct gw_opt_desc vhost_opts_table[] = {
-	{ .key = "socket", .type = GW_OPT_PATH, .offset = offsetof(struct vhost_opts, socket),
+	{ .key = "socket",
+	  .type = GW_OPT_PATH,
+	  .offset = offsetof(struct vhost_opts, socket),
 	  .help = "unix socket QEMU connects to (default RUN-DIR/IMAGE.vhost.sock)" },
-	{ .key = "queues", .type = GW_OPT_U32, .offset = offsetof(struct vhost_opts, queues),
-	  .min = 1, .max = VHOST_MAX_QUEUES, .def = 16,
+	{ .key = "queues",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct vhost_opts, queues),
+	  .min = 1,
+	  .max = VHOST_MAX_QUEUES,
+	  .def = 16,
 	  .help = "virtqueues offered, at least QEMU's num-queues (default 16, at most 64)" },
-	{ .key = "queue-size", .type = GW_OPT_U32, .offset = offsetof(struct vhost_opts, queue_size),
-	  .min = 4, .max = VHOST_MAX_QUEUE_SIZE, .def = 256,
+	{ .key = "queue-size",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct vhost_opts, queue_size),
+	  .min = 4,
+	  .max = VHOST_MAX_QUEUE_SIZE,
+	  .def = 256,
 	  .help = "largest virtqueue accepted, a power of two; seg_max is queue-size - 2 (default 256)" },
-	{ .key = "serial", .type = GW_OPT_STR, .offset = offsetof(struct vhost_opts, serial),
+	{ .key = "serial",
+	  .type = GW_OPT_STR,
+	  .offset = offsetof(struct vhost_opts, serial),
 	  .help = "disk serial reported by GET_ID, at most 20 bytes (default: the image name)" },
-	{ .key = "socket-mode", .type = GW_OPT_MODE, .offset = offsetof(struct vhost_opts, socket_mode),
-	  .def = 0600, .help = "permissions of the unix socket (default 0600)" },
-	{ .key = "poll-us", .type = GW_OPT_U32, .offset = offsetof(struct vhost_opts, poll_us),
-	  .min = 0, .max = 1000, .def = 32,
+	{ .key = "socket-mode",
+	  .type = GW_OPT_MODE,
+	  .offset = offsetof(struct vhost_opts, socket_mode),
+	  .def = 0600,
+	  .help = "permissions of the unix socket (default 0600)" },
+	{ .key = "poll-us",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct vhost_opts, poll_us),
+	  .min = 0,
+	  .max = 1000,
+	  .def = 32,
 	  .help = "a busy queue polls its ring up to this long before sleeping (adaptive; 0: never; default 32)" },
-	{ .key = "notify-hold-us", .type = GW_OPT_U32, .offset = offsetof(struct vhost_opts, notify_hold_us),
-	  .min = 0, .max = 1000, .def = 40,
+	{ .key = "notify-hold-us",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct vhost_opts, notify_hold_us),
+	  .min = 0,
+	  .max = 1000,
+	  .def = 40,
 	  .help = "a driver that posts requests this long/4 apart or more gets its interrupts held until it "
 		  "is quiet this long, while that lets one interrupt carry several completions "
 		  "(adaptive; 0: never; default 40)" },
@@ -79,8 +102,8 @@ static void socket_path(const struct gw_transport_env *env, const struct vhost_o
 }
 
 static const char *vhost_conflict(const struct gw_transport_env *env, const void *a,
-				  const char *image_a, const void *b, const char *image_b, char *buf,
-				  size_t len)
+				  const char *image_a, const void *b, const char *image_b,
+				  char *buf, size_t len)
 {
 	char pa[4200], pb[4200];
 
@@ -88,7 +111,10 @@ static const char *vhost_conflict(const struct gw_transport_env *env, const void
 	socket_path(env, b, image_b, pb, sizeof(pb));
 	if (strcmp(pa, pb) != 0)
 		return NULL;
-	snprintf(buf, len, "vhost-user-blk socket %s is already used by another export (one device per socket)", pa);
+	snprintf(
+		buf, len,
+		"vhost-user-blk socket %s is already used by another export (one device per socket)",
+		pa);
 	return buf;
 }
 
@@ -118,8 +144,8 @@ static int check_folder(const char *path, char *why, size_t len)
 			break;
 	}
 	if (access(dir, W_OK | X_OK) < 0) {
-		gw_seterr(why, len, "cannot create the socket %s: %s is not writable (%s)", path, dir,
-			  strerror(errno));
+		gw_seterr(why, len, "cannot create the socket %s: %s is not writable (%s)", path,
+			  dir, strerror(errno));
 		return -EACCES;
 	}
 	return 0;
@@ -134,7 +160,8 @@ static int vhost_probe(const struct gw_transport_env *env, const void *opts, cha
 	/* The inflight region (reconnect) and eventfd-driven queues need these. */
 	fd = memfd_create("blkgw-probe", MFD_CLOEXEC);
 	if (fd < 0) {
-		gw_seterr(why, len, "memfd_create: %s (needed for the inflight region)", strerror(errno));
+		gw_seterr(why, len, "memfd_create: %s (needed for the inflight region)",
+			  strerror(errno));
 		return -errno;
 	}
 	close(fd);
@@ -188,7 +215,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
 			if (errno != EAGAIN)
-				gw_warn("vhost-user-blk %s: accept on %s: %s", x->exp->id, x->path, strerror(errno));
+				gw_warn("vhost-user-blk %s: accept on %s: %s", x->exp->id, x->path,
+					strerror(errno));
 			return;
 		}
 		if (x->conn && !x->conn->closing && peer_gone(x->conn))
@@ -196,8 +224,9 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 		if (!x->conn) {
 			serve(x, fd);
 		} else if (x->conn->closing && x->waiting_fd < 0) {
-			gw_debug("vhost-user-blk %s: a frontend connected while the last one is closing; it is served once that one is gone",
-				 x->exp->id);
+			gw_debug(
+				"vhost-user-blk %s: a frontend connected while the last one is closing; it is served once that one is gone",
+				x->exp->id);
 			x->waiting_fd = fd;
 		} else {
 			gw_warn("vhost-user-blk %s: refusing a second frontend on %s: one is already connected (one device, one frontend)",
@@ -248,7 +277,8 @@ static int vhost_start(struct gw_export *e, char *err, size_t errlen)
 	x->waiting_fd = -1;
 	rc = vblk_dev_init(&x->dev, e, o->serial, (uint16_t)o->queues, (uint16_t)o->queue_size);
 	if (rc < 0) {
-		gw_seterr(err, errlen, "block size %u cannot be expressed in virtio-blk", e->min_block);
+		gw_seterr(err, errlen, "block size %u cannot be expressed in virtio-blk",
+			  e->min_block);
 		free(x);
 		return rc;
 	}

@@ -21,14 +21,16 @@
 #include "lib/util.h"
 #include "transports/vhost/vhost_internal.h"
 
-enum { VAR = 0xffff };
+enum {
+	VAR = 0xffff
+};
 
 /* What each request may carry. */
 static const struct {
 	uint8_t known;
-	uint8_t own_reply;   /* answered with its own payload, never with an ack */
+	uint8_t own_reply; /* answered with its own payload, never with an ack */
 	uint8_t min_fds, max_fds;
-	uint16_t size;       /* payload bytes; VAR: checked by the handler */
+	uint16_t size; /* payload bytes; VAR: checked by the handler */
 } rules[VHOST_USER_REQ_MAX] = {
 	[VHOST_USER_GET_FEATURES] = { 1, 1, 0, 0, 0 },
 	[VHOST_USER_SET_FEATURES] = { 1, 0, 0, 0, 8 },
@@ -68,7 +70,8 @@ uint64_t vhost_features(const struct vhost_exp *x)
 uint64_t vhost_protocol_features(void)
 {
 	return VIRTIO_BIT(VHOST_USER_PROTOCOL_F_MQ) | VIRTIO_BIT(VHOST_USER_PROTOCOL_F_REPLY_ACK) |
-	       VIRTIO_BIT(VHOST_USER_PROTOCOL_F_CONFIG) | VIRTIO_BIT(VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) |
+	       VIRTIO_BIT(VHOST_USER_PROTOCOL_F_CONFIG) |
+	       VIRTIO_BIT(VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) |
 	       VIRTIO_BIT(VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS);
 }
 
@@ -95,14 +98,17 @@ void vhost_mem_fault(void *base, size_t off)
 		char why[192];
 
 		if (vhost_mem_owns(c->mem, base, &gpa, &size))
-			snprintf(why, sizeof(why),
-				 "the frontend shrank the file behind memory region gpa 0x%llx (0x%llx bytes) "
-				 "while it was mapped (SIGBUS at offset 0x%zx)",
-				 (unsigned long long)gpa, (unsigned long long)size, off);
+			snprintf(
+				why, sizeof(why),
+				"the frontend shrank the file behind memory region gpa 0x%llx (0x%llx bytes) "
+				"while it was mapped (SIGBUS at offset 0x%zx)",
+				(unsigned long long)gpa, (unsigned long long)size, off);
 		else if (c->infl_base == base)
-			snprintf(why, sizeof(why),
-				 "the frontend shrank the file behind its inflight region while it was mapped "
-				 "(SIGBUS at offset 0x%zx)", off);
+			snprintf(
+				why, sizeof(why),
+				"the frontend shrank the file behind its inflight region while it was mapped "
+				"(SIGBUS at offset 0x%zx)",
+				off);
 		else
 			continue;
 		c->broken = true;
@@ -110,7 +116,9 @@ void vhost_mem_fault(void *base, size_t off)
 		return;
 	}
 	/* The connection went away already; the mapping reads as zeros until it is unmapped. */
-	gw_debug("vhost-user-blk: a memory region of a closed connection shrank (SIGBUS at offset 0x%zx)", off);
+	gw_debug(
+		"vhost-user-blk: a memory region of a closed connection shrank (SIGBUS at offset 0x%zx)",
+		off);
 }
 
 struct vhost_conn *vhost_conn_new(struct vhost_exp *x, int fd)
@@ -163,10 +171,13 @@ static int h_set_features(struct vhost_conn *c, struct vhost_msg *m)
 
 	memcpy(&f, m->payload, 8);
 	if (f & ~offered)
-		return vhost_refuse(c, -EPROTO, "features 0x%llx include bits never offered (0x%llx)",
+		return vhost_refuse(c, -EPROTO,
+				    "features 0x%llx include bits never offered (0x%llx)",
 				    (unsigned long long)f, (unsigned long long)(f & ~offered));
 	if (!(f & VIRTIO_BIT(VIRTIO_F_VERSION_1)))
-		return vhost_refuse(c, -EINVAL, "VIRTIO_F_VERSION_1 not negotiated (legacy devices are not supported)");
+		return vhost_refuse(
+			c, -EINVAL,
+			"VIRTIO_F_VERSION_1 not negotiated (legacy devices are not supported)");
 	c->features = f;
 	c->features_set = true;
 	gw_debug("%s: features 0x%llx", c->name, (unsigned long long)f);
@@ -181,7 +192,8 @@ static int h_set_protocol_features(struct vhost_conn *c, struct vhost_msg *m)
 
 	memcpy(&f, m->payload, 8);
 	if (f & ~vhost_protocol_features())
-		return vhost_refuse(c, -EPROTO, "protocol features 0x%llx include bits never offered",
+		return vhost_refuse(c, -EPROTO,
+				    "protocol features 0x%llx include bits never offered",
 				    (unsigned long long)f);
 	c->proto = f;
 	return 0;
@@ -198,12 +210,14 @@ static int h_get_config(struct vhost_conn *c, struct vhost_msg *m)
 	memcpy(&h, m->payload, sizeof(h));
 	if (h.size == 0 || h.size > VHOST_USER_MAX_CONFIG || m->size != sizeof(h) + h.size ||
 	    h.offset > VHOST_USER_MAX_CONFIG - h.size)
-		return vhost_refuse(c, -EPROTO, "offset %u size %u in a %u-byte message", h.offset, h.size, m->size);
+		return vhost_refuse(c, -EPROTO, "offset %u size %u in a %u-byte message", h.offset,
+				    h.size, m->size);
 	vblk_config(&c->x->dev, cfg);
 	memcpy(out, &h, sizeof(h));
 	memset(out + sizeof(h), 0, h.size);
 	if (h.offset < sizeof(cfg))
-		memcpy(out + sizeof(h), cfg + h.offset, GW_MIN((size_t)h.size, sizeof(cfg) - h.offset));
+		memcpy(out + sizeof(h), cfg + h.offset,
+		       GW_MIN((size_t)h.size, sizeof(cfg) - h.offset));
 	return vhost_msg_reply(c, m->request, out, (uint32_t)(sizeof(h) + h.size), -1);
 }
 
@@ -217,7 +231,8 @@ static int h_set_config(struct vhost_conn *c, struct vhost_msg *m)
 	if (h.size > VHOST_USER_MAX_CONFIG || m->size != sizeof(h) + h.size)
 		return vhost_refuse(c, -EPROTO, "size %u in a %u-byte message", h.size, m->size);
 	/* Nothing in our config is writable (no CONFIG_WCE). */
-	return vhost_refuse(c, -ENOTSUP, "config space is read-only (offset %u, %u bytes)", h.offset, h.size);
+	return vhost_refuse(c, -ENOTSUP, "config space is read-only (offset %u, %u bytes)",
+			    h.offset, h.size);
 }
 
 static bool any_running(const struct vhost_conn *c)
@@ -239,8 +254,8 @@ static int h_get_inflight(struct vhost_conn *c, struct vhost_msg *m)
 		return vhost_refuse(c, -EINVAL, "queues are running");
 	rc = vhost_inflight_new(c, in.num_queues, in.queue_size, &fd, &size);
 	if (rc < 0)
-		return vhost_refuse(c, rc, "no inflight region for %u queues of %u entries: %s", in.num_queues,
-				    in.queue_size, strerror(-rc));
+		return vhost_refuse(c, rc, "no inflight region for %u queues of %u entries: %s",
+				    in.num_queues, in.queue_size, strerror(-rc));
 	in.mmap_size = size;
 	in.mmap_offset = 0;
 	rc = vhost_msg_reply(c, m->request, &in, sizeof(in), fd);
@@ -263,12 +278,17 @@ static int h_set_inflight(struct vhost_conn *c, struct vhost_msg *m)
 	}
 	rc = vhost_inflight_set(c, &in, fd);
 	if (rc < 0)
-		return vhost_refuse(c, rc, "inflight region of %llu bytes at offset %llu for %u queues of %u entries: %s",
-				    (unsigned long long)in.mmap_size, (unsigned long long)in.mmap_offset,
-				    in.num_queues, in.queue_size,
-				    rc == -EINVAL ? "too small, misaligned (the offset must be a multiple of 8), or sizes "
-						    "out of range" : strerror(-rc));
-	gw_debug("%s: frontend's inflight region: %u queues of %u", c->name, in.num_queues, in.queue_size);
+		return vhost_refuse(
+			c, rc,
+			"inflight region of %llu bytes at offset %llu for %u queues of %u entries: %s",
+			(unsigned long long)in.mmap_size, (unsigned long long)in.mmap_offset,
+			in.num_queues, in.queue_size,
+			rc == -EINVAL
+				? "too small, misaligned (the offset must be a multiple of 8), or sizes "
+				  "out of range"
+				: strerror(-rc));
+	gw_debug("%s: frontend's inflight region: %u queues of %u", c->name, in.num_queues,
+		 in.queue_size);
 	return 0;
 }
 
@@ -358,11 +378,13 @@ static void dispatch(struct vhost_conn *c)
 	int rc;
 
 	c->have = 0;
-	gw_debug("%s: <- %s (%u bytes, %u fds)", c->name, vhost_req_name(m->request), m->size, m->nfds);
+	gw_debug("%s: <- %s (%u bytes, %u fds)", c->name, vhost_req_name(m->request), m->size,
+		 m->nfds);
 	if (!known) {
 		rc = vhost_refuse(c, -EPROTO, "request %u is not supported", m->request);
 	} else if (rules[m->request].size != VAR && m->size != rules[m->request].size) {
-		rc = vhost_refuse(c, -EPROTO, "payload of %u bytes (expected %u)", m->size, rules[m->request].size);
+		rc = vhost_refuse(c, -EPROTO, "payload of %u bytes (expected %u)", m->size,
+				  rules[m->request].size);
 	} else if (m->nfds < rules[m->request].min_fds || m->nfds > rules[m->request].max_fds) {
 		rc = vhost_refuse(c, -EPROTO, "%u file descriptors (expected %u to %u)", m->nfds,
 				  rules[m->request].min_fds, rules[m->request].max_fds);
@@ -395,7 +417,8 @@ static void finish_pending(struct vhost_conn *c)
 	}
 	switch (c->pending_req) {
 	case VHOST_USER_GET_VRING_BASE: {
-		struct vhost_vring_state st = { .index = c->pending_index, .num = (uint32_t)c->pending_value };
+		struct vhost_vring_state st = { .index = c->pending_index,
+						.num = (uint32_t)c->pending_value };
 
 		if (vhost_msg_reply(c, c->pending_req, &st, sizeof(st), -1) < 0) {
 			vhost_conn_close(c, "cannot send a reply");
@@ -414,7 +437,8 @@ static void finish_pending(struct vhost_conn *c)
 	}
 	if (!c->closing) {
 		set_reading(c, true);
-		/* Messages may already sit in the socket buffer: level-triggered, the watcher fires. */
+		/* Messages may already sit in the socket buffer: level-triggered, the watcher
+		 * fires. */
 	}
 }
 

@@ -26,9 +26,9 @@
 #include "transports/virtio/virtio_blk.h"
 #include "transports/virtio/virtio_mem.h"
 
-#define VHOST_MAX_QUEUES 64u
+#define VHOST_MAX_QUEUES     64u
 #define VHOST_MAX_QUEUE_SIZE 1024u
-#define VHOST_MAX_MEM_SLOTS 64u
+#define VHOST_MAX_MEM_SLOTS  64u
 
 struct vhost_opts {
 	char *socket;
@@ -44,12 +44,12 @@ struct vhost_opts {
 
 /* One mmap of a frontend region; shared by the snapshots that contain it. */
 struct vhost_mapping {
-	unsigned refs;            /* main thread only: snapshots holding it */
+	unsigned refs; /* main thread only: snapshots holding it */
 	void *base;
 	size_t len;
-	uint64_t gpa, size, uva;  /* the region as the frontend described it */
-	uint8_t *host;            /* gpa / uva map here */
-	int guard;                /* SIGBUS guard slot (lib/guard.h), -1: sealed, none needed */
+	uint64_t gpa, size, uva; /* the region as the frontend described it */
+	uint8_t *host;           /* gpa / uva map here */
+	int guard;               /* SIGBUS guard slot (lib/guard.h), -1: sealed, none needed */
 };
 
 /* A memory table snapshot. Its lifetime is that of `gpa` (refcounted). */
@@ -71,18 +71,22 @@ struct vhost_msg {
 
 /* ---- a connection ---- */
 
-enum vhost_enable { VR_ENABLE_UNSET = 0, VR_ENABLE_ON, VR_ENABLE_OFF };
+enum vhost_enable {
+	VR_ENABLE_UNSET = 0,
+	VR_ENABLE_ON,
+	VR_ENABLE_OFF
+};
 
 struct vhost_vring {
-	uint16_t num;             /* SET_VRING_NUM (0: not yet) */
-	uint16_t base;            /* SET_VRING_BASE, or where the last stop ended */
+	uint16_t num;  /* SET_VRING_NUM (0: not yet) */
+	uint16_t base; /* SET_VRING_BASE, or where the last stop ended */
 	bool addr_set;
 	uint64_t desc_ua, avail_ua, used_ua;
 	int kick_fd, call_fd, err_fd;
 	enum vhost_enable enable;
-	bool running;             /* started on its worker */
-	struct vblk_queue *q;     /* created at first start */
-	struct gw_worker *w;      /* picked at first start, kept for the connection */
+	bool running;         /* started on its worker */
+	struct vblk_queue *q; /* created at first start */
+	struct gw_worker *w;  /* picked at first start, kept for the connection */
 };
 
 struct vhost_exp;
@@ -95,7 +99,7 @@ struct vhost_conn {
 
 	/* Incoming message. */
 	struct vhost_msg msg;
-	size_t have;              /* bytes of header + payload received */
+	size_t have; /* bytes of header + payload received */
 
 	/* Negotiated. */
 	uint64_t features;
@@ -103,27 +107,27 @@ struct vhost_conn {
 	bool features_set;
 
 	struct vhost_vring vr[VHOST_MAX_QUEUES];
-	struct vhost_mem *mem;    /* current table, or NULL */
+	struct vhost_mem *mem; /* current table, or NULL */
 
 	/* Inflight region (INFLIGHT_SHMFD). */
 	void *infl_base;
-	size_t infl_len;          /* mapped bytes */
-	uint8_t *infl;            /* start of queue 0's region */
+	size_t infl_len; /* mapped bytes */
+	uint8_t *infl;   /* start of queue 0's region */
 	uint16_t infl_queues, infl_qsize;
-	int infl_guard;           /* SIGBUS guard slot of a frontend's region, or -1 */
+	int infl_guard; /* SIGBUS guard slot of a frontend's region, or -1 */
 
 	/* The message being answered asynchronously. */
-	unsigned pending;         /* queue operations still to call back */
+	unsigned pending; /* queue operations still to call back */
 	int pending_rc;
 	uint32_t pending_req;
-	bool pending_ack;         /* send a REPLY_ACK when done */
-	uint64_t pending_value;   /* GET_VRING_BASE: the index to report */
+	bool pending_ack;       /* send a REPLY_ACK when done */
+	uint64_t pending_value; /* GET_VRING_BASE: the index to report */
 	uint32_t pending_index;
 
-	bool closing;             /* tearing down: no more messages */
-	bool broken;              /* a queue reported a malformed ring */
-	unsigned stopping;        /* queue stops outstanding during teardown */
-	char name[160];           /* "vhost-user-blk EXPORT" for logs */
+	bool closing;                              /* tearing down: no more messages */
+	bool broken;                               /* a queue reported a malformed ring */
+	unsigned stopping;                         /* queue stops outstanding during teardown */
+	char name[160];                            /* "vhost-user-blk EXPORT" for logs */
 	struct vhost_conn *live_next, **live_prev; /* every connection (main thread) */
 };
 
@@ -132,12 +136,12 @@ struct vhost_conn {
 struct vhost_exp {
 	struct gw_export *exp;
 	const struct vhost_opts *o;
-	char *path;               /* the socket */
+	char *path; /* the socket */
 	int lfd;
 	ev_io lw;
 	struct vblk_dev dev;
-	struct vhost_conn *conn;  /* the frontend, or NULL */
-	int waiting_fd;           /* a frontend that connected while the last one was closing */
+	struct vhost_conn *conn; /* the frontend, or NULL */
+	int waiting_fd;          /* a frontend that connected while the last one was closing */
 	bool stopping;
 	void (*stop_done)(struct gw_export *exp);
 };
@@ -156,7 +160,8 @@ int vhost_msg_reply(struct vhost_conn *c, uint32_t req, const void *payload, uin
 const char *vhost_req_name(uint32_t req);
 
 /* ---- vhost_dev.c ---- */
-/* A handler's answer: 0 done, VHOST_ASYNC waiting for queue callbacks, -EPROTO bad message, -errno failed. */
+/* A handler's answer: 0 done, VHOST_ASYNC waiting for queue callbacks, -EPROTO bad message, -errno
+ * failed. */
 #define VHOST_ASYNC 1
 
 struct vhost_conn *vhost_conn_new(struct vhost_exp *x, int fd);
@@ -168,7 +173,8 @@ uint64_t vhost_protocol_features(void);
 /* Callback for queue operations a message waits on (arg: the connection). */
 void vhost_op_cb(void *arg, int rc, unsigned value);
 /* Log a refused message (once per message) and return rc. */
-int vhost_refuse(struct vhost_conn *c, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int vhost_refuse(struct vhost_conn *c, int rc, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
 /* ---- vhost_vring.c: handlers for vrings and the memory table ---- */
 int vhost_h_vring_num(struct vhost_conn *c, struct vhost_msg *m);
@@ -207,7 +213,8 @@ bool vhost_mem_owns(const struct vhost_mem *m, const void *base, uint64_t *gpa, 
  */
 void vhost_mem_fault(void *base, size_t off);
 /* The mapping of base matching a REM_MEM_REG region, or NULL. */
-const struct vhost_mapping *vhost_mem_match(const struct vhost_mem *m, const struct vhost_mem_region *r);
+const struct vhost_mapping *vhost_mem_match(const struct vhost_mem *m,
+					    const struct vhost_mem_region *r);
 /*
  * Translate vring i's ring addresses through the QEMU-virtual map, checking
  * alignment and that each ring lies in one region. 0 or -EFAULT with a message.

@@ -66,41 +66,47 @@ void vhost_mem_put(struct vhost_mem *m)
 		virtio_mem_put(m->gpa);
 }
 
-static int map_region(const struct vhost_mem_region *r, int fd, struct vhost_mapping **out, char *err,
-		      size_t errlen)
+static int map_region(const struct vhost_mem_region *r, int fd, struct vhost_mapping **out,
+		      char *err, size_t errlen)
 {
 	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), end, aligned, delta, last;
 	struct vhost_mapping *mp;
 	struct stat st;
 	void *base;
 
-	if (r->memory_size == 0 || __builtin_add_overflow(r->guest_phys_addr, r->memory_size - 1, &last) ||
+	if (r->memory_size == 0 ||
+	    __builtin_add_overflow(r->guest_phys_addr, r->memory_size - 1, &last) ||
 	    __builtin_add_overflow(r->userspace_addr, r->memory_size - 1, &last) ||
 	    __builtin_add_overflow(r->mmap_offset, r->memory_size, &end) || end > INT64_MAX) {
-		gw_seterr(err, errlen, "region gpa 0x%llx size 0x%llx uva 0x%llx offset 0x%llx is empty or wraps",
-			  (unsigned long long)r->guest_phys_addr, (unsigned long long)r->memory_size,
-			  (unsigned long long)r->userspace_addr, (unsigned long long)r->mmap_offset);
+		gw_seterr(
+			err, errlen,
+			"region gpa 0x%llx size 0x%llx uva 0x%llx offset 0x%llx is empty or wraps",
+			(unsigned long long)r->guest_phys_addr, (unsigned long long)r->memory_size,
+			(unsigned long long)r->userspace_addr, (unsigned long long)r->mmap_offset);
 		return -EINVAL;
 	}
 	if (fstat(fd, &st) < 0 || (S_ISREG(st.st_mode) && (uint64_t)st.st_size < end)) {
-		gw_seterr(err, errlen, "region gpa 0x%llx: its file is %lld bytes, the region ends at %llu",
-			  (unsigned long long)r->guest_phys_addr, (long long)st.st_size, (unsigned long long)end);
+		gw_seterr(err, errlen,
+			  "region gpa 0x%llx: its file is %lld bytes, the region ends at %llu",
+			  (unsigned long long)r->guest_phys_addr, (long long)st.st_size,
+			  (unsigned long long)end);
 		return -EINVAL;
 	}
 	aligned = r->mmap_offset & ~(page - 1);
 	delta = r->mmap_offset - aligned;
 	if (r->memory_size + delta > SIZE_MAX) {
-		gw_seterr(err, errlen, "region of 0x%llx bytes is too large", (unsigned long long)r->memory_size);
+		gw_seterr(err, errlen, "region of 0x%llx bytes is too large",
+			  (unsigned long long)r->memory_size);
 		return -EINVAL;
 	}
-	base = mmap(NULL, (size_t)(r->memory_size + delta), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
-		    fd, (off_t)aligned);
+	base = mmap(NULL, (size_t)(r->memory_size + delta), PROT_READ | PROT_WRITE,
+		    MAP_SHARED | MAP_NORESERVE, fd, (off_t)aligned);
 	if (base == MAP_FAILED) {
 		int rc = -errno;
 
 		gw_seterr(err, errlen, "cannot map region gpa 0x%llx (0x%llx bytes): %s",
-			  (unsigned long long)r->guest_phys_addr, (unsigned long long)r->memory_size,
-			  strerror(errno));
+			  (unsigned long long)r->guest_phys_addr,
+			  (unsigned long long)r->memory_size, strerror(errno));
 		return rc;
 	}
 	mp = calloc(1, sizeof(*mp));
@@ -111,20 +117,26 @@ static int map_region(const struct vhost_mem_region *r, int fd, struct vhost_map
 	mp->guard = -1;
 	/* A frontend that can shrink the file could otherwise SIGBUS the daemon. */
 	if (gw_guard_needed(fd)) {
-		gw_debug("vhost-user-blk: memory region gpa 0x%llx (0x%llx bytes) is not sealed against shrinking: "
-			 "guarded against SIGBUS", (unsigned long long)r->guest_phys_addr,
-			 (unsigned long long)r->memory_size);
-		mp->guard = gw_guard_add(base, (size_t)(r->memory_size + delta), fd, vhost_mem_fault, base);
+		gw_debug(
+			"vhost-user-blk: memory region gpa 0x%llx (0x%llx bytes) is not sealed against shrinking: "
+			"guarded against SIGBUS",
+			(unsigned long long)r->guest_phys_addr, (unsigned long long)r->memory_size);
+		mp->guard = gw_guard_add(base, (size_t)(r->memory_size + delta), fd,
+					 vhost_mem_fault, base);
 		if (mp->guard < 0) {
 			int rc = mp->guard;
 
 			if (rc == -ENOSPC)
-				gw_seterr(err, errlen, "region gpa 0x%llx: more than %u unsealed memory regions are "
-					  "mapped (seal them against shrinking: QEMU memory-backend-memfd with seal=on)",
-					  (unsigned long long)r->guest_phys_addr, GW_GUARD_SLOTS);
+				gw_seterr(
+					err, errlen,
+					"region gpa 0x%llx: more than %u unsealed memory regions are "
+					"mapped (seal them against shrinking: QEMU memory-backend-memfd with seal=on)",
+					(unsigned long long)r->guest_phys_addr, GW_GUARD_SLOTS);
 			else
-				gw_seterr(err, errlen, "region gpa 0x%llx: cannot guard it against shrinking: %s",
-					  (unsigned long long)r->guest_phys_addr, strerror(-rc));
+				gw_seterr(
+					err, errlen,
+					"region gpa 0x%llx: cannot guard it against shrinking: %s",
+					(unsigned long long)r->guest_phys_addr, strerror(-rc));
 			munmap(base, (size_t)(r->memory_size + delta));
 			free(mp);
 			return rc;
@@ -157,7 +169,8 @@ static int mem_add(struct vhost_mem *m, struct vhost_mapping *mp, char *err, siz
 			/* Undo the first insertion (regions are unique by address). */
 			for (unsigned i = 0; i < m->gpa->n; i++) {
 				if (m->gpa->r[i].addr == mp->gpa) {
-					memmove(&m->gpa->r[i], &m->gpa->r[i + 1], (m->gpa->n - i - 1) * sizeof(m->gpa->r[0]));
+					memmove(&m->gpa->r[i], &m->gpa->r[i + 1],
+						(m->gpa->n - i - 1) * sizeof(m->gpa->r[0]));
 					m->gpa->n--;
 					break;
 				}
@@ -165,8 +178,10 @@ static int mem_add(struct vhost_mem *m, struct vhost_mapping *mp, char *err, siz
 		}
 	}
 	if (rc < 0) {
-		gw_seterr(err, errlen, "region gpa 0x%llx size 0x%llx uva 0x%llx overlaps another one",
-			  (unsigned long long)mp->gpa, (unsigned long long)mp->size, (unsigned long long)mp->uva);
+		gw_seterr(err, errlen,
+			  "region gpa 0x%llx size 0x%llx uva 0x%llx overlaps another one",
+			  (unsigned long long)mp->gpa, (unsigned long long)mp->size,
+			  (unsigned long long)mp->uva);
 		return -EINVAL;
 	}
 	mp->refs++;
@@ -243,7 +258,8 @@ bool vhost_mem_owns(const struct vhost_mem *m, const void *base, uint64_t *gpa, 
 	return false;
 }
 
-const struct vhost_mapping *vhost_mem_match(const struct vhost_mem *m, const struct vhost_mem_region *r)
+const struct vhost_mapping *vhost_mem_match(const struct vhost_mem *m,
+					    const struct vhost_mem_region *r)
 {
 	for (unsigned i = 0; m && i < m->n; i++)
 		if (m->m[i]->gpa == r->guest_phys_addr && m->m[i]->size == r->memory_size &&
@@ -265,9 +281,11 @@ int vhost_rings(const struct vhost_mem *m, const struct vhost_vring *vr, struct 
 	*avail = virtio_mem_ptr(m->uva, vr->avail_ua, vring_avail_bytes(vr->num));
 	*used = virtio_mem_ptr(m->uva, vr->used_ua, vring_used_bytes(vr->num));
 	if (!*desc || !*avail || !*used) {
-		gw_seterr(err, errlen, "rings of %u entries (desc 0x%llx, avail 0x%llx, used 0x%llx) are not inside the memory table",
-			  vr->num, (unsigned long long)vr->desc_ua, (unsigned long long)vr->avail_ua,
-			  (unsigned long long)vr->used_ua);
+		gw_seterr(
+			err, errlen,
+			"rings of %u entries (desc 0x%llx, avail 0x%llx, used 0x%llx) are not inside the memory table",
+			vr->num, (unsigned long long)vr->desc_ua, (unsigned long long)vr->avail_ua,
+			(unsigned long long)vr->used_ua);
 		return -EFAULT;
 	}
 	return 0;
@@ -289,8 +307,8 @@ void vhost_inflight_drop(struct vhost_conn *c)
 
 static bool inflight_params_ok(uint16_t num_queues, uint16_t queue_size)
 {
-	return num_queues && num_queues <= VHOST_MAX_QUEUES && queue_size && queue_size <= VHOST_MAX_QUEUE_SIZE &&
-	       gw_is_pow2(queue_size);
+	return num_queues && num_queues <= VHOST_MAX_QUEUES && queue_size &&
+	       queue_size <= VHOST_MAX_QUEUE_SIZE && gw_is_pow2(queue_size);
 }
 
 int vhost_inflight_new(struct vhost_conn *c, uint16_t num_queues, uint16_t queue_size, int *fd,
@@ -343,14 +361,16 @@ int vhost_inflight_set(struct vhost_conn *c, const struct vhost_inflight_msg *m,
 		return -EINVAL;
 	}
 	need = (uint64_t)vq_inflight_size(m->queue_size) * m->num_queues;
-	if (m->mmap_size < need || m->mmap_offset % _Alignof(struct vq_inflight) || __builtin_add_overflow(m->mmap_offset, m->mmap_size, &end) ||
-	    end > INT64_MAX || fstat(fd, &st) < 0 || (S_ISREG(st.st_mode) && (uint64_t)st.st_size < end)) {
+	if (m->mmap_size < need || m->mmap_offset % _Alignof(struct vq_inflight) ||
+	    __builtin_add_overflow(m->mmap_offset, m->mmap_size, &end) || end > INT64_MAX ||
+	    fstat(fd, &st) < 0 || (S_ISREG(st.st_mode) && (uint64_t)st.st_size < end)) {
 		close(fd);
 		return -EINVAL;
 	}
 	aligned = m->mmap_offset & ~(page - 1);
 	delta = m->mmap_offset - aligned;
-	p = mmap(NULL, (size_t)(need + delta), PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)aligned);
+	p = mmap(NULL, (size_t)(need + delta), PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+		 (off_t)aligned);
 	if (p == MAP_FAILED) {
 		int rc = -errno;
 

@@ -142,12 +142,14 @@ int vhost_msg_read(struct vhost_conn *c)
 		if (c->have == VHOST_USER_HDR_SIZE) {
 			if ((m->flags & VHOST_USER_VERSION_MASK) != VHOST_USER_VERSION) {
 				gw_warn("%s: %s with protocol version %u (only 1 exists)", c->name,
-					vhost_req_name(m->request), m->flags & VHOST_USER_VERSION_MASK);
+					vhost_req_name(m->request),
+					m->flags & VHOST_USER_VERSION_MASK);
 				return -EPROTO;
 			}
 			if (m->size > VHOST_USER_MAX_PAYLOAD) {
 				gw_warn("%s: %s with a %u-byte payload (at most %u)", c->name,
-					vhost_req_name(m->request), m->size, VHOST_USER_MAX_PAYLOAD);
+					vhost_req_name(m->request), m->size,
+					VHOST_USER_MAX_PAYLOAD);
 				return -EPROTO;
 			}
 		}

@@ -46,16 +46,16 @@ enum vhost_req {
 	VHOST_USER_REQ_MAX = 41,
 };
 
-#define VHOST_USER_VERSION        0x1u
-#define VHOST_USER_VERSION_MASK   0x3u
-#define VHOST_USER_REPLY          0x4u
-#define VHOST_USER_NEED_REPLY     0x8u
+#define VHOST_USER_VERSION      0x1u
+#define VHOST_USER_VERSION_MASK 0x3u
+#define VHOST_USER_REPLY        0x4u
+#define VHOST_USER_NEED_REPLY   0x8u
 
-#define VHOST_USER_HDR_SIZE 12u
-#define VHOST_USER_MAX_FDS 8u
-#define VHOST_USER_MAX_PAYLOAD 512u   /* larger than any message we accept */
-#define VHOST_USER_MEM_REGIONS 8u     /* SET_MEM_TABLE */
-#define VHOST_USER_MAX_CONFIG 256u
+#define VHOST_USER_HDR_SIZE    12u
+#define VHOST_USER_MAX_FDS     8u
+#define VHOST_USER_MAX_PAYLOAD 512u /* larger than any message we accept */
+#define VHOST_USER_MEM_REGIONS 8u   /* SET_MEM_TABLE */
+#define VHOST_USER_MAX_CONFIG  256u
 
 /* virtio feature bit 30: the back-end speaks vhost-user protocol features. */
 #define VHOST_USER_F_PROTOCOL_FEATURES 30

@@ -19,7 +19,8 @@
 static struct vhost_vring *vring_of(struct vhost_conn *c, uint32_t index)
 {
 	if (index >= c->x->o->queues) {
-		vhost_refuse(c, -EPROTO, "queue %u does not exist (%u queues)", index, c->x->o->queues);
+		vhost_refuse(c, -EPROTO, "queue %u does not exist (%u queues)", index,
+			     c->x->o->queues);
 		return NULL;
 	}
 	return &c->vr[index];
@@ -33,7 +34,8 @@ static void broken_cb(struct vblk_queue *q, void *arg)
 
 	c->broken = true;
 	if (vr->err_fd >= 0 && (rc = gw_efd_signal(vr->err_fd)) < 0) {
-		gw_debug("%s: err eventfd: %s", c->name, rc == -ETIMEDOUT ? "blocked (full and unread)" : strerror(-rc));
+		gw_debug("%s: err eventfd: %s", c->name,
+			 rc == -ETIMEDOUT ? "blocked (full and unread)" : strerror(-rc));
 		if (rc == -ETIMEDOUT) {
 			close(vr->err_fd); /* not twice */
 			vr->err_fd = -1;
@@ -57,7 +59,8 @@ int vhost_h_vring_num(struct vhost_conn *c, struct vhost_msg *m)
 	if (vr->running)
 		return vhost_refuse(c, -EPROTO, "queue %u is running", st.index);
 	if (st.num == 0 || st.num > c->x->o->queue_size || !gw_is_pow2(st.num))
-		return vhost_refuse(c, -EINVAL, "queue %u: %u entries (a power of two up to queue-size %u)",
+		return vhost_refuse(c, -EINVAL,
+				    "queue %u: %u entries (a power of two up to queue-size %u)",
 				    st.index, st.num, c->x->o->queue_size);
 	vr->num = (uint16_t)st.num;
 	return 0;
@@ -74,7 +77,8 @@ int vhost_h_vring_addr(struct vhost_conn *c, struct vhost_msg *m)
 	if (vr->running)
 		return vhost_refuse(c, -EPROTO, "queue %u is running", a.index);
 	if (a.flags & VHOST_VRING_F_LOG)
-		return vhost_refuse(c, -EINVAL, "queue %u: dirty logging is not supported", a.index);
+		return vhost_refuse(c, -EINVAL, "queue %u: dirty logging is not supported",
+				    a.index);
 	vr->desc_ua = a.desc;
 	vr->avail_ua = a.avail;
 	vr->used_ua = a.used;
@@ -93,7 +97,8 @@ int vhost_h_vring_base(struct vhost_conn *c, struct vhost_msg *m)
 	if (vr->running)
 		return vhost_refuse(c, -EPROTO, "queue %u is running", st.index);
 	if (st.num > 0xffff)
-		return vhost_refuse(c, -EINVAL, "queue %u: base %u (split rings count to 65535)", st.index, st.num);
+		return vhost_refuse(c, -EINVAL, "queue %u: base %u (split rings count to 65535)",
+				    st.index, st.num);
 	vr->base = (uint16_t)st.num;
 	return 0;
 }
@@ -149,7 +154,10 @@ static int start_vring(struct vhost_conn *c, unsigned i)
 
 	if (!vr->num || !vr->addr_set || !c->mem || !c->features_set)
 		return vhost_refuse(c, -EINVAL, "queue %u kicked before its %s was set", i,
-				    !vr->num ? "size" : !vr->addr_set ? "address" : !c->mem ? "memory table" : "features");
+				    !vr->num        ? "size"
+				    : !vr->addr_set ? "address"
+				    : !c->mem       ? "memory table"
+						    : "features");
 	memset(&s, 0, sizeof(s));
 	rc = vhost_rings(c->mem, vr, &s.desc, &s.avail, &s.used, err, sizeof(err));
 	if (rc < 0)
@@ -193,13 +201,14 @@ int vhost_h_vring_fd(struct vhost_conn *c, struct vhost_msg *m)
 
 	memcpy(&v, m->payload, 8);
 	if (v & ~(uint64_t)(VHOST_USER_VRING_IDX_MASK | VHOST_USER_VRING_NOFD))
-		return vhost_refuse(c, -EPROTO, "payload 0x%llx has unknown bits", (unsigned long long)v);
+		return vhost_refuse(c, -EPROTO, "payload 0x%llx has unknown bits",
+				    (unsigned long long)v);
 	if (!(vr = vring_of(c, (uint32_t)(v & VHOST_USER_VRING_IDX_MASK))))
 		return -EPROTO;
 	nofd = v & VHOST_USER_VRING_NOFD;
 	if (nofd != (m->nfds == 0))
-		return vhost_refuse(c, -EPROTO, "%u file descriptors with the no-fd flag %s", m->nfds,
-				    nofd ? "set" : "clear");
+		return vhost_refuse(c, -EPROTO, "%u file descriptors with the no-fd flag %s",
+				    m->nfds, nofd ? "set" : "clear");
 	if (!nofd) {
 		char why[160];
 
@@ -207,7 +216,8 @@ int vhost_h_vring_fd(struct vhost_conn *c, struct vhost_msg *m)
 		m->fds[0] = -1;
 		if (gw_efd_check(fd, why, sizeof(why)) < 0) {
 			close(fd);
-			return vhost_refuse(c, -EPROTO, "%s: the fd is %s", vhost_req_name(m->request), why);
+			return vhost_refuse(c, -EPROTO, "%s: the fd is %s",
+					    vhost_req_name(m->request), why);
 		}
 	}
 	switch (m->request) {
@@ -229,11 +239,13 @@ int vhost_h_vring_fd(struct vhost_conn *c, struct vhost_msg *m)
 		return VHOST_ASYNC;
 	default: /* KICK */
 		if (nofd)
-			return vhost_refuse(c, -EINVAL, "polling mode (no kick eventfd) is not supported");
+			return vhost_refuse(c, -EINVAL,
+					    "polling mode (no kick eventfd) is not supported");
 		if (vr->running) {
 			rc = vblk_queue_set_kick(vr->q, fd, vhost_op_cb, c);
 			if (rc < 0)
-				return vhost_refuse(c, rc, "cannot reach queue %u", (unsigned)(v & 0xff));
+				return vhost_refuse(c, rc, "cannot reach queue %u",
+						    (unsigned)(v & 0xff));
 			c->pending++;
 			return VHOST_ASYNC;
 		}
@@ -323,7 +335,8 @@ static int mem_apply(struct vhost_conn *c, struct vhost_mem *nm)
 
 		if (vr->running && vhost_rings(nm, vr, &d, &a, &u, err, sizeof(err)) < 0) {
 			vhost_mem_put(nm);
-			return vhost_refuse(c, -EINVAL, "queue %u would lose its rings: %s", i, err);
+			return vhost_refuse(c, -EINVAL, "queue %u would lose its rings: %s", i,
+					    err);
 		}
 	}
 	c->mem = nm;
@@ -358,8 +371,8 @@ int vhost_h_mem_table(struct vhost_conn *c, struct vhost_msg *m)
 		return vhost_refuse(c, -EPROTO, "payload of %u bytes", m->size);
 	n = t->nregions;
 	if (n == 0 || n > VHOST_USER_MEM_REGIONS || m->size != 8 + n * sizeof(r[0]) || m->nfds != n)
-		return vhost_refuse(c, -EPROTO, "%u regions in %u bytes with %u file descriptors", n, m->size,
-				    m->nfds);
+		return vhost_refuse(c, -EPROTO, "%u regions in %u bytes with %u file descriptors",
+				    n, m->size, m->nfds);
 	memcpy(r, t->regions, n * sizeof(r[0]));
 	nm = vhost_mem_build(NULL, NULL, r, m->fds, n, err, sizeof(err));
 	m->nfds = 0; /* consumed */

@@ -1,6 +1,6 @@
 /*
- * A virtio-blk queue's control side (see vblk_queue.h): the operations the main thread posts (start, stop, enable,
- * new fds, new memory map) and inflight recovery. The data path is in
+ * A virtio-blk queue's control side (see vblk_queue.h): the operations the main thread posts
+ * (start, stop, enable, new fds, new memory map) and inflight recovery. The data path is in
  * vblk_queue_io.c. Requests are pooled per queue (at most one per ring
  * entry, allocated on first use) so the data path allocates nothing once
  * warm; interrupts are batched into the worker's end-of-iteration hook.
@@ -99,7 +99,8 @@ static struct vblk_qmsg *msg_new(enum qop op, vblk_queue_cb cb, void *arg)
 	return m;
 }
 
-int vblk_queue_start(struct vblk_queue *q, const struct vblk_queue_start *s, vblk_queue_cb cb, void *arg)
+int vblk_queue_start(struct vblk_queue *q, const struct vblk_queue_start *s, vblk_queue_cb cb,
+		     void *arg)
 {
 	struct vblk_qmsg *m = msg_new(QOP_START, cb, arg);
 

@@ -55,19 +55,19 @@ struct vblk_queue_ops {
 typedef void (*vblk_queue_cb)(void *arg, int rc, unsigned value);
 
 struct vblk_queue_start {
-	uint16_t num;               /* ring size, a power of two */
-	uint16_t last_avail;        /* where to start (ignored when inflight recovery applies) */
-	uint64_t features;          /* negotiated virtio features */
-	struct vring_desc *desc;    /* rings, translated and checked by the transport */
+	uint16_t num;            /* ring size, a power of two */
+	uint16_t last_avail;     /* where to start (ignored when inflight recovery applies) */
+	uint64_t features;       /* negotiated virtio features */
+	struct vring_desc *desc; /* rings, translated and checked by the transport */
 	uint16_t *avail;
 	uint8_t *used;
-	struct virtio_memmap *mem;  /* descriptor translation; the queue takes a reference */
-	int kick_fd;                /* eventfd; the queue owns it from now on (closed at stop) */
-	int call_fd;                /* eventfd or -1; owned likewise */
-	bool enabled;               /* take requests from the start */
-	struct vq_inflight *infl;   /* inflight region of this queue, or NULL */
-	uint32_t poll_max_ns;       /* longest polling window, 0: never poll */
-	uint32_t hold_ns;           /* quiet gap for holding signals (gw_hold), 0: never hold */
+	struct virtio_memmap *mem; /* descriptor translation; the queue takes a reference */
+	int kick_fd;               /* eventfd; the queue owns it from now on (closed at stop) */
+	int call_fd;               /* eventfd or -1; owned likewise */
+	bool enabled;              /* take requests from the start */
+	struct vq_inflight *infl;  /* inflight region of this queue, or NULL */
+	uint32_t poll_max_ns;      /* longest polling window, 0: never poll */
+	uint32_t hold_ns;          /* quiet gap for holding signals (gw_hold), 0: never hold */
 };
 
 struct vblk_queue {
@@ -85,11 +85,11 @@ struct vblk_queue {
 	int kick_fd, call_fd;
 	bool running, enabled, kick_on, stopping;
 	bool need_notify, need_process, starved, broken_reported;
-	bool poisoned;                /* the driver's memory shrank (lib/guard.h) */
-	const char *broken_why;       /* why it broke, for ops->broken (NULL: a malformed ring) */
+	bool poisoned;          /* the driver's memory shrank (lib/guard.h) */
+	const char *broken_why; /* why it broke, for ops->broken (NULL: a malformed ring) */
 	struct gw_deferred defer;
-	unsigned inflight;            /* requests submitted, not completed */
-	unsigned nreqs;               /* requests allocated */
+	unsigned inflight; /* requests submitted, not completed */
+	unsigned nreqs;    /* requests allocated */
 	struct vblk_req *free_reqs;
 	struct virtio_memmap *mem;    /* current map */
 	unsigned mem_inflight;        /* requests using it */
@@ -109,7 +109,8 @@ struct vblk_queue {
 
 /* Main thread. The queue runs on w (its load is the caller's business). */
 struct vblk_queue *vblk_queue_new(const struct vblk_dev *dev, struct gw_worker *w, unsigned index,
-				  const char *name, const struct vblk_queue_ops *ops, void *ops_arg);
+				  const char *name, const struct vblk_queue_ops *ops,
+				  void *ops_arg);
 /* Main thread, only while the queue is not running. */
 void vblk_queue_free(struct vblk_queue *q);
 
@@ -118,7 +119,8 @@ void vblk_queue_free(struct vblk_queue *q);
  * set, then the first pass over the ring and an interrupt, in case the
  * driver waits for one it missed). On failure the fds in s are closed.
  */
-int vblk_queue_start(struct vblk_queue *q, const struct vblk_queue_start *s, vblk_queue_cb cb, void *arg);
+int vblk_queue_start(struct vblk_queue *q, const struct vblk_queue_start *s, vblk_queue_cb cb,
+		     void *arg);
 /* Stop taking requests (false) or take them again (true); in-flight ones carry on. */
 int vblk_queue_enable(struct vblk_queue *q, bool on, vblk_queue_cb cb, void *arg);
 /* Replace the call eventfd (the old one is closed); the new one is signalled once. */

@@ -7,7 +7,14 @@
 
 #include "transports/virtio/vblk_queue.h"
 
-enum qop { QOP_START, QOP_STOP, QOP_ENABLE, QOP_SET_CALL, QOP_SET_KICK, QOP_SET_MEM };
+enum qop {
+	QOP_START,
+	QOP_STOP,
+	QOP_ENABLE,
+	QOP_SET_CALL,
+	QOP_SET_KICK,
+	QOP_SET_MEM
+};
 
 struct vblk_qmsg {
 	struct vblk_queue *q;

@@ -91,7 +91,6 @@ void vblkq_kick_watch(struct vblk_queue *q, bool on)
 		ev_io_stop(q->w->loop, &q->kick_w);
 }
 
-
 static void broken_on_main(void *arg)
 {
 	struct vblk_queue *q = arg;
@@ -112,7 +111,6 @@ void vblkq_mark_broken(struct vblk_queue *q, const char *why)
 	if (gw_main_call(broken_on_main, q) < 0)
 		gw_err("%s: cannot report the broken ring to the main thread", q->name);
 }
-
 
 /*
  * Whether r used memory the SIGBUS guard poisoned: the driver shrank it
@@ -138,7 +136,8 @@ static void req_done(struct vblk_req *r)
 {
 	struct vblk_queue *q = r->owner;
 
-	/* A poisoned request is never acknowledged: the inflight region keeps it for a reconnect. */
+	/* A poisoned request is never acknowledged: the inflight region keeps it for a reconnect.
+	 */
 	if (gw_likely(gw_guard_faults() == r->faults && !q->poisoned) || !req_poisoned(q, r)) {
 		vq_push(&q->vq, r->elem.head, r->used_len);
 		q->need_notify = true;
@@ -262,7 +261,8 @@ void vblkq_signal_driver(struct vblk_queue *q)
 		return;
 	if (rc == -ETIMEDOUT) {
 		gw_warn("%s: a write to the driver's call eventfd blocked for over %u ms (its counter is full "
-			"and it does not read it); the queue stops", q->name, GW_EFD_STALL_MS);
+			"and it does not read it); the queue stops",
+			q->name, GW_EFD_STALL_MS);
 		/* Never again: requests still in flight would each stall the thread anew. */
 		close(q->call_fd);
 		q->call_fd = -1;
@@ -424,8 +424,8 @@ void vblkq_kick_cb(struct ev_loop *loop, ev_io *w, int revents)
 		 * gap includes this thread's own wake-up, which polling saves: up
 		 * to twice the limit still counts as in time.
 		 */
-		q->poll_ns = gw_poll_window_next(q->poll_ns, now - q->idle_since,
-						 q->poll_max_ns, 2ull * q->poll_max_ns);
+		q->poll_ns = gw_poll_window_next(q->poll_ns, now - q->idle_since, q->poll_max_ns,
+						 2ull * q->poll_max_ns);
 		q->idle_since = 0;
 	}
 	gw_hold_arrival(&q->hold, now);
@@ -433,4 +433,3 @@ void vblkq_kick_cb(struct ev_loop *loop, ev_io *w, int revents)
 		return; /* the poller is on it */
 	vblkq_process(q);
 }
-

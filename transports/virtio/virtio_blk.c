@@ -37,7 +37,8 @@ int vblk_dev_init(struct vblk_dev *d, struct gw_export *e, const char *serial, u
 	if (e->read_only)
 		d->features |= VIRTIO_BIT(VIRTIO_BLK_F_RO);
 	else
-		d->features |= VIRTIO_BIT(VIRTIO_BLK_F_DISCARD) | VIRTIO_BIT(VIRTIO_BLK_F_WRITE_ZEROES);
+		d->features |= VIRTIO_BIT(VIRTIO_BLK_F_DISCARD) |
+			       VIRTIO_BIT(VIRTIO_BLK_F_WRITE_ZEROES);
 	return 0;
 }
 
@@ -122,7 +123,8 @@ static void rw_done(struct gw_io *io)
 	struct vblk_req *r = container_of(io, struct vblk_req, io);
 	uint8_t st = vblk_status(io->result);
 
-	finish(r, st, r->type == VIRTIO_BLK_T_IN && st == VIRTIO_BLK_S_OK ? (uint32_t)io->len + 1 : 1);
+	finish(r, st,
+	       r->type == VIRTIO_BLK_T_IN && st == VIRTIO_BLK_S_OK ? (uint32_t)io->len + 1 : 1);
 }
 
 static void submit(struct vblk_req *r)
@@ -198,8 +200,10 @@ static void seg_run(struct vblk_req *r)
 		const struct vblk_seg *s = &r->segs[r->seg++];
 
 		r->io.op = r->type == VIRTIO_BLK_T_DISCARD ? GW_OP_TRIM : GW_OP_WRITE_ZEROES;
-		r->io.flags = r->type == VIRTIO_BLK_T_WRITE_ZEROES && !(s->flags & VIRTIO_BLK_WZ_F_UNMAP)
-				      ? GW_IO_NO_UNMAP : 0;
+		r->io.flags = r->type == VIRTIO_BLK_T_WRITE_ZEROES &&
+					      !(s->flags & VIRTIO_BLK_WZ_F_UNMAP)
+				      ? GW_IO_NO_UNMAP
+				      : 0;
 		r->io.offset = s->offset;
 		r->io.len = s->len;
 		r->io.iov = NULL;
@@ -219,7 +223,8 @@ static void discard_zeroes(const struct vblk_dev *d, struct vblk_req *r)
 {
 	struct vq_elem *e = &r->elem;
 	uint64_t len = e->out_len - VIRTIO_BLK_HDR_SIZE;
-	uint64_t feature = r->type == VIRTIO_BLK_T_DISCARD ? VIRTIO_BLK_F_DISCARD : VIRTIO_BLK_F_WRITE_ZEROES;
+	uint64_t feature = r->type == VIRTIO_BLK_T_DISCARD ? VIRTIO_BLK_F_DISCARD
+							   : VIRTIO_BLK_F_WRITE_ZEROES;
 	unsigned n;
 
 	if (!(d->features & VIRTIO_BIT(feature)) || len == 0 || len % VIRTIO_BLK_SEG_SIZE ||
@@ -233,8 +238,8 @@ static void discard_zeroes(const struct vblk_dev *d, struct vblk_req *r)
 		uint64_t sector;
 		uint32_t nsec, flags;
 
-		gw_iov_to_buf(raw, r->iov, e->nout, VIRTIO_BLK_HDR_SIZE + (size_t)i * VIRTIO_BLK_SEG_SIZE,
-			      sizeof(raw));
+		gw_iov_to_buf(raw, r->iov, e->nout,
+			      VIRTIO_BLK_HDR_SIZE + (size_t)i * VIRTIO_BLK_SEG_SIZE, sizeof(raw));
 		sector = virtio_get64(raw);
 		nsec = virtio_get32(raw + 8);
 		flags = virtio_get32(raw + 12);
@@ -243,7 +248,8 @@ static void discard_zeroes(const struct vblk_dev *d, struct vblk_req *r)
 			finish(r, VIRTIO_BLK_S_UNSUPP, 1);
 			return;
 		}
-		if (nsec > VBLK_MAX_SEG_SECTORS || !in_range(d, sector, (uint64_t)nsec * VIRTIO_BLK_SECTOR)) {
+		if (nsec > VBLK_MAX_SEG_SECTORS ||
+		    !in_range(d, sector, (uint64_t)nsec * VIRTIO_BLK_SECTOR)) {
 			finish(r, VIRTIO_BLK_S_IOERR, 1);
 			return;
 		}

@@ -21,21 +21,21 @@
 #include "transports/virtio/virtio_defs.h"
 #include "transports/virtio/vq.h"
 
-#define VBLK_MAX_SEGS 16         /* DISCARD / WRITE_ZEROES segments per request */
+#define VBLK_MAX_SEGS        16         /* DISCARD / WRITE_ZEROES segments per request */
 #define VBLK_MAX_SEG_SECTORS (1u << 21) /* 1 GiB per segment */
 
 /* The device model of one export; read-only once set up, shared by its queues. */
 struct vblk_dev {
 	struct gw_export *exp;
 	char serial[VIRTIO_BLK_ID_BYTES]; /* NUL-padded, unterminated when 20 long */
-	uint64_t features;       /* offered: ring + blk bits (a transport adds its own) */
-	uint64_t capacity;       /* 512-byte sectors */
-	uint32_t blk_size;       /* logical block, a power of two >= 512 */
-	uint8_t phys_exp;        /* physical block = blk_size << phys_exp */
-	uint32_t seg_max;        /* data segments per request */
-	uint32_t max_data;       /* bytes of data per request */
+	uint64_t features;                /* offered: ring + blk bits (a transport adds its own) */
+	uint64_t capacity;                /* 512-byte sectors */
+	uint32_t blk_size;                /* logical block, a power of two >= 512 */
+	uint8_t phys_exp;                 /* physical block = blk_size << phys_exp */
+	uint32_t seg_max;                 /* data segments per request */
+	uint32_t max_data;                /* bytes of data per request */
 	uint16_t num_queues;
-	unsigned iov_max;        /* iovecs a request has room for */
+	unsigned iov_max; /* iovecs a request has room for */
 };
 
 /*
@@ -57,21 +57,21 @@ struct vblk_req {
 	struct gw_io io;
 	void (*done)(struct vblk_req *r); /* set by the owner; called once per started request */
 	void *owner;
-	struct gw_ioq *ioq;               /* the thread's ring, set by the owner */
-	struct virtio_memmap *mem;        /* the map the iovecs point into (owner's business) */
-	unsigned long faults;             /* gw_guard_faults() when it started (owner's business) */
+	struct gw_ioq *ioq;        /* the thread's ring, set by the owner */
+	struct virtio_memmap *mem; /* the map the iovecs point into (owner's business) */
+	unsigned long faults;      /* gw_guard_faults() when it started (owner's business) */
 	struct vq_elem elem;
-	uint32_t used_len;                /* out: bytes written into the writable buffers */
-	uint8_t status;                   /* out: VIRTIO_BLK_S_* */
+	uint32_t used_len; /* out: bytes written into the writable buffers */
+	uint8_t status;    /* out: VIRTIO_BLK_S_* */
 
 	/* Private to virtio_blk.c. */
 	const struct vblk_dev *dev;
 	uint32_t type;
 	uint16_t nseg, seg;
 	struct vblk_seg segs[VBLK_MAX_SEGS];
-	struct vblk_req *next;            /* free list, owner's use */
+	struct vblk_req *next; /* free list, owner's use */
 	unsigned iov_cap;
-	struct iovec iov[];               /* iov_cap entries; the chain's buffers */
+	struct iovec iov[]; /* iov_cap entries; the chain's buffers */
 };
 
 /*

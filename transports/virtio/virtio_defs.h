@@ -41,8 +41,8 @@
 #define VRING_AVAIL_F_NO_INTERRUPT 1
 #define VRING_USED_F_NO_NOTIFY     1
 
-#define VQ_MAX_SIZE      32768u /* the spec's largest split ring */
-#define VQ_MAX_INDIRECT  1024u  /* descriptors in one indirect table, at most */
+#define VQ_MAX_SIZE     32768u /* the spec's largest split ring */
+#define VQ_MAX_INDIRECT 1024u  /* descriptors in one indirect table, at most */
 
 struct vring_desc {
 	uint64_t addr;  /* le */
@@ -92,12 +92,12 @@ static inline uint64_t vring_used_bytes(unsigned num)
 #define VIRTIO_BLK_S_IOERR  1
 #define VIRTIO_BLK_S_UNSUPP 2
 
-#define VIRTIO_BLK_ID_BYTES 20
-#define VIRTIO_BLK_SECTOR 512u
+#define VIRTIO_BLK_ID_BYTES   20
+#define VIRTIO_BLK_SECTOR     512u
 #define VIRTIO_BLK_WZ_F_UNMAP 1u
 
-#define VIRTIO_BLK_HDR_SIZE 16  /* le32 type, le32 ioprio, le64 sector */
-#define VIRTIO_BLK_SEG_SIZE 16  /* le64 sector, le32 num_sectors, le32 flags */
+#define VIRTIO_BLK_HDR_SIZE 16 /* le32 type, le32 ioprio, le64 sector */
+#define VIRTIO_BLK_SEG_SIZE 16 /* le64 sector, le32 num_sectors, le32 flags */
 
 /* Config space offsets (virtio 1.2, 5.2.4), 96 bytes in all. */
 #define VBLK_CFG_CAPACITY            0  /* le64, 512-byte sectors */

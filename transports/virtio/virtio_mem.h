@@ -29,9 +29,9 @@
 #include <sys/uio.h>
 
 struct virtio_region {
-	uint64_t addr;  /* first address of the region, in the map's address space */
-	uint64_t len;   /* bytes, >= 1; addr + len - 1 does not overflow */
-	uint8_t *host;  /* where addr is mapped in this process */
+	uint64_t addr; /* first address of the region, in the map's address space */
+	uint64_t len;  /* bytes, >= 1; addr + len - 1 does not overflow */
+	uint8_t *host; /* where addr is mapped in this process */
 };
 
 struct virtio_memmap {

@@ -42,7 +42,8 @@ int vq_fail(struct vq *q, const char *fmt, ...)
 		va_start(ap, fmt);
 		vsnprintf(msg, sizeof(msg), fmt, ap);
 		va_end(ap);
-		gw_warn("%s: malformed virtqueue: %s; the queue stops", q->name ? q->name : "virtqueue", msg);
+		gw_warn("%s: malformed virtqueue: %s; the queue stops",
+			q->name ? q->name : "virtqueue", msg);
 	}
 	q->broken = true;
 	return -EPROTO;
@@ -138,28 +139,42 @@ static int walk(struct vq *q, uint16_t head, struct vq_elem *e, struct iovec *io
 
 		if (flags & VRING_DESC_F_INDIRECT) {
 			if (!q->indirect)
-				return vq_fail(q, "head %u: indirect descriptor without VIRTIO_F_INDIRECT_DESC", head);
+				return vq_fail(
+					q,
+					"head %u: indirect descriptor without VIRTIO_F_INDIRECT_DESC",
+					head);
 			if (indirect)
-				return vq_fail(q, "head %u: indirect descriptor inside an indirect table", head);
+				return vq_fail(
+					q, "head %u: indirect descriptor inside an indirect table",
+					head);
 			if (count)
-				return vq_fail(q, "head %u: indirect descriptor in the middle of a chain", head);
+				return vq_fail(
+					q, "head %u: indirect descriptor in the middle of a chain",
+					head);
 			if (flags & VRING_DESC_F_NEXT)
-				return vq_fail(q, "head %u: indirect descriptor with NEXT set", head);
+				return vq_fail(q, "head %u: indirect descriptor with NEXT set",
+					       head);
 			if (len == 0 || len % sizeof(struct vring_desc) ||
 			    len > VQ_MAX_INDIRECT * sizeof(struct vring_desc))
-				return vq_fail(q, "head %u: indirect table of %u bytes (a multiple of 16, at most %u)",
-					       head, len, VQ_MAX_INDIRECT * (unsigned)sizeof(struct vring_desc));
+				return vq_fail(
+					q,
+					"head %u: indirect table of %u bytes (a multiple of 16, at most %u)",
+					head, len,
+					VQ_MAX_INDIRECT * (unsigned)sizeof(struct vring_desc));
 			table = indirect_table(q, addr, len);
 			if (!table)
-				return vq_fail(q, "head %u: indirect table 0x%llx+%u is outside driver memory", head,
-					       (unsigned long long)addr, len);
+				return vq_fail(
+					q,
+					"head %u: indirect table 0x%llx+%u is outside driver memory",
+					head, (unsigned long long)addr, len);
 			tmax = len / sizeof(struct vring_desc);
 			indirect = true;
 			i = 0;
 			continue;
 		}
 		if (++count > tmax)
-			return vq_fail(q, "head %u: chain longer than %u descriptors (a loop?)", head, tmax);
+			return vq_fail(q, "head %u: chain longer than %u descriptors (a loop?)",
+				       head, tmax);
 		if (len == 0)
 			return vq_fail(q, "head %u: zero-length buffer", head);
 		if (flags & VRING_DESC_F_WRITE) {
@@ -167,7 +182,8 @@ static int walk(struct vq *q, uint16_t head, struct vq_elem *e, struct iovec *io
 			e->in_len += len;
 		} else {
 			if (writing)
-				return vq_fail(q, "head %u: readable buffer after a writable one", head);
+				return vq_fail(q, "head %u: readable buffer after a writable one",
+					       head);
 			e->out_len += len;
 		}
 		if (!e->truncated) {
@@ -189,7 +205,8 @@ static int walk(struct vq *q, uint16_t head, struct vq_elem *e, struct iovec *io
 		if (!(flags & VRING_DESC_F_NEXT))
 			break;
 		if (next >= tmax)
-			return vq_fail(q, "head %u: next %u out of range (%u descriptors)", head, next, tmax);
+			return vq_fail(q, "head %u: next %u out of range (%u descriptors)", head,
+				       next, tmax);
 		i = next;
 		continue;
 bad_addr:
@@ -309,7 +326,8 @@ bool vq_arm_kick(struct vq *q)
 void vq_suppress_kicks(struct vq *q)
 {
 	if (!q->event_idx)
-		__atomic_store_n((uint16_t *)q->used, htole16(VRING_USED_F_NO_NOTIFY), __ATOMIC_RELAXED);
+		__atomic_store_n((uint16_t *)q->used, htole16(VRING_USED_F_NO_NOTIFY),
+				 __ATOMIC_RELAXED);
 }
 
 /* ---- inflight recovery ---- */

@@ -34,18 +34,18 @@
 /* ---- the inflight region (per queue), shared with the frontend ---- */
 
 struct vq_inflight_desc {
-	uint8_t inflight;   /* 1 while the head is popped and not yet pushed */
+	uint8_t inflight; /* 1 while the head is popped and not yet pushed */
 	uint8_t padding[5];
-	uint16_t next;      /* unused for split rings */
-	uint64_t counter;   /* pop order */
+	uint16_t next;    /* unused for split rings */
+	uint64_t counter; /* pop order */
 };
 
 struct vq_inflight {
 	uint64_t features;
-	uint16_t version;          /* 0: not initialised yet; 1: this layout */
-	uint16_t desc_num;         /* ring size it was set up for */
-	uint16_t last_batch_head;  /* head of the push in progress */
-	uint16_t used_idx;         /* used->idx after the last completed push */
+	uint16_t version;         /* 0: not initialised yet; 1: this layout */
+	uint16_t desc_num;        /* ring size it was set up for */
+	uint16_t last_batch_head; /* head of the push in progress */
+	uint16_t used_idx;        /* used->idx after the last completed push */
 	struct vq_inflight_desc desc[];
 };
 
@@ -63,32 +63,32 @@ static inline size_t vq_inflight_size(unsigned num)
 struct vq {
 	/* Set by the transport before use. */
 	struct vring_desc *desc;
-	uint16_t *avail;            /* le16: flags, idx, ring[num], used_event */
-	uint8_t *used;              /* le16 flags, le16 idx, elem[num], le16 avail_event */
-	uint16_t num;               /* power of two */
+	uint16_t *avail; /* le16: flags, idx, ring[num], used_event */
+	uint8_t *used;   /* le16 flags, le16 idx, elem[num], le16 avail_event */
+	uint16_t num;    /* power of two */
 	bool event_idx, indirect, notify_on_empty;
 	const struct virtio_memmap *mem; /* descriptor addresses */
-	struct vq_inflight *infl;   /* NULL: no tracking */
-	const char *name;           /* for the one log line when broken */
+	struct vq_inflight *infl;        /* NULL: no tracking */
+	const char *name;                /* for the one log line when broken */
 
 	/* Private. */
-	uint16_t last_avail;        /* next avail entry to take */
-	uint16_t used_idx;          /* what we published in used->idx */
+	uint16_t last_avail; /* next avail entry to take */
+	uint16_t used_idx;   /* what we published in used->idx */
 	uint16_t signalled_used;
 	bool signalled_valid;
 	bool broken;
-	uint16_t inuse;             /* popped, not pushed */
-	uint64_t counter;           /* inflight pop counter */
-	uint8_t *busy;              /* num flags: head handed out */
-	uint8_t *ind_buf;           /* gathers an indirect table split across regions */
+	uint16_t inuse;   /* popped, not pushed */
+	uint64_t counter; /* inflight pop counter */
+	uint8_t *busy;    /* num flags: head handed out */
+	uint8_t *ind_buf; /* gathers an indirect table split across regions */
 };
 
 struct vq_elem {
 	uint16_t head;
-	unsigned nout, nin;         /* iov[0, nout) readable, iov[nout, nout + nin) writable */
-	uint64_t out_len, in_len;   /* bytes, over the whole chain */
-	uint8_t *last_in;           /* last writable byte of the chain (a status byte), or NULL */
-	bool truncated;             /* more iovecs than room: the lists are incomplete */
+	unsigned nout, nin;       /* iov[0, nout) readable, iov[nout, nout + nin) writable */
+	uint64_t out_len, in_len; /* bytes, over the whole chain */
+	uint8_t *last_in;         /* last writable byte of the chain (a status byte), or NULL */
+	bool truncated;           /* more iovecs than room: the lists are incomplete */
 };
 
 /*

@@ -28,18 +28,18 @@
 
 #include "transports/nbd/nbd_netlink.h"
 
-#define REQUEST_MAGIC 0x25609513u
-#define REPLY_MAGIC 0x67446698u
-#define CMD_READ 0
-#define CMD_WRITE 1
-#define CMD_DISC 2
-#define CMD_FLUSH 3
-#define CMD_TRIM 4
+#define REQUEST_MAGIC    0x25609513u
+#define REPLY_MAGIC      0x67446698u
+#define CMD_READ         0
+#define CMD_WRITE        1
+#define CMD_DISC         2
+#define CMD_FLUSH        3
+#define CMD_TRIM         4
 #define CMD_WRITE_ZEROES 6
-#define CMD_FLAG_FUA (1u << 0)
-#define ERR_EINVAL 22
-#define MAX_REQ_LEN (32u << 20)
-#define MAX_CONNS 16
+#define CMD_FLAG_FUA     (1u << 0)
+#define ERR_EINVAL       22
+#define MAX_REQ_LEN      (32u << 20)
+#define MAX_CONNS        16
 
 struct request {
 	uint32_t magic;
@@ -65,22 +65,21 @@ static struct {
 	pthread_mutex_t lock;
 	atomic_ulong reads, writes, flushes, trims, wzeroes, fua, discs;
 	atomic_ulong bytes_read, bytes_written, errors, served;
-	atomic_ulong drop_after;        /* 0: never drop */
+	atomic_ulong drop_after; /* 0: never drop */
 	atomic_bool dropped;
-	atomic_int live;                /* connection threads running */
+	atomic_int live; /* connection threads running */
 } srv = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static void die_usage(void)
 {
-	fprintf(stderr,
-		"usage: nbd-nl-selftest serve [--size BYTES] [--block-size N] [--conns N]\n"
-		"           [--index N] [--timeout S] [--dead-timeout S] [--destroy]\n"
-		"           [--read-only] [--drop-after N] [--as-user UID]\n"
-		"           [--ready-file PATH] [--dump PATH]\n"
-		"       nbd-nl-selftest disconnect INDEX\n"
-		"       nbd-nl-selftest status [INDEX]\n"
-		"       nbd-nl-selftest probe\n"
-		"       nbd-nl-selftest genl-check\n");
+	fprintf(stderr, "usage: nbd-nl-selftest serve [--size BYTES] [--block-size N] [--conns N]\n"
+			"           [--index N] [--timeout S] [--dead-timeout S] [--destroy]\n"
+			"           [--read-only] [--drop-after N] [--as-user UID]\n"
+			"           [--ready-file PATH] [--dump PATH]\n"
+			"       nbd-nl-selftest disconnect INDEX\n"
+			"       nbd-nl-selftest status [INDEX]\n"
+			"       nbd-nl-selftest probe\n"
+			"       nbd-nl-selftest genl-check\n");
 	exit(2);
 }
 
@@ -124,13 +123,13 @@ static void protocol_error(const char *what)
 	atomic_fetch_add(&srv.errors, 1);
 }
 
-static int send_reply(int fd, uint64_t cookie, uint32_t error, const void *data,
-		      uint32_t len)
+static int send_reply(int fd, uint64_t cookie, uint32_t error, const void *data, uint32_t len)
 {
+	/* The cookie is opaque: echoed as received. */
 	struct reply r = {
 		.magic = htobe32(REPLY_MAGIC),
 		.error = htobe32(error),
-		.cookie = cookie, /* opaque: echoed as received */
+		.cookie = cookie,
 	};
 	int ret = write_full(fd, &r, sizeof(r));
 
@@ -233,7 +232,8 @@ static void *serve_conn(void *arg)
 		unsigned long drop = atomic_load(&srv.drop_after);
 
 		if (drop && n >= drop && !atomic_exchange(&srv.dropped, true)) {
-			fprintf(stderr, "nbd-nl-selftest: dropping the connection after %lu requests\n", n);
+			fprintf(stderr,
+				"nbd-nl-selftest: dropping the connection after %lu requests\n", n);
 			break;
 		}
 	}
@@ -271,10 +271,23 @@ static unsigned long long parse_num(const char *s)
 	if (errno || end == s)
 		die_usage();
 	switch (*end) {
-	case 'k': case 'K': v <<= 10; end++; break;
-	case 'm': case 'M': v <<= 20; end++; break;
-	case 'g': case 'G': v <<= 30; end++; break;
-	default: break;
+	case 'k':
+	case 'K':
+		v <<= 10;
+		end++;
+		break;
+	case 'm':
+	case 'M':
+		v <<= 20;
+		end++;
+		break;
+	case 'g':
+	case 'G':
+		v <<= 30;
+		end++;
+		break;
+	default:
+		break;
 	}
 	if (*end)
 		die_usage();
@@ -311,21 +324,19 @@ static int dump_disk(const char *path)
 
 static int cmd_serve(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "size", required_argument, NULL, 's' },
-		{ "block-size", required_argument, NULL, 'b' },
-		{ "conns", required_argument, NULL, 'c' },
-		{ "index", required_argument, NULL, 'i' },
-		{ "timeout", required_argument, NULL, 't' },
-		{ "dead-timeout", required_argument, NULL, 'd' },
-		{ "destroy", no_argument, NULL, 'D' },
-		{ "read-only", no_argument, NULL, 'r' },
-		{ "drop-after", required_argument, NULL, 'x' },
-		{ "as-user", required_argument, NULL, 'u' },
-		{ "ready-file", required_argument, NULL, 'R' },
-		{ "dump", required_argument, NULL, 'o' },
-		{ 0 }
-	};
+	static const struct option opts[] = { { "size", required_argument, NULL, 's' },
+					      { "block-size", required_argument, NULL, 'b' },
+					      { "conns", required_argument, NULL, 'c' },
+					      { "index", required_argument, NULL, 'i' },
+					      { "timeout", required_argument, NULL, 't' },
+					      { "dead-timeout", required_argument, NULL, 'd' },
+					      { "destroy", no_argument, NULL, 'D' },
+					      { "read-only", no_argument, NULL, 'r' },
+					      { "drop-after", required_argument, NULL, 'x' },
+					      { "as-user", required_argument, NULL, 'u' },
+					      { "ready-file", required_argument, NULL, 'R' },
+					      { "dump", required_argument, NULL, 'o' },
+					      { 0 } };
 	struct nbd_nl_connect_params p = {
 		.size_bytes = 64 << 20,
 		.block_size = 4096,
@@ -343,19 +354,44 @@ static int cmd_serve(int argc, char **argv)
 
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
-		case 's': p.size_bytes = parse_num(optarg); break;
-		case 'b': p.block_size = parse_num(optarg); break;
-		case 'c': conns = (int)parse_num(optarg); break;
-		case 'i': p.index = (int)parse_num(optarg); break;
-		case 't': p.timeout_s = parse_num(optarg); break;
-		case 'd': p.dead_conn_timeout_s = parse_num(optarg); break;
-		case 'D': p.client_flags |= NBD_CFLAG_DESTROY_ON_DISCONNECT; break;
-		case 'r': p.server_flags |= NBD_NL_FLAG_READ_ONLY; break;
-		case 'x': srv.drop_after = parse_num(optarg); break;
-		case 'u': as_user = (int)parse_num(optarg); break;
-		case 'R': ready = optarg; break;
-		case 'o': dump = optarg; break;
-		default: die_usage();
+		case 's':
+			p.size_bytes = parse_num(optarg);
+			break;
+		case 'b':
+			p.block_size = parse_num(optarg);
+			break;
+		case 'c':
+			conns = (int)parse_num(optarg);
+			break;
+		case 'i':
+			p.index = (int)parse_num(optarg);
+			break;
+		case 't':
+			p.timeout_s = parse_num(optarg);
+			break;
+		case 'd':
+			p.dead_conn_timeout_s = parse_num(optarg);
+			break;
+		case 'D':
+			p.client_flags |= NBD_CFLAG_DESTROY_ON_DISCONNECT;
+			break;
+		case 'r':
+			p.server_flags |= NBD_NL_FLAG_READ_ONLY;
+			break;
+		case 'x':
+			srv.drop_after = parse_num(optarg);
+			break;
+		case 'u':
+			as_user = (int)parse_num(optarg);
+			break;
+		case 'R':
+			ready = optarg;
+			break;
+		case 'o':
+			dump = optarg;
+			break;
+		default:
+			die_usage();
 		}
 	}
 	if (conns < 1 || conns > MAX_CONNS)
@@ -437,8 +473,7 @@ static int cmd_serve(int argc, char **argv)
 	 */
 	unsigned int reconnects = 0;
 
-	while (atomic_load(&srv.live) > 0 ||
-	       (atomic_load(&srv.dropped) && reconnects == 0)) {
+	while (atomic_load(&srv.live) > 0 || (atomic_load(&srv.dropped) && reconnects == 0)) {
 		uint32_t dead;
 
 		if (!have_mon) {
@@ -455,7 +490,8 @@ static int cmd_serve(int argc, char **argv)
 		printf("LINK_DEAD event for nbd%" PRIu32 "\n", dead);
 		fflush(stdout);
 		if (reconnects >= 8) {
-			fprintf(stderr, "nbd-nl-selftest: giving up after %u reconnects\n", reconnects);
+			fprintf(stderr, "nbd-nl-selftest: giving up after %u reconnects\n",
+				reconnects);
 			atomic_fetch_add(&srv.errors, 1);
 			continue;
 		}
@@ -484,12 +520,10 @@ static int cmd_serve(int argc, char **argv)
 
 	printf("stats: read=%lu write=%lu flush=%lu trim=%lu write_zeroes=%lu fua=%lu disc=%lu"
 	       " bytes_read=%lu bytes_written=%lu reconnects=%u errors=%lu\n",
-	       atomic_load(&srv.reads), atomic_load(&srv.writes),
-	       atomic_load(&srv.flushes), atomic_load(&srv.trims),
-	       atomic_load(&srv.wzeroes), atomic_load(&srv.fua),
+	       atomic_load(&srv.reads), atomic_load(&srv.writes), atomic_load(&srv.flushes),
+	       atomic_load(&srv.trims), atomic_load(&srv.wzeroes), atomic_load(&srv.fua),
 	       atomic_load(&srv.discs), atomic_load(&srv.bytes_read),
-	       atomic_load(&srv.bytes_written), reconnects,
-	       atomic_load(&srv.errors));
+	       atomic_load(&srv.bytes_written), reconnects, atomic_load(&srv.errors));
 	if (dump && (ret = dump_disk(dump)) < 0) {
 		fprintf(stderr, "nbd-nl-selftest: %s: %s\n", dump, strerror(-ret));
 		return 1;
@@ -568,8 +602,7 @@ static int gc_dump_cb(const struct gw_genl_reply *r, void *arg)
 	if (gw_genl_parse(r->attrs, r->len, tb, CTRL_ATTR_MAX) < 0)
 		return -EBADMSG;
 	d->families++;
-	if (tb[CTRL_ATTR_FAMILY_NAME] &&
-	    gw_genl_attr_str(tb[CTRL_ATTR_FAMILY_NAME], &name) == 0 &&
+	if (tb[CTRL_ATTR_FAMILY_NAME] && gw_genl_attr_str(tb[CTRL_ATTR_FAMILY_NAME], &name) == 0 &&
 	    strcmp(name, "nlctrl") == 0)
 		d->saw_nlctrl = true;
 	return 0;
@@ -620,7 +653,7 @@ static int cmd_genl_check(void)
 	ret = gw_genl_put(&m, 1, big, sizeof(big));
 	gc_check(ret == -EMSGSIZE, "an attribute larger than the message is -EMSGSIZE");
 	gc_check(gw_genl_put_u32(&m, 2, 1) == -EMSGSIZE &&
-		 gw_genl_request(&s, &m, NULL, NULL) == -EMSGSIZE,
+			 gw_genl_request(&s, &m, NULL, NULL) == -EMSGSIZE,
 		 "the error sticks to later puts and to the request");
 	gw_genl_msg_init(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, 0);
 	for (int i = 0; i < GW_GENL_MAX_NEST; i++)
@@ -658,7 +691,8 @@ static int cmd_genl_check(void)
 		gc_check(ret == 0 && tb[2] && tb[7] && tb[10] && !tb[3],
 			 "parse finds the attributes that were put");
 		gc_check(tb[2] && gw_genl_attr_u64(tb[2], &v64) == 0 &&
-			 v64 == 0x1122334455667788ull, "u64 round trip");
+				 v64 == 0x1122334455667788ull,
+			 "u64 round trip");
 		gc_check(tb[10] && gw_genl_attr_str(tb[10], &str) == 0 && strcmp(str, "abc") == 0,
 			 "string round trip");
 		gc_check(tb[2] && gw_genl_attr_u32(tb[2], &v32) == -EINVAL,
@@ -675,7 +709,7 @@ static int cmd_genl_check(void)
 		gc_check(n == 2 && sum == 85, "a nested array iterates in order");
 	}
 	{
-		uint8_t bad[8] = { 2, 0, 1, 0, 0, 0, 0, 0 }; /* nla_len 2 < header */
+		uint8_t bad[8] = { 2, 0, 1, 0, 0, 0, 0, 0 };   /* nla_len 2 < header */
 		uint8_t over[8] = { 12, 0, 1, 0, 0, 0, 0, 0 }; /* runs past the end */
 		const struct nlattr *tb[2];
 
@@ -710,9 +744,8 @@ static int cmd_probe(void)
 		fprintf(stderr, "nbd-nl-selftest: %s [%s]\n", msg, strerror(-ret));
 		return 3;
 	}
-	printf("nbd family id %u version %u, multicast group %s id %u\n",
-	       nl.family.id, nl.family.version, NBD_GENL_MCAST_GROUP_NAME,
-	       nl.mcast_group);
+	printf("nbd family id %u version %u, multicast group %s id %u\n", nl.family.id,
+	       nl.family.version, NBD_GENL_MCAST_GROUP_NAME, nl.mcast_group);
 	nbd_nl_close(&nl);
 	return 0;
 }
