@@ -20,6 +20,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "lib/devlink.h"
 #include "lib/log.h"
 #include "lib/sockets.h"
 #include "gateway/transport.h"
@@ -570,19 +571,8 @@ static void link_device(struct nbd_exp *x)
 {
 	char target[32];
 
-	if (asprintf(&x->dev_link, "%s/dev/%s", x->exp->env->run_dir, x->exp->id) < 0) {
-		x->dev_link = NULL;
-		return;
-	}
-	gw_mkdir_parents(x->dev_link);
 	snprintf(target, sizeof(target), "/dev/nbd%d", x->dev_index);
-	unlink(x->dev_link);
-	if (symlink(target, x->dev_link) < 0) {
-		gw_warn("export %s: cannot link %s -> %s: %s", x->exp->id, x->dev_link, target,
-			strerror(errno));
-		free(x->dev_link);
-		x->dev_link = NULL;
-	}
+	x->dev_link = gw_devlink_set(x->exp->env->run_dir, x->exp->id, target);
 }
 
 /*
@@ -663,11 +653,7 @@ static void detach(struct nbd_exp *x)
 	char msg[256];
 	int rc;
 
-	if (x->dev_link) {
-		unlink(x->dev_link);
-		free(x->dev_link);
-		x->dev_link = NULL;
-	}
+	gw_devlink_remove(&x->dev_link);
 	rc = nbd_nl_open(&nl, msg, sizeof(msg));
 	if (rc == 0) {
 		rc = nbd_nl_disconnect(&nl, (uint32_t)x->dev_index, msg, sizeof(msg));
