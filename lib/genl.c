@@ -1,122 +1,105 @@
 /*
- * genl.c - a small generic-netlink client without libnl (see genl.h).
+ * genl.c - generic netlink on top of libmnl (see genl.h).
  *
- * Wire format: struct nlmsghdr, struct genlmsghdr, then attributes, each a
- * 4-byte struct nlattr (whose length counts itself) followed by the payload
- * and padding to 4 bytes.
+ * libmnl encodes and walks the messages; what is left here is the
+ * generic-netlink controller lookup (CTRL_CMD_GETFAMILY), the request/ACK
+ * transaction with the kernel's extended-ack text, and policy-checked
+ * attribute tables. Every function runs on the calling thread.
  */
 #include "lib/genl.h"
 
 #include <errno.h>
-#include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
-#include <linux/genetlink.h>
+#define RX_INITIAL (32u * 1024u) /* the kernel's largest dump datagram */
+#define RX_MAX     (1024u * 1024u)
 
-#define ALIGN4(x)    (((x) + 3u) & ~(size_t)3u)
-#define ATTR_HDRLEN  ALIGN4(sizeof(struct nlattr))
-#define GENL_HDRLEN_ ALIGN4(sizeof(struct genlmsghdr))
-#define RX_INITIAL   (32u * 1024u)
-#define RX_MAX       (1024u * 1024u)
+/* The controller itself: its id and name are fixed (GENL_ID_CTRL). */
+static const struct gw_genl_family genl_ctrl = { .name = "nlctrl",
+						 .id = GENL_ID_CTRL,
+						 .version = 1 };
 
-/* --- socket --------------------------------------------------------------- */
+/* --- reading attributes ---------------------------------------------------- */
 
-int gw_genl_open(struct gw_genl_sock *s)
+int gw_genl_parse_payload(const void *attrs, size_t len, const enum mnl_attr_data_type *policy,
+			  unsigned int maxtype, const struct nlattr **tb)
 {
-	struct sockaddr_nl sa = { .nl_family = AF_NETLINK };
-	socklen_t salen = sizeof(sa);
-	int one = 1, err;
+	const struct nlattr *attr; /* the name mnl_attr_for_each_payload() walks with */
 
-	memset(s, 0, sizeof(*s));
-	s->fd = -1;
-	s->rx = malloc(RX_INITIAL);
-	if (!s->rx)
-		return -ENOMEM;
-	s->rx_cap = RX_INITIAL;
+	memset(tb, 0, sizeof(*tb) * ((size_t)maxtype + 1));
+	if (!attrs || len > INT32_MAX)
+		return len ? -EINVAL : 0;
+	mnl_attr_for_each_payload(attrs, len)
+	{
+		uint16_t type = mnl_attr_get_type(attr);
 
-	s->fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_GENERIC);
-	if (s->fd < 0)
-		goto fail;
-	if (bind(s->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-		goto fail;
-	if (getsockname(s->fd, (struct sockaddr *)&sa, &salen) < 0)
-		goto fail;
-	s->portid = sa.nl_pid;
-	/* Optional: error text from the kernel, and errors without a copy of
-	 * the request. Older kernels lack them; that is fine. */
-	(void)setsockopt(s->fd, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof(one));
-	(void)setsockopt(s->fd, SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof(one));
-	return 0;
-
-fail:
-	err = -errno;
-	gw_genl_close(s);
-	return err;
-}
-
-void gw_genl_close(struct gw_genl_sock *s)
-{
-	if (s->fd >= 0)
-		close(s->fd);
-	s->fd = -1;
-	free(s->rx);
-	s->rx = NULL;
-	s->rx_cap = 0;
-}
-
-int gw_genl_join_group(struct gw_genl_sock *s, uint32_t group)
-{
-	if (setsockopt(s->fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &group, sizeof(group)) < 0)
-		return -errno;
+		if (type > maxtype)
+			continue;
+		if (policy && policy[type] != MNL_TYPE_UNSPEC &&
+		    mnl_attr_validate(attr, policy[type]) < 0)
+			return -EINVAL;
+		tb[type] = attr;
+	}
+	/* The walk stops at the end (or inside the last attribute's padding),
+	 * or at bytes that are no attribute. */
+	if ((const char *)attr < (const char *)attrs + len)
+		return -EINVAL;
 	return 0;
 }
 
-/* --- building requests ---------------------------------------------------- */
+int gw_genl_parse(const struct nlmsghdr *nlh, const enum mnl_attr_data_type *policy,
+		  unsigned int maxtype, const struct nlattr **tb)
+{
+	size_t len = mnl_nlmsg_get_payload_len(nlh);
 
-void gw_genl_msg_init(struct gw_genl_msg *m, uint16_t family, uint8_t cmd, uint8_t version,
+	if (len < GENL_HDRLEN) {
+		memset(tb, 0, sizeof(*tb) * ((size_t)maxtype + 1));
+		return -EINVAL;
+	}
+	return gw_genl_parse_payload(mnl_nlmsg_get_payload_offset(nlh, GENL_HDRLEN),
+				     len - GENL_HDRLEN, policy, maxtype, tb);
+}
+
+int gw_genl_parse_nested(const struct nlattr *nest, const enum mnl_attr_data_type *policy,
+			 unsigned int maxtype, const struct nlattr **tb)
+{
+	return gw_genl_parse_payload(mnl_attr_get_payload(nest), mnl_attr_get_payload_len(nest),
+				     policy, maxtype, tb);
+}
+
+/* --- building requests ------------------------------------------------------ */
+
+void gw_genl_msg_init(struct gw_genl_msg *m, const struct gw_genl_family *fam, uint8_t cmd,
 		      uint16_t flags)
 {
-	struct nlmsghdr *nh = (struct nlmsghdr *)m->buf;
 	struct genlmsghdr *gh;
 
 	m->err = 0;
-	m->depth = 0;
-	m->len = NLMSG_HDRLEN + GENL_HDRLEN_;
-	memset(m->buf, 0, m->len);
-	nh->nlmsg_type = family;
-	nh->nlmsg_flags = (uint16_t)(NLM_F_REQUEST | NLM_F_ACK | flags);
-	gh = (struct genlmsghdr *)(m->buf + NLMSG_HDRLEN);
+	m->open_nests = 0;
+	m->nlh = mnl_nlmsg_put_header(m->buf);
+	m->nlh->nlmsg_type = fam->id;
+	m->nlh->nlmsg_flags = (uint16_t)(NLM_F_REQUEST | NLM_F_ACK | flags);
+	gh = mnl_nlmsg_put_extra_header(m->nlh, sizeof(*gh));
 	gh->cmd = cmd;
-	gh->version = version;
+	gh->version = fam->version;
+}
+
+/* Record the first put that did not fit. */
+static int put_done(struct gw_genl_msg *m, bool fitted)
+{
+	if (!fitted && !m->err)
+		m->err = -EMSGSIZE;
+	return m->err;
 }
 
 int gw_genl_put(struct gw_genl_msg *m, uint16_t type, const void *data, size_t len)
 {
-	struct nlattr *a;
-	size_t total;
-
 	if (m->err)
 		return m->err;
-	if (len > UINT16_MAX - ATTR_HDRLEN) {
-		m->err = -E2BIG;
-		return m->err;
-	}
-	total = ATTR_HDRLEN + ALIGN4(len);
-	if (total > sizeof(m->buf) - m->len) {
-		m->err = -EMSGSIZE;
-		return m->err;
-	}
-	a = (struct nlattr *)(m->buf + m->len);
-	a->nla_type = type;
-	a->nla_len = (uint16_t)(ATTR_HDRLEN + len);
-	if (len)
-		memcpy(m->buf + m->len + ATTR_HDRLEN, data, len);
-	memset(m->buf + m->len + ATTR_HDRLEN + len, 0, ALIGN4(len) - len);
-	m->len += total;
-	return 0;
+	return put_done(m, mnl_attr_put_check(m->nlh, sizeof(m->buf), type, len, data));
 }
 
 int gw_genl_put_flag(struct gw_genl_msg *m, uint16_t type)
@@ -146,416 +129,338 @@ int gw_genl_put_u64(struct gw_genl_msg *m, uint16_t type, uint64_t v)
 
 int gw_genl_put_str(struct gw_genl_msg *m, uint16_t type, const char *v)
 {
-	return gw_genl_put(m, type, v, strlen(v) + 1);
-}
-
-int gw_genl_nest_start(struct gw_genl_msg *m, uint16_t type)
-{
-	size_t at = m->len;
-	int ret;
-
 	if (m->err)
 		return m->err;
-	if (m->depth >= GW_GENL_MAX_NEST) {
-		m->err = -E2BIG;
-		return m->err;
+	return put_done(m, mnl_attr_put_strz_check(m->nlh, sizeof(m->buf), type, v));
+}
+
+struct nlattr *gw_genl_nest_start(struct gw_genl_msg *m, uint16_t type)
+{
+	struct nlattr *nest;
+
+	if (m->err)
+		return NULL;
+	nest = mnl_attr_nest_start_check(m->nlh, sizeof(m->buf), type);
+	if (!nest) {
+		put_done(m, false);
+		return NULL;
 	}
-	ret = gw_genl_put(m, (uint16_t)(type | NLA_F_NESTED), NULL, 0);
-	if (ret)
-		return ret;
-	m->nest[m->depth++] = at;
-	return 0;
+	m->open_nests++;
+	return nest;
 }
 
-int gw_genl_nest_end(struct gw_genl_msg *m)
+void gw_genl_nest_end(struct gw_genl_msg *m, struct nlattr *nest)
 {
-	struct nlattr *a;
-	size_t len;
-
-	if (m->err)
-		return m->err;
-	if (m->depth == 0) {
+	if (m->err || !nest)
+		return;
+	if (m->open_nests == 0) {
 		m->err = -EINVAL;
-		return m->err;
+		return;
 	}
-	m->depth--;
-	a = (struct nlattr *)(m->buf + m->nest[m->depth]);
-	len = m->len - m->nest[m->depth];
-	if (len > UINT16_MAX) {
-		m->err = -E2BIG;
-		return m->err;
-	}
-	a->nla_len = (uint16_t)len;
-	return 0;
+	mnl_attr_nest_end(m->nlh, nest);
+	m->open_nests--;
 }
 
-/* --- parsing -------------------------------------------------------------- */
+/* --- socket ------------------------------------------------------------------ */
 
-void gw_genl_iter_init(struct gw_genl_iter *it, const void *attrs, size_t len)
+void gw_genl_close(struct gw_genl_sock *s)
 {
-	it->p = attrs;
-	it->left = attrs ? len : 0;
+	if (s->nl)
+		mnl_socket_close(s->nl);
+	s->nl = NULL;
+	free(s->rx);
+	s->rx = NULL;
+	s->rx_cap = 0;
 }
 
-void gw_genl_iter_nested(struct gw_genl_iter *it, const struct nlattr *nest)
+int gw_genl_fd(const struct gw_genl_sock *s)
 {
-	gw_genl_iter_init(it, gw_genl_attr_data(nest), gw_genl_attr_len(nest));
+	return s->nl ? mnl_socket_get_fd(s->nl) : -1;
 }
 
-int gw_genl_iter_next(struct gw_genl_iter *it, const struct nlattr **a)
-{
-	const struct nlattr *cur;
-	size_t step;
-
-	if (it->left < ATTR_HDRLEN) {
-		/* trailing bytes shorter than a header are padding at most */
-		return it->left == 0 ? 0 : -EINVAL;
-	}
-	cur = (const struct nlattr *)it->p;
-	if (cur->nla_len < ATTR_HDRLEN || cur->nla_len > it->left)
-		return -EINVAL;
-	step = ALIGN4(cur->nla_len);
-	if (step > it->left)
-		step = it->left;
-	it->p += step;
-	it->left -= step;
-	*a = cur;
-	return 1;
-}
-
-int gw_genl_parse(const void *attrs, size_t len, const struct nlattr **tb, unsigned int maxtype)
-{
-	struct gw_genl_iter it;
-	const struct nlattr *a;
-	int ret;
-
-	memset(tb, 0, sizeof(*tb) * ((size_t)maxtype + 1));
-	gw_genl_iter_init(&it, attrs, len);
-	while ((ret = gw_genl_iter_next(&it, &a)) > 0) {
-		uint16_t type = gw_genl_attr_type(a);
-
-		if (type <= maxtype)
-			tb[type] = a;
-	}
-	return ret;
-}
-
-int gw_genl_parse_nested(const struct nlattr *nest, const struct nlattr **tb, unsigned int maxtype)
-{
-	return gw_genl_parse(gw_genl_attr_data(nest), gw_genl_attr_len(nest), tb, maxtype);
-}
-
-uint16_t gw_genl_attr_type(const struct nlattr *a)
-{
-	return a->nla_type & NLA_TYPE_MASK;
-}
-
-const void *gw_genl_attr_data(const struct nlattr *a)
-{
-	return (const uint8_t *)a + ATTR_HDRLEN;
-}
-
-size_t gw_genl_attr_len(const struct nlattr *a)
-{
-	return a->nla_len - ATTR_HDRLEN;
-}
-
-static int attr_fixed(const struct nlattr *a, void *v, size_t size)
-{
-	if (gw_genl_attr_len(a) != size)
-		return -EINVAL;
-	memcpy(v, gw_genl_attr_data(a), size);
-	return 0;
-}
-
-int gw_genl_attr_u8(const struct nlattr *a, uint8_t *v)
-{
-	return attr_fixed(a, v, sizeof(*v));
-}
-
-int gw_genl_attr_u16(const struct nlattr *a, uint16_t *v)
-{
-	return attr_fixed(a, v, sizeof(*v));
-}
-
-int gw_genl_attr_u32(const struct nlattr *a, uint32_t *v)
-{
-	return attr_fixed(a, v, sizeof(*v));
-}
-
-int gw_genl_attr_u64(const struct nlattr *a, uint64_t *v)
-{
-	return attr_fixed(a, v, sizeof(*v));
-}
-
-int gw_genl_attr_str(const struct nlattr *a, const char **v)
-{
-	size_t len = gw_genl_attr_len(a);
-	const char *s = gw_genl_attr_data(a);
-
-	if (len == 0 || s[len - 1] != '\0')
-		return -EINVAL;
-	*v = s;
-	return 0;
-}
-
-/* --- receiving ------------------------------------------------------------ */
-
-/* Receive one datagram into s->rx (growing it to fit). Returns its length. */
+/*
+ * Receive one datagram into s->rx, first growing it to the datagram's size
+ * (libmnl would fail a datagram that does not fit with ENOSPC). Returns its
+ * length, or -EAGAIN when nonblock and nothing is queued.
+ */
 static ssize_t genl_recv(struct gw_genl_sock *s, bool nonblock)
 {
-	int flags = nonblock ? MSG_DONTWAIT : 0;
+	int fd = mnl_socket_get_fd(s->nl);
 	ssize_t n;
 
-	for (;;) {
-		n = recv(s->fd, NULL, 0, MSG_PEEK | MSG_TRUNC | flags);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if ((size_t)n > s->rx_cap) {
-			uint8_t *bigger;
+	do
+		n = recv(fd, NULL, 0, MSG_PEEK | MSG_TRUNC | (nonblock ? MSG_DONTWAIT : 0));
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	if ((size_t)n > s->rx_cap) {
+		void *bigger;
 
-			if ((size_t)n > RX_MAX)
-				return -EMSGSIZE;
-			bigger = realloc(s->rx, (size_t)n);
-			if (!bigger)
-				return -ENOMEM;
-			s->rx = bigger;
-			s->rx_cap = (size_t)n;
-		}
-		n = recv(s->fd, s->rx, s->rx_cap, flags);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		return n;
+		if ((size_t)n > RX_MAX)
+			return -EMSGSIZE;
+		bigger = realloc(s->rx, (size_t)n);
+		if (!bigger)
+			return -ENOMEM;
+		s->rx = bigger;
+		s->rx_cap = (size_t)n;
 	}
+	do
+		n = mnl_socket_recvfrom(s->nl, s->rx, s->rx_cap);
+	while (n < 0 && errno == EINTR);
+	return n < 0 ? -errno : n;
 }
 
-/* Copy the extended-ack message text (if any) of an NLMSG_ERROR. */
-static void parse_ext_ack(struct gw_genl_sock *s, const struct nlmsghdr *nh)
+/* What a transaction's callbacks share. */
+struct txn {
+	struct gw_genl_sock *s;
+	gw_genl_reply_fn fn;
+	void *arg;
+	uint16_t type; /* family id of the messages for fn */
+	bool dump;
+	int fn_err;    /* first error fn returned; fn is not called after one */
+	int delivered; /* messages handed to fn */
+};
+
+/* A family message: hand it to fn. Never stops the walk, so that a failed
+ * callback still reads up to the ACK and leaves the socket clean. */
+static int txn_data(const struct nlmsghdr *nlh, void *data)
 {
-	const struct nlmsgerr *e = NLMSG_DATA(nh);
+	struct txn *t = data;
+	const struct genlmsghdr *gh = mnl_nlmsg_get_payload(nlh);
+	int ret;
+
+	if (nlh->nlmsg_type != t->type || t->fn_err || !t->fn)
+		return MNL_CB_OK;
+	if (mnl_nlmsg_get_payload_len(nlh) < GENL_HDRLEN) {
+		t->fn_err = -EBADMSG;
+		return MNL_CB_OK;
+	}
+	ret = t->fn(nlh, gh->cmd, t->arg);
+	if (ret < 0)
+		t->fn_err = ret;
+	t->delivered++;
+	return MNL_CB_OK;
+}
+
+/* Keep the text of an extended ACK (NLMSGERR_ATTR_MSG), if there is one. */
+static void keep_ext_ack(struct gw_genl_sock *s, const struct nlmsghdr *nlh)
+{
+	static const enum mnl_attr_data_type policy[NLMSGERR_ATTR_MAX + 1] = {
+		[NLMSGERR_ATTR_MSG] = MNL_TYPE_NUL_STRING,
+	};
 	const struct nlattr *tb[NLMSGERR_ATTR_MAX + 1];
-	const uint8_t *end = (const uint8_t *)nh + nh->nlmsg_len;
-	const uint8_t *p;
-	const char *text;
+	const struct nlmsgerr *e = mnl_nlmsg_get_payload(nlh);
+	size_t len = mnl_nlmsg_get_payload_len(nlh), off;
 
-	if (!(nh->nlmsg_flags & NLM_F_ACK_TLVS))
+	if (!(nlh->nlmsg_flags & NLM_F_ACK_TLVS) || len < sizeof(*e))
 		return;
-	p = (const uint8_t *)&e->msg;
-	if (nh->nlmsg_flags & NLM_F_CAPPED)
-		p += sizeof(e->msg);
+	/* The TLVs follow the request's header (CAPPED) or the whole request. */
+	if (nlh->nlmsg_flags & NLM_F_CAPPED)
+		off = sizeof(*e);
 	else
-		p += NLMSG_ALIGN(e->msg.nlmsg_len);
-	if (p >= end)
+		off = sizeof(e->error) + NLMSG_ALIGN((size_t)e->msg.nlmsg_len);
+	if (off >= len)
 		return;
-	if (gw_genl_parse(p, (size_t)(end - p), tb, NLMSGERR_ATTR_MAX) < 0)
+	if (gw_genl_parse_payload((const char *)e + off, len - off, policy, NLMSGERR_ATTR_MAX, tb) <
+		    0 ||
+	    !tb[NLMSGERR_ATTR_MSG])
 		return;
-	if (tb[NLMSGERR_ATTR_MSG] && gw_genl_attr_str(tb[NLMSGERR_ATTR_MSG], &text) == 0) {
-		size_t n = strlen(text);
-
-		if (n >= sizeof(s->ext_msg))
-			n = sizeof(s->ext_msg) - 1;
-		memcpy(s->ext_msg, text, n);
-		s->ext_msg[n] = '\0';
-	}
+	snprintf(s->ext_msg, sizeof(s->ext_msg), "%s", mnl_attr_get_str(tb[NLMSGERR_ATTR_MSG]));
 }
 
-/* Hand one family message to fn. */
-static int deliver(const struct nlmsghdr *nh, gw_genl_reply_fn fn, void *arg)
+/* NLMSG_ERROR: an ACK ends the transaction, an error fails it. */
+static int txn_error(const struct nlmsghdr *nlh, void *data)
 {
-	const struct genlmsghdr *gh = NLMSG_DATA(nh);
-	struct gw_genl_reply r;
+	struct txn *t = data;
+	const struct nlmsgerr *e = mnl_nlmsg_get_payload(nlh);
 
-	if (nh->nlmsg_len < NLMSG_HDRLEN + GENL_HDRLEN_)
-		return -EBADMSG;
-	r.type = nh->nlmsg_type;
-	r.cmd = gh->cmd;
-	r.version = gh->version;
-	r.attrs = (const uint8_t *)gh + GENL_HDRLEN_;
-	r.len = nh->nlmsg_len - NLMSG_HDRLEN - GENL_HDRLEN_;
-	return fn ? fn(&r, arg) : 0;
+	if (mnl_nlmsg_get_payload_len(nlh) < sizeof(e->error)) {
+		errno = EBADMSG;
+		return MNL_CB_ERROR;
+	}
+	if (e->error == 0)
+		return MNL_CB_STOP;
+	keep_ext_ack(t->s, nlh);
+	errno = e->error < 0 ? -e->error : e->error;
+	return MNL_CB_ERROR;
+}
+
+/* NLMSG_DONE: the end of a dump, carrying the dump's error if it failed. */
+static int txn_done(const struct nlmsghdr *nlh, void *data)
+{
+	struct txn *t = data;
+	int err = 0;
+
+	if (mnl_nlmsg_get_payload_len(nlh) >= sizeof(err))
+		memcpy(&err, mnl_nlmsg_get_payload(nlh), sizeof(err));
+	if (err < 0) {
+		errno = -err;
+		return MNL_CB_ERROR;
+	}
+	return t->dump ? MNL_CB_STOP : MNL_CB_OK;
 }
 
 int gw_genl_request(struct gw_genl_sock *s, struct gw_genl_msg *m, gw_genl_reply_fn fn, void *arg)
 {
-	struct nlmsghdr *req = (struct nlmsghdr *)m->buf;
-	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
-	bool dump;
-	int cb_err = 0;
+	/* Control messages without an entry (NOOP, OVERRUN) are skipped. */
+	mnl_cb_t ctl[NLMSG_MIN_TYPE] = { [NLMSG_ERROR] = txn_error, [NLMSG_DONE] = txn_done };
+	struct txn t = { .s = s, .fn = fn, .arg = arg };
 	ssize_t n;
+	int ret;
 
 	s->ext_msg[0] = '\0';
 	if (m->err)
 		return m->err;
-	if (m->depth)
-		return -EINVAL; /* unclosed nest */
-	req->nlmsg_len = (uint32_t)m->len;
-	req->nlmsg_seq = ++s->seq;
-	req->nlmsg_pid = 0;
-	dump = (req->nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP;
+	if (m->open_nests)
+		return -EINVAL;
+	if (++s->seq == 0)
+		s->seq = 1; /* 0 would match any reply */
+	m->nlh->nlmsg_seq = s->seq;
+	t.type = m->nlh->nlmsg_type;
+	t.dump = (m->nlh->nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP;
 
-	do {
-		n = sendto(s->fd, m->buf, m->len, 0, (struct sockaddr *)&kernel, sizeof(kernel));
-	} while (n < 0 && errno == EINTR);
+	do
+		n = mnl_socket_sendto(s->nl, m->nlh, m->nlh->nlmsg_len);
+	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -errno;
-	if ((size_t)n != m->len)
+	if ((size_t)n != m->nlh->nlmsg_len)
 		return -EIO;
 
+	/* libmnl checks each message's port id and sequence number. */
 	for (;;) {
-		const struct nlmsghdr *nh;
-		size_t left;
-
 		n = genl_recv(s, false);
 		if (n < 0)
 			return (int)n;
-		left = (size_t)n;
-		for (nh = (const struct nlmsghdr *)s->rx; NLMSG_OK(nh, left);
-		     nh = NLMSG_NEXT(nh, left)) {
-			if (nh->nlmsg_seq != req->nlmsg_seq || nh->nlmsg_pid != s->portid)
-				continue; /* not ours: stale reply or event */
-			if (nh->nlmsg_type == NLMSG_ERROR) {
-				const struct nlmsgerr *e = NLMSG_DATA(nh);
-
-				if (nh->nlmsg_len < NLMSG_LENGTH(sizeof(int)))
-					return -EBADMSG;
-				if (e->error) {
-					parse_ext_ack(s, nh);
-					return e->error < 0 ? e->error : -EPROTO;
-				}
-				return cb_err; /* ACK */
-			}
-			if (nh->nlmsg_type == NLMSG_DONE) {
-				int err = 0;
-
-				if (nh->nlmsg_len >= NLMSG_LENGTH(sizeof(int)))
-					memcpy(&err, NLMSG_DATA(nh), sizeof(err));
-				if (err < 0)
-					return err;
-				if (dump)
-					return cb_err;
-				continue;
-			}
-			if (nh->nlmsg_type == NLMSG_NOOP || nh->nlmsg_type == NLMSG_OVERRUN)
-				continue;
-			if (nh->nlmsg_type != req->nlmsg_type)
-				continue;
-			if (!cb_err)
-				cb_err = deliver(nh, fn, arg);
-		}
+		ret = mnl_cb_run2(s->rx, (size_t)n, s->seq, s->portid, txn_data, &t, ctl,
+				  MNL_ARRAY_SIZE(ctl));
+		if (ret < 0)
+			return -errno;
+		if (ret == MNL_CB_STOP)
+			return t.fn_err;
 	}
 }
 
-int gw_genl_recv_event(struct gw_genl_sock *s, uint16_t family, bool nonblock, gw_genl_reply_fn fn,
-		       void *arg)
+int gw_genl_recv_event(struct gw_genl_sock *s, gw_genl_reply_fn fn, void *arg)
 {
-	const struct nlmsghdr *nh;
-	int count = 0;
-	size_t left;
+	mnl_cb_t ctl[NLMSG_MIN_TYPE] = { 0 }; /* events carry no control messages */
+	struct txn t = { .s = s, .fn = fn, .arg = arg, .type = s->family.id };
 	ssize_t n;
 
-	n = genl_recv(s, nonblock);
+	n = genl_recv(s, true);
 	if (n < 0)
 		return (int)n;
-	left = (size_t)n;
-	for (nh = (const struct nlmsghdr *)s->rx; NLMSG_OK(nh, left); nh = NLMSG_NEXT(nh, left)) {
-		int ret;
-
-		if (nh->nlmsg_type != family)
-			continue;
-		ret = deliver(nh, fn, arg);
-		if (ret < 0)
-			return ret;
-		count++;
-	}
-	return count;
+	/* Sequence and port 0: events are not replies to anything. */
+	if (mnl_cb_run2(s->rx, (size_t)n, 0, 0, txn_data, &t, ctl, MNL_ARRAY_SIZE(ctl)) < 0)
+		return -errno;
+	return t.fn_err ? t.fn_err : t.delivered;
 }
 
-/* --- family resolution ---------------------------------------------------- */
+/* --- family resolution (the controller's CTRL_CMD_GETFAMILY) ----------------- */
 
-static void copy_name(char *dst, const char *src)
+static const enum mnl_attr_data_type ctrl_policy[CTRL_ATTR_MAX + 1] = {
+	[CTRL_ATTR_FAMILY_ID] = MNL_TYPE_U16,       [CTRL_ATTR_FAMILY_NAME] = MNL_TYPE_NUL_STRING,
+	[CTRL_ATTR_VERSION] = MNL_TYPE_U32,         [CTRL_ATTR_MAXATTR] = MNL_TYPE_U32,
+	[CTRL_ATTR_MCAST_GROUPS] = MNL_TYPE_NESTED,
+};
+
+static const enum mnl_attr_data_type group_policy[CTRL_ATTR_MCAST_GRP_MAX + 1] = {
+	[CTRL_ATTR_MCAST_GRP_NAME] = MNL_TYPE_NUL_STRING,
+	[CTRL_ATTR_MCAST_GRP_ID] = MNL_TYPE_U32,
+};
+
+/* Keep up to GW_GENL_MAX_GROUPS groups; families have one or two. */
+static int family_groups(const struct nlattr *groups, struct gw_genl_family *fam)
 {
-	size_t n = strlen(src);
-
-	if (n >= GW_GENL_NAMSIZ)
-		n = GW_GENL_NAMSIZ - 1;
-	memcpy(dst, src, n);
-	dst[n] = '\0';
-}
-
-static int parse_groups(const struct nlattr *groups, struct gw_genl_family *fam)
-{
-	struct gw_genl_iter it;
 	const struct nlattr *g;
-	int ret;
 
-	gw_genl_iter_nested(&it, groups);
-	while ((ret = gw_genl_iter_next(&it, &g)) > 0) {
+	mnl_attr_for_each_nested(g, groups)
+	{
 		const struct nlattr *tb[CTRL_ATTR_MCAST_GRP_MAX + 1];
-		const char *name;
-		uint32_t id;
+		struct gw_genl_group *out;
 
-		if (gw_genl_parse_nested(g, tb, CTRL_ATTR_MCAST_GRP_MAX) < 0)
-			return -EBADMSG;
-		if (!tb[CTRL_ATTR_MCAST_GRP_NAME] || !tb[CTRL_ATTR_MCAST_GRP_ID] ||
-		    gw_genl_attr_str(tb[CTRL_ATTR_MCAST_GRP_NAME], &name) < 0 ||
-		    gw_genl_attr_u32(tb[CTRL_ATTR_MCAST_GRP_ID], &id) < 0)
+		if (gw_genl_parse_nested(g, group_policy, CTRL_ATTR_MCAST_GRP_MAX, tb) < 0 ||
+		    !tb[CTRL_ATTR_MCAST_GRP_NAME] || !tb[CTRL_ATTR_MCAST_GRP_ID])
 			return -EBADMSG;
 		if (fam->n_groups == GW_GENL_MAX_GROUPS)
 			continue;
-		copy_name(fam->groups[fam->n_groups].name, name);
-		fam->groups[fam->n_groups].id = id;
-		fam->n_groups++;
+		out = &fam->groups[fam->n_groups++];
+		snprintf(out->name, sizeof(out->name), "%s",
+			 mnl_attr_get_str(tb[CTRL_ATTR_MCAST_GRP_NAME]));
+		out->id = mnl_attr_get_u32(tb[CTRL_ATTR_MCAST_GRP_ID]);
 	}
-	return ret < 0 ? -EBADMSG : 0;
-}
-
-static int family_reply(const struct gw_genl_reply *r, void *arg)
-{
-	struct gw_genl_family *fam = arg;
-	const struct nlattr *tb[CTRL_ATTR_MAX + 1];
-	const char *name;
-
-	if (r->cmd != CTRL_CMD_NEWFAMILY)
-		return 0;
-	if (gw_genl_parse(r->attrs, r->len, tb, CTRL_ATTR_MAX) < 0)
-		return -EBADMSG;
-	if (!tb[CTRL_ATTR_FAMILY_ID] || gw_genl_attr_u16(tb[CTRL_ATTR_FAMILY_ID], &fam->id) < 0)
-		return -EBADMSG;
-	if (tb[CTRL_ATTR_FAMILY_NAME] && gw_genl_attr_str(tb[CTRL_ATTR_FAMILY_NAME], &name) == 0)
-		copy_name(fam->name, name);
-	if (tb[CTRL_ATTR_VERSION])
-		(void)gw_genl_attr_u32(tb[CTRL_ATTR_VERSION], &fam->version);
-	if (tb[CTRL_ATTR_HDRSIZE])
-		(void)gw_genl_attr_u32(tb[CTRL_ATTR_HDRSIZE], &fam->hdrsize);
-	if (tb[CTRL_ATTR_MAXATTR])
-		(void)gw_genl_attr_u32(tb[CTRL_ATTR_MAXATTR], &fam->maxattr);
-	if (tb[CTRL_ATTR_MCAST_GROUPS])
-		return parse_groups(tb[CTRL_ATTR_MCAST_GROUPS], fam);
 	return 0;
 }
 
-int gw_genl_family_resolve(struct gw_genl_sock *s, const char *name, struct gw_genl_family *fam)
+static int family_reply(const struct nlmsghdr *nlh, uint8_t cmd, void *arg)
+{
+	struct gw_genl_family *fam = arg;
+	const struct nlattr *tb[CTRL_ATTR_MAX + 1];
+
+	if (cmd != CTRL_CMD_NEWFAMILY)
+		return 0;
+	if (gw_genl_parse(nlh, ctrl_policy, CTRL_ATTR_MAX, tb) < 0 || !tb[CTRL_ATTR_FAMILY_ID])
+		return -EBADMSG;
+	fam->id = mnl_attr_get_u16(tb[CTRL_ATTR_FAMILY_ID]);
+	if (tb[CTRL_ATTR_FAMILY_NAME])
+		snprintf(fam->name, sizeof(fam->name), "%s",
+			 mnl_attr_get_str(tb[CTRL_ATTR_FAMILY_NAME]));
+	if (tb[CTRL_ATTR_VERSION])
+		fam->version = (uint8_t)mnl_attr_get_u32(tb[CTRL_ATTR_VERSION]);
+	if (tb[CTRL_ATTR_MAXATTR])
+		fam->maxattr = mnl_attr_get_u32(tb[CTRL_ATTR_MAXATTR]);
+	if (tb[CTRL_ATTR_MCAST_GROUPS])
+		return family_groups(tb[CTRL_ATTR_MCAST_GROUPS], fam);
+	return 0;
+}
+
+static int family_resolve(struct gw_genl_sock *s, const char *name)
 {
 	struct gw_genl_msg m;
 	int ret;
 
-	if (strlen(name) >= GW_GENL_NAMSIZ)
-		return -ENAMETOOLONG;
-	memset(fam, 0, sizeof(*fam));
-	gw_genl_msg_init(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, 0);
+	memset(&s->family, 0, sizeof(s->family));
+	gw_genl_msg_init(&m, &genl_ctrl, CTRL_CMD_GETFAMILY, 0);
 	gw_genl_put_str(&m, CTRL_ATTR_FAMILY_NAME, name);
-	ret = gw_genl_request(s, &m, family_reply, fam);
+	ret = gw_genl_request(s, &m, family_reply, &s->family);
 	if (ret < 0)
-		return ret;
-	if (fam->id == 0)
+		return ret; /* the kernel answers -ENOENT for an unknown family */
+	if (s->family.id == 0)
 		return -ENOENT;
-	if (fam->name[0] == '\0')
-		copy_name(fam->name, name);
+	if (s->family.name[0] == '\0')
+		snprintf(s->family.name, sizeof(s->family.name), "%s", name);
 	return 0;
+}
+
+int gw_genl_open(struct gw_genl_sock *s, const char *family)
+{
+	int one = 1, ret;
+
+	memset(s, 0, sizeof(*s));
+	if (strlen(family) >= GW_GENL_NAMSIZ)
+		return -ENAMETOOLONG;
+	s->rx = malloc(RX_INITIAL);
+	if (!s->rx)
+		return -ENOMEM;
+	s->rx_cap = RX_INITIAL;
+	s->nl = mnl_socket_open2(NETLINK_GENERIC, SOCK_CLOEXEC);
+	if (!s->nl || mnl_socket_bind(s->nl, 0, MNL_SOCKET_AUTOPID) < 0) {
+		ret = -errno;
+		goto fail;
+	}
+	s->portid = mnl_socket_get_portid(s->nl);
+	/* Optional: error text from the kernel, and errors without a copy of
+	 * the request. Older kernels lack them; that is fine. */
+	(void)mnl_socket_setsockopt(s->nl, NETLINK_EXT_ACK, &one, sizeof(one));
+	(void)mnl_socket_setsockopt(s->nl, NETLINK_CAP_ACK, &one, sizeof(one));
+	ret = family_resolve(s, family);
+	if (ret < 0)
+		goto fail;
+	return 0;
+
+fail:
+	gw_genl_close(s);
+	return ret;
 }
 
 int gw_genl_group_id(const struct gw_genl_family *fam, const char *name, uint32_t *id)
@@ -567,4 +472,16 @@ int gw_genl_group_id(const struct gw_genl_family *fam, const char *name, uint32_
 		}
 	}
 	return -ENOENT;
+}
+
+int gw_genl_join_group(struct gw_genl_sock *s, const char *name)
+{
+	uint32_t id;
+	int ret = gw_genl_group_id(&s->family, name, &id);
+
+	if (ret < 0)
+		return ret;
+	if (mnl_socket_setsockopt(s->nl, NETLINK_ADD_MEMBERSHIP, &id, sizeof(id)) < 0)
+		return -errno;
+	return 0;
 }

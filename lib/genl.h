@@ -1,15 +1,29 @@
 /*
- * genl.h - a small generic-netlink client without libnl.
+ * genl.h - generic netlink on top of libmnl.
  *
- * Resolve a family (and its multicast groups) by name, build a request with
- * attributes and nested attributes, send it and collect the reply messages
- * and the kernel's ACK or -errno. Used for the "nbd" family (kernel NBD
- * client) and the "vdpa" family (VDUSE).
+ * libmnl (the minimal netlink library of nftables and iproute2) does the
+ * wire format: message headers, attribute encoding and nesting, walking and
+ * validating attributes, the socket. It has no generic-netlink layer, so
+ * this file adds the little that every family's user needs:
+ *
+ *   - open a socket for a family by name (CTRL_CMD_GETFAMILY: id, version,
+ *     multicast groups) and join one of its multicast groups by name;
+ *   - build a request whose attribute puts fail once and stickily, so the
+ *     caller checks one error at the end instead of every put;
+ *   - send it and wait for the kernel's ACK or -errno (with the text of the
+ *     kernel's extended ACK), handing each reply message to a callback;
+ *   - index a run of attributes by type against a policy, so that reading
+ *     them afterwards with libmnl's getters (mnl_attr_get_u32 ...) is safe.
+ *
+ * The family-specific parts (command and attribute numbers, what they mean)
+ * stay with their users: transports/nbd/nbd_netlink.c for "nbd", the VDUSE
+ * transport for "vdpa". Callers read attributes with libmnl directly
+ * (mnl_attr_get_*, mnl_attr_for_each_nested), so this header includes it.
  *
  * Every function returns 0 (or a count) on success and a negative errno on
- * failure; nothing is printed. One gw_genl_sock is for one thread at a time.
- * Use a separate socket for multicast events: a request skips messages that
- * are not its replies.
+ * failure; nothing is printed. One gw_genl_sock is used by one thread at a
+ * time (any thread). Use a separate socket for multicast events: a request
+ * ignores messages that are not its replies.
  */
 #pragma once
 
@@ -17,92 +31,84 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <linux/netlink.h>
+#include <libmnl/libmnl.h>
+#include <linux/genetlink.h>
 
 #define GW_GENL_NAMSIZ     16   /* GENL_NAMSIZ: family and group names */
 #define GW_GENL_MAX_GROUPS 8    /* multicast groups kept per family */
-#define GW_GENL_MAX_NEST   8    /* nesting depth of gw_genl_nest_start() */
-#define GW_GENL_MSG_SIZE   4096 /* largest request gw_genl_msg can build */
+#define GW_GENL_MSG_SIZE   4096 /* largest request a gw_genl_msg holds */
 #define GW_GENL_EXTACK_LEN 160  /* room for the kernel's extended-ack text */
-
-struct gw_genl_sock {
-	int fd;
-	uint32_t portid; /* our netlink port id, set by the kernel */
-	uint32_t seq;    /* sequence number of the last request */
-	uint8_t *rx;     /* receive buffer, grown as needed */
-	size_t rx_cap;
-	/* Text the kernel attached to the last failed request (extended ACK,
-	 * NLMSGERR_ATTR_MSG), or "" when it gave none. */
-	char ext_msg[GW_GENL_EXTACK_LEN];
-};
 
 struct gw_genl_group {
 	char name[GW_GENL_NAMSIZ];
 	uint32_t id;
 };
 
+/* A family as the kernel's controller ("nlctrl") describes it. */
 struct gw_genl_family {
 	char name[GW_GENL_NAMSIZ];
-	uint16_t id; /* nlmsg_type for requests to this family */
-	uint32_t version;
-	uint32_t hdrsize;
-	uint32_t maxattr;
+	uint16_t id;      /* nlmsg_type of its messages */
+	uint8_t version;  /* put into the genl header of requests */
+	uint32_t maxattr; /* highest attribute type the kernel accepts */
 	unsigned int n_groups;
 	struct gw_genl_group groups[GW_GENL_MAX_GROUPS];
 };
 
+struct gw_genl_sock {
+	struct mnl_socket *nl;
+	uint32_t portid;
+	uint32_t seq;                 /* sequence number of the last request */
+	struct gw_genl_family family; /* resolved by gw_genl_open() */
+	void *rx;                     /* receive buffer, grown to fit a datagram */
+	size_t rx_cap;
+	/* Text the kernel attached to the last failed request (extended ACK,
+	 * NLMSGERR_ATTR_MSG), or "" when it gave none. */
+	char ext_msg[GW_GENL_EXTACK_LEN];
+};
+
 /*
- * A request under construction. The put functions append attributes; the
- * first failure (buffer full, nesting too deep) is kept in err and makes every
- * later put and gw_genl_request() fail with it, so callers may check once.
+ * A request under construction: a libmnl message in buf. The put functions
+ * append attributes; the first failure (no room) is kept in err and makes
+ * every later put and gw_genl_request() fail with it.
  */
 struct gw_genl_msg {
-	size_t len;
+	struct nlmsghdr *nlh;
 	int err;
-	unsigned int depth;
-	size_t nest[GW_GENL_MAX_NEST];
+	unsigned int open_nests; /* nest_start without nest_end yet */
 	uint8_t buf[GW_GENL_MSG_SIZE] __attribute__((aligned(8)));
 };
 
-/* One reply message handed to a gw_genl_reply_fn. */
-struct gw_genl_reply {
-	uint16_t type; /* nlmsg_type: the family id */
-	uint8_t cmd;
-	uint8_t version;
-	const void *attrs; /* attributes after the genl (and family) header */
-	size_t len;
-};
+/*
+ * Called for each reply (or event) message of the family; 'cmd' is its
+ * generic-netlink command. Read its attributes with gw_genl_parse(). Return 0
+ * to go on, or -errno: gw_genl_request() then reads the remaining replies
+ * without calling back and returns that error.
+ */
+typedef int (*gw_genl_reply_fn)(const struct nlmsghdr *nlh, uint8_t cmd, void *arg);
 
-/* Called for each reply message; return 0 to go on, or -errno, which
- * gw_genl_request() then returns (after reading the rest of the replies). */
-typedef int (*gw_genl_reply_fn)(const struct gw_genl_reply *r, void *arg);
+/* --- socket ------------------------------------------------------------------ */
 
-/* Attribute iterator over a run of attributes (a payload or a nest). */
-struct gw_genl_iter {
-	const uint8_t *p;
-	size_t left;
-};
-
-/* --- socket ---------------------------------------------------------------- */
-
-int gw_genl_open(struct gw_genl_sock *s);
+/*
+ * Open a generic netlink socket and resolve 'family' into s->family.
+ * -ENOENT when the kernel has no such family (its module is not loaded),
+ * -ENAMETOOLONG for a name longer than GENL_NAMSIZ - 1.
+ */
+int gw_genl_open(struct gw_genl_sock *s, const char *family);
+/* Safe on a zeroed or already closed socket. */
 void gw_genl_close(struct gw_genl_sock *s);
-
-/* Look up family 'name'. -ENOENT when the kernel has no such family (its
- * module is not loaded), -ENAMETOOLONG for an over-long name. */
-int gw_genl_family_resolve(struct gw_genl_sock *s, const char *name, struct gw_genl_family *fam);
+/* The descriptor to poll for events. */
+int gw_genl_fd(const struct gw_genl_sock *s);
 
 /* The id of multicast group 'name' of 'fam', or -ENOENT. */
 int gw_genl_group_id(const struct gw_genl_family *fam, const char *name, uint32_t *id);
+/* Subscribe the socket to the family's multicast group 'name' (-ENOENT). */
+int gw_genl_join_group(struct gw_genl_sock *s, const char *name);
 
-/* Subscribe the socket to a multicast group. */
-int gw_genl_join_group(struct gw_genl_sock *s, uint32_t group);
+/* --- building requests ------------------------------------------------------- */
 
-/* --- building requests --------------------------------------------------------- */
-
-/* Start a request for 'family' (an id, or GENL_ID_CTRL). 'flags' are added to
+/* Start a request of command 'cmd' to 'fam'. 'flags' are added to
  * NLM_F_REQUEST | NLM_F_ACK, e.g. NLM_F_DUMP. */
-void gw_genl_msg_init(struct gw_genl_msg *m, uint16_t family, uint8_t cmd, uint8_t version,
+void gw_genl_msg_init(struct gw_genl_msg *m, const struct gw_genl_family *fam, uint8_t cmd,
 		      uint16_t flags);
 
 int gw_genl_put(struct gw_genl_msg *m, uint16_t type, const void *data, size_t len);
@@ -111,52 +117,47 @@ int gw_genl_put_u8(struct gw_genl_msg *m, uint16_t type, uint8_t v);
 int gw_genl_put_u16(struct gw_genl_msg *m, uint16_t type, uint16_t v);
 int gw_genl_put_u32(struct gw_genl_msg *m, uint16_t type, uint32_t v);
 int gw_genl_put_u64(struct gw_genl_msg *m, uint16_t type, uint64_t v);
-/* A NUL-terminated string attribute (the NUL is included). */
+/* A NUL-terminated string attribute (the NUL is included: NLA_NUL_STRING). */
 int gw_genl_put_str(struct gw_genl_msg *m, uint16_t type, const char *v);
 
-/* Open a nested attribute (type | NLA_F_NESTED); close it with nest_end. */
-int gw_genl_nest_start(struct gw_genl_msg *m, uint16_t type);
-int gw_genl_nest_end(struct gw_genl_msg *m);
+/* Open a nested attribute (type | NLA_F_NESTED); returns NULL once m->err is
+ * set. Close it with gw_genl_nest_end(), which accepts that NULL. */
+struct nlattr *gw_genl_nest_start(struct gw_genl_msg *m, uint16_t type);
+void gw_genl_nest_end(struct gw_genl_msg *m, struct nlattr *nest);
 
-/* --- transactions ----------------------------------------------------------------- */
+/* --- transactions ------------------------------------------------------------ */
 
 /*
  * Send 'm' and read until the kernel's ACK (or NLMSG_DONE for NLM_F_DUMP),
- * calling 'fn' (may be NULL) for each reply message. Returns 0 on ACK, the
- * kernel's -errno (see s->ext_msg for its text), the first error 'fn'
- * returned, or a local -errno.
+ * calling 'fn' (may be NULL) for each reply message of the family. Returns 0
+ * on ACK, the kernel's -errno (see s->ext_msg for its text), the first error
+ * 'fn' returned, m->err, -EINVAL for an unclosed nest, or a local -errno.
  */
 int gw_genl_request(struct gw_genl_sock *s, struct gw_genl_msg *m, gw_genl_reply_fn fn, void *arg);
 
 /*
- * Read one datagram of unsolicited messages (multicast events) and call 'fn'
- * for each message of 'family'. With nonblock, returns -EAGAIN when nothing
- * is queued. Returns the number of messages passed to 'fn', or -errno
+ * Read one queued datagram of unsolicited messages (multicast events) without
+ * blocking and call 'fn' for each message of s->family. Returns the number
+ * of messages passed to 'fn', -EAGAIN when nothing is queued, or -errno
  * (-ENOBUFS: the socket overflowed and events were lost).
  */
-int gw_genl_recv_event(struct gw_genl_sock *s, uint16_t family, bool nonblock, gw_genl_reply_fn fn,
-		       void *arg);
+int gw_genl_recv_event(struct gw_genl_sock *s, gw_genl_reply_fn fn, void *arg);
 
-/* --- parsing replies ---------------------------------------------------------------- */
+/* --- reading replies --------------------------------------------------------- */
 
-/* Index attributes by type: tb[0..maxtype] (zeroed first); types above
- * maxtype are ignored, the last of a repeated type wins. -EINVAL when the
- * attributes are malformed. */
-int gw_genl_parse(const void *attrs, size_t len, const struct nlattr **tb, unsigned int maxtype);
-int gw_genl_parse_nested(const struct nlattr *nest, const struct nlattr **tb, unsigned int maxtype);
-
-void gw_genl_iter_init(struct gw_genl_iter *it, const void *attrs, size_t len);
-void gw_genl_iter_nested(struct gw_genl_iter *it, const struct nlattr *nest);
-/* 1 and *a set: next attribute; 0: no more; -EINVAL: malformed. */
-int gw_genl_iter_next(struct gw_genl_iter *it, const struct nlattr **a);
-
-uint16_t gw_genl_attr_type(const struct nlattr *a);
-const void *gw_genl_attr_data(const struct nlattr *a);
-size_t gw_genl_attr_len(const struct nlattr *a);
-/* -EINVAL when the payload does not have the expected size (the string
- * getter: when it is not NUL-terminated). */
-int gw_genl_attr_u8(const struct nlattr *a, uint8_t *v);
-int gw_genl_attr_u16(const struct nlattr *a, uint16_t *v);
-int gw_genl_attr_u32(const struct nlattr *a, uint32_t *v);
-int gw_genl_attr_u64(const struct nlattr *a, uint64_t *v);
-int gw_genl_attr_str(const struct nlattr *a, const char **v);
+/*
+ * Index the attributes of a reply message (after its genl header) by type:
+ * tb[0..maxtype] is zeroed, then tb[type] points at the last attribute of
+ * each type. Types above maxtype are skipped. policy (may be NULL) gives the
+ * expected libmnl type of each attribute type (MNL_TYPE_UNSPEC: any); an
+ * attribute that does not match it, or a run of attributes that does not
+ * parse, is -EINVAL. After that, libmnl's getters on tb[] are safe.
+ */
+int gw_genl_parse(const struct nlmsghdr *nlh, const enum mnl_attr_data_type *policy,
+		  unsigned int maxtype, const struct nlattr **tb);
+/* The same for the attributes inside a nested attribute. */
+int gw_genl_parse_nested(const struct nlattr *nest, const enum mnl_attr_data_type *policy,
+			 unsigned int maxtype, const struct nlattr **tb);
+/* The same for a bare run of attributes. */
+int gw_genl_parse_payload(const void *attrs, size_t len, const enum mnl_attr_data_type *policy,
+			  unsigned int maxtype, const struct nlattr **tb);

@@ -5,7 +5,7 @@
 set -eu
 
 build_pkgs="build-essential cmake pkg-config liburing-dev libev-dev libjson-c-dev
-  libyaml-dev libcurl4-openssl-dev libnbd-dev"
+  libyaml-dev libmnl-dev libcurl4-openssl-dev libnbd-dev"
 # Test clients and peers: real NBD clients (libnbd tools, qemu-img/qemu-io, fio),
 # peers for the benchmarks (nbdkit, qemu-storage-daemon), and what the test VM
 # is built from (QEMU, busybox, cpio, xz, e2fsprogs, nbd-client).

@@ -90,29 +90,21 @@ static int open_common(struct nbd_nl *nl, char *msg, size_t msglen)
 	int ret;
 
 	memset(nl, 0, sizeof(*nl));
-	ret = gw_genl_open(&nl->sock);
-	if (ret < 0) {
-		set_msg(msg, msglen, "cannot open a generic netlink socket: %s", strerror(-ret));
-		return ret;
-	}
-	ret = gw_genl_family_resolve(&nl->sock, NBD_GENL_FAMILY_NAME, &nl->family);
+	ret = gw_genl_open(&nl->sock, NBD_GENL_FAMILY_NAME);
 	if (ret == -ENOENT) {
 		set_msg(msg, msglen,
 			"the kernel NBD driver is not loaded: no \"%s\" netlink family (modprobe nbd; CONFIG_BLK_DEV_NBD)",
 			NBD_GENL_FAMILY_NAME);
-		goto fail;
+		return ret;
 	}
 	if (ret < 0) {
-		set_msg(msg, msglen, "cannot look up the \"%s\" netlink family: %s",
+		set_msg(msg, msglen, "cannot open the \"%s\" generic netlink family: %s",
 			NBD_GENL_FAMILY_NAME, strerror(-ret));
-		goto fail;
+		return ret;
 	}
-	if (gw_genl_group_id(&nl->family, NBD_GENL_MCAST_GROUP_NAME, &nl->mcast_group) < 0)
+	if (gw_genl_group_id(&nl->sock.family, NBD_GENL_MCAST_GROUP_NAME, &nl->mcast_group) < 0)
 		nl->mcast_group = 0;
 	return 0;
-fail:
-	gw_genl_close(&nl->sock);
-	return ret;
 }
 
 int nbd_nl_open(struct nbd_nl *nl, char *msg, size_t msglen)
@@ -127,18 +119,20 @@ void nbd_nl_close(struct nbd_nl *nl)
 
 static void msg_init(struct nbd_nl *nl, struct gw_genl_msg *m, uint8_t cmd)
 {
-	gw_genl_msg_init(m, nl->family.id, cmd, NBD_GENL_VERSION, 0);
+	gw_genl_msg_init(m, &nl->sock.family, cmd, 0);
 }
 
 static void put_sockets(struct gw_genl_msg *m, const int *fds, unsigned int n)
 {
-	gw_genl_nest_start(m, NBD_ATTR_SOCKETS);
+	struct nlattr *socks = gw_genl_nest_start(m, NBD_ATTR_SOCKETS);
+
 	for (unsigned int i = 0; i < n; i++) {
-		gw_genl_nest_start(m, NBD_SOCK_ITEM);
+		struct nlattr *item = gw_genl_nest_start(m, NBD_SOCK_ITEM);
+
 		gw_genl_put_u32(m, NBD_SOCK_FD, (uint32_t)fds[i]);
-		gw_genl_nest_end(m);
+		gw_genl_nest_end(m, item);
 	}
-	gw_genl_nest_end(m);
+	gw_genl_nest_end(m, socks);
 }
 
 static int check_fds(const int *fds, unsigned int n, char *msg, size_t msglen)
@@ -160,16 +154,27 @@ static int check_fds(const int *fds, unsigned int n, char *msg, size_t msglen)
 	return 0;
 }
 
-static int index_reply(const struct gw_genl_reply *r, void *arg)
+/* The attributes read from the kernel's replies and events, and their types. */
+static const enum mnl_attr_data_type nbd_attr_policy[NBD_ATTR_MAX + 1] = {
+	[NBD_ATTR_INDEX] = MNL_TYPE_U32,
+	[NBD_ATTR_DEVICE_LIST] = MNL_TYPE_NESTED,
+};
+
+static const enum mnl_attr_data_type nbd_device_policy[NBD_DEVICE_ATTR_MAX + 1] = {
+	[NBD_DEVICE_INDEX] = MNL_TYPE_U32,
+	[NBD_DEVICE_CONNECTED] = MNL_TYPE_U8,
+};
+
+/* NBD_ATTR_INDEX of a reply or event into *(int64_t *)arg, if present. */
+static int index_reply(const struct nlmsghdr *nlh, uint8_t cmd, void *arg)
 {
 	const struct nlattr *tb[NBD_ATTR_MAX + 1];
 	int64_t *index = arg;
-	uint32_t v;
 
-	if (gw_genl_parse(r->attrs, r->len, tb, NBD_ATTR_MAX) < 0)
+	if (gw_genl_parse(nlh, nbd_attr_policy, NBD_ATTR_MAX, tb) < 0)
 		return -EBADMSG;
-	if (tb[NBD_ATTR_INDEX] && gw_genl_attr_u32(tb[NBD_ATTR_INDEX], &v) == 0)
-		*index = v;
+	if (tb[NBD_ATTR_INDEX])
+		*index = mnl_attr_get_u32(tb[NBD_ATTR_INDEX]);
 	return 0;
 }
 
@@ -274,38 +279,33 @@ struct status_ctx {
 	size_t n;
 };
 
-static int status_reply(const struct gw_genl_reply *r, void *arg)
+static int status_reply(const struct nlmsghdr *nlh, uint8_t cmd, void *arg)
 {
 	struct status_ctx *ctx = arg;
 	const struct nlattr *tb[NBD_ATTR_MAX + 1];
 	const struct nlattr *item;
-	struct gw_genl_iter it;
-	int ret;
 
-	if (gw_genl_parse(r->attrs, r->len, tb, NBD_ATTR_MAX) < 0)
+	if (gw_genl_parse(nlh, nbd_attr_policy, NBD_ATTR_MAX, tb) < 0)
 		return -EBADMSG;
 	if (!tb[NBD_ATTR_DEVICE_LIST])
 		return 0;
-	gw_genl_iter_nested(&it, tb[NBD_ATTR_DEVICE_LIST]);
-	while ((ret = gw_genl_iter_next(&it, &item)) > 0) {
+	mnl_attr_for_each_nested(item, tb[NBD_ATTR_DEVICE_LIST])
+	{
 		const struct nlattr *dtb[NBD_DEVICE_ATTR_MAX + 1];
-		uint32_t idx;
-		uint8_t conn = 0;
 
-		if (gw_genl_attr_type(item) != NBD_DEVICE_ITEM)
+		if (mnl_attr_get_type(item) != NBD_DEVICE_ITEM)
 			continue;
-		if (gw_genl_parse_nested(item, dtb, NBD_DEVICE_ATTR_MAX) < 0 ||
-		    !dtb[NBD_DEVICE_INDEX] || gw_genl_attr_u32(dtb[NBD_DEVICE_INDEX], &idx) < 0)
+		if (gw_genl_parse_nested(item, nbd_device_policy, NBD_DEVICE_ATTR_MAX, dtb) < 0 ||
+		    !dtb[NBD_DEVICE_INDEX])
 			return -EBADMSG;
-		if (dtb[NBD_DEVICE_CONNECTED])
-			(void)gw_genl_attr_u8(dtb[NBD_DEVICE_CONNECTED], &conn);
 		if (ctx->n < ctx->max) {
-			ctx->devs[ctx->n].index = idx;
-			ctx->devs[ctx->n].connected = conn != 0;
+			ctx->devs[ctx->n].index = mnl_attr_get_u32(dtb[NBD_DEVICE_INDEX]);
+			ctx->devs[ctx->n].connected = dtb[NBD_DEVICE_CONNECTED] &&
+						      mnl_attr_get_u8(dtb[NBD_DEVICE_CONNECTED]);
 		}
 		ctx->n++;
 	}
-	return ret < 0 ? -EBADMSG : 0;
+	return 0;
 }
 
 int nbd_nl_status(struct nbd_nl *nl, int index, struct nbd_nl_dev_status *devs, size_t max,
@@ -336,7 +336,7 @@ int nbd_nl_monitor_open(struct nbd_nl *nl, char *msg, size_t msglen)
 		nbd_nl_close(nl);
 		return -ENOENT;
 	}
-	ret = gw_genl_join_group(&nl->sock, nl->mcast_group);
+	ret = gw_genl_join_group(&nl->sock, NBD_GENL_MCAST_GROUP_NAME);
 	if (ret < 0) {
 		set_msg(msg, msglen, "cannot join the NBD multicast group: %s", strerror(-ret));
 		nbd_nl_close(nl);
@@ -345,24 +345,16 @@ int nbd_nl_monitor_open(struct nbd_nl *nl, char *msg, size_t msglen)
 	return 0;
 }
 
-static int link_dead_event(const struct gw_genl_reply *r, void *arg)
+static int link_dead_event(const struct nlmsghdr *nlh, uint8_t cmd, void *arg)
 {
-	const struct nlattr *tb[NBD_ATTR_MAX + 1];
-	int64_t *index = arg;
-	uint32_t v;
-
-	if (r->cmd != NBD_CMD_LINK_DEAD)
+	if (cmd != NBD_CMD_LINK_DEAD)
 		return 0;
-	if (gw_genl_parse(r->attrs, r->len, tb, NBD_ATTR_MAX) < 0)
-		return -EBADMSG;
-	if (tb[NBD_ATTR_INDEX] && gw_genl_attr_u32(tb[NBD_ATTR_INDEX], &v) == 0)
-		*index = v;
-	return 0;
+	return index_reply(nlh, cmd, arg);
 }
 
 int nbd_nl_monitor_next(struct nbd_nl *nl, int timeout_ms, uint32_t *index)
 {
-	struct pollfd pfd = { .fd = nl->sock.fd, .events = POLLIN };
+	struct pollfd pfd = { .fd = gw_genl_fd(&nl->sock), .events = POLLIN };
 	int64_t got = -1;
 	int ret;
 
@@ -371,7 +363,7 @@ int nbd_nl_monitor_next(struct nbd_nl *nl, int timeout_ms, uint32_t *index)
 		return errno == EINTR ? 0 : -errno;
 	if (ret == 0)
 		return 0;
-	ret = gw_genl_recv_event(&nl->sock, nl->family.id, true, link_dead_event, &got);
+	ret = gw_genl_recv_event(&nl->sock, link_dead_event, &got);
 	if (ret == -EAGAIN)
 		return 0;
 	if (ret < 0)

@@ -22,16 +22,12 @@
 
 #include "lib/genl.h"
 
-/* Constants Debian 12's linux-libc-dev (6.1) may lack. */
-#ifndef NBD_GENL_FAMILY_NAME
-#define NBD_GENL_FAMILY_NAME "nbd"
-#endif
-#ifndef NBD_GENL_MCAST_GROUP_NAME
-#define NBD_GENL_MCAST_GROUP_NAME "nbd_mc_group"
-#endif
-#ifndef NBD_GENL_VERSION
-#define NBD_GENL_VERSION 0x1
-#endif
+/*
+ * NBD_ATTR_CLIENT_FLAGS bits. The kernel defines them in <linux/nbd.h>, which
+ * cannot be included next to nbd_proto.h (its NBD_FLAG_*, NBD_CMD_* and
+ * magic numbers are defined again there, some differently), so the two are
+ * repeated here under the kernel's names.
+ */
 #ifndef NBD_CFLAG_DESTROY_ON_DISCONNECT
 #define NBD_CFLAG_DESTROY_ON_DISCONNECT (1 << 0)
 #endif
@@ -52,9 +48,8 @@
 #define NBD_NL_FLAG_CAN_MULTI_CONN    (1u << 8)
 
 struct nbd_nl {
-	struct gw_genl_sock sock;
-	struct gw_genl_family family;
-	uint32_t mcast_group; /* "nbd_mc_group", 0 if the kernel has none */
+	struct gw_genl_sock sock; /* sock.family: the resolved "nbd" family */
+	uint32_t mcast_group;     /* "nbd_mc_group", 0 if the kernel has none */
 };
 
 struct nbd_nl_connect_params {
@@ -105,7 +100,7 @@ int nbd_nl_status(struct nbd_nl *nl, int index, struct nbd_nl_dev_status *devs, 
 
 /*
  * Link-dead events. nbd_nl_monitor_open() opens a second handle subscribed to
- * "nbd_mc_group"; poll nl->sock.fd for input, or call
+ * "nbd_mc_group"; poll gw_genl_fd(&nl->sock) for input, or call
  * nbd_nl_monitor_next(): waits up to timeout_ms (-1: forever, 0: poll) and
  * returns 1 with *index set for an NBD_CMD_LINK_DEAD, 0 when the wait ended
  * without one, or -errno (-ENOBUFS: events were lost; check the devices).

@@ -9,6 +9,9 @@
  * nbd_nl_reconfigure() when the LINK_DEAD event arrives. It then prints
  * request counters and exits 0 only if no protocol error was seen.
  *
+ * "genl-check" tests lib/genl.c against the running kernel's controller
+ * ("nlctrl"), which every Linux has; it runs on the build host.
+ *
  * Test scaffolding for the netlink code, not blkgw's NBD server.
  */
 #include <endian.h>
@@ -593,136 +596,182 @@ struct gc_dump {
 	bool saw_nlctrl;
 };
 
-static int gc_dump_cb(const struct gw_genl_reply *r, void *arg)
+static const enum mnl_attr_data_type gc_ctrl_policy[CTRL_ATTR_MAX + 1] = {
+	[CTRL_ATTR_FAMILY_NAME] = MNL_TYPE_NUL_STRING,
+};
+
+static int gc_dump_cb(const struct nlmsghdr *nlh, uint8_t cmd, void *arg)
 {
 	const struct nlattr *tb[CTRL_ATTR_MAX + 1];
 	struct gc_dump *d = arg;
-	const char *name;
 
-	if (gw_genl_parse(r->attrs, r->len, tb, CTRL_ATTR_MAX) < 0)
+	if (gw_genl_parse(nlh, gc_ctrl_policy, CTRL_ATTR_MAX, tb) < 0)
 		return -EBADMSG;
 	d->families++;
-	if (tb[CTRL_ATTR_FAMILY_NAME] && gw_genl_attr_str(tb[CTRL_ATTR_FAMILY_NAME], &name) == 0 &&
-	    strcmp(name, "nlctrl") == 0)
+	if (cmd == CTRL_CMD_NEWFAMILY && tb[CTRL_ATTR_FAMILY_NAME] &&
+	    strcmp(mnl_attr_get_str(tb[CTRL_ATTR_FAMILY_NAME]), "nlctrl") == 0)
 		d->saw_nlctrl = true;
 	return 0;
+}
+
+static int gc_fail_cb(const struct nlmsghdr *nlh, uint8_t cmd, void *arg)
+{
+	int *calls = arg;
+
+	(*calls)++;
+	return -ECANCELED;
+}
+
+/* Requests: family lookup, dumps, errors, the socket surviving them. */
+static void gc_requests(struct gw_genl_sock *s)
+{
+	struct gw_genl_sock other;
+	struct gw_genl_msg m;
+	struct gc_dump d = { 0 };
+	uint32_t grp = 0;
+	int ret, calls = 0;
+
+	gc_check(s->family.id == GENL_ID_CTRL && strcmp(s->family.name, "nlctrl") == 0,
+		 "resolve nlctrl to GENL_ID_CTRL");
+	gc_check(gw_genl_group_id(&s->family, "notify", &grp) == 0 && grp != 0,
+		 "nlctrl has a \"notify\" multicast group");
+	gc_check(gw_genl_group_id(&s->family, "no-such-group", &grp) == -ENOENT,
+		 "an unknown group is -ENOENT");
+	ret = gw_genl_open(&other, "blkgw-nosuchfam");
+	gc_check(ret == -ENOENT, "an unknown family is -ENOENT");
+	gw_genl_close(&other); /* harmless after a failed open */
+	ret = gw_genl_open(&other, "a-name-longer-than-16");
+	gc_check(ret == -ENAMETOOLONG, "an over-long family name is -ENAMETOOLONG");
+
+	gw_genl_msg_init(&m, &s->family, CTRL_CMD_GETFAMILY, NLM_F_DUMP);
+	ret = gw_genl_request(s, &m, gc_dump_cb, &d);
+	gc_check(ret == 0 && d.families >= 1 && d.saw_nlctrl,
+		 "a dump of all families ends with NLMSG_DONE and lists nlctrl");
+	gw_genl_msg_init(&m, &s->family, CTRL_CMD_GETFAMILY, NLM_F_DUMP);
+	ret = gw_genl_request(s, &m, gc_fail_cb, &calls);
+	gc_check(ret == -ECANCELED && calls == 1,
+		 "a callback's error ends the callbacks and is returned");
+	gw_genl_msg_init(&m, &s->family, CTRL_CMD_GETFAMILY, 0);
+	gw_genl_put_str(&m, CTRL_ATTR_FAMILY_NAME, "nlctrl");
+	ret = gw_genl_request(s, &m, NULL, NULL);
+	gc_check(ret == 0, "the socket still works after a failed callback (replies drained)");
+
+	gw_genl_msg_init(&m, &s->family, CTRL_CMD_GETFAMILY, 0);
+	ret = gw_genl_request(s, &m, NULL, NULL);
+	gc_check(ret < 0, "a GETFAMILY without a name gets the kernel's -errno");
+	gw_genl_msg_init(&m, &s->family, CTRL_CMD_GETFAMILY, 0);
+	gw_genl_put_u8(&m, CTRL_ATTR_FAMILY_ID, GENL_ID_CTRL); /* the kernel wants a u16 */
+	ret = gw_genl_request(s, &m, NULL, NULL);
+	printf("kernel's answer to a u8 family id: %s, extended ack \"%s\"\n", strerror(-ret),
+	       s->ext_msg);
+	gc_check(ret < 0 && s->ext_msg[0] != '\0',
+		 "a policy violation gets the kernel's -errno and extended-ack text");
+	gw_genl_msg_init(&m, &s->family, CTRL_CMD_GETFAMILY, 0);
+	gw_genl_put_str(&m, CTRL_ATTR_FAMILY_NAME, "nlctrl");
+	ret = gw_genl_request(s, &m, NULL, NULL);
+	gc_check(ret == 0 && s->ext_msg[0] == '\0',
+		 "the same socket still works after an error, and the text is cleared");
+
+	gc_check(gw_genl_recv_event(s, NULL, NULL) == -EAGAIN,
+		 "no event queued: recv_event does not block, -EAGAIN");
+	gc_check(gw_genl_join_group(s, "notify") == 0, "join nlctrl's \"notify\" group by name");
+	gc_check(gw_genl_join_group(s, "no-such-group") == -ENOENT,
+		 "joining an unknown group is -ENOENT");
+}
+
+/* Building a request and reading it back. */
+static void gc_messages(struct gw_genl_sock *s)
+{
+	static const enum mnl_attr_data_type policy[11] = {
+		[2] = MNL_TYPE_U64, [7] = MNL_TYPE_NESTED, [10] = MNL_TYPE_NUL_STRING
+	};
+	static const enum mnl_attr_data_type wrong[11] = { [2] = MNL_TYPE_U32 };
+	static const enum mnl_attr_data_type inner[2] = { [1] = MNL_TYPE_U32 };
+	static uint8_t big[5000];
+	const struct nlattr *tb[11], *a, *in[2];
+	struct gw_genl_msg m;
+	struct nlattr *outer, *item;
+	uint32_t sum = 0;
+	int ret, n = 0;
+
+	gw_genl_msg_init(&m, &s->family, CTRL_CMD_GETFAMILY, 0);
+	ret = gw_genl_put(&m, 1, big, sizeof(big));
+	gc_check(ret == -EMSGSIZE, "an attribute larger than the message is -EMSGSIZE");
+	gc_check(gw_genl_put_u32(&m, 2, 1) == -EMSGSIZE && gw_genl_nest_start(&m, 3) == NULL &&
+			 gw_genl_request(s, &m, NULL, NULL) == -EMSGSIZE,
+		 "the error sticks to later puts and to the request");
+	gw_genl_msg_init(&m, &s->family, CTRL_CMD_GETFAMILY, 0);
+	gw_genl_nest_start(&m, 7);
+	gc_check(gw_genl_request(s, &m, NULL, NULL) == -EINVAL, "an unclosed nest is -EINVAL");
+
+	/* a nest built here parses back with the same values */
+	gw_genl_msg_init(&m, &s->family, 1, 0);
+	gw_genl_put_u64(&m, 2, 0x1122334455667788ull);
+	outer = gw_genl_nest_start(&m, 7);
+	for (uint32_t v = 42; v <= 43; v++) {
+		item = gw_genl_nest_start(&m, 1);
+		gw_genl_put_u32(&m, 1, v);
+		gw_genl_nest_end(&m, item);
+	}
+	gw_genl_nest_end(&m, outer);
+	gw_genl_put_str(&m, 10, "abc");
+	gc_check(m.err == 0 && m.open_nests == 0, "a message with nests builds");
+
+	ret = gw_genl_parse(m.nlh, policy, 10, tb);
+	gc_check(ret == 0 && tb[2] && tb[7] && tb[10] && !tb[3],
+		 "parse finds the attributes that were put");
+	gc_check(tb[2] && mnl_attr_get_u64(tb[2]) == 0x1122334455667788ull, "u64 round trip");
+	gc_check(tb[10] && strcmp(mnl_attr_get_str(tb[10]), "abc") == 0, "string round trip");
+	gc_check(gw_genl_parse(m.nlh, wrong, 10, tb) == -EINVAL,
+		 "a u64 where the policy says u32 is -EINVAL");
+	gw_genl_parse(m.nlh, policy, 10, tb);
+	if (tb[7]) {
+		mnl_attr_for_each_nested(a, tb[7])
+		{
+			if (gw_genl_parse_nested(a, inner, 1, in) == 0 && in[1])
+				sum += mnl_attr_get_u32(in[1]);
+			n++;
+		}
+	}
+	gc_check(n == 2 && sum == 85, "a nested array iterates in order");
+
+	{
+		uint8_t bad[8] = { 2, 0, 1, 0, 0, 0, 0, 0 };         /* nla_len 2 < header */
+		uint8_t over[8] = { 12, 0, 1, 0, 0, 0, 0, 0 };       /* runs past the end */
+		uint8_t tail[10] = { 8, 0, 1, 0, 1, 2, 3, 4, 0, 0 }; /* 2 stray bytes */
+		const struct nlattr *t[2];
+
+		gc_check(gw_genl_parse_payload(bad, sizeof(bad), NULL, 1, t) == -EINVAL,
+			 "an attribute shorter than its header is -EINVAL");
+		gc_check(gw_genl_parse_payload(over, sizeof(over), NULL, 1, t) == -EINVAL,
+			 "an attribute longer than the buffer is -EINVAL");
+		gc_check(gw_genl_parse_payload(tail, sizeof(tail), NULL, 1, t) == -EINVAL && !t[0],
+			 "stray bytes after the last attribute are -EINVAL");
+	}
 }
 
 static int cmd_genl_check(void)
 {
 	struct gw_genl_sock s;
-	struct gw_genl_family fam;
-	struct gw_genl_msg m;
-	struct gc_dump d = { 0 };
 	struct nbd_nl nl;
-	uint32_t grp = 0;
 	char msg[512];
 	int ret;
 
-	ret = gw_genl_open(&s);
-	gc_check(ret == 0, "open a generic netlink socket");
+	ret = gw_genl_open(&s, "nlctrl");
+	gc_check(ret == 0, "open a generic netlink socket for nlctrl");
 	if (ret)
 		return 1;
-	ret = gw_genl_family_resolve(&s, "nlctrl", &fam);
-	gc_check(ret == 0 && fam.id == GENL_ID_CTRL, "resolve nlctrl to GENL_ID_CTRL");
-	gc_check(gw_genl_group_id(&fam, "notify", &grp) == 0 && grp != 0,
-		 "nlctrl has a \"notify\" multicast group");
-	gc_check(gw_genl_group_id(&fam, "no-such-group", &grp) == -ENOENT,
-		 "an unknown group is -ENOENT");
-	ret = gw_genl_family_resolve(&s, "blkgw-nosuchfam", &fam);
-	gc_check(ret == -ENOENT, "an unknown family is -ENOENT");
-	ret = gw_genl_family_resolve(&s, "a-name-longer-than-16", &fam);
-	gc_check(ret == -ENAMETOOLONG, "an over-long family name is -ENAMETOOLONG");
-
-	gw_genl_msg_init(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, NLM_F_DUMP);
-	ret = gw_genl_request(&s, &m, gc_dump_cb, &d);
-	gc_check(ret == 0 && d.families >= 1 && d.saw_nlctrl,
-		 "a dump of all families ends with NLMSG_DONE and lists nlctrl");
-
-	gw_genl_msg_init(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, 0);
-	ret = gw_genl_request(&s, &m, NULL, NULL);
-	gc_check(ret < 0, "a GETFAMILY without a name gets the kernel's -errno");
-	gw_genl_msg_init(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, 0);
-	gw_genl_put_str(&m, CTRL_ATTR_FAMILY_NAME, "nlctrl");
-	ret = gw_genl_request(&s, &m, NULL, NULL);
-	gc_check(ret == 0, "the same socket still works after an error");
-
-	static uint8_t big[5000];
-
-	gw_genl_msg_init(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, 0);
-	ret = gw_genl_put(&m, 1, big, sizeof(big));
-	gc_check(ret == -EMSGSIZE, "an attribute larger than the message is -EMSGSIZE");
-	gc_check(gw_genl_put_u32(&m, 2, 1) == -EMSGSIZE &&
-			 gw_genl_request(&s, &m, NULL, NULL) == -EMSGSIZE,
-		 "the error sticks to later puts and to the request");
-	gw_genl_msg_init(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, 0);
-	for (int i = 0; i < GW_GENL_MAX_NEST; i++)
-		gw_genl_nest_start(&m, 1);
-	gc_check(gw_genl_nest_start(&m, 1) == -E2BIG, "nesting deeper than the limit is -E2BIG");
-	gw_genl_msg_init(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, 0);
-	gc_check(gw_genl_nest_end(&m) == -EINVAL, "nest_end without nest_start is -EINVAL");
-	gw_genl_msg_init(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, 0);
-	gw_genl_nest_start(&m, 7);
-	gc_check(gw_genl_request(&s, &m, NULL, NULL) == -EINVAL, "an unclosed nest is -EINVAL");
-
-	/* a nest built here parses back with the same values */
-	gw_genl_msg_init(&m, 0x20, 1, 1, 0);
-	gw_genl_put_u64(&m, 2, 0x1122334455667788ull);
-	gw_genl_nest_start(&m, 7);
-	gw_genl_nest_start(&m, 1);
-	gw_genl_put_u32(&m, 1, 42);
-	gw_genl_nest_end(&m);
-	gw_genl_nest_start(&m, 1);
-	gw_genl_put_u32(&m, 1, 43);
-	gw_genl_nest_end(&m);
-	gw_genl_nest_end(&m);
-	gw_genl_put_str(&m, 10, "abc");
-	{
-		const uint8_t *attrs = m.buf + NLMSG_HDRLEN + 4;
-		size_t len = m.len - NLMSG_HDRLEN - 4;
-		const struct nlattr *tb[11], *it_a, *in[2];
-		struct gw_genl_iter it;
-		uint64_t v64 = 0;
-		uint32_t sum = 0, v32;
-		const char *str = NULL;
-		int n = 0;
-
-		ret = gw_genl_parse(attrs, len, tb, 10);
-		gc_check(ret == 0 && tb[2] && tb[7] && tb[10] && !tb[3],
-			 "parse finds the attributes that were put");
-		gc_check(tb[2] && gw_genl_attr_u64(tb[2], &v64) == 0 &&
-				 v64 == 0x1122334455667788ull,
-			 "u64 round trip");
-		gc_check(tb[10] && gw_genl_attr_str(tb[10], &str) == 0 && strcmp(str, "abc") == 0,
-			 "string round trip");
-		gc_check(tb[2] && gw_genl_attr_u32(tb[2], &v32) == -EINVAL,
-			 "reading a u64 as u32 is -EINVAL");
-		if (tb[7]) {
-			gw_genl_iter_nested(&it, tb[7]);
-			while (gw_genl_iter_next(&it, &it_a) > 0) {
-				if (gw_genl_parse_nested(it_a, in, 1) == 0 && in[1] &&
-				    gw_genl_attr_u32(in[1], &v32) == 0)
-					sum += v32;
-				n++;
-			}
-		}
-		gc_check(n == 2 && sum == 85, "a nested array iterates in order");
-	}
-	{
-		uint8_t bad[8] = { 2, 0, 1, 0, 0, 0, 0, 0 };   /* nla_len 2 < header */
-		uint8_t over[8] = { 12, 0, 1, 0, 0, 0, 0, 0 }; /* runs past the end */
-		const struct nlattr *tb[2];
-
-		gc_check(gw_genl_parse(bad, sizeof(bad), tb, 1) == -EINVAL,
-			 "an attribute shorter than its header is -EINVAL");
-		gc_check(gw_genl_parse(over, sizeof(over), tb, 1) == -EINVAL,
-			 "an attribute longer than the buffer is -EINVAL");
-	}
+	gc_requests(&s);
 	gw_genl_close(&s);
+	ret = gw_genl_open(&s, "nlctrl");
+	if (ret == 0) {
+		gc_messages(&s);
+		gw_genl_close(&s);
+	}
 
 	ret = nbd_nl_open(&nl, msg, sizeof(msg));
 	if (ret == 0) {
-		gc_check(nl.family.id != 0 && nl.mcast_group != 0,
+		gc_check(nl.sock.family.id != 0 && nl.mcast_group != 0,
 			 "this kernel has nbd: family and multicast group resolved");
 		nbd_nl_close(&nl);
 	} else {
@@ -744,8 +793,8 @@ static int cmd_probe(void)
 		fprintf(stderr, "nbd-nl-selftest: %s [%s]\n", msg, strerror(-ret));
 		return 3;
 	}
-	printf("nbd family id %u version %u, multicast group %s id %u\n", nl.family.id,
-	       nl.family.version, NBD_GENL_MCAST_GROUP_NAME, nl.mcast_group);
+	printf("nbd family id %u version %u, multicast group %s id %u\n", nl.sock.family.id,
+	       nl.sock.family.version, NBD_GENL_MCAST_GROUP_NAME, nl.mcast_group);
 	nbd_nl_close(&nl);
 	return 0;
 }
