@@ -4,8 +4,12 @@
 #   scripts/deps.sh test    what building and every test (VM tests included) need
 set -eu
 
+# Exactly what CMakeLists.txt finds: liburing, json-c, yaml-0.1 and libmnl
+# through pkg-config, libev by header and library. A backend that links a new
+# library (libcurl for http, libnbd for nbd) adds its -dev package here and
+# its find step there, in the same commit.
 build_pkgs="build-essential cmake pkg-config liburing-dev libev-dev libjson-c-dev
-  libyaml-dev libmnl-dev libcurl4-openssl-dev libnbd-dev"
+  libyaml-dev libmnl-dev"
 # Test clients and peers: real NBD clients (libnbd tools, qemu-img/qemu-io, fio),
 # peers for the benchmarks (nbdkit, qemu-storage-daemon), and what the test VM
 # is built from (QEMU, busybox, cpio, xz, e2fsprogs, nbd-client).
