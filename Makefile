@@ -1,11 +1,12 @@
 # Thin wrapper around CMake: `make run` and `make test` do all set-up on a
 # fresh Debian 12 machine (missing packages are installed with apt-get).
-BUILD     ?= build
-BUILDTYPE ?= RelWithDebInfo
-MANIFEST  ?= config/examples/quickstart.yaml
-JOBS      ?= $(shell nproc)
+BUILD      ?= build
+BUILDTYPE  ?= RelWithDebInfo
+MANIFEST   ?= config/examples/quickstart.yaml
+JOBS       ?= $(shell nproc)
+ASAN_BUILD ?= build-asan
 
-.PHONY: all deps deps-test configure build run test check-manifest clean
+.PHONY: all deps deps-test configure build run test test-asan check-manifest clean
 
 all: build
 
@@ -30,5 +31,10 @@ run: configure
 test: deps-test build
 	cd $(BUILD) && ctest --output-on-failure --timeout 900 $(CTEST_ARGS)
 
+# The host-side suite once more, built with ASan+UBSan in build-asan/ (the
+# labels it skips, and why: scripts/test-asan.sh). CI runs it after `test`.
+test-asan: deps-test
+	JOBS=$(JOBS) scripts/test-asan.sh $(ASAN_BUILD)
+
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD)
