@@ -13,9 +13,8 @@
 
 /* ---- diagnostics ---- */
 
-void gw_diag_add(struct gw_diags *d, int line, int col, const char *fmt, ...)
+static void diag_vadd(struct gw_diags *d, int line, int col, const char *fmt, va_list ap)
 {
-	va_list ap;
 	char *msg;
 
 	if (d->n == d->cap) {
@@ -27,16 +26,21 @@ void gw_diag_add(struct gw_diags *d, int line, int col, const char *fmt, ...)
 		d->v = v;
 		d->cap = cap;
 	}
-	va_start(ap, fmt);
 	if (vasprintf(&msg, fmt, ap) < 0)
-		msg = NULL;
-	va_end(ap);
-	if (!msg)
 		return;
 	d->v[d->n].line = line;
 	d->v[d->n].col = col;
 	d->v[d->n].msg = msg;
 	d->n++;
+}
+
+void gw_diag_add(struct gw_diags *d, int line, int col, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	diag_vadd(d, line, col, fmt, ap);
+	va_end(ap);
 }
 
 static int diag_cmp(const void *a, const void *b)
@@ -87,22 +91,88 @@ void gw_diags_free(struct gw_diags *d)
 
 /* ---- helpers ---- */
 
-#define E(node, ...) gw_diag_add(d, (node)->line, (node)->col, __VA_ARGS__)
+/* A problem at a YAML node's position. */
+static void GW_PRINTF(3, 4) diag_at(struct gw_diags *d, const struct ynode *n, const char *fmt, ...)
+{
+	va_list ap;
 
-static const char *closest_word(const char *key, const char *const *cands, size_t n)
+	va_start(ap, fmt);
+	diag_vadd(d, n->line, n->col, fmt, ap);
+	va_end(ap);
+}
+
+/*
+ * A growable list of words (keys, names) for "did you mean" hints and
+ * "one of: ..." lists; it borrows the strings.
+ */
+struct words {
+	const char **v;
+	size_t n, cap;
+};
+
+static void words_add(struct words *w, const char *s)
+{
+	if (w->n == w->cap) {
+		size_t cap = w->cap ? w->cap * 2 : 16;
+		const char **v = realloc(w->v, cap * sizeof(*v));
+
+		if (!v)
+			return;
+		w->v = v;
+		w->cap = cap;
+	}
+	w->v[w->n++] = s;
+}
+
+static void words_add_all(struct words *w, const char *const *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		words_add(w, s[i]);
+}
+
+static bool words_has(const struct words *w, const char *s)
+{
+	for (size_t i = 0; i < w->n; i++)
+		if (strcmp(w->v[i], s) == 0)
+			return true;
+	return false;
+}
+
+static void words_free(struct words *w)
+{
+	free(w->v);
+	memset(w, 0, sizeof(*w));
+}
+
+/* "a, b, c", malloc'd (NULL when out of memory). */
+static char *words_join(const struct words *w)
+{
+	size_t len = 1;
+	char *s, *p;
+
+	for (size_t i = 0; i < w->n; i++)
+		len += strlen(w->v[i]) + 2;
+	s = p = malloc(len);
+	if (!s)
+		return NULL;
+	*p = '\0';
+	for (size_t i = 0; i < w->n; i++)
+		p += sprintf(p, "%s%s", i ? ", " : "", w->v[i]);
+	return s;
+}
+
+/* The word closest to key, when close enough to be the one meant; else NULL. */
+static const char *words_closest(const struct words *w, const char *key)
 {
 	const char *best = NULL;
 	unsigned bestd = UINT_MAX;
 
-	for (size_t i = 0; i < n; i++) {
-		unsigned dist;
+	for (size_t i = 0; i < w->n; i++) {
+		unsigned dist = gw_edit_distance(key, w->v[i]);
 
-		if (!cands[i])
-			continue;
-		dist = gw_edit_distance(key, cands[i]);
 		if (dist < bestd) {
 			bestd = dist;
-			best = cands[i];
+			best = w->v[i];
 		}
 	}
 	if (best && bestd <= GW_MAX(1u, (unsigned)strlen(key) / 3))
@@ -110,24 +180,23 @@ static const char *closest_word(const char *key, const char *const *cands, size_
 	return NULL;
 }
 
-/* " (did you mean 'x'?)" or "" */
-static const char *hint(char *buf, size_t len, const char *key, const char *const *cands, size_t n)
+/* " (did you mean 'x'?)" or "", malloc'd (NULL when out of memory). */
+static char *hint(const struct words *w, const char *key)
 {
-	const char *c = closest_word(key, cands, n);
+	const char *c = words_closest(w, key);
+	char *s;
 
 	if (!c)
-		return "";
-	snprintf(buf, len, " (did you mean '%s'?)", c);
-	return buf;
+		return strdup("");
+	if (asprintf(&s, " (did you mean '%s'?)", c) < 0)
+		return NULL;
+	return s;
 }
 
-static void list_words(char *buf, size_t len, const char *const *words, size_t n)
+/* For messages: a hint that could not be made is no hint. */
+static const char *str_or_empty(const char *s)
 {
-	size_t used = 0;
-
-	buf[0] = '\0';
-	for (size_t i = 0; i < n && used < len; i++)
-		used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? ", " : "", words[i]);
+	return s ? s : "";
 }
 
 static bool valid_name(const char *s)
@@ -158,7 +227,7 @@ static int check_dup_keys(const struct ynode *map, struct gw_diags *d)
 		const struct ynode *k = map->items[i];
 
 		if (k->type != YN_SCALAR) {
-			E(k, "keys must be single values, not %s", ynode_kind(k));
+			diag_at(d, k, "keys must be single values, not %s", ynode_kind(k));
 			bad = 1;
 			continue;
 		}
@@ -166,14 +235,29 @@ static int check_dup_keys(const struct ynode *map, struct gw_diags *d)
 			const struct ynode *p = map->items[j];
 
 			if (p->type == YN_SCALAR && strcmp(p->text, k->text) == 0) {
-				E(k, "duplicate key '%s' (first defined at line %d)", k->text,
-				  p->line);
+				diag_at(d, k, "duplicate key '%s' (first defined at line %d)",
+					k->text, p->line);
 				bad = 1;
 				break;
 			}
 		}
 	}
 	return bad;
+}
+
+/* Report every key of map that is not in known. */
+static void check_known_keys(const struct ynode *map, const struct words *known, const char *prefix,
+			     struct gw_diags *d)
+{
+	for (size_t i = 0; i + 1 < map->n; i += 2) {
+		const struct ynode *k = map->items[i];
+		GW_CLEANUP_FREE char *h = NULL;
+
+		if (k->type != YN_SCALAR || words_has(known, k->text))
+			continue;
+		h = hint(known, k->text);
+		diag_at(d, k, "%sunknown key '%s'%s", prefix, k->text, str_or_empty(h));
+	}
 }
 
 /*
@@ -185,58 +269,47 @@ static int decode(const struct ynode *map, const struct gw_opt_schema *s, void *
 		  const struct ynode *owner, struct gw_diags *d)
 {
 	size_t before = d->n;
-	const char *cands[64];
-	size_t nc = 0;
-	char err[512], hb[128];
+	struct words keys = { 0 };
+	char err[512];
 
 	gw_opt_defaults(s, out);
-	for (size_t i = 0; i < s->nopts && nc < GW_ARRAY_SIZE(cands); i++)
-		cands[nc++] = s->opts[i].key;
-	for (size_t i = 0; i < nextra && nc < GW_ARRAY_SIZE(cands); i++)
-		cands[nc++] = extra[i];
+	for (size_t i = 0; i < s->nopts; i++)
+		words_add(&keys, s->opts[i].key);
+	words_add_all(&keys, extra, nextra);
 
 	if (map && ynode_is_null(map))
 		map = NULL;
 	if (map && map->type != YN_MAP) {
-		E(map, "%smust be a mapping of settings, not %s", prefix, ynode_kind(map));
+		diag_at(d, map, "%smust be a mapping of settings, not %s", prefix, ynode_kind(map));
+		words_free(&keys);
 		return -1;
 	}
 	if (map) {
 		check_dup_keys(map, d);
+		check_known_keys(map, &keys, prefix, d);
 		for (size_t i = 0; i + 1 < map->n; i += 2) {
 			const struct ynode *k = map->items[i], *v = map->items[i + 1];
 			const struct gw_opt_desc *od;
-			bool skip = false;
 
-			if (k->type != YN_SCALAR)
-				continue;
-			for (size_t e = 0; e < nextra; e++)
-				if (strcmp(extra[e], k->text) == 0)
-					skip = true;
-			if (skip)
-				continue;
-			od = gw_opt_find(s, k->text);
-			if (!od) {
-				E(k, "%sunknown key '%s'%s", prefix, k->text,
-				  hint(hb, sizeof(hb), k->text, cands, nc));
-				continue;
-			}
+			if (k->type != YN_SCALAR || !(od = gw_opt_find(s, k->text)))
+				continue; /* reported above, or the caller's own key */
 			if (v->type != YN_SCALAR || ynode_is_null(v)) {
-				E(v, "%s'%s' must be %s, not %s", prefix, od->key,
-				  gw_opt_type_hint(od), ynode_is_null(v) ? "empty" : ynode_kind(v));
+				diag_at(d, v, "%s'%s' must be %s, not %s", prefix, od->key,
+					gw_opt_type_hint(od),
+					ynode_is_null(v) ? "empty" : ynode_kind(v));
 				continue;
 			}
 			if (gw_opt_set(od, v->text, dir, out, err, sizeof(err)) < 0)
-				E(v, "%s%s", prefix, err);
+				diag_at(d, v, "%s%s", prefix, err);
 		}
 	}
+	words_free(&keys);
 	for (size_t i = 0; i < s->nopts; i++) {
 		const struct gw_opt_desc *od = &s->opts[i];
 
 		if ((od->flags & GW_OPT_REQUIRED) && !ymap_get(map, od->key))
-			gw_diag_add(d, map ? map->line : owner->line, map ? map->col : owner->col,
-				    "%smissing '%s': %s", prefix, od->key,
-				    od->help ? od->help : gw_opt_type_hint(od));
+			diag_at(d, map ? map : owner, "%smissing '%s': %s", prefix, od->key,
+				od->help ? od->help : gw_opt_type_hint(od));
 	}
 	if (d->n == before && s->check) {
 		const char *key = NULL;
@@ -245,8 +318,7 @@ static int decode(const struct ynode *map, const struct gw_opt_schema *s, void *
 		if (msg) {
 			const struct ynode *at = key ? ymap_get(map, key) : NULL;
 
-			at = at ? at : (map ? map : owner);
-			E(at, "%s%s", prefix, msg);
+			diag_at(d, at ? at : (map ? map : owner), "%s%s", prefix, msg);
 		}
 	}
 	return d->n == before ? 0 : -1;
@@ -316,258 +388,310 @@ char *gw_default_run_dir(void)
 
 static const char *const image_common[] = { "backend", "block-size" };
 
-static void load_images(struct gw_manifest *m, const struct ynode *images, bool check_sources,
-			struct gw_diags *d)
+/* What loading needs besides the manifest: where problems go, and this build's names. */
+struct loader {
+	struct gw_manifest *m;
+	struct gw_diags *d;
+	struct words backends;   /* backend names */
+	struct words transports; /* transport names */
+	char *backend_list;      /* "file, memory, null" */
+	char *transport_list;    /* "nbd, vhost-user-blk" */
+};
+
+/* The 'backend' key: which backend an image uses. 0, or -1 when reported. */
+static int image_backend(struct loader *L, struct gw_image_spec *img, const struct ynode *v,
+			 const char *prefix)
 {
-	size_t nb;
-	const struct gw_backend_ops *const *bl = gw_backend_list(&nb);
-	const char *bnames[16];
-	char words[256], hb[128], prefix[128];
+	const struct ynode *bn = ymap_get(v, "backend");
+	GW_CLEANUP_FREE char *h = NULL;
 
-	for (size_t i = 0; i < nb && i < GW_ARRAY_SIZE(bnames); i++)
-		bnames[i] = bl[i]->name;
-	list_words(words, sizeof(words), bnames, GW_MIN(nb, GW_ARRAY_SIZE(bnames)));
+	if (!bn) {
+		diag_at(L->d, v, "%smissing 'backend' (one of: %s)", prefix,
+			str_or_empty(L->backend_list));
+		return -1;
+	}
+	if (bn->type == YN_SCALAR && (img->ops = gw_backend_find(bn->text)))
+		return 0;
+	if (bn->type == YN_SCALAR)
+		h = hint(&L->backends, bn->text);
+	diag_at(L->d, bn, "%sunknown backend '%s'%s; backends: %s", prefix,
+		bn->type == YN_SCALAR ? bn->text : "?", str_or_empty(h),
+		str_or_empty(L->backend_list));
+	return -1;
+}
 
-	if (images->type != YN_MAP) {
-		E(images, "'images' must be a mapping of image names to backends, not %s",
-		  ynode_kind(images));
+/* The 'block-size' key every image takes. */
+static void image_block_size(struct loader *L, struct gw_image_spec *img, const struct ynode *v,
+			     const char *prefix)
+{
+	const struct ynode *bs = ymap_get(v, "block-size");
+	uint64_t b = 0;
+
+	if (!bs)
+		return;
+	if (bs->type != YN_SCALAR || gw_parse_size(bs->text, &b) || !gw_is_pow2(b) || b < 512 ||
+	    b > 65536)
+		diag_at(L->d, bs,
+			"%s'block-size' must be a power of two from 512 to 64K (got '%s')", prefix,
+			bs->type == YN_SCALAR ? bs->text : ynode_kind(bs));
+	else
+		img->block_size = (uint32_t)b;
+}
+
+/* A size that is not a multiple of the block size leaves a tail no client can reach. */
+static void image_size_fits_block(struct loader *L, const struct gw_image_spec *img,
+				  const struct ynode *v, const char *prefix)
+{
+	const struct gw_opt_desc *sd = gw_opt_find(&img->ops->schema, "size");
+	uint64_t sz;
+
+	if (!img->block_size || !sd || sd->type != GW_OPT_SIZE)
+		return;
+	sz = *(uint64_t *)((char *)img->opts + sd->offset);
+	if (sz % img->block_size)
+		diag_at(L->d, ymap_get(v, "size") ? ymap_get(v, "size") : v,
+			"%s'size' must be a multiple of block-size %u", prefix, img->block_size);
+}
+
+/* Ask the backend whether its source is usable (a missing file...). */
+static void image_source(struct loader *L, const struct gw_image_spec *img, const struct ynode *v,
+			 const char *prefix)
+{
+	char msg[512] = "";
+
+	if (!img->ops->check || img->ops->check(img->opts, msg, sizeof(msg)) >= 0)
+		return;
+	diag_at(L->d, ymap_get(v, "path") ? ymap_get(v, "path") : v, "%s%s", prefix, msg);
+}
+
+static void load_image(struct loader *L, const struct ynode *k, const struct ynode *v,
+		       bool check_sources)
+{
+	struct gw_manifest *m = L->m;
+	struct gw_image_spec *img;
+	char prefix[128]; /* the name is at most 64 bytes */
+
+	for (size_t j = 0; j < m->nimages; j++)
+		if (strcmp(m->images[j].name, k->text) == 0)
+			return; /* reported by check_dup_keys */
+	if (!valid_name(k->text)) {
+		diag_at(L->d, k,
+			"image name '%s' is not valid: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+			k->text);
 		return;
 	}
-	check_dup_keys(images, d);
+	snprintf(prefix, sizeof(prefix), "image '%s': ", k->text);
+	img = &m->images[m->nimages++];
+	img->name = strdup(k->text);
+	img->line = k->line;
+	img->col = k->col;
+	if (v->type != YN_MAP) {
+		diag_at(L->d, v,
+			"%smust be a mapping such as { backend: memory, size: 1G }, not %s", prefix,
+			ynode_is_null(v) ? "empty" : ynode_kind(v));
+		return;
+	}
+	if (image_backend(L, img, v, prefix) < 0)
+		return;
+	image_block_size(L, img, v, prefix);
+	img->opts = calloc(1, img->ops->schema.size ? img->ops->schema.size : 1);
+	if (!img->opts)
+		return;
+	if (decode(v, &img->ops->schema, img->opts, image_common, GW_ARRAY_SIZE(image_common),
+		   m->dir, prefix, k, L->d) < 0)
+		return;
+	image_size_fits_block(L, img, v, prefix);
+	if (check_sources)
+		image_source(L, img, v, prefix);
+}
+
+static void load_images(struct loader *L, const struct ynode *images, bool check_sources)
+{
+	struct gw_manifest *m = L->m;
+
+	if (images->type != YN_MAP) {
+		diag_at(L->d, images,
+			"'images' must be a mapping of image names to backends, not %s",
+			ynode_kind(images));
+		return;
+	}
+	check_dup_keys(images, L->d);
 	m->images = calloc(images->n / 2 + 1, sizeof(*m->images));
 	if (!m->images)
 		return;
-	for (size_t i = 0; i + 1 < images->n; i += 2) {
-		const struct ynode *k = images->items[i], *v = images->items[i + 1];
-		const struct ynode *bn, *bs;
-		struct gw_image_spec *img;
-		bool dup = false;
-
-		if (k->type != YN_SCALAR)
-			continue;
-		for (size_t j = 0; j < m->nimages; j++)
-			if (strcmp(m->images[j].name, k->text) == 0)
-				dup = true;
-		if (dup)
-			continue; /* reported by check_dup_keys */
-		if (!valid_name(k->text)) {
-			E(k,
-			  "image name '%s' is not valid: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
-			  k->text);
-			continue;
-		}
-		snprintf(prefix, sizeof(prefix), "image '%s': ", k->text);
-		img = &m->images[m->nimages++];
-		img->name = strdup(k->text);
-		img->line = k->line;
-		img->col = k->col;
-		if (v->type != YN_MAP) {
-			E(v, "%smust be a mapping such as { backend: memory, size: 1G }, not %s",
-			  prefix, ynode_is_null(v) ? "empty" : ynode_kind(v));
-			continue;
-		}
-		bn = ymap_get(v, "backend");
-		if (!bn) {
-			E(v, "%smissing 'backend' (one of: %s)", prefix, words);
-			continue;
-		}
-		if (bn->type != YN_SCALAR || !(img->ops = gw_backend_find(bn->text))) {
-			E(bn, "%sunknown backend '%s'%s; backends: %s", prefix,
-			  bn->type == YN_SCALAR ? bn->text : "?",
-			  bn->type == YN_SCALAR ? hint(hb, sizeof(hb), bn->text, bnames, nb) : "",
-			  words);
-			continue;
-		}
-		bs = ymap_get(v, "block-size");
-		if (bs) {
-			uint64_t b = 0;
-
-			if (bs->type != YN_SCALAR || gw_parse_size(bs->text, &b) ||
-			    !gw_is_pow2(b) || b < 512 || b > 65536)
-				E(bs,
-				  "%s'block-size' must be a power of two from 512 to 64K (got '%s')",
-				  prefix, bs->type == YN_SCALAR ? bs->text : ynode_kind(bs));
-			else
-				img->block_size = (uint32_t)b;
-		}
-		img->opts = calloc(1, img->ops->schema.size ? img->ops->schema.size : 1);
-		if (!img->opts)
-			continue;
-		if (decode(v, &img->ops->schema, img->opts, image_common,
-			   GW_ARRAY_SIZE(image_common), m->dir, prefix, k, d) < 0)
-			continue;
-		/* A size that is not a multiple of the block size leaves a tail no client can
-		 * reach. */
-		if (img->block_size) {
-			const struct gw_opt_desc *sd = gw_opt_find(&img->ops->schema, "size");
-
-			if (sd && sd->type == GW_OPT_SIZE) {
-				uint64_t sz = *(uint64_t *)((char *)img->opts + sd->offset);
-
-				if (sz % img->block_size)
-					E(ymap_get(v, "size") ? ymap_get(v, "size") : v,
-					  "%s'size' must be a multiple of block-size %u", prefix,
-					  img->block_size);
-			}
-		}
-		if (check_sources && img->ops->check) {
-			char msg[512] = "";
-
-			if (img->ops->check(img->opts, msg, sizeof(msg)) < 0)
-				E(ymap_get(v, "path") ? ymap_get(v, "path") : v, "%s%s", prefix,
-				  msg);
-		}
-	}
+	for (size_t i = 0; i + 1 < images->n; i += 2)
+		if (images->items[i]->type == YN_SCALAR)
+			load_image(L, images->items[i], images->items[i + 1], check_sources);
 }
 
 /* ---- exports ---- */
 
 static const char *const export_keys[] = { "image", "transports", "read-only" };
 
-static void load_export(struct gw_manifest *m, const struct ynode *e, size_t idx,
-			struct gw_diags *d)
+/* Keys of an export mapping: its own, and one per transport of this build. */
+static void export_check_keys(struct loader *L, const struct ynode *e, const char *prefix)
 {
-	size_t nt;
-	const struct gw_transport_ops *const *tl = gw_transport_list(&nt);
-	const char *tnames[16], *cands[24];
-	size_t nc = 0;
-	char words[256], hb[128], prefix[64];
-	struct gw_export_spec *x = &m->exports[m->nexports];
-	const struct ynode *img, *ts, *ro;
+	struct words known = { 0 };
 
-	for (size_t i = 0; i < nt && i < GW_ARRAY_SIZE(tnames); i++)
-		tnames[i] = tl[i]->name;
-	nt = GW_MIN(nt, GW_ARRAY_SIZE(tnames));
-	list_words(words, sizeof(words), tnames, nt);
-	for (size_t i = 0; i < GW_ARRAY_SIZE(export_keys); i++)
-		cands[nc++] = export_keys[i];
-	for (size_t i = 0; i < nt; i++)
-		cands[nc++] = tnames[i];
+	words_add_all(&known, export_keys, GW_ARRAY_SIZE(export_keys));
+	words_add_all(&known, L->transports.v, L->transports.n);
+	check_known_keys(e, &known, prefix, L->d);
+	words_free(&known);
+}
+
+/* The 'image' key: which image is exported. */
+static void export_image(struct loader *L, struct gw_export_spec *x, const struct ynode *e,
+			 const char *prefix)
+{
+	const struct gw_manifest *m = L->m;
+	const struct ynode *img = ymap_get(e, "image");
+	struct words names = { 0 };
+	GW_CLEANUP_FREE char *h = NULL;
+
+	if (!img) {
+		diag_at(L->d, e, "%smissing 'image' (the name of an image under 'images')", prefix);
+		return;
+	}
+	if (img->type != YN_SCALAR) {
+		diag_at(L->d, img, "%s'image' must be an image name, not %s", prefix,
+			ynode_kind(img));
+		return;
+	}
+	x->image = strdup(img->text);
+	for (size_t i = 0; i < m->nimages; i++) {
+		if (strcmp(m->images[i].name, img->text) == 0) {
+			x->image_index = i;
+			return;
+		}
+	}
+	/* Unknown names are worth reporting only when 'images' could be read at all. */
+	if (!m->images_ok || !valid_name(img->text))
+		return;
+	for (size_t i = 0; i < m->nimages; i++)
+		words_add(&names, m->images[i].name);
+	h = hint(&names, img->text);
+	diag_at(L->d, img, "%sunknown image '%s'%s", prefix, img->text, str_or_empty(h));
+	words_free(&names);
+}
+
+static void export_read_only(struct loader *L, struct gw_export_spec *x, const struct ynode *e,
+			     const char *prefix)
+{
+	const struct ynode *ro = ymap_get(e, "read-only");
+
+	if (ro && (ro->type != YN_SCALAR || gw_parse_bool(ro->text, &x->read_only)))
+		diag_at(L->d, ro, "%s'read-only' must be true or false (got '%s')", prefix,
+			ro->type == YN_SCALAR ? ro->text : ynode_kind(ro));
+}
+
+/* One entry of 'transports': its name, then its settings mapping decoded. */
+static void export_transport(struct loader *L, struct gw_export_spec *x, const struct ynode *e,
+			     const struct ynode *t, const char *prefix)
+{
+	const struct gw_transport_ops *ops;
+	struct gw_transport_spec *sp;
+	GW_CLEANUP_FREE char *h = NULL, *tp = NULL;
+
+	if (t->type != YN_SCALAR) {
+		diag_at(L->d, t, "%seach transport is a name (available: %s), not %s", prefix,
+			str_or_empty(L->transport_list), ynode_kind(t));
+		return;
+	}
+	ops = gw_transport_find(t->text);
+	if (!ops) {
+		h = hint(&L->transports, t->text);
+		diag_at(L->d, t, "%sunknown transport '%s'%s; available in this build: %s", prefix,
+			t->text, str_or_empty(h), str_or_empty(L->transport_list));
+		return;
+	}
+	for (size_t j = 0; j < x->ntransports; j++) {
+		if (x->transports[j].ops == ops) {
+			diag_at(L->d, t, "%stransport '%s' is listed twice", prefix, t->text);
+			return;
+		}
+	}
+	sp = &x->transports[x->ntransports++];
+	sp->ops = ops;
+	sp->line = t->line;
+	sp->col = t->col;
+	sp->opts = calloc(1, ops->schema.size ? ops->schema.size : 1);
+	if (!sp->opts || asprintf(&tp, "%s%s: ", prefix, ops->name) < 0)
+		return;
+	decode(ymap_get(e, ops->name), &ops->schema, sp->opts, NULL, 0, L->m->dir, tp, t, L->d);
+}
+
+/* The 'transports' list, in order of preference. */
+static void export_transports(struct loader *L, struct gw_export_spec *x, const struct ynode *e,
+			      const char *prefix)
+{
+	const struct ynode *ts = ymap_get(e, "transports");
+
+	if (!ts) {
+		diag_at(L->d, e,
+			"%smissing 'transports' (a list in order of preference, e.g. [nbd]; available: %s)",
+			prefix, str_or_empty(L->transport_list));
+		return;
+	}
+	if (ts->type == YN_SCALAR && !ynode_is_null(ts) && gw_transport_find(ts->text)) {
+		diag_at(L->d, ts, "%s'transports' must be a list, e.g. [%s]", prefix, ts->text);
+		return;
+	}
+	if (ts->type != YN_SEQ || ts->n == 0) {
+		diag_at(L->d, ts,
+			"%s'transports' must be a non-empty list in order of preference (available: %s)",
+			prefix, str_or_empty(L->transport_list));
+		return;
+	}
+	x->transports = calloc(ts->n, sizeof(*x->transports));
+	for (size_t i = 0; x->transports && i < ts->n; i++)
+		export_transport(L, x, e, ts->items[i], prefix);
+}
+
+/* Settings for a transport that is not listed are a mistake worth naming. */
+static void export_unlisted_settings(struct loader *L, const struct gw_export_spec *x,
+				     const struct ynode *e, const char *prefix)
+{
+	const struct ynode *ts = ymap_get(e, "transports");
+
+	if (!ts || ts->type != YN_SEQ)
+		return; /* the list itself is what is wrong */
+	for (size_t j = 0; j + 1 < e->n; j += 2) {
+		const struct ynode *k = e->items[j];
+		bool listed = false;
+
+		if (k->type != YN_SCALAR || !words_has(&L->transports, k->text))
+			continue;
+		for (size_t i = 0; i < x->ntransports; i++)
+			if (strcmp(x->transports[i].ops->name, k->text) == 0)
+				listed = true;
+		if (!listed)
+			diag_at(L->d, k,
+				"%ssettings for '%s' given, but '%s' is not in 'transports'",
+				prefix, k->text, k->text);
+	}
+}
+
+static void load_export(struct loader *L, const struct ynode *e, size_t idx)
+{
+	struct gw_manifest *m = L->m;
+	struct gw_export_spec *x = &m->exports[m->nexports];
+	char prefix[64];
 
 	snprintf(prefix, sizeof(prefix), "export %zu: ", idx + 1);
 	if (e->type != YN_MAP) {
-		E(e, "%smust be a mapping with 'image' and 'transports', not %s", prefix,
-		  ynode_kind(e));
+		diag_at(L->d, e, "%smust be a mapping with 'image' and 'transports', not %s",
+			prefix, ynode_kind(e));
 		return;
 	}
 	m->nexports++;
 	x->line = e->line;
 	x->col = e->col;
-	check_dup_keys(e, d);
-	for (size_t i = 0; i + 1 < e->n; i += 2) {
-		const struct ynode *k = e->items[i];
-		bool known = false;
-
-		if (k->type != YN_SCALAR)
-			continue;
-		for (size_t c = 0; c < nc; c++)
-			if (strcmp(cands[c], k->text) == 0)
-				known = true;
-		if (!known) {
-			/* A transport this build lacks is worth saying so plainly. */
-			E(k, "%sunknown key '%s'%s", prefix, k->text,
-			  hint(hb, sizeof(hb), k->text, cands, nc));
-		}
-	}
-
-	img = ymap_get(e, "image");
-	if (!img) {
-		E(e, "%smissing 'image' (the name of an image under 'images')", prefix);
-	} else if (img->type != YN_SCALAR) {
-		E(img, "%s'image' must be an image name, not %s", prefix, ynode_kind(img));
-	} else {
-		const char *inames[256];
-		size_t ni = 0;
-		bool found = false;
-
-		for (size_t i = 0; i < m->nimages; i++) {
-			if (strcmp(m->images[i].name, img->text) == 0) {
-				found = true;
-				x->image_index = i;
-			}
-			if (ni < GW_ARRAY_SIZE(inames))
-				inames[ni++] = m->images[i].name;
-		}
-		x->image = strdup(img->text);
-		if (!found && m->images_ok && valid_name(img->text))
-			E(img, "%sunknown image '%s'%s", prefix, img->text,
-			  hint(hb, sizeof(hb), img->text, inames, ni));
-	}
-
-	ro = ymap_get(e, "read-only");
-	if (ro && (ro->type != YN_SCALAR || gw_parse_bool(ro->text, &x->read_only)))
-		E(ro, "%s'read-only' must be true or false (got '%s')", prefix,
-		  ro->type == YN_SCALAR ? ro->text : ynode_kind(ro));
-
-	ts = ymap_get(e, "transports");
-	if (!ts) {
-		E(e,
-		  "%smissing 'transports' (a list in order of preference, e.g. [nbd]; available: %s)",
-		  prefix, words);
-	} else if (ts->type == YN_SCALAR && !ynode_is_null(ts) && gw_transport_find(ts->text)) {
-		E(ts, "%s'transports' must be a list, e.g. [%s]", prefix, ts->text);
-	} else if (ts->type != YN_SEQ || ts->n == 0) {
-		E(ts,
-		  "%s'transports' must be a non-empty list in order of preference (available: %s)",
-		  prefix, words);
-	} else {
-		x->transports = calloc(ts->n, sizeof(*x->transports));
-		for (size_t i = 0; x->transports && i < ts->n; i++) {
-			const struct ynode *t = ts->items[i];
-			const struct gw_transport_ops *ops;
-			struct gw_transport_spec *sp;
-			char tp[128];
-			bool dup = false;
-
-			if (t->type != YN_SCALAR) {
-				E(t, "%seach transport is a name (available: %s), not %s", prefix,
-				  words, ynode_kind(t));
-				continue;
-			}
-			ops = gw_transport_find(t->text);
-			if (!ops) {
-				E(t, "%sunknown transport '%s'%s; available in this build: %s",
-				  prefix, t->text, hint(hb, sizeof(hb), t->text, tnames, nt),
-				  words);
-				continue;
-			}
-			for (size_t j = 0; j < x->ntransports; j++)
-				if (x->transports[j].ops == ops)
-					dup = true;
-			if (dup) {
-				E(t, "%stransport '%s' is listed twice", prefix, t->text);
-				continue;
-			}
-			sp = &x->transports[x->ntransports++];
-			sp->ops = ops;
-			sp->line = t->line;
-			sp->col = t->col;
-			sp->opts = calloc(1, ops->schema.size ? ops->schema.size : 1);
-			if (!sp->opts)
-				continue;
-			snprintf(tp, sizeof(tp), "%s%s: ", prefix, ops->name);
-			decode(ymap_get(e, ops->name), &ops->schema, sp->opts, NULL, 0, m->dir, tp,
-			       t, d);
-		}
-	}
-	/* Settings for a transport that is not listed are a mistake worth naming. */
-	for (size_t i = 0; i < nt; i++) {
-		const struct ynode *k = NULL;
-		bool listed = false;
-
-		for (size_t j = 0; j + 1 < e->n; j += 2)
-			if (e->items[j]->type == YN_SCALAR &&
-			    strcmp(e->items[j]->text, tnames[i]) == 0)
-				k = e->items[j];
-		if (!k)
-			continue;
-		for (size_t j = 0; j < x->ntransports; j++)
-			if (strcmp(x->transports[j].ops->name, tnames[i]) == 0)
-				listed = true;
-		if (!listed && ts && ts->type == YN_SEQ)
-			E(k, "%ssettings for '%s' given, but '%s' is not in 'transports'", prefix,
-			  tnames[i], tnames[i]);
-	}
+	check_dup_keys(e, L->d);
+	export_check_keys(L, e, prefix);
+	export_image(L, x, e, prefix);
+	export_read_only(L, x, e, prefix);
+	export_transports(L, x, e, prefix);
+	export_unlisted_settings(L, x, e, prefix);
 }
 
 static void assign_ids(struct gw_manifest *m)
@@ -610,9 +734,11 @@ static void check_conflicts(struct gw_manifest *m, struct gw_diags *d)
 							       m->exports[j].image, buf,
 							       sizeof(buf));
 					if (msg)
-						E(a, "export %zu: %s: %s (export %zu, line %d)",
-						  i + 1, a->ops->name, msg, j + 1,
-						  m->exports[j].line);
+						gw_diag_add(
+							d, a->line, a->col,
+							"export %zu: %s: %s (export %zu, line %d)",
+							i + 1, a->ops->name, msg, j + 1,
+							m->exports[j].line);
 				}
 			}
 		}
@@ -623,73 +749,26 @@ static void check_conflicts(struct gw_manifest *m, struct gw_diags *d)
 
 static const char *const top_keys[] = { "version", "gateway", "images", "exports" };
 
-int gw_manifest_load(const char *path, bool check_sources, struct gw_manifest **out,
-		     struct gw_diags *d)
+static void load_version(struct loader *L, const struct ynode *root)
 {
-	struct gw_manifest *m;
-	struct ytree t;
-	int line, col;
-	char msg[512], hb[128];
-	const struct ynode *root, *v, *n;
-	struct gw_section gs;
-	size_t before = d->n;
+	const struct ynode *v = ymap_get(root, "version");
 
-	*out = NULL;
-	if (ytree_load(path, &t, &line, &col, msg, sizeof(msg)) < 0) {
-		gw_diag_add(d, line, col, "%s", msg);
-		return -1;
-	}
-	m = calloc(1, sizeof(*m));
-	if (!m) {
-		ytree_free(&t);
-		return -1;
-	}
-	m->path = strdup(path);
-	{
-		char *tmp = strdup(path);
-		char *real = tmp ? realpath(dirname(tmp), NULL) : NULL;
-
-		m->dir = real ? real : strdup(".");
-		free(tmp);
-	}
-	root = t.root;
-	if (!root || ynode_is_null(root)) {
-		gw_diag_add(
-			d, 1, 1,
-			"the manifest is empty: it needs at least 'version: 1', 'images' and 'exports'");
-		goto out;
-	}
-	if (root->type != YN_MAP) {
-		E(root,
-		  "the manifest must be a mapping with 'version', 'images' and 'exports', not %s",
-		  ynode_kind(root));
-		goto out;
-	}
-	check_dup_keys(root, d);
-	for (size_t i = 0; i + 1 < root->n; i += 2) {
-		const struct ynode *k = root->items[i];
-		bool known = false;
-
-		if (k->type != YN_SCALAR)
-			continue;
-		for (size_t c = 0; c < GW_ARRAY_SIZE(top_keys); c++)
-			if (strcmp(top_keys[c], k->text) == 0)
-				known = true;
-		if (!known)
-			E(k, "unknown key '%s'%s", k->text,
-			  hint(hb, sizeof(hb), k->text, top_keys, GW_ARRAY_SIZE(top_keys)));
-	}
-
-	v = ymap_get(root, "version");
 	if (!v)
-		E(root, "missing 'version' (this blkgw reads 'version: 1')");
+		diag_at(L->d, root, "missing 'version' (this blkgw reads 'version: 1')");
 	else if (v->type != YN_SCALAR || strcmp(v->text, "1") != 0)
-		E(v, "unsupported manifest version '%s' (this blkgw reads 'version: 1')",
-		  v->type == YN_SCALAR ? v->text : ynode_kind(v));
+		diag_at(L->d, v,
+			"unsupported manifest version '%s' (this blkgw reads 'version: 1')",
+			v->type == YN_SCALAR ? v->text : ynode_kind(v));
+}
+
+static void load_gateway(struct loader *L, const struct ynode *root)
+{
+	struct gw_manifest *m = L->m;
+	struct gw_section gs;
 
 	memset(&gs, 0, sizeof(gs));
 	decode(ymap_get(root, "gateway"), &gateway_schema, &gs, NULL, 0, m->dir, "gateway: ", root,
-	       d);
+	       L->d);
 	m->gw.control_socket = gs.control_socket;
 	m->gw.run_dir = gs.run_dir ? gs.run_dir : gw_default_run_dir();
 	m->gw.log_level = gs.log_level;
@@ -705,31 +784,121 @@ int gw_manifest_load(const char *path, bool check_sources, struct gw_manifest **
 		m->gw.control_socket = NULL;
 	/* Transports derive default socket paths from it while validating. */
 	m->env.run_dir = m->gw.run_dir;
+}
+
+static void load_exports(struct loader *L, const struct ynode *root)
+{
+	struct gw_manifest *m = L->m;
+	const struct ynode *n = ymap_get(root, "exports");
+	size_t before = L->d->n;
+
+	if (!n || ynode_is_null(n)) {
+		diag_at(L->d, n ? n : root,
+			"missing 'exports' (a list such as '- { image: disk0, transports: [nbd] }')");
+		return;
+	}
+	if (n->type != YN_SEQ) {
+		diag_at(L->d, n, "'exports' must be a list of exports, not %s", ynode_kind(n));
+		return;
+	}
+	m->exports = calloc(n->n + 1, sizeof(*m->exports));
+	for (size_t i = 0; m->exports && i < n->n; i++)
+		load_export(L, n->items[i], i);
+	assign_ids(m);
+	if (L->d->n == before)
+		check_conflicts(m, L->d);
+}
+
+static void load_root(struct loader *L, const struct ynode *root, bool check_sources)
+{
+	struct words known = { 0 };
+	const struct ynode *n;
+
+	if (!root || ynode_is_null(root)) {
+		gw_diag_add(
+			L->d, 1, 1,
+			"the manifest is empty: it needs at least 'version: 1', 'images' and 'exports'");
+		return;
+	}
+	if (root->type != YN_MAP) {
+		diag_at(L->d, root,
+			"the manifest must be a mapping with 'version', 'images' and 'exports', not %s",
+			ynode_kind(root));
+		return;
+	}
+	check_dup_keys(root, L->d);
+	words_add_all(&known, top_keys, GW_ARRAY_SIZE(top_keys));
+	check_known_keys(root, &known, "", L->d);
+	words_free(&known);
+	load_version(L, root);
+	load_gateway(L, root);
 
 	n = ymap_get(root, "images");
 	if (!n || ynode_is_null(n))
-		E(n ? n : root,
-		  "missing 'images' (a mapping such as 'disk0: { backend: file, path: disk0.raw }')");
+		diag_at(L->d, n ? n : root,
+			"missing 'images' (a mapping such as 'disk0: { backend: file, path: disk0.raw }')");
 	else
-		load_images(m, n, check_sources, d);
-	m->images_ok = n && n->type == YN_MAP;
+		load_images(L, n, check_sources);
+	L->m->images_ok = n && n->type == YN_MAP;
 
-	n = ymap_get(root, "exports");
-	if (!n || ynode_is_null(n)) {
-		E(n ? n : root,
-		  "missing 'exports' (a list such as '- { image: disk0, transports: [nbd] }')");
-	} else if (n->type != YN_SEQ) {
-		E(n, "'exports' must be a list of exports, not %s", ynode_kind(n));
-	} else {
-		m->exports = calloc(n->n + 1, sizeof(*m->exports));
-		for (size_t i = 0; m->exports && i < n->n; i++)
-			load_export(m, n->items[i], i, d);
-		assign_ids(m);
-		if (d->n == before)
-			check_conflicts(m, d);
+	load_exports(L, root);
+}
+
+static void loader_init(struct loader *L, struct gw_manifest *m, struct gw_diags *d)
+{
+	size_t nb, nt;
+	const struct gw_backend_ops *const *bl = gw_backend_list(&nb);
+	const struct gw_transport_ops *const *tl = gw_transport_list(&nt);
+
+	memset(L, 0, sizeof(*L));
+	L->m = m;
+	L->d = d;
+	for (size_t i = 0; i < nb; i++)
+		words_add(&L->backends, bl[i]->name);
+	for (size_t i = 0; i < nt; i++)
+		words_add(&L->transports, tl[i]->name);
+	L->backend_list = words_join(&L->backends);
+	L->transport_list = words_join(&L->transports);
+}
+
+static void loader_free(struct loader *L)
+{
+	words_free(&L->backends);
+	words_free(&L->transports);
+	free(L->backend_list);
+	free(L->transport_list);
+}
+
+int gw_manifest_load(const char *path, bool check_sources, struct gw_manifest **out,
+		     struct gw_diags *d)
+{
+	struct gw_manifest *m;
+	struct loader L;
+	struct ytree t;
+	int line, col;
+	char msg[512];
+	size_t before = d->n;
+	char *tmp, *real;
+
+	*out = NULL;
+	if (ytree_load(path, &t, &line, &col, msg, sizeof(msg)) < 0) {
+		gw_diag_add(d, line, col, "%s", msg);
+		return -1;
 	}
+	m = calloc(1, sizeof(*m));
+	if (!m) {
+		ytree_free(&t);
+		return -1;
+	}
+	m->path = strdup(path);
+	tmp = strdup(path);
+	real = tmp ? realpath(dirname(tmp), NULL) : NULL;
+	m->dir = real ? real : strdup(".");
+	free(tmp);
 
-out:
+	loader_init(&L, m, d);
+	load_root(&L, t.root, check_sources);
+	loader_free(&L);
 	ytree_free(&t);
 	if (d->n != before) {
 		gw_manifest_free(m);
