@@ -260,17 +260,61 @@ static void check_known_keys(const struct ynode *map, const struct words *known,
 	}
 }
 
+/* What a schema's check reports to: problems go to the manifest's diagnostics. */
+struct check_sink {
+	struct gw_opt_report r;
+	const struct ynode *map, *owner;
+	const struct words *failed; /* keys that did not decode */
+	const char *prefix;
+	struct gw_diags *d;
+};
+
+static void sink_problem(struct gw_opt_report *r, const char *key, const char *msg)
+{
+	struct check_sink *s = container_of(r, struct check_sink, r);
+	const struct ynode *at = key ? ymap_get(s->map, key) : NULL;
+
+	if (key && words_has(s->failed, key))
+		return; /* its own message says what is wrong */
+	diag_at(s->d, at ? at : (s->map ? s->map : s->owner), "%s%s", s->prefix, msg);
+}
+
+static bool sink_bad(const struct gw_opt_report *r, const char *key)
+{
+	const struct check_sink *s = container_of(r, const struct check_sink, r);
+
+	return words_has(s->failed, key);
+}
+
+/* Decode one key's value; false (reported) when it cannot be read. */
+static bool decode_value(const struct gw_opt_desc *od, const struct ynode *v, void *out,
+			 const char *dir, const char *prefix, struct gw_diags *d)
+{
+	char err[512];
+
+	if (v->type != YN_SCALAR || ynode_is_null(v)) {
+		diag_at(d, v, "%s'%s' must be %s, not %s", prefix, od->key, gw_opt_type_hint(od),
+			ynode_is_null(v) ? "empty" : ynode_kind(v));
+		return false;
+	}
+	if (gw_opt_set(od, v->text, dir, out, err, sizeof(err)) < 0) {
+		diag_at(d, v, "%s%s", prefix, err);
+		return false;
+	}
+	return true;
+}
+
 /*
  * Decode a mapping through a schema. extra: keys the caller handles itself
  * (skipped here, offered in hints). prefix: "image 'disk0': " for messages.
+ * Every problem is reported, the schema's cross-field ones included.
  */
 static int decode(const struct ynode *map, const struct gw_opt_schema *s, void *out,
 		  const char *const *extra, size_t nextra, const char *dir, const char *prefix,
 		  const struct ynode *owner, struct gw_diags *d)
 {
 	size_t before = d->n;
-	struct words keys = { 0 };
-	char err[512];
+	struct words keys = { 0 }, failed = { 0 };
 
 	gw_opt_defaults(s, out);
 	for (size_t i = 0; i < s->nopts; i++)
@@ -293,17 +337,10 @@ static int decode(const struct ynode *map, const struct gw_opt_schema *s, void *
 
 			if (k->type != YN_SCALAR || !(od = gw_opt_find(s, k->text)))
 				continue; /* reported above, or the caller's own key */
-			if (v->type != YN_SCALAR || ynode_is_null(v)) {
-				diag_at(d, v, "%s'%s' must be %s, not %s", prefix, od->key,
-					gw_opt_type_hint(od),
-					ynode_is_null(v) ? "empty" : ynode_kind(v));
-				continue;
-			}
-			if (gw_opt_set(od, v->text, dir, out, err, sizeof(err)) < 0)
-				diag_at(d, v, "%s%s", prefix, err);
+			if (!decode_value(od, v, out, dir, prefix, d))
+				words_add(&failed, od->key);
 		}
 	}
-	words_free(&keys);
 	for (size_t i = 0; i < s->nopts; i++) {
 		const struct gw_opt_desc *od = &s->opts[i];
 
@@ -311,16 +348,20 @@ static int decode(const struct ynode *map, const struct gw_opt_schema *s, void *
 			diag_at(d, map ? map : owner, "%smissing '%s': %s", prefix, od->key,
 				od->help ? od->help : gw_opt_type_hint(od));
 	}
-	if (d->n == before && s->check) {
-		const char *key = NULL;
-		const char *msg = s->check(out, &key);
+	if (s->check) {
+		struct check_sink sink = {
+			.r = { .problem = sink_problem, .bad = sink_bad },
+			.map = map,
+			.owner = owner,
+			.failed = &failed,
+			.prefix = prefix,
+			.d = d,
+		};
 
-		if (msg) {
-			const struct ynode *at = key ? ymap_get(map, key) : NULL;
-
-			diag_at(d, at ? at : (map ? map : owner), "%s%s", prefix, msg);
-		}
+		s->check(out, &sink.r);
 	}
+	words_free(&keys);
+	words_free(&failed);
 	return d->n == before ? 0 : -1;
 }
 

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,6 +109,26 @@ int gw_parse_bool(const char *s, bool *out)
 		}
 	}
 	return -EINVAL;
+}
+
+void gw_opt_problem(struct gw_opt_report *r, const char *key, const char *fmt, ...)
+{
+	va_list ap;
+	char *msg;
+	int n;
+
+	va_start(ap, fmt);
+	n = vasprintf(&msg, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	r->problem(r, key, msg);
+	free(msg);
+}
+
+bool gw_opt_bad(const struct gw_opt_report *r, const char *key)
+{
+	return r->bad && r->bad(r, key);
 }
 
 const struct gw_opt_desc *gw_opt_find(const struct gw_opt_schema *s, const char *key)

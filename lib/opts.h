@@ -34,17 +34,38 @@ struct gw_opt_desc {
 	const char *help;           /* one line, for docs and error hints */
 };
 
+/*
+ * Where a schema's cross-field check reports: every problem it finds, each
+ * about one key (or the whole mapping). Filled by the decoder (config/).
+ */
+struct gw_opt_report {
+	/* Take one problem; key NULL: the whole mapping. */
+	void (*problem)(struct gw_opt_report *r, const char *key, const char *msg);
+	/* Did key fail to decode (its field then holds the default)? */
+	bool (*bad)(const struct gw_opt_report *r, const char *key);
+	void *arg;
+};
+
+/* Report a problem about key (NULL: the whole mapping). */
+void gw_opt_problem(struct gw_opt_report *r, const char *key, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/*
+ * Was key given but unreadable? A check that relates several keys skips a
+ * rule whose input failed to decode, so one mistake gives one message.
+ */
+bool gw_opt_bad(const struct gw_opt_report *r, const char *key);
+
 /* A whole schema: the table plus the struct it fills. */
 struct gw_opt_schema {
 	const struct gw_opt_desc *opts;
 	size_t nopts;
 	size_t size; /* sizeof the options struct */
 	/*
-	 * Optional cross-field check, run after every key decoded. Returns NULL
-	 * when fine, or a message; *key names the key the message is about
-	 * (NULL: the whole mapping).
+	 * Optional cross-field check, run after every key was decoded (also
+	 * when some failed: those hold their defaults). Reports each problem
+	 * it finds with gw_opt_problem(), not only the first.
 	 */
-	const char *(*check)(const void *opts, const char **key);
+	void (*check)(const void *opts, struct gw_opt_report *r);
 };
 
 #define GW_OPT_SCHEMA(table, type, checkfn)                                          \

@@ -30,7 +30,7 @@
 #include "transports/nbd/nbd_netlink.h"
 #include "transports/nbd/nbd_proto.h"
 
-static const char *nbd_check_opts(const void *opts, const char **key);
+static void nbd_check_opts(const void *opts, struct gw_opt_report *r);
 static int device_index(const char *dev);
 
 static const struct gw_opt_desc nbd_opts_table[] = {
@@ -92,35 +92,28 @@ static struct nbd_listener *listeners;
 
 /* ---- options ---- */
 
-static const char *nbd_check_opts(const void *opts, const char **key)
+static void nbd_check_opts(const void *opts, struct gw_opt_report *r)
 {
 	const struct nbd_opts *o = opts;
+	static const char *const attach_only[] = { "device", "connections", "timeout",
+						   "dead-conn-timeout" };
+	const bool given[] = { o->device, o->connections != 1, o->timeout, o->dead_conn_timeout };
 
-	if (o->name && strlen(o->name) > NBD_MAX_STRING) {
-		*key = "name";
-		return "'name' is longer than 4096 bytes";
-	}
-	if (o->description && strlen(o->description) > NBD_MAX_STRING) {
-		*key = "description";
-		return "'description' is longer than 4096 bytes";
-	}
-	if (o->socket && strlen(o->socket) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
-		*key = "socket";
-		return "'socket' path is too long for a unix socket (at most 107 bytes)";
-	}
-	if (o->device && device_index(o->device) < 0) {
-		*key = "device";
-		return "'device' must be an NBD device such as /dev/nbd0";
-	}
-	if (!o->attach &&
-	    (o->device || o->connections != 1 || o->timeout || o->dead_conn_timeout)) {
-		*key = o->device             ? "device"
-		       : o->connections != 1 ? "connections"
-		       : o->timeout          ? "timeout"
-					     : "dead-conn-timeout";
-		return "this setting needs 'attach: true'";
-	}
-	return NULL;
+	if (o->name && strlen(o->name) > NBD_MAX_STRING)
+		gw_opt_problem(r, "name", "'name' is longer than 4096 bytes");
+	if (o->description && strlen(o->description) > NBD_MAX_STRING)
+		gw_opt_problem(r, "description", "'description' is longer than 4096 bytes");
+	if (o->socket && strlen(o->socket) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+		gw_opt_problem(r, "socket",
+			       "'socket' path is too long for a unix socket (at most 107 bytes)");
+	if (o->device && device_index(o->device) < 0)
+		gw_opt_problem(r, "device", "'device' must be an NBD device such as /dev/nbd0");
+	if (o->attach || gw_opt_bad(r, "attach"))
+		return;
+	for (size_t i = 0; i < GW_ARRAY_SIZE(attach_only); i++)
+		if (given[i])
+			gw_opt_problem(r, attach_only[i], "'%s' needs 'attach: true'",
+				       attach_only[i]);
 }
 
 /* "/dev/nbd12" -> 12, else -1. */

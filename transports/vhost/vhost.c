@@ -25,7 +25,7 @@
 #include "lib/util.h"
 #include "transports/vhost/vhost_internal.h"
 
-static const char *vhost_check_opts(const void *opts, const char **key);
+static void vhost_check_opts(const void *opts, struct gw_opt_report *r);
 
 static const struct gw_opt_desc vhost_opts_table[] = {
 	{ .key = "socket",
@@ -73,23 +73,18 @@ static const struct gw_opt_desc vhost_opts_table[] = {
 		  "(adaptive; 0: never; default 40)" },
 };
 
-static const char *vhost_check_opts(const void *opts, const char **key)
+static void vhost_check_opts(const void *opts, struct gw_opt_report *r)
 {
 	const struct vhost_opts *o = opts;
 
-	if (o->socket && strlen(o->socket) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
-		*key = "socket";
-		return "'socket' path is too long for a unix socket (at most 107 bytes)";
-	}
-	if (!gw_is_pow2(o->queue_size)) {
-		*key = "queue-size";
-		return "'queue-size' must be a power of two (4 to 1024)";
-	}
-	if (o->serial && strlen(o->serial) > VIRTIO_BLK_ID_BYTES) {
-		*key = "serial";
-		return "'serial' is longer than 20 bytes (virtio-blk's GET_ID limit)";
-	}
-	return NULL;
+	if (o->socket && strlen(o->socket) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+		gw_opt_problem(r, "socket",
+			       "'socket' path is too long for a unix socket (at most 107 bytes)");
+	if (!gw_is_pow2(o->queue_size))
+		gw_opt_problem(r, "queue-size", "'queue-size' must be a power of two (4 to 1024)");
+	if (o->serial && strlen(o->serial) > VIRTIO_BLK_ID_BYTES)
+		gw_opt_problem(r, "serial",
+			       "'serial' is longer than 20 bytes (virtio-blk's GET_ID limit)");
 }
 
 static void socket_path(const struct gw_transport_env *env, const struct vhost_opts *o,
