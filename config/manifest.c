@@ -467,11 +467,14 @@ static void image_block_size(struct loader *L, struct gw_image_spec *img, const 
 {
 	const struct ynode *bs = ymap_get(v, "block-size");
 	uint64_t b = 0;
+	char advice[256];
 
 	if (!bs)
 		return;
-	if (bs->type != YN_SCALAR || gw_parse_size(bs->text, &b) || !gw_is_pow2(b) || b < 512 ||
-	    b > 65536)
+	if (bs->type == YN_SCALAR && gw_parse_size(bs->text, &b) == -EINVAL)
+		diag_at(L->d, bs, "%s'block-size': bad size '%s': %s", prefix, bs->text,
+			gw_size_advice(bs->text, advice, sizeof(advice)));
+	else if (bs->type != YN_SCALAR || !gw_is_pow2(b) || b < 512 || b > 65536)
 		diag_at(L->d, bs,
 			"%s'block-size' must be a power of two from 512 to 64K (got '%s')", prefix,
 			bs->type == YN_SCALAR ? bs->text : ynode_kind(bs));

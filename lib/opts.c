@@ -1,5 +1,6 @@
 #include "lib/opts.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -27,6 +28,17 @@ int gw_parse_u64(const char *s, uint64_t *out)
 	return 0;
 }
 
+/* Binary unit letters, as QEMU writes them: K = 2^10 ... E = 2^60. */
+static const char size_units[] = "KMGTPE";
+
+/* The shift of a unit letter, or 0 when c is not one (upper case only). */
+static unsigned unit_shift(char c)
+{
+	const char *u = c ? strchr(size_units, c) : NULL;
+
+	return u ? 10 * (unsigned)(u - size_units + 1) : 0;
+}
+
 int gw_parse_size(const char *s, uint64_t *out)
 {
 	char *end;
@@ -39,56 +51,66 @@ int gw_parse_size(const char *s, uint64_t *out)
 	v = strtoull(s, &end, 10);
 	if (errno == ERANGE)
 		return -ERANGE;
-	switch (*end) {
-	case '\0':
-		break;
-	case 'k':
-	case 'K':
-		shift = 10;
+	/* "", "B", "K".."E", "KiB".."EiB": nothing else (no "KB", "Gb", "g"). */
+	if (strcmp(end, "B") == 0) {
 		end++;
-		break;
-	case 'm':
-	case 'M':
-		shift = 20;
+	} else if (*end && (shift = unit_shift(*end))) {
 		end++;
-		break;
-	case 'g':
-	case 'G':
-		shift = 30;
-		end++;
-		break;
-	case 't':
-	case 'T':
-		shift = 40;
-		end++;
-		break;
-	case 'p':
-	case 'P':
-		shift = 50;
-		end++;
-		break;
-	case 'e':
-	case 'E':
-		shift = 60;
-		end++;
-		break;
-	case 'b':
-	case 'B':
-		break;
-	default:
-		return -EINVAL;
+		if (strcmp(end, "iB") == 0)
+			end += 2;
 	}
-	/* Optional "iB" or "B" after a unit, or a lone "B" for bytes. */
-	if (shift && (strcmp(end, "iB") == 0 || strcmp(end, "ib") == 0))
-		end += 2;
-	else if (strcmp(end, "B") == 0 || strcmp(end, "b") == 0)
-		end += 1;
 	if (*end)
 		return -EINVAL;
 	if (shift && v > (UINT64_MAX >> shift))
 		return -ERANGE;
 	*out = (uint64_t)v << shift;
 	return 0;
+}
+
+const char *gw_size_advice(const char *s, char *buf, size_t len)
+{
+	const char *num = s, *end = s, *rest;
+	char letter;
+	size_t ndigits;
+
+	while (*end >= '0' && *end <= '9')
+		end++;
+	ndigits = (size_t)(end - num);
+	if (ndigits && *end == '.') {
+		snprintf(buf, len,
+			 "use a whole number, in a smaller unit if need be (e.g. 1536M for 1.5G)");
+		return buf;
+	}
+	letter = (char)toupper((unsigned char)*end);
+	rest = *end ? end + 1 : end;
+	if (!ndigits || (!unit_shift(letter) && strcasecmp(end, "b") != 0)) {
+		snprintf(buf, len,
+			 "write a whole number of bytes with an optional binary unit "
+			 "K, M, G, T, P or E (or KiB ... EiB, or B for bytes), e.g. 64M");
+		return buf;
+	}
+	if (!unit_shift(letter)) { /* a lower-case "b" */
+		snprintf(buf, len, "write %.*s or %.*sB for bytes", (int)ndigits, num, (int)ndigits,
+			 num);
+		return buf;
+	}
+	if (strcasecmp(rest, "b") == 0) {
+		snprintf(buf, len,
+			 "write %.*s%c or %.*s%ciB: units are binary (1%c = 2^%u bytes); decimal "
+			 "units such as KB or GB, and bits, are not accepted",
+			 (int)ndigits, num, letter, (int)ndigits, num, letter, letter,
+			 unit_shift(letter));
+		return buf;
+	}
+	if (!*rest || strcasecmp(rest, "ib") == 0) {
+		snprintf(buf, len, "write %.*s%c%s: units are upper case", (int)ndigits, num,
+			 letter, *rest ? "iB" : "");
+		return buf;
+	}
+	snprintf(buf, len,
+		 "write a whole number of bytes with an optional binary unit "
+		 "K, M, G, T, P or E (or KiB ... EiB, or B for bytes), e.g. 64M");
+	return buf;
 }
 
 int gw_parse_bool(const char *s, bool *out)
@@ -349,16 +371,18 @@ int gw_opt_set(const struct gw_opt_desc *d, const char *text, const char *dir, v
 		return 0;
 	}
 	case GW_OPT_SIZE: {
-		char a[32], c[32];
+		char a[256], c[32];
 
 		if (!hi)
 			hi = UINT64_MAX;
 		rc = gw_parse_size(text, &v);
+		if (rc == -ERANGE) {
+			gw_seterr(err, errlen, "'%s': size %s is too large", d->key, text);
+			return -1;
+		}
 		if (rc) {
-			gw_seterr(
-				err, errlen,
-				"'%s': bad size '%s': use a number of bytes with an optional K, M, G or T suffix (binary units), e.g. 64M",
-				d->key, text);
+			gw_seterr(err, errlen, "'%s': bad size '%s': %s", d->key, text,
+				  gw_size_advice(text, a, sizeof(a)));
 			return -1;
 		}
 		if (v < lo || v > hi) {

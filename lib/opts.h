@@ -15,7 +15,7 @@ enum gw_opt_type {
 	GW_OPT_PATH,     /* char *, relative paths resolved against the manifest's folder */
 	GW_OPT_BOOL,     /* bool: true/false/yes/no/on/off */
 	GW_OPT_U32,      /* uint32_t, decimal or 0x hex, within [min, max] */
-	GW_OPT_SIZE,     /* uint64_t bytes: 4096, 512K, 64M, 1G, 2T (binary units) */
+	GW_OPT_SIZE,     /* uint64_t bytes: 4096, 512K, 64M, 1G, 2T, 1GiB (binary units) */
 	GW_OPT_MODE,     /* uint32_t file mode written in octal: 0600, 0660 */
 	GW_OPT_HOSTPORT, /* char *: "127.0.0.1:10809", "[::1]:10809", "localhost:10809" */
 	GW_OPT_ENUM,     /* char *: one of choices[] */
@@ -73,8 +73,14 @@ struct gw_opt_schema {
 		(table), sizeof(table) / sizeof((table)[0]), sizeof(type), (checkfn) \
 	}
 
-/* Parse "64M", "1G", "4096", "2TiB"; binary units only. 0 or -EINVAL/-ERANGE. */
+/*
+ * Parse a size as QEMU writes it: "4096", "512B", "64M", "1G", "2T" (units K M
+ * G T P E, powers of 1024), also "1GiB". Nothing else: no decimal "GB", no
+ * bits "Gb", no lower case "g", no fractions. 0 or -EINVAL/-ERANGE.
+ */
 int gw_parse_size(const char *s, uint64_t *out);
+/* For a size gw_parse_size refused: what to write instead ("write 1G or 1GiB: ..."). */
+const char *gw_size_advice(const char *s, char *buf, size_t len);
 int gw_parse_u64(const char *s, uint64_t *out);
 int gw_parse_bool(const char *s, bool *out);
 

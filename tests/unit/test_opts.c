@@ -37,6 +37,17 @@ static const struct gw_opt_desc table[] = {
 };
 static const struct gw_opt_schema schema = GW_OPT_SCHEMA(table, struct o, NULL);
 
+static int advice_has(const char *text, const char *want)
+{
+	char buf[256];
+	const char *got = gw_size_advice(text, buf, sizeof(buf));
+
+	if (strstr(got, want))
+		return 1;
+	fprintf(stderr, "advice for '%s': '%s' lacks '%s'\n", text, got, want);
+	return 0;
+}
+
 static int set(struct o *v, const char *key, const char *text)
 {
 	char err[256];
@@ -51,7 +62,7 @@ int main(void)
 	char *h, *p;
 	struct o o;
 
-	/* sizes: binary units, optional iB/B, no fractions, no overflow */
+	/* sizes: QEMU's units K M G T P E, also KiB..EiB and B; nothing else */
 	CHECK(gw_parse_size("4096", &v) == 0 && v == 4096);
 	CHECK(gw_parse_size("1K", &v) == 0 && v == 1024);
 	CHECK(gw_parse_size("64M", &v) == 0 && v == 64ull << 20);
@@ -59,7 +70,36 @@ int main(void)
 	CHECK(gw_parse_size("2T", &v) == 0 && v == 2ull << 40);
 	CHECK(gw_parse_size("1GiB", &v) == 0 && v == 1ull << 30);
 	CHECK(gw_parse_size("512B", &v) == 0 && v == 512);
-	CHECK(gw_parse_size("1g", &v) == 0 && v == 1ull << 30);
+	CHECK(gw_parse_size("1P", &v) == 0 && v == 1ull << 50);
+	CHECK(gw_parse_size("3E", &v) == 0 && v == 3ull << 60);
+	CHECK(gw_parse_size("4KiB", &v) == 0 && v == 4096);
+	CHECK(gw_parse_size("2TiB", &v) == 0 && v == 2ull << 40);
+	CHECK(gw_parse_size("1PiB", &v) == 0 && v == 1ull << 50);
+	CHECK(gw_parse_size("0", &v) == 0 && v == 0);
+	/* Not QEMU's spellings: decimal units, bits, lower case, "iB" alone. */
+	CHECK(gw_parse_size("1g", &v) == -EINVAL);
+	CHECK(gw_parse_size("1k", &v) == -EINVAL);
+	CHECK(gw_parse_size("1GB", &v) == -EINVAL);
+	CHECK(gw_parse_size("1KB", &v) == -EINVAL);
+	CHECK(gw_parse_size("1Gb", &v) == -EINVAL);
+	CHECK(gw_parse_size("1gib", &v) == -EINVAL);
+	CHECK(gw_parse_size("1Gib", &v) == -EINVAL);
+	CHECK(gw_parse_size("512b", &v) == -EINVAL);
+	CHECK(gw_parse_size("1iB", &v) == -EINVAL);
+	CHECK(gw_parse_size("1GiBB", &v) == -EINVAL);
+	CHECK(gw_parse_size("1BB", &v) == -EINVAL);
+	CHECK(gw_parse_size("G", &v) == -EINVAL);
+	CHECK(gw_parse_size("0x10", &v) == -EINVAL);
+	/* ... each refused with what to write instead. */
+	CHECK(advice_has("1GB", "write 1G or 1GiB: units are binary"));
+	CHECK(advice_has("1KB", "write 1K or 1KiB"));
+	CHECK(advice_has("10Gb", "write 10G or 10GiB"));
+	CHECK(advice_has("1g", "write 1G: units are upper case"));
+	CHECK(advice_has("4kib", "write 4KiB: units are upper case"));
+	CHECK(advice_has("512b", "write 512 or 512B"));
+	CHECK(advice_has("1.5G", "1536M"));
+	CHECK(advice_has("10X", "K, M, G, T, P or E"));
+	CHECK(advice_has("1GiBB", "K, M, G, T, P or E"));
 	CHECK(gw_parse_size("1.5G", &v) == -EINVAL);
 	CHECK(gw_parse_size("10X", &v) == -EINVAL);
 	CHECK(gw_parse_size("-1", &v) == -EINVAL);
@@ -111,6 +151,7 @@ int main(void)
 	CHECK(set(&o, "n", "0x4") == 0 && o.n == 4);
 	CHECK(set(&o, "size", "256") < 0);
 	CHECK(set(&o, "size", "1M") == 0 && o.size == 1u << 20);
+	CHECK(set(&o, "size", "1GB") < 0 && o.size == 1u << 20);
 	CHECK(set(&o, "mode", "0660") == 0 && o.mode == 0660);
 	CHECK(set(&o, "mode", "0o644") == 0 && o.mode == 0644);
 	CHECK(set(&o, "mode", "0999") < 0);
