@@ -1,6 +1,7 @@
 #include "config/yaml_tree.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +76,36 @@ static int remember(struct builder *b, const yaml_char_t *anchor, struct ynode *
 	return 0;
 }
 
+/*
+ * A tab in the indentation of a line up to `upto` (or where the parser
+ * stopped): libyaml's words for it ("found character that cannot start any
+ * token") do not say what to change. true with its position.
+ */
+static bool find_indent_tab(FILE *f, int upto, int stop_line, int stop_col, int *line, int *col)
+{
+	int c, l = 1, cl = 1;
+	bool indent = true;
+
+	rewind(f);
+	while ((c = getc(f)) != EOF && l <= upto) {
+		if (c == '\t' && (indent || (l == stop_line && cl == stop_col))) {
+			*line = l;
+			*col = cl;
+			return true;
+		}
+		if (c == '\n') {
+			l++;
+			cl = 1;
+			indent = true;
+			continue;
+		}
+		if (c != ' ' && c != '\t')
+			indent = false;
+		cl++;
+	}
+	return false;
+}
+
 int ytree_load(const char *path, struct ytree *t, int *line, int *col, char *msg, size_t len)
 {
 	yaml_parser_t parser;
@@ -104,7 +135,11 @@ int ytree_load(const char *path, struct ytree *t, int *line, int *col, char *msg
 		if (!yaml_parser_parse(&parser, &ev)) {
 			*line = (int)parser.problem_mark.line + 1;
 			*col = (int)parser.problem_mark.column + 1;
-			if (parser.context)
+			if (find_indent_tab(f, *line, *line, *col, line, col))
+				gw_seterr(
+					msg, len,
+					"tabs are not allowed in YAML indentation: indent with spaces");
+			else if (parser.context)
 				gw_seterr(msg, len,
 					  "invalid YAML: %s %s that starts at line %d, column %d",
 					  parser.problem, parser.context,
