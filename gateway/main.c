@@ -80,6 +80,59 @@ static void usage_status(FILE *f)
 		   "  -h, --help          show this help\n");
 }
 
+static void usage_version(FILE *f)
+{
+	fprintf(f, "Usage: blkgw version\n"
+		   "Print the version of this blkgw binary ('blkgw status' shows a running\n"
+		   "daemon's). Also 'blkgw --version'.\n"
+		   "\n"
+		   "Options:\n"
+		   "  -h, --help          show this help\n");
+}
+
+/*
+ * The one MANIFEST argument of serve and check: 0, or 2 after saying what is
+ * wrong (nothing given, or more than one).
+ */
+static int want_manifest(const char *cmd, int argc, char **argv, void (*usage)(FILE *f))
+{
+	if (optind + 1 == argc)
+		return 0;
+	if (optind == argc)
+		fprintf(stderr,
+			"blkgw %s: missing MANIFEST, the YAML file that declares the images and exports (see docs/manifest.md)\n\n",
+			cmd);
+	else
+		fprintf(stderr, "blkgw %s: one MANIFEST only, got %d arguments\n\n", cmd,
+			argc - optind);
+	usage(stderr);
+	return 2;
+}
+
+static int cmd_version(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	int c;
+
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		if (c == 'h') {
+			usage_version(stdout);
+			return 0;
+		}
+		usage_version(stderr);
+		return 2;
+	}
+	if (optind != argc) {
+		usage_version(stderr);
+		return 2;
+	}
+	printf("blkgw %s\n", GW_VERSION);
+	return 0;
+}
+
 static int cmd_serve(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -116,10 +169,8 @@ static int cmd_serve(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind + 1 != argc) {
-		usage_serve(stderr);
+	if (want_manifest("serve", argc, argv, usage_serve))
 		return 2;
-	}
 	if (gw_manifest_load(argv[optind], true, &m, &d) < 0) {
 		gw_diags_print(&d, argv[optind], stderr);
 		fprintf(stderr, "blkgw: %zu problem%s in %s; nothing was started\n", d.n,
@@ -152,10 +203,8 @@ static int cmd_check(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind + 1 != argc) {
-		usage_check(stderr);
+	if (want_manifest("check", argc, argv, usage_check))
 		return 2;
-	}
 	if (gw_manifest_load(argv[optind], true, &m, &d) < 0) {
 		gw_diags_print(&d, argv[optind], stderr);
 		fprintf(stderr, "%zu problem%s found\n", d.n, d.n == 1 ? "" : "s");
@@ -346,6 +395,35 @@ static int cmd_status(int argc, char **argv)
 	return rc;
 }
 
+static const struct {
+	const char *name;
+	int (*run)(int argc, char **argv);
+	void (*usage)(FILE *f);
+} commands[] = {
+	{ "serve", cmd_serve, usage_serve },
+	{ "check", cmd_check, usage_check },
+	{ "status", cmd_status, usage_status },
+	{ "version", cmd_version, usage_version },
+};
+
+static int cmd_help(int argc, char **argv)
+{
+	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+		usage_main(stdout);
+		return 0;
+	}
+	for (size_t i = 0; i < GW_ARRAY_SIZE(commands); i++) {
+		if (strcmp(commands[i].name, argv[1]) == 0) {
+			commands[i].usage(stdout);
+			return 0;
+		}
+	}
+	fprintf(stderr,
+		"blkgw help: unknown command '%s' (commands: serve, check, status, version, help)\n",
+		argv[1]);
+	return 2;
+}
+
 int main(int argc, char **argv)
 {
 	const char *cmd;
@@ -355,32 +433,17 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	cmd = argv[1];
-	if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0 ||
-	    strcmp(cmd, "version") == 0) {
-		printf("blkgw %s\n", GW_VERSION);
-		return 0;
-	}
+	if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0)
+		return cmd_version(1, argv);
 	if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
 		usage_main(stdout);
 		return 0;
 	}
-	if (strcmp(cmd, "help") == 0) {
-		if (argc > 2 && strcmp(argv[2], "serve") == 0)
-			usage_serve(stdout);
-		else if (argc > 2 && strcmp(argv[2], "check") == 0)
-			usage_check(stdout);
-		else if (argc > 2 && strcmp(argv[2], "status") == 0)
-			usage_status(stdout);
-		else
-			usage_main(stdout);
-		return 0;
-	}
-	if (strcmp(cmd, "serve") == 0)
-		return cmd_serve(argc - 1, argv + 1);
-	if (strcmp(cmd, "check") == 0)
-		return cmd_check(argc - 1, argv + 1);
-	if (strcmp(cmd, "status") == 0)
-		return cmd_status(argc - 1, argv + 1);
+	if (strcmp(cmd, "help") == 0)
+		return cmd_help(argc - 1, argv + 1);
+	for (size_t i = 0; i < GW_ARRAY_SIZE(commands); i++)
+		if (strcmp(commands[i].name, cmd) == 0)
+			return commands[i].run(argc - 1, argv + 1);
 	fprintf(stderr, "blkgw: unknown command '%s'\n\n", cmd);
 	usage_main(stderr);
 	return 2;
