@@ -29,7 +29,9 @@ run: configure
 	exec ./$(BUILD)/blkgw serve $(MANIFEST)
 
 test: deps-test build
+	@scripts/tree-clean.sh save $(BUILD)/tree-before.txt
 	cd $(BUILD) && ctest --output-on-failure --timeout 900 $(CTEST_ARGS)
+	@scripts/tree-clean.sh check $(BUILD)/tree-before.txt
 
 # The host-side suite once more, built with ASan+UBSan in build-asan/ (the
 # labels it skips, and why: scripts/test-asan.sh). CI runs it after `test`.

@@ -3,6 +3,8 @@
 # memory and on file images (O_DIRECT and buffered): 4k random writes and
 # 1 MiB sequential writes, every block read back and checked.
 . "$(dirname "$0")/../lib.sh"
+# fio writes its verify state files into the current folder: keep them in $T.
+cd "$T"
 requires fio
 fio --enghelp 2>/dev/null | grep -qx '[[:space:]]*nbd' || skip "this fio has no nbd engine"
 

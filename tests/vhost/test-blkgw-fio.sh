@@ -13,6 +13,8 @@ engine=${1:?usage: $0 ENGINE_SO PROBE [CASE...]}
 probe=${2:?usage: $0 ENGINE_SO PROBE [CASE...]}
 shift 2
 . "$(dirname "$0")/../lib.sh"
+# fio writes its verify state files into the current folder: keep them in $T.
+cd "$T"
 set +e
 requires fio jq cmp
 [ -f "$engine" ] || fail "fio engine $engine not built"

@@ -15,6 +15,7 @@ py=/usr/bin/python3
 [ -x "$py" ] || { echo "FATAL: $py not found" >&2; exit 1; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/vu-fake-test.XXXXXX") || exit 1
+cd "$work" || exit 1   # fio writes its verify state files here
 fake_pid=""
 cleanup() {
   if [ -n "$fake_pid" ] && kill -0 "$fake_pid" 2>/dev/null; then

@@ -35,6 +35,7 @@ done
 [ -x "$probe" ] || die "probe $probe not built"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/vu-fio-test.XXXXXX") || die "mktemp failed"
+cd "$work" || die "cannot enter $work"   # fio writes its verify state files here
 qsd_pid=""
 
 stop_qsd() {
