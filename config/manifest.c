@@ -369,6 +369,7 @@ static int decode(const struct ynode *map, const struct gw_opt_schema *s, void *
 
 struct gw_section {
 	char *control_socket;
+	struct gw_sock_perm control_perm;
 	char *run_dir;
 	uint32_t workers;
 	uint32_t coalesce_us;
@@ -382,6 +383,7 @@ static const struct gw_opt_desc gateway_opts[] = {
 	  .type = GW_OPT_PATH,
 	  .offset = offsetof(struct gw_section, control_socket),
 	  .help = "unix socket for `blkgw status` and other control commands (default RUN-DIR/control.sock)" },
+	GW_SOCK_PERM_OPTS(struct gw_section, control_perm, "control-"),
 	{ .key = "run-dir",
 	  .type = GW_OPT_PATH,
 	  .offset = offsetof(struct gw_section, run_dir),
@@ -814,6 +816,7 @@ static void load_gateway(struct loader *L, const struct ynode *root)
 	decode(ymap_get(root, "gateway"), &gateway_schema, &gs, NULL, 0, m->dir, "gateway: ", root,
 	       L->d);
 	m->gw.control_socket = gs.control_socket;
+	m->gw.control_perm = gs.control_perm;
 	m->gw.run_dir = gs.run_dir ? gs.run_dir : gw_default_run_dir();
 	m->gw.log_level = gs.log_level;
 	m->gw.workers = gs.workers;

@@ -12,6 +12,7 @@
 
 #include "backends/backend.h"
 #include "gateway/transport.h"
+#include "lib/sockets.h"
 
 struct gw_diag_item {
 	int line, col;
@@ -30,6 +31,7 @@ void gw_diags_free(struct gw_diags *d);
 
 struct gw_gateway_cfg {
 	char *control_socket;
+	struct gw_sock_perm control_perm; /* its owner, group and mode */
 	char *run_dir;
 	uint32_t workers;
 	uint32_t coalesce_us;

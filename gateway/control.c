@@ -199,9 +199,10 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 	ctl.nclients++;
 }
 
-int gw_ctl_start(const char *path, gw_ctl_handler handler, void *arg, char *err, size_t errlen)
+int gw_ctl_start(const char *path, const struct gw_sock_perm *perm, gw_ctl_handler handler,
+		 void *arg, char *err, size_t errlen)
 {
-	int fd = gw_listen_unix(path, 0600, 16, err, errlen);
+	int fd = gw_listen_unix(path, perm, 16, err, errlen);
 
 	if (fd < 0)
 		return fd;

@@ -7,10 +7,13 @@
 #include <json-c/json.h>
 #include <stddef.h>
 
+#include "lib/sockets.h"
+
 /* Handle one request; return the reply object (ownership passes to the caller). */
 typedef json_object *(*gw_ctl_handler)(json_object *req, void *arg);
 
-int gw_ctl_start(const char *path, gw_ctl_handler handler, void *arg, char *err, size_t errlen);
+int gw_ctl_start(const char *path, const struct gw_sock_perm *perm, gw_ctl_handler handler,
+		 void *arg, char *err, size_t errlen);
 /* Close every client and the socket, and remove it. */
 void gw_ctl_stop(void);
 

@@ -376,7 +376,8 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 			goto fail_stop;
 		}
 	}
-	rc = gw_ctl_start(m->gw.control_socket, ctl_handler, NULL, err, sizeof(err));
+	rc = gw_ctl_start(m->gw.control_socket, &m->gw.control_perm, ctl_handler, NULL, err,
+			  sizeof(err));
 	if (rc < 0) {
 		gw_err("%s", err);
 		goto fail_stop;

@@ -2,6 +2,8 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -230,6 +232,10 @@ const char *gw_opt_type_hint(const struct gw_opt_desc *d)
 		return "HOST:PORT such as 127.0.0.1:10809";
 	case GW_OPT_ENUM:
 		return "one of the listed words";
+	case GW_OPT_USER:
+		return "a user name or a numeric uid";
+	case GW_OPT_GROUP:
+		return "a group name or a numeric gid";
 	}
 	return "a value";
 }
@@ -268,6 +274,45 @@ int gw_split_hostport(const char *s, char **host, char **port)
 		return -ENOMEM;
 	}
 	return 0;
+}
+
+/*
+ * A user or group name, or a number, to an id. 0, -ENOENT for an unknown
+ * name, -EINVAL for a number out of range.
+ */
+static int resolve_id(const char *text, bool group, uint32_t *id)
+{
+	uint64_t v;
+	char buf[16384];
+	int rc;
+
+	if (text[0] >= '0' && text[0] <= '9') {
+		if (gw_parse_u64(text, &v) < 0 || v >= GW_ID_UNSET)
+			return -EINVAL;
+		*id = (uint32_t)v;
+		return 0;
+	}
+	if (group) {
+		struct group gr, *g = NULL;
+
+		rc = getgrnam_r(text, &gr, buf, sizeof(buf), &g);
+		if (rc)
+			return -rc;
+		if (!g)
+			return -ENOENT;
+		*id = (uint32_t)g->gr_gid;
+		return 0;
+	} else {
+		struct passwd pw, *u = NULL;
+
+		rc = getpwnam_r(text, &pw, buf, sizeof(buf), &u);
+		if (rc)
+			return -rc;
+		if (!u)
+			return -ENOENT;
+		*id = (uint32_t)u->pw_uid;
+		return 0;
+	}
 }
 
 static char *resolve_path(const char *text, const char *dir)
@@ -370,6 +415,27 @@ int gw_opt_set(const struct gw_opt_desc *d, const char *text, const char *dir, v
 		*(uint32_t *)field = (uint32_t)v;
 		return 0;
 	}
+	case GW_OPT_USER:
+	case GW_OPT_GROUP: {
+		uint32_t id;
+		const char *what = d->type == GW_OPT_GROUP ? "group" : "user";
+
+		rc = resolve_id(text, d->type == GW_OPT_GROUP, &id);
+		if (rc == -ENOENT) {
+			gw_seterr(err, errlen,
+				  "'%s': no %s '%s' on this host (give a %s name or a number)",
+				  d->key, what, text, what);
+			return -1;
+		}
+		if (rc) {
+			gw_seterr(err, errlen, "'%s' must be %s (got '%s'%s%s)", d->key,
+				  gw_opt_type_hint(d), text, rc == -EINVAL ? "" : ": ",
+				  rc == -EINVAL ? "" : strerror(-rc));
+			return -1;
+		}
+		*(uint32_t *)field = id;
+		return 0;
+	}
 	case GW_OPT_SIZE: {
 		char a[256], c[32];
 
@@ -415,6 +481,10 @@ void gw_opt_defaults(const struct gw_opt_schema *s, void *base)
 			break;
 		case GW_OPT_SIZE:
 			*(uint64_t *)field = d->def;
+			break;
+		case GW_OPT_USER:
+		case GW_OPT_GROUP:
+			*(uint32_t *)field = GW_ID_UNSET;
 			break;
 		default:
 			break;

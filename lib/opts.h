@@ -19,7 +19,12 @@ enum gw_opt_type {
 	GW_OPT_MODE,     /* uint32_t file mode written in octal: 0600, 0660 */
 	GW_OPT_HOSTPORT, /* char *: "127.0.0.1:10809", "[::1]:10809", "localhost:10809" */
 	GW_OPT_ENUM,     /* char *: one of choices[] */
+	GW_OPT_USER,     /* uint32_t uid: a user name or a number; GW_ID_UNSET when absent */
+	GW_OPT_GROUP,    /* uint32_t gid: a group name or a number; GW_ID_UNSET when absent */
 };
+
+/* GW_OPT_USER/GROUP when the key is absent: leave the owner as it is. */
+#define GW_ID_UNSET UINT32_MAX
 
 #define GW_OPT_REQUIRED (1u << 0)
 

@@ -1,6 +1,7 @@
 #include "lib/sockets.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -55,7 +56,8 @@ int gw_mkdir_parents(const char *path)
 	return rc;
 }
 
-int gw_listen_unix(const char *path, uint32_t mode, int backlog, char *err, size_t errlen)
+int gw_listen_unix(const char *path, const struct gw_sock_perm *perm, int backlog, char *err,
+		   size_t errlen)
 {
 	struct sockaddr_un sa;
 	struct stat st;
@@ -95,15 +97,45 @@ int gw_listen_unix(const char *path, uint32_t mode, int backlog, char *err, size
 		gw_seterr(err, errlen, "socket: %s", strerror(errno));
 		return rc;
 	}
-	old = umask(0777 & ~(mode_t)mode);
+	old = umask(0777 & ~(mode_t)perm->mode);
 	rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
 	umask(old);
-	if (rc < 0 || chmod(path, mode) < 0 || listen(fd, backlog) < 0) {
+	if (rc < 0) {
 		rc = -errno;
 		gw_seterr(err, errlen, "cannot serve on %s: %s", path, strerror(errno));
 		close(fd);
-		unlink(path);
 		return rc;
 	}
+	if ((perm->uid != GW_ID_UNSET || perm->gid != GW_ID_UNSET) &&
+	    lchown(path, perm->uid == GW_ID_UNSET ? (uid_t)-1 : perm->uid,
+		   perm->gid == GW_ID_UNSET ? (gid_t)-1 : perm->gid) < 0) {
+		char pb[96];
+
+		rc = -errno;
+		gw_seterr(err, errlen, "cannot set the owner of %s (%s): %s", path,
+			  gw_sock_perm_str(perm, pb, sizeof(pb)), strerror(errno));
+		goto fail;
+	}
+	if (chmod(path, perm->mode) < 0 || listen(fd, backlog) < 0) {
+		rc = -errno;
+		gw_seterr(err, errlen, "cannot serve on %s: %s", path, strerror(errno));
+		goto fail;
+	}
 	return fd;
+fail:
+	close(fd);
+	unlink(path);
+	return rc;
+}
+
+const char *gw_sock_perm_str(const struct gw_sock_perm *p, char *buf, size_t len)
+{
+	char u[16] = "-", g[16] = "-";
+
+	if (p->uid != GW_ID_UNSET)
+		snprintf(u, sizeof(u), "%u", p->uid);
+	if (p->gid != GW_ID_UNSET)
+		snprintf(g, sizeof(g), "%u", p->gid);
+	snprintf(buf, len, "mode %04o owner %s group %s", p->mode, u, g);
+	return buf;
 }

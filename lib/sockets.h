@@ -4,16 +4,54 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lib/opts.h"
+
+/* Who may use a unix socket blkgw creates. */
+struct gw_sock_perm {
+	uint32_t mode; /* permission bits */
+	uint32_t uid;  /* owner; GW_ID_UNSET: blkgw's own user */
+	uint32_t gid;  /* group; GW_ID_UNSET: blkgw's own group */
+};
+
+/*
+ * The manifest keys of a socket's permissions, for an option table:
+ * PREFIX "socket-mode", PREFIX "socket-owner", PREFIX "socket-group",
+ * decoded into the struct gw_sock_perm FIELD of STYPE.
+ */
+// clang-format off
+#define GW_SOCK_PERM_OPTS(stype, field, prefix)                                        \
+	{ .key = prefix "socket-mode", .type = GW_OPT_MODE,                            \
+	  .offset = offsetof(stype, field.mode), .def = 0600,                          \
+	  .help = "permissions of the unix socket (default 0600)" },                   \
+	{ .key = prefix "socket-owner", .type = GW_OPT_USER,                           \
+	  .offset = offsetof(stype, field.uid),                                        \
+	  .help = "owner of the unix socket, a user name or uid (default: blkgw's)" }, \
+	{ .key = prefix "socket-group", .type = GW_OPT_GROUP,                          \
+	  .offset = offsetof(stype, field.gid),                                        \
+	  .help = "group of the unix socket, a group name or gid (default: blkgw's)" }
+// clang-format on
+
+/* Do two sockets get the same owner, group and mode? */
+static inline int gw_sock_perm_equal(const struct gw_sock_perm *a, const struct gw_sock_perm *b)
+{
+	return a->mode == b->mode && a->uid == b->uid && a->gid == b->gid;
+}
+
+/* "0660 owner 1000 group 27" (the ids as given, "-" when unset) for messages. */
+const char *gw_sock_perm_str(const struct gw_sock_perm *p, char *buf, size_t len);
+
 /* mkdir -p DIR (mode 0755 for what it creates). 0 or -errno. */
 int gw_mkdir_p(const char *dir);
 /* Create the folders above PATH. 0 or -errno. */
 int gw_mkdir_parents(const char *path);
 
 /*
- * Listen on a unix stream socket at PATH with permissions MODE (never wider,
- * not even for a moment), creating its folder. A stale socket left by a
- * killed process is replaced; one a live server answers on is not (returns
- * -EADDRINUSE). Returns the non-blocking listening fd, or -errno with a
- * message in err.
+ * Listen on a unix stream socket at PATH owned and permitted as PERM says
+ * (never wider, not even for a moment: the owner and mode are set before
+ * listen(), so no one connects in between), creating its folder. A stale
+ * socket left by a killed process is replaced; one a live server answers
+ * on is not (returns -EADDRINUSE). Returns the non-blocking listening fd,
+ * or -errno with a message in err.
  */
-int gw_listen_unix(const char *path, uint32_t mode, int backlog, char *err, size_t errlen);
+int gw_listen_unix(const char *path, const struct gw_sock_perm *perm, int backlog, char *err,
+		   size_t errlen);

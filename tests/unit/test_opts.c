@@ -14,6 +14,7 @@ struct o {
 	bool flag;
 	char *addr;
 	char *word;
+	uint32_t uid, gid;
 };
 
 static const char *const words[] = { "one", "two", NULL };
@@ -34,6 +35,8 @@ static const struct gw_opt_desc table[] = {
 	{ .key = "flag", .type = GW_OPT_BOOL, .offset = offsetof(struct o, flag), .def = 1 },
 	{ .key = "addr", .type = GW_OPT_HOSTPORT, .offset = offsetof(struct o, addr) },
 	{ .key = "word", .type = GW_OPT_ENUM, .offset = offsetof(struct o, word), .choices = words },
+	{ .key = "owner", .type = GW_OPT_USER, .offset = offsetof(struct o, uid) },
+	{ .key = "group", .type = GW_OPT_GROUP, .offset = offsetof(struct o, gid) },
 };
 static const struct gw_opt_schema schema = GW_OPT_SCHEMA(table, struct o, NULL);
 
@@ -161,6 +164,15 @@ int main(void)
 	CHECK(set(&o, "addr", "nope") < 0);
 	CHECK(set(&o, "word", "two") == 0 && !strcmp(o.word, "two"));
 	CHECK(set(&o, "word", "three") < 0);
+	CHECK(o.uid == GW_ID_UNSET && o.gid == GW_ID_UNSET);
+	CHECK(set(&o, "owner", "root") == 0 && o.uid == 0);
+	CHECK(set(&o, "owner", "64201") == 0 && o.uid == 64201);
+	CHECK(set(&o, "owner", "no-such-user-blkgw") < 0 && o.uid == 64201);
+	CHECK(set(&o, "owner", "4294967295") < 0);
+	CHECK(set(&o, "owner", "12x") < 0);
+	CHECK(set(&o, "group", "root") == 0 && o.gid == 0);
+	CHECK(set(&o, "group", "0x10") == 0 && o.gid == 16);
+	CHECK(set(&o, "group", "no-such-group-blkgw") < 0);
 	gw_opt_free(&schema, &o);
 	CHECK(o.path == NULL && o.addr == NULL);
 	return check_report();

@@ -718,7 +718,9 @@ static void test_partial_message_fds(void)
 
 int main(void)
 {
-	struct vhost_opts o = { .queues = 2, .queue_size = 64, .socket_mode = 0600 };
+	struct vhost_opts o = { .queues = 2,
+				.queue_size = 64,
+				.perm = { 0600, GW_ID_UNSET, GW_ID_UNSET } };
 	struct {
 		uint64_t size;
 	} mo = { DISK };

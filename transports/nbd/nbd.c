@@ -50,11 +50,7 @@ static const struct gw_opt_desc nbd_opts_table[] = {
 	  .type = GW_OPT_STR,
 	  .offset = offsetof(struct nbd_opts, description),
 	  .help = "free text shown to clients that list exports" },
-	{ .key = "socket-mode",
-	  .type = GW_OPT_MODE,
-	  .offset = offsetof(struct nbd_opts, socket_mode),
-	  .def = 0600,
-	  .help = "permissions of the unix socket (default 0600)" },
+	GW_SOCK_PERM_OPTS(struct nbd_opts, perm, ""),
 	{ .key = "poll-us",
 	  .type = GW_OPT_U32,
 	  .offset = offsetof(struct nbd_opts, poll_us),
@@ -178,11 +174,14 @@ static const char *nbd_conflict(const struct gw_transport_env *env, const void *
 					ka[i] + (ka[i][0] == 'u' ? 5 : 4));
 				return buf;
 			}
-			if (ka[i][0] == 'u' && oa->socket_mode != ob->socket_mode) {
+			if (ka[i][0] == 'u' && !gw_sock_perm_equal(&oa->perm, &ob->perm)) {
+				char pa[96], pb[96];
+
 				snprintf(
 					buf, len,
-					"%s is shared with another export but with a different socket-mode (%04o vs %04o)",
-					ka[i] + 5, oa->socket_mode, ob->socket_mode);
+					"%s is shared with another export but with different socket-mode, socket-owner or socket-group (%s vs %s)",
+					ka[i] + 5, gw_sock_perm_str(&oa->perm, pa, sizeof(pa)),
+					gw_sock_perm_str(&ob->perm, pb, sizeof(pb)));
 				return buf;
 			}
 		}
@@ -314,7 +313,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 static int listen_unix(struct nbd_listener *l, char *err, size_t errlen)
 {
-	int fd = gw_listen_unix(l->path, l->mode, 128, err, errlen);
+	int fd = gw_listen_unix(l->path, &l->perm, 128, err, errlen);
 
 	if (fd < 0)
 		return fd;
@@ -396,7 +395,8 @@ static void listener_close(struct nbd_listener *l)
 	nbd_listener_put(l);
 }
 
-static struct nbd_listener *listener_open(const char *key, uint32_t mode, char *err, size_t errlen)
+static struct nbd_listener *listener_open(const char *key, const struct gw_sock_perm *perm,
+					  char *err, size_t errlen)
 {
 	struct nbd_listener *l;
 	int rc;
@@ -409,7 +409,7 @@ static struct nbd_listener *listener_open(const char *key, uint32_t mode, char *
 		return NULL;
 	l->key = strdup(key);
 	l->is_unix = strncmp(key, "unix:", 5) == 0;
-	l->mode = mode;
+	l->perm = *perm;
 	if (l->is_unix)
 		l->path = strdup(key + 5);
 	else
@@ -678,7 +678,7 @@ static int nbd_start(struct gw_export *e, char *err, size_t errlen)
 	atomic_init(&x->stopping, false);
 	atomic_init(&x->done_posted, false);
 	for (unsigned i = 0; i < n; i++) {
-		struct nbd_listener *l = listener_open(keys[i], o->socket_mode, err, errlen);
+		struct nbd_listener *l = listener_open(keys[i], &o->perm, err, errlen);
 
 		if (!l || listener_add(l, x) < 0) {
 			if (l && !l->nexps)

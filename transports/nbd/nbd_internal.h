@@ -18,6 +18,7 @@
 #include <sys/uio.h>
 
 #include "gateway/export.h"
+#include "lib/sockets.h"
 #include "lib/worker.h"
 
 #define NBD_MAX_LISTEN_FDS 8
@@ -27,8 +28,8 @@ struct nbd_opts {
 	char *listen; /* HOST:PORT */
 	char *name;   /* export name on the wire (default: image name) */
 	char *description;
-	uint32_t socket_mode;
-	uint32_t poll_us; /* longest socket polling window after a reply */
+	struct gw_sock_perm perm; /* socket-mode, socket-owner, socket-group */
+	uint32_t poll_us;         /* longest socket polling window after a reply */
 	/* Kernel attach (/dev/nbdN through the nbd generic-netlink family). */
 	bool attach;
 	char *device;               /* "/dev/nbdN" to use; NULL: the kernel picks */
@@ -44,7 +45,7 @@ struct nbd_listener {
 	bool is_unix;
 	char *path;     /* unix */
 	char *hostport; /* tcp */
-	uint32_t mode;
+	struct gw_sock_perm perm;
 	int fds[NBD_MAX_LISTEN_FDS];
 	ev_io w[NBD_MAX_LISTEN_FDS];
 	unsigned nfds;

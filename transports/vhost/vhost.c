@@ -50,11 +50,7 @@ static const struct gw_opt_desc vhost_opts_table[] = {
 	  .type = GW_OPT_STR,
 	  .offset = offsetof(struct vhost_opts, serial),
 	  .help = "disk serial reported by GET_ID, at most 20 bytes (default: the image name)" },
-	{ .key = "socket-mode",
-	  .type = GW_OPT_MODE,
-	  .offset = offsetof(struct vhost_opts, socket_mode),
-	  .def = 0600,
-	  .help = "permissions of the unix socket (default 0600)" },
+	GW_SOCK_PERM_OPTS(struct vhost_opts, perm, ""),
 	{ .key = "poll-us",
 	  .type = GW_OPT_U32,
 	  .offset = offsetof(struct vhost_opts, poll_us),
@@ -170,7 +166,7 @@ static int vhost_probe(const struct gw_transport_env *env, const void *opts, cha
 
 static int listen_unix(struct vhost_exp *x, char *err, size_t errlen)
 {
-	int fd = gw_listen_unix(x->path, x->o->socket_mode, 16, err, errlen);
+	int fd = gw_listen_unix(x->path, &x->o->perm, 16, err, errlen);
 
 	if (fd < 0)
 		return fd;

@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "gateway/export.h"
+#include "lib/sockets.h"
 #include "lib/worker.h"
 #include "transports/vhost/vhost_proto.h"
 #include "transports/virtio/vblk_queue.h"
@@ -35,7 +36,7 @@ struct vhost_opts {
 	uint32_t queues;
 	uint32_t queue_size;
 	char *serial;
-	uint32_t socket_mode;
+	struct gw_sock_perm perm; /* socket-mode, socket-owner, socket-group */
 	uint32_t poll_us;
 	uint32_t notify_hold_us;
 };
