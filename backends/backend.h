@@ -63,6 +63,9 @@ enum gw_io_op {
 #define GW_IO_R_HOLE (1u << 0)
 #define GW_IO_R_REF  (1u << 1)
 
+/* backend check(): the source opens, but only for reading. */
+#define GW_CHECK_READ_ONLY 1
+
 /*
  * Capabilities (backend->caps). The checked layer refuses what is missing.
  *   FLUSH       FLUSH does something (volatile cache)
@@ -158,8 +161,10 @@ struct gw_backend_ops {
 
 	/*
 	 * Optional. Main thread, no side effects: what open() would do, for
-	 * `blkgw check` (e.g. "creates 1 GiB sparse file"). Returns 0 or -errno
-	 * with a message when open() would surely fail.
+	 * `blkgw check` (e.g. "creates 1 GiB sparse file"). Returns 0,
+	 * GW_CHECK_READ_ONLY when open() would succeed for reading only (msg
+	 * says why: permissions, a read-only mount or device), or -errno with a
+	 * message when open() would surely fail.
 	 */
 	int (*check)(const void *opts, char *msg, size_t len);
 

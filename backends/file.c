@@ -71,6 +71,51 @@ static inline struct file_backend *to_file(struct gw_backend *b)
 	return container_of(b, struct file_backend, b);
 }
 
+/*
+ * Would open() get this existing source for writing? 0, or GW_CHECK_READ_ONLY
+ * with the reason in msg (as open() falls back to reading, see file_open).
+ */
+static int check_writable(const char *path, const struct stat *st, char *msg, size_t len)
+{
+	int fd, ro = 0;
+
+	if (faccessat(AT_FDCWD, path, W_OK, AT_EACCESS) < 0) {
+		gw_seterr(msg, len, "%s: %s", path, strerror(errno));
+		return GW_CHECK_READ_ONLY;
+	}
+	if (!S_ISBLK(st->st_mode))
+		return 0;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0 && ioctl(fd, BLKROGET, &ro) == 0 && ro)
+		gw_seterr(msg, len, "%s is a read-only block device", path);
+	if (fd >= 0)
+		close(fd);
+	return ro ? GW_CHECK_READ_ONLY : 0;
+}
+
+/* Can the file be created in its folder? 0, or -errno with a message. */
+static int check_creatable(const char *path, char *msg, size_t len)
+{
+	char *dir = strdup(path), *slash = dir ? strrchr(dir, '/') : NULL;
+	const char *d = !slash ? "." : slash == dir ? "/" : dir;
+	struct stat ds;
+	int rc = 0;
+
+	if (!dir)
+		return -ENOMEM;
+	if (slash && slash != dir)
+		*slash = '\0';
+	if (stat(d, &ds) < 0 || !S_ISDIR(ds.st_mode)) {
+		gw_seterr(msg, len, "cannot create %s: folder %s does not exist", path, d);
+		rc = -ENOENT;
+	} else if (faccessat(AT_FDCWD, d, W_OK | X_OK, AT_EACCESS) < 0) {
+		rc = -errno;
+		gw_seterr(msg, len, "cannot create %s: folder %s: %s", path, d, strerror(errno));
+	}
+	free(dir);
+	return rc;
+}
+
 static int file_check(const void *opts, char *msg, size_t len)
 {
 	const struct file_opts *o = opts;
@@ -78,19 +123,11 @@ static int file_check(const void *opts, char *msg, size_t len)
 
 	if (stat(o->path, &st) < 0) {
 		if (errno == ENOENT && o->size) {
-			char s[32], *dir = strdup(o->path), *slash = dir ? strrchr(dir, '/') : NULL;
-			struct stat ds;
+			char s[32];
+			int rc = check_creatable(o->path, msg, len);
 
-			if (slash && slash != dir)
-				*slash = '\0';
-			if (slash &&
-			    (stat(slash == dir ? "/" : dir, &ds) < 0 || !S_ISDIR(ds.st_mode))) {
-				gw_seterr(msg, len, "cannot create %s: folder %s does not exist",
-					  o->path, slash == dir ? "/" : dir);
-				free(dir);
-				return -ENOENT;
-			}
-			free(dir);
+			if (rc < 0)
+				return rc;
 			gw_seterr(msg, len, "will create %s sparse file %s",
 				  gw_fmt_size(o->size, s, sizeof(s)), o->path);
 			return 0;
@@ -112,7 +149,7 @@ static int file_check(const void *opts, char *msg, size_t len)
 		return -EINVAL;
 	}
 	gw_seterr(msg, len, "%s", o->path);
-	return 0;
+	return check_writable(o->path, &st, msg, len);
 }
 
 static void dio_alignment(struct file_backend *f, struct stat *st)

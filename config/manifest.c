@@ -499,15 +499,22 @@ static void image_size_fits_block(struct loader *L, const struct gw_image_spec *
 			"%s'size' must be a multiple of block-size %u", prefix, img->block_size);
 }
 
-/* Ask the backend whether its source is usable (a missing file...). */
-static void image_source(struct loader *L, const struct gw_image_spec *img, const struct ynode *v,
+/* Ask the backend whether its source is usable (a missing file...) and writable. */
+static void image_source(struct loader *L, struct gw_image_spec *img, const struct ynode *v,
 			 const char *prefix)
 {
 	char msg[512] = "";
+	int rc;
 
-	if (!img->ops->check || img->ops->check(img->opts, msg, sizeof(msg)) >= 0)
+	if (!img->ops->check)
 		return;
-	diag_at(L->d, ymap_get(v, "path") ? ymap_get(v, "path") : v, "%s%s", prefix, msg);
+	rc = img->ops->check(img->opts, msg, sizeof(msg));
+	if (rc == GW_CHECK_READ_ONLY) {
+		img->read_only_why = strdup(msg);
+		img->read_only_source = true;
+	} else if (rc < 0) {
+		diag_at(L->d, ymap_get(v, "path") ? ymap_get(v, "path") : v, "%s%s", prefix, msg);
+	}
 }
 
 static void load_image(struct loader *L, const struct ynode *k, const struct ynode *v,
@@ -807,14 +814,26 @@ static void load_version(struct loader *L, const struct ynode *root)
 			v->type == YN_SCALAR ? v->text : ynode_kind(v));
 }
 
+/* Where key's value was written: it, else the mapping, else 0:0 (not written). */
+static void key_pos(const struct ynode *map, const char *key, int *line, int *col)
+{
+	const struct ynode *at = ymap_get(map, key);
+
+	at = at ? at : (map && map->type == YN_MAP ? map : NULL);
+	*line = at ? at->line : 0;
+	*col = at ? at->col : 0;
+}
+
 static void load_gateway(struct loader *L, const struct ynode *root)
 {
 	struct gw_manifest *m = L->m;
+	const struct ynode *g = ymap_get(root, "gateway");
 	struct gw_section gs;
 
 	memset(&gs, 0, sizeof(gs));
-	decode(ymap_get(root, "gateway"), &gateway_schema, &gs, NULL, 0, m->dir, "gateway: ", root,
-	       L->d);
+	decode(g, &gateway_schema, &gs, NULL, 0, m->dir, "gateway: ", root, L->d);
+	key_pos(g, "control-socket", &m->gw.control_line, &m->gw.control_col);
+	key_pos(g, "run-dir", &m->gw.run_dir_line, &m->gw.run_dir_col);
 	m->gw.control_socket = gs.control_socket;
 	m->gw.control_perm = gs.control_perm;
 	m->gw.run_dir = gs.run_dir ? gs.run_dir : gw_default_run_dir();
@@ -966,6 +985,7 @@ void gw_manifest_free(struct gw_manifest *m)
 			gw_opt_free(&img->ops->schema, img->opts);
 		free(img->opts);
 		free(img->name);
+		free(img->read_only_why);
 	}
 	free(m->images);
 	for (size_t i = 0; i < m->nexports; i++) {

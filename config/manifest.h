@@ -33,6 +33,8 @@ struct gw_gateway_cfg {
 	char *control_socket;
 	struct gw_sock_perm control_perm; /* its owner, group and mode */
 	char *run_dir;
+	/* Where they were written (the gateway mapping, or 0 when defaulted). */
+	int control_line, control_col, run_dir_line, run_dir_col;
 	uint32_t workers;
 	uint32_t coalesce_us;
 	char *log_level; /* NULL: default */
@@ -44,6 +46,9 @@ struct gw_image_spec {
 	void *opts;          /* decoded with ops->schema */
 	uint32_t block_size; /* 0: the backend's own */
 	int line, col;
+	/* Found when sources were checked: it opens for reading only (why). */
+	bool read_only_source;
+	char *read_only_why;
 };
 
 struct gw_transport_spec {

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "config/manifest.h"
+#include "config/preflight.h"
 #include "gateway/control.h"
 #include "gateway/gateway.h"
 #include "lib/log.h"
@@ -58,9 +59,13 @@ static void usage_serve(FILE *f)
 static void usage_check(FILE *f)
 {
 	fprintf(f, "Usage: blkgw check MANIFEST\n"
-		   "Validate MANIFEST without starting anything. Prints each export and the\n"
-		   "transport it would use; exits 0 when valid, or 1 listing every problem as\n"
-		   "FILE:LINE:COL: message.\n"
+		   "Validate MANIFEST without starting anything, and check on this host what\n"
+		   "serve would refuse: transports that cannot work here (kernel module,\n"
+		   "privileges), writable exports of read-only images, socket paths that cannot\n"
+		   "be created or are claimed twice, the run dir. Prints each export and the\n"
+		   "transport it would use, fallbacks, and what cannot be checked before serving\n"
+		   "(TCP ports); exits 0 when valid, or 1 listing every problem as\n"
+		   "FILE:LINE:COL: message, the same messages serve gives.\n"
 		   "\n"
 		   "Options:\n"
 		   "  -h, --help          show this help\n");
@@ -142,7 +147,8 @@ static int cmd_serve(int argc, char **argv)
 		{ 0 },
 	};
 	struct gw_serve_opts so = { 0 };
-	struct gw_manifest *m;
+	struct gw_manifest *m = NULL;
+	struct gw_preflight pf = { 0 };
 	struct gw_diags d = { 0 };
 	enum gw_log_level lvl;
 	int c, rc;
@@ -171,16 +177,58 @@ static int cmd_serve(int argc, char **argv)
 	}
 	if (want_manifest("serve", argc, argv, usage_serve))
 		return 2;
-	if (gw_manifest_load(argv[optind], true, &m, &d) < 0) {
+	if (gw_manifest_load(argv[optind], true, &m, &d) < 0 || gw_preflight_run(m, &pf, &d) < 0) {
 		gw_diags_print(&d, argv[optind], stderr);
 		fprintf(stderr, "blkgw: %zu problem%s in %s; nothing was started\n", d.n,
 			d.n == 1 ? "" : "s", argv[optind]);
 		gw_diags_free(&d);
+		if (m)
+			gw_preflight_free(&pf);
+		gw_manifest_free(m);
 		return 1;
 	}
+	gw_preflight_free(&pf);
 	rc = gw_serve(m, &so);
 	gw_manifest_free(m);
 	return rc;
+}
+
+/* What check found: each export, its transports and endpoints, and what was not checked. */
+static void print_check(const char *path, const struct gw_manifest *m,
+			const struct gw_preflight *pf)
+{
+	printf("%s: valid (run dir %s, control socket %s, %u worker%s)\n", path, m->gw.run_dir,
+	       m->gw.control_socket, m->gw.workers, m->gw.workers == 1 ? "" : "s");
+	for (size_t i = 0; i < m->nexports; i++) {
+		const struct gw_export_spec *x = &m->exports[i];
+		const struct gw_image_spec *img = &m->images[x->image_index];
+		const struct gw_preflight_export *pe = &pf->exports[i];
+
+		printf("export %s: image %s (%s)%s\n", x->id, img->name, img->ops->name,
+		       x->read_only ? " read-only" : "");
+		for (size_t t = 0; t < x->ntransports; t++) {
+			const struct gw_transport_spec *ts = &x->transports[t];
+			char where[2048] = "";
+
+			if (ts->ops->describe)
+				ts->ops->describe(&m->env, ts->opts, x->image, where,
+						  sizeof(where));
+			if (pe->probe_rc[t] < 0)
+				printf("  %s: not available here: %s\n", ts->ops->name,
+				       pe->probe_why[t]);
+			else if ((int)t == pe->chosen)
+				printf("  %s: would serve at %s\n", ts->ops->name, where);
+			else
+				printf("  %s: fallback, at %s\n", ts->ops->name, where);
+		}
+		if (pe->chosen > 0)
+			printf("  falls back to %s: the transports before it cannot work here\n",
+			       x->transports[pe->chosen].ops->name);
+	}
+	for (size_t i = 0; i < pf->nnotes; i++)
+		printf("note: %s\n", pf->notes[i]);
+	for (size_t i = 0; i < pf->nunchecked; i++)
+		printf("not checked: %s\n", pf->unchecked[i]);
 }
 
 static int cmd_check(int argc, char **argv)
@@ -191,7 +239,8 @@ static int cmd_check(int argc, char **argv)
 	};
 	struct gw_manifest *m;
 	struct gw_diags d = { 0 };
-	int c;
+	struct gw_preflight pf;
+	int c, rc;
 
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
@@ -211,40 +260,17 @@ static int cmd_check(int argc, char **argv)
 		gw_diags_free(&d);
 		return 1;
 	}
-	printf("%s: valid (run dir %s, control socket %s, %u worker%s)\n", argv[optind],
-	       m->gw.run_dir, m->gw.control_socket, m->gw.workers, m->gw.workers == 1 ? "" : "s");
-	for (size_t i = 0; i < m->nexports; i++) {
-		const struct gw_export_spec *x = &m->exports[i];
-		const struct gw_image_spec *img = &m->images[x->image_index];
-		bool chosen = false;
-
-		printf("export %s: image %s (%s)%s\n", x->id, img->name, img->ops->name,
-		       x->read_only ? " read-only" : "");
-		for (size_t t = 0; t < x->ntransports; t++) {
-			const struct gw_transport_spec *ts = &x->transports[t];
-			char why[512] = "", where[2048] = "";
-			int rc = 0;
-
-			if (ts->ops->probe)
-				rc = ts->ops->probe(&m->env, ts->opts, why, sizeof(why));
-			if (ts->ops->describe)
-				ts->ops->describe(&m->env, ts->opts, x->image, where,
-						  sizeof(where));
-			if (rc < 0) {
-				printf("  %s: not available here: %s\n", ts->ops->name,
-				       *why ? why : strerror(-rc));
-			} else if (!chosen) {
-				printf("  %s: would serve at %s\n", ts->ops->name, where);
-				chosen = true;
-			} else {
-				printf("  %s: fallback, at %s\n", ts->ops->name, where);
-			}
-		}
-		if (!chosen)
-			printf("  no listed transport is available on this host\n");
+	rc = gw_preflight_run(m, &pf, &d);
+	if (rc < 0) {
+		gw_diags_print(&d, argv[optind], stderr);
+		fprintf(stderr, "%zu problem%s found\n", d.n, d.n == 1 ? "" : "s");
+	} else {
+		print_check(argv[optind], m, &pf);
 	}
+	gw_preflight_free(&pf);
+	gw_diags_free(&d);
 	gw_manifest_free(m);
-	return 0;
+	return rc < 0 ? 1 : 0;
 }
 
 static void human_size(uint64_t v, char *buf, size_t len)

@@ -29,6 +29,11 @@ struct gw_transport_env {
 	const char *run_dir; /* sockets, state that survives a restart, device links */
 };
 
+enum gw_listen_kind {
+	GW_LISTEN_UNIX, /* a unix socket path */
+	GW_LISTEN_TCP,  /* HOST:PORT */
+};
+
 struct gw_export_status {
 	char endpoint[1024]; /* how to reach it: URIs, socket paths */
 	char device[128];    /* local device node, if any ("" when none) */
@@ -54,6 +59,19 @@ struct gw_transport_ops {
 	const char *(*conflict)(const struct gw_transport_env *env, const void *a,
 				const char *image_a, const void *b, const char *image_b, char *buf,
 				size_t len);
+
+	/*
+	 * Optional. What this export would listen on, for `check` and before
+	 * start: the gateway checks each unix socket's path (its folder, a file
+	 * in the way) and refuses one path claimed by two transports or by a
+	 * transport and the control socket, which no transport can see alone;
+	 * TCP addresses it names as not checked (a port may be taken by then).
+	 * Calls add(arg, kind, where) for each: a path, or HOST:PORT. No side
+	 * effects.
+	 */
+	void (*listens)(const struct gw_transport_env *env, const void *opts, const char *image,
+			void (*add)(void *arg, enum gw_listen_kind kind, const char *where),
+			void *arg);
 
 	/* Optional. One line for `check`: where the export would be reachable. */
 	void (*describe)(const struct gw_transport_env *env, const void *opts, const char *image,

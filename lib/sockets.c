@@ -1,6 +1,8 @@
 #include "lib/sockets.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +58,95 @@ int gw_mkdir_parents(const char *path)
 	return rc;
 }
 
+static int sun_of(const char *path, struct sockaddr_un *sa)
+{
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	return gw_strlcpy(sa->sun_path, path, sizeof(sa->sun_path)) < 0 ? -ENAMETOOLONG : 0;
+}
+
+/* Does a server accept connections on this socket now? */
+static bool answers(const struct sockaddr_un *sa)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	bool live = fd >= 0 && connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) == 0;
+
+	if (fd >= 0)
+		close(fd);
+	return live;
+}
+
+/*
+ * Could path (and the folders above it) be created? The deepest of its
+ * folders that exists must be a folder we may create entries in. 0, or
+ * -errno with why ("cannot create WHAT PATH: ...").
+ */
+static int creatable(const char *what, const char *path, char *why, size_t len)
+{
+	char *dir = strdup(path);
+	struct stat st;
+	int rc = 0;
+
+	if (!dir)
+		return -ENOMEM;
+	for (;;) {
+		char *slash = strrchr(dir, '/');
+
+		if (!slash || slash == dir) {
+			strcpy(dir, slash ? "/" : ".");
+			break;
+		}
+		*slash = '\0';
+		if (lstat(dir, &st) == 0)
+			break;
+	}
+	if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		gw_seterr(why, len, "cannot create %s %s: %s is not a folder", what, path, dir);
+		rc = -ENOTDIR;
+	} else if (faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS) < 0) {
+		rc = -errno;
+		gw_seterr(why, len, "cannot create %s %s: folder %s: %s", what, path, dir,
+			  strerror(errno));
+	}
+	free(dir);
+	return rc;
+}
+
+int gw_dir_check(const char *dir, char *why, size_t len)
+{
+	struct stat st;
+
+	if (stat(dir, &st) == 0) {
+		if (S_ISDIR(st.st_mode))
+			return 0;
+		gw_seterr(why, len, "%s exists and is not a folder", dir);
+		return -ENOTDIR;
+	}
+	return creatable("the folder", dir, why, len);
+}
+
+int gw_socket_path_check(const char *path, char *why, size_t len)
+{
+	struct sockaddr_un sa;
+	struct stat st;
+	int rc;
+
+	if (sun_of(path, &sa) < 0) {
+		gw_seterr(why, len, "socket path %s is too long", path);
+		return -ENAMETOOLONG;
+	}
+	if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+		gw_seterr(why, len, "%s exists and is not a socket", path);
+		return -EEXIST;
+	}
+	rc = creatable("the socket", path, why, len);
+	if (rc == 0 && answers(&sa)) {
+		gw_seterr(why, len, "a server answers on %s now", path);
+		rc = GW_SOCKET_LIVE;
+	}
+	return rc;
+}
+
 int gw_listen_unix(const char *path, const struct gw_sock_perm *perm, int backlog, char *err,
 		   size_t errlen)
 {
@@ -64,9 +155,7 @@ int gw_listen_unix(const char *path, const struct gw_sock_perm *perm, int backlo
 	mode_t old;
 	int fd, rc;
 
-	memset(&sa, 0, sizeof(sa));
-	sa.sun_family = AF_UNIX;
-	if (gw_strlcpy(sa.sun_path, path, sizeof(sa.sun_path)) < 0) {
+	if (sun_of(path, &sa) < 0) {
 		gw_seterr(err, errlen, "socket path %s is too long", path);
 		return -ENAMETOOLONG;
 	}
@@ -81,14 +170,10 @@ int gw_listen_unix(const char *path, const struct gw_sock_perm *perm, int backlo
 			return -EEXIST;
 		}
 		/* A live server keeps it; a stale socket (a killed process's) is replaced. */
-		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-			close(fd);
+		if (answers(&sa)) {
 			gw_seterr(err, errlen, "%s is in use by another running server", path);
 			return -EADDRINUSE;
 		}
-		if (fd >= 0)
-			close(fd);
 		unlink(path);
 	}
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

@@ -46,6 +46,18 @@ int gw_mkdir_p(const char *dir);
 int gw_mkdir_parents(const char *path);
 
 /*
+ * Could gw_listen_unix() create a socket at PATH, as far as can be known
+ * before trying (for `blkgw check`)? No side effects. 0; GW_SOCKET_LIVE when
+ * a server answers there now (a start fails unless it is gone by then); or
+ * -errno with why: the path is too long, exists and is not a socket, or its
+ * folder cannot be created or written.
+ */
+#define GW_SOCKET_LIVE 1
+/* Does DIR exist as a folder, or could gw_mkdir_p() create it? 0, or -errno with why. */
+int gw_dir_check(const char *dir, char *why, size_t len);
+int gw_socket_path_check(const char *path, char *why, size_t len);
+
+/*
  * Listen on a unix stream socket at PATH owned and permitted as PERM says
  * (never wider, not even for a moment: the owner and mode are set before
  * listen(), so no one connects in between), creating its folder. A stale

@@ -189,6 +189,22 @@ static const char *nbd_conflict(const struct gw_transport_env *env, const void *
 	return NULL;
 }
 
+/* Its sockets and addresses, so the gateway can check them (folders, clashes). */
+static void nbd_listens(const struct gw_transport_env *env, const void *opts, const char *image,
+			void (*add)(void *arg, enum gw_listen_kind kind, const char *where),
+			void *arg)
+{
+	char keys[2][4200];
+	unsigned n = endpoints(env, opts, image, keys);
+
+	for (unsigned i = 0; i < n; i++) {
+		if (strncmp(keys[i], "unix:", 5) == 0)
+			add(arg, GW_LISTEN_UNIX, keys[i] + 5);
+		else
+			add(arg, GW_LISTEN_TCP, keys[i] + 4);
+	}
+}
+
 /* Percent-encode an export name for a URI path. */
 static void uri_name(char *out, size_t len, const char *name)
 {
@@ -741,6 +757,7 @@ const struct gw_transport_ops gw_nbd_transport = {
 	.probe = nbd_probe,
 	.conflict = nbd_conflict,
 	.describe = nbd_describe,
+	.listens = nbd_listens,
 	.start = nbd_start,
 	.stop = nbd_stop,
 	.status = nbd_status,

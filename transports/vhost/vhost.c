@@ -115,37 +115,8 @@ static void vhost_describe(const struct gw_transport_env *env, const void *opts,
 	socket_path(env, opts, image, buf, len);
 }
 
-/* The deepest existing folder of path must be writable for the socket to appear. */
-static int check_folder(const char *path, char *why, size_t len)
-{
-	char dir[4200], *slash;
-
-	snprintf(dir, sizeof(dir), "%s", path);
-	for (;;) {
-		slash = strrchr(dir, '/');
-		if (!slash)
-			snprintf(dir, sizeof(dir), ".");
-		else if (slash == dir)
-			dir[1] = '\0';
-		else
-			*slash = '\0';
-		if (access(dir, F_OK) == 0)
-			break;
-		if (!slash || slash == dir)
-			break;
-	}
-	if (access(dir, W_OK | X_OK) < 0) {
-		gw_seterr(why, len, "cannot create the socket %s: %s is not writable (%s)", path,
-			  dir, strerror(errno));
-		return -EACCES;
-	}
-	return 0;
-}
-
 static int vhost_probe(const struct gw_transport_env *env, const void *opts, char *why, size_t len)
 {
-	const struct vhost_opts *o = opts;
-	char path[4200];
 	int fd;
 
 	/* The inflight region (reconnect) and eventfd-driven queues need these. */
@@ -156,10 +127,18 @@ static int vhost_probe(const struct gw_transport_env *env, const void *opts, cha
 		return -errno;
 	}
 	close(fd);
-	if (!o->socket)
-		return 0; /* the run dir is created by the gateway */
-	socket_path(env, o, "", path, sizeof(path));
-	return check_folder(path, why, len);
+	return 0;
+}
+
+/* Its one socket, so the gateway can check the path (folder, clashes). */
+static void vhost_listens(const struct gw_transport_env *env, const void *opts, const char *image,
+			  void (*add)(void *arg, enum gw_listen_kind kind, const char *where),
+			  void *arg)
+{
+	char path[4200];
+
+	socket_path(env, opts, image, path, sizeof(path));
+	add(arg, GW_LISTEN_UNIX, path);
 }
 
 /* ---- the listening socket ---- */
@@ -327,6 +306,7 @@ const struct gw_transport_ops gw_vhost_transport = {
 	.probe = vhost_probe,
 	.conflict = vhost_conflict,
 	.describe = vhost_describe,
+	.listens = vhost_listens,
 	.start = vhost_start,
 	.stop = vhost_stop,
 	.status = vhost_status,

@@ -23,14 +23,17 @@ images:
 exports:
   - { image: disk, transports: [nbd], nbd: { attach: true, connections: 2 } }
 YAML
-check "check: without the module, the nbd transport is reported unavailable" \
-	sh -c "$B check /tmp/m.yaml | grep -q 'not available here: the nbd kernel module is not loaded'"
+check "check: without the module, it refuses as serve would (exit 1, the reason)" \
+	sh -c "! $B check /tmp/m.yaml 2>/tmp/err; cat /tmp/err; grep -q 'no transport could start: nbd: the nbd kernel module is not loaded' /tmp/err"
 check "serve: without the module, a plain error and exit 1" \
 	sh -c "! $B serve /tmp/m.yaml 2>/tmp/err; cat /tmp/err; grep -q 'nbd kernel module is not loaded' /tmp/err"
 require "load nbd" load_module nbd nbds_max=8
 require "load ext4 (and crc32c for its checksums)" load_modules crc32c_generic ext4
 chmod 666 /tmp/disk.raw
 chmod 1777 $RUN
+check "check: with the module, attach can work here" $B check /tmp/m.yaml
+check "check as an unprivileged user: refused, CAP_SYS_ADMIN named" \
+	sh -c "! /usr/local/bin/setpriv --reuid=65534 --regid=65534 --clear-groups $B check /tmp/m.yaml 2>/tmp/err; cat /tmp/err; grep -q 'needs root (CAP_SYS_ADMIN)' /tmp/err"
 check "serve as an unprivileged user: permission denied" \
 	sh -c "! /usr/local/bin/setpriv --reuid=65534 --regid=65534 --clear-groups $B serve /tmp/m.yaml 2>/tmp/err; cat /tmp/err; grep -qi 'permission denied' /tmp/err"
 
