@@ -110,6 +110,7 @@ struct gw_io {
 
 	/* Private to the checked layer. */
 	void *_stats;
+	uint64_t _start_ns; /* when it reached the checked layer */
 
 	/* Private to the backend: a ring callback and scratch space. */
 	struct gw_uring_cb ucb;

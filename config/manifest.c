@@ -957,6 +957,9 @@ int gw_manifest_load(const char *path, bool check_sources, struct gw_manifest **
 		return -1;
 	}
 	m->path = strdup(path);
+	m->abs_path = realpath(path, NULL);
+	if (!m->abs_path)
+		m->abs_path = strdup(path);
 	tmp = strdup(path);
 	real = tmp ? realpath(dirname(tmp), NULL) : NULL;
 	m->dir = real ? real : strdup(".");
@@ -1004,6 +1007,7 @@ void gw_manifest_free(struct gw_manifest *m)
 	free(m->gw.run_dir);
 	free(m->gw.log_level);
 	free(m->path);
+	free(m->abs_path);
 	free(m->dir);
 	free(m);
 }

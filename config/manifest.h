@@ -68,8 +68,9 @@ struct gw_export_spec {
 };
 
 struct gw_manifest {
-	char *path;
-	char *dir; /* folder relative paths are resolved against */
+	char *path;     /* as given (messages name it so) */
+	char *abs_path; /* absolute, for status */
+	char *dir;      /* folder relative paths are resolved against */
 	struct gw_gateway_cfg gw;
 	struct gw_transport_env env; /* what transports see; points into gw */
 	struct gw_image_spec *images;

@@ -12,7 +12,7 @@
 /* A unix socket path someone would create: a transport of an export, or the gateway. */
 struct claim {
 	char *path;
-	size_t exp;                          /* export index; SIZE_MAX: the control socket */
+	size_t exp;                         /* export index; SIZE_MAX: the control socket */
 	const struct gw_transport_spec *ts; /* NULL for the control socket */
 };
 
@@ -96,9 +96,10 @@ static void collect_listen(void *arg, enum gw_listen_kind kind, const char *wher
 	if (kind == GW_LISTEN_UNIX)
 		claim_add(k->c, where, k->exp, k->ts);
 	else
-		lines_add(&k->pf->unchecked, &k->pf->nunchecked,
-			  "whether TCP %s is free: it is bound when serving, and a port can be taken by then",
-			  where);
+		lines_add(
+			&k->pf->unchecked, &k->pf->nunchecked,
+			"whether TCP %s is free: it is bound when serving, and a port can be taken by then",
+			where);
 }
 
 /* "export 2: nbd: " or "gateway: control socket: ", for messages about a claim. */
@@ -133,9 +134,10 @@ static void check_clash(const struct gw_manifest *m, const struct claim *a, cons
 	if (!a->ts)
 		snprintf(msg, sizeof(msg), "socket %s is the gateway's control socket", b->path);
 	else
-		snprintf(msg, sizeof(msg),
-			 "socket %s is also the %s socket of export %zu (line %d): one path, one server",
-			 b->path, a->ts->ops->name, a->exp + 1, m->exports[a->exp].line);
+		snprintf(
+			msg, sizeof(msg),
+			"socket %s is also the %s socket of export %zu (line %d): one path, one server",
+			b->path, a->ts->ops->name, a->exp + 1, m->exports[a->exp].line);
 	claim_diag(m, b, d, msg);
 }
 
@@ -164,14 +166,16 @@ static void check_sockets(const struct gw_manifest *m, struct gw_preflight *pf,
 			}
 		}
 		if (seen || (bad_run_dir && inside(c->v[i].path, m->gw.run_dir)))
-			continue; /* its folder was checked with the first claim, or the run dir's */
+			continue; /* its folder was checked with the first claim, or the run dir's
+				   */
 		rc = gw_socket_path_check(c->v[i].path, why, sizeof(why));
 		if (rc < 0)
 			claim_diag(m, &c->v[i], d, why);
 		else if (rc == GW_SOCKET_LIVE && !c->v[i].ts)
-			lines_add(&pf->notes, &pf->nnotes,
-				  "a server answers on control socket %s now (a blkgw running?): serve refuses to start while it does",
-				  c->v[i].path);
+			lines_add(
+				&pf->notes, &pf->nnotes,
+				"a server answers on control socket %s now (a blkgw running?): serve refuses to start while it does",
+				c->v[i].path);
 		else if (rc == GW_SOCKET_LIVE)
 			lines_add(&pf->notes, &pf->nnotes,
 				  "a server answers on %s now: serving there fails while it does",
@@ -204,8 +208,8 @@ static void probe_export(const struct gw_manifest *m, size_t i, struct gw_prefli
 			continue;
 		}
 		pe->probe_why[t] = strdup(*why ? why : strerror(-rc));
-		if (asprintf(&n, "%s%s%s: %s", notes ? notes : "", notes ? "; " : "",
-			     ts->ops->name, str_or(pe->probe_why[t], "?")) >= 0) {
+		if (asprintf(&n, "%s%s%s: %s", notes ? notes : "", notes ? "; " : "", ts->ops->name,
+			     str_or(pe->probe_why[t], "?")) >= 0) {
 			free(notes);
 			notes = n;
 		}
@@ -239,9 +243,10 @@ int gw_preflight_run(const struct gw_manifest *m, struct gw_preflight *pf, struc
 
 		probe_export(m, i, &pf->exports[i], d);
 		if (!x->read_only && img->read_only_source)
-			gw_diag_add(d, x->line, x->col,
-				    "export %zu: image '%s' can only be read (%s); set 'read-only: true'",
-				    i + 1, x->image, str_or(img->read_only_why, "?"));
+			gw_diag_add(
+				d, x->line, x->col,
+				"export %zu: image '%s' can only be read (%s); set 'read-only: true'",
+				i + 1, x->image, str_or(img->read_only_why, "?"));
 		for (size_t t = 0; t < x->ntransports; t++) {
 			const struct gw_transport_spec *ts = &x->transports[t];
 			struct collect k = { .pf = pf, .c = &c, .exp = i, .ts = ts };

@@ -229,7 +229,7 @@ void gw_ctl_stop(void)
 	ctl.fd = -1;
 }
 
-json_object *gw_ctl_request(const char *path, json_object *req, char *err, size_t errlen)
+json_object *gw_ctl_request(const char *path, json_object *req, int *code, char *err, size_t errlen)
 {
 	struct sockaddr_un sa;
 	const char *s = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN |
@@ -243,10 +243,12 @@ json_object *gw_ctl_request(const char *path, json_object *req, char *err, size_
 	sa.sun_family = AF_UNIX;
 	if (gw_strlcpy(sa.sun_path, path, sizeof(sa.sun_path)) < 0) {
 		gw_seterr(err, errlen, "control socket path %s is too long", path);
+		*code = -ENAMETOOLONG;
 		return NULL;
 	}
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		*code = -errno;
 		gw_seterr(err, errlen, "cannot reach blkgw at %s: %s%s", path, strerror(errno),
 			  errno == ENOENT || errno == ECONNREFUSED
 				  ? " (is the daemon running? see --control)"
@@ -256,6 +258,7 @@ json_object *gw_ctl_request(const char *path, json_object *req, char *err, size_
 		return NULL;
 	}
 	if (send(fd, s, strlen(s), MSG_NOSIGNAL) < 0 || send(fd, "\n", 1, MSG_NOSIGNAL) < 0) {
+		*code = -errno;
 		gw_seterr(err, errlen, "cannot send to %s: %s", path, strerror(errno));
 		close(fd);
 		return NULL;
@@ -267,23 +270,30 @@ json_object *gw_ctl_request(const char *path, json_object *req, char *err, size_
 
 		if (poll(&p, 1, 10000) <= 0) {
 			gw_seterr(err, errlen, "no answer from %s within 10 s", path);
+			*code = -ETIMEDOUT;
 			break;
 		}
 		nb = realloc(buf, len + 65536 + 1);
-		if (!nb)
+		if (!nb) {
+			gw_seterr(err, errlen, "out of memory");
+			*code = -ENOMEM;
 			break;
+		}
 		buf = nb;
 		n = recv(fd, buf + len, 65536, 0);
 		if (n <= 0) {
 			gw_seterr(err, errlen, "connection to %s closed before an answer", path);
+			*code = -ECONNRESET;
 			break;
 		}
 		len += (size_t)n;
 		buf[len] = '\0';
 		if (memchr(buf, '\n', len)) {
 			reply = json_tokener_parse(buf);
-			if (!reply)
+			if (!reply) {
 				gw_seterr(err, errlen, "answer from %s is not valid JSON", path);
+				*code = -EBADMSG;
+			}
 			break;
 		}
 	}

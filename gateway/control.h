@@ -20,5 +20,9 @@ void gw_ctl_stop(void);
 /* Build {"ok": false, "error": {"code": code, "message": msg}}. */
 json_object *gw_ctl_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Client side, for `blkgw status`: send req, return the parsed reply or NULL with a message. */
-json_object *gw_ctl_request(const char *path, json_object *req, char *err, size_t errlen);
+/*
+ * Client side, for `blkgw status`: send req, return the parsed reply, or NULL
+ * with -errno in *code and a message in err.
+ */
+json_object *gw_ctl_request(const char *path, json_object *req, int *code, char *err,
+			    size_t errlen);

@@ -4,7 +4,9 @@
  * An export is one image served over one transport. Transports never call a
  * backend: they call gw_export_submit(), which refuses bad requests (range,
  * alignment, size, flags, read-only) with the errno the protocols expect,
- * counts statistics and then hands the request to the backend.
+ * counts statistics (and the time each request takes, with one clock read
+ * when it arrives and one when it completes) and then hands the request to
+ * the backend.
  *
  *   READ/CACHE/TRIM past the end, misaligned, longer than max_xfer:     -EINVAL
  *   WRITE/WRITE_ZEROES past the end:                                    -ENOSPC
@@ -26,6 +28,7 @@
 /* Counters of one slot; each I/O thread writes its own slot. */
 struct gw_stats {
 	uint64_t ops[GW_OP__COUNT];
+	uint64_t time_ns[GW_OP__COUNT]; /* checked layer to completion, summed */
 	uint64_t bytes_read;
 	uint64_t bytes_written;
 	uint64_t errors;
@@ -35,6 +38,10 @@ struct gw_stats {
 struct gw_stats_total {
 	uint64_t requests, reads, writes, flushes, trims, zeroes, caches, extents;
 	uint64_t bytes_read, bytes_written, errors;
+	/* Per op (GW_OP_*): total time from the checked layer to completion, as
+	 * QEMU's query-blockstats *_total_time_ns; divided by the op's count, the
+	 * mean latency the export adds with its backend. */
+	uint64_t time_ns[GW_OP__COUNT];
 };
 
 enum gw_export_state {

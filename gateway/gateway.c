@@ -78,6 +78,12 @@ static json_object *export_json(struct gw_export *e)
 	json_object_object_add(c, "bytes_read", u64(t.bytes_read));
 	json_object_object_add(c, "bytes_written", u64(t.bytes_written));
 	json_object_object_add(c, "errors", u64(t.errors));
+	json_object_object_add(c, "read_total_time_ns", u64(t.time_ns[GW_OP_READ]));
+	json_object_object_add(c, "write_total_time_ns", u64(t.time_ns[GW_OP_WRITE]));
+	json_object_object_add(c, "flush_total_time_ns", u64(t.time_ns[GW_OP_FLUSH]));
+	json_object_object_add(c, "trim_total_time_ns", u64(t.time_ns[GW_OP_TRIM]));
+	json_object_object_add(c, "zero_total_time_ns", u64(t.time_ns[GW_OP_WRITE_ZEROES]));
+	json_object_object_add(c, "cache_total_time_ns", u64(t.time_ns[GW_OP_CACHE]));
 	json_object_object_add(o, "counters", c);
 	return o;
 }
@@ -91,7 +97,7 @@ static json_object *cmd_status(json_object *req)
 	json_object_object_add(r, "pid", json_object_new_int((int)getpid()));
 	json_object_object_add(r, "uptime_s",
 			       json_object_new_double((double)(gw_now_ns() - gw.start_ns) / 1e9));
-	json_object_object_add(r, "manifest", json_object_new_string(gw.m->path));
+	json_object_object_add(r, "manifest", json_object_new_string(gw.m->abs_path));
 	json_object_object_add(r, "run_dir", json_object_new_string(gw.m->gw.run_dir));
 	json_object_object_add(r, "workers", json_object_new_int((int)gw_workers_count()));
 	json_object_object_add(r, "stopping", json_object_new_boolean(gw.stop_requested));
@@ -304,9 +310,10 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 	/* Refuse to run twice on one control socket. */
 	{
 		json_object *req = json_object_new_object(), *reply;
+		int code;
 
 		json_object_object_add(req, "command", json_object_new_string("version"));
-		reply = gw_ctl_request(m->gw.control_socket, req, err, sizeof(err));
+		reply = gw_ctl_request(m->gw.control_socket, req, &code, err, sizeof(err));
 		json_object_put(req);
 		if (reply) {
 			json_object_put(reply);

@@ -74,8 +74,10 @@ static void usage_check(FILE *f)
 static void usage_status(FILE *f)
 {
 	fprintf(f, "Usage: blkgw status [--control SOCKET | --manifest MANIFEST] [--json]\n"
-		   "Ask a running gateway for its exports: image, transport, endpoint, state,\n"
-		   "clients and counters (requests, bytes read/written, errors).\n"
+		   "Ask a running gateway for its exports: image, transport, state, size,\n"
+		   "read-only, clients, counters (requests, bytes read/written, errors), backend\n"
+		   "and endpoint. --json prints the daemon's answer, with per-op total times;\n"
+		   "without a daemon it prints a JSON error object. Exits 1 on any error.\n"
 		   "\n"
 		   "Options:\n"
 		   "  --control SOCKET    the daemon's control socket (default: $BLKGW_CONTROL,\n"
@@ -307,6 +309,111 @@ static uint64_t jnum(json_object *o, const char *key)
 	return (uint64_t)json_object_get_int64(v);
 }
 
+/* Print a JSON object the way `status --json` does, and drop it. */
+static void print_json(json_object *o)
+{
+	printf("%s\n",
+	       json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
+							 JSON_C_TO_STRING_NOSLASHESCAPE));
+	json_object_put(o);
+}
+
+/* A table whose columns are as wide as their widest cell. */
+enum {
+	ST_COLS = 13
+};
+static const char *const st_head[ST_COLS] = { "EXPORT", "IMAGE",   "TRANSPORT", "STATE", "SIZE",
+					      "RO",     "CLIENTS", "REQUESTS",  "READ",  "WRITTEN",
+					      "ERRORS", "BACKEND", "ENDPOINT" };
+/* Numbers are right-aligned. */
+static const bool st_right[ST_COLS] = {
+	[4] = true, [6] = true, [7] = true, [8] = true, [9] = true, [10] = true
+};
+
+static void st_row(char *const *cells, const int *width)
+{
+	for (int c = 0; c < ST_COLS; c++) {
+		if (c == ST_COLS - 1)
+			printf("%s\n", cells[c]);
+		else if (st_right[c])
+			printf("%*s  ", width[c], cells[c]);
+		else
+			printf("%-*s  ", width[c], cells[c]);
+	}
+}
+
+static void print_status(json_object *reply)
+{
+	json_object *exports = NULL;
+	size_t n;
+	char *(*rows)[ST_COLS];
+	int width[ST_COLS];
+
+	printf("blkgw %s, pid %d, %d workers, up %.0f s%s\n", jstr(reply, "version"),
+	       (int)jnum(reply, "pid"), (int)jnum(reply, "workers"),
+	       json_object_get_double(json_object_object_get(reply, "uptime_s")),
+	       json_object_get_boolean(json_object_object_get(reply, "stopping")) ? ", stopping"
+										  : "");
+	json_object_object_get_ex(reply, "exports", &exports);
+	n = exports ? json_object_array_length(exports) : 0;
+	rows = calloc(n + 1, sizeof(*rows));
+	if (!rows)
+		return;
+	for (int c = 0; c < ST_COLS; c++)
+		width[c] = (int)strlen(st_head[c]);
+	for (size_t i = 0; i < n; i++) {
+		json_object *e = json_object_array_get_idx(exports, i), *cn = NULL;
+		char size[32], rd[32], wr[32];
+		const char *dev = jstr(e, "device");
+
+		json_object_object_get_ex(e, "counters", &cn);
+		human_size(jnum(e, "size"), size, sizeof(size));
+		human_size(jnum(cn, "bytes_read"), rd, sizeof(rd));
+		human_size(jnum(cn, "bytes_written"), wr, sizeof(wr));
+		rows[i][0] = strdup(jstr(e, "id"));
+		rows[i][1] = strdup(jstr(e, "image"));
+		rows[i][2] = strdup(*jstr(e, "transport") ? jstr(e, "transport") : "-");
+		rows[i][3] = strdup(jstr(e, "state"));
+		rows[i][4] = strdup(size);
+		rows[i][5] = strdup(json_object_get_boolean(json_object_object_get(e, "read_only"))
+					    ? "yes"
+					    : "no");
+		if (asprintf(&rows[i][6], "%llu", (unsigned long long)jnum(e, "clients")) < 0)
+			rows[i][6] = NULL;
+		if (asprintf(&rows[i][7], "%llu", (unsigned long long)jnum(cn, "requests")) < 0)
+			rows[i][7] = NULL;
+		rows[i][8] = strdup(rd);
+		rows[i][9] = strdup(wr);
+		if (asprintf(&rows[i][10], "%llu", (unsigned long long)jnum(cn, "errors")) < 0)
+			rows[i][10] = NULL;
+		rows[i][11] = strdup(jstr(e, "backend"));
+		if (asprintf(&rows[i][12], "%s%s%s", jstr(e, "endpoint"), *dev ? " " : "", dev) < 0)
+			rows[i][12] = NULL;
+		for (int c = 0; c < ST_COLS; c++) {
+			if (!rows[i][c])
+				rows[i][c] = strdup("?");
+			if (rows[i][c] && (int)strlen(rows[i][c]) > width[c])
+				width[c] = (int)strlen(rows[i][c]);
+		}
+	}
+	st_row((char *const *)st_head, width);
+	for (size_t i = 0; i < n; i++) {
+		json_object *e = json_object_array_get_idx(exports, i);
+		bool whole = true;
+
+		for (int c = 0; c < ST_COLS; c++)
+			whole = whole && rows[i][c];
+		if (whole)
+			st_row(rows[i], width);
+		if (*jstr(e, "notes"))
+			printf("  %s fell back: %s\n", rows[i][0] ? rows[i][0] : "",
+			       jstr(e, "notes"));
+		for (int c = 0; c < ST_COLS; c++)
+			free(rows[i][c]);
+	}
+	free(rows);
+}
+
 static int cmd_status(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -320,9 +427,9 @@ static int cmd_status(int argc, char **argv)
 	const char *manifest = NULL;
 	char *owned = NULL;
 	bool as_json = false;
-	json_object *req, *reply, *ok, *exports;
+	json_object *req, *reply, *ok;
 	char err[1024];
-	int c, rc = 0;
+	int c, rc = 0, code = 0;
 
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
@@ -370,51 +477,30 @@ static int cmd_status(int argc, char **argv)
 	}
 	req = json_object_new_object();
 	json_object_object_add(req, "command", json_object_new_string("status"));
-	reply = gw_ctl_request(control, req, err, sizeof(err));
+	reply = gw_ctl_request(control, req, &code, err, sizeof(err));
 	json_object_put(req);
 	if (!reply) {
-		fprintf(stderr, "blkgw status: %s\n", err);
+		/* --json callers parse stdout: they get an error object there too. */
+		if (as_json)
+			print_json(gw_ctl_error(code, "%s", err));
+		else
+			fprintf(stderr, "blkgw status: %s\n", err);
 		free(owned);
 		return 1;
 	}
 	if (!json_object_object_get_ex(reply, "ok", &ok) || !json_object_get_boolean(ok)) {
-		json_object *e;
+		json_object *e = NULL;
 
 		json_object_object_get_ex(reply, "error", &e);
-		fprintf(stderr, "blkgw status: %s\n", e ? jstr(e, "message") : "error");
+		if (as_json)
+			print_json(json_object_get(reply));
+		else
+			fprintf(stderr, "blkgw status: %s\n", e ? jstr(e, "message") : "error");
 		rc = 1;
 	} else if (as_json) {
-		printf("%s\n", json_object_to_json_string_ext(
-				       reply, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
-						      JSON_C_TO_STRING_NOSLASHESCAPE));
+		print_json(json_object_get(reply));
 	} else {
-		printf("blkgw %s, pid %d, %d workers, up %.0f s%s\n", jstr(reply, "version"),
-		       (int)jnum(reply, "pid"), (int)jnum(reply, "workers"),
-		       json_object_get_double(json_object_object_get(reply, "uptime_s")),
-		       json_object_get_boolean(json_object_object_get(reply, "stopping"))
-			       ? ", stopping"
-			       : "");
-		printf("%-16s %-16s %-10s %-9s %7s %10s %10s %10s %7s  %s\n", "EXPORT", "IMAGE",
-		       "TRANSPORT", "STATE", "CLIENTS", "REQUESTS", "READ", "WRITTEN", "ERRORS",
-		       "ENDPOINT");
-		json_object_object_get_ex(reply, "exports", &exports);
-		for (size_t i = 0; exports && i < json_object_array_length(exports); i++) {
-			json_object *e = json_object_array_get_idx(exports, i), *cn;
-			char rd[32], wr[32];
-			const char *dev = jstr(e, "device");
-
-			json_object_object_get_ex(e, "counters", &cn);
-			human_size(jnum(cn, "bytes_read"), rd, sizeof(rd));
-			human_size(jnum(cn, "bytes_written"), wr, sizeof(wr));
-			printf("%-16s %-16s %-10s %-9s %7llu %10llu %10s %10s %7llu  %s%s%s\n",
-			       jstr(e, "id"), jstr(e, "image"), jstr(e, "transport"),
-			       jstr(e, "state"), (unsigned long long)jnum(e, "clients"),
-			       (unsigned long long)jnum(cn, "requests"), rd, wr,
-			       (unsigned long long)jnum(cn, "errors"), jstr(e, "endpoint"),
-			       *dev ? " " : "", dev);
-			if (*jstr(e, "notes"))
-				printf("%-16s   fell back: %s\n", "", jstr(e, "notes"));
-		}
+		print_status(reply);
 	}
 	json_object_put(reply);
 	free(owned);

@@ -23,7 +23,7 @@ qemu-io -f raw -c 'write -P 1 0 1M' -c 'read -P 1 0 1M' -c 'read 0 512K' "nbd+un
 
 "$BLKGW" status --control "$T/ctl.sock" >"$T/status.txt" || fail "status failed"
 cat "$T/status.txt"
-grep -E "^disk +disk +nbd +running +0 +[0-9]+ +1\.5 MiB +1\.0 MiB +0  nbd\+unix:///disk\?socket=$run/disk.sock$" "$T/status.txt" >/dev/null ||
+grep -E "^disk +disk +nbd +running +64\.0 MiB +no +0 +[0-9]+ +1\.5 MiB +1\.0 MiB +0  memory 64 MiB \(1 MiB written\)  nbd\+unix:///disk\?socket=$run/disk.sock$" "$T/status.txt" >/dev/null ||
   fail "the disk row is wrong"
 grep -E "^floor +floor +nbd +running" "$T/status.txt" >/dev/null || fail "the floor row is missing"
 # --manifest finds the control socket by itself; BLKGW_CONTROL is honoured too.
