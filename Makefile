@@ -23,9 +23,11 @@ configure: deps
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
+# `run` also installs the clients the README's quick start uses.
 run: configure
+	@scripts/deps.sh run
 	cmake --build $(BUILD) -j $(JOBS) --target blkgw
-	@scripts/quickstart-banner.sh $(MANIFEST)
+	@scripts/quickstart-banner.sh $(BUILD)/blkgw $(MANIFEST)
 	exec ./$(BUILD)/blkgw serve $(MANIFEST)
 
 test: deps-test build

@@ -1,7 +1,10 @@
 #!/bin/sh
 # Install the Debian 12 packages blkgw needs, only those that are missing.
 #   scripts/deps.sh build   what building needs
+#   scripts/deps.sh run     building, and the clients the README's quick start
+#                           uses (nbdinfo, qemu-img, qemu-io): `make run`
 #   scripts/deps.sh test    what building and every test (VM tests included) need
+#   scripts/deps.sh list LEVEL   print a level's packages, install nothing
 set -eu
 
 # Exactly what CMakeLists.txt finds: liburing, json-c, yaml-0.1 and libmnl
@@ -17,11 +20,21 @@ test_pkgs="libnbd-bin python3-libnbd nbdkit fio qemu-utils qemu-system-x86
   qemu-block-extra jq cpio busybox-static xz-utils e2fsprogs util-linux nbd-client
   procps kmod file binutils dpkg-dev clang-format"
 
-case "${1:-build}" in
+# The quick start's clients (README.md): nbdinfo, qemu-img and qemu-io.
+run_pkgs="libnbd-bin qemu-utils"
+
+level=${1:-build}
+[ "$level" = list ] && level=${2:-build}
+case "$level" in
   build) want="$build_pkgs" ;;
-  test)  want="$build_pkgs $test_pkgs" ;;
-  *) echo "usage: $0 build|test" >&2; exit 2 ;;
+  run)   want="$build_pkgs $run_pkgs" ;;
+  test)  want="$build_pkgs $run_pkgs $test_pkgs" ;;
+  *) echo "usage: $0 build|run|test, or $0 list build|run|test" >&2; exit 2 ;;
 esac
+if [ "${1:-}" = list ]; then
+  echo $want | tr ' ' '\n'
+  exit 0
+fi
 
 missing=""
 for p in $want; do
