@@ -3,10 +3,11 @@
 BUILD      ?= build
 BUILDTYPE  ?= RelWithDebInfo
 MANIFEST   ?= config/examples/quickstart.yaml
+PREFIX     ?= /usr/local
 JOBS       ?= $(shell nproc)
 ASAN_BUILD ?= build-asan
 
-.PHONY: all deps deps-test configure build run test test-asan check-manifest clean
+.PHONY: all deps deps-test configure build run test test-asan install check-manifest clean
 
 all: build
 
@@ -39,6 +40,10 @@ test: deps-test build
 # labels it skips, and why: scripts/test-asan.sh). CI runs it after `test`.
 test-asan: deps-test
 	JOBS=$(JOBS) scripts/test-asan.sh $(ASAN_BUILD)
+
+# The binary, man pages, docs and examples under PREFIX; DESTDIR stages them.
+install: build
+	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix "$(PREFIX)"
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

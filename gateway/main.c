@@ -38,8 +38,8 @@ static void usage_main(FILE *f)
 	fprintf(f, "Backends in this build:\n");
 	for (size_t i = 0; i < nb; i++)
 		fprintf(f, "  %-16s %s\n", bl[i]->name, bl[i]->summary);
-	fprintf(f,
-		"\n'blkgw COMMAND --help' describes each command; docs/manifest.md the manifest.\n");
+	fprintf(f, "\n'blkgw COMMAND --help' describes each command; blkgw-manifest(5)\n"
+		   "(docs/manifest.md) the manifest.\n");
 }
 
 static void usage_serve(FILE *f)
