@@ -31,49 +31,16 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define NBD_MAGIC         0x4e42444d41474943ULL /* "NBDMAGIC" */
-#define NBD_IHAVEOPT      0x49484156454F5054ULL /* "IHAVEOPT" */
-#define NBD_REP_MAGIC     0x0003e889045565a9ULL
-#define NBD_REQUEST_MAGIC 0x25609513u
-#define NBD_SIMPLE_MAGIC  0x67446698u
+/* The wire format comes from the server's own header: one definition. */
+#include "transports/nbd/nbd_proto.h"
 
-#define NBD_FLAG_FIXED_NEWSTYLE (1u << 0)
-#define NBD_FLAG_NO_ZEROES      (1u << 1)
-
-#define NBD_FLAG_HAS_FLAGS      (1u << 0)
-#define NBD_FLAG_SEND_FLUSH     (1u << 2)
-#define NBD_FLAG_SEND_FUA       (1u << 3)
-#define NBD_FLAG_CAN_MULTI_CONN (1u << 8)
 #define FLOOR_TX_FLAGS \
 	(NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_CAN_MULTI_CONN)
-
-#define NBD_OPT_EXPORT_NAME 1
-#define NBD_OPT_ABORT       2
-#define NBD_OPT_LIST        3
-#define NBD_OPT_INFO        6
-#define NBD_OPT_GO          7
-
-#define NBD_REP_ACK         1
-#define NBD_REP_SERVER      2
-#define NBD_REP_INFO        3
-#define NBD_REP_ERR_UNSUP   0x80000001u
-#define NBD_REP_ERR_INVALID 0x80000003u
-#define NBD_INFO_EXPORT     0
-
-#define NBD_CMD_READ     0
-#define NBD_CMD_WRITE    1
-#define NBD_CMD_DISC     2
-#define NBD_CMD_FLUSH    3
-#define NBD_CMD_FLAG_FUA (1u << 0)
-
-#define NBD_EINVAL 22
-#define NBD_ENOSPC 28
 
 #define FLOOR_MAX_OPTION  4096u       /* option data we accept */
 #define FLOOR_MAX_PAYLOAD (32u << 20) /* the spec's portable maximum */
 #define FLOOR_ZERO_CHUNK  (1u << 20)  /* READ data comes from here */
 #define FLOOR_INBUF       (64u << 10) /* input buffer per connection */
-#define FLOOR_REQ_LEN     28
 
 static uint64_t floor_size = 16ULL << 30;
 static const char *floor_socket;
@@ -191,52 +158,18 @@ static int conn_take(struct floor_conn *c, void *dst, size_t len)
 	return 0;
 }
 
-static uint32_t get_be32(const uint8_t *p)
-{
-	uint32_t v;
-
-	memcpy(&v, p, sizeof(v));
-	return be32toh(v);
-}
-
-static uint64_t get_be64(const uint8_t *p)
-{
-	uint64_t v;
-
-	memcpy(&v, p, sizeof(v));
-	return be64toh(v);
-}
-
-static void put_be16(uint8_t *p, uint16_t v)
-{
-	v = htobe16(v);
-	memcpy(p, &v, sizeof(v));
-}
-
-static void put_be32(uint8_t *p, uint32_t v)
-{
-	v = htobe32(v);
-	memcpy(p, &v, sizeof(v));
-}
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-	v = htobe64(v);
-	memcpy(p, &v, sizeof(v));
-}
-
 static int opt_reply(int fd, uint32_t opt, uint32_t type, const void *data, uint32_t len)
 {
-	uint8_t h[20];
+	uint8_t h[NBD_REP_HDR_SIZE];
 	struct iovec iov[2] = {
 		{ .iov_base = h, .iov_len = sizeof(h) },
 		{ .iov_base = (void *)data, .iov_len = len },
 	};
 
-	put_be64(h, NBD_REP_MAGIC);
-	put_be32(h + 8, opt);
-	put_be32(h + 12, type);
-	put_be32(h + 16, len);
+	nbd_put64(h, NBD_REP_MAGIC);
+	nbd_put32(h + 8, opt);
+	nbd_put32(h + 12, type);
+	nbd_put32(h + 16, len);
 	return writev_all(fd, iov, len ? 2 : 1);
 }
 
@@ -250,31 +183,31 @@ static int handshake(struct floor_conn *c)
 	bool no_zeroes;
 	uint32_t cflags;
 
-	put_be64(greet, NBD_MAGIC);
-	put_be64(greet + 8, NBD_IHAVEOPT);
-	put_be16(greet + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+	nbd_put64(greet, NBD_MAGIC);
+	nbd_put64(greet + 8, NBD_IHAVEOPT);
+	nbd_put16(greet + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
 	if (write_all(c->fd, greet, sizeof(greet)) < 0)
 		return -1;
 	if (conn_take(c, buf, 4) < 0)
 		return -1;
-	cflags = get_be32(buf);
+	cflags = nbd_get32(buf);
 	if (cflags & ~(uint32_t)(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES))
 		return -1;
 	no_zeroes = cflags & NBD_FLAG_NO_ZEROES;
 
-	put_be16(info, NBD_INFO_EXPORT);
-	put_be64(info + 2, floor_size);
-	put_be16(info + 10, FLOOR_TX_FLAGS);
+	nbd_put16(info, NBD_INFO_EXPORT);
+	nbd_put64(info + 2, floor_size);
+	nbd_put16(info + 10, FLOOR_TX_FLAGS);
 
 	for (;;) {
 		uint32_t opt, len;
 
 		if (conn_take(c, buf, 16) < 0)
 			return -1;
-		if (get_be64(buf) != NBD_IHAVEOPT)
+		if (nbd_get64(buf) != NBD_IHAVEOPT)
 			return -1;
-		opt = get_be32(buf + 8);
-		len = get_be32(buf + 12);
+		opt = nbd_get32(buf + 8);
+		len = nbd_get32(buf + 12);
 		if (len > FLOOR_MAX_OPTION)
 			return -1;
 		if (conn_take(c, buf, len) < 0)
@@ -316,7 +249,7 @@ static int handshake(struct floor_conn *c)
 			uint16_t nreq;
 
 			/* u32 name length, name, u16 count, count x u16. */
-			if (len < 6 || (nlen = get_be32(buf)) > len - 6) {
+			if (len < 6 || (nlen = nbd_get32(buf)) > len - 6) {
 				if (opt_reply(c->fd, opt, NBD_REP_ERR_INVALID, NULL, 0) < 0)
 					return -1;
 				break;
@@ -354,17 +287,17 @@ static void transmit(struct floor_conn *c)
 		uint32_t len, err = 0;
 		int cnt = 1;
 
-		if (conn_fill(c, FLOOR_REQ_LEN) < 0)
+		if (conn_fill(c, NBD_REQUEST_SIZE) < 0)
 			return;
 		r = c->in + c->start;
-		if (get_be32(r) != NBD_REQUEST_MAGIC)
+		if (nbd_get32(r) != NBD_REQUEST_MAGIC)
 			return;
 		flags = (uint16_t)(r[4] << 8 | r[5]);
 		type = (uint16_t)(r[6] << 8 | r[7]);
 		memcpy(&cookie, r + 8, sizeof(cookie)); /* opaque: echo as is */
-		off = get_be64(r + 16);
-		len = get_be32(r + 24);
-		c->start += FLOOR_REQ_LEN;
+		off = nbd_get64(r + 16);
+		len = nbd_get32(r + 24);
+		c->start += NBD_REQUEST_SIZE;
 
 		if (flags & ~NBD_CMD_FLAG_FUA)
 			err = NBD_EINVAL;
@@ -400,8 +333,8 @@ static void transmit(struct floor_conn *c)
 			break;
 		}
 
-		put_be32(rep, NBD_SIMPLE_MAGIC);
-		put_be32(rep + 4, err);
+		nbd_put32(rep, NBD_SIMPLE_MAGIC);
+		nbd_put32(rep + 4, err);
 		memcpy(rep + 8, &cookie, sizeof(cookie));
 		iov[0].iov_base = rep;
 		iov[0].iov_len = sizeof(rep);

@@ -140,7 +140,7 @@ if case ",$ONLY," in *,floor,*) true ;; *) false ;; esac; then
 		if [ ! -x "$FLOOR" ]; then
 			FLOOR=$OUT/nbd-floor
 			bench_log "building nbd-floor into $FLOOR"
-			cc -O2 -g -Wall -Wextra -pthread -o "$FLOOR" \
+			cc -O2 -g -Wall -Wextra -pthread -I "$ROOT" -o "$FLOOR" \
 				"$ROOT/bench/floor/nbd-floor.c" || bench_die "cannot build nbd-floor"
 		fi
 	fi
