@@ -1,6 +1,6 @@
 /*
- * NBD connections on worker threads: socket I/O, output batching and the
- * transmission phase.
+ * NBD connections on worker threads: socket I/O, output batching, flow
+ * control and lifecycle (request decoding and replies are nbd_tx.c's).
  *
  * Input is read in large chunks and every complete request in the buffer is
  * dispatched before the worker's loop blocks; replies are queued as iovec
@@ -31,23 +31,7 @@
 #define MAX_QUEUED_BYTES   (64u << 20)
 #define MAX_IOV            128
 #define READS_PER_EVENT    16
-#define MAX_EXTENTS        1024
 #define DIRECT_PAYLOAD     (64u * 1024)
-
-struct nbd_req {
-	struct gw_io io;
-	struct nbd_conn *c;
-	struct nbd_req *next;
-	uint64_t cookie;
-	uint64_t offset;
-	uint32_t len;
-	uint16_t cmd, flags;
-	void *buf;
-	size_t buflen;
-	struct iovec iov;
-	unsigned segs; /* queued segments still referencing this request */
-	uint8_t hdr[32];
-};
 
 /* Per worker: its connections, for draining. Touched only by that worker. */
 struct nbd_wlist {
@@ -67,13 +51,12 @@ static void wlists_init(void)
 static void conn_readable(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_writable(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_process(struct nbd_conn *c);
-static void conn_kill(struct nbd_conn *c);
-static void conn_maybe_finish(struct nbd_conn *c);
+void nbd_conn_kill(struct nbd_conn *c);
+void nbd_conn_maybe_finish(struct nbd_conn *c);
 
 /* ---- output ---- */
 
-static int seg_push(struct nbd_conn *c, const void *base, size_t len, struct nbd_req *r,
-		    void *owned)
+int nbd_seg_push(struct nbd_conn *c, const void *base, size_t len, struct nbd_req *r, void *owned)
 {
 	struct nbd_seg *s;
 
@@ -106,7 +89,7 @@ static int seg_push(struct nbd_conn *c, const void *base, size_t len, struct nbd
 
 int nbd_out_own(struct nbd_conn *c, void *buf, size_t len)
 {
-	if (seg_push(c, buf, len, NULL, buf) < 0) {
+	if (nbd_seg_push(c, buf, len, NULL, buf) < 0) {
 		free(buf);
 		return -ENOMEM;
 	}
@@ -130,7 +113,7 @@ void nbd_out_kick(struct nbd_conn *c)
 
 /* ---- requests ---- */
 
-static struct nbd_req *req_get(struct nbd_conn *c)
+struct nbd_req *nbd_req_get(struct nbd_conn *c)
 {
 	struct nbd_req *r = c->free_reqs;
 
@@ -147,7 +130,7 @@ static struct nbd_req *req_get(struct nbd_conn *c)
 	return r;
 }
 
-static void req_put(struct nbd_req *r)
+void nbd_req_put(struct nbd_req *r)
 {
 	struct nbd_conn *c = r->c;
 
@@ -164,7 +147,7 @@ static void req_put(struct nbd_req *r)
 	}
 }
 
-static int req_buf(struct nbd_req *r, size_t len)
+int nbd_req_buf(struct nbd_req *r, size_t len)
 {
 	r->buf = gw_buf_get(&r->c->w->pool, len);
 	if (!r->buf)
@@ -179,7 +162,7 @@ static void seg_release(struct nbd_conn *c, struct nbd_seg *s)
 {
 	free(s->owned);
 	if (s->req && --s->req->segs == 0)
-		req_put(s->req);
+		nbd_req_put(s->req);
 }
 
 /* Drop everything queued (the socket is gone). */
@@ -221,8 +204,16 @@ static bool over_limits(const struct nbd_conn *c)
 	       c->obytes >= MAX_QUEUED_BYTES;
 }
 
+void nbd_conn_pause_if_full(struct nbd_conn *c)
+{
+	if (over_limits(c)) {
+		c->paused = true;
+		rd_set(c, false);
+	}
+}
+
 /* Resume reading once below the limits (and process what is already buffered). */
-static void maybe_resume(struct nbd_conn *c)
+void nbd_conn_maybe_resume(struct nbd_conn *c)
 {
 	if (!c->paused || c->state != CS_TX)
 		return;
@@ -297,7 +288,7 @@ static void conn_flush(struct nbd_conn *c)
 				return;
 			}
 			gw_debug("nbd: write: %s: closing connection", strerror(errno));
-			conn_kill(c);
+			nbd_conn_kill(c);
 			return;
 		}
 		c->obytes -= (size_t)w;
@@ -316,9 +307,9 @@ static void conn_flush(struct nbd_conn *c)
 		}
 	}
 	wr_set(c, false);
-	maybe_resume(c);
+	nbd_conn_maybe_resume(c);
 	went_idle(c);
-	conn_maybe_finish(c);
+	nbd_conn_maybe_finish(c);
 }
 
 static void conn_writable(struct ev_loop *loop, ev_io *w, int revents)
@@ -358,7 +349,7 @@ static void conn_free(struct nbd_conn *c)
 }
 
 /* Close the socket now; free once in-flight I/O has come back. */
-static void conn_kill(struct nbd_conn *c)
+void nbd_conn_kill(struct nbd_conn *c)
 {
 	if (c->state == CS_DEAD)
 		return;
@@ -368,11 +359,11 @@ static void conn_kill(struct nbd_conn *c)
 	close(c->fd);
 	c->fd = -1;
 	if (c->wr) {
-		req_put(c->wr);
+		nbd_req_put(c->wr);
 		c->wr = NULL;
 	}
 	out_drop(c);
-	conn_maybe_finish(c);
+	nbd_conn_maybe_finish(c);
 }
 
 /*
@@ -380,12 +371,12 @@ static void conn_kill(struct nbd_conn *c)
  * nothing in flight: free, from the worker's deferred list, so no caller up
  * the stack is left holding a freed connection.
  */
-static void conn_maybe_finish(struct nbd_conn *c)
+void nbd_conn_maybe_finish(struct nbd_conn *c)
 {
 	if (c->inflight)
 		return;
 	if (c->state == CS_CLOSING && c->ohead == c->otail && !c->in_process) {
-		conn_kill(c); /* comes back here as CS_DEAD */
+		nbd_conn_kill(c); /* comes back here as CS_DEAD */
 		return;
 	}
 	if (c->state == CS_DEAD)
@@ -406,18 +397,18 @@ static void conn_flush_or_free(struct gw_deferred *d)
 }
 
 /* Stop taking requests; what is in flight finishes and is answered. */
-static void conn_close_gracefully(struct nbd_conn *c)
+void nbd_conn_close_gracefully(struct nbd_conn *c)
 {
 	if (c->state >= CS_CLOSING)
 		return;
 	c->state = CS_CLOSING;
 	rd_set(c, false);
 	if (c->wr) { /* half-received write: never acknowledged, drop it */
-		req_put(c->wr);
+		nbd_req_put(c->wr);
 		c->wr = NULL;
 	}
 	nbd_out_kick(c);
-	conn_maybe_finish(c);
+	nbd_conn_maybe_finish(c);
 }
 
 static struct nbd_conn *conn_new(struct gw_worker *w, int fd)
@@ -460,7 +451,7 @@ static void attach_on_worker(void *arg)
 	if (!c || nbd_conn_enter_tx(c, m->x) < 0) {
 		if (c) {
 			c->x = m->x; /* released with the connection */
-			conn_kill(c);
+			nbd_conn_kill(c);
 		} else {
 			close(m->fd);
 			nbd_exp_unbind(m->x);
@@ -506,7 +497,7 @@ static void accept_on_worker(void *arg)
 	c->state = CS_HS_FLAGS;
 	free(m);
 	if (nbd_hs_greet(c) < 0) {
-		conn_kill(c);
+		nbd_conn_kill(c);
 		return;
 	}
 	nbd_out_kick(c);
@@ -553,374 +544,6 @@ int nbd_conn_enter_tx(struct nbd_conn *c, struct nbd_exp *x)
 		 c->structured ? " (structured replies)" : "");
 	return 0;
 }
-
-/* ---- replies ---- */
-
-static void put_simple(uint8_t *h, uint32_t err, uint64_t cookie)
-{
-	nbd_put32(h, NBD_SIMPLE_MAGIC);
-	nbd_put32(h + 4, err);
-	nbd_put64(h + 8, cookie);
-}
-
-static void put_chunk(uint8_t *h, uint16_t flags, uint16_t type, uint64_t cookie, uint32_t len)
-{
-	nbd_put32(h, NBD_STRUCTURED_MAGIC);
-	nbd_put16(h + 4, flags);
-	nbd_put16(h + 6, type);
-	nbd_put64(h + 8, cookie);
-	nbd_put32(h + 16, len);
-}
-
-/* Where a successful read's data is: the backend's memory (borrowed) or our buffer. */
-static const void *read_data(const struct nbd_req *r)
-{
-	return (r->io.rflags & GW_IO_R_REF) ? r->io.ref : r->buf;
-}
-
-/* Queue the reply for r; r is released when it has been sent. */
-static void reply(struct nbd_req *r, int result)
-{
-	struct nbd_conn *c = r->c;
-	uint32_t err = nbd_errno(result);
-	int rc;
-
-	if (c->state == CS_DEAD) {
-		req_put(r);
-		return;
-	}
-	if (c->structured && (r->cmd == NBD_CMD_READ || r->cmd == NBD_CMD_BLOCK_STATUS)) {
-		if (err) {
-			put_chunk(r->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, r->cookie, 6);
-			nbd_put32(r->hdr + 20, err);
-			nbd_put16(r->hdr + 24, 0);
-			rc = seg_push(c, r->hdr, 26, r, NULL);
-		} else if (r->cmd == NBD_CMD_BLOCK_STATUS) {
-			rc = seg_push(c, r->buf, r->len, r, NULL); /* built by the caller */
-		} else if (r->len == 0) {
-			put_chunk(r->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, r->cookie, 0);
-			rc = seg_push(c, r->hdr, 20, r, NULL);
-		} else if (r->io.rflags & GW_IO_R_HOLE) {
-			put_chunk(r->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_HOLE,
-				  r->cookie, 12);
-			nbd_put64(r->hdr + 20, r->offset);
-			nbd_put32(r->hdr + 28, r->len);
-			rc = seg_push(c, r->hdr, 32, r, NULL);
-		} else {
-			put_chunk(r->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA,
-				  r->cookie, 8 + r->len);
-			nbd_put64(r->hdr + 20, r->offset);
-			rc = seg_push(c, r->hdr, 28, r, NULL);
-			if (!rc)
-				rc = seg_push(c, read_data(r), r->len, r, NULL);
-		}
-	} else {
-		put_simple(r->hdr, err, r->cookie);
-		rc = seg_push(c, r->hdr, NBD_SIMPLE_SIZE, r, NULL);
-		if (!rc && !err && r->cmd == NBD_CMD_READ && r->len)
-			rc = seg_push(c, read_data(r), r->len, r, NULL);
-	}
-	if (rc < 0) {
-		/* No memory to queue a reply: the client cannot be answered correctly. */
-		if (!r->segs)
-			req_put(r);
-		conn_kill(c);
-		return;
-	}
-	if (!r->segs)
-		req_put(r);
-	nbd_out_kick(c);
-}
-
-static void finish(struct nbd_req *r, int result)
-{
-	struct nbd_conn *c = r->c;
-
-	c->inflight--;
-	c->inflight_bytes -= r->buflen;
-	reply(r, result);
-	if (c->state == CS_DEAD || c->state == CS_CLOSING)
-		conn_maybe_finish(c);
-	else
-		maybe_resume(c);
-}
-
-static void io_done(struct gw_io *io)
-{
-	struct nbd_req *r = container_of(io, struct nbd_req, io);
-
-	finish(r, io->result);
-}
-
-static void submit(struct nbd_req *r, uint8_t op, uint32_t gwflags)
-{
-	struct nbd_conn *c = r->c;
-
-	r->io.op = op;
-	r->io.flags = gwflags;
-	r->io.offset = r->offset;
-	r->io.len = r->len;
-	r->io.done = io_done;
-	if (r->iov.iov_len) {
-		r->io.iov = &r->iov;
-		r->io.iovcnt = 1;
-	}
-	c->inflight++;
-	c->inflight_bytes += r->buflen;
-	if (gw_export_submit(c->exp, &c->w->ioq, &r->io))
-		finish(r, r->io.result);
-}
-
-/* Answer a request that never reaches the backend. */
-static void reply_now(struct nbd_conn *c, uint16_t cmd, uint64_t cookie, uint64_t offset, int err)
-{
-	struct nbd_req *r = req_get(c);
-
-	if (!r) {
-		conn_kill(c);
-		return;
-	}
-	r->cmd = cmd;
-	r->cookie = cookie;
-	r->offset = offset;
-	if (c->exp)
-		gw_export_count_error(c->exp, &c->w->ioq);
-	reply(r, err);
-}
-
-static void block_status(struct nbd_conn *c, struct nbd_req *r)
-{
-	struct gw_extent ext[MAX_EXTENTS];
-	struct gw_extents e = { .v = ext, .n = 0, .cap = MAX_EXTENTS };
-	int rc;
-
-	if (!c->structured || !c->meta_alloc || r->len == 0) {
-		gw_export_count_error(c->exp, &c->w->ioq);
-		reply(r, -EINVAL);
-		return;
-	}
-	if (r->flags & NBD_CMD_FLAG_REQ_ONE)
-		e.cap = 1;
-	rc = gw_export_extents(c->exp, &c->w->ioq, r->offset, r->len, &e);
-	if (rc < 0) {
-		reply(r, rc);
-		return;
-	}
-	if (req_buf(r, NBD_CHUNK_HDR_SIZE + 4 + 8 * e.n) < 0) {
-		reply(r, -ENOMEM);
-		return;
-	}
-	{
-		uint8_t *p = r->buf;
-		uint64_t left = r->len;
-
-		for (size_t i = 0; i < e.n; i++) {
-			uint64_t l = GW_MIN(e.v[i].len, left);
-			uint32_t st = 0;
-
-			if (e.v[i].flags & GW_EXT_HOLE)
-				st |= NBD_STATE_HOLE;
-			if (e.v[i].flags & GW_EXT_ZERO)
-				st |= NBD_STATE_ZERO;
-			nbd_put32(p + NBD_CHUNK_HDR_SIZE + 4 + 8 * i, (uint32_t)l);
-			nbd_put32(p + NBD_CHUNK_HDR_SIZE + 8 + 8 * i, st);
-			left -= l;
-			if (!left || l < e.v[i].len) {
-				e.n = i + 1;
-				break;
-			}
-		}
-		put_chunk(p, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, r->cookie,
-			  (uint32_t)(4 + 8 * e.n));
-		nbd_put32(p + NBD_CHUNK_HDR_SIZE, NBD_META_ALLOCATION_ID);
-		r->len = (uint32_t)(NBD_CHUNK_HDR_SIZE + 4 + 8 * e.n);
-	}
-	reply(r, 0);
-}
-
-static const uint16_t allowed_flags[] = {
-	[NBD_CMD_READ] = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_DF,
-	[NBD_CMD_WRITE] = NBD_CMD_FLAG_FUA,
-	[NBD_CMD_DISC] = NBD_CMD_FLAG_FUA,
-	[NBD_CMD_FLUSH] = NBD_CMD_FLAG_FUA,
-	[NBD_CMD_TRIM] = NBD_CMD_FLAG_FUA,
-	[NBD_CMD_CACHE] = NBD_CMD_FLAG_FUA,
-	[NBD_CMD_WRITE_ZEROES] = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
-	[NBD_CMD_BLOCK_STATUS] = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE,
-};
-
-/*
- * Refuse a write without reading its payload into memory: the payload is
- * skipped, and only then answered (clients expect no reply to a request
- * they are still sending).
- */
-static void refuse_write(struct nbd_conn *c, uint64_t cookie, uint32_t len, int err)
-{
-	if (!len) {
-		reply_now(c, NBD_CMD_WRITE, cookie, 0, err);
-		return;
-	}
-	c->skip = len;
-	c->skip_cookie = cookie;
-	c->skip_err = err;
-}
-
-/* One request header at c->ibuf + c->ipos (28 bytes available). 0, or -1 to close. */
-static int tx_request(struct nbd_conn *c)
-{
-	const uint8_t *p = c->ibuf + c->ipos;
-	uint16_t flags = nbd_get16(p + 4), cmd = nbd_get16(p + 6);
-	uint64_t cookie = nbd_get64(p + 8), offset = nbd_get64(p + 16);
-	uint32_t len = nbd_get32(p + 24);
-	struct nbd_req *r;
-	uint32_t fua;
-
-	gw_worker_note_work(c->w, 1);
-	c->burst++;
-	if (nbd_get32(p) != NBD_REQUEST_MAGIC) {
-		gw_info("nbd: export '%s': bad request magic 0x%08x: closing connection",
-			c->x->name, nbd_get32(p));
-		return -1;
-	}
-	c->ipos += NBD_REQUEST_SIZE;
-
-	if (cmd == NBD_CMD_DISC) {
-		conn_close_gracefully(c);
-		return 0;
-	}
-	if (c->shutting) {
-		if (cmd == NBD_CMD_WRITE)
-			refuse_write(c, cookie, len, -ESHUTDOWN);
-		else
-			reply_now(c, cmd, cookie, offset, -ESHUTDOWN);
-		return 0;
-	}
-	if (cmd >= GW_ARRAY_SIZE(allowed_flags) || (flags & ~allowed_flags[cmd]) ||
-	    ((flags & NBD_CMD_FLAG_DF) && !c->structured) ||
-	    /* Never allocate what a client asks for beyond the advertised maximum. */
-	    ((cmd == NBD_CMD_READ || cmd == NBD_CMD_WRITE) && len > c->exp->max_xfer)) {
-		if (cmd == NBD_CMD_WRITE)
-			refuse_write(c, cookie, len, -EINVAL);
-		else
-			reply_now(c, cmd, cookie, offset, -EINVAL);
-		return 0;
-	}
-	r = req_get(c);
-	if (!r)
-		return -1;
-	r->cookie = cookie;
-	r->offset = offset;
-	r->len = len;
-	r->cmd = cmd;
-	r->flags = flags;
-	fua = (flags & NBD_CMD_FLAG_FUA) ? GW_IO_FUA : 0;
-
-	switch (cmd) {
-	case NBD_CMD_READ:
-		/* A backend that can lend its memory is read without a copy. */
-		if (c->exp->caps & GW_CAP_BORROW) {
-			submit(r, GW_OP_READ, GW_IO_BORROW | (c->structured ? GW_IO_HOLE_OK : 0));
-			return 0;
-		}
-		if (len && req_buf(r, len) < 0) {
-			reply(r, -ENOMEM);
-			return 0;
-		}
-		submit(r, GW_OP_READ, c->structured ? GW_IO_HOLE_OK : 0);
-		return 0;
-	case NBD_CMD_WRITE:
-		/*
-		 * A backend that completes inline can take the payload straight
-		 * from the input buffer: no copy, no buffer from the pool.
-		 */
-		if ((c->exp->caps & GW_CAP_INLINE) && len && c->iend - c->ipos >= len) {
-			r->iov.iov_base = c->ibuf + c->ipos;
-			r->iov.iov_len = len;
-			c->ipos += len;
-			submit(r, GW_OP_WRITE, fua);
-			return 0;
-		}
-		if (len && req_buf(r, len) < 0) {
-			req_put(r);
-			refuse_write(c, cookie, len, -ENOMEM);
-			return 0;
-		}
-		c->wr = r;
-		c->wr_have = 0;
-		return 0;
-	case NBD_CMD_FLUSH:
-		submit(r, GW_OP_FLUSH, 0);
-		return 0;
-	case NBD_CMD_TRIM:
-		submit(r, GW_OP_TRIM, fua);
-		return 0;
-	case NBD_CMD_CACHE:
-		submit(r, GW_OP_CACHE, 0);
-		return 0;
-	case NBD_CMD_WRITE_ZEROES:
-		submit(r, GW_OP_WRITE_ZEROES,
-		       fua | ((flags & NBD_CMD_FLAG_NO_HOLE) ? GW_IO_NO_UNMAP : 0) |
-			       ((flags & NBD_CMD_FLAG_FAST_ZERO) ? GW_IO_FAST_ZERO : 0));
-		return 0;
-	case NBD_CMD_BLOCK_STATUS:
-		block_status(c, r);
-		return 0;
-	default:
-		reply(r, -EINVAL);
-		return 0;
-	}
-}
-
-/* The write payload is complete: send it to the backend. */
-static void write_ready(struct nbd_conn *c)
-{
-	struct nbd_req *r = c->wr;
-
-	c->wr = NULL;
-	submit(r, GW_OP_WRITE, (r->flags & NBD_CMD_FLAG_FUA) ? GW_IO_FUA : 0);
-}
-
-static int tx_process(struct nbd_conn *c)
-{
-	while (c->state == CS_TX && !c->paused) {
-		size_t avail = c->iend - c->ipos;
-
-		if (c->skip) {
-			size_t n = (size_t)GW_MIN((uint64_t)avail, c->skip);
-
-			c->ipos += n;
-			c->skip -= n;
-			if (c->skip)
-				return 0;
-			if (c->skip_err) {
-				reply_now(c, NBD_CMD_WRITE, c->skip_cookie, 0, c->skip_err);
-				c->skip_err = 0;
-			}
-			continue;
-		}
-		if (c->wr) {
-			size_t n = GW_MIN(avail, (size_t)(c->wr->len - c->wr_have));
-
-			memcpy((uint8_t *)c->wr->buf + c->wr_have, c->ibuf + c->ipos, n);
-			c->ipos += n;
-			c->wr_have += (uint32_t)n;
-			if (c->wr_have < c->wr->len)
-				return 0;
-			write_ready(c);
-		} else {
-			if (avail < NBD_REQUEST_SIZE)
-				return 0;
-			if (tx_request(c) < 0)
-				return -1;
-		}
-		if (over_limits(c)) {
-			c->paused = true;
-			rd_set(c, false);
-		}
-	}
-	return 0;
-}
-
 static void conn_process(struct nbd_conn *c)
 {
 	int rc = 0;
@@ -929,13 +552,13 @@ static void conn_process(struct nbd_conn *c)
 	if (c->state == CS_HS_FLAGS || c->state == CS_HS_OPT)
 		rc = nbd_hs_process(c);
 	if (rc == 0 && c->state == CS_TX)
-		rc = tx_process(c);
+		rc = nbd_tx_process(c);
 	if (c->ipos == c->iend)
 		c->ipos = c->iend = 0;
 	c->in_process--;
 	if (rc < 0)
-		conn_kill(c);
-	conn_maybe_finish(c);
+		nbd_conn_kill(c);
+	nbd_conn_maybe_finish(c);
 }
 
 static void conn_readable(struct ev_loop *loop, ev_io *w, int revents)
@@ -957,11 +580,8 @@ static void conn_readable(struct ev_loop *loop, ev_io *w, int revents)
 			if (n > 0) {
 				c->wr_have += (uint32_t)n;
 				if (c->wr_have == c->wr->len) {
-					write_ready(c);
-					if (over_limits(c)) {
-						c->paused = true;
-						rd_set(c, false);
-					}
+					nbd_tx_write_ready(c);
+					nbd_conn_pause_if_full(c);
 				}
 				continue;
 			}
@@ -992,13 +612,13 @@ static void conn_readable(struct ev_loop *loop, ev_io *w, int revents)
 		if (n == 0) {
 			/* The client went away: in-flight requests finish, their replies are
 			 * dropped. */
-			conn_kill(c);
+			nbd_conn_kill(c);
 			return;
 		}
 		if (errno == EINTR)
 			continue;
 		if (errno != EAGAIN)
-			conn_kill(c);
+			nbd_conn_kill(c);
 		return;
 	}
 }
@@ -1012,11 +632,11 @@ static void conn_shutdown(struct nbd_conn *c)
 		c->shutting = true;
 		c->paused = false;
 		c->in_process++;
-		if (tx_process(c) < 0)
-			conn_kill(c);
+		if (nbd_tx_process(c) < 0)
+			nbd_conn_kill(c);
 		c->in_process--;
 	}
-	conn_close_gracefully(c);
+	nbd_conn_close_gracefully(c);
 }
 
 static void drain_on_worker(void *arg)
@@ -1031,7 +651,7 @@ static void drain_on_worker(void *arg)
 		if (c->x == x)
 			conn_shutdown(c);
 		else if (!c->x && c->lis && atomic_load(&c->lis->closed))
-			conn_kill(c);
+			nbd_conn_kill(c);
 	}
 	nbd_exp_unbind(x); /* the reference this message carried */
 }

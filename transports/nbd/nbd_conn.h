@@ -1,6 +1,7 @@
 /*
  * One NBD connection, owned by one worker thread from accept to close.
- * Private to nbd_conn.c and nbd_handshake.c.
+ * Private to nbd_conn.c (I/O, lifecycle), nbd_handshake.c (options) and
+ * nbd_tx.c (requests and replies).
  */
 #pragma once
 
@@ -12,6 +13,7 @@
 #include "backends/backend.h"
 #include "lib/worker.h"
 #include "transports/nbd/nbd_internal.h"
+#include "transports/nbd/nbd_proto.h"
 
 enum nbd_cstate {
 	CS_HS_FLAGS, /* waiting for the client's 32-bit flags */
@@ -20,8 +22,6 @@ enum nbd_cstate {
 	CS_CLOSING,  /* no more requests: finish in-flight ones, flush, close */
 	CS_DEAD,     /* socket closed; waiting for in-flight I/O to come back */
 };
-
-struct nbd_req;
 
 /* One piece of output: bytes to send and what to release once sent. */
 struct nbd_seg {
@@ -86,6 +86,48 @@ struct nbd_conn {
 	struct nbd_conn *next, *prev; /* the worker's connections */
 };
 
+/* One request, from its header to its last reply byte sent. */
+struct nbd_req {
+	struct gw_io io;
+	struct nbd_conn *c;
+	struct nbd_req *next;
+	uint64_t cookie;
+	uint64_t offset;
+	uint32_t len;
+	uint16_t cmd, flags;
+	void *buf;
+	size_t buflen;
+	struct iovec iov;
+	unsigned segs; /* queued segments still referencing this request */
+	union {        /* the reply header, as sent */
+		struct nbd_simple_reply simple;
+		struct nbd_chunk chunk;
+		struct nbd_chunk_error error;
+		struct nbd_chunk_offset_data data;
+		struct nbd_chunk_offset_hole hole;
+	} hdr;
+};
+
+/* ---- nbd_conn.c: output, request pool, flow control, lifecycle ---- */
+
+/* Queue bytes of r (released when its last segment is sent) or owned (freed). */
+int nbd_seg_push(struct nbd_conn *c, const void *base, size_t len, struct nbd_req *r, void *owned);
+/* A zeroed request from the connection's pool, or NULL. */
+struct nbd_req *nbd_req_get(struct nbd_conn *c);
+void nbd_req_put(struct nbd_req *r);
+/* A pool buffer of len bytes for r (r->buf, r->iov). 0 or -ENOMEM. */
+int nbd_req_buf(struct nbd_req *r, size_t len);
+/* Stop reading while too much is in flight or queued. */
+void nbd_conn_pause_if_full(struct nbd_conn *c);
+/* Resume reading once back under the limits. */
+void nbd_conn_maybe_resume(struct nbd_conn *c);
+/* Close the socket now; the connection is freed once in-flight I/O is back. */
+void nbd_conn_kill(struct nbd_conn *c);
+/* Take no more requests; answer what is in flight, then close. */
+void nbd_conn_close_gracefully(struct nbd_conn *c);
+/* Close or free the connection if it has nothing left to do. */
+void nbd_conn_maybe_finish(struct nbd_conn *c);
+
 /* Queue a malloc'd buffer, freed once sent (or on failure). 0 or -ENOMEM. */
 int nbd_out_own(struct nbd_conn *c, void *buf, size_t len);
 /* Queue a copy of bytes (handshake and other cold paths). 0 or -ENOMEM. */
@@ -104,3 +146,10 @@ int nbd_conn_enter_tx(struct nbd_conn *c, struct nbd_exp *x);
 int nbd_hs_process(struct nbd_conn *c);
 /* The 18-byte greeting. */
 int nbd_hs_greet(struct nbd_conn *c);
+
+/* ---- nbd_tx.c: the transmission phase ---- */
+
+/* Consume buffered requests. 0, or -1 to close. */
+int nbd_tx_process(struct nbd_conn *c);
+/* The payload of c->wr is complete: submit it. */
+void nbd_tx_write_ready(struct nbd_conn *c);

@@ -119,6 +119,88 @@
 #define NBD_META_ALLOCATION    "base:allocation"
 #define NBD_META_ALLOCATION_ID 1
 
+/*
+ * Fixed-layout messages, as they are on the wire (fields big-endian: fill
+ * them with htobe16/32/64). Packed: no padding, any alignment.
+ */
+struct nbd_request {
+	uint32_t magic; /* NBD_REQUEST_MAGIC */
+	uint16_t flags;
+	uint16_t type;
+	uint64_t cookie;
+	uint64_t offset;
+	uint32_t length;
+} __attribute__((packed));
+
+struct nbd_simple_reply {
+	uint32_t magic; /* NBD_SIMPLE_MAGIC */
+	uint32_t error;
+	uint64_t cookie;
+} __attribute__((packed));
+
+struct nbd_chunk {
+	uint32_t magic; /* NBD_STRUCTURED_MAGIC */
+	uint16_t flags;
+	uint16_t type;
+	uint64_t cookie;
+	uint32_t length; /* of what follows this header */
+} __attribute__((packed));
+
+/* NBD_REPLY_TYPE_OFFSET_DATA: header, then the data. */
+struct nbd_chunk_offset_data {
+	struct nbd_chunk h;
+	uint64_t offset;
+} __attribute__((packed));
+
+/* NBD_REPLY_TYPE_OFFSET_HOLE */
+struct nbd_chunk_offset_hole {
+	struct nbd_chunk h;
+	uint64_t offset;
+	uint32_t length;
+} __attribute__((packed));
+
+/* NBD_REPLY_TYPE_ERROR with an empty message. */
+struct nbd_chunk_error {
+	struct nbd_chunk h;
+	uint32_t error;
+	uint16_t msglen;
+} __attribute__((packed));
+
+/* NBD_REPLY_TYPE_BLOCK_STATUS: header, then descriptors. */
+struct nbd_chunk_block_status {
+	struct nbd_chunk h;
+	uint32_t context_id;
+} __attribute__((packed));
+
+struct nbd_block_descriptor {
+	uint32_t length;
+	uint32_t status;
+} __attribute__((packed));
+
+struct nbd_option {
+	uint64_t magic; /* NBD_IHAVEOPT */
+	uint32_t option;
+	uint32_t length;
+} __attribute__((packed));
+
+struct nbd_option_reply {
+	uint64_t magic; /* NBD_REP_MAGIC */
+	uint32_t option;
+	uint32_t reply;
+	uint32_t length;
+} __attribute__((packed));
+
+_Static_assert(sizeof(struct nbd_request) == NBD_REQUEST_SIZE, "request");
+_Static_assert(sizeof(struct nbd_simple_reply) == NBD_SIMPLE_SIZE, "simple reply");
+_Static_assert(sizeof(struct nbd_chunk) == NBD_CHUNK_HDR_SIZE, "chunk header");
+_Static_assert(sizeof(struct nbd_chunk_offset_data) == 28, "offset data chunk");
+_Static_assert(sizeof(struct nbd_chunk_offset_hole) == 32, "offset hole chunk");
+_Static_assert(sizeof(struct nbd_chunk_error) == 26, "error chunk");
+_Static_assert(sizeof(struct nbd_chunk_block_status) == 24, "block status chunk");
+_Static_assert(sizeof(struct nbd_block_descriptor) == 8, "block descriptor");
+_Static_assert(sizeof(struct nbd_option) == NBD_OPT_HDR_SIZE, "option header");
+_Static_assert(sizeof(struct nbd_option_reply) == NBD_REP_HDR_SIZE, "option reply header");
+
 static inline void nbd_put16(uint8_t *p, uint16_t v)
 {
 	v = htobe16(v);
