@@ -6,3 +6,10 @@
  * everything else comes from <linux/...> (one source per wire format).
  */
 #pragma once
+
+/* ---- <linux/virtio_blk.h> ---- */
+
+/* Linux 6.2: the eMMC-style device lifetime request (virtio 1.2, 5.2.6). */
+#ifndef VIRTIO_BLK_T_GET_LIFETIME
+#define VIRTIO_BLK_T_GET_LIFETIME 10
+#endif

@@ -107,7 +107,7 @@ static void reset_queue(void)
 	if (g.mem)
 		gb_fini(&g);
 	gb_init(&g, NUM);
-	gb_vq(&g, &q, VIRTIO_BIT(VIRTIO_F_INDIRECT_DESC));
+	gb_vq(&g, &q, VIRTIO_BIT(VIRTIO_RING_F_INDIRECT_DESC));
 	vq_init(&q, 0);
 	next_desc = 0;
 }
@@ -308,7 +308,7 @@ static int allocated(uint64_t off, uint64_t len)
 static void test_discard_zeroes(void)
 {
 	uint64_t two[2][3] = { { 16, 8, 0 }, { 64, 16, 0 } };
-	uint64_t unmap[1][3] = { { 16, 8, VIRTIO_BLK_WZ_F_UNMAP } };
+	uint64_t unmap[1][3] = { { 16, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP } };
 	uint64_t badflag[1][3] = { { 16, 8, 2 } };
 	uint64_t past[1][3] = { { DISK / 512 - 4, 8, 0 } };
 	uint64_t wrap[1][3] = { { UINT64_MAX - 2, 8, 0 } };

@@ -13,7 +13,7 @@
 #include "vring_build.h"
 
 #define NUM  16
-#define ALLF (VIRTIO_BIT(VIRTIO_F_INDIRECT_DESC) | VIRTIO_BIT(VIRTIO_F_EVENT_IDX))
+#define ALLF (VIRTIO_BIT(VIRTIO_RING_F_INDIRECT_DESC) | VIRTIO_BIT(VIRTIO_RING_F_EVENT_IDX))
 
 static struct gbuild g;
 static struct vq q;
@@ -363,7 +363,7 @@ static void test_push_and_notify(void)
 	uint32_t id, len;
 
 	/* Without EVENT_IDX: NO_INTERRUPT decides. */
-	setup(VIRTIO_BIT(VIRTIO_F_INDIRECT_DESC));
+	setup(VIRTIO_BIT(VIRTIO_RING_F_INDIRECT_DESC));
 	good_chain(0, 512);
 	CHECK(pop_head(0) == 1);
 	vq_push(&q, 0, 513);

@@ -82,8 +82,8 @@ static inline void gb_vq(struct gbuild *g, struct vq *q, uint64_t features)
 	q->used = g->mem + GB_USED;
 	q->num = g->num;
 	q->mem = g->map;
-	q->event_idx = features & VIRTIO_BIT(VIRTIO_F_EVENT_IDX);
-	q->indirect = features & VIRTIO_BIT(VIRTIO_F_INDIRECT_DESC);
+	q->event_idx = features & VIRTIO_BIT(VIRTIO_RING_F_EVENT_IDX);
+	q->indirect = features & VIRTIO_BIT(VIRTIO_RING_F_INDIRECT_DESC);
 	q->notify_on_empty = features & VIRTIO_BIT(VIRTIO_F_NOTIFY_ON_EMPTY);
 	q->name = "test";
 }

@@ -268,8 +268,8 @@ static int op_start(struct vblk_queue *q, struct vblk_queue_start *s)
 	q->vq.avail = s->avail;
 	q->vq.used = s->used;
 	q->vq.num = s->num;
-	q->vq.event_idx = s->features & VIRTIO_BIT(VIRTIO_F_EVENT_IDX);
-	q->vq.indirect = s->features & VIRTIO_BIT(VIRTIO_F_INDIRECT_DESC);
+	q->vq.event_idx = s->features & VIRTIO_BIT(VIRTIO_RING_F_EVENT_IDX);
+	q->vq.indirect = s->features & VIRTIO_BIT(VIRTIO_RING_F_INDIRECT_DESC);
 	q->vq.notify_on_empty = s->features & VIRTIO_BIT(VIRTIO_F_NOTIFY_ON_EMPTY);
 	q->vq.mem = s->mem;
 	q->vq.infl = s->infl;

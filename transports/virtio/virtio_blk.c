@@ -30,8 +30,8 @@ int vblk_dev_init(struct vblk_dev *d, struct gw_export *e, const char *serial, u
 	d->num_queues = num_queues;
 	/* Header + data + status, plus room for buffers split across memory regions. */
 	d->iov_max = d->seg_max + 2 + 16;
-	d->features = VIRTIO_BIT(VIRTIO_F_VERSION_1) | VIRTIO_BIT(VIRTIO_F_INDIRECT_DESC) |
-		      VIRTIO_BIT(VIRTIO_F_EVENT_IDX) | VIRTIO_BIT(VIRTIO_BLK_F_SEG_MAX) |
+	d->features = VIRTIO_BIT(VIRTIO_F_VERSION_1) | VIRTIO_BIT(VIRTIO_RING_F_INDIRECT_DESC) |
+		      VIRTIO_BIT(VIRTIO_RING_F_EVENT_IDX) | VIRTIO_BIT(VIRTIO_BLK_F_SEG_MAX) |
 		      VIRTIO_BIT(VIRTIO_BLK_F_BLK_SIZE) | VIRTIO_BIT(VIRTIO_BLK_F_FLUSH) |
 		      VIRTIO_BIT(VIRTIO_BLK_F_TOPOLOGY) | VIRTIO_BIT(VIRTIO_BLK_F_MQ);
 	if (e->read_only)
@@ -201,7 +201,7 @@ static void seg_run(struct vblk_req *r)
 
 		r->io.op = r->type == VIRTIO_BLK_T_DISCARD ? GW_OP_TRIM : GW_OP_WRITE_ZEROES;
 		r->io.flags = r->type == VIRTIO_BLK_T_WRITE_ZEROES &&
-					      !(s->flags & VIRTIO_BLK_WZ_F_UNMAP)
+					      !(s->flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP)
 				      ? GW_IO_NO_UNMAP
 				      : 0;
 		r->io.offset = s->offset;
@@ -243,8 +243,9 @@ static void discard_zeroes(const struct vblk_dev *d, struct vblk_req *r)
 		sector = virtio_get64(raw);
 		nsec = virtio_get32(raw + 8);
 		flags = virtio_get32(raw + 12);
-		if ((flags & ~VIRTIO_BLK_WZ_F_UNMAP) ||
-		    (r->type == VIRTIO_BLK_T_DISCARD && (flags & VIRTIO_BLK_WZ_F_UNMAP))) {
+		if ((flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) ||
+		    (r->type == VIRTIO_BLK_T_DISCARD &&
+		     (flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP))) {
 			finish(r, VIRTIO_BLK_S_UNSUPP, 1);
 			return;
 		}

@@ -9,52 +9,30 @@
 #include <endian.h>
 #include <stdint.h>
 
-/* ---- feature bits ---- */
+/*
+ * Wire layouts and constants come from the kernel's UAPI headers (one source
+ * per wire format); what Debian 12's 6.1 headers lack is in lib/kernel_defs.h.
+ * The kernel's struct vring_desc (__virtio64 addr, __virtio32 len,
+ * __virtio16 flags, next) and struct vring_used_elem are used as they are.
+ * Feature bits: VIRTIO_F_* (virtio_config.h), VIRTIO_RING_F_* (virtio_ring.h),
+ * VIRTIO_BLK_F_* (virtio_blk.h).
+ */
+#include <linux/virtio_blk.h>
+#include <linux/virtio_config.h>
+#include <linux/virtio_ring.h>
+#include <stddef.h>
 
-#define VIRTIO_F_NOTIFY_ON_EMPTY 24
-#define VIRTIO_F_INDIRECT_DESC   28
-#define VIRTIO_F_EVENT_IDX       29
-#define VIRTIO_F_VERSION_1       32
-#define VIRTIO_F_ACCESS_PLATFORM 33
-#define VIRTIO_F_RING_PACKED     34
-
-#define VIRTIO_BLK_F_SIZE_MAX     1
-#define VIRTIO_BLK_F_SEG_MAX      2
-#define VIRTIO_BLK_F_GEOMETRY     4
-#define VIRTIO_BLK_F_RO           5
-#define VIRTIO_BLK_F_BLK_SIZE     6
-#define VIRTIO_BLK_F_FLUSH        9
-#define VIRTIO_BLK_F_TOPOLOGY     10
-#define VIRTIO_BLK_F_CONFIG_WCE   11
-#define VIRTIO_BLK_F_MQ           12
-#define VIRTIO_BLK_F_DISCARD      13
-#define VIRTIO_BLK_F_WRITE_ZEROES 14
+#include "lib/kernel_defs.h"
 
 #define VIRTIO_BIT(b) (1ull << (b))
 
 /* ---- split ring ---- */
 
-#define VRING_DESC_F_NEXT     1
-#define VRING_DESC_F_WRITE    2
-#define VRING_DESC_F_INDIRECT 4
-
-#define VRING_AVAIL_F_NO_INTERRUPT 1
-#define VRING_USED_F_NO_NOTIFY     1
-
 #define VQ_MAX_SIZE     32768u /* the spec's largest split ring */
 #define VQ_MAX_INDIRECT 1024u  /* descriptors in one indirect table, at most */
 
-struct vring_desc {
-	uint64_t addr;  /* le */
-	uint32_t len;   /* le */
-	uint16_t flags; /* le */
-	uint16_t next;  /* le */
-};
-
-struct vring_used_elem {
-	uint32_t id;  /* le */
-	uint32_t len; /* le */
-};
+_Static_assert(sizeof(struct vring_desc) == 16, "vring_desc layout");
+_Static_assert(sizeof(struct vring_used_elem) == 8, "vring_used_elem layout");
 
 /*
  * Ring sizes in bytes for num entries (the avail ring's used_event and the
@@ -63,61 +41,54 @@ struct vring_used_elem {
  */
 static inline uint64_t vring_desc_bytes(unsigned num)
 {
-	return 16ull * num;
+	return (uint64_t)sizeof(struct vring_desc) * num;
 }
 
 static inline uint64_t vring_avail_bytes(unsigned num)
 {
-	return 6ull + 2ull * num;
+	return 3ull * sizeof(__virtio16) + (uint64_t)sizeof(__virtio16) * num;
 }
 
 static inline uint64_t vring_used_bytes(unsigned num)
 {
-	return 6ull + 8ull * num;
+	return 3ull * sizeof(__virtio16) + (uint64_t)sizeof(struct vring_used_elem) * num;
 }
 
 /* ---- virtio-blk ---- */
 
-#define VIRTIO_BLK_T_IN           0
-#define VIRTIO_BLK_T_OUT          1
-#define VIRTIO_BLK_T_FLUSH        4
-#define VIRTIO_BLK_T_GET_ID       8
-#define VIRTIO_BLK_T_GET_LIFETIME 10
-#define VIRTIO_BLK_T_DISCARD      11
-#define VIRTIO_BLK_T_WRITE_ZEROES 13
-#define VIRTIO_BLK_T_SECURE_ERASE 14
-#define VIRTIO_BLK_T_BARRIER      0x80000000u /* legacy; masked off */
+#define VIRTIO_BLK_SECTOR   512u /* the unit of sector numbers (virtio 1.2, 5.2.6) */
+#define VIRTIO_BLK_HDR_SIZE sizeof(struct virtio_blk_outhdr)
+#define VIRTIO_BLK_SEG_SIZE sizeof(struct virtio_blk_discard_write_zeroes)
 
-#define VIRTIO_BLK_S_OK     0
-#define VIRTIO_BLK_S_IOERR  1
-#define VIRTIO_BLK_S_UNSUPP 2
+_Static_assert(sizeof(struct virtio_blk_outhdr) == 16, "virtio_blk_outhdr layout");
+_Static_assert(sizeof(struct virtio_blk_discard_write_zeroes) == 16, "discard segment layout");
 
-#define VIRTIO_BLK_ID_BYTES   20
-#define VIRTIO_BLK_SECTOR     512u
-#define VIRTIO_BLK_WZ_F_UNMAP 1u
+/* Config space offsets, from the kernel's struct virtio_blk_config. */
+#define VBLK_CFG(field) offsetof(struct virtio_blk_config, field)
 
-#define VIRTIO_BLK_HDR_SIZE 16 /* le32 type, le32 ioprio, le64 sector */
-#define VIRTIO_BLK_SEG_SIZE 16 /* le64 sector, le32 num_sectors, le32 flags */
-
-/* Config space offsets (virtio 1.2, 5.2.4), 96 bytes in all. */
-#define VBLK_CFG_CAPACITY            0  /* le64, 512-byte sectors */
-#define VBLK_CFG_SIZE_MAX            8  /* le32 */
-#define VBLK_CFG_SEG_MAX             12 /* le32 */
-#define VBLK_CFG_GEOMETRY            16 /* le16 cylinders, u8 heads, u8 sectors */
-#define VBLK_CFG_BLK_SIZE            20 /* le32 */
-#define VBLK_CFG_PHYS_BLOCK_EXP      24 /* u8 */
-#define VBLK_CFG_ALIGNMENT_OFFSET    25 /* u8 */
-#define VBLK_CFG_MIN_IO_SIZE         26 /* le16, blk_size units */
-#define VBLK_CFG_OPT_IO_SIZE         28 /* le32, blk_size units */
-#define VBLK_CFG_WRITEBACK           32 /* u8 */
-#define VBLK_CFG_NUM_QUEUES          34 /* le16 */
-#define VBLK_CFG_MAX_DISCARD_SECTORS 36 /* le32 */
-#define VBLK_CFG_MAX_DISCARD_SEG     40 /* le32 */
-#define VBLK_CFG_DISCARD_ALIGNMENT   44 /* le32, sectors */
-#define VBLK_CFG_MAX_WZ_SECTORS      48 /* le32 */
-#define VBLK_CFG_MAX_WZ_SEG          52 /* le32 */
-#define VBLK_CFG_WZ_MAY_UNMAP        56 /* u8 */
+#define VBLK_CFG_CAPACITY            VBLK_CFG(capacity)
+#define VBLK_CFG_SIZE_MAX            VBLK_CFG(size_max)
+#define VBLK_CFG_SEG_MAX             VBLK_CFG(seg_max)
+#define VBLK_CFG_GEOMETRY            VBLK_CFG(geometry)
+#define VBLK_CFG_BLK_SIZE            VBLK_CFG(blk_size)
+#define VBLK_CFG_PHYS_BLOCK_EXP      VBLK_CFG(physical_block_exp)
+#define VBLK_CFG_ALIGNMENT_OFFSET    VBLK_CFG(alignment_offset)
+#define VBLK_CFG_MIN_IO_SIZE         VBLK_CFG(min_io_size)
+#define VBLK_CFG_OPT_IO_SIZE         VBLK_CFG(opt_io_size)
+#define VBLK_CFG_WRITEBACK           VBLK_CFG(wce)
+#define VBLK_CFG_NUM_QUEUES          VBLK_CFG(num_queues)
+#define VBLK_CFG_MAX_DISCARD_SECTORS VBLK_CFG(max_discard_sectors)
+#define VBLK_CFG_MAX_DISCARD_SEG     VBLK_CFG(max_discard_seg)
+#define VBLK_CFG_DISCARD_ALIGNMENT   VBLK_CFG(discard_sector_alignment)
+#define VBLK_CFG_MAX_WZ_SECTORS      VBLK_CFG(max_write_zeroes_sectors)
+#define VBLK_CFG_MAX_WZ_SEG          VBLK_CFG(max_write_zeroes_seg)
+#define VBLK_CFG_WZ_MAY_UNMAP        VBLK_CFG(write_zeroes_may_unmap)
+/*
+ * The whole config space a driver may read: the kernel's struct reaches
+ * 96 bytes with the zoned fields of 6.3; Debian 12's 6.1 struct is shorter.
+ */
 #define VBLK_CONFIG_SIZE             96
+_Static_assert(sizeof(struct virtio_blk_config) <= VBLK_CONFIG_SIZE, "virtio_blk_config size");
 
 /* ---- little-endian helpers ---- */
 

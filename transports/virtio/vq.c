@@ -141,7 +141,7 @@ static int walk(struct vq *q, uint16_t head, struct vq_elem *e, struct iovec *io
 			if (!q->indirect)
 				return vq_fail(
 					q,
-					"head %u: indirect descriptor without VIRTIO_F_INDIRECT_DESC",
+					"head %u: indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC",
 					head);
 			if (indirect)
 				return vq_fail(
