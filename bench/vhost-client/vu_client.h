@@ -22,6 +22,9 @@
  */
 #pragma once
 
+#include <linux/virtio_blk.h>
+#include <linux/virtio_config.h>
+#include <linux/virtio_ring.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -30,25 +33,28 @@
 extern "C" {
 #endif
 
-/* virtio-blk and virtio ring feature bits (virtio 1.2, 5.2.3 and 6). */
-#define VU_BLK_F_SIZE_MAX      1
-#define VU_BLK_F_SEG_MAX       2
-#define VU_BLK_F_GEOMETRY      4
-#define VU_BLK_F_RO            5
-#define VU_BLK_F_BLK_SIZE      6
-#define VU_BLK_F_FLUSH         9
-#define VU_BLK_F_TOPOLOGY      10
-#define VU_BLK_F_CONFIG_WCE    11
-#define VU_BLK_F_MQ            12
-#define VU_BLK_F_DISCARD       13
-#define VU_BLK_F_WRITE_ZEROES  14
-#define VU_F_NOTIFY_ON_EMPTY   24
-#define VU_F_INDIRECT_DESC     28
-#define VU_F_EVENT_IDX         29
-#define VU_F_PROTOCOL_FEATURES 30 /* vhost-user specific */
-#define VU_F_VERSION_1         32
-#define VU_F_ACCESS_PLATFORM   33
-#define VU_F_RING_PACKED       34
+/*
+ * virtio-blk and virtio ring feature bits: the kernel's numbers under the
+ * client's names (one source per wire format).
+ */
+#define VU_BLK_F_SIZE_MAX      VIRTIO_BLK_F_SIZE_MAX
+#define VU_BLK_F_SEG_MAX       VIRTIO_BLK_F_SEG_MAX
+#define VU_BLK_F_GEOMETRY      VIRTIO_BLK_F_GEOMETRY
+#define VU_BLK_F_RO            VIRTIO_BLK_F_RO
+#define VU_BLK_F_BLK_SIZE      VIRTIO_BLK_F_BLK_SIZE
+#define VU_BLK_F_FLUSH         VIRTIO_BLK_F_FLUSH
+#define VU_BLK_F_TOPOLOGY      VIRTIO_BLK_F_TOPOLOGY
+#define VU_BLK_F_CONFIG_WCE    VIRTIO_BLK_F_CONFIG_WCE
+#define VU_BLK_F_MQ            VIRTIO_BLK_F_MQ
+#define VU_BLK_F_DISCARD       VIRTIO_BLK_F_DISCARD
+#define VU_BLK_F_WRITE_ZEROES  VIRTIO_BLK_F_WRITE_ZEROES
+#define VU_F_NOTIFY_ON_EMPTY   VIRTIO_F_NOTIFY_ON_EMPTY
+#define VU_F_INDIRECT_DESC     VIRTIO_RING_F_INDIRECT_DESC
+#define VU_F_EVENT_IDX         VIRTIO_RING_F_EVENT_IDX
+#define VU_F_PROTOCOL_FEATURES 30 /* vhost-user specific: no kernel header */
+#define VU_F_VERSION_1         VIRTIO_F_VERSION_1
+#define VU_F_ACCESS_PLATFORM   VIRTIO_F_ACCESS_PLATFORM
+#define VU_F_RING_PACKED       VIRTIO_F_RING_PACKED
 
 /* vhost-user protocol feature bits. */
 #define VU_PROTO_F_MQ        0

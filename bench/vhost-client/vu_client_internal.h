@@ -16,6 +16,13 @@
 
 /* ---- vhost-user wire format --------------------------------------------- */
 
+/*
+ * The vhost-user messages have no kernel header. This client keeps its own
+ * copy, written from the vhost-user specification, on purpose: it is the
+ * test oracle for the server's transports/vhost/vhost_proto.h, and a shared
+ * header would let one misread number pass on both sides unnoticed.
+ */
+
 enum vu_req {
 	VU_GET_FEATURES = 1,
 	VU_SET_FEATURES = 2,
@@ -96,53 +103,18 @@ _Static_assert(offsetof(struct vu_msg, p) == VU_HDR_SIZE, "header layout");
 
 /* ---- virtio split ring and virtio-blk ----------------------------------- */
 
-#define VRING_DESC_F_NEXT          1
-#define VRING_DESC_F_WRITE         2
-#define VRING_AVAIL_F_NO_INTERRUPT 1
-#define VRING_USED_F_NO_NOTIFY     1
-
-struct vring_desc {
-	uint64_t addr;
-	uint32_t len;
-	uint16_t flags;
-	uint16_t next;
-};
-
-struct vring_used_elem {
-	uint32_t id;
-	uint32_t len;
-};
-
-#define VIRTIO_BLK_T_IN           0
-#define VIRTIO_BLK_T_OUT          1
-#define VIRTIO_BLK_T_FLUSH        4
-#define VIRTIO_BLK_T_GET_ID       8
-#define VIRTIO_BLK_T_DISCARD      11
-#define VIRTIO_BLK_T_WRITE_ZEROES 13
-
-#define VIRTIO_BLK_S_OK     0
-#define VIRTIO_BLK_S_IOERR  1
-#define VIRTIO_BLK_S_UNSUPP 2
-
-#define VIRTIO_BLK_ID_BYTES 20
-#define VU_STATUS_SENTINEL  0xa5 /* not a valid status: "never written" */
-
-struct blk_outhdr {
-	uint32_t type;
-	uint32_t ioprio;
-	uint64_t sector;
-};
-
-struct blk_seg {
-	uint64_t sector;
-	uint32_t num_sectors;
-	uint32_t flags;
-};
+/*
+ * Ring and virtio-blk layouts are the kernel's (<linux/virtio_ring.h>,
+ * <linux/virtio_blk.h>, included by vu_client.h): struct vring_desc,
+ * struct vring_used_elem, struct virtio_blk_outhdr, struct
+ * virtio_blk_discard_write_zeroes, VIRTIO_BLK_T_* and VIRTIO_BLK_S_*.
+ */
+#define VU_STATUS_SENTINEL 0xa5 /* not a valid status: "never written" */
 
 /* Per-descriptor-head data the backend reads or writes, in shared memory. */
 struct vu_slot {
-	struct blk_outhdr hdr;
-	struct blk_seg seg;
+	struct virtio_blk_outhdr hdr;
+	struct virtio_blk_discard_write_zeroes seg;
 	uint8_t id[VIRTIO_BLK_ID_BYTES];
 	uint8_t status;
 	uint8_t pad[64 - 16 - 16 - VIRTIO_BLK_ID_BYTES - 1];
