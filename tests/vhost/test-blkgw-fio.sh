@@ -233,7 +233,7 @@ case_shrunk_memory() {
     ok "memory backend: the write from shrunk memory was never acknowledged; the connection was closed" ||
     { cat "$T/probe"; bad "memory backend: shrunk memory not handled"; }
   kill -0 "$BLKGW_PID" 2>/dev/null && ok "blkgw survived the SIGBUS" || bad "blkgw died"
-  grep -q 'mem: closing the connection: the frontend shrank' "$T/blkgw.log" &&
+  grep -Eq "mem: closing the connection: the (frontend|driver's memory) shrank" "$T/blkgw.log" &&
     ok "blkgw says why ($(grep -o 'mem: closing the connection: .*' "$T/blkgw.log" | head -n1))" ||
     { cat "$T/blkgw.log"; bad "no log line naming the shrunk region"; }
   # The file backend reads guest memory in the kernel (io_uring): EFAULT, an IOERR, never success.

@@ -29,7 +29,8 @@ static struct vhost_vring *vring_of(struct vhost_conn *c, uint32_t index)
 static void broken_cb(struct vblk_queue *q, void *arg)
 {
 	struct vhost_conn *c = arg;
-	struct vhost_vring *vr = &c->vr[q->index];
+	struct vhost_vring *vr = &c->vr[vblk_queue_index(q)];
+	const char *why = vblk_queue_broken_why(q);
 	int rc;
 
 	c->broken = true;
@@ -41,7 +42,7 @@ static void broken_cb(struct vblk_queue *q, void *arg)
 			vr->err_fd = -1;
 		}
 	}
-	vhost_conn_close(c, q->broken_why ? q->broken_why : "malformed virtqueue");
+	vhost_conn_close(c, why ? why : "malformed virtqueue");
 }
 
 static const struct vblk_queue_ops queue_ops = {

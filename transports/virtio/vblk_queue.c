@@ -414,3 +414,18 @@ static void on_worker(void *arg)
 	}
 	reply(m);
 }
+
+unsigned vblk_queue_index(const struct vblk_queue *q)
+{
+	return q->index;
+}
+
+const char *vblk_queue_broken_why(const struct vblk_queue *q)
+{
+	return q->broken_why;
+}
+
+uint64_t vblk_queue_resubmitted(const struct vblk_queue *q)
+{
+	return q->resubmitted;
+}

@@ -29,11 +29,9 @@
  */
 #pragma once
 
-#include <ev.h>
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "lib/coalesce.h"
 #include "lib/worker.h"
 #include "transports/virtio/virtio_blk.h"
 #include "transports/virtio/vq.h"
@@ -42,7 +40,8 @@ struct vblk_queue;
 
 /* Reports from the worker, on the main thread. */
 struct vblk_queue_ops {
-	/* The queue stopped for good (already logged; q->broken_why says why). Optional. */
+	/* The queue stopped for good (already logged; vblk_queue_broken_why() says why). Optional.
+	 */
 	void (*broken)(struct vblk_queue *q, void *arg);
 	/*
 	 * Optional: send an interrupt another way than writing 1 to call_fd
@@ -70,42 +69,21 @@ struct vblk_queue_start {
 	uint32_t hold_ns;          /* quiet gap for holding signals (gw_hold), 0: never hold */
 };
 
-struct vblk_queue {
-	/* Set at creation; read-only after. */
-	const struct vblk_dev *dev;
-	struct gw_worker *w;
-	unsigned index;
-	char name[64];
-	const struct vblk_queue_ops *ops;
-	void *ops_arg;
+/*
+ * The queue itself is private to the core (vblk_queue_internal.h): a front
+ * door reads what it needs through the accessors below and never touches
+ * the worker-owned state.
+ */
 
-	/* Worker-owned while running. */
-	struct vq vq;
-	ev_io kick_w;
-	int kick_fd, call_fd;
-	bool running, enabled, kick_on, stopping;
-	bool need_notify, need_process, starved, broken_reported;
-	bool poisoned;          /* the driver's memory shrank (lib/guard.h) */
-	const char *broken_why; /* why it broke, for ops->broken (NULL: a malformed ring) */
-	struct gw_deferred defer;
-	unsigned inflight; /* requests submitted, not completed */
-	unsigned nreqs;    /* requests allocated */
-	struct vblk_req *free_reqs;
-	struct virtio_memmap *mem;    /* current map */
-	unsigned mem_inflight;        /* requests using it */
-	struct vblk_retired *retired; /* older maps still used by requests */
-	struct vblk_qmsg *stop_msg;   /* pending stop, answered once drained */
-	uint16_t *heads;              /* recovery scratch */
-	uint64_t resubmitted;         /* requests recovered from the inflight region */
-
-	/* Adaptive polling. */
-	ev_idle poll_w;
-	bool poll_on;
-	uint32_t poll_max_ns, poll_ns; /* limit, current window */
-	uint64_t poll_deadline;        /* stop polling at (ns) */
-	uint64_t idle_since;           /* when the ring went to sleep (0: it did not) */
-	struct gw_hold hold;           /* interrupt moderation for a slow driver */
-};
+/* The index given at creation. Any thread. */
+unsigned vblk_queue_index(const struct vblk_queue *q);
+/*
+ * Why the queue broke (a static string, valid in ops->broken and after), or
+ * NULL when the driver's ring was malformed (the core logged how). Main thread.
+ */
+const char *vblk_queue_broken_why(const struct vblk_queue *q);
+/* Requests recovered from the inflight region at the last start. Main thread, not running. */
+uint64_t vblk_queue_resubmitted(const struct vblk_queue *q);
 
 /* Main thread. The queue runs on w (its load is the caller's business). */
 struct vblk_queue *vblk_queue_new(const struct vblk_dev *dev, struct gw_worker *w, unsigned index,

@@ -5,7 +5,47 @@
  */
 #pragma once
 
+#include <ev.h>
+
+#include "lib/coalesce.h"
 #include "transports/virtio/vblk_queue.h"
+
+struct vblk_queue {
+	/* Set at creation; read-only after. */
+	const struct vblk_dev *dev;
+	struct gw_worker *w;
+	unsigned index;
+	char name[64];
+	const struct vblk_queue_ops *ops;
+	void *ops_arg;
+
+	/* Worker-owned while running. */
+	struct vq vq;
+	ev_io kick_w;
+	int kick_fd, call_fd;
+	bool running, enabled, kick_on, stopping;
+	bool need_notify, need_process, starved, broken_reported;
+	bool poisoned;          /* the driver's memory shrank (lib/guard.h) */
+	const char *broken_why; /* why it broke, for ops->broken (NULL: a malformed ring) */
+	struct gw_deferred defer;
+	unsigned inflight; /* requests submitted, not completed */
+	unsigned nreqs;    /* requests allocated */
+	struct vblk_req *free_reqs;
+	struct virtio_memmap *mem;    /* current map */
+	unsigned mem_inflight;        /* requests using it */
+	struct vblk_retired *retired; /* older maps still used by requests */
+	struct vblk_qmsg *stop_msg;   /* pending stop, answered once drained */
+	uint16_t *heads;              /* recovery scratch */
+	uint64_t resubmitted;         /* requests recovered from the inflight region */
+
+	/* Adaptive polling. */
+	ev_idle poll_w;
+	bool poll_on;
+	uint32_t poll_max_ns, poll_ns; /* limit, current window */
+	uint64_t poll_deadline;        /* stop polling at (ns) */
+	uint64_t idle_since;           /* when the ring went to sleep (0: it did not) */
+	struct gw_hold hold;           /* interrupt moderation for a slow driver */
+};
 
 enum qop {
 	QOP_START,

@@ -127,7 +127,7 @@ static bool req_poisoned(struct vblk_queue *q, const struct vblk_req *r)
 		gw_warn("%s: the driver's memory shrank under a request (SIGBUS); it and every later one "
 			"stay unanswered (resubmitted from the inflight region if the driver reconnects)",
 			q->name);
-		vblkq_mark_broken(q, "the frontend shrank its memory under a request (SIGBUS)");
+		vblkq_mark_broken(q, "the driver's memory shrank under a request (SIGBUS)");
 	}
 	return q->poisoned;
 }
@@ -267,7 +267,7 @@ void vblkq_signal_driver(struct vblk_queue *q)
 		close(q->call_fd);
 		q->call_fd = -1;
 		q->vq.broken = true;
-		vblkq_mark_broken(q, "the frontend's call eventfd is full and unread");
+		vblkq_mark_broken(q, "the driver's call eventfd is full and unread");
 		return;
 	}
 	gw_debug("%s: call eventfd: %s", q->name, strerror(-rc));

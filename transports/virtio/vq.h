@@ -31,7 +31,7 @@
 #include "transports/virtio/virtio_defs.h"
 #include "transports/virtio/virtio_mem.h"
 
-/* ---- the inflight region (per queue), shared with the frontend ---- */
+/* ---- the inflight region (per queue), shared with the driver ---- */
 
 struct vq_inflight_desc {
 	uint8_t inflight; /* 1 while the head is popped and not yet pushed */
