@@ -82,3 +82,55 @@ void gw_log(enum gw_log_level level, const char *fmt, ...)
 	}
 	errno = saved;
 }
+
+void gw_log_rl(struct gw_ratelimit *rl, enum gw_log_level level, const char *fmt, ...)
+{
+	char msg[900];
+	uint64_t now, dropped = 0;
+	bool last = false;
+	struct timespec ts;
+	va_list ap;
+
+	if (level > gw_log_threshold)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	pthread_mutex_lock(&rl->lock);
+	if (!rl->start || now - rl->start >= (uint64_t)rl->interval * 1000000000ull) {
+		dropped = rl->dropped;
+		rl->start = now;
+		rl->printed = 0;
+		rl->dropped = 0;
+	}
+	if (rl->printed >= rl->burst) {
+		rl->dropped++;
+		rl->dropped_total++;
+		pthread_mutex_unlock(&rl->lock);
+		return;
+	}
+	last = ++rl->printed == rl->burst;
+	pthread_mutex_unlock(&rl->lock);
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (dropped && last)
+		gw_log(level, "%s (%llu like this dropped before; more in the next %u s dropped)",
+		       msg, (unsigned long long)dropped, rl->interval);
+	else if (dropped)
+		gw_log(level, "%s (%llu like this dropped before)", msg,
+		       (unsigned long long)dropped);
+	else if (last)
+		gw_log(level, "%s (more like this in the next %u s dropped)", msg, rl->interval);
+	else
+		gw_log(level, "%s", msg);
+}
+
+uint64_t gw_ratelimit_dropped(struct gw_ratelimit *rl)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&rl->lock);
+	n = rl->dropped_total;
+	pthread_mutex_unlock(&rl->lock);
+	return n;
+}

@@ -1,7 +1,9 @@
 /* Logging: one function, levels, every line tagged with the thread's name. */
 #pragma once
 
+#include <pthread.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "lib/util.h"
 
@@ -35,4 +37,38 @@ void gw_log(enum gw_log_level level, const char *fmt, ...) GW_PRINTF(2, 3);
 	do {                                               \
 		if (gw_log_enabled(GW_LOG_DEBUG))          \
 			gw_log(GW_LOG_DEBUG, __VA_ARGS__); \
+	} while (0)
+
+/*
+ * Rate-limited logging, for every line a remote peer can trigger: at most
+ * `burst` lines per `interval` seconds from one limiter; the first line
+ * dropped says so, and the first line of the next window counts what was
+ * dropped. One static limiter per call site (or per kind of event).
+ */
+struct gw_ratelimit {
+	pthread_mutex_t lock;
+	unsigned interval; /* seconds */
+	unsigned burst;
+	uint64_t start; /* ns, CLOCK_MONOTONIC: this window's first line */
+	unsigned printed;
+	uint64_t dropped;
+	uint64_t dropped_total;
+};
+#define GW_RATELIMIT_INIT(interval_s, burst_n)                                                  \
+	{                                                                                       \
+		.lock = PTHREAD_MUTEX_INITIALIZER, .interval = (interval_s), .burst = (burst_n) \
+	}
+/* The default for remote-triggerable lines: 10 lines per 5 s per limiter. */
+#define GW_RATELIMIT_DEFAULT GW_RATELIMIT_INIT(5, 10)
+
+void gw_log_rl(struct gw_ratelimit *rl, enum gw_log_level level, const char *fmt, ...)
+	GW_PRINTF(3, 4);
+/* Lines this limiter has dropped since start (for tests and status). */
+uint64_t gw_ratelimit_dropped(struct gw_ratelimit *rl);
+
+#define gw_warn_rl(rl, ...) gw_log_rl((rl), GW_LOG_WARN, __VA_ARGS__)
+#define gw_info_rl(rl, ...)                                        \
+	do {                                                       \
+		if (gw_log_enabled(GW_LOG_INFO))                   \
+			gw_log_rl((rl), GW_LOG_INFO, __VA_ARGS__); \
 	} while (0)

@@ -12,6 +12,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -301,13 +302,43 @@ void nbd_listener_each(struct nbd_listener *l, void (*fn)(void *arg, struct nbd_
 	pthread_mutex_unlock(&l->lock);
 }
 
+/* Who is on the other end, for the log: "192.0.2.1:50312", "[::1]:40000", "pid 12 uid 0". */
+static void peer_name(int fd, const struct sockaddr_storage *sa, char *buf, size_t len)
+{
+	char host[INET6_ADDRSTRLEN];
+
+	if (sa->ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+
+		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+		snprintf(buf, len, "%s:%u", host, ntohs(in->sin_port));
+	} else if (sa->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+
+		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+		snprintf(buf, len, "[%s]:%u", host, ntohs(in6->sin6_port));
+	} else {
+		struct ucred cr;
+		socklen_t cl = sizeof(cr);
+
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) == 0)
+			snprintf(buf, len, "pid %d uid %u", (int)cr.pid, (unsigned)cr.uid);
+		else
+			snprintf(buf, len, "unix peer");
+	}
+}
+
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct nbd_listener *l = w->data;
 
 	for (int i = 0; i < 64; i++) {
 		struct gw_worker *wk;
-		int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		struct sockaddr_storage sa;
+		socklen_t salen = sizeof(sa);
+		char peer[NBD_PEER_LEN];
+		int fd = accept4(w->fd, (struct sockaddr *)&sa, &salen,
+				 SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
@@ -321,9 +352,10 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 			setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		}
+		peer_name(fd, &sa, peer, sizeof(peer));
 		wk = gw_worker_pick();
 		atomic_fetch_add(&l->refs, 1);
-		nbd_conn_accept(wk, fd, l);
+		nbd_conn_accept(wk, fd, l, peer);
 	}
 }
 
@@ -335,6 +367,20 @@ static int listen_unix(struct nbd_listener *l, char *err, size_t errlen)
 		return fd;
 	l->fds[l->nfds++] = fd;
 	return 0;
+}
+
+/* 127.0.0.0/8, ::1 or ::ffff:127.x.y.z: only this host can connect. */
+static bool addr_is_loopback(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+	if (sa->sa_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+
+		return IN6_IS_ADDR_LOOPBACK(a) ||
+		       (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+	}
+	return false;
 }
 
 static int listen_tcp(struct nbd_listener *l, char *err, size_t errlen)
@@ -376,6 +422,8 @@ static int listen_tcp(struct nbd_listener *l, char *err, size_t errlen)
 			close(fd);
 			continue;
 		}
+		if (!addr_is_loopback(ai->ai_addr))
+			l->exposed = true;
 		l->fds[l->nfds++] = fd;
 	}
 	freeaddrinfo(res);
@@ -705,6 +753,12 @@ static int nbd_start(struct gw_export *e, char *err, size_t errlen)
 			return -EIO;
 		}
 		x->lis[x->nlis++] = l;
+		if (l->exposed && !e->read_only)
+			gw_warn("export %s: WRITABLE over NBD on %s, which is reachable beyond this "
+				"host, WITHOUT TLS: anyone who can reach it can read and overwrite "
+				"image %s. Listen on 127.0.0.1 or [::1], use a unix socket, or set "
+				"'read-only: true'",
+				e->id, l->hostport, e->image);
 	}
 	e->tpriv = x;
 	if (o->attach) {

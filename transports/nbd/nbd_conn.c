@@ -42,6 +42,9 @@ static struct nbd_wlist *wlists;
 static unsigned nwlists;
 static pthread_once_t wlists_once = PTHREAD_ONCE_INIT;
 
+/* Connection lines: one per client, but a flood of clients cannot flood the log. */
+static struct gw_ratelimit conn_rl = GW_RATELIMIT_INIT(5, 20);
+
 static void wlists_init(void)
 {
 	nwlists = gw_workers_count();
@@ -441,6 +444,7 @@ struct accept_msg {
 	int fd;
 	struct nbd_listener *l;
 	struct nbd_exp *x; /* kernel attach: bound from the start */
+	char peer[NBD_PEER_LEN];
 };
 
 static void attach_on_worker(void *arg)
@@ -495,6 +499,7 @@ static void accept_on_worker(void *arg)
 	}
 	c->lis = m->l;
 	c->state = CS_HS_FLAGS;
+	memcpy(c->peer, m->peer, sizeof(c->peer));
 	free(m);
 	if (nbd_hs_greet(c) < 0) {
 		nbd_conn_kill(c);
@@ -504,7 +509,7 @@ static void accept_on_worker(void *arg)
 	rd_set(c, true);
 }
 
-void nbd_conn_accept(struct gw_worker *w, int fd, struct nbd_listener *l)
+void nbd_conn_accept(struct gw_worker *w, int fd, struct nbd_listener *l, const char *peer)
 {
 	struct accept_msg *m = calloc(1, sizeof(*m));
 
@@ -512,6 +517,7 @@ void nbd_conn_accept(struct gw_worker *w, int fd, struct nbd_listener *l)
 		m->w = w;
 		m->fd = fd;
 		m->l = l;
+		gw_strlcpy(m->peer, peer, sizeof(m->peer));
 	}
 	if (!m || gw_worker_call(w, accept_on_worker, m) < 0) {
 		free(m);
@@ -540,8 +546,10 @@ int nbd_conn_enter_tx(struct nbd_conn *c, struct nbd_exp *x)
 		c->ibuf = b;
 		c->icap = IBUF_TX;
 	}
-	gw_debug("nbd: client bound to export '%s'%s", x->name,
-		 c->structured ? " (structured replies)" : "");
+	if (c->lis)
+		gw_info_rl(&conn_rl, "nbd: %s: client %s on export '%s'%s",
+			   c->lis->key + (c->lis->is_unix ? 5 : 4), c->peer, x->name,
+			   c->structured ? " (structured replies)" : "");
 	return 0;
 }
 static void conn_process(struct nbd_conn *c)

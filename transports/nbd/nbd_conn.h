@@ -40,6 +40,7 @@ struct nbd_conn {
 	struct nbd_exp *x;        /* bound export (transmission) */
 	struct gw_export *exp;
 	uint16_t tflags;
+	char peer[NBD_PEER_LEN]; /* for the log */
 
 	/* Negotiated. */
 	bool fixed;

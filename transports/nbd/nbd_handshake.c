@@ -63,6 +63,33 @@ int nbd_opt_error(struct nbd_conn *c, uint32_t opt, uint32_t type, const char *f
 	return nbd_opt_reply(c, opt, type, msg, (size_t)n);
 }
 
+/* Lines a client can cause: rate-limited, so no client can fill the disk. */
+static struct gw_ratelimit refused_rl = GW_RATELIMIT_DEFAULT;
+static struct gw_ratelimit hs_rl = GW_RATELIMIT_DEFAULT;
+
+/* A client's bytes as a log-safe string: at most 64 printable characters. */
+static const char *printable(char out[80], const char *in, size_t len)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < len && n < 64; i++)
+		out[n++] = (in[i] >= 0x20 && in[i] < 0x7f && in[i] != '\'') ? in[i] : '?';
+	if (len > 64) {
+		memcpy(out + n, "...", 3);
+		n += 3;
+	}
+	out[n] = '\0';
+	return out;
+}
+
+static void log_refused(struct nbd_conn *c, const char *name, size_t len, const char *how)
+{
+	char p[80];
+
+	gw_info_rl(&refused_rl, "nbd: %s: client %s asked for unknown export '%s' (%s): refused",
+		   c->lis->key + (c->lis->is_unix ? 5 : 4), c->peer, printable(p, name, len), how);
+}
+
 /* ---- INFO / GO ---- */
 
 static int send_info(struct nbd_conn *c, uint32_t opt, struct nbd_exp *x, const uint16_t *req,
@@ -132,6 +159,10 @@ static int unknown_export(struct nbd_conn *c, uint32_t opt, const char *name, si
 {
 	struct list_names l = { .used = 0 };
 
+	log_refused(c, name, len,
+		    opt == NBD_OPT_GO     ? "GO"
+		    : opt == NBD_OPT_INFO ? "INFO"
+					  : "META_CONTEXT");
 	nbd_listener_each(c->lis, collect_name, &l);
 	return nbd_opt_error(c, opt, NBD_REP_ERR_UNKNOWN,
 			     "no export named '%.*s' here (exports: %s)", (int)GW_MIN(len, 256),
@@ -197,8 +228,7 @@ static int opt_export_name(struct nbd_conn *c, const uint8_t *d, uint32_t len)
 
 	x = nbd_listener_get(c->lis, (const char *)d, len);
 	if (!x) {
-		gw_info("nbd: client asked for unknown export '%.*s' (EXPORT_NAME): closing",
-			(int)GW_MIN(len, 256u), (const char *)d);
+		log_refused(c, (const char *)d, len, "EXPORT_NAME, closing");
 		return -1; /* the protocol has no way to say no here */
 	}
 	c->meta_alloc = false; /* requires GO per the spec; be strict */
@@ -448,7 +478,8 @@ int nbd_hs_process(struct nbd_conn *c)
 		opt = nbd_get32(p + 8);
 		len = nbd_get32(p + 12);
 		if (++c->nopts > NBD_MAX_OPTS) {
-			gw_info("nbd: client sent more than %u options: closing", NBD_MAX_OPTS);
+			gw_info_rl(&hs_rl, "nbd: client %s sent more than %u options: closing",
+				   c->peer, NBD_MAX_OPTS);
 			return -1;
 		}
 		if (len > NBD_OPT_MAX) {

@@ -22,6 +22,7 @@
 #include "lib/worker.h"
 
 #define NBD_MAX_LISTEN_FDS 8
+#define NBD_PEER_LEN       64 /* "[ipv6]:port" or "pid N uid U" */
 
 struct nbd_opts {
 	char *socket; /* unix socket path */
@@ -43,6 +44,7 @@ struct nbd_exp;
 struct nbd_listener {
 	char *key; /* "unix:/path" or "tcp:host:port" */
 	bool is_unix;
+	bool exposed;   /* tcp: bound to an address beyond loopback */
 	char *path;     /* unix */
 	char *hostport; /* tcp */
 	struct gw_sock_perm perm;
@@ -87,7 +89,7 @@ uint16_t nbd_tflags(const struct nbd_exp *x, bool structured);
 
 /* ---- nbd_conn.c ---- */
 /* Serve an accepted socket on worker w (runs on w through gw_worker_call). */
-void nbd_conn_accept(struct gw_worker *w, int fd, struct nbd_listener *l);
+void nbd_conn_accept(struct gw_worker *w, int fd, struct nbd_listener *l, const char *peer);
 /*
  * Serve a socket whose other end goes to the kernel: no handshake, simple
  * replies, bound to x (the caller took the x->conns reference and w's load).

@@ -254,8 +254,11 @@ static int tx_request(struct nbd_conn *c)
 	gw_worker_note_work(c->w, 1);
 	c->burst++;
 	if (be32toh(q.magic) != NBD_REQUEST_MAGIC) {
-		gw_info("nbd: export '%s': bad request magic 0x%08x: closing connection",
-			c->x->name, be32toh(q.magic));
+		static struct gw_ratelimit rl = GW_RATELIMIT_DEFAULT;
+
+		gw_info_rl(&rl,
+			   "nbd: export '%s': client %s sent bad request magic 0x%08x: closing",
+			   c->x->name, c->peer[0] ? c->peer : "(kernel)", be32toh(q.magic));
 		return -1;
 	}
 	c->ipos += NBD_REQUEST_SIZE;
