@@ -7,6 +7,7 @@
 
 extern const struct gw_transport_ops gw_nbd_transport;
 extern const struct gw_transport_ops gw_vhost_transport;
+extern const struct gw_transport_ops gw_fuse_transport;
 
 /* Order is only the listing order; exports choose by name. */
 static const struct gw_transport_ops *const transports[] = {
@@ -15,6 +16,9 @@ static const struct gw_transport_ops *const transports[] = {
 #endif
 #if BLKGW_WITH_VHOST
 	&gw_vhost_transport,
+#endif
+#if BLKGW_WITH_FUSE
+	&gw_fuse_transport,
 #endif
 };
 
