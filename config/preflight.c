@@ -151,7 +151,7 @@ static bool inside(const char *path, const char *dir)
 
 /* bad_run_dir: it cannot be created, which was reported; sockets in it say no more. */
 static void check_sockets(const struct gw_manifest *m, struct gw_preflight *pf,
-			  const struct claims *c, bool bad_run_dir, struct gw_diags *d)
+			  const struct claims *c, bool bad_run_dir, bool live, struct gw_diags *d)
 {
 	char why[4400];
 
@@ -168,7 +168,8 @@ static void check_sockets(const struct gw_manifest *m, struct gw_preflight *pf,
 		if (seen || (bad_run_dir && inside(c->v[i].path, m->gw.run_dir)))
 			continue; /* its folder was checked with the first claim, or the run dir's
 				   */
-		rc = gw_socket_path_check(c->v[i].path, why, sizeof(why));
+		rc = live ? gw_socket_path_check(c->v[i].path, why, sizeof(why))
+			  : gw_socket_path_check_quiet(c->v[i].path, why, sizeof(why));
 		if (rc < 0)
 			claim_diag(m, &c->v[i], d, why);
 		else if (rc == GW_SOCKET_LIVE && !c->v[i].ts)
@@ -220,7 +221,8 @@ static void probe_export(const struct gw_manifest *m, size_t i, struct gw_prefli
 	free(notes);
 }
 
-int gw_preflight_run(const struct gw_manifest *m, struct gw_preflight *pf, struct gw_diags *d)
+static int preflight(const struct gw_manifest *m, struct gw_preflight *pf, struct gw_diags *d,
+		     bool live)
 {
 	struct claims c = { 0 };
 	size_t before = d->n;
@@ -255,11 +257,21 @@ int gw_preflight_run(const struct gw_manifest *m, struct gw_preflight *pf, struc
 				ts->ops->listens(&m->env, ts->opts, x->image, collect_listen, &k);
 		}
 	}
-	check_sockets(m, pf, &c, bad_run_dir, d);
+	check_sockets(m, pf, &c, bad_run_dir, live, d);
 	for (size_t i = 0; i < c.n; i++)
 		free(c.v[i].path);
 	free(c.v);
 	return d->n == before ? 0 : -1;
+}
+
+int gw_preflight_run(const struct gw_manifest *m, struct gw_preflight *pf, struct gw_diags *d)
+{
+	return preflight(m, pf, d, true);
+}
+
+int gw_preflight_run_live(const struct gw_manifest *m, struct gw_preflight *pf, struct gw_diags *d)
+{
+	return preflight(m, pf, d, false);
 }
 
 void gw_preflight_free(struct gw_preflight *pf)

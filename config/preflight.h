@@ -42,4 +42,10 @@ struct gw_preflight {
 
 /* Run every check. 0, or -1 with each problem in d (pf is filled either way). */
 int gw_preflight_run(const struct gw_manifest *m, struct gw_preflight *pf, struct gw_diags *d);
+/*
+ * The same for a running daemon checking a manifest to apply: sockets are
+ * not asked whether a server answers (the daemon's own do; a stranger's
+ * makes that export fail to start, reported then).
+ */
+int gw_preflight_run_live(const struct gw_manifest *m, struct gw_preflight *pf, struct gw_diags *d);
 void gw_preflight_free(struct gw_preflight *pf);

@@ -27,6 +27,11 @@ struct ctl_client {
 	char *out;
 	size_t outlen, outoff;
 	struct ctl_client *next;
+	struct gw_ctl_pending *pending; /* a reply owed later; reading waits for it */
+};
+
+struct gw_ctl_pending {
+	struct ctl_client *c; /* NULL once the client went away */
 };
 
 static struct {
@@ -37,6 +42,9 @@ static struct {
 	void *arg;
 	struct ctl_client *clients;
 	unsigned nclients;
+	struct ctl_client *current; /* whose request the handler is answering */
+	struct gw_ctl_pending *deferred;
+	json_object *early; /* a deferred reply given before the handler returned */
 } ctl = { .fd = -1 };
 
 json_object *gw_ctl_error(int code, const char *fmt, ...)
@@ -61,6 +69,8 @@ static void client_close(struct ctl_client *c)
 
 	ev_io_stop(EV_DEFAULT, &c->rio);
 	ev_io_stop(EV_DEFAULT, &c->wio);
+	if (c->pending)
+		c->pending->c = NULL;
 	close(c->fd);
 	for (pp = &ctl.clients; *pp; pp = &(*pp)->next) {
 		if (*pp == c) {
@@ -125,11 +135,73 @@ static void handle_line(struct ctl_client *c, const char *line, size_t len)
 		reply = gw_ctl_error(
 			-EINVAL, "request must be a JSON object such as {\"command\": \"status\"}");
 	} else {
+		ctl.current = c;
+		ctl.deferred = NULL;
+		ctl.early = NULL;
 		reply = ctl.handler(req, ctl.arg);
+		ctl.current = NULL;
+		if (!reply && ctl.early) {
+			reply = ctl.early;
+			ctl.early = NULL;
+		} else if (!reply && ctl.deferred) {
+			c->pending = ctl.deferred;
+			ctl.deferred = NULL;
+			ev_io_stop(EV_DEFAULT, &c->rio);
+		} else if (!reply) {
+			reply = gw_ctl_error(-EIO, "the command gave no answer");
+		}
 	}
 	json_object_put(req);
 	json_tokener_free(tok);
+	if (reply)
+		client_reply(c, reply);
+}
+
+/* Answer the complete lines buffered, until one defers its reply. */
+static void client_lines(struct ctl_client *c)
+{
+	char *nl;
+
+	while (!c->pending && (nl = memchr(c->in, '\n', c->inlen))) {
+		size_t l = (size_t)(nl - c->in);
+
+		if (l > 0)
+			handle_line(c, c->in, l);
+		memmove(c->in, nl + 1, c->inlen - l - 1);
+		c->inlen -= l + 1;
+	}
+}
+
+struct gw_ctl_pending *gw_ctl_defer(void)
+{
+	if (!ctl.current || ctl.deferred)
+		return NULL;
+	ctl.deferred = calloc(1, sizeof(*ctl.deferred));
+	if (ctl.deferred)
+		ctl.deferred->c = ctl.current;
+	return ctl.deferred;
+}
+
+void gw_ctl_reply_later(struct gw_ctl_pending *p, json_object *reply)
+{
+	struct ctl_client *c = p->c;
+
+	if (p == ctl.deferred) { /* kept before the handler even returned */
+		ctl.deferred = NULL;
+		ctl.early = reply;
+		free(p);
+		return;
+	}
+	free(p);
+	if (!c) {
+		json_object_put(reply);
+		return;
+	}
+	c->pending = NULL;
 	client_reply(c, reply);
+	ev_io_start(EV_DEFAULT, &c->rio);
+	client_lines(c);
+	client_flush(c);
 }
 
 static void client_readable(struct ev_loop *loop, ev_io *w, int revents)
@@ -137,7 +209,6 @@ static void client_readable(struct ev_loop *loop, ev_io *w, int revents)
 	struct ctl_client *c = w->data;
 	char buf[4096];
 	ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
-	char *nl;
 
 	if (n <= 0) {
 		if (n < 0 && (errno == EINTR || errno == EAGAIN))
@@ -162,14 +233,7 @@ static void client_readable(struct ev_loop *loop, ev_io *w, int revents)
 	}
 	memcpy(c->in + c->inlen, buf, (size_t)n);
 	c->inlen += (size_t)n;
-	while ((nl = memchr(c->in, '\n', c->inlen))) {
-		size_t l = (size_t)(nl - c->in);
-
-		if (l > 0)
-			handle_line(c, c->in, l);
-		memmove(c->in, nl + 1, c->inlen - l - 1);
-		c->inlen -= l + 1;
-	}
+	client_lines(c);
 	client_flush(c);
 }
 
@@ -231,6 +295,12 @@ void gw_ctl_stop(void)
 
 json_object *gw_ctl_request(const char *path, json_object *req, int *code, char *err, size_t errlen)
 {
+	return gw_ctl_request_ms(path, req, 10000, code, err, errlen);
+}
+
+json_object *gw_ctl_request_ms(const char *path, json_object *req, int timeout_ms, int *code,
+			       char *err, size_t errlen)
+{
 	struct sockaddr_un sa;
 	const char *s = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN |
 								    JSON_C_TO_STRING_NOSLASHESCAPE);
@@ -268,8 +338,9 @@ json_object *gw_ctl_request(const char *path, json_object *req, int *code, char 
 		char *nb;
 		ssize_t n;
 
-		if (poll(&p, 1, 10000) <= 0) {
-			gw_seterr(err, errlen, "no answer from %s within 10 s", path);
+		if (poll(&p, 1, timeout_ms) <= 0) {
+			gw_seterr(err, errlen, "no answer from %s within %d s", path,
+				  timeout_ms / 1000);
 			*code = -ETIMEDOUT;
 			break;
 		}

@@ -9,8 +9,18 @@
 
 #include "lib/sockets.h"
 
-/* Handle one request; return the reply object (ownership passes to the caller). */
+/*
+ * Handle one request; return the reply object (ownership passes to the
+ * caller), or take gw_ctl_defer() and return NULL to answer later with
+ * gw_ctl_reply_later() (that client's further requests wait until then).
+ */
 typedef json_object *(*gw_ctl_handler)(json_object *req, void *arg);
+
+struct gw_ctl_pending;
+/* Inside a handler: promise the reply for later. NULL when out of memory. */
+struct gw_ctl_pending *gw_ctl_defer(void);
+/* Keep the promise (takes reply; dropped when the client went away). */
+void gw_ctl_reply_later(struct gw_ctl_pending *p, json_object *reply);
 
 int gw_ctl_start(const char *path, const struct gw_sock_perm *perm, gw_ctl_handler handler,
 		 void *arg, char *err, size_t errlen);
@@ -26,3 +36,6 @@ json_object *gw_ctl_error(int code, const char *fmt, ...) __attribute__((format(
  */
 json_object *gw_ctl_request(const char *path, json_object *req, int *code, char *err,
 			    size_t errlen);
+/* The same, waiting up to timeout_ms for the answer (10 s above). */
+json_object *gw_ctl_request_ms(const char *path, json_object *req, int timeout_ms, int *code,
+			       char *err, size_t errlen);

@@ -53,6 +53,9 @@ void gw_export_free(struct gw_export *e)
 		return;
 	free(e->id);
 	free(e->notes);
+	for (size_t i = 0; i < e->nrejected; i++)
+		free(e->rejected[i].why);
+	free(e->rejected);
 	free(e->stats);
 	free(e);
 }

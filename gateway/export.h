@@ -55,6 +55,12 @@ enum gw_export_state {
 struct gw_transport_ops;
 struct gw_transport_env;
 
+/* A transport the export did not get, and why (its probe, or its start failing). */
+struct gw_rejected {
+	const char *transport; /* its name (static) */
+	char *why;
+};
+
 struct gw_export {
 	char *id; /* unique: image name, or image#N when exported twice */
 	struct gw_backend *backend;
@@ -71,7 +77,9 @@ struct gw_export {
 	const struct gw_transport_env *env;       /* run dir etc., owned by the daemon */
 	void *tpriv;                              /* the transport's per-export state */
 	enum gw_export_state state;
-	char *notes; /* why earlier transports were skipped ("" when none) */
+	char *notes;                  /* why earlier transports were skipped ("" when none) */
+	struct gw_rejected *rejected; /* the same, one entry per transport passed over */
+	size_t nrejected;
 
 	atomic_uint clients;    /* connections/queues attached, kept by the transport */
 	struct gw_stats *stats; /* GW_STATS_SLOTS entries */

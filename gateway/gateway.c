@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <json-c/json.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,28 +13,89 @@
 #include <unistd.h>
 
 #include "config/manifest.h"
+#include "config/preflight.h"
 #include "gateway/control.h"
 #include "lib/efd.h"
 #include "gateway/export.h"
 #include "lib/guard.h"
 #include "lib/log.h"
+#include "lib/opts.h"
 #include "lib/sockets.h"
 #include "gateway/transport.h"
 #include "lib/util.h"
 #include "lib/worker.h"
 #include "gw_version.h"
 
-static struct {
+/* A manifest in use: exports and images keep pointers into it (their options). */
+struct held {
 	struct gw_manifest *m;
-	struct gw_backend **images;
-	struct gw_export **exports;
+	unsigned refs;
+};
+
+struct live_image {
+	struct gw_backend *b;
+	struct gw_manifest *m; /* holds s */
+	const struct gw_image_spec *s;
+};
+
+struct live_export {
+	struct gw_export *e;
+	struct gw_manifest *m; /* holds x, and e->topts */
+	const struct gw_export_spec *x;
+	bool in_shutdown; /* an apply's stop that shutdown also waits for */
+};
+
+struct apply;
+
+static struct {
+	struct gw_manifest *boot; /* the manifest serve started with: gateway settings */
+	struct gw_manifest *m;    /* the desired state last applied */
+	struct gw_transport_env env;
+	char *run_dir;
+	struct held *held;
+	size_t nheld;
+	struct live_image *images;
+	size_t nimages;
+	struct live_export *exports;
 	size_t nexports;
+	struct apply *applying;
 	unsigned stopping; /* exports still stopping */
 	bool stop_requested;
 	uint64_t start_ns;
 	ev_signal sig[3];
 	const char *pidfile;
 } gw;
+
+static struct gw_manifest *m_ref(struct gw_manifest *m)
+{
+	struct held *h;
+
+	for (size_t i = 0; i < gw.nheld; i++) {
+		if (gw.held[i].m == m) {
+			gw.held[i].refs++;
+			return m;
+		}
+	}
+	h = realloc(gw.held, (gw.nheld + 1) * sizeof(*h));
+	if (!h)
+		abort(); /* a few bytes; nothing sensible to do without them */
+	gw.held = h;
+	gw.held[gw.nheld++] = (struct held){ .m = m, .refs = 1 };
+	return m;
+}
+
+static void m_unref(struct gw_manifest *m)
+{
+	for (size_t i = 0; i < gw.nheld; i++) {
+		if (gw.held[i].m != m)
+			continue;
+		if (--gw.held[i].refs == 0) {
+			gw_manifest_free(m);
+			gw.held[i] = gw.held[--gw.nheld];
+		}
+		return;
+	}
+}
 
 /* ---- status ---- */
 
@@ -67,6 +129,20 @@ static json_object *export_json(struct gw_export *e)
 	json_object_object_add(o, "state", json_object_new_string(gw_export_state_name(e->state)));
 	json_object_object_add(o, "clients", json_object_new_int((int)atomic_load(&e->clients)));
 	json_object_object_add(o, "notes", json_object_new_string(e->notes));
+	{
+		json_object *rj = json_object_new_array();
+
+		for (size_t i = 0; i < e->nrejected; i++) {
+			json_object *r = json_object_new_object();
+
+			json_object_object_add(r, "transport",
+					       json_object_new_string(e->rejected[i].transport));
+			json_object_object_add(r, "reason",
+					       json_object_new_string(e->rejected[i].why));
+			json_object_array_add(rj, r);
+		}
+		json_object_object_add(o, "rejected", rj);
+	}
 	json_object_object_add(c, "requests", u64(t.requests));
 	json_object_object_add(c, "reads", u64(t.reads));
 	json_object_object_add(c, "writes", u64(t.writes));
@@ -97,13 +173,13 @@ static json_object *cmd_status(json_object *req)
 	json_object_object_add(r, "pid", json_object_new_int((int)getpid()));
 	json_object_object_add(r, "uptime_s",
 			       json_object_new_double((double)(gw_now_ns() - gw.start_ns) / 1e9));
-	json_object_object_add(r, "manifest", json_object_new_string(gw.m->abs_path));
-	json_object_object_add(r, "run_dir", json_object_new_string(gw.m->gw.run_dir));
+	json_object_object_add(r, "manifest", json_object_new_string(gw.boot->abs_path));
+	json_object_object_add(r, "applied", json_object_new_string(gw.m->abs_path));
+	json_object_object_add(r, "run_dir", json_object_new_string(gw.run_dir));
 	json_object_object_add(r, "workers", json_object_new_int((int)gw_workers_count()));
 	json_object_object_add(r, "stopping", json_object_new_boolean(gw.stop_requested));
 	for (size_t i = 0; i < gw.nexports; i++)
-		if (gw.exports[i])
-			json_object_array_add(a, export_json(gw.exports[i]));
+		json_object_array_add(a, export_json(gw.exports[i].e));
 	json_object_object_add(r, "exports", a);
 	return r;
 }
@@ -117,36 +193,21 @@ static json_object *cmd_version(json_object *req)
 	return r;
 }
 
-static const struct {
-	const char *name;
-	json_object *(*fn)(json_object *req);
-	const char *help;
-} commands[] = {
-	{ "status", cmd_status, "the gateway and every export with its counters" },
-	{ "version", cmd_version, "the daemon's version" },
-};
-
-static json_object *ctl_handler(json_object *req, void *arg)
-{
-	json_object *cmd;
-	const char *name;
-
-	if (!json_object_object_get_ex(req, "command", &cmd) ||
-	    !json_object_is_type(cmd, json_type_string))
-		return gw_ctl_error(-EINVAL, "missing \"command\" (a string such as \"status\")");
-	name = json_object_get_string(cmd);
-	for (size_t i = 0; i < GW_ARRAY_SIZE(commands); i++)
-		if (strcmp(commands[i].name, name) == 0)
-			return commands[i].fn(req);
-	return gw_ctl_error(-EOPNOTSUPP, "unknown command '%s' (commands: status, version)", name);
-}
-
 /* ---- lifecycle ---- */
 
-static void note(struct gw_export *e, const char *tname, const char *why)
+/* Record a transport the export did not get, and why. */
+static void reject(struct gw_export *e, const char *tname, const char *why)
 {
+	struct gw_rejected *r = realloc(e->rejected, (e->nrejected + 1) * sizeof(*r));
 	char *n;
 
+	if (r) {
+		e->rejected = r;
+		r[e->nrejected].transport = tname;
+		r[e->nrejected].why = strdup(why);
+		if (r[e->nrejected].why)
+			e->nrejected++;
+	}
 	if (asprintf(&n, "%s%s%s: %s", e->notes, *e->notes ? "; " : "", tname, why) < 0)
 		return;
 	free(e->notes);
@@ -164,7 +225,7 @@ static int start_export(struct gw_export *e, const struct gw_export_spec *x)
 
 		why[0] = '\0';
 		if (t->ops->probe && (rc = t->ops->probe(e->env, t->opts, why, sizeof(why))) < 0) {
-			note(e, t->ops->name, *why ? why : strerror(-rc));
+			reject(e, t->ops->name, *why ? why : strerror(-rc));
 			gw_warn("export %s: %s is not available here: %s", e->id, t->ops->name,
 				*why ? why : strerror(-rc));
 			continue;
@@ -189,7 +250,7 @@ static int start_export(struct gw_export *e, const struct gw_export_spec *x)
 		}
 		e->transport = NULL;
 		e->topts = NULL;
-		note(e, t->ops->name, *why ? why : strerror(-rc));
+		reject(e, t->ops->name, *why ? why : strerror(-rc));
 		gw_warn("export %s: %s failed to start: %s", e->id, t->ops->name,
 			*why ? why : strerror(-rc));
 	}
@@ -197,34 +258,927 @@ static int start_export(struct gw_export *e, const struct gw_export_spec *x)
 	return -1;
 }
 
+static void shutdown_one(void)
+{
+	if (--gw.stopping == 0)
+		ev_break(EV_DEFAULT, EVBREAK_ALL);
+}
+
 static void export_stopped(struct gw_export *e)
 {
 	e->state = GW_EXPORT_STOPPED;
 	gw_info("export %s: stopped", e->id);
-	if (--gw.stopping == 0)
-		ev_break(EV_DEFAULT, EVBREAK_ALL);
+	shutdown_one();
 }
 
 static void stop_all(void)
 {
 	gw.stopping = 1; /* held until every stop is issued */
 	for (size_t i = 0; i < gw.nexports; i++) {
-		struct gw_export *e = gw.exports[i];
+		struct live_export *le = &gw.exports[i];
+		struct gw_export *e = le->e;
 
-		if (!e || e->state != GW_EXPORT_RUNNING)
+		if (e->state == GW_EXPORT_STOPPING && !le->in_shutdown) {
+			le->in_shutdown = true; /* an apply stops it: wait for that too */
+			gw.stopping++;
+		}
+		if (e->state != GW_EXPORT_RUNNING)
 			continue;
 		e->state = GW_EXPORT_STOPPING;
 		gw.stopping++;
 		e->transport->stop(e, export_stopped);
 	}
-	if (--gw.stopping == 0)
-		ev_break(EV_DEFAULT, EVBREAK_ALL);
+	shutdown_one();
+}
+
+/* Flush and close an image the daemon no longer serves. */
+static void image_close(struct gw_backend *b)
+{
+	if (b->ops->sync) {
+		int rc = b->ops->sync(b);
+
+		if (rc < 0)
+			gw_err("image %s: flushing before closing failed: %s", b->name,
+			       strerror(-rc));
+	}
+	gw_backend_close(b);
+}
+
+/* ---- apply: converge on a manifest ---- */
+
+enum act {
+	ACT_KEEP,
+	ACT_ADD,
+	ACT_RESTART,
+};
+
+static const char *const act_names[] = { "keep", "add", "restart" };
+
+struct apply {
+	struct gw_manifest *nm; /* held */
+	const char *origin;     /* "apply", "SIGHUP", "export-add"... */
+	bool dry_run, force;
+	struct gw_ctl_pending *reply_to; /* NULL: log the result only */
+	/* Per new export: what happens, and the live export it keeps or replaces. */
+	enum act *xact;
+	size_t *xlive;
+	char **xwhy;
+	/* Per live export: it goes away (not in the new manifest). */
+	bool *lremove;
+	/* Per new image: the live image kept (SIZE_MAX: opened anew), and the new backend. */
+	size_t *ikeep;
+	struct gw_backend **iopen;
+	/* Per live image: closed (gone or changed). */
+	bool *ldrop;
+	json_object *needs_restart; /* gateway settings that cannot change live */
+	json_object *problems;
+	unsigned pending; /* stops still running */
+};
+
+static void apply_free(struct apply *a)
+{
+	if (!a)
+		return;
+	for (size_t j = 0; a->xwhy && j < a->nm->nexports; j++)
+		free(a->xwhy[j]);
+	for (size_t j = 0; a->iopen && j < a->nm->nimages; j++)
+		if (a->iopen[j])
+			image_close(a->iopen[j]);
+	free(a->xact);
+	free(a->xlive);
+	free(a->xwhy);
+	free(a->lremove);
+	free(a->ikeep);
+	free(a->iopen);
+	free(a->ldrop);
+	json_object_put(a->needs_restart);
+	json_object_put(a->problems);
+	m_unref(a->nm);
+	free(a);
+}
+
+static size_t live_image_find(const char *name)
+{
+	for (size_t k = 0; k < gw.nimages; k++)
+		if (strcmp(gw.images[k].s->name, name) == 0)
+			return k;
+	return SIZE_MAX;
+}
+
+static bool image_same(const struct gw_image_spec *a, const struct gw_image_spec *b)
+{
+	return a->ops == b->ops && a->block_size == b->block_size &&
+	       gw_opt_equal(&a->ops->schema, a->opts, b->opts);
+}
+
+/* What differs between two exports of one id ("" when nothing); malloc'd. */
+static char *export_diff(const struct gw_export_spec *a, const struct gw_export_spec *b)
+{
+	char *s = NULL;
+	int rc = 0;
+
+	if (strcmp(a->image, b->image) != 0)
+		rc = asprintf(&s, "image %s -> %s", a->image, b->image);
+	else if (a->read_only != b->read_only)
+		rc = asprintf(&s, "read-only %s -> %s", a->read_only ? "true" : "false",
+			      b->read_only ? "true" : "false");
+	else if (a->ntransports != b->ntransports)
+		rc = asprintf(&s, "transports list changed");
+	else
+		for (size_t t = 0; t < a->ntransports && !s; t++) {
+			const struct gw_transport_spec *ta = &a->transports[t],
+						       *tb = &b->transports[t];
+
+			if (ta->ops != tb->ops)
+				rc = asprintf(&s, "transports list changed");
+			else if (!gw_opt_equal(&ta->ops->schema, ta->opts, tb->opts))
+				rc = asprintf(&s, "%s settings changed", ta->ops->name);
+		}
+	if (rc < 0)
+		return NULL;
+	return s ? s : strdup("");
+}
+
+static void needs_restart(struct apply *a, const char *what, const char *from, const char *to)
+{
+	char *s;
+
+	if (asprintf(&s, "%s (%s -> %s): takes effect when blkgw restarts", what, from, to) < 0)
+		return;
+	json_object_array_add(a->needs_restart, json_object_new_string(s));
+	free(s);
+}
+
+/* Gateway settings: which can change live (log level), which need a restart. */
+static void plan_gateway(struct apply *a)
+{
+	const struct gw_gateway_cfg *o = &gw.boot->gw, *n = &a->nm->gw;
+	char x[32], y[32];
+
+	if (strcmp(o->run_dir, n->run_dir) != 0)
+		needs_restart(a, "run-dir", o->run_dir, n->run_dir);
+	if (strcmp(o->control_socket, n->control_socket) != 0)
+		needs_restart(a, "control-socket", o->control_socket, n->control_socket);
+	if (!gw_sock_perm_equal(&o->control_perm, &n->control_perm))
+		needs_restart(a, "control-socket permissions",
+			      gw_sock_perm_str(&o->control_perm, x, sizeof(x)),
+			      gw_sock_perm_str(&n->control_perm, y, sizeof(y)));
+	if (o->workers != n->workers) {
+		snprintf(x, sizeof(x), "%u", o->workers);
+		snprintf(y, sizeof(y), "%u", n->workers);
+		needs_restart(a, "workers", x, y);
+	}
+	if (o->coalesce_us != n->coalesce_us) {
+		snprintf(x, sizeof(x), "%u", o->coalesce_us);
+		snprintf(y, sizeof(y), "%u", n->coalesce_us);
+		needs_restart(a, "coalesce-us", x, y);
+	}
+}
+
+static void problem(struct apply *a, const char *fmt, ...) GW_PRINTF(2, 3);
+static void problem(struct apply *a, const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) >= 0) {
+		json_object_array_add(a->problems, json_object_new_string(s));
+		free(s);
+	}
+	va_end(ap);
+}
+
+/* Is the live export in use (so stopping it would cut someone off)? */
+static bool in_use(struct gw_export *e, char *why, size_t len)
+{
+	unsigned c;
+
+	if (e->state != GW_EXPORT_RUNNING)
+		return false;
+	if (e->transport->in_use)
+		return e->transport->in_use(e, why, len) > 0;
+	c = atomic_load(&e->clients);
+	if (c == 0)
+		return false;
+	snprintf(why, len, "%u client%s connected", c, c == 1 ? "" : "s");
+	return true;
+}
+
+/* Work out the diff. 0, or -1 with problems (nothing changes then). */
+static int plan(struct apply *a)
+{
+	struct gw_manifest *nm = a->nm;
+	char why[512];
+
+	a->xact = calloc(nm->nexports + 1, sizeof(*a->xact));
+	a->xlive = calloc(nm->nexports + 1, sizeof(*a->xlive));
+	a->xwhy = calloc(nm->nexports + 1, sizeof(*a->xwhy));
+	a->lremove = calloc(gw.nexports + 1, sizeof(*a->lremove));
+	a->ikeep = calloc(nm->nimages + 1, sizeof(*a->ikeep));
+	a->iopen = calloc(nm->nimages + 1, sizeof(*a->iopen));
+	a->ldrop = calloc(gw.nimages + 1, sizeof(*a->ldrop));
+	if (!a->xact || !a->xlive || !a->xwhy || !a->lremove || !a->ikeep || !a->iopen ||
+	    !a->ldrop) {
+		problem(a, "out of memory");
+		return -1;
+	}
+	plan_gateway(a);
+
+	for (size_t k = 0; k < gw.nimages; k++)
+		a->ldrop[k] = true;
+	for (size_t j = 0; j < nm->nimages; j++) {
+		size_t k = live_image_find(nm->images[j].name);
+
+		a->ikeep[j] = SIZE_MAX;
+		if (k != SIZE_MAX && image_same(gw.images[k].s, &nm->images[j])) {
+			a->ikeep[j] = k;
+			a->ldrop[k] = false;
+		}
+	}
+
+	for (size_t k = 0; k < gw.nexports; k++)
+		a->lremove[k] = true;
+	for (size_t j = 0; j < nm->nexports; j++) {
+		const struct gw_export_spec *x = &nm->exports[j];
+		size_t k, ki;
+
+		a->xlive[j] = SIZE_MAX;
+		a->xact[j] = ACT_ADD;
+		for (k = 0; k < gw.nexports; k++)
+			if (strcmp(gw.exports[k].e->id, x->id) == 0)
+				break;
+		if (k == gw.nexports)
+			continue;
+		a->xlive[j] = k;
+		a->lremove[k] = false;
+		a->xwhy[j] = export_diff(gw.exports[k].x, x);
+		ki = live_image_find(gw.exports[k].x->image);
+		if (a->xwhy[j] && !*a->xwhy[j] && ki != SIZE_MAX && a->ldrop[ki]) {
+			free(a->xwhy[j]);
+			if (asprintf(&a->xwhy[j], "image %s changed", x->image) < 0)
+				a->xwhy[j] = NULL;
+		}
+		if (a->xwhy[j] && !*a->xwhy[j] && gw.exports[k].e->state != GW_EXPORT_RUNNING) {
+			free(a->xwhy[j]);
+			if (asprintf(&a->xwhy[j], "it is %s: starting it again",
+				     gw_export_state_name(gw.exports[k].e->state)) < 0)
+				a->xwhy[j] = NULL;
+		}
+		a->xact[j] = a->xwhy[j] && !*a->xwhy[j] ? ACT_KEEP : ACT_RESTART;
+		if (a->xact[j] == ACT_RESTART && !a->force &&
+		    in_use(gw.exports[k].e, why, sizeof(why)))
+			problem(a,
+				"export %s: %s would restart it, but it is in use: %s "
+				"(--force stops it anyway)",
+				x->id, a->xwhy[j] ? a->xwhy[j] : "a change", why);
+	}
+	for (size_t k = 0; k < gw.nexports; k++)
+		if (a->lremove[k] && !a->force && in_use(gw.exports[k].e, why, sizeof(why)))
+			problem(a,
+				"export %s: removing it, but it is in use: %s "
+				"(--force stops it anyway)",
+				gw.exports[k].e->id, why);
+	return json_object_array_length(a->problems) ? -1 : 0;
+}
+
+/* The reply: per export what happened (or would), and settings needing a restart. */
+static json_object *apply_reply(struct apply *a, bool done)
+{
+	json_object *r = json_object_new_object(), *xs = json_object_new_array();
+
+	json_object_object_add(r, "ok", json_object_new_boolean(1));
+	json_object_object_add(r, "dry_run", json_object_new_boolean(a->dry_run));
+	for (size_t j = 0; j < a->nm->nexports; j++) {
+		json_object *o = json_object_new_object();
+
+		json_object_object_add(o, "id", json_object_new_string(a->nm->exports[j].id));
+		json_object_object_add(o, "action", json_object_new_string(act_names[a->xact[j]]));
+		if (a->xwhy[j] && *a->xwhy[j])
+			json_object_object_add(o, "why", json_object_new_string(a->xwhy[j]));
+		json_object_array_add(xs, o);
+	}
+	for (size_t k = 0; k < gw.nexports; k++) {
+		json_object *o;
+
+		if (!a->lremove[k])
+			continue;
+		o = json_object_new_object();
+		json_object_object_add(o, "id", json_object_new_string(gw.exports[k].e->id));
+		json_object_object_add(o, "action", json_object_new_string("remove"));
+		json_object_array_add(xs, o);
+	}
+	json_object_object_add(r, "exports", xs);
+	json_object_object_add(r, "needs_restart", json_object_get(a->needs_restart));
+	return r;
+}
+
+static void apply_answer(struct apply *a, json_object *reply)
+{
+	if (a->reply_to) {
+		gw_ctl_reply_later(a->reply_to, reply);
+		a->reply_to = NULL;
+	} else {
+		json_object_put(reply);
+	}
+}
+
+static void apply_fail(struct apply *a, int code, const char *msg)
+{
+	json_object *r = gw_ctl_error(code, "%s", msg);
+
+	json_object_object_add(r, "problems", json_object_get(a->problems));
+	gw_err("%s: %s", a->origin, msg);
+	for (size_t i = 0; i < json_object_array_length(a->problems); i++)
+		gw_err("%s: %s", a->origin,
+		       json_object_get_string(json_object_array_get_idx(a->problems, i)));
+	apply_answer(a, r);
+}
+
+static void apply_finish(struct apply *a);
+
+static void apply_stopped(struct gw_export *e)
+{
+	struct apply *a = gw.applying;
+
+	e->state = GW_EXPORT_STOPPED;
+	gw_info("export %s: stopped", e->id);
+	for (size_t k = 0; k < gw.nexports; k++) {
+		if (gw.exports[k].e == e && gw.exports[k].in_shutdown) {
+			gw.exports[k].in_shutdown = false;
+			shutdown_one();
+		}
+	}
+	if (a && --a->pending == 0)
+		apply_finish(a);
+}
+
+/* Every stop is done: close, open and start; then the new state is the live one. */
+static void apply_finish(struct apply *a)
+{
+	struct gw_manifest *nm = a->nm;
+	struct live_image *ni = calloc(nm->nimages + 1, sizeof(*ni));
+	struct live_export *nx = calloc(nm->nexports + 1, sizeof(*nx));
+	json_object *reply, *xs;
+	char err[1024];
+	size_t n = 0;
+
+	gw.applying = NULL;
+	if (gw.stop_requested || !ni || !nx) {
+		free(ni);
+		free(nx);
+		apply_fail(a, -ECANCELED,
+			   gw.stop_requested ? "blkgw is stopping: the apply was not finished"
+					     : "out of memory");
+		apply_free(a);
+		return;
+	}
+	for (size_t k = 0; k < gw.nimages; k++) {
+		if (a->ldrop[k]) {
+			gw_info("image %s: closed", gw.images[k].s->name);
+			image_close(gw.images[k].b);
+		}
+	}
+	for (size_t j = 0; j < nm->nimages; j++) {
+		if (a->ikeep[j] != SIZE_MAX) {
+			ni[j] = gw.images[a->ikeep[j]];
+			continue;
+		}
+		if (!a->iopen[j]) {
+			const struct gw_image_spec *s = &nm->images[j];
+
+			err[0] = '\0';
+			a->iopen[j] = gw_backend_open(s->ops, s->name, s->opts, err, sizeof(err));
+			if (!a->iopen[j])
+				gw_err("image %s: cannot open: %s", s->name, err);
+		}
+		ni[j] = (struct live_image){ .b = a->iopen[j],
+					     .m = m_ref(nm),
+					     .s = &nm->images[j] };
+		a->iopen[j] = NULL;
+	}
+	for (size_t k = 0; k < gw.nimages; k++)
+		if (a->ldrop[k])
+			m_unref(gw.images[k].m);
+
+	reply = apply_reply(a, true);
+	json_object_object_get_ex(reply, "exports", &xs);
+	for (size_t j = 0; j < nm->nexports; j++) {
+		const struct gw_export_spec *x = &nm->exports[j];
+		json_object *o = json_object_array_get_idx(xs, j);
+		struct gw_backend *b = ni[x->image_index].b;
+		struct gw_export *e;
+
+		if (a->xact[j] == ACT_KEEP) {
+			nx[n++] = gw.exports[a->xlive[j]];
+			json_object_object_add(o, "result", json_object_new_string("unchanged"));
+			continue;
+		}
+		e = b ? gw_export_new(x->id, b, x->read_only, nm->images[x->image_index].block_size)
+		      : NULL;
+		if (!e) {
+			/* Without its image (or memory) the export cannot exist: say so. */
+			json_object_object_add(
+				o, "result",
+				json_object_new_string(b ? "failed: out of memory"
+							 : "failed: image did not open"));
+			gw_err("export %s: %s", x->id,
+			       b ? "out of memory" : "its image did not open");
+			continue;
+		}
+		nx[n++] = (struct live_export){ .e = e, .m = m_ref(nm), .x = x };
+		e->env = &gw.env;
+		if (start_export(e, x) < 0) {
+			char *r;
+
+			if (asprintf(&r, "failed: no transport could start: %s", e->notes) >= 0) {
+				json_object_object_add(o, "result", json_object_new_string(r));
+				free(r);
+			}
+			gw_err("export %s: no transport could start: %s", e->id, e->notes);
+		} else {
+			json_object_object_add(o, "result", json_object_new_string("started"));
+			json_object_object_add(o, "transport",
+					       json_object_new_string(e->transport->name));
+			if (e->nrejected)
+				json_object_object_add(o, "notes",
+						       json_object_new_string(e->notes));
+		}
+	}
+	for (size_t i = nm->nexports; i < json_object_array_length(xs); i++)
+		json_object_object_add(json_object_array_get_idx(xs, i), "result",
+				       json_object_new_string("stopped"));
+	/* The exports that went away or were replaced. */
+	for (size_t k = 0; k < gw.nexports; k++) {
+		bool kept = false;
+
+		for (size_t j = 0; j < nm->nexports; j++)
+			kept = kept || (a->xact[j] == ACT_KEEP && a->xlive[j] == k);
+		if (kept)
+			continue;
+		gw_export_free(gw.exports[k].e);
+		m_unref(gw.exports[k].m);
+	}
+	free(gw.exports);
+	free(gw.images);
+	gw.exports = nx;
+	gw.nexports = n;
+	gw.images = ni;
+	gw.nimages = nm->nimages;
+	m_unref(gw.m);
+	gw.m = m_ref(nm);
+	if (nm->gw.log_level) {
+		enum gw_log_level lvl;
+
+		if (gw_log_parse_level(nm->gw.log_level, &lvl) == 0)
+			gw_log_set_level(lvl);
+	}
+	for (size_t i = 0; i < json_object_array_length(xs); i++) {
+		json_object *o = json_object_array_get_idx(xs, i), *v;
+
+		json_object_object_get_ex(o, "result", &v);
+		gw_info("%s: export %s: %s%s%s", a->origin,
+			json_object_get_string(json_object_object_get(o, "id")),
+			json_object_get_string(json_object_object_get(o, "action")), v ? ": " : "",
+			v ? json_object_get_string(v) : "");
+	}
+	for (size_t i = 0; i < json_object_array_length(a->needs_restart); i++)
+		gw_warn("%s: %s", a->origin,
+			json_object_get_string(json_object_array_get_idx(a->needs_restart, i)));
+	apply_answer(a, reply);
+	apply_free(a);
+}
+
+/* Diags as "FILE:LINE:COL: message" strings. */
+static void diags_to(json_object *arr, const struct gw_diags *d, const char *file)
+{
+	char *buf = NULL, *line, *save = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	if (!f)
+		return;
+	gw_diags_print(d, file, f);
+	fclose(f);
+	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+		json_object_array_add(arr, json_object_new_string(line));
+	free(buf);
+}
+
+/*
+ * Converge on the manifest at path: validate it fully (nothing changes when
+ * anything is wrong), then stop what went or changed, start what came or
+ * changed, and leave the rest alone. reply_to: where the answer goes (NULL:
+ * the log). shown: the name messages use for the file.
+ */
+static void apply_path(const char *path, const char *shown, const char *origin, bool dry_run,
+		       bool force, struct gw_ctl_pending *reply_to)
+{
+	struct apply *a = calloc(1, sizeof(*a));
+	struct gw_manifest *nm = NULL;
+	struct gw_preflight pf = { 0 };
+	struct gw_diags d = { 0 };
+	json_object *problems = json_object_new_array();
+
+	if (!a) {
+		json_object_put(problems);
+		if (reply_to)
+			gw_ctl_reply_later(reply_to, gw_ctl_error(-ENOMEM, "out of memory"));
+		return;
+	}
+	a->origin = origin;
+	a->dry_run = dry_run;
+	a->force = force;
+	a->reply_to = reply_to;
+	a->problems = problems;
+	a->needs_restart = json_object_new_array();
+	if (gw.applying || gw.stop_requested) {
+		problem(a, "%s",
+			gw.stop_requested ? "blkgw is stopping"
+					  : "another apply is in progress; try again");
+		apply_fail(a, -EBUSY, "nothing was changed");
+		free(a->reply_to);
+		json_object_put(a->problems);
+		json_object_put(a->needs_restart);
+		free(a);
+		return;
+	}
+	if (gw_manifest_load(path, true, &nm, &d) < 0) {
+		diags_to(a->problems, &d, shown);
+		gw_diags_free(&d);
+		apply_fail(a, -EINVAL, "the manifest has errors; nothing was changed");
+		json_object_put(a->problems);
+		json_object_put(a->needs_restart);
+		free(a);
+		return;
+	}
+	a->nm = m_ref(nm);
+	if (gw_preflight_run_live(nm, &pf, &d) < 0) {
+		diags_to(a->problems, &d, shown);
+		gw_diags_free(&d);
+		gw_preflight_free(&pf);
+		apply_fail(a, -EINVAL, "the manifest cannot be served here; nothing was changed");
+		apply_free(a);
+		return;
+	}
+	gw_preflight_free(&pf);
+	if (plan(a) < 0) {
+		apply_fail(a, -EBUSY, "nothing was changed");
+		apply_free(a);
+		return;
+	}
+	if (dry_run) {
+		apply_answer(a, apply_reply(a, false));
+		apply_free(a);
+		return;
+	}
+	/* Images new by name open first: one that fails stops the apply before any change. */
+	for (size_t j = 0; j < nm->nimages; j++) {
+		const struct gw_image_spec *s = &nm->images[j];
+		char err[1024] = "";
+
+		if (a->ikeep[j] != SIZE_MAX || live_image_find(s->name) != SIZE_MAX)
+			continue;
+		a->iopen[j] = gw_backend_open(s->ops, s->name, s->opts, err, sizeof(err));
+		if (!a->iopen[j]) {
+			problem(a, "%s:%d:%d: image '%s': %s", shown, s->line, s->col, s->name,
+				err);
+			apply_fail(a, -EIO, "an image did not open; nothing was changed");
+			apply_free(a);
+			return;
+		}
+	}
+	gw_info("%s: applying %s", origin, shown);
+	gw.applying = a;
+	a->pending = 1;
+	for (size_t k = 0; k < gw.nexports; k++) {
+		struct gw_export *e = gw.exports[k].e;
+		bool stop = a->lremove[k];
+
+		for (size_t j = 0; j < nm->nexports; j++)
+			stop = stop || (a->xact[j] == ACT_RESTART && a->xlive[j] == k);
+		if (!stop || e->state != GW_EXPORT_RUNNING)
+			continue;
+		e->state = GW_EXPORT_STOPPING;
+		a->pending++;
+		e->transport->stop(e, apply_stopped);
+	}
+	if (--a->pending == 0)
+		apply_finish(a);
+}
+
+/* ---- save-manifest, export-add, export-del ---- */
+
+/* A YAML double-quoted scalar (JSON's string syntax, which YAML reads). */
+static const char *q(json_object **keep, const char *s)
+{
+	json_object *o = json_object_new_string(s);
+
+	json_object_array_add(*keep, o);
+	return json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+							 JSON_C_TO_STRING_NOSLASHESCAPE);
+}
+
+/*
+ * The live state as a manifest that re-applies to it: the gateway settings
+ * blkgw runs with, every image, every export (skip_id: one left out) and
+ * extra lines for export-add. NULL when out of memory.
+ */
+static char *manifest_text(const char *skip_id, const char *add_image, const char *add_export)
+{
+	const struct gw_gateway_cfg *g = &gw.boot->gw;
+	json_object *keep = json_object_new_array();
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	size_t nx = 0;
+
+	if (!f) {
+		json_object_put(keep);
+		return NULL;
+	}
+	fprintf(f, "# blkgw save-manifest: the state of a running blkgw %s\nversion: 1\n",
+		GW_VERSION);
+	fprintf(f, "gateway:\n  run-dir: %s\n", q(&keep, gw.run_dir));
+	fprintf(f, "  control-socket: %s\n", q(&keep, g->control_socket));
+	fprintf(f, "  control-socket-mode: \"0%o\"\n", g->control_perm.mode);
+	if (g->control_perm.uid != GW_ID_UNSET)
+		fprintf(f, "  control-socket-owner: %u\n", g->control_perm.uid);
+	if (g->control_perm.gid != GW_ID_UNSET)
+		fprintf(f, "  control-socket-group: %u\n", g->control_perm.gid);
+	fprintf(f, "  workers: %u\n  coalesce-us: %u\n", g->workers, g->coalesce_us);
+	if (gw.m->gw.log_level)
+		fprintf(f, "  log-level: %s\n", gw.m->gw.log_level);
+	fprintf(f, "images:%s\n", gw.nimages || add_image ? "" : " {}");
+	for (size_t k = 0; k < gw.nimages; k++) {
+		const struct gw_image_spec *s = gw.images[k].s;
+		char *o = gw_opt_dump(&s->ops->schema, s->opts);
+
+		fprintf(f, "  %s: { backend: %s", q(&keep, s->name), s->ops->name);
+		if (s->block_size)
+			fprintf(f, ", block-size: %u", s->block_size);
+		fprintf(f, "%s%s }\n", o && *o ? ", " : "", o ? o : "");
+		free(o);
+	}
+	if (add_image)
+		fprintf(f, "%s\n", add_image);
+	for (size_t k = 0; k < gw.nexports; k++)
+		nx += !skip_id || strcmp(gw.exports[k].e->id, skip_id) != 0;
+	fprintf(f, "exports:%s\n", nx || add_export ? "" : " []");
+	for (size_t k = 0; k < gw.nexports; k++) {
+		const struct gw_export_spec *x = gw.exports[k].x;
+
+		if (skip_id && strcmp(gw.exports[k].e->id, skip_id) == 0)
+			continue;
+		fprintf(f, "  - image: %s\n", q(&keep, x->image));
+		if (x->read_only)
+			fprintf(f, "    read-only: true\n");
+		fprintf(f, "    transports: [");
+		for (size_t t = 0; t < x->ntransports; t++)
+			fprintf(f, "%s%s", t ? ", " : "", x->transports[t].ops->name);
+		fprintf(f, "]\n");
+		for (size_t t = 0; t < x->ntransports; t++) {
+			const struct gw_transport_spec *ts = &x->transports[t];
+			char *o = gw_opt_dump(&ts->ops->schema, ts->opts);
+
+			if (o && *o)
+				fprintf(f, "    %s: { %s }\n", ts->ops->name, o);
+			free(o);
+		}
+	}
+	if (add_export)
+		fprintf(f, "%s\n", add_export);
+	json_object_put(keep);
+	if (fclose(f) != 0) {
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
+/* Write text to path atomically (a temporary beside it, then rename). 0 or -errno. */
+static int write_file(const char *path, const char *text)
+{
+	char *tmp;
+	FILE *f;
+	int rc = 0;
+
+	if (asprintf(&tmp, "%s.tmp.%d", path, (int)getpid()) < 0)
+		return -ENOMEM;
+	f = fopen(tmp, "w");
+	if (!f) {
+		rc = -errno;
+		free(tmp);
+		return rc;
+	}
+	if (fputs(text, f) < 0)
+		rc = -errno;
+	if (fflush(f) != 0 || fsync(fileno(f)) != 0)
+		rc = rc ? rc : -errno;
+	if (fclose(f) != 0)
+		rc = rc ? rc : -errno;
+	if (rc == 0 && rename(tmp, path) < 0)
+		rc = -errno;
+	if (rc < 0)
+		unlink(tmp);
+	free(tmp);
+	return rc;
+}
+
+static bool jbool(json_object *req, const char *key)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(req, key, &v) && json_object_get_boolean(v);
+}
+
+static const char *jstring(json_object *req, const char *key)
+{
+	json_object *v;
+
+	if (!json_object_object_get_ex(req, key, &v) || !json_object_is_type(v, json_type_string))
+		return NULL;
+	return json_object_get_string(v);
+}
+
+/* Apply a manifest given as text (export-add, export-del): a private file in the run dir. */
+static json_object *apply_text(const char *text, const char *origin, json_object *req)
+{
+	char *path;
+	int fd;
+	struct gw_ctl_pending *p;
+
+	if (asprintf(&path, "%s/.%s-XXXXXX.yaml", gw.run_dir, origin) < 0)
+		return gw_ctl_error(-ENOMEM, "out of memory");
+	fd = mkstemps(path, 5);
+	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text)) {
+		json_object *r = gw_ctl_error(-errno, "cannot write %s: %s", path, strerror(errno));
+
+		if (fd >= 0) {
+			close(fd);
+			unlink(path);
+		}
+		free(path);
+		return r;
+	}
+	close(fd);
+	p = gw_ctl_defer();
+	if (!p) {
+		unlink(path);
+		free(path);
+		return gw_ctl_error(-ENOMEM, "out of memory");
+	}
+	/* The manifest is read and checked before apply_path returns. */
+	apply_path(path, origin, origin, jbool(req, "dry_run"), jbool(req, "force"), p);
+	unlink(path);
+	free(path);
+	return NULL;
+}
+
+static json_object *cmd_apply(json_object *req)
+{
+	const char *path = jstring(req, "manifest");
+	struct gw_ctl_pending *p;
+
+	if (!path)
+		return gw_ctl_error(-EINVAL, "apply needs \"manifest\": the path of a manifest "
+					     "(absolute: blkgw reads it)");
+	p = gw_ctl_defer();
+	if (!p)
+		return gw_ctl_error(-ENOMEM, "out of memory");
+	apply_path(path, path, "apply", jbool(req, "dry_run"), jbool(req, "force"), p);
+	return NULL;
+}
+
+static json_object *cmd_save_manifest(json_object *req)
+{
+	const char *path = jstring(req, "path");
+	char *text = manifest_text(NULL, NULL, NULL);
+	json_object *r;
+	int rc;
+
+	if (!text)
+		return gw_ctl_error(-ENOMEM, "out of memory");
+	if (path && (rc = write_file(path, text)) < 0) {
+		r = gw_ctl_error(rc, "cannot write %s: %s", path, strerror(-rc));
+		free(text);
+		return r;
+	}
+	r = json_object_new_object();
+	json_object_object_add(r, "ok", json_object_new_boolean(1));
+	json_object_object_add(r, "manifest", json_object_new_string(text));
+	if (path)
+		json_object_object_add(r, "path", json_object_new_string(path));
+	free(text);
+	return r;
+}
+
+static const char *flow(json_object *o)
+{
+	return json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+							 JSON_C_TO_STRING_NOSLASHESCAPE);
+}
+
+static json_object *cmd_export_add(json_object *req)
+{
+	json_object *x, *img = NULL, *name, *rest = NULL, *r;
+	char *ex = NULL, *im = NULL, *text;
+
+	if (!json_object_object_get_ex(req, "export", &x) ||
+	    !json_object_is_type(x, json_type_object))
+		return gw_ctl_error(-EINVAL,
+				    "export-add needs \"export\": an export as the manifest "
+				    "writes it, e.g. {\"image\": \"disk\", \"transports\": "
+				    "[\"nbd\"]}");
+	if (json_object_object_get_ex(req, "image", &img)) {
+		if (!json_object_is_type(img, json_type_object) ||
+		    !json_object_object_get_ex(img, "name", &name) ||
+		    !json_object_is_type(name, json_type_string))
+			return gw_ctl_error(-EINVAL,
+					    "\"image\" must be an image as the manifest writes it, "
+					    "with its \"name\": {\"name\": \"disk\", \"backend\": "
+					    "\"file\", \"path\": \"/abs/disk.raw\"}");
+		rest = json_object_new_object();
+		json_object_object_foreach(img, k, v)
+		{
+			if (strcmp(k, "name") != 0)
+				json_object_object_add(rest, k, json_object_get(v));
+		}
+		if (asprintf(&im, "  %s: %s", flow(name), flow(rest)) < 0)
+			im = NULL;
+		json_object_put(rest);
+	}
+	if (asprintf(&ex, "  - %s", flow(x)) < 0)
+		ex = NULL;
+	text = ex && (!img || im) ? manifest_text(NULL, im, ex) : NULL;
+	free(ex);
+	free(im);
+	if (!text)
+		return gw_ctl_error(-ENOMEM, "out of memory");
+	r = apply_text(text, "export-add", req);
+	free(text);
+	return r;
+}
+
+static json_object *cmd_export_del(json_object *req)
+{
+	const char *id = jstring(req, "id");
+	char *text;
+	json_object *r;
+	size_t k;
+
+	if (!id)
+		return gw_ctl_error(-EINVAL,
+				    "export-del needs \"id\": the export's id (see status)");
+	for (k = 0; k < gw.nexports; k++)
+		if (strcmp(gw.exports[k].e->id, id) == 0)
+			break;
+	if (k == gw.nexports)
+		return gw_ctl_error(-ENOENT, "no export '%s' (see status)", id);
+	text = manifest_text(id, NULL, NULL);
+	if (!text)
+		return gw_ctl_error(-ENOMEM, "out of memory");
+	r = apply_text(text, "export-del", req);
+	free(text);
+	return r;
+}
+
+static const struct {
+	const char *name;
+	json_object *(*fn)(json_object *req);
+	const char *help;
+} commands[] = {
+	{ "status", cmd_status, "the gateway and every export with its counters" },
+	{ "version", cmd_version, "the daemon's version" },
+	{ "apply", cmd_apply, "converge on a manifest: {manifest, dry_run, force}" },
+	{ "export-add", cmd_export_add, "add an export (and its image): {export, image, force}" },
+	{ "export-del", cmd_export_del, "remove an export: {id, force}" },
+	{ "save-manifest", cmd_save_manifest, "the live state as a manifest: {path}" },
+};
+
+static json_object *ctl_handler(json_object *req, void *arg)
+{
+	json_object *cmd;
+	const char *name;
+
+	if (!json_object_object_get_ex(req, "command", &cmd) ||
+	    !json_object_is_type(cmd, json_type_string))
+		return gw_ctl_error(-EINVAL, "missing \"command\" (a string such as \"status\")");
+	name = json_object_get_string(cmd);
+	for (size_t i = 0; i < GW_ARRAY_SIZE(commands); i++)
+		if (strcmp(commands[i].name, name) == 0)
+			return commands[i].fn(req);
+	return gw_ctl_error(-EOPNOTSUPP,
+			    "unknown command '%s' (commands: status, version, apply, export-add, "
+			    "export-del, save-manifest)",
+			    name);
 }
 
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
 	if (w->signum == SIGHUP) {
-		gw_warn("SIGHUP: reloading the manifest is not supported yet; restart blkgw to apply changes");
+		gw_info("SIGHUP: re-reading %s", gw.boot->abs_path);
+		apply_path(gw.boot->abs_path, gw.boot->abs_path, "SIGHUP", false, false, NULL);
 		return;
 	}
 	if (gw.stop_requested) {
@@ -261,24 +1215,26 @@ static void cleanup(void)
 	gw_main_exit(); /* runs what workers posted last (stop completions) */
 	gw_guard_shutdown();
 	gw_efd_shutdown();
-	for (size_t i = 0; i < gw.m->nimages; i++) {
-		struct gw_backend *b = gw.images ? gw.images[i] : NULL;
-
-		if (!b)
-			continue;
-		if (b->ops->sync) {
-			int rc = b->ops->sync(b);
-
-			if (rc < 0)
-				gw_err("image %s: flushing at shutdown failed: %s", b->name,
-				       strerror(-rc));
-		}
-		gw_backend_close(b);
+	if (gw.applying) {
+		apply_free(gw.applying);
+		gw.applying = NULL;
 	}
-	for (size_t i = 0; i < gw.nexports; i++)
-		gw_export_free(gw.exports[i]);
+	for (size_t i = 0; i < gw.nimages; i++) {
+		if (gw.images[i].b)
+			image_close(gw.images[i].b);
+		m_unref(gw.images[i].m);
+	}
+	for (size_t i = 0; i < gw.nexports; i++) {
+		gw_export_free(gw.exports[i].e);
+		m_unref(gw.exports[i].m);
+	}
 	free(gw.exports);
 	free(gw.images);
+	if (gw.m)
+		m_unref(gw.m);
+	m_unref(gw.boot);
+	free(gw.held);
+	free(gw.run_dir);
 	if (gw.pidfile)
 		unlink(gw.pidfile);
 }
@@ -292,11 +1248,19 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 	int rc;
 
 	memset(&gw, 0, sizeof(gw));
-	gw.m = m;
+	gw.boot = m_ref(m);
 	gw.start_ns = gw_now_ns();
+	gw.run_dir = strdup(m->gw.run_dir);
+	gw.env.run_dir = gw.run_dir;
+	if (!gw.run_dir) {
+		m_unref(gw.boot);
+		return 1;
+	}
 	if (lname && gw_log_parse_level(lname, &lvl) < 0) {
 		fprintf(stderr, "blkgw: unknown log level '%s' (error, warn, info, debug)\n",
 			lname);
+		m_unref(gw.boot);
+		free(gw.run_dir);
 		return 2;
 	}
 	gw_log_set_level(lvl);
@@ -305,6 +1269,8 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 	rc = gw_mkdir_p(m->gw.run_dir);
 	if (rc < 0) {
 		gw_err("cannot create run dir %s: %s", m->gw.run_dir, strerror(-rc));
+		m_unref(gw.boot);
+		free(gw.run_dir);
 		return 1;
 	}
 	/* Refuse to run twice on one control socket. */
@@ -319,6 +1285,8 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 			json_object_put(reply);
 			gw_err("another blkgw is already running on control socket %s",
 			       m->gw.control_socket);
+			m_unref(gw.boot);
+			free(gw.run_dir);
 			return 1;
 		}
 	}
@@ -334,6 +1302,7 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		gw_err("cannot start the eventfd watchdog: %s", strerror(-rc));
 		return 1;
 	}
+	gw.m = m_ref(m);
 	gw.images = calloc(m->nimages + 1, sizeof(*gw.images));
 	gw.exports = calloc(m->nexports + 1, sizeof(*gw.exports));
 	if (!gw.images || !gw.exports)
@@ -342,18 +1311,21 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 	/* Open every image before serving anything: a bad one stops the start. */
 	for (size_t i = 0; i < m->nimages; i++) {
 		const struct gw_image_spec *s = &m->images[i];
+		struct gw_backend *b;
 
 		err[0] = '\0';
-		gw.images[i] = gw_backend_open(s->ops, s->name, s->opts, err, sizeof(err));
-		if (!gw.images[i]) {
+		b = gw_backend_open(s->ops, s->name, s->opts, err, sizeof(err));
+		if (!b) {
 			fprintf(stderr, "%s:%d:%d: image '%s': %s\n", m->path, s->line, s->col,
 				s->name, err);
 			goto fail;
 		}
+		gw.images[gw.nimages++] = (struct live_image){ .b = b, .m = m_ref(m), .s = s };
 	}
 	for (size_t i = 0; i < m->nexports; i++) {
 		const struct gw_export_spec *x = &m->exports[i];
-		struct gw_backend *b = gw.images[x->image_index];
+		struct gw_backend *b = gw.images[x->image_index].b;
+		struct gw_export *e;
 
 		if (!x->read_only && (b->caps & GW_CAP_READ_ONLY)) {
 			fprintf(stderr,
@@ -361,12 +1333,11 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 				m->path, x->line, x->col, i + 1, x->image);
 			goto fail;
 		}
-		gw.exports[i] =
-			gw_export_new(x->id, b, x->read_only, m->images[x->image_index].block_size);
-		if (!gw.exports[i])
+		e = gw_export_new(x->id, b, x->read_only, m->images[x->image_index].block_size);
+		if (!e)
 			goto fail;
-		gw.exports[i]->env = &m->env;
-		gw.nexports = i + 1;
+		e->env = &gw.env;
+		gw.exports[gw.nexports++] = (struct live_export){ .e = e, .m = m_ref(m), .x = x };
 	}
 
 	gw_workers_set_coalesce_us(m->gw.coalesce_us);
@@ -376,10 +1347,12 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		goto fail;
 	}
 	for (size_t i = 0; i < gw.nexports; i++) {
-		if (start_export(gw.exports[i], &m->exports[i]) < 0) {
+		struct gw_export *e = gw.exports[i].e;
+
+		if (start_export(e, &m->exports[i]) < 0) {
 			fprintf(stderr, "%s:%d:%d: export %zu (%s): no transport could start: %s\n",
-				m->path, m->exports[i].line, m->exports[i].col, i + 1,
-				gw.exports[i]->id, gw.exports[i]->notes);
+				m->path, m->exports[i].line, m->exports[i].col, i + 1, e->id,
+				e->notes);
 			goto fail_stop;
 		}
 	}

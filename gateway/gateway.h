@@ -13,5 +13,5 @@ struct gw_serve_opts {
 	const char *log_level; /* NULL: the manifest's, else info */
 };
 
-/* Run until asked to stop. Returns the process exit status. */
+/* Run until asked to stop (m is the daemon's from now on). Returns the exit status. */
 int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o);

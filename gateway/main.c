@@ -29,6 +29,8 @@ static void usage_main(FILE *f)
 		   "  serve MANIFEST   run the gateway in the foreground until SIGTERM/SIGINT\n"
 		   "  check MANIFEST   validate a manifest and show what serve would do\n"
 		   "  status           show the exports of a running gateway\n"
+		   "  apply MANIFEST   make a running gateway converge on MANIFEST\n"
+		   "  save-manifest    write a manifest of a running gateway's state\n"
 		   "  version          print the version\n"
 		   "  help [COMMAND]   show help\n"
 		   "\n"
@@ -84,6 +86,41 @@ static void usage_status(FILE *f)
 		   "                      else RUN-DIR/control.sock of the default run dir)\n"
 		   "  --manifest FILE     use the control socket that manifest declares\n"
 		   "  --json              print the daemon's JSON answer\n"
+		   "  -h, --help          show this help\n");
+}
+
+static void usage_apply(FILE *f)
+{
+	fprintf(f, "Usage: blkgw apply MANIFEST [--dry-run] [--force] [--control SOCKET] [--json]\n"
+		   "Make the running gateway converge on MANIFEST: exports new in it start,\n"
+		   "exports gone from it stop, changed ones restart, the rest are not touched.\n"
+		   "The daemon validates MANIFEST fully first (as 'blkgw check' does): a\n"
+		   "manifest with any error changes nothing. Removing or restarting an export\n"
+		   "in use (a client connected, a kernel device held open) is refused unless\n"
+		   "--force. Gateway settings that cannot change live (run-dir, workers,\n"
+		   "control socket) are listed as needing a restart. SIGHUP to the daemon\n"
+		   "applies the manifest it was started with.\n"
+		   "\n"
+		   "Options:\n"
+		   "  --dry-run           print what would change, change nothing\n"
+		   "  --force             stop exports even while in use\n"
+		   "  --control SOCKET    the daemon's control socket (default: the one MANIFEST\n"
+		   "                      declares)\n"
+		   "  --json              print the daemon's JSON answer\n"
+		   "  -h, --help          show this help\n");
+}
+
+static void usage_save(FILE *f)
+{
+	fprintf(f, "Usage: blkgw save-manifest [FILE] [--control SOCKET | --manifest MANIFEST]\n"
+		   "Write the running gateway's state (its gateway settings, images and exports,\n"
+		   "with every path absolute) as a manifest that 'blkgw apply' or 'blkgw serve'\n"
+		   "turns back into the same state: to FILE (atomically), or to stdout.\n"
+		   "\n"
+		   "Options:\n"
+		   "  --control SOCKET    the daemon's control socket (default: $BLKGW_CONTROL,\n"
+		   "                      else RUN-DIR/control.sock of the default run dir)\n"
+		   "  --manifest FILE     use the control socket that manifest declares\n"
 		   "  -h, --help          show this help\n");
 }
 
@@ -190,8 +227,7 @@ static int cmd_serve(int argc, char **argv)
 		return 1;
 	}
 	gw_preflight_free(&pf);
-	rc = gw_serve(m, &so);
-	gw_manifest_free(m);
+	rc = gw_serve(m, &so); /* it owns m now */
 	return rc;
 }
 
@@ -507,15 +543,225 @@ static int cmd_status(int argc, char **argv)
 	return rc;
 }
 
+/*
+ * The control socket to talk to: --control, else the one a manifest
+ * declares, else $BLKGW_CONTROL, else the default run dir's. *owned is what
+ * to free. NULL (reported) when the manifest cannot be read.
+ */
+static const char *control_socket(const char *control, const char *manifest, char **owned)
+{
+	*owned = NULL;
+	if (control)
+		return control;
+	if (manifest) {
+		struct gw_manifest *m;
+		struct gw_diags d = { 0 };
+
+		if (gw_manifest_load(manifest, false, &m, &d) < 0) {
+			gw_diags_print(&d, manifest, stderr);
+			gw_diags_free(&d);
+			return NULL;
+		}
+		*owned = strdup(m->gw.control_socket);
+		gw_manifest_free(m);
+		return *owned;
+	}
+	control = getenv("BLKGW_CONTROL");
+	if (control && *control)
+		return control;
+	{
+		char *rd = gw_default_run_dir();
+
+		if (rd && asprintf(owned, "%s/control.sock", rd) < 0)
+			*owned = NULL;
+		free(rd);
+	}
+	return *owned;
+}
+
+/* Send req (taken), return the reply when it says ok; else print why and NULL. */
+static json_object *ask(const char *who, const char *control, json_object *req, bool as_json)
+{
+	json_object *reply, *ok, *e = NULL, *pr = NULL;
+	char err[1024];
+	int code = 0;
+
+	reply = gw_ctl_request_ms(control, req, 300000, &code, err, sizeof(err));
+	json_object_put(req);
+	if (!reply) {
+		if (as_json)
+			print_json(gw_ctl_error(code, "%s", err));
+		else
+			fprintf(stderr, "blkgw %s: %s\n", who, err);
+		return NULL;
+	}
+	if (json_object_object_get_ex(reply, "ok", &ok) && json_object_get_boolean(ok))
+		return reply;
+	if (as_json) {
+		print_json(reply);
+		return NULL;
+	}
+	json_object_object_get_ex(reply, "problems", &pr);
+	for (size_t i = 0; pr && i < json_object_array_length(pr); i++)
+		fprintf(stderr, "%s\n", json_object_get_string(json_object_array_get_idx(pr, i)));
+	json_object_object_get_ex(reply, "error", &e);
+	fprintf(stderr, "blkgw %s: %s\n", who, e ? jstr(e, "message") : "error");
+	json_object_put(reply);
+	return NULL;
+}
+
+static int cmd_apply(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "dry-run", no_argument, NULL, 'n' },       { "force", no_argument, NULL, 'f' },
+		{ "control", required_argument, NULL, 'c' }, { "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },          { 0 },
+	};
+	const char *control = NULL;
+	bool dry = false, force = false, as_json = false;
+	char *owned, *abs;
+	json_object *req, *reply, *xs, *nr;
+	int c;
+
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'n':
+			dry = true;
+			break;
+		case 'f':
+			force = true;
+			break;
+		case 'c':
+			control = optarg;
+			break;
+		case 'j':
+			as_json = true;
+			break;
+		case 'h':
+			usage_apply(stdout);
+			return 0;
+		default:
+			usage_apply(stderr);
+			return 2;
+		}
+	}
+	if (want_manifest("apply", argc, argv, usage_apply))
+		return 2;
+	control = control_socket(control, argv[optind], &owned);
+	if (!control) {
+		fprintf(stderr, "blkgw apply: %s has errors; nothing was changed\n", argv[optind]);
+		return 1;
+	}
+	abs = realpath(argv[optind], NULL);
+	if (!abs) {
+		fprintf(stderr, "blkgw apply: %s: %s\n", argv[optind], strerror(errno));
+		free(owned);
+		return 1;
+	}
+	req = json_object_new_object();
+	json_object_object_add(req, "command", json_object_new_string("apply"));
+	json_object_object_add(req, "manifest", json_object_new_string(abs));
+	json_object_object_add(req, "dry_run", json_object_new_boolean(dry));
+	json_object_object_add(req, "force", json_object_new_boolean(force));
+	free(abs);
+	reply = ask("apply", control, req, as_json);
+	free(owned);
+	if (!reply)
+		return 1;
+	if (as_json) {
+		print_json(reply);
+		return 0;
+	}
+	json_object_object_get_ex(reply, "exports", &xs);
+	for (size_t i = 0; xs && i < json_object_array_length(xs); i++) {
+		json_object *o = json_object_array_get_idx(xs, i);
+		const char *why = jstr(o, "why"), *res = jstr(o, "result"),
+			   *t = jstr(o, "transport");
+
+		printf("%s %s%s%s%s%s%s%s%s\n", jstr(o, "action"), jstr(o, "id"), *why ? " (" : "",
+		       why, *why ? ")" : "", *res ? ": " : "", res, *t ? " over " : "", t);
+	}
+	json_object_object_get_ex(reply, "needs_restart", &nr);
+	for (size_t i = 0; nr && i < json_object_array_length(nr); i++)
+		printf("needs restart: %s\n",
+		       json_object_get_string(json_object_array_get_idx(nr, i)));
+	if (dry)
+		printf("dry run: nothing was changed\n");
+	json_object_put(reply);
+	return 0;
+}
+
+static int cmd_save(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "control", required_argument, NULL, 'c' },
+		{ "manifest", required_argument, NULL, 'm' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	const char *control = NULL, *manifest = NULL;
+	char *owned;
+	json_object *req, *reply;
+	int c, rc = 0;
+
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			control = optarg;
+			break;
+		case 'm':
+			manifest = optarg;
+			break;
+		case 'h':
+			usage_save(stdout);
+			return 0;
+		default:
+			usage_save(stderr);
+			return 2;
+		}
+	}
+	if (argc - optind > 1) {
+		usage_save(stderr);
+		return 2;
+	}
+	control = control_socket(control, manifest, &owned);
+	if (!control)
+		return 1;
+	req = json_object_new_object();
+	json_object_object_add(req, "command", json_object_new_string("save-manifest"));
+	reply = ask("save-manifest", control, req, false);
+	free(owned);
+	if (!reply)
+		return 1;
+	if (optind < argc) {
+		const char *path = argv[optind];
+		char tmp[4096];
+		FILE *f;
+
+		snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+		f = fopen(tmp, "w");
+		if (!f || fputs(jstr(reply, "manifest"), f) < 0 || fclose(f) != 0 ||
+		    rename(tmp, path) < 0) {
+			fprintf(stderr, "blkgw save-manifest: cannot write %s: %s\n", path,
+				strerror(errno));
+			unlink(tmp);
+			rc = 1;
+		}
+	} else {
+		fputs(jstr(reply, "manifest"), stdout);
+	}
+	json_object_put(reply);
+	return rc;
+}
+
 static const struct {
 	const char *name;
 	int (*run)(int argc, char **argv);
 	void (*usage)(FILE *f);
 } commands[] = {
-	{ "serve", cmd_serve, usage_serve },
-	{ "check", cmd_check, usage_check },
-	{ "status", cmd_status, usage_status },
-	{ "version", cmd_version, usage_version },
+	{ "serve", cmd_serve, usage_serve },       { "check", cmd_check, usage_check },
+	{ "status", cmd_status, usage_status },    { "apply", cmd_apply, usage_apply },
+	{ "save-manifest", cmd_save, usage_save }, { "version", cmd_version, usage_version },
 };
 
 static int cmd_help(int argc, char **argv)
@@ -531,7 +777,7 @@ static int cmd_help(int argc, char **argv)
 		}
 	}
 	fprintf(stderr,
-		"blkgw help: unknown command '%s' (commands: serve, check, status, version, help)\n",
+		"blkgw help: unknown command '%s' (commands: serve, check, status, apply, save-manifest, version, help)\n",
 		argv[1]);
 	return 2;
 }

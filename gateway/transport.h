@@ -94,6 +94,14 @@ struct gw_transport_ops {
 
 	/* Optional. Fill status fields. */
 	void (*status)(struct gw_export *exp, struct gw_export_status *st);
+
+	/*
+	 * Optional. Would stopping exp now cut someone off: a client connected,
+	 * a kernel device mounted or held open? 1 with the reason in why, or 0.
+	 * Apply refuses to remove or restart an export in use unless forced.
+	 * Without it, any attached client (exp->clients) counts as use.
+	 */
+	int (*in_use)(struct gw_export *exp, char *why, size_t len);
 };
 
 const struct gw_transport_ops *gw_transport_find(const char *name);

@@ -512,3 +512,146 @@ void gw_opt_free(const struct gw_opt_schema *s, void *base)
 		}
 	}
 }
+
+static bool str_eq(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+bool gw_opt_equal(const struct gw_opt_schema *s, const void *a, const void *b)
+{
+	for (size_t i = 0; i < s->nopts; i++) {
+		const struct gw_opt_desc *d = &s->opts[i];
+		const void *fa = (const char *)a + d->offset, *fb = (const char *)b + d->offset;
+
+		switch (d->type) {
+		case GW_OPT_STR:
+		case GW_OPT_PATH:
+		case GW_OPT_HOSTPORT:
+		case GW_OPT_ENUM:
+			if (!str_eq(*(char *const *)fa, *(char *const *)fb))
+				return false;
+			break;
+		case GW_OPT_BOOL:
+			if (*(const bool *)fa != *(const bool *)fb)
+				return false;
+			break;
+		case GW_OPT_U32:
+		case GW_OPT_MODE:
+		case GW_OPT_USER:
+		case GW_OPT_GROUP:
+			if (*(const uint32_t *)fa != *(const uint32_t *)fb)
+				return false;
+			break;
+		case GW_OPT_SIZE:
+			if (*(const uint64_t *)fa != *(const uint64_t *)fb)
+				return false;
+			break;
+		}
+	}
+	return true;
+}
+
+/* Append text to a growing string; false when out of memory. */
+static bool cat(char **out, size_t *len, const char *fmt, ...)
+{
+	va_list ap;
+	char *s, *n;
+	int rc;
+
+	va_start(ap, fmt);
+	rc = vasprintf(&s, fmt, ap);
+	va_end(ap);
+	if (rc < 0)
+		return false;
+	n = realloc(*out, *len + (size_t)rc + 1);
+	if (!n) {
+		free(s);
+		return false;
+	}
+	memcpy(n + *len, s, (size_t)rc + 1);
+	*out = n;
+	*len += (size_t)rc;
+	free(s);
+	return true;
+}
+
+/* A YAML double-quoted scalar (JSON's escapes, which YAML reads the same). */
+static bool cat_quoted(char **out, size_t *len, const char *s)
+{
+	if (!cat(out, len, "\""))
+		return false;
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		bool ok;
+
+		if (c == '"' || c == '\\')
+			ok = cat(out, len, "\\%c", c);
+		else if (c < 0x20 || c == 0x7f)
+			ok = cat(out, len, "\\x%02x", c);
+		else
+			ok = cat(out, len, "%c", c);
+		if (!ok)
+			return false;
+	}
+	return cat(out, len, "\"");
+}
+
+char *gw_opt_dump(const struct gw_opt_schema *s, const void *base)
+{
+	char *out = strdup("");
+	size_t len = 0;
+	bool first = true, ok = out != NULL;
+
+	for (size_t i = 0; ok && i < s->nopts; i++) {
+		const struct gw_opt_desc *d = &s->opts[i];
+		const void *f = (const char *)base + d->offset;
+		const char *sep = first ? "" : ", ";
+
+		switch (d->type) {
+		case GW_OPT_STR:
+		case GW_OPT_PATH:
+		case GW_OPT_HOSTPORT:
+		case GW_OPT_ENUM:
+			if (!*(char *const *)f)
+				continue;
+			ok = cat(&out, &len, "%s%s: ", sep, d->key) &&
+			     cat_quoted(&out, &len, *(char *const *)f);
+			break;
+		case GW_OPT_BOOL:
+			if (*(const bool *)f == (d->def != 0))
+				continue;
+			ok = cat(&out, &len, "%s%s: %s", sep, d->key,
+				 *(const bool *)f ? "true" : "false");
+			break;
+		case GW_OPT_U32:
+			if (*(const uint32_t *)f == (uint32_t)d->def)
+				continue;
+			ok = cat(&out, &len, "%s%s: %u", sep, d->key, *(const uint32_t *)f);
+			break;
+		case GW_OPT_MODE:
+			if (*(const uint32_t *)f == (uint32_t)d->def)
+				continue;
+			ok = cat(&out, &len, "%s%s: \"0%o\"", sep, d->key, *(const uint32_t *)f);
+			break;
+		case GW_OPT_USER:
+		case GW_OPT_GROUP:
+			if (*(const uint32_t *)f == GW_ID_UNSET)
+				continue;
+			ok = cat(&out, &len, "%s%s: %u", sep, d->key, *(const uint32_t *)f);
+			break;
+		case GW_OPT_SIZE:
+			if (*(const uint64_t *)f == d->def)
+				continue;
+			ok = cat(&out, &len, "%s%s: %llu", sep, d->key,
+				 (unsigned long long)*(const uint64_t *)f);
+			break;
+		}
+		first = false;
+	}
+	if (!ok) {
+		free(out);
+		return NULL;
+	}
+	return out;
+}

@@ -106,6 +106,14 @@ int gw_opt_set(const struct gw_opt_desc *d, const char *text, const char *dir, v
 void gw_opt_defaults(const struct gw_opt_schema *s, void *base);
 /* Free the strings a decode allocated. */
 void gw_opt_free(const struct gw_opt_schema *s, void *base);
+/* Do a and b (both decoded with s) hold the same settings? */
+bool gw_opt_equal(const struct gw_opt_schema *s, const void *a, const void *b);
+/*
+ * The settings that differ from their defaults as the inside of a YAML flow
+ * mapping ("path: \"/a\", size: 1024"), which decodes back to equal
+ * settings (paths are absolute by then). malloc'd; NULL when out of memory.
+ */
+char *gw_opt_dump(const struct gw_opt_schema *s, const void *base);
 /* Human name of a type, for messages ("a size such as 64M"). */
 const char *gw_opt_type_hint(const struct gw_opt_desc *d);
 

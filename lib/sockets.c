@@ -125,7 +125,7 @@ int gw_dir_check(const char *dir, char *why, size_t len)
 	return creatable("the folder", dir, why, len);
 }
 
-int gw_socket_path_check(const char *path, char *why, size_t len)
+static int path_check(const char *path, bool live, char *why, size_t len)
 {
 	struct sockaddr_un sa;
 	struct stat st;
@@ -140,11 +140,21 @@ int gw_socket_path_check(const char *path, char *why, size_t len)
 		return -EEXIST;
 	}
 	rc = creatable("the socket", path, why, len);
-	if (rc == 0 && answers(&sa)) {
+	if (rc == 0 && live && answers(&sa)) {
 		gw_seterr(why, len, "a server answers on %s now", path);
 		rc = GW_SOCKET_LIVE;
 	}
 	return rc;
+}
+
+int gw_socket_path_check(const char *path, char *why, size_t len)
+{
+	return path_check(path, true, why, len);
+}
+
+int gw_socket_path_check_quiet(const char *path, char *why, size_t len)
+{
+	return path_check(path, false, why, len);
 }
 
 int gw_listen_unix(const char *path, const struct gw_sock_perm *perm, int backlog, char *err,

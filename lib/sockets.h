@@ -56,6 +56,8 @@ int gw_mkdir_parents(const char *path);
 /* Does DIR exist as a folder, or could gw_mkdir_p() create it? 0, or -errno with why. */
 int gw_dir_check(const char *dir, char *why, size_t len);
 int gw_socket_path_check(const char *path, char *why, size_t len);
+/* The same without asking whether a server answers (a daemon checking its own paths). */
+int gw_socket_path_check_quiet(const char *path, char *why, size_t len);
 
 /*
  * Listen on a unix stream socket at PATH owned and permitted as PERM says
