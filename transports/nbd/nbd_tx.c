@@ -380,7 +380,8 @@ int nbd_tx_process(struct nbd_conn *c)
 		if (c->wr) {
 			size_t n = GW_MIN(avail, (size_t)(c->wr->len - c->wr_have));
 
-			memcpy((uint8_t *)c->wr->buf + c->wr_have, c->ibuf + c->ipos, n);
+			if (n) /* a zero-length write has no buffer */
+				memcpy((uint8_t *)c->wr->buf + c->wr_have, c->ibuf + c->ipos, n);
 			c->ipos += n;
 			c->wr_have += (uint32_t)n;
 			if (c->wr_have < c->wr->len)
