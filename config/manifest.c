@@ -13,7 +13,8 @@
 
 /* ---- diagnostics ---- */
 
-static void diag_vadd(struct gw_diags *d, int line, int col, const char *fmt, va_list ap)
+static GW_PRINTF(4, 0) void diag_vadd(struct gw_diags *d, int line, int col, const char *fmt,
+				      va_list ap)
 {
 	char *msg;
 
