@@ -6,8 +6,10 @@ MANIFEST   ?= config/examples/quickstart.yaml
 PREFIX     ?= /usr/local
 JOBS       ?= $(shell nproc)
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
 
-.PHONY: all deps deps-test configure build run test test-asan install check-manifest clean
+.PHONY: all deps deps-test configure build run test test-asan fuzz install check-manifest clean
 
 all: build
 
@@ -41,9 +43,15 @@ test: deps-test build
 test-asan: deps-test
 	JOBS=$(JOBS) scripts/test-asan.sh $(ASAN_BUILD)
 
+# Every libFuzzer target (tests/fuzz) for FUZZ_SECONDS each, clang with
+# ASan+UBSan, in build-fuzz/; any crash or sanitizer report fails. CI runs it
+# after test-asan.
+fuzz: deps-test
+	FUZZ_SECONDS=$(FUZZ_SECONDS) JOBS=$(JOBS) scripts/fuzz.sh $(FUZZ_BUILD) $(CTEST_ARGS)
+
 # The binary, man pages, docs and examples under PREFIX; DESTDIR stages them.
 install: build
 	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix "$(PREFIX)"
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
