@@ -8,6 +8,7 @@
 extern const struct gw_transport_ops gw_nbd_transport;
 extern const struct gw_transport_ops gw_vhost_transport;
 extern const struct gw_transport_ops gw_fuse_transport;
+extern const struct gw_transport_ops gw_ublk_transport;
 
 /* Order is only the listing order; exports choose by name. */
 static const struct gw_transport_ops *const transports[] = {
@@ -19,6 +20,9 @@ static const struct gw_transport_ops *const transports[] = {
 #endif
 #if BLKGW_WITH_FUSE
 	&gw_fuse_transport,
+#endif
+#if BLKGW_WITH_UBLK
+	&gw_ublk_transport,
 #endif
 };
 

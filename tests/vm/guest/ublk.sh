@@ -1,0 +1,172 @@
+# shellcheck shell=dash
+# vm-ublk: blkgw exports images as /dev/ublkbN through the guest's ublk
+# driver. A clear error without ublk_drv; fio crc32c verify at QD1 and QD32
+# on one and two queues (4k random, 1 MiB sequential); mkfs.ext4, mount,
+# files, remount; blkdiscard punches holes in the sparse backing file;
+# write-zeroes; a read-only export is a read-only disk; status shows the
+# device; a taken id is refused; SIGTERM removes every device.
+# shellcheck source=SCRIPTDIR/../guest-lib.sh
+. /lib/blkgw-vm/guest-lib.sh
+
+B=/usr/local/bin/blkgw
+RUN=/tmp/run
+CTL="--control $RUN/control.sock"
+
+# --- without the module -----------------------------------------------------------
+
+mkdir -p $RUN
+cat >/tmp/m.yaml <<YAML
+version: 1
+gateway: { run-dir: $RUN, workers: 1 }
+images:
+  mem: { backend: memory, size: 16M }
+exports:
+  - { image: mem, transports: [ublk] }
+YAML
+check "check: without ublk_drv, the reason and the fix (exit 1)" \
+	sh -c "! $B check /tmp/m.yaml 2>/tmp/err; cat /tmp/err; grep -q 'ublk_drv kernel module is not loaded.*modprobe ublk_drv' /tmp/err"
+check "serve: without ublk_drv, a plain error and exit 1" \
+	sh -c "! $B serve /tmp/m.yaml 2>/tmp/err; cat /tmp/err; grep -q 'no transport could start: ublk: the ublk_drv kernel module is not loaded' /tmp/err"
+require "load ublk_drv" load_module ublk_drv
+require "load ext4 (and crc32c for its checksums)" load_modules crc32c_generic ext4
+check "check: with the module, ublk can work here" $B check /tmp/m.yaml
+
+# --- several exports: file on 1 and 2 queues, read-only, memory ----------------------------
+
+truncate -s 256M /tmp/d1.raw
+truncate -s 256M /tmp/d2.raw
+dd if=/dev/urandom of=/tmp/ro.raw bs=1M count=16 2>/dev/null
+md5sum /tmp/ro.raw | cut -d' ' -f1 >/tmp/ro.md5
+cat >/tmp/m.yaml <<YAML
+version: 1
+gateway: { run-dir: $RUN, workers: 1 }
+images:
+  d1: { backend: file, path: /tmp/d1.raw }
+  d2: { backend: file, path: /tmp/d2.raw }
+  ro: { backend: file, path: /tmp/ro.raw }
+  mem: { backend: memory, size: 64M }
+exports:
+  - { image: d1, transports: [ublk] }
+  - { image: d2, transports: [ublk], ublk: { id: 5, queues: 2, depth: 64, max-io: 1M } }
+  - { image: ro, transports: [ublk], read-only: true }
+  - { image: mem, transports: [ublk], ublk: { depth: 32 } }
+YAML
+
+start_gw() {
+	bg_start gw $B serve "$1" --log-level debug
+	for x in $2; do
+		bg_wait_for gw 30 test -L $RUN/dev/$x || return 1
+	done
+}
+stop_gw() {
+	kill -TERM "$(bg_pid gw)" && bg_wait gw 60
+}
+
+require "blkgw serves four ublk exports (links in $RUN/dev)" start_gw /tmp/m.yaml "d1 d2 ro mem"
+d1=$(readlink $RUN/dev/d1)
+d2=$(readlink $RUN/dev/d2)
+ro=$(readlink $RUN/dev/ro)
+mem=$(readlink $RUN/dev/mem)
+vm_log "devices: d1=$d1 d2=$d2 ro=$ro mem=$mem"
+check_eq "the id option is honoured" /dev/ublkb5 "$d2"
+check "the devices exist" test -b "$d1" -a -b "$d2" -a -b "$ro" -a -b "$mem"
+check_eq "d1 is 256 MiB" 524288 "$(cat /sys/block/${d1#/dev/}/size)"
+check_eq "d2 has two hardware queues" 2 "$(ls -d /sys/block/ublkb5/mq/* | wc -l)"
+check "status names each device, its queues and depth" \
+	sh -c "$B status $CTL --json >/tmp/st; cat /tmp/st; grep -q '\"device\": \"/dev/ublkb5\"' /tmp/st && grep -q 'ublk id 5, 2 queues x depth 64, max-io 1024 KiB' /tmp/st"
+check "a state file per device in the run dir" test -s $RUN/ublk/5.state
+check_eq "a volatile cache (flushes reach the backend)" "write back" \
+	"$(cat /sys/block/ublkb5/queue/write_cache)"
+check_eq "max-io 1M: 1024 KiB per request" 1024 "$(cat /sys/block/ublkb5/queue/max_sectors_kb)"
+
+cat >/tmp/busy.yaml <<YAML
+version: 1
+gateway: { run-dir: /tmp/run2 }
+images:
+  other: { backend: memory, size: 16M }
+exports:
+  - { image: other, transports: [ublk], ublk: { id: 5 } }
+YAML
+check "a second daemon asking for id 5: 'in use', exit 1" \
+	sh -c "! $B serve /tmp/busy.yaml 2>/tmp/err; cat /tmp/err; grep -q 'ublk device id 5 is in use' /tmp/err"
+
+fio_rand() { # DEV QD SIZE [extra...]
+	local dev="$1" qd="$2" size="$3"
+	shift 3
+	fio --name=rand --filename="$dev" --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k \
+		--size="$size" --iodepth="$qd" --verify=crc32c --do_verify=1 --verify_fatal=1 \
+		--randrepeat=1 --group_reporting "$@"
+}
+fio_seq() { # DEV QD SIZE [extra...]
+	local dev="$1" qd="$2" size="$3"
+	shift 3
+	fio --name=seq --filename="$dev" --direct=1 --ioengine=io_uring --rw=write --bs=1M \
+		--size="$size" --iodepth="$qd" --verify=crc32c --do_verify=1 --verify_fatal=1 \
+		--group_reporting "$@"
+}
+check "1 queue, fio 4k randwrite QD1, crc32c verify" fio_rand "$d1" 1 4M
+check "1 queue, fio 4k randwrite QD32, crc32c verify" fio_rand "$d1" 32 16M
+check "1 queue, fio 1 MiB write QD1, crc32c verify" fio_seq "$d1" 1 16M --offset=64M
+check "1 queue, fio 1 MiB write QD32, crc32c verify" fio_seq "$d1" 32 32M --offset=128M
+two="--numjobs=2 --offset_increment=64M --cpus_allowed=0-1 --cpus_allowed_policy=split"
+# shellcheck disable=SC2086
+check "2 queues, fio 4k randwrite QD1 x 2 jobs, crc32c verify" fio_rand "$d2" 1 4M $two
+# shellcheck disable=SC2086
+check "2 queues, fio 4k randwrite QD32 x 2 jobs, crc32c verify" fio_rand "$d2" 32 8M $two
+# shellcheck disable=SC2086
+check "2 queues, fio 1 MiB write QD1 x 2 jobs, crc32c verify" fio_seq "$d2" 1 8M --offset=128M $two
+# shellcheck disable=SC2086
+check "2 queues, fio 1 MiB write QD32 x 2 jobs, crc32c verify" fio_seq "$d2" 32 16M --offset=128M $two
+check "memory backend, fio 4k randrw QD32, crc32c verify" fio_rand "$mem" 32 16M --rw=randrw
+check "the backing file holds what fio wrote on d1 (first 8 MiB)" \
+	sh -c "sync; dd if=$d1 bs=1M count=8 iflag=direct 2>/dev/null | md5sum >/tmp/a; dd if=/tmp/d1.raw bs=1M count=8 2>/dev/null | md5sum >/tmp/b; cmp /tmp/a /tmp/b"
+
+# --- discard and write-zeroes --------------------------------------------------------
+
+sync
+used0=$(stat -c %b /tmp/d1.raw)
+check "blkdiscard 64 MiB at 128 MiB" /usr/local/bin/blkdiscard -o 134217728 -l 67108864 "$d1"
+used1=$(stat -c %b /tmp/d1.raw)
+vm_log "d1 backing file blocks: $used0 before, $used1 after the discard"
+check "the discard punched a hole in the sparse backing file" test $((used0 - used1)) -ge 60000
+check "the discarded range reads as zeros (its last 16 MiB)" \
+	sh -c "dd if=$d1 bs=1M skip=176 count=16 iflag=direct 2>/dev/null | cmp - /dev/zero 2>&1 | grep -q EOF"
+check "write-zeroes (blkdiscard -z) 16 MiB at 64 MiB" \
+	/usr/local/bin/blkdiscard -z -o 67108864 -l 16777216 "$d1"
+check "the zeroed range reads as zeros" \
+	sh -c "dd if=$d1 bs=1M skip=64 count=16 iflag=direct 2>/dev/null | cmp - /dev/zero 2>&1 | grep -q EOF"
+check "status counts the write-zeroes" \
+	sh -c "$B status $CTL --json | tr -d ' \n' | grep -o '\"id\":\"d1\".*' | grep -q '\"zeroes\":[1-9]'"
+
+# --- read-only --------------------------------------------------------------------
+
+check_eq "the read-only export is a read-only disk" 1 "$(cat /sys/block/${ro#/dev/}/ro)"
+check "writing the read-only device fails" \
+	sh -c "! dd if=/dev/zero of=$ro bs=4k count=1 oflag=direct 2>/tmp/err; cat /tmp/err; grep -qiE 'I/O error|not permitted|read-only' /tmp/err"
+check "reading the read-only device gives the backing file" \
+	sh -c "dd if=$ro bs=1M iflag=direct 2>/dev/null | md5sum | grep -q $(cat /tmp/ro.md5)"
+
+# --- a filesystem -------------------------------------------------------------------------
+
+require "mkfs.ext4 on $d2" mkfs.ext4 -q -F "$d2"
+mkdir -p /mnt
+require "mount $d2" mount -t ext4 "$d2" /mnt
+echo "hello from blkgw over ublk" >/mnt/hello.txt
+dd if=/dev/urandom of=/mnt/random.bin bs=1M count=8 2>/dev/null
+md5sum /mnt/random.bin | cut -d' ' -f1 >/tmp/random.md5
+check "umount" umount /mnt
+check "remount" mount -t ext4 "$d2" /mnt
+check_eq "the file is intact after remount" "hello from blkgw over ublk" "$(cat /mnt/hello.txt)"
+check_eq "the 8 MiB file is intact after remount" "$(cat /tmp/random.md5)" \
+	"$(md5sum /mnt/random.bin | cut -d' ' -f1)"
+check "umount" umount /mnt
+
+# --- SIGTERM removes every device -------------------------------------------------------
+
+check "SIGTERM: blkgw exits 0" stop_gw
+check "no /dev/ublkb* or /dev/ublkc* left" sh -c "! ls /dev/ublkb* /dev/ublkc* 2>/dev/null"
+check "the device links are gone" sh -c "! ls $RUN/dev/* 2>/dev/null"
+check "the state files are gone" sh -c "! ls $RUN/ublk/*.state 2>/dev/null"
+check_eq "the read-only backing file is unchanged" "$(cat /tmp/ro.md5)" "$(md5sum /tmp/ro.raw | cut -d' ' -f1)"
+check_eq "the filesystem is in the backing file (debugfs)" "hello from blkgw over ublk" \
+	"$(debugfs -R 'cat /hello.txt' /tmp/d2.raw 2>/dev/null)"

@@ -1,0 +1,487 @@
+/*
+ * The ublk transport: an export as /dev/ublkbN through the kernel's ublk
+ * driver. Options, probe and the device lifecycle, on the main thread; the
+ * commands that block run on the device's control thread; I/O runs on one
+ * thread per queue (ublk_queue.c).
+ *
+ * Start: GET_FEATURES, ADD_DEV (with USER_RECOVERY and REISSUE, so a
+ * restarted daemon can take the device over) and SET_PARAMS here; the queue
+ * threads open their rings and fetch every tag; the control thread sends
+ * START_DEV, which waits for those fetches and then adds the disk (its
+ * partition scan is served by the queue threads). Stop: STOP_DEV (in-flight
+ * requests finish, pending fetches are aborted), the queue threads end,
+ * /dev/ublkcN is closed, DEL_DEV.
+ *
+ * The run dir keeps RUN-DIR/ublk/ID.state per device (ublk_state_format)
+ * while it exists, and RUN-DIR/dev/EXPORT -> /dev/ublkbN while it is live.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "gateway/transport.h"
+#include "lib/devlink.h"
+#include "lib/log.h"
+#include "lib/sockets.h"
+#include "lib/util.h"
+#include "lib/worker.h"
+#include "transports/ublk/ublk_internal.h"
+
+static void ublk_check_opts(const void *opts, struct gw_opt_report *r);
+
+static const struct gw_opt_desc ublk_opts_table[] = {
+	{ .key = "id",
+	  .type = GW_OPT_STR,
+	  .offset = offsetof(struct ublk_opts, id),
+	  .help = "device number N for /dev/ublkbN, or -1 for the first free one (default -1)" },
+	{ .key = "queues",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct ublk_opts, queues),
+	  .min = 1,
+	  .max = UBLK_MAX_QUEUES,
+	  .def = 1,
+	  .help = "hardware queues, each served by its own thread and io_uring (1 to 64, at most the CPUs; default 1)" },
+	{ .key = "depth",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct ublk_opts, depth),
+	  .min = 1,
+	  .max = UBLK_MAX_QUEUE_DEPTH,
+	  .def = 128,
+	  .help = "requests in flight per queue (1 to 4096; default 128)" },
+	{ .key = "max-io",
+	  .type = GW_OPT_SIZE,
+	  .offset = offsetof(struct ublk_opts, max_io),
+	  .min = 4096,
+	  .max = 32 << 20,
+	  .def = 512 << 10,
+	  .help = "largest request, a multiple of 4K up to 32M; each queue keeps depth x max-io of buffers (default 512K)" },
+};
+
+static void ublk_check_opts(const void *opts, struct gw_opt_report *r)
+{
+	const struct ublk_opts *o = opts;
+	uint32_t id;
+
+	if (ublk_parse_id(o->id, &id) < 0)
+		gw_opt_problem(r, "id",
+			       "'id' must be -1 (the first free device) or a number such as 0");
+	if (!gw_opt_bad(r, "max-io") && o->max_io % 4096)
+		gw_opt_problem(r, "max-io", "'max-io' must be a multiple of 4K");
+}
+
+static uint32_t opt_id(const struct ublk_opts *o)
+{
+	uint32_t id = UBLK_ID_AUTO;
+
+	ublk_parse_id(o->id, &id);
+	return id;
+}
+
+static const char *ublk_conflict(const struct gw_transport_env *env, const void *a,
+				 const char *image_a, const void *b, const char *image_b, char *buf,
+				 size_t len)
+{
+	uint32_t ia = opt_id(a), ib = opt_id(b);
+
+	if (ia == UBLK_ID_AUTO || ia != ib)
+		return NULL;
+	snprintf(buf, len, "ublk device id %u is asked for by another export", ia);
+	return buf;
+}
+
+static void ublk_describe(const struct gw_transport_env *env, const void *opts, const char *image,
+			  char *buf, size_t len)
+{
+	const struct ublk_opts *o = opts;
+	uint32_t id = opt_id(o);
+	char sz[32];
+
+	if (id == UBLK_ID_AUTO)
+		snprintf(buf, len,
+			 "kernel /dev/ublkbN (first free), %u queue%s x depth %u, max-io %s",
+			 o->queues, o->queues == 1 ? "" : "s", o->depth,
+			 gw_fmt_size(o->max_io, sz, sizeof(sz)));
+	else
+		snprintf(buf, len, "kernel /dev/ublkb%u, %u queue%s x depth %u, max-io %s", id,
+			 o->queues, o->queues == 1 ? "" : "s", o->depth,
+			 gw_fmt_size(o->max_io, sz, sizeof(sz)));
+}
+
+static bool have_cap_sys_admin(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	bool ok = geteuid() == 0;
+
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long long caps;
+
+		if (sscanf(line, "CapEff: %llx", &caps) == 1)
+			ok = caps & (1ull << 21); /* CAP_SYS_ADMIN */
+	}
+	if (f)
+		fclose(f);
+	return ok;
+}
+
+/* Turn an errno from opening the control device into advice. */
+static int open_error(int rc, char *why, size_t len)
+{
+	if (rc == -ENOENT)
+		gw_seterr(why, len,
+			  "the ublk_drv kernel module is not loaded, no " UBLK_CONTROL_PATH
+			  " (modprobe ublk_drv; Linux 6.5 or later)");
+	else if (rc == -EACCES || rc == -EPERM)
+		gw_seterr(
+			why, len,
+			"a ublk device needs root (CAP_SYS_ADMIN): permission denied on " UBLK_CONTROL_PATH);
+	else
+		gw_seterr(why, len, "cannot open " UBLK_CONTROL_PATH ": %s", strerror(-rc));
+	return rc;
+}
+
+static int ublk_probe(const struct gw_transport_env *env, const void *opts, char *why, size_t len)
+{
+	int fd;
+
+	if (access(UBLK_CONTROL_PATH, F_OK) < 0)
+		return open_error(-ENOENT, why, len);
+	if (!have_cap_sys_admin())
+		return open_error(-EPERM, why, len);
+	fd = open(UBLK_CONTROL_PATH, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return open_error(-errno, why, len);
+	close(fd);
+	return 0;
+}
+
+/* ---- run dir state ---- */
+
+static char *state_path(const struct gw_transport_env *env, uint32_t dev_id)
+{
+	char *p;
+
+	if (asprintf(&p, "%s/ublk/%u.state", env->run_dir, dev_id) < 0)
+		return NULL;
+	return p;
+}
+
+static void state_save(struct ublk_dev *d)
+{
+	struct ublk_state s;
+	char line[512], tmp[4200];
+	int fd, n;
+
+	memset(&s, 0, sizeof(s));
+	s.dev_id = d->dev_id;
+	s.pid = (int)getpid();
+	s.queues = d->nr_queues;
+	s.depth = d->depth;
+	s.max_io = d->max_io;
+	gw_strlcpy(s.export_id, d->exp->id, sizeof(s.export_id));
+	n = ublk_state_format(&s, line, sizeof(line));
+	if (!d->state_path || n < 0)
+		return;
+	gw_mkdir_parents(d->state_path);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", d->state_path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0 || write(fd, line, (size_t)n) != n || fsync(fd) < 0 ||
+	    rename(tmp, d->state_path) < 0)
+		gw_warn("export %s: cannot record ublk%u in %s: %s", d->exp->id, d->dev_id,
+			d->state_path, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
+/* ---- lifecycle ---- */
+
+static void dev_free(struct ublk_dev *d)
+{
+	ublk_ctrl_close(&d->ctrl);
+	if (d->cdev_fd >= 0)
+		close(d->cdev_fd);
+	gw_devlink_remove(&d->dev_link);
+	free(d->state_path);
+	pthread_mutex_destroy(&d->lock);
+	pthread_cond_destroy(&d->cond);
+	free(d);
+}
+
+/* Main thread: the device is up. */
+static void on_live(void *arg)
+{
+	struct ublk_dev *d = arg;
+	char target[32];
+
+	if (d->stop_done || d->exp->state != GW_EXPORT_RUNNING)
+		return;
+	snprintf(target, sizeof(target), "/dev/ublkb%u", d->dev_id);
+	d->dev_link = gw_devlink_set(d->exp->env->run_dir, d->exp->id, target);
+	atomic_store(&d->exp->clients, d->nr_queues);
+	gw_info("export %s: %s is up (%u queue%s x depth %u, max-io %u KiB)", d->exp->id, target,
+		d->nr_queues, d->nr_queues == 1 ? "" : "s", d->depth, d->max_io >> 10);
+}
+
+/* Main thread: START_DEV failed; the control thread tears the device down. */
+static void on_start_failed(void *arg)
+{
+	struct ublk_dev *d = arg;
+
+	gw_err("export %s: starting /dev/ublkb%u failed: %s", d->exp->id, d->dev_id, d->ctl_err);
+	if (d->exp->state == GW_EXPORT_RUNNING)
+		d->exp->state = GW_EXPORT_FAILED;
+}
+
+/* Main thread: everything is gone. */
+static void on_gone(void *arg)
+{
+	struct ublk_dev *d = arg;
+	struct gw_export *e = d->exp;
+	void (*done)(struct gw_export *) = d->stop_done;
+
+	pthread_join(d->ctl_thread, NULL);
+	atomic_store(&e->clients, 0);
+	if (e->tpriv == d)
+		e->tpriv = NULL;
+	dev_free(d);
+	if (done)
+		done(e);
+}
+
+/* Control thread, and start()'s failure path: stop and delete the device. */
+static void teardown(struct ublk_dev *d)
+{
+	int rc;
+
+	rc = ublk_ctrl_cmd(&d->ctrl, UBLK_U_CMD_STOP_DEV, d->dev_id, NULL, 0, 0);
+	if (rc < 0)
+		gw_warn("export %s: STOP_DEV ublk%u: %s", d->exp->id, d->dev_id, strerror(-rc));
+	/* Queues whose fetches STOP_DEV did not abort (never started) are told to quit. */
+	for (unsigned i = 0; i < d->nr_queues; i++)
+		ublk_queue_quit(&d->q[i]);
+	for (unsigned i = 0; i < d->nr_queues; i++)
+		ublk_queue_join(&d->q[i]);
+	if (d->cdev_fd >= 0)
+		close(d->cdev_fd);
+	d->cdev_fd = -1;
+	rc = ublk_ctrl_cmd(&d->ctrl, UBLK_U_CMD_DEL_DEV, d->dev_id, NULL, 0, 0);
+	if (rc < 0)
+		gw_warn("export %s: DEL_DEV ublk%u: %s", d->exp->id, d->dev_id, strerror(-rc));
+	else if (d->state_path)
+		unlink(d->state_path);
+	gw_info("export %s: removed /dev/ublkb%u", d->exp->id, d->dev_id);
+}
+
+static void *ctl_main(void *arg)
+{
+	struct ublk_dev *d = arg;
+	char name[16];
+	sigset_t all;
+	int rc;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	snprintf(name, sizeof(name), "ublk%u-ctl", d->dev_id);
+	gw_log_set_thread_name(name);
+	/* Blocks until every tag of every queue has a fetch pending, then adds the disk. */
+	rc = ublk_ctrl_cmd(&d->ctrl, UBLK_U_CMD_START_DEV, d->dev_id, NULL, 0, (uint64_t)getpid());
+	if (rc < 0) {
+		snprintf(d->ctl_err, sizeof(d->ctl_err), "START_DEV: %s", strerror(-rc));
+		gw_main_call(on_start_failed, d);
+	} else {
+		pthread_mutex_lock(&d->lock);
+		d->live = true;
+		pthread_mutex_unlock(&d->lock);
+		gw_main_call(on_live, d);
+		pthread_mutex_lock(&d->lock);
+		while (!d->stop_requested)
+			pthread_cond_wait(&d->cond, &d->lock);
+		pthread_mutex_unlock(&d->lock);
+	}
+	teardown(d);
+	gw_main_call(on_gone, d);
+	return NULL;
+}
+
+static int add_dev(struct ublk_dev *d, const struct ublk_opts *o, char *err, size_t errlen)
+{
+	struct ublksrv_ctrl_dev_info info;
+	uint32_t want = opt_id(o);
+	int rc;
+
+	memset(&info, 0, sizeof(info));
+	info.nr_hw_queues = (uint16_t)o->queues;
+	info.queue_depth = (uint16_t)o->depth;
+	info.max_io_buf_bytes = (uint32_t)o->max_io;
+	info.dev_id = want; /* the header's dev_id must be the same */
+	info.flags = UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE;
+	rc = ublk_ctrl_cmd(&d->ctrl, UBLK_U_CMD_ADD_DEV, want, &info, sizeof(info), 0);
+	if (rc == -EEXIST) {
+		gw_seterr(err, errlen, "ublk device id %u is in use (choose another 'id', or -1)",
+			  want);
+		return rc;
+	}
+	if (rc == -EPERM || rc == -EACCES)
+		return open_error(rc, err, errlen);
+	if (rc < 0) {
+		gw_seterr(err, errlen, "ADD_DEV: %s", strerror(-rc));
+		return rc;
+	}
+	d->dev_id = info.dev_id;
+	d->nr_queues = info.nr_hw_queues;
+	d->depth = info.queue_depth;
+	d->max_io = info.max_io_buf_bytes;
+	d->flags = info.flags;
+	if (d->nr_queues != o->queues)
+		gw_warn("export %s: ublk%u has %u queue%s (asked %u: at most one per CPU)",
+			d->exp->id, d->dev_id, d->nr_queues, d->nr_queues == 1 ? "" : "s",
+			o->queues);
+	return 0;
+}
+
+static int open_cdev(struct ublk_dev *d, char *err, size_t errlen)
+{
+	char path[32];
+
+	snprintf(path, sizeof(path), "/dev/ublkc%u", d->dev_id);
+	/* devtmpfs creates the node with the device; allow it a moment. */
+	for (int i = 0; i < 200; i++) {
+		d->cdev_fd = open(path, O_RDWR | O_CLOEXEC);
+		if (d->cdev_fd >= 0 || errno != ENOENT)
+			break;
+		usleep(5000);
+	}
+	if (d->cdev_fd < 0) {
+		gw_seterr(err, errlen, "cannot open %s: %s", path, strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+static int ublk_start(struct gw_export *e, char *err, size_t errlen)
+{
+	const struct ublk_opts *o = e->topts;
+	struct ublk_params params;
+	struct ublk_dev *d;
+	uint64_t features = 0;
+	bool added = false;
+	int rc;
+
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->exp = e;
+	d->cdev_fd = -1;
+	d->ctrl.fd = -1;
+	pthread_mutex_init(&d->lock, NULL);
+	pthread_cond_init(&d->cond, NULL);
+	rc = ublk_ctrl_open(&d->ctrl);
+	if (rc < 0) {
+		if (d->ctrl.fd >= 0 || rc == -ENOENT || rc == -EACCES || rc == -EPERM)
+			open_error(rc, err, errlen);
+		else
+			gw_seterr(err, errlen, "cannot create an SQE128 io_uring: %s",
+				  strerror(-rc));
+		goto fail;
+	}
+	rc = ublk_ctrl_features(&d->ctrl, &features);
+	if (rc < 0) {
+		gw_seterr(
+			err, errlen,
+			"this kernel's ublk driver does not answer GET_FEATURES (%s): Linux 6.5 or later is needed",
+			strerror(-rc));
+		goto fail;
+	}
+	if (!(features & UBLK_F_USER_RECOVERY_REISSUE)) {
+		gw_seterr(
+			err, errlen,
+			"this kernel's ublk driver lacks USER_RECOVERY_REISSUE (features 0x%llx), needed to survive a daemon restart",
+			(unsigned long long)features);
+		rc = -EOPNOTSUPP;
+		goto fail;
+	}
+	rc = ublk_build_params(e, (uint32_t)o->max_io, &params, err, errlen);
+	if (rc < 0)
+		goto fail;
+	rc = add_dev(d, o, err, errlen);
+	if (rc < 0)
+		goto fail;
+	added = true;
+	d->state_path = state_path(e->env, d->dev_id);
+	rc = ublk_build_params(e, d->max_io, &params, err, errlen);
+	if (rc == 0)
+		rc = ublk_ctrl_cmd(&d->ctrl, UBLK_U_CMD_SET_PARAMS, d->dev_id, &params,
+				   sizeof(params), 0);
+	if (rc < 0) {
+		if (!*err)
+			gw_seterr(err, errlen, "SET_PARAMS: %s", strerror(-rc));
+		goto fail;
+	}
+	rc = open_cdev(d, err, errlen);
+	if (rc < 0)
+		goto fail;
+	for (unsigned i = 0; i < d->nr_queues; i++) {
+		rc = ublk_queue_start(d, i, err, errlen);
+		if (rc < 0)
+			goto fail;
+	}
+	state_save(d);
+	rc = pthread_create(&d->ctl_thread, NULL, ctl_main, d);
+	if (rc) {
+		gw_seterr(err, errlen, "cannot start the control thread: %s", strerror(rc));
+		rc = -rc;
+		goto fail;
+	}
+	d->ctl_started = true;
+	e->tpriv = d;
+	return 0;
+fail:
+	if (added)
+		teardown(d);
+	dev_free(d);
+	return rc < 0 ? rc : -EIO;
+}
+
+static void ublk_stop(struct gw_export *e, void (*done)(struct gw_export *e))
+{
+	struct ublk_dev *d = e->tpriv;
+
+	d->stop_done = done;
+	pthread_mutex_lock(&d->lock);
+	d->stop_requested = true;
+	pthread_cond_broadcast(&d->cond);
+	pthread_mutex_unlock(&d->lock);
+}
+
+static void ublk_status(struct gw_export *e, struct gw_export_status *st)
+{
+	struct ublk_dev *d = e->tpriv;
+
+	if (!d)
+		return;
+	snprintf(st->endpoint, sizeof(st->endpoint),
+		 "ublk id %u, %u queue%s x depth %u, max-io %u KiB%s", d->dev_id, d->nr_queues,
+		 d->nr_queues == 1 ? "" : "s", d->depth, d->max_io >> 10,
+		 d->recovered ? ", recovered" : "");
+	snprintf(st->device, sizeof(st->device), "/dev/ublkb%u", d->dev_id);
+}
+
+const struct gw_transport_ops gw_ublk_transport = {
+	.abi_version = GW_TRANSPORT_ABI,
+	.name = "ublk",
+	.summary =
+		"kernel block device /dev/ublkbN through the ublk driver and io_uring (Linux 6.5+)",
+	.schema = GW_OPT_SCHEMA(ublk_opts_table, struct ublk_opts, ublk_check_opts),
+	.probe = ublk_probe,
+	.conflict = ublk_conflict,
+	.describe = ublk_describe,
+	.start = ublk_start,
+	.stop = ublk_stop,
+	.status = ublk_status,
+};

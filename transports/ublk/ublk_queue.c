@@ -1,0 +1,262 @@
+/*
+ * A ublk queue: one thread and one io_uring. The thread fetches every tag
+ * (the kernel ties the queue to the thread that fetched it), turns each
+ * request descriptor into a backend request through the checked layer, and
+ * answers with COMMIT_AND_FETCH_REQ, which also re-arms the tag. The
+ * backend's own io_uring work (the file backend) goes on this same ring, so
+ * a request costs no thread hop and no extra wake-up; inline backends
+ * (memory, null) are answered in the same loop turn.
+ *
+ * The thread ends when every tag was aborted by the kernel (STOP_DEV, or a
+ * device that goes away), or when the control thread asks it to quit
+ * (through an eventfd on the ring) and no backend work is pending.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "lib/log.h"
+#include "lib/util.h"
+#include "transports/ublk/ublk_internal.h"
+
+static size_t page_size(void)
+{
+	long p = sysconf(_SC_PAGESIZE);
+
+	return p > 0 ? (size_t)p : 4096;
+}
+
+static size_t round_up(size_t v, size_t to)
+{
+	return (v + to - 1) / to * to;
+}
+
+static void fetch_or_commit(struct ublk_tag *t, uint32_t op, int result)
+{
+	struct ublk_queue *q = t->q;
+	struct ublksrv_io_cmd c;
+	struct io_uring_sqe *sqe;
+
+	memset(&c, 0, sizeof(c));
+	c.q_id = q->id;
+	c.tag = t->tag;
+	c.result = result;
+	c.addr = (uint64_t)(uintptr_t)(q->bufs + (size_t)t->tag * q->d->max_io);
+	sqe = gw_ioq_sqe(&q->ioq, &t->cb);
+	ublk_prep_cmd(sqe, q->d->cdev_fd, op, &c, sizeof(c));
+}
+
+static void io_done(struct gw_io *io)
+{
+	struct ublk_tag *t = container_of(io, struct ublk_tag, io);
+
+	t->q->busy--;
+	fetch_or_commit(t, UBLK_U_IO_COMMIT_AND_FETCH_REQ, ublk_result(io));
+}
+
+static void handle(struct ublk_tag *t)
+{
+	struct ublk_queue *q = t->q;
+	struct gw_export *e = q->d->exp;
+	struct ublksrv_io_desc iod = q->iods[t->tag];
+	int rc;
+
+	rc = ublk_decode(&iod, q->bufs + (size_t)t->tag * q->d->max_io, q->d->max_io, &t->io,
+			 &t->iov);
+	if (rc < 0) {
+		gw_export_count_error(e, &q->ioq);
+		fetch_or_commit(t, UBLK_U_IO_COMMIT_AND_FETCH_REQ, rc);
+		return;
+	}
+	t->io.done = io_done;
+	q->busy++;
+	if (gw_export_submit(e, &q->ioq, &t->io))
+		io_done(&t->io);
+}
+
+static void tag_cb(struct gw_uring_cb *cb, int res)
+{
+	struct ublk_tag *t = container_of(cb, struct ublk_tag, cb);
+
+	if (gw_likely(res == UBLK_IO_RES_OK)) {
+		handle(t);
+		return;
+	}
+	/* ABORT (-ENODEV): the device is stopping; anything else: it refused the command. */
+	if (res != UBLK_IO_RES_ABORT)
+		gw_debug("ublk%u queue %u tag %u: command failed: %s", t->q->d->dev_id, t->q->id,
+			 t->tag, strerror(-res));
+	t->live = false;
+	t->q->live--;
+}
+
+static void quit_cb(struct gw_uring_cb *cb, int res)
+{
+	struct ublk_queue *q = container_of(cb, struct ublk_queue, quit_cb);
+
+	q->quit = true;
+}
+
+static int queue_setup(struct ublk_queue *q)
+{
+	struct ublk_dev *d = q->d;
+	size_t ps = page_size();
+	size_t buf_bytes = (size_t)d->depth * d->max_io;
+	unsigned entries = 8;
+	off_t off;
+	int rc;
+
+	while (entries < 2u * d->depth && entries < 4096)
+		entries *= 2;
+	rc = gw_ioq_init(&q->ioq, entries, q->id, false);
+	if (rc < 0)
+		return rc;
+	q->ring_ok = true;
+	q->iods_len = round_up((size_t)d->depth * sizeof(struct ublksrv_io_desc), ps);
+	off = (off_t)q->id *
+	      (off_t)round_up(UBLK_MAX_QUEUE_DEPTH * sizeof(struct ublksrv_io_desc), ps);
+	q->iods = mmap(NULL, q->iods_len, PROT_READ, MAP_SHARED | MAP_POPULATE, d->cdev_fd, off);
+	if (q->iods == MAP_FAILED) {
+		q->iods = NULL;
+		return -errno;
+	}
+	/* The buffers are allocated here, on the queue's own thread (NUMA locality). */
+	if (posix_memalign((void **)&q->bufs, ps, buf_bytes) != 0)
+		return -ENOMEM;
+	q->tags = calloc(d->depth, sizeof(*q->tags));
+	if (!q->tags)
+		return -ENOMEM;
+	return 0;
+}
+
+static void queue_teardown(struct ublk_queue *q)
+{
+	/*
+	 * No backend work is pending here (the loop ends only without it).
+	 * Fetches and the quit read may be: closing the ring cancels them, so
+	 * do not wait for their completions.
+	 */
+	if (q->ring_ok)
+		io_uring_queue_exit(&q->ioq.ring);
+	q->ring_ok = false;
+	if (q->iods)
+		munmap((void *)q->iods, q->iods_len);
+	q->iods = NULL;
+	free(q->bufs);
+	q->bufs = NULL;
+	free(q->tags);
+	q->tags = NULL;
+}
+
+static void report_ready(struct ublk_queue *q, int rc)
+{
+	pthread_mutex_lock(&q->d->lock);
+	q->init_rc = rc;
+	q->ready = true;
+	pthread_cond_broadcast(&q->d->cond);
+	pthread_mutex_unlock(&q->d->lock);
+}
+
+static void *queue_main(void *arg)
+{
+	struct ublk_queue *q = arg;
+	struct ublk_dev *d = q->d;
+	char name[16];
+	sigset_t all;
+	uint64_t v;
+	int rc;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	snprintf(name, sizeof(name), "ublk%u-q%u", d->dev_id, q->id);
+	gw_log_set_thread_name(name);
+	rc = queue_setup(q);
+	if (rc < 0) {
+		report_ready(q, rc);
+		queue_teardown(q);
+		return NULL;
+	}
+	q->quit_cb.fn = quit_cb;
+	io_uring_prep_read(gw_ioq_sqe(&q->ioq, &q->quit_cb), q->quit_fd, &v, sizeof(v), 0);
+	for (unsigned i = 0; i < d->depth; i++) {
+		struct ublk_tag *t = &q->tags[i];
+
+		t->cb.fn = tag_cb;
+		t->q = q;
+		t->tag = (uint16_t)i;
+		t->live = true;
+		q->live++;
+		fetch_or_commit(t, UBLK_U_IO_FETCH_REQ, 0);
+	}
+	rc = gw_ioq_submit(&q->ioq);
+	report_ready(q, rc);
+	if (rc < 0) {
+		gw_err("ublk%u queue %u: submitting the fetches: %s", d->dev_id, q->id,
+		       strerror(-rc));
+		queue_teardown(q);
+		return NULL;
+	}
+	while (q->live && !(q->quit && !q->busy)) {
+		rc = gw_ioq_wait(&q->ioq);
+		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+			gw_err("ublk%u queue %u: io_uring: %s", d->dev_id, q->id, strerror(-rc));
+			q->quit = true;
+			break;
+		}
+	}
+	gw_debug("ublk%u queue %u: done (%u tags still armed)", d->dev_id, q->id, q->live);
+	queue_teardown(q);
+	return NULL;
+}
+
+int ublk_queue_start(struct ublk_dev *d, unsigned qid, char *err, size_t errlen)
+{
+	struct ublk_queue *q = &d->q[qid];
+	int rc;
+
+	memset(q, 0, sizeof(*q));
+	q->d = d;
+	q->id = (uint16_t)qid;
+	q->quit_fd = eventfd(0, EFD_CLOEXEC);
+	if (q->quit_fd < 0) {
+		gw_seterr(err, errlen, "eventfd: %s", strerror(errno));
+		return -errno;
+	}
+	rc = pthread_create(&q->thread, NULL, queue_main, q);
+	if (rc) {
+		close(q->quit_fd);
+		gw_seterr(err, errlen, "cannot start a queue thread: %s", strerror(rc));
+		return -rc;
+	}
+	q->started = true;
+	pthread_mutex_lock(&d->lock);
+	while (!q->ready)
+		pthread_cond_wait(&d->cond, &d->lock);
+	rc = q->init_rc;
+	pthread_mutex_unlock(&d->lock);
+	if (rc < 0)
+		gw_seterr(err, errlen, "ublk%u queue %u: %s", d->dev_id, qid, strerror(-rc));
+	return rc;
+}
+
+void ublk_queue_quit(struct ublk_queue *q)
+{
+	uint64_t one = 1;
+
+	if (q->started && write(q->quit_fd, &one, sizeof(one)) < 0)
+		gw_warn("ublk queue %u: waking the thread: %s", q->id, strerror(errno));
+}
+
+void ublk_queue_join(struct ublk_queue *q)
+{
+	if (!q->started)
+		return;
+	pthread_join(q->thread, NULL);
+	close(q->quit_fd);
+	q->started = false;
+}
