@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "backends/backend.h"
+#include "backends/imgfmt.h"
 #include "lib/log.h"
 #include "lib/util.h"
 
@@ -30,7 +31,10 @@ struct file_opts {
 	char *path;
 	bool direct;
 	uint64_t size;
+	char *format; /* "raw": serve it as is, whatever its header says; NULL: detect */
 };
+
+static const char *const file_formats[] = { "raw", NULL };
 
 static const struct gw_opt_desc file_opts[] = {
 	{ .key = "path",
@@ -48,6 +52,11 @@ static const struct gw_opt_desc file_opts[] = {
 	  .min = 1,
 	  .max = INT64_MAX,
 	  .help = "create a sparse file of this size if the path does not exist; must match an existing file" },
+	{ .key = "format",
+	  .type = GW_OPT_ENUM,
+	  .offset = offsetof(struct file_opts, format),
+	  .choices = file_formats,
+	  .help = "raw: serve the image as is even if its header looks like qcow2, vmdk, LUKS...; unset: refuse those" },
 };
 
 enum file_stage {
@@ -116,6 +125,45 @@ static int check_creatable(const char *path, char *msg, size_t len)
 	return rc;
 }
 
+/*
+ * Refuse a container format (qcow2, vmdk, LUKS...) served as raw, unless the
+ * manifest says format: raw. fd: readable without O_DIRECT. 0 or -EINVAL with
+ * a message; an unreadable header is left to the open that follows.
+ */
+static int check_format(const struct file_opts *o, int fd, uint64_t size, char *msg, size_t len)
+{
+	const char *fmt = NULL;
+
+	if (o->format || size == 0 || gw_imgfmt_detect_fd(fd, size, &fmt) < 0 || !fmt)
+		return 0;
+	gw_seterr(msg, len,
+		  "%s is a %s image, not a raw disk: served as is, its metadata would show as "
+		  "disk data and the first write could destroy it. Convert it "
+		  "(qemu-img convert -f %s -O raw %s NEW.raw) and serve the copy, or set "
+		  "'format: raw' if the disk's own data begins with that header",
+		  o->path, fmt, fmt, o->path);
+	return -EINVAL;
+}
+
+/* The format of an existing source, for check: open it for reading, detect. */
+static int check_source_format(const struct file_opts *o, const struct stat *st, char *msg,
+			       size_t len)
+{
+	uint64_t size = (uint64_t)st->st_size;
+	int fd, rc;
+
+	if (o->format)
+		return 0;
+	fd = open(o->path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0; /* reported as unreadable elsewhere */
+	if (S_ISBLK(st->st_mode) && ioctl(fd, BLKGETSIZE64, &size) < 0)
+		size = 0;
+	rc = check_format(o, fd, size, msg, len);
+	close(fd);
+	return rc;
+}
+
 static int file_check(const void *opts, char *msg, size_t len)
 {
 	const struct file_opts *o = opts;
@@ -148,6 +196,8 @@ static int file_check(const void *opts, char *msg, size_t len)
 			  gw_fmt_size(o->size, c, sizeof(c)));
 		return -EINVAL;
 	}
+	if (check_source_format(o, &st, msg, len) < 0)
+		return -EINVAL;
 	gw_seterr(msg, len, "%s", o->path);
 	return check_writable(o->path, &st, msg, len);
 }
@@ -254,6 +304,15 @@ static int file_open(struct gw_backend *b, const void *opts, char *err, size_t e
 		rc = -EINVAL;
 		gw_seterr(err, errlen, "%s is empty (size 0)", o->path);
 		goto err_close;
+	}
+	if (!o->format) {
+		int dfd = o->direct ? open(o->path, O_RDONLY | O_CLOEXEC) : f->fd;
+
+		rc = dfd >= 0 ? check_format(o, dfd, b->size, err, errlen) : 0;
+		if (dfd >= 0 && dfd != f->fd)
+			close(dfd);
+		if (rc < 0)
+			goto err_close;
 	}
 	if (o->direct)
 		dio_alignment(f, &st);

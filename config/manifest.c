@@ -504,7 +504,7 @@ static void image_size_fits_block(struct loader *L, const struct gw_image_spec *
 static void image_source(struct loader *L, struct gw_image_spec *img, const struct ynode *v,
 			 const char *prefix)
 {
-	char msg[512] = "";
+	char msg[1536] = "";
 	int rc;
 
 	if (!img->ops->check)

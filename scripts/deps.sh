@@ -16,11 +16,12 @@ build_pkgs="build-essential cmake pkg-config liburing-dev libev-dev libjson-c-de
 # Test clients and peers: real NBD clients (libnbd tools, qemu-img/qemu-io, fio),
 # peers for the benchmarks (nbdkit, qemu-storage-daemon), and what the test VM
 # is built from (QEMU, busybox, cpio, xz, e2fsprogs, nbd-client); clang with
-# libFuzzer and llvm-cov for `make fuzz` (tests/fuzz).
+# libFuzzer and llvm-cov for `make fuzz` (tests/fuzz); cryptsetup makes LUKS
+# images for the format tests.
 test_pkgs="libnbd-bin python3-libnbd nbdkit fio qemu-utils qemu-system-x86
   qemu-block-extra jq cpio busybox-static xz-utils e2fsprogs util-linux nbd-client
   procps kmod file binutils dpkg-dev clang-format man-db
-  clang libclang-rt-14-dev llvm"
+  clang libclang-rt-14-dev llvm cryptsetup-bin"
 
 # The quick start's clients (README.md): nbdinfo, qemu-img and qemu-io.
 run_pkgs="libnbd-bin qemu-utils"
