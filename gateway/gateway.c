@@ -17,6 +17,7 @@
 #include "gateway/control.h"
 #include "lib/efd.h"
 #include "gateway/export.h"
+#include "gateway/notify.h"
 #include "lib/guard.h"
 #include "lib/log.h"
 #include "lib/opts.h"
@@ -289,6 +290,22 @@ static void stop_all(void)
 		e->transport->stop(e, export_stopped);
 	}
 	shutdown_one();
+}
+
+/* One line for systemd's STATUS=: how many exports serve, fell back, failed. */
+static void notify_ready(void)
+{
+	unsigned run = 0, fell = 0, failed = 0;
+
+	for (size_t i = 0; i < gw.nexports; i++) {
+		struct gw_export *e = gw.exports[i].e;
+
+		run += e->state == GW_EXPORT_RUNNING;
+		fell += e->state == GW_EXPORT_RUNNING && e->nrejected > 0;
+		failed += e->state == GW_EXPORT_FAILED;
+	}
+	gw_notify("READY=1\nSTATUS=%u of %zu export%s serving, %u fell back, %u failed", run,
+		  gw.nexports, gw.nexports == 1 ? "" : "s", fell, failed);
 }
 
 /* Flush and close an image the daemon no longer serves. */
@@ -747,6 +764,7 @@ static void apply_finish(struct apply *a)
 			json_object_get_string(json_object_array_get_idx(a->needs_restart, i)));
 	apply_answer(a, reply);
 	apply_free(a);
+	notify_ready();
 }
 
 /* Diags as "FILE:LINE:COL: message" strings. */
@@ -849,6 +867,7 @@ static void apply_path(const char *path, const char *shown, const char *origin, 
 		}
 	}
 	gw_info("%s: applying %s", origin, shown);
+	gw_notify("RELOADING=1\nSTATUS=applying %s", shown);
 	gw.applying = a;
 	a->pending = 1;
 	for (size_t k = 0; k < gw.nexports; k++) {
@@ -1186,6 +1205,7 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 		_exit(1);
 	}
 	gw.stop_requested = true;
+	gw_notify("STOPPING=1\nSTATUS=stopping");
 	gw_info("%s: stopping (finishing in-flight requests)", strsignal(w->signum));
 	stop_all();
 }
@@ -1379,6 +1399,7 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 	gw_info("blkgw %s ready: %zu export%s, %u worker%s, control socket %s", GW_VERSION,
 		gw.nexports, gw.nexports == 1 ? "" : "s", gw_workers_count(),
 		gw_workers_count() == 1 ? "" : "s", m->gw.control_socket);
+	notify_ready();
 
 	ev_run(loop, 0);
 
