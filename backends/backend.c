@@ -4,16 +4,23 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gw_config.h"
 #include "lib/util.h"
 
 extern const struct gw_backend_ops gw_file_backend;
 extern const struct gw_backend_ops gw_memory_backend;
 extern const struct gw_backend_ops gw_null_backend;
+#if BLKGW_WITH_RBD
+extern const struct gw_backend_ops gw_rbd_backend;
+#endif
 
 static const struct gw_backend_ops *const backends[] = {
 	&gw_file_backend,
 	&gw_memory_backend,
 	&gw_null_backend,
+#if BLKGW_WITH_RBD
+	&gw_rbd_backend,
+#endif
 };
 
 const struct gw_backend_ops *gw_backend_find(const char *name)

@@ -12,7 +12,7 @@ set -eu
 # library (libcurl for http, libnbd for nbd) adds its -dev package here and
 # its find step there, in the same commit.
 build_pkgs="build-essential cmake pkg-config liburing-dev libev-dev libjson-c-dev
-  libyaml-dev libmnl-dev lowdown"
+  libyaml-dev libmnl-dev lowdown librbd-dev librados-dev"
 # Test clients and peers: real NBD clients (libnbd tools, qemu-img/qemu-io, fio),
 # peers for the benchmarks (nbdkit, qemu-storage-daemon), and what the test VM
 # is built from (QEMU, busybox, cpio, xz, e2fsprogs, nbd-client); clang with
@@ -21,7 +21,7 @@ build_pkgs="build-essential cmake pkg-config liburing-dev libev-dev libjson-c-de
 test_pkgs="libnbd-bin python3-libnbd nbdkit fio qemu-utils qemu-system-x86
   qemu-block-extra jq cpio busybox-static xz-utils e2fsprogs util-linux nbd-client
   procps kmod file binutils dpkg-dev clang-format man-db
-  clang libclang-rt-14-dev llvm cryptsetup-bin"
+  clang libclang-rt-14-dev llvm cryptsetup-bin ceph-mon ceph-osd ceph-common"
 
 # The quick start's clients (README.md): nbdinfo, qemu-img and qemu-io.
 run_pkgs="libnbd-bin qemu-utils"

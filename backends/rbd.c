@@ -1,0 +1,711 @@
+/*
+ * rbd: an image on a Ceph cluster, through librbd's asynchronous I/O.
+ *
+ * Completions come back on the submitting worker's own loop. librbd calls
+ * its completion callback on one of its own threads; the callback pushes the
+ * request onto a lock-free list owned by the submitting worker (one "channel"
+ * per worker and image) and signals that channel's eventfd. The worker keeps
+ * a read of the eventfd queued on its own io_uring while requests are in
+ * flight, so the completion wakes the worker's loop like any other CQE and
+ * the request finishes there. No lock on the data path: a compare-and-swap
+ * push by librbd's thread, an exchange by the worker.
+ *
+ * FUA is a write followed by a flush; WRITE_ZEROES is rbd_aio_write_zeroes,
+ * thick-provisioned when the client forbids unmapping. Extents come from
+ * rbd_diff_iterate2 (whole objects, parent included).
+ *
+ * Opening connects to the cluster with a bounded timeout (connect-timeout),
+ * shares one cluster connection between images with the same conf, user and
+ * keyring, and with exclusive: true takes the image's exclusive lock in
+ * librbd's "exclusive" mode: it is not handed over to another client that
+ * asks for it. Snapshots open read-only and take no lock.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <rbd/librbd.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "backends/backend.h"
+#include "lib/log.h"
+#include "lib/util.h"
+
+struct rbd_opts {
+	char *pool;
+	char *image;
+	char *snapshot;
+	char *ns;
+	char *conf;
+	char *user;
+	char *keyring;
+	bool exclusive;
+	uint32_t connect_timeout;
+	uint32_t io_timeout;
+};
+
+static const struct gw_opt_desc rbd_opts[] = {
+	{ .key = "pool",
+	  .type = GW_OPT_STR,
+	  .offset = offsetof(struct rbd_opts, pool),
+	  .help = "the RADOS pool holding the image (default rbd)" },
+	{ .key = "image",
+	  .type = GW_OPT_STR,
+	  .offset = offsetof(struct rbd_opts, image),
+	  .flags = GW_OPT_REQUIRED,
+	  .help = "the RBD image name" },
+	{ .key = "snapshot",
+	  .type = GW_OPT_STR,
+	  .offset = offsetof(struct rbd_opts, snapshot),
+	  .help = "export this snapshot of the image (read-only, takes no lock)" },
+	{ .key = "namespace",
+	  .type = GW_OPT_STR,
+	  .offset = offsetof(struct rbd_opts, ns),
+	  .help = "the RADOS namespace inside the pool (default none)" },
+	{ .key = "conf",
+	  .type = GW_OPT_PATH,
+	  .offset = offsetof(struct rbd_opts, conf),
+	  .help = "ceph.conf to read (default: librados's search, /etc/ceph/ceph.conf)" },
+	{ .key = "user",
+	  .type = GW_OPT_STR,
+	  .offset = offsetof(struct rbd_opts, user),
+	  .help = "the Ceph user, without 'client.' (default admin)" },
+	{ .key = "keyring",
+	  .type = GW_OPT_PATH,
+	  .offset = offsetof(struct rbd_opts, keyring),
+	  .help = "the keyring holding the user's key (default: the conf's)" },
+	{ .key = "exclusive",
+	  .type = GW_OPT_BOOL,
+	  .offset = offsetof(struct rbd_opts, exclusive),
+	  .def = true,
+	  .help = "take the image's exclusive lock so no other host writes it (snapshots never lock)" },
+	{ .key = "connect-timeout",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct rbd_opts, connect_timeout),
+	  .min = 1,
+	  .max = 3600,
+	  .def = 10,
+	  .help = "seconds to wait for the cluster at open and check before giving up" },
+	{ .key = "io-timeout",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct rbd_opts, io_timeout),
+	  .max = 86400,
+	  .def = 0,
+	  .help = "seconds after which a request the cluster does not answer fails (0: wait, as librbd does)" },
+};
+
+/* A cluster connection, shared by the images that name the same conf, user and keyring. */
+struct rbd_conn {
+	struct rbd_conn *next;
+	char *key;
+	rados_t cluster;
+	unsigned refs;
+	uint32_t io_timeout;
+};
+
+static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct rbd_conn *conns;
+
+struct rbd_backend;
+
+/*
+ * One per (image, submitting thread): completions for requests that thread
+ * submitted. librbd's threads push; the owner takes.
+ */
+struct rbd_chan {
+	struct gw_uring_cb ucb;
+	struct gw_ioq *q;
+	struct rbd_backend *r;
+	int efd;
+	_Atomic(struct gw_io *) done; /* completed requests, newest first */
+	unsigned pending;             /* owner only: submitted, not yet finished */
+	bool armed;                   /* owner only: an eventfd read is queued */
+	uint64_t val;
+};
+
+#define RBD_MAX_CHANS 256
+
+struct rbd_backend {
+	struct gw_backend b;
+	struct rbd_conn *conn;
+	rados_ioctx_t io;
+	rbd_image_t image;
+	bool locked;
+	char *desc;
+	_Atomic unsigned nchans;
+	_Atomic(struct rbd_chan *) chans[RBD_MAX_CHANS];
+};
+
+/* What the request's scratch space holds. */
+#define S_NEXT  0 /* next on a channel's done list */
+#define S_RES   1 /* librbd's result */
+#define S_STAGE 2 /* 0: the request; 1: the flush after a FUA write */
+#define S_CHAN  3
+
+static inline struct rbd_backend *to_rbd(struct gw_backend *b)
+{
+	return container_of(b, struct rbd_backend, b);
+}
+
+static const char *or_default(const char *s, const char *def)
+{
+	return s && *s ? s : def;
+}
+
+/* A plain message for the errors a user will meet. */
+static const char *rbd_strerror(int rc)
+{
+	switch (-rc) {
+	case ETIMEDOUT:
+		return "the cluster did not answer (is it running, and is 'conf' right?)";
+	case EACCES:
+	case EPERM:
+		return "permission denied (check 'user' and 'keyring')";
+	case ENOENT:
+		return "no such pool or image";
+	default:
+		return strerror(-rc);
+	}
+}
+
+static int conn_get(const struct rbd_opts *o, struct rbd_conn **out, char *err, size_t errlen)
+{
+	const char *user = or_default(o->user, "admin");
+	struct rbd_conn *c;
+	char *key = NULL, id[256], tmo[16];
+	int rc;
+
+	if (asprintf(&key, "%s\n%s\n%s\n%u\n%u", o->conf ? o->conf : "", user,
+		     o->keyring ? o->keyring : "", o->connect_timeout, o->io_timeout) < 0)
+		return -ENOMEM;
+	pthread_mutex_lock(&conns_lock);
+	for (c = conns; c; c = c->next)
+		if (strcmp(c->key, key) == 0)
+			break;
+	if (c) {
+		c->refs++;
+		pthread_mutex_unlock(&conns_lock);
+		free(key);
+		*out = c;
+		return 0;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	c->key = key;
+	key = NULL;
+	snprintf(id, sizeof(id), "client.%s", user);
+	rc = rados_create2(&c->cluster, "ceph", id, 0);
+	if (rc < 0) {
+		gw_seterr(err, errlen, "cannot create a cluster handle for %s: %s", id,
+			  strerror(-rc));
+		goto out;
+	}
+	rc = rados_conf_read_file(c->cluster, o->conf);
+	if (rc < 0 && o->conf) {
+		gw_seterr(err, errlen, "cannot read ceph conf %s: %s", o->conf, strerror(-rc));
+		goto out_shutdown;
+	}
+	if (o->keyring && (rc = rados_conf_set(c->cluster, "keyring", o->keyring)) < 0) {
+		gw_seterr(err, errlen, "keyring %s: %s", o->keyring, strerror(-rc));
+		goto out_shutdown;
+	}
+	/* Bounded waits: for the monitors at connect, optionally for the OSDs after. */
+	snprintf(tmo, sizeof(tmo), "%u", o->connect_timeout);
+	rados_conf_set(c->cluster, "client_mount_timeout", tmo);
+	rados_conf_set(c->cluster, "rados_mon_op_timeout", tmo);
+	if (o->io_timeout) {
+		snprintf(tmo, sizeof(tmo), "%u", o->io_timeout);
+		rados_conf_set(c->cluster, "rados_osd_op_timeout", tmo);
+	}
+	rc = rados_connect(c->cluster);
+	if (rc < 0) {
+		gw_seterr(err, errlen, "cannot connect to the Ceph cluster%s%s as %s: %s",
+			  o->conf ? " of " : "", o->conf ? o->conf : "", id, rbd_strerror(rc));
+		goto out_shutdown;
+	}
+	c->refs = 1;
+	c->next = conns;
+	conns = c;
+	*out = c;
+	pthread_mutex_unlock(&conns_lock);
+	return 0;
+
+out_shutdown:
+	rados_shutdown(c->cluster);
+out:
+	pthread_mutex_unlock(&conns_lock);
+	if (c)
+		free(c->key);
+	free(c);
+	free(key);
+	return rc < 0 ? rc : -EIO;
+}
+
+static void conn_put(struct rbd_conn *c)
+{
+	struct rbd_conn **pp;
+
+	pthread_mutex_lock(&conns_lock);
+	if (--c->refs) {
+		pthread_mutex_unlock(&conns_lock);
+		return;
+	}
+	for (pp = &conns; *pp; pp = &(*pp)->next)
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	pthread_mutex_unlock(&conns_lock);
+	rados_shutdown(c->cluster);
+	free(c->key);
+	free(c);
+}
+
+/* "pool[/namespace]/image[@snap]" */
+static void image_spec(const struct rbd_opts *o, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s%s%s/%s%s%s", or_default(o->pool, "rbd"), o->ns ? "/" : "",
+		 o->ns ? o->ns : "", o->image, o->snapshot ? "@" : "",
+		 o->snapshot ? o->snapshot : "");
+}
+
+/*
+ * The image's header locks: an `rbd lock add` lock, or (tag "internal") the
+ * exclusive-lock feature's own. Returns how many hold it, the first named in
+ * buf ("client.4125 at 127.0.0.1:0/1014879856"); *managed: it is the
+ * feature's lock.
+ */
+static ssize_t lockers(rbd_image_t image, bool *managed, char *buf, size_t len)
+{
+	char tag[128], clients[512], cookies[512], addrs[512];
+	size_t tl = sizeof(tag), cl = sizeof(clients), kl = sizeof(cookies), al = sizeof(addrs);
+	int excl = 0;
+	ssize_t n =
+		rbd_list_lockers(image, &excl, tag, &tl, clients, &cl, cookies, &kl, addrs, &al);
+
+	*managed = false;
+	buf[0] = '\0';
+	if (n <= 0)
+		return n;
+	*managed = strcmp(tag, "internal") == 0;
+	if (*managed)
+		gw_seterr(buf, len, "%s at %s", clients, addrs);
+	else
+		gw_seterr(buf, len, "%s at %s (rbd lock '%s')", clients, addrs, cookies);
+	return n;
+}
+
+/* Open the pool and the image; for check() and open(). */
+static int open_image(const struct rbd_opts *o, struct rbd_conn *c, bool read_only,
+		      rados_ioctx_t *io, rbd_image_t *image, char *err, size_t errlen)
+{
+	const char *pool = or_default(o->pool, "rbd");
+	char spec[512];
+	int rc;
+
+	image_spec(o, spec, sizeof(spec));
+	rc = rados_ioctx_create(c->cluster, pool, io);
+	if (rc < 0) {
+		gw_seterr(err, errlen, "rbd %s: %s", spec,
+			  rc == -ENOENT ? "no such pool (ceph osd pool ls)" : rbd_strerror(rc));
+		return rc;
+	}
+	if (o->ns)
+		rados_ioctx_set_namespace(*io, o->ns);
+	if (read_only)
+		rc = rbd_open_read_only(*io, o->image, image, o->snapshot);
+	else
+		rc = rbd_open(*io, o->image, image, NULL);
+	if (rc < 0) {
+		if (rc == -ENOENT)
+			gw_seterr(err, errlen, "rbd %s: no such image%s (rbd ls %s%s%s)", spec,
+				  o->snapshot ? " or snapshot" : "", pool,
+				  o->ns ? " --namespace " : "", o->ns ? o->ns : "");
+		else
+			gw_seterr(err, errlen, "rbd %s: cannot open: %s", spec, rbd_strerror(rc));
+		rados_ioctx_destroy(*io);
+		return rc;
+	}
+	return 0;
+}
+
+static int rbd_check(const void *opts, char *msg, size_t len)
+{
+	const struct rbd_opts *o = opts;
+	struct rbd_conn *c;
+	rados_ioctx_t io;
+	rbd_image_t image;
+	uint64_t size = 0;
+	char spec[512], s[32], who[512] = "";
+	bool managed = false;
+	int rc, ro = 0;
+
+	rc = conn_get(o, &c, msg, len);
+	if (rc < 0)
+		return rc;
+	rc = open_image(o, c, true, &io, &image, msg, len);
+	if (rc < 0) {
+		conn_put(c);
+		return rc;
+	}
+	image_spec(o, spec, sizeof(spec));
+	rbd_get_size(image, &size);
+	if (o->snapshot) {
+		gw_seterr(msg, len, "rbd %s (%s): a snapshot can only be read", spec,
+			  gw_fmt_size(size, s, sizeof(s)));
+		ro = GW_CHECK_READ_ONLY;
+	} else if (o->exclusive && lockers(image, &managed, who, sizeof(who)) > 0 && !managed) {
+		gw_seterr(
+			msg, len,
+			"rbd %s is locked by %s; remove that lock (rbd lock rm) or set 'exclusive: false'",
+			spec, who);
+		rc = -EBUSY;
+	} else if (o->exclusive && *who) {
+		/* Maybe stale (its owner gone): open() breaks those, or names the owner. */
+		gw_seterr(msg, len, "rbd %s (%s), its exclusive lock now held by %s", spec,
+			  gw_fmt_size(size, s, sizeof(s)), who);
+	} else {
+		gw_seterr(msg, len, "rbd %s (%s)", spec, gw_fmt_size(size, s, sizeof(s)));
+	}
+	rbd_close(image);
+	rados_ioctx_destroy(io);
+	conn_put(c);
+	return rc < 0 ? rc : ro;
+}
+
+static int rbd_open_backend(struct gw_backend *b, const void *opts, char *err, size_t errlen)
+{
+	const struct rbd_opts *o = opts;
+	struct rbd_backend *r = to_rbd(b);
+	char spec[512], who[512];
+	uint64_t size, features = 0;
+	bool ro = o->snapshot != NULL, managed;
+	int rc;
+
+	image_spec(o, spec, sizeof(spec));
+	rc = conn_get(o, &r->conn, err, errlen);
+	if (rc < 0)
+		return rc;
+	rc = open_image(o, r->conn, ro, &r->io, &r->image, err, errlen);
+	if (rc < 0)
+		goto fail_conn;
+	rc = rbd_get_size(r->image, &size);
+	if (rc < 0) {
+		gw_seterr(err, errlen, "rbd %s: cannot read its size: %s", spec, rbd_strerror(rc));
+		goto fail_image;
+	}
+	rbd_get_features(r->image, &features);
+	if (!ro && o->exclusive) {
+		if (lockers(r->image, &managed, who, sizeof(who)) > 0 && !managed) {
+			gw_seterr(
+				err, errlen,
+				"rbd %s is locked by %s; remove that lock (rbd lock rm) or set 'exclusive: false'",
+				spec, who);
+			rc = -EBUSY;
+			goto fail_image;
+		}
+		if (!(features & RBD_FEATURE_EXCLUSIVE_LOCK)) {
+			gw_seterr(
+				err, errlen,
+				"rbd %s has no exclusive-lock feature: enable it (rbd feature enable %s exclusive-lock) or set 'exclusive: false'",
+				spec, spec);
+			rc = -EINVAL;
+			goto fail_image;
+		}
+		/* librbd breaks a lock whose owner is gone, and asks a live one to let go. */
+		rc = rbd_lock_acquire(r->image, RBD_LOCK_MODE_EXCLUSIVE);
+		if (rc < 0) {
+			lockers(r->image, &managed, who, sizeof(who));
+			gw_seterr(
+				err, errlen,
+				"rbd %s: cannot take the exclusive lock: %s%s%s; stop that client or set 'exclusive: false'",
+				spec,
+				rc == -EROFS || rc == -EBUSY ? "held by another client"
+							     : rbd_strerror(rc),
+				*who ? " " : "", who);
+			goto fail_image;
+		}
+		r->locked = true;
+	}
+	b->size = size;
+	b->caps = GW_CAP_FLUSH | GW_CAP_FUA | GW_CAP_TRIM | GW_CAP_ZERO | GW_CAP_EXTENTS |
+		  GW_CAP_MULTI_CONN;
+	if (ro)
+		b->caps |= GW_CAP_READ_ONLY;
+	b->min_block = 1;
+	b->pref_block = 4096;
+	if (asprintf(&r->desc, "rbd %s%s", spec, r->locked ? " (exclusive lock)" : "") < 0)
+		r->desc = NULL;
+	return 0;
+
+fail_image:
+	rbd_close(r->image);
+	rados_ioctx_destroy(r->io);
+fail_conn:
+	conn_put(r->conn);
+	return rc;
+}
+
+/* ---- the data path ---- */
+
+static void rbd_io_cb(rbd_completion_t c, void *arg)
+{
+	struct gw_io *io = arg;
+	struct rbd_chan *ch = (struct rbd_chan *)(uintptr_t)io->scratch[S_CHAN];
+	struct gw_io *head = atomic_load_explicit(&ch->done, memory_order_relaxed);
+	ssize_t r = rbd_aio_get_return_value(c);
+
+	rbd_aio_release(c);
+	io->scratch[S_RES] = (uint64_t)(int64_t)(r < 0 ? r : 0);
+	do
+		io->scratch[S_NEXT] = (uint64_t)(uintptr_t)head;
+	while (!atomic_compare_exchange_weak_explicit(&ch->done, &head, io, memory_order_release,
+						      memory_order_relaxed));
+	/* Only a push onto an empty list needs to wake the owner. */
+	if (!head) {
+		uint64_t one = 1;
+
+		if (write(ch->efd, &one, sizeof(one)) < 0)
+			gw_warn("rbd: cannot signal a completion: %s", strerror(errno));
+	}
+}
+
+static int start_io(struct rbd_backend *r, struct gw_io *io, int stage)
+{
+	rbd_completion_t c;
+	int rc;
+
+	io->scratch[S_STAGE] = (uint64_t)stage;
+	rc = rbd_aio_create_completion(io, rbd_io_cb, &c);
+	if (rc < 0)
+		return rc;
+	if (stage == 1) {
+		rc = rbd_aio_flush(r->image, c);
+	} else {
+		switch (io->op) {
+		case GW_OP_READ:
+			rc = rbd_aio_readv(r->image, io->iov, (int)io->iovcnt, io->offset, c);
+			break;
+		case GW_OP_WRITE:
+			rc = rbd_aio_writev(r->image, io->iov, (int)io->iovcnt, io->offset, c);
+			break;
+		case GW_OP_FLUSH:
+			rc = rbd_aio_flush(r->image, c);
+			break;
+		case GW_OP_TRIM:
+			rc = rbd_aio_discard(r->image, io->offset, io->len, c);
+			break;
+		case GW_OP_WRITE_ZEROES:
+			rc = rbd_aio_write_zeroes(r->image, io->offset, io->len, c,
+						  (io->flags & GW_IO_NO_UNMAP)
+							  ? RBD_WRITE_ZEROES_FLAG_THICK_PROVISION
+							  : 0,
+						  0);
+			break;
+		default:
+			rc = -EOPNOTSUPP;
+			break;
+		}
+	}
+	if (rc < 0)
+		rbd_aio_release(c);
+	return rc;
+}
+
+static void chan_arm(struct rbd_chan *ch)
+{
+	struct io_uring_sqe *sqe;
+
+	if (ch->armed || !ch->pending)
+		return;
+	sqe = gw_ioq_sqe(ch->q, &ch->ucb);
+	io_uring_prep_read(sqe, ch->efd, &ch->val, sizeof(ch->val), 0);
+	ch->armed = true;
+}
+
+/* The owning thread, from its ring: finish what librbd completed. */
+static void chan_reap(struct gw_uring_cb *cb, int res)
+{
+	struct rbd_chan *ch = container_of(cb, struct rbd_chan, ucb);
+	struct gw_io *io = atomic_exchange_explicit(&ch->done, NULL, memory_order_acquire);
+	struct gw_io *rev = NULL;
+
+	ch->armed = false;
+	if (res < 0 && res != -EAGAIN && res != -EINTR)
+		gw_warn("rbd: reading the completion eventfd: %s", strerror(-res));
+	while (io) { /* newest first: reverse, to finish them in order */
+		struct gw_io *next = (struct gw_io *)(uintptr_t)io->scratch[S_NEXT];
+
+		io->scratch[S_NEXT] = (uint64_t)(uintptr_t)rev;
+		rev = io;
+		io = next;
+	}
+	while (rev) {
+		struct gw_io *cur = rev;
+		int result = (int)(int64_t)cur->scratch[S_RES];
+
+		rev = (struct gw_io *)(uintptr_t)cur->scratch[S_NEXT];
+		/* FUA (writes, zeroes, trims): durable before the client hears. */
+		if (result == 0 && cur->scratch[S_STAGE] == 0 && (cur->flags & GW_IO_FUA)) {
+			result = start_io(ch->r, cur, 1);
+			if (result == 0)
+				continue;
+		}
+		ch->pending--;
+		gw_io_complete(cur, result);
+	}
+	chan_arm(ch);
+}
+
+/* The calling thread's channel; made on its first request. */
+static struct rbd_chan *chan_get(struct rbd_backend *r, struct gw_ioq *q)
+{
+	unsigned n = atomic_load_explicit(&r->nchans, memory_order_acquire);
+	struct rbd_chan *ch;
+
+	for (unsigned i = 0; i < n && i < RBD_MAX_CHANS; i++) {
+		ch = atomic_load_explicit(&r->chans[i], memory_order_acquire);
+		if (ch && ch->q == q)
+			return ch;
+	}
+	ch = calloc(1, sizeof(*ch));
+	if (!ch)
+		return NULL;
+	/* Blocking: io_uring polls it; librbd's writes never fill the counter. */
+	ch->efd = eventfd(0, EFD_CLOEXEC);
+	if (ch->efd < 0) {
+		gw_warn("rbd: cannot make a completion eventfd: %s", strerror(errno));
+		free(ch);
+		return NULL;
+	}
+	ch->q = q;
+	ch->r = r;
+	ch->ucb.fn = chan_reap;
+	n = atomic_fetch_add_explicit(&r->nchans, 1, memory_order_acq_rel);
+	if (n >= RBD_MAX_CHANS) {
+		gw_warn("rbd: more than %d threads submit to one image", RBD_MAX_CHANS);
+		close(ch->efd);
+		free(ch);
+		return NULL;
+	}
+	atomic_store_explicit(&r->chans[n], ch, memory_order_release);
+	return ch;
+}
+
+static int rbd_submit(struct gw_backend *b, struct gw_ioq *q, struct gw_io *io)
+{
+	struct rbd_backend *r = to_rbd(b);
+	struct rbd_chan *ch = chan_get(r, q);
+	int rc;
+
+	if (!ch) {
+		io->result = -ENOMEM;
+		return 1;
+	}
+	io->scratch[S_CHAN] = (uint64_t)(uintptr_t)ch;
+	rc = start_io(r, io, 0);
+	if (rc < 0) {
+		io->result = rc;
+		return 1;
+	}
+	ch->pending++;
+	chan_arm(ch);
+	return 0;
+}
+
+struct diff_walk {
+	struct gw_extents *out;
+	uint64_t pos, end;
+};
+
+#define DIFF_FULL 1
+
+static int diff_cb(uint64_t off, size_t len, int exists, void *arg)
+{
+	struct diff_walk *w = arg;
+	uint64_t end = off + len;
+
+	if (end <= w->pos)
+		return 0;
+	if (off < w->pos)
+		off = w->pos;
+	if (off >= w->end)
+		return DIFF_FULL;
+	if (end > w->end)
+		end = w->end;
+	if (off > w->pos && gw_extents_add(w->out, off - w->pos, GW_EXT_HOLE | GW_EXT_ZERO))
+		return DIFF_FULL;
+	w->pos = off;
+	if (gw_extents_add(w->out, end - off, exists ? 0 : GW_EXT_HOLE | GW_EXT_ZERO))
+		return DIFF_FULL;
+	w->pos = end;
+	return 0;
+}
+
+static int rbd_extents(struct gw_backend *b, uint64_t offset, uint64_t len, struct gw_extents *out)
+{
+	struct rbd_backend *r = to_rbd(b);
+	struct diff_walk w = { .out = out, .pos = offset, .end = offset + len };
+	int rc;
+
+	rc = rbd_diff_iterate2(r->image, NULL, offset, len, 1, 1, diff_cb, &w);
+	if (rc == DIFF_FULL)
+		return 0;
+	if (rc < 0)
+		return rc;
+	if (w.pos < w.end)
+		gw_extents_add(out, w.end - w.pos, GW_EXT_HOLE | GW_EXT_ZERO);
+	return 0;
+}
+
+static int rbd_sync(struct gw_backend *b)
+{
+	return rbd_flush(to_rbd(b)->image);
+}
+
+static void rbd_close_backend(struct gw_backend *b)
+{
+	struct rbd_backend *r = to_rbd(b);
+	unsigned n = atomic_load(&r->nchans);
+
+	for (unsigned i = 0; i < n && i < RBD_MAX_CHANS; i++) {
+		struct rbd_chan *ch = atomic_load(&r->chans[i]);
+
+		if (ch) {
+			close(ch->efd);
+			free(ch);
+		}
+	}
+	if (r->locked)
+		rbd_lock_release(r->image);
+	rbd_close(r->image);
+	rados_ioctx_destroy(r->io);
+	conn_put(r->conn);
+	free(r->desc);
+}
+
+static void rbd_describe(struct gw_backend *b, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s", to_rbd(b)->desc ? to_rbd(b)->desc : "rbd");
+}
+
+const struct gw_backend_ops gw_rbd_backend = {
+	.abi_version = GW_BACKEND_ABI,
+	.name = "rbd",
+	.summary = "an image on a Ceph cluster (librbd, asynchronous)",
+	.instance_size = sizeof(struct rbd_backend),
+	.schema = GW_OPT_SCHEMA(rbd_opts, struct rbd_opts, NULL),
+	.open = rbd_open_backend,
+	.check = rbd_check,
+	.submit = rbd_submit,
+	.extents = rbd_extents,
+	.sync = rbd_sync,
+	.close = rbd_close_backend,
+	.describe = rbd_describe,
+};
