@@ -15,6 +15,7 @@
 #include "config/manifest.h"
 #include "config/preflight.h"
 #include "gateway/control.h"
+#include "lib/blkuse.h"
 #include "lib/efd.h"
 #include "gateway/export.h"
 #include "gateway/notify.h"
@@ -466,15 +467,26 @@ static void problem(struct apply *a, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* Is the live export in use (so stopping it would cut someone off)? */
+/*
+ * Is the live export in use (so stopping it would cut someone off)? The
+ * transport's answer; else, for a transport with a kernel device, whether
+ * the device is mounted, held or open (its queues are the kernel's, not
+ * users); else any attached client.
+ */
 static bool in_use(struct gw_export *e, char *why, size_t len)
 {
+	struct gw_export_status st;
 	unsigned c;
 
 	if (e->state != GW_EXPORT_RUNNING)
 		return false;
 	if (e->transport->in_use)
 		return e->transport->in_use(e, why, len) > 0;
+	memset(&st, 0, sizeof(st));
+	if (e->transport->status && e->tpriv)
+		e->transport->status(e, &st);
+	if (*st.device)
+		return gw_blockdev_in_use(st.device, why, len) > 0;
 	c = atomic_load(&e->clients);
 	if (c == 0)
 		return false;

@@ -99,7 +99,9 @@ struct gw_transport_ops {
 	 * Optional. Would stopping exp now cut someone off: a client connected,
 	 * a kernel device mounted or held open? 1 with the reason in why, or 0.
 	 * Apply refuses to remove or restart an export in use unless forced.
-	 * Without it, any attached client (exp->clients) counts as use.
+	 * Without it: a device that status() names is checked (mounted, held by
+	 * another device, open in a process: lib/blkuse.h), else any attached
+	 * client (exp->clients) counts as use.
 	 */
 	int (*in_use)(struct gw_export *exp, char *why, size_t len);
 };

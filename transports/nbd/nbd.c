@@ -21,6 +21,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "lib/blkuse.h"
 #include "lib/devlink.h"
 #include "lib/log.h"
 #include "lib/sockets.h"
@@ -802,6 +803,29 @@ static void nbd_status(struct gw_export *e, struct gw_export_status *st)
 		snprintf(st->device, sizeof(st->device), "/dev/nbd%d", x->dev_index);
 }
 
+/*
+ * In use: a network client connected, or the attached device mounted, held
+ * or open. The kernel's own connections (attach) are not users.
+ */
+static int nbd_in_use(struct gw_export *e, char *why, size_t len)
+{
+	struct nbd_exp *x = e->tpriv;
+	unsigned clients = atomic_load(&e->clients), kernel = 0;
+	char dev[32];
+
+	if (x && x->dev_index >= 0)
+		kernel = x->o->connections;
+	if (clients > kernel) {
+		snprintf(why, len, "%u client%s connected", clients - kernel,
+			 clients - kernel == 1 ? "" : "s");
+		return 1;
+	}
+	if (!x || x->dev_index < 0)
+		return 0;
+	snprintf(dev, sizeof(dev), "/dev/nbd%d", x->dev_index);
+	return gw_blockdev_in_use(dev, why, len);
+}
+
 const struct gw_transport_ops gw_nbd_transport = {
 	.abi_version = GW_TRANSPORT_ABI,
 	.name = "nbd",
@@ -815,4 +839,5 @@ const struct gw_transport_ops gw_nbd_transport = {
 	.start = nbd_start,
 	.stop = nbd_stop,
 	.status = nbd_status,
+	.in_use = nbd_in_use,
 };

@@ -1,0 +1,13 @@
+/*
+ * Is a block device in use by someone else: mounted, held by another device
+ * (device-mapper, md, LVM), or open in a process? For `apply`, which must
+ * not pull a kernel device out from under a user without --force. Reads
+ * /proc and /sys only; no side effects. Main thread (scans every process's
+ * open files: milliseconds on a busy host, fine for a reconfiguration).
+ */
+#pragma once
+
+#include <stddef.h>
+
+/* 1 with who holds it in why ("mounted on /mnt", "open in pid 42 (fio)"), or 0. */
+int gw_blockdev_in_use(const char *devnode, char *why, size_t len);
