@@ -40,6 +40,12 @@ const struct gw_backend_ops *const *gw_backend_list(size_t *n)
 struct gw_backend *gw_backend_open(const struct gw_backend_ops *ops, const char *image_name,
 				   const void *opts, char *err, size_t errlen)
 {
+	return gw_backend_open_mode(ops, image_name, opts, false, err, errlen);
+}
+
+struct gw_backend *gw_backend_open_mode(const struct gw_backend_ops *ops, const char *image_name,
+					const void *opts, bool read_only, char *err, size_t errlen)
+{
 	struct gw_backend *b;
 	int rc;
 
@@ -57,6 +63,7 @@ struct gw_backend *gw_backend_open(const struct gw_backend_ops *ops, const char 
 	b->name = strdup(image_name);
 	b->min_block = 1;
 	b->pref_block = 4096;
+	b->open_read_only = read_only;
 	rc = b->name ? ops->open(b, opts, err, errlen) : -ENOMEM;
 	if (rc < 0) {
 		if (rc == -ENOMEM && err && !*err)

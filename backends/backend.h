@@ -144,6 +144,12 @@ struct gw_backend {
 	uint32_t min_block;  /* required offset/length alignment for READ/WRITE (1 = none) */
 	uint32_t pref_block; /* preferred I/O size */
 	uint32_t max_xfer;   /* largest READ/WRITE accepted (0 = no limit of its own) */
+	/*
+	 * In, set before open(): no export of this image writes, so a backend
+	 * opens its source for reading only and lets other readers in (the file
+	 * backend's QEMU-compatible locks take no write permission).
+	 */
+	bool open_read_only;
 };
 
 struct gw_backend_ops {
@@ -196,6 +202,9 @@ const struct gw_backend_ops *const *gw_backend_list(size_t *n);
 /* Open a backend instance; returns NULL with a message on failure. */
 struct gw_backend *gw_backend_open(const struct gw_backend_ops *ops, const char *image_name,
 				   const void *opts, char *err, size_t errlen);
+/* The same, for reading only when read_only (see gw_backend.open_read_only). */
+struct gw_backend *gw_backend_open_mode(const struct gw_backend_ops *ops, const char *image_name,
+					const void *opts, bool read_only, char *err, size_t errlen);
 void gw_backend_close(struct gw_backend *b);
 
 /* For backends: finish a queued request (on the submitting thread). */

@@ -10,6 +10,15 @@
  * uses FALLOC_FL_ZERO_RANGE (or punches, when unmapping is allowed) and
  * falls back to punch+allocate, then to writing zeros, where a filesystem
  * lacks one of them. Extents come from SEEK_DATA/SEEK_HOLE.
+ *
+ * Locking speaks QEMU's language (its file-posix driver): open-file-
+ * description byte-range locks, one byte per permission at 100 + bit ("I hold
+ * it") and one at 200 + bit ("I do not let others hold it"), for the bits
+ * consistent-read (0), write (1), write-unchanged (2) and resize (3). Every
+ * lock is a shared (read) lock; a conflict is found by asking whether an
+ * exclusive lock on a byte would be refused. So QEMU, qemu-img, qemu-io and
+ * qemu-nbd refuse an image blkgw serves writable, blkgw refuses one they hold
+ * for writing, and readers that let each other be coexist.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +41,7 @@ struct file_opts {
 	bool direct;
 	uint64_t size;
 	char *format; /* "raw": serve it as is, whatever its header says; NULL: detect */
+	bool locking;
 };
 
 static const char *const file_formats[] = { "raw", NULL };
@@ -57,6 +67,11 @@ static const struct gw_opt_desc file_opts[] = {
 	  .offset = offsetof(struct file_opts, format),
 	  .choices = file_formats,
 	  .help = "raw: serve the image as is even if its header looks like qcow2, vmdk, LUKS...; unset: refuse those" },
+	{ .key = "locking",
+	  .type = GW_OPT_BOOL,
+	  .offset = offsetof(struct file_opts, locking),
+	  .def = 1,
+	  .help = "take QEMU's image locks, so that QEMU and blkgw never write one image at once" },
 };
 
 enum file_stage {
@@ -78,6 +93,90 @@ struct file_backend {
 static inline struct file_backend *to_file(struct gw_backend *b)
 {
 	return container_of(b, struct file_backend, b);
+}
+
+/* ---- QEMU-compatible image locks (see the file comment) ---- */
+
+#define QLOCK_PERM_BASE   100
+#define QLOCK_SHARED_BASE 200
+
+enum qperm {
+	QPERM_CONSISTENT_READ = 0,
+	QPERM_WRITE,
+	QPERM_WRITE_UNCHANGED,
+	QPERM_RESIZE,
+	QPERM__COUNT,
+};
+
+static const char *const qperm_names[] = { "consistent read", "write", "write unchanged",
+					   "resize" };
+
+static int qlock_byte(int fd, off_t off)
+{
+	struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = off, .l_len = 1 };
+
+	return fcntl(fd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
+}
+
+/* Does another open file description hold a lock on byte off? 1, 0 or -errno. */
+static int qlock_held(int fd, off_t off)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = off, .l_len = 1 };
+
+	if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+		return -errno;
+	return fl.l_type != F_UNLCK;
+}
+
+/*
+ * Take the locks for holding perm while sharing shared (bit sets of enum
+ * qperm), then look for someone whose locks forbid that, as QEMU does. 0, or
+ * -EBUSY with a message naming the permission and the fixes.
+ */
+static int qlock_take(int fd, const char *path, unsigned perm, unsigned shared, char *err,
+		      size_t errlen)
+{
+	const char *fix = "stop the other user (a QEMU guest, qemu-img, qemu-nbd, another blkgw?), "
+			  "or set 'locking: off' for this image if you know it is safe";
+	int rc;
+
+	for (unsigned i = 0; i < QPERM__COUNT; i++) {
+		if ((perm & (1u << i)) && (rc = qlock_byte(fd, QLOCK_PERM_BASE + i)) < 0)
+			goto fail;
+		if (!(shared & (1u << i)) && (rc = qlock_byte(fd, QLOCK_SHARED_BASE + i)) < 0)
+			goto fail;
+	}
+	for (unsigned i = 0; i < QPERM__COUNT; i++) {
+		if ((perm & (1u << i)) && qlock_held(fd, QLOCK_SHARED_BASE + i) > 0) {
+			gw_seterr(
+				err, errlen,
+				"%s is in use: another process holds it and does not let others have "
+				"'%s' permission%s; %s",
+				path, qperm_names[i],
+				i == QPERM_WRITE ? " (export it with read-only: true?)" : "", fix);
+			return -EBUSY;
+		}
+	}
+	for (unsigned i = 0; i < QPERM__COUNT; i++) {
+		if (!(shared & (1u << i)) && qlock_held(fd, QLOCK_PERM_BASE + i) > 0) {
+			gw_seterr(
+				err, errlen,
+				"%s is in use: another process holds it with '%s' permission, which "
+				"blkgw does not share; %s",
+				path, qperm_names[i], fix);
+			return -EBUSY;
+		}
+	}
+	return 0;
+fail:
+	if (rc == -EINVAL || rc == -ENOLCK || rc == -EOPNOTSUPP)
+		gw_seterr(
+			err, errlen,
+			"%s: this filesystem cannot lock the image (%s); set 'locking: off' for it",
+			path, strerror(-rc));
+	else
+		gw_seterr(err, errlen, "%s: cannot lock the image: %s", path, strerror(-rc));
+	return rc;
 }
 
 /*
@@ -240,6 +339,10 @@ static int file_open(struct gw_backend *b, const void *opts, char *err, size_t e
 		return -ENOMEM;
 	if (o->direct)
 		flags |= O_DIRECT;
+	if (b->open_read_only) {
+		flags = (flags & ~O_RDWR) | O_RDONLY;
+		b->caps |= GW_CAP_READ_ONLY;
+	}
 	f->fd = open(o->path, flags);
 	if (f->fd < 0 && errno == ENOENT && o->size) {
 		f->fd = open(o->path, flags | O_CREAT | O_EXCL, 0644);
@@ -311,6 +414,18 @@ static int file_open(struct gw_backend *b, const void *opts, char *err, size_t e
 		rc = dfd >= 0 ? check_format(o, dfd, b->size, err, errlen) : 0;
 		if (dfd >= 0 && dfd != f->fd)
 			close(dfd);
+		if (rc < 0)
+			goto err_close;
+	}
+	if (o->locking) {
+		/* Hold: reading, and writing unless read-only. Share: reading, and
+		 * writes that change nothing; never writing or resizing under us. */
+		unsigned perm = 1u << QPERM_CONSISTENT_READ,
+			 shared = perm | 1u << QPERM_WRITE_UNCHANGED;
+
+		if (!(b->caps & GW_CAP_READ_ONLY))
+			perm |= 1u << QPERM_WRITE;
+		rc = qlock_take(f->fd, o->path, perm, shared, err, errlen);
 		if (rc < 0)
 			goto err_close;
 	}

@@ -872,6 +872,11 @@ static void load_exports(struct loader *L, const struct ynode *root)
 	for (size_t i = 0; m->exports && i < n->n; i++)
 		load_export(L, n->items[i], i);
 	assign_ids(m);
+	for (size_t j = 0; j < m->nimages; j++)
+		m->images[j].read_only = true;
+	for (size_t i = 0; i < m->nexports; i++)
+		if (!m->exports[i].read_only && m->exports[i].image_index < m->nimages)
+			m->images[m->exports[i].image_index].read_only = false;
 	if (L->d->n == before)
 		check_conflicts(m, L->d);
 }

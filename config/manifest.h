@@ -49,6 +49,8 @@ struct gw_image_spec {
 	/* Found when sources were checked: it opens for reading only (why). */
 	bool read_only_source;
 	char *read_only_why;
+	/* Every export of it is read-only: it opens for reading only. */
+	bool read_only;
 };
 
 struct gw_transport_spec {

@@ -385,7 +385,7 @@ static size_t live_image_find(const char *name)
 
 static bool image_same(const struct gw_image_spec *a, const struct gw_image_spec *b)
 {
-	return a->ops == b->ops && a->block_size == b->block_size &&
+	return a->ops == b->ops && a->block_size == b->block_size && a->read_only == b->read_only &&
 	       gw_opt_equal(&a->ops->schema, a->opts, b->opts);
 }
 
@@ -677,7 +677,8 @@ static void apply_finish(struct apply *a)
 			const struct gw_image_spec *s = &nm->images[j];
 
 			err[0] = '\0';
-			a->iopen[j] = gw_backend_open(s->ops, s->name, s->opts, err, sizeof(err));
+			a->iopen[j] = gw_backend_open_mode(s->ops, s->name, s->opts, s->read_only,
+							   err, sizeof(err));
 			if (!a->iopen[j])
 				gw_err("image %s: cannot open: %s", s->name, err);
 		}
@@ -869,7 +870,8 @@ static void apply_path(const char *path, const char *shown, const char *origin, 
 
 		if (a->ikeep[j] != SIZE_MAX || live_image_find(s->name) != SIZE_MAX)
 			continue;
-		a->iopen[j] = gw_backend_open(s->ops, s->name, s->opts, err, sizeof(err));
+		a->iopen[j] = gw_backend_open_mode(s->ops, s->name, s->opts, s->read_only, err,
+						   sizeof(err));
 		if (!a->iopen[j]) {
 			problem(a, "%s:%d:%d: image '%s': %s", shown, s->line, s->col, s->name,
 				err);
@@ -1346,7 +1348,7 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		struct gw_backend *b;
 
 		err[0] = '\0';
-		b = gw_backend_open(s->ops, s->name, s->opts, err, sizeof(err));
+		b = gw_backend_open_mode(s->ops, s->name, s->opts, s->read_only, err, sizeof(err));
 		if (!b) {
 			fprintf(stderr, "%s:%d:%d: image '%s': %s\n", m->path, s->line, s->col,
 				s->name, err);
