@@ -260,6 +260,39 @@ static int start_export(struct gw_export *e, const struct gw_export_spec *x)
 	return -1;
 }
 
+struct reclaim_ctx {
+	const struct gw_transport_ops *t;
+};
+
+/* Is export id served by the transport being reclaimed for? */
+static bool reclaim_wanted(void *arg, const char *id)
+{
+	const struct reclaim_ctx *c = arg;
+
+	for (size_t i = 0; i < gw.nexports; i++) {
+		const struct gw_export *e = gw.exports[i].e;
+
+		if (e && e->transport == c->t && e->state == GW_EXPORT_RUNNING &&
+		    strcmp(e->id, id) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* At start-up: let each transport remove what a crashed daemon left for dropped exports. */
+static void reclaim_all(const struct gw_transport_env *env)
+{
+	size_t n;
+	const struct gw_transport_ops *const *list = gw_transport_list(&n);
+
+	for (size_t i = 0; i < n; i++) {
+		struct reclaim_ctx c = { .t = list[i] };
+
+		if (list[i]->reclaim)
+			list[i]->reclaim(env, reclaim_wanted, &c);
+	}
+}
+
 static void shutdown_one(void)
 {
 	if (--gw.stopping == 0)
@@ -1396,6 +1429,7 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		gw_err("%s", err);
 		goto fail_stop;
 	}
+	reclaim_all(&m->env);
 	if (o->pidfile) {
 		rc = write_pidfile(o->pidfile);
 		if (rc < 0) {

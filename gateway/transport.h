@@ -104,6 +104,16 @@ struct gw_transport_ops {
 	 * client (exp->clients) counts as use.
 	 */
 	int (*in_use)(struct gw_export *exp, char *why, size_t len);
+
+	/*
+	 * Optional. Once at start-up, after the manifest's exports started:
+	 * remove what a previous daemon left in the run dir for exports this
+	 * transport no longer serves (kernel devices kept for crash recovery).
+	 * wanted(arg, id) tells whether export id is served by this transport
+	 * now. Must not block the main thread (hand slow work to a thread).
+	 */
+	void (*reclaim)(const struct gw_transport_env *env,
+			bool (*wanted)(void *arg, const char *id), void *arg);
 };
 
 const struct gw_transport_ops *gw_transport_find(const char *name);

@@ -199,6 +199,238 @@ static void state_save(struct ublk_dev *d)
 		close(fd);
 }
 
+static bool pid_alive(int pid)
+{
+	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+}
+
+/*
+ * Call fn for every state line in RUN-DIR/ublk (its path and the parsed
+ * line); stops when fn returns nonzero and returns that.
+ */
+static int state_each(const struct gw_transport_env *env,
+		      int (*fn)(void *arg, const char *path, const struct ublk_state *s), void *arg)
+{
+	char dir[4096], path[4400], line[512];
+	struct dirent *de;
+	DIR *dp;
+	int rc = 0;
+
+	snprintf(dir, sizeof(dir), "%s/ublk", env->run_dir);
+	dp = opendir(dir);
+	if (!dp)
+		return 0;
+	while (!rc && (de = readdir(dp))) {
+		size_t n = strlen(de->d_name);
+		struct ublk_state st;
+		FILE *f;
+
+		if (n < 7 || strcmp(de->d_name + n - 6, ".state") != 0)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		f = fopen(path, "re");
+		if (!f)
+			continue;
+		if (fgets(line, sizeof(line), f) && ublk_state_parse(line, &st) == 0)
+			rc = fn(arg, path, &st);
+		fclose(f);
+	}
+	closedir(dp);
+	return rc;
+}
+
+struct state_find {
+	const char *id;
+	struct ublk_state st;
+	char path[4400];
+};
+
+static int state_find_fn(void *arg, const char *path, const struct ublk_state *s)
+{
+	struct state_find *f = arg;
+
+	if (strcmp(s->export_id, f->id) != 0)
+		return 0;
+	f->st = *s;
+	gw_strlcpy(f->path, path, sizeof(f->path));
+	return 1;
+}
+
+/* Stop and delete a device nobody will take over, without waiting for the last close. */
+static void abandon(struct ublk_ctrl *c, uint32_t dev_id, const char *path)
+{
+	int rc;
+
+	ublk_ctrl_cmd(c, UBLK_U_CMD_STOP_DEV, dev_id, NULL, 0, 0);
+	rc = ublk_ctrl_cmd(c, UBLK_U_CMD_DEL_DEV_ASYNC, dev_id, NULL, 0, 0);
+	if (rc < 0 && rc != -ENODEV)
+		gw_warn("ublk%u: DEL_DEV: %s", dev_id, strerror(-rc));
+	unlink(path);
+}
+
+/*
+ * A device a previous daemon recorded for this export: take it over when
+ * its daemon is gone and it still fits the export (1: d describes it now),
+ * else delete it (0: create a new one). -errno with a message when another
+ * live daemon serves it.
+ */
+static int find_previous(struct ublk_dev *d, const struct ublk_opts *o, char *err, size_t errlen)
+{
+	struct gw_export *e = d->exp;
+	struct state_find f = { .id = e->id };
+	struct ublksrv_ctrl_dev_info info;
+	struct ublk_params want, have;
+	const char *why = NULL;
+	int rc;
+
+	if (state_each(e->env, state_find_fn, &f) <= 0)
+		return 0;
+	if (f.st.pid != (int)getpid() && pid_alive(f.st.pid)) {
+		gw_seterr(err, errlen,
+			  "/dev/ublkb%u of export %s is served by another blkgw (pid %d)",
+			  f.st.dev_id, e->id, f.st.pid);
+		return -EBUSY;
+	}
+	rc = ublk_ctrl_dev_info(&d->ctrl, f.st.dev_id, &info);
+	if (rc < 0) {
+		gw_info("export %s: ublk%u recorded in %s is gone", e->id, f.st.dev_id, f.path);
+		unlink(f.path);
+		return 0;
+	}
+	memset(&have, 0, sizeof(have));
+	have.len = sizeof(have);
+	if (info.state == UBLK_S_DEV_DEAD)
+		why = "it was never started";
+	else if (!(info.flags & UBLK_F_USER_RECOVERY))
+		why = "it was made without user recovery";
+	else if (opt_id(o) != UBLK_ID_AUTO && opt_id(o) != f.st.dev_id)
+		why = "the manifest asks for another id";
+	else if (ublk_build_params(e, info.max_io_buf_bytes, &want, NULL, 0) < 0 ||
+		 ublk_ctrl_cmd(&d->ctrl, UBLK_U_CMD_GET_PARAMS, f.st.dev_id, &have, sizeof(have),
+			       0) < 0 ||
+		 have.basic.dev_sectors != want.basic.dev_sectors ||
+		 have.basic.logical_bs_shift != want.basic.logical_bs_shift ||
+		 (have.basic.attrs & UBLK_ATTR_READ_ONLY) !=
+			 (want.basic.attrs & UBLK_ATTR_READ_ONLY))
+		why = "its size, block size or read-only state differs from the export's now";
+	if (why) {
+		gw_warn("export %s: deleting /dev/ublkb%u left by pid %d: %s", e->id, f.st.dev_id,
+			f.st.pid, why);
+		abandon(&d->ctrl, f.st.dev_id, f.path);
+		return 0;
+	}
+	d->dev_id = info.dev_id;
+	d->nr_queues = info.nr_hw_queues;
+	d->depth = info.queue_depth;
+	d->max_io = info.max_io_buf_bytes;
+	d->flags = info.flags;
+	d->recovered = true;
+	d->old_pid = f.st.pid;
+	if (d->nr_queues != o->queues || d->depth != o->depth || d->max_io != o->max_io)
+		gw_warn("export %s: /dev/ublkb%u keeps its %u queue%s x depth %u, max-io %u KiB until it is recreated",
+			e->id, d->dev_id, d->nr_queues, d->nr_queues == 1 ? "" : "s", d->depth,
+			d->max_io >> 10);
+	return 1;
+}
+
+/* Reclaim: devices recorded for exports this daemon does not serve. */
+struct orphan {
+	uint32_t dev_id;
+	char export_id[256];
+	char path[4400];
+};
+
+struct orphans {
+	bool (*wanted)(void *arg, const char *id);
+	void *arg;
+	struct orphan *v;
+	size_t n;
+};
+
+static int orphan_fn(void *arg, const char *path, const struct ublk_state *s)
+{
+	struct orphans *o = arg;
+	struct orphan *v;
+
+	if (s->pid == (int)getpid() || pid_alive(s->pid) || o->wanted(o->arg, s->export_id))
+		return 0;
+	v = realloc(o->v, (o->n + 1) * sizeof(*v));
+	if (!v)
+		return 0;
+	o->v = v;
+	v[o->n].dev_id = s->dev_id;
+	gw_strlcpy(v[o->n].export_id, s->export_id, sizeof(v[o->n].export_id));
+	gw_strlcpy(v[o->n].path, path, sizeof(v[o->n].path));
+	o->n++;
+	return 0;
+}
+
+/* A short-lived thread of its own: STOP_DEV and DEL_DEV block. */
+static void *reclaim_main(void *arg)
+{
+	struct orphans *o = arg;
+	struct ublk_ctrl c;
+	sigset_t all;
+	int rc;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	gw_log_set_thread_name("ublk-reclaim");
+	rc = ublk_ctrl_open(&c);
+	if (rc < 0)
+		gw_warn("cannot remove ublk devices left by a stopped blkgw: " UBLK_CONTROL_PATH
+			": %s",
+			strerror(-rc));
+	for (size_t i = 0; rc == 0 && i < o->n; i++) {
+		int r;
+
+		ublk_ctrl_cmd(&c, UBLK_U_CMD_STOP_DEV, o->v[i].dev_id, NULL, 0, 0);
+		r = ublk_ctrl_cmd(&c, UBLK_U_CMD_DEL_DEV, o->v[i].dev_id, NULL, 0, 0);
+		if (r < 0 && r != -ENODEV) {
+			gw_warn("/dev/ublkb%u (export %s, no longer served): DEL_DEV: %s",
+				o->v[i].dev_id, o->v[i].export_id, strerror(-r));
+			continue;
+		}
+		gw_info("removed /dev/ublkb%u left by a stopped blkgw for export %s, which is no longer served over ublk",
+			o->v[i].dev_id, o->v[i].export_id);
+		unlink(o->v[i].path);
+	}
+	if (rc == 0)
+		ublk_ctrl_close(&c);
+	free(o->v);
+	free(o);
+	return NULL;
+}
+
+static void ublk_reclaim(const struct gw_transport_env *env,
+			 bool (*wanted)(void *arg, const char *id), void *arg)
+{
+	struct orphans *o = calloc(1, sizeof(*o));
+	pthread_attr_t attr;
+	pthread_t t;
+
+	if (!o)
+		return;
+	o->wanted = wanted;
+	o->arg = arg;
+	state_each(env, orphan_fn, o);
+	if (o->n && access(UBLK_CONTROL_PATH, F_OK) < 0)
+		gw_warn("%zu ublk device%s left by a stopped blkgw, but no " UBLK_CONTROL_PATH,
+			o->n, o->n == 1 ? "" : "s");
+	if (!o->n || access(UBLK_CONTROL_PATH, F_OK) < 0) {
+		free(o->v);
+		free(o);
+		return;
+	}
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&t, &attr, reclaim_main, o) != 0) {
+		free(o->v);
+		free(o);
+	}
+	pthread_attr_destroy(&attr);
+}
+
 /* ---- lifecycle ---- */
 
 static void dev_free(struct ublk_dev *d)
@@ -224,8 +456,14 @@ static void on_live(void *arg)
 	snprintf(target, sizeof(target), "/dev/ublkb%u", d->dev_id);
 	d->dev_link = gw_devlink_set(d->exp->env->run_dir, d->exp->id, target);
 	atomic_store(&d->exp->clients, d->nr_queues);
-	gw_info("export %s: %s is up (%u queue%s x depth %u, max-io %u KiB)", d->exp->id, target,
-		d->nr_queues, d->nr_queues == 1 ? "" : "s", d->depth, d->max_io >> 10);
+	if (d->recovered)
+		gw_info("export %s: %s recovered from blkgw pid %d (%u queue%s x depth %u)",
+			d->exp->id, target, d->old_pid, d->nr_queues, d->nr_queues == 1 ? "" : "s",
+			d->depth);
+	else
+		gw_info("export %s: %s is up (%u queue%s x depth %u, max-io %u KiB)", d->exp->id,
+			target, d->nr_queues, d->nr_queues == 1 ? "" : "s", d->depth,
+			d->max_io >> 10);
 }
 
 /* Main thread: START_DEV failed; the control thread tears the device down. */
@@ -278,6 +516,40 @@ static void teardown(struct ublk_dev *d)
 	gw_info("export %s: removed /dev/ublkb%u", d->exp->id, d->dev_id);
 }
 
+static int open_cdev(struct ublk_dev *d, char *err, size_t errlen);
+
+/*
+ * Control thread: take over a device whose daemon died. START_USER_RECOVERY
+ * answers EBUSY until the kernel noticed the death and the old daemon's
+ * /dev/ublkcN is released; then the queues fetch again and
+ * END_USER_RECOVERY waits for them and lets the held requests run.
+ */
+static int recover(struct ublk_dev *d)
+{
+	int rc;
+
+	for (int i = 0;; i++) {
+		rc = ublk_ctrl_cmd(&d->ctrl, UBLK_U_CMD_START_USER_RECOVERY, d->dev_id, NULL, 0, 0);
+		if (rc != -EBUSY || i >= 600)
+			break;
+		usleep(50000);
+	}
+	if (rc < 0) {
+		snprintf(d->ctl_err, sizeof(d->ctl_err), "START_USER_RECOVERY: %s", strerror(-rc));
+		return rc;
+	}
+	rc = open_cdev(d, d->ctl_err, sizeof(d->ctl_err));
+	for (unsigned i = 0; rc == 0 && i < d->nr_queues; i++)
+		rc = ublk_queue_start(d, i, d->ctl_err, sizeof(d->ctl_err));
+	if (rc < 0)
+		return rc;
+	rc = ublk_ctrl_cmd(&d->ctrl, UBLK_U_CMD_END_USER_RECOVERY, d->dev_id, NULL, 0,
+			   (uint64_t)getpid());
+	if (rc < 0)
+		snprintf(d->ctl_err, sizeof(d->ctl_err), "END_USER_RECOVERY: %s", strerror(-rc));
+	return rc;
+}
+
 static void *ctl_main(void *arg)
 {
 	struct ublk_dev *d = arg;
@@ -289,10 +561,16 @@ static void *ctl_main(void *arg)
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	snprintf(name, sizeof(name), "ublk%u-ctl", d->dev_id);
 	gw_log_set_thread_name(name);
-	/* Blocks until every tag of every queue has a fetch pending, then adds the disk. */
-	rc = ublk_ctrl_cmd(&d->ctrl, UBLK_U_CMD_START_DEV, d->dev_id, NULL, 0, (uint64_t)getpid());
+	if (d->recovered) {
+		rc = recover(d);
+	} else {
+		/* Blocks until every tag of every queue has a fetch pending, then adds the disk. */
+		rc = ublk_ctrl_cmd(&d->ctrl, UBLK_U_CMD_START_DEV, d->dev_id, NULL, 0,
+				   (uint64_t)getpid());
+		if (rc < 0)
+			snprintf(d->ctl_err, sizeof(d->ctl_err), "START_DEV: %s", strerror(-rc));
+	}
 	if (rc < 0) {
-		snprintf(d->ctl_err, sizeof(d->ctl_err), "START_DEV: %s", strerror(-rc));
 		gw_main_call(on_start_failed, d);
 	} else {
 		pthread_mutex_lock(&d->lock);
@@ -409,6 +687,15 @@ static int ublk_start(struct gw_export *e, char *err, size_t errlen)
 	rc = ublk_build_params(e, (uint32_t)o->max_io, &params, err, errlen);
 	if (rc < 0)
 		goto fail;
+	rc = find_previous(d, o, err, errlen);
+	if (rc < 0)
+		goto fail;
+	if (rc == 1) {
+		/* The control thread takes the device over (it waits for the old daemon's exit). */
+		d->state_path = state_path(e->env, d->dev_id);
+		state_save(d);
+		goto start_ctl;
+	}
 	rc = add_dev(d, o, err, errlen);
 	if (rc < 0)
 		goto fail;
@@ -432,6 +719,7 @@ static int ublk_start(struct gw_export *e, char *err, size_t errlen)
 			goto fail;
 	}
 	state_save(d);
+start_ctl:
 	rc = pthread_create(&d->ctl_thread, NULL, ctl_main, d);
 	if (rc) {
 		gw_seterr(err, errlen, "cannot start the control thread: %s", strerror(rc));
@@ -484,4 +772,5 @@ const struct gw_transport_ops gw_ublk_transport = {
 	.start = ublk_start,
 	.stop = ublk_stop,
 	.status = ublk_status,
+	.reclaim = ublk_reclaim,
 };

@@ -139,6 +139,7 @@ struct ublk_dev {
 	int cdev_fd;    /* /dev/ublkcN */
 	struct ublk_queue q[UBLK_MAX_QUEUES];
 	bool recovered; /* taken over from a dead daemon */
+	int old_pid;
 	char *state_path;
 	char *dev_link;
 
