@@ -150,6 +150,22 @@ struct gw_backend {
 	 * backend's QEMU-compatible locks take no write permission).
 	 */
 	bool open_read_only;
+	/*
+	 * In, set before close() when the daemon failed to start: remove what
+	 * open() created (the file backend's new sparse file).
+	 */
+	bool start_failed;
+};
+
+/* What a source is, before it is opened (backend inspect()). */
+struct gw_source_info {
+	/*
+	 * Equal for two option sets naming one source (a file through a
+	 * symlink or another path, one device through another node); "" when
+	 * the backend cannot tell.
+	 */
+	char id[4200];
+	uint64_t size; /* bytes; 0 when not known in advance */
 };
 
 struct gw_backend_ops {
@@ -174,6 +190,14 @@ struct gw_backend_ops {
 	 * message when open() would surely fail.
 	 */
 	int (*check)(const void *opts, char *msg, size_t len);
+
+	/*
+	 * Optional. Main thread, no side effects: fill info (what the source
+	 * is, its size) so that `check` and `serve` can refuse two images of
+	 * one source and a size a transport cannot carry. 0 or -errno (then
+	 * nothing is known).
+	 */
+	int (*inspect)(const void *opts, struct gw_source_info *info);
 
 	/* Required. Any I/O thread. See the file comment. */
 	int (*submit)(struct gw_backend *b, struct gw_ioq *q, struct gw_io *io);

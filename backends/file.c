@@ -28,7 +28,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <limits.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "backends/backend.h"
@@ -86,6 +88,7 @@ struct file_backend {
 	bool blockdev;
 	bool no_punch;      /* filesystem refused PUNCH_HOLE once */
 	bool no_zero_range; /* filesystem refused ZERO_RANGE once */
+	bool created;       /* open() made the file: a failed start removes it */
 	uint32_t mem_align; /* O_DIRECT buffer alignment */
 	char *path;
 };
@@ -263,6 +266,18 @@ static int check_source_format(const struct file_opts *o, const struct stat *st,
 	return rc;
 }
 
+/* 'size' disagrees with an existing file or device: -EINVAL with a message. */
+static int size_mismatch(const struct file_opts *o, uint64_t have, bool dev, char *msg, size_t len)
+{
+	char a[32], c[32];
+
+	gw_seterr(msg, len, "%s is %s %s, but 'size' says %s%s", o->path, dev ? "a device of" : "",
+		  gw_fmt_size(have, a, sizeof(a)), gw_fmt_size(o->size, c, sizeof(c)),
+		  dev ? ": a block device's size is its own (remove 'size')"
+		      : " ('size' only creates a file that does not exist)");
+	return -EINVAL;
+}
+
 static int file_check(const void *opts, char *msg, size_t len)
 {
 	const struct file_opts *o = opts;
@@ -287,18 +302,62 @@ static int file_check(const void *opts, char *msg, size_t len)
 		gw_seterr(msg, len, "%s is neither a regular file nor a block device", o->path);
 		return -EINVAL;
 	}
-	if (S_ISREG(st.st_mode) && o->size && (uint64_t)st.st_size != o->size) {
-		char a[32], c[32];
+	if (S_ISREG(st.st_mode) && o->size && (uint64_t)st.st_size != o->size)
+		return size_mismatch(o, (uint64_t)st.st_size, false, msg, len);
+	if (S_ISBLK(st.st_mode) && o->size) {
+		uint64_t dsz = 0;
+		int fd = open(o->path, O_RDONLY | O_CLOEXEC);
 
-		gw_seterr(msg, len, "%s is %s, but 'size' says %s", o->path,
-			  gw_fmt_size((uint64_t)st.st_size, a, sizeof(a)),
-			  gw_fmt_size(o->size, c, sizeof(c)));
-		return -EINVAL;
+		if (fd >= 0 && ioctl(fd, BLKGETSIZE64, &dsz) == 0 && dsz != o->size) {
+			close(fd);
+			return size_mismatch(o, dsz, true, msg, len);
+		}
+		if (fd >= 0)
+			close(fd);
 	}
 	if (check_source_format(o, &st, msg, len) < 0)
 		return -EINVAL;
 	gw_seterr(msg, len, "%s", o->path);
 	return check_writable(o->path, &st, msg, len);
+}
+
+static int file_inspect(const void *opts, struct gw_source_info *info)
+{
+	const struct file_opts *o = opts;
+	struct stat st;
+
+	if (stat(o->path, &st) < 0) {
+		/* To be created: its folder's real path names it. */
+		char *dir = strdup(o->path), *slash = dir ? strrchr(dir, '/') : NULL;
+		char real[PATH_MAX];
+		const char *d = !slash ? "." : slash == dir ? "/" : dir;
+
+		if (!dir)
+			return -ENOMEM;
+		if (slash && slash != dir)
+			*slash = '\0';
+		if (errno == ENOENT && realpath(d, real))
+			snprintf(info->id, sizeof(info->id), "new:%s/%s", real,
+				 slash ? slash + 1 : o->path);
+		info->size = o->size;
+		free(dir);
+		return 0;
+	}
+	if (S_ISBLK(st.st_mode)) {
+		int fd = open(o->path, O_RDONLY | O_CLOEXEC);
+
+		snprintf(info->id, sizeof(info->id), "device %u:%u", major(st.st_rdev),
+			 minor(st.st_rdev));
+		if (fd >= 0 && ioctl(fd, BLKGETSIZE64, &info->size) < 0)
+			info->size = 0;
+		if (fd >= 0)
+			close(fd);
+	} else if (S_ISREG(st.st_mode)) {
+		snprintf(info->id, sizeof(info->id), "file %llu:%llu",
+			 (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+		info->size = (uint64_t)st.st_size;
+	}
+	return 0;
 }
 
 static void dio_alignment(struct file_backend *f, struct stat *st)
@@ -346,6 +405,7 @@ static int file_open(struct gw_backend *b, const void *opts, char *err, size_t e
 	f->fd = open(o->path, flags);
 	if (f->fd < 0 && errno == ENOENT && o->size) {
 		f->fd = open(o->path, flags | O_CREAT | O_EXCL, 0644);
+		f->created = f->fd >= 0;
 		if (f->fd >= 0 && ftruncate(f->fd, (off_t)o->size) < 0) {
 			rc = -errno;
 			gw_seterr(err, errlen, "%s: cannot size new file: %s", o->path,
@@ -395,12 +455,8 @@ static int file_open(struct gw_backend *b, const void *opts, char *err, size_t e
 		gw_seterr(err, errlen, "%s is neither a regular file nor a block device", o->path);
 		goto err_close;
 	}
-	if (o->size && !f->blockdev && b->size != o->size) {
-		char a[32], c[32];
-
-		rc = -EINVAL;
-		gw_seterr(err, errlen, "%s is %s, but 'size' says %s", o->path,
-			  gw_fmt_size(b->size, a, sizeof(a)), gw_fmt_size(o->size, c, sizeof(c)));
+	if (o->size && b->size != o->size) {
+		rc = size_mismatch(o, b->size, f->blockdev, err, errlen);
 		goto err_close;
 	}
 	if (b->size == 0) {
@@ -440,6 +496,8 @@ static int file_open(struct gw_backend *b, const void *opts, char *err, size_t e
 
 err_close:
 	close(f->fd);
+	if (f->created)
+		unlink(o->path);
 err:
 	free(f->path);
 	return rc;
@@ -756,6 +814,8 @@ static void file_close(struct gw_backend *b)
 	struct file_backend *f = to_file(b);
 
 	close(f->fd);
+	if (f->created && b->start_failed && unlink(f->path) == 0)
+		gw_info("removed %s, created for a start that failed", f->path);
 	free(f->path);
 }
 
@@ -775,6 +835,7 @@ const struct gw_backend_ops gw_file_backend = {
 	.schema = GW_OPT_SCHEMA(file_opts, struct file_opts, NULL),
 	.open = file_open,
 	.check = file_check,
+	.inspect = file_inspect,
 	.submit = file_submit,
 	.extents = file_extents,
 	.sync = file_sync,

@@ -66,6 +66,12 @@ static void *map_anon(size_t len)
 	return p;
 }
 
+static int mem_inspect(const void *opts, struct gw_source_info *info)
+{
+	info->size = ((const struct mem_opts *)opts)->size;
+	return 0;
+}
+
 static int mem_open(struct gw_backend *b, const void *opts, char *err, size_t errlen)
 {
 	const struct mem_opts *o = opts;
@@ -246,6 +252,7 @@ const struct gw_backend_ops gw_memory_backend = {
 	.instance_size = sizeof(struct mem_backend),
 	.schema = GW_OPT_SCHEMA(mem_opts, struct mem_opts, NULL),
 	.open = mem_open,
+	.inspect = mem_inspect,
 	.submit = mem_submit,
 	.extents = mem_extents,
 	.close = mem_close,

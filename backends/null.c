@@ -23,6 +23,12 @@ static const struct gw_opt_desc null_opts[] = {
 	  .help = "virtual size (e.g. 100G)" },
 };
 
+static int null_inspect(const void *opts, struct gw_source_info *info)
+{
+	info->size = ((const struct null_opts *)opts)->size;
+	return 0;
+}
+
 static int null_open(struct gw_backend *b, const void *opts, char *err, size_t errlen)
 {
 	const struct null_opts *o = opts;
@@ -69,6 +75,7 @@ const struct gw_backend_ops gw_null_backend = {
 	.instance_size = sizeof(struct gw_backend),
 	.schema = GW_OPT_SCHEMA(null_opts, struct null_opts, NULL),
 	.open = null_open,
+	.inspect = null_inspect,
 	.submit = null_submit,
 	.extents = null_extents,
 	.close = null_close,

@@ -184,6 +184,54 @@ static void check_sockets(const struct gw_manifest *m, struct gw_preflight *pf,
 	}
 }
 
+/*
+ * The images' sources: two images of one file or device are two writers
+ * with no lock between them (blkgw's own locks are per open file, and
+ * locking may be off); a size a listed transport cannot carry whole. info:
+ * one per image, filled here.
+ */
+static void check_sources(const struct gw_manifest *m, struct gw_source_info *info,
+			  struct gw_diags *d)
+{
+	for (size_t j = 0; j < m->nimages; j++) {
+		const struct gw_image_spec *b = &m->images[j];
+
+		if (!b->ops->inspect || b->ops->inspect(b->opts, &info[j]) < 0)
+			memset(&info[j], 0, sizeof(info[j]));
+		for (size_t i = 0; i < j && info[j].id[0]; i++) {
+			const struct gw_image_spec *a = &m->images[i];
+
+			if (strcmp(info[i].id, info[j].id) != 0)
+				continue;
+			gw_diag_add(
+				d, b->line, b->col,
+				"image '%s' is the same %s as image '%s' (line %d): two images of one source would write it with nothing between them; declare it once and give it several exports",
+				b->name, strncmp(info[j].id, "device", 6) == 0 ? "device" : "file",
+				a->name, a->line);
+			break;
+		}
+	}
+	for (size_t i = 0; i < m->nexports; i++) {
+		const struct gw_export_spec *x = &m->exports[i];
+		uint64_t size = info[x->image_index].size;
+
+		for (size_t t = 0; size && t < x->ntransports; t++) {
+			const struct gw_transport_spec *ts = &x->transports[t];
+			uint32_t unit = ts->ops->size_unit ? ts->ops->size_unit(ts->opts) : 0;
+
+			if (!unit || size % unit == 0)
+				continue;
+			gw_diag_add(
+				d, ts->line, ts->col,
+				"export %zu: %s: image '%s' is %llu bytes, not a whole number of %u-byte sectors: %s would hide its last %llu bytes; make the image %llu bytes (or %llu), or export it without %s",
+				i + 1, ts->ops->name, x->image, (unsigned long long)size, unit,
+				ts->ops->name, (unsigned long long)(size % unit),
+				(unsigned long long)(size - size % unit),
+				(unsigned long long)(size - size % unit + unit), ts->ops->name);
+		}
+	}
+}
+
 /* Probe each transport of export i; none that works is an error, as serve has it. */
 static void probe_export(const struct gw_manifest *m, size_t i, struct gw_preflight_export *pe,
 			 struct gw_diags *d)
@@ -225,6 +273,7 @@ static int preflight(const struct gw_manifest *m, struct gw_preflight *pf, struc
 		     bool live)
 {
 	struct claims c = { 0 };
+	struct gw_source_info *info;
 	size_t before = d->n;
 	char why[4400];
 	bool bad_run_dir;
@@ -258,6 +307,10 @@ static int preflight(const struct gw_manifest *m, struct gw_preflight *pf, struc
 		}
 	}
 	check_sockets(m, pf, &c, bad_run_dir, live, d);
+	info = calloc(m->nimages + 1, sizeof(*info));
+	if (info)
+		check_sources(m, info, d);
+	free(info);
 	for (size_t i = 0; i < c.n; i++)
 		free(c.v[i].path);
 	free(c.v);

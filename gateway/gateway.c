@@ -1463,6 +1463,9 @@ fail_stop:
 	if (gw.stopping)
 		ev_run(loop, 0);
 fail:
+	for (size_t i = 0; i < gw.nimages; i++)
+		if (gw.images[i].b)
+			gw.images[i].b->start_failed = true; /* remove what opening created */
 	cleanup();
 	return 1;
 }

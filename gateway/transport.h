@@ -14,6 +14,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "gateway/export.h"
 #include "lib/opts.h"
@@ -72,6 +73,14 @@ struct gw_transport_ops {
 	void (*listens)(const struct gw_transport_env *env, const void *opts, const char *image,
 			void (*add)(void *arg, enum gw_listen_kind kind, const char *where),
 			void *arg);
+
+	/*
+	 * Optional. The export's size must be a multiple of this many bytes: a
+	 * transport that counts 512-byte sectors (virtio-blk, a kernel block
+	 * device) would hide a partial last one. 0 (or no op): any size.
+	 * Checked for check and before start. No side effects.
+	 */
+	uint32_t (*size_unit)(const void *opts);
 
 	/* Optional. One line for `check`: where the export would be reachable. */
 	void (*describe)(const struct gw_transport_env *env, const void *opts, const char *image,

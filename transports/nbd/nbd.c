@@ -247,6 +247,12 @@ static size_t describe_sockets(const struct gw_transport_env *env, const struct 
 	return GW_MIN(used, len);
 }
 
+/* The kernel's NBD device counts sectors; the protocol itself takes any size. */
+static uint32_t nbd_size_unit(const void *opts)
+{
+	return ((const struct nbd_opts *)opts)->attach ? 512 : 0;
+}
+
 static void nbd_describe(const struct gw_transport_env *env, const void *opts, const char *image,
 			 char *buf, size_t len)
 {
@@ -835,6 +841,7 @@ const struct gw_transport_ops gw_nbd_transport = {
 	.probe = nbd_probe,
 	.conflict = nbd_conflict,
 	.describe = nbd_describe,
+	.size_unit = nbd_size_unit,
 	.listens = nbd_listens,
 	.start = nbd_start,
 	.stop = nbd_stop,

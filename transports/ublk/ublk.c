@@ -146,6 +146,12 @@ static int open_error(int rc, char *why, size_t len)
 	return rc;
 }
 
+/* A ublk device's size is dev_sectors, 512-byte sectors. */
+static uint32_t ublk_size_unit(const void *opts)
+{
+	return 512;
+}
+
 static int ublk_probe(const struct gw_transport_env *env, const void *opts, char *why, size_t len)
 {
 	int fd;
@@ -767,6 +773,7 @@ const struct gw_transport_ops gw_ublk_transport = {
 		"kernel block device /dev/ublkbN through the ublk driver and io_uring (Linux 6.5+)",
 	.schema = GW_OPT_SCHEMA(ublk_opts_table, struct ublk_opts, ublk_check_opts),
 	.probe = ublk_probe,
+	.size_unit = ublk_size_unit,
 	.conflict = ublk_conflict,
 	.describe = ublk_describe,
 	.start = ublk_start,

@@ -115,6 +115,12 @@ static void vhost_describe(const struct gw_transport_env *env, const void *opts,
 	socket_path(env, opts, image, buf, len);
 }
 
+/* virtio-blk's capacity counts 512-byte sectors. */
+static uint32_t vhost_size_unit(const void *opts)
+{
+	return 512;
+}
+
 static int vhost_probe(const struct gw_transport_env *env, const void *opts, char *why, size_t len)
 {
 	int fd;
@@ -304,6 +310,7 @@ const struct gw_transport_ops gw_vhost_transport = {
 	.summary = "vhost-user-blk backend on a unix socket (QEMU -device vhost-user-blk-pci)",
 	.schema = GW_OPT_SCHEMA(vhost_opts_table, struct vhost_opts, vhost_check_opts),
 	.probe = vhost_probe,
+	.size_unit = vhost_size_unit,
 	.conflict = vhost_conflict,
 	.describe = vhost_describe,
 	.listens = vhost_listens,
