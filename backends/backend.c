@@ -1,6 +1,8 @@
 #include "backends/backend.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -82,6 +84,42 @@ void gw_backend_close(struct gw_backend *b)
 	b->ops->close(b);
 	free((char *)b->name);
 	free(b);
+}
+
+static void *open_one(void *arg)
+{
+	struct gw_backend_open_req *r = arg;
+
+	r->err[0] = '\0';
+	r->b = gw_backend_open_mode(r->ops, r->name, r->opts, r->read_only, r->err, sizeof(r->err));
+	return NULL;
+}
+
+#define GW_OPEN_THREADS 32
+
+size_t gw_backend_open_all(struct gw_backend_open_req *r, size_t n)
+{
+	pthread_t t[GW_OPEN_THREADS];
+	bool started[GW_OPEN_THREADS];
+	size_t failed = 0;
+
+	for (size_t base = 0; base < n; base += GW_OPEN_THREADS) {
+		size_t k = GW_MIN(n - base, (size_t)GW_OPEN_THREADS);
+
+		/* One alone needs no thread. */
+		for (size_t i = 0; i < k; i++)
+			started[i] = k > 1 &&
+				     pthread_create(&t[i], NULL, open_one, &r[base + i]) == 0;
+		for (size_t i = 0; i < k; i++) {
+			if (started[i])
+				pthread_join(t[i], NULL);
+			else
+				open_one(&r[base + i]);
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		failed += !r[i].b;
+	return failed;
 }
 
 int gw_extents_add(struct gw_extents *e, uint64_t len, uint32_t flags)

@@ -231,6 +231,23 @@ struct gw_backend *gw_backend_open_mode(const struct gw_backend_ops *ops, const 
 					const void *opts, bool read_only, char *err, size_t errlen);
 void gw_backend_close(struct gw_backend *b);
 
+/* One image to open with gw_backend_open_all(). */
+struct gw_backend_open_req {
+	const struct gw_backend_ops *ops;
+	const char *name;
+	const void *opts;
+	bool read_only;       /* see gw_backend.open_read_only */
+	struct gw_backend *b; /* out: the opened backend, or NULL */
+	char err[1024];       /* out: why not */
+};
+
+/*
+ * Open n images at once, each on a thread of its own (an open may wait on a
+ * network: rbd connects to a cluster), so a slow one does not delay the rest.
+ * Main thread. Returns how many failed.
+ */
+size_t gw_backend_open_all(struct gw_backend_open_req *r, size_t n);
+
 /* For backends: finish a queued request (on the submitting thread). */
 void gw_io_complete(struct gw_io *io, int result);
 

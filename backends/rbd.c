@@ -18,7 +18,8 @@
  * shares one cluster connection between images with the same conf, user and
  * keyring, and with exclusive: true takes the image's exclusive lock in
  * librbd's "exclusive" mode: it is not handed over to another client that
- * asks for it. Snapshots open read-only and take no lock.
+ * asks for it. Snapshots, and images every export of which is read-only, open
+ * read-only and take no lock.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -385,7 +386,7 @@ static int rbd_open_backend(struct gw_backend *b, const void *opts, char *err, s
 	struct rbd_backend *r = to_rbd(b);
 	char spec[512], who[512];
 	uint64_t size, features = 0;
-	bool ro = o->snapshot != NULL, managed;
+	bool ro = o->snapshot || b->open_read_only, managed;
 	int rc;
 
 	image_spec(o, spec, sizeof(spec));
@@ -440,7 +441,10 @@ static int rbd_open_backend(struct gw_backend *b, const void *opts, char *err, s
 		b->caps |= GW_CAP_READ_ONLY;
 	b->min_block = 1;
 	b->pref_block = 4096;
-	if (asprintf(&r->desc, "rbd %s%s", spec, r->locked ? " (exclusive lock)" : "") < 0)
+	if (asprintf(&r->desc, "rbd %s%s", spec,
+		     r->locked ? " (exclusive lock)"
+		     : ro      ? " (read-only)"
+			       : "") < 0)
 		r->desc = NULL;
 	return 0;
 

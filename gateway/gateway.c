@@ -1375,19 +1375,35 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 	if (!gw.images || !gw.exports)
 		goto fail;
 
-	/* Open every image before serving anything: a bad one stops the start. */
-	for (size_t i = 0; i < m->nimages; i++) {
-		const struct gw_image_spec *s = &m->images[i];
-		struct gw_backend *b;
+	/*
+	 * Open every image before serving anything, all at once (an rbd image
+	 * waits on its cluster): a bad one stops the start.
+	 */
+	{
+		struct gw_backend_open_req *rq = calloc(m->nimages + 1, sizeof(*rq));
+		size_t bad;
 
-		err[0] = '\0';
-		b = gw_backend_open_mode(s->ops, s->name, s->opts, s->read_only, err, sizeof(err));
-		if (!b) {
-			fprintf(stderr, "%s:%d:%d: image '%s': %s\n", m->path, s->line, s->col,
-				s->name, err);
+		if (!rq)
 			goto fail;
+		for (size_t i = 0; i < m->nimages; i++)
+			rq[i] = (struct gw_backend_open_req){ .ops = m->images[i].ops,
+							      .name = m->images[i].name,
+							      .opts = m->images[i].opts,
+							      .read_only = m->images[i].read_only };
+		bad = gw_backend_open_all(rq, m->nimages);
+		for (size_t i = 0; i < m->nimages; i++) {
+			const struct gw_image_spec *s = &m->images[i];
+
+			if (!rq[i].b)
+				fprintf(stderr, "%s:%d:%d: image '%s': %s\n", m->path, s->line,
+					s->col, s->name, rq[i].err);
+			else
+				gw.images[gw.nimages++] =
+					(struct live_image){ .b = rq[i].b, .m = m_ref(m), .s = s };
 		}
-		gw.images[gw.nimages++] = (struct live_image){ .b = b, .m = m_ref(m), .s = s };
+		free(rq);
+		if (bad)
+			goto fail;
 	}
 	for (size_t i = 0; i < m->nexports; i++) {
 		const struct gw_export_spec *x = &m->exports[i];
