@@ -24,6 +24,7 @@ ceph_start
 rbd_t create --size 64M rbd/img || fail "rbd create img"
 rbd_t create --size 64M rbd/sparse || fail "rbd create sparse"
 rbd_t create --size 16M rbd/locked || fail "rbd create locked"
+rbd_t create --size 16M rbd/timed || fail "rbd create timed"
 echo "cluster up in $(($(date +%s) - t0)) s"
 
 run=$T/run
@@ -33,10 +34,12 @@ gateway: { run-dir: $run, workers: 2 }
 images:
   img: { backend: rbd, pool: rbd, image: img, conf: $CEPH_CONF }
   sparse: { backend: rbd, image: sparse, conf: $CEPH_CONF }
+  timed: { backend: rbd, image: timed, conf: $CEPH_CONF, io-timeout: 3 }
   mem: { backend: memory, size: 16M }
 exports:
   - { image: img, transports: [nbd], nbd: { socket: $run/nbd.sock } }
   - { image: sparse, transports: [nbd], nbd: { socket: $run/nbd.sock } }
+  - { image: timed, transports: [nbd], nbd: { socket: $run/nbd.sock } }
   - { image: mem, transports: [nbd], nbd: { socket: $run/nbd.sock } }
 YAML
 "$BLKGW" check "$T/m.yaml" >"$T/check.out" 2>&1 || { cat "$T/check.out"; fail "check refused a good rbd manifest"; }
@@ -93,6 +96,20 @@ YAML
 timeout 120 "$BLKGW" serve "$T/m2.yaml" >"$T/second.out" 2>&1 && fail "a second blkgw served a locked image"
 grep -q "cannot take the exclusive lock: held by another client client\.[0-9]" "$T/second.out" ||
   { cat "$T/second.out"; fail "the second blkgw did not name the lock's owner"; }
+# A read-only export of the same image takes no lock: it starts beside the
+# writer and reads what the writer wrote.
+sed -i "s/nbd: { socket/read-only: true, nbd: { socket/" "$T/m2.yaml"
+"$BLKGW" serve "$T/m2.yaml" 2>"$T/ro.log" &
+ro_pid=$!
+on_exit "kill -KILL $ro_pid 2>/dev/null"
+i=0
+while ! "$BLKGW" status --control "$T/run2/control.sock" >/dev/null 2>&1; do
+  kill -0 $ro_pid 2>/dev/null || { cat "$T/ro.log"; fail "a read-only export of a locked image did not start"; }
+  i=$((i + 1)); [ $i -lt 300 ] || fail "read-only blkgw did not start"; sleep 0.1
+done
+"$BLKGW" status --control "$T/run2/control.sock" | grep -q "rbd rbd/img (read-only)" || fail "read-only export not described as such"
+qemu-img compare -f raw -F raw "$(uri img)" "nbd+unix:///img?socket=$T/run2/nbd.sock" || fail "read-only export reads something else"
+kill -TERM $ro_pid; wait $ro_pid || fail "read-only blkgw did not stop cleanly"
 # ... and an `rbd lock add` holder is named too, by check and by serve.
 rbd_t lock add rbd/locked mycookie || fail "rbd lock add"
 sed "s/image: img,/image: locked,/" "$T/m2.yaml" >"$T/m3.yaml"
@@ -161,13 +178,37 @@ kill -0 $writer 2>/dev/null || { cat "$T/stalled.out"; fail "a write completed w
 "$BLKGW" status >/dev/null || fail "the control socket stopped answering while the OSD was stopped"
 qemu-io -f raw -c 'write -P 0x66 0 1M' -c 'read -P 0x66 0 1M' "$(uri mem)" | grep -q "Pattern verification failed" &&
   fail "the memory export misbehaved while the OSD was stopped"
+# With io-timeout: 3 the request fails instead (bounded by 60 s here).
+s=$(date +%s)
+timeout 60 qemu-io -f raw -c 'write -P 0x77 0 64K' "$(uri timed)" >"$T/timed.out" 2>&1 || true
+grep -q "write failed" "$T/timed.out" || { cat "$T/timed.out"; fail "io-timeout: the write did not fail while the only OSD was stopped"; }
+echo "io-timeout 3 s: the write failed after $(($(date +%s) - s)) s: $(grep "write failed" "$T/timed.out" | head -1)"
 kill -CONT "$CEPH_OSD_PID"
 s=$(date +%s)
 wait $writer || { cat "$T/stalled.out"; fail "the stalled write failed after the OSD came back"; }
 echo "stalled write completed $(($(date +%s) - s)) s after SIGCONT"
 qemu-io -f raw -c 'read -P 0x55 20M 4M' "$(uri img)" | grep -q "Pattern verification failed" && fail "stalled write not on the image"
 qemu-img compare -f raw -F raw "$(uri img)" "rbd:rbd/img:conf=$CEPH_CONF" || fail "after the stall QEMU's rbd driver reads something else"
+qemu-io -f raw -c 'write -P 0x78 0 64K' -c 'read -P 0x78 0 64K' "$(uri timed)" >"$T/timed2.out" 2>&1 || { cat "$T/timed2.out"; fail "the timed-out image does not work again"; }
+grep -q "Pattern verification failed" "$T/timed2.out" && fail "the timed-out image reads back wrong"
 
-"$BLKGW" status --json | jq -e '[.exports[].counters.errors] | add == 0' >/dev/null || fail "the server counted errors"
+"$BLKGW" status --json | jq -e '[.exports[] | select(.id != "timed") | .counters.errors] | add == 0' >/dev/null || fail "the server counted errors"
+stop_blkgw
+
+# 20 rbd exports start together (images open in parallel, one connection).
+for i in $(seq 1 20); do rbd_t create --size 4M "rbd/many$i" || fail "rbd create many$i"; done
+{
+  echo "version: 1"; echo "gateway: { run-dir: $T/run5 }"; echo "images:"
+  for i in $(seq 1 20); do echo "  many$i: { backend: rbd, image: many$i, conf: $CEPH_CONF }"; done
+  echo "exports:"
+  for i in $(seq 1 20); do echo "  - { image: many$i, transports: [nbd], nbd: { socket: $T/run5/nbd.sock } }"; done
+} >"$T/many.yaml"
+s=$(date +%s.%N)
+start_blkgw "$T/many.yaml"
+echo "20 rbd exports serving $(echo "$(date +%s.%N) - $s" | bc) s after start"
+for i in $(seq 1 20); do
+  qemu-io -f raw -c "write -P $i 0 4K" -c "read -P $i 0 4K" "nbd+unix:///many$i?socket=$T/run5/nbd.sock" |
+    grep -q "Pattern verification failed" && fail "many$i reads back wrong"
+done
 stop_blkgw
 echo "rbd backend: round trips, map, fio verify, lock, snapshot, messages and stall all hold ($(($(date +%s) - t0)) s)"
