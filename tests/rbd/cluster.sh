@@ -92,13 +92,27 @@ EOF
   CEPH_MON_PID=$!
   on_exit ceph_stop
   uuid=$(uuidgen)
-  id=$(timeout 60 ceph --connect-timeout 30 osd new "$uuid") || fail "ceph osd new failed (mon log: $d/log)"
+  # One Python process (the ceph CLI's start-up is the slow part) makes the
+  # OSD's id and the pool; the pool's PGs become active once the OSD boots.
+  id=$(timeout 60 /usr/bin/python3 - "$CEPH_CONF" "$uuid" <<'PY'
+import json, sys, rados
+c = rados.Rados(conffile=sys.argv[1])
+c.connect(timeout=30)
+def cmd(**kw):
+    rc, out, err = c.mon_command(json.dumps(kw), b"")
+    if rc < 0:
+        sys.exit("%s: %s" % (kw["prefix"], err))
+    return out
+print(json.loads(cmd(prefix="osd new", uuid=sys.argv[2], format="json"))["osdid"])
+cmd(prefix="osd pool create", pool="rbd", pg_num=8, pgp_num=8)
+cmd(prefix="osd pool application enable", pool="rbd", app="rbd")
+c.shutdown()
+PY
+) || fail "cannot make the OSD and pool (mon log: $d/log)"
   mkdir -p "$d/osd/ceph-$id"
   ceph-osd -i "$id" --mkfs --osd-uuid "$uuid" >/dev/null 2>&1 || fail "ceph-osd --mkfs failed"
   ceph-osd -f -i "$id" 2>>"$d/log/osd.err" &
   CEPH_OSD_PID=$!
-  timeout 60 ceph osd pool create rbd 8 8 >/dev/null 2>&1 || fail "cannot create pool rbd"
-  timeout 60 ceph osd pool application enable rbd rbd >/dev/null 2>&1 || fail "cannot enable rbd on pool rbd"
 }
 
 # rbd with a bound: a command that waits on a stopped cluster must not hang the test.
