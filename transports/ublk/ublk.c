@@ -498,8 +498,12 @@ static void on_gone(void *arg)
 		done(e);
 }
 
-/* Control thread, and start()'s failure path: stop and delete the device. */
-static void teardown(struct ublk_dev *d)
+/*
+ * Stop and delete the device: on the control thread (wait: DEL_DEV waits for
+ * the last close), or in start()'s failure path on the main thread (!wait:
+ * DEL_DEV_ASYNC returns at once).
+ */
+static void teardown(struct ublk_dev *d, bool wait)
 {
 	int rc;
 
@@ -514,7 +518,8 @@ static void teardown(struct ublk_dev *d)
 	if (d->cdev_fd >= 0)
 		close(d->cdev_fd);
 	d->cdev_fd = -1;
-	rc = ublk_ctrl_cmd(&d->ctrl, UBLK_U_CMD_DEL_DEV, d->dev_id, NULL, 0, 0);
+	rc = ublk_ctrl_cmd(&d->ctrl, wait ? UBLK_U_CMD_DEL_DEV : UBLK_U_CMD_DEL_DEV_ASYNC,
+			   d->dev_id, NULL, 0, 0);
 	if (rc < 0)
 		gw_warn("export %s: DEL_DEV ublk%u: %s", d->exp->id, d->dev_id, strerror(-rc));
 	else if (d->state_path)
@@ -588,7 +593,7 @@ static void *ctl_main(void *arg)
 			pthread_cond_wait(&d->cond, &d->lock);
 		pthread_mutex_unlock(&d->lock);
 	}
-	teardown(d);
+	teardown(d, true);
 	gw_main_call(on_gone, d);
 	return NULL;
 }
@@ -737,7 +742,7 @@ start_ctl:
 	return 0;
 fail:
 	if (added)
-		teardown(d);
+		teardown(d, false);
 	dev_free(d);
 	return rc < 0 ? rc : -EIO;
 }

@@ -30,6 +30,10 @@ check "serve: without ublk_drv, a plain error and exit 1" \
 require "load ublk_drv" load_module ublk_drv
 require "load ext4 (and crc32c for its checksums)" load_modules crc32c_generic ext4
 check "check: with the module, ublk can work here" $B check /tmp/m.yaml
+mkdir -p /tmp/np && chmod 1777 /tmp/np
+sed "s|run-dir: $RUN|run-dir: /tmp/np|" /tmp/m.yaml >/tmp/np.yaml
+check "check as an unprivileged user: refused, CAP_SYS_ADMIN named" \
+	sh -c "! /usr/local/bin/setpriv --reuid=65534 --regid=65534 --clear-groups $B check /tmp/np.yaml 2>/tmp/err; cat /tmp/err; grep -q 'needs root (CAP_SYS_ADMIN)' /tmp/err"
 
 # --- several exports: file on 1 and 2 queues, read-only, memory ----------------------------
 
