@@ -18,6 +18,8 @@
 
 #define CTL_MAX_LINE    (64 * 1024)
 #define CTL_MAX_CLIENTS 64
+/* Unsent replies beyond which a client's requests are not read until it reads. */
+#define CTL_MAX_OUT     (1024 * 1024)
 
 struct ctl_client {
 	int fd;
@@ -26,6 +28,7 @@ struct ctl_client {
 	size_t inlen;
 	char *out;
 	size_t outlen, outoff;
+	ev_tstamp last; /* last request or accept: the least recent goes first when full */
 	struct ctl_client *next;
 	struct gw_ctl_pending *pending; /* a reply owed later; reading waits for it */
 };
@@ -45,6 +48,7 @@ static struct {
 	struct ctl_client *current; /* whose request the handler is answering */
 	struct gw_ctl_pending *deferred;
 	json_object *early; /* a deferred reply given before the handler returned */
+	ev_timer resume;
 } ctl = { .fd = -1 };
 
 json_object *gw_ctl_error(int code, const char *fmt, ...)
@@ -84,8 +88,11 @@ static void client_close(struct ctl_client *c)
 	free(c);
 }
 
+static void client_lines(struct ctl_client *c);
+
 static void client_flush(struct ctl_client *c)
 {
+again:
 	while (c->outoff < c->outlen) {
 		ssize_t n = send(c->fd, c->out + c->outoff, c->outlen - c->outoff, MSG_NOSIGNAL);
 
@@ -103,6 +110,14 @@ static void client_flush(struct ctl_client *c)
 	}
 	ev_io_stop(EV_DEFAULT, &c->wio);
 	c->outlen = c->outoff = 0;
+	if (!c->pending) {
+		ev_io_start(EV_DEFAULT, &c->rio); /* drained: read requests again */
+		if (c->inlen) {
+			client_lines(c); /* and answer what it had sent meanwhile */
+			if (c->outlen)
+				goto again;
+		}
+	}
 }
 
 static void client_reply(struct ctl_client *c, json_object *reply)
@@ -169,6 +184,8 @@ static void client_lines(struct ctl_client *c)
 			handle_line(c, c->in, l);
 		memmove(c->in, nl + 1, c->inlen - l - 1);
 		c->inlen -= l + 1;
+		if (c->outlen - c->outoff > CTL_MAX_OUT)
+			break; /* answer the rest once it reads what it asked for */
 	}
 }
 
@@ -216,6 +233,7 @@ static void client_readable(struct ev_loop *loop, ev_io *w, int revents)
 		client_close(c);
 		return;
 	}
+	c->last = ev_now(loop);
 	if (c->inlen + (size_t)n > CTL_MAX_LINE) {
 		client_reply(c, gw_ctl_error(-E2BIG, "request longer than %d bytes", CTL_MAX_LINE));
 		client_flush(c);
@@ -235,6 +253,8 @@ static void client_readable(struct ev_loop *loop, ev_io *w, int revents)
 	c->inlen += (size_t)n;
 	client_lines(c);
 	client_flush(c);
+	if (c->outlen - c->outoff > CTL_MAX_OUT)
+		ev_io_stop(EV_DEFAULT, &c->rio);
 }
 
 static void client_writable(struct ev_loop *loop, ev_io *w, int revents)
@@ -242,17 +262,41 @@ static void client_writable(struct ev_loop *loop, ev_io *w, int revents)
 	client_flush(w->data);
 }
 
+static void resume_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	ev_io_start(loop, &ctl.w);
+}
+
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-	int fd = accept4(ctl.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	bool refused;
+	int fd = gw_accept(ctl.fd, NULL, NULL, &refused);
 	struct ctl_client *c;
 
-	if (fd < 0)
+	if (fd < 0) {
+		if ((fd == -EMFILE || fd == -ENFILE) && !refused) {
+			/* Not even a spare descriptor: listen again in a moment, no busy loop. */
+			ev_io_stop(loop, &ctl.w);
+			ev_timer_set(&ctl.resume, 0.1, 0);
+			ev_timer_start(loop, &ctl.resume);
+		}
 		return;
-	if (ctl.nclients >= CTL_MAX_CLIENTS || !(c = calloc(1, sizeof(*c)))) {
+	}
+	if (ctl.nclients >= CTL_MAX_CLIENTS) {
+		/* Full of clients: the one quiet longest makes room (so idle ones cannot lock
+		 * out `blkgw status`). */
+		struct ctl_client *old = ctl.clients;
+
+		for (c = ctl.clients; c; c = c->next)
+			if (c->last < old->last)
+				old = c;
+		client_close(old);
+	}
+	if (!(c = calloc(1, sizeof(*c)))) {
 		close(fd);
 		return;
 	}
+	c->last = ev_now(loop);
 	c->fd = fd;
 	ev_io_init(&c->rio, client_readable, fd, EV_READ);
 	ev_io_init(&c->wio, client_writable, fd, EV_WRITE);
@@ -276,6 +320,8 @@ int gw_ctl_start(const char *path, const struct gw_sock_perm *perm, gw_ctl_handl
 	ctl.arg = arg;
 	ev_io_init(&ctl.w, accept_cb, fd, EV_READ);
 	ev_io_start(EV_DEFAULT, &ctl.w);
+	ev_timer_init(&ctl.resume, resume_cb, 0.1, 0);
+	gw_accept_reserve();
 	return 0;
 }
 
@@ -285,6 +331,7 @@ void gw_ctl_stop(void)
 		client_close(ctl.clients);
 	if (ctl.fd >= 0) {
 		ev_io_stop(EV_DEFAULT, &ctl.w);
+		ev_timer_stop(EV_DEFAULT, &ctl.resume);
 		close(ctl.fd);
 		unlink(ctl.path);
 	}

@@ -11,6 +11,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "lib/log.h"
 #include "lib/util.h"
 
 static int mkdir_upto(char *p, char *stop)
@@ -233,4 +234,54 @@ const char *gw_sock_perm_str(const struct gw_sock_perm *p, char *buf, size_t len
 		snprintf(g, sizeof(g), "%u", p->gid);
 	snprintf(buf, len, "mode %04o owner %s group %s", p->mode, u, g);
 	return buf;
+}
+
+static int spare_fd = -1;
+static unsigned long long refused_fds;
+
+void gw_accept_reserve(void)
+{
+	if (spare_fd < 0)
+		spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+unsigned long long gw_accept_refused_fds(void)
+{
+	return refused_fds;
+}
+
+int gw_accept(int lfd, struct sockaddr *sa, socklen_t *salen, bool *refused)
+{
+	static struct gw_ratelimit rl = GW_RATELIMIT_INIT(5, 1);
+	int fd, err;
+
+	*refused = false;
+	for (;;) {
+		fd = accept4(lfd, sa, salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd >= 0)
+			return fd;
+		if (errno != EINTR && errno != ECONNABORTED)
+			break;
+	}
+	err = errno;
+	if (err == EAGAIN || err == EWOULDBLOCK)
+		return -EAGAIN;
+	if (err != EMFILE && err != ENFILE)
+		return -err;
+	if (spare_fd >= 0) {
+		close(spare_fd);
+		spare_fd = -1;
+		fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd >= 0) {
+			close(fd);
+			*refused = true;
+			refused_fds++;
+		}
+		gw_accept_reserve();
+	}
+	gw_warn_rl(
+		&rl,
+		"accept: %s: refusing connections until descriptors are freed (%llu refused so far; raise the limit with ulimit -n or LimitNOFILE=)",
+		strerror(err), refused_fds);
+	return -err;
 }

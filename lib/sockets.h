@@ -1,8 +1,10 @@
 /* Socket and folder helpers shared by the control socket and the transports. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "lib/opts.h"
 
@@ -69,3 +71,19 @@ int gw_socket_path_check_quiet(const char *path, char *why, size_t len);
  */
 int gw_listen_unix(const char *path, const struct gw_sock_perm *perm, int backlog, char *err,
 		   size_t errlen);
+
+/*
+ * accept4(SOCK_NONBLOCK | SOCK_CLOEXEC) that survives running out of file
+ * descriptors. The process keeps one spare descriptor; on EMFILE or ENFILE
+ * it is given up, the waiting connection accepted and closed at once (the
+ * client sees a close, not a backlog that never moves), and the spare taken
+ * again. Returns the new fd; -EAGAIN when nothing waits; -EMFILE after
+ * refusing one connection that way (*refused set: call again); -EMFILE with
+ * *refused clear when even that failed (stop watching the listener a while);
+ * other -errno. Logs exhaustion itself, rate-limited. Main thread only.
+ */
+int gw_accept(int lfd, struct sockaddr *sa, socklen_t *salen, bool *refused);
+/* Take the spare descriptor now (before anything can use them all up). */
+void gw_accept_reserve(void);
+/* Connections refused for want of descriptors, since start. */
+unsigned long long gw_accept_refused_fds(void);

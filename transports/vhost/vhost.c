@@ -159,13 +159,42 @@ static int listen_unix(struct vhost_exp *x, char *err, size_t errlen)
 	return 0;
 }
 
+/* A frontend has this long to send its first message, or it is closed. */
+#define SILENT_S 10.0
+
+static struct gw_ratelimit vhost_rl = GW_RATELIMIT_DEFAULT;
+
 static void serve(struct vhost_exp *x, int fd)
 {
 	x->conn = vhost_conn_new(x, fd);
 	if (!x->conn) {
 		gw_err("vhost-user-blk %s: out of memory for a connection", x->exp->id);
 		close(fd);
+		return;
 	}
+	ev_timer_stop(EV_DEFAULT, &x->silent);
+	ev_timer_set(&x->silent, SILENT_S, 0);
+	ev_timer_start(EV_DEFAULT, &x->silent);
+}
+
+static void silent_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct vhost_exp *x = t->data;
+
+	if (x->conn && !x->conn->closing && !x->conn->spoke) {
+		gw_warn_rl(&vhost_rl,
+			   "vhost-user-blk %s: the frontend on %s sent nothing in %.0f s",
+			   x->exp->id, x->path, SILENT_S);
+		vhost_conn_close(x->conn, "frontend sent nothing");
+	}
+}
+
+static void resume_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct vhost_exp *x = t->data;
+
+	if (x->lfd >= 0)
+		ev_io_start(loop, &x->lw);
 }
 
 /*
@@ -185,14 +214,21 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 	struct vhost_exp *x = w->data;
 
 	for (;;) {
-		int fd = accept4(x->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		bool refused;
+		int fd = gw_accept(x->lfd, NULL, NULL, &refused);
 
 		if (fd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED)
+			if ((fd == -EMFILE || fd == -ENFILE) && refused)
 				continue;
-			if (errno != EAGAIN)
-				gw_warn("vhost-user-blk %s: accept on %s: %s", x->exp->id, x->path,
-					strerror(errno));
+			if (fd == -EMFILE || fd == -ENFILE) {
+				/* Not even a spare descriptor: listen again in a moment. */
+				ev_io_stop(loop, &x->lw);
+				ev_timer_set(&x->resume, 0.1, 0);
+				ev_timer_start(loop, &x->resume);
+			} else if (fd != -EAGAIN) {
+				gw_warn_rl(&vhost_rl, "vhost-user-blk %s: accept on %s: %s",
+					   x->exp->id, x->path, strerror(-fd));
+			}
 			return;
 		}
 		if (x->conn && !x->conn->closing && peer_gone(x->conn))
@@ -205,7 +241,9 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 				x->exp->id);
 			x->waiting_fd = fd;
 		} else {
-			gw_warn("vhost-user-blk %s: refusing a second frontend on %s: one is already connected (one device, one frontend)",
+			gw_warn_rl(
+				&vhost_rl,
+				"vhost-user-blk %s: refusing a second frontend on %s: one is already connected (one device, one frontend)",
 				x->exp->id, x->path);
 			close(fd);
 		}
@@ -273,6 +311,11 @@ static int vhost_start(struct gw_export *e, char *err, size_t errlen)
 	ev_io_init(&x->lw, accept_cb, x->lfd, EV_READ);
 	x->lw.data = x;
 	ev_io_start(EV_DEFAULT, &x->lw);
+	ev_timer_init(&x->silent, silent_cb, SILENT_S, 0);
+	x->silent.data = x;
+	ev_timer_init(&x->resume, resume_cb, 0.1, 0);
+	x->resume.data = x;
+	gw_accept_reserve();
 	e->tpriv = x;
 	return 0;
 }
@@ -284,6 +327,8 @@ static void vhost_stop(struct gw_export *e, void (*done)(struct gw_export *e))
 	x->stop_done = done;
 	x->stopping = true;
 	ev_io_stop(EV_DEFAULT, &x->lw);
+	ev_timer_stop(EV_DEFAULT, &x->silent);
+	ev_timer_stop(EV_DEFAULT, &x->resume);
 	close(x->lfd);
 	x->lfd = -1;
 	unlink(x->path);

@@ -462,6 +462,8 @@ static void conn_readable(struct ev_loop *loop, ev_io *w, int revents)
 
 		if (rc == 0)
 			return;
+		if (rc == 1)
+			c->spoke = true;
 		if (rc < 0) {
 			vhost_msg_close_fds(&c->msg);
 			if (rc == -EPIPE || rc == -ECONNRESET)

@@ -106,6 +106,7 @@ struct vhost_conn {
 	uint64_t features;
 	uint64_t proto;
 	bool features_set;
+	bool spoke; /* has sent a whole message */
 
 	struct vhost_vring vr[VHOST_MAX_QUEUES];
 	struct vhost_mem *mem; /* current table, or NULL */
@@ -143,6 +144,8 @@ struct vhost_exp {
 	struct vblk_dev dev;
 	struct vhost_conn *conn; /* the frontend, or NULL */
 	int waiting_fd;          /* a frontend that connected while the last one was closing */
+	ev_timer silent;         /* a frontend that sends nothing is closed (handshake limit) */
+	ev_timer resume;         /* out of descriptors: listen again after a pause */
 	bool stopping;
 	void (*stop_done)(struct gw_export *exp);
 };
