@@ -375,6 +375,7 @@ struct gw_section {
 	uint32_t workers;
 	uint32_t coalesce_us;
 	char *log_level;
+	uint64_t buffer_limit;
 };
 
 static const char *const log_levels[] = { "error", "warn", "info", "debug", NULL };
@@ -401,6 +402,12 @@ static const struct gw_opt_desc gateway_opts[] = {
 	  .max = 1000,
 	  .def = 20,
 	  .help = "microseconds a busy worker may let events gather before polling, when measuring shows it helps (default 20; 0: never)" },
+	{ .key = "buffer-limit",
+	  .type = GW_OPT_SIZE,
+	  .offset = offsetof(struct gw_section, buffer_limit),
+	  .min = 16 << 20,
+	  .def = 512 << 20,
+	  .help = "bytes of request data and unsent replies buffered for all clients together; past it, clients holding more than 1M stop being read until it drains (default 512M)" },
 	{ .key = "log-level",
 	  .type = GW_OPT_ENUM,
 	  .offset = offsetof(struct gw_section, log_level),
@@ -851,6 +858,7 @@ static void load_gateway(struct loader *L, const struct ynode *root)
 		m->gw.control_socket = NULL;
 	/* Transports derive default socket paths from it while validating. */
 	m->env.run_dir = m->gw.run_dir;
+	m->env.buffer_limit = gs.buffer_limit;
 }
 
 static void load_exports(struct loader *L, const struct ynode *root)

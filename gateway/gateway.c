@@ -130,6 +130,15 @@ static json_object *export_json(struct gw_export *e)
 	json_object_object_add(o, "device", json_object_new_string(st.device));
 	json_object_object_add(o, "state", json_object_new_string(gw_export_state_name(e->state)));
 	json_object_object_add(o, "clients", json_object_new_int((int)atomic_load(&e->clients)));
+	if (st.has_conn_counters) {
+		json_object *l = json_object_new_object();
+
+		json_object_object_add(l, "refused_max_connections", u64(st.refused_connections));
+		json_object_object_add(l, "refused_no_fds", u64(st.refused_no_fds));
+		json_object_object_add(l, "handshake_timeouts", u64(st.handshake_timeouts));
+		json_object_object_add(l, "idle_timeouts", u64(st.idle_timeouts));
+		json_object_object_add(o, "limits", l);
+	}
 	json_object_object_add(o, "notes", json_object_new_string(e->notes));
 	{
 		json_object *rj = json_object_new_array();

@@ -27,7 +27,8 @@
  * running export sees.
  */
 struct gw_transport_env {
-	const char *run_dir; /* sockets, state that survives a restart, device links */
+	const char *run_dir;   /* sockets, state that survives a restart, device links */
+	uint64_t buffer_limit; /* gateway buffer-limit: bytes buffered for all clients */
 };
 
 enum gw_listen_kind {
@@ -38,6 +39,12 @@ enum gw_listen_kind {
 struct gw_export_status {
 	char endpoint[1024]; /* how to reach it: URIs, socket paths */
 	char device[128];    /* local device node, if any ("" when none) */
+	/* Connection limits at work (docs/reliability.md), when the transport counts them. */
+	bool has_conn_counters;
+	unsigned long long refused_connections; /* max-connections reached */
+	unsigned long long refused_no_fds;      /* out of file descriptors */
+	unsigned long long handshake_timeouts;
+	unsigned long long idle_timeouts;
 };
 
 struct gw_transport_ops {

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -59,6 +60,29 @@ static const struct gw_opt_desc nbd_opts_table[] = {
 	  .max = 1000,
 	  .def = 50,
 	  .help = "a queue-depth-1 client that comes back quickly after each reply has its socket polled up to this long instead of the worker sleeping (adaptive; 0: never; default 50)" },
+	{ .key = "max-connections",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct nbd_opts, max_connections),
+	  .def = 1000,
+	  .help = "connections at once on each socket or address of this export, handshakes included; more are closed at once and counted (default 1000; 0: no limit but the descriptor limit)" },
+	{ .key = "handshake-timeout",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct nbd_opts, handshake_timeout),
+	  .max = 86400,
+	  .def = 10,
+	  .help = "seconds a client may take to negotiate before it is disconnected (default 10; 0: no limit)" },
+	{ .key = "idle-timeout",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct nbd_opts, idle_timeout),
+	  .max = 31536000,
+	  .help = "seconds a client may send no request (with none outstanding) before it is disconnected (default 0: never)" },
+	{ .key = "client-buffer",
+	  .type = GW_OPT_SIZE,
+	  .offset = offsetof(struct nbd_opts, client_buffer),
+	  .min = 1 << 20,
+	  .max = 1ull << 30,
+	  .def = 16 << 20,
+	  .help = "request data in flight plus replies not yet sent, per client, beyond which blkgw stops reading that client's requests until it drains (default 16M; one request may go beyond it)" },
 	{ .key = "attach",
 	  .type = GW_OPT_BOOL,
 	  .offset = offsetof(struct nbd_opts, attach),
@@ -173,6 +197,14 @@ static const char *nbd_conflict(const struct gw_transport_env *env, const void *
 					"export name '%s' on %s %s is already served by another export",
 					wire_name(oa, image_a),
 					ka[i][0] == 'u' ? "socket" : "address",
+					ka[i] + (ka[i][0] == 'u' ? 5 : 4));
+				return buf;
+			}
+			if (oa->max_connections != ob->max_connections ||
+			    oa->handshake_timeout != ob->handshake_timeout) {
+				snprintf(
+					buf, len,
+					"%s is shared with another export but with a different max-connections or handshake-timeout (they apply to the socket or address)",
 					ka[i] + (ka[i][0] == 'u' ? 5 : 4));
 				return buf;
 			}
@@ -335,6 +367,26 @@ static void peer_name(int fd, const struct sockaddr_storage *sa, char *buf, size
 	}
 }
 
+static struct gw_ratelimit refuse_rl = GW_RATELIMIT_DEFAULT;
+
+static void listener_watch(struct nbd_listener *l, bool on)
+{
+	for (unsigned i = 0; i < l->nfds; i++) {
+		if (on)
+			ev_io_start(EV_DEFAULT, &l->w[i]);
+		else
+			ev_io_stop(EV_DEFAULT, &l->w[i]);
+	}
+}
+
+static void resume_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct nbd_listener *l = t->data;
+
+	if (!atomic_load(&l->closed))
+		listener_watch(l, true);
+}
+
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct nbd_listener *l = w->data;
@@ -344,15 +396,44 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 		struct sockaddr_storage sa;
 		socklen_t salen = sizeof(sa);
 		char peer[NBD_PEER_LEN];
-		int fd = accept4(w->fd, (struct sockaddr *)&sa, &salen,
-				 SOCK_NONBLOCK | SOCK_CLOEXEC);
+		bool refused;
+		int fd = gw_accept(w->fd, (struct sockaddr *)&sa, &salen, &refused);
 
 		if (fd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED)
-				continue;
-			if (errno != EAGAIN)
-				gw_warn("nbd: accept on %s: %s", l->key, strerror(errno));
+			if (fd == -EMFILE || fd == -ENFILE) {
+				if (refused) {
+					atomic_fetch_add(&l->refused_fds, 1);
+					continue;
+				}
+				/* Not even the spare: stop listening a moment, no busy loop. */
+				listener_watch(l, false);
+				ev_timer_set(&l->resume, 0.1, 0);
+				ev_timer_start(EV_DEFAULT, &l->resume);
+			} else if (fd != -EAGAIN) {
+				gw_warn_rl(&refuse_rl, "nbd: accept on %s: %s", l->key,
+					   strerror(-fd));
+			}
 			return;
+		}
+		if (atomic_load(&nbd_conns_total) >= nbd_conn_budget) {
+			unsigned long long n = atomic_fetch_add(&l->refused_fds, 1) + 1;
+
+			close(fd); /* keep descriptors for the control socket and the backends */
+			gw_warn_rl(
+				&refuse_rl,
+				"nbd: %s: %u connections use the descriptors this process may open (ulimit -n): closed a new connection (%llu so far)",
+				l->key + (l->is_unix ? 5 : 4), nbd_conn_budget, n);
+			continue;
+		}
+		if (l->max_conns && atomic_load(&l->nconns) >= l->max_conns) {
+			unsigned long long n = atomic_fetch_add(&l->refused_max, 1) + 1;
+
+			close(fd); /* at once: the client sees a close, not a backlog */
+			gw_warn_rl(
+				&refuse_rl,
+				"nbd: %s: max-connections (%u) reached: closed a new connection (%llu so far)",
+				l->key + (l->is_unix ? 5 : 4), l->max_conns, n);
+			continue;
 		}
 		if (!l->is_unix) {
 			int one = 1;
@@ -362,6 +443,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 		peer_name(fd, &sa, peer, sizeof(peer));
 		wk = gw_worker_pick();
 		atomic_fetch_add(&l->refs, 1);
+		atomic_fetch_add(&l->nconns, 1);
+		atomic_fetch_add(&nbd_conns_total, 1);
 		nbd_conn_accept(wk, fd, l, peer);
 	}
 }
@@ -449,6 +532,7 @@ static void listener_close(struct nbd_listener *l)
 	struct nbd_listener **pp;
 
 	atomic_store(&l->closed, true);
+	ev_timer_stop(EV_DEFAULT, &l->resume);
 	for (unsigned i = 0; i < l->nfds; i++) {
 		ev_io_stop(EV_DEFAULT, &l->w[i]);
 		close(l->fds[i]);
@@ -466,8 +550,18 @@ static void listener_close(struct nbd_listener *l)
 	nbd_listener_put(l);
 }
 
-static struct nbd_listener *listener_open(const char *key, const struct gw_sock_perm *perm,
-					  char *err, size_t errlen)
+/* Leave 64 descriptors of RLIMIT_NOFILE to everything but NBD clients. */
+static void conn_budget(void)
+{
+	struct rlimit r;
+
+	if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur != RLIM_INFINITY)
+		nbd_conn_budget = r.rlim_cur > 128 ? (unsigned)(r.rlim_cur - 64)
+						   : (unsigned)(r.rlim_cur / 2);
+}
+
+static struct nbd_listener *listener_open(const char *key, const struct nbd_opts *o, char *err,
+					  size_t errlen)
 {
 	struct nbd_listener *l;
 	int rc;
@@ -480,7 +574,13 @@ static struct nbd_listener *listener_open(const char *key, const struct gw_sock_
 		return NULL;
 	l->key = strdup(key);
 	l->is_unix = strncmp(key, "unix:", 5) == 0;
-	l->perm = *perm;
+	l->perm = o->perm;
+	l->max_conns = o->max_connections;
+	l->hs_timeout = o->handshake_timeout;
+	ev_timer_init(&l->resume, resume_cb, 0.1, 0);
+	l->resume.data = l;
+	gw_accept_reserve();
+	conn_budget();
 	if (l->is_unix)
 		l->path = strdup(key + 5);
 	else
@@ -745,11 +845,13 @@ static int nbd_start(struct gw_export *e, char *err, size_t errlen)
 	x->o = o;
 	x->name = wire_name(o, e->image);
 	x->dev_index = -1;
+	if (e->env->buffer_limit)
+		nbd_buffer_limit = e->env->buffer_limit;
 	atomic_init(&x->conns, 0);
 	atomic_init(&x->stopping, false);
 	atomic_init(&x->done_posted, false);
 	for (unsigned i = 0; i < n; i++) {
-		struct nbd_listener *l = listener_open(keys[i], &o->perm, err, errlen);
+		struct nbd_listener *l = listener_open(keys[i], o, err, errlen);
 
 		if (!l || listener_add(l, x) < 0) {
 			if (l && !l->nexps)
@@ -805,6 +907,17 @@ static void nbd_status(struct gw_export *e, struct gw_export_status *st)
 	struct nbd_exp *x = e->tpriv;
 
 	describe_sockets(e->env, e->topts, e->image, st->endpoint, sizeof(st->endpoint));
+	if (x) {
+		st->has_conn_counters = true;
+		for (unsigned i = 0; i < x->nlis; i++) {
+			struct nbd_listener *l = x->lis[i];
+
+			st->refused_connections += atomic_load(&l->refused_max);
+			st->refused_no_fds += atomic_load(&l->refused_fds);
+			st->handshake_timeouts += atomic_load(&l->hs_timeouts);
+			st->idle_timeouts += atomic_load(&l->idle_timeouts);
+		}
+	}
 	if (x && x->dev_index >= 0)
 		snprintf(st->device, sizeof(st->device), "/dev/nbd%d", x->dev_index);
 }

@@ -24,14 +24,17 @@
 
 /* IBUF_HS fits the largest option we accept; write payloads of DIRECT_PAYLOAD
  * bytes or more are read straight into their buffer. */
-#define IBUF_HS            (NBD_OPT_HDR_SIZE + 32u * 1024 + 1024)
-#define IBUF_TX            (256u * 1024)
-#define MAX_INFLIGHT       512
-#define MAX_INFLIGHT_BYTES (96u << 20)
-#define MAX_QUEUED_BYTES   (64u << 20)
-#define MAX_IOV            128
-#define READS_PER_EVENT    16
-#define DIRECT_PAYLOAD     (64u * 1024)
+#define IBUF_HS         (NBD_OPT_HDR_SIZE + 32u * 1024 + 1024)
+#define IBUF_TX         (256u * 1024)
+#define MAX_INFLIGHT    512
+/* Unsent option replies that stop a handshake being read. */
+#define HS_OUT_CAP      (256u * 1024)
+/* Over the daemon-wide buffer limit, a client holding less than this is still read. */
+#define FAIR_FLOOR      (1u << 20)
+#define RETRY_S         0.02
+#define MAX_IOV         128
+#define READS_PER_EVENT 16
+#define DIRECT_PAYLOAD  (64u * 1024)
 
 /* Per worker: its connections, for draining. Touched only by that worker. */
 struct nbd_wlist {
@@ -41,6 +44,11 @@ struct nbd_wlist {
 static struct nbd_wlist *wlists;
 static unsigned nwlists;
 static pthread_once_t wlists_once = PTHREAD_ONCE_INIT;
+
+atomic_llong nbd_buffered;
+uint64_t nbd_buffer_limit = 512u << 20;
+atomic_uint nbd_conns_total;
+unsigned nbd_conn_budget = ~0u;
 
 /* Connection lines: one per client, but a flood of clients cannot flood the log. */
 static struct gw_ratelimit conn_rl = GW_RATELIMIT_INIT(5, 20);
@@ -201,33 +209,129 @@ static void wr_set(struct nbd_conn *c, bool on)
 		ev_io_stop(c->w->loop, &c->wio);
 }
 
+/* Bring the daemon-wide count up to date with this connection's bytes. */
+static void account(struct nbd_conn *c)
+{
+	int64_t now = (int64_t)(c->inflight_bytes + c->obytes);
+
+	if (now != c->accounted) {
+		atomic_fetch_add(&nbd_buffered, now - c->accounted);
+		c->accounted = now;
+	}
+}
+
+static bool global_pressure(const struct nbd_conn *c)
+{
+	return (uint64_t)atomic_load(&nbd_buffered) >= nbd_buffer_limit;
+}
+
 static bool over_limits(const struct nbd_conn *c)
 {
-	return c->inflight >= MAX_INFLIGHT || c->inflight_bytes >= MAX_INFLIGHT_BYTES ||
-	       c->obytes >= MAX_QUEUED_BYTES;
+	if (c->state != CS_TX)
+		return c->obytes >= HS_OUT_CAP;
+	return c->inflight >= MAX_INFLIGHT || c->inflight_bytes + c->obytes >= c->cap ||
+	       (global_pressure(c) && c->inflight_bytes + c->obytes >= FAIR_FLOOR);
+}
+
+static bool under_limits(const struct nbd_conn *c)
+{
+	if (c->state != CS_TX)
+		return c->obytes <= HS_OUT_CAP / 2;
+	return c->inflight <= MAX_INFLIGHT / 2 && c->inflight_bytes + c->obytes <= c->cap / 2 &&
+	       !(global_pressure(c) && c->inflight_bytes + c->obytes >= FAIR_FLOOR);
+}
+
+bool nbd_conn_may_take(struct nbd_conn *c, uint32_t bytes)
+{
+	uint64_t held = c->inflight_bytes + c->obytes;
+
+	/* Over the daemon-wide limit, only what keeps a client under the floor goes in. */
+	return held + bytes < FAIR_FLOOR || (uint64_t)atomic_load(&nbd_buffered) < nbd_buffer_limit;
+}
+
+void nbd_conn_wait_buffer(struct nbd_conn *c)
+{
+	account(c);
+	c->paused = true;
+	rd_set(c, false);
+	if (!ev_is_active(&c->retry))
+		ev_timer_start(c->w->loop, &c->retry);
+}
+
+void nbd_conn_wait_turn(struct nbd_conn *c)
+{
+	c->paused = true;
+	rd_set(c, false);
+	if (!ev_is_active(&c->retry))
+		ev_timer_start(c->w->loop, &c->retry);
 }
 
 void nbd_conn_pause_if_full(struct nbd_conn *c)
 {
-	if (over_limits(c)) {
-		c->paused = true;
-		rd_set(c, false);
-	}
+	account(c);
+	if (!over_limits(c))
+		return;
+	c->paused = true;
+	rd_set(c, false);
+	/* Nothing of ours will wake us when other clients drain: look again soon. */
+	if (global_pressure(c) && !ev_is_active(&c->retry))
+		ev_timer_start(c->w->loop, &c->retry);
 }
 
 /* Resume reading once below the limits (and process what is already buffered). */
 void nbd_conn_maybe_resume(struct nbd_conn *c)
 {
-	if (!c->paused || c->state != CS_TX)
+	account(c);
+	if (!global_pressure(c) && !(c->paused && c->state < CS_TX))
+		ev_timer_stop(c->w->loop, &c->retry);
+	if (!c->paused || c->state >= CS_CLOSING)
 		return;
-	if (c->inflight > MAX_INFLIGHT / 2 || c->inflight_bytes > MAX_INFLIGHT_BYTES / 2 ||
-	    c->obytes > MAX_QUEUED_BYTES / 2)
+	if (!under_limits(c)) {
+		if (global_pressure(c) && !ev_is_active(&c->retry))
+			ev_timer_start(c->w->loop, &c->retry);
 		return;
+	}
 	c->paused = false;
 	if (!c->in_process)
 		conn_process(c);
-	if (c->state == CS_TX && !c->paused)
+	if (c->state < CS_CLOSING && !c->paused)
 		rd_set(c, true);
+}
+
+static void retry_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	nbd_conn_maybe_resume(container_of(t, struct nbd_conn, retry));
+}
+
+static void tmo_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct nbd_conn *c = container_of(t, struct nbd_conn, tmo);
+	static struct gw_ratelimit rl = GW_RATELIMIT_DEFAULT;
+	ev_tstamp idle, left;
+
+	if (c->state == CS_HS_FLAGS || c->state == CS_HS_OPT) {
+		atomic_fetch_add(&c->lis->hs_timeouts, 1);
+		gw_info_rl(&rl, "nbd: %s: client %s did not finish negotiating in %u s: closing",
+			   c->lis->key + (c->lis->is_unix ? 5 : 4), c->peer, c->lis->hs_timeout);
+		nbd_conn_kill(c);
+		return;
+	}
+	if (c->state != CS_TX || !c->x)
+		return;
+	idle = c->x->o->idle_timeout;
+	left = c->last_active + idle - ev_now(loop);
+	if (c->inflight || c->obytes || c->wr || c->skip)
+		left = idle; /* busy: not idle */
+	if (left > 0.001) {
+		ev_timer_set(t, left, 0);
+		ev_timer_start(loop, t);
+		return;
+	}
+	if (c->lis)
+		atomic_fetch_add(&c->lis->idle_timeouts, 1);
+	gw_info_rl(&rl, "nbd: export '%s': client %s sent nothing for %u s: closing", c->x->name,
+		   c->peer, c->x->o->idle_timeout);
+	nbd_conn_close_gracefully(c);
 }
 
 /*
@@ -336,8 +440,12 @@ static void conn_free(struct nbd_conn *c)
 		atomic_fetch_sub(&c->exp->clients, 1);
 		nbd_exp_unbind(c->x);
 	}
-	if (c->lis)
+	atomic_fetch_sub(&nbd_buffered, c->accounted);
+	if (c->lis) {
+		atomic_fetch_sub(&c->lis->nconns, 1);
+		atomic_fetch_sub(&nbd_conns_total, 1);
 		nbd_listener_put(c->lis);
+	}
 	while (c->free_reqs) {
 		struct nbd_req *r = c->free_reqs;
 
@@ -359,9 +467,12 @@ void nbd_conn_kill(struct nbd_conn *c)
 	c->state = CS_DEAD;
 	rd_set(c, false);
 	wr_set(c, false);
+	ev_timer_stop(c->w->loop, &c->tmo);
+	ev_timer_stop(c->w->loop, &c->retry);
 	close(c->fd);
 	c->fd = -1;
 	if (c->wr) {
+		c->inflight_bytes -= c->wr->buflen;
 		nbd_req_put(c->wr);
 		c->wr = NULL;
 	}
@@ -407,6 +518,7 @@ void nbd_conn_close_gracefully(struct nbd_conn *c)
 	c->state = CS_CLOSING;
 	rd_set(c, false);
 	if (c->wr) { /* half-received write: never acknowledged, drop it */
+		c->inflight_bytes -= c->wr->buflen;
 		nbd_req_put(c->wr);
 		c->wr = NULL;
 	}
@@ -429,6 +541,9 @@ static struct nbd_conn *conn_new(struct gw_worker *w, int fd)
 		return NULL;
 	}
 	c->flush.fn = conn_flush_or_free;
+	c->cap = 16u << 20;
+	ev_timer_init(&c->tmo, tmo_cb, 0, 0);
+	ev_timer_init(&c->retry, retry_cb, RETRY_S, RETRY_S);
 	ev_io_init(&c->rio, conn_readable, fd, EV_READ);
 	ev_io_init(&c->wio, conn_writable, fd, EV_WRITE);
 	pthread_once(&wlists_once, wlists_init);
@@ -492,6 +607,8 @@ static void accept_on_worker(void *arg)
 
 	if (atomic_load(&m->l->closed) || !(c = conn_new(m->w, m->fd))) {
 		close(m->fd);
+		atomic_fetch_sub(&m->l->nconns, 1);
+		atomic_fetch_sub(&nbd_conns_total, 1);
 		nbd_listener_put(m->l);
 		gw_worker_unload(m->w);
 		free(m);
@@ -501,6 +618,10 @@ static void accept_on_worker(void *arg)
 	c->state = CS_HS_FLAGS;
 	memcpy(c->peer, m->peer, sizeof(c->peer));
 	free(m);
+	if (c->lis->hs_timeout) {
+		ev_timer_set(&c->tmo, c->lis->hs_timeout, 0);
+		ev_timer_start(c->w->loop, &c->tmo);
+	}
 	if (nbd_hs_greet(c) < 0) {
 		nbd_conn_kill(c);
 		return;
@@ -522,6 +643,8 @@ void nbd_conn_accept(struct gw_worker *w, int fd, struct nbd_listener *l, const 
 	if (!m || gw_worker_call(w, accept_on_worker, m) < 0) {
 		free(m);
 		close(fd);
+		atomic_fetch_sub(&l->nconns, 1);
+		atomic_fetch_sub(&nbd_conns_total, 1);
 		nbd_listener_put(l);
 		gw_worker_unload(w);
 	}
@@ -533,7 +656,14 @@ int nbd_conn_enter_tx(struct nbd_conn *c, struct nbd_exp *x)
 	c->exp = x->exp;
 	c->tflags = nbd_tflags(x, c->structured);
 	c->state = CS_TX;
+	c->cap = x->o->client_buffer ? x->o->client_buffer : c->cap;
 	atomic_fetch_add(&c->exp->clients, 1);
+	ev_timer_stop(c->w->loop, &c->tmo);
+	if (x->o->idle_timeout && c->lis) {
+		c->last_active = ev_now(c->w->loop);
+		ev_timer_set(&c->tmo, x->o->idle_timeout, 0);
+		ev_timer_start(c->w->loop, &c->tmo);
+	}
 	if (c->icap < IBUF_TX) {
 		uint8_t *b = malloc(IBUF_TX);
 

@@ -71,6 +71,12 @@ struct nbd_conn {
 	size_t ooff;               /* bytes of oseg[ohead] already sent */
 	size_t obytes;             /* queued bytes */
 	struct gw_deferred flush;
+	int64_t accounted; /* our share of nbd_buffered */
+	uint64_t cap;      /* client-buffer */
+
+	/* Timers: handshake or idle (tmo), waiting for the daemon-wide buffer (retry). */
+	ev_timer tmo, retry;
+	ev_tstamp last_active; /* last request (idle-timeout) */
 
 	/* Socket polling (nbd_conn.c: went_idle). */
 	uint64_t idle_since; /* ns: answered everything and went idle; 0: busy */
@@ -118,6 +124,12 @@ struct nbd_req *nbd_req_get(struct nbd_conn *c);
 void nbd_req_put(struct nbd_req *r);
 /* A pool buffer of len bytes for r (r->buf, r->iov). 0 or -ENOMEM. */
 int nbd_req_buf(struct nbd_req *r, size_t len);
+/* May a request needing bytes of buffers go in now (daemon-wide limit)? */
+bool nbd_conn_may_take(struct nbd_conn *c, uint32_t bytes);
+/* Let other clients go first: continue in 20 ms. */
+void nbd_conn_wait_turn(struct nbd_conn *c);
+/* Stop reading until the daemon-wide buffer has room (checked every 20 ms). */
+void nbd_conn_wait_buffer(struct nbd_conn *c);
 /* Stop reading while too much is in flight or queued. */
 void nbd_conn_pause_if_full(struct nbd_conn *c);
 /* Resume reading once back under the limits. */

@@ -18,9 +18,11 @@
 #include "transports/nbd/nbd_proto.h"
 
 /* Largest option data we buffer; bigger ones are discarded and refused. */
-#define NBD_OPT_MAX  (32u * 1024)
+#define NBD_OPT_MAX      (32u * 1024)
+/* Options taken in one go before other clients get a turn. */
+#define HS_OPTS_PER_TURN 32
 /* Options per connection before we give up on the client. */
-#define NBD_MAX_OPTS 4096
+#define NBD_MAX_OPTS     4096
 
 int nbd_hs_greet(struct nbd_conn *c)
 {
@@ -432,6 +434,8 @@ static int handle_option(struct nbd_conn *c, uint32_t opt, const uint8_t *d, uin
 
 int nbd_hs_process(struct nbd_conn *c)
 {
+	unsigned taken = 0;
+
 	while (c->state == CS_HS_FLAGS || c->state == CS_HS_OPT) {
 		size_t avail = c->iend - c->ipos;
 		const uint8_t *p = c->ibuf + c->ipos;
@@ -471,12 +475,24 @@ int nbd_hs_process(struct nbd_conn *c)
 		}
 		if (avail < NBD_OPT_HDR_SIZE)
 			return 0;
+		/* Replies nobody reads: stop taking options until they drain. */
+		nbd_conn_pause_if_full(c);
+		if (c->paused)
+			return 0;
+		/* A client sending options by the thousand gets its turn, not the worker. */
+		if (taken++ == HS_OPTS_PER_TURN) {
+			nbd_conn_wait_turn(c);
+			return 0;
+		}
 		if (nbd_get64(p) != NBD_IHAVEOPT) {
 			gw_debug("nbd: bad option magic: closing");
 			return -1;
 		}
 		opt = nbd_get32(p + 8);
 		len = nbd_get32(p + 12);
+		/* Counted once, when taken: not each time a piece of it arrives. */
+		if (len <= NBD_OPT_MAX && avail < NBD_OPT_HDR_SIZE + (size_t)len)
+			return 0; /* the buffer always has room for the largest option we accept */
 		if (++c->nopts > NBD_MAX_OPTS) {
 			gw_info_rl(&hs_rl, "nbd: client %s sent more than %u options: closing",
 				   c->peer, NBD_MAX_OPTS);
@@ -490,8 +506,6 @@ int nbd_hs_process(struct nbd_conn *c)
 			c->skip_opt = opt;
 			continue;
 		}
-		if (avail < NBD_OPT_HDR_SIZE + (size_t)len)
-			return 0; /* the buffer always has room for the largest option we accept */
 		c->ipos += NBD_OPT_HDR_SIZE + len;
 		rc = handle_option(c, opt, p + NBD_OPT_HDR_SIZE, len);
 		nbd_out_kick(c);

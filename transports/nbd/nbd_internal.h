@@ -31,6 +31,11 @@ struct nbd_opts {
 	char *description;
 	struct gw_sock_perm perm; /* socket-mode, socket-owner, socket-group */
 	uint32_t poll_us;         /* longest socket polling window after a reply */
+	/* Limits (docs/reliability.md). */
+	uint32_t max_connections;   /* per socket/address, handshakes included; 0: none */
+	uint32_t handshake_timeout; /* seconds to reach transmission; 0: none */
+	uint32_t idle_timeout;      /* seconds without a request before closing; 0: never */
+	uint64_t client_buffer;     /* request data in flight + unsent replies, per client */
 	/* Kernel attach (/dev/nbdN through the nbd generic-netlink family). */
 	bool attach;
 	char *device;               /* "/dev/nbdN" to use; NULL: the kernel picks */
@@ -52,7 +57,13 @@ struct nbd_listener {
 	ev_io w[NBD_MAX_LISTEN_FDS];
 	unsigned nfds;
 	atomic_uint refs;
-	atomic_bool closed;   /* no longer accepting; handshakes in progress end */
+	atomic_bool closed; /* no longer accepting; handshakes in progress end */
+	/* Limits, from the first export's options (shared listeners must agree). */
+	uint32_t max_conns, hs_timeout;
+	atomic_uint nconns; /* open connections, handshakes included */
+	ev_timer resume;    /* out of descriptors: listen again after a pause */
+	/* Counted for status. */
+	atomic_ullong refused_max, refused_fds, hs_timeouts, idle_timeouts;
 	pthread_mutex_t lock; /* guards exps */
 	struct nbd_exp **exps;
 	unsigned nexps, cap;
@@ -86,6 +97,13 @@ void nbd_listener_each(struct nbd_listener *l, void (*fn)(void *arg, struct nbd_
 void nbd_exp_unbind(struct nbd_exp *x);
 /* Transmission flags for this export. */
 uint16_t nbd_tflags(const struct nbd_exp *x, bool structured);
+
+/* Daemon-wide bytes of request data in flight and unsent replies (nbd_conn.c). */
+extern atomic_llong nbd_buffered;
+extern uint64_t nbd_buffer_limit;
+/* NBD connections open, all listeners (nbd_conn.c), and how many the descriptor limit allows. */
+extern atomic_uint nbd_conns_total;
+extern unsigned nbd_conn_budget;
 
 /* ---- nbd_conn.c ---- */
 /* Serve an accepted socket on worker w (runs on w through gw_worker_call). */

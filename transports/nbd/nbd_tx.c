@@ -235,6 +235,17 @@ static void refuse_write(struct nbd_conn *c, uint64_t cookie, uint32_t len, int 
 	c->skip_err = err;
 }
 
+/* What a request header will cost in buffers: its data (READ, WRITE), else 0. */
+static uint32_t request_bytes(const uint8_t *p)
+{
+	struct nbd_request q;
+	uint16_t cmd;
+
+	memcpy(&q, p, sizeof(q));
+	cmd = be16toh(q.type);
+	return cmd == NBD_CMD_READ || cmd == NBD_CMD_WRITE ? be32toh(q.length) : 0;
+}
+
 /* One request header at c->ibuf + c->ipos (28 bytes available). 0, or -1 to close. */
 static int tx_request(struct nbd_conn *c)
 {
@@ -253,6 +264,7 @@ static int tx_request(struct nbd_conn *c)
 	len = be32toh(q.length);
 	gw_worker_note_work(c->w, 1);
 	c->burst++;
+	c->last_active = ev_now(c->w->loop);
 	if (be32toh(q.magic) != NBD_REQUEST_MAGIC) {
 		static struct gw_ratelimit rl = GW_RATELIMIT_DEFAULT;
 
@@ -326,6 +338,7 @@ static int tx_request(struct nbd_conn *c)
 		}
 		c->wr = r;
 		c->wr_have = 0;
+		c->inflight_bytes += r->buflen; /* counted while its payload arrives */
 		return 0;
 	case NBD_CMD_FLUSH:
 		submit(r, GW_OP_FLUSH, 0);
@@ -356,6 +369,7 @@ void nbd_tx_write_ready(struct nbd_conn *c)
 	struct nbd_req *r = c->wr;
 
 	c->wr = NULL;
+	c->inflight_bytes -= r->buflen; /* submit counts it again */
 	submit(r, GW_OP_WRITE, (r->flags & NBD_CMD_FLAG_FUA) ? GW_IO_FUA : 0);
 }
 
@@ -390,6 +404,10 @@ int nbd_tx_process(struct nbd_conn *c)
 		} else {
 			if (avail < NBD_REQUEST_SIZE)
 				return 0;
+			if (!nbd_conn_may_take(c, request_bytes(c->ibuf + c->ipos))) {
+				nbd_conn_wait_buffer(c);
+				return 0;
+			}
 			if (tx_request(c) < 0)
 				return -1;
 		}
