@@ -101,6 +101,9 @@ again:
 				continue;
 			if (errno == EAGAIN) {
 				ev_io_start(EV_DEFAULT, &c->wio);
+				/* It does not read what it asked for: stop reading it too. */
+				if (c->outlen - c->outoff > CTL_MAX_OUT)
+					ev_io_stop(EV_DEFAULT, &c->rio);
 				return;
 			}
 			client_close(c);
@@ -253,8 +256,6 @@ static void client_readable(struct ev_loop *loop, ev_io *w, int revents)
 	c->inlen += (size_t)n;
 	client_lines(c);
 	client_flush(c);
-	if (c->outlen - c->outoff > CTL_MAX_OUT)
-		ev_io_stop(EV_DEFAULT, &c->rio);
 }
 
 static void client_writable(struct ev_loop *loop, ev_io *w, int revents)

@@ -26,7 +26,8 @@ def check(ok, what):
 
 
 class Daemon:
-    def __init__(self, name, extra_nbd="", gateway="", nofile=None, victim_backend=None):
+    def __init__(self, name, extra_nbd="", gateway="", nofile=None, victim_backend=None,
+                 vhost=False):
         self.dir = os.path.join(T, name)
         os.makedirs(self.dir, exist_ok=True)
         run = os.path.join(self.dir, "run")
@@ -41,10 +42,15 @@ gateway: {{ run-dir: {run}, workers: 2{gateway} }}
 images:
   victim: {vb}
   good: {{ backend: memory, size: 64M }}
+  vm: {{ backend: memory, size: 16M }}
 exports:
   - {{ image: victim, transports: [nbd], nbd: {{ socket: {self.victim_sock}{extra_nbd} }} }}
   - {{ image: good, transports: [nbd], nbd: {{ socket: {self.good_sock} }} }}
 """)
+            if vhost:
+                f.write(f"  - {{ image: vm, transports: [vhost-user-blk], "
+                        f"vhost-user-blk: {{ socket: {run}/vm.sock }} }}\n")
+        self.vhost_sock = run + "/vm.sock"
         self.log = os.path.join(self.dir, "blkgw.log")
 
         def limits():
@@ -452,9 +458,53 @@ def framing():
     d.stop()
 
 
+def control_and_vhost():
+    """The control socket: 200 silent clients, a 1 MB line, a client asking
+    10,000 times without reading. vhost-user-blk: a silent frontend, and a
+    flood of 200 connections to its socket."""
+    d = Daemon("control", vhost=True)
+    socks = []
+
+    def attack(d):
+        for _ in range(200):
+            socks.append(uconnect(d.ctl))
+        big = uconnect(d.ctl)
+        try:
+            big.sendall(b"x" * (1 << 20))
+        except OSError:
+            pass  # closed once past the line limit: what we want
+        socks.append(big)
+        greedy = uconnect(d.ctl)
+        greedy.setblocking(False)
+        try:
+            greedy.sendall(b'{"command": "status"}\n' * 10000)
+        except BlockingIOError:
+            pass
+        socks.append(greedy)
+        silent = uconnect(d.vhost_sock)  # a frontend that says nothing
+        socks.append(silent)
+        for _ in range(200):
+            socks.append(uconnect(d.vhost_sock))
+        return lambda: [s.close() for s in socks]
+    # The control socket must answer (measured() checks it) despite 200 silent clients.
+    measured("control-and-vhost", d, attack, settle=0.5, hold=3.0, rss_mb=32, cpu_s=1.0)
+    s = uconnect(d.vhost_sock)  # a silent frontend, closed after 10 s
+    s.settimeout(20)
+    t0 = time.monotonic()
+    try:
+        eof = s.recv(1) == b""
+    except OSError:
+        eof = True
+    took = time.monotonic() - t0
+    check(eof and 8 <= took <= 15, f"control-and-vhost: a silent vhost frontend is closed after {took:.1f} s")
+    n = sum(1 for l in open(d.log) if "refusing a second frontend" in l)
+    check(n <= 12, f"control-and-vhost: {n} log lines for 200 refused frontends")
+    d.stop()
+
+
 SCENARIOS = {f.__name__.replace("_", "-"): f for f in
              (unread_replies, unread_option_replies, handshake_hold, max_connections,
-              idle_timeout, fd_exhaustion, framing)}
+              idle_timeout, fd_exhaustion, framing, control_and_vhost)}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(SCENARIOS)
