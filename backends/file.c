@@ -24,6 +24,8 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/loop.h>
+#include <linux/major.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -345,9 +347,15 @@ static int file_inspect(const void *opts, struct gw_source_info *info)
 	}
 	if (S_ISBLK(st.st_mode)) {
 		int fd = open(o->path, O_RDONLY | O_CLOEXEC);
+		struct loop_info64 li;
 
 		snprintf(info->id, sizeof(info->id), "device %u:%u", major(st.st_rdev),
 			 minor(st.st_rdev));
+		/* A loop device is its backing file, which another image may name. */
+		if (fd >= 0 && major(st.st_rdev) == LOOP_MAJOR &&
+		    ioctl(fd, LOOP_GET_STATUS64, &li) == 0)
+			snprintf(info->id, sizeof(info->id), "file %llu:%llu",
+				 (unsigned long long)li.lo_device, (unsigned long long)li.lo_inode);
 		if (fd >= 0 && ioctl(fd, BLKGETSIZE64, &info->size) < 0)
 			info->size = 0;
 		if (fd >= 0)

@@ -112,7 +112,17 @@ manifest two-nodes <<YAML
   a: { backend: file, path: $dev }
   b: { backend: file, path: $T/node }
 YAML
-refused two-nodes "5:3: image 'b' is the same device as image 'a' (line 4)"
+refused two-nodes "5:3: image 'b' is the same .* as image 'a' (line 4)"
+manifest backing <<YAML
+  a: { backend: file, path: $dev }
+  b: { backend: file, path: $T/y.raw }
+YAML
+refused backing "5:3: image 'b' is the same file as image 'a' (line 4)"
+manifest other-loop <<YAML
+  a: { backend: file, path: $dev }
+  b: { backend: file, path: $T/x.raw }
+YAML
+passes other-loop
 manifest devsize <<YAML
   a: { backend: file, path: $dev, size: 32M }
 YAML
