@@ -9,6 +9,12 @@
 
 int gw_ioq_init(struct gw_ioq *q, unsigned entries, unsigned slot, bool with_eventfd)
 {
+	return gw_ioq_init_flags(q, entries, slot, with_eventfd, 0);
+}
+
+int gw_ioq_init_flags(struct gw_ioq *q, unsigned entries, unsigned slot, bool with_eventfd,
+		      unsigned setup_flags)
+{
 	struct io_uring_params p;
 	int rc;
 
@@ -17,7 +23,7 @@ int gw_ioq_init(struct gw_ioq *q, unsigned entries, unsigned slot, bool with_eve
 	q->slot = slot;
 	memset(&p, 0, sizeof(p));
 	/* A completion queue four times the SQ, so bursts never overflow it. */
-	p.flags = IORING_SETUP_CQSIZE;
+	p.flags = IORING_SETUP_CQSIZE | setup_flags;
 	p.cq_entries = entries * 4;
 	rc = io_uring_queue_init_params(entries, &q->ring, &p);
 	if (rc < 0)

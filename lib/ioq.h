@@ -28,6 +28,9 @@ struct gw_ioq {
 
 /* entries: SQ size; with_eventfd: register an eventfd for an event loop to watch. */
 int gw_ioq_init(struct gw_ioq *q, unsigned entries, unsigned slot, bool with_eventfd);
+/* The same with extra IORING_SETUP_* flags (IORING_SETUP_SQE128 for uring commands). */
+int gw_ioq_init_flags(struct gw_ioq *q, unsigned entries, unsigned slot, bool with_eventfd,
+		      unsigned setup_flags);
 void gw_ioq_exit(struct gw_ioq *q);
 
 /*

@@ -59,3 +59,41 @@
 #define UBLK_U_CMD_GET_FEATURES _IOR('u', UBLK_CMD_GET_FEATURES, struct ublksrv_ctrl_cmd)
 #endif
 #endif /* USER_BLK_DRV_CMD_INC_H */
+/*
+ * Linux 6.14 (FUSE protocol 7.42): FUSE over io_uring, <linux/fuse.h>.
+ * INIT flag, the per-entry header buffer and the SQE128 command.
+ */
+#ifndef FUSE_OVER_IO_URING
+#define FUSE_OVER_IO_URING (1ULL << 41)
+#endif
+#ifndef FUSE_URING_IN_OUT_HEADER_SZ
+#define FUSE_URING_IN_OUT_HEADER_SZ 128
+#define FUSE_URING_OP_IN_OUT_SZ     128
+
+struct fuse_uring_ent_in_out {
+	uint64_t flags;
+	uint64_t commit_id; /* echoed in fuse_uring_cmd_req.commit_id */
+	uint32_t payload_sz;
+	uint32_t padding;
+	uint64_t reserved;
+};
+
+struct fuse_uring_req_header {
+	char in_out[FUSE_URING_IN_OUT_HEADER_SZ]; /* fuse_in_header / fuse_out_header */
+	char op_in[FUSE_URING_OP_IN_OUT_SZ];      /* the op's first argument */
+	struct fuse_uring_ent_in_out ring_ent_in_out;
+};
+
+enum fuse_uring_cmd {
+	FUSE_IO_URING_CMD_INVALID = 0,
+	FUSE_IO_URING_CMD_REGISTER = 1,
+	FUSE_IO_URING_CMD_COMMIT_AND_FETCH = 2,
+};
+
+struct fuse_uring_cmd_req {
+	uint64_t flags;
+	uint64_t commit_id;
+	uint16_t qid;
+	uint8_t padding[6];
+};
+#endif

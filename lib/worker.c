@@ -240,7 +240,11 @@ static int worker_init(struct gw_worker *w, unsigned id, char *err, size_t errle
 		gw_seterr(err, errlen, "cannot create an event loop for %s", w->name);
 		return -ENOMEM;
 	}
-	rc = gw_ioq_init(&w->ioq, GW_WORKER_RING, id, true);
+	/* 128-byte SQEs where the kernel has them (5.19): uring commands such as
+	 * FUSE over io_uring's need them; fall back to plain SQEs. */
+	rc = gw_ioq_init_flags(&w->ioq, GW_WORKER_RING, id, true, IORING_SETUP_SQE128);
+	if (rc == -EINVAL)
+		rc = gw_ioq_init(&w->ioq, GW_WORKER_RING, id, true);
 	if (rc < 0) {
 		gw_seterr(err, errlen, "cannot create an io_uring for %s: %s%s", w->name,
 			  strerror(-rc),

@@ -73,6 +73,13 @@ fio --name=big --filename="$file" --ioengine=libaio --direct=1 --iodepth=8 --rw=
   --offset=40M --size=16M --verify=crc32c --do_verify=1 --verify_fatal=1 --output="$T/fio.out" ||
   { cat "$T/fio.out"; fail "fio 1 MiB writes"; }
 qemu-img compare -f raw -F raw "$file" "$T/img.raw" || fail "after fio, FUSE file differs from the image"
+"$BLKGW" status | grep -F "$file" >"$T/st"
+ring=$(sed -n 's/.*requests: \([0-9]*\) over io_uring.*/\1/p' "$T/st")
+if [ "$mode" = uring ]; then
+  [ "${ring:-0}" -gt 1000 ] || fail "only ${ring:-0} requests went over io_uring: $(cat "$T/st")"
+else
+  [ "${ring:-0}" = 0 ] || fail "read loop mode, yet requests over io_uring: $(cat "$T/st")"
+fi
 
 echo "== punch hole and zero range"
 dd if=/dev/urandom of="$file" bs=1M count=4 seek=8 conv=notrunc,fsync status=none

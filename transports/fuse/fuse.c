@@ -118,10 +118,15 @@ static int fuse_probe(const struct gw_transport_env *env, const void *opts, char
 		return -EPERM;
 	}
 	if (o->io_uring && strcmp(o->io_uring, "on") == 0) {
-		gw_seterr(
-			why, len,
-			"io-uring: on is not supported by this build yet; use io-uring: auto or off (the read loop)");
-		return -EOPNOTSUPP;
+		int rc = fuse_uring_available(why, len);
+
+		if (rc < 0) {
+			size_t n = strlen(why);
+
+			snprintf(why + n, len - n,
+				 "; io-uring: auto or off serves with the read loop");
+			return rc;
+		}
 	}
 	if (stat(o->path, &st) < 0) {
 		if (errno == ENOTCONN)
@@ -247,6 +252,20 @@ static int read_init(struct fuse_exp *x, char *err, size_t errlen)
 	want = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_ASYNC_DIO | FUSE_MAX_PAGES | FUSE_INIT_EXT |
 	       FUSE_PARALLEL_DIROPS;
 	want &= have;
+	if (x->mode == FUSE_MODE_URING) {
+		if (have & FUSE_OVER_IO_URING) {
+			want |= FUSE_OVER_IO_URING;
+		} else {
+			x->mode = FUSE_MODE_READ;
+			snprintf(x->why_read, sizeof(x->why_read),
+				 "the kernel did not offer FUSE_OVER_IO_URING in FUSE_INIT");
+			if (x->o->io_uring && strcmp(x->o->io_uring, "on") == 0) {
+				gw_seterr(err, errlen, "io-uring: on, but %s", x->why_read);
+				free(buf);
+				return -EOPNOTSUPP;
+			}
+		}
+	}
 	memset(&out, 0, sizeof(out));
 	out.major = 7;
 	out.minor = GW_MIN(ii->minor, FUSE_OUR_MINOR);
@@ -357,6 +376,11 @@ static int fuse_start(struct gw_export *e, char *err, size_t errlen)
 		free(x);
 		return -ENOMEM;
 	}
+	if (o->io_uring && strcmp(o->io_uring, "off") == 0)
+		snprintf(x->why_read, sizeof(x->why_read), "io-uring: off");
+	else if (fuse_uring_available(x->why_read, sizeof(x->why_read)) == 0)
+		x->mode = FUSE_MODE_URING;
+	x->depth = 32;
 	rc = prepare_path(x, &st, err, errlen);
 	if (rc == 0)
 		rc = do_mount(x, &st, err, errlen);
@@ -364,6 +388,8 @@ static int fuse_start(struct gw_export *e, char *err, size_t errlen)
 		rc = read_init(x, err, errlen);
 	if (rc == 0)
 		rc = fuse_dev_start(x, err, errlen);
+	if (rc == 0 && x->mode == FUSE_MODE_URING)
+		rc = fuse_uring_start(x, err, errlen);
 	if (rc < 0) {
 		/* No queue runs yet: detach without writing back (nothing is cached). */
 		if (x->mounted)
@@ -372,7 +398,12 @@ static int fuse_start(struct gw_export *e, char *err, size_t errlen)
 		return rc;
 	}
 	e->tpriv = x;
-	gw_info("fuse %s: %s mounted (read loop, %u queues)", e->id, x->path, x->nq);
+	if (x->mode == FUSE_MODE_URING)
+		gw_info("fuse %s: %s mounted (io_uring, %u queues on %u workers)", e->id, x->path,
+			x->kernel_queues, x->nq);
+	else
+		gw_info("fuse %s: %s mounted (read loop, %u queues: %s)", e->id, x->path, x->nq,
+			x->why_read);
 	return 0;
 }
 
@@ -411,9 +442,28 @@ static void fuse_status(struct gw_export *e, struct gw_export_status *st)
 {
 	struct fuse_exp *x = e->tpriv;
 
-	snprintf(st->endpoint, sizeof(st->endpoint), "%s (%s, %u queues)", x->path,
-		 x->mode == FUSE_MODE_URING ? "io_uring" : "read loop",
-		 x->mode == FUSE_MODE_URING ? x->kernel_queues : x->nq);
+	int failed = __atomic_load_n(&x->uring_failed, __ATOMIC_RELAXED);
+	uint64_t ring = 0, dev = 0;
+	uint64_t kicks = 0;
+
+	for (unsigned i = 0; i < x->nq; i++) {
+		ring += __atomic_load_n(&x->qs[i].ring_reqs, __ATOMIC_RELAXED);
+		dev += __atomic_load_n(&x->qs[i].dev_reqs, __ATOMIC_RELAXED);
+		kicks += __atomic_load_n(&x->qs[i].kicks, __ATOMIC_RELAXED);
+	}
+
+	if (x->mode == FUSE_MODE_URING && failed)
+		snprintf(st->endpoint, sizeof(st->endpoint),
+			 "%s (read loop, %u queues: the kernel refused io_uring entries: %s)",
+			 x->path, x->nq, strerror(failed));
+	else
+		snprintf(
+			st->endpoint, sizeof(st->endpoint),
+			"%s (%s, %u queues; requests: %llu over io_uring, %llu read; %llu late wake-ups)",
+			x->path, x->mode == FUSE_MODE_URING ? "io_uring" : "read loop",
+			x->mode == FUSE_MODE_URING ? x->kernel_queues : x->nq,
+			(unsigned long long)ring, (unsigned long long)dev,
+			(unsigned long long)kicks);
 }
 
 const struct gw_transport_ops gw_fuse_transport = {

@@ -32,14 +32,19 @@ void fuse_req_done(struct fuse_req *r)
 	/* A queue that ran out of slots watches its fd again. */
 	if (q->x->mode == FUSE_MODE_READ && !q->stopping && !q->eof && !ev_is_active(&q->watcher))
 		ev_io_start(q->w->loop, &q->watcher);
-	if (q->stopping && q->inflight == 0 && !q->dead) {
+	fuse_queue_check_gone(q);
+}
+
+void fuse_queue_check_gone(struct fuse_queue *q)
+{
+	if (q->stopping && q->inflight == 0 && q->armed == 0 && q->busy == 0 && !q->dead) {
 		q->dead = true;
 		fuse_queue_gone(q);
 	}
 }
 
-static void dev_reply(struct fuse_req *r, int err, const void *arg, size_t arglen, const void *data,
-		      size_t datalen)
+void fuse_dev_reply(struct fuse_req *r, int err, const void *arg, size_t arglen, const void *data,
+		    size_t datalen)
 {
 	struct fuse_queue *q = r->q;
 	struct fuse_out_header oh = { .unique = r->unique, .error = -err };
@@ -118,6 +123,7 @@ static void readable_cb(struct ev_loop *loop, ev_io *w, int revents)
 		}
 		q->free = r->next;
 		q->inflight++;
+		__atomic_store_n(&q->dev_reqs, q->dev_reqs + 1, __ATOMIC_RELAXED);
 		handle(r, (size_t)n);
 	}
 	/* Out of slots: stop watching until a reply frees one. */
@@ -140,10 +146,7 @@ static void stop_on_worker(void *arg)
 
 	q->stopping = true;
 	ev_io_stop(q->w->loop, &q->watcher);
-	if (q->inflight == 0 && !q->dead) {
-		q->dead = true;
-		fuse_queue_gone(q);
-	}
+	fuse_queue_check_gone(q);
 }
 
 static int queue_alloc(struct fuse_exp *x, struct fuse_queue *q, unsigned depth)
@@ -172,6 +175,12 @@ void fuse_queue_free(struct fuse_queue *q)
 	}
 	free(q->all);
 	q->all = NULL;
+	for (unsigned i = 0; q->ents && i < q->nent; i++) {
+		free(q->ents[i].data);
+		free(q->ents[i].uhdr);
+	}
+	free(q->ents);
+	q->ents = NULL;
 	if (q->fd >= 0)
 		close(q->fd);
 	q->fd = -1;
@@ -192,7 +201,6 @@ int fuse_dev_start(struct fuse_exp *x, char *err, size_t errlen)
 
 		q->x = x;
 		q->id = i;
-		q->reply = dev_reply;
 		q->fd = open("/dev/fuse", O_RDWR | O_NONBLOCK | O_CLOEXEC);
 		if (q->fd < 0 || ioctl(q->fd, FUSE_DEV_IOC_CLONE, &master) < 0) {
 			rc = -errno;
@@ -200,7 +208,9 @@ int fuse_dev_start(struct fuse_exp *x, char *err, size_t errlen)
 				  strerror(errno));
 			return rc;
 		}
-		rc = queue_alloc(x, q, QUEUE_DEPTH);
+		/* With io_uring the fd carries only FORGET, INTERRUPT and what comes
+		 * before every queue is registered: a few slots do. */
+		rc = queue_alloc(x, q, x->mode == FUSE_MODE_URING ? 4 : QUEUE_DEPTH);
 		if (rc < 0) {
 			gw_seterr(err, errlen, "out of memory for request buffers");
 			return rc;

@@ -47,9 +47,16 @@ struct fuse_queue {
 	bool stopping, dead, eof;
 	void (*reply)(struct fuse_req *r, int err, const void *arg, size_t arglen, const void *data,
 		      size_t datalen);
-	/* io_uring mode */
-	unsigned qid_first, qid_count; /* the kernel queues (CPUs) this worker serves */
-	unsigned armed;                /* entries waiting in the kernel for a request */
+	/* io_uring mode: ring entries of the kernel queues this worker serves */
+	struct fuse_req *ents;
+	unsigned nent;
+	unsigned armed;               /* entries in the kernel (waiting for a request) */
+	unsigned busy;                /* entries holding a request here */
+	ev_timer kick;                /* io_uring: the lost wake-up safety net, see fuse_uring.c */
+	uint64_t kick_seen;           /* ring_reqs at the last tick */
+	ev_tstamp kick_busy;          /* when the last tick saw new requests */
+	uint64_t kicks;               /* ticks that found completions waiting (status) */
+	uint64_t ring_reqs, dev_reqs; /* requests taken from the ring / read from the fd (status) */
 };
 
 /* One request slot: its buffers and the backend request in flight. */
@@ -72,9 +79,9 @@ struct fuse_req {
 	uint8_t *data;    /* page-aligned, FUSE_DATA_BUF bytes */
 	/* io_uring mode */
 	struct fuse_uring_req_header *uhdr;
+	struct iovec uiov[2]; /* REGISTER: header buffer, payload buffer (= data) */
 	struct gw_uring_cb ucb;
 	unsigned qid;
-	bool armed;
 };
 
 struct fuse_exp {
@@ -95,8 +102,23 @@ struct fuse_exp {
 	void (*stop_done)(struct gw_export *e);
 	bool stopping;
 	bool warned_truncate;
-	char why_read[160]; /* io-uring auto: why the read loop serves */
+	char why_read[200]; /* io-uring auto: why the read loop serves */
+	int uring_failed;   /* errno the kernel refused a ring entry with (atomic) */
 };
+
+/* Answer r: an error (arg and data ignored), or arg then data as the reply. */
+void fuse_dev_reply(struct fuse_req *r, int err, const void *arg, size_t arglen, const void *data,
+		    size_t datalen);
+void fuse_uring_reply(struct fuse_req *r, int err, const void *arg, size_t arglen, const void *data,
+		      size_t datalen);
+static inline void fuse_reply(struct fuse_req *r, int err, const void *arg, size_t arglen,
+			      const void *data, size_t datalen)
+{
+	if (r->uhdr)
+		fuse_uring_reply(r, err, arg, arglen, data, datalen);
+	else
+		fuse_dev_reply(r, err, arg, arglen, data, datalen);
+}
 
 /* fuse_ops.c: decode one request and answer it (now or when the backend completes). */
 void fuse_dispatch(struct fuse_req *r, const struct fuse_in_header *in, const void *arg,
@@ -108,7 +130,10 @@ void fuse_req_done(struct fuse_req *r);
 /* fuse_dev.c: the read loop on cloned fds. */
 int fuse_dev_start(struct fuse_exp *x, char *err, size_t errlen);
 /* fuse_uring.c: FUSE over io_uring. */
+int fuse_uring_available(char *why, size_t len);
 int fuse_uring_start(struct fuse_exp *x, char *err, size_t errlen);
+/* Any queue: gone once nothing is in flight and no entry is in the kernel. */
+void fuse_queue_check_gone(struct fuse_queue *q);
 /* Both: stop every queue, then call fuse_queues_gone(x) on the main thread. */
 void fuse_queues_stop(struct fuse_exp *x);
 void fuse_queue_gone(struct fuse_queue *fq); /* any worker: this queue is finished */

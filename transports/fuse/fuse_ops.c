@@ -27,7 +27,7 @@
 
 static void reply_err(struct fuse_req *r, int err)
 {
-	r->q->reply(r, err, NULL, 0, NULL, 0);
+	fuse_reply(r, err, NULL, 0, NULL, 0);
 }
 
 /* Allocated bytes from the backend's extents (so du tells the truth). */
@@ -71,7 +71,7 @@ static void reply_attr(struct fuse_req *r)
 	struct fuse_attr_out out = { .attr_valid = ATTR_VALID_S };
 
 	fuse_fill_attr(r->q->x, &r->q->w->ioq, &out.attr);
-	r->q->reply(r, 0, &out, sizeof(out), NULL, 0);
+	fuse_reply(r, 0, &out, sizeof(out), NULL, 0);
 }
 
 static void setattr(struct fuse_req *r, const struct fuse_setattr_in *in)
@@ -120,7 +120,7 @@ static void io_done(struct gw_io *io)
 
 		if (io->rflags & GW_IO_R_HOLE)
 			memset(d + r->skip, 0, r->want);
-		r->q->reply(r, 0, NULL, 0, d + r->skip, r->want);
+		fuse_reply(r, 0, NULL, 0, d + r->skip, r->want);
 		return;
 	}
 	case FUSE_WRITE: {
@@ -144,7 +144,7 @@ static void io_done(struct gw_io *io)
 		free(r->bounce);
 		r->bounce = NULL;
 
-		r->q->reply(r, 0, &out, sizeof(out), NULL, 0);
+		fuse_reply(r, 0, &out, sizeof(out), NULL, 0);
 		return;
 	}
 	default:
@@ -160,7 +160,7 @@ static void do_read(struct fuse_req *r, const struct fuse_read_in *in, void *buf
 	uint64_t off = in->offset, end, a0, a1;
 
 	if (off >= size || in->size == 0) {
-		r->q->reply(r, 0, NULL, 0, NULL, 0);
+		fuse_reply(r, 0, NULL, 0, NULL, 0);
 		return;
 	}
 	end = GW_MIN(off + in->size, size);
@@ -280,7 +280,7 @@ static void do_lseek(struct fuse_req *r, const struct fuse_lseek_in *in)
 	}
 	if (!(e->caps & GW_CAP_EXTENTS)) {
 		out.offset = want_data ? off : e->size;
-		r->q->reply(r, 0, &out, sizeof(out), NULL, 0);
+		fuse_reply(r, 0, &out, sizeof(out), NULL, 0);
 		return;
 	}
 	/* Walk from the block holding off; zero-reading runs count as holes. */
@@ -297,7 +297,7 @@ static void do_lseek(struct fuse_req *r, const struct fuse_lseek_in *in)
 
 			if (hole != want_data) {
 				out.offset = GW_MAX(pos, off);
-				r->q->reply(r, 0, &out, sizeof(out), NULL, 0);
+				fuse_reply(r, 0, &out, sizeof(out), NULL, 0);
 				return;
 			}
 			pos += v[i].len;
@@ -310,7 +310,7 @@ static void do_lseek(struct fuse_req *r, const struct fuse_lseek_in *in)
 		return;
 	}
 	out.offset = e->size; /* the implicit hole at the end */
-	r->q->reply(r, 0, &out, sizeof(out), NULL, 0);
+	fuse_reply(r, 0, &out, sizeof(out), NULL, 0);
 }
 
 static void do_statfs(struct fuse_req *r)
@@ -325,7 +325,7 @@ static void do_statfs(struct fuse_req *r)
 	out.st.blocks = (x->exp->size + bs - 1) / bs;
 	out.st.files = 1;
 	out.st.namelen = 255;
-	r->q->reply(r, 0, &out, sizeof(out), NULL, 0);
+	fuse_reply(r, 0, &out, sizeof(out), NULL, 0);
 }
 
 static void do_open(struct fuse_req *r, const struct fuse_open_in *in)
@@ -336,7 +336,7 @@ static void do_open(struct fuse_req *r, const struct fuse_open_in *in)
 		reply_err(r, EROFS);
 		return;
 	}
-	r->q->reply(r, 0, &out, sizeof(out), NULL, 0);
+	fuse_reply(r, 0, &out, sizeof(out), NULL, 0);
 }
 
 static void do_flush(struct fuse_req *r)
@@ -362,7 +362,11 @@ void fuse_dispatch(struct fuse_req *r, const struct fuse_in_header *in, const vo
 	case FUSE_FORGET:
 	case FUSE_BATCH_FORGET:
 	case FUSE_INTERRUPT: /* every request is answered soon anyway */
-		fuse_req_done(r);
+		if (r->uhdr)
+			reply_err(r, ENOSYS); /* never sent over io_uring; keeps the entry cycling
+					       */
+		else
+			fuse_req_done(r);
 		return;
 	case FUSE_GETATTR:
 		reply_attr(r);

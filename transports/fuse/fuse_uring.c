@@ -1,0 +1,248 @@
+/*
+ * FUSE over io_uring (Linux 6.14+, enable_uring): the kernel keeps one
+ * request queue per possible CPU and hands requests to ring entries that
+ * the daemon registered with IORING_OP_URING_CMD on /dev/fuse. Each entry
+ * is a header buffer (struct fuse_uring_req_header) and a payload buffer;
+ * its SQE completes when a request has been written into them, and the
+ * reply goes back in the same buffers with a COMMIT_AND_FETCH SQE, which
+ * also waits for the next request. No read(), no write(): one SQE per
+ * request, on the same ring as the backend's I/O (the worker's).
+ *
+ * Kernel queues are spread over the workers (queue i on worker i % N); a
+ * request is queued on the CPU its client runs on. The read loop keeps
+ * running beside (fuse_dev.c): the kernel still sends FORGET and INTERRUPT
+ * through /dev/fuse, and every request until all queues are registered.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lib/log.h"
+#include "lib/util.h"
+#include "transports/fuse/fuse_internal.h"
+
+static void arm(struct fuse_req *r, uint32_t cmd_op, uint64_t commit_id);
+
+void fuse_uring_reply(struct fuse_req *r, int err, const void *arg, size_t arglen, const void *data,
+		      size_t datalen)
+{
+	struct fuse_out_header *oh = (void *)r->uhdr->in_out;
+
+	if (err)
+		arglen = datalen = 0;
+	if (arglen)
+		memcpy(r->data, arg, arglen);
+	if (datalen && (const uint8_t *)data != r->data + arglen)
+		memmove(r->data + arglen, data, datalen);
+	memset(oh, 0, sizeof(*oh));
+	oh->unique = r->unique;
+	oh->error = -err;
+	oh->len = (uint32_t)(sizeof(*oh) + arglen + datalen);
+	r->uhdr->ring_ent_in_out.payload_sz = (uint32_t)(arglen + datalen);
+	r->q->busy--;
+	arm(r, FUSE_IO_URING_CMD_COMMIT_AND_FETCH, r->uhdr->ring_ent_in_out.commit_id);
+}
+
+static void entry_gone(struct fuse_req *r, int res)
+{
+	struct fuse_queue *q = r->q;
+
+	if (q->armed == 0 && ev_is_active(&q->kick))
+		ev_timer_stop(q->w->loop, &q->kick);
+	/* ENOTCONN, ECANCELED: the connection or the ring is going away. */
+	if (res != -ENOTCONN && res != -ECANCELED && !q->stopping)
+		gw_warn("fuse %s: io_uring queue %u: %s", q->x->exp->id, r->qid, strerror(-res));
+	if (res == -EOPNOTSUPP || res == -EINVAL)
+		__atomic_store_n(&q->x->uring_failed, -res, __ATOMIC_RELAXED);
+	fuse_queue_check_gone(q);
+}
+
+static void cqe_cb(struct gw_uring_cb *cb, int res)
+{
+	struct fuse_req *r = container_of(cb, struct fuse_req, ucb);
+	struct fuse_uring_req_header *h = r->uhdr;
+	const struct fuse_in_header *in = (const void *)h->in_out;
+	uint32_t paylen = h->ring_ent_in_out.payload_sz;
+
+	r->q->armed--;
+	if (res < 0) {
+		entry_gone(r, res);
+		return;
+	}
+	r->q->busy++;
+	__atomic_store_n(&r->q->ring_reqs, r->q->ring_reqs + 1, __ATOMIC_RELAXED);
+	if (paylen > r->q->x->data_buf)
+		paylen = (uint32_t)r->q->x->data_buf;
+	fuse_dispatch(r, in, h->op_in, sizeof(h->op_in), r->data, paylen);
+}
+
+static void arm(struct fuse_req *r, uint32_t cmd_op, uint64_t commit_id)
+{
+	struct fuse_queue *q = r->q;
+	struct io_uring_sqe *sqe = gw_ioq_sqe(&q->w->ioq, &r->ucb);
+	struct fuse_uring_cmd_req *cmd = (void *)sqe->cmd;
+
+	q->armed++;
+	memset(sqe->cmd, 0, 80); /* the command area of a 128-byte SQE */
+	sqe->opcode = IORING_OP_URING_CMD;
+	sqe->fd = q->fd;
+	sqe->cmd_op = cmd_op;
+	cmd->qid = (uint16_t)r->qid;
+	cmd->commit_id = commit_id;
+	if (cmd_op == FUSE_IO_URING_CMD_REGISTER) {
+		sqe->addr = (uint64_t)(uintptr_t)r->uiov;
+		sqe->len = 2;
+	}
+}
+
+/*
+ * A safety net for a lost wake-up: under load on Linux 6.18 a fuse ring
+ * entry's completion was seen sitting in the CQ (or its task work pending)
+ * while the worker slept in epoll, its eventfd not signalled, until some
+ * other event woke it; the client then waited for ever. Not root-caused
+ * (docs/transports/fuse.md). While requests flow, the worker looks at its
+ * CQ every millisecond; idle, every 50 ms. Any syscall runs pending task
+ * work, so the check makes one (getppid) before looking again.
+ */
+static void kick_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct fuse_queue *q = t->data;
+	struct gw_ioq *io = &q->w->ioq;
+	ev_tstamp now = ev_now(loop);
+
+	(void)revents;
+	if (q->ring_reqs != q->kick_seen) {
+		q->kick_seen = q->ring_reqs;
+		q->kick_busy = now;
+	}
+	if (!io_uring_cq_ready(&io->ring))
+		(void)getppid();
+	if (io_uring_cq_ready(&io->ring)) {
+		__atomic_store_n(&q->kicks, q->kicks + 1, __ATOMIC_RELAXED);
+		gw_ioq_reap(io);
+	}
+	t->repeat = now - q->kick_busy < 0.1 ? 0.001 : 0.05;
+	ev_timer_again(loop, t);
+}
+
+static void register_on_worker(void *arg)
+{
+	struct fuse_queue *q = arg;
+
+	ev_timer_init(&q->kick, kick_cb, 0.001, 0.001);
+	q->kick.data = q;
+	ev_timer_start(q->w->loop, &q->kick);
+
+	for (unsigned i = 0; i < q->nent; i++)
+		arm(&q->ents[i], FUSE_IO_URING_CMD_REGISTER, 0);
+	gw_ioq_submit(&q->w->ioq);
+}
+
+/* The possible CPUs: the kernel makes one queue for each. */
+static unsigned possible_cpus(void)
+{
+	FILE *f = fopen("/sys/devices/system/cpu/possible", "r");
+	unsigned a = 0, b = 0, n = 0;
+	int c;
+
+	if (!f)
+		return 0;
+	while (fscanf(f, "%u", &a) == 1) {
+		b = a;
+		c = fgetc(f);
+		if (c == '-') {
+			if (fscanf(f, "%u", &b) != 1)
+				break;
+			c = fgetc(f);
+		}
+		n = GW_MAX(n, b + 1);
+		if (c != ',')
+			break;
+	}
+	fclose(f);
+	return n;
+}
+
+int fuse_uring_available(char *why, size_t len)
+{
+	static const char *p = "/sys/module/fuse/parameters/enable_uring";
+	char v = 0;
+	FILE *f = fopen(p, "r");
+
+	if (!f) {
+		gw_seterr(why, len, "this kernel has no FUSE over io_uring (Linux 6.14+ has %s)",
+			  p);
+		return -EOPNOTSUPP;
+	}
+	if (fread(&v, 1, 1, f) != 1)
+		v = 0;
+	fclose(f);
+	if (v != 'Y') {
+		gw_seterr(
+			why, len,
+			"FUSE over io_uring is off in this kernel: echo Y > %s (or boot with fuse.enable_uring=1)",
+			p);
+		return -EOPNOTSUPP;
+	}
+	for (unsigned i = 0; i < gw_workers_count(); i++) {
+		struct gw_worker *w = gw_worker_get(i);
+
+		if (w && !(w->ioq.ring.flags & IORING_SETUP_SQE128)) {
+			gw_seterr(
+				why, len,
+				"the workers' io_uring has no 128-byte SQEs (kernel before 5.19)");
+			return -EOPNOTSUPP;
+		}
+	}
+	return 0;
+}
+
+/*
+ * After INIT accepted io_uring: allocate every kernel queue's entries and
+ * register them on their workers. The read loop (fuse_dev_start) must
+ * already run: x->qs are its queues, one per worker at least.
+ */
+int fuse_uring_start(struct fuse_exp *x, char *err, size_t errlen)
+{
+	unsigned ncpu = possible_cpus(), nw = x->nq;
+
+	if (ncpu == 0 || ncpu > 4096) {
+		gw_seterr(err, errlen, "cannot read /sys/devices/system/cpu/possible");
+		return -EIO;
+	}
+	x->kernel_queues = ncpu;
+	for (unsigned qi = 0; qi < nw; qi++) {
+		struct fuse_queue *q = &x->qs[qi];
+		unsigned mine = 0;
+
+		for (unsigned c = qi; c < ncpu; c += nw)
+			mine++;
+		if (!mine)
+			continue;
+		q->nent = mine * x->depth;
+		q->ents = calloc(q->nent, sizeof(*q->ents));
+		if (!q->ents)
+			return -ENOMEM;
+		for (unsigned i = 0; i < q->nent; i++) {
+			struct fuse_req *r = &q->ents[i];
+
+			r->q = q;
+			r->qid = qi + nw * (i / x->depth);
+			r->ucb.fn = cqe_cb;
+			if (posix_memalign((void **)&r->uhdr, 64, sizeof(*r->uhdr)) ||
+			    posix_memalign((void **)&r->data, 4096, x->data_buf)) {
+				gw_seterr(err, errlen, "out of memory for io_uring entries");
+				return -ENOMEM;
+			}
+			memset(r->uhdr, 0, sizeof(*r->uhdr));
+			r->uiov[0] = (struct iovec){ r->uhdr, sizeof(*r->uhdr) };
+			r->uiov[1] = (struct iovec){ r->data, x->data_buf };
+		}
+	}
+	for (unsigned qi = 0; qi < nw; qi++)
+		if (x->qs[qi].nent)
+			gw_worker_call(x->qs[qi].w, register_on_worker, &x->qs[qi]);
+	return 0;
+}
