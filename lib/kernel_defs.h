@@ -59,8 +59,11 @@
 #define UBLK_U_CMD_GET_FEATURES _IOR('u', UBLK_CMD_GET_FEATURES, struct ublksrv_ctrl_cmd)
 #endif
 #endif /* USER_BLK_DRV_CMD_INC_H */
+
+/* ---- FUSE (<linux/fuse.h>); include it first ---- */
+#ifdef _LINUX_FUSE_H
 /*
- * Linux 6.14 (FUSE protocol 7.42): FUSE over io_uring, <linux/fuse.h>.
+ * Linux 6.14 (FUSE protocol 7.42): FUSE over io_uring.
  * INIT flag, the per-entry header buffer and the SQE128 command.
  */
 #ifndef FUSE_OVER_IO_URING
@@ -97,3 +100,4 @@ struct fuse_uring_cmd_req {
 	uint8_t padding[6];
 };
 #endif
+#endif /* _LINUX_FUSE_H */
