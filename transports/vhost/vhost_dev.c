@@ -21,6 +21,10 @@
 #include "lib/util.h"
 #include "transports/vhost/vhost_internal.h"
 
+/* Lines a frontend can cause, rate-limited (docs/reliability.md). */
+static struct gw_ratelimit refused_rl = GW_RATELIMIT_DEFAULT;
+static struct gw_ratelimit conn_rl = GW_RATELIMIT_INIT(5, 20);
+
 enum {
 	VAR = 0xffff
 };
@@ -83,7 +87,7 @@ int vhost_refuse(struct vhost_conn *c, int rc, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	gw_warn("%s: %s refused: %s", c->name, vhost_req_name(c->msg.request), msg);
+	gw_warn_rl(&refused_rl, "%s: %s refused: %s", c->name, vhost_req_name(c->msg.request), msg);
 	return rc;
 }
 
@@ -143,7 +147,7 @@ struct vhost_conn *vhost_conn_new(struct vhost_exp *x, int fd)
 	ev_io_start(EV_DEFAULT, &c->rio);
 	c->reading = true;
 	atomic_fetch_add(&x->exp->clients, 1);
-	gw_info("%s: frontend connected on %s", c->name, x->path);
+	gw_info_rl(&conn_rl, "%s: frontend connected on %s", c->name, x->path);
 	return c;
 }
 
@@ -552,9 +556,9 @@ void vhost_conn_close(struct vhost_conn *c, const char *why)
 	c->closing = true;
 	set_reading(c, false);
 	if (c->broken)
-		gw_warn("%s: closing the connection: %s", c->name, why);
+		gw_warn_rl(&conn_rl, "%s: closing the connection: %s", c->name, why);
 	else
-		gw_info("%s: frontend gone (%s)", c->name, why);
+		gw_info_rl(&conn_rl, "%s: frontend gone (%s)", c->name, why);
 	if (c->pending)
 		return; /* finish_pending continues */
 	teardown(c);
