@@ -9,6 +9,7 @@ extern const struct gw_transport_ops gw_nbd_transport;
 extern const struct gw_transport_ops gw_vhost_transport;
 extern const struct gw_transport_ops gw_fuse_transport;
 extern const struct gw_transport_ops gw_ublk_transport;
+extern const struct gw_transport_ops gw_vduse_transport;
 
 /* Order is only the listing order; exports choose by name. */
 static const struct gw_transport_ops *const transports[] = {
@@ -23,6 +24,9 @@ static const struct gw_transport_ops *const transports[] = {
 #endif
 #if BLKGW_WITH_UBLK
 	&gw_ublk_transport,
+#endif
+#if BLKGW_WITH_VDUSE
+	&gw_vduse_transport,
 #endif
 };
 
