@@ -46,16 +46,19 @@ static void usage_main(FILE *f)
 
 static void usage_serve(FILE *f)
 {
-	fprintf(f, "Usage: blkgw serve MANIFEST [--pidfile FILE] [--log-level LEVEL]\n"
-		   "Open every image of MANIFEST, serve every export, and run in the foreground,\n"
-		   "logging to stderr. SIGTERM or SIGINT stops it cleanly: no new connections,\n"
-		   "in-flight requests finish, images are flushed and closed, sockets removed.\n"
-		   "A manifest with any error starts nothing (see 'blkgw check').\n"
-		   "\n"
-		   "Options:\n"
-		   "  --pidfile FILE      write the daemon's pid to FILE once it serves\n"
-		   "  --log-level LEVEL   error, warn, info or debug (overrides the manifest)\n"
-		   "  -h, --help          show this help\n");
+	fprintf(f,
+		"Usage: blkgw serve MANIFEST [--pidfile FILE] [--log-level LEVEL] [--log-format F]\n"
+		"Open every image of MANIFEST, serve every export, and run in the foreground,\n"
+		"logging to stderr. SIGTERM or SIGINT stops it cleanly: no new connections,\n"
+		"in-flight requests finish, images are flushed and closed, sockets removed.\n"
+		"A manifest with any error starts nothing (see 'blkgw check').\n"
+		"\n"
+		"Options:\n"
+		"  --pidfile FILE      write the daemon's pid to FILE once it serves\n"
+		"  --log-level LEVEL   error, warn, info or debug (overrides the manifest)\n"
+		"  --log-format F      text (default), or json: one JSON object per line with\n"
+		"                      time, level, thread, export (when about one) and msg\n"
+		"  -h, --help          show this help\n");
 }
 
 static void usage_check(FILE *f)
@@ -182,6 +185,7 @@ static int cmd_serve(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "pidfile", required_argument, NULL, 'p' },
 		{ "log-level", required_argument, NULL, 'l' },
+		{ "log-format", required_argument, NULL, 'f' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -205,6 +209,15 @@ static int cmd_serve(int argc, char **argv)
 				return 2;
 			}
 			so.log_level = optarg;
+			break;
+		case 'f':
+			if (strcmp(optarg, "text") != 0 && strcmp(optarg, "json") != 0) {
+				fprintf(stderr,
+					"blkgw serve: unknown log format '%s' (text or json)\n",
+					optarg);
+				return 2;
+			}
+			gw_log_set_json(strcmp(optarg, "json") == 0);
 			break;
 		case 'h':
 			usage_serve(stdout);

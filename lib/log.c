@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 enum gw_log_level gw_log_threshold = GW_LOG_INFO;
+static bool log_json;
 
 static __thread char thread_name[16] = "main";
 static const char *const level_names[] = {
@@ -49,6 +50,58 @@ void gw_log_set_thread_name(const char *name)
 	pthread_setname_np(pthread_self(), thread_name);
 }
 
+void gw_log_set_json(bool json)
+{
+	log_json = json;
+}
+
+/* Append s to b[*n..len) as JSON string content (without quotes). */
+static void json_escape(char *b, size_t *n, size_t len, const char *s, size_t slen)
+{
+	for (size_t i = 0; i < slen && *n + 7 < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c == '"' || c == '\\') {
+			b[(*n)++] = '\\';
+			b[(*n)++] = (char)c;
+		} else if (c < 0x20) {
+			*n += (size_t)snprintf(b + *n, len - *n, "\\u%04x", c);
+		} else {
+			b[(*n)++] = (char)c;
+		}
+	}
+}
+
+static void log_json_line(enum gw_log_level level, const struct timespec *ts, const char *msg)
+{
+	char line[2048];
+	struct tm tm;
+	size_t n;
+	const char *colon;
+
+	gmtime_r(&ts->tv_sec, &tm);
+	n = strftime(line, sizeof(line), "{\"time\": \"%Y-%m-%dT%H:%M:%S", &tm);
+	n += (size_t)snprintf(line + n, sizeof(line) - n,
+			      ".%03ldZ\", \"level\": \"%s\", \"thread\": \"", ts->tv_nsec / 1000000,
+			      gw_log_level_name(level));
+	json_escape(line, &n, sizeof(line), thread_name, strlen(thread_name));
+	if (strncmp(msg, "export ", 7) == 0 && (colon = strchr(msg + 7, ':')) &&
+	    !memchr(msg + 7, ' ', (size_t)(colon - msg - 7))) {
+		n += (size_t)snprintf(line + n, sizeof(line) - n, "\", \"export\": \"");
+		json_escape(line, &n, sizeof(line), msg + 7, (size_t)(colon - msg - 7));
+	}
+	n += (size_t)snprintf(line + n, sizeof(line) - n, "\", \"msg\": \"");
+	json_escape(line, &n, sizeof(line), msg, strlen(msg));
+	if (n + 3 >= sizeof(line))
+		n = sizeof(line) - 3;
+	line[n++] = '"';
+	line[n++] = '}';
+	line[n++] = '\n';
+	if (write(STDERR_FILENO, line, n) < 0) {
+		/* nothing sensible to do */
+	}
+}
+
 void gw_log(enum gw_log_level level, const char *fmt, ...)
 {
 	char line[1024];
@@ -61,6 +114,17 @@ void gw_log(enum gw_log_level level, const char *fmt, ...)
 	if (level > gw_log_threshold)
 		return;
 	clock_gettime(CLOCK_REALTIME, &ts);
+	if (log_json) {
+		char msg[1024];
+
+		va_start(ap, fmt);
+		errno = saved;
+		vsnprintf(msg, sizeof(msg), fmt, ap);
+		va_end(ap);
+		log_json_line(level, &ts, msg);
+		errno = saved;
+		return;
+	}
 	gmtime_r(&ts.tv_sec, &tm);
 	n = strftime(line, sizeof(line), "%H:%M:%S", &tm);
 	n += (size_t)snprintf(line + n, sizeof(line) - n,

@@ -23,6 +23,14 @@ const char *gw_log_level_name(enum gw_log_level level);
 /* Name shown in brackets on this thread's lines (copied, at most 15 chars). */
 void gw_log_set_thread_name(const char *name);
 
+/*
+ * Text lines ("12:00:00.123 blkgw[main] info: export disk: ..."), or JSON
+ * lines: {"time": "2026-12-06T12:00:00.123Z", "level": "info", "thread":
+ * "main", "export": "disk", "msg": "export disk: ..."} ("export" when the
+ * message is about one: it starts "export ID: ").
+ */
+void gw_log_set_json(bool json);
+
 void gw_log(enum gw_log_level level, const char *fmt, ...) GW_PRINTF(2, 3);
 
 #define gw_log_enabled(l) (gw_unlikely((l) <= gw_log_threshold))

@@ -38,7 +38,7 @@ gen "$T/m1.yaml" with
 gen "$T/m2.yaml" without
 ids() { "$BLKGW" status --json | jq -c '[.exports[] | [.id, .transport, .state]]'; }
 
-start_blkgw "$T/m1.yaml"
+start_blkgw "$T/m1.yaml" --log-format json
 qemu-io -f raw -c 'write -P 9 0 1M' "nbd+unix:///d?socket=$run/d.sock" >/dev/null || fail "write to d"
 
 # fio verify on 'a' while the others churn.
@@ -138,6 +138,12 @@ i=0; until "$BLKGW" status --json | jq -e '.exports[] | select(.id == "c")' >/de
   i=$((i+1)); [ $i -lt 300 ] || fail "SIGHUP did not add export c"; sleep 0.1; done
 "$BLKGW" status --json | jq -e '[.exports[].id] == ["a", "b", "d", "c"]' >/dev/null || fail "after SIGHUP: $(ids)"
 stop_blkgw
+# --log-format json: every line one JSON object; lines about an export name it.
+jq -e -s 'length > 20 and all(.time and .level and .thread and .msg)' "$T/blkgw.log" >/dev/null ||
+  fail "--log-format json wrote lines that are not JSON objects with time, level, thread, msg"
+jq -e -s 'any(.export == "c" and (.msg | test("^export c: serving over nbd")))' "$T/blkgw.log" >/dev/null ||
+  fail "--log-format json: no line names export c"
+mv "$T/blkgw.log" "$T/blkgw-json.log"
 
 # Serving the saved manifest gives the same exports.
 start_blkgw "$T/saved.yaml"
