@@ -376,6 +376,7 @@ struct gw_section {
 	uint32_t coalesce_us;
 	char *log_level;
 	uint64_t buffer_limit;
+	char *metrics;
 };
 
 static const char *const log_levels[] = { "error", "warn", "info", "debug", NULL };
@@ -413,10 +414,32 @@ static const struct gw_opt_desc gateway_opts[] = {
 	  .offset = offsetof(struct gw_section, log_level),
 	  .choices = log_levels,
 	  .help = "error, warn, info or debug (default info)" },
+	{ .key = "metrics",
+	  .type = GW_OPT_STR,
+	  .offset = offsetof(struct gw_section, metrics),
+	  .help = "Prometheus text endpoint: HOST:PORT (http://HOST:PORT/metrics) or an absolute unix socket path (default: none)" },
 };
 
+static void gateway_check(const void *opts, struct gw_opt_report *r)
+{
+	const struct gw_section *g = opts;
+	char *h, *p;
+
+	if (!g->metrics || g->metrics[0] == '/')
+		return;
+	if (gw_split_hostport(g->metrics, &h, &p) == 0) {
+		free(h);
+		free(p);
+		return;
+	}
+	gw_opt_problem(r, "metrics",
+		       "'metrics' must be HOST:PORT such as 127.0.0.1:9333, or an absolute unix "
+		       "socket path (got '%s')",
+		       g->metrics);
+}
+
 static const struct gw_opt_schema gateway_schema =
-	GW_OPT_SCHEMA(gateway_opts, struct gw_section, NULL);
+	GW_OPT_SCHEMA(gateway_opts, struct gw_section, gateway_check);
 
 char *gw_default_run_dir(void)
 {
@@ -846,6 +869,7 @@ static void load_gateway(struct loader *L, const struct ynode *root)
 	m->gw.control_perm = gs.control_perm;
 	m->gw.run_dir = gs.run_dir ? gs.run_dir : gw_default_run_dir();
 	m->gw.log_level = gs.log_level;
+	m->gw.metrics = gs.metrics;
 	m->gw.workers = gs.workers;
 	m->gw.coalesce_us = gs.coalesce_us;
 	if (!m->gw.workers) {
@@ -1020,6 +1044,7 @@ void gw_manifest_free(struct gw_manifest *m)
 	free(m->gw.control_socket);
 	free(m->gw.run_dir);
 	free(m->gw.log_level);
+	free(m->gw.metrics);
 	free(m->path);
 	free(m->abs_path);
 	free(m->dir);

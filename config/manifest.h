@@ -38,6 +38,7 @@ struct gw_gateway_cfg {
 	uint32_t workers;
 	uint32_t coalesce_us;
 	char *log_level; /* NULL: default */
+	char *metrics;   /* HOST:PORT or a socket path; NULL: none */
 };
 
 struct gw_image_spec {

@@ -79,10 +79,21 @@ static inline struct gw_stats *slot_of(struct gw_export *e, struct gw_ioq *q)
  * to the calling thread (shared only when more than GW_STATS_SLOTS threads
  * run), so the relaxed adds cost no contended cache line.
  */
+static inline unsigned lat_bucket(uint64_t ns)
+{
+	uint64_t us = ns / 1000;
+	unsigned b = us <= 1 ? 0 : 64 - (unsigned)__builtin_clzll(us - 1);
+
+	return b < GW_LAT_BUCKETS ? b : GW_LAT_BUCKETS - 1;
+}
+
 static inline void count(struct gw_stats *s, struct gw_io *io, uint64_t start_ns)
 {
+	uint64_t took = gw_now_ns() - start_ns;
+
 	__atomic_fetch_add(&s->ops[io->op], 1, __ATOMIC_RELAXED);
-	__atomic_fetch_add(&s->time_ns[io->op], gw_now_ns() - start_ns, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&s->time_ns[io->op], took, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&s->lat[io->op][lat_bucket(took)], 1, __ATOMIC_RELAXED);
 	if (io->result < 0) {
 		__atomic_fetch_add(&s->errors, 1, __ATOMIC_RELAXED);
 	} else if (io->op == GW_OP_READ) {
@@ -177,8 +188,10 @@ int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io)
 	io->_start_ns = start;
 	io->q = q;
 	io->result = 0;
+	__atomic_fetch_add(&s->inflight, 1, __ATOMIC_RELAXED);
 	rc = e->backend->ops->submit(e->backend, q, io);
 	if (rc) {
+		__atomic_fetch_sub(&s->inflight, 1, __ATOMIC_RELAXED);
 		count(s, io, start);
 		return 1;
 	}
@@ -188,6 +201,7 @@ int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io)
 void gw_io_complete(struct gw_io *io, int result)
 {
 	io->result = result;
+	__atomic_fetch_sub(&((struct gw_stats *)io->_stats)->inflight, 1, __ATOMIC_RELAXED);
 	count(io->_stats, io, io->_start_ns);
 	io->done(io);
 }
@@ -244,7 +258,11 @@ void gw_export_stats(const struct gw_export *e, struct gw_stats_total *t)
 		t->bytes_read += __atomic_load_n(&s->bytes_read, __ATOMIC_RELAXED);
 		t->bytes_written += __atomic_load_n(&s->bytes_written, __ATOMIC_RELAXED);
 		t->errors += __atomic_load_n(&s->errors, __ATOMIC_RELAXED);
-		for (unsigned o = 0; o < GW_OP__COUNT; o++)
+		for (unsigned o = 0; o < GW_OP__COUNT; o++) {
 			t->time_ns[o] += __atomic_load_n(&s->time_ns[o], __ATOMIC_RELAXED);
+			for (unsigned b = 0; b < GW_LAT_BUCKETS; b++)
+				t->lat[o][b] += __atomic_load_n(&s->lat[o][b], __ATOMIC_RELAXED);
+		}
+		t->inflight += __atomic_load_n(&s->inflight, __ATOMIC_RELAXED);
 	}
 }

@@ -24,6 +24,11 @@
 #include "lib/util.h"
 
 #define GW_STATS_SLOTS 32
+/*
+ * Latency histogram buckets: bucket i counts requests that took at most
+ * 2^i microseconds (1 us .. ~2.1 s); the last counts the slower ones.
+ */
+#define GW_LAT_BUCKETS 23
 
 /* Counters of one slot; each I/O thread writes its own slot. */
 struct gw_stats {
@@ -33,6 +38,8 @@ struct gw_stats {
 	uint64_t bytes_written;
 	uint64_t errors;
 	uint64_t extents; /* extent queries */
+	int64_t inflight; /* handed to the backend, not yet complete */
+	uint64_t lat[GW_OP__COUNT][GW_LAT_BUCKETS];
 } __attribute__((aligned(GW_CACHELINE)));
 
 struct gw_stats_total {
@@ -42,6 +49,8 @@ struct gw_stats_total {
 	 * QEMU's query-blockstats *_total_time_ns; divided by the op's count, the
 	 * mean latency the export adds with its backend. */
 	uint64_t time_ns[GW_OP__COUNT];
+	int64_t inflight;
+	uint64_t lat[GW_OP__COUNT][GW_LAT_BUCKETS]; /* not cumulative */
 };
 
 enum gw_export_state {

@@ -18,6 +18,7 @@
 #include "lib/blkuse.h"
 #include "lib/efd.h"
 #include "gateway/export.h"
+#include "gateway/metrics.h"
 #include "gateway/notify.h"
 #include "lib/guard.h"
 #include "lib/log.h"
@@ -202,6 +203,131 @@ static json_object *cmd_version(json_object *req)
 	json_object_object_add(r, "ok", json_object_new_boolean(1));
 	json_object_object_add(r, "version", json_object_new_string(GW_VERSION));
 	return r;
+}
+
+/* ---- metrics ---- */
+
+/* A Prometheus label value: backslash, quote and newline escaped. */
+static void label(FILE *f, const char *s)
+{
+	for (; *s; s++) {
+		if (*s == '\\' || *s == '"')
+			fprintf(f, "\\%c", *s);
+		else if (*s == '\n')
+			fputs("\\n", f);
+		else
+			fputc(*s, f);
+	}
+}
+
+static void head(FILE *f, const char *name, const char *type, const char *help)
+{
+	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static const char *const op_names[GW_OP__COUNT] = { "read", "write",        "flush",
+						    "trim", "write_zeroes", "cache" };
+
+static void metrics_fill(FILE *f, void *arg)
+{
+	struct gw_stats_total *t = calloc(gw.nexports + 1, sizeof(*t));
+
+	if (!t)
+		return;
+	for (size_t i = 0; i < gw.nexports; i++)
+		gw_export_stats(gw.exports[i].e, &t[i]);
+	head(f, "blkgw_uptime_seconds", "gauge", "Seconds since blkgw started.");
+	fprintf(f, "blkgw_uptime_seconds %.3f\n", (double)(gw_now_ns() - gw.start_ns) / 1e9);
+	head(f, "blkgw_export_info", "gauge",
+	     "One per export: its image, active transport (\"\" when none) and state.");
+	for (size_t i = 0; i < gw.nexports; i++) {
+		struct gw_export *e = gw.exports[i].e;
+
+		fputs("blkgw_export_info{export=\"", f);
+		label(f, e->id);
+		fputs("\",image=\"", f);
+		label(f, e->image);
+		fprintf(f, "\",transport=\"%s\",state=\"%s\"} 1\n",
+			e->transport ? e->transport->name : "", gw_export_state_name(e->state));
+	}
+#define PER_EXPORT(name, type, help, fmt, expr)                \
+	do {                                                   \
+		head(f, name, type, help);                     \
+		for (size_t i = 0; i < gw.nexports; i++) {     \
+			struct gw_export *e = gw.exports[i].e; \
+			fputs(name "{export=\"", f);           \
+			label(f, e->id);                       \
+			fprintf(f, "\"} " fmt "\n", (expr));   \
+		}                                              \
+	} while (0)
+	PER_EXPORT("blkgw_export_up", "gauge", "1 while the export serves.", "%d",
+		   e->state == GW_EXPORT_RUNNING);
+	PER_EXPORT("blkgw_export_read_bytes_total", "counter", "Bytes read by clients.", "%llu",
+		   (unsigned long long)t[i].bytes_read);
+	PER_EXPORT("blkgw_export_written_bytes_total", "counter", "Bytes written by clients.",
+		   "%llu", (unsigned long long)t[i].bytes_written);
+	PER_EXPORT("blkgw_export_errors_total", "counter",
+		   "Requests answered with an error (refused ones included).", "%llu",
+		   (unsigned long long)t[i].errors);
+	PER_EXPORT("blkgw_export_in_flight", "gauge",
+		   "Requests handed to the backend and not yet complete.", "%lld",
+		   (long long)(t[i].inflight > 0 ? t[i].inflight : 0));
+	PER_EXPORT("blkgw_export_clients", "gauge", "Connections or queues attached.", "%u",
+		   atomic_load(&e->clients));
+	PER_EXPORT("blkgw_export_fallbacks", "gauge",
+		   "Transports of the export's list passed over before the active one.", "%zu",
+		   e->nrejected);
+#undef PER_EXPORT
+	head(f, "blkgw_export_transport_rejected", "gauge",
+	     "One per transport an export passed over, with the reason.");
+	for (size_t i = 0; i < gw.nexports; i++) {
+		struct gw_export *e = gw.exports[i].e;
+
+		for (size_t r = 0; r < e->nrejected; r++) {
+			fputs("blkgw_export_transport_rejected{export=\"", f);
+			label(f, e->id);
+			fprintf(f, "\",transport=\"%s\",reason=\"", e->rejected[r].transport);
+			label(f, e->rejected[r].why);
+			fputs("\"} 1\n", f);
+		}
+	}
+	head(f, "blkgw_export_requests_total", "counter", "Requests completed, per operation.");
+	for (size_t i = 0; i < gw.nexports; i++)
+		for (unsigned o = 0; o < GW_OP__COUNT; o++) {
+			uint64_t n = 0;
+
+			for (unsigned b = 0; b < GW_LAT_BUCKETS; b++)
+				n += t[i].lat[o][b];
+			fputs("blkgw_export_requests_total{export=\"", f);
+			label(f, gw.exports[i].e->id);
+			fprintf(f, "\",op=\"%s\"} %llu\n", op_names[o], (unsigned long long)n);
+		}
+	head(f, "blkgw_export_request_duration_seconds", "histogram",
+	     "Time from the checked layer to completion, per operation.");
+	for (size_t i = 0; i < gw.nexports; i++)
+		for (unsigned o = 0; o < GW_OP__COUNT; o++) {
+			uint64_t cum = 0;
+
+			for (unsigned b = 0; b < GW_LAT_BUCKETS; b++) {
+				cum += t[i].lat[o][b];
+				fputs("blkgw_export_request_duration_seconds_bucket{export=\"", f);
+				label(f, gw.exports[i].e->id);
+				if (b + 1 < GW_LAT_BUCKETS)
+					fprintf(f, "\",op=\"%s\",le=\"%.6f\"} %llu\n", op_names[o],
+						(double)(1ull << b) / 1e6, (unsigned long long)cum);
+				else
+					fprintf(f, "\",op=\"%s\",le=\"+Inf\"} %llu\n", op_names[o],
+						(unsigned long long)cum);
+			}
+			fputs("blkgw_export_request_duration_seconds_sum{export=\"", f);
+			label(f, gw.exports[i].e->id);
+			fprintf(f, "\",op=\"%s\"} %.9f\n", op_names[o],
+				(double)t[i].time_ns[o] / 1e9);
+			fputs("blkgw_export_request_duration_seconds_count{export=\"", f);
+			label(f, gw.exports[i].e->id);
+			fprintf(f, "\",op=\"%s\"} %llu\n", op_names[o], (unsigned long long)cum);
+		}
+	free(t);
 }
 
 /* ---- lifecycle ---- */
@@ -487,6 +613,14 @@ static void plan_gateway(struct apply *a)
 		snprintf(x, sizeof(x), "%u", o->workers);
 		snprintf(y, sizeof(y), "%u", n->workers);
 		needs_restart(a, "workers", x, y);
+	}
+	if (!o->metrics != !n->metrics || (o->metrics && strcmp(o->metrics, n->metrics) != 0))
+		needs_restart(a, "metrics", o->metrics ? o->metrics : "none",
+			      n->metrics ? n->metrics : "none");
+	if (gw.env.buffer_limit != a->nm->env.buffer_limit) {
+		snprintf(x, sizeof(x), "%llu", (unsigned long long)gw.env.buffer_limit);
+		snprintf(y, sizeof(y), "%llu", (unsigned long long)a->nm->env.buffer_limit);
+		needs_restart(a, "buffer-limit", x, y);
 	}
 	if (o->coalesce_us != n->coalesce_us) {
 		snprintf(x, sizeof(x), "%u", o->coalesce_us);
@@ -984,6 +1118,10 @@ static char *manifest_text(const char *skip_id, const char *add_image, const cha
 	fprintf(f, "  workers: %u\n  coalesce-us: %u\n", g->workers, g->coalesce_us);
 	if (gw.m->gw.log_level)
 		fprintf(f, "  log-level: %s\n", gw.m->gw.log_level);
+	if (g->metrics)
+		fprintf(f, "  metrics: %s\n", q(&keep, g->metrics));
+	if (gw.env.buffer_limit)
+		fprintf(f, "  buffer-limit: %llu\n", (unsigned long long)gw.env.buffer_limit);
 	fprintf(f, "images:%s\n", gw.nimages || add_image ? "" : " {}");
 	for (size_t k = 0; k < gw.nimages; k++) {
 		const struct gw_image_spec *s = gw.images[k].s;
@@ -1285,6 +1423,7 @@ static int write_pidfile(const char *path)
 
 static void cleanup(void)
 {
+	gw_metrics_stop();
 	gw_ctl_stop();
 	if (gw_workers_count())
 		gw_workers_stop();
@@ -1327,6 +1466,7 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 	gw.boot = m_ref(m);
 	gw.start_ns = gw_now_ns();
 	gw.run_dir = strdup(m->gw.run_dir);
+	gw.env = m->env; /* the daemon's own copy: a later manifest cannot change it */
 	gw.env.run_dir = gw.run_dir;
 	if (!gw.run_dir) {
 		m_unref(gw.boot);
@@ -1455,6 +1595,13 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		goto fail_stop;
 	}
 	reclaim_all(&m->env);
+	if (m->gw.metrics) {
+		rc = gw_metrics_start(m->gw.metrics, metrics_fill, NULL, err, sizeof(err));
+		if (rc < 0) {
+			gw_err("%s", err);
+			goto fail_stop;
+		}
+	}
 	if (o->pidfile) {
 		rc = write_pidfile(o->pidfile);
 		if (rc < 0) {
