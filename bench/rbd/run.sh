@@ -1,0 +1,132 @@
+#!/bin/bash
+# rbd benchmark: blkgw's rbd backend over NBD against qemu-storage-daemon's
+# driver=rbd over NBD, same throwaway Ceph cluster (one mon, one memstore OSD,
+# tests/rbd/cluster.sh), same client (fio's nbd engine, bench/nbd/jobs), runs
+# interleaved. Also `rbd bench` on the same image: what the cluster itself
+# does, the ceiling. CPU per request is the daemon's utime+stime over a job
+# divided by the requests fio completed.
+#
+#   bench/rbd/run.sh [--blkgw PATH] [--runtime S] [--repeat N] [--size SIZE]
+#                    [--jobs LIST] [--out DIR]
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BLKGW=$ROOT/build/blkgw
+RUNTIME=10
+REPEAT=3
+SIZE=256M
+JOBS=randread-qd1,randwrite-qd1,randread-qd32,randwrite-qd32,seqread-1m
+OUT=""
+while [ $# -gt 0 ]; do
+	case $1 in
+	--blkgw) BLKGW=$2; shift ;;
+	--runtime) RUNTIME=$2; shift ;;
+	--repeat) REPEAT=$2; shift ;;
+	--size) SIZE=$2; shift ;;
+	--jobs) JOBS=$2; shift ;;
+	--out) OUT=$2; shift ;;
+	-h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+	*) echo "unknown option $1" >&2; exit 2 ;;
+	esac
+	shift
+done
+[ -n "$OUT" ] || OUT=${TMPDIR:-/tmp}/blkgw-bench-rbd.$(date +%Y%m%d-%H%M%S)
+mkdir -p "$OUT"
+
+# tests/rbd/cluster.sh wants tests/lib.sh's helpers: the few it uses.
+BLKGW_PID=""
+export BLKGW
+. "$ROOT/tests/lib.sh"
+. "$ROOT/tests/rbd/cluster.sh"
+command -v qemu-storage-daemon >/dev/null || skip "qemu-storage-daemon is missing"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+ceph_start
+rbd_t create --size "$SIZE" rbd/bench || fail "rbd create"
+# Fill the image, so reads carry data (memstore: keep SIZE small).
+rbd_t bench --io-type write --io-size 4M --io-total "$SIZE" --io-pattern seq rbd/bench >/dev/null
+log "cluster up, image filled"
+
+# The ceiling: librbd straight to the cluster, 4k random at 1 and 32 threads.
+{
+	for t in 1 32; do
+		for io in read write; do
+			echo "== rbd bench --io-type $io --io-size 4K --io-threads $t --io-pattern rand"
+			rbd_t bench --io-type $io --io-size 4K --io-threads $t --io-total 64M \
+				--io-pattern rand rbd/bench 2>&1 | tail -1
+		done
+	done
+} >"$OUT/rbd-bench.txt"
+cat "$OUT/rbd-bench.txt" >&2
+
+sock=$T/bench.sock
+start_server() { # NAME -> PID in SRV
+	rm -f "$sock"
+	case $1 in
+	blkgw)
+		cat >"$T/m.yaml" <<YAML
+version: 1
+gateway: { run-dir: $T/run, workers: 1, log-level: warn }
+images:
+  bench: { backend: rbd, image: bench, conf: $CEPH_CONF }
+exports:
+  - { image: bench, transports: [nbd], nbd: { socket: $sock, name: bench } }
+YAML
+		"$BLKGW" serve "$T/m.yaml" 2>"$OUT/blkgw.log" &
+		;;
+	qsd)
+		qemu-storage-daemon --blockdev "driver=rbd,pool=rbd,image=bench,conf=$CEPH_CONF,node-name=bench" \
+			--nbd-server "addr.type=unix,addr.path=$sock" \
+			--export "type=nbd,id=e,node-name=bench,name=bench,writable=on" 2>"$OUT/qsd.log" &
+		;;
+	esac
+	SRV=$!
+	for _ in $(seq 300); do
+		nbdinfo --size "nbd+unix:///bench?socket=$sock" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	fail "$1 did not start"
+}
+
+job_args() {
+	case $1 in
+	randread-qd1) echo "--rw=randread --bs=4k --iodepth=1" ;;
+	randwrite-qd1) echo "--rw=randwrite --bs=4k --iodepth=1" ;;
+	randread-qd32) echo "--rw=randread --bs=4k --iodepth=32" ;;
+	randwrite-qd32) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
+	seqread-1m) echo "--rw=read --bs=1M --iodepth=4" ;;
+	esac
+}
+
+echo "server job rep iops lat_us cpu_us_per_req" >"$OUT/results.txt"
+for rep in $(seq "$REPEAT"); do
+	for job in ${JOBS//,/ }; do
+		for srv in blkgw qsd; do
+			start_server $srv
+			c0=$(cpu_ticks $SRV)
+			# shellcheck disable=SC2046
+			fio --name="$job" --ioengine=nbd --uri="nbd+unix:///bench?socket=$sock" \
+				--size="$SIZE" --time_based=1 --runtime="$RUNTIME" --norandommap=1 \
+				--randrepeat=0 $(job_args "$job") --output-format=json \
+				--output="$OUT/$srv-$job-$rep.json" >/dev/null 2>&1 || fail "fio $job on $srv"
+			c1=$(cpu_ticks $SRV)
+			kill -TERM $SRV; wait $SRV 2>/dev/null || true
+			/usr/bin/python3 - "$OUT/$srv-$job-$rep.json" $((c1 - c0)) "$(getconf CLK_TCK)" "$srv" "$job" "$rep" >>"$OUT/results.txt" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))["jobs"][0]
+ticks, hz = int(sys.argv[2]), int(sys.argv[3])
+ios = j["read"]["total_ios"] + j["write"]["total_ios"]
+iops = j["read"]["iops"] + j["write"]["iops"]
+d = j["read"] if j["read"]["total_ios"] else j["write"]
+lat = d["clat_ns"]["mean"] / 1000 if "clat_ns" in d else 0
+print(sys.argv[4], sys.argv[5], sys.argv[6], round(iops), round(lat, 1), round(ticks / hz * 1e6 / max(ios, 1), 1))
+PY
+			tail -1 "$OUT/results.txt" >&2
+		done
+	done
+done
+column -t "$OUT/results.txt"
+echo "results in $OUT"
