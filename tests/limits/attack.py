@@ -6,7 +6,7 @@ Each scenario starts its own daemon (two exports: 'victim', attacked, and
 'good', read 4 KiB at a time by a client that measures its latency), runs
 the attack, checks the bounds below, and prints one line of figures.
 Environment: BLKGW (the binary), T (a scratch folder)."""
-import json, os, resource, socket, struct, subprocess, sys, threading, time
+import atexit, json, os, resource, socket, struct, subprocess, sys, threading, time
 
 BLKGW = os.environ["BLKGW"]
 T = os.environ["T"]
@@ -58,6 +58,7 @@ exports:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.p = subprocess.Popen([BLKGW, "serve", m], stderr=open(self.log, "w"),
                                   preexec_fn=limits)
+        atexit.register(lambda p=self.p: p.poll() is None and p.kill())  # on any failure
         for _ in range(300):
             if self.status(timeout=1) is not None:
                 break
