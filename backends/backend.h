@@ -219,6 +219,20 @@ struct gw_backend_ops {
 	void (*describe)(struct gw_backend *b, char *buf, size_t len);
 };
 
+/*
+ * The fault layer (backends/fault.c) any image can stack: its `fault:`
+ * mapping, decoded through gw_fault_schema.
+ */
+struct gw_fault_opts {
+	char *errno_name; /* EIO ... or "none"; NULL: EIO (none when only delay is set) */
+	uint32_t every, after;
+	char *ops, *ranges, *delay; /* "read,write"; "0-1M,4M-8M"; "50ms" */
+};
+extern const struct gw_opt_schema gw_fault_schema;
+/* Stack a fault layer on inner, which it then owns (closed on failure too). */
+struct gw_backend *gw_fault_wrap(struct gw_backend *inner, const struct gw_fault_opts *o, char *err,
+				 size_t errlen);
+
 /* Registry: the backends this build has. */
 const struct gw_backend_ops *gw_backend_find(const char *name);
 const struct gw_backend_ops *const *gw_backend_list(size_t *n);

@@ -460,7 +460,7 @@ char *gw_default_run_dir(void)
 
 /* ---- images ---- */
 
-static const char *const image_common[] = { "backend", "block-size" };
+static const char *const image_common[] = { "backend", "block-size", "fault" };
 
 /* What loading needs besides the manifest: where problems go, and this build's names. */
 struct loader {
@@ -548,6 +548,22 @@ static void image_source(struct loader *L, struct gw_image_spec *img, const stru
 	}
 }
 
+/* The 'fault' key: a fault layer over the image's backend (backends/fault.c). */
+static void image_fault(struct loader *L, struct gw_image_spec *img, const struct ynode *v,
+			const char *prefix, const struct ynode *k)
+{
+	const struct ynode *f = ymap_get(v, "fault");
+	char fprefix[160];
+
+	if (!f)
+		return;
+	img->fault = calloc(1, sizeof(*img->fault));
+	if (!img->fault)
+		return;
+	snprintf(fprefix, sizeof(fprefix), "%s'fault': ", prefix);
+	decode(f, &gw_fault_schema, img->fault, NULL, 0, L->m->dir, fprefix, k, L->d);
+}
+
 static void load_image(struct loader *L, const struct ynode *k, const struct ynode *v,
 		       bool check_sources)
 {
@@ -585,6 +601,7 @@ static void load_image(struct loader *L, const struct ynode *k, const struct yno
 		   m->dir, prefix, k, L->d) < 0)
 		return;
 	image_size_fits_block(L, img, v, prefix);
+	image_fault(L, img, v, prefix, k);
 	if (check_sources)
 		image_source(L, img, v, prefix);
 }
@@ -1025,6 +1042,9 @@ void gw_manifest_free(struct gw_manifest *m)
 		if (img->ops && img->opts)
 			gw_opt_free(&img->ops->schema, img->opts);
 		free(img->opts);
+		if (img->fault)
+			gw_opt_free(&gw_fault_schema, img->fault);
+		free(img->fault);
 		free(img->name);
 		free(img->read_only_why);
 	}

@@ -44,8 +44,9 @@ struct gw_gateway_cfg {
 struct gw_image_spec {
 	char *name;
 	const struct gw_backend_ops *ops;
-	void *opts;          /* decoded with ops->schema */
-	uint32_t block_size; /* 0: the backend's own */
+	void *opts;                  /* decoded with ops->schema */
+	uint32_t block_size;         /* 0: the backend's own */
+	struct gw_fault_opts *fault; /* a fault layer over the backend, or NULL */
 	int line, col;
 	/* Found when sources were checked: it opens for reading only (why). */
 	bool read_only_source;

@@ -100,6 +100,17 @@ static void m_unref(struct gw_manifest *m)
 	}
 }
 
+/* Open an image: its backend, and the fault layer over it when the manifest asks. */
+static struct gw_backend *open_image(const struct gw_image_spec *s, char *err, size_t errlen)
+{
+	struct gw_backend *b =
+		gw_backend_open_mode(s->ops, s->name, s->opts, s->read_only, err, errlen);
+
+	if (b && s->fault)
+		b = gw_fault_wrap(b, s->fault, err, errlen);
+	return b;
+}
+
 /* ---- status ---- */
 
 static json_object *u64(uint64_t v)
@@ -853,8 +864,7 @@ static void apply_finish(struct apply *a)
 			const struct gw_image_spec *s = &nm->images[j];
 
 			err[0] = '\0';
-			a->iopen[j] = gw_backend_open_mode(s->ops, s->name, s->opts, s->read_only,
-							   err, sizeof(err));
+			a->iopen[j] = open_image(s, err, sizeof(err));
 			if (!a->iopen[j])
 				gw_err("image %s: cannot open: %s", s->name, err);
 		}
@@ -1046,8 +1056,7 @@ static void apply_path(const char *path, const char *shown, const char *origin, 
 
 		if (a->ikeep[j] != SIZE_MAX || live_image_find(s->name) != SIZE_MAX)
 			continue;
-		a->iopen[j] = gw_backend_open_mode(s->ops, s->name, s->opts, s->read_only, err,
-						   sizeof(err));
+		a->iopen[j] = open_image(s, err, sizeof(err));
 		if (!a->iopen[j]) {
 			problem(a, "%s:%d:%d: image '%s': %s", shown, s->line, s->col, s->name,
 				err);
@@ -1543,6 +1552,10 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		for (size_t i = 0; i < m->nimages; i++) {
 			const struct gw_image_spec *s = &m->images[i];
 
+			if (rq[i].b && s->fault &&
+			    !(rq[i].b = gw_fault_wrap(rq[i].b, s->fault, rq[i].err,
+						      sizeof(rq[i].err))))
+				bad++;
 			if (!rq[i].b)
 				fprintf(stderr, "%s:%d:%d: image '%s': %s\n", m->path, s->line,
 					s->col, s->name, rq[i].err);

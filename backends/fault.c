@@ -1,0 +1,334 @@
+/*
+ * fault: a layer any image can stack (the image's `fault:` mapping) that
+ * fails or delays chosen requests before they reach the image's backend,
+ * for tests and for operators rehearsing failures (docs/manifest.md).
+ *
+ * A request matches when its op is in `ops` and it overlaps one of
+ * `ranges` (every byte when none). Matching requests are numbered from 0
+ * across every thread; those numbered below `after` pass untouched, and of
+ * the rest every `every`-th is hit: held for `delay` (an io_uring timeout
+ * on the submitting thread's ring, so nothing else on that thread waits),
+ * then failed with `errno`, or passed on when errno is `none`.
+ */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/backend.h"
+#include "lib/ioq.h"
+#include "lib/opts.h"
+#include "lib/util.h"
+
+#define MAX_RANGES 16
+
+static const char *const errno_names[] = { "EIO",    "ENOSPC",    "EPERM",  "EROFS", "ENOMEM",
+					   "EINVAL", "ETIMEDOUT", "EDQUOT", "none",  NULL };
+static const int errno_values[] = {
+	EIO, ENOSPC, EPERM, EROFS, ENOMEM, EINVAL, ETIMEDOUT, EDQUOT, 0
+};
+
+static const struct gw_opt_desc fault_opts[] = {
+	{ .key = "errno",
+	  .type = GW_OPT_ENUM,
+	  .offset = offsetof(struct gw_fault_opts, errno_name),
+	  .choices = errno_names,
+	  .help = "error hit requests fail with (default EIO; none: only delay them)" },
+	{ .key = "every",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct gw_fault_opts, every),
+	  .min = 1,
+	  .def = 1,
+	  .help = "hit every N-th matching request (default 1: all)" },
+	{ .key = "after",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct gw_fault_opts, after),
+	  .help = "let the first N matching requests through (default 0)" },
+	{ .key = "ops",
+	  .type = GW_OPT_STR,
+	  .offset = offsetof(struct gw_fault_opts, ops),
+	  .help = "which requests match, comma-separated: read, write, flush, trim, zero, "
+		  "cache (default: all)" },
+	{ .key = "ranges",
+	  .type = GW_OPT_STR,
+	  .offset = offsetof(struct gw_fault_opts, ranges),
+	  .help = "byte ranges that match, comma-separated START-END (end excluded; sizes "
+		  "such as 1M-2M; default: the whole image)" },
+	{ .key = "delay",
+	  .type = GW_OPT_STR,
+	  .offset = offsetof(struct gw_fault_opts, delay),
+	  .help = "hold hit requests this long first: 50ms, 2s, 500us (default: none)" },
+};
+
+struct fault_rule {
+	int err;      /* positive errno, 0: delay only */
+	uint32_t ops; /* bit per GW_OP_* */
+	uint64_t delay_ns;
+	uint32_t every, after;
+	unsigned nranges;
+	uint64_t start[MAX_RANGES], end[MAX_RANGES];
+};
+
+static const char *const op_names[GW_OP__COUNT] = { "read", "write", "flush",
+						    "trim", "zero",  "cache" };
+
+/* Parse ops, ranges and delay. 0, or -1 with a message in msg. */
+static int parse_rule(const struct gw_fault_opts *o, struct fault_rule *r, char *msg, size_t len)
+{
+	memset(r, 0, sizeof(*r));
+	r->every = o->every ? o->every : 1;
+	r->after = o->after;
+	r->err = EIO;
+	for (size_t i = 0; o->errno_name && errno_names[i]; i++)
+		if (strcmp(o->errno_name, errno_names[i]) == 0)
+			r->err = errno_values[i];
+	r->ops = (1u << GW_OP__COUNT) - 1;
+	if (o->ops) {
+		char *s = strdup(o->ops), *save = NULL, *w;
+
+		r->ops = 0;
+		for (w = strtok_r(s, ", ", &save); w; w = strtok_r(NULL, ", ", &save)) {
+			unsigned i;
+
+			for (i = 0; i < GW_OP__COUNT && strcmp(w, op_names[i]) != 0; i++)
+				;
+			if (i == GW_OP__COUNT) {
+				snprintf(
+					msg, len,
+					"unknown op '%s' (ops: read, write, flush, trim, zero, cache)",
+					w);
+				free(s);
+				return -1;
+			}
+			r->ops |= 1u << i;
+		}
+		free(s);
+		if (!r->ops) {
+			snprintf(msg, len, "'ops' names no op");
+			return -1;
+		}
+	}
+	if (o->ranges) {
+		char *s = strdup(o->ranges), *save = NULL, *w;
+
+		for (w = strtok_r(s, ", ", &save); w; w = strtok_r(NULL, ", ", &save)) {
+			char *dash = strchr(w, '-');
+			uint64_t a, b;
+
+			if (r->nranges == MAX_RANGES) {
+				snprintf(msg, len, "more than %d ranges", MAX_RANGES);
+				free(s);
+				return -1;
+			}
+			if (!dash || (*dash = '\0', gw_parse_size(w, &a) < 0) ||
+			    gw_parse_size(dash + 1, &b) < 0 || b <= a) {
+				snprintf(msg, len,
+					 "bad range in '%s': write START-END with END > START, "
+					 "such as 0-1M",
+					 o->ranges);
+				free(s);
+				return -1;
+			}
+			r->start[r->nranges] = a;
+			r->end[r->nranges++] = b;
+		}
+		free(s);
+	}
+	if (o->delay) {
+		char *end;
+		double v = strtod(o->delay, &end);
+		double unit = strcmp(end, "ms") == 0   ? 1e6
+			      : strcmp(end, "us") == 0 ? 1e3
+			      : strcmp(end, "s") == 0  ? 1e9
+						       : 0;
+
+		if (end == o->delay || unit == 0 || v < 0 || v * unit > 3600e9) {
+			snprintf(msg, len, "bad delay '%s': write 50ms, 2s or 500us (at most 1h)",
+				 o->delay);
+			return -1;
+		}
+		r->delay_ns = (uint64_t)(v * unit);
+		if (!o->errno_name)
+			r->err = 0; /* a delay alone fails nothing */
+	}
+	return 0;
+}
+
+static void fault_check_opts(const void *opts, struct gw_opt_report *rep)
+{
+	const struct gw_fault_opts *o = opts;
+	struct fault_rule r;
+	char msg[256];
+
+	/* One key at a time, so each bad one is reported. */
+	for (int i = 0; i < 3; i++) {
+		struct gw_fault_opts one = { .errno_name = o->errno_name };
+
+		if (i == 0)
+			one.ops = o->ops;
+		else if (i == 1)
+			one.ranges = o->ranges;
+		else
+			one.delay = o->delay;
+		if (parse_rule(&one, &r, msg, sizeof(msg)) < 0)
+			gw_opt_problem(rep,
+				       i == 0   ? "ops"
+				       : i == 1 ? "ranges"
+						: "delay",
+				       "%s", msg);
+	}
+}
+
+const struct gw_opt_schema gw_fault_schema =
+	GW_OPT_SCHEMA(fault_opts, struct gw_fault_opts, fault_check_opts);
+
+/* ---- the layer ---- */
+
+struct fault {
+	struct gw_backend b;
+	struct gw_backend *inner;
+	struct fault_rule r;
+	atomic_uint_fast64_t seen; /* matching requests so far */
+	atomic_uint_fast64_t hit;
+};
+
+struct fault_wrap_opts {
+	struct gw_backend *inner;
+	const struct gw_fault_opts *o;
+};
+
+static int fault_open(struct gw_backend *b, const void *opts, char *err, size_t errlen)
+{
+	const struct fault_wrap_opts *w = opts;
+	struct fault *f = (struct fault *)b;
+
+	if (parse_rule(w->o, &f->r, err, errlen) < 0)
+		return -EINVAL;
+	f->inner = w->inner;
+	b->size = f->inner->size;
+	b->caps = f->inner->caps;
+	if (f->r.delay_ns)
+		b->caps &= ~GW_CAP_INLINE; /* delayed requests complete later */
+	b->min_block = f->inner->min_block;
+	b->pref_block = f->inner->pref_block;
+	b->max_xfer = f->inner->max_xfer;
+	return 0;
+}
+
+static bool matches(const struct fault_rule *r, const struct gw_io *io)
+{
+	if (!(r->ops & (1u << io->op)))
+		return false;
+	if (!r->nranges || io->op == GW_OP_FLUSH)
+		return true;
+	for (unsigned i = 0; i < r->nranges; i++)
+		if (io->offset < r->end[i] && io->offset + (io->len ? io->len : 1) > r->start[i])
+			return true;
+	return false;
+}
+
+/* After the delay: fail, or hand the request on (completing it ourselves if inline). */
+static void delay_done(struct gw_uring_cb *cb, int res)
+{
+	struct gw_io *io = container_of(cb, struct gw_io, ucb);
+	struct fault *f = (struct fault *)io->scratch[2];
+
+	if (f->r.err) {
+		gw_io_complete(io, -f->r.err);
+		return;
+	}
+	if (f->inner->ops->submit(f->inner, io->q, io) == 1)
+		gw_io_complete(io, io->result);
+}
+
+static int fault_submit(struct gw_backend *b, struct gw_ioq *q, struct gw_io *io)
+{
+	struct fault *f = (struct fault *)b;
+	uint64_t n;
+
+	if (!matches(&f->r, io))
+		return f->inner->ops->submit(f->inner, q, io);
+	n = atomic_fetch_add_explicit(&f->seen, 1, memory_order_relaxed);
+	if (n < f->r.after || (n - f->r.after) % f->r.every != 0)
+		return f->inner->ops->submit(f->inner, q, io);
+	atomic_fetch_add_explicit(&f->hit, 1, memory_order_relaxed);
+	if (f->r.delay_ns) {
+		struct __kernel_timespec *ts = (struct __kernel_timespec *)&io->scratch[0];
+		struct io_uring_sqe *sqe;
+
+		/* scratch[0..1]: the timespec the ring reads at submission; [2]: us. */
+		ts->tv_sec = (long long)(f->r.delay_ns / 1000000000u);
+		ts->tv_nsec = (long long)(f->r.delay_ns % 1000000000u);
+		io->scratch[2] = (uint64_t)(uintptr_t)f;
+		io->q = q;
+		io->ucb.fn = delay_done;
+		sqe = gw_ioq_sqe(q, &io->ucb);
+		io_uring_prep_timeout(sqe, ts, 0, 0);
+		return 0;
+	}
+	io->result = -f->r.err;
+	return 1;
+}
+
+static int fault_extents(struct gw_backend *b, uint64_t offset, uint64_t len,
+			 struct gw_extents *out)
+{
+	struct fault *f = (struct fault *)b;
+
+	if (!f->inner->ops->extents) {
+		gw_extents_add(out, len, 0);
+		return 0;
+	}
+	return f->inner->ops->extents(f->inner, offset, len, out);
+}
+
+static int fault_sync(struct gw_backend *b)
+{
+	struct fault *f = (struct fault *)b;
+
+	return f->inner->ops->sync ? f->inner->ops->sync(f->inner) : 0;
+}
+
+static void fault_close(struct gw_backend *b)
+{
+	gw_backend_close(((struct fault *)b)->inner);
+}
+
+static void fault_describe(struct gw_backend *b, char *buf, size_t len)
+{
+	struct fault *f = (struct fault *)b;
+	char in[256] = "";
+
+	if (f->inner->ops->describe)
+		f->inner->ops->describe(f->inner, in, sizeof(in));
+	else
+		snprintf(in, sizeof(in), "%s", f->inner->ops->name);
+	snprintf(buf, len, "%s, fault layer (%s%s, %llu hit)", in,
+		 f->r.err ? strerror(f->r.err) : "no error", f->r.delay_ns ? " after a delay" : "",
+		 (unsigned long long)atomic_load(&f->hit));
+}
+
+static const struct gw_backend_ops gw_fault_backend = {
+	.abi_version = GW_BACKEND_ABI,
+	.name = "fault",
+	.summary = "fails or delays chosen requests of the image below",
+	.instance_size = sizeof(struct fault),
+	.open = fault_open,
+	.submit = fault_submit,
+	.extents = fault_extents,
+	.sync = fault_sync,
+	.close = fault_close,
+	.describe = fault_describe,
+};
+
+struct gw_backend *gw_fault_wrap(struct gw_backend *inner, const struct gw_fault_opts *o, char *err,
+				 size_t errlen)
+{
+	struct fault_wrap_opts w = { inner, o };
+	struct gw_backend *b = gw_backend_open(&gw_fault_backend, inner->name, &w, err, errlen);
+
+	if (!b)
+		gw_backend_close(inner);
+	return b;
+}
