@@ -80,11 +80,21 @@ static void setup(void)
 	lis.nexps = lis.cap = 1;
 }
 
+/* poll() that restarts after signals (libFuzzer's timer interrupts it every second). */
+static int poll1(struct pollfd *p, int ms)
+{
+	int rc;
+
+	while ((rc = poll(p, 1, ms)) < 0 && errno == EINTR)
+		;
+	return rc;
+}
+
 static int wait_fd(int fd, short ev)
 {
 	struct pollfd p = { .fd = fd, .events = ev };
 
-	return poll(&p, 1, FUZZ_HANG_MS) > 0 ? 0 : -1;
+	return poll1(&p, FUZZ_HANG_MS) > 0 ? 0 : -1;
 }
 
 static int read_full(int fd, void *buf, size_t len)
@@ -230,7 +240,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			shutdown(sv[0], SHUT_WR);
 			shut = true;
 		}
-		if (poll(&p, 1, FUZZ_HANG_MS) <= 0) {
+		if (poll1(&p, FUZZ_HANG_MS) <= 0) {
 			fprintf(stderr, "fuzz_nbd: server hangs (%zu of %zu bytes sent)\n", off,
 				size);
 			abort();
