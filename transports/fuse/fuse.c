@@ -223,7 +223,7 @@ static int read_init(struct fuse_exp *x, char *err, size_t errlen)
 	size_t blen = FUSE_MAX_WRITE + 8192;
 	uint8_t *buf = malloc(blen);
 	const struct fuse_in_header *in = (const void *)buf;
-	const struct fuse_init_in *ii = (const void *)(buf + sizeof(*in));
+	const struct fuse_init_in *ii;
 	struct fuse_out_header oh;
 	struct fuse_init_out out;
 	struct iovec v[2] = { { &oh, sizeof(oh) }, { &out, sizeof(out) } };
@@ -233,6 +233,7 @@ static int read_init(struct fuse_exp *x, char *err, size_t errlen)
 
 	if (!buf)
 		return -ENOMEM;
+	ii = (const void *)(buf + sizeof(*in));
 	if (poll(&p, 1, 10000) != 1 || (n = read(x->devfd, buf, blen)) < 0) {
 		gw_seterr(err, errlen, "the kernel sent no FUSE_INIT: %s",
 			  errno ? strerror(errno) : "timed out");
