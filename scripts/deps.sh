@@ -17,11 +17,13 @@ build_pkgs="build-essential cmake pkg-config liburing-dev libev-dev libjson-c-de
 # peers for the benchmarks (nbdkit, qemu-storage-daemon), and what the test VM
 # is built from (QEMU, busybox, cpio, xz, e2fsprogs, nbd-client); clang with
 # libFuzzer and llvm-cov for `make fuzz` (tests/fuzz); cryptsetup makes LUKS
-# images for the format tests; prometheus brings promtool (metrics), curl asks for them.
+# images for the format tests; prometheus brings promtool (metrics), curl asks for them;
+# cppcheck runs as lint.cppcheck.
 test_pkgs="libnbd-bin python3-libnbd nbdkit fio qemu-utils qemu-system-x86
   qemu-block-extra jq cpio busybox-static xz-utils e2fsprogs util-linux nbd-client
   procps kmod file binutils dpkg-dev clang-format man-db curl prometheus
-  clang libclang-rt-14-dev llvm cryptsetup-bin ceph-mon ceph-osd ceph-common"
+  clang libclang-rt-14-dev llvm cryptsetup-bin ceph-mon ceph-osd ceph-common
+  cppcheck"
 
 # The quick start's clients (README.md): nbdinfo, qemu-img and qemu-io.
 run_pkgs="libnbd-bin qemu-utils"
