@@ -74,9 +74,9 @@ struct fuse_req {
 	uint32_t wflags;
 	bool rmw_wrote;
 	/* read loop: header area, then the data buffer (readv of both) */
-	uint8_t hdr[sizeof(struct fuse_in_header) + sizeof(struct fuse_write_in)];
-	uint8_t arg[256]; /* arguments that spilled into the data buffer, contiguous */
-	uint8_t *data;    /* page-aligned, FUSE_DATA_BUF bytes */
+	_Alignas(8) uint8_t hdr[sizeof(struct fuse_in_header) + sizeof(struct fuse_write_in)];
+	_Alignas(8) uint8_t arg[256]; /* arguments that spilled into the data buffer, contiguous */
+	uint8_t *data;                /* page-aligned, FUSE_DATA_BUF bytes */
 	/* io_uring mode */
 	struct fuse_uring_req_header *uhdr;
 	struct iovec uiov[2]; /* REGISTER: header buffer, payload buffer (= data) */
