@@ -1,10 +1,13 @@
 #include "lib/util.h"
 
 #include <inttypes.h>
+#include <linux/capability.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 int gw_strlcpy(char *dst, const char *src, size_t size)
 {
@@ -52,4 +55,18 @@ uint64_t gw_now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+bool gw_have_cap(int cap)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct d[2];
+
+	memset(d, 0, sizeof(d));
+	if (cap < 0 || cap >= 64)
+		return false;
+	/* Without capget (a seccomp filter), root is the best guess. */
+	if (syscall(SYS_capget, &h, d) < 0)
+		return geteuid() == 0;
+	return d[cap / 32].effective & (1u << (cap % 32));
 }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -38,5 +39,7 @@ int gw_strlcpy(char *dst, const char *src, size_t size);
 void gw_seterr(char *err, size_t errlen, const char *fmt, ...) GW_PRINTF(3, 4);
 /* Format a byte count in binary units ("1 GiB", "512 KiB", "1536 B"). */
 const char *gw_fmt_size(uint64_t bytes, char *buf, size_t len);
+/* Is capability cap (CAP_SYS_ADMIN, ...) in this process's effective set? */
+bool gw_have_cap(int cap);
 /* Monotonic clock in nanoseconds. */
 uint64_t gw_now_ns(void);

@@ -64,17 +64,6 @@ static const struct gw_opt_desc fuse_opts_table[] = {
 	  .help = "read loop: cloned /dev/fuse fds, spread over the workers (default 0: one per worker)" },
 };
 
-/* CAP_SYS_ADMIN in the effective set: mount(2) of a FUSE filesystem needs it. */
-static bool can_mount(void)
-{
-	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
-	struct __user_cap_data_struct d[2];
-
-	if (syscall(SYS_capget, &h, d) < 0)
-		return geteuid() == 0;
-	return d[CAP_SYS_ADMIN / 32].effective & (1u << (CAP_SYS_ADMIN % 32));
-}
-
 /* Is path itself a mount point (a file mounted onto)? */
 static bool is_mountpoint(const char *path, const struct stat *st)
 {
@@ -111,7 +100,7 @@ static int fuse_probe(const struct gw_transport_env *env, const void *opts, char
 		return -e;
 	}
 	close(fd);
-	if (!can_mount()) {
+	if (!gw_have_cap(CAP_SYS_ADMIN)) {
 		gw_seterr(
 			why, len,
 			"mounting a FUSE filesystem needs CAP_SYS_ADMIN (run blkgw as root; fusermount3 is not used)");

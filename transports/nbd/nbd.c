@@ -7,6 +7,7 @@
  * a client chooses among them by export name, and an empty name picks the
  * first export of the listener.
  */
+#include <linux/capability.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -691,23 +692,6 @@ void nbd_exp_unbind(struct nbd_exp *x)
 
 /* ---- kernel attach ---- */
 
-static bool have_cap_sys_admin(void)
-{
-	FILE *f = fopen("/proc/self/status", "r");
-	char line[256];
-	bool ok = geteuid() == 0;
-
-	while (f && fgets(line, sizeof(line), f)) {
-		unsigned long long caps;
-
-		if (sscanf(line, "CapEff: %llx", &caps) == 1)
-			ok = caps & (1ull << 21); /* CAP_SYS_ADMIN */
-	}
-	if (f)
-		fclose(f);
-	return ok;
-}
-
 static int nbd_probe(const struct gw_transport_env *env, const void *opts, char *why, size_t len)
 {
 	const struct nbd_opts *o = opts;
@@ -716,7 +700,7 @@ static int nbd_probe(const struct gw_transport_env *env, const void *opts, char 
 
 	if (!o->attach)
 		return 0;
-	if (!have_cap_sys_admin()) {
+	if (!gw_have_cap(CAP_SYS_ADMIN)) {
 		gw_seterr(
 			why, len,
 			"attaching a kernel NBD device needs root (CAP_SYS_ADMIN): permission denied");

@@ -15,6 +15,7 @@
  * The run dir keeps RUN-DIR/ublk/ID.state per device (ublk_state_format)
  * while it exists, and RUN-DIR/dev/EXPORT -> /dev/ublkbN while it is live.
  */
+#include <linux/capability.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -113,23 +114,6 @@ static void ublk_describe(const struct gw_transport_env *env, const void *opts, 
 			 gw_fmt_size(o->max_io, sz, sizeof(sz)));
 }
 
-static bool have_cap_sys_admin(void)
-{
-	FILE *f = fopen("/proc/self/status", "r");
-	char line[256];
-	bool ok = geteuid() == 0;
-
-	while (f && fgets(line, sizeof(line), f)) {
-		unsigned long long caps;
-
-		if (sscanf(line, "CapEff: %llx", &caps) == 1)
-			ok = caps & (1ull << 21); /* CAP_SYS_ADMIN */
-	}
-	if (f)
-		fclose(f);
-	return ok;
-}
-
 /* Turn an errno from opening the control device into advice. */
 static int open_error(int rc, char *why, size_t len)
 {
@@ -158,7 +142,7 @@ static int ublk_probe(const struct gw_transport_env *env, const void *opts, char
 
 	if (access(UBLK_CONTROL_PATH, F_OK) < 0)
 		return open_error(-ENOENT, why, len);
-	if (!have_cap_sys_admin())
+	if (!gw_have_cap(CAP_SYS_ADMIN))
 		return open_error(-EPERM, why, len);
 	fd = open(UBLK_CONTROL_PATH, O_RDWR | O_CLOEXEC);
 	if (fd < 0)

@@ -126,17 +126,6 @@ static void vduse_describe(const struct gw_transport_env *env, const void *opts,
 		 env->run_dir, image);
 }
 
-static bool has_cap(int cap)
-{
-	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
-	struct __user_cap_data_struct d[2];
-
-	memset(d, 0, sizeof(d));
-	if (syscall(SYS_capget, &h, d) < 0)
-		return false;
-	return d[cap / 32].effective & (1u << (cap % 32));
-}
-
 static int vduse_probe(const struct gw_transport_env *env, const void *opts, char *why, size_t len)
 {
 	const struct vduse_opts *o = opts;
@@ -157,7 +146,7 @@ static int vduse_probe(const struct gw_transport_env *env, const void *opts, cha
 		return rc;
 	}
 	close(fd);
-	if (!has_cap(CAP_NET_ADMIN)) {
+	if (!gw_have_cap(CAP_NET_ADMIN)) {
 		gw_seterr(
 			why, len,
 			"binding a VDUSE device (vdpa netlink) needs CAP_NET_ADMIN (run as root)");
