@@ -166,6 +166,8 @@ struct gw_source_info {
 	 */
 	char id[4200];
 	uint64_t size; /* bytes; 0 when not known in advance */
+	/* Serving takes locks other programs may hold now (QEMU's image locks). */
+	bool locks_when_served;
 };
 
 struct gw_backend_ops {

@@ -328,6 +328,7 @@ static int file_inspect(const void *opts, struct gw_source_info *info)
 	const struct file_opts *o = opts;
 	struct stat st;
 
+	info->locks_when_served = o->locking;
 	if (stat(o->path, &st) < 0) {
 		/* To be created: its folder's real path names it. */
 		char *dir = strdup(o->path), *slash = dir ? strrchr(dir, '/') : NULL;

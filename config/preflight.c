@@ -191,13 +191,18 @@ static void check_sockets(const struct gw_manifest *m, struct gw_preflight *pf,
  * one per image, filled here.
  */
 static void check_sources(const struct gw_manifest *m, struct gw_source_info *info,
-			  struct gw_diags *d)
+			  struct gw_preflight *pf, struct gw_diags *d)
 {
 	for (size_t j = 0; j < m->nimages; j++) {
 		const struct gw_image_spec *b = &m->images[j];
 
 		if (!b->ops->inspect || b->ops->inspect(b->opts, &info[j]) < 0)
 			memset(&info[j], 0, sizeof(info[j]));
+		if (info[j].locks_when_served)
+			lines_add(
+				&pf->unchecked, &pf->nunchecked,
+				"whether another program (a QEMU, qemu-nbd, another blkgw) holds image '%s': its locks are taken when serving",
+				b->name);
 		for (size_t i = 0; i < j && info[j].id[0]; i++) {
 			const struct gw_image_spec *a = &m->images[i];
 
@@ -309,7 +314,7 @@ static int preflight(const struct gw_manifest *m, struct gw_preflight *pf, struc
 	check_sockets(m, pf, &c, bad_run_dir, live, d);
 	info = calloc(m->nimages + 1, sizeof(*info));
 	if (info)
-		check_sources(m, info, d);
+		check_sources(m, info, pf, d);
 	free(info);
 	for (size_t i = 0; i < c.n; i++)
 		free(c.v[i].path);

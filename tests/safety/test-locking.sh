@@ -32,6 +32,15 @@ expect_qemu_io() {
   echo "ok - $name"
 }
 
+# check cannot know who will hold the image when serving, and says so; with
+# locking off there is nothing to say.
+"$BLKGW" check "$T/rw.yaml" >"$T/chk" 2>&1 || fail "check refused the manifest: $(cat "$T/chk")"
+grep -q "^not checked: whether another program .* holds image 'd'" "$T/chk" ||
+  fail "check does not say it left image locks unchecked: $(cat "$T/chk")"
+"$BLKGW" check "$T/nolock.yaml" >"$T/chk" 2>&1 || fail "check refused locking: off: $(cat "$T/chk")"
+! grep -q "holds image" "$T/chk" || fail "check mentions locks with locking: off: $(cat "$T/chk")"
+echo "ok - check says image locks are not checked"
+
 # blkgw serves it writable: QEMU's writers are refused, its readers are not.
 start_blkgw "$T/rw.yaml"
 expect_qemu_io "qemu-io cannot write an image blkgw serves writable" 1 -c 'write -P 0xab 0 4k'
