@@ -78,6 +78,9 @@ enum gw_io_op {
  *   INLINE      submit() always completes inline: a caller may lend buffers
  *               that live only for the call (memory, null)
  *   BORROW      reads can lend the backend's own memory (GW_IO_BORROW)
+ *   EPHEMERAL   the data lives in this process and dies with it (memory):
+ *               a kernel device that outlives the daemon must not be
+ *               handed to a new process, which would show other data
  */
 #define GW_CAP_FLUSH      (1u << 0)
 #define GW_CAP_FUA        (1u << 1)
@@ -91,6 +94,7 @@ enum gw_io_op {
 #define GW_CAP_ROTATIONAL (1u << 9)
 #define GW_CAP_INLINE     (1u << 10)
 #define GW_CAP_BORROW     (1u << 11)
+#define GW_CAP_EPHEMERAL  (1u << 12)
 
 struct gw_io;
 typedef void (*gw_io_done_fn)(struct gw_io *io);

@@ -91,7 +91,7 @@ static int mem_open(struct gw_backend *b, const void *opts, char *err, size_t er
 	}
 	b->size = o->size;
 	b->caps = GW_CAP_TRIM | GW_CAP_ZERO | GW_CAP_FAST_ZERO | GW_CAP_EXTENTS |
-		  GW_CAP_MULTI_CONN | GW_CAP_INLINE | GW_CAP_BORROW;
+		  GW_CAP_MULTI_CONN | GW_CAP_INLINE | GW_CAP_BORROW | GW_CAP_EPHEMERAL;
 	return 0;
 }
 

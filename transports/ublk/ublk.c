@@ -293,6 +293,8 @@ static int find_previous(struct ublk_dev *d, const struct ublk_opts *o, char *er
 		why = "it was never started";
 	else if (!(info.flags & UBLK_F_USER_RECOVERY))
 		why = "it was made without user recovery";
+	else if (e->caps & GW_CAP_EPHEMERAL)
+		why = "its image lived in the killed blkgw's memory: recovered, the device would show other data";
 	else if (opt_id(o) != UBLK_ID_AUTO && opt_id(o) != f.st.dev_id)
 		why = "the manifest asks for another id";
 	else if (ublk_build_params(e, info.max_io_buf_bytes, &want, NULL, 0) < 0 ||

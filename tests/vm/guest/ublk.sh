@@ -210,8 +210,10 @@ for cycle in 1 2 3; do
 	check "cycle $cycle: fio is still writing when blkgw is killed" bg_running fio
 	kill9_gw
 	check "cycle $cycle: /dev/ublkb7 survives kill -9" test -b $rec
-	check "cycle $cycle: blkgw restarted with the same manifest takes both devices over" \
-		recovered_gw /tmp/r.yaml 2
+	check "cycle $cycle: blkgw restarted with the same manifest takes /dev/ublkb7 over" \
+		recovered_gw /tmp/r.yaml 1
+	check "cycle $cycle: the memory export's device is deleted, not recovered onto an empty image" \
+		wait_for 60 grep -q "deleting /dev/ublkb[0-9]* left by pid [0-9]*: its image lived in the killed blkgw" $VM_LOGS/gw.log
 	check "cycle $cycle: status says the device was recovered" \
 		sh -c "$B status $CTL --json | grep -q 'ublk id 7, 1 queue x depth 32, max-io 512 KiB, recovered'"
 done
@@ -219,8 +221,10 @@ check "fio completes and verifies with no error across three kill -9 restarts" b
 
 check "kill -9 once more" kill9_gw
 check "the state file outlives the daemon" test -s $RUN/ublk/7.state
-check "restart with a manifest that dropped the export: the other device is recovered" \
-	recovered_gw /tmp/r2.yaml 1
+check "restart with a manifest that dropped the export: the memory export starts anew" \
+	start_gw /tmp/r2.yaml "mem"
+check "its old device is deleted, not recovered onto a new, empty memory image" \
+	wait_for 60 grep -q "deleting /dev/ublkb[0-9]* left by pid [0-9]*: its image lived in the killed blkgw" $VM_LOGS/gw.log
 check "the dropped export's /dev/ublkb7 is deleted" wait_for 60 sh -c "! test -e /dev/ublkb7"
 check "its state file is gone" wait_for 10 sh -c "! test -e $RUN/ublk/7.state"
 check "the log says why" grep -q "removed /dev/ublkb7 left by a stopped blkgw for export rec" \
