@@ -30,37 +30,11 @@
 #include <linux/genetlink.h>
 
 #include "transports/nbd/nbd_netlink.h"
+#include "transports/nbd/nbd_proto.h"
 
-#define REQUEST_MAGIC    0x25609513u
-#define REPLY_MAGIC      0x67446698u
-#define CMD_READ         0
-#define CMD_WRITE        1
-#define CMD_DISC         2
-#define CMD_FLUSH        3
-#define CMD_TRIM         4
-#define CMD_WRITE_ZEROES 6
-#define CMD_FLAG_FUA     (1u << 0)
-#define ERR_EINVAL       22
-#define MAX_REQ_LEN      (32u << 20)
-#define MAX_CONNS        16
-
-struct request {
-	uint32_t magic;
-	uint16_t flags;
-	uint16_t type;
-	uint64_t cookie;
-	uint64_t offset;
-	uint32_t length;
-} __attribute__((packed));
-
-struct reply {
-	uint32_t magic;
-	uint32_t error;
-	uint64_t cookie;
-} __attribute__((packed));
-
-_Static_assert(sizeof(struct request) == 28, "NBD request is 28 bytes");
-_Static_assert(sizeof(struct reply) == 16, "NBD simple reply is 16 bytes");
+/* The wire format is blkgw's own (one source); only the server's limits are here. */
+#define MAX_REQ_LEN (32u << 20)
+#define MAX_CONNS   16
 
 static struct {
 	uint8_t *disk;
@@ -129,8 +103,8 @@ static void protocol_error(const char *what)
 static int send_reply(int fd, uint64_t cookie, uint32_t error, const void *data, uint32_t len)
 {
 	/* The cookie is opaque: echoed as received. */
-	struct reply r = {
-		.magic = htobe32(REPLY_MAGIC),
+	struct nbd_simple_reply r = {
+		.magic = htobe32(NBD_SIMPLE_MAGIC),
 		.error = htobe32(error),
 		.cookie = cookie,
 	};
@@ -153,38 +127,38 @@ static void *serve_conn(void *arg)
 		goto out;
 	}
 	for (;;) {
-		struct request rq;
+		struct nbd_request rq;
 		uint64_t off;
 		uint32_t len, err = 0;
 		uint16_t type;
 
 		if (read_full(fd, &rq, sizeof(rq)) < 0)
 			break;
-		if (be32toh(rq.magic) != REQUEST_MAGIC) {
+		if (be32toh(rq.magic) != NBD_REQUEST_MAGIC) {
 			protocol_error("bad request magic");
 			break;
 		}
 		type = be16toh(rq.type);
 		off = be64toh(rq.offset);
 		len = be32toh(rq.length);
-		if (be16toh(rq.flags) & CMD_FLAG_FUA)
+		if (be16toh(rq.flags) & NBD_CMD_FLAG_FUA)
 			atomic_fetch_add(&srv.fua, 1);
-		if (type == CMD_DISC) {
+		if (type == NBD_CMD_DISC) {
 			atomic_fetch_add(&srv.discs, 1);
 			disc = true;
 			break;
 		}
-		if ((type == CMD_READ || type == CMD_WRITE) && len > MAX_REQ_LEN) {
+		if ((type == NBD_CMD_READ || type == NBD_CMD_WRITE) && len > MAX_REQ_LEN) {
 			protocol_error("request larger than 32 MiB");
 			break;
 		}
-		if (type != CMD_FLUSH && (off > srv.size || len > srv.size - off)) {
+		if (type != NBD_CMD_FLUSH && (off > srv.size || len > srv.size - off)) {
 			/* the kernel never does this; say so and answer EINVAL */
 			protocol_error("request beyond the end of the export");
-			err = ERR_EINVAL;
+			err = NBD_EINVAL;
 		}
 		switch (type) {
-		case CMD_READ:
+		case NBD_CMD_READ:
 			atomic_fetch_add(&srv.reads, 1);
 			if (!err) {
 				pthread_mutex_lock(&srv.lock);
@@ -195,7 +169,7 @@ static void *serve_conn(void *arg)
 			if (send_reply(fd, rq.cookie, err, err ? NULL : buf, len) < 0)
 				goto out;
 			break;
-		case CMD_WRITE:
+		case NBD_CMD_WRITE:
 			atomic_fetch_add(&srv.writes, 1);
 			if (read_full(fd, buf, len) < 0)
 				goto out;
@@ -208,14 +182,14 @@ static void *serve_conn(void *arg)
 			if (send_reply(fd, rq.cookie, err, NULL, 0) < 0)
 				goto out;
 			break;
-		case CMD_FLUSH:
+		case NBD_CMD_FLUSH:
 			atomic_fetch_add(&srv.flushes, 1);
 			if (send_reply(fd, rq.cookie, 0, NULL, 0) < 0)
 				goto out;
 			break;
-		case CMD_TRIM:
-		case CMD_WRITE_ZEROES:
-			atomic_fetch_add(type == CMD_TRIM ? &srv.trims : &srv.wzeroes, 1);
+		case NBD_CMD_TRIM:
+		case NBD_CMD_WRITE_ZEROES:
+			atomic_fetch_add(type == NBD_CMD_TRIM ? &srv.trims : &srv.wzeroes, 1);
 			if (!err) {
 				/* a trimmed range reads back as zeroes here */
 				pthread_mutex_lock(&srv.lock);
@@ -227,7 +201,7 @@ static void *serve_conn(void *arg)
 			break;
 		default:
 			protocol_error("unknown command");
-			if (send_reply(fd, rq.cookie, ERR_EINVAL, NULL, 0) < 0)
+			if (send_reply(fd, rq.cookie, NBD_EINVAL, NULL, 0) < 0)
 				goto out;
 			break;
 		}
