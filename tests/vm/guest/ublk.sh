@@ -203,8 +203,12 @@ kill9_gw() {
 
 require "blkgw serves /dev/ublkb7 and a memory export" start_gw /tmp/r.yaml "rec mem"
 rec=/dev/ublkb7
+# Writes capped at 300/s: the write phase lasts 40 s or more however fast the
+# machine, so fio is still writing through all three kills (unloaded, it
+# finished before the second one).
 bg_start fio fio --name=rec --filename=$rec --direct=1 --ioengine=io_uring --rw=randwrite \
-	--bs=4k --size=48M --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 --randrepeat=1
+	--bs=4k --size=48M --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 --randrepeat=1 \
+	--rate_iops=100000,300
 for cycle in 1 2 3; do
 	sleep 3
 	check "cycle $cycle: fio is still writing when blkgw is killed" bg_running fio
