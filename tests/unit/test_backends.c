@@ -52,6 +52,40 @@ static struct gw_backend *open_backend(const char *name, void *opts)
 	return b;
 }
 
+/*
+ * A backend's options decoded through its own schema, as the manifest does,
+ * from KEY, VALUE pairs ending in NULL: defaults for the rest, so the test
+ * never mirrors the options struct (which grows).
+ */
+static void *decode_opts(const char *name, const char *const *kv)
+{
+	const struct gw_backend_ops *ops = gw_backend_find(name);
+	void *o = ops ? calloc(1, ops->schema.size) : NULL;
+	char err[256];
+
+	if (!o)
+		return NULL;
+	gw_opt_defaults(&ops->schema, o);
+	for (; kv[0]; kv += 2) {
+		const struct gw_opt_desc *d = gw_opt_find(&ops->schema, kv[0]);
+
+		if (!d || gw_opt_set(d, kv[1], NULL, o, err, sizeof(err)) < 0) {
+			fprintf(stderr, "%s: option %s: %s\n", name, kv[0], d ? err : "unknown");
+			gw_opt_free(&ops->schema, o);
+			free(o);
+			return NULL;
+		}
+	}
+	return o;
+}
+
+static void free_opts(const char *name, void *o)
+{
+	if (o)
+		gw_opt_free(&gw_backend_find(name)->schema, o);
+	free(o);
+}
+
 static int extents(struct gw_export *e, uint64_t off, uint64_t len, struct gw_extent *v, size_t cap)
 {
 	struct gw_extents x = { .v = v, .cap = cap };
@@ -252,11 +286,8 @@ static void test_file(bool direct)
 {
 	char path[] = "/tmp/blkgw-unit-XXXXXX";
 	int fd = mkstemp(path);
-	struct {
-		char *path;
-		bool direct;
-		uint64_t size;
-	} fo = { path, direct, 0 };
+	const char *const kv[] = { "path", path, "direct", direct ? "true" : "false", NULL };
+	void *fo;
 	struct gw_backend *b;
 	struct gw_export *e;
 	uint8_t *buf = NULL, *rd = NULL;
@@ -265,9 +296,12 @@ static void test_file(bool direct)
 
 	CHECK(fd >= 0 && ftruncate(fd, 8 << 20) == 0);
 	close(fd);
-	b = open_backend("file", &fo);
+	fo = decode_opts("file", kv);
+	CHECK(fo != NULL);
+	b = fo ? open_backend("file", fo) : NULL;
 	CHECK(b != NULL);
 	if (!b) {
+		free_opts("file", fo);
 		unlink(path);
 		return;
 	}
@@ -304,6 +338,7 @@ static void test_file(bool direct)
 	gw_backend_close(b);
 	CHECK(stat(path, &st) == 0 && st.st_size == 8 << 20);
 	unlink(path);
+	free_opts("file", fo);
 	free(buf);
 	free(rd);
 }
