@@ -229,6 +229,14 @@ static bool over_limits(const struct nbd_conn *c)
 {
 	if (c->state != CS_TX)
 		return c->obytes >= HS_OUT_CAP;
+	/*
+	 * A write's payload is part of a request already taken (its buffer is
+	 * counted): it is always read to its end, or a write larger than the
+	 * cap could never complete, and an EOF inside it would go unseen. The
+	 * limits stop the next request instead.
+	 */
+	if (c->wr || c->skip)
+		return false;
 	return c->inflight >= MAX_INFLIGHT || c->inflight_bytes + c->obytes >= c->cap ||
 	       (global_pressure(c) && c->inflight_bytes + c->obytes >= FAIR_FLOOR);
 }
