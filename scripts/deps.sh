@@ -20,7 +20,7 @@ build_pkgs="build-essential cmake pkg-config liburing-dev libev-dev libjson-c-de
 # images for the format tests; prometheus brings promtool (metrics), curl asks for them;
 # cppcheck runs as lint.cppcheck.
 test_pkgs="libnbd-bin python3-libnbd nbdkit fio qemu-utils qemu-system-x86
-  qemu-block-extra jq cpio busybox-static xz-utils e2fsprogs util-linux nbd-client
+  qemu-block-extra jq cpio busybox-static xz-utils e2fsprogs util-linux iproute2 nbd-client
   procps kmod file binutils dpkg-dev clang-format man-db curl prometheus
   clang libclang-rt-14-dev llvm cryptsetup-bin ceph-mon ceph-osd ceph-common
   cppcheck"
