@@ -167,6 +167,18 @@ dead=$(free_port)
 sed "s/^mon host = .*/mon host = 127.0.0.1:$dead/" "$CEPH_CONF" >"$T/dead.conf"
 bad "unreachable cluster" "{ backend: rbd, image: img, conf: $T/dead.conf, connect-timeout: 3 }" "did not answer"
 
+stall_diagnostics() {
+  echo "--- qemu-io (the stalled writer):"; cat "$T/stalled.out"
+  echo "--- ceph -s:"; timeout 20 ceph -s 2>&1
+  for q in dump_ops_in_flight dump_blocked_ops; do
+    echo "--- osd.0 $q:"; timeout 20 ceph --admin-daemon "$T/ceph/run/osd.0.asok" $q 2>&1 | head -60
+  done
+  echo "--- osd.0 log (tail):"; tail -40 "$T/ceph/log/osd.0.log" 2>&1
+  echo "--- blkgw status:"; timeout 20 "$BLKGW" status --json 2>&1 | head -80
+  echo "--- blkgw threads:"
+  timeout 60 gdb -p "$BLKGW_PID" -batch -ex 'thread apply all bt' 2>/dev/null | grep -E '^(Thread|#)' | head -200
+}
+
 # The OSD stopped mid-run: writes stall, the daemon and other exports carry
 # on; after SIGCONT they complete and the data is right.
 head -c 4M /dev/urandom >"$T/late.raw"
@@ -185,6 +197,18 @@ grep -q "write failed" "$T/timed.out" || { cat "$T/timed.out"; fail "io-timeout:
 echo "io-timeout 3 s: the write failed after $(($(date +%s) - s)) s: $(grep "write failed" "$T/timed.out" | head -1)"
 kill -CONT "$CEPH_OSD_PID"
 s=$(date +%s)
+# Bounded: a write still stalled 180 s after SIGCONT is a failure, reported
+# with what the cluster, the OSD and the daemon were doing.
+i=0
+while kill -0 $writer 2>/dev/null; do
+  i=$((i + 1))
+  if [ $i -gt 180 ]; then
+    stall_diagnostics
+    kill $writer 2>/dev/null
+    fail "the stalled write had not completed 180 s after the OSD came back"
+  fi
+  sleep 1
+done
 wait $writer || { cat "$T/stalled.out"; fail "the stalled write failed after the OSD came back"; }
 echo "stalled write completed $(($(date +%s) - s)) s after SIGCONT"
 qemu-io -f raw -c 'read -P 0x55 20M 4M' "$(uri img)" | grep -q "Pattern verification failed" && fail "stalled write not on the image"
