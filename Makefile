@@ -9,7 +9,8 @@ ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps deps-test configure build run test test-asan fuzz install check-manifest clean
+.PHONY: all deps deps-test configure build run test test-asan fuzz install check-manifest clean \
+  bench bench-quick
 
 all: build
 
@@ -42,6 +43,17 @@ test: deps-test build
 # labels it skips, and why: scripts/test-asan.sh). CI runs it after `test`.
 test-asan: deps-test
 	JOBS=$(JOBS) scripts/test-asan.sh $(ASAN_BUILD)
+
+# The benchmark harness (bench/run, bench/README.md): every transport and
+# the peers over fio, tables, CSV and plots in BENCH_OUT. `bench` is the full
+# matrix (an hour or more at the defaults);
+# `bench-quick` a few minutes on the host paths only. BENCH_ARGS adds options.
+BENCH_OUT ?= $(BUILD)/bench-results
+bench: deps-test build
+	bench/run --build $(BUILD) --sweep --out $(BENCH_OUT) $(BENCH_ARGS)
+
+bench-quick: deps-test build
+	bench/run --build $(BUILD) --quick --out $(BENCH_OUT)-quick $(BENCH_ARGS)
 
 # Every libFuzzer target (tests/fuzz) for FUZZ_SECONDS each, clang with
 # ASan+UBSan, in build-fuzz/; any crash or sanitizer report fails. CI runs it

@@ -1,0 +1,248 @@
+#!/usr/bin/python3
+"""Unit tests of bench/lib/harness.py: fio JSON and /proc parsing,
+aggregation over rounds, pairwise ratios, the markdown tables, CSV and the
+gnuplot data. Run: /usr/bin/python3 bench/lib/test_harness.py"""
+
+import csv
+import io
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402
+
+
+def fio_doc(read_ios=0, write_ios=0, iops=0.0, bw=0, mean_ns=0, p50=0, p99=0, p999=0,
+            usr=10.0, sys_=5.0, runtime_ms=2000, jobs=1):
+    def d(n):
+        if not n:
+            return {"total_ios": 0, "iops": 0.0, "bw_bytes": 0, "runtime": 0,
+                    "clat_ns": {"mean": 0}, "lat_ns": {"mean": 0}}
+        return {"total_ios": n, "iops": iops, "bw_bytes": bw, "runtime": runtime_ms,
+                "lat_ns": {"mean": mean_ns},
+                "clat_ns": {"mean": mean_ns, "percentile": {
+                    "1.000000": 1, "50.000000": p50, "99.000000": p99, "99.900000": p999}}}
+    return {"jobs": [{"read": d(read_ios), "write": d(write_ios), "trim": d(0),
+                      "usr_cpu": usr, "sys_cpu": sys_, "job_runtime": runtime_ms}
+                     for _ in range(jobs)]}
+
+
+def cell(backend, wl, col, rep, iops, cpu=None, **kw):
+    c = {"backend": backend, "workload": wl, "column": col, "rep": rep, "iops": iops,
+         "bw_bytes": iops * 4096, "lat_mean_us": 10.0, "lat_p50_us": 9.0,
+         "lat_p99_us": 20.0, "lat_p999_us": 30.0, "server_cpu_us_per_req": cpu,
+         "client_cpu_us_per_req": 1.0, "foreign_cores": 0.0, "attempt": 0,
+         "discarded": False}
+    c.update(kw)
+    return c
+
+
+class ParseTest(unittest.TestCase):
+    def test_proc_stat_comm_with_spaces_and_parens(self):
+        line = "1234 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 250 75 0 0 20 0 3 0 100\n"
+        self.assertEqual(H.parse_proc_stat(line), 325)
+
+    def test_sys_stat(self):
+        text = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"
+        busy, total = H.parse_sys_stat(text)
+        self.assertEqual(busy, 100 + 5 + 50 + 3 + 2 + 1)
+        self.assertEqual(total, busy + 1000 + 20)
+
+    def test_sys_stat_without_cpu_line(self):
+        with self.assertRaises(ValueError):
+            H.parse_sys_stat("intr 1 2 3\n")
+
+    def test_fio_read(self):
+        m = H.parse_fio(fio_doc(read_ios=1000, iops=500.0, bw=2048000, mean_ns=2000,
+                                p50=1500, p99=9000, p999=12000))
+        self.assertEqual(m["ios"], 1000)
+        self.assertAlmostEqual(m["iops"], 500.0)
+        self.assertEqual(m["bw_bytes"], 2048000)
+        self.assertAlmostEqual(m["lat_mean_us"], 2.0)
+        self.assertAlmostEqual(m["lat_p50_us"], 1.5)
+        self.assertAlmostEqual(m["lat_p99_us"], 9.0)
+        self.assertAlmostEqual(m["lat_p999_us"], 12.0)
+        # 15% of 2 s
+        self.assertAlmostEqual(m["client_cpu_s"], 0.3)
+        self.assertAlmostEqual(m["runtime_s"], 2.0)
+
+    def test_fio_write_picks_write_latency(self):
+        m = H.parse_fio(fio_doc(write_ios=10, iops=5.0, mean_ns=7000, p50=6000, p99=8000,
+                                p999=9000))
+        self.assertAlmostEqual(m["lat_p50_us"], 6.0)
+        self.assertEqual(m["ios"], 10)
+
+    def test_fio_several_jobs_sum(self):
+        m = H.parse_fio(fio_doc(read_ios=100, iops=50.0, bw=1000, jobs=3))
+        self.assertEqual(m["ios"], 300)
+        self.assertAlmostEqual(m["iops"], 150.0)
+        self.assertEqual(m["bw_bytes"], 3000)
+
+    def test_fio_without_percentiles(self):
+        doc = fio_doc(read_ios=10, iops=5.0)
+        doc["jobs"][0]["read"]["clat_ns"] = {}
+        doc["jobs"][0]["read"]["lat_ns"] = {}
+        m = H.parse_fio(doc)
+        self.assertIsNone(m["lat_p99_us"])
+        self.assertIsNone(m["lat_mean_us"])
+
+    def test_cell_metrics(self):
+        fio = H.parse_fio(fio_doc(read_ios=1000, iops=500.0, usr=50.0, sys_=0.0))
+        # server used 20 ticks at 100 Hz = 0.2 s over 1000 requests = 200 us each
+        m = H.cell_metrics(fio, 20, 100, (0, 0), (400, 1000), 2.0)
+        self.assertAlmostEqual(m["server_cpu_us_per_req"], 200.0)
+        self.assertAlmostEqual(m["client_cpu_us_per_req"], 1000.0)
+        # busy 4 s - server 0.2 s - fio 1 s over 2 s = 1.4 cores
+        self.assertAlmostEqual(m["foreign_cores"], 1.4)
+
+    def test_cell_metrics_without_server(self):
+        fio = H.parse_fio(fio_doc(read_ios=10, iops=5.0))
+        m = H.cell_metrics(fio, None, 100)
+        self.assertIsNone(m["server_cpu_us_per_req"])
+        self.assertIsNone(m["foreign_cores"])
+
+    def test_parse_list(self):
+        self.assertEqual(H.parse_list("null, file,null", H.BACKENDS, "backend"),
+                         ["null", "file"])
+        with self.assertRaises(ValueError):
+            H.parse_list("nul", H.BACKENDS, "backend")
+        with self.assertRaises(ValueError):
+            H.parse_list(",", H.BACKENDS, "backend")
+
+    def test_workload_args(self):
+        a = H.fio_workload_args("randwrite-4k-qd128", numjobs=4)
+        self.assertIn("--rw=randwrite", a)
+        self.assertIn("--iodepth=128", a)
+        self.assertIn("--numjobs=4", a)
+        self.assertIn("--group_reporting=1", a)
+        self.assertNotIn("--numjobs=1", H.fio_workload_args("read-1m-qd8"))
+
+
+class AggregateTest(unittest.TestCase):
+    def test_spread(self):
+        self.assertEqual(H.spread([3, None, 1, 2]), (1, 2, 3))
+        self.assertEqual(H.spread([None]), (None, None, None))
+
+    def test_summarize_skips_discarded(self):
+        cells = [cell("null", "read-1m-qd8", "blkgw/nbd-unix", 1, 100.0),
+                 cell("null", "read-1m-qd8", "blkgw/nbd-unix", 1, 1.0, discarded=True),
+                 cell("null", "read-1m-qd8", "blkgw/nbd-unix", 2, 300.0)]
+        s = H.summarize(cells)[("null", "read-1m-qd8", "blkgw/nbd-unix")]
+        self.assertEqual(s["n"], 2)
+        self.assertEqual(s["iops"], (100.0, 200.0, 300.0))
+
+    def test_pair_ratios_round_by_round(self):
+        w, a, b = "randread-4k-qd1", "blkgw/nbd-unix", "qsd/nbd-unix"
+        cells = [cell("null", w, a, 1, 200.0), cell("null", w, b, 1, 100.0),
+                 cell("null", w, a, 2, 300.0), cell("null", w, b, 2, 100.0),
+                 cell("null", w, a, 3, 999.0)]  # no peer in round 3
+        self.assertEqual(H.pair_ratios(cells, "null", w, a, b, "iops"), (2.0, 2.5, 3.0))
+        self.assertIsNone(H.pair_ratios(cells, "null", w, a, b, "server_cpu_us_per_req"))
+
+    def test_ratio_and_ceiling_pairs(self):
+        cols = ["direct", "blkgw/nbd-unix", "blkgw/vhost", "qsd/nbd-unix", "qsd/vhost",
+                "nbdkit/nbd-unix", "floor/nbd-unix", "vm/blkgw/ublk", "vm/null_blk",
+                "vm/qsd/vduse", "vm/blkgw/vduse"]
+        self.assertEqual(H.ratio_pairs(cols), [
+            ("blkgw/nbd-unix", "qsd/nbd-unix"), ("blkgw/nbd-unix", "nbdkit/nbd-unix"),
+            ("blkgw/vhost", "qsd/vhost"), ("vm/blkgw/vduse", "vm/qsd/vduse")])
+        cp = H.ceiling_pairs(cols)
+        self.assertIn(("blkgw/nbd-unix", "floor/nbd-unix"), cp)
+        self.assertIn(("vm/blkgw/ublk", "vm/null_blk"), cp)
+        self.assertNotIn(("blkgw/vhost", "floor/nbd-unix"), cp)
+        self.assertNotIn(("direct", "floor/nbd-unix"), cp)
+
+    def test_ceiling_shared_by_backends(self):
+        cells = [cell("any", "randread-4k-qd1", "floor/nbd-unix", 1, 50.0),
+                 cell("memory", "randread-4k-qd1", "blkgw/nbd-unix", 1, 25.0)]
+        mem = H.for_backend(cells, "memory")
+        self.assertEqual({c["backend"] for c in mem}, {"memory"})
+        self.assertEqual(H.pair_ratios(mem, "memory", "randread-4k-qd1", "blkgw/nbd-unix",
+                                       "floor/nbd-unix", "iops"), (0.5, 0.5, 0.5))
+
+
+class FormatTest(unittest.TestCase):
+    def test_fmt_num(self):
+        self.assertEqual(H.fmt_num(1234567.0), "1.23M")
+        self.assertEqual(H.fmt_num(45678.0), "46k")
+        self.assertEqual(H.fmt_num(4567.0), "4.6k")
+        self.assertEqual(H.fmt_num(456.0), "456")
+        self.assertEqual(H.fmt_num(None), "-")
+        self.assertEqual(H.fmt_num(float("nan")), "-")
+        self.assertEqual(H.fmt_num(2 * 1048576.0, "bw_bytes"), "2.00")
+        self.assertEqual(H.fmt_num(12.345, "lat_mean_us"), "12.3")
+
+    def test_fmt_ratio(self):
+        self.assertEqual(H.fmt_ratio((1.0, 1.5, 2.0)), "1.50x (1.00-2.00)")
+        self.assertEqual(H.fmt_ratio((2.0, 2.0, 2.0)), "2.00x")
+        self.assertEqual(H.fmt_ratio(None), "-")
+
+    def tables(self, cols):
+        cells = []
+        for rep in (1, 2):
+            for w in ("randread-4k-qd1", "read-1m-qd8"):
+                for c in cols:
+                    b = "any" if c in H.CEILINGS else "null"
+                    cells.append(cell(b, w, c, rep, 1000.0 * rep, cpu=2.0))
+        return cells, H.backend_tables(cells, "null", cols)
+
+    def test_tables_have_every_column_and_row(self):
+        cols = H.HOST_COLUMNS + ["vm/blkgw/ublk", "vm/null_blk"]
+        _, md = self.tables(cols)
+        lines = md.splitlines()
+        heads = [x for x in lines if x.startswith("| IOPS |") or x.startswith("| mean latency")
+                 or x.startswith("| server CPU")]
+        self.assertEqual(len(heads), 3)
+        for h in heads:
+            for c in cols:
+                self.assertIn(H.heading(c), h)
+        self.assertIn("| Random read 4k T1Q1 |", md)
+        self.assertIn("| Linear read 1M T1Q8 |", md)
+        # median (min-max) of 1000 and 2000
+        self.assertIn("1.5k (1.0k-2.0k)", md)
+        self.assertIn("blkgw ublk (TCG)", md)
+        self.assertIn("blkgw / peer, pair by pair", md)
+        self.assertIn("fraction of the ceiling", md)
+        # every table row has as many cells as its header
+        for block in md.split("\n\n"):
+            rows = [x for x in block.splitlines() if x.startswith("|")]
+            if rows:
+                self.assertEqual(len({r.count("|") for r in rows}), 1, block)
+
+    def test_forced_columns_show_dashes(self):
+        cells = [cell("null", "randread-4k-qd1", "blkgw/nbd-unix", 1, 10.0)]
+        md = H.backend_tables(cells, "null", ["blkgw/nbd-unix", "qsd/vhost"])
+        self.assertIn("qsd vhost-user-blk", md)
+        self.assertIn("| 10 | - |", md)
+
+    def test_csv(self):
+        cells, _ = self.tables(["blkgw/nbd-unix", "floor/nbd-unix"])
+        rows = list(csv.DictReader(io.StringIO(H.cells_csv(cells))))
+        self.assertEqual(len(rows), len(cells))
+        self.assertEqual(rows[0]["where"], "host")
+        srows = list(csv.DictReader(io.StringIO(H.summary_csv(cells, ["null", "file"]))))
+        # two workloads x two columns, and the ceiling counts for file too
+        self.assertEqual(len([r for r in srows if r["backend"] == "null"]), 4)
+        r = [r for r in srows if r["column"] == "blkgw/nbd-unix"][0]
+        self.assertEqual((r["iops_min"], r["iops_median"], r["iops_max"]),
+                         ("1000", "1500", "2000"))
+
+    def test_plot_data(self):
+        cells = []
+        for qd in (1, 4, 128):
+            cells.append(cell("null", f"randread-4k-qd{qd}", "blkgw/nbd-unix", 1, 100.0 * qd,
+                              cpu=1.5))
+        cells.append(cell("null", "randwrite-4k-qd128", "blkgw/nbd-unix", 1, 5.0, cpu=2.5))
+        p = H.plot_data(cells, "null")
+        self.assertEqual(set(p), {"iops-qd", "latency", "cpu"})
+        data = p["iops-qd"][0].splitlines()
+        self.assertEqual([x.split()[0] for x in data[1:]], ["1", "4", "128"])
+        self.assertIn('"blkgw NBD unix" 1.500 2.500', p["cpu"][0])
+        s = H.gnuplot_script("/x.dat", p["cpu"][1], "/x.svg", "/x.png")
+        self.assertIn("set terminal svg", s)
+        self.assertIn("pngcairo", s)
+
+
+if __name__ == "__main__":
+    unittest.main()
