@@ -1607,7 +1607,7 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		gw_err("%s", err);
 		goto fail_stop;
 	}
-	reclaim_all(&m->env);
+	reclaim_all(&gw.env);
 	if (m->gw.metrics) {
 		rc = gw_metrics_start(m->gw.metrics, metrics_fill, NULL, err, sizeof(err));
 		if (rc < 0) {
