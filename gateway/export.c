@@ -94,6 +94,8 @@ static inline void count(struct gw_stats *s, struct gw_io *io, uint64_t start_ns
 	__atomic_fetch_add(&s->ops[io->op], 1, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&s->time_ns[io->op], took, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&s->lat[io->op][lat_bucket(took)], 1, __ATOMIC_RELAXED);
+	if (io->flags & GW_IO_FUA)
+		__atomic_fetch_add(&s->fua, 1, __ATOMIC_RELAXED);
 	if (io->result < 0) {
 		__atomic_fetch_add(&s->errors, 1, __ATOMIC_RELAXED);
 	} else if (io->op == GW_OP_READ) {
@@ -255,6 +257,7 @@ void gw_export_stats(const struct gw_export *e, struct gw_stats_total *t)
 		t->zeroes += ops[GW_OP_WRITE_ZEROES];
 		t->caches += ops[GW_OP_CACHE];
 		t->extents += __atomic_load_n(&s->extents, __ATOMIC_RELAXED);
+		t->fua += __atomic_load_n(&s->fua, __ATOMIC_RELAXED);
 		t->bytes_read += __atomic_load_n(&s->bytes_read, __ATOMIC_RELAXED);
 		t->bytes_written += __atomic_load_n(&s->bytes_written, __ATOMIC_RELAXED);
 		t->errors += __atomic_load_n(&s->errors, __ATOMIC_RELAXED);

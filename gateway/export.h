@@ -38,6 +38,7 @@ struct gw_stats {
 	uint64_t bytes_written;
 	uint64_t errors;
 	uint64_t extents; /* extent queries */
+	uint64_t fua;     /* requests that carried FUA (durable before completion) */
 	int64_t inflight; /* handed to the backend, not yet complete */
 	uint64_t lat[GW_OP__COUNT][GW_LAT_BUCKETS];
 } __attribute__((aligned(GW_CACHELINE)));
@@ -45,6 +46,7 @@ struct gw_stats {
 struct gw_stats_total {
 	uint64_t requests, reads, writes, flushes, trims, zeroes, caches, extents;
 	uint64_t bytes_read, bytes_written, errors;
+	uint64_t fua; /* of those requests, the ones that carried FUA */
 	/* Per op (GW_OP_*): total time from the checked layer to completion, as
 	 * QEMU's query-blockstats *_total_time_ns; divided by the op's count, the
 	 * mean latency the export adds with its backend. */

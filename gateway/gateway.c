@@ -170,6 +170,7 @@ static json_object *export_json(struct gw_export *e)
 	json_object_object_add(c, "reads", u64(t.reads));
 	json_object_object_add(c, "writes", u64(t.writes));
 	json_object_object_add(c, "flushes", u64(t.flushes));
+	json_object_object_add(c, "fua", u64(t.fua));
 	json_object_object_add(c, "trims", u64(t.trims));
 	json_object_object_add(c, "zeroes", u64(t.zeroes));
 	json_object_object_add(c, "caches", u64(t.caches));
