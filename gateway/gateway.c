@@ -63,6 +63,7 @@ static struct {
 	size_t nexports;
 	struct apply *applying;
 	unsigned stopping; /* exports still stopping */
+	unsigned starting; /* a transport's start() runs (it may run the loop: VDUSE, ublk) */
 	bool stop_requested;
 	uint64_t start_ns;
 	ev_signal sig[3];
@@ -363,6 +364,8 @@ static void reject(struct gw_export *e, const char *tname, const char *why)
 	e->notes = n;
 }
 
+static void export_stopped(struct gw_export *e);
+
 /* Try the export's transports in order of preference. */
 static int start_export(struct gw_export *e, const struct gw_export_spec *x)
 {
@@ -381,12 +384,21 @@ static int start_export(struct gw_export *e, const struct gw_export_spec *x)
 		}
 		e->transport = t->ops;
 		e->topts = t->opts;
+		gw.starting++;
 		rc = t->ops->start(e, why, sizeof(why));
+		gw.starting--;
 		if (rc == 0) {
 			struct gw_export_status st;
 
 			memset(&st, 0, sizeof(st));
 			e->state = GW_EXPORT_RUNNING;
+			if (gw.stop_requested) {
+				/* SIGTERM came while start() ran the loop: stop_all() missed it. */
+				e->state = GW_EXPORT_STOPPING;
+				gw.stopping++;
+				t->ops->stop(e, export_stopped);
+				return 0;
+			}
 			if (t->ops->status)
 				t->ops->status(e, &st);
 			gw_info("export %s: serving over %s%s%s%s%s", e->id, t->ops->name,
@@ -1010,7 +1022,7 @@ static void apply_path(const char *path, const char *shown, const char *origin, 
 	a->reply_to = reply_to;
 	a->problems = problems;
 	a->needs_restart = json_object_new_array();
-	if (gw.applying || gw.stop_requested) {
+	if (gw.applying || gw.starting || gw.stop_requested) {
 		problem(a, "%s",
 			gw.stop_requested ? "blkgw is stopping"
 					  : "another apply is in progress; try again");
