@@ -50,8 +50,8 @@ static int held(unsigned maj, unsigned min, char *why, size_t len)
 	return rc;
 }
 
-/* Open in a process (other than this one)? */
-static int opened(dev_t rdev, char *why, size_t len)
+/* Open in a process (other than this one)? type: S_IFBLK or S_IFCHR. */
+static int opened(mode_t type, dev_t rdev, char *why, size_t len)
 {
 	DIR *procs = opendir("/proc");
 	struct dirent *p;
@@ -75,7 +75,8 @@ static int opened(dev_t rdev, char *why, size_t len)
 			if (f->d_name[0] == '.')
 				continue;
 			snprintf(path, sizeof(path), "%s/%s", fdir, f->d_name);
-			if (stat(path, &st) == 0 && S_ISBLK(st.st_mode) && st.st_rdev == rdev) {
+			if (stat(path, &st) == 0 && (st.st_mode & S_IFMT) == type &&
+			    st.st_rdev == rdev) {
 				char comm[64] = "?", cpath[64];
 				FILE *c;
 
@@ -109,9 +110,18 @@ int gw_blockdev_in_use(const char *devnode, char *why, size_t len)
 	maj = major(st.st_rdev);
 	min = minor(st.st_rdev);
 	if (mounted(maj, min, sub, sizeof(sub)) || held(maj, min, sub, sizeof(sub)) ||
-	    opened(st.st_rdev, sub, sizeof(sub))) {
+	    opened(S_IFBLK, st.st_rdev, sub, sizeof(sub))) {
 		snprintf(why, len, "%s is %s", devnode, sub);
 		return 1;
 	}
 	return 0;
+}
+
+int gw_chardev_open_by(const char *devnode, char *why, size_t len)
+{
+	struct stat st;
+
+	if (stat(devnode, &st) < 0 || !S_ISCHR(st.st_mode))
+		return 0;
+	return opened(S_IFCHR, st.st_rdev, why, len);
 }

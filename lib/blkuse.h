@@ -11,3 +11,6 @@
 
 /* 1 with who holds it in why ("mounted on /mnt", "open in pid 42 (fio)"), or 0. */
 int gw_blockdev_in_use(const char *devnode, char *why, size_t len);
+
+/* A character device open in a process other than this one: 1 with "open in pid 42 (fio)", or 0. */
+int gw_chardev_open_by(const char *devnode, char *why, size_t len);

@@ -54,6 +54,11 @@
 #ifndef UBLK_U_CMD_DEL_DEV_ASYNC
 #define UBLK_U_CMD_DEL_DEV_ASYNC _IOR('u', 0x14, struct ublksrv_ctrl_cmd)
 #endif
+/* Linux 6.4 (its ioctl-encoded number): which CPUs a queue's requests come from. */
+#ifndef UBLK_U_CMD_GET_QUEUE_AFFINITY
+#define UBLK_U_CMD_GET_QUEUE_AFFINITY \
+	_IOR('u', UBLK_CMD_GET_QUEUE_AFFINITY, struct ublksrv_ctrl_cmd)
+#endif
 /* Linux 6.5. */
 #ifndef UBLK_U_CMD_GET_FEATURES
 #define UBLK_U_CMD_GET_FEATURES _IOR('u', UBLK_CMD_GET_FEATURES, struct ublksrv_ctrl_cmd)

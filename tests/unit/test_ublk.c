@@ -1,8 +1,8 @@
 /*
  * The ublk transport's host-side parts: command numbers and struct sizes
  * against the 6.12 kernel's, device parameters from an export, request
- * descriptors to backend requests and results back, the id option and the
- * run dir's state line.
+ * descriptors to backend requests and results back, the id option, the
+ * run dir's state line, the feature check's message and CPU lists.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -26,6 +26,7 @@ static void test_abi(void)
 	CHECK(UBLK_U_CMD_ADD_DEV == 0xc0207504u);
 	CHECK(UBLK_U_CMD_START_DEV == 0xc0207506u);
 	CHECK(UBLK_U_CMD_GET_FEATURES == 0x80207513u);
+	CHECK(UBLK_U_CMD_GET_QUEUE_AFFINITY == 0x80207501u);
 	CHECK(UBLK_U_IO_FETCH_REQ == 0xc0107520u);
 	CHECK(UBLK_U_IO_COMMIT_AND_FETCH_REQ == 0xc0107521u);
 	CHECK(sizeof(struct ublksrv_ctrl_cmd) == 32);
@@ -209,6 +210,43 @@ static void test_state(void)
 	CHECK(ublk_state_format(&s, line, 8) < 0);
 }
 
+/* The message for a kernel without the recovery features blkgw asks for. */
+static void test_features(void)
+{
+	char err[512] = "";
+
+	CHECK(ublk_check_features(UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE |
+					  UBLK_F_CMD_IOCTL_ENCODE,
+				  err, sizeof(err)) == 0);
+	CHECK(ublk_check_features(UBLK_F_USER_RECOVERY | UBLK_F_CMD_IOCTL_ENCODE, err,
+				  sizeof(err)) == -EOPNOTSUPP);
+	CHECK(strstr(err, "lacks USER_RECOVERY_REISSUE (features 0x48)") != NULL);
+	CHECK(strstr(err, "Linux 6.5 or later, or another transport") != NULL);
+	CHECK(ublk_check_features(UBLK_F_CMD_IOCTL_ENCODE, err, sizeof(err)) == -EOPNOTSUPP);
+	CHECK(strstr(err, "lacks USER_RECOVERY (") != NULL);
+}
+
+static void test_cpus(void)
+{
+	cpu_set_t s;
+	char buf[64];
+
+	CPU_ZERO(&s);
+	ublk_cpus_format(&s, buf, sizeof(buf));
+	CHECK(strcmp(buf, "") == 0);
+	CPU_SET(0, &s);
+	ublk_cpus_format(&s, buf, sizeof(buf));
+	CHECK(strcmp(buf, "0") == 0);
+	CPU_SET(1, &s);
+	CPU_SET(2, &s);
+	CPU_SET(5, &s);
+	CPU_SET(CPU_SETSIZE - 1, &s);
+	ublk_cpus_format(&s, buf, sizeof(buf));
+	CHECK(strcmp(buf, "0-2,5,1023") == 0);
+	ublk_cpus_format(&s, buf, 4); /* truncated, still a string */
+	CHECK(strlen(buf) == 3);
+}
+
 int main(void)
 {
 	test_abi();
@@ -217,6 +255,8 @@ int main(void)
 	test_decode();
 	test_id();
 	test_state();
+	test_features();
+	test_cpus();
 	if (failures) {
 		fprintf(stderr, "%d check(s) failed\n", failures);
 		return 1;

@@ -18,6 +18,7 @@
 #include <linux/capability.h>
 #include <dirent.h>
 #include <errno.h>
+#include <ev.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -27,6 +28,7 @@
 #include <unistd.h>
 
 #include "gateway/transport.h"
+#include "lib/blkuse.h"
 #include "lib/devlink.h"
 #include "lib/log.h"
 #include "lib/sockets.h"
@@ -287,6 +289,14 @@ static int find_previous(struct ublk_dev *d, const struct ublk_opts *o, char *er
 		unlink(f.path);
 		return 0;
 	}
+	if (info.ublksrv_pid > 0 && info.ublksrv_pid != f.st.pid && info.ublksrv_pid != getpid() &&
+	    pid_alive(info.ublksrv_pid)) {
+		/* The id was freed and taken again: not ours to recover or delete. */
+		gw_warn("export %s: ublk%u recorded in %s now belongs to pid %d; leaving it alone",
+			e->id, f.st.dev_id, f.path, info.ublksrv_pid);
+		unlink(f.path);
+		return 0;
+	}
 	memset(&have, 0, sizeof(have));
 	have.len = sizeof(have);
 	if (info.state == UBLK_S_DEV_DEAD)
@@ -437,14 +447,11 @@ static void dev_free(struct ublk_dev *d)
 	free(d);
 }
 
-/* Main thread: the device is up. */
-static void on_live(void *arg)
+/* Main thread, in start(): the device is up. */
+static void went_live(struct ublk_dev *d)
 {
-	struct ublk_dev *d = arg;
 	char target[32];
 
-	if (d->stop_done || d->exp->state != GW_EXPORT_RUNNING)
-		return;
 	snprintf(target, sizeof(target), "/dev/ublkb%u", d->dev_id);
 	d->dev_link = gw_devlink_set(d->exp->env->run_dir, d->exp->id, target);
 	atomic_store(&d->exp->clients, d->nr_queues);
@@ -458,14 +465,12 @@ static void on_live(void *arg)
 			d->max_io >> 10);
 }
 
-/* Main thread: START_DEV failed; the control thread tears the device down. */
-static void on_start_failed(void *arg)
+/* Main thread: the control thread's verdict (start() runs the loop until it comes). */
+static void on_verdict(void *arg)
 {
 	struct ublk_dev *d = arg;
 
-	gw_err("export %s: starting /dev/ublkb%u failed: %s", d->exp->id, d->dev_id, d->ctl_err);
-	if (d->exp->state == GW_EXPORT_RUNNING)
-		d->exp->state = GW_EXPORT_FAILED;
+	d->verdict = true;
 }
 
 /* Main thread: everything is gone. */
@@ -525,11 +530,29 @@ static int recover(struct ublk_dev *d)
 {
 	int rc;
 
+	char cdev[32], holder[128];
+
+	snprintf(cdev, sizeof(cdev), "/dev/ublkc%u", d->dev_id);
 	for (int i = 0;; i++) {
 		rc = ublk_ctrl_cmd(&d->ctrl, UBLK_U_CMD_START_USER_RECOVERY, d->dev_id, NULL, 0, 0);
 		if (rc != -EBUSY || i >= 600)
 			break;
+		/* Past a second, a live process holding the node will not let go: say who. */
+		if (i >= 20 && i % 20 == 0 && gw_chardev_open_by(cdev, holder, sizeof(holder))) {
+			snprintf(d->ctl_err, sizeof(d->ctl_err),
+				 "START_USER_RECOVERY: %s is %s, so the kernel will not hand the "
+				 "device over: stop that process",
+				 cdev, holder);
+			return rc;
+		}
 		usleep(50000);
+	}
+	if (rc == -EBUSY) {
+		snprintf(d->ctl_err, sizeof(d->ctl_err),
+			 "START_USER_RECOVERY: busy for 30 s: something still holds /dev/ublkc%u "
+			 "(find it with fuser -v /dev/ublkc%u and stop it)",
+			 d->dev_id, d->dev_id);
+		return rc;
 	}
 	if (rc < 0) {
 		snprintf(d->ctl_err, sizeof(d->ctl_err), "START_USER_RECOVERY: %s", strerror(-rc));
@@ -545,6 +568,12 @@ static int recover(struct ublk_dev *d)
 	if (rc < 0)
 		snprintf(d->ctl_err, sizeof(d->ctl_err), "END_USER_RECOVERY: %s", strerror(-rc));
 	return rc;
+}
+
+static void post_main(void (*fn)(void *arg), void *arg)
+{
+	while (gw_main_call(fn, arg) < 0)
+		usleep(1000);
 }
 
 static void *ctl_main(void *arg)
@@ -568,19 +597,27 @@ static void *ctl_main(void *arg)
 			snprintf(d->ctl_err, sizeof(d->ctl_err), "START_DEV: %s", strerror(-rc));
 	}
 	if (rc < 0) {
-		gw_main_call(on_start_failed, d);
-	} else {
-		pthread_mutex_lock(&d->lock);
-		d->live = true;
-		pthread_mutex_unlock(&d->lock);
-		gw_main_call(on_live, d);
-		pthread_mutex_lock(&d->lock);
-		while (!d->stop_requested)
-			pthread_cond_wait(&d->cond, &d->lock);
-		pthread_mutex_unlock(&d->lock);
+		/*
+		 * No disk anyone uses (or one whose daemon cannot come back):
+		 * delete it without waiting for a last close, then let start()
+		 * report the failure, so the export falls back to its next
+		 * transport.
+		 */
+		teardown(d, false);
+		d->start_rc = rc;
+		post_main(on_verdict, d);
+		return NULL;
 	}
+	pthread_mutex_lock(&d->lock);
+	d->live = true;
+	pthread_mutex_unlock(&d->lock);
+	post_main(on_verdict, d);
+	pthread_mutex_lock(&d->lock);
+	while (!d->stop_requested)
+		pthread_cond_wait(&d->cond, &d->lock);
+	pthread_mutex_unlock(&d->lock);
 	teardown(d, true);
-	gw_main_call(on_gone, d);
+	post_main(on_gone, d);
 	return NULL;
 }
 
@@ -673,14 +710,9 @@ static int ublk_start(struct gw_export *e, char *err, size_t errlen)
 			strerror(-rc));
 		goto fail;
 	}
-	if (!(features & UBLK_F_USER_RECOVERY_REISSUE)) {
-		gw_seterr(
-			err, errlen,
-			"this kernel's ublk driver lacks USER_RECOVERY_REISSUE (features 0x%llx), needed to survive a daemon restart",
-			(unsigned long long)features);
-		rc = -EOPNOTSUPP;
+	rc = ublk_check_features(features, err, errlen);
+	if (rc < 0)
 		goto fail;
-	}
 	rc = ublk_build_params(e, (uint32_t)o->max_io, &params, err, errlen);
 	if (rc < 0)
 		goto fail;
@@ -724,7 +756,24 @@ start_ctl:
 		goto fail;
 	}
 	d->ctl_started = true;
+	/*
+	 * START_DEV (or the recovery) blocks on the control thread; serve the
+	 * loop meanwhile (the control socket, other transports' messages), so
+	 * that a device that fails to come up is a transport that failed to
+	 * start, and the gateway tries the export's next one.
+	 */
+	while (!d->verdict)
+		ev_run(EV_DEFAULT, EVRUN_ONCE);
+	if (d->start_rc < 0) {
+		pthread_join(d->ctl_thread, NULL);
+		gw_seterr(err, errlen, "%s /dev/ublkb%u: %s",
+			  d->recovered ? "taking over" : "starting", d->dev_id, d->ctl_err);
+		rc = d->start_rc;
+		dev_free(d);
+		return rc;
+	}
 	e->tpriv = d;
+	went_live(d);
 	return 0;
 fail:
 	if (added)

@@ -100,3 +100,10 @@ int ublk_ctrl_dev_info(struct ublk_ctrl *c, uint32_t dev_id, struct ublksrv_ctrl
 	memset(info, 0, sizeof(*info));
 	return ublk_ctrl_cmd(c, UBLK_U_CMD_GET_DEV_INFO, dev_id, info, sizeof(*info), 0);
 }
+
+int ublk_ctrl_queue_affinity(struct ublk_ctrl *c, uint32_t dev_id, uint16_t qid, cpu_set_t *cpus)
+{
+	/* The queue id goes in data[0]; the mask is nr_cpu_ids bits, rounded up to 8 bytes. */
+	CPU_ZERO(cpus);
+	return ublk_ctrl_cmd(c, UBLK_U_CMD_GET_QUEUE_AFFINITY, dev_id, cpus, sizeof(*cpus), qid);
+}

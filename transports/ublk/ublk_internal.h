@@ -19,6 +19,7 @@
 
 #include <liburing.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -60,11 +61,23 @@ int ublk_ctrl_cmd(struct ublk_ctrl *c, uint32_t op, uint32_t dev_id, void *buf, 
 		  uint64_t data0);
 int ublk_ctrl_features(struct ublk_ctrl *c, uint64_t *features);
 int ublk_ctrl_dev_info(struct ublk_ctrl *c, uint32_t dev_id, struct ublksrv_ctrl_dev_info *info);
+/* GET_QUEUE_AFFINITY: the CPUs whose requests land on queue qid. */
+int ublk_ctrl_queue_affinity(struct ublk_ctrl *c, uint32_t dev_id, uint16_t qid, cpu_set_t *cpus);
 
 /* Fill an SQE (zeroed, of a ring created with or without SQE128) with a uring_cmd. */
 void ublk_prep_cmd(struct io_uring_sqe *sqe, int fd, uint32_t op, const void *cmd, size_t len);
 
 /* ---- pure parts (ublk_proto.c) ---- */
+
+/*
+ * What GET_FEATURES answered is enough for blkgw (USER_RECOVERY and
+ * USER_RECOVERY_REISSUE: a device must survive a daemon restart)? 0, or
+ * -EOPNOTSUPP with a message naming what is missing and the fix.
+ */
+int ublk_check_features(uint64_t features, char *err, size_t errlen);
+
+/* "0-3,6" for a CPU set (empty: ""). */
+void ublk_cpus_format(const cpu_set_t *cpus, char *buf, size_t len);
 
 /*
  * The parameters for an export: block sizes, size, max I/O, cache and FUA
@@ -125,6 +138,8 @@ struct ublk_queue {
 	int quit_fd; /* eventfd: the control thread asks the thread to end */
 	struct gw_uring_cb quit_cb;
 	bool quit;
+	cpu_set_t cpus; /* GET_QUEUE_AFFINITY's answer, applied to the thread */
+	bool have_cpus;
 	int init_rc; /* set before the thread reports ready (under the device lock) */
 	bool ready;
 };
@@ -151,6 +166,8 @@ struct ublk_dev {
 	bool stop_requested;
 	bool live; /* START_DEV / END_USER_RECOVERY succeeded */
 	char ctl_err[256];
+	int start_rc; /* the control thread's verdict: 0 live, or -errno (ctl_err) */
+	bool verdict; /* main thread: start_rc is known */
 	void (*stop_done)(struct gw_export *e);
 };
 

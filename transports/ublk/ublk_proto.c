@@ -166,3 +166,42 @@ int ublk_state_parse(const char *buf, struct ublk_state *s)
 		return -EINVAL;
 	return 0;
 }
+
+int ublk_check_features(uint64_t features, char *err, size_t errlen)
+{
+	const char *missing = NULL;
+
+	if (!(features & UBLK_F_USER_RECOVERY))
+		missing = "USER_RECOVERY";
+	else if (!(features & UBLK_F_USER_RECOVERY_REISSUE))
+		missing = "USER_RECOVERY_REISSUE";
+	if (!missing)
+		return 0;
+	gw_seterr(
+		err, errlen,
+		"this kernel's ublk driver lacks %s (features 0x%llx), which blkgw needs so a device survives a daemon restart: use Linux 6.5 or later, or another transport",
+		missing, (unsigned long long)features);
+	return -EOPNOTSUPP;
+}
+
+void ublk_cpus_format(const cpu_set_t *cpus, char *buf, size_t len)
+{
+	size_t n = 0;
+	int first = -1;
+
+	if (len)
+		buf[0] = '\0';
+	for (int c = 0; c <= CPU_SETSIZE; c++) {
+		bool in = c < CPU_SETSIZE && CPU_ISSET(c, cpus);
+
+		if (in && first < 0)
+			first = c;
+		if (in || first < 0)
+			continue;
+		if (n < len)
+			n += (size_t)snprintf(buf + n, len - n, "%s%d", n ? "," : "", first);
+		if (c - 1 > first && n < len)
+			n += (size_t)snprintf(buf + n, len - n, "-%d", c - 1);
+		first = -1;
+	}
+}

@@ -175,6 +175,22 @@ static void *queue_main(void *arg)
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	snprintf(name, sizeof(name), "ublk%u-q%u", d->dev_id, q->id);
 	gw_log_set_thread_name(name);
+	/*
+	 * Run where the queue's requests come from (GET_QUEUE_AFFINITY), as
+	 * ublksrv does: the kernel completes our commands as task work on this
+	 * thread, and the buffers below are allocated here, near those CPUs.
+	 */
+	if (q->have_cpus) {
+		char cpus[256];
+
+		ublk_cpus_format(&q->cpus, cpus, sizeof(cpus));
+		rc = pthread_setaffinity_np(pthread_self(), sizeof(q->cpus), &q->cpus);
+		if (rc)
+			gw_warn("ublk%u queue %u: cannot run on CPUs %s: %s", d->dev_id, q->id,
+				cpus, strerror(rc));
+		else
+			gw_debug("ublk%u queue %u: on CPUs %s", d->dev_id, q->id, cpus);
+	}
 	rc = queue_setup(q);
 	if (rc < 0) {
 		report_ready(q, rc);
@@ -222,6 +238,12 @@ int ublk_queue_start(struct ublk_dev *d, unsigned qid, char *err, size_t errlen)
 	memset(q, 0, sizeof(*q));
 	q->d = d;
 	q->id = (uint16_t)qid;
+	/* The caller owns d->ctrl now (start(), or the control thread in a recovery). */
+	rc = ublk_ctrl_queue_affinity(&d->ctrl, d->dev_id, q->id, &q->cpus);
+	q->have_cpus = rc >= 0 && CPU_COUNT(&q->cpus) > 0;
+	if (!q->have_cpus)
+		gw_warn("ublk%u queue %u: GET_QUEUE_AFFINITY: %s; the thread runs on any CPU",
+			d->dev_id, qid, rc < 0 ? strerror(-rc) : "no CPU");
 	q->quit_fd = eventfd(0, EFD_CLOEXEC);
 	if (q->quit_fd < 0) {
 		gw_seterr(err, errlen, "eventfd: %s", strerror(errno));

@@ -4,7 +4,11 @@
 # on one and two queues (4k random, 1 MiB sequential); mkfs.ext4, mount,
 # files, remount; blkdiscard punches holes in the sparse backing file;
 # write-zeroes; a read-only export is a read-only disk; status shows the
-# device; a taken id is refused; SIGTERM removes every device.
+# device; a taken id is refused; SIGTERM removes every device; each queue's
+# thread runs on the CPUs GET_QUEUE_AFFINITY names; O_SYNC writes arrive as
+# FUA and fsync as flushes (status counters); kill -9 recovery (3 cycles);
+# a device another process holds cannot be taken over: the export falls
+# back to nbd, with the reason in status.
 # shellcheck source=SCRIPTDIR/../guest-lib.sh
 . /lib/blkgw-vm/guest-lib.sh
 
@@ -83,6 +87,21 @@ check_eq "a volatile cache (flushes reach the backend)" "write back" \
 	"$(cat /sys/block/ublkb5/queue/write_cache)"
 check_eq "max-io 1M: 1024 KiB per request" 1024 "$(cat /sys/block/ublkb5/queue/max_sectors_kb)"
 
+# queue_cpus ID Q: the CPUs blkgw's thread for queue Q of ublkID may run on
+queue_cpus() {
+	for t in /proc/"$(bg_pid gw)"/task/*; do
+		[ "$(cat "$t/comm")" = "ublk$1-q$2" ] && sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' "$t/status"
+	done
+}
+vm_log "ublkb5 queues: kernel maps CPUs '$(cat /sys/block/ublkb5/mq/0/cpu_list)' and '$(cat /sys/block/ublkb5/mq/1/cpu_list)'; threads on '$(queue_cpus 5 0)' and '$(queue_cpus 5 1)'"
+check_eq "GET_QUEUE_AFFINITY: queue 0's thread runs on the CPU the kernel maps to queue 0" \
+	"$(cat /sys/block/ublkb5/mq/0/cpu_list)" "$(queue_cpus 5 0)"
+check_eq "GET_QUEUE_AFFINITY: queue 1's thread runs on the CPU the kernel maps to queue 1" \
+	"$(cat /sys/block/ublkb5/mq/1/cpu_list)" "$(queue_cpus 5 1)"
+check "the two queues' threads are pinned apart (two vCPUs)" \
+	test "$(queue_cpus 5 0)" != "$(queue_cpus 5 1)"
+check_eq "a one-queue device's thread may run on every CPU" 0-1 "$(queue_cpus ${d1#/dev/ublkb} 0)"
+
 cat >/tmp/busy.yaml <<YAML
 version: 1
 gateway: { run-dir: /tmp/run2 }
@@ -124,6 +143,38 @@ check "2 queues, fio 1 MiB write QD32 x 2 jobs, crc32c verify" fio_seq "$d2" 32 
 check "memory backend, fio 4k randrw QD32, crc32c verify" fio_rand "$mem" 32 16M --rw=randrw
 check "the backing file holds what fio wrote on d1 (first 8 MiB)" \
 	sh -c "sync; dd if=$d1 bs=1M count=8 iflag=direct 2>/dev/null | md5sum >/tmp/a; dd if=/tmp/d1.raw bs=1M count=8 2>/dev/null | md5sum >/tmp/b; cmp /tmp/a /tmp/b"
+
+# --- FUA and flush reach the backend ---------------------------------------------------
+
+counter() { # EXPORT NAME: one of the export's counters in status --json
+	$B status $CTL --json | tr -d ' \n' | grep -o "\"id\":\"$1\".*" | grep -o "\"$2\":[0-9]*" |
+		head -1 | cut -d: -f2
+}
+writes_fua() { # EXPORT DEV WRITES FUA [fio args...]: fio's writes and FUA writes counted
+	local x="$1" dev="$2" w0 f0 w1 f1
+	shift 2
+	local want_w="$1" want_f="$2"
+	shift 2
+	w0=$(counter "$x" writes) f0=$(counter "$x" fua)
+	fio --name=fua --filename="$dev" --ioengine=psync --rw=write --bs=4k --size=64k \
+		--offset=200M --direct=1 "$@" >/dev/null || return 1
+	w1=$(counter "$x" writes) f1=$(counter "$x" fua)
+	echo "writes $w0 -> $w1, fua $f0 -> $f1 (want +$want_w, +$want_f)"
+	[ $((w1 - w0)) -eq "$want_w" ] && [ $((f1 - f0)) -eq "$want_f" ]
+}
+check "16 O_DIRECT|O_SYNC writes on d1 arrive as 16 FUA writes" writes_fua d1 "$d1" 16 16 --sync=1
+check "16 plain O_DIRECT writes carry no FUA" writes_fua d1 "$d1" 16 0
+flushes_after_fsync() {
+	local f0 f1
+	f0=$(counter d1 flushes)
+	fio --name=fsync --filename="$d1" --ioengine=psync --rw=write --bs=4k --size=16k \
+		--offset=200M --direct=1 --fsync=1 >/dev/null || return 1
+	f1=$(counter d1 flushes)
+	# fio fsyncs after a write only when another follows: 3 for 4 writes.
+	echo "flushes $f0 -> $f1 (want at least +3)"
+	[ $((f1 - f0)) -ge 3 ]
+}
+check "fio's fsyncs between 4 writes reach the backend as flushes" flushes_after_fsync
 
 # --- discard and write-zeroes --------------------------------------------------------
 
@@ -235,3 +286,42 @@ check "the log says why" grep -q "removed /dev/ublkb7 left by a stopped blkgw fo
 	$VM_LOGS/gw.log
 check "SIGTERM: blkgw exits 0" stop_gw
 check "no /dev/ublkb* or /dev/ublkc* left after all that" sh -c "! ls /dev/ublkb* /dev/ublkc* 2>/dev/null"
+
+# --- a device that cannot be taken over: the export falls back to its next transport ------
+
+truncate -s 64M /tmp/fb.raw
+cat >/tmp/f.yaml <<YAML
+version: 1
+gateway: { run-dir: $RUN, workers: 1 }
+images:
+  fb: { backend: file, path: /tmp/fb.raw }
+exports:
+  - { image: fb, transports: [ublk, nbd], ublk: { id: 9 }, nbd: { socket: $RUN/fb.sock } }
+YAML
+require "blkgw serves fb as /dev/ublkb9" start_gw /tmp/f.yaml fb
+check "fb over ublk: fio 4k randwrite QD8, crc32c verify" fio_rand /dev/ublkb9 8 4M
+check "kill -9 blkgw" kill9_gw
+hold_cdev() { # another process opens the dead daemon's /dev/ublkc9 (once the kernel let it go)
+	for _ in $(seq 1 50); do
+		rm -f /tmp/held
+		bg_start holder sh -c 'exec 3<>/dev/ublkc9 && touch /tmp/held && exec sleep 600'
+		bg_wait_for holder 5 test -e /tmp/held && return 0
+		sleep 0.2
+	done
+	return 1
+}
+check "a process holds /dev/ublkc9 open" hold_cdev
+bg_start gw $B serve /tmp/f.yaml --log-level debug
+check "restarted, blkgw cannot take /dev/ublkb9 over and falls back to nbd" \
+	bg_wait_for gw 120 grep -q "export fb: fell back to nbd" $VM_LOGS/gw.log
+check "status: served over nbd, ublk rejected with the error and who holds the device" \
+	sh -c "$B status $CTL --json >/tmp/st; cat /tmp/st; grep -q '\"transport\": \"nbd\"' /tmp/st && grep -q 'taking over /dev/ublkb9: START_USER_RECOVERY: /dev/ublkc9 is open in pid [0-9]* (sleep)' /tmp/st"
+check "the device it could not take over is removed" sh -c "! test -e /dev/ublkb9"
+check "its state line is gone" sh -c "! test -e $RUN/ublk/9.state"
+check "the nbd export serves the image fio wrote over ublk: verify" \
+	fio --name=rand --ioengine=nbd --uri="nbd+unix:///fb?socket=$RUN/fb.sock" --rw=randwrite \
+	--bs=4k --size=4M --iodepth=8 --verify=crc32c --verify_only --randrepeat=1
+check "no /dev/ublkc9 either (deleted without waiting for the holder)" sh -c "! test -e /dev/ublkc9"
+kill "$(bg_pid holder)"
+check "SIGTERM: blkgw exits 0" stop_gw
+check "no /dev/ublkb* or /dev/ublkc* left at the end" sh -c "! ls /dev/ublkb* /dev/ublkc* 2>/dev/null"
