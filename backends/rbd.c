@@ -280,9 +280,10 @@ static void image_spec(const struct rbd_opts *o, char *buf, size_t len)
  * The image's header locks: an `rbd lock add` lock, or (tag "internal") the
  * exclusive-lock feature's own. Returns how many hold it, the first named in
  * buf ("client.4125 at 127.0.0.1:0/1014879856"); *managed: it is the
- * feature's lock.
+ * feature's lock; *live: its holder still watches the image (a client that
+ * is running, not one that died holding it).
  */
-static ssize_t lockers(rbd_image_t image, bool *managed, char *buf, size_t len)
+static ssize_t lockers(rbd_image_t image, bool *managed, bool *live, char *buf, size_t len)
 {
 	char tag[128], clients[512], cookies[512], addrs[512];
 	size_t tl = sizeof(tag), cl = sizeof(clients), kl = sizeof(cookies), al = sizeof(addrs);
@@ -291,10 +292,23 @@ static ssize_t lockers(rbd_image_t image, bool *managed, char *buf, size_t len)
 		rbd_list_lockers(image, &excl, tag, &tl, clients, &cl, cookies, &kl, addrs, &al);
 
 	*managed = false;
+	*live = false;
 	buf[0] = '\0';
 	if (n <= 0)
 		return n;
 	*managed = strcmp(tag, "internal") == 0;
+	{
+		rbd_image_watcher_t w[64];
+		size_t nw = GW_ARRAY_SIZE(w);
+
+		if (rbd_watchers_list(image, w, &nw) == 0) {
+			for (size_t i = 0; i < nw; i++)
+				*live = *live || strcmp(w[i].addr, addrs) == 0;
+			rbd_watchers_list_cleanup(w, nw);
+		} else {
+			*live = true; /* cannot tell: assume it runs */
+		}
+	}
 	if (*managed)
 		gw_seterr(buf, len, "%s at %s", clients, addrs);
 	else
@@ -344,7 +358,7 @@ static int rbd_check(const void *opts, char *msg, size_t len)
 	rbd_image_t image;
 	uint64_t size = 0;
 	char spec[512], s[32], who[512] = "";
-	bool managed = false;
+	bool managed = false, live = false;
 	int rc, ro = 0;
 
 	rc = conn_get(o, &c, msg, len);
@@ -361,16 +375,22 @@ static int rbd_check(const void *opts, char *msg, size_t len)
 		gw_seterr(msg, len, "rbd %s (%s): a snapshot can only be read", spec,
 			  gw_fmt_size(size, s, sizeof(s)));
 		ro = GW_CHECK_READ_ONLY;
-	} else if (o->exclusive && lockers(image, &managed, who, sizeof(who)) > 0 && !managed) {
+	} else if (o->exclusive && lockers(image, &managed, &live, who, sizeof(who)) > 0 &&
+		   !managed) {
 		gw_seterr(
 			msg, len,
 			"rbd %s is locked by %s; remove that lock (rbd lock rm) or set 'exclusive: false'",
 			spec, who);
 		rc = -EBUSY;
 	} else if (o->exclusive && *who) {
-		/* Maybe stale (its owner gone): open() breaks those, or names the owner. */
-		gw_seterr(msg, len, "rbd %s (%s), its exclusive lock now held by %s", spec,
-			  gw_fmt_size(size, s, sizeof(s)), who);
+		/*
+		 * Not an error here: a read-only export of it takes no lock. A
+		 * writable one is refused at start while that client runs; a
+		 * stale lock (its owner gone) open() breaks.
+		 */
+		gw_seterr(msg, len, "rbd %s (%s), its exclusive lock now held by %s%s", spec,
+			  gw_fmt_size(size, s, sizeof(s)), who,
+			  live ? ", a running client: a writable export will be refused" : "");
 	} else {
 		gw_seterr(msg, len, "rbd %s (%s)", spec, gw_fmt_size(size, s, sizeof(s)));
 	}
@@ -386,7 +406,7 @@ static int rbd_open_backend(struct gw_backend *b, const void *opts, char *err, s
 	struct rbd_backend *r = to_rbd(b);
 	char spec[512], who[512];
 	uint64_t size, features = 0;
-	bool ro = o->snapshot || b->open_read_only, managed;
+	bool ro = o->snapshot || b->open_read_only, managed, live;
 	int rc;
 
 	image_spec(o, spec, sizeof(spec));
@@ -403,7 +423,9 @@ static int rbd_open_backend(struct gw_backend *b, const void *opts, char *err, s
 	}
 	rbd_get_features(r->image, &features);
 	if (!ro && o->exclusive) {
-		if (lockers(r->image, &managed, who, sizeof(who)) > 0 && !managed) {
+		ssize_t held = lockers(r->image, &managed, &live, who, sizeof(who));
+
+		if (held > 0 && !managed) {
 			gw_seterr(
 				err, errlen,
 				"rbd %s is locked by %s; remove that lock (rbd lock rm) or set 'exclusive: false'",
@@ -419,10 +441,16 @@ static int rbd_open_backend(struct gw_backend *b, const void *opts, char *err, s
 			rc = -EINVAL;
 			goto fail_image;
 		}
-		/* librbd breaks a lock whose owner is gone, and asks a live one to let go. */
-		rc = rbd_lock_acquire(r->image, RBD_LOCK_MODE_EXCLUSIVE);
+		/*
+		 * A running client (QEMU's librbd, another blkgw) keeps its lock:
+		 * librbd would ask one that took it automatically to hand it over,
+		 * and the VM behind it would lose its disk. A lock whose owner is
+		 * gone librbd breaks.
+		 */
+		rc = held > 0 && live ? -EBUSY
+				      : rbd_lock_acquire(r->image, RBD_LOCK_MODE_EXCLUSIVE);
 		if (rc < 0) {
-			lockers(r->image, &managed, who, sizeof(who));
+			lockers(r->image, &managed, &live, who, sizeof(who));
 			gw_seterr(
 				err, errlen,
 				"rbd %s: cannot take the exclusive lock: %s%s%s; stop that client or set 'exclusive: false'",
