@@ -140,6 +140,26 @@ struct gw_extents {
 /* Append a run, merging with the previous one when the flags agree. Returns 1 when full. */
 int gw_extents_add(struct gw_extents *e, uint64_t len, uint32_t flags);
 
+/*
+ * An extents query answered later (backend extents_async(), through
+ * gw_export_extents_submit()): for backends whose allocation map sits behind
+ * a network, so the asking thread's loop never waits on it.
+ */
+struct gw_ext_req;
+typedef void (*gw_ext_done_fn)(struct gw_ext_req *x);
+
+struct gw_ext_req {
+	uint64_t offset, len;
+	struct gw_extents *out; /* filled as by extents(); must stay valid until done */
+	int result;             /* out: 0 or -errno */
+	gw_ext_done_fn done;    /* called once for queued queries, on the submitting thread */
+
+	void *_export; /* private to the checked layer */
+	struct gw_ioq *q;
+
+	uint64_t scratch[4]; /* private to the backend */
+};
+
 struct gw_backend {
 	const struct gw_backend_ops *ops;
 	const char *name;    /* the image name */
@@ -223,6 +243,15 @@ struct gw_backend_ops {
 
 	/* Optional. Short description for status ("file /x (O_DIRECT)"). */
 	void (*describe)(struct gw_backend *b, char *buf, size_t len);
+
+	/*
+	 * Optional. Any I/O thread: extents() without waiting. Returns 1 when
+	 * answered inline (x->result set, x->done NOT called), 0 when queued:
+	 * the backend then calls gw_ext_complete(x, result) later on the
+	 * submitting thread. Backends with it keep extents() for callers that
+	 * can wait (FUSE's SEEK_DATA and st_blocks).
+	 */
+	int (*extents_async)(struct gw_backend *b, struct gw_ioq *q, struct gw_ext_req *x);
 };
 
 /*
@@ -270,6 +299,8 @@ size_t gw_backend_open_all(struct gw_backend_open_req *r, size_t n);
 
 /* For backends: finish a queued request (on the submitting thread). */
 void gw_io_complete(struct gw_io *io, int result);
+/* For backends: finish a queued extents query (on the submitting thread). */
+void gw_ext_complete(struct gw_ext_req *x, int result);
 
 /* Helpers for backends. */
 void gw_iov_zero(const struct iovec *iov, unsigned iovcnt);

@@ -12,7 +12,10 @@
  *
  * FUA is a write followed by a flush; WRITE_ZEROES is rbd_aio_write_zeroes,
  * thick-provisioned when the client forbids unmapping. Extents come from
- * rbd_diff_iterate2 (whole objects, parent included).
+ * rbd_diff_iterate2 (whole objects, parent included), which librbd offers
+ * only synchronously and which may wait on the OSDs: a worker's query goes
+ * to the image's extents thread, which answers through the same channel as
+ * the AIO completions, so the worker's loop never waits on the cluster.
  *
  * Opening connects to the cluster with a bounded timeout (connect-timeout),
  * shares one cluster connection between images with the same conf, user and
@@ -121,9 +124,14 @@ struct rbd_chan {
 	struct gw_ioq *q;
 	struct rbd_backend *r;
 	int efd;
-	_Atomic(struct gw_io *) done; /* completed requests, newest first */
-	unsigned pending;             /* owner only: submitted, not yet finished */
-	bool armed;                   /* owner only: an eventfd read is queued */
+	/*
+	 * Completed requests, newest first: a struct gw_io *, or with bit 0
+	 * set a struct gw_ext_req * (an extents query the extents thread
+	 * answered); linked through their scratch[S_NEXT].
+	 */
+	_Atomic(uintptr_t) done;
+	unsigned pending; /* owner only: submitted, not yet finished */
+	bool armed;       /* owner only: an eventfd read is queued */
 	uint64_t val;
 };
 
@@ -138,6 +146,13 @@ struct rbd_backend {
 	char *desc;
 	_Atomic unsigned nchans;
 	_Atomic(struct rbd_chan *) chans[RBD_MAX_CHANS];
+
+	/* The extents thread, started on the first query: a queue of them. */
+	pthread_mutex_t ext_lock;
+	pthread_cond_t ext_cond;
+	struct gw_ext_req *ext_head, **ext_tail;
+	pthread_t ext_thread;
+	bool ext_started, ext_stop;
 };
 
 /* What the request's scratch space holds. */
@@ -145,6 +160,8 @@ struct rbd_backend {
 #define S_RES   1 /* librbd's result */
 #define S_STAGE 2 /* 0: the request; 1: the flush after a FUA write */
 #define S_CHAN  3
+
+#define DONE_EXT ((uintptr_t)1)
 
 static inline struct rbd_backend *to_rbd(struct gw_backend *b)
 {
@@ -469,6 +486,9 @@ static int rbd_open_backend(struct gw_backend *b, const void *opts, char *err, s
 		b->caps |= GW_CAP_READ_ONLY;
 	b->min_block = 1;
 	b->pref_block = 4096;
+	pthread_mutex_init(&r->ext_lock, NULL);
+	pthread_cond_init(&r->ext_cond, NULL);
+	r->ext_tail = &r->ext_head;
 	if (asprintf(&r->desc, "rbd %s%s", spec,
 		     r->locked ? " (exclusive lock)"
 		     : ro      ? " (read-only)"
@@ -486,18 +506,24 @@ fail_conn:
 
 /* ---- the data path ---- */
 
-static void rbd_io_cb(rbd_completion_t c, void *arg)
+/* The scratch space of a done-list entry (a request or, tagged, an extents query). */
+static uint64_t *done_scratch(uintptr_t item)
 {
-	struct gw_io *io = arg;
-	struct rbd_chan *ch = (struct rbd_chan *)(uintptr_t)io->scratch[S_CHAN];
-	struct gw_io *head = atomic_load_explicit(&ch->done, memory_order_relaxed);
-	ssize_t r = rbd_aio_get_return_value(c);
+	if (item & DONE_EXT)
+		return ((struct gw_ext_req *)(item & ~DONE_EXT))->scratch;
+	return ((struct gw_io *)item)->scratch;
+}
 
-	rbd_aio_release(c);
-	io->scratch[S_RES] = (uint64_t)(int64_t)(r < 0 ? r : 0);
+/* Any thread: hand a finished entry with its result to the channel's owner. */
+static void chan_push(struct rbd_chan *ch, uintptr_t item, int64_t res)
+{
+	uint64_t *sc = done_scratch(item);
+	uintptr_t head = atomic_load_explicit(&ch->done, memory_order_relaxed);
+
+	sc[S_RES] = (uint64_t)res;
 	do
-		io->scratch[S_NEXT] = (uint64_t)(uintptr_t)head;
-	while (!atomic_compare_exchange_weak_explicit(&ch->done, &head, io, memory_order_release,
+		sc[S_NEXT] = (uint64_t)head;
+	while (!atomic_compare_exchange_weak_explicit(&ch->done, &head, item, memory_order_release,
 						      memory_order_relaxed));
 	/* Only a push onto an empty list needs to wake the owner. */
 	if (!head) {
@@ -506,6 +532,16 @@ static void rbd_io_cb(rbd_completion_t c, void *arg)
 		if (write(ch->efd, &one, sizeof(one)) < 0)
 			gw_warn("rbd: cannot signal a completion: %s", strerror(errno));
 	}
+}
+
+static void rbd_io_cb(rbd_completion_t c, void *arg)
+{
+	struct gw_io *io = arg;
+	struct rbd_chan *ch = (struct rbd_chan *)(uintptr_t)io->scratch[S_CHAN];
+	ssize_t r = rbd_aio_get_return_value(c);
+
+	rbd_aio_release(c);
+	chan_push(ch, (uintptr_t)io, r < 0 ? r : 0);
 }
 
 static int start_io(struct rbd_backend *r, struct gw_io *io, int stage)
@@ -565,24 +601,35 @@ static void chan_arm(struct rbd_chan *ch)
 static void chan_reap(struct gw_uring_cb *cb, int res)
 {
 	struct rbd_chan *ch = container_of(cb, struct rbd_chan, ucb);
-	struct gw_io *io = atomic_exchange_explicit(&ch->done, NULL, memory_order_acquire);
-	struct gw_io *rev = NULL;
+	uintptr_t item = atomic_exchange_explicit(&ch->done, 0, memory_order_acquire);
+	uintptr_t rev = 0;
 
 	ch->armed = false;
 	if (res < 0 && res != -EAGAIN && res != -EINTR)
 		gw_warn("rbd: reading the completion eventfd: %s", strerror(-res));
-	while (io) { /* newest first: reverse, to finish them in order */
-		struct gw_io *next = (struct gw_io *)(uintptr_t)io->scratch[S_NEXT];
+	while (item) { /* newest first: reverse, to finish them in order */
+		uint64_t *sc = done_scratch(item);
+		uintptr_t next = (uintptr_t)sc[S_NEXT];
 
-		io->scratch[S_NEXT] = (uint64_t)(uintptr_t)rev;
-		rev = io;
-		io = next;
+		sc[S_NEXT] = (uint64_t)rev;
+		rev = item;
+		item = next;
 	}
 	while (rev) {
-		struct gw_io *cur = rev;
-		int result = (int)(int64_t)cur->scratch[S_RES];
+		uint64_t *sc = done_scratch(rev);
+		int result = (int)(int64_t)sc[S_RES];
+		struct gw_io *cur;
 
-		rev = (struct gw_io *)(uintptr_t)cur->scratch[S_NEXT];
+		if (rev & DONE_EXT) {
+			struct gw_ext_req *x = (struct gw_ext_req *)(rev & ~DONE_EXT);
+
+			rev = (uintptr_t)sc[S_NEXT];
+			ch->pending--;
+			gw_ext_complete(x, result);
+			continue;
+		}
+		cur = (struct gw_io *)rev;
+		rev = (uintptr_t)sc[S_NEXT];
 		/* FUA (writes, zeroes, trims): durable before the client hears. */
 		if (result == 0 && cur->scratch[S_STAGE] == 0 && (cur->flags & GW_IO_FUA)) {
 			result = start_io(ch->r, cur, 1);
@@ -696,6 +743,68 @@ static int rbd_extents(struct gw_backend *b, uint64_t offset, uint64_t len, stru
 	return 0;
 }
 
+/* The extents thread: one query at a time, answered through the asking worker's channel. */
+static void *ext_main(void *arg)
+{
+	struct rbd_backend *r = arg;
+
+	pthread_setname_np(pthread_self(), "rbd-extents");
+	pthread_mutex_lock(&r->ext_lock);
+	for (;;) {
+		struct gw_ext_req *x = r->ext_head;
+		int rc;
+
+		if (!x) {
+			if (r->ext_stop)
+				break;
+			pthread_cond_wait(&r->ext_cond, &r->ext_lock);
+			continue;
+		}
+		r->ext_head = (struct gw_ext_req *)(uintptr_t)x->scratch[S_NEXT];
+		if (!r->ext_head)
+			r->ext_tail = &r->ext_head;
+		pthread_mutex_unlock(&r->ext_lock);
+		rc = rbd_extents(&r->b, x->offset, x->len, x->out);
+		chan_push((struct rbd_chan *)(uintptr_t)x->scratch[S_CHAN], (uintptr_t)x | DONE_EXT,
+			  rc);
+		pthread_mutex_lock(&r->ext_lock);
+	}
+	pthread_mutex_unlock(&r->ext_lock);
+	return NULL;
+}
+
+static int rbd_extents_async(struct gw_backend *b, struct gw_ioq *q, struct gw_ext_req *x)
+{
+	struct rbd_backend *r = to_rbd(b);
+	struct rbd_chan *ch = chan_get(r, q);
+
+	if (!ch) {
+		x->result = -ENOMEM;
+		return 1;
+	}
+	x->scratch[S_CHAN] = (uint64_t)(uintptr_t)ch;
+	x->scratch[S_NEXT] = 0;
+	pthread_mutex_lock(&r->ext_lock);
+	if (!r->ext_started) {
+		int rc = pthread_create(&r->ext_thread, NULL, ext_main, r);
+
+		if (rc) {
+			pthread_mutex_unlock(&r->ext_lock);
+			gw_warn("rbd: cannot start the extents thread: %s", strerror(rc));
+			x->result = -rc;
+			return 1;
+		}
+		r->ext_started = true;
+	}
+	*r->ext_tail = x;
+	r->ext_tail = (struct gw_ext_req **)&x->scratch[S_NEXT];
+	pthread_cond_signal(&r->ext_cond);
+	pthread_mutex_unlock(&r->ext_lock);
+	ch->pending++;
+	chan_arm(ch);
+	return 0;
+}
+
 static int rbd_sync(struct gw_backend *b)
 {
 	return rbd_flush(to_rbd(b)->image);
@@ -706,6 +815,15 @@ static void rbd_close_backend(struct gw_backend *b)
 	struct rbd_backend *r = to_rbd(b);
 	unsigned n = atomic_load(&r->nchans);
 
+	if (r->ext_started) { /* idle: every query was answered before I/O stopped */
+		pthread_mutex_lock(&r->ext_lock);
+		r->ext_stop = true;
+		pthread_cond_signal(&r->ext_cond);
+		pthread_mutex_unlock(&r->ext_lock);
+		pthread_join(r->ext_thread, NULL);
+	}
+	pthread_mutex_destroy(&r->ext_lock);
+	pthread_cond_destroy(&r->ext_cond);
 	for (unsigned i = 0; i < n && i < RBD_MAX_CHANS; i++) {
 		struct rbd_chan *ch = atomic_load(&r->chans[i]);
 
@@ -737,6 +855,7 @@ const struct gw_backend_ops gw_rbd_backend = {
 	.check = rbd_check,
 	.submit = rbd_submit,
 	.extents = rbd_extents,
+	.extents_async = rbd_extents_async,
 	.sync = rbd_sync,
 	.close = rbd_close_backend,
 	.describe = rbd_describe,

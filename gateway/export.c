@@ -239,6 +239,49 @@ int gw_export_extents(struct gw_export *e, struct gw_ioq *q, uint64_t offset, ui
 	return rc;
 }
 
+int gw_export_extents_submit(struct gw_export *e, struct gw_ioq *q, struct gw_ext_req *x)
+{
+	struct gw_backend *b = e->backend;
+	struct gw_extents *out = x->out;
+	uint64_t end = x->offset + x->len;
+
+	if (!b->ops->extents_async) {
+		x->result = gw_export_extents(e, q, x->offset, x->len, out);
+		return 1;
+	}
+	__atomic_fetch_add(&slot_of(e, q)->extents, 1, __ATOMIC_RELAXED);
+	out->n = 0;
+	out->end = x->offset;
+	if (x->len == 0 || end < x->offset || end > e->size || out->cap == 0 ||
+	    ((x->offset | x->len) & (e->min_block - 1))) {
+		gw_export_count_error(e, q);
+		x->result = -EINVAL;
+		return 1;
+	}
+	x->_export = e;
+	x->q = q;
+	x->result = 0;
+	if (b->ops->extents_async(b, q, x) == 0)
+		return 0;
+	if (x->result == 0 && out->n == 0)
+		x->result = -EIO;
+	if (x->result < 0)
+		gw_export_count_error(e, q);
+	return 1;
+}
+
+void gw_ext_complete(struct gw_ext_req *x, int result)
+{
+	struct gw_export *e = x->_export;
+
+	if (result == 0 && x->out->n == 0)
+		result = -EIO; /* a backend must describe at least the first byte */
+	if (result < 0)
+		gw_export_count_error(e, x->q);
+	x->result = result;
+	x->done(x);
+}
+
 void gw_export_stats(const struct gw_export *e, struct gw_stats_total *t)
 {
 	memset(t, 0, sizeof(*t));

@@ -115,6 +115,14 @@ int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io);
 int gw_export_extents(struct gw_export *e, struct gw_ioq *q, uint64_t offset, uint64_t len,
 		      struct gw_extents *out);
 
+/*
+ * The same without waiting, for transports that answer later: 1 when
+ * answered inline (x->result set, x->done NOT called), 0 when queued
+ * (x->done runs later on this thread). x->out must live until then. Backends
+ * without extents_async answer inline, synchronously.
+ */
+int gw_export_extents_submit(struct gw_export *e, struct gw_ioq *q, struct gw_ext_req *x);
+
 /* Count a request the transport refused before it reached the checked layer. */
 void gw_export_count_error(struct gw_export *e, struct gw_ioq *q);
 

@@ -105,8 +105,10 @@ struct nbd_req {
 	void *buf;
 	size_t buflen;
 	struct iovec iov;
-	unsigned segs; /* queued segments still referencing this request */
-	union {        /* the reply header, as sent */
+	struct gw_ext_req ext;  /* BLOCK_STATUS: the query */
+	struct gw_extents exts; /* BLOCK_STATUS: its answer, in buf */
+	unsigned segs;          /* queued segments still referencing this request */
+	union {                 /* the reply header, as sent */
 		struct nbd_simple_reply simple;
 		struct nbd_chunk chunk;
 		struct nbd_chunk_error error;

@@ -154,58 +154,86 @@ static void reply_now(struct nbd_conn *c, uint16_t cmd, uint64_t cookie, uint64_
 	reply(r, err);
 }
 
+/* Where the backend's extents sit in a BLOCK_STATUS request's buffer: after the reply. */
+static size_t ext_area(uint32_t cap)
+{
+	size_t off =
+		sizeof(struct nbd_chunk_block_status) + sizeof(struct nbd_block_descriptor) * cap;
+
+	return (off + _Alignof(struct gw_extent) - 1) & ~(size_t)(_Alignof(struct gw_extent) - 1);
+}
+
+/* The backend answered: lay out the reply chunk from its extents, and send it. */
+static void block_status_done(struct nbd_req *r, int rc)
+{
+	struct gw_extents *e = &r->exts;
+	struct nbd_chunk_block_status *bs = r->buf;
+	struct nbd_block_descriptor *d = (struct nbd_block_descriptor *)(bs + 1);
+	uint64_t left = r->len;
+	uint32_t body;
+
+	if (rc < 0) {
+		finish(r, rc);
+		return;
+	}
+	for (size_t i = 0; i < e->n; i++) {
+		uint64_t l = GW_MIN(e->v[i].len, left);
+		uint32_t st = 0;
+
+		if (e->v[i].flags & GW_EXT_HOLE)
+			st |= NBD_STATE_HOLE;
+		if (e->v[i].flags & GW_EXT_ZERO)
+			st |= NBD_STATE_ZERO;
+		d[i].length = htobe32((uint32_t)l);
+		d[i].status = htobe32(st);
+		left -= l;
+		if (!left || l < e->v[i].len) {
+			e->n = i + 1;
+			break;
+		}
+	}
+	body = (uint32_t)(sizeof(*bs) - sizeof(bs->h) + sizeof(*d) * e->n);
+	put_chunk(&bs->h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, r->cookie, body);
+	bs->context_id = htobe32(NBD_META_ALLOCATION_ID);
+	r->len = (uint32_t)(sizeof(bs->h) + body);
+	finish(r, 0);
+}
+
+static void ext_done(struct gw_ext_req *x)
+{
+	struct nbd_req *r = container_of(x, struct nbd_req, ext);
+
+	block_status_done(r, x->result);
+}
+
+/*
+ * BLOCK_STATUS: asked of the backend like any request (in flight until it
+ * answers: a backend whose map is on a network answers later, rbd), the
+ * extents landing in the request's own buffer behind the reply they become.
+ */
 static void block_status(struct nbd_conn *c, struct nbd_req *r)
 {
-	struct gw_extent ext[MAX_EXTENTS];
-	struct gw_extents e = { .v = ext, .n = 0, .cap = MAX_EXTENTS };
-	int rc;
+	uint32_t cap = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : MAX_EXTENTS;
+	size_t off = ext_area(cap);
 
 	if (!c->structured || !c->meta_alloc || r->len == 0) {
 		gw_export_count_error(c->exp, &c->w->ioq);
 		reply(r, -EINVAL);
 		return;
 	}
-	if (r->flags & NBD_CMD_FLAG_REQ_ONE)
-		e.cap = 1;
-	rc = gw_export_extents(c->exp, &c->w->ioq, r->offset, r->len, &e);
-	if (rc < 0) {
-		reply(r, rc);
-		return;
-	}
-	if (nbd_req_buf(r, sizeof(struct nbd_chunk_block_status) +
-				   sizeof(struct nbd_block_descriptor) * e.n) < 0) {
+	if (nbd_req_buf(r, off + sizeof(struct gw_extent) * cap) < 0) {
 		reply(r, -ENOMEM);
 		return;
 	}
-	{
-		struct nbd_chunk_block_status *bs = r->buf;
-		struct nbd_block_descriptor *d = (struct nbd_block_descriptor *)(bs + 1);
-		uint64_t left = r->len;
-		uint32_t body;
-
-		for (size_t i = 0; i < e.n; i++) {
-			uint64_t l = GW_MIN(e.v[i].len, left);
-			uint32_t st = 0;
-
-			if (e.v[i].flags & GW_EXT_HOLE)
-				st |= NBD_STATE_HOLE;
-			if (e.v[i].flags & GW_EXT_ZERO)
-				st |= NBD_STATE_ZERO;
-			d[i].length = htobe32((uint32_t)l);
-			d[i].status = htobe32(st);
-			left -= l;
-			if (!left || l < e.v[i].len) {
-				e.n = i + 1;
-				break;
-			}
-		}
-		body = (uint32_t)(sizeof(*bs) - sizeof(bs->h) + sizeof(*d) * e.n);
-		put_chunk(&bs->h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, r->cookie,
-			  body);
-		bs->context_id = htobe32(NBD_META_ALLOCATION_ID);
-		r->len = (uint32_t)(sizeof(bs->h) + body);
-	}
-	reply(r, 0);
+	r->exts =
+		(struct gw_extents){ .v = (struct gw_extent *)((char *)r->buf + off), .cap = cap };
+	r->ext = (struct gw_ext_req){
+		.offset = r->offset, .len = r->len, .out = &r->exts, .done = ext_done
+	};
+	c->inflight++;
+	c->inflight_bytes += r->buflen;
+	if (gw_export_extents_submit(c->exp, &c->w->ioq, &r->ext))
+		block_status_done(r, r->ext.result);
 }
 
 static const uint16_t allowed_flags[] = {
