@@ -179,6 +179,15 @@ int vblk_queue_set_mem(struct vblk_queue *q, struct virtio_memmap *mem, struct v
 	return 0;
 }
 
+int vblk_queue_base(struct vblk_queue *q, vblk_queue_cb cb, void *arg)
+{
+	struct vblk_qmsg *m = msg_new(QOP_BASE, cb, arg);
+
+	if (!m)
+		return -ENOMEM;
+	return post(q, m);
+}
+
 int vblk_queue_stop(struct vblk_queue *q, vblk_queue_cb cb, void *arg)
 {
 	struct vblk_qmsg *m = msg_new(QOP_STOP, cb, arg);
@@ -410,6 +419,9 @@ static void on_worker(void *arg)
 		q->vq.desc = m->s.desc;
 		q->vq.avail = m->s.avail;
 		q->vq.used = m->s.used;
+		break;
+	case QOP_BASE:
+		m->value = q->vq.last_avail;
 		break;
 	}
 	reply(m);

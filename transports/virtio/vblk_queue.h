@@ -111,5 +111,10 @@ int vblk_queue_set_kick(struct vblk_queue *q, int fd, vblk_queue_cb cb, void *ar
  */
 int vblk_queue_set_mem(struct vblk_queue *q, struct virtio_memmap *mem, struct vring_desc *desc,
 		       uint16_t *avail, uint8_t *used, vblk_queue_cb cb, void *arg);
+/*
+ * Where the queue is: value = the next avail index it will take (requests
+ * taken before it are in flight or done). A running queue keeps running.
+ */
+int vblk_queue_base(struct vblk_queue *q, vblk_queue_cb cb, void *arg);
 /* Stop: no more requests, finish those in flight, close the fds; value = next avail index. */
 int vblk_queue_stop(struct vblk_queue *q, vblk_queue_cb cb, void *arg);

@@ -53,7 +53,8 @@ enum qop {
 	QOP_ENABLE,
 	QOP_SET_CALL,
 	QOP_SET_KICK,
-	QOP_SET_MEM
+	QOP_SET_MEM,
+	QOP_BASE
 };
 
 struct vblk_qmsg {

@@ -42,6 +42,19 @@ int vblk_dev_init(struct vblk_dev *d, struct gw_export *e, const char *serial, u
 	return 0;
 }
 
+int vblk_dev_init_dead(struct vblk_dev *d, uint16_t num_queues, uint16_t queue_size)
+{
+	memset(d, 0, sizeof(*d));
+	if (queue_size < 4 || !gw_is_pow2(queue_size) || num_queues == 0)
+		return -EINVAL;
+	d->blk_size = VIRTIO_BLK_SECTOR;
+	d->seg_max = (uint32_t)queue_size - 2;
+	d->num_queues = num_queues;
+	d->iov_max = d->seg_max + 2 + 16;
+	d->fail_io = true;
+	return 0;
+}
+
 void vblk_config(const struct vblk_dev *d, uint8_t cfg[VBLK_CONFIG_SIZE])
 {
 	uint32_t align = d->blk_size / VIRTIO_BLK_SECTOR;
@@ -273,6 +286,10 @@ int vblk_req_start(const struct vblk_dev *d, struct vblk_req *r)
 		return -EPROTO;
 	r->dev = d;
 	r->nseg = r->seg = 0;
+	if (d->fail_io) {
+		finish(r, VIRTIO_BLK_S_IOERR, 1);
+		return 0;
+	}
 	if (e->truncated || e->out_len < VIRTIO_BLK_HDR_SIZE) {
 		/* Too many buffers for our iovecs (beyond seg_max), or no whole header. */
 		finish(r, VIRTIO_BLK_S_IOERR, 1);

@@ -36,6 +36,11 @@ struct vblk_dev {
 	uint32_t max_data;                /* bytes of data per request */
 	uint16_t num_queues;
 	unsigned iov_max; /* iovecs a request has room for */
+	/*
+	 * Answer every request IOERR without reaching the export (exp may be
+	 * NULL): a device being torn down whose data is gone.
+	 */
+	bool fail_io;
 };
 
 /*
@@ -44,6 +49,12 @@ struct vblk_dev {
  */
 int vblk_dev_init(struct vblk_dev *d, struct gw_export *e, const char *serial, uint16_t num_queues,
 		  uint16_t queue_size);
+
+/*
+ * A device model without an export, for tearing down a device whose data is
+ * gone: fail_io set, every request answered IOERR. 0 or -EINVAL.
+ */
+int vblk_dev_init_dead(struct vblk_dev *d, uint16_t num_queues, uint16_t queue_size);
 
 /* The 96-byte little-endian config space. */
 void vblk_config(const struct vblk_dev *d, uint8_t cfg[VBLK_CONFIG_SIZE]);
