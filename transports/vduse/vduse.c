@@ -7,7 +7,9 @@
  * the virtio-blk core (transports/virtio/), as for vhost-user-blk; this
  * transport adds only the front door. See docs/transports/vduse.md.
  */
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/virtio_config.h>
@@ -259,41 +261,65 @@ static bool vdpa_bound(const char *name)
 	return stat(p, &st) == 0;
 }
 
-/* The inflight log: one vq_inflight region per queue, in a file of the run dir. */
-static int infl_open(struct vduse_exp *x, const char *run_dir, char *err, size_t errlen)
+static bool pid_alive(int pid)
 {
+	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+}
+
+/* The record at the end of the log at path, checked. 0 or -errno. */
+static int rec_read(const char *path, struct vduse_rec *r)
+{
+	struct vduse_opts o;
 	struct stat st;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	bool ok;
+
+	if (fd < 0)
+		return -errno;
+	ok = fstat(fd, &st) == 0 && st.st_size >= (off_t)sizeof(*r) &&
+	     pread(fd, r, sizeof(*r), st.st_size - (off_t)sizeof(*r)) == (ssize_t)sizeof(*r);
+	close(fd);
+	if (!ok || memcmp(r->magic, VDUSE_REC_MAGIC, sizeof(r->magic)) != 0)
+		return -EINVAL;
+	r->name[sizeof(r->name) - 1] = '\0';
+	r->export_id[sizeof(r->export_id) - 1] = '\0';
+	memset(&o, 0, sizeof(o));
+	o.queues = r->queues;
+	o.queue_size = r->queue_size;
+	if (!name_ok(r->name) || o.queues == 0 || o.queues > VDUSE_MAX_QUEUES || o.queue_size < 4 ||
+	    o.queue_size > VDUSE_MAX_QUEUE_SIZE || !gw_is_pow2(o.queue_size) ||
+	    (size_t)st.st_size != vduse_regions_len(&o) + sizeof(*r))
+		return -EINVAL;
+	return 0;
+}
+
+/* Device name exists and the log at path says blkgw made it: true, with the record. */
+static bool survivor(const char *path, const char *name, struct vduse_rec *r)
+{
+	char dev[VDUSE_NAME_MAX + 16];
+	struct stat st;
+
+	snprintf(dev, sizeof(dev), "/dev/vduse/%s", name);
+	return stat(dev, &st) == 0 && rec_read(path, r) == 0 && strcmp(r->name, name) == 0;
+}
+
+/*
+ * Map the inflight log (x->infl_path) for x's layout: one vq_inflight region
+ * per queue, then the record. fresh: start it afresh (zeros, a new record).
+ */
+static int log_map(struct vduse_exp *x, bool fresh, char *err, size_t errlen)
+{
+	size_t regions = vduse_regions_len(x->o);
 	int fd, rc;
 	void *p;
 
-	if (asprintf(&x->infl_path, "%s/vduse-%s.inflight", run_dir, x->name) < 0) {
-		x->infl_path = NULL;
-		return -ENOMEM;
-	}
-	x->infl_len = vq_inflight_size(x->o->queue_size) * x->o->queues;
+	x->infl_len = regions + sizeof(struct vduse_rec);
 	fd = open(x->infl_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (fd < 0 || fstat(fd, &st) < 0) {
+	if (fd < 0 || (fresh && ftruncate(fd, 0) < 0) || ftruncate(fd, (off_t)x->infl_len) < 0) {
 		rc = -errno;
 		gw_seterr(err, errlen, "inflight log %s: %s", x->infl_path, strerror(-rc));
 		if (fd >= 0)
 			close(fd);
-		return rc;
-	}
-	x->infl_existed = st.st_size != 0;
-	if (x->infl_existed && (size_t)st.st_size != x->infl_len) {
-		close(fd);
-		gw_seterr(
-			err, errlen,
-			"inflight log %s was written for other queues or queue-size than the manifest "
-			"says; a VDUSE device that survives a restart keeps its layout: restore the "
-			"settings, or stop blkgw with SIGTERM first",
-			x->infl_path);
-		return -EINVAL;
-	}
-	if (ftruncate(fd, (off_t)x->infl_len) < 0) {
-		rc = -errno;
-		close(fd);
-		gw_seterr(err, errlen, "inflight log %s: %s", x->infl_path, strerror(-rc));
 		return rc;
 	}
 	p = mmap(NULL, x->infl_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -304,6 +330,15 @@ static int infl_open(struct vduse_exp *x, const char *run_dir, char *err, size_t
 		return rc;
 	}
 	x->infl = p;
+	x->rec = (struct vduse_rec *)(x->infl + regions);
+	if (fresh) {
+		memcpy(x->rec->magic, VDUSE_REC_MAGIC, sizeof(x->rec->magic));
+		x->rec->queues = (uint16_t)x->o->queues;
+		x->rec->queue_size = (uint16_t)x->o->queue_size;
+		gw_strlcpy(x->rec->name, x->name, sizeof(x->rec->name));
+	}
+	if (x->exp)
+		gw_strlcpy(x->rec->export_id, x->exp->id, sizeof(x->rec->export_id));
 	return 0;
 }
 
@@ -313,7 +348,7 @@ static void exp_free(struct vduse_exp *x, bool remove)
 	gw_devlink_remove(&x->link);
 	if (x->infl)
 		munmap(x->infl, x->infl_len);
-	if (x->infl_path && remove)
+	if (x->infl && x->infl_path && remove)
 		unlink(x->infl_path);
 	free(x->infl_path);
 	free(x);
@@ -337,36 +372,79 @@ static void undo(struct vduse_exp *x)
 	vduse_dev_destroy(x);
 }
 
+static void exp_init(struct vduse_exp *x, const char *name)
+{
+	x->o = &x->oc;
+	x->ctl_fd = -1;
+	x->dev_fd = -1;
+	snprintf(x->name, sizeof(x->name), "%s", name);
+	snprintf(x->log, sizeof(x->log), "vduse %s", x->name);
+	for (unsigned i = 0; i < VDUSE_MAX_QUEUES; i++) {
+		x->vq[i].x = x;
+		x->vq[i].index = i;
+	}
+}
+
+static int scrap_sync(const char *run_dir, const struct vduse_rec *rec, char *err, size_t errlen);
+
 static int vduse_start(struct gw_export *e, char *err, size_t errlen)
 {
 	const struct vduse_opts *o = e->topts;
 	struct vduse_exp *x = calloc(1, sizeof(*x));
+	struct vduse_rec rec;
 	bool remove;
 	int rc;
 
 	if (!x)
 		return -ENOMEM;
 	x->exp = e;
-	x->o = o;
-	x->ctl_fd = -1;
-	x->dev_fd = -1;
-	snprintf(x->name, sizeof(x->name), "%s", dev_name(o, e->id));
-	snprintf(x->log, sizeof(x->log), "vduse %s", x->name);
-	for (unsigned i = 0; i < VDUSE_MAX_QUEUES; i++) {
-		x->vq[i].x = x;
-		x->vq[i].index = i;
+	x->oc = *o;
+	exp_init(x, dev_name(o, e->id));
+	if (asprintf(&x->infl_path, "%s/vduse-%s.inflight", e->env->run_dir, x->name) < 0) {
+		x->infl_path = NULL;
+		rc = -ENOMEM;
+		goto fail;
 	}
-	rc = vblk_dev_init(&x->dev, e, o->serial, (uint16_t)o->queues, (uint16_t)o->queue_size);
+	if (survivor(x->infl_path, x->name, &rec)) {
+		if (rec.pid != (int32_t)getpid() && pid_alive(rec.pid)) {
+			gw_seterr(err, errlen,
+				  "VDUSE device %s is served by another blkgw (pid %d)", x->name,
+				  rec.pid);
+			rc = -EBUSY;
+			goto fail;
+		}
+		if (e->caps & GW_CAP_EPHEMERAL) {
+			/* Its data died with the old process: taken over, the disk would show other
+			 * data. */
+			gw_warn("%s: deleting the device left by pid %d: its image lived in that blkgw's "
+				"memory, so the disk would show other data; a new, empty one replaces it",
+				x->log, rec.pid);
+			rc = scrap_sync(e->env->run_dir, &rec, err, errlen);
+			if (rc < 0)
+				goto fail;
+		} else {
+			x->infl_existed = true;
+			if (rec.queues != o->queues || rec.queue_size != o->queue_size) {
+				gw_warn("%s: the surviving device keeps its %u queue%s of %u entries "
+					"until it is recreated (stop blkgw with SIGTERM, start it again)",
+					x->log, rec.queues, rec.queues == 1 ? "" : "s",
+					rec.queue_size);
+				x->oc.queues = rec.queues;
+				x->oc.queue_size = rec.queue_size;
+			}
+		}
+	}
+	rc = vblk_dev_init(&x->dev, e, o->serial, (uint16_t)x->o->queues,
+			   (uint16_t)x->o->queue_size);
 	if (rc < 0) {
 		gw_seterr(err, errlen, "block size %u cannot be expressed in virtio-blk",
 			  e->min_block);
-		free(x);
-		return rc;
+		goto fail;
 	}
 	/* VDUSE requires ACCESS_PLATFORM; its config space is read-only (no CONFIG_WCE). */
 	x->features = (x->dev.features | VIRTIO_BIT(VIRTIO_F_ACCESS_PLATFORM)) &
 		      ~VIRTIO_BIT(VIRTIO_BLK_F_CONFIG_WCE);
-	rc = infl_open(x, e->env->run_dir, err, errlen);
+	rc = log_map(x, !x->infl_existed, err, errlen);
 	if (rc < 0)
 		goto fail;
 	rc = vduse_dev_create(x, err, errlen);
@@ -399,15 +477,18 @@ static int vduse_start(struct gw_export *e, char *err, size_t errlen)
 		}
 	}
 	x->link = gw_devlink_set(e->env->run_dir, e->id, x->disk);
+	x->rec->pid = (int32_t)getpid(); /* ours now: reclaim leaves it alone */
 	e->tpriv = x;
 	return 0;
 fail:
 	/* Keep a log that belongs to a device this start did not touch. */
 	remove = !x->infl_existed || x->created;
 	undo(x);
-	exp_free(x, remove);
+	exp_free(x, remove && !x->destroy_failed);
 	return rc;
 }
+
+static void scrap_end(struct vduse_exp *x);
 
 static void stop_finish(struct vduse_exp *x)
 {
@@ -415,9 +496,13 @@ static void stop_finish(struct vduse_exp *x)
 	void (*done)(struct gw_export *) = x->stop_done;
 
 	vduse_dev_destroy(x);
+	if (!e) {
+		scrap_end(x);
+		return;
+	}
 	gw_info("%s: device removed", x->log);
 	e->tpriv = NULL;
-	exp_free(x, true);
+	exp_free(x, !x->destroy_failed);
 	done(e);
 }
 
@@ -437,6 +522,191 @@ static void unbound(struct vduse_exp *x)
 		return;
 	}
 	stop_finish(x);
+}
+
+/* ---- a device left behind by a dead blkgw, torn down ---- */
+
+static void scrap_end(struct vduse_exp *x)
+{
+	void (*done)(void *arg, int rc) = x->scrap_done;
+	void *arg = x->scrap_arg;
+	int rc = x->destroy_failed ? -EBUSY : 0;
+
+	if (rc == 0)
+		gw_info("%s: device removed", x->log);
+	if (rc == 0 && x->old_link && x->disk[0]) {
+		char to[sizeof(x->disk)];
+		ssize_t n = readlink(x->old_link, to, sizeof(to) - 1);
+
+		if (n > 0 && (to[n] = '\0', strcmp(to, x->disk) == 0))
+			unlink(x->old_link);
+	}
+	free(x->old_link);
+	exp_free(x, rc == 0); /* a device still there keeps its record */
+	done(arg, rc);
+}
+
+/* Its queues answer (every request fails): unbind it, then destroy it. */
+static void scrap_resumed(struct vduse_exp *x)
+{
+	x->queues_stopped = NULL;
+	x->stopping = true;
+	if (vduse_nl_start(x, false, unbound) == 0)
+		return;
+	unbound(x);
+}
+
+/*
+ * Tear down the device rec describes, whose blkgw is gone: reopen it, answer
+ * its messages and fail every request (in flight before, or posted since)
+ * with IOERR while VDPA_CMD_DEV_DEL runs (virtio_blk's removal waits for
+ * them), then close and DESTROY_DEV. done(arg, rc) follows on the main
+ * thread, or -errno is returned and done is not called.
+ */
+static int scrap_start(const char *run_dir, const struct vduse_rec *rec, bool unlink_link,
+		       void (*done)(void *arg, int rc), void *arg, char *err, size_t errlen)
+{
+	struct vduse_exp *x = calloc(1, sizeof(*x));
+	int rc;
+
+	if (!x)
+		return -ENOMEM;
+	x->oc.queues = rec->queues;
+	x->oc.queue_size = rec->queue_size;
+	exp_init(x, rec->name);
+	if (vblk_dev_init_dead(&x->dev, rec->queues, rec->queue_size) < 0 ||
+	    asprintf(&x->infl_path, "%s/vduse-%s.inflight", run_dir, x->name) < 0) {
+		free(x);
+		return -ENOMEM;
+	}
+	rc = log_map(x, false, err, errlen);
+	if (rc == 0)
+		rc = vduse_dev_reopen(x, err, errlen);
+	if (rc < 0) {
+		bool tried = x->created;
+
+		vduse_dev_destroy(x); /* works if nobody has it open or bound */
+		exp_free(x, tried && !x->destroy_failed);
+		return rc;
+	}
+	x->scrap_done = done;
+	x->scrap_arg = arg;
+	vduse_dev_serve(x);
+	if (!vdpa_bound(x->name)) {
+		stop_finish(x);
+		return 0;
+	}
+	x->attached = true;
+	if (unlink_link && rec->export_id[0] &&
+	    asprintf(&x->old_link, "%s/dev/%s", run_dir, rec->export_id) < 0)
+		x->old_link = NULL;
+	if (x->old_link && vduse_vdpa_disk(x->name, x->disk, sizeof(x->disk), err, errlen) < 0)
+		x->disk[0] = '\0';
+	x->queues_stopped = scrap_resumed;
+	rc = vduse_dev_resume(x);
+	if (rc < 0)
+		gw_warn("%s: cannot resume its queues to fail their requests (%s): its removal may "
+			"wait for them",
+			x->log, strerror(-rc));
+	if (x->pending == 0)
+		scrap_resumed(x);
+	return 0;
+}
+
+struct scrap_wait {
+	bool done;
+	int rc;
+};
+
+static void scrap_waited(void *arg, int rc)
+{
+	struct scrap_wait *w = arg;
+
+	w->rc = rc;
+	w->done = true;
+}
+
+/* scrap_start, serving the main loop until it is done (start-up). */
+static int scrap_sync(const char *run_dir, const struct vduse_rec *rec, char *err, size_t errlen)
+{
+	struct scrap_wait w = { false, 0 };
+	int rc = scrap_start(run_dir, rec, false, scrap_waited, &w, err, errlen);
+
+	if (rc < 0)
+		return rc;
+	while (!w.done)
+		ev_run(EV_DEFAULT, EVRUN_ONCE);
+	if (w.rc < 0)
+		gw_seterr(
+			err, errlen,
+			"the VDUSE device %s left by the last blkgw could not be removed (see the "
+			"log above)",
+			rec->name);
+	return w.rc;
+}
+
+static void reclaimed(void *arg, int rc)
+{
+	char *name = arg;
+
+	if (rc < 0)
+		gw_warn("vduse %s: left behind: it could not be removed (see above)", name);
+	free(name);
+}
+
+/*
+ * At start-up: a device recorded in the run dir that no export of this
+ * daemon serves now (its blkgw is gone) is torn down, never left half-alive.
+ */
+static void vduse_reclaim(const struct gw_transport_env *env,
+			  bool (*wanted)(void *arg, const char *id), void *arg)
+{
+	DIR *d = opendir(env->run_dir);
+	struct dirent *de;
+
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		size_t n = strlen(de->d_name);
+		char *path, *name, dev[VDUSE_NAME_MAX + 16], err[512];
+		struct vduse_rec rec;
+		struct stat st;
+
+		if (strncmp(de->d_name, "vduse-", 6) != 0 || n <= 6 + 9 ||
+		    strcmp(de->d_name + n - 9, ".inflight") != 0)
+			continue;
+		if (asprintf(&path, "%s/%s", env->run_dir, de->d_name) < 0)
+			break;
+		if (rec_read(path, &rec) < 0) {
+			gw_warn("%s: not a VDUSE record this blkgw can read; left alone", path);
+			free(path);
+			continue;
+		}
+		if (rec.pid == (int32_t)getpid() || pid_alive(rec.pid)) {
+			free(path); /* served, here or by another blkgw */
+			continue;
+		}
+		snprintf(dev, sizeof(dev), "/dev/vduse/%s", rec.name);
+		if (stat(dev, &st) < 0) {
+			gw_info("vduse %s: recorded in %s, gone", rec.name, path);
+			unlink(path);
+			free(path);
+			continue;
+		}
+		free(path);
+		gw_warn("vduse %s: removing the device left by pid %d for export %s, %s", rec.name,
+			rec.pid, rec.export_id,
+			wanted(arg, rec.export_id) ? "which now uses another device"
+						   : "which is no longer served over vduse");
+		name = strdup(rec.name);
+		if (!name || scrap_start(env->run_dir, &rec, !wanted(arg, rec.export_id), reclaimed,
+					 name, err, sizeof(err)) < 0) {
+			gw_warn("vduse %s: cannot remove it: %s", rec.name,
+				name ? err : "no memory");
+			free(name);
+		}
+	}
+	closedir(d);
 }
 
 static void vduse_stop(struct gw_export *e, void (*done)(struct gw_export *e))
@@ -474,4 +744,5 @@ const struct gw_transport_ops gw_vduse_transport = {
 	.start = vduse_start,
 	.stop = vduse_stop,
 	.status = vduse_status,
+	.reclaim = vduse_reclaim,
 };

@@ -43,11 +43,9 @@ static void set_msg_timeout(struct vduse_exp *x)
 		close(fd);
 }
 
-int vduse_dev_create(struct vduse_exp *x, char *err, size_t errlen)
+static int ctl_open(struct vduse_exp *x, char *err, size_t errlen)
 {
-	struct vduse_dev_config *cfg;
 	uint64_t version = 0;
-	char path[VDUSE_NAME_MAX + 16];
 	int rc;
 
 	x->ctl_fd = open(VDUSE_CONTROL, O_RDWR | O_CLOEXEC);
@@ -70,6 +68,43 @@ int vduse_dev_create(struct vduse_exp *x, char *err, size_t errlen)
 		gw_seterr(err, errlen, "VDUSE_SET_API_VERSION 0: %s", strerror(-rc));
 		return rc;
 	}
+	return 0;
+}
+
+/* Open /dev/vduse/NAME: one opener at a time, and a killed blkgw's fd may take a moment to go. */
+static int dev_open(struct vduse_exp *x, char *err, size_t errlen)
+{
+	char path[VDUSE_NAME_MAX + 16];
+	int rc;
+
+	snprintf(path, sizeof(path), "/dev/vduse/%s", x->name);
+	for (int i = 0; i < 250; i++) {
+		x->dev_fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+		if (x->dev_fd >= 0 || errno != EBUSY)
+			break;
+		usleep(20000);
+	}
+	if (x->dev_fd < 0) {
+		rc = -errno;
+		if (rc == -EBUSY)
+			gw_seterr(err, errlen, "%s: %s (another process holds it open)", path,
+				  strerror(-rc));
+		else
+			gw_seterr(err, errlen, "%s: %s", path, strerror(-rc));
+		return rc;
+	}
+	x->iotlb.fd = x->dev_fd;
+	return 0;
+}
+
+int vduse_dev_create(struct vduse_exp *x, char *err, size_t errlen)
+{
+	struct vduse_dev_config *cfg;
+	int rc;
+
+	rc = ctl_open(x, err, errlen);
+	if (rc < 0)
+		return rc;
 	cfg = calloc(1, sizeof(*cfg) + VBLK_CONFIG_SIZE);
 	if (!cfg)
 		return -ENOMEM;
@@ -90,7 +125,8 @@ int vduse_dev_create(struct vduse_exp *x, char *err, size_t errlen)
 		rc = 0;
 		gw_info("%s: the device survived the last blkgw; taking it over", x->log);
 	} else if (rc == 0 && x->infl) {
-		memset(x->infl, 0, x->infl_len); /* a new device: old progress means nothing */
+		/* A new device: old progress means nothing. */
+		memset(x->infl, 0, vduse_regions_len(x->o));
 	}
 	if (rc == -EEXIST) {
 		gw_seterr(
@@ -106,20 +142,9 @@ int vduse_dev_create(struct vduse_exp *x, char *err, size_t errlen)
 	}
 	x->created = true;
 	set_msg_timeout(x);
-	snprintf(path, sizeof(path), "/dev/vduse/%s", x->name);
-	/* One opener at a time: a killed blkgw's fd may take a moment to go. */
-	for (int i = 0; i < 250; i++) {
-		x->dev_fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
-		if (x->dev_fd >= 0 || errno != EBUSY)
-			break;
-		usleep(20000);
-	}
-	if (x->dev_fd < 0) {
-		rc = -errno;
-		gw_seterr(err, errlen, "%s: %s", path, strerror(-rc));
+	rc = dev_open(x, err, errlen);
+	if (rc < 0)
 		return rc;
-	}
-	x->iotlb.fd = x->dev_fd;
 	for (unsigned i = 0; i < x->o->queues; i++) {
 		struct vduse_vq_config vc = { .index = i, .max_size = (uint16_t)x->o->queue_size };
 
@@ -130,6 +155,17 @@ int vduse_dev_create(struct vduse_exp *x, char *err, size_t errlen)
 		}
 	}
 	return 0;
+}
+
+int vduse_dev_reopen(struct vduse_exp *x, char *err, size_t errlen)
+{
+	int rc = ctl_open(x, err, errlen);
+
+	if (rc < 0)
+		return rc;
+	x->reopened = true;
+	x->created = true; /* DESTROY_DEV at the end */
+	return dev_open(x, err, errlen);
 }
 
 /* ---- replies ---- */
@@ -168,7 +204,7 @@ static void pending_done(struct vduse_exp *x)
 			for (unsigned i = 0; i < x->o->queues; i++)
 				x->vq[i].base = 0;
 			if (x->infl)
-				memset(x->infl, 0, x->infl_len);
+				memset(x->infl, 0, vduse_regions_len(x->o));
 			ok = true; /* a reset always succeeds */
 			gw_info("%s: reset by the driver", x->log);
 		}
@@ -189,6 +225,16 @@ static void pending_done(struct vduse_exp *x)
 	ev_feed_event(EV_DEFAULT, &x->dev_w, EV_READ); /* one may be queued already */
 }
 
+static void pending_dec(struct vduse_exp *x)
+{
+	if (--x->pending > 0)
+		return;
+	if (x->req_pending)
+		pending_done(x); /* may start queue calls again */
+	if (x->pending == 0 && x->queues_stopped)
+		x->queues_stopped(x);
+}
+
 static void queue_cb(void *arg, int rc, unsigned value)
 {
 	struct vduse_vq *vq = arg;
@@ -200,12 +246,19 @@ static void queue_cb(void *arg, int rc, unsigned value)
 		vq->base = (uint16_t)value; /* a stop: where the ring ended */
 	else if (rc < 0)
 		vq->running = false; /* a start that failed */
-	if (--x->pending > 0)
-		return;
-	if (x->req_pending)
-		pending_done(x);
-	else if (x->queues_stopped)
-		x->queues_stopped(x);
+	pending_dec(x);
+}
+
+/* GET_VQ_STATE of a running queue answered: value is where it is. */
+static void base_cb(void *arg, int rc, unsigned value)
+{
+	struct vduse_vq *vq = arg;
+	struct vduse_exp *x = vq->x;
+
+	if (rc < 0 && x->pending_rc == 0)
+		x->pending_rc = rc;
+	vq->base = (uint16_t)value;
+	pending_dec(x);
 }
 
 /* ---- queues ---- */
@@ -470,9 +523,12 @@ static bool handle(struct vduse_exp *x, struct vduse_dev_request *req)
 			reply(x, req, true, x->vq[i].base);
 			return true;
 		}
-		/* The driver is stopping the queue: stop it, report where it ended. */
-		x->vq[i].running = false;
-		if (vblk_queue_stop(x->vq[i].q, queue_cb, &x->vq[i]) < 0) {
+		/*
+		 * A running queue (vhost_vdpa's VHOST_GET_VRING_BASE; virtio_vdpa
+		 * never asks): where it is now. It keeps running: VDUSE has no
+		 * suspend, so nothing says the driver is done with it; a reset stops it.
+		 */
+		if (vblk_queue_base(x->vq[i].q, base_cb, &x->vq[i]) < 0) {
 			reply(x, req, false, 0);
 			return true;
 		}
@@ -586,8 +642,10 @@ void vduse_dev_destroy(struct vduse_exp *x)
 		char name[VDUSE_NAME_MAX];
 
 		snprintf(name, sizeof(name), "%s", x->name);
-		if (ioctl(x->ctl_fd, VDUSE_DESTROY_DEV, name) < 0)
+		if (ioctl(x->ctl_fd, VDUSE_DESTROY_DEV, name) < 0 && errno != ENOENT) {
 			gw_warn("%s: VDUSE_DESTROY_DEV: %s", x->log, strerror(errno));
+			x->destroy_failed = true;
+		}
 		x->created = false;
 	}
 	if (x->ctl_fd >= 0)

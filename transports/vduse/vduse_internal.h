@@ -45,6 +45,27 @@ struct vduse_opts {
 	uint32_t notify_hold_us;
 };
 
+/*
+ * What the run dir records of a device: the trailer of its inflight log
+ * (RUN-DIR/vduse-NAME.inflight = one vq_inflight region per queue, then
+ * this). It says whose device it is, so a restarted blkgw takes over only
+ * its own, deletes one whose data is gone, and removes one the manifest no
+ * longer wants.
+ */
+#define VDUSE_REC_MAGIC "blkgwVD1"
+struct vduse_rec {
+	char magic[8];
+	int32_t pid; /* the blkgw serving it; 0 until a start succeeded */
+	uint16_t queues, queue_size;
+	char export_id[256];
+	char name[VDUSE_NAME_MAX];
+};
+
+static inline size_t vduse_regions_len(const struct vduse_opts *o)
+{
+	return vq_inflight_size(o->queue_size) * o->queues;
+}
+
 /* ---- vduse_iotlb.c ---- */
 
 /* One IOTLB_GET_FD mmap: [start, last] at host; shared by snapshots. */
@@ -99,8 +120,9 @@ struct vduse_vq {
 };
 
 struct vduse_exp {
-	struct gw_export *exp;
-	const struct vduse_opts *o;
+	struct gw_export *exp;      /* NULL while tearing down a device left behind */
+	const struct vduse_opts *o; /* = &oc */
+	struct vduse_opts oc;       /* the manifest's, or the surviving device's layout */
 	char name[VDUSE_NAME_MAX];
 	char log[VDUSE_NAME_MAX + 16]; /* "vduse NAME" */
 	struct vblk_dev dev;
@@ -134,8 +156,15 @@ struct vduse_exp {
 	char *infl_path;
 	uint8_t *infl;
 	size_t infl_len;
-	bool infl_existed; /* left by an earlier blkgw */
-	bool reopened;     /* the device survived that blkgw: serve it again */
+	bool infl_existed;     /* left by an earlier blkgw */
+	bool reopened;         /* the device survived that blkgw: serve it again */
+	struct vduse_rec *rec; /* in the log's mapping */
+	bool destroy_failed;   /* DESTROY_DEV refused: keep the record */
+
+	/* Tearing down a device left behind (vduse_scrap_start). */
+	void (*scrap_done)(void *arg, int rc);
+	void *scrap_arg;
+	char *old_link; /* RUN-DIR/dev/ID of its export: removed if it points at its disk */
 
 	char disk[64]; /* "/dev/vdX" */
 	char *link;    /* RUN-DIR/dev/ID */
@@ -145,6 +174,8 @@ struct vduse_exp {
 
 /* Create the device and open it (EEXIST: -EEXIST with a message). */
 int vduse_dev_create(struct vduse_exp *x, char *err, size_t errlen);
+/* Open an existing device (to tear it down): control, then /dev/vduse/NAME. */
+int vduse_dev_reopen(struct vduse_exp *x, char *err, size_t errlen);
 /* Start serving its messages on the main loop. */
 void vduse_dev_serve(struct vduse_exp *x);
 /*
