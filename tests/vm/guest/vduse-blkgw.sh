@@ -29,10 +29,19 @@ check "serve without the vduse module: exit 1, 'modprobe vduse' named" \
 require "load vduse" load_module vduse
 check "serve without virtio_vdpa: exit 1, 'modprobe virtio_vdpa' named" \
 	sh -c "! $B serve /tmp/m.yaml 2>/tmp/err; cat /tmp/err; grep -q 'virtio_vdpa module is not loaded (modprobe virtio_vdpa)' /tmp/err"
+# vhost_vdpa registered before virtio_vdpa: the vdpa bus offers it the device first.
+require "load vhost_vdpa (before virtio_vdpa)" load_module vhost_vdpa
 require "load virtio_vdpa" load_module virtio_vdpa
 check "serve without virtio_blk: exit 1, 'modprobe virtio_blk' named" \
 	sh -c "! $B serve /tmp/m.yaml 2>/tmp/err; cat /tmp/err; grep -q 'virtio_blk module is not loaded (modprobe virtio_blk)' /tmp/err"
 require "load virtio_blk" load_module virtio_blk
+check "vhost_vdpa takes the device: exit 1, 'taken by vhost_vdpa' and the rebind named" \
+	sh -c "! timeout 120 $B serve /tmp/m.yaml 2>/tmp/err; cat /tmp/err; grep -q 'was taken by vhost_vdpa, not virtio_vdpa, so no /dev/vdX appears: unload it (modprobe -r vhost_vdpa) or rebind' /tmp/err"
+check "nothing was left behind by the vhost_vdpa failure" \
+	sh -c "[ -z \"\$(ls /sys/bus/vdpa/devices)\" ] && [ \"\$(ls /dev/vduse)\" = control ]"
+require "unload vhost_vdpa" rmmod vhost_vdpa
+check "without CAP_NET_ADMIN: exit 1, CAP_NET_ADMIN named" \
+	sh -c "! /usr/local/bin/setpriv --bounding-set=-net_admin --inh-caps=-net_admin $B serve /tmp/m.yaml 2>/tmp/err; cat /tmp/err; grep -q 'binding a VDUSE device (vdpa netlink) needs CAP_NET_ADMIN' /tmp/err"
 require "load ext4 (and crc32c for its checksums)" load_modules crc32c_generic ext4
 check "nothing was left behind by the failed starts" \
 	sh -c "[ -z \"\$(ls /sys/bus/vdpa/devices)\" ] && [ \"\$(ls /dev/vduse)\" = control ]"
@@ -119,6 +128,9 @@ for q in "1:$dev" "2:$mqdev"; do
 		--bs=4k --size=32M --offset_increment=32M --numjobs=2 --iodepth=32
 	fio_verify "$n queue(s): fio 1 MiB sequential write, QD8, crc32c verify" "$d" --rw=write \
 		--bs=1M --size=64M --offset=64M --iodepth=8
+	# Reads only: every 4k block the randwrite jobs left is read back at random and verified.
+	fio_verify "$n queue(s): fio 4k randread QD32, 2 jobs, verifies the randwrite jobs' blocks" \
+		"$d" --rw=randread --bs=4k --size=32M --offset_increment=32M --numjobs=2 --iodepth=32
 done
 
 sync
@@ -140,6 +152,25 @@ check "writing the read-only device fails" \
 check "reading the read-only device gives the backing file" \
 	sh -c "dd if=$rodev bs=1M iflag=direct 2>/dev/null | md5sum | grep -q $(cat /tmp/ro.md5)"
 
+# Another process (a second blkgw, its own run dir) asks for names in use.
+mkdir -p /tmp/run2
+cat >/tmp/m2.yaml <<YAML
+version: 1
+gateway: { run-dir: /tmp/run2, workers: 1 }
+images:
+  mq: { backend: memory, size: 16M }
+exports:
+  - { image: mq, transports: [vduse] }
+YAML
+check "a default name in use by another process: exit 1, 'choose another vduse.name'" \
+	sh -c "! timeout 120 $B serve /tmp/m2.yaml 2>/tmp/err; cat /tmp/err; grep -q \"a VDUSE device named 'mq' already exists (another process's?): choose another vduse.name\" /tmp/err"
+sed -i 's/transports: \[vduse\] }/transports: [vduse], vduse: { name: blkgw-disk } }/' /tmp/m2.yaml
+check "vduse.name in use by another process: exit 1, 'choose another vduse.name'" \
+	sh -c "! timeout 120 $B serve /tmp/m2.yaml 2>/tmp/err; cat /tmp/err; grep -q \"a VDUSE device named 'blkgw-disk' already exists (another process's?): choose another vduse.name\" /tmp/err"
+check "the refused starts left no record" sh -c "! ls /tmp/run2/*.inflight 2>/dev/null"
+check "the first blkgw's disks still serve" \
+	sh -c "dd if=$mqdev of=/dev/null bs=4k count=16 iflag=direct && dd if=$dev of=/dev/null bs=4k count=16 iflag=direct"
+
 check "SIGTERM tears every device down and exits 0" stop_gw
 check "nothing left under /sys/bus/vdpa/devices or /dev/vduse, no links" torn_down
 check_eq "the read-only backing file is unchanged" "$(cat /tmp/ro.md5)" "$(md5sum /tmp/ro.raw | cut -d' ' -f1)"
@@ -148,24 +179,48 @@ if ! torn_down; then
 fi
 
 # --- kill -9 while fio verifies; the disk outlives blkgw ---------------------------
+# A file export survives and is taken over; a memory export's device is
+# deleted instead (its data died with blkgw: a process holding it gets I/O
+# errors, never another image's data) and a new one replaces it; a device
+# the manifest no longer wants is torn down at start-up.
 
-rm -f /tmp/disk.raw
-cat >/tmp/m.yaml <<YAML
+rm -f /tmp/disk.raw /tmp/gone.raw
+manifest_k() { # with "gone" or not
+	cat >/tmp/m.yaml <<YAML
 version: 1
 gateway: { run-dir: $RUN, workers: 2 }
 images:
   disk: { backend: file, path: /tmp/disk.raw, size: 256M }
+  mem: { backend: memory, size: 64M }
+  gone: { backend: file, path: /tmp/gone.raw, size: 64M }
 exports:
   - { image: disk, transports: [vduse], vduse: { queues: 2 } }
+  - { image: mem, transports: [vduse] }
 YAML
+	[ "$1" = gone ] && echo "  - { image: gone, transports: [vduse] }" >>/tmp/m.yaml
+	return 0
+}
+manifest_k gone
 ready() { $B status --control $RUN/control.sock >/dev/null 2>&1; }
-require "blkgw starts" start_gw disk
+gone_pid() { ! kill -0 "$1" 2>/dev/null; }
+# fio in the background on DEV until it fails (the device went away); its log in /tmp/fio-NAME.log.
+fio_until_error() { # NAME DEV
+	fio --name="$1" --filename="$2" --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k \
+		--size=32M --iodepth=8 --time_based --runtime=900 --rate_iops=200 \
+		>/tmp/fio-"$1".log 2>&1 &
+}
+require "blkgw starts" start_gw disk mem gone
 require "blkgw answers status" bg_wait_for gw 30 ready
 dev=$(readlink $RUN/dev/disk)
+memdev=$(readlink $RUN/dev/mem)
+dd if=/dev/urandom of=/tmp/mark bs=4k count=1 2>/dev/null
+require "a mark written to the memory export" dd if=/tmp/mark of="$memdev" bs=4k count=1 oflag=direct
 fio --name=k --filename="$dev" --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k \
 	--size=48M --iodepth=16 --numjobs=2 --offset_increment=64M --verify=crc32c --do_verify=1 \
 	--verify_fatal=1 --randrepeat=1 --group_reporting --rate_iops=100000,300 >/tmp/fio-k.log 2>&1 &
 fpid=$!
+fio_until_error mem "$memdev"
+mpid=$!
 # Writes capped at 300/s per job (above): the write phase lasts 40 s or more
 # however fast the machine, so fio still runs at every kill.
 for i in 1 2 3; do
@@ -175,15 +230,49 @@ for i in 1 2 3; do
 	bg_wait gw 10
 	check "restart $i: the device outlives blkgw" test -e /sys/bus/vdpa/devices/disk
 	sleep 1
-	require "restart $i: blkgw starts again with the same manifest" start_gw disk
+	require "restart $i: blkgw starts again with the same manifest" start_gw disk mem gone
 	check "restart $i: it took the device over" \
 		bg_wait_for gw 30 grep -q 'survived the last blkgw' "$VM_LOGS/gw.log"
+	check_eq "restart $i: the memory export's device was deleted, not taken over" 1 \
+		"$(grep -c 'vduse mem: deleting the device left by pid' "$VM_LOGS/gw.log")"
 	require "restart $i: blkgw answers status" bg_wait_for gw 30 ready
 	check_eq "restart $i: the same disk" "$dev" "$(readlink $RUN/dev/disk)"
+	if [ "$i" = 1 ]; then
+		check "the fio holding the memory export's old device fails (no other data)" \
+			wait_for 120 gone_pid $mpid
+		check "its error is an I/O error" grep -q 'Input/output error' /tmp/fio-mem.log
+		memdev=$(readlink $RUN/dev/mem)
+		dd if=/dev/zero of=/tmp/zero4k bs=4k count=1 2>/dev/null
+		check "the new memory device is empty: the mark is not there" \
+			sh -c "dd if=$memdev bs=4k count=1 iflag=direct 2>/dev/null | cmp -s - /tmp/zero4k"
+		check "the new memory device serves" \
+			sh -c "dd if=/tmp/mark of=$memdev bs=4k count=1 oflag=direct && dd if=$memdev bs=4k count=1 iflag=direct 2>/dev/null | cmp -s - /tmp/mark"
+	fi
 done
 check "fio completes and verifies across three kill -9 restarts" wait $fpid
-cat /tmp/fio-k.log | grep -E 'err=|verify|WRITE:|READ:' | head -10
+grep -E 'err=|verify|WRITE:|READ:' /tmp/fio-k.log | head -10
 grep -E 'resubmitting' "$VM_LOGS/gw.log"
-check "SIGTERM tears the surviving device down" stop_gw
+kill $mpid 2>/dev/null
+
+# A device the manifest no longer wants, with I/O in flight, is torn down at start-up.
+gonedev=$(readlink $RUN/dev/gone)
+fio_until_error gone "$gonedev"
+gpid=$!
+sleep 2
+kill -9 "$(bg_pid gw)"
+bg_wait gw 10
+manifest_k
+require "blkgw starts without export gone" start_gw disk mem
+check "the dropped export's device is removed" \
+	bg_wait_for gw 120 sh -c "! test -e /sys/bus/vdpa/devices/gone && ! test -e /dev/vduse/gone"
+check "the log says why" \
+	grep -q 'vduse gone: removing the device left by pid .* for export gone, which is no longer served over vduse' "$VM_LOGS/gw.log"
+check "its record and link are gone" \
+	sh -c "! test -e $RUN/vduse-gone.inflight && ! test -L $RUN/dev/gone"
+check "the fio holding it ends" wait_for 120 gone_pid $gpid
+check "with I/O errors" grep -q 'Input/output error' /tmp/fio-gone.log
+check "the wanted devices are still served" \
+	sh -c "dd if=$dev of=/dev/null bs=4k count=16 iflag=direct && dd if=$(readlink $RUN/dev/mem) of=/dev/null bs=4k count=16 iflag=direct"
+check "SIGTERM tears the surviving devices down" stop_gw
 check "nothing left under /sys/bus/vdpa/devices or /dev/vduse, no links" torn_down
-check "the inflight log is gone with the device" sh -c "! ls $RUN/*.inflight 2>/dev/null"
+check "the inflight logs are gone with the devices" sh -c "! ls $RUN/*.inflight 2>/dev/null"
