@@ -101,16 +101,27 @@ static const struct gw_opt_desc rbd_opts[] = {
 	  .help = "seconds after which a request the cluster does not answer fails (0: wait, as librbd does)" },
 };
 
-/* A cluster connection, shared by the images that name the same conf, user and keyring. */
+/*
+ * A cluster connection, shared by the images that name the same conf, user
+ * and keyring. The first image to need one connects, without holding the
+ * list's lock (opens and checks of images on other clusters go on
+ * meanwhile); the others wait for it and share its outcome, so images on a
+ * cluster that does not answer wait one connect-timeout, not one each.
+ */
+#define CONN_CONNECTING 1
+#define CONN_READY      0 /* < 0: the connect failed with that -errno */
+
 struct rbd_conn {
 	struct rbd_conn *next;
 	char *key;
 	rados_t cluster;
 	unsigned refs;
-	uint32_t io_timeout;
+	int state; /* CONN_*, under conns_lock */
+	char err[512];
 };
 
 static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t conns_cond = PTHREAD_COND_INITIALIZER;
 static struct rbd_conn *conns;
 
 struct rbd_backend;
@@ -189,48 +200,44 @@ static const char *rbd_strerror(int rc)
 	}
 }
 
-static int conn_get(const struct rbd_opts *o, struct rbd_conn **out, char *err, size_t errlen)
+/* Under conns_lock: drop a reference to a connection that is not READY (and so has no handle). */
+static void conn_unref_failed(struct rbd_conn *c)
+{
+	struct rbd_conn **pp;
+
+	if (--c->refs)
+		return;
+	for (pp = &conns; *pp; pp = &(*pp)->next)
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	free(c->key);
+	free(c);
+}
+
+/* Connect c's handle (no lock held). 0, or -errno with a message in c->err. */
+static int conn_connect(struct rbd_conn *c, const struct rbd_opts *o)
 {
 	const char *user = or_default(o->user, "admin");
-	struct rbd_conn *c;
-	char *key = NULL, id[256], tmo[16];
+	char id[256], tmo[16];
 	int rc;
 
-	if (asprintf(&key, "%s\n%s\n%s\n%u\n%u", o->conf ? o->conf : "", user,
-		     o->keyring ? o->keyring : "", o->connect_timeout, o->io_timeout) < 0)
-		return -ENOMEM;
-	pthread_mutex_lock(&conns_lock);
-	for (c = conns; c; c = c->next)
-		if (strcmp(c->key, key) == 0)
-			break;
-	if (c) {
-		c->refs++;
-		pthread_mutex_unlock(&conns_lock);
-		free(key);
-		*out = c;
-		return 0;
-	}
-	c = calloc(1, sizeof(*c));
-	if (!c) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	c->key = key;
-	key = NULL;
 	snprintf(id, sizeof(id), "client.%s", user);
 	rc = rados_create2(&c->cluster, "ceph", id, 0);
 	if (rc < 0) {
-		gw_seterr(err, errlen, "cannot create a cluster handle for %s: %s", id,
+		gw_seterr(c->err, sizeof(c->err), "cannot create a cluster handle for %s: %s", id,
 			  strerror(-rc));
-		goto out;
+		return rc;
 	}
 	rc = rados_conf_read_file(c->cluster, o->conf);
 	if (rc < 0 && o->conf) {
-		gw_seterr(err, errlen, "cannot read ceph conf %s: %s", o->conf, strerror(-rc));
+		gw_seterr(c->err, sizeof(c->err), "cannot read ceph conf %s: %s", o->conf,
+			  strerror(-rc));
 		goto out_shutdown;
 	}
 	if (o->keyring && (rc = rados_conf_set(c->cluster, "keyring", o->keyring)) < 0) {
-		gw_seterr(err, errlen, "keyring %s: %s", o->keyring, strerror(-rc));
+		gw_seterr(c->err, sizeof(c->err), "keyring %s: %s", o->keyring, strerror(-rc));
 		goto out_shutdown;
 	}
 	/* Bounded waits: for the monitors at connect, optionally for the OSDs after. */
@@ -243,26 +250,74 @@ static int conn_get(const struct rbd_opts *o, struct rbd_conn **out, char *err, 
 	}
 	rc = rados_connect(c->cluster);
 	if (rc < 0) {
-		gw_seterr(err, errlen, "cannot connect to the Ceph cluster%s%s as %s: %s",
-			  o->conf ? " of " : "", o->conf ? o->conf : "", id, rbd_strerror(rc));
+		gw_seterr(c->err, sizeof(c->err),
+			  "cannot connect to the Ceph cluster%s%s as %s: %s", o->conf ? " of " : "",
+			  o->conf ? o->conf : "", id, rbd_strerror(rc));
 		goto out_shutdown;
 	}
-	c->refs = 1;
-	c->next = conns;
-	conns = c;
-	*out = c;
-	pthread_mutex_unlock(&conns_lock);
 	return 0;
 
 out_shutdown:
 	rados_shutdown(c->cluster);
-out:
-	pthread_mutex_unlock(&conns_lock);
-	if (c)
-		free(c->key);
-	free(c);
-	free(key);
 	return rc < 0 ? rc : -EIO;
+}
+
+static int conn_get(const struct rbd_opts *o, struct rbd_conn **out, char *err, size_t errlen)
+{
+	const char *user = or_default(o->user, "admin");
+	struct rbd_conn *c;
+	char *key = NULL;
+	int rc;
+
+	if (asprintf(&key, "%s\n%s\n%s\n%u\n%u", o->conf ? o->conf : "", user,
+		     o->keyring ? o->keyring : "", o->connect_timeout, o->io_timeout) < 0)
+		return -ENOMEM;
+	pthread_mutex_lock(&conns_lock);
+	for (c = conns; c; c = c->next)
+		if (c->state >= 0 && strcmp(c->key, key) == 0) /* not one that failed */
+			break;
+	if (c) { /* connected, or being connected by another thread: share its outcome */
+		free(key);
+		c->refs++;
+		while (c->state == CONN_CONNECTING)
+			pthread_cond_wait(&conns_cond, &conns_lock);
+		if (c->state < 0) {
+			rc = c->state;
+			gw_seterr(err, errlen, "%s", c->err);
+			conn_unref_failed(c);
+			pthread_mutex_unlock(&conns_lock);
+			return rc;
+		}
+		pthread_mutex_unlock(&conns_lock);
+		*out = c;
+		return 0;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		pthread_mutex_unlock(&conns_lock);
+		free(key);
+		return -ENOMEM;
+	}
+	c->key = key;
+	c->refs = 1;
+	c->state = CONN_CONNECTING;
+	c->next = conns;
+	conns = c;
+	pthread_mutex_unlock(&conns_lock);
+
+	rc = conn_connect(c, o);
+
+	pthread_mutex_lock(&conns_lock);
+	c->state = rc < 0 ? rc : CONN_READY;
+	pthread_cond_broadcast(&conns_cond);
+	if (rc < 0) {
+		gw_seterr(err, errlen, "%s", c->err);
+		conn_unref_failed(c);
+	} else {
+		*out = c;
+	}
+	pthread_mutex_unlock(&conns_lock);
+	return rc;
 }
 
 static void conn_put(struct rbd_conn *c)

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <libgen.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -463,13 +464,17 @@ char *gw_default_run_dir(void)
 static const char *const image_common[] = { "backend", "block-size", "fault" };
 
 /* What loading needs besides the manifest: where problems go, and this build's names. */
+struct source_check;
+
 struct loader {
 	struct gw_manifest *m;
 	struct gw_diags *d;
-	struct words backends;   /* backend names */
-	struct words transports; /* transport names */
-	char *backend_list;      /* "file, memory, null" */
-	char *transport_list;    /* "nbd, vhost-user-blk" */
+	struct words backends;       /* backend names */
+	struct words transports;     /* transport names */
+	char *backend_list;          /* "file, memory, null" */
+	char *transport_list;        /* "nbd, vhost-user-blk" */
+	struct source_check *checks; /* images whose source is to be checked */
+	size_t nchecks;
 };
 
 /* The 'backend' key: which backend an image uses. 0, or -1 when reported. */
@@ -530,21 +535,60 @@ static void image_size_fits_block(struct loader *L, const struct gw_image_spec *
 			"%s'size' must be a multiple of block-size %u", prefix, img->block_size);
 }
 
-/* Ask the backend whether its source is usable (a missing file...) and writable. */
-static void image_source(struct loader *L, struct gw_image_spec *img, const struct ynode *v,
-			 const char *prefix)
-{
-	char msg[1536] = "";
-	int rc;
+/*
+ * Ask each backend whether its source is usable (a missing file, a cluster
+ * that does not answer...) and writable. A check may wait on a network (rbd
+ * connects to a cluster, bounded by its connect-timeout), so the checks run
+ * at once, each on a thread of its own, at most CHECK_THREADS together; the
+ * answers are then reported in the manifest's order.
+ */
+#define CHECK_THREADS 16
 
-	if (!img->ops->check)
-		return;
-	rc = img->ops->check(img->opts, msg, sizeof(msg));
-	if (rc == GW_CHECK_READ_ONLY) {
-		img->read_only_why = strdup(msg);
-		img->read_only_source = true;
-	} else if (rc < 0) {
-		diag_at(L->d, ymap_get(v, "path") ? ymap_get(v, "path") : v, "%s%s", prefix, msg);
+struct source_check {
+	struct gw_image_spec *img;
+	const struct ynode *v;
+	int rc;
+	char msg[1536];
+};
+
+static void *check_one(void *arg)
+{
+	struct source_check *c = arg;
+
+	c->msg[0] = '\0';
+	c->rc = c->img->ops->check(c->img->opts, c->msg, sizeof(c->msg));
+	return NULL;
+}
+
+static void image_sources(struct loader *L, struct source_check *c, size_t n)
+{
+	pthread_t t[CHECK_THREADS];
+	bool started[CHECK_THREADS];
+
+	for (size_t base = 0; base < n; base += CHECK_THREADS) {
+		size_t k = GW_MIN(n - base, (size_t)CHECK_THREADS);
+
+		/* One alone needs no thread. */
+		for (size_t i = 0; i < k; i++)
+			started[i] = k > 1 &&
+				     pthread_create(&t[i], NULL, check_one, &c[base + i]) == 0;
+		for (size_t i = 0; i < k; i++) {
+			if (started[i])
+				pthread_join(t[i], NULL);
+			else
+				check_one(&c[base + i]);
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct gw_image_spec *img = c[i].img;
+
+		if (c[i].rc == GW_CHECK_READ_ONLY) {
+			img->read_only_why = strdup(c[i].msg);
+			img->read_only_source = true;
+		} else if (c[i].rc < 0) {
+			diag_at(L->d, ymap_get(c[i].v, "path") ? ymap_get(c[i].v, "path") : c[i].v,
+				"image '%s': %s", img->name, c[i].msg);
+		}
 	}
 }
 
@@ -602,8 +646,14 @@ static void load_image(struct loader *L, const struct ynode *k, const struct yno
 		return;
 	image_size_fits_block(L, img, v, prefix);
 	image_fault(L, img, v, prefix, k);
-	if (check_sources)
-		image_source(L, img, v, prefix);
+	if (check_sources && img->ops->check) {
+		struct source_check one = { .img = img, .v = v };
+
+		if (L->checks)
+			L->checks[L->nchecks++] = one;
+		else
+			image_sources(L, &one, 1); /* no memory for the list: now, alone */
+	}
 }
 
 static void load_images(struct loader *L, const struct ynode *images, bool check_sources)
@@ -620,9 +670,15 @@ static void load_images(struct loader *L, const struct ynode *images, bool check
 	m->images = calloc(images->n / 2 + 1, sizeof(*m->images));
 	if (!m->images)
 		return;
+	if (check_sources)
+		L->checks = calloc(images->n / 2 + 1, sizeof(*L->checks));
 	for (size_t i = 0; i + 1 < images->n; i += 2)
 		if (images->items[i]->type == YN_SCALAR)
 			load_image(L, images->items[i], images->items[i + 1], check_sources);
+	image_sources(L, L->checks, L->nchecks);
+	free(L->checks);
+	L->checks = NULL;
+	L->nchecks = 0;
 }
 
 /* ---- exports ---- */
