@@ -4,6 +4,7 @@
 #include <ev.h>
 #include <fcntl.h>
 #include <json-c/json.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -62,8 +63,9 @@ static struct {
 	struct live_export *exports;
 	size_t nexports;
 	struct apply *applying;
-	unsigned stopping; /* exports still stopping */
-	unsigned starting; /* a transport's start() runs (it may run the loop: VDUSE, ublk) */
+	struct apply *closing; /* its images in closing[] are closed, or being closed */
+	unsigned stopping;     /* exports still stopping */
+	unsigned starting;     /* a transport's start() runs (it may run the loop: VDUSE, ublk) */
 	bool stop_requested;
 	uint64_t start_ns;
 	ev_signal sig[3];
@@ -101,16 +103,7 @@ static void m_unref(struct gw_manifest *m)
 	}
 }
 
-/* Open an image: its backend, and the fault layer over it when the manifest asks. */
-static struct gw_backend *open_image(const struct gw_image_spec *s, char *err, size_t errlen)
-{
-	struct gw_backend *b =
-		gw_backend_open_mode(s->ops, s->name, s->opts, s->read_only, err, errlen);
-
-	if (b && s->fault)
-		b = gw_fault_wrap(b, s->fault, err, errlen);
-	return b;
-}
+static bool image_closing(const struct gw_backend *b);
 
 /* ---- status ---- */
 
@@ -129,7 +122,9 @@ static json_object *export_json(struct gw_export *e)
 	memset(&st, 0, sizeof(st));
 	if (e->transport && e->transport->status && e->tpriv)
 		e->transport->status(e, &st);
-	if (e->backend->ops->describe)
+	if (image_closing(e->backend)) /* an apply's thread closes it: the export is going */
+		snprintf(desc, sizeof(desc), "(closing)");
+	else if (e->backend->ops->describe)
 		e->backend->ops->describe(e->backend, desc, sizeof(desc));
 	gw_export_stats(e, &t);
 	json_object_object_add(o, "id", json_object_new_string(e->id));
@@ -543,12 +538,37 @@ struct apply {
 	json_object *needs_restart; /* gateway settings that cannot change live */
 	json_object *problems;
 	unsigned pending; /* stops still running */
+
+	/*
+	 * Work that may wait on a network (rbd: checking a source, opening or
+	 * closing an image) runs on a thread of the apply's own while the main
+	 * loop goes on (status answers); `then` runs on the main loop after.
+	 */
+	char *path, *shown; /* the manifest, and its name in messages */
+	bool unlink_path;   /* a private file (export-add): removed once read */
+	struct gw_manifest *loaded;
+	int load_rc;
+	struct gw_diags d;
+	struct gw_backend_open_req *rq; /* images to open */
+	size_t *rq_img;                 /* the new image each is for */
+	size_t nrq;
+	struct gw_backend **closing; /* images to close (before the opens) */
+	size_t nclosing;
+	void (*work)(struct apply *a);
+	void (*then)(struct apply *a);
+	pthread_t thread;
+	bool working; /* the thread runs or is not yet joined */
 };
+
+static void apply_thread_done(struct apply *a);
+static void problem(struct apply *a, const char *fmt, ...) GW_PRINTF(2, 3);
 
 static void apply_free(struct apply *a)
 {
 	if (!a)
 		return;
+	if (gw.closing == a)
+		gw.closing = NULL;
 	for (size_t j = 0; a->xwhy && j < a->nm->nexports; j++)
 		free(a->xwhy[j]);
 	for (size_t j = 0; a->iopen && j < a->nm->nimages; j++)
@@ -564,7 +584,109 @@ static void apply_free(struct apply *a)
 	json_object_put(a->needs_restart);
 	json_object_put(a->problems);
 	m_unref(a->nm);
+	for (size_t i = 0; a->rq && i < a->nrq; i++)
+		if (a->rq[i].b)
+			image_close(a->rq[i].b);
+	free(a->rq);
+	free(a->rq_img);
+	free(a->closing);
+	if (a->loaded)
+		gw_manifest_free(a->loaded);
+	gw_diags_free(&a->d);
+	if (a->unlink_path && a->path)
+		unlink(a->path);
+	free(a->path);
+	free(a->shown);
 	free(a);
+}
+
+/* Is b being closed by an apply's thread (so not to be touched)? */
+static bool image_closing(const struct gw_backend *b)
+{
+	for (size_t i = 0; gw.closing && i < gw.closing->nclosing; i++)
+		if (gw.closing->closing[i] == b)
+			return true;
+	return false;
+}
+
+static void *apply_thread(void *arg)
+{
+	struct apply *a = arg;
+
+	a->work(a);
+	if (gw_main_call((void (*)(void *))apply_thread_done, a) < 0)
+		gw_err("%s: cannot hand the apply back to the main loop", a->origin);
+	return NULL;
+}
+
+/* Main loop: the thread's work is done. */
+static void apply_thread_done(struct apply *a)
+{
+	if (a->working) {
+		pthread_join(a->thread, NULL);
+		a->working = false;
+	}
+	a->then(a);
+}
+
+/* Run work(a) on a thread, then then(a) on the main loop. 0, or -errno (nothing ran). */
+static int apply_bg(struct apply *a, void (*work)(struct apply *), void (*then)(struct apply *))
+{
+	int rc;
+
+	a->work = work;
+	a->then = then;
+	rc = pthread_create(&a->thread, NULL, apply_thread, a);
+	if (rc)
+		return -rc;
+	a->working = true;
+	return 0;
+}
+
+/* The thread's half of opening and closing images. */
+static void work_images(struct apply *a)
+{
+	for (size_t i = 0; i < a->nclosing; i++)
+		image_close(a->closing[i]);
+	gw_backend_open_all(a->rq, a->nrq);
+}
+
+/* Queue the opening of new image j (its fault layer is added on the main loop). */
+static void rq_add(struct apply *a, size_t j)
+{
+	const struct gw_image_spec *s = &a->nm->images[j];
+
+	a->rq_img[a->nrq] = j;
+	a->rq[a->nrq++] = (struct gw_backend_open_req){
+		.ops = s->ops, .name = s->name, .opts = s->opts, .read_only = s->read_only
+	};
+}
+
+/* Main loop: move what the thread opened into iopen (fault layers added); how many failed. */
+static size_t rq_take(struct apply *a, bool report)
+{
+	size_t bad = 0;
+
+	for (size_t i = 0; i < a->nrq; i++) {
+		size_t j = a->rq_img[i];
+		const struct gw_image_spec *s = &a->nm->images[j];
+		struct gw_backend *b = a->rq[i].b;
+
+		a->rq[i].b = NULL;
+		if (b && s->fault)
+			b = gw_fault_wrap(b, s->fault, a->rq[i].err, sizeof(a->rq[i].err));
+		a->iopen[j] = b;
+		if (b)
+			continue;
+		bad++;
+		if (report)
+			problem(a, "%s:%d:%d: image '%s': %s", a->shown, s->line, s->col, s->name,
+				a->rq[i].err);
+		else
+			gw_err("image %s: cannot open: %s", s->name, a->rq[i].err);
+	}
+	a->nrq = 0;
+	return bad;
 }
 
 static size_t live_image_find(const char *name)
@@ -842,17 +964,63 @@ static void apply_stopped(struct gw_export *e)
 		apply_finish(a);
 }
 
-/* Every stop is done: close, open and start; then the new state is the live one. */
+static void apply_finish2(struct apply *a);
+
+/*
+ * Every stop is done: close the images that went or changed and open the
+ * changed ones again (on the apply's thread: both may wait on a network),
+ * then apply_finish2.
+ */
 static void apply_finish(struct apply *a)
 {
 	struct gw_manifest *nm = a->nm;
-	struct live_image *ni = calloc(nm->nimages + 1, sizeof(*ni));
-	struct live_export *nx = calloc(nm->nexports + 1, sizeof(*nx));
+
+	if (gw.stop_requested) {
+		apply_finish2(a);
+		return;
+	}
+	a->closing = calloc(gw.nimages + 1, sizeof(*a->closing));
+	a->rq = calloc(nm->nimages + 1, sizeof(*a->rq));
+	a->rq_img = calloc(nm->nimages + 1, sizeof(*a->rq_img));
+	if (!a->closing || !a->rq || !a->rq_img) {
+		apply_finish2(a); /* fails it: out of memory */
+		return;
+	}
+	gw.closing = a;
+	for (size_t k = 0; k < gw.nimages; k++) {
+		if (a->ldrop[k]) {
+			a->closing[a->nclosing++] = gw.images[k].b;
+			gw.images[k].b = NULL; /* now the thread's to close */
+		}
+	}
+	for (size_t j = 0; j < nm->nimages; j++)
+		if (a->ikeep[j] == SIZE_MAX && !a->iopen[j])
+			rq_add(a, j);
+	if ((a->nclosing || a->nrq) && apply_bg(a, work_images, apply_finish2) == 0)
+		return;
+	work_images(a); /* nothing to do, or no thread: here */
+	apply_finish2(a);
+}
+
+/* Images closed and opened: start what is new; then the new state is the live one. */
+static void apply_finish2(struct apply *a)
+{
+	struct gw_manifest *nm = a->nm;
+	struct live_image *ni = NULL;
+	struct live_export *nx = NULL;
 	json_object *reply, *xs;
-	char err[1024];
 	size_t n = 0;
 
 	gw.applying = NULL;
+	for (size_t k = 0; k < gw.nimages; k++)
+		if (a->ldrop[k] && !gw.images[k].b)
+			gw_info("image %s: closed", gw.images[k].s->name);
+	if (a->rq_img)
+		rq_take(a, false);
+	if (!gw.stop_requested && a->closing && a->rq) {
+		ni = calloc(nm->nimages + 1, sizeof(*ni));
+		nx = calloc(nm->nexports + 1, sizeof(*nx));
+	}
 	if (gw.stop_requested || !ni || !nx) {
 		free(ni);
 		free(nx);
@@ -862,24 +1030,10 @@ static void apply_finish(struct apply *a)
 		apply_free(a);
 		return;
 	}
-	for (size_t k = 0; k < gw.nimages; k++) {
-		if (a->ldrop[k]) {
-			gw_info("image %s: closed", gw.images[k].s->name);
-			image_close(gw.images[k].b);
-		}
-	}
 	for (size_t j = 0; j < nm->nimages; j++) {
 		if (a->ikeep[j] != SIZE_MAX) {
 			ni[j] = gw.images[a->ikeep[j]];
 			continue;
-		}
-		if (!a->iopen[j]) {
-			const struct gw_image_spec *s = &nm->images[j];
-
-			err[0] = '\0';
-			a->iopen[j] = open_image(s, err, sizeof(err));
-			if (!a->iopen[j])
-				gw_err("image %s: cannot open: %s", s->name, err);
 		}
 		ni[j] = (struct live_image){ .b = a->iopen[j],
 					     .m = m_ref(nm),
@@ -999,19 +1153,36 @@ static void diags_to(json_object *arr, const struct gw_diags *d, const char *fil
  * Converge on the manifest at path: validate it fully (nothing changes when
  * anything is wrong), then stop what went or changed, start what came or
  * changed, and leave the rest alone. reply_to: where the answer goes (NULL:
- * the log). shown: the name messages use for the file.
+ * the log). shown: the name messages use for the file. unlink_path: path is
+ * a private file, removed once read. Reading it (its sources checked) and
+ * opening new images run on the apply's thread: they may wait on a network.
  */
+static void apply_loaded(struct apply *a);
+static void apply_opened(struct apply *a);
+static void apply_go(struct apply *a);
+
+static void work_load(struct apply *a)
+{
+	a->load_rc = gw_manifest_load(a->path, true, &a->loaded, &a->d);
+	if (a->unlink_path) {
+		unlink(a->path);
+		a->unlink_path = false;
+	}
+}
+
 static void apply_path(const char *path, const char *shown, const char *origin, bool dry_run,
-		       bool force, struct gw_ctl_pending *reply_to)
+		       bool force, struct gw_ctl_pending *reply_to, bool unlink_path)
 {
 	struct apply *a = calloc(1, sizeof(*a));
-	struct gw_manifest *nm = NULL;
-	struct gw_preflight pf = { 0 };
-	struct gw_diags d = { 0 };
 	json_object *problems = json_object_new_array();
 
-	if (!a) {
+	if (!a || !(a->path = strdup(path)) || !(a->shown = strdup(shown))) {
+		if (a)
+			free(a->path);
+		free(a);
 		json_object_put(problems);
+		if (unlink_path)
+			unlink(path);
 		if (reply_to)
 			gw_ctl_reply_later(reply_to, gw_ctl_error(-ENOMEM, "out of memory"));
 		return;
@@ -1021,30 +1192,51 @@ static void apply_path(const char *path, const char *shown, const char *origin, 
 	a->force = force;
 	a->reply_to = reply_to;
 	a->problems = problems;
+	a->unlink_path = unlink_path;
 	a->needs_restart = json_object_new_array();
 	if (gw.applying || gw.starting || gw.stop_requested) {
 		problem(a, "%s",
 			gw.stop_requested ? "blkgw is stopping"
 					  : "another apply is in progress; try again");
 		apply_fail(a, -EBUSY, "nothing was changed");
-		free(a->reply_to);
-		json_object_put(a->problems);
-		json_object_put(a->needs_restart);
-		free(a);
+		apply_free(a);
 		return;
 	}
-	if (gw_manifest_load(path, true, &nm, &d) < 0) {
-		diags_to(a->problems, &d, shown);
-		gw_diags_free(&d);
+	gw.applying = a; /* from here on, another apply waits for this one */
+	gw_info("%s: reading %s", origin, shown);
+	if (apply_bg(a, work_load, apply_loaded) < 0) {
+		work_load(a);
+		apply_loaded(a);
+	}
+}
+
+/* Main loop: the manifest is read and its sources checked. */
+static void apply_loaded(struct apply *a)
+{
+	struct gw_manifest *nm = a->loaded;
+	struct gw_preflight pf = { 0 };
+	struct gw_diags d = { 0 };
+
+	a->loaded = NULL;
+	if (gw.stop_requested) {
+		if (nm)
+			gw_manifest_free(nm);
+		gw.applying = NULL;
+		apply_fail(a, -ECANCELED, "blkgw is stopping: the apply was not finished");
+		apply_free(a);
+		return;
+	}
+	if (a->load_rc < 0) {
+		gw.applying = NULL;
+		diags_to(a->problems, &a->d, a->shown);
 		apply_fail(a, -EINVAL, "the manifest has errors; nothing was changed");
-		json_object_put(a->problems);
-		json_object_put(a->needs_restart);
-		free(a);
+		apply_free(a);
 		return;
 	}
 	a->nm = m_ref(nm);
 	if (gw_preflight_run_live(nm, &pf, &d) < 0) {
-		diags_to(a->problems, &d, shown);
+		gw.applying = NULL;
+		diags_to(a->problems, &d, a->shown);
 		gw_diags_free(&d);
 		gw_preflight_free(&pf);
 		apply_fail(a, -EINVAL, "the manifest cannot be served here; nothing was changed");
@@ -1053,34 +1245,57 @@ static void apply_path(const char *path, const char *shown, const char *origin, 
 	}
 	gw_preflight_free(&pf);
 	if (plan(a) < 0) {
+		gw.applying = NULL;
 		apply_fail(a, -EBUSY, "nothing was changed");
 		apply_free(a);
 		return;
 	}
-	if (dry_run) {
+	if (a->dry_run) {
+		gw.applying = NULL;
 		apply_answer(a, apply_reply(a, false));
 		apply_free(a);
 		return;
 	}
 	/* Images new by name open first: one that fails stops the apply before any change. */
-	for (size_t j = 0; j < nm->nimages; j++) {
-		const struct gw_image_spec *s = &nm->images[j];
-		char err[1024] = "";
-
-		if (a->ikeep[j] != SIZE_MAX || live_image_find(s->name) != SIZE_MAX)
-			continue;
-		a->iopen[j] = open_image(s, err, sizeof(err));
-		if (!a->iopen[j]) {
-			problem(a, "%s:%d:%d: image '%s': %s", shown, s->line, s->col, s->name,
-				err);
-			apply_fail(a, -EIO, "an image did not open; nothing was changed");
-			apply_free(a);
-			return;
-		}
+	a->rq = calloc(nm->nimages + 1, sizeof(*a->rq));
+	a->rq_img = calloc(nm->nimages + 1, sizeof(*a->rq_img));
+	if (!a->rq || !a->rq_img) {
+		gw.applying = NULL;
+		apply_fail(a, -ENOMEM, "out of memory; nothing was changed");
+		apply_free(a);
+		return;
 	}
-	gw_info("%s: applying %s", origin, shown);
-	gw_notify("RELOADING=1\nSTATUS=applying %s", shown);
-	gw.applying = a;
+	for (size_t j = 0; j < nm->nimages; j++)
+		if (a->ikeep[j] == SIZE_MAX && live_image_find(nm->images[j].name) == SIZE_MAX)
+			rq_add(a, j);
+	if (a->nrq && apply_bg(a, work_images, apply_opened) == 0)
+		return;
+	work_images(a); /* nothing to open, or no thread: here */
+	apply_opened(a);
+}
+
+/* Main loop: the new images are open (or not). */
+static void apply_opened(struct apply *a)
+{
+	if (rq_take(a, true) || gw.stop_requested) {
+		gw.applying = NULL;
+		if (gw.stop_requested)
+			apply_fail(a, -ECANCELED, "blkgw is stopping: the apply was not finished");
+		else
+			apply_fail(a, -EIO, "an image did not open; nothing was changed");
+		apply_free(a);
+		return;
+	}
+	apply_go(a);
+}
+
+/* Stop what goes or changes; apply_finish once every stop is done. */
+static void apply_go(struct apply *a)
+{
+	struct gw_manifest *nm = a->nm;
+
+	gw_info("%s: applying %s", a->origin, a->shown);
+	gw_notify("RELOADING=1\nSTATUS=applying %s", a->shown);
 	a->pending = 1;
 	for (size_t k = 0; k < gw.nexports; k++) {
 		struct gw_export *e = gw.exports[k].e;
@@ -1263,9 +1478,8 @@ static json_object *apply_text(const char *text, const char *origin, json_object
 		free(path);
 		return gw_ctl_error(-ENOMEM, "out of memory");
 	}
-	/* The manifest is read and checked before apply_path returns. */
-	apply_path(path, origin, origin, jbool(req, "dry_run"), jbool(req, "force"), p);
-	unlink(path);
+	/* The apply removes the file once it has read it. */
+	apply_path(path, origin, origin, jbool(req, "dry_run"), jbool(req, "force"), p, true);
 	free(path);
 	return NULL;
 }
@@ -1281,7 +1495,7 @@ static json_object *cmd_apply(json_object *req)
 	p = gw_ctl_defer();
 	if (!p)
 		return gw_ctl_error(-ENOMEM, "out of memory");
-	apply_path(path, path, "apply", jbool(req, "dry_run"), jbool(req, "force"), p);
+	apply_path(path, path, "apply", jbool(req, "dry_run"), jbool(req, "force"), p, false);
 	return NULL;
 }
 
@@ -1413,7 +1627,8 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
 	if (w->signum == SIGHUP) {
 		gw_info("SIGHUP: re-reading %s", gw.boot->abs_path);
-		apply_path(gw.boot->abs_path, gw.boot->abs_path, "SIGHUP", false, false, NULL);
+		apply_path(gw.boot->abs_path, gw.boot->abs_path, "SIGHUP", false, false, NULL,
+			   false);
 		return;
 	}
 	if (gw.stop_requested) {
@@ -1449,7 +1664,12 @@ static void cleanup(void)
 	gw_ctl_stop();
 	if (gw_workers_count())
 		gw_workers_stop();
-	gw_main_exit(); /* runs what workers posted last (stop completions) */
+	/* An apply's thread may be opening images: let it finish (bounded by their timeouts). */
+	if (gw.applying && gw.applying->working) {
+		pthread_join(gw.applying->thread, NULL);
+		gw.applying->working = false;
+	}
+	gw_main_exit(); /* runs what workers posted last (stop completions, an apply's end) */
 	gw_guard_shutdown();
 	gw_efd_shutdown();
 	if (gw.applying) {
