@@ -46,11 +46,11 @@ test-asan: deps-test
 
 # The benchmark harness (bench/run, bench/README.md): every transport and
 # the peers over fio, tables, CSV and plots in BENCH_OUT. `bench` is the full
-# matrix (an hour or more at the defaults);
+# matrix, the test VM's kernel paths included (hours at the defaults);
 # `bench-quick` a few minutes on the host paths only. BENCH_ARGS adds options.
 BENCH_OUT ?= $(BUILD)/bench-results
 bench: deps-test build
-	bench/run --build $(BUILD) --sweep --out $(BENCH_OUT) $(BENCH_ARGS)
+	bench/run --build $(BUILD) --vm --sweep --out $(BENCH_OUT) $(BENCH_ARGS)
 
 bench-quick: deps-test build
 	bench/run --build $(BUILD) --quick --out $(BENCH_OUT)-quick $(BENCH_ARGS)

@@ -3,16 +3,26 @@
 # check_report.py: every backend's tables have every column and workload row
 # and a figure in each IOPS cell, the CSV, raw fio JSON with its command line,
 # blkgw's manifests and the plots are there. It never judges speed.
-#   quick-smoke.sh BUILD_DIR OUT_DIR
+# With --vm (ctest bench.vm-quick): every VM column instead, in one boot of
+# the test VM, memory backend, two workloads, 1 s runs.
+#   quick-smoke.sh BUILD_DIR OUT_DIR [--vm]
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-build=${1:?usage: quick-smoke.sh BUILD_DIR OUT_DIR}
-out=${2:?usage: quick-smoke.sh BUILD_DIR OUT_DIR}
+build=${1:?usage: quick-smoke.sh BUILD_DIR OUT_DIR [--vm]}
+out=${2:?usage: quick-smoke.sh BUILD_DIR OUT_DIR [--vm]}
 rm -rf "$out"
 plots=""
 command -v gnuplot >/dev/null || {
 	echo "quick-smoke: gnuplot is missing (scripts/deps.sh test): plots not checked" >&2
 	plots=--no-plots
 }
-timeout 540 "$here/run" --quick --build "$build" --out "$out" >/dev/null
+if [ "${3:-}" = --vm ]; then
+	for q in qemu-system-x86_64 qemu-storage-daemon; do
+		command -v $q >/dev/null || { echo "SKIP: $q is missing (scripts/deps.sh test)"; exit 77; }
+	done
+	timeout 840 "$here/run" --vm-only --backends memory --workloads randread-4k-qd1,write-1m-qd8 \
+		--runtime 1 --repeat 1 --quiet 0 --retry-noisy 0 --build "$build" --out "$out" >/dev/null
+else
+	timeout 540 "$here/run" --quick --build "$build" --out "$out" >/dev/null
+fi
 /usr/bin/python3 "$here/lib/check_report.py" "$out" $plots

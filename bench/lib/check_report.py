@@ -38,30 +38,40 @@ def main():
             if not idx:
                 errors.append(f"{b}: no {title} table")
                 continue
-            hcells = [x.strip() for x in lines[idx[0]].strip("|").split("|")]
+            # host and VM columns are in separate tables
+            allh = set()
+            for i0 in idx:
+                hcells = [x.strip() for x in lines[i0].strip("|").split("|")]
+                allh |= set(hcells)
+                rows = {}
+                for x in lines[i0 + 2:]:
+                    if not x.startswith("|"):
+                        break
+                    r = [y.strip() for y in x.strip("|").split("|")]
+                    if len(r) != len(hcells):
+                        errors.append(f"{b}: {title}: row '{r[0]}' has {len(r)} cells, "
+                                      f"header {len(hcells)}")
+                    rows[r[0]] = r
+                for w in opts["workloads"]:
+                    label = H.WORKLOADS[w][3]
+                    if label not in rows:
+                        errors.append(f"{b}: {title} table lacks row '{label}'")
+                    elif key == "iops":
+                        for c, v in zip(hcells[1:], rows[label][1:]):
+                            if v == "-":
+                                errors.append(f"{b}: {label}: no IOPS for '{c}'")
             for c in opts["columns"]:
-                if H.heading(c) not in hcells:
-                    errors.append(f"{b}: {title} table lacks column '{H.heading(c)}'")
-            rows = {}
-            for x in lines[idx[0] + 2:]:
-                if not x.startswith("|"):
-                    break
-                r = [y.strip() for y in x.strip("|").split("|")]
-                if len(r) != len(hcells):
-                    errors.append(f"{b}: {title}: row '{r[0]}' has {len(r)} cells, header {len(hcells)}")
-                rows[r[0]] = r
-            for w in opts["workloads"]:
-                label = H.WORKLOADS[w][3]
-                if label not in rows:
-                    errors.append(f"{b}: {title} table lacks row '{label}'")
-                elif key == "iops":
-                    for c, v in zip(hcells[1:], rows[label][1:]):
-                        if v == "-":
-                            errors.append(f"{b}: {label}: no IOPS for '{c}'")
-        if plots:
-            for name in ("iops-qd", "latency", "cpu"):
+                if H.heading(c) not in allh:
+                    errors.append(f"{b}: {title} tables lack column '{H.heading(c)}'")
+        wheres = {H.column(c)["where"] for c in opts["columns"]}
+        for where in sorted(wheres) if plots else []:
+            wl = set(opts["workloads"])
+            need = {"iops-qd": any(w.startswith("randread-4k-") for w in wl),
+                    "latency": "randread-4k-qd1" in wl,
+                    "cpu": bool(wl & {"randread-4k-qd128", "randwrite-4k-qd128"})}
+            for name in [n for n, v in need.items() if v]:
                 for ext in ("svg", "png"):
-                    p = os.path.join(out, "plots", f"{b}-{name}.{ext}")
+                    p = os.path.join(out, "plots", f"{b}-{where}-{name}.{ext}")
                     if not os.path.getsize(p) if os.path.exists(p) else True:
                         errors.append(f"missing or empty plot {p}")
     rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
@@ -72,11 +82,20 @@ def main():
         for p in (j, j + ".cmd"):
             if not os.path.exists(p):
                 errors.append(f"missing {p}")
-    for d, _, files in os.walk(os.path.join(out, "raw")):
-        if "blkgw_" in os.path.basename(d) and "manifest.yaml" not in files:
-            errors.append(f"no manifest.yaml in {d}")
-        if files and not any(f.endswith(".json") for f in files):
-            errors.append(f"no fio JSON in {d}")
+    for c in cells:
+        col = H.column(c["column"])
+        d = os.path.dirname(os.path.join(out, c["fio_json"]))
+        if col["server"] == "blkgw" and col["path"] != "vhost-guest" and os.path.isdir(d) and \
+                not any(f.endswith("manifest.yaml") for f in os.listdir(d)):
+            errors.append(f"no blkgw manifest in {d}")
+    for c in cells:
+        if c["column"].endswith("/vhost-guest"):
+            # raw/vm/BACKEND/COLUMN/x.json -> raw/vm/host-daemons
+            d = os.path.join(out, os.path.dirname(os.path.dirname(os.path.dirname(
+                c["fio_json"]))), "host-daemons")
+            if not os.path.exists(os.path.join(d, "manifest.yaml")):
+                errors.append(f"no {d}/manifest.yaml (the VM's vhost-user-blk daemons)")
+            break
     if not os.path.exists(os.path.join(out, "summary.csv")):
         errors.append("no summary.csv")
     for e in errors:

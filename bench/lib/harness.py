@@ -56,7 +56,7 @@ COLUMNS = [
     ("nbdkit/nbd-tcp", "nbdkit", "nbd-tcp", "nbdkit NBD TCP", "host"),
     ("floor/nbd-unix", "floor", "nbd-unix", "ceiling: do-nothing NBD", "host"),
     # In the test VM (TCG): kernel block devices, fio with io_uring direct.
-    ("vm/direct", "direct", "direct", "direct (VM)", "tcg"),
+    ("vm/direct", "direct", "direct", "direct", "tcg"),
     ("vm/blkgw/nbd-attach", "blkgw", "nbd-attach", "blkgw NBD attached", "tcg"),
     ("vm/blkgw/ublk", "blkgw", "ublk", "blkgw ublk", "tcg"),
     ("vm/blkgw/vduse", "blkgw", "vduse", "blkgw VDUSE", "tcg"),
@@ -371,7 +371,7 @@ def for_backend(cells, backend):
     return out
 
 
-def backend_tables(cells, backend, columns=None):
+def backend_tables(cells, backend, columns=None, metrics=None):
     """Markdown for one backend: one table per metric in Vitastor's layout
     (rows: workloads; columns: direct, blkgw's paths, the peers, the
     ceilings), then blkgw's ratios to each peer and each path's fraction of
@@ -381,15 +381,28 @@ def backend_tables(cells, backend, columns=None):
     ws, cs = present(bc, backend)
     if columns is not None:
         cs = [c for c in COLUMN_IDS if c in columns]
+    groups = [(w, [c for c in cs if column(c)["where"] == w]) for w in ("host", "tcg")]
+    groups = [(w, g) for w, g in groups if g]
+    if len(groups) < 2:
+        return _backend_tables(bc, backend, ws, cs, "", metrics)
+    return "\n\n".join(
+        _backend_tables(bc, backend, ws, g, ", host" if w == "host" else ", test VM (TCG)",
+                        metrics)
+        for w, g in groups)
+
+
+def _backend_tables(bc, backend, ws, cs, where, metrics=None):
     summ = summarize(bc)
     parts = []
     for key, title, unit in METRICS:
+        if metrics is not None and key not in metrics:
+            continue
         head = [f"{title}{' (' + unit + ')' if unit else ''}"] + [heading(c) for c in cs]
         rows = []
         for w in ws:
             rows.append([WORKLOADS[w][3]] + [
                 fmt_cell(summ.get((backend, w, c)), key, key == "iops") for c in cs])
-        parts.append(f"#### {backend}: {title}\n\n" + md_table(head, rows))
+        parts.append(f"#### {backend}{where}: {title}\n\n" + md_table(head, rows))
     pairs = ratio_pairs(cs)
     if pairs:
         head = ["blkgw / peer, pair by pair"] + [
@@ -402,7 +415,7 @@ def backend_tables(cells, backend, columns=None):
                 row.append(fmt_ratio(pair_ratios(bc, backend, w, a, b, "iops")))
                 row.append(fmt_ratio(pair_ratios(bc, backend, w, a, b, "server_cpu_us_per_req")))
             rows.append(row)
-        parts.append(f"#### {backend}: ratios (median of per-repeat ratios, min-max)\n\n"
+        parts.append(f"#### {backend}{where}: ratios (median of per-repeat ratios, min-max)\n\n"
                      + md_table(head, rows))
     cp = ceiling_pairs(cs)
     if cp:
@@ -410,7 +423,7 @@ def backend_tables(cells, backend, columns=None):
             f"{heading(a)} / {column(b)['heading'].replace('ceiling: ', '')}" for a, b in cp]
         rows = [[WORKLOADS[w][3]] + [fmt_ratio(pair_ratios(bc, backend, w, a, b, "iops"))
                                      for a, b in cp] for w in ws]
-        parts.append(f"#### {backend}: fraction of the ceiling\n\n" + md_table(head, rows))
+        parts.append(f"#### {backend}{where}: fraction of the ceiling\n\n" + md_table(head, rows))
     return "\n\n".join(parts)
 
 
@@ -462,13 +475,18 @@ def _q(s):
     return s.replace('"', "'")
 
 
-def plot_data(cells, backend):
+def plot_data(cells, backend, where=None):
     """-> {name: (data text, gnuplot body)} for one backend: IOPS vs queue
     depth (4k random read), latency percentiles (4k random read QD1) and
-    server CPU per request (4k random read and write QD128), per path."""
+    server CPU per request (4k random read and write QD128), per path;
+    where (host or tcg) keeps only those columns."""
     bc = for_backend(cells, backend)
     summ = summarize(bc)
     ws, cs = present(bc, backend)
+    bkey = backend
+    if where:
+        cs = [c for c in cs if column(c)["where"] == where]
+        backend = f"{backend}, {'host' if where == 'host' else 'test VM (TCG)'}"
     out = {}
     qds = sorted({WORKLOADS[w][2] for w in ws if WORKLOADS[w][0] == "randread" and
                   WORKLOADS[w][1] == "4k"})
@@ -478,7 +496,7 @@ def plot_data(cells, backend):
             w = f"randread-4k-qd{qd}"
             row = [str(qd)]
             for c in cs:
-                s = summ.get((backend, w, c))
+                s = summ.get((bkey, w, c))
                 v = s["iops"][1] if s else None
                 row.append("NaN" if v is None else f"{v:.0f}")
             lines.append(" ".join(row))
@@ -488,12 +506,13 @@ def plot_data(cells, backend):
                 "plot " + ", ".join(
                     f"DATA using 1:{i + 2} with linespoints title columnhead({i + 2})"
                     for i in range(len(cs))))
-        out["iops-qd"] = ("\n".join(lines) + "\n", body)
+        if any("NaN" != v for x in lines[1:] for v in x.split()[1:]):
+            out["iops-qd"] = ("\n".join(lines) + "\n", body)
     w = "randread-4k-qd1"
     if w in ws:
         lines = ["# path p50 p99 p99.9"]
         for c in cs:
-            s = summ.get((backend, w, c))
+            s = summ.get((bkey, w, c))
             if not s:
                 continue
             v = [s[k][1] for k in ("lat_p50_us", "lat_p99_us", "lat_p999_us")]
@@ -505,14 +524,15 @@ def plot_data(cells, backend):
                 f"set title '{backend}: 4k random read QD1, latency percentiles'\n"
                 "plot DATA using 2:xtic(1) title 'p50', '' using 3 title 'p99', "
                 "'' using 4 title 'p99.9'")
-        out["latency"] = ("\n".join(lines) + "\n", body)
+        if len(lines) > 1:
+            out["latency"] = ("\n".join(lines) + "\n", body)
     cw = [x for x in ("randread-4k-qd128", "randwrite-4k-qd128") if x in ws]
     if cw:
         lines = ["# path " + " ".join(cw)]
         for c in cs:
             v = []
             for x in cw:
-                s = summ.get((backend, x, c))
+                s = summ.get((bkey, x, c))
                 v.append(s["server_cpu_us_per_req"][1] if s else None)
             if all(x is None for x in v):
                 continue
@@ -525,7 +545,8 @@ def plot_data(cells, backend):
                 "plot " + ", ".join(
                     (f"DATA using {i + 2}:xtic(1)" if i == 0 else f"'' using {i + 2}")
                     + f" title '{x}'" for i, x in enumerate(cw)))
-        out["cpu"] = ("\n".join(lines) + "\n", body)
+        if len(lines) > 1:
+            out["cpu"] = ("\n".join(lines) + "\n", body)
     return out
 
 
@@ -539,6 +560,18 @@ def gnuplot_script(data_path, body, svg, png):
             "replot\n")
 
 
-def load_cells(path):
-    with open(path) as f:
-        return json.load(f)["cells"]
+def merge(docs):
+    """Several results.json documents -> one: the cells of all, the first
+    one's options and machine, with backends, columns and workloads the
+    union (in table order) and the commands listed."""
+    out = {"options": dict(docs[0]["options"]), "machine": docs[0]["machine"], "cells": []}
+    for key, order in (("backends", BACKENDS), ("columns", COLUMN_IDS),
+                       ("workloads", list(WORKLOADS))):
+        have = set()
+        for d in docs:
+            have |= set(d["options"][key])
+        out["options"][key] = [x for x in order if x in have]
+    out["options"]["command"] = " ; ".join(d["options"]["command"] for d in docs)
+    for d in docs:
+        out["cells"] += d["cells"]
+    return out

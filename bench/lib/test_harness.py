@@ -193,10 +193,17 @@ class FormatTest(unittest.TestCase):
         lines = md.splitlines()
         heads = [x for x in lines if x.startswith("| IOPS |") or x.startswith("| mean latency")
                  or x.startswith("| server CPU")]
-        self.assertEqual(len(heads), 3)
+        # host and VM (TCG) columns never share a table
+        self.assertEqual(len(heads), 6)
         for h in heads:
+            tcg = "(TCG)" in h
             for c in cols:
-                self.assertIn(H.heading(c), h)
+                if (H.column(c)["where"] == "tcg") == tcg:
+                    self.assertIn(H.heading(c), h)
+                else:
+                    self.assertNotIn(H.heading(c), h)
+        self.assertIn("#### null, host: IOPS", md)
+        self.assertIn("#### null, test VM (TCG): IOPS", md)
         self.assertIn("| Random read 4k T1Q1 |", md)
         self.assertIn("| Linear read 1M T1Q8 |", md)
         # median (min-max) of 1000 and 2000
@@ -209,6 +216,37 @@ class FormatTest(unittest.TestCase):
             rows = [x for x in block.splitlines() if x.startswith("|")]
             if rows:
                 self.assertEqual(len({r.count("|") for r in rows}), 1, block)
+
+    def test_merge(self):
+        d1 = {"options": {"backends": ["file"], "columns": ["blkgw/nbd-unix"],
+                          "workloads": ["read-1m-qd8"], "command": "a"},
+              "machine": {"cpus": 2}, "cells": [cell("file", "read-1m-qd8", "blkgw/nbd-unix", 1, 1.0)]}
+        d2 = {"options": {"backends": ["null", "file"], "columns": ["vm/blkgw/ublk", "direct"],
+                          "workloads": ["randread-4k-qd1"], "command": "b"},
+              "machine": {"cpus": 2}, "cells": [cell("null", "randread-4k-qd1", "vm/blkgw/ublk", 1, 2.0)]}
+        m = H.merge([d1, d2])
+        self.assertEqual(m["options"]["backends"], ["null", "file"])
+        self.assertEqual(m["options"]["columns"], ["direct", "blkgw/nbd-unix", "vm/blkgw/ublk"])
+        self.assertEqual(m["options"]["workloads"], ["randread-4k-qd1", "read-1m-qd8"])
+        self.assertEqual(len(m["cells"]), 2)
+        self.assertEqual(m["options"]["command"], "a ; b")
+
+    def test_vm_console(self):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import vmbench
+        text = ("noise\r\nBENCH-FILE-BEGIN manifest.yaml\r\nversion: 1\r\nBENCH-FILE-END\r\n"
+                "BENCH-CMD fio --rw=randread\r\n"
+                "BENCH-BEGIN null vm/blkgw/ublk randread-4k-qd1 1 42 100\r\n"
+                "note: fio says hello\r\n{\"jobs\": []}\r\nBENCH-END\r\n"
+                "BENCH-HOST-START 1 qsd:null\r\n"
+                "BENCH-BEGIN null vm/qsd/vhost-guest randread-4k-qd1 1 host:1 100\r\n"
+                "{ broken\r\nBENCH-END\r\n")
+        cells, files = vmbench.parse_console(text)
+        self.assertEqual(len(cells), 1)  # the broken one is dropped
+        self.assertEqual(cells[0]["ticks"], "42")
+        self.assertEqual(cells[0]["cmd"], "fio --rw=randread")
+        self.assertEqual(cells[0]["fio"], {"jobs": []})
+        self.assertEqual(files, [(0, "manifest.yaml", "version: 1\n")])
 
     def test_forced_columns_show_dashes(self):
         cells = [cell("null", "randread-4k-qd1", "blkgw/nbd-unix", 1, 10.0)]

@@ -1,0 +1,250 @@
+"""bench/run --vm: the kernel paths in the project's QEMU TCG test VM.
+
+One boot runs every VM column of the matrix (bench/vm-guest.sh): blkgw's
+NBD attached, ublk and VDUSE devices, nbd-client in front of blkgw and of
+qemu-storage-daemon, qsd's vduse-blk, the vhost-user-blk disks of a blkgw
+and a qsd running on the host (QEMU is their client), fio on a guest file,
+and the kernel's null_blk as the ceiling. The guest prints each cell's fio
+JSON on the console; the host reads it back, and reads its own daemons' CPU
+time when the guest says a run starts and stops. Every figure is TCG:
+comparable with the other VM columns only.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import time
+
+import harness as H
+
+
+def parse_console(text):
+    """The guest's console -> (cells, files): cells are dicts with backend,
+    column, workload, rep, ticks ('-', 'host:N' or a count), hz, cmd, fio
+    (the parsed JSON); files are (cell index they precede, name, text)."""
+    cells, files = [], []
+    lines = text.replace("\r", "").split("\n")
+    i = 0
+    cmd = None
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("BENCH-CMD "):
+            cmd = line[len("BENCH-CMD "):]
+        elif line.startswith("BENCH-FILE-BEGIN "):
+            name = line.split()[1]
+            body = []
+            i += 1
+            while i < len(lines) and lines[i] != "BENCH-FILE-END":
+                body.append(lines[i])
+                i += 1
+            files.append((len(cells), name, "\n".join(body) + "\n"))
+        elif line.startswith("BENCH-BEGIN "):
+            f = line.split()
+            body = []
+            i += 1
+            while i < len(lines) and lines[i] != "BENCH-END":
+                body.append(lines[i])
+                i += 1
+            t = "\n".join(body)
+            try:
+                doc = json.loads(t[t.index("{"):t.rindex("}") + 1])
+            except ValueError:
+                doc = None
+            if doc is not None and len(f) >= 7:
+                cells.append({"backend": f[1], "column": f[2], "workload": f[3],
+                              "rep": int(f[4]), "ticks": f[5], "hz": int(f[6]),
+                              "cmd": cmd, "fio": doc})
+            cmd = None
+        i += 1
+    return cells, files
+
+
+def vm_size(a):
+    return min(a.size_bytes, 256 << 20)
+
+
+def run(b, log, die):
+    a = b.a
+    cols = [c for c in a.columns if H.column(c)["where"] == "tcg"]
+    work = os.path.join(b.tmp, "vm")
+    os.makedirs(work, exist_ok=True)
+    rawvm = os.path.join(b.out, "raw", "vm")
+    os.makedirs(rawvm, exist_ok=True)
+    size = vm_size(a)
+    backends = list(a.backends)
+    blkgw = os.path.join(a.build, "blkgw")
+
+    # Host daemons for the vhost-user-blk guest disks: one blkgw and one qsd,
+    # one export per backend, disks in this order (vda, vdb, ...).
+    vhost = [c for c in cols if c.endswith("/vhost-guest")]
+    disks, daemons, socks = [], {}, []
+    files = []
+    if vhost:
+        for d in ("blkgw", "qsd"):
+            if f"vm/{d}/vhost-guest" in vhost:
+                disks += [f"{d}:{x}" for x in backends]
+        exports, images, qargs = [], [], []
+        for x in backends:
+            f = os.path.join(a.file_dir, f"blkgw-bench-vm-{os.getpid()}-{x}")
+            if "blkgw:" + x in disks:
+                s = os.path.join(work, f"blkgw-{x}.sock")
+                img = {"null": f"{{ backend: null, size: {size} }}",
+                       "memory": f"{{ backend: memory, size: {size} }}",
+                       "file": f"{{ backend: file, path: {f}.blkgw, direct: true }}"}[x]
+                if x == "file":
+                    with open(f + ".blkgw", "w") as fh:
+                        fh.truncate(size)
+                    files.append(f + ".blkgw")
+                images.append(f"  {x}: {img}")
+                exports.append(f"  - {{ image: {x}, transports: [vhost-user-blk], "
+                               f"vhost-user-blk: {{ socket: {s}, queues: 1 }} }}")
+            if "qsd:" + x in disks:
+                s = os.path.join(work, f"qsd-{x}.sock")
+                if x == "null":
+                    bd = f"driver=null-co,node-name={x},size={size},read-zeroes=on"
+                else:
+                    p = (f"/dev/shm/blkgw-bench-vm-{os.getpid()}" if x == "memory" else f + ".qsd")
+                    with open(p, "w") as fh:
+                        fh.truncate(size)
+                    files.append(p)
+                    bd = (f"driver=file,node-name={x},filename={p},aio=io_uring" if x == "memory"
+                          else f"driver=file,node-name={x},filename={p},cache.direct=on,aio=native")
+                qargs += ["--blockdev", bd, "--export",
+                          f"type=vhost-user-blk,id=e{x},node-name={x},addr.type=unix,"
+                          f"addr.path={s},writable=on,num-queues=1"]
+        d = os.path.join(rawvm, "host-daemons")
+        os.makedirs(d, exist_ok=True)
+        if images:
+            m = (f"version: 1\ngateway: {{ run-dir: {work}/run, workers: {a.workers}, "
+                 "log-level: warn }\nimages:\n" + "\n".join(images) + "\nexports:\n" +
+                 "\n".join(exports) + "\n")
+            with open(os.path.join(d, "manifest.yaml"), "w") as fh:
+                fh.write(m)
+            argv = [blkgw, "serve", os.path.join(d, "manifest.yaml")]
+            with open(os.path.join(d, "blkgw.cmd"), "w") as fh:
+                fh.write(shlex.join(argv) + "\n")
+            daemons["blkgw"] = b.spawn(argv, os.path.join(d, "blkgw.log"))
+        if qargs:
+            argv = ["qemu-storage-daemon"] + qargs
+            with open(os.path.join(d, "qsd.cmd"), "w") as fh:
+                fh.write(shlex.join(argv) + "\n")
+            daemons["qsd"] = b.spawn(argv, os.path.join(d, "qsd.log"))
+        for disk in disks:
+            dn, x = disk.split(":")
+            s = os.path.join(work, f"{dn}-{x}.sock")
+            socks.append(s)
+            if not b.wait(daemons[dn], lambda s=s: os.path.exists(s), 60):
+                die(f"host {dn} for the VM's vhost-user-blk disks did not come up")
+
+    with open(os.path.join(work, "config"), "w") as fh:
+        fh.write(f"RT={a.vm_runtime}\nREPS={a.repeat}\nSIZE={size}\nSIZE_BYTES={size}\n"
+                 f"BACKENDS='{' '.join(backends)}'\nCOLUMNS='{' '.join(cols)}'\n"
+                 f"VHOST_DISKS='{' '.join(disks)}'\n")
+    with open(os.path.join(work, "workloads"), "w") as fh:
+        for w in a.workloads:
+            fh.write(w + " " + " ".join(H.fio_workload_args(w, a.numjobs)) + "\n")
+    for n in ("config", "workloads"):
+        with open(os.path.join(work, n)) as src, open(os.path.join(rawvm, n), "w") as dst:
+            dst.write(src.read())
+
+    n_cells = a.repeat * len(a.workloads) * sum(
+        1 if c == "vm/null_blk" else len(backends) for c in cols)
+    per = a.vm_runtime + 4.0
+    timeout = int(n_cells * per * 3 + 900)
+    log(f"VM: building the guest; {n_cells} cells in one boot, ~{int(n_cells * per / 60) + 1} min")
+    guest = os.path.join(work, "guest")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([os.path.join(root, "tests/vm/build-guest.sh"), "-q", "--out", guest,
+                        "--script", os.path.join(root, "bench/vm-guest.sh"),
+                        "--bin", blkgw, "--bin", "fio", "--bin", "qemu-storage-daemon",
+                        "--bin", "vdpa", "--bin", "nbd-client", "--module", "null_blk",
+                        "--file", os.path.join(work, "config") + ":/test/config",
+                        "--file", os.path.join(work, "workloads") + ":/test/workloads"],
+                       capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        die(f"VM: build-guest.sh failed: {r.stderr[-800:]}")
+    console = os.path.join(rawvm, "console.log")
+    argv = [os.path.join(root, "tests/vm/run-vm.sh"), "-q", "--guest", guest, "--log", console,
+            "--smp", "2", "-m", "2048", "--timeout", str(timeout)]
+    for s in socks:
+        argv += ["--vhost-user-blk", s + ",num-queues=1"]
+    with open(os.path.join(rawvm, "run-vm.cmd"), "w") as fh:
+        fh.write(shlex.join(argv) + "\n")
+    vm = b.spawn(argv, os.path.join(rawvm, "run-vm.log"))
+    host_ticks, started = {}, {}
+    pos, seen, t0 = 0, 0, time.time()
+    while True:
+        done = vm.poll() is not None
+        try:
+            with open(console, errors="replace") as fh:
+                fh.seek(pos)
+                chunk = fh.read()
+        except OSError:
+            chunk = ""
+        # only whole lines
+        cut = chunk.rfind("\n") + 1
+        pos += len(chunk[:cut].encode("utf-8", "replace"))
+        for line in chunk[:cut].replace("\r", "").split("\n"):
+            f = line.split()
+            if line.startswith("BENCH-HOST-START ") and len(f) == 3:
+                dn = f[2].split(":")[0]
+                started[f[1]] = b.proc_ticks(daemons[dn].pid) if dn in daemons else None
+            elif line.startswith("BENCH-HOST-STOP ") and len(f) == 3:
+                dn = f[2].split(":")[0]
+                t1 = b.proc_ticks(daemons[dn].pid) if dn in daemons else None
+                s0 = started.get(f[1])
+                host_ticks[f[1]] = (t1 - s0) if s0 is not None and t1 is not None else None
+            elif line.startswith("BENCH-BEGIN "):
+                seen += 1
+                el = time.time() - t0
+                left = el / seen * (n_cells - seen)
+                log(f"VM [{seen}/{n_cells} {100 * seen // max(1, n_cells)}%] "
+                    f"{f[1]} {f[3]} {f[2]} round {f[4]} (TCG)  elapsed {int(el) // 60}:"
+                    f"{int(el) % 60:02d}, ~{int(left) // 60}:{int(left) % 60:02d} left")
+        if done:
+            break
+        time.sleep(0.05)
+    rc = vm.returncode
+    b.forget(vm)
+    for p in daemons.values():
+        b.stop(p)
+    for p in files:
+        if os.path.exists(p):
+            os.unlink(p)
+    text = open(console, errors="replace").read()
+    cells, vfiles = parse_console(text)
+    if rc != 0:
+        log(f"VM: run-vm.sh exited {rc} (a guest check failed, see {console}); "
+            f"{len(cells)} cells kept")
+    if not cells:
+        die(f"VM: no results (run-vm.sh exit {rc}); console: {console}")
+    for idx, (pos_i, name, body) in enumerate(vfiles):
+        if pos_i < len(cells):
+            c = cells[pos_i]
+            d = os.path.join(rawvm, c["backend"], c["column"].replace("/", "_"))
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, f"r{c['rep']}.{name}"), "w") as fh:
+                fh.write(body)
+    for c in cells:
+        d = os.path.join(rawvm, c["backend"], c["column"].replace("/", "_"))
+        os.makedirs(d, exist_ok=True)
+        j = os.path.join(d, f"{c['workload']}.r{c['rep']}.a0.json")
+        with open(j, "w") as fh:
+            json.dump(c["fio"], fh, indent=1)
+        with open(j + ".cmd", "w") as fh:
+            fh.write(f"# in the test VM (QEMU TCG), {shlex.join(argv)}\n{c['cmd']}\n")
+        t = c["ticks"]
+        if t.startswith("host:"):
+            ticks = host_ticks.get(t[5:])
+            hz = b.hz
+        else:
+            ticks = None if t == "-" else int(t)
+            hz = c["hz"]
+        m = H.cell_metrics(H.parse_fio(c["fio"]), ticks, hz)
+        m.update({"backend": c["backend"], "workload": c["workload"], "column": c["column"],
+                  "rep": c["rep"], "attempt": 0, "discarded": False, "noisy": False,
+                  "where": "tcg", "fio_json": os.path.relpath(j, b.out)})
+        b.cells.append(m)
+    b.save()
+    log(f"VM: {len(cells)} cells")
