@@ -266,6 +266,20 @@ class FormatTest(unittest.TestCase):
         self.assertEqual((r["iops_min"], r["iops_median"], r["iops_max"]),
                          ("1000", "1500", "2000"))
 
+    def test_plot_data_by_place(self):
+        cells = [cell("null", "randread-4k-qd1", "blkgw/nbd-unix", 1, 10.0),
+                 cell("null", "randread-4k-qd1", "vm/blkgw/ublk", 1, 20.0),
+                 cell("any", "randread-4k-qd1", "vm/null_blk", 1, 30.0)]
+        host = H.plot_data(cells, "null", "host")["latency"][0]
+        tcg = H.plot_data(cells, "null", "tcg")["latency"][0]
+        self.assertIn("blkgw NBD unix", host)
+        self.assertNotIn("ublk", host)
+        self.assertIn("blkgw ublk (TCG)", tcg)
+        self.assertIn("null_blk", tcg)
+        self.assertNotIn("NBD unix", tcg)
+        # nothing measured: no plot at all (gnuplot fails on empty data)
+        self.assertEqual(H.plot_data([], "null", "tcg"), {})
+
     def test_plot_data(self):
         cells = []
         for qd in (1, 4, 128):

@@ -73,7 +73,7 @@ def run(b, log, die):
     os.makedirs(rawvm, exist_ok=True)
     size = vm_size(a)
     backends = list(a.backends)
-    blkgw = os.path.join(a.build, "blkgw")
+    blkgw = b.blkgw
 
     # Host daemons for the vhost-user-blk guest disks: one blkgw and one qsd,
     # one export per backend, disks in this order (vda, vdb, ...).
