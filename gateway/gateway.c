@@ -560,7 +560,7 @@ struct apply {
 	bool working; /* the thread runs or is not yet joined */
 };
 
-static void apply_thread_done(struct apply *a);
+static void apply_thread_done(void *arg);
 static void problem(struct apply *a, const char *fmt, ...) GW_PRINTF(2, 3);
 
 static void apply_free(struct apply *a)
@@ -614,14 +614,16 @@ static void *apply_thread(void *arg)
 	struct apply *a = arg;
 
 	a->work(a);
-	if (gw_main_call((void (*)(void *))apply_thread_done, a) < 0)
+	if (gw_main_call(apply_thread_done, a) < 0)
 		gw_err("%s: cannot hand the apply back to the main loop", a->origin);
 	return NULL;
 }
 
 /* Main loop: the thread's work is done. */
-static void apply_thread_done(struct apply *a)
+static void apply_thread_done(void *arg)
 {
+	struct apply *a = arg;
+
 	if (a->working) {
 		pthread_join(a->thread, NULL);
 		a->working = false;
