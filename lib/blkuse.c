@@ -99,19 +99,67 @@ static int opened(mode_t type, dev_t rdev, char *why, size_t len)
 	return rc;
 }
 
+/* One device (whole or a partition): mounted, held or open? */
+static int dev_in_use(dev_t rdev, char *why, size_t len)
+{
+	unsigned maj = major(rdev), min = minor(rdev);
+
+	return mounted(maj, min, why, len) || held(maj, min, why, len) ||
+	       opened(S_IFBLK, rdev, why, len);
+}
+
+/*
+ * Its partitions: /sys/dev/block/MAJ:MIN/NAMEpN/ with a "partition" file and
+ * "dev" (MAJ:MIN). 1 with "partition NAME is ..." in why, or 0.
+ */
+static int partition_in_use(unsigned maj, unsigned min, char *why, size_t len)
+{
+	char path[PATH_MAX], sub[1800];
+	DIR *d;
+	struct dirent *de;
+	int rc = 0;
+
+	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u", maj, min);
+	d = opendir(path);
+	while (d && !rc && (de = readdir(d))) {
+		char p[PATH_MAX + 300];
+		unsigned a, b;
+		FILE *f;
+		struct stat st;
+
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(p, sizeof(p), "%s/%s/partition", path, de->d_name);
+		if (stat(p, &st) < 0)
+			continue;
+		snprintf(p, sizeof(p), "%s/%s/dev", path, de->d_name);
+		f = fopen(p, "r");
+		if (!f)
+			continue;
+		if (fscanf(f, "%u:%u", &a, &b) == 2 && dev_in_use(makedev(a, b), sub, sizeof(sub))) {
+			snprintf(why, len, "partition %s is %s", de->d_name, sub);
+			rc = 1;
+		}
+		fclose(f);
+	}
+	if (d)
+		closedir(d);
+	return rc;
+}
+
 int gw_blockdev_in_use(const char *devnode, char *why, size_t len)
 {
 	struct stat st;
-	unsigned maj, min;
-	char sub[2200];
+	char sub[2400];
 
 	if (stat(devnode, &st) < 0 || !S_ISBLK(st.st_mode))
 		return 0;
-	maj = major(st.st_rdev);
-	min = minor(st.st_rdev);
-	if (mounted(maj, min, sub, sizeof(sub)) || held(maj, min, sub, sizeof(sub)) ||
-	    opened(S_IFBLK, st.st_rdev, sub, sizeof(sub))) {
+	if (dev_in_use(st.st_rdev, sub, sizeof(sub))) {
 		snprintf(why, len, "%s is %s", devnode, sub);
+		return 1;
+	}
+	if (partition_in_use(major(st.st_rdev), minor(st.st_rdev), sub, sizeof(sub))) {
+		snprintf(why, len, "%s: its %s", devnode, sub);
 		return 1;
 	}
 	return 0;
