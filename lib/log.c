@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -55,6 +56,53 @@ void gw_log_set_json(bool json)
 	log_json = json;
 }
 
+/* Export id -> transport name (static strings), for JSON lines. */
+static pthread_mutex_t xt_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct xt {
+	char *id;
+	const char *transport;
+} * xt;
+static size_t nxt;
+
+void gw_log_export_transport(const char *id, const char *transport)
+{
+	size_t i;
+
+	pthread_mutex_lock(&xt_lock);
+	for (i = 0; i < nxt && strcmp(xt[i].id, id) != 0; i++)
+		;
+	if (i < nxt && !transport) {
+		free(xt[i].id);
+		xt[i] = xt[--nxt];
+	} else if (i < nxt) {
+		xt[i].transport = transport;
+	} else if (transport) {
+		struct xt *n = realloc(xt, (nxt + 1) * sizeof(*n));
+		char *d = strdup(id);
+
+		if (n)
+			xt = n;
+		if (n && d)
+			xt[nxt++] = (struct xt){ .id = d, .transport = transport };
+		else
+			free(d);
+	}
+	pthread_mutex_unlock(&xt_lock);
+}
+
+/* The transport of export id (len bytes), or NULL. */
+static const char *xt_find(const char *id, size_t len)
+{
+	const char *t = NULL;
+
+	pthread_mutex_lock(&xt_lock);
+	for (size_t i = 0; i < nxt && !t; i++)
+		if (strlen(xt[i].id) == len && memcmp(xt[i].id, id, len) == 0)
+			t = xt[i].transport;
+	pthread_mutex_unlock(&xt_lock);
+	return t;
+}
+
 /* Append s to b[*n..len) as JSON string content (without quotes). */
 static void json_escape(char *b, size_t *n, size_t len, const char *s, size_t slen)
 {
@@ -87,8 +135,14 @@ static void log_json_line(enum gw_log_level level, const struct timespec *ts, co
 	json_escape(line, &n, sizeof(line), thread_name, strlen(thread_name));
 	if (strncmp(msg, "export ", 7) == 0 && (colon = strchr(msg + 7, ':')) &&
 	    !memchr(msg + 7, ' ', (size_t)(colon - msg - 7))) {
+		const char *t = xt_find(msg + 7, (size_t)(colon - msg - 7));
+
 		n += (size_t)snprintf(line + n, sizeof(line) - n, "\", \"export\": \"");
 		json_escape(line, &n, sizeof(line), msg + 7, (size_t)(colon - msg - 7));
+		if (t) {
+			n += (size_t)snprintf(line + n, sizeof(line) - n, "\", \"transport\": \"");
+			json_escape(line, &n, sizeof(line), t, strlen(t));
+		}
 	}
 	n += (size_t)snprintf(line + n, sizeof(line) - n, "\", \"msg\": \"");
 	json_escape(line, &n, sizeof(line), msg, strlen(msg));

@@ -26,10 +26,18 @@ void gw_log_set_thread_name(const char *name);
 /*
  * Text lines ("12:00:00.123 blkgw[main] info: export disk: ..."), or JSON
  * lines: {"time": "2026-12-06T12:00:00.123Z", "level": "info", "thread":
- * "main", "export": "disk", "msg": "export disk: ..."} ("export" when the
- * message is about one: it starts "export ID: ").
+ * "main", "export": "disk", "transport": "nbd", "msg": "export disk: ..."}
+ * ("export" when the message is about one: it starts "export ID: ";
+ * "transport" when that export has one, as gw_log_export_transport said).
  */
 void gw_log_set_json(bool json);
+
+/*
+ * The transport export id is served over (NULL: none any more), for the
+ * "transport" field of JSON lines. The daemon calls it whenever an export's
+ * transport changes; any thread may log meanwhile.
+ */
+void gw_log_export_transport(const char *id, const char *transport);
 
 void gw_log(enum gw_log_level level, const char *fmt, ...) GW_PRINTF(2, 3);
 
