@@ -375,6 +375,7 @@ struct gw_section {
 	char *run_dir;
 	uint32_t workers;
 	uint32_t coalesce_us;
+	uint32_t start_timeout;
 	char *log_level;
 	uint64_t buffer_limit;
 	char *metrics;
@@ -404,6 +405,13 @@ static const struct gw_opt_desc gateway_opts[] = {
 	  .max = 1000,
 	  .def = 20,
 	  .help = "microseconds a busy worker may let events gather before polling, when measuring shows it helps (default 20; 0: never)" },
+	{ .key = "start-timeout",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct gw_section, start_timeout),
+	  .min = 1,
+	  .max = 3600,
+	  .def = 60,
+	  .help = "seconds a transport may take to create a kernel device before it counts as failed and the next transport is tried (default 60)" },
 	{ .key = "buffer-limit",
 	  .type = GW_OPT_SIZE,
 	  .offset = offsetof(struct gw_section, buffer_limit),
@@ -945,6 +953,7 @@ static void load_gateway(struct loader *L, const struct ynode *root)
 	m->gw.metrics = gs.metrics;
 	m->gw.workers = gs.workers;
 	m->gw.coalesce_us = gs.coalesce_us;
+	m->gw.start_timeout = gs.start_timeout;
 	if (!m->gw.workers) {
 		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 

@@ -37,8 +37,9 @@ struct gw_gateway_cfg {
 	int control_line, control_col, run_dir_line, run_dir_col;
 	uint32_t workers;
 	uint32_t coalesce_us;
-	char *log_level; /* NULL: default */
-	char *metrics;   /* HOST:PORT or a socket path; NULL: none */
+	uint32_t start_timeout; /* seconds a transport's device creation may take */
+	char *log_level;        /* NULL: default */
+	char *metrics;          /* HOST:PORT or a socket path; NULL: none */
 };
 
 struct gw_image_spec {

@@ -11,7 +11,7 @@
 static const char *const state_names[] = {
 	[GW_EXPORT_NEW] = "new",           [GW_EXPORT_RUNNING] = "running",
 	[GW_EXPORT_STOPPING] = "stopping", [GW_EXPORT_STOPPED] = "stopped",
-	[GW_EXPORT_FAILED] = "failed",
+	[GW_EXPORT_FAILED] = "failed",     [GW_EXPORT_STARTING] = "starting",
 };
 
 const char *gw_export_state_name(enum gw_export_state s)

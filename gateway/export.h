@@ -61,6 +61,7 @@ enum gw_export_state {
 	GW_EXPORT_STOPPING,
 	GW_EXPORT_STOPPED,
 	GW_EXPORT_FAILED,
+	GW_EXPORT_STARTING, /* its transport is creating the device (start returned PENDING) */
 };
 
 struct gw_transport_ops;
@@ -91,6 +92,21 @@ struct gw_export {
 	char *notes;                  /* why earlier transports were skipped ("" when none) */
 	struct gw_rejected *rejected; /* the same, one entry per transport passed over */
 	size_t nrejected;
+
+	/*
+	 * Set by the daemon before start(), for the transport to call on the main
+	 * thread. started: a start() that returned GW_START_PENDING ends here,
+	 * once (0: serving; -errno and why: failed, and the transport uses
+	 * exp->tpriv no more); never from inside start(), never after stop().
+	 * died: the running export's device is gone for good (deleted behind
+	 * blkgw's back, recovery impossible); the daemon stops the export and
+	 * serves it over the next transport of its list.
+	 */
+	void (*started)(struct gw_export *e, int rc, const char *why);
+	void (*died)(struct gw_export *e, const char *why);
+	/* The daemon's: abandoned starts still being torn down, and free once they are. */
+	unsigned abandoned;
+	bool free_when_idle;
 
 	atomic_uint clients;    /* connections/queues attached, kept by the transport */
 	struct gw_stats *stats; /* GW_STATS_SLOTS entries */

@@ -63,9 +63,10 @@ static struct {
 	struct live_export *exports;
 	size_t nexports;
 	struct apply *applying;
-	struct apply *closing; /* its images in closing[] are closed, or being closed */
-	unsigned stopping;     /* exports still stopping */
-	unsigned starting;     /* a transport's start() runs (it may run the loop: VDUSE, ublk) */
+	struct apply *closing;   /* its images in closing[] are closed, or being closed */
+	unsigned stopping;       /* exports still stopping */
+	unsigned starting;       /* a transport's start() runs (it may run the loop: VDUSE) */
+	unsigned serve_starting; /* serve: exports not settled yet */
 	bool stop_requested;
 	uint64_t start_ns;
 	ev_signal sig[3];
@@ -361,13 +362,120 @@ static void reject(struct gw_export *e, const char *tname, const char *why)
 
 static void export_stopped(struct gw_export *e);
 
-/* Try the export's transports in order of preference. */
-static int start_export(struct gw_export *e, const struct gw_export_spec *x)
+/*
+ * Starting an export: its transports in order of preference. A transport
+ * whose start() returns GW_START_PENDING creates its device off the main
+ * thread; the export is "starting" until exp->started() or the timeout, so
+ * a wedged kernel call holds up neither the daemon nor the other exports.
+ */
+struct starting {
+	struct gw_export *e;
+	const struct gw_export_spec *x;
+	size_t idx;                                   /* the transport of x being tried */
+	ev_timer timer;                               /* start-timeout, while a start is pending */
+	void (*then)(struct gw_export *e, void *arg); /* settled: running or failed */
+	void *arg;
+	struct starting *next;
+};
+
+static struct starting *starting_list;
+
+static struct starting *starting_find(struct gw_export *e)
 {
+	for (struct starting *st = starting_list; st; st = st->next)
+		if (st->e == e)
+			return st;
+	return NULL;
+}
+
+static void settle(struct starting *st)
+{
+	struct starting **p;
+
+	for (p = &starting_list; *p && *p != st; p = &(*p)->next)
+		;
+	if (*p)
+		*p = st->next;
+	ev_timer_stop(EV_DEFAULT, &st->timer);
+	st->then(st->e, st->arg);
+	free(st);
+}
+
+static void now_running(struct gw_export *e, size_t idx)
+{
+	struct gw_export_status st;
+
+	memset(&st, 0, sizeof(st));
+	e->state = GW_EXPORT_RUNNING;
+	if (e->transport->status)
+		e->transport->status(e, &st);
+	gw_info("export %s: serving over %s%s%s%s%s", e->id, e->transport->name,
+		*st.endpoint ? " at " : "", st.endpoint, *st.device ? " as " : "", st.device);
+	if (idx > 0)
+		gw_warn("export %s: fell back to %s (%s)", e->id, e->transport->name, e->notes);
+}
+
+/* The transport in use is given up: the next one may start. */
+static void transport_clear(struct gw_export *e)
+{
+	e->transport = NULL;
+	e->topts = NULL;
+	e->tpriv = NULL;
+	gw_log_export_transport(e->id, NULL);
+}
+
+static void on_started(struct gw_export *e, int rc, const char *why);
+static void on_died(struct gw_export *e, const char *why);
+static void try_from(struct starting *st);
+
+/* An abandoned start's device is gone at last. */
+static void abandoned_done(struct gw_export *e)
+{
+	gw_info("export %s: the device creation given up earlier has ended; its device is "
+		"removed",
+		e->id);
+	if (--e->abandoned == 0 && e->free_when_idle)
+		gw_export_free(e);
+}
+
+/* Give up a pending start: the transport removes the device whenever the kernel returns. */
+static void abandon(struct starting *st)
+{
+	struct gw_export *e = st->e;
+
+	ev_timer_stop(EV_DEFAULT, &st->timer);
+	e->abandoned++;
+	e->state = GW_EXPORT_STOPPING;
+	e->transport->stop(e, abandoned_done);
+	transport_clear(e);
+}
+
+static void start_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct starting *st = w->data;
+	struct gw_export *e = st->e;
+	const char *name = e->transport->name;
+	char why[256];
+
+	snprintf(why, sizeof(why),
+		 "creating the device did not finish within %u s (start-timeout): given up, "
+		 "it is removed when the kernel returns",
+		 gw.m->gw.start_timeout);
+	gw_warn("export %s: %s: %s", e->id, name, why);
+	abandon(st);
+	reject(e, name, why);
+	st->idx++;
+	try_from(st);
+}
+
+static void try_from(struct starting *st)
+{
+	struct gw_export *e = st->e;
+	const struct gw_export_spec *x = st->x;
 	char why[512];
 
-	for (size_t i = 0; i < x->ntransports; i++) {
-		const struct gw_transport_spec *t = &x->transports[i];
+	for (; st->idx < x->ntransports; st->idx++) {
+		const struct gw_transport_spec *t = &x->transports[st->idx];
 		int rc;
 
 		why[0] = '\0';
@@ -379,39 +487,178 @@ static int start_export(struct gw_export *e, const struct gw_export_spec *x)
 		}
 		e->transport = t->ops;
 		e->topts = t->opts;
+		e->started = on_started;
+		e->died = on_died;
+		gw_log_export_transport(e->id, t->ops->name);
 		gw.starting++;
 		rc = t->ops->start(e, why, sizeof(why));
 		gw.starting--;
-		if (rc == 0) {
-			struct gw_export_status st;
-
-			memset(&st, 0, sizeof(st));
-			e->state = GW_EXPORT_RUNNING;
-			if (gw.stop_requested) {
-				/* SIGTERM came while start() ran the loop: stop_all() missed it. */
-				e->state = GW_EXPORT_STOPPING;
-				gw.stopping++;
-				t->ops->stop(e, export_stopped);
-				return 0;
-			}
-			if (t->ops->status)
-				t->ops->status(e, &st);
-			gw_info("export %s: serving over %s%s%s%s%s", e->id, t->ops->name,
-				*st.endpoint ? " at " : "", st.endpoint, *st.device ? " as " : "",
-				st.device);
-			if (i > 0)
-				gw_warn("export %s: fell back to %s (%s)", e->id, t->ops->name,
-					e->notes);
-			return 0;
+		if (rc == 0 && gw.stop_requested) {
+			/* SIGTERM came while start() ran the loop (VDUSE): stop_all() missed it. */
+			e->state = GW_EXPORT_STOPPING;
+			gw.stopping++;
+			t->ops->stop(e, export_stopped);
+			settle(st);
+			return;
 		}
-		e->transport = NULL;
-		e->topts = NULL;
+		if (rc == 0) {
+			now_running(e, st->idx);
+			settle(st);
+			return;
+		}
+		if (rc == GW_START_PENDING) {
+			e->state = GW_EXPORT_STARTING;
+			ev_timer_init(&st->timer, start_timeout_cb, (double)gw.m->gw.start_timeout,
+				      0);
+			st->timer.data = st;
+			ev_timer_start(EV_DEFAULT, &st->timer);
+			return;
+		}
+		transport_clear(e);
 		reject(e, t->ops->name, *why ? why : strerror(-rc));
 		gw_warn("export %s: %s failed to start: %s", e->id, t->ops->name,
 			*why ? why : strerror(-rc));
 	}
 	e->state = GW_EXPORT_FAILED;
-	return -1;
+	settle(st);
+}
+
+/* A pending start ended (transport, main thread). */
+static void on_started(struct gw_export *e, int rc, const char *why)
+{
+	struct starting *st = starting_find(e);
+
+	if (!st || e->state != GW_EXPORT_STARTING) {
+		gw_err("export %s: a transport reported a start nobody waits for", e->id);
+		return;
+	}
+	ev_timer_stop(EV_DEFAULT, &st->timer);
+	if (rc == 0) {
+		now_running(e, st->idx);
+		settle(st);
+		return;
+	}
+	reject(e, e->transport->name, why && *why ? why : strerror(-rc));
+	gw_warn("export %s: %s failed to start: %s", e->id, e->transport->name,
+		why && *why ? why : strerror(-rc));
+	transport_clear(e);
+	st->idx++;
+	try_from(st);
+}
+
+/*
+ * Start e over x's transports from index from; then(e, arg) runs once it
+ * serves or none could (e->state RUNNING or FAILED), maybe before this
+ * returns.
+ */
+static void start_export(struct gw_export *e, const struct gw_export_spec *x, size_t from,
+			 void (*then)(struct gw_export *e, void *arg), void *arg)
+{
+	struct starting *st = calloc(1, sizeof(*st));
+
+	if (!st) {
+		reject(e, "(all)", "out of memory");
+		e->state = GW_EXPORT_FAILED;
+		then(e, arg);
+		return;
+	}
+	*st = (struct starting){ .e = e, .x = x, .idx = from, .then = then, .arg = arg };
+	ev_init(&st->timer, start_timeout_cb);
+	st->next = starting_list;
+	starting_list = st;
+	try_from(st);
+}
+
+/* Free e now, or once the device creations given up earlier have ended. */
+static void export_release(struct gw_export *e)
+{
+	if (e->abandoned)
+		e->free_when_idle = true;
+	else
+		gw_export_free(e);
+}
+
+/* Stop or give up e, whatever it is doing; done(e) when it is stopped. false: nothing to stop. */
+static bool export_stop(struct gw_export *e, void (*done)(struct gw_export *e))
+{
+	struct starting *st;
+
+	if (e->state == GW_EXPORT_RUNNING) {
+		e->state = GW_EXPORT_STOPPING;
+		e->transport->stop(e, done);
+		return true;
+	}
+	if (e->state == GW_EXPORT_STARTING && (st = starting_find(e))) {
+		const char *name = e->transport->name;
+
+		abandon(st);
+		reject(e, name, "stopped while creating its device");
+		e->state = GW_EXPORT_FAILED;
+		settle(st);
+	}
+	return false;
+}
+
+static void notify_status(void);
+static void shutdown_one(void);
+
+/* A re-export after a transport died has ended. */
+static void reexported(struct gw_export *e, void *arg)
+{
+	if (e->state == GW_EXPORT_RUNNING)
+		gw_warn("export %s: re-exported over %s (%s)", e->id, e->transport->name, e->notes);
+	else
+		gw_err("export %s: no further transport could serve it: %s", e->id, e->notes);
+	notify_status();
+}
+
+static struct live_export *live_find(struct gw_export *e)
+{
+	for (size_t k = 0; k < gw.nexports; k++)
+		if (gw.exports[k].e == e)
+			return &gw.exports[k];
+	return NULL;
+}
+
+/* The dead transport is stopped: the next one of the list may take the image. */
+static void died_stopped(struct gw_export *e)
+{
+	struct live_export *le = live_find(e);
+	size_t idx = 0;
+
+	e->state = GW_EXPORT_STOPPED;
+	gw_info("export %s: stopped", e->id);
+	for (size_t i = 0; le && i < le->x->ntransports; i++)
+		if (le->x->transports[i].opts == e->topts)
+			idx = i;
+	transport_clear(e);
+	if (le && le->in_shutdown) {
+		le->in_shutdown = false;
+		shutdown_one();
+		return;
+	}
+	if (!le || gw.stop_requested || gw.applying)
+		return; /* stopping, or an apply decides what it becomes */
+	start_export(e, le->x, idx + 1, reexported, NULL);
+}
+
+/*
+ * The running export's device is gone for good (transport, main thread).
+ * Data safety: the dead transport is stopped completely before the next
+ * one starts, so the image is never exported twice.
+ */
+static void on_died(struct gw_export *e, const char *why)
+{
+	char r[512];
+
+	if (e->state != GW_EXPORT_RUNNING)
+		return;
+	snprintf(r, sizeof(r), "died while serving: %s", why);
+	gw_err("export %s: %s %s; serving it over the next transport of its list", e->id,
+	       e->transport->name, r);
+	reject(e, e->transport->name, r);
+	e->state = GW_EXPORT_STOPPING;
+	e->transport->stop(e, died_stopped);
 }
 
 struct reclaim_ctx {
@@ -457,6 +704,7 @@ static void export_stopped(struct gw_export *e)
 {
 	e->state = GW_EXPORT_STOPPED;
 	gw_info("export %s: stopped", e->id);
+	gw_log_export_transport(e->id, NULL);
 	shutdown_one();
 }
 
@@ -471,17 +719,29 @@ static void stop_all(void)
 			le->in_shutdown = true; /* an apply stops it: wait for that too */
 			gw.stopping++;
 		}
-		if (e->state != GW_EXPORT_RUNNING)
+		if (e->state != GW_EXPORT_RUNNING && e->state != GW_EXPORT_STARTING)
 			continue;
-		e->state = GW_EXPORT_STOPPING;
 		gw.stopping++;
-		e->transport->stop(e, export_stopped);
+		if (!export_stop(e, export_stopped))
+			gw.stopping--;
 	}
 	shutdown_one();
 }
 
-/* One line for systemd's STATUS=: how many exports serve, fell back, failed. */
+static void notify_line(bool ready);
+
 static void notify_ready(void)
+{
+	notify_line(true);
+}
+
+static void notify_status(void)
+{
+	notify_line(false);
+}
+
+/* One line for systemd's STATUS=: how many exports serve, fell back, failed. */
+static void notify_line(bool ready)
 {
 	unsigned run = 0, fell = 0, failed = 0;
 
@@ -492,8 +752,9 @@ static void notify_ready(void)
 		fell += e->state == GW_EXPORT_RUNNING && e->nrejected > 0;
 		failed += e->state == GW_EXPORT_FAILED;
 	}
-	gw_notify("READY=1\nSTATUS=%u of %zu export%s serving, %u fell back, %u failed", run,
-		  gw.nexports, gw.nexports == 1 ? "" : "s", fell, failed);
+	gw_notify("%sSTATUS=%u of %zu export%s serving, %u fell back, %u failed",
+		  ready ? "READY=1\n" : "", run, gw.nexports, gw.nexports == 1 ? "" : "s", fell,
+		  failed);
 }
 
 /* Flush and close an image the daemon no longer serves. */
@@ -538,6 +799,11 @@ struct apply {
 	json_object *needs_restart; /* gateway settings that cannot change live */
 	json_object *problems;
 	unsigned pending; /* stops still running */
+	/* Per new export: the export started anew (NULL: kept, or it could not be made). */
+	struct gw_export **xexp;
+	const char **xfail; /* why it could not be made */
+	unsigned starting;  /* starts not settled yet */
+	json_object *reply; /* being filled in as they settle */
 
 	/*
 	 * Work that may wait on a network (rbd: checking a source, opening or
@@ -581,6 +847,9 @@ static void apply_free(struct apply *a)
 	free(a->ikeep);
 	free(a->iopen);
 	free(a->ldrop);
+	free(a->xexp);
+	free(a->xfail);
+	json_object_put(a->reply);
 	json_object_put(a->needs_restart);
 	json_object_put(a->problems);
 	m_unref(a->nm);
@@ -818,6 +1087,11 @@ static bool in_use(struct gw_export *e, char *why, size_t len)
 	return true;
 }
 
+#define ABANDONED_PENDING                                                                   \
+	"a device creation given up after start-timeout has not ended yet (the kernel has " \
+	"not returned; its I/O still reaches the image): try again once the log says it "   \
+	"ended"
+
 /* Work out the diff. 0, or -1 with problems (nothing changes then). */
 static int plan(struct apply *a)
 {
@@ -831,8 +1105,9 @@ static int plan(struct apply *a)
 	a->ikeep = calloc(nm->nimages + 1, sizeof(*a->ikeep));
 	a->iopen = calloc(nm->nimages + 1, sizeof(*a->iopen));
 	a->ldrop = calloc(gw.nimages + 1, sizeof(*a->ldrop));
+	a->xfail = calloc(nm->nexports + 1, sizeof(*a->xfail));
 	if (!a->xact || !a->xlive || !a->xwhy || !a->lremove || !a->ikeep || !a->iopen ||
-	    !a->ldrop) {
+	    !a->ldrop || !a->xfail) {
 		problem(a, "out of memory");
 		return -1;
 	}
@@ -879,6 +1154,8 @@ static int plan(struct apply *a)
 				a->xwhy[j] = NULL;
 		}
 		a->xact[j] = a->xwhy[j] && !*a->xwhy[j] ? ACT_KEEP : ACT_RESTART;
+		if (a->xact[j] == ACT_RESTART && gw.exports[k].e->abandoned)
+			problem(a, "export %s: %s", x->id, ABANDONED_PENDING);
 		if (a->xact[j] == ACT_RESTART && !a->force &&
 		    in_use(gw.exports[k].e, why, sizeof(why)))
 			problem(a,
@@ -886,6 +1163,9 @@ static int plan(struct apply *a)
 				"(--force stops it anyway)",
 				x->id, a->xwhy[j] ? a->xwhy[j] : "a change", why);
 	}
+	for (size_t k = 0; k < gw.nexports; k++)
+		if (a->lremove[k] && gw.exports[k].e->abandoned)
+			problem(a, "export %s: %s", gw.exports[k].e->id, ABANDONED_PENDING);
 	for (size_t k = 0; k < gw.nexports; k++)
 		if (a->lremove[k] && !a->force && in_use(gw.exports[k].e, why, sizeof(why)))
 			problem(a,
@@ -949,6 +1229,7 @@ static void apply_fail(struct apply *a, int code, const char *msg)
 }
 
 static void apply_finish(struct apply *a);
+static void apply_started(struct gw_export *e, void *arg);
 
 static void apply_stopped(struct gw_export *e)
 {
@@ -956,6 +1237,7 @@ static void apply_stopped(struct gw_export *e)
 
 	e->state = GW_EXPORT_STOPPED;
 	gw_info("export %s: stopped", e->id);
+	gw_log_export_transport(e->id, NULL);
 	for (size_t k = 0; k < gw.nexports; k++) {
 		if (gw.exports[k].e == e && gw.exports[k].in_shutdown) {
 			gw.exports[k].in_shutdown = false;
@@ -1010,7 +1292,6 @@ static void apply_finish2(struct apply *a)
 	struct gw_manifest *nm = a->nm;
 	struct live_image *ni = NULL;
 	struct live_export *nx = NULL;
-	json_object *reply, *xs;
 	size_t n = 0;
 
 	gw.applying = NULL;
@@ -1046,53 +1327,33 @@ static void apply_finish2(struct apply *a)
 		if (a->ldrop[k])
 			m_unref(gw.images[k].m);
 
-	reply = apply_reply(a, true);
-	json_object_object_get_ex(reply, "exports", &xs);
+	a->xexp = calloc(nm->nexports + 1, sizeof(*a->xexp));
+	if (!a->xexp)
+		abort();                 /* a few bytes; nothing sensible to do without them */
+	a->reply = apply_reply(a, true); /* names the removed exports: before they go */
+	a->starting = 1;                 /* held until every start is issued */
 	for (size_t j = 0; j < nm->nexports; j++) {
 		const struct gw_export_spec *x = &nm->exports[j];
-		json_object *o = json_object_array_get_idx(xs, j);
 		struct gw_backend *b = ni[x->image_index].b;
 		struct gw_export *e;
 
 		if (a->xact[j] == ACT_KEEP) {
 			nx[n++] = gw.exports[a->xlive[j]];
-			json_object_object_add(o, "result", json_object_new_string("unchanged"));
 			continue;
 		}
 		e = b ? gw_export_new(x->id, b, x->read_only, nm->images[x->image_index].block_size)
 		      : NULL;
 		if (!e) {
 			/* Without its image (or memory) the export cannot exist: say so. */
-			json_object_object_add(
-				o, "result",
-				json_object_new_string(b ? "failed: out of memory"
-							 : "failed: image did not open"));
+			a->xfail[j] = b ? "failed: out of memory" : "failed: image did not open";
 			gw_err("export %s: %s", x->id,
 			       b ? "out of memory" : "its image did not open");
 			continue;
 		}
 		nx[n++] = (struct live_export){ .e = e, .m = m_ref(nm), .x = x };
 		e->env = &gw.env;
-		if (start_export(e, x) < 0) {
-			char *r;
-
-			if (asprintf(&r, "failed: no transport could start: %s", e->notes) >= 0) {
-				json_object_object_add(o, "result", json_object_new_string(r));
-				free(r);
-			}
-			gw_err("export %s: no transport could start: %s", e->id, e->notes);
-		} else {
-			json_object_object_add(o, "result", json_object_new_string("started"));
-			json_object_object_add(o, "transport",
-					       json_object_new_string(e->transport->name));
-			if (e->nrejected)
-				json_object_object_add(o, "notes",
-						       json_object_new_string(e->notes));
-		}
+		a->xexp[j] = e;
 	}
-	for (size_t i = nm->nexports; i < json_object_array_length(xs); i++)
-		json_object_object_add(json_object_array_get_idx(xs, i), "result",
-				       json_object_new_string("stopped"));
 	/* The exports that went away or were replaced. */
 	for (size_t k = 0; k < gw.nexports; k++) {
 		bool kept = false;
@@ -1101,7 +1362,7 @@ static void apply_finish2(struct apply *a)
 			kept = kept || (a->xact[j] == ACT_KEEP && a->xlive[j] == k);
 		if (kept)
 			continue;
-		gw_export_free(gw.exports[k].e);
+		export_release(gw.exports[k].e);
 		m_unref(gw.exports[k].m);
 	}
 	free(gw.exports);
@@ -1118,6 +1379,56 @@ static void apply_finish2(struct apply *a)
 		if (gw_log_parse_level(nm->gw.log_level, &lvl) == 0)
 			gw_log_set_level(lvl);
 	}
+	for (size_t j = 0; j < nm->nexports; j++) {
+		if (!a->xexp[j])
+			continue;
+		a->starting++;
+		start_export(a->xexp[j], &nm->exports[j], 0, apply_started, a);
+	}
+	apply_started(NULL, a);
+}
+
+/* An export the apply started serves, or none of its transports could; the last one answers. */
+static void apply_started(struct gw_export *e, void *arg)
+{
+	struct apply *a = arg;
+	struct gw_manifest *nm = a->nm;
+	json_object *reply, *xs;
+
+	if (--a->starting)
+		return;
+	gw.applying = NULL;
+	reply = a->reply;
+	a->reply = NULL;
+	json_object_object_get_ex(reply, "exports", &xs);
+	for (size_t j = 0; j < nm->nexports; j++) {
+		json_object *o = json_object_array_get_idx(xs, j);
+		struct gw_export *x = a->xexp[j];
+
+		if (a->xact[j] == ACT_KEEP) {
+			json_object_object_add(o, "result", json_object_new_string("unchanged"));
+		} else if (!x) {
+			json_object_object_add(o, "result", json_object_new_string(a->xfail[j]));
+		} else if (x->state == GW_EXPORT_RUNNING) {
+			json_object_object_add(o, "result", json_object_new_string("started"));
+			json_object_object_add(o, "transport",
+					       json_object_new_string(x->transport->name));
+			if (x->nrejected)
+				json_object_object_add(o, "notes",
+						       json_object_new_string(x->notes));
+		} else {
+			char *r;
+
+			if (asprintf(&r, "failed: no transport could start: %s", x->notes) >= 0) {
+				json_object_object_add(o, "result", json_object_new_string(r));
+				free(r);
+			}
+			gw_err("export %s: no transport could start: %s", x->id, x->notes);
+		}
+	}
+	for (size_t i = nm->nexports; i < json_object_array_length(xs); i++)
+		json_object_object_add(json_object_array_get_idx(xs, i), "result",
+				       json_object_new_string("stopped"));
 	for (size_t i = 0; i < json_object_array_length(xs); i++) {
 		json_object *o = json_object_array_get_idx(xs, i), *v;
 
@@ -1305,11 +1616,11 @@ static void apply_go(struct apply *a)
 
 		for (size_t j = 0; j < nm->nexports; j++)
 			stop = stop || (a->xact[j] == ACT_RESTART && a->xlive[j] == k);
-		if (!stop || e->state != GW_EXPORT_RUNNING)
+		if (!stop)
 			continue;
-		e->state = GW_EXPORT_STOPPING;
 		a->pending++;
-		e->transport->stop(e, apply_stopped);
+		if (!export_stop(e, apply_stopped))
+			a->pending--;
 	}
 	if (--a->pending == 0)
 		apply_finish(a);
@@ -1684,7 +1995,7 @@ static void cleanup(void)
 		m_unref(gw.images[i].m);
 	}
 	for (size_t i = 0; i < gw.nexports; i++) {
-		gw_export_free(gw.exports[i].e);
+		export_release(gw.exports[i].e);
 		m_unref(gw.exports[i].m);
 	}
 	free(gw.exports);
@@ -1696,6 +2007,11 @@ static void cleanup(void)
 	free(gw.run_dir);
 	if (gw.pidfile)
 		unlink(gw.pidfile);
+}
+
+static void serve_started(struct gw_export *e, void *arg)
+{
+	gw.serve_starting--;
 }
 
 int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
@@ -1826,10 +2142,19 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		gw_err("%s", err);
 		goto fail;
 	}
+	/* All at once: one export's slow device creation does not hold up the others. */
+	gw.serve_starting = 1;
+	for (size_t i = 0; i < gw.nexports; i++) {
+		gw.serve_starting++;
+		start_export(gw.exports[i].e, &m->exports[i], 0, serve_started, NULL);
+	}
+	gw.serve_starting--;
+	while (gw.serve_starting)
+		ev_run(loop, EVRUN_ONCE);
 	for (size_t i = 0; i < gw.nexports; i++) {
 		struct gw_export *e = gw.exports[i].e;
 
-		if (start_export(e, &m->exports[i]) < 0) {
+		if (e->state != GW_EXPORT_RUNNING) {
 			fprintf(stderr, "%s:%d:%d: export %zu (%s): no transport could start: %s\n",
 				m->path, m->exports[i].line, m->exports[i].col, i + 1, e->id,
 				e->notes);

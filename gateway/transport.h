@@ -47,6 +47,9 @@ struct gw_export_status {
 	unsigned long long idle_timeouts;
 };
 
+/* start() returned: the device is being created; exp->started() tells how it ended. */
+#define GW_START_PENDING 1
+
 struct gw_transport_ops {
 	uint32_t abi_version; /* GW_TRANSPORT_ABI */
 	const char *name;     /* the manifest's word: "nbd", "vhost-user-blk" */
@@ -97,7 +100,12 @@ struct gw_transport_ops {
 	 * Required. Start serving exp (exp->topts holds the options, exp->env
 	 * the surroundings, valid until done() of stop). 0, or
 	 * -errno with a message; on failure nothing is left behind, and the
-	 * gateway may try the next transport.
+	 * gateway may try the next transport. Or GW_START_PENDING: creating the
+	 * device goes on off the main thread (a kernel call that may block) and
+	 * ends with exp->started(); the gateway bounds it (gateway start-timeout)
+	 * and, past it, calls stop() and tries the next transport: stop() must
+	 * then tear the device down whenever the kernel returns, and never call
+	 * started().
 	 */
 	int (*start)(struct gw_export *exp, char *err, size_t errlen);
 

@@ -136,7 +136,8 @@ static int partition_in_use(unsigned maj, unsigned min, char *why, size_t len)
 		f = fopen(p, "r");
 		if (!f)
 			continue;
-		if (fscanf(f, "%u:%u", &a, &b) == 2 && dev_in_use(makedev(a, b), sub, sizeof(sub))) {
+		if (fscanf(f, "%u:%u", &a, &b) == 2 &&
+		    dev_in_use(makedev(a, b), sub, sizeof(sub))) {
 			snprintf(why, len, "partition %s is %s", de->d_name, sub);
 			rc = 1;
 		}

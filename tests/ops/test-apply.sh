@@ -138,11 +138,13 @@ i=0; until "$BLKGW" status --json | jq -e '.exports[] | select(.id == "c")' >/de
   i=$((i+1)); [ $i -lt 300 ] || fail "SIGHUP did not add export c"; sleep 0.1; done
 "$BLKGW" status --json | jq -e '[.exports[].id] == ["a", "b", "d", "c"]' >/dev/null || fail "after SIGHUP: $(ids)"
 stop_blkgw
-# --log-format json: every line one JSON object; lines about an export name it.
+# --log-format json: every line one JSON object; lines about an export name it and its transport.
 jq -e -s 'length > 20 and all(.time and .level and .thread and .msg)' "$T/blkgw.log" >/dev/null ||
   fail "--log-format json wrote lines that are not JSON objects with time, level, thread, msg"
-jq -e -s 'any(.export == "c" and (.msg | test("^export c: serving over nbd")))' "$T/blkgw.log" >/dev/null ||
-  fail "--log-format json: no line names export c"
+jq -e -s 'any(.export == "c" and .transport == "nbd" and (.msg | test("^export c: serving over nbd")))' "$T/blkgw.log" >/dev/null ||
+  fail "--log-format json: no line names export c and its transport nbd"
+jq -e -s 'any(.export == "b" and .transport == "vhost-user-blk")' "$T/blkgw.log" >/dev/null ||
+  fail "--log-format json: no line names export b with its transport vhost-user-blk"
 mv "$T/blkgw.log" "$T/blkgw-json.log"
 
 # Serving the saved manifest gives the same exports.

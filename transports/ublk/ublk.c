@@ -465,12 +465,52 @@ static void went_live(struct ublk_dev *d)
 			d->max_io >> 10);
 }
 
-/* Main thread: the control thread's verdict (start() runs the loop until it comes). */
+/*
+ * Main thread: the control thread's verdict on START_DEV (or the take-over),
+ * which start() did not wait for (GW_START_PENDING): tell the gateway.
+ */
 static void on_verdict(void *arg)
 {
 	struct ublk_dev *d = arg;
+	struct gw_export *e = d->exp;
+	void (*done)(struct gw_export *) = d->stop_done;
+	char err[512];
+	int rc = d->start_rc;
 
 	d->verdict = true;
+	if (rc < 0) {
+		/* The control thread deleted the device and ended. */
+		pthread_join(d->ctl_thread, NULL);
+		snprintf(err, sizeof(err), "%s /dev/ublkb%u: %s",
+			 d->recovered ? "taking over" : "starting", d->dev_id, d->ctl_err);
+		if (e->tpriv == d)
+			e->tpriv = NULL;
+		dev_free(d);
+		if (done)
+			done(e); /* given up (start-timeout) or stopped meanwhile */
+		else
+			e->started(e, rc, err);
+		return;
+	}
+	if (done)
+		return; /* given up or stopped: the control thread removes it (on_gone) */
+	went_live(d);
+	e->started(e, 0, NULL);
+}
+
+/* Main thread: a queue ended on its own (its tags were aborted): the device was deleted. */
+static void on_died(void *arg)
+{
+	struct ublk_dev *d = arg;
+	char why[160];
+
+	if (d->stop_done || d->exp->tpriv != d || d->exp->state != GW_EXPORT_RUNNING)
+		return;
+	snprintf(why, sizeof(why),
+		 "/dev/ublkb%u was stopped or deleted behind blkgw's back (its queues were "
+		 "aborted)",
+		 d->dev_id);
+	d->exp->died(d->exp, why);
 }
 
 /* Main thread: everything is gone. */
@@ -481,9 +521,10 @@ static void on_gone(void *arg)
 	void (*done)(struct gw_export *) = d->stop_done;
 
 	pthread_join(d->ctl_thread, NULL);
-	atomic_store(&e->clients, 0);
-	if (e->tpriv == d)
+	if (e->tpriv == d) {
+		atomic_store(&e->clients, 0);
 		e->tpriv = NULL;
+	}
 	dev_free(d);
 	if (done)
 		done(e);
@@ -613,8 +654,16 @@ static void *ctl_main(void *arg)
 	pthread_mutex_unlock(&d->lock);
 	post_main(on_verdict, d);
 	pthread_mutex_lock(&d->lock);
-	while (!d->stop_requested)
+	while (!d->stop_requested && !d->queue_ended)
 		pthread_cond_wait(&d->cond, &d->lock);
+	if (!d->stop_requested) {
+		/* Not asked to stop: the kernel aborted a queue, the device is gone. */
+		pthread_mutex_unlock(&d->lock);
+		post_main(on_died, d);
+		pthread_mutex_lock(&d->lock);
+		while (!d->stop_requested)
+			pthread_cond_wait(&d->cond, &d->lock);
+	}
 	pthread_mutex_unlock(&d->lock);
 	teardown(d, true);
 	post_main(on_gone, d);
@@ -757,24 +806,13 @@ start_ctl:
 	}
 	d->ctl_started = true;
 	/*
-	 * START_DEV (or the recovery) blocks on the control thread; serve the
-	 * loop meanwhile (the control socket, other transports' messages), so
-	 * that a device that fails to come up is a transport that failed to
-	 * start, and the gateway tries the export's next one.
+	 * START_DEV (or the recovery) blocks on the control thread (it reads the
+	 * partition table through the queues): the gateway bounds it
+	 * (start-timeout) and learns the verdict through exp->started(), so a
+	 * device that fails to come up is a transport that failed to start.
 	 */
-	while (!d->verdict)
-		ev_run(EV_DEFAULT, EVRUN_ONCE);
-	if (d->start_rc < 0) {
-		pthread_join(d->ctl_thread, NULL);
-		gw_seterr(err, errlen, "%s /dev/ublkb%u: %s",
-			  d->recovered ? "taking over" : "starting", d->dev_id, d->ctl_err);
-		rc = d->start_rc;
-		dev_free(d);
-		return rc;
-	}
 	e->tpriv = d;
-	went_live(d);
-	return 0;
+	return GW_START_PENDING;
 fail:
 	if (added)
 		teardown(d, false);

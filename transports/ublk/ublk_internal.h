@@ -164,7 +164,8 @@ struct ublk_dev {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	bool stop_requested;
-	bool live; /* START_DEV / END_USER_RECOVERY succeeded */
+	bool live;        /* START_DEV / END_USER_RECOVERY succeeded */
+	bool queue_ended; /* a queue thread ended without being told to */
 	char ctl_err[256];
 	int start_rc; /* the control thread's verdict: 0 live, or -errno (ctl_err) */
 	bool verdict; /* main thread: start_rc is known */

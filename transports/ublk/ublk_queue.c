@@ -227,6 +227,13 @@ static void *queue_main(void *arg)
 	}
 	gw_debug("ublk%u queue %u: done (%u tags still armed)", d->dev_id, q->id, q->live);
 	queue_teardown(q);
+	if (!q->quit) {
+		/* Every tag aborted and nobody asked: the device was stopped or deleted. */
+		pthread_mutex_lock(&d->lock);
+		d->queue_ended = true;
+		pthread_cond_broadcast(&d->cond);
+		pthread_mutex_unlock(&d->lock);
+	}
 	return NULL;
 }
 
