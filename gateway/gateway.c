@@ -1332,6 +1332,7 @@ static void apply_finish2(struct apply *a)
 		abort();                 /* a few bytes; nothing sensible to do without them */
 	a->reply = apply_reply(a, true); /* names the removed exports: before they go */
 	a->starting = 1;                 /* held until every start is issued */
+	gw.applying = a;                 /* no other apply until its starts settled */
 	for (size_t j = 0; j < nm->nexports; j++) {
 		const struct gw_export_spec *x = &nm->exports[j];
 		struct gw_backend *b = ni[x->image_index].b;
