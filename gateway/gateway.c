@@ -1263,6 +1263,8 @@ static void apply_finish(struct apply *a)
 		apply_finish2(a);
 		return;
 	}
+	free(a->rq); /* apply_loaded's, all taken */
+	free(a->rq_img);
 	a->closing = calloc(gw.nimages + 1, sizeof(*a->closing));
 	a->rq = calloc(nm->nimages + 1, sizeof(*a->rq));
 	a->rq_img = calloc(nm->nimages + 1, sizeof(*a->rq_img));
