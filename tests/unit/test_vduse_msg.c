@@ -279,5 +279,7 @@ int main(void)
 	test_get_vq_state_running(e);
 	test_dead_device();
 	gw_workers_stop();
+	gw_backend_close(e->backend);
+	gw_export_free(e);
 	return check_report();
 }

@@ -213,6 +213,15 @@ load_modules() {
 # vm_modules: the names of all modules in this initrd
 vm_modules() { cut -d: -f1 "$VM_MOD_DIR/modules.dep"; }
 
+# vdpa_disk NAME: the /dev/vdX virtio_blk made of vdpa device NAME (fails if none)
+vdpa_disk() {
+	local v
+	for v in /sys/bus/vdpa/devices/"$1"/virtio*/block/vd*; do
+		[ -e "$v" ] && { echo "/dev/${v##*/}"; return 0; }
+	done
+	return 1
+}
+
 # --- kernel command line ---------------------------------------------------
 
 # vm_arg NAME [DEFAULT]: value of blkgw.NAME=VALUE from the kernel command line
