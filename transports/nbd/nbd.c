@@ -9,6 +9,8 @@
  */
 #include <linux/capability.h>
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -723,20 +725,99 @@ static void link_device(struct nbd_exp *x)
 	x->dev_link = gw_devlink_set(x->exp->env->run_dir, x->exp->id, target);
 }
 
+static void detach(struct nbd_exp *x);
+static void stop_exp(struct nbd_exp *x, void (*done)(struct gw_export *e));
+
+/* Main thread: NBD_CMD_CONNECT answered (the attach thread ended). */
+static void attach_done(void *arg)
+{
+	struct nbd_exp *x = arg;
+	struct gw_export *e = x->exp;
+	bool abandoned = atomic_load(&x->stopping);
+
+	pthread_join(x->attach_thread, NULL);
+	if (x->attach_rc == 0) {
+		x->dev_index = (int)x->attach_index;
+		if (abandoned) {
+			/* Given up (start-timeout) or stopped meanwhile: never announced. */
+			detach(x);
+		} else {
+			link_device(x);
+			gw_info("export %s: attached as /dev/nbd%u (%u connection%s, block size %llu)",
+				e->id, x->attach_index, x->attach_n, x->attach_n == 1 ? "" : "s",
+				(unsigned long long)x->attach_bs);
+		}
+	}
+	if (!abandoned) {
+		if (x->attach_rc == 0) {
+			e->started(e, 0, NULL);
+		} else {
+			char err[256];
+
+			snprintf(err, sizeof(err), "%s", x->attach_err);
+			e->tpriv = NULL;
+			stop_exp(x, NULL); /* frees x once its connections are gone */
+			e->started(e, x->attach_rc, err);
+		}
+	}
+	nbd_exp_unbind(x); /* the attach's reference: a stop meanwhile may finish now */
+}
+
+static void *attach_main(void *arg)
+{
+	struct nbd_exp *x = arg;
+	const struct nbd_opts *o = x->o;
+	struct gw_export *e = x->exp;
+	struct nbd_nl_connect_params p;
+	struct nbd_nl nl;
+	sigset_t all;
+	int rc;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	gw_log_set_thread_name("nbd-attach");
+	rc = nbd_nl_open(&nl, x->attach_err, sizeof(x->attach_err));
+	if (rc == -ENOENT)
+		gw_seterr(x->attach_err, sizeof(x->attach_err),
+			  "the nbd kernel module is not loaded (modprobe nbd)");
+	if (rc == 0) {
+		memset(&p, 0, sizeof(p));
+		p.size_bytes = e->size;
+		/* 4096 unless the image insists on its own block size. */
+		p.block_size = e->min_block > 1 ? GW_MAX(512u, e->min_block) : 4096;
+		p.server_flags = nbd_tflags(x, false);
+		p.timeout_s = o->timeout;
+		p.dead_conn_timeout_s = o->dead_conn_timeout;
+		p.client_flags = NBD_CFLAG_DESTROY_ON_DISCONNECT;
+		p.index = o->device ? device_index(o->device) : -1;
+		p.fds = x->attach_kfds;
+		p.n_fds = x->attach_n;
+		x->attach_bs = p.block_size;
+		rc = nbd_nl_connect(&nl, &p, &x->attach_index, x->attach_err,
+				    sizeof(x->attach_err));
+		nbd_nl_close(&nl);
+	}
+	/* The kernel holds its own references; ours go (on failure this ends the server side too).
+	 */
+	for (unsigned i = 0; i < x->attach_n; i++)
+		close(x->attach_kfds[i]);
+	x->attach_rc = rc;
+	while (gw_main_call(attach_done, x) < 0)
+		usleep(1000);
+	return NULL;
+}
+
 /*
  * Hand the kernel one end of a socketpair per connection; the other ends are
  * served on workers as already-negotiated connections (simple replies).
+ * NBD_CMD_CONNECT runs on a thread (GW_START_PENDING): a wedged kernel
+ * call holds up nothing but this export, for start-timeout at most.
  */
 static int attach(struct nbd_exp *x, char *err, size_t errlen)
 {
 	const struct nbd_opts *o = x->o;
 	struct gw_export *e = x->exp;
-	int kfds[16];
-	unsigned n = 0;
-	struct nbd_nl nl;
-	struct nbd_nl_connect_params p;
-	uint32_t index;
-	int rc;
+	int rc = 0;
 
 	if (e->min_block > 4096) {
 		gw_seterr(err, errlen,
@@ -744,12 +825,7 @@ static int attach(struct nbd_exp *x, char *err, size_t errlen)
 			  e->min_block);
 		return -EINVAL;
 	}
-	rc = nbd_nl_open(&nl, err, errlen);
-	if (rc == -ENOENT)
-		gw_seterr(err, errlen, "the nbd kernel module is not loaded (modprobe nbd)");
-	if (rc < 0)
-		return rc;
-	for (n = 0; n < o->connections; n++) {
+	for (x->attach_n = 0; x->attach_n < o->connections; x->attach_n++) {
 		int sp[2];
 
 		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
@@ -763,36 +839,22 @@ static int attach(struct nbd_exp *x, char *err, size_t errlen)
 			close(sp[1]);
 			break;
 		}
-		kfds[n] = sp[1];
+		x->attach_kfds[x->attach_n] = sp[1];
 		atomic_fetch_add(&x->conns, 1);
 		nbd_conn_attach(gw_worker_pick(), sp[0], x);
 	}
 	if (rc == 0) {
-		memset(&p, 0, sizeof(p));
-		p.size_bytes = e->size;
-		/* 4096 unless the image insists on its own block size. */
-		p.block_size = e->min_block > 1 ? GW_MAX(512u, e->min_block) : 4096;
-		p.server_flags = nbd_tflags(x, false);
-		p.timeout_s = o->timeout;
-		p.dead_conn_timeout_s = o->dead_conn_timeout;
-		p.client_flags = NBD_CFLAG_DESTROY_ON_DISCONNECT;
-		p.index = o->device ? device_index(o->device) : -1;
-		p.fds = kfds;
-		p.n_fds = n;
-		rc = nbd_nl_connect(&nl, &p, &index, err, errlen);
+		atomic_fetch_add(&x->conns, 1); /* the attach thread's: stop waits for it */
+		rc = -pthread_create(&x->attach_thread, NULL, attach_main, x);
+		if (rc < 0) {
+			atomic_fetch_sub(&x->conns, 1);
+			gw_seterr(err, errlen, "cannot start the attach thread: %s", strerror(-rc));
+		}
 	}
-	/* The kernel holds its own references; ours go (on failure this ends the server side too).
-	 */
-	for (unsigned i = 0; i < n; i++)
-		close(kfds[i]);
-	nbd_nl_close(&nl);
 	if (rc < 0)
-		return rc;
-	x->dev_index = (int)index;
-	link_device(x);
-	gw_info("export %s: attached as /dev/nbd%u (%u connection%s, block size %llu)", e->id,
-		index, n, n == 1 ? "" : "s", (unsigned long long)p.block_size);
-	return 0;
+		for (unsigned i = 0; i < x->attach_n; i++)
+			close(x->attach_kfds[i]);
+	return rc < 0 ? rc : GW_START_PENDING;
 }
 
 static void detach(struct nbd_exp *x)
@@ -860,8 +922,8 @@ static int nbd_start(struct gw_export *e, char *err, size_t errlen)
 		if (rc < 0) {
 			e->tpriv = NULL;
 			stop_exp(x, NULL); /* frees x once its connections are gone */
-			return rc;
 		}
+		return rc; /* GW_START_PENDING: attach_done() tells */
 	}
 	return 0;
 }

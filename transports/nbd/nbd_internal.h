@@ -82,6 +82,14 @@ struct nbd_exp {
 	void (*stop_done)(struct gw_export *exp);
 	int dev_index;  /* attached /dev/nbdN, or -1 */
 	char *dev_link; /* RUN-DIR/dev/IMAGE -> /dev/nbdN */
+	/* The kernel attach, on a thread of its own (it may block in the kernel). */
+	pthread_t attach_thread;
+	int attach_kfds[16];
+	unsigned attach_n;
+	int attach_rc;
+	uint32_t attach_index;
+	uint64_t attach_bs;
+	char attach_err[256];
 };
 
 /* ---- nbd.c ---- */
