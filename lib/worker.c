@@ -154,17 +154,36 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 		ev_set_io_collect_interval(w->loop, (double)win / 1e9);
 		w->work = 0;
 	}
-	for (int round = 0; round < 64; round++) {
+	/*
+	 * Completions can keep coming for ever (a uring command that completes
+	 * inline with the next request, as FUSE and ublk commits do), so the
+	 * rounds are bounded to let the loop look at its other fds. Every round
+	 * ends with a submit, so no SQE waits in the SQ while the loop sleeps;
+	 * and when work is left (completions reaped after the eventfd was
+	 * drained, deferred calls, a refused submit), the loop must not sleep:
+	 * the `again` idle watcher makes it poll without blocking and come back.
+	 */
+	for (int round = 0;; round++) {
 		int rc;
 
 		run_deferred(w);
 		rc = gw_ioq_submit(&w->ioq);
 		if (rc < 0 && rc != -EAGAIN && rc != -EBUSY)
 			gw_err("%s: io_uring submit: %s", w->name, strerror(-rc));
-		if (!io_uring_cq_ready(&w->ioq.ring))
+		if (!io_uring_cq_ready(&w->ioq.ring) || round == 63)
 			break;
 		gw_ioq_reap(&w->ioq);
 	}
+	if ((io_uring_cq_ready(&w->ioq.ring) || w->deferred || w->ioq.queued) &&
+	    !ev_is_active(&w->again))
+		ev_idle_start(w->loop, &w->again);
+}
+
+/* prepare_cb left work: nothing to do here, the next prepare_cb does it. */
+static void again_cb(struct ev_loop *loop, ev_idle *i, int revents)
+{
+	(void)revents;
+	ev_idle_stop(loop, i);
 }
 
 /* The spin deadline (a yield now and then leaves the CPU to a woken client). */
@@ -261,6 +280,7 @@ static int worker_init(struct gw_worker *w, unsigned id, char *err, size_t errle
 	ev_prepare_init(&w->prepare, prepare_cb);
 	ev_prepare_start(w->loop, &w->prepare);
 	ev_idle_init(&w->spin, spin_cb);
+	ev_idle_init(&w->again, again_cb);
 	/* Internal watchers alone must not keep the loop running... but workers
 	 * run until told to stop, so keep one reference: the ioq watcher. */
 	ev_unref(w->loop); /* for the prepare watcher */
@@ -271,6 +291,7 @@ static void worker_fini(struct gw_worker *w)
 {
 	ev_ref(w->loop);
 	ev_idle_stop(w->loop, &w->spin);
+	ev_idle_stop(w->loop, &w->again);
 	ev_prepare_stop(w->loop, &w->prepare);
 	ev_io_stop(w->loop, &w->ioq_watcher);
 	gw_mailbox_exit(&w->mbox);

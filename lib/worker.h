@@ -49,6 +49,7 @@ struct gw_worker {
 	unsigned work; /* requests handled since the loop last blocked (gw_worker_note_work) */
 	struct gw_coalesce co;
 	ev_idle spin;                    /* on while a socket poller keeps the loop from sleeping */
+	ev_idle again;                   /* on when the prepare callback left work: do not sleep */
 	uint64_t spin_until, spin_yield; /* ns: when spinning stops; when it last yielded */
 	unsigned load;                   /* connections/queues assigned (atomic) */
 	bool started;

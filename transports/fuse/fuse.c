@@ -434,12 +434,10 @@ static void fuse_status(struct gw_export *e, struct gw_export_status *st)
 
 	int failed = __atomic_load_n(&x->uring_failed, __ATOMIC_RELAXED);
 	uint64_t ring = 0, dev = 0;
-	uint64_t kicks = 0;
 
 	for (unsigned i = 0; i < x->nq; i++) {
 		ring += __atomic_load_n(&x->qs[i].ring_reqs, __ATOMIC_RELAXED);
 		dev += __atomic_load_n(&x->qs[i].dev_reqs, __ATOMIC_RELAXED);
-		kicks += __atomic_load_n(&x->qs[i].kicks, __ATOMIC_RELAXED);
 	}
 
 	if (x->mode == FUSE_MODE_URING && failed)
@@ -447,13 +445,11 @@ static void fuse_status(struct gw_export *e, struct gw_export_status *st)
 			 "%s (read loop, %u queues: the kernel refused io_uring entries: %s)",
 			 x->path, x->nq, strerror(failed));
 	else
-		snprintf(
-			st->endpoint, sizeof(st->endpoint),
-			"%s (%s, %u queues; requests: %llu over io_uring, %llu read; %llu late wake-ups)",
-			x->path, x->mode == FUSE_MODE_URING ? "io_uring" : "read loop",
-			x->mode == FUSE_MODE_URING ? x->kernel_queues : x->nq,
-			(unsigned long long)ring, (unsigned long long)dev,
-			(unsigned long long)kicks);
+		snprintf(st->endpoint, sizeof(st->endpoint),
+			 "%s (%s, %u queues; requests: %llu over io_uring, %llu read)", x->path,
+			 x->mode == FUSE_MODE_URING ? "io_uring" : "read loop",
+			 x->mode == FUSE_MODE_URING ? x->kernel_queues : x->nq,
+			 (unsigned long long)ring, (unsigned long long)dev);
 }
 
 const struct gw_transport_ops gw_fuse_transport = {

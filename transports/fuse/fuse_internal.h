@@ -52,10 +52,6 @@ struct fuse_queue {
 	unsigned nent;
 	unsigned armed;               /* entries in the kernel (waiting for a request) */
 	unsigned busy;                /* entries holding a request here */
-	ev_timer kick;                /* io_uring: the lost wake-up safety net, see fuse_uring.c */
-	uint64_t kick_seen;           /* ring_reqs at the last tick */
-	ev_tstamp kick_busy;          /* when the last tick saw new requests */
-	uint64_t kicks;               /* ticks that found completions waiting (status) */
 	uint64_t ring_reqs, dev_reqs; /* requests taken from the ring / read from the fd (status) */
 };
 

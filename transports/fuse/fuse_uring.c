@@ -49,8 +49,6 @@ static void entry_gone(struct fuse_req *r, int res)
 {
 	struct fuse_queue *q = r->q;
 
-	if (q->armed == 0 && ev_is_active(&q->kick))
-		ev_timer_stop(q->w->loop, &q->kick);
 	/* ENOTCONN, ECANCELED: the connection or the ring is going away. */
 	if (res != -ENOTCONN && res != -ECANCELED && !q->stopping)
 		gw_warn("fuse %s: io_uring queue %u: %s", q->x->exp->id, r->qid, strerror(-res));
@@ -97,43 +95,9 @@ static void arm(struct fuse_req *r, uint32_t cmd_op, uint64_t commit_id)
 	}
 }
 
-/*
- * A safety net for a lost wake-up: under load on Linux 6.18 a fuse ring
- * entry's completion was seen sitting in the CQ (or its task work pending)
- * while the worker slept in epoll, its eventfd not signalled, until some
- * other event woke it; the client then waited for ever. Not root-caused
- * (docs/transports/fuse.md). While requests flow, the worker looks at its
- * CQ every millisecond; idle, every 50 ms. Any syscall runs pending task
- * work, so the check makes one (getppid) before looking again.
- */
-static void kick_cb(struct ev_loop *loop, ev_timer *t, int revents)
-{
-	struct fuse_queue *q = t->data;
-	struct gw_ioq *io = &q->w->ioq;
-	ev_tstamp now = ev_now(loop);
-
-	(void)revents;
-	if (q->ring_reqs != q->kick_seen) {
-		q->kick_seen = q->ring_reqs;
-		q->kick_busy = now;
-	}
-	if (!io_uring_cq_ready(&io->ring))
-		(void)getppid();
-	if (io_uring_cq_ready(&io->ring)) {
-		__atomic_store_n(&q->kicks, q->kicks + 1, __ATOMIC_RELAXED);
-		gw_ioq_reap(io);
-	}
-	t->repeat = now - q->kick_busy < 0.1 ? 0.001 : 0.05;
-	ev_timer_again(loop, t);
-}
-
 static void register_on_worker(void *arg)
 {
 	struct fuse_queue *q = arg;
-
-	ev_timer_init(&q->kick, kick_cb, 0.001, 0.001);
-	q->kick.data = q;
-	ev_timer_start(q->w->loop, &q->kick);
 
 	for (unsigned i = 0; i < q->nent; i++)
 		arm(&q->ents[i], FUSE_IO_URING_CMD_REGISTER, 0);

@@ -1,0 +1,89 @@
+/*
+ * The worker loop never sleeps on work it has left (lib/worker.c,
+ * prepare_cb). A chain of io_uring NOPs, each queued by the previous one's
+ * completion: a NOP completes inline during the submit, as a FUSE or ublk
+ * COMMIT_AND_FETCH does when the kernel already holds the next request, so
+ * every round of the worker's pre-sleep loop yields another completion.
+ * Before the fix the loop gave up after 64 rounds with the next NOP queued
+ * and unsubmitted, and slept for ever. The wait below is bounded and says
+ * how far the chain got.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "check.h"
+#include "lib/efd.h"
+#include "lib/worker.h"
+
+#define CHAIN 10000
+
+static struct gw_worker *w;
+static struct gw_uring_cb cb;
+static unsigned done_nops;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static bool finished;
+
+static void queue_nop(void)
+{
+	struct io_uring_sqe *sqe = gw_ioq_sqe(&w->ioq, &cb);
+
+	io_uring_prep_nop(sqe);
+	io_uring_sqe_set_data(sqe, &cb);
+}
+
+static void nop_done(struct gw_uring_cb *c, int res)
+{
+	(void)c;
+	(void)res;
+	__atomic_store_n(&done_nops, done_nops + 1, __ATOMIC_RELAXED);
+	if (done_nops < CHAIN) {
+		queue_nop();
+		return;
+	}
+	pthread_mutex_lock(&lock);
+	finished = true;
+	pthread_cond_signal(&cond);
+	pthread_mutex_unlock(&lock);
+}
+
+static void start_chain(void *arg)
+{
+	(void)arg;
+	queue_nop();
+}
+
+int main(void)
+{
+	char err[256];
+	struct timespec until;
+	int rc = 0;
+
+	gw_main_init(EV_DEFAULT);
+	CHECK(gw_efd_init() == 0);
+	if (gw_workers_start(1, err, sizeof(err)) < 0) {
+		fprintf(stderr, "SKIP: workers: %s\n", err);
+		return 77;
+	}
+	w = gw_worker_get(0);
+	cb.fn = nop_done;
+	CHECK(gw_worker_call(w, start_chain, NULL) == 0);
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 60; /* generous: the chain takes milliseconds */
+	pthread_mutex_lock(&lock);
+	while (!finished && rc != ETIMEDOUT)
+		rc = pthread_cond_timedwait(&cond, &lock, &until);
+	pthread_mutex_unlock(&lock);
+	if (!finished)
+		fprintf(stderr,
+			"the chain stalled after %u of %u NOPs: the worker slept with work left\n",
+			__atomic_load_n(&done_nops, __ATOMIC_RELAXED), CHAIN);
+	CHECK(finished);
+	if (finished)
+		gw_workers_stop();
+	return check_report();
+}
