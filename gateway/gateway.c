@@ -146,6 +146,7 @@ static json_object *export_json(struct gw_export *e)
 		json_object_object_add(l, "refused_no_fds", u64(st.refused_no_fds));
 		json_object_object_add(l, "handshake_timeouts", u64(st.handshake_timeouts));
 		json_object_object_add(l, "idle_timeouts", u64(st.idle_timeouts));
+		json_object_object_add(l, "payload_timeouts", u64(st.payload_timeouts));
 		json_object_object_add(o, "limits", l);
 	}
 	json_object_object_add(o, "notes", json_object_new_string(e->notes));
@@ -199,6 +200,9 @@ static json_object *cmd_status(json_object *req)
 	json_object_object_add(r, "run_dir", json_object_new_string(gw.run_dir));
 	json_object_object_add(r, "workers", json_object_new_int((int)gw_workers_count()));
 	json_object_object_add(r, "stopping", json_object_new_boolean(gw.stop_requested));
+	/* Wake-ups of the main loop (listeners, control socket, timers): a loop
+	 * that spins shows here as a count, whatever the machine's speed. */
+	json_object_object_add(r, "main_loop_iterations", u64(ev_iteration(EV_DEFAULT)));
 	for (size_t i = 0; i < gw.nexports; i++)
 		json_object_array_add(a, export_json(gw.exports[i].e));
 	json_object_object_add(r, "exports", a);

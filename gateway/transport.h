@@ -45,6 +45,7 @@ struct gw_export_status {
 	unsigned long long refused_no_fds;      /* out of file descriptors */
 	unsigned long long handshake_timeouts;
 	unsigned long long idle_timeouts;
+	unsigned long long payload_timeouts; /* a write's payload too slow */
 };
 
 /* start() returned: the device is being created; exp->started() tells how it ended. */

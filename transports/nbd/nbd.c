@@ -79,6 +79,11 @@ static const struct gw_opt_desc nbd_opts_table[] = {
 	  .offset = offsetof(struct nbd_opts, idle_timeout),
 	  .max = 31536000,
 	  .help = "seconds a client may send no request (with none outstanding) before it is disconnected (default 0: never)" },
+	{ .key = "payload-timeout",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct nbd_opts, payload_timeout),
+	  .max = 86400,
+	  .help = "seconds a write's payload may take to arrive once its header has (a client dripping it holds its buffer meanwhile); the client is disconnected and the write not done (default 0: no limit)" },
 	{ .key = "client-buffer",
 	  .type = GW_OPT_SIZE,
 	  .offset = offsetof(struct nbd_opts, client_buffer),
@@ -962,6 +967,7 @@ static void nbd_status(struct gw_export *e, struct gw_export_status *st)
 			st->refused_no_fds += atomic_load(&l->refused_fds);
 			st->handshake_timeouts += atomic_load(&l->hs_timeouts);
 			st->idle_timeouts += atomic_load(&l->idle_timeouts);
+			st->payload_timeouts += atomic_load(&l->payload_timeouts);
 		}
 	}
 	if (x && x->dev_index >= 0)

@@ -342,6 +342,37 @@ static void tmo_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	nbd_conn_close_gracefully(c);
 }
 
+/* payload-timeout: a write's payload did not arrive in time (a client that
+ * drips it would otherwise hold its buffer as long as it likes). */
+static void ptmo_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct nbd_conn *c = container_of(t, struct nbd_conn, ptmo);
+	static struct gw_ratelimit rl = GW_RATELIMIT_DEFAULT;
+
+	if (!c->wr || c->state != CS_TX)
+		return;
+	if (c->lis)
+		atomic_fetch_add(&c->lis->payload_timeouts, 1);
+	gw_info_rl(
+		&rl,
+		"nbd: export '%s': client %s sent %u of a %u-byte write's payload in %u s: closing",
+		c->x->name, c->peer, c->wr_have, c->wr->len, c->x->o->payload_timeout);
+	nbd_conn_kill(c);
+}
+
+void nbd_conn_payload_started(struct nbd_conn *c)
+{
+	if (c->x && c->x->o->payload_timeout) {
+		ev_timer_set(&c->ptmo, c->x->o->payload_timeout, 0);
+		ev_timer_start(c->w->loop, &c->ptmo);
+	}
+}
+
+void nbd_conn_payload_done(struct nbd_conn *c)
+{
+	ev_timer_stop(c->w->loop, &c->ptmo);
+}
+
 /*
  * Socket polling. A client at queue depth 1 sends its next request a few
  * microseconds after reading a reply; a worker asleep in epoll then costs a
@@ -477,6 +508,7 @@ void nbd_conn_kill(struct nbd_conn *c)
 	wr_set(c, false);
 	ev_timer_stop(c->w->loop, &c->tmo);
 	ev_timer_stop(c->w->loop, &c->retry);
+	ev_timer_stop(c->w->loop, &c->ptmo);
 	close(c->fd);
 	c->fd = -1;
 	if (c->wr) {
@@ -526,6 +558,7 @@ void nbd_conn_close_gracefully(struct nbd_conn *c)
 	c->state = CS_CLOSING;
 	rd_set(c, false);
 	if (c->wr) { /* half-received write: never acknowledged, drop it */
+		nbd_conn_payload_done(c);
 		c->inflight_bytes -= c->wr->buflen;
 		nbd_req_put(c->wr);
 		c->wr = NULL;
@@ -551,6 +584,7 @@ static struct nbd_conn *conn_new(struct gw_worker *w, int fd)
 	c->flush.fn = conn_flush_or_free;
 	c->cap = 16u << 20;
 	ev_timer_init(&c->tmo, tmo_cb, 0, 0);
+	ev_timer_init(&c->ptmo, ptmo_cb, 0, 0);
 	ev_timer_init(&c->retry, retry_cb, RETRY_S, RETRY_S);
 	ev_io_init(&c->rio, conn_readable, fd, EV_READ);
 	ev_io_init(&c->wio, conn_writable, fd, EV_WRITE);

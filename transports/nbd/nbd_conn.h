@@ -76,6 +76,7 @@ struct nbd_conn {
 
 	/* Timers: handshake or idle (tmo), waiting for the daemon-wide buffer (retry). */
 	ev_timer tmo, retry;
+	ev_timer ptmo;         /* payload-timeout: the write in c->wr must arrive by then */
 	ev_tstamp last_active; /* last request (idle-timeout) */
 
 	/* Socket polling (nbd_conn.c: went_idle). */
@@ -138,6 +139,9 @@ void nbd_conn_pause_if_full(struct nbd_conn *c);
 void nbd_conn_maybe_resume(struct nbd_conn *c);
 /* Close the socket now; the connection is freed once in-flight I/O is back. */
 void nbd_conn_kill(struct nbd_conn *c);
+/* A write's payload starts arriving (arms payload-timeout) / is complete. */
+void nbd_conn_payload_started(struct nbd_conn *c);
+void nbd_conn_payload_done(struct nbd_conn *c);
 /* Take no more requests; answer what is in flight, then close. */
 void nbd_conn_close_gracefully(struct nbd_conn *c);
 /* Close or free the connection if it has nothing left to do. */

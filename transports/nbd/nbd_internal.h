@@ -35,6 +35,7 @@ struct nbd_opts {
 	uint32_t max_connections;   /* per socket/address, handshakes included; 0: none */
 	uint32_t handshake_timeout; /* seconds to reach transmission; 0: none */
 	uint32_t idle_timeout;      /* seconds without a request before closing; 0: never */
+	uint32_t payload_timeout;   /* seconds for a write's payload to arrive; 0: none */
 	uint64_t client_buffer;     /* request data in flight + unsent replies, per client */
 	/* Kernel attach (/dev/nbdN through the nbd generic-netlink family). */
 	bool attach;
@@ -63,7 +64,7 @@ struct nbd_listener {
 	atomic_uint nconns; /* open connections, handshakes included */
 	ev_timer resume;    /* out of descriptors: listen again after a pause */
 	/* Counted for status. */
-	atomic_ullong refused_max, refused_fds, hs_timeouts, idle_timeouts;
+	atomic_ullong refused_max, refused_fds, hs_timeouts, idle_timeouts, payload_timeouts;
 	pthread_mutex_t lock; /* guards exps */
 	struct nbd_exp **exps;
 	unsigned nexps, cap;

@@ -367,6 +367,7 @@ static int tx_request(struct nbd_conn *c)
 		c->wr = r;
 		c->wr_have = 0;
 		c->inflight_bytes += r->buflen; /* counted while its payload arrives */
+		nbd_conn_payload_started(c);
 		return 0;
 	case NBD_CMD_FLUSH:
 		submit(r, GW_OP_FLUSH, 0);
@@ -397,6 +398,7 @@ void nbd_tx_write_ready(struct nbd_conn *c)
 	struct nbd_req *r = c->wr;
 
 	c->wr = NULL;
+	nbd_conn_payload_done(c);
 	c->inflight_bytes -= r->buflen; /* submit counts it again */
 	submit(r, GW_OP_WRITE, (r->flags & NBD_CMD_FLAG_FUA) ? GW_IO_FUA : 0);
 }
