@@ -14,11 +14,22 @@ MAGIC, IHAVEOPT, REPMAGIC = 0x4E42444D41474943, 0x49484156454F5054, 0x3E88904556
 REQ, SIMPLE = 0x25609513, 0x67446698
 OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS, OPT_INFO, OPT_GO = 1, 2, 3, 5, 6, 7
 OPT_SR, OPT_LIST_META, OPT_SET_META, OPT_EXT = 8, 9, 10, 11
-# The good client's latency is measured and printed, never asserted (it
-# depends on the machine; docs/reliability.md quotes it). What is asserted is
-# liveness: no read of the good client waits HANG_S or more, which only a
-# server blocked by the attack (not a slow machine) produces.
-HANG_S = 2.0
+# Nothing here asserts a time: the good client's latency, the daemon's CPU
+# and how long a limit took to act are measured and printed (docs/
+# reliability.md quotes them), never compared with a threshold, since they
+# depend on the machine and its load. What is asserted cannot depend on
+# speed: the good client completes PROGRESS reads while an attack holds,
+# counts (connections refused, timeouts, log lines per rate-limit window,
+# the main loop's wake-ups), memory and descriptors. Every wait is bounded
+# by BOUND_S and fails the test, with what was seen, when it runs out.
+BOUND_S = 60.0
+PROGRESS = 200
+# The main loop sleeps unless something happens: a few wake-ups a second
+# (the 100 ms retry of a listener out of descriptors, status requests). A
+# loop that spins wakes up tens of thousands of times a second.
+LOOP_WAKEUPS_PER_S = 50
+# The rate limiter's window (lib/log.c): bounds on log growth are per window.
+LOG_WINDOW_S = 5.0
 failures = []
 
 
@@ -26,6 +37,25 @@ def check(ok, what):
     print(("ok: " if ok else "FAIL: ") + what, flush=True)
     if not ok:
         failures.append(what)
+    return ok
+
+
+def wait_for(pred, what, bound=BOUND_S):
+    """Poll pred until true; False (and a failure naming what) after bound s."""
+    t_end = time.monotonic() + bound
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > t_end:
+            check(False, f"{what} (waited {bound:.0f} s)")
+            return v
+        time.sleep(0.05)
+
+
+def limits(st, i=0):
+    """The limits counters of export i in a status answer ({} if none)."""
+    return (st or {}).get("exports", [{}] * (i + 1))[i].get("limits", {})
 
 
 class Daemon:
@@ -52,26 +82,25 @@ exports:
 """)
             if vhost:
                 f.write(f"  - {{ image: vm, transports: [vhost-user-blk], "
-                        f"vhost-user-blk: {{ socket: {run}/vm.sock }} }}\n")
+                        f"vhost-user-blk: {{ socket: {run}/vm.sock{vhost if isinstance(vhost, str) else ''} }} }}\n")
         self.vhost_sock = run + "/vm.sock"
         self.log = os.path.join(self.dir, "blkgw.log")
 
-        def limits():
+        def rlimits():
             if nofile:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.p = subprocess.Popen([BLKGW, "serve", m], stderr=open(self.log, "w"),
-                                  preexec_fn=limits)
+                                  preexec_fn=rlimits)
         atexit.register(lambda p=self.p: p.poll() is None and p.kill())  # on any failure
-        for _ in range(300):
-            if self.status(timeout=1) is not None:
-                break
+        t_end = time.monotonic() + BOUND_S
+        while self.status(timeout=1) is None:
             if self.p.poll() is not None:
                 raise SystemExit("blkgw exited at start:\n" + open(self.log).read())
+            if time.monotonic() > t_end:
+                raise SystemExit("blkgw did not answer:\n" + open(self.log).read())
             time.sleep(0.1)
-        else:
-            raise SystemExit("blkgw did not answer")
 
-    def status(self, timeout=5):
+    def status(self, timeout=BOUND_S):
         try:
             s = socket.socket(socket.AF_UNIX)
             s.settimeout(timeout)
@@ -87,6 +116,10 @@ exports:
             return json.loads(buf)
         except (OSError, ValueError):
             return None
+
+    def wakeups(self):
+        st = self.status()
+        return st.get("main_loop_iterations", 0) if st else 0
 
     def cpu(self):
         f = open(f"/proc/{self.p.pid}/stat").read().rsplit(")", 1)[1].split()
@@ -104,13 +137,19 @@ exports:
     def logsize(self):
         return os.path.getsize(self.log)
 
+    def loglines(self, text):
+        return sum(1 for l in open(self.log, errors="replace") if text in l)
+
     def stop(self):
         self.p.terminate()
         try:
-            self.p.wait(30)
+            self.p.wait(BOUND_S)
         except subprocess.TimeoutExpired:
             self.p.kill()
-            failures.append("daemon did not stop on SIGTERM")
+            check(False, "daemon stopped on SIGTERM")
+        if failures:
+            print("---- blkgw log (last 30 lines) ----")
+            print("".join(open(self.log, errors="replace").readlines()[-30:]), flush=True)
 
 
 def recvn(s, n):
@@ -123,16 +162,58 @@ def recvn(s, n):
     return b
 
 
-def uconnect(path):
-    """A unix connection, waiting while the listen backlog is full."""
+def uconnect(path, blocking=True):
+    """A unix connection. Blocking: connect waits while the listen backlog is
+    full (bounded). Not blocking: a full backlog is left to the caller."""
     s = socket.socket(socket.AF_UNIX)
-    for _ in range(500):
+    if not blocking:
+        s.setblocking(False)
         try:
             s.connect(path)
-            return s
-        except BlockingIOError:
-            time.sleep(0.01)
-    raise OSError("backlog stayed full")
+        except OSError:
+            pass
+        return s
+    s.setblocking(False)
+    t_end = time.monotonic() + BOUND_S
+    while True:
+        try:
+            s.connect(path)
+            break
+        except BlockingIOError:  # backlog full: the server has not accepted yet
+            if time.monotonic() > t_end:
+                raise OSError(f"{path}: listen backlog full for {BOUND_S:.0f} s")
+            time.sleep(0.005)
+    s.settimeout(BOUND_S)
+    return s
+
+
+def flood(path, n, first=b"", go=None, blocking=True):
+    """n connections to path; each sends first (without waiting for the
+    server to read it) after negotiating export go when given. Returns the
+    sockets and a cleanup closing them."""
+    socks = []
+    for _ in range(n):
+        s = connect(path, go) if go is not None else uconnect(path, blocking)
+        if first:
+            s.setblocking(False)
+            try:
+                s.sendall(first)
+            except BlockingIOError:
+                pass
+        socks.append(s)
+    return socks, lambda: [s.close() for s in socks]
+
+
+def closed_or_greeted(s, bound=BOUND_S):
+    """'eof' if the server closed s, 'data' if it sent something, 'wait' if
+    neither within bound s."""
+    s.settimeout(bound)
+    try:
+        return "data" if s.recv(1) else "eof"
+    except socket.timeout:
+        return "wait"
+    except OSError:
+        return "eof"
 
 
 def opt(code, data=b""):
@@ -144,9 +225,12 @@ def go_data(name, infos=()):
         struct.pack(">H", i) for i in infos)
 
 
+def request(typ, handle, offset, length):
+    return struct.pack(">IHHQQI", REQ, 0, typ, handle, offset, length)
+
+
 def connect(path, name=b"", go=True):
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(path)
+    s = uconnect(path)
     if go:
         recvn(s, 18)
         s.sendall(struct.pack(">I", 3) + opt(OPT_GO, go_data(name)))
@@ -160,94 +244,108 @@ def connect(path, name=b"", go=True):
     return s
 
 
-def _good_main(path, conn, stop):
+def _good_main(path, conn, stop, done):
     s = connect(path, b"good")
-    out, i, err = [], 0, 0
+    s.settimeout(BOUND_S)  # a read that waits this long is an error
+    out, i, err = [], 0, ""
     while not stop.is_set():
         t0 = time.monotonic()
         try:
-            s.sendall(struct.pack(">IHHQQI", REQ, 0, 0, i, (i * 4096) % (60 << 20), 4096))
+            s.sendall(request(0, i, (i * 4096) % (60 << 20), 4096))
             recvn(s, 16)
             recvn(s, 4096)
-        except OSError:
-            err = 1
+        except (OSError, EOFError) as e:
+            err = repr(e)
             break
         t1 = time.monotonic()
         out.append((t1, t1 - t0))
         i += 1
+        done.value = i
     conn.send((out, err))
 
 
 class Good:
     """4 KiB reads at queue depth 1 on the good export, in a process of its
-    own (so the attackers' Python never delays it); latencies in seconds."""
+    own (so the attackers' Python never delays it). done counts its reads;
+    latencies (seconds) are kept for the figures."""
 
     def __init__(self, d):
         import multiprocessing as mp
         self.rx, tx = mp.Pipe(False)
         self.stop_ev = mp.Event()
-        self.p = mp.Process(target=_good_main, args=(d.good_sock, tx, self.stop_ev), daemon=True)
+        self.done = mp.Value("L", 0, lock=False)
+        self.p = mp.Process(target=_good_main, args=(d.good_sock, tx, self.stop_ev, self.done),
+                            daemon=True)
         self.marks = []
 
     def start(self):
         self.p.start()
 
-    def window(self, seconds):
-        t0 = time.monotonic()
-        time.sleep(seconds)
+    def mark(self, t0):
         self.marks.append((t0, time.monotonic()))
-        return len(self.marks) - 1
 
     def finish(self):
         self.stop_ev.set()
-        out, self.errors = self.rx.recv() if self.rx.poll(10) else ([], 1)
-        self.p.join(5)
+        out, self.error = self.rx.recv() if self.rx.poll(BOUND_S) else ([], "no answer")
+        self.p.join(BOUND_S)
         return [[l for t, l in out if a <= t <= b] for a, b in self.marks]
 
 
 def pct(v, p):
     v = sorted(v)
-    return v[min(len(v) - 1, int(len(v) * p))] if v else float("inf")
+    return v[min(len(v) - 1, int(len(v) * p))] if v else float("nan")
 
 
-def measured(name, d, attack, settle=1.0, hold=3.0, rss_mb=None, cpu_s=None, log_kb=64):
-    """Baseline, then the attack (a callable returning a cleanup), then check."""
+def measured(name, d, attack, settle=1.0, hold=3.0, rss_mb=None, log_kb=64):
+    """Baseline, then the attack (a callable returning a cleanup), then check.
+    log_kb bounds the log's growth per rate-limit window."""
     good = Good(d)
     good.start()
-    time.sleep(0.5)
-    cpub = d.cpu()
-    base = good.window(1.5)
-    # What serving the good client alone costs, per second.
-    base_rate = (d.cpu() - cpub) / 1.5
-    rss0, fds0, cpu0, log0 = d.rss(), d.fds(), d.cpu(), d.logsize()
+    wait_for(lambda: good.done.value >= 20, f"{name}: the good client started reading")
+    t0, cpu0 = time.monotonic(), d.cpu()
+    time.sleep(1.5)
+    good.mark(t0)
+    base_rate = (d.cpu() - cpu0) / 1.5  # what serving the good client alone costs per s
+    rss0, fds0, log0, t_attack = d.rss(), d.fds(), d.logsize(), time.monotonic()
     cleanup = attack(d)
     time.sleep(settle)
-    cpu1 = d.cpu()
-    during = good.window(hold)
-    cpu_used = d.cpu() - cpu1 - base_rate * hold  # beyond the good client's own cost
+    t1, cpu1, wake1, n1 = time.monotonic(), d.cpu(), d.wakeups(), good.done.value
+    time.sleep(hold)
+    # Liveness, not speed: the good client goes on being served while the
+    # attackers hold on (their cleanup has not run yet).
+    wait_for(lambda: good.done.value - n1 >= PROGRESS,
+             f"{name}: the good client completed {PROGRESS} reads during the attack "
+             f"(it did {good.done.value - n1})")
+    good.mark(t1)
+    t2 = time.monotonic()
+    cpu_used = d.cpu() - cpu1 - base_rate * (t2 - t1)  # beyond the good client's own cost
+    wake = d.wakeups() - wake1
     rss1 = d.rss()
     st = d.status()
     log_grew = (d.logsize() - log0) / 1024
+    windows = 1 + int((time.monotonic() - t_attack) / LOG_WINDOW_S)
     cleanup()
-    time.sleep(1.5)
-    rss2, fds2 = d.rss(), d.fds()
+    # Back to rest: bounded waits, not a fixed pause the daemon must beat.
+    fds_back = wait_for(lambda: d.fds() <= fds0 + 4 and d.fds(),
+                        f"{name}: fds back near resting ({fds0}), now {d.fds()}")
+    # Each of the 2 workers may keep up to 64 MiB of I/O buffers cached (lib/worker.c).
+    rss_back = wait_for(lambda: d.rss() <= rss0 + 2 * 64 + 16 and d.rss(),
+                        f"{name}: RSS back near resting ({rss0:.0f} MiB + cache), now {d.rss():.0f}")
     base, during = good.finish()
-    bp99, p99, stall = pct(base, 0.99), pct(during, 0.99), max(during, default=float("inf"))
-    print(f"  {name}: good client baseline p99 {bp99*1e3:.2f} ms ({len(base)} reads), "
-          f"under attack p99 {p99*1e3:.2f} ms, max {stall*1e3:.1f} ms ({len(during)} reads); "
-          f"daemon CPU beyond the good client's {cpu_used:.2f} s in {hold:.0f} s, RSS {rss0:.0f} -> {rss1:.0f} -> {rss2:.0f} MiB, "
-          f"fds {fds0} -> {fds2}, log +{log_grew:.1f} KiB", flush=True)
-    check(good.errors == 0 and len(during) > 0, f"{name}: the good client kept working")
-    check(stall < HANG_S, f"{name}: no read of the good client hung (worst {stall*1e3:.1f} ms < {HANG_S:.0f} s)")
+    print(f"  {name}: good client baseline p99 {pct(base, .99)*1e3:.2f} ms ({len(base)} reads), "
+          f"under attack p99 {pct(during, .99)*1e3:.2f} ms, max {max(during, default=0)*1e3:.1f} ms "
+          f"({len(during)} reads); daemon CPU beyond the good client's {cpu_used:.2f} s in "
+          f"{t2 - t1:.1f} s, main loop woke {wake} times; RSS {rss0:.0f} -> {rss1:.0f} -> "
+          f"{rss_back or d.rss():.0f} MiB, fds {fds0} -> {fds_back or d.fds()}, "
+          f"log +{log_grew:.1f} KiB", flush=True)
+    check(not good.error, f"{name}: the good client had no error ({good.error or 'none'})")
     check(st is not None, f"{name}: the control socket answered during the attack")
+    check(wake <= 20 + LOOP_WAKEUPS_PER_S * (time.monotonic() - t1),
+          f"{name}: the main loop did not spin ({wake} wake-ups in {t2 - t1:.1f} s)")
     if rss_mb is not None:
         check(rss1 - rss0 <= rss_mb, f"{name}: RSS grew {rss1 - rss0:.0f} MiB <= {rss_mb}")
-    if cpu_s is not None:
-        check(cpu_used <= cpu_s, f"{name}: daemon CPU {cpu_used:.2f} s <= {cpu_s} s")
-    check(log_grew <= log_kb, f"{name}: log grew {log_grew:.1f} KiB <= {log_kb}")
-    check(fds2 <= fds0 + 4, f"{name}: fds back to {fds2} (resting {fds0})")
-    # Each of the 2 workers may keep up to 64 MiB of I/O buffers cached (lib/worker.c).
-    check(rss2 <= rss0 + 2 * 64 + 16, f"{name}: RSS back to {rss2:.0f} MiB (resting {rss0:.0f} + cache)")
+    check(log_grew <= log_kb * windows,
+          f"{name}: log grew {log_grew:.1f} KiB <= {log_kb} KiB x {windows} rate-limit windows")
     return st
 
 
@@ -256,193 +354,180 @@ def measured(name, d, attack, settle=1.0, hold=3.0, rss_mb=None, cpu_s=None, log
 def unread_replies():
     """8 clients each send 64 reads of 32 MiB and never read the answers."""
     d = Daemon("unread")
-    socks = []
-
-    def attack(d):
-        for _ in range(8):
-            s = connect(d.victim_sock, b"victim")
-            s.setblocking(False)
-            reqs = b"".join(struct.pack(">IHHQQI", REQ, 0, 0, i, i << 25, 32 << 20) for i in range(64))
-            try:
-                s.sendall(reqs)
-            except BlockingIOError:
-                pass
-            socks.append(s)
-        return lambda: [s.close() for s in socks]
+    reqs = b"".join(request(0, i, i << 25, 32 << 20) for i in range(64))
     # Per client: client-buffer (16M) + one request (32M); 8 clients, under buffer-limit.
-    measured("unread-replies", d, attack, rss_mb=8 * 48 + 32, cpu_s=1.5)
+    measured("unread-replies", d, lambda d: flood(d.victim_sock, 8, reqs, go=b"victim")[1],
+             rss_mb=8 * 48 + 32)
     d.stop()
 
 
 def unread_option_replies():
     """10 clients each send 4,095 NBD_OPT_LIST and read nothing."""
     d = Daemon("optlist")
-    socks = []
-
-    def attack(d):
-        for _ in range(10):
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(d.victim_sock)
-            s.setblocking(False)
-            try:
-                s.sendall(struct.pack(">I", 3) + opt(OPT_LIST) * 4095)
-            except BlockingIOError:
-                pass
-            socks.append(s)
-        return lambda: [s.close() for s in socks]
-    measured("unread-option-replies", d, attack, rss_mb=10 * 1 + 16, cpu_s=1.0)
+    first = struct.pack(">I", 3) + opt(OPT_LIST) * 4095
+    measured("unread-option-replies", d, lambda d: flood(d.victim_sock, 10, first)[1],
+             rss_mb=10 * 1 + 16)
     d.stop()
 
 
 def handshake_hold():
     """1,000 connections that never negotiate, 100 that drip a byte a second."""
     d = Daemon("handshake", extra_nbd=", handshake-timeout: 2, max-connections: 2000")
-    socks, stop = [], [False]
+    stop = threading.Event()
 
     def drip(s):
-        msg = struct.pack(">I", 3) + opt(OPT_GO, go_data(b"victim"))
-        for b in msg:
-            if stop[0]:
-                return
+        for b in struct.pack(">I", 3) + opt(OPT_GO, go_data(b"victim")):
             try:
                 s.send(bytes([b]))
             except OSError:
                 return
-            time.sleep(1)
+            if stop.wait(1):
+                return
 
     def attack(d):
-        for _ in range(1000):
-            socks.append(uconnect(d.victim_sock))
-        for _ in range(100):
-            s = uconnect(d.victim_sock)
-            socks.append(s)
+        _, close_silent = flood(d.victim_sock, 1000)
+        drippers, close_drip = flood(d.victim_sock, 100)
+        for s in drippers:
             threading.Thread(target=drip, args=(s,), daemon=True).start()
 
         def cleanup():
-            stop[0] = True
-            [s.close() for s in socks]
+            stop.set()
+            close_silent()
+            close_drip()
         return cleanup
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), max(hard, 4096)))
-    st = measured("handshake-hold", d, attack, settle=0.5, hold=3.0, rss_mb=64, cpu_s=1.5)
-    lim = st["exports"][0]["limits"] if st else {}
-    check(lim.get("handshake_timeouts", 0) >= 1100,
-          f"handshake-hold: {lim.get('handshake_timeouts')} handshake timeouts counted in status")
+    measured("handshake-hold", d, attack, settle=0.5, rss_mb=64)
+    n = wait_for(lambda: limits(d.status()).get("handshake_timeouts", 0) >= 1100 and
+                 limits(d.status())["handshake_timeouts"],
+                 f"handshake-hold: 1,100 handshake timeouts counted "
+                 f"(status says {limits(d.status()).get('handshake_timeouts')})")
+    check(bool(n), f"handshake-hold: {n} handshake timeouts counted in status")
     d.stop()
 
 
 def max_connections():
-    """300 connections against max-connections: 100; the rest are closed at once."""
-    d = Daemon("maxconn", extra_nbd=", max-connections: 100")
-    socks, refused = [], [0]
+    """300 connections against max-connections: 100; the rest are closed at
+    once: each connection is told something (a greeting or a close) without
+    waiting on the client, and exactly 200 are closes."""
+    # handshake-timeout: 0, so that the 100 admitted stay however slowly the
+    # 300 connect (a timeout would make room for more).
+    d = Daemon("maxconn", extra_nbd=", max-connections: 100, handshake-timeout: 0")
+    seen = {}
 
     def attack(d):
-        for _ in range(300):
-            s = uconnect(d.victim_sock)
-            s.settimeout(2)
-            socks.append(s)
-        time.sleep(0.5)
-        t0 = time.monotonic()
+        socks, cleanup = flood(d.victim_sock, 300)
         for s in socks:
-            try:
-                g = s.recv(18)
-                if g == b"":
-                    refused[0] += 1
-            except OSError:
-                refused[0] += 1
-        refused.append(time.monotonic() - t0)
-        return lambda: [s.close() for s in socks]
-    st = measured("max-connections", d, attack, settle=0.2, rss_mb=32, cpu_s=1.0)
-    check(refused[0] == 200, f"max-connections: {refused[0]} of 300 closed at once (200 expected)")
-    lim = st["exports"][0]["limits"] if st else {}
-    check(lim.get("refused_max_connections") == 200,
-          f"max-connections: status counts {lim.get('refused_max_connections')} refused")
+            r = closed_or_greeted(s)
+            seen[r] = seen.get(r, 0) + 1
+        return cleanup
+    st = measured("max-connections", d, attack, settle=0.2, rss_mb=32)
+    check(seen == {"data": 100, "eof": 200},
+          f"max-connections: of 300, greeted {seen.get('data', 0)} (100 expected), closed "
+          f"{seen.get('eof', 0)} (200), left waiting {BOUND_S:.0f} s {seen.get('wait', 0)} (0)")
+    check(limits(st).get("refused_max_connections") == 200,
+          f"max-connections: status counts {limits(st).get('refused_max_connections')} refused")
     d.stop()
 
 
 def idle_timeout():
-    """idle-timeout: 1 closes a bound client that sends nothing."""
-    d = Daemon("idle", extra_nbd=", idle-timeout: 1")
-    s = connect(d.victim_sock, b"victim")
-    s.settimeout(5)
+    """idle-timeout closes a bound client that sends nothing; a client with a
+    request outstanding (held 4 s by a fault delay) or one that keeps asking
+    is not idle."""
+    d = Daemon("idle", extra_nbd=", idle-timeout: 2",
+               victim_backend="{ backend: memory, size: 16M, "
+                              "fault: { delay: 4s, ops: read, ranges: \"1M-2M\" } }")
     t0 = time.monotonic()
-    try:
-        eof = s.recv(1) == b""
-    except OSError:
-        eof = False
+    s = connect(d.victim_sock, b"victim")
+    r = closed_or_greeted(s)
     took = time.monotonic() - t0
-    check(eof and 0.8 <= took <= 4, f"idle-timeout: an idle client is closed after {took:.1f} s")
-    s2 = connect(d.victim_sock, b"victim")
-    for i in range(6):  # a client that keeps asking is not idle
-        time.sleep(0.4)
-        s2.sendall(struct.pack(">IHHQQI", REQ, 0, 0, i, 0, 512))
-        recvn(s2, 16 + 512)
-    check(True, "idle-timeout: a client sending requests every 0.4 s stays connected")
+    check(r == "eof", f"idle-timeout: an idle client is closed ({r} after {took:.1f} s)")
+    check(took >= 1.0, f"idle-timeout: not before the timeout's half ({took:.1f} s of 2)")
     st = d.status()
-    check(st and st["exports"][0]["limits"]["idle_timeouts"] == 1, "idle-timeout: counted in status")
+    check(limits(st).get("idle_timeouts") == 1,
+          f"idle-timeout: counted in status ({limits(st).get('idle_timeouts')})")
+    # A read held 4 s (twice the timeout): outstanding, so not idle.
+    s = connect(d.victim_sock, b"victim")
+    s.settimeout(BOUND_S)
+    s.sendall(request(0, 1, 1 << 20, 512))
+    try:
+        got = len(recvn(s, 16 + 512))
+    except (OSError, EOFError) as e:
+        got = repr(e)
+    s.close()
+    check(got == 528, f"idle-timeout: a client waiting 4 s for its read got it ({got})")
+    # Requests every 0.1 s for 5 s: never idle for 2 s, unless this process
+    # itself was paused that long (then the check says so and does not count).
+    s = connect(d.victim_sock, b"victim")
+    s.settimeout(BOUND_S)
+    gap, last, err = 0.0, time.monotonic(), None
+    t_end = last + 5
+    i = 0
+    while time.monotonic() < t_end and err is None:
+        time.sleep(0.1)
+        gap = max(gap, time.monotonic() - last)
+        try:
+            s.sendall(request(1, i, 0, 512) + b"\0" * 512)
+            recvn(s, 16)
+        except (OSError, EOFError) as e:
+            err = repr(e)
+        last = time.monotonic()
+        i += 1
+    s.close()
+    if err and gap >= 1.5:
+        print(f"  idle-timeout: inconclusive: this test was paused {gap:.1f} s between "
+              f"requests and was closed ({err}); not counted", flush=True)
+    else:
+        check(err is None, f"idle-timeout: a client writing every 0.1 s (longest gap "
+              f"{gap:.2f} s) stayed connected ({err or 'ok'})")
     d.stop()
 
 
 def fd_exhaustion():
     """RLIMIT_NOFILE=256, 600 connections: no busy loop, no log flood, status answers."""
     d = Daemon("fds", nofile=256, extra_nbd=", max-connections: 0")
-    socks = []
-
-    def attack(d):
-        for _ in range(600):
-            s = socket.socket(socket.AF_UNIX)
-            s.setblocking(False)
-            try:
-                s.connect(d.victim_sock)
-            except (BlockingIOError, OSError):
-                pass
-            socks.append(s)
-        return lambda: [s.close() for s in socks]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), max(hard, 4096)))
-    st = measured("fd-exhaustion", d, attack, settle=1.0, hold=2.0, rss_mb=32, cpu_s=0.5,
-                  log_kb=16)
-    lim = st["exports"][0]["limits"] if st else {}
-    check(lim.get("refused_no_fds", 0) > 0,
-          f"fd-exhaustion: {lim.get('refused_no_fds')} connections refused for want of fds, counted")
+    st = measured("fd-exhaustion", d, lambda d: flood(d.victim_sock, 600, blocking=False)[1],
+                  settle=1.0, hold=2.0, rss_mb=32, log_kb=16)
+    n = limits(st).get("refused_no_fds", 0)
+    check(n > 0, f"fd-exhaustion: {n} connections refused for want of fds, counted")
     d.stop()
 
 
 def framing():
-    """Every option and a request parse the same whole or one byte per write."""
+    """Every option and a request parse the same whole or one byte per write.
+    Each exchange ends with NBD_OPT_ABORT (or NBD_CMD_DISC in transmission),
+    so the reply is read to the server's close, never to a pause."""
     d = Daemon("framing", victim_backend="{ backend: memory, size: 16M }")
     meta = struct.pack(">I", 6) + b"victim" + struct.pack(">I", 1) + struct.pack(">I", 15) + b"base:allocation"
+    disc = request(2, 9, 0, 0)
     cases = {
-        "EXPORT_NAME": [opt(OPT_EXPORT_NAME, b"victim")],
+        "EXPORT_NAME": [opt(OPT_EXPORT_NAME, b"victim"), disc],
         "ABORT": [opt(OPT_ABORT)],
-        "LIST": [opt(OPT_LIST)],
-        "STARTTLS": [opt(OPT_STARTTLS)],
-        "INFO": [opt(OPT_INFO, go_data(b"victim", (1, 2, 3)))],
-        "GO (16 KB, 8000 info requests)": [opt(OPT_GO, go_data(b"victim", [3] * 8000))],
-        "STRUCTURED_REPLY": [opt(OPT_SR)],
-        "LIST_META_CONTEXT": [opt(OPT_SR), opt(OPT_LIST_META, meta)],
-        "SET_META_CONTEXT": [opt(OPT_SR), opt(OPT_SET_META, meta)],
-        "EXTENDED_HEADERS": [opt(OPT_EXT)],
-        "unknown option 99": [opt(99, b"xyz")],
-        "oversized option": [opt(OPT_INFO, b"\0" * 40000)],
-        "GO then READ": [opt(OPT_GO, go_data(b"victim")),
-                         struct.pack(">IHHQQI", REQ, 0, 0, 7, 0, 4096)],
+        "LIST": [opt(OPT_LIST), opt(OPT_ABORT)],
+        "STARTTLS": [opt(OPT_STARTTLS), opt(OPT_ABORT)],
+        "INFO": [opt(OPT_INFO, go_data(b"victim", (1, 2, 3))), opt(OPT_ABORT)],
+        "GO (16 KB, 8000 info requests)": [opt(OPT_GO, go_data(b"victim", [3] * 8000)), disc],
+        "STRUCTURED_REPLY": [opt(OPT_SR), opt(OPT_ABORT)],
+        "LIST_META_CONTEXT": [opt(OPT_SR), opt(OPT_LIST_META, meta), opt(OPT_ABORT)],
+        "SET_META_CONTEXT": [opt(OPT_SR), opt(OPT_SET_META, meta), opt(OPT_ABORT)],
+        "EXTENDED_HEADERS": [opt(OPT_EXT), opt(OPT_ABORT)],
+        "unknown option 99": [opt(99, b"xyz"), opt(OPT_ABORT)],
+        "oversized option": [opt(OPT_INFO, b"\0" * 40000), opt(OPT_ABORT)],
+        "GO then READ": [opt(OPT_GO, go_data(b"victim")), request(0, 7, 0, 4096), disc],
     }
 
     def exchange(parts, step):
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(d.victim_sock)
-        s.settimeout(5)
+        s = uconnect(d.victim_sock)
         recvn(s, 18)
         msg = struct.pack(">I", 3) + b"".join(parts)
-        if step:
-            for i in range(0, len(msg), step):
-                s.sendall(msg[i:i + step])
-        else:
-            s.sendall(msg)
-        s.shutdown(socket.SHUT_WR) if "ABORT" in repr(parts) else None
-        out = b""
-        s.settimeout(1.0)
+        out, err = b"", None
+        try:
+            for i in range(0, len(msg), step or len(msg)):
+                s.sendall(msg[i:i + (step or len(msg))])
+        except OSError as e:  # closed early (the oversized option): read what came
+            err = e
         try:
             while True:
                 b = s.recv(65536)
@@ -450,13 +535,17 @@ def framing():
                     break
                 out += b
         except socket.timeout:
+            check(False, f"framing: the server closed the exchange ({len(out)} bytes, "
+                  f"no close in {BOUND_S:.0f} s)")
+        except OSError:
             pass
         s.close()
         return out
     for name, parts in cases.items():
         whole, bytewise = exchange(parts, 0), exchange(parts, 1)
-        check(whole == bytewise and len(whole) > 0 or (name == "EXPORT_NAME" and whole == bytewise),
-              f"framing: {name}: {len(whole)} reply bytes whole, same one byte per write")
+        check(whole == bytewise and len(whole) > 0,
+              f"framing: {name}: {len(whole)} reply bytes whole, {len(bytewise)} one byte "
+              f"per write, {'the same' if whole == bytewise else 'DIFFERENT'}")
     d.stop()
 
 
@@ -465,48 +554,82 @@ def control_and_vhost():
     10,000 times without reading. vhost-user-blk: a silent frontend, and a
     flood of 200 connections to its socket."""
     d = Daemon("control", vhost=True)
-    socks = []
+    flood_time = []
 
     def attack(d):
-        for _ in range(200):
-            socks.append(uconnect(d.ctl))
+        _, c1 = flood(d.ctl, 200)
         big = uconnect(d.ctl)
         try:
             big.sendall(b"x" * (1 << 20))
         except OSError:
             pass  # closed once past the line limit: what we want
-        socks.append(big)
-        greedy = uconnect(d.ctl)
-        greedy.setblocking(False)
-        try:
-            greedy.sendall(b'{"command": "status"}\n' * 10000)
-        except BlockingIOError:
-            pass
-        socks.append(greedy)
-        silent = uconnect(d.vhost_sock)  # a frontend that says nothing
-        socks.append(silent)
-        for _ in range(200):
-            socks.append(uconnect(d.vhost_sock))
-        return lambda: [s.close() for s in socks]
+        _, c2 = flood(d.ctl, 1, b'{"command": "status"}\n' * 10000)
+        t0 = time.monotonic()
+        _, c3 = flood(d.vhost_sock, 201)  # the first is a frontend that says nothing
+        flood_time.append(time.monotonic() - t0)
+        return lambda: (c1(), big.close(), c2(), c3())
     # The control socket must answer (measured() checks it) despite 200 silent clients.
-    measured("control-and-vhost", d, attack, settle=0.5, hold=3.0, rss_mb=32, cpu_s=1.0)
-    s = uconnect(d.vhost_sock)  # a silent frontend, closed after 10 s
-    s.settimeout(20)
+    measured("control-and-vhost", d, attack, settle=0.5, rss_mb=32)
     t0 = time.monotonic()
-    try:
-        eof = s.recv(1) == b""
-    except OSError:
-        eof = True
+    r = closed_or_greeted(uconnect(d.vhost_sock))  # a silent frontend, closed after 10 s
     took = time.monotonic() - t0
-    check(eof and 8 <= took <= 15, f"control-and-vhost: a silent vhost frontend is closed after {took:.1f} s")
-    n = sum(1 for l in open(d.log) if "refusing a second frontend" in l)
-    check(n <= 12, f"control-and-vhost: {n} log lines for 200 refused frontends")
+    check(r == "eof" and took >= 5,
+          f"control-and-vhost: a silent vhost frontend is closed ({r} after {took:.1f} s, "
+          f"timeout 10 s)")
+    n = d.loglines("refusing a second frontend")
+    windows = 2 + int(flood_time[0] / LOG_WINDOW_S)
+    check(n <= 11 * windows,
+          f"control-and-vhost: {n} log lines for 200 refused frontends "
+          f"(<= 11 per rate-limit window, {windows} windows)")
+    d.stop()
+
+
+def slow_write():
+    """20 clients each start a 32 MiB WRITE and send its payload a few bytes
+    at a time: the good client goes on, the daemon holds no more memory than
+    buffer-limit allows, and payload-timeout closes them."""
+    d = Daemon("slowwrite", extra_nbd=", payload-timeout: 3",
+               gateway=", buffer-limit: 256M")
+    stop = threading.Event()
+    closed = [0]
+
+    def drip(socks):
+        while not stop.is_set() and socks:
+            for s in list(socks):
+                try:
+                    s.send(b"\xa5" * 4)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    socks.remove(s)
+                    closed[0] += 1
+            stop.wait(0.05)
+
+    def attack(d):
+        socks, cleanup = flood(d.victim_sock, 20, go=b"victim")
+        for i, s in enumerate(socks):
+            s.sendall(request(1, i, i << 25, 32 << 20))
+            s.setblocking(False)
+        threading.Thread(target=drip, args=(list(socks),), daemon=True).start()
+
+        def done():
+            stop.set()
+            cleanup()
+        return done
+    # Each header makes the daemon reserve its 32 MiB buffer (counted against
+    # buffer-limit, touched only as bytes arrive): at most buffer-limit plus
+    # one request per worker, and RSS grows by what was actually received.
+    st = measured("slow-write", d, attack, settle=0.5, rss_mb=32)
+    n = wait_for(lambda: limits(d.status()).get("payload_timeouts", 0) >= 1 and
+                 limits(d.status())["payload_timeouts"],
+                 "slow-write: payload timeouts counted")
+    check(bool(n), f"slow-write: {n} dripping writers closed by payload-timeout, counted")
     d.stop()
 
 
 SCENARIOS = {f.__name__.replace("_", "-"): f for f in
              (unread_replies, unread_option_replies, handshake_hold, max_connections,
-              idle_timeout, fd_exhaustion, framing, control_and_vhost)}
+              idle_timeout, fd_exhaustion, framing, control_and_vhost, slow_write)}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(SCENARIOS)
