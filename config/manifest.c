@@ -379,6 +379,8 @@ struct gw_section {
 	char *log_level;
 	uint64_t buffer_limit;
 	char *metrics;
+	uint32_t control_max_clients;
+	uint64_t control_max_line, control_max_output;
 };
 
 static const char *const log_levels[] = { "error", "warn", "info", "debug", NULL };
@@ -418,6 +420,27 @@ static const struct gw_opt_desc gateway_opts[] = {
 	  .min = 16 << 20,
 	  .def = 512 << 20,
 	  .help = "bytes of request data and unsent replies buffered for all clients together; past it, clients holding more than 1M stop being read until it drains (default 512M)" },
+	{ .key = "control-max-clients",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct gw_section, control_max_clients),
+	  .min = 1,
+	  .max = 65536,
+	  .def = 64,
+	  .help = "control socket clients at once; one more makes room by closing the one quiet longest (default 64)" },
+	{ .key = "control-max-line",
+	  .type = GW_OPT_SIZE,
+	  .offset = offsetof(struct gw_section, control_max_line),
+	  .min = 4096,
+	  .max = 64 << 20,
+	  .def = 64 << 10,
+	  .help = "longest control request line; a longer one is answered with an error and its client closed (default 64K)" },
+	{ .key = "control-max-output",
+	  .type = GW_OPT_SIZE,
+	  .offset = offsetof(struct gw_section, control_max_output),
+	  .min = 64 << 10,
+	  .max = 1ull << 30,
+	  .def = 1 << 20,
+	  .help = "unsent control replies beyond which a client's requests are not read until it reads (default 1M)" },
 	{ .key = "log-level",
 	  .type = GW_OPT_ENUM,
 	  .offset = offsetof(struct gw_section, log_level),
@@ -954,6 +977,9 @@ static void load_gateway(struct loader *L, const struct ynode *root)
 	m->gw.workers = gs.workers;
 	m->gw.coalesce_us = gs.coalesce_us;
 	m->gw.start_timeout = gs.start_timeout;
+	m->gw.control_max_clients = gs.control_max_clients;
+	m->gw.control_max_line = gs.control_max_line;
+	m->gw.control_max_output = gs.control_max_output;
 	if (!m->gw.workers) {
 		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 

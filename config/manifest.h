@@ -40,6 +40,9 @@ struct gw_gateway_cfg {
 	uint32_t start_timeout; /* seconds a transport's device creation may take */
 	char *log_level;        /* NULL: default */
 	char *metrics;          /* HOST:PORT or a socket path; NULL: none */
+	/* Control socket limits (docs/reliability.md). */
+	uint32_t control_max_clients;
+	uint64_t control_max_line, control_max_output;
 };
 
 struct gw_image_spec {

@@ -16,11 +16,6 @@
 #include "lib/sockets.h"
 #include "lib/util.h"
 
-#define CTL_MAX_LINE    (64 * 1024)
-#define CTL_MAX_CLIENTS 64
-/* Unsent replies beyond which a client's requests are not read until it reads. */
-#define CTL_MAX_OUT     (1024 * 1024)
-
 struct ctl_client {
 	int fd;
 	ev_io rio, wio;
@@ -49,7 +44,20 @@ static struct {
 	struct gw_ctl_pending *deferred;
 	json_object *early; /* a deferred reply given before the handler returned */
 	ev_timer resume;
-} ctl = { .fd = -1 };
+	/* Limits: clients at once, request line, unsent replies beyond which a
+	 * client's requests are not read until it reads. */
+	struct gw_ctl_limits lim;
+} ctl = { .fd = -1, .lim = { 64, 64 * 1024, 1024 * 1024 } };
+
+void gw_ctl_set_limits(const struct gw_ctl_limits *lim)
+{
+	if (lim->max_clients)
+		ctl.lim.max_clients = lim->max_clients;
+	if (lim->max_line)
+		ctl.lim.max_line = lim->max_line;
+	if (lim->max_out)
+		ctl.lim.max_out = lim->max_out;
+}
 
 json_object *gw_ctl_error(int code, const char *fmt, ...)
 {
@@ -102,7 +110,7 @@ again:
 			if (errno == EAGAIN) {
 				ev_io_start(EV_DEFAULT, &c->wio);
 				/* It does not read what it asked for: stop reading it too. */
-				if (c->outlen - c->outoff > CTL_MAX_OUT)
+				if (c->outlen - c->outoff > ctl.lim.max_out)
 					ev_io_stop(EV_DEFAULT, &c->rio);
 				return;
 			}
@@ -187,7 +195,7 @@ static void client_lines(struct ctl_client *c)
 			handle_line(c, c->in, l);
 		memmove(c->in, nl + 1, c->inlen - l - 1);
 		c->inlen -= l + 1;
-		if (c->outlen - c->outoff > CTL_MAX_OUT)
+		if (c->outlen - c->outoff > ctl.lim.max_out)
 			break; /* answer the rest once it reads what it asked for */
 	}
 }
@@ -237,8 +245,9 @@ static void client_readable(struct ev_loop *loop, ev_io *w, int revents)
 		return;
 	}
 	c->last = ev_now(loop);
-	if (c->inlen + (size_t)n > CTL_MAX_LINE) {
-		client_reply(c, gw_ctl_error(-E2BIG, "request longer than %d bytes", CTL_MAX_LINE));
+	if (c->inlen + (size_t)n > ctl.lim.max_line) {
+		client_reply(c, gw_ctl_error(-E2BIG, "request longer than %zu bytes",
+					     ctl.lim.max_line));
 		client_flush(c);
 		client_close(c);
 		return;
@@ -283,7 +292,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 		}
 		return;
 	}
-	if (ctl.nclients >= CTL_MAX_CLIENTS) {
+	if (ctl.nclients >= ctl.lim.max_clients) {
 		/* Full of clients: the one quiet longest makes room (so idle ones cannot lock
 		 * out `blkgw status`). */
 		struct ctl_client *old = ctl.clients;

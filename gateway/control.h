@@ -22,6 +22,13 @@ struct gw_ctl_pending *gw_ctl_defer(void);
 /* Keep the promise (takes reply; dropped when the client went away). */
 void gw_ctl_reply_later(struct gw_ctl_pending *p, json_object *reply);
 
+/* Limits of the control socket (gateway: control-max-*); 0 keeps a value. */
+struct gw_ctl_limits {
+	unsigned max_clients;
+	size_t max_line, max_out;
+};
+void gw_ctl_set_limits(const struct gw_ctl_limits *lim);
+
 int gw_ctl_start(const char *path, const struct gw_sock_perm *perm, gw_ctl_handler handler,
 		 void *arg, char *err, size_t errlen);
 /* Close every client and the socket, and remove it. */

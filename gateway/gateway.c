@@ -1048,6 +1048,19 @@ static void plan_gateway(struct apply *a)
 		snprintf(y, sizeof(y), "%u", n->coalesce_us);
 		needs_restart(a, "coalesce-us", x, y);
 	}
+	if (o->control_max_clients != n->control_max_clients ||
+	    o->control_max_line != n->control_max_line ||
+	    o->control_max_output != n->control_max_output) {
+		char u[96], v[96];
+
+		snprintf(u, sizeof(u), "%u, %llu, %llu", o->control_max_clients,
+			 (unsigned long long)o->control_max_line,
+			 (unsigned long long)o->control_max_output);
+		snprintf(v, sizeof(v), "%u, %llu, %llu", n->control_max_clients,
+			 (unsigned long long)n->control_max_line,
+			 (unsigned long long)n->control_max_output);
+		needs_restart(a, "control-max-clients, -line, -output", u, v);
+	}
 }
 
 static void problem(struct apply *a, const char *fmt, ...) GW_PRINTF(2, 3);
@@ -1679,6 +1692,12 @@ static char *manifest_text(const char *skip_id, const char *add_image, const cha
 		fprintf(f, "  metrics: %s\n", q(&keep, g->metrics));
 	if (gw.env.buffer_limit)
 		fprintf(f, "  buffer-limit: %llu\n", (unsigned long long)gw.env.buffer_limit);
+	if (g->control_max_clients)
+		fprintf(f,
+			"  control-max-clients: %u\n  control-max-line: %llu\n"
+			"  control-max-output: %llu\n",
+			g->control_max_clients, (unsigned long long)g->control_max_line,
+			(unsigned long long)g->control_max_output);
 	fprintf(f, "images:%s\n", gw.nimages || add_image ? "" : " {}");
 	for (size_t k = 0; k < gw.nimages; k++) {
 		const struct gw_image_spec *s = gw.images[k].s;
@@ -2168,6 +2187,8 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 			goto fail_stop;
 		}
 	}
+	gw_ctl_set_limits(&(struct gw_ctl_limits){
+		m->gw.control_max_clients, m->gw.control_max_line, m->gw.control_max_output });
 	rc = gw_ctl_start(m->gw.control_socket, &m->gw.control_perm, ctl_handler, NULL, err,
 			  sizeof(err));
 	if (rc < 0) {

@@ -67,6 +67,12 @@ static const struct gw_opt_desc vhost_opts_table[] = {
 	  .help = "a driver that posts requests this long/4 apart or more gets its interrupts held until it "
 		  "is quiet this long, while that lets one interrupt carry several completions "
 		  "(adaptive; 0: never; default 40)" },
+	{ .key = "handshake-timeout",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct vhost_opts, handshake_timeout),
+	  .max = 86400,
+	  .def = 10,
+	  .help = "seconds a frontend that connected may take to send its first message before it is closed, so a silent connection cannot hold the one frontend slot (default 10; 0: no limit)" },
 };
 
 static void vhost_check_opts(const void *opts, struct gw_opt_report *r)
@@ -159,9 +165,6 @@ static int listen_unix(struct vhost_exp *x, char *err, size_t errlen)
 	return 0;
 }
 
-/* A frontend has this long to send its first message, or it is closed. */
-#define SILENT_S 10.0
-
 static struct gw_ratelimit vhost_rl = GW_RATELIMIT_DEFAULT;
 
 static void serve(struct vhost_exp *x, int fd)
@@ -173,7 +176,9 @@ static void serve(struct vhost_exp *x, int fd)
 		return;
 	}
 	ev_timer_stop(EV_DEFAULT, &x->silent);
-	ev_timer_set(&x->silent, SILENT_S, 0);
+	if (!x->o->handshake_timeout)
+		return;
+	ev_timer_set(&x->silent, x->o->handshake_timeout, 0);
 	ev_timer_start(EV_DEFAULT, &x->silent);
 }
 
@@ -182,9 +187,9 @@ static void silent_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	struct vhost_exp *x = t->data;
 
 	if (x->conn && !x->conn->closing && !x->conn->spoke) {
-		gw_warn_rl(&vhost_rl,
-			   "vhost-user-blk %s: the frontend on %s sent nothing in %.0f s",
-			   x->exp->id, x->path, SILENT_S);
+		x->silent_closed++;
+		gw_warn_rl(&vhost_rl, "vhost-user-blk %s: the frontend on %s sent nothing in %u s",
+			   x->exp->id, x->path, x->o->handshake_timeout);
 		vhost_conn_close(x->conn, "frontend sent nothing");
 	}
 }
@@ -245,6 +250,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 				&vhost_rl,
 				"vhost-user-blk %s: refusing a second frontend on %s: one is already connected (one device, one frontend)",
 				x->exp->id, x->path);
+			x->refused++;
 			close(fd);
 		}
 	}
@@ -311,7 +317,7 @@ static int vhost_start(struct gw_export *e, char *err, size_t errlen)
 	ev_io_init(&x->lw, accept_cb, x->lfd, EV_READ);
 	x->lw.data = x;
 	ev_io_start(EV_DEFAULT, &x->lw);
-	ev_timer_init(&x->silent, silent_cb, SILENT_S, 0);
+	ev_timer_init(&x->silent, silent_cb, 0, 0);
 	x->silent.data = x;
 	ev_timer_init(&x->resume, resume_cb, 0.1, 0);
 	x->resume.data = x;
@@ -347,6 +353,10 @@ static void vhost_status(struct gw_export *e, struct gw_export_status *st)
 	struct vhost_exp *x = e->tpriv;
 
 	snprintf(st->endpoint, sizeof(st->endpoint), "%s", x->path);
+	/* Read on the main thread, where they are counted. */
+	st->has_conn_counters = true;
+	st->refused_connections = x->refused;
+	st->handshake_timeouts = x->silent_closed;
 }
 
 const struct gw_transport_ops gw_vhost_transport = {

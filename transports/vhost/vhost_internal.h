@@ -39,6 +39,7 @@ struct vhost_opts {
 	struct gw_sock_perm perm; /* socket-mode, socket-owner, socket-group */
 	uint32_t poll_us;
 	uint32_t notify_hold_us;
+	uint32_t handshake_timeout; /* seconds for a frontend's first message; 0: none */
 };
 
 /* ---- memory ---- */
@@ -146,6 +147,8 @@ struct vhost_exp {
 	int waiting_fd;          /* a frontend that connected while the last one was closing */
 	ev_timer silent;         /* a frontend that sends nothing is closed (handshake limit) */
 	ev_timer resume;         /* out of descriptors: listen again after a pause */
+	/* Limits at work (status): second frontends refused, silent ones closed. */
+	unsigned long long refused, silent_closed;
 	bool stopping;
 	void (*stop_done)(struct gw_export *exp);
 };
