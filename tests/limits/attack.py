@@ -550,11 +550,13 @@ def framing():
 
 
 def control_and_vhost():
-    """The control socket: 200 silent clients, a 1 MB line, a client asking
-    10,000 times without reading. vhost-user-blk: a silent frontend, and a
-    flood of 200 connections to its socket."""
-    d = Daemon("control", vhost=True)
-    flood_time = []
+    """The control socket (control-max-clients: 16, control-max-line: 8K): 200
+    silent clients, a 1 MB line, a client asking 10,000 times without
+    reading. vhost-user-blk (handshake-timeout: 2): a silent frontend, and a
+    flood of 200 more connections to its socket."""
+    d = Daemon("control", vhost=", handshake-timeout: 2",
+               gateway=", control-max-clients: 16, control-max-line: 8K")
+    big_reply = []
 
     def attack(d):
         _, c1 = flood(d.ctl, 200)
@@ -563,24 +565,39 @@ def control_and_vhost():
             big.sendall(b"x" * (1 << 20))
         except OSError:
             pass  # closed once past the line limit: what we want
+        try:
+            big_reply.append(big.recv(4096))
+        except OSError as e:
+            big_reply.append(repr(e).encode())
         _, c2 = flood(d.ctl, 1, b'{"command": "status"}\n' * 10000)
-        t0 = time.monotonic()
         _, c3 = flood(d.vhost_sock, 201)  # the first is a frontend that says nothing
-        flood_time.append(time.monotonic() - t0)
         return lambda: (c1(), big.close(), c2(), c3())
     # The control socket must answer (measured() checks it) despite 200 silent clients.
-    measured("control-and-vhost", d, attack, settle=0.5, rss_mb=32)
     t0 = time.monotonic()
-    r = closed_or_greeted(uconnect(d.vhost_sock))  # a silent frontend, closed after 10 s
+    st = measured("control-and-vhost", d, attack, settle=0.5, rss_mb=32)
+    check(b"longer than 8192 bytes" in big_reply[0],
+          f"control-and-vhost: a 1 MB control line is answered with an error "
+          f"({big_reply[0][:80]!r})")
+    # Each of the 201 is refused (one frontend at a time) or served and then
+    # closed for silence, but for the one served now and one waiting for it.
+    lim = limits(st, 2)
+    n = lim.get("refused_max_connections", 0) + lim.get("handshake_timeouts", 0)
+    check(n >= 199, f"control-and-vhost: of 201 vhost connections, {n} refused or closed "
+          f"for silence, counted in status ({lim})")
+    windows = 2 + int((time.monotonic() - t0) / LOG_WINDOW_S)
+    lines = d.loglines("refusing a second frontend")
+    check(lines <= 11 * windows,
+          f"control-and-vhost: {lines} log lines for {lim.get('refused_max_connections')} refused "
+          f"frontends (<= 11 per rate-limit window, {windows} windows)")
+    before = limits(d.status(), 2).get("handshake_timeouts", 0)
+    t0 = time.monotonic()
+    r = closed_or_greeted(uconnect(d.vhost_sock))  # a silent frontend
     took = time.monotonic() - t0
-    check(r == "eof" and took >= 5,
+    check(r == "eof" and took >= 1,
           f"control-and-vhost: a silent vhost frontend is closed ({r} after {took:.1f} s, "
-          f"timeout 10 s)")
-    n = d.loglines("refusing a second frontend")
-    windows = 2 + int(flood_time[0] / LOG_WINDOW_S)
-    check(n <= 11 * windows,
-          f"control-and-vhost: {n} log lines for 200 refused frontends "
-          f"(<= 11 per rate-limit window, {windows} windows)")
+          f"handshake-timeout 2 s)")
+    after = limits(d.status(), 2).get("handshake_timeouts", 0)
+    check(after == before + 1, f"control-and-vhost: counted ({before} -> {after})")
     d.stop()
 
 
