@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -2035,6 +2036,45 @@ static void cleanup(void)
 		unlink(gw.pidfile);
 }
 
+/*
+ * Raise the soft limit on open files to the hard one, as QEMU and nbdkit do:
+ * the soft default (1024) is for select(), which blkgw does not use, and
+ * every client, image and worker takes descriptors (the NBD connection
+ * budget is derived from it). Logged either way.
+ */
+static void raise_nofile(void)
+{
+	struct rlimit r;
+	rlim_t want, was;
+
+	if (getrlimit(RLIMIT_NOFILE, &r) < 0)
+		return;
+	was = r.rlim_cur;
+	want = r.rlim_max;
+	if (want == RLIM_INFINITY) { /* the kernel's ceiling, not infinity */
+		FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+		unsigned long long n = 0;
+
+		if (!f || fscanf(f, "%llu", &n) != 1)
+			n = 1u << 20;
+		if (f)
+			fclose(f);
+		want = (rlim_t)n;
+	}
+	if (was != RLIM_INFINITY && want > was) {
+		r.rlim_cur = want;
+		if (setrlimit(RLIMIT_NOFILE, &r) < 0) {
+			gw_warn("open files limit: %llu; raising it to the hard limit %llu failed: %s",
+				(unsigned long long)was, (unsigned long long)want, strerror(errno));
+			return;
+		}
+		gw_info("open files limit raised from %llu to %llu (the hard limit)",
+			(unsigned long long)was, (unsigned long long)want);
+		return;
+	}
+	gw_info("open files limit: %llu (the hard limit)", (unsigned long long)was);
+}
+
 static void serve_started(struct gw_export *e, void *arg)
 {
 	gw.serve_starting--;
@@ -2067,6 +2107,7 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 	}
 	gw_log_set_level(lvl);
 	signal(SIGPIPE, SIG_IGN);
+	raise_nofile();
 
 	rc = gw_mkdir_p(m->gw.run_dir);
 	if (rc < 0) {

@@ -87,8 +87,9 @@ exports:
         self.log = os.path.join(self.dir, "blkgw.log")
 
         def rlimits():
-            if nofile:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+            if nofile:  # a number (soft and hard) or (soft, hard)
+                resource.setrlimit(resource.RLIMIT_NOFILE,
+                                   nofile if isinstance(nofile, tuple) else (nofile, nofile))
         self.p = subprocess.Popen([BLKGW, "serve", m], stderr=open(self.log, "w"),
                                   preexec_fn=rlimits)
         atexit.register(lambda p=self.p: p.poll() is None and p.kill())  # on any failure
@@ -495,6 +496,17 @@ def fd_exhaustion():
     d.stop()
 
 
+def nofile_raised():
+    """Started with a soft open-files limit of 256 under a hard one of 4096,
+    blkgw raises its soft limit to 4096 and says so."""
+    d = Daemon("nofile", nofile=(256, 4096))
+    soft = [l.split()[3] for l in open(f"/proc/{d.p.pid}/limits") if l.startswith("Max open files")]
+    check(soft == ["4096"], f"nofile-raised: soft open-files limit is {soft} (4096 expected)")
+    n = d.loglines("open files limit raised from 256 to 4096")
+    check(n == 1, f"nofile-raised: logged once ({n})")
+    d.stop()
+
+
 def framing():
     """Every option and a request parse the same whole or one byte per write.
     Each exchange ends with NBD_OPT_ABORT (or NBD_CMD_DISC in transmission),
@@ -646,7 +658,8 @@ def slow_write():
 
 SCENARIOS = {f.__name__.replace("_", "-"): f for f in
              (unread_replies, unread_option_replies, handshake_hold, max_connections,
-              idle_timeout, fd_exhaustion, framing, control_and_vhost, slow_write)}
+              idle_timeout, fd_exhaustion, nofile_raised, framing, control_and_vhost,
+              slow_write)}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(SCENARIOS)
