@@ -292,6 +292,32 @@ static void metrics_fill(FILE *f, void *arg)
 		   "Transports of the export's list passed over before the active one.", "%zu",
 		   e->nrejected);
 #undef PER_EXPORT
+	head(f, "blkgw_export_limit_hits_total", "counter",
+	     "Connections refused or closed by a limit (docs/reliability.md), per limit; exports on one socket share them.");
+	for (size_t i = 0; i < gw.nexports; i++) {
+		struct gw_export *e = gw.exports[i].e;
+		struct gw_export_status st;
+		static const char *const names[] = { "max_connections", "no_fds",
+						     "handshake_timeout", "idle_timeout",
+						     "payload_timeout" };
+		unsigned long long v[GW_ARRAY_SIZE(names)];
+
+		memset(&st, 0, sizeof(st));
+		if (e->transport && e->transport->status && e->tpriv)
+			e->transport->status(e, &st);
+		if (!st.has_conn_counters)
+			continue;
+		v[0] = st.refused_connections;
+		v[1] = st.refused_no_fds;
+		v[2] = st.handshake_timeouts;
+		v[3] = st.idle_timeouts;
+		v[4] = st.payload_timeouts;
+		for (size_t k = 0; k < GW_ARRAY_SIZE(names); k++) {
+			fputs("blkgw_export_limit_hits_total{export=\"", f);
+			label(f, e->id);
+			fprintf(f, "\",limit=\"%s\"} %llu\n", names[k], v[k]);
+		}
+	}
 	head(f, "blkgw_export_transport_rejected", "gauge",
 	     "One per transport an export passed over, with the reason.");
 	for (size_t i = 0; i < gw.nexports; i++) {

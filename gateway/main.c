@@ -391,6 +391,25 @@ static void st_row(char *const *cells, const int *width)
 	}
 }
 
+/* Connections refused or closed by a limit, when there were any. */
+static void print_limits(const char *id, json_object *e)
+{
+	json_object *l = NULL;
+	unsigned long long mc, fd, hs, idle, pl;
+
+	if (!json_object_object_get_ex(e, "limits", &l))
+		return;
+	mc = (unsigned long long)jnum(l, "refused_max_connections");
+	fd = (unsigned long long)jnum(l, "refused_no_fds");
+	hs = (unsigned long long)jnum(l, "handshake_timeouts");
+	idle = (unsigned long long)jnum(l, "idle_timeouts");
+	pl = (unsigned long long)jnum(l, "payload_timeouts");
+	if (mc + fd + hs + idle + pl)
+		printf("  %s limits: refused %llu (max-connections), %llu (out of descriptors); "
+		       "timed out %llu (handshake), %llu (idle), %llu (payload)\n",
+		       id, mc, fd, hs, idle, pl);
+}
+
 static void print_status(json_object *reply)
 {
 	json_object *exports = NULL;
@@ -457,6 +476,7 @@ static void print_status(json_object *reply)
 		if (*jstr(e, "notes"))
 			printf("  %s fell back: %s\n", rows[i][0] ? rows[i][0] : "",
 			       jstr(e, "notes"));
+		print_limits(rows[i][0] ? rows[i][0] : "", e);
 		for (int c = 0; c < ST_COLS; c++)
 			free(rows[i][c]);
 	}

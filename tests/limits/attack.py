@@ -413,7 +413,8 @@ def max_connections():
     waiting on the client, and exactly 200 are closes."""
     # handshake-timeout: 0, so that the 100 admitted stay however slowly the
     # 300 connect (a timeout would make room for more).
-    d = Daemon("maxconn", extra_nbd=", max-connections: 100, handshake-timeout: 0")
+    d = Daemon("maxconn", extra_nbd=", max-connections: 100, handshake-timeout: 0",
+               gateway=f", metrics: {T}/maxconn/metrics.sock")
     seen = {}
 
     def attack(d):
@@ -428,6 +429,19 @@ def max_connections():
           f"{seen.get('eof', 0)} (200), left waiting {BOUND_S:.0f} s {seen.get('wait', 0)} (0)")
     check(limits(st).get("refused_max_connections") == 200,
           f"max-connections: status counts {limits(st).get('refused_max_connections')} refused")
+    plain = subprocess.run([BLKGW, "status", "--control", d.ctl], capture_output=True,
+                           text=True, timeout=BOUND_S).stdout
+    check("victim limits: refused 200 (max-connections)" in plain,
+          f"max-connections: plain status shows the refusals:\n{plain}")
+    m = socket.socket(socket.AF_UNIX)
+    m.settimeout(BOUND_S)
+    m.connect(os.path.join(d.dir, "metrics.sock"))
+    m.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+    text = b""
+    while (b := m.recv(65536)):
+        text += b
+    line = 'blkgw_export_limit_hits_total{export="victim",limit="max_connections"} 200'
+    check(line in text.decode(), f"max-connections: the metrics say {line}")
     d.stop()
 
 
