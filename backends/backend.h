@@ -97,6 +97,7 @@ enum gw_io_op {
 #define GW_CAP_EPHEMERAL  (1u << 12)
 
 struct gw_io;
+struct gw_cbt;
 typedef void (*gw_io_done_fn)(struct gw_io *io);
 
 struct gw_io {
@@ -114,7 +115,8 @@ struct gw_io {
 
 	/* Private to the checked layer. */
 	void *_stats;
-	uint64_t _start_ns; /* when it reached the checked layer */
+	struct gw_cbt *_cbt; /* changes are tracked: mark again on completion */
+	uint64_t _start_ns;  /* when it reached the checked layer */
 
 	/* Private to the backend: a ring callback and scratch space. */
 	struct gw_uring_cb ucb;
@@ -179,6 +181,13 @@ struct gw_backend {
 	 * open() created (the file backend's new sparse file).
 	 */
 	bool start_failed;
+	/*
+	 * Set by the daemon when the image's changes are tracked (lib/cbt.h):
+	 * the checked layer marks every write, write-zeroes and trim that
+	 * reaches the backend, and makes the marks durable before a FLUSH or
+	 * FUA request does. The backend itself never looks at it.
+	 */
+	struct gw_cbt *cbt;
 };
 
 /* What a source is, before it is opened (backend inspect()). */

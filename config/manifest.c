@@ -492,7 +492,8 @@ char *gw_default_run_dir(void)
 
 /* ---- images ---- */
 
-static const char *const image_common[] = { "backend", "block-size", "fault" };
+static const char *const image_common[] = { "backend", "block-size", "fault", "track-changes",
+					    "change-granularity" };
 
 /* What loading needs besides the manifest: where problems go, and this build's names. */
 struct source_check;
@@ -549,6 +550,31 @@ static void image_block_size(struct loader *L, struct gw_image_spec *img, const 
 			bs->type == YN_SCALAR ? bs->text : ynode_kind(bs));
 	else
 		img->block_size = (uint32_t)b;
+}
+
+/* 'track-changes' and 'change-granularity': changed-block tracking (docs/backup.md). */
+static void image_tracking(struct loader *L, struct gw_image_spec *img, const struct ynode *v,
+			   const char *prefix)
+{
+	const struct ynode *tc = ymap_get(v, "track-changes");
+	const struct ynode *g = ymap_get(v, "change-granularity");
+	uint64_t b = 0;
+
+	img->change_granularity = 64 << 10;
+	if (tc && (tc->type != YN_SCALAR || gw_parse_bool(tc->text, &img->track_changes)))
+		diag_at(L->d, tc, "%s'track-changes' must be true or false (got '%s')", prefix,
+			tc->type == YN_SCALAR ? tc->text : ynode_kind(tc));
+	if (!g)
+		return;
+	if (g->type != YN_SCALAR || gw_parse_size(g->text, &b) < 0 || !gw_is_pow2(b) || b < 4096 ||
+	    b > (1u << 20))
+		diag_at(L->d, g,
+			"%s'change-granularity' must be a power of two from 4K to 1M (got '%s')",
+			prefix, g->type == YN_SCALAR ? g->text : ynode_kind(g));
+	else if (!img->track_changes)
+		diag_at(L->d, g, "%s'change-granularity' needs 'track-changes: true'", prefix);
+	else
+		img->change_granularity = (uint32_t)b;
 }
 
 /* A size that is not a multiple of the block size leaves a tail no client can reach. */
@@ -669,6 +695,7 @@ static void load_image(struct loader *L, const struct ynode *k, const struct yno
 	if (image_backend(L, img, v, prefix) < 0)
 		return;
 	image_block_size(L, img, v, prefix);
+	image_tracking(L, img, v, prefix);
 	img->opts = calloc(1, img->ops->schema.size ? img->ops->schema.size : 1);
 	if (!img->opts)
 		return;

@@ -51,6 +51,8 @@ struct gw_image_spec {
 	void *opts;                  /* decoded with ops->schema */
 	uint32_t block_size;         /* 0: the backend's own */
 	struct gw_fault_opts *fault; /* a fault layer over the backend, or NULL */
+	bool track_changes;          /* changed-block tracking (docs/backup.md) */
+	uint32_t change_granularity; /* bytes per tracked chunk (default 64K) */
 	int line, col;
 	/* Found when sources were checked: it opens for reading only (why). */
 	bool read_only_source;

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/cbt.h"
 #include "lib/log.h"
 
 #define GW_DEFAULT_MAX_XFER (32u << 20)
@@ -173,6 +174,31 @@ einval:
 	return 1;
 }
 
+/*
+ * Changed-block tracking (lib/cbt.h): mark a write's range before it
+ * reaches the image (a kill -9 then loses no mark) and again when it
+ * completes (a write in flight across a checkpoint lands in both records);
+ * make the marks durable before a FLUSH or FUA request goes on. 1 when the
+ * request failed here (result set).
+ */
+static int track(struct gw_cbt *t, struct gw_io *io)
+{
+	int rc;
+
+	if (io->op == GW_OP_WRITE || io->op == GW_OP_WRITE_ZEROES || io->op == GW_OP_TRIM) {
+		gw_cbt_mark(t, io->offset, io->len);
+		io->_cbt = t;
+	}
+	if (io->op == GW_OP_FLUSH || (io->flags & GW_IO_FUA)) {
+		rc = gw_cbt_sync(t);
+		if (gw_unlikely(rc < 0)) {
+			io->result = rc;
+			return 1;
+		}
+	}
+	return 0;
+}
+
 int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io)
 {
 	struct gw_stats *s = slot_of(e, q);
@@ -190,9 +216,16 @@ int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io)
 	io->_start_ns = start;
 	io->q = q;
 	io->result = 0;
+	io->_cbt = NULL;
+	if (gw_unlikely(e->backend->cbt != NULL) && track(e->backend->cbt, io)) {
+		count(s, io, start);
+		return 1;
+	}
 	__atomic_fetch_add(&s->inflight, 1, __ATOMIC_RELAXED);
 	rc = e->backend->ops->submit(e->backend, q, io);
 	if (rc) {
+		if (io->_cbt)
+			gw_cbt_mark(io->_cbt, io->offset, io->len);
 		__atomic_fetch_sub(&s->inflight, 1, __ATOMIC_RELAXED);
 		count(s, io, start);
 		return 1;
@@ -203,6 +236,8 @@ int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io)
 void gw_io_complete(struct gw_io *io, int result)
 {
 	io->result = result;
+	if (io->_cbt)
+		gw_cbt_mark(io->_cbt, io->offset, io->len);
 	__atomic_fetch_sub(&((struct gw_stats *)io->_stats)->inflight, 1, __ATOMIC_RELAXED);
 	count(io->_stats, io, io->_start_ns);
 	io->done(io);

@@ -22,6 +22,7 @@
 #include "gateway/export.h"
 #include "gateway/metrics.h"
 #include "gateway/notify.h"
+#include "gateway/track.h"
 #include "lib/guard.h"
 #include "lib/log.h"
 #include "lib/opts.h"
@@ -151,6 +152,8 @@ static json_object *export_json(struct gw_export *e)
 		json_object_object_add(o, "limits", l);
 	}
 	json_object_object_add(o, "notes", json_object_new_string(e->notes));
+	if (e->backend->cbt && !image_closing(e->backend))
+		json_object_object_add(o, "tracking", gw_track_status(e->backend));
 	{
 		json_object *rj = json_object_new_array();
 
@@ -798,6 +801,7 @@ static void image_close(struct gw_backend *b)
 			gw_err("image %s: flushing before closing failed: %s", b->name,
 			       strerror(-rc));
 	}
+	gw_track_detach(b);
 	gw_backend_close(b);
 }
 
@@ -977,6 +981,11 @@ static size_t rq_take(struct apply *a, bool report)
 		a->rq[i].b = NULL;
 		if (b && s->fault)
 			b = gw_fault_wrap(b, s->fault, a->rq[i].err, sizeof(a->rq[i].err));
+		if (b &&
+		    gw_track_attach(b, s, gw.run_dir, a->rq[i].err, sizeof(a->rq[i].err)) < 0) {
+			gw_backend_close(b);
+			b = NULL;
+		}
 		a->iopen[j] = b;
 		if (b)
 			continue;
@@ -1002,6 +1011,8 @@ static size_t live_image_find(const char *name)
 static bool image_same(const struct gw_image_spec *a, const struct gw_image_spec *b)
 {
 	return a->ops == b->ops && a->block_size == b->block_size && a->read_only == b->read_only &&
+	       a->track_changes == b->track_changes &&
+	       a->change_granularity == b->change_granularity &&
 	       gw_opt_equal(&a->ops->schema, a->opts, b->opts);
 }
 
@@ -1733,6 +1744,9 @@ static char *manifest_text(const char *skip_id, const char *add_image, const cha
 		fprintf(f, "  %s: { backend: %s", q(&keep, s->name), s->ops->name);
 		if (s->block_size)
 			fprintf(f, ", block-size: %u", s->block_size);
+		if (s->track_changes)
+			fprintf(f, ", track-changes: true, change-granularity: %u",
+				s->change_granularity);
 		fprintf(f, "%s%s }\n", o && *o ? ", " : "", o ? o : "");
 		free(o);
 	}
@@ -1973,19 +1987,22 @@ static const struct {
 
 static json_object *ctl_handler(json_object *req, void *arg)
 {
-	json_object *cmd;
+	json_object *cmd, *reply;
 	const char *name;
 
 	if (!json_object_object_get_ex(req, "command", &cmd) ||
 	    !json_object_is_type(cmd, json_type_string))
 		return gw_ctl_error(-EINVAL, "missing \"command\" (a string such as \"status\")");
 	name = json_object_get_string(cmd);
+	if ((reply = gw_track_command(name, req)))
+		return reply;
 	for (size_t i = 0; i < GW_ARRAY_SIZE(commands); i++)
 		if (strcmp(commands[i].name, name) == 0)
 			return commands[i].fn(req);
 	return gw_ctl_error(-EOPNOTSUPP,
 			    "unknown command '%s' (commands: status, version, apply, export-add, "
-			    "export-del, save-manifest)",
+			    "export-del, save-manifest, checkpoint-create, checkpoint-list, "
+			    "checkpoint-delete)",
 			    name);
 }
 
@@ -2200,6 +2217,12 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 			    !(rq[i].b = gw_fault_wrap(rq[i].b, s->fault, rq[i].err,
 						      sizeof(rq[i].err))))
 				bad++;
+			else if (rq[i].b && gw_track_attach(rq[i].b, s, gw.run_dir, rq[i].err,
+							    sizeof(rq[i].err)) < 0) {
+				gw_backend_close(rq[i].b);
+				rq[i].b = NULL;
+				bad++;
+			}
 			if (!rq[i].b)
 				fprintf(stderr, "%s:%d:%d: image '%s': %s\n", m->path, s->line,
 					s->col, s->name, rq[i].err);

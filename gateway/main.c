@@ -11,6 +11,7 @@
 #include "config/preflight.h"
 #include "gateway/control.h"
 #include "gateway/gateway.h"
+#include "gateway/track.h"
 #include "lib/log.h"
 #include "gateway/transport.h"
 #include "lib/util.h"
@@ -31,6 +32,7 @@ static void usage_main(FILE *f)
 		   "  status           show the exports of a running gateway\n"
 		   "  apply MANIFEST   make a running gateway converge on MANIFEST\n"
 		   "  save-manifest    write a manifest of a running gateway's state\n"
+		   "  checkpoint       create, list or delete checkpoints of tracked images\n"
 		   "  version          print the version\n"
 		   "  help [COMMAND]   show help\n"
 		   "\n"
@@ -792,9 +794,13 @@ static const struct {
 	int (*run)(int argc, char **argv);
 	void (*usage)(FILE *f);
 } commands[] = {
-	{ "serve", cmd_serve, usage_serve },       { "check", cmd_check, usage_check },
-	{ "status", cmd_status, usage_status },    { "apply", cmd_apply, usage_apply },
-	{ "save-manifest", cmd_save, usage_save }, { "version", cmd_version, usage_version },
+	{ "serve", cmd_serve, usage_serve },
+	{ "check", cmd_check, usage_check },
+	{ "status", cmd_status, usage_status },
+	{ "apply", cmd_apply, usage_apply },
+	{ "save-manifest", cmd_save, usage_save },
+	{ "version", cmd_version, usage_version },
+	{ "checkpoint", gw_cli_checkpoint, gw_cli_checkpoint_usage },
 };
 
 static int cmd_help(int argc, char **argv)
@@ -810,7 +816,7 @@ static int cmd_help(int argc, char **argv)
 		}
 	}
 	fprintf(stderr,
-		"blkgw help: unknown command '%s' (commands: serve, check, status, apply, save-manifest, version, help)\n",
+		"blkgw help: unknown command '%s' (commands: serve, check, status, apply, save-manifest, checkpoint, version, help)\n",
 		argv[1]);
 	return 2;
 }
