@@ -118,16 +118,24 @@ int gw_ioq_wait(struct gw_ioq *q)
 	struct io_uring_cqe *cqe;
 	int rc;
 
-	rc = gw_ioq_submit(q);
-	if (rc < 0)
-		return rc;
-	if (!q->inflight)
-		return 0;
-	do {
-		rc = io_uring_wait_cqe(&q->ring, &cqe);
-	} while (rc == -EINTR);
-	if (rc < 0)
-		return rc;
+	if (q->queued) {
+		/* One system call, not two: submit what is queued and wait for a completion. */
+		do {
+			rc = io_uring_submit_and_wait(&q->ring, 1);
+		} while (rc == -EINTR);
+		if (rc < 0)
+			return rc;
+		q->inflight += (unsigned)rc;
+		q->queued -= GW_MIN(q->queued, (unsigned)rc);
+	} else {
+		if (!q->inflight)
+			return 0;
+		do {
+			rc = io_uring_wait_cqe(&q->ring, &cqe);
+		} while (rc == -EINTR);
+		if (rc < 0)
+			return rc;
+	}
 	gw_ioq_reap(q);
 	return 0;
 }
