@@ -64,6 +64,12 @@ static const struct gw_opt_desc ublk_opts_table[] = {
 	  .max = 32 << 20,
 	  .def = 512 << 10,
 	  .help = "largest request, a multiple of 4K up to 32M; each queue keeps depth x max-io of buffers (default 512K)" },
+	{ .key = "poll-us",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct ublk_opts, poll_us),
+	  .max = 1000,
+	  .def = 50,
+	  .help = "a queue-depth-1 client that comes back quickly has its queue's ring polled up to this long instead of the thread sleeping (adaptive; 0: never; default 50)" },
 };
 
 static void ublk_check_opts(const void *opts, struct gw_opt_report *r)
@@ -738,6 +744,7 @@ static int ublk_start(struct gw_export *e, char *err, size_t errlen)
 	if (!d)
 		return -ENOMEM;
 	d->exp = e;
+	d->poll_us = o->poll_us;
 	d->cdev_fd = -1;
 	d->ctrl.fd = -1;
 	pthread_mutex_init(&d->lock, NULL);

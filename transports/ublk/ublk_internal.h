@@ -37,6 +37,7 @@ struct ublk_opts {
 	uint32_t queues;
 	uint32_t depth;
 	uint64_t max_io;
+	uint32_t poll_us;
 };
 
 /* "-1", "auto" -> UBLK_ID_AUTO; "N" -> N (< 1<<20). 0 or -EINVAL. */
@@ -135,7 +136,12 @@ struct ublk_queue {
 	unsigned live; /* tags with a command of ours pending */
 	unsigned busy; /* tags with the backend */
 	bool ring_ok;
-	int quit_fd; /* eventfd: the control thread asks the thread to end */
+	/* Polling for a queue-depth-1 client (see ublk_queue.c) */
+	uint32_t poll_ns;    /* the window now (0: sleep at once) */
+	uint64_t idle_since; /* when the last answer left, 0 while busy */
+	unsigned turn_reqs;  /* requests that arrived since the queue was last idle */
+	uint8_t serial;      /* idle periods in a row that ended with one request */
+	int quit_fd;         /* eventfd: the control thread asks the thread to end */
 	struct gw_uring_cb quit_cb;
 	bool quit;
 	cpu_set_t cpus; /* GET_QUEUE_AFFINITY's answer, applied to the thread */
@@ -150,8 +156,9 @@ struct ublk_dev {
 	uint32_t dev_id;
 	uint16_t nr_queues, depth;
 	uint32_t max_io;
-	uint64_t flags; /* what ADD_DEV returned */
-	int cdev_fd;    /* /dev/ublkcN */
+	uint32_t poll_us; /* the poll-us option */
+	uint64_t flags;   /* what ADD_DEV returned */
+	int cdev_fd;      /* /dev/ublkcN */
 	struct ublk_queue q[UBLK_MAX_QUEUES];
 	bool recovered; /* taken over from a dead daemon */
 	int old_pid;

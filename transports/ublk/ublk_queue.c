@@ -12,6 +12,7 @@
  * (through an eventfd on the ring) and no backend work is pending.
  */
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "lib/coalesce.h"
 #include "lib/log.h"
 #include "lib/util.h"
 #include "transports/ublk/ublk_internal.h"
@@ -79,11 +81,67 @@ static void handle(struct ublk_tag *t)
 		io_done(&t->io);
 }
 
+/*
+ * Polling. At queue depth 1 the next request arrives a few microseconds
+ * after the answer to the last one; a thread asleep in io_uring_enter then
+ * costs a wake-up (in a VM, an IPI to a halted vCPU) on every request. As
+ * NBD's workers do for their sockets (nbd_conn.c), a queue that went idle
+ * after serving strictly one request at a time, many times running, spins
+ * on its completion ring for a window instead of sleeping: the kernel's
+ * task work (the next request) interrupts the spinning thread and lands in
+ * the ring. The window grows while the client comes back in time and
+ * closes when it does not (gw_poll_window_next), so a slow or deep client
+ * costs nothing; the spinning thread yields its CPU every few
+ * microseconds, in case the client waits for it.
+ */
+#define UBLK_POLL_SERIAL_RUN 8
+
+static void came_back(struct ublk_queue *q)
+{
+	uint32_t max = q->d->poll_us * 1000u;
+
+	q->poll_ns = gw_poll_window_next(q->poll_ns, gw_now_ns() - q->idle_since, max, 2ull * max);
+	q->idle_since = 0;
+}
+
+/* Everything answered: note when, and poll for the next request if it pays. 1: one came. */
+static int went_idle(struct ublk_queue *q)
+{
+	uint64_t now, until, yield;
+
+	q->serial = q->turn_reqs == 1 ? (uint8_t)GW_MIN(q->serial + 1u, 255u) : 0;
+	q->turn_reqs = 0;
+	if (!q->d->poll_us)
+		return 0;
+	if (gw_ioq_submit(&q->ioq) < 0)
+		return 0;
+	q->idle_since = now = gw_now_ns();
+	if (!q->poll_ns || q->serial < UBLK_POLL_SERIAL_RUN)
+		return 0;
+	until = now + q->poll_ns;
+	yield = now + GW_POLL_YIELD_NS;
+	while (!io_uring_cq_ready(&q->ioq.ring)) {
+		now = gw_now_ns();
+		if (now >= until)
+			return 0;
+		if (now >= yield) {
+			sched_yield();
+			yield = now + GW_POLL_YIELD_NS;
+		}
+	}
+	return 1;
+}
+
 static void tag_cb(struct gw_uring_cb *cb, int res)
 {
 	struct ublk_tag *t = container_of(cb, struct ublk_tag, cb);
 
 	if (gw_likely(res == UBLK_IO_RES_OK)) {
+		struct ublk_queue *q = t->q;
+
+		q->turn_reqs++;
+		if (q->idle_since)
+			came_back(q);
 		handle(t);
 		return;
 	}
@@ -218,6 +276,10 @@ static void *queue_main(void *arg)
 		return NULL;
 	}
 	while (q->live && !(q->quit && !q->busy)) {
+		if (!q->busy && went_idle(q)) {
+			gw_ioq_reap(&q->ioq);
+			continue;
+		}
 		rc = gw_ioq_wait(&q->ioq);
 		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
 			gw_err("ublk%u queue %u: io_uring: %s", d->dev_id, q->id, strerror(-rc));
