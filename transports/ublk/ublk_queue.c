@@ -113,10 +113,9 @@ static int went_idle(struct ublk_queue *q)
 	q->turn_reqs = 0;
 	if (!q->d->poll_us)
 		return 0;
-	if (gw_ioq_submit(&q->ioq) < 0)
-		return 0;
 	q->idle_since = now = gw_now_ns();
-	if (!q->poll_ns || q->serial < UBLK_POLL_SERIAL_RUN)
+	/* Not polling: the answers go out with the wait, in one system call. */
+	if (!q->poll_ns || q->serial < UBLK_POLL_SERIAL_RUN || gw_ioq_submit(&q->ioq) < 0)
 		return 0;
 	until = now + q->poll_ns;
 	yield = now + GW_POLL_YIELD_NS;
