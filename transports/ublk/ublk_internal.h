@@ -141,6 +141,7 @@ struct ublk_queue {
 	uint64_t idle_since; /* when the last answer left, 0 while busy */
 	unsigned turn_reqs;  /* requests that arrived since the queue was last idle */
 	uint8_t serial;      /* idle periods in a row that ended with one request */
+	bool polled;         /* the window opened once (logged) */
 	int quit_fd;         /* eventfd: the control thread asks the thread to end */
 	struct gw_uring_cb quit_cb;
 	bool quit;

@@ -102,6 +102,11 @@ static void came_back(struct ublk_queue *q)
 
 	q->poll_ns = gw_poll_window_next(q->poll_ns, gw_now_ns() - q->idle_since, max, 2ull * max);
 	q->idle_since = 0;
+	if (q->poll_ns && !q->polled) {
+		q->polled = true; /* said once per queue: the window may open and close often */
+		gw_debug("ublk%u queue %u: a serial client: polling up to %u us", q->d->dev_id,
+			 q->id, q->d->poll_us);
+	}
 }
 
 /* Everything answered: note when, and poll for the next request if it pays. 1: one came. */
