@@ -568,7 +568,6 @@ static int finish_short(struct file_backend *f, struct gw_io *io, uint64_t done)
 			if (io->op == GW_OP_READ) {
 				/* Past end of file (it shrank under us): reads as zeros. */
 				memset(p + pos, 0, left - pos);
-				pos = left;
 				break;
 			}
 			rc = -EIO;
@@ -589,8 +588,7 @@ static int zero_fallback(struct file_backend *f, struct gw_io *io);
 static void file_cb(struct gw_uring_cb *cb, int res)
 {
 	struct gw_io *io = container_of(cb, struct gw_io, ucb);
-	struct file_backend *f = io->scratch[3] ? (struct file_backend *)(uintptr_t)io->scratch[3]
-						: NULL;
+	struct file_backend *f = (struct file_backend *)(uintptr_t)io->scratch[3];
 
 	if (io->scratch[0] == ST_FUA_SYNC) {
 		file_finish(io, res < 0 ? res : 0);
@@ -605,13 +603,13 @@ static void file_cb(struct gw_uring_cb *cb, int res)
 			res = 0;
 		break;
 	case GW_OP_TRIM:
-		if (res == -EOPNOTSUPP || res == -ENOTSUP) {
+		if (res == -EOPNOTSUPP) {
 			f->no_punch = true;
 			res = 0; /* a hint */
 		}
 		break;
 	case GW_OP_WRITE_ZEROES:
-		if (res == -EOPNOTSUPP || res == -ENOTSUP || res == -EINVAL) {
+		if (res == -EOPNOTSUPP || res == -EINVAL) {
 			if (io->flags & GW_IO_NO_UNMAP)
 				f->no_zero_range = true;
 			else

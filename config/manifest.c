@@ -159,7 +159,7 @@ static char *words_join(const struct words *w)
 		return NULL;
 	*p = '\0';
 	for (size_t i = 0; i < w->n; i++)
-		p += sprintf(p, "%s%s", i ? ", " : "", w->v[i]);
+		p += snprintf(p, len - (size_t)(p - s), "%s%s", i ? ", " : "", w->v[i]);
 	return s;
 }
 
@@ -673,7 +673,7 @@ static void load_image(struct loader *L, const struct ynode *k, const struct yno
 	char prefix[128]; /* the name is at most 64 bytes */
 
 	for (size_t j = 0; j < m->nimages; j++)
-		if (strcmp(m->images[j].name, k->text) == 0)
+		if (m->images[j].name && strcmp(m->images[j].name, k->text) == 0)
 			return; /* reported by check_dup_keys */
 	if (!valid_name(k->text)) {
 		diag_at(L->d, k,
@@ -684,6 +684,11 @@ static void load_image(struct loader *L, const struct ynode *k, const struct yno
 	snprintf(prefix, sizeof(prefix), "image '%s': ", k->text);
 	img = &m->images[m->nimages++];
 	img->name = strdup(k->text);
+	if (!img->name) {
+		m->nimages--;
+		diag_at(L->d, k, "%sout of memory", prefix);
+		return;
+	}
 	img->line = k->line;
 	img->col = k->col;
 	if (v->type != YN_MAP) {

@@ -71,6 +71,8 @@ static int remember(struct builder *b, const yaml_char_t *anchor, struct ynode *
 	if (b->nanchors >= YT_MAX_ANCHORS)
 		return -E2BIG;
 	b->anchors[b->nanchors].name = strdup((const char *)anchor);
+	if (!b->anchors[b->nanchors].name)
+		return -ENOMEM;
 	b->anchors[b->nanchors].node = n;
 	b->nanchors++;
 	return 0;
@@ -204,7 +206,8 @@ int ytree_load(const char *path, struct ytree *t, int *line, int *col, char *msg
 			break;
 		case YAML_SEQUENCE_END_EVENT:
 		case YAML_MAPPING_END_EVENT:
-			b.depth--;
+			if (b.depth > 0) /* libyaml balances them; never below the root */
+				b.depth--;
 			break;
 		case YAML_ALIAS_EVENT: {
 			int i;

@@ -139,7 +139,8 @@ static void client_reply(struct ctl_client *c, json_object *reply)
 	char *b = realloc(c->out, c->outlen + n + 1);
 
 	if (b) {
-		memcpy(b + c->outlen, s, n);
+		/* A newline-framed byte stream, not a C string. */
+		memcpy(b + c->outlen, s, n); // NOLINT(bugprone-not-null-terminated-result)
 		b[c->outlen + n] = '\n';
 		c->out = b;
 		c->outlen += n + 1;
@@ -300,7 +301,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 		for (c = ctl.clients; c; c = c->next)
 			if (c->last < old->last)
 				old = c;
-		client_close(old);
+		if (old)
+			client_close(old);
 	}
 	if (!(c = calloc(1, sizeof(*c)))) {
 		close(fd);

@@ -2326,7 +2326,7 @@ fail_stop:
 	if (gw.stopping)
 		ev_run(loop, 0);
 fail:
-	for (size_t i = 0; i < gw.nimages; i++)
+	for (size_t i = 0; gw.images && i < gw.nimages; i++)
 		if (gw.images[i].b)
 			gw.images[i].b->start_failed = true; /* remove what opening created */
 	cleanup();

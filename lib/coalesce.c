@@ -53,13 +53,13 @@ uint64_t gw_coalesce_update(struct gw_coalesce *c, uint64_t now, unsigned reqs)
 		}
 		break;
 	case GW_CO_MEASURE_OFF:
-		if (dt >= c->epoch_ns) {
+		if (dt >= c->epoch_ns && dt > 0) {
 			c->rate_off = c->reqs * 1000000000ull / dt;
 			enter(c, GW_CO_MEASURE_ON, now);
 		}
 		break;
 	case GW_CO_MEASURE_ON:
-		if (dt >= c->epoch_ns) {
+		if (dt >= c->epoch_ns && dt > 0) {
 			uint64_t rate_on = c->reqs * 1000000000ull / dt;
 
 			c->current = rate_on * 100 >= c->rate_off * CO_GAIN_PCT && rate_on > 0

@@ -297,7 +297,7 @@ static int resolve_id(const char *text, bool group, uint32_t *id)
 
 		rc = getgrnam_r(text, &gr, buf, sizeof(buf), &g);
 		if (rc)
-			return -rc;
+			return rc > 0 ? -rc : -EIO;
 		if (!g)
 			return -ENOENT;
 		*id = (uint32_t)g->gr_gid;
@@ -307,7 +307,7 @@ static int resolve_id(const char *text, bool group, uint32_t *id)
 
 		rc = getpwnam_r(text, &pw, buf, sizeof(buf), &u);
 		if (rc)
-			return -rc;
+			return rc > 0 ? -rc : -EIO;
 		if (!u)
 			return -ENOENT;
 		*id = (uint32_t)u->pw_uid;
@@ -417,7 +417,7 @@ int gw_opt_set(const struct gw_opt_desc *d, const char *text, const char *dir, v
 	}
 	case GW_OPT_USER:
 	case GW_OPT_GROUP: {
-		uint32_t id;
+		uint32_t id = 0;
 		const char *what = d->type == GW_OPT_GROUP ? "group" : "user";
 
 		rc = resolve_id(text, d->type == GW_OPT_GROUP, &id);

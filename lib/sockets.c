@@ -93,8 +93,14 @@ static int creatable(const char *what, const char *path, char *why, size_t len)
 	for (;;) {
 		char *slash = strrchr(dir, '/');
 
-		if (!slash || slash == dir) {
-			strcpy(dir, slash ? "/" : ".");
+		if (slash == dir) { /* the root */
+			dir[1] = '\0';
+			break;
+		}
+		if (!slash) { /* relative to the working folder (dir may be "") */
+			free(dir);
+			if (!(dir = strdup(".")))
+				return -ENOMEM;
 			break;
 		}
 		*slash = '\0';

@@ -21,6 +21,8 @@ struct gw_sock_perm {
  * decoded into the struct gw_sock_perm FIELD of STYPE.
  */
 // clang-format off
+// offsetof's arguments cannot be parenthesised:
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define GW_SOCK_PERM_OPTS(stype, field, prefix)                                        \
 	{ .key = prefix "socket-mode", .type = GW_OPT_MODE,                            \
 	  .offset = offsetof(stype, field.mode), .def = 0600,                          \
@@ -31,6 +33,7 @@ struct gw_sock_perm {
 	{ .key = prefix "socket-group", .type = GW_OPT_GROUP,                          \
 	  .offset = offsetof(stype, field.gid),                                        \
 	  .help = "group of the unix socket, a group name or gid (default: blkgw's)" }
+// NOLINTEND(bugprone-macro-parentheses)
 // clang-format on
 
 /* Do two sockets get the same owner, group and mode? */

@@ -1,9 +1,9 @@
 #!/bin/sh
 # Static checks of the daemon's C sources (ctest lint.cppcheck):
 #   scripts/check-static.sh cppcheck [BUILD]   cppcheck, warnings and portability
-#   scripts/check-static.sh tidy BUILD         clang-tidy (not yet clean, not in ctest)
-# cppcheck must be clean: fix a finding, or (a false positive only) add it
-# to scripts/cppcheck.supp with a comment saying why.
+#   scripts/check-static.sh tidy BUILD         clang-tidy with .clang-tidy (ctest static.clang_tidy)
+# Both must be clean: fix a finding, or (a false positive only) add it to
+# scripts/cppcheck.supp, or a NOLINT(check) for clang-tidy, saying why.
 set -eu
 cd "$(dirname "$0")/.."
 tool=${1:?usage: check-static.sh cppcheck|tidy [BUILD]}

@@ -202,6 +202,7 @@ static void round_trip(struct probe *p, uint64_t off, uint64_t len, bool do_disc
 
 	memset(rbuf, 0xee, len);
 	rq = (struct vu_blk_req){ .op = VU_BLK_READ, .offset = off, .len = len, .buf = rbuf };
+	memset(&cpl, 0, sizeof(cpl));
 	r = run1(p, &rq, &cpl);
 	check(p, r == 0, strerror(-r), "read back");
 	if (p->verbose)

@@ -352,7 +352,7 @@ static uint64_t bounce_size(struct vduse_exp *x)
 static int start_queues(struct vduse_exp *x)
 {
 	struct vduse_vq_info info[VDUSE_MAX_QUEUES];
-	bool ready[VDUSE_MAX_QUEUES], any = false;
+	bool ready[VDUSE_MAX_QUEUES] = { false }, any = false;
 	uint64_t features = 0;
 	char err[256];
 	int rc;

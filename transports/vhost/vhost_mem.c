@@ -102,12 +102,12 @@ static int map_region(const struct vhost_mem_region *r, int fd, struct vhost_map
 	base = mmap(NULL, (size_t)(r->memory_size + delta), PROT_READ | PROT_WRITE,
 		    MAP_SHARED | MAP_NORESERVE, fd, (off_t)aligned);
 	if (base == MAP_FAILED) {
-		int rc = -errno;
+		int e = errno;
 
 		gw_seterr(err, errlen, "cannot map region gpa 0x%llx (0x%llx bytes): %s",
 			  (unsigned long long)r->guest_phys_addr,
-			  (unsigned long long)r->memory_size, strerror(errno));
-		return rc;
+			  (unsigned long long)r->memory_size, strerror(e));
+		return e > 0 ? -e : -EIO;
 	}
 	mp = calloc(1, sizeof(*mp));
 	if (!mp) {
@@ -219,7 +219,8 @@ struct vhost_mem *vhost_mem_build(const struct vhost_mem *base, const struct vho
 
 		rc = map_region(&r[i], fds[i], &mp, err, errlen);
 		close(fds[i]);
-		if (rc < 0) {
+		if (rc < 0 || !mp) {
+			rc = rc < 0 ? rc : -EIO;
 			i++;
 			goto fail;
 		}

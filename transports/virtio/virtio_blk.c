@@ -83,7 +83,7 @@ uint8_t vblk_status(int result)
 {
 	if (result == 0)
 		return VIRTIO_BLK_S_OK;
-	if (result == -ENOTSUP || result == -EOPNOTSUPP)
+	if (result == -EOPNOTSUPP) /* == -ENOTSUP on Linux */
 		return VIRTIO_BLK_S_UNSUPP;
 	return VIRTIO_BLK_S_IOERR;
 }

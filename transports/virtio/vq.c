@@ -92,10 +92,10 @@ static const struct vring_desc *indirect_table(struct vq *q, uint64_t addr, uint
 	if (!q->ind_buf && !(q->ind_buf = malloc(VQ_MAX_INDIRECT * sizeof(struct vring_desc))))
 		return NULL;
 	for (unsigned i = 0; i < n; i++) {
-		memcpy(q->ind_buf + off, iov[i].iov_base, iov[i].iov_len);
+		memcpy((uint8_t *)q->ind_buf + off, iov[i].iov_base, iov[i].iov_len);
 		off += iov[i].iov_len;
 	}
-	return (const struct vring_desc *)q->ind_buf;
+	return q->ind_buf;
 }
 
 /* Whether [addr, addr + len) is mapped, without producing iovecs. */

@@ -80,7 +80,7 @@ struct vq {
 	uint16_t inuse;   /* popped, not pushed */
 	uint64_t counter; /* inflight pop counter */
 	uint8_t *busy;    /* num flags: head handed out */
-	uint8_t *ind_buf; /* gathers an indirect table split across regions */
+	struct vring_desc *ind_buf; /* gathers an indirect table split across regions */
 };
 
 struct vq_elem {
