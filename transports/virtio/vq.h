@@ -77,9 +77,9 @@ struct vq {
 	uint16_t signalled_used;
 	bool signalled_valid;
 	bool broken;
-	uint16_t inuse;   /* popped, not pushed */
-	uint64_t counter; /* inflight pop counter */
-	uint8_t *busy;    /* num flags: head handed out */
+	uint16_t inuse;             /* popped, not pushed */
+	uint64_t counter;           /* inflight pop counter */
+	uint8_t *busy;              /* num flags: head handed out */
 	struct vring_desc *ind_buf; /* gathers an indirect table split across regions */
 };
 
