@@ -274,6 +274,7 @@ static int rec_read(const char *path, struct vduse_rec *r)
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	bool ok;
 
+	memset(r, 0, sizeof(*r));
 	if (fd < 0)
 		return -errno;
 	ok = fstat(fd, &st) == 0 && st.st_size >= (off_t)sizeof(*r) &&
