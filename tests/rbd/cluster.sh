@@ -81,6 +81,11 @@ osd data = $d/osd/\$cluster-\$id
 osd objectstore = memstore
 osd op num shards = 2
 osd op num threads per shard = 1
+# A PG's read lease is osd_heartbeat_grace x 0.8 (16 s). The stall test
+# SIGSTOPs the only OSD; stopped past the lease, its PGs sat "waiting for
+# readable" for good after SIGCONT (seen under ASan, 180 s+). One OSD has no
+# peers to fail over to, so a long lease costs nothing here.
+osd heartbeat grace = 600
 [client]
 log file = /dev/null
 admin socket =
