@@ -12,6 +12,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "config/manifest.h"
 #include "lib/log.h"
 #include "lib/sockets.h"
 #include "lib/util.h"
@@ -430,4 +431,36 @@ json_object *gw_ctl_request_ms(const char *path, json_object *req, int timeout_m
 	free(buf);
 	close(fd);
 	return reply;
+}
+
+/* See control.h. */
+const char *gw_ctl_socket_path(const char *control, const char *manifest, char **owned)
+{
+	*owned = NULL;
+	if (control)
+		return control;
+	if (manifest) {
+		struct gw_manifest *m;
+		struct gw_diags d = { 0 };
+
+		if (gw_manifest_load(manifest, false, &m, &d) < 0) {
+			gw_diags_print(&d, manifest, stderr);
+			gw_diags_free(&d);
+			return NULL;
+		}
+		*owned = strdup(m->gw.control_socket);
+		gw_manifest_free(m);
+		return *owned;
+	}
+	control = getenv("BLKGW_CONTROL");
+	if (control && *control)
+		return control;
+	{
+		char *rd = gw_default_run_dir();
+
+		if (rd && asprintf(owned, "%s/control.sock", rd) < 0)
+			*owned = NULL;
+		free(rd);
+	}
+	return *owned;
 }

@@ -44,5 +44,12 @@ json_object *gw_ctl_error(int code, const char *fmt, ...) __attribute__((format(
 json_object *gw_ctl_request(const char *path, json_object *req, int *code, char *err,
 			    size_t errlen);
 /* The same, waiting up to timeout_ms for the answer (10 s above). */
+/*
+ * The control socket a CLI command talks to: control (--control), else the
+ * one the manifest declares, else $BLKGW_CONTROL, else the default run dir's.
+ * *owned is what to free. NULL (reported) when the manifest cannot be read.
+ */
+const char *gw_ctl_socket_path(const char *control, const char *manifest, char **owned);
+
 json_object *gw_ctl_request_ms(const char *path, json_object *req, int timeout_ms, int *code,
 			       char *err, size_t errlen);

@@ -578,42 +578,6 @@ static int cmd_status(int argc, char **argv)
 	return rc;
 }
 
-/*
- * The control socket to talk to: --control, else the one a manifest
- * declares, else $BLKGW_CONTROL, else the default run dir's. *owned is what
- * to free. NULL (reported) when the manifest cannot be read.
- */
-static const char *control_socket(const char *control, const char *manifest, char **owned)
-{
-	*owned = NULL;
-	if (control)
-		return control;
-	if (manifest) {
-		struct gw_manifest *m;
-		struct gw_diags d = { 0 };
-
-		if (gw_manifest_load(manifest, false, &m, &d) < 0) {
-			gw_diags_print(&d, manifest, stderr);
-			gw_diags_free(&d);
-			return NULL;
-		}
-		*owned = strdup(m->gw.control_socket);
-		gw_manifest_free(m);
-		return *owned;
-	}
-	control = getenv("BLKGW_CONTROL");
-	if (control && *control)
-		return control;
-	{
-		char *rd = gw_default_run_dir();
-
-		if (rd && asprintf(owned, "%s/control.sock", rd) < 0)
-			*owned = NULL;
-		free(rd);
-	}
-	return *owned;
-}
-
 /* Send req (taken), return the reply when it says ok; else print why and NULL. */
 static json_object *ask(const char *who, const char *control, json_object *req, bool as_json)
 {
@@ -682,7 +646,7 @@ static int cmd_apply(int argc, char **argv)
 	}
 	if (want_manifest("apply", argc, argv, usage_apply))
 		return 2;
-	control = control_socket(control, argv[optind], &owned);
+	control = gw_ctl_socket_path(control, argv[optind], &owned);
 	if (!control) {
 		fprintf(stderr, "blkgw apply: %s has errors; nothing was changed\n", argv[optind]);
 		return 1;
@@ -759,7 +723,7 @@ static int cmd_save(int argc, char **argv)
 		usage_save(stderr);
 		return 2;
 	}
-	control = control_socket(control, manifest, &owned);
+	control = gw_ctl_socket_path(control, manifest, &owned);
 	if (!control)
 		return 1;
 	req = json_object_new_object();

@@ -35,24 +35,6 @@ void gw_cli_checkpoint_usage(FILE *f)
 		"  --json              print the daemon's JSON reply\n");
 }
 
-static const char *control_path(const char *control, char **owned)
-{
-	*owned = NULL;
-	if (control)
-		return control;
-	control = getenv("BLKGW_CONTROL");
-	if (control && *control)
-		return control;
-	{
-		char *rd = gw_default_run_dir();
-
-		if (rd && asprintf(owned, "%s/control.sock", rd) < 0)
-			*owned = NULL;
-		free(rd);
-	}
-	return *owned;
-}
-
 static const char *jstr(json_object *o, const char *key)
 {
 	json_object *v;
@@ -125,7 +107,7 @@ int gw_cli_checkpoint(int argc, char **argv)
 		gw_cli_checkpoint_usage(stderr);
 		return 2;
 	}
-	sock = control_path(control, &owned);
+	sock = gw_ctl_socket_path(control, NULL, &owned);
 	req = json_object_new_object();
 	{
 		char cmd[32];
