@@ -2002,7 +2002,7 @@ static json_object *ctl_handler(json_object *req, void *arg)
 	return gw_ctl_error(-EOPNOTSUPP,
 			    "unknown command '%s' (commands: status, version, apply, export-add, "
 			    "export-del, save-manifest, checkpoint-create, checkpoint-list, "
-			    "checkpoint-delete)",
+			    "checkpoint-delete, checkpoint-changes)",
 			    name);
 }
 

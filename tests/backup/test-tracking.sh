@@ -71,5 +71,11 @@ start_blkgw "$T/m.yaml"
 rc=0; "$BLKGW" checkpoint changes disk c4 >/dev/null 2>"$T/err" || rc=$?
 [ "$rc" = 3 ] && grep -q "changed while blkgw was not serving" "$T/err" ||
   fail "an image changed behind blkgw's back is not reported ($rc: $(cat "$T/err"))"
+# An unknown control command names every checkpoint command among the ones there are.
+/usr/bin/python3 "$(dirname "$0")/../ops/ctl.py" "$BLKGW_CONTROL" '{"command": "frobnicate"}' >"$T/unk.json" || true
+for c in create list delete changes; do
+  jq -e --arg c "checkpoint-$c" '.error.message | contains($c)' "$T/unk.json" >/dev/null ||
+    fail "unknown-command answer does not list checkpoint-$c: $(cat "$T/unk.json")"
+done
 stop_blkgw
 echo "tracking: ok"
