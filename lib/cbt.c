@@ -284,7 +284,7 @@ int gw_cbt_open(struct gw_cbt **out, const char *dir, uint64_t size, uint32_t gr
 	t->nwords = (t->nbits + 63) / 64;
 	pthread_rwlock_init(&t->lock, NULL);
 	pthread_mutex_init(&t->mu, NULL);
-	rc = t->dir ? gw_mkdir_p(dir) : -ENOMEM;
+	rc = t->dir ? gw_mkdir_parents(dir) : -ENOMEM; /* DIR itself is 0700 */
 	if (rc == 0 && mkdir(dir, 0700) < 0 && errno != EEXIST)
 		rc = -errno;
 	if (rc < 0) {

@@ -16,7 +16,8 @@
 
 static int mkdir_upto(char *p, char *stop)
 {
-	for (char *s = p + 1; s <= stop && *s; s++) {
+	/* Each folder ends at a '/' or at STOP (the end of the string for gw_mkdir_p). */
+	for (char *s = p + 1; s <= stop && (*s || s == stop); s++) {
 		if (*s != '/' && s != stop)
 			continue;
 		char c = *s;

@@ -3,11 +3,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
 #include "lib/cbt.h"
+#include "lib/sockets.h"
 
 #define SIZE  (64ull << 20)
 #define GRAN  65536u
@@ -222,6 +224,27 @@ static void test_untrusted(void)
 	}
 }
 
+/* gw_mkdir_p creates every folder of a path, the last one too; gw_mkdir_parents all but the last.
+ */
+static void test_mkdir(void)
+{
+	char p[400];
+	struct stat st;
+
+	snprintf(p, sizeof(p), "%s/m/a/b", dir);
+	CHECK(gw_mkdir_p(p) == 0);
+	CHECK(stat(p, &st) == 0 && S_ISDIR(st.st_mode));
+	CHECK(gw_mkdir_p(p) == 0);
+	snprintf(p, sizeof(p), "%s/m/x/y/", dir);
+	CHECK(gw_mkdir_p(p) == 0);
+	CHECK(stat(p, &st) == 0 && S_ISDIR(st.st_mode));
+	snprintf(p, sizeof(p), "%s/m/q/r/file", dir);
+	CHECK(gw_mkdir_parents(p) == 0);
+	CHECK(stat(p, &st) < 0 && errno == ENOENT);
+	snprintf(p, sizeof(p), "%s/m/q/r", dir);
+	CHECK(stat(p, &st) == 0 && S_ISDIR(st.st_mode));
+}
+
 int main(void)
 {
 	snprintf(dir, sizeof(dir), "%s/blkgw-cbt.XXXXXX",
@@ -234,6 +257,7 @@ int main(void)
 	test_kill();
 	test_rotation();
 	test_untrusted();
+	test_mkdir();
 	{
 		char cmd[300];
 
