@@ -162,7 +162,7 @@ exports:
 YAML
   start_blkgw "$T/m.yaml"
   start_vm vhost-blkgw-reconnect.sh --bin fio -- "${mem_args[@]}" --smp 2 --vhost-user-blk "$run/vu.sock,num-queues=2" \
-    --append "blkgw.size_mib=128 blkgw.fio_mib=112" --timeout 600
+    --append "blkgw.size_mib=128 blkgw.fio_mib=112 blkgw.fio_runs=3" --timeout 600
   wait_console BLKGW-FIO-RUNNING || { wait_vm; fail "the guest never started fio"; }
   for round in 1 2 3; do
     sleep 1
@@ -191,7 +191,7 @@ YAML
     total_re=$((total_re + resub))
   done
   wait_vm
-  grep -q 'PASS: fio randwrite' "$T/vm/console.log" || fail "fio's verify did not pass"
+  [ "$(grep -c 'PASS: fio randwrite' "$T/vm/console.log")" -eq 3 ] || fail "fio's verify did not pass in all 3 runs"
   echo "ok - 3 kills with $total_in request(s) in flight, $total_re resubmitted exactly once, fio verify passed"
   stop_blkgw
   (set +o pipefail; yes blkgw-vm-pattern | head -c 1048576) >"$T/pattern"

@@ -11,6 +11,7 @@
 
 size_mib=$(vm_arg size_mib 64)
 fio_mib=$(vm_arg fio_mib 48)
+fio_runs=$(vm_arg fio_runs 1)
 
 require "load virtio_blk" load_modules virtio_blk
 require "/dev/vda appears" wait_for 10 test -b /dev/vda
@@ -20,11 +21,17 @@ check_eq "/dev/vda is ${size_mib} MiB" $((size_mib * 2048)) "$(cat /sys/block/vd
 # pass at the end; both run across the restarts. A write acknowledged by the
 # backend and then lost, or written twice with older data after newer, fails
 # the verify.
+# fio runs fio_runs times back to back, so that on a fast machine it still
+# outlasts the host's three kills; every run verifies what it wrote.
 vm_log "BLKGW-FIO-RUNNING"
-check "fio randwrite ${fio_mib} MiB, crc32c verify, across blkgw kill -9 and restart" \
-	fio --name=reconnect --filename=/dev/vda --direct=1 --ioengine=io_uring --rw=randwrite \
-	--bs=4k --size=${fio_mib}M --iodepth=16 --verify=crc32c --do_verify=1 \
-	--verify_fatal=1 --verify_backlog=512 --randrepeat=1 --serialize_overlap=1
+run=1
+while [ $run -le "$fio_runs" ]; do
+	check "fio randwrite ${fio_mib} MiB (run $run of $fio_runs), crc32c verify, across blkgw kill -9 and restart" \
+		fio --name=reconnect --filename=/dev/vda --direct=1 --ioengine=io_uring --rw=randwrite \
+		--bs=4k --size=${fio_mib}M --iodepth=16 --verify=crc32c --do_verify=1 \
+		--verify_fatal=1 --verify_backlog=512 --randrepeat=1 --serialize_overlap=1
+	run=$((run + 1))
+done
 vm_log "BLKGW-FIO-DONE"
 # A pattern written after the last restart lands in the backing file; the host compares.
 yes blkgw-vm-pattern | head -c 1048576 >/tmp/pattern
