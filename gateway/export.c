@@ -58,7 +58,60 @@ void gw_export_free(struct gw_export *e)
 		free(e->rejected[i].why);
 	free(e->rejected);
 	free(e->stats);
+	gw_change_map_free(e->changes);
 	free(e);
+}
+
+void gw_change_map_free(struct gw_change_map *m)
+{
+	if (!m)
+		return;
+	free(m->since);
+	free(m->bits);
+	free(m);
+}
+
+uint64_t gw_export_changed_run(const struct gw_export *e, uint64_t offset, uint64_t len,
+			       bool *changed)
+{
+	const struct gw_change_map *m = e->changes;
+	uint64_t i, end;
+
+	len = GW_MIN(len, e->size - offset);
+	*changed = true;
+	if (!m || !len)
+		return len;
+	i = offset / m->granularity;
+	*changed = i < m->nchunks && gw_cbt_bit(m->bits, i);
+	end = (i + 1) * m->granularity;
+	while (end < offset + len && ++i < m->nchunks && gw_cbt_bit(m->bits, i) == *changed)
+		end += m->granularity;
+	return GW_MIN(end, offset + len) - offset;
+}
+
+/*
+ * A layer view (only_changed): a run of unchanged chunks is answered here,
+ * not allocated and not known to be zero; a changed run goes on to the
+ * backend, the query cut at its end (a client asks again for the rest).
+ * Returns true when answered.
+ */
+static bool layer_extents(struct gw_export *e, uint64_t offset, uint64_t *len,
+			  struct gw_extents *out)
+{
+	bool changed;
+	uint64_t run;
+
+	if (!e->changes || !e->changes->only_changed)
+		return false;
+	run = gw_export_changed_run(e, offset, *len, &changed);
+	/* A run ends on a chunk boundary; keep the rest of the query block aligned. */
+	run = GW_MIN(*len, (run + e->min_block - 1) & ~(uint64_t)(e->min_block - 1));
+	if (!changed) {
+		gw_extents_add(out, run, GW_EXT_HOLE);
+		return true;
+	}
+	*len = run;
+	return false;
 }
 
 static const uint32_t allowed_flags[GW_OP__COUNT] = {
@@ -262,6 +315,8 @@ int gw_export_extents(struct gw_export *e, struct gw_ioq *q, uint64_t offset, ui
 		gw_export_count_error(e, q);
 		return -EINVAL;
 	}
+	if (layer_extents(e, offset, &len, out))
+		return 0;
 	if (!e->backend->ops->extents) {
 		gw_extents_add(out, len, 0);
 		return 0;
@@ -291,6 +346,10 @@ int gw_export_extents_submit(struct gw_export *e, struct gw_ioq *q, struct gw_ex
 	    ((x->offset | x->len) & (e->min_block - 1))) {
 		gw_export_count_error(e, q);
 		x->result = -EINVAL;
+		return 1;
+	}
+	if (layer_extents(e, x->offset, &x->len, out)) {
+		x->result = 0;
 		return 1;
 	}
 	x->_export = e;

@@ -67,6 +67,21 @@ enum gw_export_state {
 struct gw_transport_ops;
 struct gw_transport_env;
 
+/*
+ * What a backup export (docs/backup.md) tells its clients besides the data:
+ * which chunks of the image changed after checkpoint `since`, up to the
+ * checkpoint it shows. Set by the daemon before start and never changed
+ * afterwards, so any I/O thread reads it without a lock.
+ */
+struct gw_change_map {
+	char *since;          /* the earlier checkpoint: NBD's qemu:dirty-bitmap:SINCE */
+	uint32_t granularity; /* bytes per chunk */
+	uint64_t nchunks;
+	uint64_t *bits;    /* one per chunk: 1 = changed */
+	bool only_changed; /* unchanged chunks are reported not allocated: a layer over `since` */
+};
+void gw_change_map_free(struct gw_change_map *m);
+
 /* A transport the export did not get, and why (its probe, or its start failing). */
 struct gw_rejected {
 	const char *transport; /* its name (static) */
@@ -108,8 +123,9 @@ struct gw_export {
 	unsigned abandoned;
 	bool free_when_idle;
 
-	atomic_uint clients;    /* connections/queues attached, kept by the transport */
-	struct gw_stats *stats; /* GW_STATS_SLOTS entries */
+	atomic_uint clients;           /* connections/queues attached, kept by the transport */
+	struct gw_stats *stats;        /* GW_STATS_SLOTS entries */
+	struct gw_change_map *changes; /* a backup export's, freed with it; else NULL */
 };
 
 /* Create an export of backend b (main thread). block_size: 0 = the backend's. */
@@ -138,6 +154,15 @@ int gw_export_extents(struct gw_export *e, struct gw_ioq *q, uint64_t offset, ui
  * without extents_async answer inline, synchronously.
  */
 int gw_export_extents_submit(struct gw_export *e, struct gw_ioq *q, struct gw_ext_req *x);
+
+/*
+ * Backup exports: the length of the run from offset (inside the image) over
+ * which every chunk is changed, or every chunk is not (*changed says which),
+ * at most len and never past the image's end. Without a change map: all of
+ * len, changed.
+ */
+uint64_t gw_export_changed_run(const struct gw_export *e, uint64_t offset, uint64_t len,
+			       bool *changed);
 
 /* Count a request the transport refused before it reached the checked layer. */
 void gw_export_count_error(struct gw_export *e, struct gw_ioq *q);

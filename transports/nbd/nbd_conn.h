@@ -46,7 +46,7 @@ struct nbd_conn {
 	bool fixed;
 	bool no_zeroes;
 	bool structured;
-	bool meta_alloc; /* base:allocation selected */
+	unsigned meta;   /* selected contexts: 1 << NBD_META_*_ID */
 	char *meta_name; /* export the selection was made for */
 	unsigned nopts;
 

@@ -213,8 +213,8 @@ static int opt_info_go(struct nbd_conn *c, uint32_t opt, const uint8_t *d, uint3
 	if (!x)
 		return unknown_export(c, opt, name, namelen);
 	/* A metadata selection counts only for the export finally chosen. */
-	if (c->meta_alloc && (!c->meta_name || strcmp(c->meta_name, x->name) != 0))
-		c->meta_alloc = false;
+	if (c->meta && (!c->meta_name || strcmp(c->meta_name, x->name) != 0))
+		c->meta = 0;
 	if (send_info(c, opt, x, req, GW_MIN(nreq, GW_ARRAY_SIZE(req))) < 0 ||
 	    nbd_opt_reply(c, opt, NBD_REP_ACK, NULL, 0) < 0) {
 		nbd_exp_unbind(x);
@@ -233,7 +233,7 @@ static int opt_export_name(struct nbd_conn *c, const uint8_t *d, uint32_t len)
 		log_refused(c, (const char *)d, len, "EXPORT_NAME, closing");
 		return -1; /* the protocol has no way to say no here */
 	}
-	c->meta_alloc = false; /* requires GO per the spec; be strict */
+	c->meta = 0; /* requires GO per the spec; be strict */
 	memset(b, 0, sizeof(b));
 	nbd_put64(b, x->exp->size);
 	nbd_put16(b + 8, nbd_tflags(x, c->structured));
@@ -299,7 +299,7 @@ static int opt_meta(struct nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t
 
 	if (set) {
 		/* Replaces the selection even when it fails. */
-		c->meta_alloc = false;
+		c->meta = 0;
 		free(c->meta_name);
 		c->meta_name = NULL;
 	}
@@ -343,42 +343,83 @@ static int opt_meta(struct nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t
 	return rc;
 }
 
+/* A context's name: qemu:dirty-bitmap: and a checkpoint name (at most 64). */
+#define META_NAME_MAX 96
+
+/* The contexts export x offers, by id; "" where it offers none. Backup exports
+ * (a change map) add qemu:dirty-bitmap:SINCE and qemu:allocation-depth. */
+static void meta_names(const struct nbd_exp *x, char names[][META_NAME_MAX])
+{
+	const struct gw_change_map *m = x->exp->changes;
+
+	snprintf(names[NBD_META_ALLOCATION_ID], sizeof(names[0]), "%s", NBD_META_ALLOCATION);
+	names[NBD_META_DIRTY_ID][0] = names[NBD_META_DEPTH_ID][0] = '\0';
+	if (!m || !m->since)
+		return; /* plain exports: one layer, nothing tracked */
+	snprintf(names[NBD_META_DIRTY_ID], sizeof(names[0]), "%s%s", NBD_META_DIRTY_PREFIX,
+		 m->since);
+	snprintf(names[NBD_META_DEPTH_ID], sizeof(names[0]), "%s", NBD_META_DEPTH);
+}
+
+/*
+ * Which offered contexts a query names: SET takes exact names only; LIST
+ * also takes a namespace ("base:", "qemu:") or a leaf prefix
+ * ("qemu:dirty-bitmap:") and lists what it covers.
+ */
+static unsigned meta_match(char names[][META_NAME_MAX], bool set, const char *q, uint32_t ql)
+{
+	unsigned hit = 0;
+
+	for (unsigned id = NBD_META_ALLOCATION_ID; id <= NBD_META_DEPTH_ID; id++) {
+		size_t n = strlen(names[id]);
+
+		if (!n)
+			continue;
+		if (ql == n && memcmp(q, names[id], n) == 0)
+			hit |= 1u << id;
+		else if (!set && ql < n && ql && q[ql - 1] == ':' && memcmp(q, names[id], ql) == 0)
+			hit |= 1u << id;
+	}
+	return hit;
+}
+
 static int meta_select(struct nbd_conn *c, uint32_t opt, struct nbd_exp *x, const uint8_t *d,
 		       uint32_t pos, uint32_t nq)
 {
+	char names[NBD_META_DEPTH_ID + 1][META_NAME_MAX];
 	bool set = opt == NBD_OPT_SET_META_CONTEXT;
-	bool match = false;
+	unsigned match = 0;
 
+	meta_names(x, names);
 	if (nq == 0) {
-		match = !set; /* LIST with no query lists everything; SET with none selects nothing
-			       */
+		/* LIST with no query lists everything; SET with none selects nothing */
+		for (unsigned id = NBD_META_ALLOCATION_ID; !set && id <= NBD_META_DEPTH_ID; id++)
+			match |= names[id][0] ? 1u << id : 0;
 	} else {
 		for (uint32_t i = 0; i < nq; i++) {
 			uint32_t ql = nbd_get32(d + pos);
-			const char *q = (const char *)d + pos + 4;
 
-			pos += 4 + ql;
-			if (ql == strlen(NBD_META_ALLOCATION) &&
-			    memcmp(q, NBD_META_ALLOCATION, ql) == 0)
-				match = true;
-			else if (!set && ql == 5 && memcmp(q, "base:", 5) == 0)
-				match = true;
 			/* other namespaces and leaves: ignored, as the spec requires */
+			match |= meta_match(names, set, (const char *)d + pos + 4, ql);
+			pos += 4 + ql;
 		}
 	}
-	if (match) {
-		uint8_t b[4 + sizeof(NBD_META_ALLOCATION) - 1];
+	for (unsigned id = NBD_META_ALLOCATION_ID; id <= NBD_META_DEPTH_ID; id++) {
+		size_t n = strlen(names[id]);
+		uint8_t b[4 + sizeof(names[0])];
 
-		nbd_put32(b, set ? NBD_META_ALLOCATION_ID : 0);
-		memcpy(b + 4, NBD_META_ALLOCATION, sizeof(NBD_META_ALLOCATION) - 1);
-		if (nbd_opt_reply(c, opt, NBD_REP_META_CONTEXT, b, sizeof(b)) < 0)
+		if (!(match & (1u << id)))
+			continue;
+		nbd_put32(b, set ? id : 0);
+		memcpy(b + 4, names[id], n);
+		if (nbd_opt_reply(c, opt, NBD_REP_META_CONTEXT, b, (uint32_t)(4 + n)) < 0)
 			return -1;
-		if (set) {
-			c->meta_alloc = true;
-			c->meta_name = strdup(x->name);
-			if (!c->meta_name)
-				return -1;
-		}
+	}
+	if (set && match) {
+		c->meta = match;
+		c->meta_name = strdup(x->name);
+		if (!c->meta_name)
+			return -1;
 	}
 	return nbd_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
 }

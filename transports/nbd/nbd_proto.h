@@ -118,6 +118,12 @@
 #define NBD_MAX_STRING         4096
 #define NBD_META_ALLOCATION    "base:allocation"
 #define NBD_META_ALLOCATION_ID 1
+/* QEMU's contexts (docs/interop/nbd.rst): a backup export's changed chunks, and layers. */
+#define NBD_META_DIRTY_PREFIX  "qemu:dirty-bitmap:"
+#define NBD_META_DIRTY_ID      2
+#define NBD_META_DEPTH         "qemu:allocation-depth"
+#define NBD_META_DEPTH_ID      3
+#define NBD_STATE_DIRTY        1 /* qemu:dirty-bitmap: the block changed */
 
 /*
  * Fixed-layout messages, as they are on the wire (fields big-endian: fill

@@ -154,29 +154,46 @@ static void reply_now(struct nbd_conn *c, uint16_t cmd, uint64_t cookie, uint64_
 	reply(r, err);
 }
 
-/* Where the backend's extents sit in a BLOCK_STATUS request's buffer: after the reply. */
+/*
+ * A BLOCK_STATUS reply is one chunk per selected context, in the request's
+ * buffer: first room for every chunk at its largest (cap descriptors each,
+ * in context id order), then the backend's extents. Once filled, the
+ * chunks are moved together and the last one carries FLAG_DONE.
+ */
+#define CTX_MAX 3 /* NBD_META_ALLOCATION_ID .. NBD_META_DEPTH_ID */
+
+static size_t chunk_room(uint32_t cap)
+{
+	return sizeof(struct nbd_chunk_block_status) + sizeof(struct nbd_block_descriptor) * cap;
+}
+
 static size_t ext_area(uint32_t cap)
 {
-	size_t off =
-		sizeof(struct nbd_chunk_block_status) + sizeof(struct nbd_block_descriptor) * cap;
+	size_t off = chunk_room(cap) * CTX_MAX;
 
 	return (off + _Alignof(struct gw_extent) - 1) & ~(size_t)(_Alignof(struct gw_extent) - 1);
 }
 
-/* The backend answered: lay out the reply chunk from its extents, and send it. */
-static void block_status_done(struct nbd_req *r, int rc)
+static uint32_t req_cap(const struct nbd_req *r)
+{
+	return (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : MAX_EXTENTS;
+}
+
+static struct nbd_block_descriptor *ctx_descs(struct nbd_req *r, unsigned id)
+{
+	return (struct nbd_block_descriptor *)((char *)r->buf + chunk_room(req_cap(r)) * (id - 1) +
+					       sizeof(struct nbd_chunk_block_status));
+}
+
+/* base:allocation from the backend's extents; returns how many descriptors. */
+static size_t alloc_descs(struct nbd_req *r)
 {
 	struct gw_extents *e = &r->exts;
-	struct nbd_chunk_block_status *bs = r->buf;
-	struct nbd_block_descriptor *d = (struct nbd_block_descriptor *)(bs + 1);
+	struct nbd_block_descriptor *d = ctx_descs(r, NBD_META_ALLOCATION_ID);
 	uint64_t left = r->len;
-	uint32_t body;
+	size_t n = 0;
 
-	if (rc < 0) {
-		finish(r, rc);
-		return;
-	}
-	for (size_t i = 0; i < e->n; i++) {
+	for (size_t i = 0; i < e->n && left; i++) {
 		uint64_t l = GW_MIN(e->v[i].len, left);
 		uint32_t st = 0;
 
@@ -184,18 +201,78 @@ static void block_status_done(struct nbd_req *r, int rc)
 			st |= NBD_STATE_HOLE;
 		if (e->v[i].flags & GW_EXT_ZERO)
 			st |= NBD_STATE_ZERO;
-		d[i].length = htobe32((uint32_t)l);
-		d[i].status = htobe32(st);
+		d[n].length = htobe32((uint32_t)l);
+		d[n++].status = htobe32(st);
 		left -= l;
-		if (!left || l < e->v[i].len) {
-			e->n = i + 1;
+		if (l < e->v[i].len)
 			break;
-		}
 	}
-	body = (uint32_t)(sizeof(*bs) - sizeof(bs->h) + sizeof(*d) * e->n);
-	put_chunk(&bs->h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, r->cookie, body);
-	bs->context_id = htobe32(NBD_META_ALLOCATION_ID);
-	r->len = (uint32_t)(sizeof(bs->h) + body);
+	return n;
+}
+
+/*
+ * qemu:dirty-bitmap (1 where changed) and qemu:allocation-depth (a layer
+ * view: 1 where changed, 0 where not; otherwise the image is one layer,
+ * depth 1 throughout), from the export's change map.
+ */
+static size_t map_descs(struct nbd_req *r, unsigned id)
+{
+	struct gw_export *e = r->c->exp;
+	struct nbd_block_descriptor *d = ctx_descs(r, id);
+	uint32_t cap = req_cap(r);
+	uint64_t off = r->offset, end = r->offset + r->len;
+	size_t n = 0;
+
+	if (id == NBD_META_DEPTH_ID && !(e->changes && e->changes->only_changed)) {
+		d[0].length = htobe32(r->len);
+		d[0].status = htobe32(1);
+		return 1;
+	}
+	while (off < end && n < cap) {
+		bool changed;
+		uint64_t run = gw_export_changed_run(e, off, end - off, &changed);
+
+		d[n].length = htobe32((uint32_t)run);
+		d[n++].status =
+			htobe32(changed ? (id == NBD_META_DIRTY_ID ? NBD_STATE_DIRTY : 1) : 0);
+		off += run;
+	}
+	return n;
+}
+
+/* Every selected context answered: lay out the chunks one after another, and send. */
+static void block_status_done(struct nbd_req *r, int rc)
+{
+	struct nbd_conn *c = r->c;
+	char *out = r->buf;
+	unsigned last = 0;
+
+	if (rc < 0) {
+		finish(r, rc);
+		return;
+	}
+	for (unsigned id = 1; id <= CTX_MAX; id++)
+		if (c->meta & (1u << id))
+			last = id;
+	for (unsigned id = 1; id <= CTX_MAX; id++) {
+		struct nbd_chunk_block_status *bs;
+		size_t n;
+		uint32_t body;
+
+		if (!(c->meta & (1u << id)))
+			continue;
+		n = id == NBD_META_ALLOCATION_ID ? alloc_descs(r) : map_descs(r, id);
+		bs = (struct nbd_chunk_block_status *)out;
+		/* Chunks only move toward the start: each lands at or before its room. */
+		memmove(bs + 1, ctx_descs(r, id), sizeof(struct nbd_block_descriptor) * n);
+		body = (uint32_t)(sizeof(*bs) - sizeof(bs->h) +
+				  sizeof(struct nbd_block_descriptor) * n);
+		put_chunk(&bs->h, id == last ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_BLOCK_STATUS,
+			  r->cookie, body);
+		bs->context_id = htobe32(id);
+		out += sizeof(bs->h) + body;
+	}
+	r->len = (uint32_t)(out - (char *)r->buf);
 	finish(r, 0);
 }
 
@@ -207,16 +284,17 @@ static void ext_done(struct gw_ext_req *x)
 }
 
 /*
- * BLOCK_STATUS: asked of the backend like any request (in flight until it
- * answers: a backend whose map is on a network answers later, rbd), the
- * extents landing in the request's own buffer behind the reply they become.
+ * BLOCK_STATUS: base:allocation is asked of the backend like any request
+ * (in flight until it answers: a backend whose map is on a network answers
+ * later, rbd), the extents landing in the request's own buffer behind the
+ * reply they become; the other contexts come from the export's change map.
  */
 static void block_status(struct nbd_conn *c, struct nbd_req *r)
 {
-	uint32_t cap = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : MAX_EXTENTS;
+	uint32_t cap = req_cap(r);
 	size_t off = ext_area(cap);
 
-	if (!c->structured || !c->meta_alloc || r->len == 0) {
+	if (!c->structured || !c->meta || r->len == 0) {
 		gw_export_count_error(c->exp, &c->w->ioq);
 		reply(r, -EINVAL);
 		return;
@@ -225,13 +303,17 @@ static void block_status(struct nbd_conn *c, struct nbd_req *r)
 		reply(r, -ENOMEM);
 		return;
 	}
+	c->inflight++;
+	c->inflight_bytes += r->buflen;
+	if (!(c->meta & (1u << NBD_META_ALLOCATION_ID))) {
+		block_status_done(r, 0);
+		return;
+	}
 	r->exts =
 		(struct gw_extents){ .v = (struct gw_extent *)((char *)r->buf + off), .cap = cap };
 	r->ext = (struct gw_ext_req){
 		.offset = r->offset, .len = r->len, .out = &r->exts, .done = ext_done
 	};
-	c->inflight++;
-	c->inflight_bytes += r->buflen;
 	if (gw_export_extents_submit(c->exp, &c->w->ioq, &r->ext))
 		block_status_done(r, r->ext.result);
 }
