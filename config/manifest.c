@@ -492,8 +492,8 @@ char *gw_default_run_dir(void)
 
 /* ---- images ---- */
 
-static const char *const image_common[] = { "backend", "block-size", "fault", "track-changes",
-					    "change-granularity" };
+static const char *const image_common[] = { "backend",       "block-size",         "fault",
+					    "track-changes", "change-granularity", "backup" };
 
 /* What loading needs besides the manifest: where problems go, and this build's names. */
 struct source_check;
@@ -575,6 +575,140 @@ static void image_tracking(struct loader *L, struct gw_image_spec *img, const st
 		diag_at(L->d, g, "%s'change-granularity' needs 'track-changes: true'", prefix);
 	else
 		img->change_granularity = (uint32_t)b;
+}
+
+/* A checkpoint name as the records take it (lib/cbt.h's rule, restated for the loader). */
+static bool checkpoint_name_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 64 || s[0] == '.')
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+		      (s[i] >= '0' && s[i] <= '9') || s[i] == '.' || s[i] == '_' || s[i] == '-'))
+			return false;
+	return true;
+}
+
+/* An image name: a plain one, or a backup image's IMAGE@CHECKPOINT. */
+static bool image_name_ok(const char *s)
+{
+	const char *at = strchr(s, '@');
+	char left[65];
+
+	if (!at)
+		return valid_name(s);
+	if ((size_t)(at - s) >= sizeof(left))
+		return false;
+	memcpy(left, s, (size_t)(at - s));
+	left[at - s] = '\0';
+	return valid_name(left) && checkpoint_name_ok(at + 1);
+}
+
+/* One string field of 'backup'; reports and returns NULL when absent or not a name. */
+static char *backup_field(struct loader *L, const struct ynode *b, const char *key, bool need,
+			  bool checkpoint, const char *prefix)
+{
+	const struct ynode *v = ymap_get(b, key);
+	char *s;
+
+	if (!v) {
+		if (need)
+			diag_at(L->d, b, "%s'backup' needs '%s'", prefix, key);
+		return NULL;
+	}
+	if (v->type != YN_SCALAR || !*v->text ||
+	    (checkpoint ? !checkpoint_name_ok(v->text) : !valid_name(v->text))) {
+		diag_at(L->d, v, "%s'backup': '%s' must be %s (got '%s')", prefix, key,
+			checkpoint ? "a checkpoint name" : "an image name",
+			v->type == YN_SCALAR ? v->text : ynode_kind(v));
+		return NULL;
+	}
+	s = strdup(v->text);
+	if (!s)
+		diag_at(L->d, v, "%sout of memory", prefix);
+	return s;
+}
+
+/*
+ * 'backup': { of: IMAGE, checkpoint: NAME, since: NAME, only-changed: BOOL }
+ * makes the image a checkpoint's view, named IMAGE@NAME. Whether IMAGE is
+ * declared and tracked is checked once every image is known.
+ */
+static void image_backup(struct loader *L, struct gw_image_spec *img, const struct ynode *v,
+			 const char *prefix)
+{
+	static const char *const keys[] = { "of", "checkpoint", "since", "only-changed" };
+	const struct ynode *b = ymap_get(v, "backup"), *oc;
+	struct words known = { 0 };
+	struct gw_backup_spec *s;
+	char *want = NULL, inner[160];
+
+	if (!b) {
+		if (strchr(img->name, '@'))
+			diag_at(L->d, v,
+				"%s'@' belongs in the names of backup images only "
+				"(IMAGE@CHECKPOINT, with 'backup: { of: IMAGE, checkpoint: "
+				"CHECKPOINT }')",
+				prefix);
+		return;
+	}
+	if (b->type != YN_MAP) {
+		diag_at(L->d, b,
+			"%s'backup' must be a mapping such as { of: vm1, checkpoint: mon }",
+			prefix);
+		return;
+	}
+	snprintf(inner, sizeof(inner), "%s'backup': ", prefix);
+	words_add_all(&known, keys, GW_ARRAY_SIZE(keys));
+	check_known_keys(b, &known, inner, L->d);
+	words_free(&known);
+	s = img->backup = calloc(1, sizeof(*s));
+	if (!s)
+		return;
+	s->of = backup_field(L, b, "of", true, false, prefix);
+	s->checkpoint = backup_field(L, b, "checkpoint", true, true, prefix);
+	s->since = backup_field(L, b, "since", false, true, prefix);
+	oc = ymap_get(b, "only-changed");
+	if (oc && (oc->type != YN_SCALAR || gw_parse_bool(oc->text, &s->only_changed)))
+		diag_at(L->d, oc, "%s'only-changed' must be true or false (got '%s')", prefix,
+			oc->type == YN_SCALAR ? oc->text : ynode_kind(oc));
+	else if (s->only_changed && !s->since)
+		diag_at(L->d, oc,
+			"%s'only-changed' needs 'since': the checkpoint the layer is over", prefix);
+	if (s->of && s->checkpoint && asprintf(&want, "%s@%s", s->of, s->checkpoint) > 0 &&
+	    strcmp(want, img->name) != 0)
+		diag_at(L->d, v, "%sa backup image is named after what it shows: call it '%s'",
+			prefix, want);
+	free(want);
+	if (img->track_changes)
+		diag_at(L->d, v, "%sa backup image does not change: it takes no 'track-changes'",
+			prefix);
+}
+
+/* Each backup image's 'of' names a declared image that tracks changes. */
+static void backup_sources(struct loader *L)
+{
+	struct gw_manifest *m = L->m;
+
+	for (size_t i = 0; i < m->nimages; i++) {
+		const struct gw_backup_spec *b = m->images[i].backup;
+		size_t j;
+
+		if (!b || !b->of)
+			continue;
+		for (j = 0; j < m->nimages; j++)
+			if (strcmp(m->images[j].name, b->of) == 0)
+				break;
+		if (j == m->nimages || !m->images[j].track_changes)
+			gw_diag_add(
+				L->d, m->images[i].line, m->images[i].col,
+				"image '%s': 'backup': '%s' is %s: a backup needs an image with "
+				"'track-changes: true'",
+				m->images[i].name, b->of,
+				j == m->nimages ? "not declared" : "not tracked");
+	}
 }
 
 /* A size that is not a multiple of the block size leaves a tail no client can reach. */
@@ -675,9 +809,9 @@ static void load_image(struct loader *L, const struct ynode *k, const struct yno
 	for (size_t j = 0; j < m->nimages; j++)
 		if (m->images[j].name && strcmp(m->images[j].name, k->text) == 0)
 			return; /* reported by check_dup_keys */
-	if (!valid_name(k->text)) {
+	if (!image_name_ok(k->text)) {
 		diag_at(L->d, k,
-			"image name '%s' is not valid: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+			"image name '%s' is not valid: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit (a backup image: IMAGE@CHECKPOINT)",
 			k->text);
 		return;
 	}
@@ -701,6 +835,7 @@ static void load_image(struct loader *L, const struct ynode *k, const struct yno
 		return;
 	image_block_size(L, img, v, prefix);
 	image_tracking(L, img, v, prefix);
+	image_backup(L, img, v, prefix);
 	img->opts = calloc(1, img->ops->schema.size ? img->ops->schema.size : 1);
 	if (!img->opts)
 		return;
@@ -739,6 +874,7 @@ static void load_images(struct loader *L, const struct ynode *images, bool check
 		if (images->items[i]->type == YN_SCALAR)
 			load_image(L, images->items[i], images->items[i + 1], check_sources);
 	image_sources(L, L->checks, L->nchecks);
+	backup_sources(L);
 	free(L->checks);
 	L->checks = NULL;
 	L->nchecks = 0;
@@ -785,7 +921,7 @@ static void export_image(struct loader *L, struct gw_export_spec *x, const struc
 		}
 	}
 	/* Unknown names are worth reporting only when 'images' could be read at all. */
-	if (!m->images_ok || !valid_name(img->text))
+	if (!m->images_ok || !image_name_ok(img->text))
 		return;
 	for (size_t i = 0; i < m->nimages; i++)
 		words_add(&names, m->images[i].name);
@@ -1044,6 +1180,11 @@ static void load_exports(struct loader *L, const struct ynode *root)
 	for (size_t i = 0; m->exports && i < n->n; i++)
 		load_export(L, n->items[i], i);
 	assign_ids(m);
+	/* A backup image is a view of the past: nothing writes to it. */
+	for (size_t i = 0; i < m->nexports; i++)
+		if (m->exports[i].image_index < m->nimages &&
+		    m->images[m->exports[i].image_index].backup)
+			m->exports[i].read_only = true;
 	for (size_t j = 0; j < m->nimages; j++)
 		m->images[j].read_only = true;
 	for (size_t i = 0; i < m->nexports; i++)
@@ -1170,6 +1311,12 @@ void gw_manifest_free(struct gw_manifest *m)
 		free(img->fault);
 		free(img->name);
 		free(img->read_only_why);
+		if (img->backup) {
+			free(img->backup->of);
+			free(img->backup->checkpoint);
+			free(img->backup->since);
+			free(img->backup);
+		}
 	}
 	free(m->images);
 	for (size_t i = 0; i < m->nexports; i++) {

@@ -45,14 +45,28 @@ struct gw_gateway_cfg {
 	uint64_t control_max_line, control_max_output;
 };
 
+/*
+ * An image that is another image's checkpoint (docs/backup.md): its data is
+ * the checkpoint's point-in-time view (backend and path as `blkgw backup
+ * start` writes them), its exports are read-only, and NBD offers the chunks
+ * changed since `since`.
+ */
+struct gw_backup_spec {
+	char *of;          /* the tracked image */
+	char *checkpoint;  /* the view's checkpoint */
+	char *since;       /* an earlier checkpoint, or NULL */
+	bool only_changed; /* unchanged chunks read as not allocated (needs since) */
+};
+
 struct gw_image_spec {
 	char *name;
 	const struct gw_backend_ops *ops;
-	void *opts;                  /* decoded with ops->schema */
-	uint32_t block_size;         /* 0: the backend's own */
-	struct gw_fault_opts *fault; /* a fault layer over the backend, or NULL */
-	bool track_changes;          /* changed-block tracking (docs/backup.md) */
-	uint32_t change_granularity; /* bytes per tracked chunk (default 64K) */
+	void *opts;                    /* decoded with ops->schema */
+	uint32_t block_size;           /* 0: the backend's own */
+	struct gw_fault_opts *fault;   /* a fault layer over the backend, or NULL */
+	bool track_changes;            /* changed-block tracking (docs/backup.md) */
+	uint32_t change_granularity;   /* bytes per tracked chunk (default 64K) */
+	struct gw_backup_spec *backup; /* a backup image (name IMAGE@CHECKPOINT), or NULL */
 	int line, col;
 	/* Found when sources were checked: it opens for reading only (why). */
 	bool read_only_source;

@@ -208,6 +208,10 @@ static void check_sources(const struct gw_manifest *m, struct gw_source_info *in
 
 			if (strcmp(info[i].id, info[j].id) != 0)
 				continue;
+			/* A backup image reading its own source (--inconsistent) never writes. */
+			if ((b->backup && b->backup->of && strcmp(b->backup->of, a->name) == 0) ||
+			    (a->backup && a->backup->of && strcmp(a->backup->of, b->name) == 0))
+				continue;
 			gw_diag_add(
 				d, b->line, b->col,
 				"image '%s' is the same %s as image '%s' (line %d): two images of one source would write it with nothing between them; declare it once and give it several exports",

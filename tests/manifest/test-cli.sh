@@ -18,7 +18,7 @@ for c in serve check status version; do
 done
 expect 0 "^Usage: blkgw COMMAND" out -- help
 expect 0 "^Usage: blkgw COMMAND" out -- --help
-expect 2 "unknown command 'frobnicate' (commands: serve, check, status, apply, save-manifest, checkpoint, version, help)" err -- help frobnicate
+expect 2 "unknown command 'frobnicate' (commands: serve, check, status, apply, save-manifest, checkpoint, backup, version, help)" err -- help frobnicate
 expect 2 "unknown command 'frobnicate'" err -- frobnicate
 expect 2 "missing MANIFEST, the YAML file" err -- serve
 expect 2 "missing MANIFEST, the YAML file" err -- check
