@@ -1008,9 +1008,22 @@ static size_t live_image_find(const char *name)
 	return SIZE_MAX;
 }
 
+static bool str_same(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static bool backup_same(const struct gw_backup_spec *a, const struct gw_backup_spec *b)
+{
+	return a == b ||
+	       (a && b && str_same(a->of, b->of) && str_same(a->checkpoint, b->checkpoint) &&
+		str_same(a->since, b->since) && a->only_changed == b->only_changed);
+}
+
 static bool image_same(const struct gw_image_spec *a, const struct gw_image_spec *b)
 {
-	return a->ops == b->ops && a->block_size == b->block_size && a->read_only == b->read_only &&
+	return backup_same(a->backup, b->backup) && a->ops == b->ops &&
+	       a->block_size == b->block_size && a->read_only == b->read_only &&
 	       a->track_changes == b->track_changes &&
 	       a->change_granularity == b->change_granularity &&
 	       gw_opt_equal(&a->ops->schema, a->opts, b->opts);
@@ -1408,6 +1421,18 @@ static void apply_finish2(struct apply *a)
 			       b ? "out of memory" : "its image did not open");
 			continue;
 		}
+		if (nm->images[x->image_index].backup) {
+			char why[768];
+
+			if (gw_track_backup_map(nm->images[x->image_index].backup, b->size,
+						&e->changes, why, sizeof(why)) < 0) {
+				gw_err("export %s: %s", x->id, why);
+				gw_export_free(e);
+				a->xfail[j] =
+					"failed: the changes it offers cannot be had (see the log)";
+				continue;
+			}
+		}
 		nx[n++] = (struct live_export){ .e = e, .m = m_ref(nm), .x = x };
 		e->env = &gw.env;
 		a->xexp[j] = e;
@@ -1696,12 +1721,20 @@ static const char *q(json_object **keep, const char *s)
 							 JSON_C_TO_STRING_NOSLASHESCAPE);
 }
 
+static bool export_skipped(size_t k, const char *skip_id, const char *skip_image)
+{
+	return (skip_id && strcmp(gw.exports[k].e->id, skip_id) == 0) ||
+	       (skip_image && strcmp(gw.exports[k].x->image, skip_image) == 0);
+}
+
 /*
  * The live state as a manifest that re-applies to it: the gateway settings
- * blkgw runs with, every image, every export (skip_id: one left out) and
- * extra lines for export-add. NULL when out of memory.
+ * blkgw runs with, every image (skip_image: one left out), every export
+ * (skip_id: one left out; skip_image: its exports too) and extra lines for
+ * export-add. NULL when out of memory.
  */
-static char *manifest_text(const char *skip_id, const char *add_image, const char *add_export)
+static char *manifest_text(const char *skip_id, const char *skip_image, const char *add_image,
+			   const char *add_export)
 {
 	const struct gw_gateway_cfg *g = &gw.boot->gw;
 	json_object *keep = json_object_new_array();
@@ -1741,24 +1774,35 @@ static char *manifest_text(const char *skip_id, const char *add_image, const cha
 		const struct gw_image_spec *s = gw.images[k].s;
 		char *o = gw_opt_dump(&s->ops->schema, s->opts);
 
+		if (skip_image && strcmp(s->name, skip_image) == 0)
+			continue;
 		fprintf(f, "  %s: { backend: %s", q(&keep, s->name), s->ops->name);
 		if (s->block_size)
 			fprintf(f, ", block-size: %u", s->block_size);
 		if (s->track_changes)
 			fprintf(f, ", track-changes: true, change-granularity: %u",
 				s->change_granularity);
+		if (s->backup) {
+			fprintf(f, ", backup: { of: %s, checkpoint: %s", q(&keep, s->backup->of),
+				q(&keep, s->backup->checkpoint));
+			if (s->backup->since)
+				fprintf(f, ", since: %s, only-changed: %s",
+					q(&keep, s->backup->since),
+					s->backup->only_changed ? "true" : "false");
+			fprintf(f, " }");
+		}
 		fprintf(f, "%s%s }\n", o && *o ? ", " : "", o ? o : "");
 		free(o);
 	}
 	if (add_image)
 		fprintf(f, "%s\n", add_image);
 	for (size_t k = 0; k < gw.nexports; k++)
-		nx += !skip_id || strcmp(gw.exports[k].e->id, skip_id) != 0;
+		nx += !export_skipped(k, skip_id, skip_image);
 	fprintf(f, "exports:%s\n", nx || add_export ? "" : " []");
 	for (size_t k = 0; k < gw.nexports; k++) {
 		const struct gw_export_spec *x = gw.exports[k].x;
 
-		if (skip_id && strcmp(gw.exports[k].e->id, skip_id) == 0)
+		if (export_skipped(k, skip_id, skip_image))
 			continue;
 		fprintf(f, "  - image: %s\n", q(&keep, x->image));
 		if (x->read_only)
@@ -1882,7 +1926,7 @@ static json_object *cmd_apply(json_object *req)
 static json_object *cmd_save_manifest(json_object *req)
 {
 	const char *path = jstring(req, "path");
-	char *text = manifest_text(NULL, NULL, NULL);
+	char *text = manifest_text(NULL, NULL, NULL, NULL);
 	json_object *r;
 	int rc;
 
@@ -1939,7 +1983,7 @@ static json_object *cmd_export_add(json_object *req)
 	}
 	if (asprintf(&ex, "  - %s", flow(x)) < 0)
 		ex = NULL;
-	text = ex && (!img || im) ? manifest_text(NULL, im, ex) : NULL;
+	text = ex && (!img || im) ? manifest_text(NULL, NULL, im, ex) : NULL;
 	free(ex);
 	free(im);
 	if (!text)
@@ -1964,10 +2008,115 @@ static json_object *cmd_export_del(json_object *req)
 			break;
 	if (k == gw.nexports)
 		return gw_ctl_error(-ENOENT, "no export '%s' (see status)", id);
-	text = manifest_text(id, NULL, NULL);
+	text = manifest_text(id, NULL, NULL, NULL);
 	if (!text)
 		return gw_ctl_error(-ENOMEM, "out of memory");
 	r = apply_text(text, "export-del", req);
+	free(text);
+	return r;
+}
+
+static bool image_live(const char *name)
+{
+	for (size_t k = 0; k < gw.nimages; k++)
+		if (strcmp(gw.images[k].s->name, name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * backup-start: a read-only NBD export of a checkpoint's point-in-time view,
+ * named IMAGE@CHECKPOINT, offering the changes since an earlier checkpoint
+ * (docs/backup.md). Made as export-add makes an export: the image and the
+ * export join the live state, so save-manifest and apply keep them.
+ */
+static json_object *cmd_backup_start(json_object *req)
+{
+	const char *image = jstring(req, "image"), *ckpt = jstring(req, "checkpoint");
+	const char *since = jstring(req, "since");
+	bool only = jbool(req, "only_changed"), inconsistent = jbool(req, "inconsistent");
+	json_object *nbd = NULL, *img, *bk, *x, *tr, *sub, *r;
+	char err[1024] = "", *path = NULL, *id = NULL;
+	int rc;
+
+	if (!image || !ckpt)
+		return gw_ctl_error(-EINVAL, "backup-start needs \"image\" and \"checkpoint\"");
+	if (only && !since)
+		return gw_ctl_error(-EINVAL,
+				    "\"only_changed\" needs \"since\": the checkpoint the layer "
+				    "is over");
+	if (json_object_object_get_ex(req, "nbd", &nbd) &&
+	    !json_object_is_type(nbd, json_type_object))
+		return gw_ctl_error(-EINVAL, "\"nbd\" must be the export's nbd settings, e.g. "
+					     "{\"socket\": \"/run/backup.sock\"}");
+	if (asprintf(&id, "%s@%s", image, ckpt) < 0)
+		return gw_ctl_error(-ENOMEM, "out of memory");
+	if (image_live(id)) {
+		r = gw_ctl_error(-EEXIST, "backup %s is running already (backup-stop ends it)", id);
+		free(id);
+		return r;
+	}
+	rc = gw_track_backup_view(image, ckpt, since, inconsistent, &path, err, sizeof(err));
+	if (rc < 0) {
+		free(id);
+		return gw_ctl_error(rc, "%s", err);
+	}
+	img = json_object_new_object();
+	json_object_object_add(img, "name", json_object_new_string(id));
+	json_object_object_add(img, "backend", json_object_new_string("file"));
+	json_object_object_add(img, "path", json_object_new_string(path));
+	/* The live image's own locks belong to its writer; a view of it takes none. */
+	json_object_object_add(img, "locking", json_object_new_boolean(0));
+	bk = json_object_new_object();
+	json_object_object_add(bk, "of", json_object_new_string(image));
+	json_object_object_add(bk, "checkpoint", json_object_new_string(ckpt));
+	if (since) {
+		json_object_object_add(bk, "since", json_object_new_string(since));
+		json_object_object_add(bk, "only-changed", json_object_new_boolean(only));
+	}
+	json_object_object_add(img, "backup", bk);
+	x = json_object_new_object();
+	json_object_object_add(x, "image", json_object_new_string(id));
+	json_object_object_add(x, "read-only", json_object_new_boolean(1));
+	tr = json_object_new_array();
+	json_object_array_add(tr, json_object_new_string("nbd"));
+	json_object_object_add(x, "transports", tr);
+	if (nbd)
+		json_object_object_add(x, "nbd", json_object_get(nbd));
+	sub = json_object_new_object();
+	json_object_object_add(sub, "export", x);
+	json_object_object_add(sub, "image", img);
+	json_object_object_add(sub, "dry_run", json_object_new_boolean(jbool(req, "dry_run")));
+	gw_info("backup %s: starting from %s%s%s", id, path, since ? ", changes since " : "",
+		since ? since : "");
+	r = cmd_export_add(sub);
+	json_object_put(sub);
+	free(path);
+	free(id);
+	return r;
+}
+
+/* backup-stop: end a backup export and drop its image (the view's file stays with its checkpoint).
+ */
+static json_object *cmd_backup_stop(json_object *req)
+{
+	const char *id = jstring(req, "id");
+	const struct gw_image_spec *s = NULL;
+	char *text;
+	json_object *r;
+	size_t k;
+
+	if (!id)
+		return gw_ctl_error(-EINVAL, "backup-stop needs \"id\": IMAGE@CHECKPOINT");
+	for (k = 0; k < gw.nimages; k++)
+		if (strcmp(gw.images[k].s->name, id) == 0)
+			s = gw.images[k].s;
+	if (!s || !s->backup)
+		return gw_ctl_error(-ENOENT, "no backup '%s' is running (see status)", id);
+	text = manifest_text(NULL, id, NULL, NULL);
+	if (!text)
+		return gw_ctl_error(-ENOMEM, "out of memory");
+	r = apply_text(text, "backup-stop", req);
 	free(text);
 	return r;
 }
@@ -1983,6 +2132,10 @@ static const struct {
 	{ "export-add", cmd_export_add, "add an export (and its image): {export, image, force}" },
 	{ "export-del", cmd_export_del, "remove an export: {id, force}" },
 	{ "save-manifest", cmd_save_manifest, "the live state as a manifest: {path}" },
+	{ "backup-start", cmd_backup_start,
+	  "export a checkpoint's view over NBD: {image, checkpoint, since, only_changed, "
+	  "inconsistent, nbd}" },
+	{ "backup-stop", cmd_backup_stop, "end a backup export: {id}" },
 };
 
 static json_object *ctl_handler(json_object *req, void *arg)
@@ -2002,7 +2155,7 @@ static json_object *ctl_handler(json_object *req, void *arg)
 	return gw_ctl_error(-EOPNOTSUPP,
 			    "unknown command '%s' (commands: status, version, apply, export-add, "
 			    "export-del, save-manifest, checkpoint-create, checkpoint-list, "
-			    "checkpoint-delete, checkpoint-changes)",
+			    "checkpoint-delete, checkpoint-changes, backup-start, backup-stop)",
 			    name);
 }
 
@@ -2248,6 +2401,14 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		e = gw_export_new(x->id, b, x->read_only, m->images[x->image_index].block_size);
 		if (!e)
 			goto fail;
+		if (m->images[x->image_index].backup &&
+		    gw_track_backup_map(m->images[x->image_index].backup, b->size, &e->changes, err,
+					sizeof(err)) < 0) {
+			fprintf(stderr, "%s:%d:%d: export %zu: %s\n", m->path, x->line, x->col,
+				i + 1, err);
+			gw_export_free(e);
+			goto fail;
+		}
 		e->env = &gw.env;
 		gw.exports[gw.nexports++] = (struct live_export){ .e = e, .m = m_ref(m), .x = x };
 	}

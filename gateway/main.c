@@ -33,6 +33,7 @@ static void usage_main(FILE *f)
 		   "  apply MANIFEST   make a running gateway converge on MANIFEST\n"
 		   "  save-manifest    write a manifest of a running gateway's state\n"
 		   "  checkpoint       create, list or delete checkpoints of tracked images\n"
+		   "  backup           export a checkpoint of a tracked image for a backup\n"
 		   "  version          print the version\n"
 		   "  help [COMMAND]   show help\n"
 		   "\n"
@@ -765,6 +766,7 @@ static const struct {
 	{ "save-manifest", cmd_save, usage_save },
 	{ "version", cmd_version, usage_version },
 	{ "checkpoint", gw_cli_checkpoint, gw_cli_checkpoint_usage },
+	{ "backup", gw_cli_backup, gw_cli_backup_usage },
 };
 
 static int cmd_help(int argc, char **argv)
@@ -780,7 +782,7 @@ static int cmd_help(int argc, char **argv)
 		}
 	}
 	fprintf(stderr,
-		"blkgw help: unknown command '%s' (commands: serve, check, status, apply, save-manifest, checkpoint, version, help)\n",
+		"blkgw help: unknown command '%s' (commands: serve, check, status, apply, save-manifest, checkpoint, backup, version, help)\n",
 		argv[1]);
 	return 2;
 }

@@ -1,11 +1,15 @@
 #include "gateway/track.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "gateway/control.h"
 #include "lib/cbt.h"
@@ -16,6 +20,7 @@ struct tracked {
 	struct gw_backend *b;
 	char *image;
 	char *stamp_path; /* the file whose size and mtime stand for the image, or NULL */
+	char *dir;        /* RUN-DIR/cbt/IMAGE: records, and snapshots snap.NAME */
 };
 
 /* Images open and close on an apply's thread too: the registry has a lock. */
@@ -89,12 +94,13 @@ static int attach(struct gw_backend *b, const struct gw_image_spec *s, const cha
 	}
 	stamp_of(n->stamp_path, &st);
 	rc = gw_cbt_open(&b->cbt, dir, b->size, s->change_granularity, &st, err, errlen);
-	free(dir);
 	if (rc < 0) {
+		free(dir);
 		free(n->image);
 		free(n->stamp_path);
 		return rc;
 	}
+	n->dir = dir;
 	ntracked++;
 	gw_info("image %s: tracking changes in %u-byte chunks", s->name, s->change_granularity);
 	return 0;
@@ -134,6 +140,7 @@ void gw_track_detach(struct gw_backend *b)
 	b->cbt = NULL;
 	free(t->image);
 	free(t->stamp_path);
+	free(t->dir);
 	*t = tracked[--ntracked];
 	if (!ntracked) {
 		free(tracked);
@@ -241,25 +248,113 @@ static struct tracked *want_image(json_object *req, json_object **fail)
 	return t;
 }
 
+/* Where checkpoint `name`'s point-in-time view of t's image is kept. */
+static char *snap_path(const struct tracked *t, const char *name)
+{
+	char *p;
+
+	return asprintf(&p, "%s/snap.%s", t->dir, name) < 0 ? NULL : p;
+}
+
+static bool has_snapshot(const struct tracked *t, const char *name)
+{
+	char *p = snap_path(t, name);
+	bool yes = p && access(p, F_OK) == 0;
+
+	free(p);
+	return yes;
+}
+
+/*
+ * Keep the image as it is now beside the records: a reflink copy (FICLONE)
+ * of its source file, which shares every block with it until one of the two
+ * is written. Costs no copying; needs a file system that can (XFS, btrfs).
+ * 0 or -errno with why.
+ */
+static int snapshot_take(const struct tracked *t, const char *name, char *why, size_t len)
+{
+	char *dst;
+	int src, fd, rc = 0;
+
+	if (!t->stamp_path) {
+		snprintf(why, len, "its backend keeps no file blkgw can clone");
+		return -EOPNOTSUPP;
+	}
+	dst = snap_path(t, name);
+	if (!dst)
+		return -ENOMEM;
+	src = open(t->stamp_path, O_RDONLY | O_CLOEXEC);
+	fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (src < 0 || fd < 0) {
+		rc = -errno;
+		snprintf(why, len, "cannot open %s: %s", src < 0 ? t->stamp_path : dst,
+			 strerror(-rc));
+	} else if (ioctl(fd, FICLONE, src) < 0) {
+		rc = -errno;
+		snprintf(why, len, "%s cannot be cloned (reflink) into %s: %s%s", t->stamp_path,
+			 t->dir, strerror(-rc),
+			 rc == -EOPNOTSUPP || rc == -EINVAL || rc == -EXDEV
+				 ? " (the image and the run dir must share one XFS or btrfs file "
+				   "system)"
+				 : "");
+	} else if (fsync(fd) < 0) {
+		rc = -errno;
+		snprintf(why, len, "fsync %s: %s", dst, strerror(-rc));
+	}
+	if (fd >= 0)
+		close(fd);
+	if (src >= 0)
+		close(src);
+	if (rc < 0 && fd >= 0)
+		unlink(dst);
+	free(dst);
+	return rc;
+}
+
 static json_object *cmd_create(json_object *req)
 {
-	json_object *fail, *r;
+	json_object *fail, *r, *v;
 	struct tracked *t = want_image(req, &fail);
 	const char *name = jstr(req, "name");
-	char err[512] = "";
-	int rc;
+	char err[512] = "", why[1024] = "";
+	int rc, snap = -1; /* -1: where the image's file system can; 1: required; 0: none */
 
 	if (!t)
 		return fail;
 	if (!name)
 		return gw_ctl_error(-EINVAL, "missing \"name\"");
+	if (json_object_object_get_ex(req, "snapshot", &v)) {
+		if (!json_object_is_type(v, json_type_boolean))
+			return gw_ctl_error(-EINVAL, "\"snapshot\" must be true or false");
+		snap = json_object_get_boolean(v) ? 1 : 0;
+	}
+	/*
+	 * The record switches first, the view is taken second: a write between
+	 * the two is in the view and in the new record (copied twice, lost
+	 * never); the other order would let such a write miss both.
+	 */
 	rc = gw_cbt_checkpoint(t->b->cbt, name, err, sizeof(err));
 	if (rc < 0)
 		return gw_ctl_error(rc, "image %s: %s", t->image, err);
-	gw_info("image %s: checkpoint %s created", t->image, name);
+	if (snap != 0 && (rc = snapshot_take(t, name, why, sizeof(why))) < 0 && snap == 1) {
+		/* Asked for and not had: no checkpoint either (its record merges back). */
+		gw_cbt_delete(t->b->cbt, name, err, sizeof(err));
+		return gw_ctl_error(rc,
+				    "image %s: no point-in-time view for checkpoint %s: %s; "
+				    "create it without a snapshot (--no-snapshot) to track changes "
+				    "only",
+				    t->image, name, why);
+	}
+	gw_info("image %s: checkpoint %s created%s%s%s", t->image, name,
+		snap != 0 && rc == 0 ? " with a point-in-time view" : "",
+		snap != 0 && rc < 0 ? ", without a point-in-time view: " : "",
+		snap != 0 && rc < 0 ? why : "");
 	r = ok_reply();
 	json_object_object_add(r, "image", json_object_new_string(t->image));
 	json_object_object_add(r, "name", json_object_new_string(name));
+	json_object_object_add(r, "snapshot", json_object_new_boolean(snap != 0 && rc == 0));
+	if (snap != 0 && rc < 0)
+		json_object_object_add(r, "snapshot_why", json_object_new_string(why));
 	return r;
 }
 
@@ -278,13 +373,21 @@ static json_object *cmd_delete(json_object *req)
 	rc = gw_cbt_delete(t->b->cbt, name, err, sizeof(err));
 	if (rc < 0)
 		return gw_ctl_error(rc, "image %s: %s", t->image, err);
+	{
+		/* Its view goes too (a backup export reading it keeps its open file). */
+		char *p = snap_path(t, name);
+
+		if (p && unlink(p) < 0 && errno != ENOENT)
+			gw_warn("image %s: cannot remove %s: %s", t->image, p, strerror(errno));
+		free(p);
+	}
 	gw_info("image %s: checkpoint %s deleted (merged into the next record)", t->image, name);
 	return ok_reply();
 }
 
 static json_object *cmd_list(json_object *req)
 {
-	json_object *fail, *r, *cur;
+	json_object *fail, *r, *cur, *ck;
 	struct tracked *t = want_image(req, &fail);
 
 	if (!t)
@@ -293,7 +396,15 @@ static json_object *cmd_list(json_object *req)
 	json_object_object_add(r, "image", json_object_new_string(t->image));
 	json_object_object_add(r, "granularity",
 			       json_object_new_int64(gw_cbt_granularity(t->b->cbt)));
-	json_object_object_add(r, "checkpoints", records_json(t->b->cbt, &cur));
+	ck = records_json(t->b->cbt, &cur);
+	for (size_t i = 0; i < json_object_array_length(ck); i++) {
+		json_object *o = json_object_array_get_idx(ck, i);
+		const char *name = json_object_get_string(json_object_object_get(o, "name"));
+
+		json_object_object_add(o, "snapshot",
+				       json_object_new_boolean(name && has_snapshot(t, name)));
+	}
+	json_object_object_add(r, "checkpoints", ck);
 	json_object_object_add(r, "current", cur);
 	return r;
 }
@@ -373,4 +484,105 @@ static json_object *command(const char *name, json_object *req)
 	if (strcmp(name, "checkpoint-list") == 0)
 		return cmd_list(req);
 	return NULL;
+}
+
+int gw_track_backup_view(const char *image, const char *checkpoint, const char *since,
+			 bool inconsistent, char **path, char *err, size_t errlen)
+{
+	struct tracked *t;
+	uint64_t *bits = NULL;
+	char why[512] = "";
+	int rc = 0;
+
+	*path = NULL;
+	pthread_mutex_lock(&mu);
+	t = by_image(image);
+	if (!t) {
+		snprintf(err, errlen, "image '%s' is not served with 'track-changes: true'", image);
+		rc = -ENOENT;
+	} else if (!gw_cbt_has(t->b->cbt, checkpoint)) {
+		snprintf(err, errlen, "image %s has no checkpoint '%s' (see checkpoint list)",
+			 image, checkpoint);
+		rc = -ENOENT;
+	} else if (since && (rc = gw_cbt_changes(t->b->cbt, since, checkpoint, &bits, why,
+						 sizeof(why))) != 0) {
+		if (rc > 0) {
+			snprintf(err, errlen,
+				 "image %s: the changes after %s up to %s cannot be trusted (%s): "
+				 "back up in full (without --since)",
+				 image, since, checkpoint, why);
+			rc = -ESTALE;
+		} else {
+			snprintf(err, errlen, "image %s: %s", image, why);
+		}
+	} else if (has_snapshot(t, checkpoint)) {
+		*path = snap_path(t, checkpoint);
+		rc = *path ? 0 : -ENOMEM;
+	} else if (!inconsistent) {
+		snprintf(err, errlen,
+			 "checkpoint %s of image %s has no point-in-time view (it was created "
+			 "without one, or the image's file system cannot reflink), and the live "
+			 "image goes on changing while a backup reads it: the copy would not be "
+			 "consistent. Keep the image on XFS or btrfs beside the run dir so "
+			 "checkpoints carry a view, or pass --inconsistent to read the live image",
+			 checkpoint, image);
+		rc = -EAGAIN;
+	} else if (!t->stamp_path) {
+		snprintf(err, errlen, "image %s: its backend has no file a backup can read", image);
+		rc = -EOPNOTSUPP;
+	} else {
+		*path = strdup(t->stamp_path);
+		rc = *path ? 0 : -ENOMEM;
+	}
+	free(bits);
+	pthread_mutex_unlock(&mu);
+	return rc;
+}
+
+int gw_track_backup_map(const struct gw_backup_spec *s, uint64_t size, struct gw_change_map **out,
+			char *err, size_t errlen)
+{
+	struct tracked *t;
+	struct gw_change_map *m;
+	char why[512] = "";
+	int rc;
+
+	*out = NULL;
+	if (!s->since)
+		return 0;
+	m = calloc(1, sizeof(*m));
+	if (!m || !(m->since = strdup(s->since))) {
+		free(m);
+		return -ENOMEM;
+	}
+	m->only_changed = s->only_changed;
+	pthread_mutex_lock(&mu);
+	t = by_image(s->of);
+	if (!t) {
+		snprintf(err, errlen, "image '%s' is not served with 'track-changes: true'", s->of);
+		rc = -ENOENT;
+	} else if (t->b->size != size) {
+		snprintf(err, errlen, "image %s is %llu bytes, its view %llu: not the same disk",
+			 s->of, (unsigned long long)t->b->size, (unsigned long long)size);
+		rc = -EINVAL;
+	} else {
+		rc = gw_cbt_changes(t->b->cbt, s->since, s->checkpoint, &m->bits, why, sizeof(why));
+		m->granularity = gw_cbt_granularity(t->b->cbt);
+		m->nchunks = gw_cbt_chunks(t->b->cbt);
+		if (rc > 0) {
+			snprintf(err, errlen,
+				 "image %s: the changes after %s up to %s cannot be trusted (%s)",
+				 s->of, s->since, s->checkpoint, why);
+			rc = -ESTALE;
+		} else if (rc < 0) {
+			snprintf(err, errlen, "image %s: %s", s->of, why);
+		}
+	}
+	pthread_mutex_unlock(&mu);
+	if (rc < 0) {
+		gw_change_map_free(m);
+		return rc;
+	}
+	*out = m;
+	return 0;
 }
