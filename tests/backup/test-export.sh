@@ -5,11 +5,12 @@
 # since c1 (--only-changed) converted with -B into a 4k-cluster qcow2 that
 # holds exactly the changed clusters; the chain equals the c2 view and the
 # live disk. nbdinfo and qemu-img map read qemu:dirty-bitmap:c1 exactly. A
-# checkpoint without a view is refused unless --inconsistent.
+# checkpoint without a view is refused unless --inconsistent. fio --verify
+# writes to the live disk through a whole backup.
 # The image and the run dir live on an XFS file system the test loop-mounts,
 # so checkpoints carry reflink views.
 . "$(dirname "$0")/../lib.sh"
-requires jq qemu-img qemu-io nbdinfo mkfs.xfs
+requires jq qemu-img qemu-io nbdinfo mkfs.xfs fio
 [ "$(id -u)" = 0 ] || skip "loop-mounting an XFS file system needs root"
 
 mnt=$T/xfs
@@ -128,6 +129,37 @@ url=$("$BLKGW" backup start disk c3 --inconsistent --socket "$T/b3.sock") ||
   fail "backup start --inconsistent"
 qemu-img compare -q -f raw -F raw "$url" "$live" || fail "the --inconsistent view is not the live disk"
 "$BLKGW" backup stop disk@c3 || fail "backup stop disk@c3"
+
+# fio --verify goes on writing to the live disk through a whole backup, without
+# an error; the backup is the disk as it was at its checkpoint.
+"$BLKGW" checkpoint create disk c4 || fail "checkpoint create c4"
+cp "$mnt/disk.img" "$T/c4.raw"
+(
+  n=0
+  while [ ! -e "$T/fio.stop" ]; do
+    n=$((n + 1))
+    fio --name=live --ioengine=nbd --uri="$live" --rw=randwrite --bs=4k --iodepth=16 \
+      --offset=32M --size=16M --verify=crc32c --verify_fatal=1 --randrepeat=0 \
+      --output-format=json --output="$T/fio.json" >"$T/fio.err" 2>&1 ||
+      { echo "run $n failed" >>"$T/fio.runs"; exit 1; }
+    jq -e '.jobs[0].error == 0' "$T/fio.json" >/dev/null || { echo "run $n: error" >>"$T/fio.runs"; exit 1; }
+    echo "run $n ok" >>"$T/fio.runs"
+  done
+) &
+fio_loop=$!
+on_exit "touch $T/fio.stop"
+i=0; while cmp -s "$mnt/disk.img" "$T/c4.raw"; do
+  i=$((i + 1)); [ $i -lt 300 ] || fail "fio did not write to the live disk"; sleep 0.1; done
+url=$("$BLKGW" backup start disk c4 --socket "$T/b4.sock") || fail "backup start disk c4"
+qemu-img convert -f raw -O raw "$url" "$T/c4-backup.raw" || fail "qemu-img convert of disk@c4"
+kill -0 $fio_loop 2>/dev/null || { cat "$T/fio.runs" "$T/fio.err"; fail "fio stopped during the backup"; }
+touch "$T/fio.stop"
+wait $fio_loop || { cat "$T/fio.runs" "$T/fio.err"; fail "fio --verify on the live disk failed during the backup"; }
+echo "fio --verify: $(grep -c ' ok$' "$T/fio.runs") runs on the live disk through the backup of c4"
+qemu-img compare -q -f raw -F raw "$T/c4-backup.raw" "$T/c4.raw" ||
+  fail "the backup read while fio wrote is not the disk as it was at c4"
+cmp -s "$mnt/disk.img" "$T/c4.raw" && fail "the live disk did not change: the test proved nothing"
+"$BLKGW" backup stop disk@c4 || fail "backup stop disk@c4"
 
 # Deleting a checkpoint drops its view.
 "$BLKGW" checkpoint delete disk c1 || fail "checkpoint delete c1"
