@@ -98,6 +98,7 @@ enum gw_io_op {
 
 struct gw_io;
 struct gw_cbt;
+struct gw_cbw;
 typedef void (*gw_io_done_fn)(struct gw_io *io);
 
 struct gw_io {
@@ -188,6 +189,13 @@ struct gw_backend {
 	 * FUA request does. The backend itself never looks at it.
 	 */
 	struct gw_cbt *cbt;
+	/*
+	 * Set by the daemon while a copy-before-write view of the image is
+	 * open (lib/cbw.h): the checked layer calls gw_cbw_before_write() for
+	 * every write, write-zeroes and trim before it reaches the backend.
+	 * Read with an atomic load; the object outlives every request.
+	 */
+	struct gw_cbw *cbw;
 };
 
 /* What a source is, before it is opened (backend inspect()). */

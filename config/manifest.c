@@ -639,7 +639,8 @@ static char *backup_field(struct loader *L, const struct ynode *b, const char *k
 static void image_backup(struct loader *L, struct gw_image_spec *img, const struct ynode *v,
 			 const char *prefix)
 {
-	static const char *const keys[] = { "of", "checkpoint", "since", "only-changed" };
+	static const char *const keys[] = { "of", "checkpoint", "since", "only-changed", "view" };
+	static const char *const views[] = GW_VIEW_NAMES;
 	const struct ynode *b = ymap_get(v, "backup"), *oc;
 	struct words known = { 0 };
 	struct gw_backup_spec *s;
@@ -677,6 +678,19 @@ static void image_backup(struct loader *L, struct gw_image_spec *img, const stru
 	else if (s->only_changed && !s->since)
 		diag_at(L->d, oc,
 			"%s'only-changed' needs 'since': the checkpoint the layer is over", prefix);
+	if ((oc = ymap_get(b, "view"))) {
+		size_t k = 0;
+
+		while (k < GW_ARRAY_SIZE(views) &&
+		       !(oc->type == YN_SCALAR && strcmp(oc->text, views[k]) == 0))
+			k++;
+		if (k == GW_ARRAY_SIZE(views))
+			diag_at(L->d, oc,
+				"%s'view' must be snapshot, copy-before-write or live (got '%s')",
+				prefix, oc->type == YN_SCALAR ? oc->text : ynode_kind(oc));
+		else
+			s->view = (enum gw_backup_view)k;
+	}
 	if (s->of && s->checkpoint && asprintf(&want, "%s@%s", s->of, s->checkpoint) > 0 &&
 	    strcmp(want, img->name) != 0)
 		diag_at(L->d, v, "%sa backup image is named after what it shows: call it '%s'",

@@ -51,11 +51,22 @@ struct gw_gateway_cfg {
  * start` writes them), its exports are read-only, and NBD offers the chunks
  * changed since `since`.
  */
+enum gw_backup_view {
+	GW_VIEW_SNAPSHOT = 0, /* the checkpoint's reflink copy (its path) */
+	GW_VIEW_CBW,          /* copy-before-write: lives only as long as the daemon */
+	GW_VIEW_LIVE,         /* the live image (--inconsistent) */
+};
+#define GW_VIEW_NAMES                                   \
+	{                                               \
+		"snapshot", "copy-before-write", "live" \
+	}
+
 struct gw_backup_spec {
 	char *of;          /* the tracked image */
 	char *checkpoint;  /* the view's checkpoint */
 	char *since;       /* an earlier checkpoint, or NULL */
 	bool only_changed; /* unchanged chunks read as not allocated (needs since) */
+	enum gw_backup_view view;
 };
 
 struct gw_image_spec {

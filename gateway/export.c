@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "lib/cbt.h"
+#include "lib/cbw.h"
 #include "lib/log.h"
 
 #define GW_DEFAULT_MAX_XFER (32u << 20)
@@ -234,11 +235,16 @@ einval:
  * make the marks durable before a FLUSH or FUA request goes on. 1 when the
  * request failed here (result set).
  */
-static int track(struct gw_cbt *t, struct gw_io *io)
+static int track(struct gw_backend *b, struct gw_cbt *t, struct gw_io *io)
 {
 	int rc;
 
 	if (io->op == GW_OP_WRITE || io->op == GW_OP_WRITE_ZEROES || io->op == GW_OP_TRIM) {
+		struct gw_cbw *v = __atomic_load_n(&b->cbw, __ATOMIC_ACQUIRE);
+
+		/* A point-in-time view keeps the old data first (lib/cbw.h). */
+		if (gw_unlikely(v != NULL))
+			gw_cbw_before_write(v, io->offset, io->len);
 		gw_cbt_mark(t, io->offset, io->len);
 		io->_cbt = t;
 	}
@@ -270,7 +276,14 @@ int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io)
 	io->q = q;
 	io->result = 0;
 	io->_cbt = NULL;
-	if (gw_unlikely(e->backend->cbt != NULL) && track(e->backend->cbt, io)) {
+	if (gw_unlikely(e->backend->cbt != NULL) && track(e->backend, e->backend->cbt, io)) {
+		count(s, io, start);
+		return 1;
+	}
+	if (gw_unlikely(e->view != NULL) && io->op == GW_OP_READ) {
+		/* A copy-before-write view: read here, synchronously (lib/cbw.h). */
+		io->result = gw_cbw_read(e->view, io->iov, io->iovcnt, io->offset, io->len);
+		io->rflags = 0;
 		count(s, io, start);
 		return 1;
 	}
@@ -317,7 +330,7 @@ int gw_export_extents(struct gw_export *e, struct gw_ioq *q, uint64_t offset, ui
 	}
 	if (layer_extents(e, offset, &len, out))
 		return 0;
-	if (!e->backend->ops->extents) {
+	if (!e->backend->ops->extents || e->view) {
 		gw_extents_add(out, len, 0);
 		return 0;
 	}
@@ -335,7 +348,7 @@ int gw_export_extents_submit(struct gw_export *e, struct gw_ioq *q, struct gw_ex
 	struct gw_extents *out = x->out;
 	uint64_t end = x->offset + x->len;
 
-	if (!b->ops->extents_async) {
+	if (!b->ops->extents_async || e->view) {
 		x->result = gw_export_extents(e, q, x->offset, x->len, out);
 		return 1;
 	}

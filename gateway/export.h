@@ -126,6 +126,8 @@ struct gw_export {
 	atomic_uint clients;           /* connections/queues attached, kept by the transport */
 	struct gw_stats *stats;        /* GW_STATS_SLOTS entries */
 	struct gw_change_map *changes; /* a backup export's, freed with it; else NULL */
+	/* A backup export of a copy-before-write view: reads come from it (not owned). */
+	struct gw_cbw *view;
 };
 
 /* Create an export of backend b (main thread). block_size: 0 = the backend's. */

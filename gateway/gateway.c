@@ -1015,9 +1015,9 @@ static bool str_same(const char *a, const char *b)
 
 static bool backup_same(const struct gw_backup_spec *a, const struct gw_backup_spec *b)
 {
-	return a == b ||
-	       (a && b && str_same(a->of, b->of) && str_same(a->checkpoint, b->checkpoint) &&
-		str_same(a->since, b->since) && a->only_changed == b->only_changed);
+	return a == b || (a && b && str_same(a->of, b->of) &&
+			  str_same(a->checkpoint, b->checkpoint) && str_same(a->since, b->since) &&
+			  a->only_changed == b->only_changed && a->view == b->view);
 }
 
 static bool image_same(const struct gw_image_spec *a, const struct gw_image_spec *b)
@@ -1424,12 +1424,12 @@ static void apply_finish2(struct apply *a)
 		if (nm->images[x->image_index].backup) {
 			char why[768];
 
-			if (gw_track_backup_map(nm->images[x->image_index].backup, b->size,
-						&e->changes, why, sizeof(why)) < 0) {
+			if (gw_track_backup_attach(nm->images[x->image_index].backup, b->size,
+						   &e->changes, &e->view, why, sizeof(why)) < 0) {
 				gw_err("export %s: %s", x->id, why);
 				gw_export_free(e);
 				a->xfail[j] =
-					"failed: the changes it offers cannot be had (see the log)";
+					"failed: its view or changes cannot be had (see the log)";
 				continue;
 			}
 		}
@@ -1789,6 +1789,11 @@ static char *manifest_text(const char *skip_id, const char *skip_image, const ch
 				fprintf(f, ", since: %s, only-changed: %s",
 					q(&keep, s->backup->since),
 					s->backup->only_changed ? "true" : "false");
+			if (s->backup->view != GW_VIEW_SNAPSHOT) {
+				static const char *const views[] = GW_VIEW_NAMES;
+
+				fprintf(f, ", view: %s", views[s->backup->view]);
+			}
 			fprintf(f, " }");
 		}
 		fprintf(f, "%s%s }\n", o && *o ? ", " : "", o ? o : "");
@@ -2037,6 +2042,8 @@ static json_object *cmd_backup_start(json_object *req)
 	bool only = jbool(req, "only_changed"), inconsistent = jbool(req, "inconsistent");
 	json_object *nbd = NULL, *img, *bk, *x, *tr, *sub, *r;
 	char err[1024] = "", *path = NULL, *id = NULL;
+	static const char *const views[] = GW_VIEW_NAMES;
+	enum gw_backup_view view = GW_VIEW_SNAPSHOT;
 	int rc;
 
 	if (!image || !ckpt)
@@ -2056,7 +2063,7 @@ static json_object *cmd_backup_start(json_object *req)
 		free(id);
 		return r;
 	}
-	rc = gw_track_backup_view(image, ckpt, since, inconsistent, &path, err, sizeof(err));
+	rc = gw_track_backup_view(image, ckpt, since, inconsistent, &path, &view, err, sizeof(err));
 	if (rc < 0) {
 		free(id);
 		return gw_ctl_error(rc, "%s", err);
@@ -2074,6 +2081,7 @@ static json_object *cmd_backup_start(json_object *req)
 		json_object_object_add(bk, "since", json_object_new_string(since));
 		json_object_object_add(bk, "only-changed", json_object_new_boolean(only));
 	}
+	json_object_object_add(bk, "view", json_object_new_string(views[view]));
 	json_object_object_add(img, "backup", bk);
 	x = json_object_new_object();
 	json_object_object_add(x, "image", json_object_new_string(id));
@@ -2087,8 +2095,8 @@ static json_object *cmd_backup_start(json_object *req)
 	json_object_object_add(sub, "export", x);
 	json_object_object_add(sub, "image", img);
 	json_object_object_add(sub, "dry_run", json_object_new_boolean(jbool(req, "dry_run")));
-	gw_info("backup %s: starting from %s%s%s", id, path, since ? ", changes since " : "",
-		since ? since : "");
+	gw_info("backup %s: starting from %s (%s view)%s%s", id, path, views[view],
+		since ? ", changes since " : "", since ? since : "");
 	r = cmd_export_add(sub);
 	json_object_put(sub);
 	free(path);
@@ -2113,6 +2121,9 @@ static json_object *cmd_backup_stop(json_object *req)
 			s = gw.images[k].s;
 	if (!s || !s->backup)
 		return gw_ctl_error(-ENOENT, "no backup '%s' is running (see status)", id);
+	/* A copy-before-write view ends now: nothing is copied for it any more. */
+	if (s->backup->view == GW_VIEW_CBW)
+		gw_track_backup_end(s->backup->of, s->backup->checkpoint);
 	text = manifest_text(NULL, id, NULL, NULL);
 	if (!text)
 		return gw_ctl_error(-ENOMEM, "out of memory");
@@ -2402,8 +2413,8 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		if (!e)
 			goto fail;
 		if (m->images[x->image_index].backup &&
-		    gw_track_backup_map(m->images[x->image_index].backup, b->size, &e->changes, err,
-					sizeof(err)) < 0) {
+		    gw_track_backup_attach(m->images[x->image_index].backup, b->size, &e->changes,
+					   &e->view, err, sizeof(err)) < 0) {
 			fprintf(stderr, "%s:%d:%d: export %zu: %s\n", m->path, x->line, x->col,
 				i + 1, err);
 			gw_export_free(e);

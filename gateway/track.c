@@ -13,6 +13,7 @@
 
 #include "gateway/control.h"
 #include "lib/cbt.h"
+#include "lib/cbw.h"
 #include "lib/log.h"
 #include "lib/util.h"
 
@@ -21,6 +22,11 @@ struct tracked {
 	char *image;
 	char *stamp_path; /* the file whose size and mtime stand for the image, or NULL */
 	char *dir;        /* RUN-DIR/cbt/IMAGE: records, and snapshots snap.NAME */
+	/* The open copy-before-write view, of checkpoint cbw_ckpt (at most one). */
+	struct gw_cbw *cbw;
+	char cbw_ckpt[GW_CBT_NAME_MAX + 1];
+	struct gw_cbw **retired; /* ended views: requests may still hold them */
+	size_t nretired;
 };
 
 /* Images open and close on an apply's thread too: the registry has a lock. */
@@ -138,6 +144,12 @@ void gw_track_detach(struct gw_backend *b)
 	stamp_of(t->stamp_path, &st);
 	gw_cbt_close(b->cbt, &st);
 	b->cbt = NULL;
+	/* No request runs any more: the views go. */
+	__atomic_store_n(&b->cbw, NULL, __ATOMIC_RELEASE);
+	gw_cbw_free(t->cbw);
+	for (size_t i = 0; i < t->nretired; i++)
+		gw_cbw_free(t->retired[i]);
+	free(t->retired);
 	free(t->image);
 	free(t->stamp_path);
 	free(t->dir);
@@ -208,6 +220,25 @@ json_object *gw_track_status(struct gw_backend *b)
 			json_object_get(json_object_object_get(cur, "untrusted_why")));
 	json_object_object_add(o, "changed_bytes",
 			       json_object_get(json_object_object_get(cur, "changed_bytes")));
+	pthread_mutex_lock(&mu);
+	{
+		struct tracked *t = by_backend(b);
+		char why[256];
+
+		if (t && t->cbw) {
+			json_object *v = json_object_new_object();
+
+			json_object_object_add(v, "checkpoint",
+					       json_object_new_string(t->cbw_ckpt));
+			json_object_object_add(
+				v, "copied_bytes",
+				json_object_new_int64((int64_t)gw_cbw_copied(t->cbw)));
+			if (gw_cbw_broken(t->cbw, why, sizeof(why)))
+				json_object_object_add(v, "broken", json_object_new_string(why));
+			json_object_object_add(o, "copy_before_write", v);
+		}
+	}
+	pthread_mutex_unlock(&mu);
 	json_object_put(cur);
 	json_object_put(ck);
 	return o;
@@ -311,6 +342,48 @@ static int snapshot_take(const struct tracked *t, const char *name, char *why, s
 	return rc;
 }
 
+/* End t's copy-before-write view if it is checkpoint name's (NULL: whichever). */
+static void view_end(struct tracked *t, const char *name)
+{
+	struct gw_cbw **n;
+
+	if (!t->cbw || (name && strcmp(t->cbw_ckpt, name) != 0))
+		return;
+	__atomic_store_n(&t->b->cbw, NULL, __ATOMIC_RELEASE);
+	gw_cbw_stop(t->cbw);
+	gw_info("image %s: the copy-before-write view of checkpoint %s ended (%llu bytes copied)",
+		t->image, t->cbw_ckpt, (unsigned long long)gw_cbw_copied(t->cbw));
+	n = realloc(t->retired, (t->nretired + 1) * sizeof(*n));
+	if (n) {
+		t->retired = n;
+		t->retired[t->nretired++] = t->cbw;
+	} /* else: kept unfreed rather than freed under a request */
+	t->cbw = NULL;
+	t->cbw_ckpt[0] = '\0';
+}
+
+/* Open a copy-before-write view of t's image as checkpoint name's. 0 or -errno with why. */
+static int view_begin(struct tracked *t, const char *name, char *why, size_t len)
+{
+	char *aside;
+	int rc;
+
+	if (!t->stamp_path) {
+		snprintf(why, len, "its backend keeps no file blkgw can read past");
+		return -EOPNOTSUPP;
+	}
+	if (asprintf(&aside, "%s/cbw.%s", t->dir, name) < 0)
+		return -ENOMEM;
+	rc = gw_cbw_open(&t->cbw, t->stamp_path, aside, t->b->size, gw_cbt_granularity(t->b->cbt),
+			 why, len);
+	free(aside);
+	if (rc < 0)
+		return rc;
+	snprintf(t->cbw_ckpt, sizeof(t->cbw_ckpt), "%s", name);
+	__atomic_store_n(&t->b->cbw, t->cbw, __ATOMIC_RELEASE);
+	return 0;
+}
+
 static json_object *cmd_create(json_object *req)
 {
 	json_object *fail, *r, *v;
@@ -373,6 +446,7 @@ static json_object *cmd_delete(json_object *req)
 	rc = gw_cbt_delete(t->b->cbt, name, err, sizeof(err));
 	if (rc < 0)
 		return gw_ctl_error(rc, "image %s: %s", t->image, err);
+	view_end(t, name);
 	{
 		/* Its view goes too (a backup export reading it keeps its open file). */
 		char *p = snap_path(t, name);
@@ -403,6 +477,10 @@ static json_object *cmd_list(json_object *req)
 
 		json_object_object_add(o, "snapshot",
 				       json_object_new_boolean(name && has_snapshot(t, name)));
+		if (name && t->cbw && strcmp(t->cbw_ckpt, name) == 0)
+			json_object_object_add(
+				o, "copy_before_write",
+				json_object_new_int64((int64_t)gw_cbw_copied(t->cbw)));
 	}
 	json_object_object_add(r, "checkpoints", ck);
 	json_object_object_add(r, "current", cur);
@@ -487,11 +565,12 @@ static json_object *command(const char *name, json_object *req)
 }
 
 int gw_track_backup_view(const char *image, const char *checkpoint, const char *since,
-			 bool inconsistent, char **path, char *err, size_t errlen)
+			 bool inconsistent, char **path, enum gw_backup_view *view, char *err,
+			 size_t errlen)
 {
 	struct tracked *t;
 	uint64_t *bits = NULL;
-	char why[512] = "";
+	char why[512] = "", why2[512] = "";
 	int rc = 0;
 
 	*path = NULL;
@@ -500,62 +579,110 @@ int gw_track_backup_view(const char *image, const char *checkpoint, const char *
 	if (!t) {
 		snprintf(err, errlen, "image '%s' is not served with 'track-changes: true'", image);
 		rc = -ENOENT;
-	} else if (!gw_cbt_has(t->b->cbt, checkpoint)) {
-		snprintf(err, errlen, "image %s has no checkpoint '%s' (see checkpoint list)",
-			 image, checkpoint);
-		rc = -ENOENT;
-	} else if (since && (rc = gw_cbt_changes(t->b->cbt, since, checkpoint, &bits, why,
-						 sizeof(why))) != 0) {
+		goto out;
+	}
+	/* The changes since `since` up to now: known, and trusted. */
+	if (since && (rc = gw_cbt_changes(t->b->cbt, since,
+					  gw_cbt_has(t->b->cbt, checkpoint) ? checkpoint : NULL,
+					  &bits, why, sizeof(why))) != 0) {
 		if (rc > 0) {
-			snprintf(err, errlen,
-				 "image %s: the changes after %s up to %s cannot be trusted (%s): "
-				 "back up in full (without --since)",
-				 image, since, checkpoint, why);
+			snprintf(
+				err, errlen,
+				"image %s: the changes after %s cannot be trusted (%s): back up in "
+				"full (without --since)",
+				image, since, why);
 			rc = -ESTALE;
 		} else {
 			snprintf(err, errlen, "image %s: %s", image, why);
 		}
-	} else if (has_snapshot(t, checkpoint)) {
-		*path = snap_path(t, checkpoint);
-		rc = *path ? 0 : -ENOMEM;
-	} else if (!inconsistent) {
-		snprintf(err, errlen,
-			 "checkpoint %s of image %s has no point-in-time view (it was created "
-			 "without one, or the image's file system cannot reflink), and the live "
-			 "image goes on changing while a backup reads it: the copy would not be "
-			 "consistent. Keep the image on XFS or btrfs beside the run dir so "
-			 "checkpoints carry a view, or pass --inconsistent to read the live image",
-			 checkpoint, image);
-		rc = -EAGAIN;
-	} else if (!t->stamp_path) {
-		snprintf(err, errlen, "image %s: its backend has no file a backup can read", image);
-		rc = -EOPNOTSUPP;
-	} else {
-		*path = strdup(t->stamp_path);
-		rc = *path ? 0 : -ENOMEM;
+		goto out;
 	}
+	if (gw_cbt_has(t->b->cbt, checkpoint)) {
+		if (has_snapshot(t, checkpoint)) {
+			*view = GW_VIEW_SNAPSHOT;
+			*path = snap_path(t, checkpoint);
+		} else if (inconsistent && t->stamp_path) {
+			*view = GW_VIEW_LIVE;
+			*path = strdup(t->stamp_path);
+		} else {
+			snprintf(err, errlen,
+				 "checkpoint %s of image %s has no point-in-time view (it was made "
+				 "without one), and the live image goes on changing while a backup "
+				 "reads it: the copy would not be consistent. Back up a new "
+				 "checkpoint instead ('backup start %s NEWNAME' makes it, with a "
+				 "view), or pass --inconsistent to read the live image",
+				 checkpoint, image, image);
+			rc = -EAGAIN;
+			goto out;
+		}
+		rc = *path ? 0 : -ENOMEM;
+		goto out;
+	}
+	/* A new checkpoint, made now with its view: a reflink copy, or copy-before-write. */
+	if (t->cbw) {
+		snprintf(err, errlen,
+			 "image %s: the copy-before-write view of checkpoint %s is open (its "
+			 "backup runs): stop that backup first",
+			 image, t->cbw_ckpt);
+		rc = -EBUSY;
+		goto out;
+	}
+	rc = gw_cbt_checkpoint(t->b->cbt, checkpoint, why, sizeof(why));
+	if (rc < 0) {
+		snprintf(err, errlen, "image %s: %s", image, why);
+		goto out;
+	}
+	if (snapshot_take(t, checkpoint, why, sizeof(why)) == 0) {
+		*view = GW_VIEW_SNAPSHOT;
+		*path = snap_path(t, checkpoint);
+	} else if ((rc = view_begin(t, checkpoint, why2, sizeof(why2))) == 0) {
+		*view = GW_VIEW_CBW;
+		*path = strdup(t->stamp_path);
+	} else {
+		gw_cbt_delete(t->b->cbt, checkpoint, why, sizeof(why));
+		snprintf(err, errlen, "image %s: no point-in-time view can be made: %s", image,
+			 why2);
+		goto out;
+	}
+	gw_info("image %s: checkpoint %s created for a backup, with a %s view", image, checkpoint,
+		*view == GW_VIEW_CBW ? "copy-before-write" : "reflink");
+	rc = *path ? 0 : -ENOMEM;
+out:
 	free(bits);
 	pthread_mutex_unlock(&mu);
 	return rc;
 }
 
-int gw_track_backup_map(const struct gw_backup_spec *s, uint64_t size, struct gw_change_map **out,
-			char *err, size_t errlen)
+void gw_track_backup_end(const char *image, const char *checkpoint)
 {
 	struct tracked *t;
-	struct gw_change_map *m;
+
+	pthread_mutex_lock(&mu);
+	t = by_image(image);
+	if (t)
+		view_end(t, checkpoint);
+	pthread_mutex_unlock(&mu);
+}
+
+int gw_track_backup_attach(const struct gw_backup_spec *s, uint64_t size,
+			   struct gw_change_map **out, struct gw_cbw **view, char *err,
+			   size_t errlen)
+{
+	struct tracked *t;
+	struct gw_change_map *m = NULL;
 	char why[512] = "";
-	int rc;
+	int rc = 0;
 
 	*out = NULL;
-	if (!s->since)
-		return 0;
-	m = calloc(1, sizeof(*m));
-	if (!m || !(m->since = strdup(s->since))) {
-		free(m);
-		return -ENOMEM;
+	*view = NULL;
+	if (s->since) {
+		m = calloc(1, sizeof(*m));
+		if (!m || !(m->since = strdup(s->since))) {
+			free(m);
+			return -ENOMEM;
+		}
+		m->only_changed = s->only_changed;
 	}
-	m->only_changed = s->only_changed;
 	pthread_mutex_lock(&mu);
 	t = by_image(s->of);
 	if (!t) {
@@ -565,7 +692,19 @@ int gw_track_backup_map(const struct gw_backup_spec *s, uint64_t size, struct gw
 		snprintf(err, errlen, "image %s is %llu bytes, its view %llu: not the same disk",
 			 s->of, (unsigned long long)t->b->size, (unsigned long long)size);
 		rc = -EINVAL;
-	} else {
+	} else if (s->view == GW_VIEW_CBW) {
+		if (t->cbw && strcmp(t->cbw_ckpt, s->checkpoint) == 0) {
+			*view = t->cbw;
+		} else {
+			snprintf(err, errlen,
+				 "the copy-before-write view of %s's checkpoint %s is gone (it "
+				 "lives as long as the daemon and its backup): remove image "
+				 "%s@%s and start a new backup",
+				 s->of, s->checkpoint, s->of, s->checkpoint);
+			rc = -ENOENT;
+		}
+	}
+	if (rc == 0 && m) {
 		rc = gw_cbt_changes(t->b->cbt, s->since, s->checkpoint, &m->bits, why, sizeof(why));
 		m->granularity = gw_cbt_granularity(t->b->cbt);
 		m->nchunks = gw_cbt_chunks(t->b->cbt);
@@ -581,6 +720,7 @@ int gw_track_backup_map(const struct gw_backup_spec *s, uint64_t size, struct gw
 	pthread_mutex_unlock(&mu);
 	if (rc < 0) {
 		gw_change_map_free(m);
+		*view = NULL;
 		return rc;
 	}
 	*out = m;

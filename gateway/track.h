@@ -23,21 +23,28 @@ void gw_track_detach(struct gw_backend *b);
 json_object *gw_track_status(struct gw_backend *b);
 
 /*
- * backup-start's checks: image tracks changes, has `checkpoint`, and the
- * changes after `since` (may be NULL) up to it can be trusted. *path (to
- * free) receives the file a backup export reads: the checkpoint's
- * point-in-time view, or with `inconsistent` and none, the live source file.
- * 0 or -errno with a message that names the fix.
+ * backup-start: the view a backup export of image's `checkpoint` reads.
+ * An existing checkpoint: its reflink copy, or with `inconsistent` the live
+ * file. A new one is made now, with a reflink copy where the file system
+ * can and a copy-before-write view elsewhere. The changes after `since`
+ * (may be NULL) must be known and trusted. *path (to free) and *view
+ * receive the view; 0 or -errno with a message that names the fix.
  */
 int gw_track_backup_view(const char *image, const char *checkpoint, const char *since,
-			 bool inconsistent, char **path, char *err, size_t errlen);
+			 bool inconsistent, char **path, enum gw_backup_view *view, char *err,
+			 size_t errlen);
+/* backup-stop and checkpoint delete: end image's copy-before-write view of checkpoint. */
+void gw_track_backup_end(const char *image, const char *checkpoint);
 /*
- * A backup image's change map for its exports (*out NULL when the spec has
- * no `since`): the chunks of `of` changed after `since` up to `checkpoint`.
- * 0 or -errno with why.
+ * For an export of a backup image: its change map (*out NULL when the spec
+ * has no `since`: the chunks of `of` changed after `since` up to
+ * `checkpoint`) and, for a copy-before-write view, the view its reads come
+ * from. 0 or -errno with why.
  */
-int gw_track_backup_map(const struct gw_backup_spec *s, uint64_t size, struct gw_change_map **out,
-			char *err, size_t errlen);
+struct gw_cbw;
+int gw_track_backup_attach(const struct gw_backup_spec *s, uint64_t size,
+			   struct gw_change_map **out, struct gw_cbw **view, char *err,
+			   size_t errlen);
 
 /* Control commands: checkpoint-create, checkpoint-list, checkpoint-delete. NULL: not ours. */
 json_object *gw_track_command(const char *name, json_object *req);

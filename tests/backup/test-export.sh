@@ -7,19 +7,30 @@
 # live disk. nbdinfo and qemu-img map read qemu:dirty-bitmap:c1 exactly. A
 # checkpoint without a view is refused unless --inconsistent. fio --verify
 # writes to the live disk through a whole backup.
-# The image and the run dir live on an XFS file system the test loop-mounts,
-# so checkpoints carry reflink views.
+#   test-export.sh reflink   the image and run dir on an XFS file system the
+#                            test loop-mounts: views are reflink copies
+#   test-export.sh cbw       on the temp dir's file system (ext4 here, no
+#                            reflink): views are copy-before-write
 . "$(dirname "$0")/../lib.sh"
-requires jq qemu-img qemu-io nbdinfo mkfs.xfs fio
-[ "$(id -u)" = 0 ] || skip "loop-mounting an XFS file system needs root"
+mode=${1:?usage: test-export.sh reflink|cbw}
+requires jq qemu-img qemu-io nbdinfo fio
 
-mnt=$T/xfs
-truncate -s 512M "$T/xfs.img"
-mkfs.xfs -q "$T/xfs.img" || fail "mkfs.xfs"
-mkdir "$mnt"
-mount -o loop "$T/xfs.img" "$mnt" || skip "cannot loop-mount (no loop devices here?)"
-# After lib.sh's kill -9 of blkgw: wait for it to let go of the mount.
-on_exit "[ -z \"\$BLKGW_PID\" ] || wait \$BLKGW_PID 2>/dev/null; umount $mnt || umount -l $mnt"
+if [ "$mode" = reflink ]; then
+  requires mkfs.xfs
+  [ "$(id -u)" = 0 ] || skip "loop-mounting an XFS file system needs root"
+  mnt=$T/xfs
+  truncate -s 512M "$T/xfs.img"
+  mkfs.xfs -q "$T/xfs.img" || fail "mkfs.xfs"
+  mkdir "$mnt"
+  mount -o loop "$T/xfs.img" "$mnt" || skip "cannot loop-mount (no loop devices here?)"
+  # After lib.sh's kill -9 of blkgw: wait for it to let go of the mount.
+  on_exit "[ -z \"\$BLKGW_PID\" ] || wait \$BLKGW_PID 2>/dev/null; umount $mnt || umount -l $mnt"
+else
+  mnt=$T/plain
+  mkdir "$mnt"
+  cp --reflink=always /dev/null "$mnt/probe" 2>/dev/null &&
+    skip "$mnt can reflink: copy-before-write would not be used"
+fi
 run=$mnt/run
 cat >"$T/m.yaml" <<YAML
 version: 1
@@ -34,10 +45,13 @@ start_blkgw "$T/m.yaml"
 io() { qemu-io -f raw "$@" "$live" >/dev/null || fail "qemu-io $*"; }
 
 io -c 'write -P 1 0 8M' -c 'write -P 9 20M 1M' -c 'write -P 5 63M 1M'
-"$BLKGW" checkpoint create disk c1 || fail "checkpoint create c1"
 cp "$mnt/disk.img" "$T/c1.raw"
-"$BLKGW" checkpoint list disk --json | jq -e '.checkpoints[0].snapshot == true' >/dev/null ||
-  fail "checkpoint c1 has no point-in-time view on XFS"
+if [ "$mode" = reflink ]; then
+  "$BLKGW" checkpoint create disk c1 || fail "checkpoint create c1"
+  "$BLKGW" checkpoint list disk --json | jq -e '.checkpoints[0].snapshot == true' >/dev/null ||
+    fail "checkpoint c1 has no point-in-time view on XFS"
+fi
+# reflink: a backup of c1; cbw: c1 is made by backup start, with its view.
 url=$("$BLKGW" backup start disk c1 --socket "$T/b1.sock") || fail "backup start disk c1"
 echo "backup c1 at $url"
 [ "$url" = "nbd+unix:///disk%40c1?socket=$T/b1.sock" ] || fail "backup start printed '$url'"
@@ -50,12 +64,20 @@ io -c 'write -P 4 30M 512'
 qemu-img compare -q -f qcow2 -F raw "$T/full.qcow2" "$T/c1.raw" ||
   fail "the full backup is not the disk as it was at c1"
 qemu-io -f raw -r -c 'write -P 7 0 4k' "$url" 2>"$T/err" && fail "a backup export took a write"
+if [ "$mode" = cbw ]; then
+  # 1M, 2044k (two chunks), 8M (two), 20M, 30M: seven 64K chunks copied aside, and shown.
+  "$BLKGW" status --json | jq -e '.exports[] | select(.id == "disk") |
+    .tracking.copy_before_write | .checkpoint == "c1" and .copied_bytes == 458752' >/dev/null ||
+    { "$BLKGW" status --json | jq '.exports[0].tracking'; fail "status does not show the copy-before-write view"; }
+  [ -f "$run/cbt/disk/cbw.c1" ] || fail "no aside file for c1's view"
+fi
 "$BLKGW" backup stop disk@c1 || fail "backup stop"
+[ ! -e "$run/cbt/disk/cbw.c1" ] || fail "the aside file outlived its backup"
 "$BLKGW" status --json | jq -e '[.exports[].id] == ["disk"]' >/dev/null ||
   fail "disk@c1 is still exported after backup stop"
 
-"$BLKGW" checkpoint create disk c2 || fail "checkpoint create c2"
 cp "$mnt/disk.img" "$T/c2.raw"
+# c2 made by backup start (reflink: with a reflink view; cbw: copy-before-write).
 url=$("$BLKGW" backup start disk c2 --since c1 --only-changed --socket "$T/b2.sock") ||
   fail "backup start disk c2 --since c1 --only-changed"
 io -c 'write -P 6 40M 64k'  # after c2: in neither backup
@@ -105,17 +127,28 @@ qemu-img compare -q -f qcow2 -F raw "$T/inc.qcow2" "$T/c2.raw" ||
   fail "full + increment is not the disk as it was at c2"
 # A backup export is part of the state: save-manifest writes it, serve brings it back.
 "$BLKGW" save-manifest "$T/saved.yaml" || fail "save-manifest"
-grep -q "backup: { of: \"*disk\"*, checkpoint: \"*c2\"*, since: \"*c1\"*, only-changed: true }" \
+grep -q "backup: { of: \"*disk\"*, checkpoint: \"*c2\"*, since: \"*c1\"*, only-changed: true" \
   "$T/saved.yaml" || { cat "$T/saved.yaml"; fail "save-manifest lost the backup image"; }
 "$BLKGW" apply "$T/saved.yaml" >"$T/apply.out" 2>&1 || { cat "$T/apply.out"; fail "apply the saved state"; }
 grep -q "^keep disk@c2: unchanged" "$T/apply.out" ||
   { cat "$T/apply.out"; fail "re-applying the saved state did not keep disk@c2"; }
-stop_blkgw
-start_blkgw "$T/saved.yaml"
-nbdinfo --map=qemu:dirty-bitmap:c1 --json "$url" >"$T/map.json" || fail "dirty map after restart"
-got=$(jq -c '[.[] | select(.type == 1) | [.offset, .length, .type]]' "$T/map.json")
-[ "$got" = "$want" ] || fail "after a restart from the saved manifest, the dirty map is $got"
-"$BLKGW" backup stop disk@c2 || fail "backup stop disk@c2"
+if [ "$mode" = reflink ]; then
+  stop_blkgw
+  start_blkgw "$T/saved.yaml"
+  nbdinfo --map=qemu:dirty-bitmap:c1 --json "$url" >"$T/map.json" || fail "dirty map after restart"
+  got=$(jq -c '[.[] | select(.type == 1) | [.offset, .length, .type]]' "$T/map.json")
+  [ "$got" = "$want" ] || fail "after a restart from the saved manifest, the dirty map is $got"
+  "$BLKGW" backup stop disk@c2 || fail "backup stop disk@c2"
+else
+  # A copy-before-write view lives as long as the daemon: a restart cannot bring
+  # it back, and says so rather than serve the live disk as the past.
+  "$BLKGW" backup stop disk@c2 || fail "backup stop disk@c2"
+  stop_blkgw
+  "$BLKGW" serve "$T/saved.yaml" 2>"$T/serve.err" && fail "serve brought back a lost view"
+  grep -q "copy-before-write view of disk's checkpoint c2 is gone" "$T/serve.err" ||
+    { cat "$T/serve.err"; fail "serve of a lost view: unclear message"; }
+  start_blkgw "$T/m.yaml"
+fi
 io -c 'write -z 40M 64k'  # undo the write after c2 (zeros before): live equals c2 again
 qemu-img compare -q -f qcow2 -F raw "$T/inc.qcow2" "$live" ||
   fail "full + increment is not the live disk once writes stop"
@@ -132,8 +165,8 @@ qemu-img compare -q -f raw -F raw "$url" "$live" || fail "the --inconsistent vie
 
 # fio --verify goes on writing to the live disk through a whole backup, without
 # an error; the backup is the disk as it was at its checkpoint.
-"$BLKGW" checkpoint create disk c4 || fail "checkpoint create c4"
 cp "$mnt/disk.img" "$T/c4.raw"
+url=$("$BLKGW" backup start disk c4 --socket "$T/b4.sock") || fail "backup start disk c4"
 (
   n=0
   while [ ! -e "$T/fio.stop" ]; do
@@ -150,7 +183,6 @@ fio_loop=$!
 on_exit "touch $T/fio.stop"
 i=0; while cmp -s "$mnt/disk.img" "$T/c4.raw"; do
   i=$((i + 1)); [ $i -lt 300 ] || fail "fio did not write to the live disk"; sleep 0.1; done
-url=$("$BLKGW" backup start disk c4 --socket "$T/b4.sock") || fail "backup start disk c4"
 qemu-img convert -f raw -O raw "$url" "$T/c4-backup.raw" || fail "qemu-img convert of disk@c4"
 kill -0 $fio_loop 2>/dev/null || { cat "$T/fio.runs" "$T/fio.err"; fail "fio stopped during the backup"; }
 touch "$T/fio.stop"
@@ -163,7 +195,18 @@ cmp -s "$mnt/disk.img" "$T/c4.raw" && fail "the live disk did not change: the te
 
 # Deleting a checkpoint drops its view.
 "$BLKGW" checkpoint delete disk c1 || fail "checkpoint delete c1"
-[ ! -e "$run/cbt/disk/snap.c1" ] || fail "the view of a deleted checkpoint stayed"
-[ -e "$run/cbt/disk/snap.c2" ] || fail "the view of c2 went with c1"
+if [ "$mode" = reflink ]; then
+  [ ! -e "$run/cbt/disk/snap.c1" ] || fail "the view of a deleted checkpoint stayed"
+  [ -e "$run/cbt/disk/snap.c2" ] || fail "the view of c2 went with c1"
+else
+  url=$("$BLKGW" backup start disk c5 --socket "$T/b5.sock") || fail "backup start disk c5"
+  io -c 'write -P 3 0 64k'
+  [ -f "$run/cbt/disk/cbw.c5" ] || fail "no aside file for c5"
+  "$BLKGW" checkpoint delete disk c5 || fail "checkpoint delete c5 (its backup running)"
+  [ ! -e "$run/cbt/disk/cbw.c5" ] || fail "deleting c5 left its aside file"
+  qemu-img convert -f raw -O raw "$url" "$T/x.raw" 2>/dev/null &&
+    fail "the view of a deleted checkpoint still reads"
+  "$BLKGW" backup stop disk@c5 || fail "backup stop disk@c5"
+fi
 stop_blkgw
-echo "PASS: backup exports"
+echo "PASS: backup exports ($mode views)"

@@ -1,0 +1,201 @@
+/*
+ * Copy-before-write views (lib/cbw.c): a view keeps the image as it was
+ * while the image is rewritten, also with writers racing a reader; a copy
+ * that cannot be made breaks the view, never the write; stop removes the
+ * aside file.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "lib/cbw.h"
+
+#define CHUNK  65536u
+#define NCHUNK 64u
+#define SIZE   ((uint64_t)CHUNK * NCHUNK - 4096) /* the last chunk is short */
+
+static char dir[256], src[300], aside[300];
+
+static void fill(int fd, uint64_t off, uint64_t len, unsigned char v)
+{
+	char *b = malloc(len);
+
+	memset(b, v, len);
+	CHECK(pwrite(fd, b, len, (off_t)off) == (ssize_t)len);
+	free(b);
+}
+
+/* The writer's side of the checked layer: tell the view, then write. */
+static void change(struct gw_cbw *c, int fd, uint64_t off, uint64_t len, unsigned char v)
+{
+	gw_cbw_before_write(c, off, len);
+	fill(fd, off, len, v);
+}
+
+/* Does the view read [off, off+len) as all v? */
+static bool view_is(struct gw_cbw *c, uint64_t off, uint64_t len, unsigned char v)
+{
+	unsigned char *b = malloc(len);
+	struct iovec iov[2] = { { b, len / 3 }, { b + len / 3, len - len / 3 } };
+	bool ok = gw_cbw_read(c, iov, 2, off, len) == 0;
+
+	for (uint64_t i = 0; ok && i < len; i++)
+		ok = b[i] == v;
+	free(b);
+	return ok;
+}
+
+static int make_src(void)
+{
+	int fd = open(src, O_RDWR | O_CREAT | O_TRUNC, 0600);
+
+	CHECK(fd >= 0);
+	fill(fd, 0, SIZE, 'A');
+	return fd;
+}
+
+static void test_view(void)
+{
+	int fd = make_src();
+	struct gw_cbw *c = NULL;
+	char err[256] = "";
+	struct stat st;
+
+	CHECK(gw_cbw_open(&c, src, aside, SIZE, CHUNK, err, sizeof(err)) == 0 && c);
+	if (!c)
+		return;
+	change(c, fd, 100, 10, 'B');                     /* inside chunk 0 */
+	change(c, fd, CHUNK - 1, 2, 'C');                /* across chunks 0 and 1 */
+	change(c, fd, 10ull * CHUNK, 3ull * CHUNK, 'D'); /* chunks 10..12 whole */
+	change(c, fd, SIZE - 10, 10, 'E');               /* the short last chunk */
+	change(c, fd, 100, 10, 'F');                     /* chunk 0 again: no second copy */
+	CHECK(view_is(c, 0, SIZE, 'A'));
+	CHECK(view_is(c, CHUNK - 7, 20, 'A'));
+	CHECK_EQ_U64(gw_cbw_copied(c), 5ull * CHUNK + (SIZE - 63ull * CHUNK));
+	CHECK(!gw_cbw_broken(c, NULL, 0));
+	gw_cbw_stop(c);
+	CHECK(stat(aside, &st) < 0 && errno == ENOENT);
+	CHECK(!view_is(c, 0, 4096, 'A'));      /* a stopped view reads nothing */
+	change(c, fd, 20ull * CHUNK, 10, 'G'); /* and copies nothing */
+	gw_cbw_free(c);
+	close(fd);
+}
+
+/*
+ * A copy that fails breaks the view and says why (the aside file may not
+ * grow past 1 MiB here: RLIMIT_FSIZE); the write itself is not stopped.
+ */
+static void test_broken(void)
+{
+	int fd = make_src();
+	struct gw_cbw *c = NULL;
+	char err[256] = "", why[256] = "";
+	struct rlimit old, lim;
+	struct iovec iov;
+	char b[16];
+
+	CHECK(gw_cbw_open(&c, src, aside, SIZE, CHUNK, err, sizeof(err)) == 0 && c);
+	if (!c)
+		return;
+	signal(SIGXFSZ, SIG_IGN);
+	CHECK(getrlimit(RLIMIT_FSIZE, &old) == 0);
+	lim = (struct rlimit){ 1 << 20, old.rlim_max }; /* the soft limit only: it goes back up */
+	CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+	gw_cbw_before_write(c, 0, 10); /* under the limit: copied */
+	CHECK(!gw_cbw_broken(c, NULL, 0));
+	gw_cbw_before_write(c, 40ull * CHUNK, 10); /* past it: EFBIG */
+	CHECK(setrlimit(RLIMIT_FSIZE, &old) == 0);
+	CHECK(gw_cbw_broken(c, why, sizeof(why)));
+	CHECK(strstr(why, "File too large") != NULL);
+	iov = (struct iovec){ b, sizeof(b) };
+	CHECK(gw_cbw_read(c, &iov, 1, 0, sizeof(b)) == -EIO);
+	gw_cbw_free(c);
+	close(fd);
+}
+
+/* Writers rewrite chunks while a reader reads the whole view again and again. */
+struct race {
+	struct gw_cbw *c;
+	int fd;
+	atomic_bool stop;
+	atomic_int bad;
+	unsigned seed;
+};
+
+static void *writer(void *arg)
+{
+	struct race *r = arg;
+	unsigned s = r->seed;
+
+	for (int n = 0; n < 400; n++) {
+		uint64_t off = (uint64_t)(rand_r(&s) % (SIZE - 8192));
+		uint64_t len = 1 + (uint64_t)(rand_r(&s) % 8192);
+
+		change(r->c, r->fd, off, len, (unsigned char)('a' + rand_r(&s) % 26));
+	}
+	return NULL;
+}
+
+static void *reader(void *arg)
+{
+	struct race *r = arg;
+
+	while (!atomic_load(&r->stop))
+		if (!view_is(r->c, 0, SIZE, 'A'))
+			atomic_fetch_add(&r->bad, 1);
+	return NULL;
+}
+
+static void test_race(void)
+{
+	struct race r = { .fd = make_src() };
+	struct race w[3];
+	pthread_t tr, tw[3];
+	char err[256] = "";
+
+	CHECK(gw_cbw_open(&r.c, src, aside, SIZE, CHUNK, err, sizeof(err)) == 0 && r.c);
+	if (!r.c)
+		return;
+	pthread_create(&tr, NULL, reader, &r);
+	for (int i = 0; i < 3; i++) {
+		w[i] = (struct race){ .c = r.c, .fd = r.fd, .seed = 7u + (unsigned)i };
+		pthread_create(&tw[i], NULL, writer, &w[i]);
+	}
+	for (int i = 0; i < 3; i++)
+		pthread_join(tw[i], NULL);
+	atomic_store(&r.stop, true);
+	pthread_join(tr, NULL);
+	CHECK_EQ_U64(atomic_load(&r.bad), 0);
+	CHECK(view_is(r.c, 0, SIZE, 'A'));
+	CHECK(gw_cbw_copied(r.c) > 0);
+	gw_cbw_free(r.c);
+	close(r.fd);
+}
+
+int main(void)
+{
+	snprintf(dir, sizeof(dir), "%s/blkgw-cbw.XXXXXX",
+		 getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+	if (!mkdtemp(dir)) {
+		perror("mkdtemp");
+		return 1;
+	}
+	snprintf(src, sizeof(src), "%s/image", dir);
+	snprintf(aside, sizeof(aside), "%s/aside", dir);
+	test_view();
+	test_broken();
+	test_race();
+	unlink(src);
+	unlink(aside);
+	rmdir(dir);
+	return check_report();
+}
