@@ -225,29 +225,28 @@ static int read_into(int fd, const struct iovec *iov, unsigned iovcnt, uint64_t 
 int gw_cbw_read(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt, uint64_t off,
 		uint64_t len)
 {
-	uint64_t first, last, m, pos = off, end = off + len;
+	uint64_t pos = off, end = off + len;
 	int rc = 0;
 
-	if (!len)
-		return 0;
 	if (end > c->size || end < off)
 		return -EINVAL;
-	first = off / c->chunk;
-	last = (end - 1) / c->chunk;
-	m = stripes(first, last);
-	lock_all(c, m);
-	if (atomic_load(&c->stopped) || atomic_load(&c->broken))
-		rc = -EIO;
+	/*
+	 * A chunk at a time, under that chunk's lock only: a writer waits at
+	 * most for one chunk's read, and only if it hashes to the same lock.
+	 */
 	while (rc == 0 && pos < end) {
 		uint64_t i = pos / c->chunk, stop = GW_MIN((i + 1) * c->chunk, end);
-		bool copied = is_copied(c, i);
+		pthread_mutex_t *l = &c->lock[i % STRIPES];
 
-		while (stop < end && is_copied(c, stop / c->chunk) == copied)
-			stop = GW_MIN(stop + c->chunk, end);
-		rc = read_into(copied ? c->aside : c->src, iov, iovcnt, pos - off, stop - pos, pos);
+		pthread_mutex_lock(l);
+		if (atomic_load(&c->stopped) || atomic_load(&c->broken))
+			rc = -EIO;
+		else
+			rc = read_into(is_copied(c, i) ? c->aside : c->src, iov, iovcnt, pos - off,
+				       stop - pos, pos);
+		pthread_mutex_unlock(l);
 		pos = stop;
 	}
-	unlock_all(c, m);
 	return rc;
 }
 

@@ -9,8 +9,8 @@
  *
  * Concurrency: chunks map onto a fixed set of locks. A change to a chunk
  * not yet copied takes its lock, copies, marks it copied and lets go,
- * before the change is handed to the backend; reading the view holds the
- * locks of the chunks it reads while it reads them. So a read of a chunk
+ * before the change is handed to the backend; reading the view holds a
+ * chunk's lock while it reads that chunk. So a read of a chunk
  * not yet copied never sees a change that came after the view (the change
  * waits for the read, then copies the old data), and a change to a chunk
  * already copied costs one atomic load. Copying is synchronous on the
