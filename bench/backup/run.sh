@@ -1,0 +1,134 @@
+#!/bin/bash
+# Incremental backup costs (docs/backup.md, issue: changed-block tracking):
+# 4k random writes over NBD (fio's nbd engine) to a file image with tracking
+# off, on with every chunk already marked, on with every write landing in a
+# new chunk (rw=write:60k after a checkpoint: one 4k write per 64K chunk),
+# and on while a copy-before-write backup of it is read at full speed with
+# nbdcopy; then the backup's read throughput (nbdcopy to null:) against
+# nbdcopy reading the image file itself. QD1 and QD32, interleaved
+# repetitions, one table with medians and the ratios against tracking off.
+#
+#   bench/backup/run.sh [--runtime S] [--repeat N] [--out DIR]
+#
+# Measurements, never tests: nothing here fails because something is slow.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BLKGW=${BLKGW:-$ROOT/build/blkgw}
+RUNTIME=5
+REPEAT=3
+OUT=""
+while [ $# -gt 0 ]; do
+	case $1 in
+	--runtime) RUNTIME=$2; shift 2 ;;
+	--repeat) REPEAT=$2; shift 2 ;;
+	--out) OUT=$2; shift 2 ;;
+	-h | --help) sed -n 2,13p "$0"; exit 0 ;;
+	*) echo "unknown option $1" >&2; exit 2 ;;
+	esac
+done
+for c in fio nbdcopy jq; do command -v $c >/dev/null || { echo "needs $c" >&2; exit 1; }; done
+OUT=${OUT:-/tmp/blkgw-bench-backup.$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+W=$(mktemp -d /tmp/blkgw-bench-backup-w.XXXXXX)
+PID=""
+cleanup() {
+	[ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+	rm -rf "$W"
+}
+trap cleanup EXIT
+export PATH="/usr/bin:$PATH"
+
+# One daemon per tracking setting; the image is 4 GiB, written in its first 1 GiB.
+serve() { # track: true|false
+	[ -n "$PID" ] && { kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""; }
+	rm -rf "$W/run"
+	cat >"$W/m.yaml" <<-YAML
+	version: 1
+	gateway: { run-dir: $W/run }
+	images:
+	  disk: { backend: file, path: $W/disk.img, size: 4G, track-changes: $1 }
+	exports:
+	  - { image: disk, transports: [nbd], nbd: { socket: $W/disk.sock } }
+	YAML
+	"$BLKGW" serve "$W/m.yaml" 2>>"$OUT/blkgw.log" &
+	PID=$!
+	export BLKGW_CONTROL=$W/run/control.sock
+	for _ in $(seq 100); do "$BLKGW" status >/dev/null 2>&1 && return; sleep 0.1; done
+	echo "blkgw did not start" >&2; exit 1
+}
+URI="nbd+unix:///disk?socket=$W/disk.sock"
+fio_run() { # name qd rw [extra...] -> prints "iops mean_us"
+	local name=$1 qd=$2 rw=$3; shift 3
+	fio --name="$name" --ioengine=nbd --uri="$URI" --rw="$rw" --bs=4k --iodepth="$qd" \
+		--size=1G --runtime="$RUNTIME" --time_based --randrepeat=0 "$@" \
+		--output-format=json --output="$OUT/$name.json" >/dev/null 2>&1
+	jq -r '.jobs[0].write | "\(.iops) \(.clat_ns.mean / 1000)"' "$OUT/$name.json"
+}
+
+truncate -s 4G "$W/disk.img"
+ck=0
+: >"$OUT/raw.txt"
+for r in $(seq "$REPEAT"); do
+	for qd in 1 32; do
+		serve false
+		echo "off qd$qd $(fio_run off-qd$qd-r$r $qd randwrite)" >>"$OUT/raw.txt"
+		serve true
+		# Every chunk of the 1 GiB marked first (one sequential pass).
+		fio --name=mark --ioengine=nbd --uri="$URI" --rw=write --bs=1M --iodepth=8 --size=1G \
+			>/dev/null 2>&1
+		echo "marked qd$qd $(fio_run marked-qd$qd-r$r $qd randwrite)" >>"$OUT/raw.txt"
+		ck=$((ck + 1))
+		"$BLKGW" checkpoint create disk "k$ck" --no-snapshot >/dev/null
+		echo "first qd$qd $(fio_run first-qd$qd-r$r $qd write:60k --bs=4k)" >>"$OUT/raw.txt"
+		# A copy-before-write backup of a new checkpoint, read in a loop while fio writes.
+		ck=$((ck + 1))
+		url=$("$BLKGW" backup start disk "k$ck" --socket "$W/b.sock")
+		(while [ ! -e "$W/stop" ]; do nbdcopy "$url" null: || break; done) &
+		reader=$!
+		echo "backup qd$qd $(fio_run backup-qd$qd-r$r $qd randwrite)" >>"$OUT/raw.txt"
+		touch "$W/stop"; wait $reader || true; rm -f "$W/stop"
+		copied=$("$BLKGW" status --json | jq '.exports[] | select(.id == "disk") | .tracking.copy_before_write.copied_bytes')
+		echo "copied qd$qd $copied 0" >>"$OUT/raw.txt"
+		"$BLKGW" backup stop "disk@k$ck" >/dev/null
+	done
+	# Backup read throughput: the export (a new checkpoint's view, idle guest) vs the file.
+	ck=$((ck + 1))
+	url=$("$BLKGW" backup start disk "k$ck" --socket "$W/b.sock")
+	t0=$(date +%s.%N); nbdcopy "$url" null:; t1=$(date +%s.%N)
+	echo "readbackup - $(echo "4096 / ($t1 - $t0)" | bc -l) 0" >>"$OUT/raw.txt"
+	"$BLKGW" backup stop "disk@k$ck" >/dev/null
+	t0=$(date +%s.%N); nbdcopy "$W/disk.img" null:; t1=$(date +%s.%N)
+	echo "readfile - $(echo "4096 / ($t1 - $t0)" | bc -l) 0" >>"$OUT/raw.txt"
+done
+
+/usr/bin/python3 - "$OUT/raw.txt" <<'PY' | tee "$OUT/table.md"
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    k, qd, a, b = line.split()
+    rows.setdefault((k, qd), []).append((float(a), float(b)))
+med = lambda v, i: statistics.median(x[i] for x in v)
+print("| case | QD | write IOPS (median) | mean latency us | vs tracking off | runs |")
+print("|---|---|---|---|---|---|")
+for k, label in (("off", "tracking off"), ("marked", "tracking on, chunks already marked"),
+                 ("first", "tracking on, every write a new chunk"),
+                 ("backup", "tracking on, copy-before-write backup read meanwhile")):
+    for qd in ("qd1", "qd32"):
+        v = rows.get((k, qd))
+        if not v:
+            continue
+        base = med(rows[("off", qd)], 0)
+        print(f"| {label} | {qd[2:]} | {med(v, 0):,.0f} | {med(v, 1):.1f} | "
+              f"{med(v, 0) / base:.2f}x | {', '.join(f'{x[0]:,.0f}' for x in v)} |")
+for qd in ("qd1", "qd32"):
+    v = rows.get(("copied", qd))
+    if v:
+        print(f"\ncopied aside during the backup at QD{qd[2:]}: median {med(v, 0) / 2**20:.0f} MiB")
+rb, rf = rows.get(("readbackup", "-")), rows.get(("readfile", "-"))
+if rb and rf:
+    print(f"\nbackup read (nbdcopy of IMAGE@CHECKPOINT to null:): median {med(rb, 0):,.0f} MiB/s; "
+          f"nbdcopy of the image file: {med(rf, 0):,.0f} MiB/s; ratio {med(rb, 0) / med(rf, 0):.2f}x")
+PY
+echo "results in $OUT"
