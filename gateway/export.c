@@ -6,6 +6,7 @@
 
 #include "lib/cbt.h"
 #include "lib/cbw.h"
+#include "lib/worker.h"
 #include "lib/log.h"
 
 #define GW_DEFAULT_MAX_XFER (32u << 20)
@@ -60,6 +61,7 @@ void gw_export_free(struct gw_export *e)
 	free(e->rejected);
 	free(e->stats);
 	gw_change_map_free(e->changes);
+	gw_cbw_put(e->view);
 	free(e);
 }
 
@@ -258,6 +260,53 @@ static int track(struct gw_backend *b, struct gw_cbt *t, struct gw_io *io)
 	return 0;
 }
 
+/*
+ * A read of a copy-before-write view (lib/cbw.h): on the view's own threads,
+ * which may wait on file I/O and chunk locks where a worker loop must not;
+ * the answer comes back to this worker. Inline when not on a worker.
+ */
+struct view_read {
+	struct gw_cbw_job job;
+	struct gw_io *io;
+};
+
+static void view_read_done(void *arg)
+{
+	struct view_read *v = arg;
+	struct gw_io *io = v->io;
+	int rc = v->job.result;
+
+	free(v);
+	io->rflags = 0;
+	gw_io_complete(io, rc);
+}
+
+static int view_read(struct gw_export *e, struct gw_stats *s, struct gw_io *io, uint64_t start)
+{
+	struct gw_worker *w = gw_worker_self();
+	struct view_read *v = w ? malloc(sizeof(*v)) : NULL;
+
+	if (v) {
+		v->io = io;
+		v->job = (struct gw_cbw_job){ .iov = io->iov,
+					      .iovcnt = io->iovcnt,
+					      .off = io->offset,
+					      .len = io->len,
+					      .w = w,
+					      .done = view_read_done,
+					      .arg = v };
+		__atomic_fetch_add(&s->inflight, 1, __ATOMIC_RELAXED);
+		if (gw_cbw_read_submit(e->view, &v->job) == 0)
+			return 0;
+		__atomic_fetch_sub(&s->inflight, 1, __ATOMIC_RELAXED);
+		free(v);
+	}
+	io->result = gw_cbw_read(e->view, io->iov, io->iovcnt, io->offset, io->len);
+	io->rflags = 0;
+	count(s, io, start);
+	return 1;
+}
+
 int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io)
 {
 	struct gw_stats *s = slot_of(e, q);
@@ -280,13 +329,8 @@ int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io)
 		count(s, io, start);
 		return 1;
 	}
-	if (gw_unlikely(e->view != NULL) && io->op == GW_OP_READ) {
-		/* A copy-before-write view: read here, synchronously (lib/cbw.h). */
-		io->result = gw_cbw_read(e->view, io->iov, io->iovcnt, io->offset, io->len);
-		io->rflags = 0;
-		count(s, io, start);
-		return 1;
-	}
+	if (gw_unlikely(e->view != NULL) && io->op == GW_OP_READ)
+		return view_read(e, s, io, start);
 	__atomic_fetch_add(&s->inflight, 1, __ATOMIC_RELAXED);
 	rc = e->backend->ops->submit(e->backend, q, io);
 	if (rc) {
@@ -314,6 +358,29 @@ void gw_export_count_error(struct gw_export *e, struct gw_ioq *q)
 	__atomic_fetch_add(&slot_of(e, q)->errors, 1, __ATOMIC_RELAXED);
 }
 
+/*
+ * A copy-before-write view: chunks copied aside are data; the others are
+ * the live image's, allocation included, so the backend answers for them
+ * (the query cut at the run's end). Returns true when answered.
+ */
+static bool view_extents(struct gw_export *e, uint64_t offset, uint64_t *len,
+			 struct gw_extents *out)
+{
+	bool copied;
+	uint64_t run;
+
+	if (!e->view)
+		return false;
+	run = gw_cbw_copied_run(e->view, offset, *len, &copied);
+	run = GW_MIN(*len, (run + e->min_block - 1) & ~(uint64_t)(e->min_block - 1));
+	if (copied) {
+		gw_extents_add(out, run, 0);
+		return true;
+	}
+	*len = run;
+	return false;
+}
+
 int gw_export_extents(struct gw_export *e, struct gw_ioq *q, uint64_t offset, uint64_t len,
 		      struct gw_extents *out)
 {
@@ -330,7 +397,9 @@ int gw_export_extents(struct gw_export *e, struct gw_ioq *q, uint64_t offset, ui
 	}
 	if (layer_extents(e, offset, &len, out))
 		return 0;
-	if (!e->backend->ops->extents || e->view) {
+	if (view_extents(e, offset, &len, out))
+		return 0;
+	if (!e->backend->ops->extents) {
 		gw_extents_add(out, len, 0);
 		return 0;
 	}
@@ -348,7 +417,7 @@ int gw_export_extents_submit(struct gw_export *e, struct gw_ioq *q, struct gw_ex
 	struct gw_extents *out = x->out;
 	uint64_t end = x->offset + x->len;
 
-	if (!b->ops->extents_async || e->view) {
+	if (!b->ops->extents_async) {
 		x->result = gw_export_extents(e, q, x->offset, x->len, out);
 		return 1;
 	}
@@ -361,7 +430,7 @@ int gw_export_extents_submit(struct gw_export *e, struct gw_ioq *q, struct gw_ex
 		x->result = -EINVAL;
 		return 1;
 	}
-	if (layer_extents(e, x->offset, &x->len, out)) {
+	if (layer_extents(e, x->offset, &x->len, out) || view_extents(e, x->offset, &x->len, out)) {
 		x->result = 0;
 		return 1;
 	}

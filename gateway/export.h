@@ -126,7 +126,7 @@ struct gw_export {
 	atomic_uint clients;           /* connections/queues attached, kept by the transport */
 	struct gw_stats *stats;        /* GW_STATS_SLOTS entries */
 	struct gw_change_map *changes; /* a backup export's, freed with it; else NULL */
-	/* A backup export of a copy-before-write view: reads come from it (not owned). */
+	/* A backup export of a copy-before-write view: reads come from it (a reference). */
 	struct gw_cbw *view;
 };
 

@@ -25,7 +25,7 @@ struct tracked {
 	/* The open copy-before-write view, of checkpoint cbw_ckpt (at most one). */
 	struct gw_cbw *cbw;
 	char cbw_ckpt[GW_CBT_NAME_MAX + 1];
-	struct gw_cbw **retired; /* ended views: requests may still hold them */
+	struct gw_cbw **retired; /* ended views: the image's requests may still hold them */
 	size_t nretired;
 };
 
@@ -144,11 +144,11 @@ void gw_track_detach(struct gw_backend *b)
 	stamp_of(t->stamp_path, &st);
 	gw_cbt_close(b->cbt, &st);
 	b->cbt = NULL;
-	/* No request runs any more: the views go. */
+	/* No request of the image runs any more: its references to views go. */
 	__atomic_store_n(&b->cbw, NULL, __ATOMIC_RELEASE);
-	gw_cbw_free(t->cbw);
+	gw_cbw_put(t->cbw);
 	for (size_t i = 0; i < t->nretired; i++)
-		gw_cbw_free(t->retired[i]);
+		gw_cbw_put(t->retired[i]);
 	free(t->retired);
 	free(t->image);
 	free(t->stamp_path);
@@ -694,7 +694,7 @@ int gw_track_backup_attach(const struct gw_backup_spec *s, uint64_t size,
 		rc = -EINVAL;
 	} else if (s->view == GW_VIEW_CBW) {
 		if (t->cbw && strcmp(t->cbw_ckpt, s->checkpoint) == 0) {
-			*view = t->cbw;
+			*view = gw_cbw_get(t->cbw); /* the export's own reference */
 		} else {
 			snprintf(err, errlen,
 				 "the copy-before-write view of %s's checkpoint %s is gone (it "
@@ -720,6 +720,7 @@ int gw_track_backup_attach(const struct gw_backup_spec *s, uint64_t size,
 	pthread_mutex_unlock(&mu);
 	if (rc < 0) {
 		gw_change_map_free(m);
+		gw_cbw_put(*view);
 		*view = NULL;
 		return rc;
 	}

@@ -8,11 +8,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include "lib/log.h"
 #include "lib/util.h"
+#include "lib/worker.h"
 
 #define STRIPES 64 /* locks; chunk i takes lock i % STRIPES */
+#define READERS 2  /* threads that read the view for workers (gw_cbw_read_submit) */
 
 struct gw_cbw {
 	int src, aside;
@@ -22,9 +27,18 @@ struct gw_cbw {
 	_Atomic uint64_t *copied; /* one bit per chunk */
 	pthread_mutex_t lock[STRIPES];
 	pthread_mutex_t why_mu;
+	pthread_rwlock_t fds; /* readers hold it shared; gw_cbw_stop() to close src, aside */
 	atomic_bool broken, stopped;
 	_Atomic uint64_t bytes;
 	char why[256];
+	/* Reads queued for the view's threads (started at the first). */
+	pthread_mutex_t q_mu;
+	pthread_cond_t q_cv;
+	struct gw_cbw_job *q_head, *q_tail;
+	pthread_t readers[READERS];
+	unsigned nreaders;
+	bool q_exit;
+	atomic_uint refs;
 };
 
 int gw_cbw_open(struct gw_cbw **out, const char *src_path, const char *aside_path, uint64_t size,
@@ -37,6 +51,7 @@ int gw_cbw_open(struct gw_cbw **out, const char *src_path, const char *aside_pat
 	if (!c)
 		return -ENOMEM;
 	c->src = c->aside = -1;
+	atomic_init(&c->refs, 1);
 	c->size = size;
 	c->chunk = chunk;
 	c->nchunks = (size + chunk - 1) / chunk;
@@ -49,6 +64,9 @@ int gw_cbw_open(struct gw_cbw **out, const char *src_path, const char *aside_pat
 	for (unsigned i = 0; i < STRIPES; i++)
 		pthread_mutex_init(&c->lock[i], NULL);
 	pthread_mutex_init(&c->why_mu, NULL);
+	pthread_rwlock_init(&c->fds, NULL);
+	pthread_mutex_init(&c->q_mu, NULL);
+	pthread_cond_init(&c->q_cv, NULL);
 	c->src = open(src_path, O_RDONLY | O_CLOEXEC);
 	if (c->src < 0) {
 		rc = -errno;
@@ -230,24 +248,106 @@ int gw_cbw_read(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt, uint
 
 	if (end > c->size || end < off)
 		return -EINVAL;
+	pthread_rwlock_rdlock(&c->fds); /* against gw_cbw_stop() closing them */
+	if (atomic_load(&c->stopped) || atomic_load(&c->broken))
+		rc = -EIO;
 	/*
-	 * A chunk at a time, under that chunk's lock only: a writer waits at
-	 * most for one chunk's read, and only if it hashes to the same lock.
+	 * No chunk lock: a reader never holds up a writer (nor waits on one).
+	 * A chunk not copied is read from the live image and then checked
+	 * again: a write to it is handed to the backend only after the chunk
+	 * is marked copied, so if the mark is still clear after the read, the
+	 * read saw the old data; if it is set now, the old data is in the aside
+	 * file, read again from there.
 	 */
 	while (rc == 0 && pos < end) {
 		uint64_t i = pos / c->chunk, stop = GW_MIN((i + 1) * c->chunk, end);
-		pthread_mutex_t *l = &c->lock[i % STRIPES];
+		bool copied = is_copied(c, i);
 
-		pthread_mutex_lock(l);
-		if (atomic_load(&c->stopped) || atomic_load(&c->broken))
-			rc = -EIO;
-		else
-			rc = read_into(is_copied(c, i) ? c->aside : c->src, iov, iovcnt, pos - off,
-				       stop - pos, pos);
-		pthread_mutex_unlock(l);
+		rc = read_into(copied ? c->aside : c->src, iov, iovcnt, pos - off, stop - pos, pos);
+		atomic_thread_fence(memory_order_seq_cst);
+		if (rc == 0 && !copied && is_copied(c, i))
+			rc = read_into(c->aside, iov, iovcnt, pos - off, stop - pos, pos);
 		pos = stop;
 	}
+	if (rc == 0 && atomic_load(&c->broken))
+		rc = -EIO; /* a copy this read may have needed did not happen */
+	pthread_rwlock_unlock(&c->fds);
 	return rc;
+}
+
+static void *reader_main(void *arg)
+{
+	struct gw_cbw *c = arg;
+
+	gw_log_set_thread_name("cbw-read");
+	/*
+	 * A backup is background work: on a busy host the guest's requests go
+	 * first. The lowest scheduling weight for this thread only (Linux
+	 * applies the nice value of a thread id to that thread).
+	 */
+	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19) < 0)
+		gw_debug("cbw: cannot lower the reader's priority: %s", strerror(errno));
+	pthread_mutex_lock(&c->q_mu);
+	for (;;) {
+		struct gw_cbw_job *j;
+
+		while (!c->q_head && !c->q_exit)
+			pthread_cond_wait(&c->q_cv, &c->q_mu);
+		if (!c->q_head)
+			break;
+		j = c->q_head;
+		c->q_head = j->next;
+		if (!c->q_head)
+			c->q_tail = NULL;
+		pthread_mutex_unlock(&c->q_mu);
+		j->result = gw_cbw_read(c, j->iov, j->iovcnt, j->off, j->len);
+		/* The mailbox allocates: on the rare failure, try again shortly. */
+		while (gw_worker_call(j->w, j->done, j->arg) < 0)
+			usleep(1000);
+		pthread_mutex_lock(&c->q_mu);
+	}
+	pthread_mutex_unlock(&c->q_mu);
+	return NULL;
+}
+
+int gw_cbw_read_submit(struct gw_cbw *c, struct gw_cbw_job *job)
+{
+	int rc = 0;
+
+	job->next = NULL;
+	pthread_mutex_lock(&c->q_mu);
+	while (c->nreaders < READERS && !c->q_exit) {
+		if (pthread_create(&c->readers[c->nreaders], NULL, reader_main, c) != 0)
+			break;
+		c->nreaders++;
+	}
+	if (!c->nreaders || c->q_exit) {
+		rc = -ENOMEM;
+	} else {
+		if (c->q_tail)
+			c->q_tail->next = job;
+		else
+			c->q_head = job;
+		c->q_tail = job;
+		pthread_cond_signal(&c->q_cv);
+	}
+	pthread_mutex_unlock(&c->q_mu);
+	return rc;
+}
+
+uint64_t gw_cbw_copied_run(struct gw_cbw *c, uint64_t off, uint64_t len, bool *copied)
+{
+	uint64_t i = off / c->chunk, end;
+
+	*copied = false;
+	if (off >= c->size || !len)
+		return 0;
+	len = GW_MIN(len, c->size - off);
+	*copied = is_copied(c, i);
+	end = (i + 1) * c->chunk;
+	while (end < off + len && ++i < c->nchunks && is_copied(c, i) == *copied)
+		end += c->chunk;
+	return GW_MIN(end, off + len) - off;
 }
 
 uint64_t gw_cbw_copied(const struct gw_cbw *c)
@@ -272,6 +372,7 @@ void gw_cbw_stop(struct gw_cbw *c)
 	if (!c)
 		return;
 	lock_all(c, ~0ull);
+	pthread_rwlock_wrlock(&c->fds);
 	if (!atomic_load(&c->stopped)) {
 		atomic_store(&c->stopped, true);
 		close(c->src);
@@ -279,17 +380,35 @@ void gw_cbw_stop(struct gw_cbw *c)
 		c->src = c->aside = -1;
 		unlink(c->aside_path);
 	}
+	pthread_rwlock_unlock(&c->fds);
 	unlock_all(c, ~0ull);
 }
 
-void gw_cbw_free(struct gw_cbw *c)
+struct gw_cbw *gw_cbw_get(struct gw_cbw *c)
 {
-	if (!c)
+	if (c)
+		atomic_fetch_add(&c->refs, 1);
+	return c;
+}
+
+void gw_cbw_put(struct gw_cbw *c)
+{
+	if (!c || atomic_fetch_sub(&c->refs, 1) != 1)
 		return;
 	gw_cbw_stop(c);
+	/* Queued reads finish first (a stopped view fails them), then the threads go. */
+	pthread_mutex_lock(&c->q_mu);
+	c->q_exit = true;
+	pthread_cond_broadcast(&c->q_cv);
+	pthread_mutex_unlock(&c->q_mu);
+	for (unsigned i = 0; i < c->nreaders; i++)
+		pthread_join(c->readers[i], NULL);
+	pthread_mutex_destroy(&c->q_mu);
+	pthread_cond_destroy(&c->q_cv);
 	for (unsigned i = 0; i < STRIPES; i++)
 		pthread_mutex_destroy(&c->lock[i]);
 	pthread_mutex_destroy(&c->why_mu);
+	pthread_rwlock_destroy(&c->fds);
 	free(c->aside_path);
 	free((void *)c->copied);
 	free(c);

@@ -9,11 +9,11 @@
  *
  * Concurrency: chunks map onto a fixed set of locks. A change to a chunk
  * not yet copied takes its lock, copies, marks it copied and lets go,
- * before the change is handed to the backend; reading the view holds a
- * chunk's lock while it reads that chunk. So a read of a chunk
- * not yet copied never sees a change that came after the view (the change
- * waits for the read, then copies the old data), and a change to a chunk
- * already copied costs one atomic load. Copying is synchronous on the
+ * before the change is handed to the backend; a change to a chunk already
+ * copied costs one atomic load. Reading the view takes no chunk lock (a
+ * backup reader never holds up the guest): a chunk not copied is read from
+ * the live image and its mark checked again afterwards; set by then, the
+ * chunk is read again from the aside file. Copying is synchronous on the
  * caller's thread (a pread and a pwrite of one chunk).
  *
  * A copy that fails (the aside file's file system full, an I/O error)
@@ -45,6 +45,32 @@ void gw_cbw_before_write(struct gw_cbw *c, uint64_t off, uint64_t len);
 int gw_cbw_read(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt, uint64_t off,
 		uint64_t len);
 
+/*
+ * The same without blocking the caller: the read runs on one of the view's
+ * own threads, then job->done(job->arg) is posted to worker job->w (lib/
+ * worker.h) with job->result set. For callers on a worker loop, which must
+ * not wait on file I/O. Returns 0, or -ENOMEM (not queued: read inline).
+ */
+struct gw_worker;
+struct gw_cbw_job {
+	const struct iovec *iov;
+	unsigned iovcnt;
+	uint64_t off, len;
+	int result; /* out */
+	struct gw_worker *w;
+	void (*done)(void *arg);
+	void *arg;
+	struct gw_cbw_job *next; /* private */
+};
+int gw_cbw_read_submit(struct gw_cbw *c, struct gw_cbw_job *job);
+
+/*
+ * The run from off (at most len) over which chunks are all copied aside or
+ * all not (*copied says which). Not copied yet: the view there is the live
+ * image, its allocation included. Any thread; a hint that may age.
+ */
+uint64_t gw_cbw_copied_run(struct gw_cbw *c, uint64_t off, uint64_t len, bool *copied);
+
 /* Bytes copied aside so far. */
 uint64_t gw_cbw_copied(const struct gw_cbw *c);
 /* Is the view broken (a copy failed)? why (may be NULL) says how. */
@@ -52,8 +78,13 @@ bool gw_cbw_broken(struct gw_cbw *c, char *why, size_t len);
 
 /*
  * End the view: changes copy nothing more, reads fail, the aside file is
- * removed. Threads may still hold c (they find it stopped); free it with
- * gw_cbw_free() once none can (the image closed).
+ * removed. Threads may still hold c (they find it stopped).
  */
 void gw_cbw_stop(struct gw_cbw *c);
-void gw_cbw_free(struct gw_cbw *c);
+/*
+ * References: gw_cbw_open() returns one; each holder (the image's changes,
+ * a backup export's reads) takes its own and puts it once nothing of its
+ * own can use c any more. The last put stops and frees the view.
+ */
+struct gw_cbw *gw_cbw_get(struct gw_cbw *c);
+void gw_cbw_put(struct gw_cbw *c);
