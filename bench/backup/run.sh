@@ -2,7 +2,8 @@
 # Incremental backup costs (docs/backup.md, issue: changed-block tracking):
 # 4k random writes over NBD (fio's nbd engine) to a file image with tracking
 # off, on with every chunk already marked, on with every write landing in a
-# new chunk (rw=write:60k after a checkpoint: one 4k write per 64K chunk),
+# new chunk (rw=write:60k after a checkpoint: one 4k write per 64K chunk,
+# against the same pattern with tracking off),
 # and on while a copy-before-write backup of it is read at full speed with
 # nbdcopy; then the backup's read throughput (nbdcopy to null:) against
 # nbdcopy reading the image file itself. QD1 and QD32, interleaved
@@ -74,6 +75,7 @@ for r in $(seq "$REPEAT"); do
 	for qd in 1 32; do
 		serve false
 		echo "off qd$qd $(fio_run off-qd$qd-r$r $qd randwrite)" >>"$OUT/raw.txt"
+		echo "offseq qd$qd $(fio_run offseq-qd$qd-r$r $qd write:60k)" >>"$OUT/raw.txt"
 		serve true
 		# Every chunk of the 1 GiB marked first (one sequential pass).
 		fio --name=mark --ioengine=nbd --uri="$URI" --rw=write --bs=1M --iodepth=8 --size=1G \
@@ -81,7 +83,7 @@ for r in $(seq "$REPEAT"); do
 		echo "marked qd$qd $(fio_run marked-qd$qd-r$r $qd randwrite)" >>"$OUT/raw.txt"
 		ck=$((ck + 1))
 		"$BLKGW" checkpoint create disk "k$ck" --no-snapshot >/dev/null
-		echo "first qd$qd $(fio_run first-qd$qd-r$r $qd write:60k --bs=4k)" >>"$OUT/raw.txt"
+		echo "first qd$qd $(fio_run first-qd$qd-r$r $qd write:60k)" >>"$OUT/raw.txt"
 		# A copy-before-write backup of a new checkpoint, read in a loop while fio writes.
 		ck=$((ck + 1))
 		url=$("$BLKGW" backup start disk "k$ck" --socket "$W/b.sock")
@@ -110,17 +112,20 @@ for line in open(sys.argv[1]):
     k, qd, a, b = line.split()
     rows.setdefault((k, qd), []).append((float(a), float(b)))
 med = lambda v, i: statistics.median(x[i] for x in v)
-print("| case | QD | write IOPS (median) | mean latency us | vs tracking off | runs |")
-print("|---|---|---|---|---|---|")
-for k, label in (("off", "tracking off"), ("marked", "tracking on, chunks already marked"),
-                 ("first", "tracking on, every write a new chunk"),
-                 ("backup", "tracking on, copy-before-write backup read meanwhile")):
+print("| case | pattern | QD | write IOPS (median) | mean latency us | vs tracking off, same pattern | runs |")
+print("|---|---|---|---|---|---|---|")
+for k, base_k, pat, label in (
+        ("off", "off", "randwrite", "tracking off"),
+        ("marked", "off", "randwrite", "tracking on, chunks already marked"),
+        ("backup", "off", "randwrite", "tracking on, copy-before-write backup read meanwhile"),
+        ("offseq", "offseq", "write:60k", "tracking off"),
+        ("first", "offseq", "write:60k", "tracking on, every write a new chunk")):
     for qd in ("qd1", "qd32"):
         v = rows.get((k, qd))
         if not v:
             continue
-        base = med(rows[("off", qd)], 0)
-        print(f"| {label} | {qd[2:]} | {med(v, 0):,.0f} | {med(v, 1):.1f} | "
+        base = med(rows[(base_k, qd)], 0)
+        print(f"| {label} | {pat} | {qd[2:]} | {med(v, 0):,.0f} | {med(v, 1):.1f} | "
               f"{med(v, 0) / base:.2f}x | {', '.join(f'{x[0]:,.0f}' for x in v)} |")
 for qd in ("qd1", "qd32"):
     v = rows.get(("copied", qd))
