@@ -86,7 +86,7 @@ static void test_view(void)
 	CHECK(stat(aside, &st) < 0 && errno == ENOENT);
 	CHECK(!view_is(c, 0, 4096, 'A'));      /* a stopped view reads nothing */
 	change(c, fd, 20ull * CHUNK, 10, 'G'); /* and copies nothing */
-	gw_cbw_free(c);
+	gw_cbw_put(c);
 	close(fd);
 }
 
@@ -118,7 +118,7 @@ static void test_broken(void)
 	CHECK(strstr(why, "File too large") != NULL);
 	iov = (struct iovec){ b, sizeof(b) };
 	CHECK(gw_cbw_read(c, &iov, 1, 0, sizeof(b)) == -EIO);
-	gw_cbw_free(c);
+	gw_cbw_put(c);
 	close(fd);
 }
 
@@ -177,7 +177,7 @@ static void test_race(void)
 	CHECK_EQ_U64(atomic_load(&r.bad), 0);
 	CHECK(view_is(r.c, 0, SIZE, 'A'));
 	CHECK(gw_cbw_copied(r.c) > 0);
-	gw_cbw_free(r.c);
+	gw_cbw_put(r.c);
 	close(r.fd);
 }
 
