@@ -95,3 +95,29 @@ nbdsh_py() {
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+
+# fio --verify in a loop until fio_loop_stop: each run writes, reads back and
+# verifies (fio ARGS: the job, with --verify=...), so the loop overlaps
+# whatever the test does meanwhile however fast this machine is.
+# fio_loop_alive fails once a run failed; fio_loop_stop waits for the run in
+# progress and fails the test if any run failed. Results in $T/fio.*.
+fio_loop_start() {
+  (
+    n=0
+    while [ ! -e "$T/fio.stop" ]; do
+      n=$((n + 1))
+      fio "$@" --output-format=json --output="$T/fio.json" >"$T/fio.err" 2>&1 ||
+        { echo "run $n failed" >>"$T/fio.runs"; exit 1; }
+      jq -e '.jobs[0].error == 0' "$T/fio.json" >/dev/null || { echo "run $n: error" >>"$T/fio.runs"; exit 1; }
+      echo "run $n ok" >>"$T/fio.runs"
+    done
+  ) &
+  FIO_LOOP=$!
+  on_exit "touch $T/fio.stop"
+}
+fio_loop_alive() { kill -0 "$FIO_LOOP" 2>/dev/null; }
+fio_loop_stop() { # what failed, for the message
+  touch "$T/fio.stop"
+  wait "$FIO_LOOP" || { cat "$T/fio.runs" "$T/fio.err"; fail "$1"; }
+  FIO_RUNS=$(grep -c ' ok$' "$T/fio.runs")
+}

@@ -167,27 +167,14 @@ qemu-img compare -q -f raw -F raw "$url" "$live" || fail "the --inconsistent vie
 # an error; the backup is the disk as it was at its checkpoint.
 cp "$mnt/disk.img" "$T/c4.raw"
 url=$("$BLKGW" backup start disk c4 --socket "$T/b4.sock") || fail "backup start disk c4"
-(
-  n=0
-  while [ ! -e "$T/fio.stop" ]; do
-    n=$((n + 1))
-    fio --name=live --ioengine=nbd --uri="$live" --rw=randwrite --bs=4k --iodepth=16 \
-      --offset=32M --size=16M --verify=crc32c --verify_fatal=1 --randrepeat=0 \
-      --output-format=json --output="$T/fio.json" >"$T/fio.err" 2>&1 ||
-      { echo "run $n failed" >>"$T/fio.runs"; exit 1; }
-    jq -e '.jobs[0].error == 0' "$T/fio.json" >/dev/null || { echo "run $n: error" >>"$T/fio.runs"; exit 1; }
-    echo "run $n ok" >>"$T/fio.runs"
-  done
-) &
-fio_loop=$!
-on_exit "touch $T/fio.stop"
+fio_loop_start --name=live --ioengine=nbd --uri="$live" --rw=randwrite --bs=4k --iodepth=16 \
+  --offset=32M --size=16M --verify=crc32c --verify_fatal=1 --randrepeat=0
 i=0; while cmp -s "$mnt/disk.img" "$T/c4.raw"; do
   i=$((i + 1)); [ $i -lt 300 ] || fail "fio did not write to the live disk"; sleep 0.1; done
 qemu-img convert -f raw -O raw "$url" "$T/c4-backup.raw" || fail "qemu-img convert of disk@c4"
-kill -0 $fio_loop 2>/dev/null || { cat "$T/fio.runs" "$T/fio.err"; fail "fio stopped during the backup"; }
-touch "$T/fio.stop"
-wait $fio_loop || { cat "$T/fio.runs" "$T/fio.err"; fail "fio --verify on the live disk failed during the backup"; }
-echo "fio --verify: $(grep -c ' ok$' "$T/fio.runs") runs on the live disk through the backup of c4"
+fio_loop_alive || { cat "$T/fio.runs" "$T/fio.err"; fail "fio stopped during the backup"; }
+fio_loop_stop "fio --verify on the live disk failed during the backup"
+echo "fio --verify: $FIO_RUNS runs on the live disk through the backup of c4"
 qemu-img compare -q -f raw -F raw "$T/c4-backup.raw" "$T/c4.raw" ||
   fail "the backup read while fio wrote is not the disk as it was at c4"
 cmp -s "$mnt/disk.img" "$T/c4.raw" && fail "the live disk did not change: the test proved nothing"

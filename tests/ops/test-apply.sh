@@ -44,20 +44,8 @@ qemu-io -f raw -c 'write -P 9 0 1M' "nbd+unix:///d?socket=$run/d.sock" >/dev/nul
 # fio verify on 'a' while the others churn. fio runs again and again (each
 # run writes, then reads back and verifies) until the apply cycles are done,
 # so they overlap however fast or slow this machine is.
-(
-  n=0
-  while [ ! -e "$T/fio.stop" ]; do
-    n=$((n + 1))
-    fio --name=untouched --ioengine=nbd --uri="nbd+unix:///a?socket=$run/a.sock" \
-      --rw=randwrite --bs=4k --iodepth=16 --size=64M --verify=crc32c \
-      --verify_fatal=1 --randrepeat=0 --output-format=json --output="$T/fio.json" \
-      >"$T/fio.err" 2>&1 || { echo "run $n failed" >>"$T/fio.runs"; exit 1; }
-    jq -e '.jobs[0].error == 0' "$T/fio.json" >/dev/null || { echo "run $n: error" >>"$T/fio.runs"; exit 1; }
-    echo "run $n ok" >>"$T/fio.runs"
-  done
-) &
-fio_loop=$!
-on_exit "touch $T/fio.stop"
+fio_loop_start --name=untouched --ioengine=nbd --uri="nbd+unix:///a?socket=$run/a.sock" \
+  --rw=randwrite --bs=4k --iodepth=16 --size=64M --verify=crc32c --verify_fatal=1 --randrepeat=0
 i=0; until grep -q "on export 'a'" "$T/blkgw.log"; do
   i=$((i+1)); [ $i -lt 300 ] || fail "fio did not connect to export a"; sleep 0.1; done
 cycles=0
@@ -71,12 +59,10 @@ while [ $cycles -lt 5 ]; do
   "$BLKGW" apply "$T/m1.yaml" >"$T/apply.out" || { cat "$T/apply.out"; fail "apply m1"; }
   grep -q '^keep a: unchanged$' "$T/apply.out" || { cat "$T/apply.out"; fail "a was touched"; }
   cycles=$((cycles + 1))
-  kill -0 $fio_loop 2>/dev/null || { cat "$T/fio.runs" "$T/fio.err"; fail "fio on the untouched export stopped during apply cycle $cycles"; }
+  fio_loop_alive || { cat "$T/fio.runs" "$T/fio.err"; fail "fio on the untouched export stopped during apply cycle $cycles"; }
 done
-touch "$T/fio.stop"
-wait $fio_loop || { cat "$T/fio.runs" "$T/fio.err"; fail "fio verify on the untouched export failed"; }
-runs=$(grep -c ' ok$' "$T/fio.runs")
-echo "fio verify ($runs runs) ran through $cycles apply cycles (add, change, remove); longest completion in the last run: $(jq '.jobs[0].write.clat_ns.max / 1e6' "$T/fio.json") ms"
+fio_loop_stop "fio verify on the untouched export failed"
+echo "fio verify ($FIO_RUNS runs) ran through $cycles apply cycles (add, change, remove); longest completion in the last run: $(jq '.jobs[0].write.clat_ns.max / 1e6' "$T/fio.json") ms"
 qemu-io -f raw -c 'read -P 9 0 1M' "nbd+unix:///d?socket=$run/d.sock" >/dev/null ||
   fail "d's data did not survive its removal and return"
 
