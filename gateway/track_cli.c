@@ -182,12 +182,13 @@ int gw_cli_checkpoint(int argc, char **argv)
 	if (!reply) {
 		return 1;
 	} else if (strcmp(verb, "create") == 0) {
-		if (!as_json && !jtrue(reply, "snapshot"))
+		if (!as_json && snap < 0 && !jtrue(reply, "snapshot"))
 			fprintf(stderr,
 				"blkgw checkpoint: %s has no point-in-time view%s%s: a backup of it "
-				"needs --inconsistent\n",
+				"needs --inconsistent ('blkgw backup start %s NEWNAME' makes a "
+				"checkpoint with a copy-before-write view)\n",
 				argv[optind + 2], *jstr(reply, "snapshot_why") ? ": " : "",
-				jstr(reply, "snapshot_why"));
+				jstr(reply, "snapshot_why"), argv[optind + 1]);
 	} else if (strcmp(verb, "changes") == 0) {
 		json_object *a = NULL, *tr = NULL;
 

@@ -2,6 +2,9 @@
  * libFuzzer target: the NBD server (transports/nbd) from the first byte a
  * client sends through transmission, over a socketpair, against a 1 MiB
  * memory image, on a real worker thread with its own loop and io_uring.
+ * The export carries a backup export's change map (since checkpoint c1,
+ * only-changed), so qemu:dirty-bitmap:c1, qemu:allocation-depth and the
+ * layer's base:allocation are fuzzed too.
  *
  * The first input byte picks where the input starts:
  *   0  raw: the client's handshake flags, options, then requests;
@@ -64,6 +67,17 @@ static void setup(void)
 		abort();
 	}
 	e = gw_export_new("mem0", b, false, 0);
+	/* A backup export's change map: every third 64K chunk changed since c1, a layer. */
+	e->changes = calloc(1, sizeof(*e->changes));
+	if (e->changes) {
+		e->changes->granularity = 65536;
+		e->changes->nchunks = (DISK + 65535) / 65536;
+		e->changes->bits = calloc((e->changes->nchunks + 63) / 64, sizeof(uint64_t));
+		e->changes->since = strdup("c1");
+		e->changes->only_changed = true;
+		for (uint64_t i = 0; e->changes->bits && i < e->changes->nchunks; i += 3)
+			e->changes->bits[i / 64] |= 1ull << (i % 64);
+	}
 	opts.name = "mem0";
 	opts.description = "fuzzed";
 	xp.exp = e;

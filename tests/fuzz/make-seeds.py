@@ -43,6 +43,12 @@ go = struct.pack('>I', 4) + b'mem0' + struct.pack('>HH', 1, 3)  # info: NAME
 flags = struct.pack('>I', 3)
 put('nbd', 'raw-go', b'\0' + flags + opt(8) + opt(3) + opt(6, go) +
     opt(10, meta(b'mem0', b'base:allocation')) + opt(7, go) + req(0, 0, 512) + req(2))
+# A backup export's contexts (the fuzzed export has a change map since c1).
+put('nbd', 'raw-backup-contexts', b'\0' + flags + opt(8) +
+    opt(9, meta(b'mem0', b'qemu:')) + opt(9, meta(b'mem0', b'qemu:dirty-bitmap:')) +
+    opt(10, meta(b'mem0', b'base:allocation', b'qemu:dirty-bitmap:c1', b'qemu:allocation-depth')) +
+    opt(7, go) + req(7, 0, 1 << 20, cookie=5) + req(7, 65536, 196608, flags=8, cookie=6) +
+    req(0, 0, 4096) + req(2))
 put('nbd', 'raw-export-name', b'\0' + struct.pack('>I', 1) + opt(1, b'mem0') + req(0, 0, 4096))
 put('nbd', 'raw-list-meta', b'\0' + flags + opt(9, meta(b'mem0', b'base:')) + opt(5) +
     opt(11) + opt(99, b'x') + opt(2))
