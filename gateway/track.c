@@ -1,5 +1,6 @@
 #include "gateway/track.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -61,6 +62,32 @@ static void stamp_of(const char *path, struct gw_cbt_stamp *st)
 static int attach(struct gw_backend *b, const struct gw_image_spec *s, const char *run_dir,
 		  char *err, size_t errlen);
 
+/*
+ * Aside files of copy-before-write views a previous daemon left (killed
+ * while a backup ran): their maps of copied chunks died with it, so they
+ * hold nothing usable. Remove them.
+ */
+static void drop_stale_views(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+
+	while (d && (de = readdir(d))) {
+		char *p;
+
+		if (strncmp(de->d_name, "cbw.", 4) != 0 ||
+		    asprintf(&p, "%s/%s", dir, de->d_name) < 0)
+			continue;
+		if (unlink(p) == 0)
+			gw_info("removed %s: a copy-before-write view that ended with the daemon "
+				"that kept it",
+				p);
+		free(p);
+	}
+	if (d)
+		closedir(d);
+}
+
 int gw_track_attach(struct gw_backend *b, const struct gw_image_spec *s, const char *run_dir,
 		    char *err, size_t errlen)
 {
@@ -107,6 +134,7 @@ static int attach(struct gw_backend *b, const struct gw_image_spec *s, const cha
 		return rc;
 	}
 	n->dir = dir;
+	drop_stale_views(dir);
 	ntracked++;
 	gw_info("image %s: tracking changes in %u-byte chunks", s->name, s->change_granularity);
 	return 0;

@@ -142,12 +142,14 @@ if [ "$mode" = reflink ]; then
 else
   # A copy-before-write view lives as long as the daemon: a restart cannot bring
   # it back, and says so rather than serve the live disk as the past.
-  "$BLKGW" backup stop disk@c2 || fail "backup stop disk@c2"
-  stop_blkgw
+  # kill -9 while the view is open: its aside file is left, and the next start removes it.
+  [ -f "$run/cbt/disk/cbw.c2" ] || fail "no aside file for c2's view"
+  kill -KILL "$BLKGW_PID"; wait "$BLKGW_PID" 2>/dev/null || true; BLKGW_PID=
   "$BLKGW" serve "$T/saved.yaml" 2>"$T/serve.err" && fail "serve brought back a lost view"
   grep -q "copy-before-write view of disk's checkpoint c2 is gone" "$T/serve.err" ||
     { cat "$T/serve.err"; fail "serve of a lost view: unclear message"; }
   start_blkgw "$T/m.yaml"
+  [ ! -e "$run/cbt/disk/cbw.c2" ] || fail "a dead daemon's aside file was not removed"
 fi
 io -c 'write -z 40M 64k'  # undo the write after c2 (zeros before): live equals c2 again
 qemu-img compare -q -f qcow2 -F raw "$T/inc.qcow2" "$live" ||
