@@ -756,9 +756,14 @@ static int rbd_submit(struct gw_backend *b, struct gw_ioq *q, struct gw_io *io)
 struct diff_walk {
 	struct gw_extents *out;
 	uint64_t pos, end;
+	bool full; /* out could take no more: what follows pos is unknown */
 };
 
-#define DIFF_FULL 1
+/*
+ * librbd stops iterating when the callback returns a negative value (a
+ * positive one it ignores, and goes on): this one means "enough".
+ */
+#define DIFF_STOP (-ECANCELED)
 
 static int diff_cb(uint64_t off, size_t len, int exists, void *arg)
 {
@@ -770,14 +775,18 @@ static int diff_cb(uint64_t off, size_t len, int exists, void *arg)
 	if (off < w->pos)
 		off = w->pos;
 	if (off >= w->end)
-		return DIFF_FULL;
+		return DIFF_STOP;
 	if (end > w->end)
 		end = w->end;
-	if (off > w->pos && gw_extents_add(w->out, off - w->pos, GW_EXT_HOLE | GW_EXT_ZERO))
-		return DIFF_FULL;
+	if (off > w->pos && gw_extents_add(w->out, off - w->pos, GW_EXT_HOLE | GW_EXT_ZERO)) {
+		w->full = true;
+		return DIFF_STOP;
+	}
 	w->pos = off;
-	if (gw_extents_add(w->out, end - off, exists ? 0 : GW_EXT_HOLE | GW_EXT_ZERO))
-		return DIFF_FULL;
+	if (gw_extents_add(w->out, end - off, exists ? 0 : GW_EXT_HOLE | GW_EXT_ZERO)) {
+		w->full = true;
+		return DIFF_STOP;
+	}
 	w->pos = end;
 	return 0;
 }
@@ -789,11 +798,13 @@ static int rbd_extents(struct gw_backend *b, uint64_t offset, uint64_t len, stru
 	int rc;
 
 	rc = rbd_diff_iterate2(r->image, NULL, offset, len, 1, 1, diff_cb, &w);
-	if (rc == DIFF_FULL)
-		return 0;
-	if (rc < 0)
+	if (rc < 0 && rc != DIFF_STOP)
 		return rc;
-	if (w.pos < w.end)
+	/*
+	 * Past the last object the image is a hole, but only when the walk got
+	 * there: a full list (REQ_ONE asks for one extent) ends where it ends.
+	 */
+	if (!w.full && w.pos < w.end)
 		gw_extents_add(out, w.end - w.pos, GW_EXT_HOLE | GW_EXT_ZERO);
 	return 0;
 }
