@@ -269,6 +269,21 @@ struct gw_backend_ops {
 	 * can wait (FUSE's SEEK_DATA and st_blocks).
 	 */
 	int (*extents_async)(struct gw_backend *b, struct gw_ioq *q, struct gw_ext_req *x);
+
+	/*
+	 * Optional: point-in-time views the backend keeps itself (rbd: its
+	 * snapshots), for checkpoints (docs/backup.md). Main thread; they may
+	 * wait on a network. snap_create makes view `name` of the image as it
+	 * is now; snap_remove drops it; snap_changes sets bit i of `bits` for
+	 * every chunk of `gran` bytes that differs between views `from` and
+	 * `to`. snap_key is the open option that opens a view, read-only
+	 * (rbd: "snapshot"). 0 or -errno with a message.
+	 */
+	const char *snap_key;
+	int (*snap_create)(struct gw_backend *b, const char *name, char *err, size_t errlen);
+	int (*snap_remove)(struct gw_backend *b, const char *name, char *err, size_t errlen);
+	int (*snap_changes)(struct gw_backend *b, const char *from, const char *to, uint32_t gran,
+			    uint64_t *bits, char *err, size_t errlen);
 };
 
 /*

@@ -2040,8 +2040,8 @@ static json_object *cmd_backup_start(json_object *req)
 	const char *image = jstring(req, "image"), *ckpt = jstring(req, "checkpoint");
 	const char *since = jstring(req, "since");
 	bool only = jbool(req, "only_changed"), inconsistent = jbool(req, "inconsistent");
-	json_object *nbd = NULL, *img, *bk, *x, *tr, *sub, *r;
-	char err[1024] = "", *path = NULL, *id = NULL;
+	json_object *nbd = NULL, *r, *keep;
+	char err[1024] = "", *fields = NULL, *id = NULL, *im = NULL, *ex = NULL, *text = NULL;
 	static const char *const views[] = GW_VIEW_NAMES;
 	enum gw_backup_view view = GW_VIEW_SNAPSHOT;
 	int rc;
@@ -2063,43 +2063,47 @@ static json_object *cmd_backup_start(json_object *req)
 		free(id);
 		return r;
 	}
-	rc = gw_track_backup_view(image, ckpt, since, inconsistent, &path, &view, err, sizeof(err));
+	rc = gw_track_backup_view(image, ckpt, since, inconsistent, &fields, &view, err,
+				  sizeof(err));
 	if (rc < 0) {
 		free(id);
 		return gw_ctl_error(rc, "%s", err);
 	}
-	img = json_object_new_object();
-	json_object_object_add(img, "name", json_object_new_string(id));
-	json_object_object_add(img, "backend", json_object_new_string("file"));
-	json_object_object_add(img, "path", json_object_new_string(path));
-	/* The live image's own locks belong to its writer; a view of it takes none. */
-	json_object_object_add(img, "locking", json_object_new_boolean(0));
-	bk = json_object_new_object();
-	json_object_object_add(bk, "of", json_object_new_string(image));
-	json_object_object_add(bk, "checkpoint", json_object_new_string(ckpt));
-	if (since) {
-		json_object_object_add(bk, "since", json_object_new_string(since));
-		json_object_object_add(bk, "only-changed", json_object_new_boolean(only));
+	/* The image (the view's settings, and what it is a backup of) and its export. */
+	keep = json_object_new_array();
+	if (asprintf(&im, "  %s: { %s, backup: { of: %s, checkpoint: %s, view: %s", q(&keep, id),
+		     fields, q(&keep, image), q(&keep, ckpt), views[view]) < 0 ||
+	    (since && asprintf(&ex, "%s, since: %s, only-changed: %s", im, q(&keep, since),
+			       only ? "true" : "false") < 0))
+		goto oom;
+	if (ex) {
+		free(im);
+		im = ex;
+		ex = NULL;
 	}
-	json_object_object_add(bk, "view", json_object_new_string(views[view]));
-	json_object_object_add(img, "backup", bk);
-	x = json_object_new_object();
-	json_object_object_add(x, "image", json_object_new_string(id));
-	json_object_object_add(x, "read-only", json_object_new_boolean(1));
-	tr = json_object_new_array();
-	json_object_array_add(tr, json_object_new_string("nbd"));
-	json_object_object_add(x, "transports", tr);
-	if (nbd)
-		json_object_object_add(x, "nbd", json_object_get(nbd));
-	sub = json_object_new_object();
-	json_object_object_add(sub, "export", x);
-	json_object_object_add(sub, "image", img);
-	json_object_object_add(sub, "dry_run", json_object_new_boolean(jbool(req, "dry_run")));
-	gw_info("backup %s: starting from %s (%s view)%s%s", id, path, views[view],
+	if (asprintf(&ex, "%s } }", im) < 0)
+		goto oom;
+	free(im);
+	im = ex;
+	ex = NULL;
+	if (asprintf(&ex, "  - { image: %s, read-only: true, transports: [nbd]%s%s }", q(&keep, id),
+		     nbd ? ", nbd: " : "", nbd ? flow(nbd) : "") < 0)
+		goto oom;
+	text = manifest_text(NULL, NULL, im, ex);
+	if (!text)
+		goto oom;
+	gw_info("backup %s: starting (%s view: %s)%s%s", id, views[view], fields,
 		since ? ", changes since " : "", since ? since : "");
-	r = cmd_export_add(sub);
-	json_object_put(sub);
-	free(path);
+	r = apply_text(text, "backup-start", req);
+	goto out;
+oom:
+	r = gw_ctl_error(-ENOMEM, "out of memory");
+out:
+	json_object_put(keep);
+	free(text);
+	free(im);
+	free(ex);
+	free(fields);
 	free(id);
 	return r;
 }

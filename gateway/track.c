@@ -23,6 +23,8 @@ struct tracked {
 	char *image;
 	char *stamp_path; /* the file whose size and mtime stand for the image, or NULL */
 	char *dir;        /* RUN-DIR/cbt/IMAGE: records, and snapshots snap.NAME */
+	char *opts_text;  /* the image's backend settings, as a manifest writes them */
+	const char *backend_name;
 	/* The open copy-before-write view, of checkpoint cbw_ckpt (at most one). */
 	struct gw_cbw *cbw;
 	char cbw_ckpt[GW_CBT_NAME_MAX + 1];
@@ -134,6 +136,8 @@ static int attach(struct gw_backend *b, const struct gw_image_spec *s, const cha
 		return rc;
 	}
 	n->dir = dir;
+	n->opts_text = gw_opt_dump(&s->ops->schema, s->opts);
+	n->backend_name = s->ops->name;
 	drop_stale_views(dir);
 	ntracked++;
 	gw_info("image %s: tracking changes in %u-byte chunks", s->name, s->change_granularity);
@@ -181,6 +185,7 @@ void gw_track_detach(struct gw_backend *b)
 	free(t->image);
 	free(t->stamp_path);
 	free(t->dir);
+	free(t->opts_text);
 	*t = tracked[--ntracked];
 	if (!ntracked) {
 		free(tracked);
@@ -315,13 +320,120 @@ static char *snap_path(const struct tracked *t, const char *name)
 	return asprintf(&p, "%s/snap.%s", t->dir, name) < 0 ? NULL : p;
 }
 
-static bool has_snapshot(const struct tracked *t, const char *name)
+/*
+ * A backend's own view (an rbd snapshot, named blkgw.NAME) is marked by an
+ * empty file RUN-DIR/cbt/IMAGE/native.NAME.
+ */
+static char *native_mark(const struct tracked *t, const char *name)
 {
-	char *p = snap_path(t, name);
+	char *p;
+
+	return asprintf(&p, "%s/native.%s", t->dir, name) < 0 ? NULL : p;
+}
+
+static void native_name(const char *name, char *buf, size_t len)
+{
+	snprintf(buf, len, "blkgw.%s", name);
+}
+
+/* Does path p (freed here) exist? */
+static bool exists(char *p)
+{
 	bool yes = p && access(p, F_OK) == 0;
 
 	free(p);
 	return yes;
+}
+
+static bool has_native(const struct tracked *t, const char *name)
+{
+	return exists(native_mark(t, name));
+}
+
+static bool has_snapshot(const struct tracked *t, const char *name)
+{
+	return exists(snap_path(t, name)) || has_native(t, name);
+}
+
+/* The backend's own view, where it keeps them (rbd). 0, -EOPNOTSUPP, or -errno with why. */
+static int native_take(const struct tracked *t, const char *name, char *why, size_t len)
+{
+	const struct gw_backend_ops *ops = t->b->ops;
+	char snap[GW_CBT_NAME_MAX + 8], *mark;
+	int fd, rc;
+
+	if (!ops->snap_create)
+		return -EOPNOTSUPP;
+	native_name(name, snap, sizeof(snap));
+	mark = native_mark(t, name);
+	if (!mark)
+		return -ENOMEM;
+	rc = ops->snap_create(t->b, snap, why, len);
+	if (rc == 0) {
+		fd = open(mark, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+		if (fd < 0 || fsync(fd) < 0) {
+			rc = -errno;
+			snprintf(why, len, "cannot write %s: %s", mark, strerror(-rc));
+			ops->snap_remove(t->b, snap, NULL, 0);
+		}
+		if (fd >= 0)
+			close(fd);
+	}
+	free(mark);
+	return rc;
+}
+
+static void native_drop(const struct tracked *t, const char *name)
+{
+	char snap[GW_CBT_NAME_MAX + 8], why[512] = "", *mark = native_mark(t, name);
+
+	if (mark && access(mark, F_OK) == 0 && t->b->ops->snap_remove) {
+		native_name(name, snap, sizeof(snap));
+		if (t->b->ops->snap_remove(t->b, snap, why, sizeof(why)) < 0)
+			gw_warn("image %s: %s", t->image, why);
+		else
+			unlink(mark);
+	}
+	free(mark);
+}
+
+/*
+ * The settings of a manifest image that reads checkpoint name's view of t's
+ * image (kind): a reflink copy or the live file through the file backend,
+ * or the backend's own view. NULL when out of memory.
+ */
+static char *view_fields(const struct tracked *t, const char *name, enum gw_backup_view kind)
+{
+	const char *o = t->opts_text ? t->opts_text : "";
+	char snap[GW_CBT_NAME_MAX + 8], *path, *out = NULL;
+	json_object *q;
+
+	if (kind == GW_VIEW_SNAPSHOT && has_native(t, name)) {
+		native_name(name, snap, sizeof(snap));
+		q = json_object_new_string(snap);
+		if (asprintf(&out, "backend: %s, %s%s%s: %s", t->backend_name, o, *o ? ", " : "",
+			     t->b->ops->snap_key, json_object_to_json_string(q)) < 0)
+			out = NULL;
+		json_object_put(q);
+		return out;
+	}
+	if (kind == GW_VIEW_LIVE && !t->stamp_path) {
+		/* A live view of a backend without a file (rbd): opened read-only, no lock. */
+		if (asprintf(&out, "backend: %s%s%s", t->backend_name, *o ? ", " : "", o) < 0)
+			out = NULL;
+		return out;
+	}
+	path = kind == GW_VIEW_SNAPSHOT ? snap_path(t, name) : strdup(t->stamp_path);
+	if (!path)
+		return NULL;
+	q = json_object_new_string(path);
+	/* The live image's own locks belong to its writer; a view of it takes none. */
+	if (asprintf(&out, "backend: file, path: %s, locking: false",
+		     json_object_to_json_string_ext(q, JSON_C_TO_STRING_NOSLASHESCAPE)) < 0)
+		out = NULL;
+	json_object_put(q);
+	free(path);
+	return out;
 }
 
 /*
@@ -333,8 +445,11 @@ static bool has_snapshot(const struct tracked *t, const char *name)
 static int snapshot_take(const struct tracked *t, const char *name, char *why, size_t len)
 {
 	char *dst;
-	int src, fd, rc = 0;
+	int src, fd, rc = native_take(t, name, why, len);
 
+	if (rc != -EOPNOTSUPP)
+		return rc;
+	rc = 0;
 	if (!t->stamp_path) {
 		snprintf(why, len, "its backend keeps no file blkgw can clone");
 		return -EOPNOTSUPP;
@@ -475,6 +590,7 @@ static json_object *cmd_delete(json_object *req)
 	if (rc < 0)
 		return gw_ctl_error(rc, "image %s: %s", t->image, err);
 	view_end(t, name);
+	native_drop(t, name);
 	{
 		/* Its view goes too (a backup export reading it keeps its open file). */
 		char *p = snap_path(t, name);
@@ -593,7 +709,7 @@ static json_object *command(const char *name, json_object *req)
 }
 
 int gw_track_backup_view(const char *image, const char *checkpoint, const char *since,
-			 bool inconsistent, char **path, enum gw_backup_view *view, char *err,
+			 bool inconsistent, char **fields, enum gw_backup_view *view, char *err,
 			 size_t errlen)
 {
 	struct tracked *t;
@@ -601,7 +717,7 @@ int gw_track_backup_view(const char *image, const char *checkpoint, const char *
 	char why[512] = "", why2[512] = "";
 	int rc = 0;
 
-	*path = NULL;
+	*fields = NULL;
 	pthread_mutex_lock(&mu);
 	t = by_image(image);
 	if (!t) {
@@ -628,10 +744,8 @@ int gw_track_backup_view(const char *image, const char *checkpoint, const char *
 	if (gw_cbt_has(t->b->cbt, checkpoint)) {
 		if (has_snapshot(t, checkpoint)) {
 			*view = GW_VIEW_SNAPSHOT;
-			*path = snap_path(t, checkpoint);
-		} else if (inconsistent && t->stamp_path) {
+		} else if (inconsistent) {
 			*view = GW_VIEW_LIVE;
-			*path = strdup(t->stamp_path);
 		} else {
 			snprintf(err, errlen,
 				 "checkpoint %s of image %s has no point-in-time view (it was made "
@@ -643,7 +757,8 @@ int gw_track_backup_view(const char *image, const char *checkpoint, const char *
 			rc = -EAGAIN;
 			goto out;
 		}
-		rc = *path ? 0 : -ENOMEM;
+		*fields = view_fields(t, checkpoint, *view);
+		rc = *fields ? 0 : -ENOMEM;
 		goto out;
 	}
 	/* A new checkpoint, made now with its view: a reflink copy, or copy-before-write. */
@@ -662,19 +777,20 @@ int gw_track_backup_view(const char *image, const char *checkpoint, const char *
 	}
 	if (snapshot_take(t, checkpoint, why, sizeof(why)) == 0) {
 		*view = GW_VIEW_SNAPSHOT;
-		*path = snap_path(t, checkpoint);
 	} else if ((rc = view_begin(t, checkpoint, why2, sizeof(why2))) == 0) {
 		*view = GW_VIEW_CBW;
-		*path = strdup(t->stamp_path);
 	} else {
 		gw_cbt_delete(t->b->cbt, checkpoint, why, sizeof(why));
-		snprintf(err, errlen, "image %s: no point-in-time view can be made: %s", image,
-			 why2);
+		snprintf(err, errlen, "image %s: no point-in-time view can be made: %s; %s", image,
+			 why, why2);
 		goto out;
 	}
 	gw_info("image %s: checkpoint %s created for a backup, with a %s view", image, checkpoint,
-		*view == GW_VIEW_CBW ? "copy-before-write" : "reflink");
-	rc = *path ? 0 : -ENOMEM;
+		*view == GW_VIEW_CBW        ? "copy-before-write"
+		: has_native(t, checkpoint) ? "snapshot"
+					    : "reflink");
+	*fields = view_fields(t, checkpoint, *view);
+	rc = *fields ? 0 : -ENOMEM;
 out:
 	free(bits);
 	pthread_mutex_unlock(&mu);
@@ -736,6 +852,21 @@ int gw_track_backup_attach(const struct gw_backup_spec *s, uint64_t size,
 		rc = gw_cbt_changes(t->b->cbt, s->since, s->checkpoint, &m->bits, why, sizeof(why));
 		m->granularity = gw_cbt_granularity(t->b->cbt);
 		m->nchunks = gw_cbt_chunks(t->b->cbt);
+		/*
+		 * Both checkpoints with the backend's own snapshots (rbd): the
+		 * cluster is the truth (the disk may have been written from
+		 * another host): its diff replaces this host's record.
+		 */
+		if (rc >= 0 && t->b->ops->snap_changes && has_native(t, s->since) &&
+		    has_native(t, s->checkpoint)) {
+			char from[GW_CBT_NAME_MAX + 8], to[GW_CBT_NAME_MAX + 8];
+
+			native_name(s->since, from, sizeof(from));
+			native_name(s->checkpoint, to, sizeof(to));
+			memset(m->bits, 0, (m->nchunks + 63) / 64 * sizeof(uint64_t));
+			rc = t->b->ops->snap_changes(t->b, from, to, m->granularity, m->bits, why,
+						     sizeof(why));
+		}
 		if (rc > 0) {
 			snprintf(err, errlen,
 				 "image %s: the changes after %s up to %s cannot be trusted (%s)",

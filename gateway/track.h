@@ -27,11 +27,13 @@ json_object *gw_track_status(struct gw_backend *b);
  * An existing checkpoint: its reflink copy, or with `inconsistent` the live
  * file. A new one is made now, with a reflink copy where the file system
  * can and a copy-before-write view elsewhere. The changes after `since`
- * (may be NULL) must be known and trusted. *path (to free) and *view
- * receive the view; 0 or -errno with a message that names the fix.
+ * (may be NULL) must be known and trusted. *fields (to free: the backend
+ * settings of a manifest image that reads the view, "backend: file, path:
+ * ...") and *view receive the view; 0 or -errno with a message that names
+ * the fix. Backends that keep views themselves (rbd) get theirs.
  */
 int gw_track_backup_view(const char *image, const char *checkpoint, const char *since,
-			 bool inconsistent, char **path, enum gw_backup_view *view, char *err,
+			 bool inconsistent, char **fields, enum gw_backup_view *view, char *err,
 			 size_t errlen);
 /* backup-stop and checkpoint delete: end image's copy-before-write view of checkpoint. */
 void gw_track_backup_end(const char *image, const char *checkpoint);
