@@ -4,7 +4,9 @@
 # and reattach and lands in the backing file; fio verifies 4k random and
 # 1 MiB sequential writes; blkdiscard punches holes in the sparse backing
 # file; a read-only attach refuses writes; Debian's nbd-client (netlink and
-# ioctl) works against blkgw's TCP and unix exports.
+# ioctl) works against blkgw's TCP and unix exports; a backup read through
+# nbd-client while fio --verify writes the attached disk is the disk at its
+# checkpoint.
 # shellcheck source=SCRIPTDIR/../guest-lib.sh
 . /lib/blkgw-vm/guest-lib.sh
 
@@ -150,3 +152,42 @@ check "SIGTERM detaches everything and exits 0" stop_gw
 check_eq "the read-only backing file is unchanged" "$(cat /tmp/ro.md5)" "$(md5sum /tmp/ro.raw | cut -d' ' -f1)"
 check "no device links remain" sh -c "[ -z \"\$(ls $RUN/dev 2>/dev/null)\" ]"
 check_eq "/dev/nbd4 is detached" 0 "$(cat /sys/block/nbd4/size 2>/dev/null || echo 0)"
+
+# --- a backup while the kernel writes the disk -------------------------------------
+# A tracked image attached as /dev/nbdN; fio --verify writes it in a loop
+# while a backup of a checkpoint (copy-before-write: /tmp cannot reflink) is
+# read through Debian's nbd-client on another /dev/nbdN: the backup is the
+# disk as it was at the checkpoint, and fio sees no error.
+
+truncate -s 64M /tmp/bk.raw
+cat >/tmp/bk.yaml <<YAML
+version: 1
+gateway: { run-dir: $RUN, workers: 2 }
+images:
+  bk: { backend: file, path: /tmp/bk.raw, track-changes: true }
+exports:
+  - { image: bk, transports: [nbd], nbd: { attach: true } }
+YAML
+bg_start gwb $B serve /tmp/bk.yaml
+require "blkgw attaches the tracked image" bg_wait_for gwb 20 test -L $RUN/dev/bk
+bdev=$(readlink $RUN/dev/bk)
+require "write 16 MiB to $bdev" dd if=/dev/urandom of="$bdev" bs=1M count=16 oflag=direct
+cp /tmp/bk.raw /tmp/bk-c1.raw
+require "backup start bk c1 (a new checkpoint, with its view)" \
+	sh -c "$B backup start bk c1 --socket /tmp/bk-b.sock --control $RUN/control.sock"
+bg_start fioloop sh -c "n=0; while [ ! -e /tmp/fio.stop ]; do n=\$((n + 1)); \
+	fio --name=live --filename=$bdev --direct=1 --ioengine=libaio --iodepth=8 --rw=randwrite \
+	--bs=4k --size=8M --verify=crc32c --verify_fatal=1 --randrepeat=0 || exit 1; \
+	echo \$n >/tmp/fio.runs; done"
+check "fio writes the live disk" wait_for 60 sh -c "! cmp -s /tmp/bk.raw /tmp/bk-c1.raw"
+check "nbd-client attaches the backup export" nbd-client -N bk@c1 -u /tmp/bk-b.sock /dev/nbd7 -b 4096
+check "the backup, read while fio writes, is the disk as it was at c1" \
+	sh -c "dd if=/dev/nbd7 bs=1M iflag=direct 2>/dev/null | cmp - /tmp/bk-c1.raw"
+check "nbd-client -d /dev/nbd7" nbd-client -d /dev/nbd7
+check "fio was still writing when the backup had been read" bg_running fioloop
+touch /tmp/fio.stop
+check "fio --verify on the live disk: no error through the backup" bg_wait fioloop 600
+vm_log "fio runs: $(cat /tmp/fio.runs 2>/dev/null); $($B status --control $RUN/control.sock --json | grep -o '"copied_bytes": [0-9]*')"
+check "backup stop" $B backup stop bk@c1 --control $RUN/control.sock
+stop_gwb() { kill -TERM "$(bg_pid gwb)" && bg_wait gwb 30; }
+check "SIGTERM: the tracked image's daemon exits 0" stop_gwb
