@@ -9,7 +9,10 @@
 # nbdcopy reading the image file itself. QD1 and QD32, interleaved
 # repetitions, one table with medians and the ratios against tracking off.
 #
-#   bench/backup/run.sh [--runtime S] [--repeat N] [--out DIR]
+#   bench/backup/run.sh [--runtime S] [--repeat N] [--out DIR] [--dir DIR]
+#
+# --dir: where the image and run dir go (default /tmp). On XFS or btrfs the
+# backup's view is a reflink copy instead of copy-before-write.
 #
 # Measurements, never tests: nothing here fails because something is slow.
 set -euo pipefail
@@ -20,19 +23,21 @@ BLKGW=${BLKGW:-$ROOT/build/blkgw}
 RUNTIME=5
 REPEAT=3
 OUT=""
+DIR=/tmp
 while [ $# -gt 0 ]; do
 	case $1 in
 	--runtime) RUNTIME=$2; shift 2 ;;
 	--repeat) REPEAT=$2; shift 2 ;;
 	--out) OUT=$2; shift 2 ;;
-	-h | --help) sed -n 2,13p "$0"; exit 0 ;;
+	--dir) DIR=$2; shift 2 ;;
+	-h | --help) sed -n 2,17p "$0"; exit 0 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
 	esac
 done
 for c in fio nbdcopy jq; do command -v $c >/dev/null || { echo "needs $c" >&2; exit 1; }; done
 OUT=${OUT:-/tmp/blkgw-bench-backup.$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
-W=$(mktemp -d /tmp/blkgw-bench-backup-w.XXXXXX)
+W=$(mktemp -d "$DIR/blkgw-bench-backup-w.XXXXXX")
 PID=""
 cleanup() {
 	[ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
@@ -84,14 +89,15 @@ for r in $(seq "$REPEAT"); do
 		ck=$((ck + 1))
 		"$BLKGW" checkpoint create disk "k$ck" --no-snapshot >/dev/null
 		echo "first qd$qd $(fio_run first-qd$qd-r$r $qd write:60k)" >>"$OUT/raw.txt"
-		# A copy-before-write backup of a new checkpoint, read in a loop while fio writes.
+		# A backup of a new checkpoint (copy-before-write, or a reflink copy on
+		# XFS/btrfs), read in a loop while fio writes.
 		ck=$((ck + 1))
 		url=$("$BLKGW" backup start disk "k$ck" --socket "$W/b.sock")
 		(while [ ! -e "$W/stop" ]; do nbdcopy "$url" null: || break; done) &
 		reader=$!
 		echo "backup qd$qd $(fio_run backup-qd$qd-r$r $qd randwrite)" >>"$OUT/raw.txt"
 		touch "$W/stop"; wait $reader || true; rm -f "$W/stop"
-		copied=$("$BLKGW" status --json | jq '.exports[] | select(.id == "disk") | .tracking.copy_before_write.copied_bytes')
+		copied=$("$BLKGW" status --json | jq '.exports[] | select(.id == "disk") | .tracking.copy_before_write.copied_bytes // 0')
 		echo "copied qd$qd $copied 0" >>"$OUT/raw.txt"
 		"$BLKGW" backup stop "disk@k$ck" >/dev/null
 	done
@@ -117,7 +123,7 @@ print("|---|---|---|---|---|---|---|")
 for k, base_k, pat, label in (
         ("off", "off", "randwrite", "tracking off"),
         ("marked", "off", "randwrite", "tracking on, chunks already marked"),
-        ("backup", "off", "randwrite", "tracking on, copy-before-write backup read meanwhile"),
+        ("backup", "off", "randwrite", "tracking on, a backup of it read meanwhile (nbdcopy loop)"),
         ("offseq", "offseq", "write:60k", "tracking off"),
         ("first", "offseq", "write:60k", "tracking on, every write a new chunk")):
     for qd in ("qd1", "qd32"):
