@@ -312,23 +312,27 @@ static struct tracked *want_image(json_object *req, json_object **fail)
 	return t;
 }
 
-/* Where checkpoint `name`'s point-in-time view of t's image is kept. */
-static char *snap_path(const struct tracked *t, const char *name)
+/*
+ * The files of checkpoint `name`'s view, beside the records: snap.NAME (a
+ * reflink copy), native.NAME (an empty mark: the backend keeps the view
+ * itself, an rbd snapshot named blkgw.NAME), cbw.NAME (a copy-before-write
+ * view's aside file). malloc'd, or NULL.
+ */
+static char *view_file(const struct tracked *t, const char *kind, const char *name)
 {
 	char *p;
 
-	return asprintf(&p, "%s/snap.%s", t->dir, name) < 0 ? NULL : p;
+	return asprintf(&p, "%s/%s.%s", t->dir, kind, name) < 0 ? NULL : p;
 }
 
-/*
- * A backend's own view (an rbd snapshot, named blkgw.NAME) is marked by an
- * empty file RUN-DIR/cbt/IMAGE/native.NAME.
- */
+static char *snap_path(const struct tracked *t, const char *name)
+{
+	return view_file(t, "snap", name);
+}
+
 static char *native_mark(const struct tracked *t, const char *name)
 {
-	char *p;
-
-	return asprintf(&p, "%s/native.%s", t->dir, name) < 0 ? NULL : p;
+	return view_file(t, "native", name);
 }
 
 static void native_name(const char *name, char *buf, size_t len)
@@ -515,7 +519,8 @@ static int view_begin(struct tracked *t, const char *name, char *why, size_t len
 		snprintf(why, len, "its backend keeps no file blkgw can read past");
 		return -EOPNOTSUPP;
 	}
-	if (asprintf(&aside, "%s/cbw.%s", t->dir, name) < 0)
+	aside = view_file(t, "cbw", name);
+	if (!aside)
 		return -ENOMEM;
 	rc = gw_cbw_open(&t->cbw, t->stamp_path, aside, t->b->size, gw_cbt_granularity(t->b->cbt),
 			 why, len);
