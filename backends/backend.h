@@ -276,8 +276,8 @@ struct gw_backend_ops {
 	 * wait on a network. snap_create makes view `name` of the image as it
 	 * is now; snap_remove drops it; snap_changes sets bit i of `bits` for
 	 * every chunk of `gran` bytes that differs between views `from` and
-	 * `to`. snap_key is the open option that opens a view, read-only
-	 * (rbd: "snapshot"). 0 or -errno with a message.
+	 * `to` (NULL: the image as it is now). snap_key is the open option that opens a view,
+	 * read-only (rbd: "snapshot"). 0 or -errno with a message.
 	 */
 	const char *snap_key;
 	int (*snap_create)(struct gw_backend *b, const char *name, char *err, size_t errlen);

@@ -966,14 +966,14 @@ static int rbd_snap_changes_op(struct gw_backend *b, const char *from, const cha
 	int rc = rbd_open_read_only(r->io, r->name, &img, to);
 
 	if (rc < 0) {
-		gw_seterr(err, errlen, "%s: cannot open snapshot %s: %s", r->desc, to,
+		gw_seterr(err, errlen, "%s: cannot open %s: %s", r->desc, to ? to : "the image",
 			  rbd_strerror(rc));
 		return rc;
 	}
 	rc = rbd_diff_iterate2(img, from, 0, b->size, 1, 0, snap_diff_cb, &d);
 	if (rc < 0)
 		gw_seterr(err, errlen, "%s: the changes from snapshot %s to %s: %s", r->desc, from,
-			  to, rbd_strerror(rc));
+			  to ? to : "now", rbd_strerror(rc));
 	rbd_close(img);
 	return rc < 0 ? rc : 0;
 }

@@ -637,6 +637,34 @@ static json_object *cmd_list(json_object *req)
 }
 
 /* The changed ranges between two checkpoints (or since one), merged, in bytes. */
+/*
+ * Where the backend keeps views itself (rbd) and `since` (and `upto`, NULL
+ * for now) are such views, the cluster is the truth: bits (zeroed first)
+ * get the backend's own diff. 1 when it answered, 0 when it does not apply
+ * here, -errno with why.
+ */
+static int native_changes(struct tracked *t, const char *since, const char *upto, uint64_t *bits,
+			  uint64_t nchunks, char *why, size_t len)
+{
+	char from[GW_CBT_NAME_MAX + 8], to[GW_CBT_NAME_MAX + 8];
+	int rc;
+
+	if (!t->b->ops->snap_changes || !has_native(t, since) || (upto && !has_native(t, upto)))
+		return 0;
+	/* Up to now: what the image's own handle holds back must be on the cluster first. */
+	if (!upto && t->b->ops->sync && (rc = t->b->ops->sync(t->b)) < 0) {
+		snprintf(why, len, "flushing before the diff: %s", strerror(-rc));
+		return rc;
+	}
+	native_name(since, from, sizeof(from));
+	if (upto)
+		native_name(upto, to, sizeof(to));
+	memset(bits, 0, (nchunks + 63) / 64 * sizeof(uint64_t));
+	rc = t->b->ops->snap_changes(t->b, from, upto ? to : NULL, gw_cbt_granularity(t->b->cbt),
+				     bits, why, len);
+	return rc < 0 ? rc : 1;
+}
+
 static json_object *cmd_changes(json_object *req)
 {
 	json_object *fail, *r, *a;
@@ -651,8 +679,16 @@ static json_object *cmd_changes(json_object *req)
 	if (!since)
 		return gw_ctl_error(-EINVAL, "missing \"since\" (a checkpoint)");
 	rc = gw_cbt_changes(t->b->cbt, since, upto, &bits, why, sizeof(why));
-	if (rc < 0)
+	if (rc >= 0) {
+		int nrc = native_changes(t, since, upto, bits, gw_cbt_chunks(t->b->cbt), why,
+					 sizeof(why));
+
+		rc = nrc < 0 ? nrc : nrc > 0 ? 0 : rc;
+	}
+	if (rc < 0) {
+		free(bits);
 		return gw_ctl_error(rc, "image %s: %s", t->image, why);
+	}
 	r = ok_reply();
 	a = json_object_new_array();
 	n = gw_cbt_chunks(t->b->cbt);
@@ -862,15 +898,11 @@ int gw_track_backup_attach(const struct gw_backup_spec *s, uint64_t size,
 		 * cluster is the truth (the disk may have been written from
 		 * another host): its diff replaces this host's record.
 		 */
-		if (rc >= 0 && t->b->ops->snap_changes && has_native(t, s->since) &&
-		    has_native(t, s->checkpoint)) {
-			char from[GW_CBT_NAME_MAX + 8], to[GW_CBT_NAME_MAX + 8];
+		if (rc >= 0 && has_native(t, s->checkpoint)) {
+			int nrc = native_changes(t, s->since, s->checkpoint, m->bits, m->nchunks,
+						 why, sizeof(why));
 
-			native_name(s->since, from, sizeof(from));
-			native_name(s->checkpoint, to, sizeof(to));
-			memset(m->bits, 0, (m->nchunks + 63) / 64 * sizeof(uint64_t));
-			rc = t->b->ops->snap_changes(t->b, from, to, m->granularity, m->bits, why,
-						     sizeof(why));
+			rc = nrc < 0 ? nrc : nrc > 0 ? 0 : rc;
 		}
 		if (rc > 0) {
 			snprintf(err, errlen,
