@@ -128,6 +128,12 @@ struct gw_export {
 	struct gw_change_map *changes; /* a backup export's, freed with it; else NULL */
 	/* A backup export of a copy-before-write view: reads come from it (a reference). */
 	struct gw_cbw *view;
+	/*
+	 * Serve at low priority, on the background worker (lib/worker.h), so
+	 * that it never takes CPU or a loop turn from the pool's exports: set
+	 * by the daemon before start for backup exports.
+	 */
+	bool background;
 };
 
 /* Create an export of backend b (main thread). block_size: 0 = the backend's. */

@@ -1424,6 +1424,7 @@ static void apply_finish2(struct apply *a)
 		if (nm->images[x->image_index].backup) {
 			char why[768];
 
+			e->background = true;
 			if (gw_track_backup_attach(nm->images[x->image_index].backup, b->size,
 						   &e->changes, &e->view, why, sizeof(why)) < 0) {
 				gw_err("export %s: %s", x->id, why);
@@ -1881,11 +1882,27 @@ static const char *jstring(json_object *req, const char *key)
 }
 
 /* Apply a manifest given as text (export-add, export-del): a private file in the run dir. */
+static json_object *apply_text_to(const char *text, const char *origin, bool dry_run, bool force,
+				  struct gw_ctl_pending *p);
+
 static json_object *apply_text(const char *text, const char *origin, json_object *req)
+{
+	struct gw_ctl_pending *p = gw_ctl_defer();
+
+	if (!p)
+		return gw_ctl_error(-ENOMEM, "out of memory");
+	return apply_text_to(text, origin, jbool(req, "dry_run"), jbool(req, "force"), p);
+}
+
+/*
+ * The same for a reply already deferred: NULL once the apply owns p, else
+ * the error to answer p with.
+ */
+static json_object *apply_text_to(const char *text, const char *origin, bool dry_run, bool force,
+				  struct gw_ctl_pending *p)
 {
 	char *path;
 	int fd;
-	struct gw_ctl_pending *p;
 
 	if (asprintf(&path, "%s/.%s-XXXXXX.yaml", gw.run_dir, origin) < 0)
 		return gw_ctl_error(-ENOMEM, "out of memory");
@@ -1901,14 +1918,8 @@ static json_object *apply_text(const char *text, const char *origin, json_object
 		return r;
 	}
 	close(fd);
-	p = gw_ctl_defer();
-	if (!p) {
-		unlink(path);
-		free(path);
-		return gw_ctl_error(-ENOMEM, "out of memory");
-	}
 	/* The apply removes the file once it has read it. */
-	apply_path(path, origin, origin, jbool(req, "dry_run"), jbool(req, "force"), p, true);
+	apply_path(path, origin, origin, dry_run, force, p, true);
 	free(path);
 	return NULL;
 }
@@ -2086,8 +2097,22 @@ static json_object *cmd_backup_start(json_object *req)
 	free(im);
 	im = ex;
 	ex = NULL;
-	if (asprintf(&ex, "  - { image: %s, read-only: true, transports: [nbd]%s%s }", q(&keep, id),
-		     nbd ? ", nbd: " : "", nbd ? flow(nbd) : "") < 0)
+	/*
+	 * Without settings: a socket of the backups' own, so that every export
+	 * on it is a backup one and its connections go to the background worker.
+	 */
+	if (!nbd) {
+		char *p;
+
+		nbd = json_object_new_object();
+		json_object_array_add(keep, nbd);
+		if (asprintf(&p, "%s/backup.sock", gw.run_dir) < 0)
+			goto oom;
+		json_object_object_add(nbd, "socket", json_object_new_string(p));
+		free(p);
+	}
+	if (asprintf(&ex, "  - { image: %s, read-only: true, transports: [nbd], nbd: %s }",
+		     q(&keep, id), flow(nbd)) < 0)
 		goto oom;
 	text = manifest_text(NULL, NULL, im, ex);
 	if (!text)
@@ -2108,32 +2133,105 @@ out:
 	return r;
 }
 
-/* backup-stop: end a backup export and drop its image (the view's file stays with its checkpoint).
+/*
+ * backup-stop gives the backup's readers this long to hang up: a client
+ * that just closed its connection (qemu-img convert has exited) may not be
+ * counted out yet, and "in use" would then be a false alarm.
+ */
+#define BACKUP_STOP_GRACE_S 5.0
+
+struct backup_stop {
+	ev_timer timer;
+	struct gw_ctl_pending *p;
+	char *id;
+	bool dry_run, force;
+	ev_tstamp deadline;
+};
+
+static const struct gw_image_spec *backup_image(const char *id)
+{
+	for (size_t k = 0; k < gw.nimages; k++)
+		if (strcmp(gw.images[k].s->name, id) == 0)
+			return gw.images[k].s->backup ? gw.images[k].s : NULL;
+	return NULL;
+}
+
+static unsigned backup_clients(const char *id)
+{
+	unsigned n = 0;
+
+	for (size_t k = 0; k < gw.nexports; k++)
+		if (strcmp(gw.exports[k].x->image, id) == 0)
+			n += atomic_load(&gw.exports[k].e->clients);
+	return n;
+}
+
+static void backup_stop_go(struct backup_stop *b)
+{
+	const struct gw_image_spec *s = backup_image(b->id);
+	json_object *r = NULL;
+	char *text;
+
+	if (!s) {
+		r = gw_ctl_error(-ENOENT, "no backup '%s' is running (see status)", b->id);
+	} else {
+		/*
+		 * A copy-before-write view ends with its export; not while a
+		 * reader holds on (the apply refuses that without force).
+		 */
+		if (s->backup->view == GW_VIEW_CBW && !b->dry_run &&
+		    (b->force || !backup_clients(b->id)))
+			gw_track_backup_end(s->backup->of, s->backup->checkpoint);
+		text = manifest_text(NULL, b->id, NULL, NULL);
+		r = text ? apply_text_to(text, "backup-stop", b->dry_run, b->force, b->p)
+			 : gw_ctl_error(-ENOMEM, "out of memory");
+		free(text);
+	}
+	if (r)
+		gw_ctl_reply_later(b->p, r);
+	free(b->id);
+	free(b);
+}
+
+static void backup_stop_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct backup_stop *b = container_of(w, struct backup_stop, timer);
+
+	(void)revents;
+	if (backup_clients(b->id) && ev_now(loop) < b->deadline && backup_image(b->id))
+		return;
+	ev_timer_stop(loop, w);
+	backup_stop_go(b);
+}
+
+/* backup-stop: end a backup export and drop its image (a reflink view stays with its checkpoint).
  */
 static json_object *cmd_backup_stop(json_object *req)
 {
 	const char *id = jstring(req, "id");
-	const struct gw_image_spec *s = NULL;
-	char *text;
-	json_object *r;
-	size_t k;
+	struct backup_stop *b;
 
 	if (!id)
 		return gw_ctl_error(-EINVAL, "backup-stop needs \"id\": IMAGE@CHECKPOINT");
-	for (k = 0; k < gw.nimages; k++)
-		if (strcmp(gw.images[k].s->name, id) == 0)
-			s = gw.images[k].s;
-	if (!s || !s->backup)
+	if (!backup_image(id))
 		return gw_ctl_error(-ENOENT, "no backup '%s' is running (see status)", id);
-	/* A copy-before-write view ends now: nothing is copied for it any more. */
-	if (s->backup->view == GW_VIEW_CBW)
-		gw_track_backup_end(s->backup->of, s->backup->checkpoint);
-	text = manifest_text(NULL, id, NULL, NULL);
-	if (!text)
+	b = calloc(1, sizeof(*b));
+	if (!b || !(b->id = strdup(id)) || !(b->p = gw_ctl_defer())) {
+		if (b)
+			free(b->id);
+		free(b);
 		return gw_ctl_error(-ENOMEM, "out of memory");
-	r = apply_text(text, "backup-stop", req);
-	free(text);
-	return r;
+	}
+	b->dry_run = jbool(req, "dry_run");
+	b->force = jbool(req, "force");
+	if (!backup_clients(id) || b->force) {
+		backup_stop_go(b);
+		return NULL;
+	}
+	b->deadline = ev_now(EV_DEFAULT) + BACKUP_STOP_GRACE_S;
+	ev_timer_init(&b->timer, backup_stop_cb, 0.05, 0.05);
+	ev_timer_start(EV_DEFAULT, &b->timer);
+	return NULL;
 }
 
 static const struct {
@@ -2150,7 +2248,8 @@ static const struct {
 	{ "backup-start", cmd_backup_start,
 	  "export a checkpoint's view over NBD: {image, checkpoint, since, only_changed, "
 	  "inconsistent, nbd}" },
-	{ "backup-stop", cmd_backup_stop, "end a backup export: {id}" },
+	{ "backup-stop", cmd_backup_stop,
+	  "end a backup export: {id, force} (waits up to 5 s for its readers to hang up)" },
 };
 
 static json_object *ctl_handler(json_object *req, void *arg)
@@ -2416,6 +2515,7 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		e = gw_export_new(x->id, b, x->read_only, m->images[x->image_index].block_size);
 		if (!e)
 			goto fail;
+		e->background = m->images[x->image_index].backup != NULL;
 		if (m->images[x->image_index].backup &&
 		    gw_track_backup_attach(m->images[x->image_index].backup, b->size, &e->changes,
 					   &e->view, err, sizeof(err)) < 0) {

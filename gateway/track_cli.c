@@ -232,14 +232,15 @@ void gw_cli_backup_usage(FILE *f)
 		"Usage: blkgw backup start IMAGE CHECKPOINT [--since PREV [--only-changed]]\n"
 		"                          [--inconsistent] [--socket PATH | --listen HOST:PORT]\n"
 		"                          [--control SOCKET] [--json]\n"
-		"       blkgw backup stop IMAGE@CHECKPOINT [--control SOCKET] [--json]\n"
+		"       blkgw backup stop IMAGE@CHECKPOINT [--force] [--control SOCKET] [--json]\n"
 		"Back up a tracked image (docs/backup.md).\n"
 		"\n"
 		"  start  export checkpoint CHECKPOINT's point-in-time view of IMAGE, read-only,\n"
 		"         over NBD as IMAGE@CHECKPOINT, and print its URI. A CHECKPOINT that\n"
 		"         does not exist yet is made now, with a view: a reflink copy where the\n"
 		"         file system can, else copy-before-write for as long as the backup runs\n"
-		"  stop   end that export (and its copy-before-write view)\n"
+		"  stop   end that export (and its copy-before-write view); a reader still\n"
+		"         connected after 5 s makes it refuse, unless --force\n"
 		"\n"
 		"  --since PREV        also offer the chunks changed after checkpoint PREV as\n"
 		"                      NBD context qemu:dirty-bitmap:PREV\n"
@@ -248,8 +249,8 @@ void gw_cli_backup_usage(FILE *f)
 		"                      the changed clusters\n"
 		"  --inconsistent      read the live image when an existing checkpoint has no\n"
 		"                      view (the copy may mix moments: refused without this)\n"
-		"  --socket PATH       serve on this unix socket (default: the NBD default,\n"
-		"                      RUN-DIR/nbd.sock)\n"
+		"  --socket PATH       serve on this unix socket (default: RUN-DIR/backup.sock,\n"
+		"                      the backups' own)\n"
 		"  --listen HOST:PORT  serve on TCP instead\n"
 		"  --control SOCKET    the daemon's control socket\n"
 		"  --json              print the daemon's JSON reply\n");
@@ -296,11 +297,12 @@ int gw_cli_backup(int argc, char **argv)
 		{ "inconsistent", no_argument, NULL, 'i' },
 		{ "socket", required_argument, NULL, 'S' },
 		{ "listen", required_argument, NULL, 'l' },
+		{ "force", no_argument, NULL, 'f' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	const char *control = NULL, *since = NULL, *sockp = NULL, *listen = NULL, *verb;
-	bool as_json = false, only = false, inconsistent = false, start;
+	bool as_json = false, only = false, inconsistent = false, force = false, start;
 	json_object *req, *reply;
 	char *id = NULL;
 	int c, rc;
@@ -328,6 +330,9 @@ int gw_cli_backup(int argc, char **argv)
 		case 'l':
 			listen = optarg;
 			break;
+		case 'f':
+			force = true;
+			break;
 		case 'h':
 			gw_cli_backup_usage(stdout);
 			return 0;
@@ -339,8 +344,8 @@ int gw_cli_backup(int argc, char **argv)
 	verb = optind < argc ? argv[optind] : "";
 	start = strcmp(verb, "start") == 0;
 	if ((!start && strcmp(verb, "stop") != 0) || argc - optind != (start ? 3 : 2) ||
-	    (!start && (since || only || inconsistent || sockp || listen)) || (only && !since) ||
-	    (sockp && listen)) {
+	    (!start && (since || only || inconsistent || sockp || listen)) || (start && force) ||
+	    (only && !since) || (sockp && listen)) {
 		gw_cli_backup_usage(stderr);
 		return 2;
 	}
@@ -349,6 +354,7 @@ int gw_cli_backup(int argc, char **argv)
 			       json_object_new_string(start ? "backup-start" : "backup-stop"));
 	if (!start) {
 		json_object_object_add(req, "id", json_object_new_string(argv[optind + 1]));
+		json_object_object_add(req, "force", json_object_new_boolean(force));
 		reply = ask("backup", control, req, as_json);
 		json_object_put(reply);
 		return reply ? 0 : 1;

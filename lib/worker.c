@@ -6,6 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "lib/efd.h"
 #include "lib/log.h"
@@ -23,7 +26,8 @@ struct gw_call {
 };
 
 static struct gw_worker *workers;
-static unsigned nworkers;
+static unsigned nworkers; /* threads: the pool, then the background worker */
+static unsigned npool;
 static unsigned coalesce_us = 20;
 static unsigned pick_rr;
 static __thread struct gw_worker *self;
@@ -228,6 +232,9 @@ static void *worker_main(void *arg)
 
 	self = w;
 	gw_log_set_thread_name(w->name);
+	/* Nice applies per thread on Linux: only this one yields to the pool. */
+	if (w->background && setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19) < 0)
+		gw_debug("%s: cannot lower its priority: %s", w->name, strerror(errno));
 	if (gw_efd_thread() < 0)
 		gw_warn("%s: too many threads for the eventfd watchdog; a peer's full eventfd could hang it",
 			w->name);
@@ -247,13 +254,17 @@ static void break_cb(void *arg)
 	ev_break(w->loop, EVBREAK_ALL);
 }
 
-static int worker_init(struct gw_worker *w, unsigned id, char *err, size_t errlen)
+static int worker_init(struct gw_worker *w, unsigned id, bool background, char *err, size_t errlen)
 {
 	int rc;
 
 	memset(w, 0, sizeof(*w));
 	w->id = id;
-	snprintf(w->name, sizeof(w->name), "worker%u", id);
+	w->background = background;
+	if (background)
+		snprintf(w->name, sizeof(w->name), "worker-bg");
+	else
+		snprintf(w->name, sizeof(w->name), "worker%u", id);
 	w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
 	if (!w->loop) {
 		gw_seterr(err, errlen, "cannot create an event loop for %s", w->name);
@@ -300,21 +311,9 @@ static void worker_fini(struct gw_worker *w)
 	ev_loop_destroy(w->loop);
 }
 
-int gw_workers_start(unsigned n, char *err, size_t errlen)
+/* Start w's thread with the signal mask workers run with. 0 or -errno. */
+static int worker_spawn(struct gw_worker *w)
 {
-	int rc;
-
-	if (n == 0)
-		n = 1;
-	workers = calloc(n, sizeof(*workers));
-	if (!workers)
-		return -ENOMEM;
-	for (unsigned i = 0; i < n; i++) {
-		rc = worker_init(&workers[i], i, err, errlen);
-		if (rc < 0)
-			goto err_fini;
-		nworkers = i + 1;
-	}
 	/*
 	 * Workers inherit a full signal mask: signals belong to the main loop.
 	 * Except SIGBUS: a worker's access to shared memory that its owner
@@ -324,21 +323,43 @@ int gw_workers_start(unsigned n, char *err, size_t errlen)
 	 * writing to a peer's eventfd.
 	 */
 	sigset_t all, old;
+	int rc;
 
 	sigfillset(&all);
 	sigdelset(&all, SIGBUS);
 	sigdelset(&all, SIGURG);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
+	rc = -pthread_create(&w->thread, NULL, worker_main, w);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc == 0)
+		__atomic_store_n(&w->started, true, __ATOMIC_RELEASE);
+	return rc;
+}
+
+int gw_workers_start(unsigned n, char *err, size_t errlen)
+{
+	int rc;
+
+	if (n == 0)
+		n = 1;
+	/* One slot more: the background worker, started when first asked for. */
+	workers = calloc(n + 1, sizeof(*workers));
+	if (!workers)
+		return -ENOMEM;
+	npool = n;
 	for (unsigned i = 0; i < n; i++) {
-		rc = -pthread_create(&workers[i].thread, NULL, worker_main, &workers[i]);
+		rc = worker_init(&workers[i], i, false, err, errlen);
+		if (rc < 0)
+			goto err_fini;
+		nworkers = i + 1;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		rc = worker_spawn(&workers[i]);
 		if (rc) {
-			pthread_sigmask(SIG_SETMASK, &old, NULL);
 			gw_seterr(err, errlen, "cannot start worker thread: %s", strerror(-rc));
 			goto err_stop;
 		}
-		workers[i].started = true;
 	}
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	return 0;
 
 err_stop:
@@ -349,7 +370,7 @@ err_fini:
 		worker_fini(&workers[i]);
 	free(workers);
 	workers = NULL;
-	nworkers = 0;
+	nworkers = npool = 0;
 	return rc;
 }
 
@@ -365,7 +386,7 @@ void gw_workers_stop(void)
 		worker_fini(&workers[i]);
 	free(workers);
 	workers = NULL;
-	nworkers = 0;
+	nworkers = npool = 0;
 }
 
 void gw_workers_set_coalesce_us(unsigned us)
@@ -375,12 +396,19 @@ void gw_workers_set_coalesce_us(unsigned us)
 
 unsigned gw_workers_count(void)
 {
-	return nworkers;
+	return npool;
+}
+
+unsigned gw_workers_total(void)
+{
+	return npool ? npool + 1 : 0;
 }
 
 struct gw_worker *gw_worker_get(unsigned i)
 {
-	return i < nworkers ? &workers[i] : NULL;
+	/* The background worker's slot is NULL until it started. */
+	return i < nworkers && __atomic_load_n(&workers[i].started, __ATOMIC_ACQUIRE) ? &workers[i]
+										      : NULL;
 }
 
 struct gw_worker *gw_worker_pick(void)
@@ -388,8 +416,8 @@ struct gw_worker *gw_worker_pick(void)
 	struct gw_worker *best = NULL;
 	unsigned start = __atomic_fetch_add(&pick_rr, 1, __ATOMIC_RELAXED);
 
-	for (unsigned k = 0; k < nworkers; k++) {
-		struct gw_worker *w = &workers[(start + k) % nworkers];
+	for (unsigned k = 0; k < npool; k++) {
+		struct gw_worker *w = &workers[(start + k) % npool];
 
 		if (!best || __atomic_load_n(&w->load, __ATOMIC_RELAXED) <
 				     __atomic_load_n(&best->load, __ATOMIC_RELAXED))
@@ -398,6 +426,35 @@ struct gw_worker *gw_worker_pick(void)
 	if (best)
 		__atomic_fetch_add(&best->load, 1, __ATOMIC_RELAXED);
 	return best;
+}
+
+struct gw_worker *gw_worker_background(void)
+{
+	static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+	struct gw_worker *w;
+	char err[256];
+
+	if (!npool)
+		return NULL;
+	w = &workers[npool];
+	pthread_mutex_lock(&mu);
+	if (!w->started) {
+		/* Made when first asked for: a daemon without backups never pays for it. */
+		if (worker_init(w, npool, true, err, sizeof(err)) < 0) {
+			gw_warn("the background worker: %s; its work goes to the pool", err);
+		} else if (worker_spawn(w) < 0) {
+			gw_warn("the background worker: cannot start its thread; its work goes to "
+				"the pool");
+			worker_fini(w);
+		} else {
+			nworkers = npool + 1;
+		}
+	}
+	pthread_mutex_unlock(&mu);
+	if (!w->started)
+		return gw_worker_pick();
+	__atomic_fetch_add(&w->load, 1, __ATOMIC_RELAXED);
+	return w;
 }
 
 void gw_worker_unload(struct gw_worker *w)

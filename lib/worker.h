@@ -53,16 +53,27 @@ struct gw_worker {
 	uint64_t spin_until, spin_yield; /* ns: when spinning stops; when it last yielded */
 	unsigned load;                   /* connections/queues assigned (atomic) */
 	bool started;
+	bool background; /* the low-priority worker (gw_worker_background) */
 };
 
 /* Start n workers (n >= 1). Main thread. 0 or -errno with a message. */
 int gw_workers_start(unsigned n, char *err, size_t errlen);
 /* Stop every worker loop and join; everything on them must already be closed. */
 void gw_workers_stop(void);
+/* The pool's size (gateway.workers): what gw_worker_pick() chooses from. */
 unsigned gw_workers_count(void);
-struct gw_worker *gw_worker_get(unsigned i);
+/* Every worker thread, the background one included: for per-worker tables (ids < this). */
+unsigned gw_workers_total(void);
+struct gw_worker *gw_worker_get(unsigned i); /* i < gw_workers_total() */
 /* The worker with the least load (ties: round robin); bumps its load. */
 struct gw_worker *gw_worker_pick(void);
+/*
+ * The background worker, beside the pool: one more loop, on a thread at the
+ * lowest scheduling priority (nice 19), for work that must not take CPU or
+ * a loop turn from the pool's (a backup export's connections). Bumps its
+ * load like gw_worker_pick().
+ */
+struct gw_worker *gw_worker_background(void);
 void gw_worker_unload(struct gw_worker *w);
 /* The worker running the calling thread, or NULL (main thread). */
 struct gw_worker *gw_worker_self(void);

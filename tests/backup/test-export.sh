@@ -61,6 +61,10 @@ io -c 'write -P 2 1M 4k' -c 'write -P 3 2044k 8k' -c 'write -z 8M 128k' -c 'disc
 qemu-img convert -f raw -O qcow2 -o cluster_size=4k "$url" "$T/full.qcow2" ||
   fail "qemu-img convert of disk@c1"
 io -c 'write -P 4 30M 512'
+grep -q "blkgw\[worker-bg\].*on export 'disk@c1'" "$T/blkgw.log" ||
+  fail "the backup export's client was not served by the background worker"
+grep -q "blkgw\[worker-bg\].*on export 'disk'" "$T/blkgw.log" &&
+  fail "the live disk's client was served by the background worker"
 qemu-img compare -q -f qcow2 -F raw "$T/full.qcow2" "$T/c1.raw" ||
   fail "the full backup is not the disk as it was at c1"
 qemu-io -f raw -r -c 'write -P 7 0 4k' "$url" 2>"$T/err" && fail "a backup export took a write"
@@ -168,7 +172,8 @@ qemu-img compare -q -f raw -F raw "$url" "$live" || fail "the --inconsistent vie
 # fio --verify goes on writing to the live disk through a whole backup, without
 # an error; the backup is the disk as it was at its checkpoint.
 cp "$mnt/disk.img" "$T/c4.raw"
-url=$("$BLKGW" backup start disk c4 --socket "$T/b4.sock") || fail "backup start disk c4"
+url=$("$BLKGW" backup start disk c4) || fail "backup start disk c4"
+[ "$url" = "nbd+unix:///disk%40c4?socket=$run/backup.sock" ] || fail "default backup socket: $url"
 fio_loop_start --name=live --ioengine=nbd --uri="$live" --rw=randwrite --bs=4k --iodepth=16 \
   --offset=32M --size=16M --verify=crc32c --verify_fatal=1 --randrepeat=0
 i=0; while cmp -s "$mnt/disk.img" "$T/c4.raw"; do

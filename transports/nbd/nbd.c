@@ -395,6 +395,24 @@ static void resume_cb(struct ev_loop *loop, ev_timer *t, int revents)
 		listener_watch(l, true);
 }
 
+/*
+ * A listener whose every export is served in the background (backup
+ * exports): its connections go to the background worker, never sharing a
+ * loop with the pool's. The client picks its export only after accept, so
+ * a socket shared with other exports stays on the pool.
+ */
+static bool listener_background(struct nbd_listener *l)
+{
+	bool bg;
+
+	pthread_mutex_lock(&l->lock);
+	bg = l->nexps > 0;
+	for (unsigned i = 0; i < l->nexps; i++)
+		bg = bg && l->exps[i]->exp->background;
+	pthread_mutex_unlock(&l->lock);
+	return bg;
+}
+
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct nbd_listener *l = w->data;
@@ -449,7 +467,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 			setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		}
 		peer_name(fd, &sa, peer, sizeof(peer));
-		wk = gw_worker_pick();
+		wk = listener_background(l) ? gw_worker_background() : gw_worker_pick();
 		atomic_fetch_add(&l->refs, 1);
 		atomic_fetch_add(&l->nconns, 1);
 		atomic_fetch_add(&nbd_conns_total, 1);

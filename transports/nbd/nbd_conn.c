@@ -55,7 +55,7 @@ static struct gw_ratelimit conn_rl = GW_RATELIMIT_INIT(5, 20);
 
 static void wlists_init(void)
 {
-	nwlists = gw_workers_count();
+	nwlists = gw_workers_total();
 	wlists = calloc(nwlists ? nwlists : 1, sizeof(*wlists));
 }
 
@@ -838,11 +838,15 @@ static void drain_on_worker(void *arg)
 
 void nbd_conns_drain(struct nbd_exp *x)
 {
-	unsigned n = gw_workers_count();
+	unsigned n = gw_workers_total();
 
 	for (unsigned i = 0; i < n; i++) {
+		struct gw_worker *w = gw_worker_get(i);
+
+		if (!w)
+			continue; /* the background worker, not started: no connection there */
 		atomic_fetch_add(&x->conns, 1); /* released by drain_on_worker */
-		if (gw_worker_call(gw_worker_get(i), drain_on_worker, x) < 0)
+		if (gw_worker_call(w, drain_on_worker, x) < 0)
 			nbd_exp_unbind(x);
 	}
 }
