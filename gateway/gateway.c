@@ -1773,10 +1773,11 @@ static char *manifest_text(const char *skip_id, const char *skip_image, const ch
 	fprintf(f, "images:%s\n", gw.nimages || add_image ? "" : " {}");
 	for (size_t k = 0; k < gw.nimages; k++) {
 		const struct gw_image_spec *s = gw.images[k].s;
-		char *o = gw_opt_dump(&s->ops->schema, s->opts);
+		char *o;
 
 		if (skip_image && strcmp(s->name, skip_image) == 0)
 			continue;
+		o = gw_opt_dump(&s->ops->schema, s->opts);
 		fprintf(f, "  %s: { backend: %s", q(&keep, s->name), s->ops->name);
 		if (s->block_size)
 			fprintf(f, ", block-size: %u", s->block_size);
