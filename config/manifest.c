@@ -1310,40 +1310,67 @@ int gw_manifest_load(const char *path, bool check_sources, struct gw_manifest **
 	return 0;
 }
 
+static void image_spec_free(struct gw_image_spec *img)
+{
+	if (img->ops && img->opts)
+		gw_opt_free(&img->ops->schema, img->opts);
+	free(img->opts);
+	if (img->fault)
+		gw_opt_free(&gw_fault_schema, img->fault);
+	free(img->fault);
+	free(img->name);
+	free(img->read_only_why);
+	if (img->backup) {
+		free(img->backup->of);
+		free(img->backup->checkpoint);
+		free(img->backup->since);
+		free(img->backup);
+	}
+}
+
+static void export_spec_free(struct gw_export_spec *x)
+{
+	for (size_t t = 0; t < x->ntransports; t++) {
+		gw_opt_free(&x->transports[t].ops->schema, x->transports[t].opts);
+		free(x->transports[t].opts);
+	}
+	free(x->transports);
+	free(x->image);
+	free(x->id);
+}
+
+void gw_manifest_drop_image(struct gw_manifest *m, size_t i)
+{
+	size_t n = 0;
+
+	if (i >= m->nimages)
+		return;
+	for (size_t k = 0; k < m->nexports; k++) {
+		struct gw_export_spec *x = &m->exports[k];
+
+		if (x->image_index == i) {
+			export_spec_free(x);
+			continue;
+		}
+		if (x->image_index > i && x->image_index < m->nimages)
+			x->image_index--;
+		m->exports[n++] = *x;
+	}
+	m->nexports = n;
+	image_spec_free(&m->images[i]);
+	memmove(&m->images[i], &m->images[i + 1], (m->nimages - i - 1) * sizeof(*m->images));
+	m->nimages--;
+}
+
 void gw_manifest_free(struct gw_manifest *m)
 {
 	if (!m)
 		return;
-	for (size_t i = 0; i < m->nimages; i++) {
-		struct gw_image_spec *img = &m->images[i];
-
-		if (img->ops && img->opts)
-			gw_opt_free(&img->ops->schema, img->opts);
-		free(img->opts);
-		if (img->fault)
-			gw_opt_free(&gw_fault_schema, img->fault);
-		free(img->fault);
-		free(img->name);
-		free(img->read_only_why);
-		if (img->backup) {
-			free(img->backup->of);
-			free(img->backup->checkpoint);
-			free(img->backup->since);
-			free(img->backup);
-		}
-	}
+	for (size_t i = 0; i < m->nimages; i++)
+		image_spec_free(&m->images[i]);
 	free(m->images);
-	for (size_t i = 0; i < m->nexports; i++) {
-		struct gw_export_spec *x = &m->exports[i];
-
-		for (size_t t = 0; t < x->ntransports; t++) {
-			gw_opt_free(&x->transports[t].ops->schema, x->transports[t].opts);
-			free(x->transports[t].opts);
-		}
-		free(x->transports);
-		free(x->image);
-		free(x->id);
-	}
+	for (size_t i = 0; i < m->nexports; i++)
+		export_spec_free(&m->exports[i]);
 	free(m->exports);
 	free(m->gw.control_socket);
 	free(m->gw.run_dir);

@@ -123,6 +123,8 @@ struct gw_manifest {
 int gw_manifest_load(const char *path, bool check_sources, struct gw_manifest **out,
 		     struct gw_diags *d);
 void gw_manifest_free(struct gw_manifest *m);
+/* Remove image i and every export of it (before the manifest is served). */
+void gw_manifest_drop_image(struct gw_manifest *m, size_t i);
 
 /* The run dir defaults: /run/blkgw for root, else $XDG_RUNTIME_DIR/blkgw or /tmp/blkgw-UID. */
 char *gw_default_run_dir(void);

@@ -2419,6 +2419,23 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 	gw_log_set_level(lvl);
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile();
+	/*
+	 * A copy-before-write backup (a saved manifest may hold one) lived in
+	 * the daemon that made it: it cannot come back, and it must not stop
+	 * the disks from being served.
+	 */
+	for (size_t i = 0; i < m->nimages;) {
+		const struct gw_image_spec *s = &m->images[i];
+
+		if (!s->backup || s->backup->view != GW_VIEW_CBW) {
+			i++;
+			continue;
+		}
+		gw_warn("image %s: its copy-before-write view ended with the daemon that kept it; "
+			"not served (start a new backup)",
+			s->name);
+		gw_manifest_drop_image(m, i);
+	}
 
 	rc = gw_mkdir_p(m->gw.run_dir);
 	if (rc < 0) {
