@@ -820,6 +820,9 @@ struct apply {
 	const char *origin;     /* "apply", "SIGHUP", "export-add"... */
 	bool dry_run, force;
 	struct gw_ctl_pending *reply_to; /* NULL: log the result only */
+	/* Run once the apply is over (every start settled), just before it is freed. */
+	void (*after)(void *arg);
+	void *after_arg;
 	/* Per new export: what happens, and the live export it keeps or replaces. */
 	enum act *xact;
 	size_t *xlive;
@@ -868,6 +871,8 @@ static void apply_free(struct apply *a)
 {
 	if (!a)
 		return;
+	if (a->after)
+		a->after(a->after_arg);
 	if (gw.closing == a)
 		gw.closing = NULL;
 	for (size_t j = 0; a->xwhy && j < a->nm->nexports; j++)
@@ -1568,7 +1573,8 @@ static void work_load(struct apply *a)
 }
 
 static void apply_path(const char *path, const char *shown, const char *origin, bool dry_run,
-		       bool force, struct gw_ctl_pending *reply_to, bool unlink_path)
+		       bool force, struct gw_ctl_pending *reply_to, bool unlink_path,
+		       void (*after)(void *arg), void *after_arg)
 {
 	struct apply *a = calloc(1, sizeof(*a));
 	json_object *problems = json_object_new_array();
@@ -1582,8 +1588,12 @@ static void apply_path(const char *path, const char *shown, const char *origin, 
 			unlink(path);
 		if (reply_to)
 			gw_ctl_reply_later(reply_to, gw_ctl_error(-ENOMEM, "out of memory"));
+		if (after)
+			after(after_arg);
 		return;
 	}
+	a->after = after;
+	a->after_arg = after_arg;
 	a->origin = origin;
 	a->dry_run = dry_run;
 	a->force = force;
@@ -1884,7 +1894,8 @@ static const char *jstring(json_object *req, const char *key)
 
 /* Apply a manifest given as text (export-add, export-del): a private file in the run dir. */
 static json_object *apply_text_to(const char *text, const char *origin, bool dry_run, bool force,
-				  struct gw_ctl_pending *p);
+				  struct gw_ctl_pending *p, void (*after)(void *arg),
+				  void *after_arg);
 
 static json_object *apply_text(const char *text, const char *origin, json_object *req)
 {
@@ -1892,7 +1903,8 @@ static json_object *apply_text(const char *text, const char *origin, json_object
 
 	if (!p)
 		return gw_ctl_error(-ENOMEM, "out of memory");
-	return apply_text_to(text, origin, jbool(req, "dry_run"), jbool(req, "force"), p);
+	return apply_text_to(text, origin, jbool(req, "dry_run"), jbool(req, "force"), p, NULL,
+			     NULL);
 }
 
 /*
@@ -1900,13 +1912,17 @@ static json_object *apply_text(const char *text, const char *origin, json_object
  * the error to answer p with.
  */
 static json_object *apply_text_to(const char *text, const char *origin, bool dry_run, bool force,
-				  struct gw_ctl_pending *p)
+				  struct gw_ctl_pending *p, void (*after)(void *arg),
+				  void *after_arg)
 {
 	char *path;
 	int fd;
 
-	if (asprintf(&path, "%s/.%s-XXXXXX.yaml", gw.run_dir, origin) < 0)
+	if (asprintf(&path, "%s/.%s-XXXXXX.yaml", gw.run_dir, origin) < 0) {
+		if (after)
+			after(after_arg);
 		return gw_ctl_error(-ENOMEM, "out of memory");
+	}
 	fd = mkstemps(path, 5);
 	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text)) {
 		json_object *r = gw_ctl_error(-errno, "cannot write %s: %s", path, strerror(errno));
@@ -1916,11 +1932,13 @@ static json_object *apply_text_to(const char *text, const char *origin, bool dry
 			unlink(path);
 		}
 		free(path);
+		if (after)
+			after(after_arg);
 		return r;
 	}
 	close(fd);
 	/* The apply removes the file once it has read it. */
-	apply_path(path, origin, origin, dry_run, force, p, true);
+	apply_path(path, origin, origin, dry_run, force, p, true, after, after_arg);
 	free(path);
 	return NULL;
 }
@@ -1936,7 +1954,8 @@ static json_object *cmd_apply(json_object *req)
 	p = gw_ctl_defer();
 	if (!p)
 		return gw_ctl_error(-ENOMEM, "out of memory");
-	apply_path(path, path, "apply", jbool(req, "dry_run"), jbool(req, "force"), p, false);
+	apply_path(path, path, "apply", jbool(req, "dry_run"), jbool(req, "force"), p, false, NULL,
+		   NULL);
 	return NULL;
 }
 
@@ -2041,6 +2060,47 @@ static bool image_live(const char *name)
 	return false;
 }
 
+/* After backup-start's apply: undo the checkpoint it made if its export is not serving. */
+struct backup_started {
+	char *image, *ckpt, *id;
+};
+
+static struct backup_started *backup_started_new(const char *image, const char *ckpt,
+						 const char *id)
+{
+	struct backup_started *b = calloc(1, sizeof(*b));
+
+	if (b &&
+	    (!(b->image = strdup(image)) || !(b->ckpt = strdup(ckpt)) || !(b->id = strdup(id)))) {
+		free(b->image);
+		free(b->ckpt);
+		free(b);
+		b = NULL;
+	}
+	return b;
+}
+
+static void backup_started_check(void *arg)
+{
+	struct backup_started *b = arg;
+	bool running = false;
+
+	if (!b)
+		return;
+	for (size_t k = 0; k < gw.nexports; k++)
+		running = running || (strcmp(gw.exports[k].e->id, b->id) == 0 &&
+				      gw.exports[k].e->state == GW_EXPORT_RUNNING);
+	if (!running) {
+		gw_info("backup %s did not start: checkpoint %s of image %s, made for it, is undone",
+			b->id, b->ckpt, b->image);
+		gw_track_checkpoint_undo(b->image, b->ckpt);
+	}
+	free(b->image);
+	free(b->ckpt);
+	free(b->id);
+	free(b);
+}
+
 /*
  * backup-start: a read-only NBD export of a checkpoint's point-in-time view,
  * named IMAGE@CHECKPOINT, offering the changes since an earlier checkpoint
@@ -2054,8 +2114,11 @@ static json_object *cmd_backup_start(json_object *req)
 	bool only = jbool(req, "only_changed"), inconsistent = jbool(req, "inconsistent");
 	json_object *nbd = NULL, *r, *keep;
 	char err[1024] = "", *fields = NULL, *id = NULL, *im = NULL, *ex = NULL, *text = NULL;
+	struct gw_ctl_pending *p;
 	static const char *const views[] = GW_VIEW_NAMES;
 	enum gw_backup_view view = GW_VIEW_SNAPSHOT;
+	struct backup_started *after = NULL;
+	bool created;
 	int rc;
 
 	if (!image || !ckpt)
@@ -2075,7 +2138,7 @@ static json_object *cmd_backup_start(json_object *req)
 		free(id);
 		return r;
 	}
-	rc = gw_track_backup_view(image, ckpt, since, inconsistent, &fields, &view, err,
+	rc = gw_track_backup_view(image, ckpt, since, inconsistent, &fields, &view, &created, err,
 				  sizeof(err));
 	if (rc < 0) {
 		free(id);
@@ -2103,14 +2166,14 @@ static json_object *cmd_backup_start(json_object *req)
 	 * on it is a backup one and its connections go to the background worker.
 	 */
 	if (!nbd) {
-		char *p;
+		char *sock;
 
 		nbd = json_object_new_object();
 		json_object_array_add(keep, nbd);
-		if (asprintf(&p, "%s/backup.sock", gw.run_dir) < 0)
+		if (asprintf(&sock, "%s/backup.sock", gw.run_dir) < 0)
 			goto oom;
-		json_object_object_add(nbd, "socket", json_object_new_string(p));
-		free(p);
+		json_object_object_add(nbd, "socket", json_object_new_string(sock));
+		free(sock);
 	}
 	if (asprintf(&ex, "  - { image: %s, read-only: true, transports: [nbd], nbd: %s }",
 		     q(&keep, id), flow(nbd)) < 0)
@@ -2120,7 +2183,20 @@ static json_object *cmd_backup_start(json_object *req)
 		goto oom;
 	gw_info("backup %s: starting (%s view: %s)%s%s", id, views[view], fields,
 		since ? ", changes since " : "", since ? since : "");
-	r = apply_text(text, "backup-start", req);
+	/* A checkpoint made here is undone if its export does not start (or a dry run). */
+	if (created && !(after = backup_started_new(image, ckpt, id)))
+		goto oom;
+	p = gw_ctl_defer();
+	if (!p) {
+		backup_started_check(after);
+		goto oom;
+	}
+	r = apply_text_to(text, "backup-start", jbool(req, "dry_run"), jbool(req, "force"), p,
+			  after ? backup_started_check : NULL, after);
+	if (r) {
+		gw_ctl_reply_later(p, r);
+		r = NULL;
+	}
 	goto out;
 oom:
 	r = gw_ctl_error(-ENOMEM, "out of memory");
@@ -2184,7 +2260,8 @@ static void backup_stop_go(struct backup_stop *b)
 		    (b->force || !backup_clients(b->id)))
 			gw_track_backup_end(s->backup->of, s->backup->checkpoint);
 		text = manifest_text(NULL, b->id, NULL, NULL);
-		r = text ? apply_text_to(text, "backup-stop", b->dry_run, b->force, b->p)
+		r = text ? apply_text_to(text, "backup-stop", b->dry_run, b->force, b->p, NULL,
+					 NULL)
 			 : gw_ctl_error(-ENOMEM, "out of memory");
 		free(text);
 	}
@@ -2279,7 +2356,7 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 	if (w->signum == SIGHUP) {
 		gw_info("SIGHUP: re-reading %s", gw.boot->abs_path);
 		apply_path(gw.boot->abs_path, gw.boot->abs_path, "SIGHUP", false, false, NULL,
-			   false);
+			   false, NULL, NULL);
 		return;
 	}
 	if (gw.stop_requested) {

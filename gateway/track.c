@@ -579,6 +579,25 @@ static json_object *cmd_create(json_object *req)
 	return r;
 }
 
+/* Delete checkpoint name of t and its view (its record merges into the next). 0 or -errno. */
+static int checkpoint_drop(struct tracked *t, const char *name, char *err, size_t errlen)
+{
+	int rc = gw_cbt_delete(t->b->cbt, name, err, errlen);
+	char *p;
+
+	if (rc < 0)
+		return rc;
+	view_end(t, name);
+	native_drop(t, name);
+	/* Its reflink copy goes too (a backup export reading it keeps its open file). */
+	p = snap_path(t, name);
+	if (p && unlink(p) < 0 && errno != ENOENT)
+		gw_warn("image %s: cannot remove %s: %s", t->image, p, strerror(errno));
+	free(p);
+	gw_info("image %s: checkpoint %s deleted (merged into the next record)", t->image, name);
+	return 0;
+}
+
 static json_object *cmd_delete(json_object *req)
 {
 	json_object *fail;
@@ -591,21 +610,22 @@ static json_object *cmd_delete(json_object *req)
 		return fail;
 	if (!name)
 		return gw_ctl_error(-EINVAL, "missing \"name\"");
-	rc = gw_cbt_delete(t->b->cbt, name, err, sizeof(err));
+	rc = checkpoint_drop(t, name, err, sizeof(err));
 	if (rc < 0)
 		return gw_ctl_error(rc, "image %s: %s", t->image, err);
-	view_end(t, name);
-	native_drop(t, name);
-	{
-		/* Its view goes too (a backup export reading it keeps its open file). */
-		char *p = snap_path(t, name);
-
-		if (p && unlink(p) < 0 && errno != ENOENT)
-			gw_warn("image %s: cannot remove %s: %s", t->image, p, strerror(errno));
-		free(p);
-	}
-	gw_info("image %s: checkpoint %s deleted (merged into the next record)", t->image, name);
 	return ok_reply();
+}
+
+void gw_track_checkpoint_undo(const char *image, const char *name)
+{
+	struct tracked *t;
+	char err[512] = "";
+
+	pthread_mutex_lock(&mu);
+	t = by_image(image);
+	if (t && checkpoint_drop(t, name, err, sizeof(err)) < 0)
+		gw_warn("image %s: cannot undo checkpoint %s: %s", image, name, err);
+	pthread_mutex_unlock(&mu);
 }
 
 static json_object *cmd_list(json_object *req)
@@ -750,8 +770,8 @@ static json_object *command(const char *name, json_object *req)
 }
 
 int gw_track_backup_view(const char *image, const char *checkpoint, const char *since,
-			 bool inconsistent, char **fields, enum gw_backup_view *view, char *err,
-			 size_t errlen)
+			 bool inconsistent, char **fields, enum gw_backup_view *view, bool *created,
+			 char *err, size_t errlen)
 {
 	struct tracked *t;
 	uint64_t *bits = NULL;
@@ -759,6 +779,7 @@ int gw_track_backup_view(const char *image, const char *checkpoint, const char *
 	int rc = 0;
 
 	*fields = NULL;
+	*created = false;
 	pthread_mutex_lock(&mu);
 	t = by_image(image);
 	if (!t) {
@@ -826,6 +847,7 @@ int gw_track_backup_view(const char *image, const char *checkpoint, const char *
 			 why, why2);
 		goto out;
 	}
+	*created = true;
 	gw_info("image %s: checkpoint %s created for a backup, with a %s view", image, checkpoint,
 		*view == GW_VIEW_CBW        ? "copy-before-write"
 		: has_native(t, checkpoint) ? "snapshot"

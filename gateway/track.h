@@ -33,8 +33,10 @@ json_object *gw_track_status(struct gw_backend *b);
  * the fix. Backends that keep views themselves (rbd) get theirs.
  */
 int gw_track_backup_view(const char *image, const char *checkpoint, const char *since,
-			 bool inconsistent, char **fields, enum gw_backup_view *view, char *err,
-			 size_t errlen);
+			 bool inconsistent, char **fields, enum gw_backup_view *view, bool *created,
+			 char *err, size_t errlen);
+/* Undo a checkpoint backup-start made when its export did not start: delete it and its view. */
+void gw_track_checkpoint_undo(const char *image, const char *checkpoint);
 /* backup-stop and checkpoint delete: end image's copy-before-write view of checkpoint. */
 void gw_track_backup_end(const char *image, const char *checkpoint);
 /*

@@ -188,6 +188,14 @@ qemu-img compare -q -f raw -F raw "$T/c4-backup.raw" "$T/c4.raw" ||
 cmp -s "$mnt/disk.img" "$T/c4.raw" && fail "the live disk did not change: the test proved nothing"
 "$BLKGW" backup stop disk@c4 || fail "backup stop disk@c4"
 
+# A backup whose export cannot start takes back the checkpoint it made.
+"$BLKGW" backup start disk c9 --socket "$T/$(printf "%0120d" 0).sock" >"$T/out" 2>&1 &&
+  { cat "$T/out"; fail "a backup on an impossible socket started"; }
+"$BLKGW" checkpoint list disk --json | jq -e '[.checkpoints[].name] | index("c9") == null' \
+  >/dev/null || fail "the checkpoint of a backup that did not start stayed"
+[ ! -e "$run/cbt/disk/snap.c9" ] && [ ! -e "$run/cbt/disk/cbw.c9" ] ||
+  fail "the view of a backup that did not start stayed"
+
 # Deleting a checkpoint drops its view.
 "$BLKGW" checkpoint delete disk c1 || fail "checkpoint delete c1"
 if [ "$mode" = reflink ]; then
