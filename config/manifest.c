@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "config/yaml_tree.h"
+#include "lib/cbt.h"
 #include "lib/util.h"
 
 /* ---- diagnostics ---- */
@@ -577,20 +578,6 @@ static void image_tracking(struct loader *L, struct gw_image_spec *img, const st
 		img->change_granularity = (uint32_t)b;
 }
 
-/* A checkpoint name as the records take it (lib/cbt.h's rule, restated for the loader). */
-static bool checkpoint_name_ok(const char *s)
-{
-	size_t n = strlen(s);
-
-	if (n == 0 || n > 64 || s[0] == '.')
-		return false;
-	for (size_t i = 0; i < n; i++)
-		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
-		      (s[i] >= '0' && s[i] <= '9') || s[i] == '.' || s[i] == '_' || s[i] == '-'))
-			return false;
-	return true;
-}
-
 /* An image name: a plain one, or a backup image's IMAGE@CHECKPOINT. */
 static bool image_name_ok(const char *s)
 {
@@ -603,7 +590,7 @@ static bool image_name_ok(const char *s)
 		return false;
 	memcpy(left, s, (size_t)(at - s));
 	left[at - s] = '\0';
-	return valid_name(left) && checkpoint_name_ok(at + 1);
+	return valid_name(left) && gw_cbt_valid_name(at + 1);
 }
 
 /* One string field of 'backup'; reports and returns NULL when absent or not a name. */
@@ -619,7 +606,7 @@ static char *backup_field(struct loader *L, const struct ynode *b, const char *k
 		return NULL;
 	}
 	if (v->type != YN_SCALAR || !*v->text ||
-	    (checkpoint ? !checkpoint_name_ok(v->text) : !valid_name(v->text))) {
+	    (checkpoint ? !gw_cbt_valid_name(v->text) : !valid_name(v->text))) {
 		diag_at(L->d, v, "%s'backup': '%s' must be %s (got '%s')", prefix, key,
 			checkpoint ? "a checkpoint name" : "an image name",
 			v->type == YN_SCALAR ? v->text : ynode_kind(v));
