@@ -74,47 +74,22 @@ void gw_change_map_free(struct gw_change_map *m)
 	free(m);
 }
 
+static bool map_bit(const void *bits, uint64_t i)
+{
+	return gw_cbt_bit(bits, i);
+}
+
 uint64_t gw_export_changed_run(const struct gw_export *e, uint64_t offset, uint64_t len,
 			       bool *changed)
 {
 	const struct gw_change_map *m = e->changes;
-	uint64_t i, end;
 
-	len = GW_MIN(len, e->size - offset);
-	*changed = true;
-	if (!m || !len)
-		return len;
-	i = offset / m->granularity;
-	*changed = i < m->nchunks && gw_cbt_bit(m->bits, i);
-	end = (i + 1) * m->granularity;
-	while (end < offset + len && ++i < m->nchunks && gw_cbt_bit(m->bits, i) == *changed)
-		end += m->granularity;
-	return GW_MIN(end, offset + len) - offset;
-}
-
-/*
- * A layer view (only_changed): a run of unchanged chunks is answered here,
- * not allocated and not known to be zero; a changed run goes on to the
- * backend, the query cut at its end (a client asks again for the rest).
- * Returns true when answered.
- */
-static bool layer_extents(struct gw_export *e, uint64_t offset, uint64_t *len,
-			  struct gw_extents *out)
-{
-	bool changed;
-	uint64_t run;
-
-	if (!e->changes || !e->changes->only_changed)
-		return false;
-	run = gw_export_changed_run(e, offset, *len, &changed);
-	/* A run ends on a chunk boundary; keep the rest of the query block aligned. */
-	run = GW_MIN(*len, (run + e->min_block - 1) & ~(uint64_t)(e->min_block - 1));
-	if (!changed) {
-		gw_extents_add(out, run, GW_EXT_HOLE);
-		return true;
+	if (!m) {
+		*changed = true;
+		return offset < e->size ? GW_MIN(len, e->size - offset) : 0;
 	}
-	*len = run;
-	return false;
+	return gw_chunk_run(map_bit, m->bits, m->nchunks, m->granularity, e->size, offset, len,
+			    changed);
 }
 
 static const uint32_t allowed_flags[GW_OP__COUNT] = {
@@ -359,25 +334,47 @@ void gw_export_count_error(struct gw_export *e, struct gw_ioq *q)
 }
 
 /*
- * A copy-before-write view: chunks copied aside are data; the others are
- * the live image's, allocation included, so the backend answers for them
- * (the query cut at the run's end). Returns true when answered.
+ * One step of what a backup export answers itself: a run that `mine`
+ * marks is answered here with flags; any other is cut to the run's end and
+ * left to the next step. Returns true when answered.
  */
-static bool view_extents(struct gw_export *e, uint64_t offset, uint64_t *len,
-			 struct gw_extents *out)
+static bool answer_run(struct gw_export *e, uint64_t run, bool mine, uint32_t flags, uint64_t *len,
+		       struct gw_extents *out)
 {
-	bool copied;
-	uint64_t run;
-
-	if (!e->view)
-		return false;
-	run = gw_cbw_copied_run(e->view, offset, *len, &copied);
+	/* A run ends on a chunk boundary; keep the rest of the query block aligned. */
 	run = GW_MIN(*len, (run + e->min_block - 1) & ~(uint64_t)(e->min_block - 1));
-	if (copied) {
-		gw_extents_add(out, run, 0);
+	if (mine) {
+		gw_extents_add(out, run, flags);
 		return true;
 	}
 	*len = run;
+	return false;
+}
+
+/*
+ * What a backup export answers before the backend: on a layer view
+ * (only_changed) a run of unchanged chunks is not allocated and not known
+ * to be zero; then on a copy-before-write view a run of chunks copied aside
+ * is data. What is left is the backend's to describe (for a view, the live
+ * image's allocation of chunks not copied), the query cut at the run's end
+ * (a client asks again for the rest). Returns true when answered.
+ */
+static bool backup_extents(struct gw_export *e, uint64_t offset, uint64_t *len,
+			   struct gw_extents *out)
+{
+	bool set;
+	uint64_t run;
+
+	if (e->changes && e->changes->only_changed) {
+		run = gw_export_changed_run(e, offset, *len, &set);
+		if (answer_run(e, run, !set, GW_EXT_HOLE, len, out))
+			return true;
+	}
+	if (e->view) {
+		run = gw_cbw_copied_run(e->view, offset, *len, &set);
+		if (answer_run(e, run, set, 0, len, out))
+			return true;
+	}
 	return false;
 }
 
@@ -395,9 +392,7 @@ int gw_export_extents(struct gw_export *e, struct gw_ioq *q, uint64_t offset, ui
 		gw_export_count_error(e, q);
 		return -EINVAL;
 	}
-	if (layer_extents(e, offset, &len, out))
-		return 0;
-	if (view_extents(e, offset, &len, out))
+	if (backup_extents(e, offset, &len, out))
 		return 0;
 	if (!e->backend->ops->extents) {
 		gw_extents_add(out, len, 0);
@@ -430,7 +425,7 @@ int gw_export_extents_submit(struct gw_export *e, struct gw_ioq *q, struct gw_ex
 		x->result = -EINVAL;
 		return 1;
 	}
-	if (layer_extents(e, x->offset, &x->len, out) || view_extents(e, x->offset, &x->len, out)) {
+	if (backup_extents(e, x->offset, &x->len, out)) {
 		x->result = 0;
 		return 1;
 	}

@@ -64,6 +64,22 @@ struct gw_cbt {
 	bool pending_durable;
 };
 
+uint64_t gw_chunk_run(bool (*bit)(const void *arg, uint64_t i), const void *arg, uint64_t nchunks,
+		      uint32_t gran, uint64_t size, uint64_t off, uint64_t len, bool *set)
+{
+	uint64_t i = off / gran, end;
+
+	*set = false;
+	if (off >= size || !len)
+		return 0;
+	len = GW_MIN(len, size - off);
+	*set = i < nchunks && bit(arg, i);
+	end = (i + 1) * gran;
+	while (end < off + len && ++i < nchunks && bit(arg, i) == *set)
+		end += gran;
+	return GW_MIN(end, off + len) - off;
+}
+
 bool gw_cbt_valid_name(const char *name)
 {
 	size_t n = strlen(name);

@@ -88,6 +88,15 @@ int gw_cbt_changes(struct gw_cbt *t, const char *since, const char *upto, uint64
 /* Valid checkpoint name: 1..64 of [A-Za-z0-9._-], not starting with '.'. */
 bool gw_cbt_valid_name(const char *name);
 
+/*
+ * Runs over a bitmap of chunks (`gran` bytes each, `nchunks` of them, the
+ * image `size` bytes): the length from off, at most len and never past the
+ * end, over which every chunk has the same bit (*set says which; chunks
+ * past nchunks read 0). bit(arg, i) reads chunk i's.
+ */
+uint64_t gw_chunk_run(bool (*bit)(const void *arg, uint64_t i), const void *arg, uint64_t nchunks,
+		      uint32_t gran, uint64_t size, uint64_t off, uint64_t len, bool *set);
+
 /* Bit helpers for callers of gw_cbt_changes(). */
 static inline bool gw_cbt_bit(const uint64_t *bits, uint64_t i)
 {

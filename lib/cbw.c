@@ -12,6 +12,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "lib/cbt.h"
 #include "lib/log.h"
 #include "lib/util.h"
 #include "lib/worker.h"
@@ -335,19 +336,14 @@ int gw_cbw_read_submit(struct gw_cbw *c, struct gw_cbw_job *job)
 	return rc;
 }
 
+static bool copied_bit(const void *c, uint64_t i)
+{
+	return is_copied(c, i);
+}
+
 uint64_t gw_cbw_copied_run(struct gw_cbw *c, uint64_t off, uint64_t len, bool *copied)
 {
-	uint64_t i = off / c->chunk, end;
-
-	*copied = false;
-	if (off >= c->size || !len)
-		return 0;
-	len = GW_MIN(len, c->size - off);
-	*copied = is_copied(c, i);
-	end = (i + 1) * c->chunk;
-	while (end < off + len && ++i < c->nchunks && is_copied(c, i) == *copied)
-		end += c->chunk;
-	return GW_MIN(end, off + len) - off;
+	return gw_chunk_run(copied_bit, c, c->nchunks, c->chunk, c->size, off, len, copied);
 }
 
 uint64_t gw_cbw_copied(const struct gw_cbw *c)
