@@ -2146,21 +2146,11 @@ static json_object *cmd_backup_start(json_object *req)
 	}
 	/* The image (the view's settings, and what it is a backup of) and its export. */
 	keep = json_object_new_array();
-	if (asprintf(&im, "  %s: { %s, backup: { of: %s, checkpoint: %s, view: %s", q(&keep, id),
-		     fields, q(&keep, image), q(&keep, ckpt), views[view]) < 0 ||
-	    (since && asprintf(&ex, "%s, since: %s, only-changed: %s", im, q(&keep, since),
-			       only ? "true" : "false") < 0))
+	if (asprintf(&im, "  %s: { %s, backup: { of: %s, checkpoint: %s, view: %s%s%s%s%s } }",
+		     q(&keep, id), fields, q(&keep, image), q(&keep, ckpt), views[view],
+		     since ? ", since: " : "", since ? q(&keep, since) : "",
+		     since ? ", only-changed: " : "", since ? (only ? "true" : "false") : "") < 0)
 		goto oom;
-	if (ex) {
-		free(im);
-		im = ex;
-		ex = NULL;
-	}
-	if (asprintf(&ex, "%s } }", im) < 0)
-		goto oom;
-	free(im);
-	im = ex;
-	ex = NULL;
 	/*
 	 * Without settings: a socket of the backups' own, so that every export
 	 * on it is a backup one and its connections go to the background worker.
