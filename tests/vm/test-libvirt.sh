@@ -58,7 +58,7 @@ cat >"$lv/share/dom.xml" <<XML
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>$lv/guest/vmlinuz</kernel>
     <initrd>$lv/guest/initrd</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1 oops=panic blkgw.md5=$md5</cmdline>
+    <cmdline>console=ttyS0 quiet panic=-1 oops=panic no_timer_check blkgw.md5=$md5</cmdline>
   </os>
   <features>
     <acpi/>
