@@ -2,7 +2,8 @@
 # The fault layer (an image's `fault:` mapping) seen through the FUSE
 # export, in one mode: test-fuse-faults.sh read|uring. Injected EIO and
 # ENOSPC reach read(2)/write(2) on the mounted files as those errnos, direct
-# and buffered, while other ranges keep working; a read held by `delay`
+# and buffered, while other ranges keep working, and so does each other
+# errno the layer offers; a read held by `delay`
 # holds up neither another read of the same file nor another export; the
 # errors are counted and the daemon stops cleanly.
 . "$(dirname "$0")/../lib.sh"
@@ -23,6 +24,8 @@ fi
 run=$T/run
 mnt=$T/files
 mkdir -p "$run" "$mnt"
+# The fault layer's other errnos, each on an image of its own.
+others="EPERM EROFS ENOMEM EINVAL ETIMEDOUT EDQUOT"
 cat >"$T/m.yaml" <<YAML
 version: 1
 gateway: { run-dir: $run, workers: 2 }
@@ -30,15 +33,20 @@ images:
   eio: { backend: memory, size: 4M, fault: { errno: EIO, ranges: 1M-2M } }
   nospc: { backend: memory, size: 4M, fault: { errno: ENOSPC, ops: write, ranges: 2M-3M } }
   slow: { backend: memory, size: 4M, fault: { delay: 5s, ops: read, ranges: 0-4K } }
+$(for e in $others; do echo "  $e: { backend: memory, size: 1M, fault: { errno: $e, ranges: 64K-128K } }"; done)
 exports:
   - { image: eio, transports: [fuse], fuse: { path: $mnt/eio, io-uring: $uring_opt } }
   - { image: nospc, transports: [fuse], fuse: { path: $mnt/nospc, io-uring: $uring_opt } }
   - { image: slow, transports: [fuse], fuse: { path: $mnt/slow, io-uring: $uring_opt } }
+$(for e in $others; do echo "  - { image: $e, transports: [fuse], fuse: { path: $mnt/$e, io-uring: $uring_opt } }"; done)
 YAML
-on_exit "umount -l $mnt/eio 2>/dev/null; umount -l $mnt/nospc 2>/dev/null; umount -l $mnt/slow 2>/dev/null"
+for f in eio nospc slow $others; do
+  on_exit "umount -l $mnt/$f 2>/dev/null"
+done
 start_blkgw "$T/m.yaml"
 py() { MNT=$mnt /usr/bin/python3 "$(dirname "$0")/fuse-faults.py" "$@"; }
 py errors || fail "injected errors through FUSE"
+py errnos $others || fail "the fault layer's other errnos through FUSE"
 py delay || fail "a delayed read held up others"
 # What a shell user sees: dd names the error.
 if dd if="$mnt/eio" of=/dev/null bs=4k skip=256 count=1 iflag=direct 2>"$T/err"; then
@@ -54,7 +62,7 @@ jq -e '.exports[] | select(.id == "eio") | .counters.errors >= 7' "$T/status.jso
 jq -e '.exports[] | select(.id == "nospc") | .counters.errors == 2' "$T/status.json" >/dev/null ||
   { jq '.exports[] | select(.id == "nospc") | .counters' "$T/status.json"; fail "nospc: errors not counted as 2"; }
 stop_blkgw
-for f in eio nospc slow; do
+for f in eio nospc slow $others; do
   ! grep -qF " $mnt/$f " /proc/self/mounts || fail "$mnt/$f still mounted after SIGTERM"
 done
 echo "PASS fault.fuse ($mode)"
