@@ -5,7 +5,9 @@
 #   test-vm-blkgw.sh io         two disks, two vCPUs, two queues each: fio
 #                               verify, flush, discard, write zeroes, ext4 with
 #                               files and fstrim; the host then checks the
-#                               backing files (pattern, zeros, e2fsck, debugfs)
+#                               backing files (pattern, zeros, e2fsck, debugfs);
+#                               a third disk with a fault layer (EIO in 4M-5M):
+#                               the guest sees EIO there, blkgw counts 3 errors
 #   test-vm-blkgw.sh reconnect  guest fio with verify while blkgw is killed
 #                               with SIGKILL three times, each time with
 #                               requests in flight, and started again; the
@@ -91,14 +93,17 @@ gateway: { run-dir: $run, workers: 2 }
 images:
   rawdisk: { backend: file, path: $T/disk0.raw }
   fsdisk: { backend: file, path: $T/disk1.raw, direct: true }
+  faulty: { backend: memory, size: 16M, fault: { errno: EIO, ranges: 4M-5M } }
 exports:
   - { image: rawdisk, transports: [vhost-user-blk], vhost-user-blk: { socket: $run/vda.sock, queues: 2, serial: blkgw-vda } }
   - { image: fsdisk, transports: [vhost-user-blk], vhost-user-blk: { socket: $run/vdb.sock, queues: 2 } }
+  - { image: faulty, transports: [vhost-user-blk], vhost-user-blk: { socket: $run/vdc.sock } }
 YAML
   start_blkgw "$T/m.yaml" --log-level "$log_level"
   start_vm vhost-blkgw.sh --bin fio --bin blkdiscard --bin fstrim --bin mkfs.ext4 \
     --file /etc/mke2fs.conf:/etc/mke2fs.conf --module ext4 --module crc32c_generic -- \
     "${mem_args[@]}" --smp 2 --vhost-user-blk "$run/vda.sock,num-queues=2" --vhost-user-blk "$run/vdb.sock,num-queues=2" \
+    --vhost-user-blk "$run/vdc.sock" \
     --append "blkgw.size_mib=128 blkgw.queues=2" --timeout 400
   wait_vm
   if [ ${#mem_args[@]} -gt 0 ]; then
@@ -112,6 +117,10 @@ YAML
   jq -e '.exports[1].counters | .flushes > 0 and .trims > 0 and .errors == 0' "$T/status.json" \
     >/dev/null || { jq '.exports[1].counters' "$T/status.json"; fail "vdb counters"; }
   echo "ok - blkgw counted flushes, discards and write zeroes, no errors"
+  # vdc: the guest met the fault layer's EIO 3 times (read, write, read again).
+  jq -e '.exports[2].counters.errors == 3' "$T/status.json" >/dev/null ||
+    { jq '.exports[2].counters' "$T/status.json"; fail "vdc: errors not counted as 3"; }
+  echo "ok - blkgw counted the 3 injected errors on vdc"
   stop_blkgw
   (set +o pipefail; yes blkgw-vm-pattern | head -c 4194304) >"$T/pattern"
   cmp -n 4194304 -i 0:$((100 << 20)) "$T/pattern" "$T/disk0.raw" ||

@@ -328,3 +328,65 @@ check "no /dev/ublkc9 either (deleted without waiting for the holder)" sh -c "! 
 kill "$(bg_pid holder)"
 check "SIGTERM: blkgw exits 0" stop_gw
 check "no /dev/ublkb* or /dev/ublkc* left at the end" sh -c "! ls /dev/ublkb* /dev/ublkc* 2>/dev/null"
+
+# --- the fault layer: errors at the block layer; a held read holds up nothing else ------
+# Three memory exports with fault layers, one worker. An injected EIO ends a
+# request with -EIO (BLK_STS_IOERR: dd says Input/output error, the kernel
+# logs it); ENOSPC passes through as BLK_STS_NOSPC (No space left on
+# device); outside the ranges and afterwards the devices work; a read held
+# 8 s holds up neither a read of another range on the same queue nor I/O on
+# another export.
+
+cat >/tmp/fault.yaml <<YAML
+version: 1
+gateway: { run-dir: $RUN, workers: 1 }
+images:
+  ferr: { backend: memory, size: 16M, fault: { errno: EIO, ranges: 4M-5M } }
+  fnospc: { backend: memory, size: 16M, fault: { errno: ENOSPC, ops: write, ranges: 4M-5M } }
+  fslow: { backend: memory, size: 16M, fault: { delay: 8s, ops: read, ranges: 4M-5M } }
+exports:
+  - { image: ferr, transports: [ublk], ublk: { id: 11 } }
+  - { image: fnospc, transports: [ublk], ublk: { id: 12 } }
+  - { image: fslow, transports: [ublk], ublk: { id: 13 } }
+YAML
+# dd_fails MESSAGE DD-ARGS...: one 4k dd fails, and says MESSAGE
+dd_fails() {
+	local msg="$1"
+	shift
+	! dd "$@" bs=4k count=1 2>/tmp/dderr || {
+		echo "dd succeeded"
+		return 1
+	}
+	cat /tmp/dderr
+	grep -q "$msg" /tmp/dderr
+}
+require "fault: blkgw serves /dev/ublkb11-13" start_gw /tmp/fault.yaml "ferr fnospc fslow"
+check "fault: a direct read in the EIO range fails with an I/O error" \
+	dd_fails 'Input/output error' if=/dev/ublkb11 of=/dev/null skip=1024 iflag=direct
+check "fault: a direct write there fails with an I/O error" \
+	dd_fails 'Input/output error' if=/dev/zero of=/dev/ublkb11 seek=1100 oflag=direct
+check "fault: the kernel logged the I/O error" \
+	sh -c "dmesg | grep -E 'I/O error, dev ublkb11, sector (8192|8800) '"
+yes blkgw-fault | head -c 4096 >/tmp/f4k
+check "fault: outside the range a write and a read succeed" \
+	sh -c "dd if=/tmp/f4k of=/dev/ublkb11 bs=4k seek=1280 count=1 oflag=direct && dd if=/dev/ublkb11 bs=4k skip=1280 count=1 iflag=direct 2>/dev/null | cmp - /tmp/f4k"
+check "fault: the device keeps serving (fio verify outside the range)" \
+	fio_rand /dev/ublkb11 8 1M --offset=8M
+check "fault: the range still fails, the device is still there" \
+	sh -c "test -b /dev/ublkb11 && ! dd if=/dev/ublkb11 of=/dev/null bs=4k skip=1024 count=1 iflag=direct"
+check "fault: ENOSPC reaches the writer as No space left on device" \
+	dd_fails 'No space left on device' if=/dev/zero of=/dev/ublkb12 seek=1024 oflag=direct
+check "fault: reads of that range work (the layer fails writes only)" \
+	dd if=/dev/ublkb12 of=/dev/null bs=4k skip=1024 count=1 iflag=direct
+dd if=/dev/ublkb13 of=/dev/null bs=4k skip=1024 count=1 iflag=direct 2>/tmp/held.err &
+held=$!
+check "fault: the held read reached blkgw (status: 1 hit)" \
+	wait_for 10 sh -c "$B status $CTL | grep -q 'after a delay, 1 hit'"
+check "fault: meanwhile a read of another range on the same queue completes" \
+	dd if=/dev/ublkb13 of=/dev/null bs=4k count=1 iflag=direct
+check "fault: and I/O on another export" \
+	sh -c "dd if=/tmp/f4k of=/dev/ublkb12 bs=4k count=1 oflag=direct && dd if=/dev/ublkb11 of=/dev/null bs=4k count=1 iflag=direct"
+check "fault: the held read was still held all that time" kill -0 $held
+check "fault: then it completes without an error" wait $held
+check "fault: SIGTERM: blkgw exits 0" stop_gw
+check "fault: no /dev/ublkb* or /dev/ublkc* left" sh -c "! ls /dev/ublkb* /dev/ublkc* 2>/dev/null"

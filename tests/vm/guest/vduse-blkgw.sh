@@ -317,3 +317,67 @@ fio_verify "blkgw verifies every block qemu-storage-daemon's fio wrote (4k randr
 check "SIGTERM" stop_gw
 check "nothing of blkgw's left under /sys/bus/vdpa/devices, no links" \
 	sh -c "! test -e /sys/bus/vdpa/devices/peer && ! test -e /dev/vduse/peer && [ -z \"\$(ls $RUN/dev 2>/dev/null)\" ]"
+
+# --- the fault layer: errors at the block layer; a held read holds up nothing else ----
+# Memory exports with fault layers on one worker. blkgw answers an injected
+# error with VIRTIO_BLK_S_IOERR, which virtio_blk ends as BLK_STS_IOERR: EIO
+# for the injected EIO and for ENOSPC alike (virtio-blk has no status for a
+# full disk); the kernel logs it; outside the ranges and afterwards the
+# devices work; a read held 8 s holds up neither a read of another range on
+# the same queue nor I/O on another export.
+
+cat >/tmp/m.yaml <<YAML
+version: 1
+gateway: { run-dir: $RUN, workers: 1 }
+images:
+  ferr: { backend: memory, size: 16M, fault: { errno: EIO, ranges: 4M-5M } }
+  fnospc: { backend: memory, size: 16M, fault: { errno: ENOSPC, ops: write, ranges: 4M-5M } }
+  fslow: { backend: memory, size: 16M, fault: { delay: 8s, ops: read, ranges: 4M-5M } }
+exports:
+  - { image: ferr, transports: [vduse] }
+  - { image: fnospc, transports: [vduse] }
+  - { image: fslow, transports: [vduse] }
+YAML
+# io_error DD-ARGS...: one 4k dd fails with Input/output error
+io_error() {
+	! dd "$@" bs=4k count=1 2>/tmp/dderr || {
+		echo "dd succeeded"
+		return 1
+	}
+	cat /tmp/dderr
+	grep -q 'Input/output error' /tmp/dderr
+}
+require "fault: blkgw serves three VDUSE disks with fault layers" start_gw ferr fnospc fslow
+ferr=$(readlink $RUN/dev/ferr)
+fnospc=$(readlink $RUN/dev/fnospc)
+fslow=$(readlink $RUN/dev/fslow)
+vm_log "fault: ferr=$ferr fnospc=$fnospc fslow=$fslow"
+check "fault: a direct read in the EIO range fails with an I/O error" \
+	io_error if="$ferr" of=/dev/null skip=1024 iflag=direct
+check "fault: a direct write there fails with an I/O error" \
+	io_error if=/dev/zero of="$ferr" seek=1100 oflag=direct
+check "fault: the kernel logged the I/O error" \
+	sh -c "dmesg | grep -E 'I/O error, dev ${ferr#/dev/}, sector (8192|8800) '"
+yes blkgw-fault | head -c 4096 >/tmp/f4k
+check "fault: outside the range a write and a read succeed" \
+	sh -c "dd if=/tmp/f4k of=$ferr bs=4k seek=1280 count=1 oflag=direct && dd if=$ferr bs=4k skip=1280 count=1 iflag=direct 2>/dev/null | cmp - /tmp/f4k"
+fio_verify "fault: the disk keeps serving (fio verify outside the range)" "$ferr" \
+	--rw=randwrite --bs=4k --offset=8M --size=1M --iodepth=8
+check "fault: the range still fails, the disk is still there" \
+	sh -c "test -b $ferr && ! dd if=$ferr of=/dev/null bs=4k skip=1024 count=1 iflag=direct"
+check "fault: ENOSPC reaches the writer as an I/O error" \
+	io_error if=/dev/zero of="$fnospc" seek=1024 oflag=direct
+check "fault: reads of that range work (the layer fails writes only)" \
+	dd if="$fnospc" of=/dev/null bs=4k skip=1024 count=1 iflag=direct
+dd if="$fslow" of=/dev/null bs=4k skip=1024 count=1 iflag=direct 2>/tmp/held.err &
+held=$!
+check "fault: the held read reached blkgw (status: 1 hit)" \
+	wait_for 10 sh -c "$B status --control $RUN/control.sock | grep -q 'after a delay, 1 hit'"
+check "fault: meanwhile a read of another range on the same queue completes" \
+	dd if="$fslow" of=/dev/null bs=4k count=1 iflag=direct
+check "fault: and I/O on another export" \
+	sh -c "dd if=/tmp/f4k of=$fnospc bs=4k count=1 oflag=direct && dd if=$ferr of=/dev/null bs=4k count=1 iflag=direct"
+check "fault: the held read was still held all that time" kill -0 $held
+check "fault: then it completes without an error" wait $held
+check "fault: SIGTERM tears the devices down" stop_gw
+check "fault: nothing left under /sys/bus/vdpa/devices or /dev/vduse, no links" torn_down

@@ -1,10 +1,12 @@
 # shellcheck shell=dash
-# vm-vhost-blkgw (guest side): two vhost-user-blk disks served by blkgw on
-# the host (tests/vhost/test-vm-blkgw.sh), two vCPUs, two queues each.
+# vm-vhost-blkgw (guest side): three vhost-user-blk disks served by blkgw on
+# the host (tests/vhost/test-vm-blkgw.sh), two vCPUs, two queues each (vdc: one).
 #   /dev/vda: fio crc32c verify on both queues, flushes, discard and
 #             write-zeroes, a pattern the host finds in the backing file;
 #   /dev/vdb: mkfs.ext4, mount, files, fstrim, remount and re-check; the host
 #             runs e2fsck and reads a file back with debugfs.
+#   /dev/vdc: a memory image with a fault layer (EIO in 4M-5M): direct I/O
+#             there fails with EIO and the kernel logs it; the rest works.
 # Markers for the host: "BLKGW-MD5 <md5>" of /mnt/big.
 # shellcheck source=SCRIPTDIR/../guest-lib.sh
 . /lib/blkgw-vm/guest-lib.sh
@@ -83,3 +85,32 @@ check "every file reads back the same" sh -c "cd /mnt && md5sum -c /tmp/sums >/d
 vm_log "BLKGW-MD5 $(md5sum </mnt/big | cut -d' ' -f1)"
 check "umount" umount /mnt
 check "sync" sync
+
+# --- vdc: a fault layer (EIO in 4M-5M) -------------------------------------
+# blkgw answers a backend error with VIRTIO_BLK_S_IOERR: direct I/O in the
+# range fails with EIO, the kernel logs the I/O error, the rest of the disk
+# and the disk itself keep working. The host counts 3 errors.
+require "/dev/vdc appears" wait_for 10 test -b /dev/vdc
+# io_error DD-ARGS...: dd fails, and says Input/output error
+io_error() {
+	! dd "$@" bs=4k count=1 2>/tmp/dderr || return 1
+	cat /tmp/dderr
+	grep -q 'Input/output error' /tmp/dderr
+}
+check "vdc: a direct read in the faulted range fails with EIO" \
+	io_error if=/dev/vdc of=/dev/null skip=1024 iflag=direct
+check "vdc: a direct write in the faulted range fails with EIO" \
+	io_error if=/dev/zero of=/dev/vdc seek=1100 oflag=direct
+check "vdc: the guest kernel logged the I/O error" \
+	sh -c "dmesg | grep -E 'I/O error, dev vdc, sector (8192|8800) '"
+yes blkgw-fault | head -c 8192 >/tmp/f8k
+check "vdc: writes either side of the range succeed" \
+	sh -c "dd if=/tmp/f8k of=/dev/vdc bs=4k seek=1023 count=1 oflag=direct && dd if=/tmp/f8k of=/dev/vdc bs=4k skip=1 seek=1280 count=1 oflag=direct"
+check "vdc: and read back" \
+	sh -c "{ dd if=/dev/vdc bs=4k skip=1023 count=1 iflag=direct; dd if=/dev/vdc bs=4k skip=1280 count=1 iflag=direct; } 2>/dev/null | cmp - /tmp/f8k"
+check "vdc: the disk keeps serving (fio verify 1 MiB outside the range)" \
+	fio --name=f --filename=/dev/vdc --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k \
+	--offset=8M --size=1M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1
+check "vdc: the faulted range still fails (the layer, not a dead device)" \
+	io_error if=/dev/vdc of=/dev/null skip=1024 iflag=direct
+check "vdc: still there" test -b /dev/vdc -a "$(cat /sys/block/vdc/size)" = 32768
