@@ -148,7 +148,7 @@ int vduse_dev_create(struct vduse_exp *x, char *err, size_t errlen)
 	for (unsigned i = 0; i < x->o->queues; i++) {
 		struct vduse_vq_config vc = { .index = i, .max_size = (uint16_t)x->o->queue_size };
 
-		if (ioctl(x->dev_fd, VDUSE_VQ_SETUP, &vc) < 0 && !x->reopened) {
+		if (vduse_ioctl(&x->iotlb, x->dev_fd, VDUSE_VQ_SETUP, &vc) < 0 && !x->reopened) {
 			rc = -errno;
 			gw_seterr(err, errlen, "VDUSE_VQ_SETUP %u: %s", i, strerror(-rc));
 			return rc;
@@ -277,7 +277,7 @@ static void queue_notify(struct vblk_queue *q, void *arg)
 	struct vduse_vq *vq = arg;
 	uint32_t idx = vblk_queue_index(q);
 
-	if (ioctl(vq->x->dev_fd, VDUSE_VQ_INJECT_IRQ, &idx) < 0)
+	if (vduse_ioctl(&vq->x->iotlb, vq->x->dev_fd, VDUSE_VQ_INJECT_IRQ, &idx) < 0)
 		gw_debug("%s: VQ_INJECT_IRQ %u: %s", vq->x->log, idx, strerror(errno));
 }
 
@@ -294,7 +294,7 @@ static int queue_info(struct vduse_exp *x, unsigned i, struct vduse_vq_info *inf
 
 	memset(info, 0, sizeof(*info));
 	info->index = i;
-	if (ioctl(x->dev_fd, VDUSE_VQ_GET_INFO, info) < 0) {
+	if (vduse_ioctl(&x->iotlb, x->dev_fd, VDUSE_VQ_GET_INFO, info) < 0) {
 		gw_err("%s: VQ_GET_INFO %u: %s", x->log, i, strerror(errno));
 		return -errno;
 	}
@@ -357,7 +357,7 @@ static int start_queues(struct vduse_exp *x)
 	char err[256];
 	int rc;
 
-	if (ioctl(x->dev_fd, VDUSE_DEV_GET_FEATURES, &features) < 0) {
+	if (vduse_ioctl(&x->iotlb, x->dev_fd, VDUSE_DEV_GET_FEATURES, &features) < 0) {
 		gw_err("%s: DEV_GET_FEATURES: %s", x->log, strerror(errno));
 		return -errno;
 	}
@@ -406,7 +406,7 @@ static int start_queues(struct vduse_exp *x)
 			return -errno;
 		kick.index = i;
 		kick.fd = fd;
-		if (ioctl(x->dev_fd, VDUSE_VQ_SETUP_KICKFD, &kick) < 0) {
+		if (vduse_ioctl(&x->iotlb, x->dev_fd, VDUSE_VQ_SETUP_KICKFD, &kick) < 0) {
 			rc = -errno;
 			gw_err("%s: VQ_SETUP_KICKFD %u: %s", x->log, i, strerror(-rc));
 			close(fd);

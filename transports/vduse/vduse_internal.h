@@ -77,12 +77,22 @@ struct vduse_map {
 	uint8_t *host; /* where start is */
 };
 
+/*
+ * The device's ioctls (VQ_GET_INFO, IOTLB_GET_FD, ...): ioctl(2), unless a
+ * program playing the kernel (tests/fuzz/fuzz_vduse.c) set its own. Returns
+ * as ioctl(2) does: >= 0, or -1 with errno.
+ */
+typedef int (*vduse_ioctl_fn)(int fd, unsigned long req, void *arg);
+
 struct vduse_iotlb {
-	int fd; /* the device */
+	int fd;               /* the device */
+	vduse_ioctl_fn ioctl; /* NULL: ioctl(2) */
 	unsigned n;
 	struct vduse_map *m[VDUSE_MAX_MAPS]; /* the cache, main thread */
 };
 
+/* ioctl req on fd, through t->ioctl when set. */
+int vduse_ioctl(const struct vduse_iotlb *t, int fd, unsigned long req, void *arg);
 /* The cached mapping holding [iova, iova + len), fetched with IOTLB_GET_FD if missing. */
 int vduse_iotlb_need(struct vduse_iotlb *t, uint64_t iova, uint64_t len, char *err, size_t errlen);
 /* Drop cached mappings overlapping [start, last] (UPDATE_IOTLB); all when start > last. */

@@ -18,6 +18,11 @@
 #include "lib/util.h"
 #include "transports/vduse/vduse_internal.h"
 
+int vduse_ioctl(const struct vduse_iotlb *t, int fd, unsigned long req, void *arg)
+{
+	return t->ioctl ? t->ioctl(fd, req, arg) : ioctl(fd, req, arg);
+}
+
 static void map_put(struct vduse_map *m)
 {
 	if (!m || atomic_fetch_sub(&m->refs, 1) != 1)
@@ -61,7 +66,7 @@ static int fetch(struct vduse_iotlb *t, uint64_t iova, char *err, size_t errlen)
 		gw_seterr(err, errlen, "more than %u IOVA regions in use", VDUSE_MAX_MAPS);
 		return -ENOSPC;
 	}
-	fd = ioctl(t->fd, VDUSE_IOTLB_GET_FD, &e);
+	fd = vduse_ioctl(t, t->fd, VDUSE_IOTLB_GET_FD, &e);
 	if (fd < 0) {
 		gw_seterr(err, errlen, "IOVA 0x%llx is not mapped (IOTLB_GET_FD: %s)",
 			  (unsigned long long)iova, strerror(errno));
@@ -168,7 +173,7 @@ int vduse_iotlb_bounce(struct vduse_iotlb *t, uint64_t size, char *err, size_t e
 	}
 	memset(&e, 0, sizeof(e));
 	e.start = e.last = t->m[0]->start;
-	fd = ioctl(t->fd, VDUSE_IOTLB_GET_FD, &e);
+	fd = vduse_ioctl(t, t->fd, VDUSE_IOTLB_GET_FD, &e);
 	if (fd < 0) {
 		gw_seterr(err, errlen, "IOTLB_GET_FD 0x%llx: %s", (unsigned long long)e.start,
 			  strerror(errno));
