@@ -486,8 +486,7 @@ static void update_iotlb(struct vduse_exp *x, uint64_t start, uint64_t last)
 
 		if (!info[i].ready || rings(x->mem, &info[i], &d, &a, &u) < 0)
 			continue;
-		if (vblk_queue_set_mem(x->vq[i].q, virtio_mem_get(x->mem), d, a, u, queue_cb,
-				       &x->vq[i]) == 0)
+		if (vblk_queue_set_mem(x->vq[i].q, x->mem, d, a, u, queue_cb, &x->vq[i]) == 0)
 			x->pending++;
 	}
 }

@@ -106,8 +106,8 @@ int vblk_queue_set_call(struct vblk_queue *q, int fd, vblk_queue_cb cb, void *ar
 /* Replace the kick eventfd (the old one is closed). */
 int vblk_queue_set_kick(struct vblk_queue *q, int fd, vblk_queue_cb cb, void *arg);
 /*
- * Switch to a new memory map (a reference moves in) and ring pointers into it;
- * requests in flight keep the old map alive until they complete.
+ * Switch to a new memory map (the queue takes a reference of its own) and ring
+ * pointers into it; requests in flight keep the old map alive until they complete.
  */
 int vblk_queue_set_mem(struct vblk_queue *q, struct virtio_memmap *mem, struct vring_desc *desc,
 		       uint16_t *avail, uint8_t *used, vblk_queue_cb cb, void *arg);
