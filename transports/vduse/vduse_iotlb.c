@@ -39,18 +39,16 @@ static const struct vduse_map *cache_find(const struct vduse_iotlb *t, uint64_t 
 	return NULL;
 }
 
+/*
+ * Only read-write regions are used: a snapshot has no permissions, and a
+ * queue writes used rings and read buffers wherever the driver points, so
+ * a write into a read-only mapping would crash the daemon (SIGSEGV). The
+ * kernel's own DMA (virtio_vdpa: bounce region, coherent rings) maps
+ * everything read-write; a region that is not is refused.
+ */
 static int prot_of(uint8_t perm)
 {
-	switch (perm) {
-	case VDUSE_ACCESS_RO:
-		return PROT_READ;
-	case VDUSE_ACCESS_WO:
-		return PROT_WRITE;
-	case VDUSE_ACCESS_RW:
-		return PROT_READ | PROT_WRITE;
-	default:
-		return -1;
-	}
+	return perm == VDUSE_ACCESS_RW ? PROT_READ | PROT_WRITE : -1;
 }
 
 /* Map the IOTLB region holding iova into the cache. */
@@ -78,7 +76,8 @@ static int fetch(struct vduse_iotlb *t, uint64_t iova, char *err, size_t errlen)
 		close(fd);
 		gw_seterr(
 			err, errlen,
-			"IOTLB_GET_FD for 0x%llx gave a bad region [0x%llx, 0x%llx] at offset 0x%llx, perm %u",
+			"IOTLB_GET_FD for 0x%llx gave a bad region [0x%llx, 0x%llx] at offset 0x%llx, perm %u "
+			"(only read-write regions are served)",
 			(unsigned long long)iova, (unsigned long long)e.start,
 			(unsigned long long)e.last, (unsigned long long)e.offset, e.perm);
 		return -EPROTO;
