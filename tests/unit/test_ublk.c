@@ -187,6 +187,41 @@ static void test_id(void)
 	CHECK(ublk_parse_id("99999999999", &id) == -EINVAL);
 }
 
+/* GET_DEV_INFO of a device left behind: what may be taken over. */
+static void test_info(void)
+{
+	struct ublksrv_ctrl_dev_info i;
+
+	memset(&i, 0, sizeof(i));
+	i.nr_hw_queues = 2;
+	i.queue_depth = 128;
+	i.state = UBLK_S_DEV_QUIESCED;
+	i.max_io_buf_bytes = 512 << 10;
+	i.dev_id = 7;
+	i.flags = UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE;
+	CHECK(ublk_info_unfit(&i, 7) == NULL);
+	CHECK(ublk_info_unfit(&i, 8) != NULL); /* another device answered */
+	i.nr_hw_queues = UBLK_MAX_QUEUES + 1;  /* would overrun the queue array */
+	CHECK(ublk_info_unfit(&i, 7) != NULL);
+	i.nr_hw_queues = 0;
+	CHECK(ublk_info_unfit(&i, 7) != NULL);
+	i.nr_hw_queues = 2;
+	i.max_io_buf_bytes = 4097;
+	CHECK(ublk_info_unfit(&i, 7) != NULL);
+	i.max_io_buf_bytes = 64 << 20;
+	CHECK(ublk_info_unfit(&i, 7) != NULL);
+	i.max_io_buf_bytes = 4096;
+	i.queue_depth = UBLK_MAX_QUEUE_DEPTH + 1;
+	CHECK(ublk_info_unfit(&i, 7) != NULL);
+	i.queue_depth = 1;
+	CHECK(ublk_info_unfit(&i, 7) == NULL);
+	i.flags = 0;
+	CHECK(strstr(ublk_info_unfit(&i, 7), "user recovery") != NULL);
+	i.flags = UBLK_F_USER_RECOVERY;
+	i.state = UBLK_S_DEV_DEAD;
+	CHECK(strstr(ublk_info_unfit(&i, 7), "never started") != NULL);
+}
+
 static void test_state(void)
 {
 	struct ublk_state s = { .dev_id = 3,
@@ -255,6 +290,7 @@ int main(void)
 	test_decode();
 	test_id();
 	test_state();
+	test_info();
 	test_features();
 	test_cpus();
 	if (failures) {

@@ -305,21 +305,15 @@ static int find_previous(struct ublk_dev *d, const struct ublk_opts *o, char *er
 	}
 	memset(&have, 0, sizeof(have));
 	have.len = sizeof(have);
-	if (info.state == UBLK_S_DEV_DEAD)
-		why = "it was never started";
-	else if (!(info.flags & UBLK_F_USER_RECOVERY))
-		why = "it was made without user recovery";
-	else if (e->caps & GW_CAP_EPHEMERAL)
+	why = ublk_info_unfit(&info, f.st.dev_id);
+	if (!why && (e->caps & GW_CAP_EPHEMERAL))
 		why = "its image lived in the killed blkgw's memory: recovered, the device would show other data";
-	else if (opt_id(o) != UBLK_ID_AUTO && opt_id(o) != f.st.dev_id)
+	else if (!why && opt_id(o) != UBLK_ID_AUTO && opt_id(o) != f.st.dev_id)
 		why = "the manifest asks for another id";
-	else if (ublk_build_params(e, info.max_io_buf_bytes, &want, NULL, 0) < 0 ||
-		 ublk_ctrl_cmd(&d->ctrl, UBLK_U_CMD_GET_PARAMS, f.st.dev_id, &have, sizeof(have),
-			       0) < 0 ||
-		 have.basic.dev_sectors != want.basic.dev_sectors ||
-		 have.basic.logical_bs_shift != want.basic.logical_bs_shift ||
-		 (have.basic.attrs & UBLK_ATTR_READ_ONLY) !=
-			 (want.basic.attrs & UBLK_ATTR_READ_ONLY))
+	else if (!why && (ublk_build_params(e, info.max_io_buf_bytes, &want, NULL, 0) < 0 ||
+			  ublk_ctrl_cmd(&d->ctrl, UBLK_U_CMD_GET_PARAMS, f.st.dev_id, &have,
+					sizeof(have), 0) < 0 ||
+			  !ublk_params_match(&have, &want)))
 		why = "its size, block size or read-only state differs from the export's now";
 	if (why) {
 		gw_warn("export %s: deleting /dev/ublkb%u left by pid %d: %s", e->id, f.st.dev_id,

@@ -94,6 +94,14 @@ int ublk_build_params(const struct gw_export *e, uint32_t max_io, struct ublk_pa
  */
 int ublk_decode(const struct ublksrv_io_desc *iod, void *buf, uint32_t buf_len, struct gw_io *io,
 		struct iovec *iov);
+/*
+ * Whether the device GET_DEV_INFO described (recorded as dev_id in the run
+ * dir) can be taken over: NULL, or why not (never started, no user
+ * recovery, geometry blkgw never makes: the queues are sized by it).
+ */
+const char *ublk_info_unfit(const struct ublksrv_ctrl_dev_info *info, uint32_t dev_id);
+/* GET_PARAMS' answer (have) fits the export's parameters (want): size, block size, read-only. */
+bool ublk_params_match(const struct ublk_params *have, const struct ublk_params *want);
 /* The COMMIT result for a finished request: bytes for READ/WRITE, else 0, or -errno. */
 int ublk_result(const struct gw_io *io);
 
@@ -181,5 +189,12 @@ struct ublk_dev {
 };
 
 int ublk_queue_start(struct ublk_dev *d, unsigned qid, char *err, size_t errlen);
+/*
+ * On the queue's thread, q->tags allocated: give tag its completion callback
+ * and queue its first FETCH_REQ (submitted with the queue's next submit).
+ * Each completion of its commands then runs the request the kernel put in
+ * q->iods[tag] through the export and queues the COMMIT_AND_FETCH_REQ.
+ */
+void ublk_tag_arm(struct ublk_queue *q, uint16_t tag);
 void ublk_queue_quit(struct ublk_queue *q);
 void ublk_queue_join(struct ublk_queue *q);

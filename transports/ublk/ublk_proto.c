@@ -138,6 +138,31 @@ int ublk_decode(const struct ublksrv_io_desc *iod, void *buf, uint32_t buf_len, 
 	}
 }
 
+const char *ublk_info_unfit(const struct ublksrv_ctrl_dev_info *info, uint32_t dev_id)
+{
+	if (info->dev_id != dev_id)
+		return "the kernel described another device";
+	if (info->state == UBLK_S_DEV_DEAD)
+		return "it was never started";
+	if (!(info->flags & UBLK_F_USER_RECOVERY))
+		return "it was made without user recovery";
+	/* What blkgw itself could have made (ublk_opts' limits): the queues are sized by it. */
+	if (info->nr_hw_queues == 0 || info->nr_hw_queues > UBLK_MAX_QUEUES ||
+	    info->queue_depth == 0 || info->queue_depth > UBLK_MAX_QUEUE_DEPTH ||
+	    info->max_io_buf_bytes < 4096 || info->max_io_buf_bytes > (32u << 20) ||
+	    info->max_io_buf_bytes % 4096)
+		return "its queues, depth or max-io are not ones blkgw makes";
+	return NULL;
+}
+
+bool ublk_params_match(const struct ublk_params *have, const struct ublk_params *want)
+{
+	return have->basic.dev_sectors == want->basic.dev_sectors &&
+	       have->basic.logical_bs_shift == want->basic.logical_bs_shift &&
+	       (have->basic.attrs & UBLK_ATTR_READ_ONLY) ==
+		       (want->basic.attrs & UBLK_ATTR_READ_ONLY);
+}
+
 int ublk_result(const struct gw_io *io)
 {
 	if (io->result < 0)

@@ -157,6 +157,18 @@ static void tag_cb(struct gw_uring_cb *cb, int res)
 	t->q->live--;
 }
 
+void ublk_tag_arm(struct ublk_queue *q, uint16_t tag)
+{
+	struct ublk_tag *t = &q->tags[tag];
+
+	t->cb.fn = tag_cb;
+	t->q = q;
+	t->tag = tag;
+	t->live = true;
+	q->live++;
+	fetch_or_commit(t, UBLK_U_IO_FETCH_REQ, 0);
+}
+
 static void quit_cb(struct gw_uring_cb *cb, int res)
 {
 	struct ublk_queue *q = container_of(cb, struct ublk_queue, quit_cb);
@@ -261,16 +273,8 @@ static void *queue_main(void *arg)
 	}
 	q->quit_cb.fn = quit_cb;
 	io_uring_prep_read(gw_ioq_sqe(&q->ioq, &q->quit_cb), q->quit_fd, &v, sizeof(v), 0);
-	for (unsigned i = 0; i < d->depth; i++) {
-		struct ublk_tag *t = &q->tags[i];
-
-		t->cb.fn = tag_cb;
-		t->q = q;
-		t->tag = (uint16_t)i;
-		t->live = true;
-		q->live++;
-		fetch_or_commit(t, UBLK_U_IO_FETCH_REQ, 0);
-	}
+	for (unsigned i = 0; i < d->depth; i++)
+		ublk_tag_arm(q, (uint16_t)i);
 	rc = gw_ioq_submit(&q->ioq);
 	report_ready(q, rc);
 	if (rc < 0) {
