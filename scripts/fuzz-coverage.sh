@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 src=$(pwd)
 build=${COV_BUILD:-build-cov}
 work=${FUZZ_WORK:-build-fuzz/tests/fuzz/work}
-[ $# -gt 0 ] || set -- nbd manifest control vq
+[ $# -gt 0 ] || set -- nbd manifest control vq vhost vduse ublk
 CC=clang cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Debug -DGW_MAN=OFF -DGW_WERROR=OFF \
   -DCMAKE_C_FLAGS="-fprofile-instr-generate -fcoverage-mapping" >/dev/null
 for t in "$@"; do
@@ -20,6 +20,9 @@ for t in "$@"; do
     manifest) files="config/manifest.c config/yaml_tree.c lib/opts.c" ;;
     control) files="gateway/control.c" ;;
     vq) files="transports/virtio/vq.c transports/virtio/virtio_mem.c" ;;
+    vhost) files="transports/vhost/vhost_msg.c transports/vhost/vhost_dev.c transports/vhost/vhost_vring.c transports/vhost/vhost_mem.c" ;;
+    vduse) files="transports/vduse/vduse_dev.c transports/vduse/vduse_iotlb.c" ;;
+    ublk) files="transports/ublk/ublk_proto.c transports/ublk/ublk_queue.c" ;;
     *) files="" ;;
   esac
   dirs="tests/fuzz/corpus/$t"

@@ -102,4 +102,142 @@ put('vq', 'indirect', vq_seed(4 << 3 | 3, [(0x100000 + 0x2800, 32, 4, 0)] + chai
 put('vq', 'split-regions', vq_seed(2 << 3 | 4, chain, [0, 0],
                                    ((0x100000, 0x3100, 0), (0xffffffffffff0000, 0x1000, 0x3100),
                                     (0x200000, 0x1000, 0x3400)), last=65535))
+# ---- virtio-blk requests in guest memory (shared by vduse and vhost) ----
+def vring(num, descs, heads):
+    """(descriptor table bytes, avail ring bytes) for a split ring of num entries."""
+    d = b''.join(struct.pack('<QIHH', a, l, f, n) for a, l, f, n in descs)
+    av = struct.pack('<HH', 0, len(heads)) + b''.join(struct.pack('<H', h) for h in heads)
+    return d, av
+
+
+def blk_req(base, t, sector, data_len, write, idx):
+    """Descriptors idx.. of one request whose buffers are at base: header, data, status."""
+    hdr, data, st = base, base + 0x100, base + 0x100 + max(data_len, 1)
+    descs = [(hdr, 16, 1, idx + 1)]
+    if data_len:
+        descs.append((data, data_len, 1 if write else 3, idx + 2))
+    descs.append((st, 1, 2, 0))
+    return descs, struct.pack('<IIQ', t, 0, sector)
+
+
+# ---- VDUSE: header, then ops (tests/fuzz/fuzz_vduse.c) ----
+def vd_entry(first_page, pages, perm=3, file_page=None):
+    return struct.pack('<HBBH', first_page, pages - 1, perm,
+                       first_page if file_page is None else file_page)
+
+
+def vd_msg(t, *args):
+    if t == 0:
+        return bytes([0, 0, args[0]])
+    if t == 1:
+        return bytes([0, 1, args[0]])
+    if t == 2:
+        return bytes([0, 2]) + struct.pack('<QQ', *args)
+    return bytes([0, t])
+
+
+def vd_poke(off, data):
+    out = b''
+    for i in range(0, len(data), 255):
+        out += bytes([1]) + struct.pack('<IB', off + i, len(data[i:i + 255])) + data[i:i + 255]
+    return out
+
+
+def vd_info(q, ready, num, desc, drv, dev, avail=0):
+    return bytes([4 | q << 3, ready]) + struct.pack('<HHHHH', num, desc, drv, dev, avail)
+
+
+RING = 0x4000  # ring pages at IOVA 64 MiB (file offset = IOVA)
+descs, heads, hdrs = [], [], []
+for i, (t, sec, ln, w) in enumerate(((0, 0, 512, False), (1, 8, 4096, True), (4, 0, 0, False),
+                                     (8, 0, 20, False))):
+    d, h = blk_req(0x1000 * (i + 1), t, sec, ln, w, len(descs))
+    heads.append(len(descs))
+    descs += d
+    hdrs.append((0x1000 * (i + 1), h))
+desc, avail = vring(16, descs, heads)
+setup = (bytes([1 | 4 | 8, 2]) + vd_entry(RING, 4) + vd_entry(0, 256) +
+         vd_info(0, 1, 16, RING, RING + 1, RING + 2) +
+         vd_poke(RING << 12, desc) + vd_poke((RING + 1) << 12, avail) +
+         b''.join(vd_poke(a, h) for a, h in hdrs))
+put('vduse', 'start-io-reset', setup + vd_msg(1, 0x0f) + bytes([2]) + vd_msg(0, 0) +
+    vd_msg(2, RING << 12, (RING << 12) + 0xfff) + bytes([2]) + vd_msg(0, 1) + vd_msg(0, 5) +
+    vd_msg(1, 0) + vd_msg(0, 0) + vd_msg(77) + bytes([5 | 8 << 3]))
+put('vduse', 'two-queues', setup + vd_info(1, 1, 8, RING + 3, RING + 3, RING + 3) +
+    vd_msg(1, 0x0f) + bytes([2, 2 | 8]) + vd_msg(2, 1, 0) + vd_msg(1, 0x0b) + vd_msg(1, 0x0f))
+put('vduse', 'bad-rings', bytes([4, 1]) + vd_entry(RING, 1, perm=1) +
+    vd_info(0, 1, 12, RING, RING + 9, RING) + vd_msg(1, 0x0f) +
+    vd_info(0, 1, 1024, RING, RING, RING) + vd_msg(1, 0x0f) +
+    bytes([3 | 1 << 3]) + vd_entry(RING, 2) + vd_msg(2, 0xffffffffffff0000, 0xffffffffffffffff))
+
+
+# ---- vhost-user: ops (tests/fuzz/fuzz_vhost.c); guest memory is a 256 KiB memfd ----
+def vu(req, payload=b'', nfds=0, need_reply=True, evfds_only=False):
+    return (bytes([0 | nfds << 3 | (0x20 if evfds_only else 0), req, 1 if need_reply else 0]) +
+            struct.pack('<H', len(payload)) + payload)
+
+
+def vu_poke(off, data):
+    out = b''
+    for i in range(0, len(data), 255):
+        out += bytes([3]) + struct.pack('<IB', off + i, len(data[i:i + 255])) + data[i:i + 255]
+    return out
+
+
+UVA = 0x7f0000000000  # where the frontend says guest memory is (QEMU's address)
+GPA = 0x100000
+features = struct.pack('<Q', 1 << 32 | 1 << 30 | 1 << 28 | 1 << 29 | 1 << 9)
+proto = struct.pack('<Q', 1 | 1 << 3 | 1 << 9 | 1 << 12 | 1 << 15)  # MQ REPLY_ACK CONFIG INFLIGHT SLOTS
+region = struct.pack('<QQQQ', GPA, 256 << 10, UVA, 0)
+hello = (vu(1, need_reply=False) + vu(15, need_reply=False) + vu(16, proto) + vu(17, need_reply=False) +
+         vu(3) + vu(2, features) + vu(5, struct.pack('<II', 1, 0) + region, nfds=1))
+# vring 0: 16 entries, desc at 0x10000, avail 0x11000, used 0x12000 (offsets in the memfd)
+vdescs, vheads, vhdrs = [], [], []
+for i, (t, sec, ln, w) in enumerate(((0, 0, 512, False), (1, 8, 4096, True), (4, 0, 0, False),
+                                     (8, 0, 20, False))):
+    d, h = blk_req(GPA + 0x20000 + 0x2000 * i, t, sec, ln, w, len(vdescs))
+    vheads.append(len(vdescs))
+    vdescs += d
+    vhdrs.append((0x20000 + 0x2000 * i, h))
+vdesc, vavail = vring(16, vdescs, vheads)
+ring0 = (vu(8, struct.pack('<II', 0, 16)) + vu(10, struct.pack('<II', 0, 0)) +
+         vu(9, struct.pack('<IIQQQQ', 0, 0, UVA + 0x10000, UVA + 0x12000, UVA + 0x11000, 0)) +
+         vu(13, struct.pack('<Q', 0), nfds=1, evfds_only=True) +
+         vu(12, struct.pack('<Q', 0), nfds=1, evfds_only=True) +
+         vu(18, struct.pack('<II', 0, 1)))
+guest = vu_poke(0x10000, vdesc) + vu_poke(0x11000, vavail) + \
+    b''.join(vu_poke(a, h) for a, h in vhdrs)
+put('vhost', 'handshake-io', hello + guest + ring0 + bytes([2 | 1 << 3]) +
+    vu(24, struct.pack('<III', 0, 20, 0) + bytes(20), need_reply=False) +
+    vu(11, struct.pack('<II', 0, 0), need_reply=False) +
+    vu(34))
+put('vhost', 'inflight-slots', hello + vu(31, struct.pack('<QQHH', 0, 0, 2, 16) + bytes(4),
+                                           need_reply=False) +
+    vu(36, need_reply=False) +
+    vu(37, bytes(8) + struct.pack('<QQQQ', 0x900000, 0x10000, UVA + 0x900000, 0x20000), nfds=1) +
+    vu(38, bytes(8) + struct.pack('<QQQQ', 0x900000, 0x10000, UVA + 0x900000, 0x20000)) +
+    guest + ring0 + bytes([2 | 1 << 3]) + vu(5, struct.pack('<II', 1, 0) + region, nfds=1) +
+    bytes([2 | 1 << 3]) + vu(4))
+put('vhost', 'bad', vu(2, features) + vu(5, struct.pack('<II', 9, 0) + region, nfds=1) +
+    bytes([1, 12]) + struct.pack('<III', 1, 1, 8) + vu(99) + vu(1, b'x', nfds=2, evfds_only=True))
+
+# ---- ublk (tests/fuzz/fuzz_ublk.c): byte 0 even: a queue; odd: control replies ----
+def ub_ev(tag, res, op, sectors=0, start=0, addr=0):
+    return struct.pack('<BBIIQQ', tag, res, op, sectors, start, addr)
+
+
+put('ublk', 'queue-io', bytes([0, 3, 15]) + ub_ev(0, 0, 0, 8, 0) + ub_ev(1, 0, 1, 8, 8) +
+    ub_ev(2, 0, 2) + ub_ev(3, 0, 3, 8, 16) + ub_ev(0, 0, 5, 16, 0) +
+    ub_ev(1, 0, 1 | 1 << 8, 1, 2047) + ub_ev(2, 0, 0, 8, 2044) + ub_ev(3, 0, 0, 129, 0) +
+    ub_ev(0, 0, 99) + ub_ev(1, 2, 0) + ub_ev(1, 0, 0, 1) + ub_ev(2, 7, 0))
+put('ublk', 'queue-deep', bytes([0, 15, 0]) + b''.join(ub_ev(t, 0, t % 4, 8, t * 8) for t in range(16)) +
+    b''.join(ub_ev(t, 0, 5 | 1 << 10, 1, t) for t in range(16)))
+# GET_DEV_INFO: 2 queues x 64, quiesced, 512K max-io, ublk7, pid 1234, USER_RECOVERY(_REISSUE)
+info = struct.pack('<HHHHIIiIQQQQQ', 2, 64, 2, 0, 512 << 10, 7, 1234, 0, 1 << 3 | 1 << 4, 0, 0, 0, 0)
+# GET_PARAMS: basic, 512-byte blocks, 1 MiB (the fuzzed image)
+params = struct.pack('<II', 128, 1) + struct.pack('<IBBBBIIQQ', 0, 9, 9, 9, 9, 1024, 0, 2048, 0)
+put('ublk', 'control', bytes([1]) + struct.pack('<Q', 0x7f) + info + params.ljust(128, b'\0') +
+    bytes([0x0f, 0xf0] + [0] * 14) + b'7 1234 2 64 524288 vm0\n')
+put('ublk', 'control-bad', bytes([1]) + struct.pack('<Q', 0) + bytes(64) + bytes(16) + b'auto')
+
 print('seeds written under', corpus, file=sys.stderr)
