@@ -249,27 +249,31 @@ int nbd_nl_disconnect(struct nbd_nl *nl, uint32_t index, char *msg, size_t msgle
 	return 0;
 }
 
-int nbd_nl_reconfigure(struct nbd_nl *nl, uint32_t index, const int *fds, unsigned int n_fds,
-		       const char *backend_id, char *msg, size_t msglen)
+int nbd_nl_reconfigure(struct nbd_nl *nl, const struct nbd_nl_reconfigure_params *p, char *msg,
+		       size_t msglen)
 {
 	struct gw_genl_msg m;
 	int ret;
 
-	ret = check_fds(fds, n_fds, msg, msglen);
+	ret = check_fds(p->fds, p->n_fds, msg, msglen);
 	if (ret < 0)
 		return ret;
 	msg_init(nl, &m, NBD_CMD_RECONFIGURE);
-	gw_genl_put_u32(&m, NBD_ATTR_INDEX, index);
-	if (backend_id)
-		gw_genl_put_str(&m, NBD_ATTR_BACKEND_IDENTIFIER, backend_id);
-	put_sockets(&m, fds, n_fds);
+	gw_genl_put_u32(&m, NBD_ATTR_INDEX, p->index);
+	if (p->backend_id)
+		gw_genl_put_str(&m, NBD_ATTR_BACKEND_IDENTIFIER, p->backend_id);
+	if (p->set_timeouts) {
+		gw_genl_put_u64(&m, NBD_ATTR_TIMEOUT, p->timeout_s);
+		gw_genl_put_u64(&m, NBD_ATTR_DEAD_CONN_TIMEOUT, p->dead_conn_timeout_s);
+	}
+	put_sockets(&m, p->fds, p->n_fds);
 	if (m.err) {
 		set_msg(msg, msglen, "NBD reconfigure request too large: %s", strerror(-m.err));
 		return m.err;
 	}
 	ret = gw_genl_request(&nl->sock, &m, NULL, NULL);
 	if (ret < 0)
-		return explain(nl, ret, "reconfigure", (int)index, msg, msglen);
+		return explain(nl, ret, "reconfigure", (int)p->index, msg, msglen);
 	return 0;
 }
 

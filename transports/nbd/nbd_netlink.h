@@ -82,13 +82,24 @@ int nbd_nl_connect(struct nbd_nl *nl, const struct nbd_nl_connect_params *p, uin
 /* NBD_CMD_DISCONNECT: the kernel sends NBD_CMD_DISC and shuts the sockets. */
 int nbd_nl_disconnect(struct nbd_nl *nl, uint32_t index, char *msg, size_t msglen);
 
+struct nbd_nl_reconfigure_params {
+	uint32_t index;               /* the connected device */
+	const int *fds;               /* fresh handshaken sockets */
+	unsigned int n_fds;           /* at least 1 */
+	const char *backend_id;       /* must match the one given to connect, if any */
+	bool set_timeouts;            /* also set the two timeouts below */
+	uint64_t timeout_s;           /* per-request timeout; 0 = never */
+	uint64_t dead_conn_timeout_s; /* wait for a reconnect; 0 = fail at once */
+};
+
 /*
  * NBD_CMD_RECONFIGURE with fresh handshaken sockets: each replaces one dead
- * connection of the device (the kernel ignores sockets beyond the number of
- * dead ones). backend_id must match the one given to connect, if any.
+ * connection of the device (the kernel silently ignores sockets beyond the
+ * number of dead ones). Works after the process that connected the device
+ * died, as long as nobody sent NBD_CMD_DISCONNECT.
  */
-int nbd_nl_reconfigure(struct nbd_nl *nl, uint32_t index, const int *fds, unsigned int n_fds,
-		       const char *backend_id, char *msg, size_t msglen);
+int nbd_nl_reconfigure(struct nbd_nl *nl, const struct nbd_nl_reconfigure_params *p, char *msg,
+		       size_t msglen);
 
 /*
  * NBD_CMD_STATUS for one device (index >= 0) or all (index -1). Fills up to

@@ -483,7 +483,9 @@ static int cmd_serve(int argc, char **argv)
 		}
 		if (start_conn(sv[1]) < 0)
 			return 1;
-		ret = nbd_nl_reconfigure(&nl, index, &sv[0], 1, NULL, msg, sizeof(msg));
+		struct nbd_nl_reconfigure_params rp = { .index = index, .fds = &sv[0], .n_fds = 1 };
+
+		ret = nbd_nl_reconfigure(&nl, &rp, msg, sizeof(msg));
 		close(sv[0]);
 		if (ret < 0) {
 			fprintf(stderr, "nbd-nl-selftest: reconfigure: %s [%s]\n", msg,
