@@ -6,8 +6,15 @@
  * Several exports may share one listener (the same socket or address);
  * a client chooses among them by export name, and an empty name picks the
  * first export of the listener.
+ *
+ * An attached export's device is recorded in RUN-DIR/nbd/N.state (one line,
+ * struct nbd_rec) while it is attached, so that a daemon started after a
+ * kill -9 hands the kernel fresh sockets (NBD_CMD_RECONFIGURE) instead of
+ * attaching anew: the kernel keeps a netlink-connected device until
+ * NBD_CMD_DISCONNECT, and holds its I/O for dead-conn-timeout meanwhile.
  */
 #include <linux/capability.h>
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -19,10 +26,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "lib/blkuse.h"
@@ -38,6 +47,8 @@
 
 static void nbd_check_opts(const void *opts, struct gw_opt_report *r);
 static int device_index(const char *dev);
+
+#define NBD_DEAD_CONN_TIMEOUT_DEF 60
 
 static const struct gw_opt_desc nbd_opts_table[] = {
 	{ .key = "socket",
@@ -115,7 +126,8 @@ static const struct gw_opt_desc nbd_opts_table[] = {
 	  .type = GW_OPT_U32,
 	  .offset = offsetof(struct nbd_opts, dead_conn_timeout),
 	  .max = 86400,
-	  .help = "with attach: seconds the kernel waits for a lost connection to come back" },
+	  .def = NBD_DEAD_CONN_TIMEOUT_DEF,
+	  .help = "with attach: seconds the kernel holds I/O while blkgw is away (killed, restarting) before failing it; a restarted blkgw reattaches the device (default 60; 0: fail at once)" },
 };
 
 static struct nbd_listener *listeners;
@@ -127,7 +139,8 @@ static void nbd_check_opts(const void *opts, struct gw_opt_report *r)
 	const struct nbd_opts *o = opts;
 	static const char *const attach_only[] = { "device", "connections", "timeout",
 						   "dead-conn-timeout" };
-	const bool given[] = { o->device, o->connections != 1, o->timeout, o->dead_conn_timeout };
+	const bool given[] = { o->device, o->connections != 1, o->timeout,
+			       o->dead_conn_timeout != NBD_DEAD_CONN_TIMEOUT_DEF };
 
 	if (o->name && strlen(o->name) > NBD_MAX_STRING)
 		gw_opt_problem(r, "name", "'name' is longer than 4096 bytes");
@@ -701,6 +714,7 @@ static void stop_finish(void *arg)
 
 	if (e->tpriv == x)
 		e->tpriv = NULL;
+	free(x->prev);
 	free(x->dev_link);
 	free(x);
 	if (done)
@@ -740,6 +754,230 @@ static int nbd_probe(const struct gw_transport_env *env, const void *opts, char 
 	return 0;
 }
 
+/* ---- run dir record of attached devices (RUN-DIR/nbd/N.state) ---- */
+
+#define NBD_REC_MAX_CONNS 16
+
+static int rec_format(const struct nbd_rec *r, char *buf, size_t len)
+{
+	int n = snprintf(buf, len, "%u %d %llu %u %u %u %s %s\n", r->index, r->pid,
+			 (unsigned long long)r->size, r->block_size, r->flags, r->conns,
+			 r->backend_id, r->export_id);
+
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : n;
+}
+
+static int rec_parse(const char *line, struct nbd_rec *r)
+{
+	unsigned long long size;
+
+	memset(r, 0, sizeof(*r));
+	if (sscanf(line, "%u %d %llu %u %u %u %95s %255[^\n]", &r->index, &r->pid, &size,
+		   &r->block_size, &r->flags, &r->conns, r->backend_id, r->export_id) != 8)
+		return -EINVAL;
+	r->size = size;
+	if (r->pid <= 0 || !r->size || !r->conns || r->conns > NBD_REC_MAX_CONNS ||
+	    strncmp(r->backend_id, "blkgw:", 6) != 0)
+		return -EINVAL;
+	return 0;
+}
+
+static void rec_path(const char *run_dir, uint32_t index, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/nbd/%u.state", run_dir, index);
+}
+
+static void rec_remove(const char *run_dir, uint32_t index)
+{
+	char path[4200];
+
+	rec_path(run_dir, index, path, sizeof(path));
+	if (unlink(path) < 0 && errno != ENOENT)
+		gw_warn("cannot remove %s: %s", path, strerror(errno));
+}
+
+/* Main thread: the device is attached (or reattached) by this daemon now. */
+static void rec_save(struct nbd_exp *x)
+{
+	struct gw_export *e = x->exp;
+	struct nbd_rec r;
+	char line[512], path[4200], tmp[4300];
+	int fd, n;
+
+	memset(&r, 0, sizeof(r));
+	r.index = (uint32_t)x->dev_index;
+	r.pid = (int)getpid();
+	r.size = e->size;
+	r.block_size = (uint32_t)x->attach_bs;
+	r.flags = nbd_tflags(x, false);
+	r.conns = x->kernel_conns;
+	gw_strlcpy(r.backend_id, x->backend_id, sizeof(r.backend_id));
+	gw_strlcpy(r.export_id, e->id, sizeof(r.export_id));
+	n = rec_format(&r, line, sizeof(line));
+	if (n < 0)
+		return;
+	rec_path(e->env->run_dir, r.index, path, sizeof(path));
+	gw_mkdir_parents(path);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0 || write(fd, line, (size_t)n) != n || fsync(fd) < 0 || rename(tmp, path) < 0)
+		gw_warn("export %s: cannot record /dev/nbd%u in %s (a restart will attach anew): %s",
+			e->id, r.index, path, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
+/* Call fn for every record in RUN-DIR/nbd; stops when fn returns nonzero and returns that. */
+static int rec_each(const char *run_dir, int (*fn)(void *arg, const struct nbd_rec *r), void *arg)
+{
+	char dir[4096], path[4400], line[512];
+	struct dirent *de;
+	DIR *dp;
+	int rc = 0;
+
+	snprintf(dir, sizeof(dir), "%s/nbd", run_dir);
+	dp = opendir(dir);
+	if (!dp)
+		return 0;
+	while (!rc && (de = readdir(dp))) {
+		size_t n = strlen(de->d_name);
+		struct nbd_rec r;
+		FILE *f;
+
+		if (n < 7 || strcmp(de->d_name + n - 6, ".state") != 0)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		f = fopen(path, "re");
+		if (!f)
+			continue;
+		if (fgets(line, sizeof(line), f) && rec_parse(line, &r) == 0 &&
+		    (size_t)snprintf(line, sizeof(line), "%u.state", r.index) == n &&
+		    strcmp(line, de->d_name) == 0)
+			rc = fn(arg, &r);
+		fclose(f);
+	}
+	closedir(dp);
+	return rc;
+}
+
+struct rec_find {
+	const char *export_id;
+	struct nbd_rec r;
+};
+
+static int rec_find_fn(void *arg, const struct nbd_rec *r)
+{
+	struct rec_find *f = arg;
+
+	if (strcmp(r->export_id, f->export_id) != 0)
+		return 0;
+	f->r = *r;
+	return 1;
+}
+
+static bool pid_alive(int pid)
+{
+	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+}
+
+/* /sys/block/nbdN/backend: the backend identifier the device was connected with ("" if none). */
+static void sysfs_backend(uint32_t index, char *buf, size_t len)
+{
+	char path[64];
+	FILE *f;
+
+	buf[0] = '\0';
+	snprintf(path, sizeof(path), "/sys/block/nbd%u/backend", index);
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	if (fgets(buf, (int)len, f))
+		buf[strcspn(buf, "\n")] = '\0';
+	else
+		buf[0] = '\0';
+	fclose(f);
+}
+
+/*
+ * Is /dev/nbd<index> connected (or waiting for its connections to come
+ * back) with this backend identifier? Then it is the device r recorded.
+ */
+static bool rec_device_live(struct nbd_nl *nl, const struct nbd_rec *r, char *why, size_t len)
+{
+	struct nbd_nl_dev_status st;
+	char have[96], msg[256];
+	int n = nbd_nl_status(nl, (int)r->index, &st, 1, msg, sizeof(msg));
+
+	if (n < 0) {
+		gw_seterr(why, len, "its state is unknown (%s)", msg);
+		return false;
+	}
+	if (n == 0 || st.index != r->index || !st.connected) {
+		gw_seterr(why, len,
+			  "it is gone (disconnected meanwhile, or the nbd module was reloaded)");
+		return false;
+	}
+	sysfs_backend(r->index, have, sizeof(have));
+	if (strcmp(have, r->backend_id) != 0) {
+		gw_seterr(why, len, "it belongs to something else now (backend '%s', not '%s')",
+			  have, r->backend_id);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Disconnect a recorded device nobody will reattach, if it is still the one
+ * recorded, and remove the record. Main thread (a netlink call, as detach).
+ */
+static void rec_drop(const char *run_dir, const struct nbd_rec *r, const char *why_dropped)
+{
+	struct nbd_nl nl;
+	char why[256], msg[256];
+	int rc = nbd_nl_open(&nl, msg, sizeof(msg));
+
+	if (rc < 0) {
+		gw_warn("/dev/nbd%u (export %s): %s; cannot check it: %s", r->index, r->export_id,
+			why_dropped, msg);
+	} else {
+		if (!rec_device_live(&nl, r, why, sizeof(why)))
+			gw_info("/dev/nbd%u recorded for export %s: %s; record removed", r->index,
+				r->export_id, why);
+		else if (nbd_nl_disconnect(&nl, r->index, msg, sizeof(msg)) < 0)
+			gw_warn("/dev/nbd%u (export %s): %s; disconnecting it: %s", r->index,
+				r->export_id, why_dropped, msg);
+		else
+			gw_info("disconnected /dev/nbd%u left by a stopped blkgw for export %s: %s",
+				r->index, r->export_id, why_dropped);
+		nbd_nl_close(&nl);
+	}
+	rec_remove(run_dir, r->index);
+}
+
+/* "blkgw:EXPORT:NONCE", blanks and odd bytes of the export id as '_'. */
+static void make_backend_id(const char *export_id, char *buf, size_t len)
+{
+	unsigned char nonce[8] = { 0 };
+	char id[48];
+	size_t i;
+
+	for (i = 0; i < sizeof(id) - 1 && export_id[i]; i++) {
+		unsigned char c = (unsigned char)export_id[i];
+
+		id[i] = (c > ' ' && c < 127) ? (char)c : '_';
+	}
+	id[i] = '\0';
+	if (getrandom(nonce, sizeof(nonce), 0) != (ssize_t)sizeof(nonce)) {
+		uint64_t t = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+
+		memcpy(nonce, &t, sizeof(nonce));
+	}
+	snprintf(buf, len, "blkgw:%s:%02x%02x%02x%02x%02x%02x%02x%02x", id, nonce[0], nonce[1],
+		 nonce[2], nonce[3], nonce[4], nonce[5], nonce[6], nonce[7]);
+}
+
+/* ---- kernel attach ---- */
+
 static void link_device(struct nbd_exp *x)
 {
 	char target[32];
@@ -750,8 +988,12 @@ static void link_device(struct nbd_exp *x)
 
 static void detach(struct nbd_exp *x);
 static void stop_exp(struct nbd_exp *x, void (*done)(struct gw_export *e));
+static int attach(struct nbd_exp *x, char *err, size_t errlen);
 
-/* Main thread: NBD_CMD_CONNECT answered (the attach thread ended). */
+/* attach_main()'s answer when the recorded device cannot be reattached. */
+#define ATTACH_ANEW 1
+
+/* Main thread: NBD_CMD_CONNECT or RECONFIGURE answered (the attach thread ended). */
 static void attach_done(void *arg)
 {
 	struct nbd_exp *x = arg;
@@ -759,6 +1001,26 @@ static void attach_done(void *arg)
 	bool abandoned = atomic_load(&x->stopping);
 
 	pthread_join(x->attach_thread, NULL);
+	if (x->attach_rc == ATTACH_ANEW && abandoned) {
+		x->attach_rc = -ECANCELED; /* the record stays for the next start or reclaim */
+	} else if (x->attach_rc == ATTACH_ANEW) {
+		/* The previous daemon's device cannot be taken over: say why, and attach anew. */
+		gw_warn("export %s: not reattaching /dev/nbd%u left by blkgw pid %d: %s; %s", e->id,
+			x->prev->index, x->prev->pid, x->attach_err,
+			x->drop_index >= 0
+				? "disconnecting it (I/O still queued there fails) and attaching anew"
+				: "attaching anew");
+		rec_remove(e->env->run_dir, x->prev->index);
+		free(x->prev);
+		x->prev = NULL;
+		x->reuse = false;
+		x->attach_err[0] = '\0';
+		x->attach_rc = attach(x, x->attach_err, sizeof(x->attach_err));
+		if (x->attach_rc == GW_START_PENDING) {
+			nbd_exp_unbind(x); /* the first attach thread's reference */
+			return;
+		}
+	}
 	if (x->attach_rc == 0) {
 		x->dev_index = (int)x->attach_index;
 		if (abandoned) {
@@ -766,11 +1028,24 @@ static void attach_done(void *arg)
 			detach(x);
 		} else {
 			link_device(x);
-			gw_info("export %s: attached as /dev/nbd%u (%u connection%s, block size %llu)",
-				e->id, x->attach_index, x->attach_n, x->attach_n == 1 ? "" : "s",
-				(unsigned long long)x->attach_bs);
+			rec_save(x);
+			if (x->reattached)
+				gw_info("export %s: reattached /dev/nbd%u left by blkgw pid %d (%u fresh connection%s)",
+					e->id, x->attach_index, x->prev->pid, x->kernel_conns,
+					x->kernel_conns == 1 ? "" : "s");
+			else
+				gw_info("export %s: attached as /dev/nbd%u (%u connection%s, block size %llu)",
+					e->id, x->attach_index, x->kernel_conns,
+					x->kernel_conns == 1 ? "" : "s",
+					(unsigned long long)x->attach_bs);
+			if (x->reattached && x->kernel_conns != x->o->connections)
+				gw_warn("export %s: /dev/nbd%u keeps its %u connection%s until it is attached anew",
+					e->id, x->attach_index, x->kernel_conns,
+					x->kernel_conns == 1 ? "" : "s");
 		}
 	}
+	free(x->prev);
+	x->prev = NULL;
 	if (!abandoned) {
 		if (x->attach_rc == 0) {
 			e->started(e, 0, NULL);
@@ -786,6 +1061,64 @@ static void attach_done(void *arg)
 	nbd_exp_unbind(x); /* the attach's reference: a stop meanwhile may finish now */
 }
 
+/*
+ * Attach thread: hand the recorded device the fresh sockets. 0; ATTACH_ANEW
+ * with the reason in attach_err (drop_index set when that device must be
+ * disconnected first); or -errno.
+ */
+static int reattach(struct nbd_exp *x, struct nbd_nl *nl)
+{
+	const struct nbd_rec *r = x->prev;
+	const struct nbd_opts *o = x->o;
+	struct gw_export *e = x->exp;
+	struct nbd_nl_reconfigure_params rp;
+	char msg[256];
+	int rc;
+
+	if (!rec_device_live(nl, r, x->attach_err, sizeof(x->attach_err)))
+		return ATTACH_ANEW;
+	if (r->pid != (int)getpid() && pid_alive(r->pid)) {
+		gw_seterr(x->attach_err, sizeof(x->attach_err),
+			  "/dev/nbd%u of export %s is served by another blkgw (pid %d)", r->index,
+			  e->id, r->pid);
+		return -EBUSY;
+	}
+	x->drop_index = (int)r->index;
+	if (r->size != e->size || r->block_size != x->attach_bs ||
+	    r->flags != nbd_tflags(x, false)) {
+		gw_seterr(
+			x->attach_err, sizeof(x->attach_err),
+			"its size, block size or flags (%llu bytes, %u, 0x%x) differ from the export's now (%llu bytes, %llu, 0x%x)",
+			(unsigned long long)r->size, r->block_size, r->flags,
+			(unsigned long long)e->size, (unsigned long long)x->attach_bs,
+			nbd_tflags(x, false));
+		return ATTACH_ANEW;
+	}
+	if (o->device && device_index(o->device) != (int)r->index) {
+		gw_seterr(x->attach_err, sizeof(x->attach_err), "the manifest asks for %s",
+			  o->device);
+		return ATTACH_ANEW;
+	}
+	memset(&rp, 0, sizeof(rp));
+	rp.index = r->index;
+	rp.fds = x->attach_kfds;
+	rp.n_fds = x->attach_n;
+	rp.backend_id = r->backend_id;
+	rp.set_timeouts = true;
+	rp.timeout_s = o->timeout;
+	rp.dead_conn_timeout_s = o->dead_conn_timeout;
+	rc = nbd_nl_reconfigure(nl, &rp, msg, sizeof(msg));
+	if (rc < 0) {
+		gw_seterr(x->attach_err, sizeof(x->attach_err), "%s", msg);
+		return ATTACH_ANEW;
+	}
+	x->drop_index = -1;
+	gw_strlcpy(x->backend_id, r->backend_id, sizeof(x->backend_id));
+	x->attach_index = r->index;
+	x->reattached = true;
+	return 0;
+}
+
 static void *attach_main(void *arg)
 {
 	struct nbd_exp *x = arg;
@@ -794,32 +1127,48 @@ static void *attach_main(void *arg)
 	struct nbd_nl_connect_params p;
 	struct nbd_nl nl;
 	sigset_t all;
+	bool opened;
 	int rc;
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	gw_log_set_thread_name("nbd-attach");
 	rc = nbd_nl_open(&nl, x->attach_err, sizeof(x->attach_err));
+	opened = rc == 0;
 	if (rc == -ENOENT)
 		gw_seterr(x->attach_err, sizeof(x->attach_err),
 			  "the nbd kernel module is not loaded (modprobe nbd)");
-	if (rc == 0) {
+	if (rc == 0 && x->reuse) {
+		rc = reattach(x, &nl);
+	} else if (rc == 0) {
+		if (x->drop_index >= 0) {
+			char msg[256];
+
+			if (nbd_nl_disconnect(&nl, (uint32_t)x->drop_index, msg, sizeof(msg)) < 0)
+				gw_warn("export %s: disconnecting /dev/nbd%d: %s", e->id,
+					x->drop_index, msg);
+			x->drop_index = -1;
+		}
 		memset(&p, 0, sizeof(p));
 		p.size_bytes = e->size;
-		/* 4096 unless the image insists on its own block size. */
-		p.block_size = e->min_block > 1 ? GW_MAX(512u, e->min_block) : 4096;
+		p.block_size = x->attach_bs;
 		p.server_flags = nbd_tflags(x, false);
 		p.timeout_s = o->timeout;
 		p.dead_conn_timeout_s = o->dead_conn_timeout;
+		/*
+		 * The device goes when it is disconnected, not when blkgw dies: the
+		 * kernel holds the netlink connect's reference until DISCONNECT.
+		 */
 		p.client_flags = NBD_CFLAG_DESTROY_ON_DISCONNECT;
 		p.index = o->device ? device_index(o->device) : -1;
 		p.fds = x->attach_kfds;
 		p.n_fds = x->attach_n;
-		x->attach_bs = p.block_size;
+		p.backend_id = x->backend_id;
 		rc = nbd_nl_connect(&nl, &p, &x->attach_index, x->attach_err,
 				    sizeof(x->attach_err));
-		nbd_nl_close(&nl);
 	}
+	if (opened)
+		nbd_nl_close(&nl);
 	/* The kernel holds its own references; ours go (on failure this ends the server side too).
 	 */
 	for (unsigned i = 0; i < x->attach_n; i++)
@@ -833,13 +1182,15 @@ static void *attach_main(void *arg)
 /*
  * Hand the kernel one end of a socketpair per connection; the other ends are
  * served on workers as already-negotiated connections (simple replies).
- * NBD_CMD_CONNECT runs on a thread (GW_START_PENDING): a wedged kernel
- * call holds up nothing but this export, for start-timeout at most.
+ * NBD_CMD_CONNECT (or RECONFIGURE of the device a previous daemon recorded,
+ * x->reuse) runs on a thread (GW_START_PENDING): a wedged kernel call holds
+ * up nothing but this export, for start-timeout at most.
  */
 static int attach(struct nbd_exp *x, char *err, size_t errlen)
 {
 	const struct nbd_opts *o = x->o;
 	struct gw_export *e = x->exp;
+	unsigned want = x->reuse ? x->prev->conns : o->connections;
 	int rc = 0;
 
 	if (e->min_block > 4096) {
@@ -848,7 +1199,11 @@ static int attach(struct nbd_exp *x, char *err, size_t errlen)
 			  e->min_block);
 		return -EINVAL;
 	}
-	for (x->attach_n = 0; x->attach_n < o->connections; x->attach_n++) {
+	/* 4096 unless the image insists on its own block size. */
+	x->attach_bs = e->min_block > 1 ? GW_MAX(512u, e->min_block) : 4096;
+	if (!x->reuse)
+		make_backend_id(e->id, x->backend_id, sizeof(x->backend_id));
+	for (x->attach_n = 0; x->attach_n < want; x->attach_n++) {
 		int sp[2];
 
 		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
@@ -866,6 +1221,7 @@ static int attach(struct nbd_exp *x, char *err, size_t errlen)
 		atomic_fetch_add(&x->conns, 1);
 		nbd_conn_attach(gw_worker_pick(), sp[0], x);
 	}
+	x->kernel_conns = x->attach_n;
 	if (rc == 0) {
 		atomic_fetch_add(&x->conns, 1); /* the attach thread's: stop waits for it */
 		rc = -pthread_create(&x->attach_thread, NULL, attach_main, x);
@@ -896,7 +1252,40 @@ static void detach(struct nbd_exp *x)
 		gw_warn("export %s: detaching /dev/nbd%d: %s", x->exp->id, x->dev_index, msg);
 	else
 		gw_info("export %s: detached /dev/nbd%d", x->exp->id, x->dev_index);
+	rec_remove(x->exp->env->run_dir, (uint32_t)x->dev_index);
 	x->dev_index = -1;
+}
+
+/*
+ * At start: the device a previous daemon recorded for this export. Attached
+ * now: try to reattach it (x->prev, x->reuse). Not attached any more:
+ * disconnect it.
+ */
+static int find_previous(struct nbd_exp *x, char *err, size_t errlen)
+{
+	struct gw_export *e = x->exp;
+	struct rec_find f = { .export_id = e->id };
+
+	if (rec_each(e->env->run_dir, rec_find_fn, &f) <= 0)
+		return 0;
+	if (!x->o->attach) {
+		if (f.r.pid != (int)getpid() && pid_alive(f.r.pid)) {
+			gw_seterr(err, errlen,
+				  "/dev/nbd%u of export %s is served by another blkgw (pid %d)",
+				  f.r.index, e->id, f.r.pid);
+			return -EBUSY;
+		}
+		rec_drop(e->env->run_dir, &f.r, "the export is no longer attached");
+		return 0;
+	}
+	x->prev = malloc(sizeof(*x->prev));
+	if (!x->prev) {
+		gw_seterr(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	*x->prev = f.r;
+	x->reuse = true;
+	return 0;
 }
 
 static void stop_exp(struct nbd_exp *x, void (*done)(struct gw_export *e));
@@ -907,6 +1296,7 @@ static int nbd_start(struct gw_export *e, char *err, size_t errlen)
 	char keys[2][4200];
 	unsigned n = endpoints(e->env, o, e->image, keys);
 	struct nbd_exp *x = calloc(1, sizeof(*x));
+	int rc;
 
 	if (!x)
 		return -ENOMEM;
@@ -914,11 +1304,17 @@ static int nbd_start(struct gw_export *e, char *err, size_t errlen)
 	x->o = o;
 	x->name = wire_name(o, e->image);
 	x->dev_index = -1;
+	x->drop_index = -1;
 	if (e->env->buffer_limit)
 		nbd_buffer_limit = e->env->buffer_limit;
 	atomic_init(&x->conns, 0);
 	atomic_init(&x->stopping, false);
 	atomic_init(&x->done_posted, false);
+	rc = find_previous(x, err, errlen);
+	if (rc < 0) {
+		free(x);
+		return rc;
+	}
 	for (unsigned i = 0; i < n; i++) {
 		struct nbd_listener *l = listener_open(keys[i], o, err, errlen);
 
@@ -927,6 +1323,7 @@ static int nbd_start(struct gw_export *e, char *err, size_t errlen)
 				listener_close(l);
 			for (unsigned j = 0; j < x->nlis; j++)
 				listener_remove(x->lis[j], x);
+			free(x->prev);
 			free(x);
 			return -EIO;
 		}
@@ -940,9 +1337,11 @@ static int nbd_start(struct gw_export *e, char *err, size_t errlen)
 	}
 	e->tpriv = x;
 	if (o->attach) {
-		int rc = attach(x, err, errlen);
+		rc = attach(x, err, errlen);
 
 		if (rc < 0) {
+			free(x->prev);
+			x->prev = NULL;
 			e->tpriv = NULL;
 			stop_exp(x, NULL); /* frees x once its connections are gone */
 		}
@@ -1003,7 +1402,7 @@ static int nbd_in_use(struct gw_export *e, char *why, size_t len)
 	char dev[32];
 
 	if (x && x->dev_index >= 0)
-		kernel = x->o->connections;
+		kernel = x->kernel_conns;
 	if (clients > kernel) {
 		snprintf(why, len, "%u client%s connected", clients - kernel,
 			 clients - kernel == 1 ? "" : "s");
@@ -1013,6 +1412,31 @@ static int nbd_in_use(struct gw_export *e, char *why, size_t len)
 		return 0;
 	snprintf(dev, sizeof(dev), "/dev/nbd%d", x->dev_index);
 	return gw_blockdev_in_use(dev, why, len);
+}
+
+struct orphans {
+	const char *run_dir;
+	bool (*wanted)(void *arg, const char *id);
+	void *arg;
+};
+
+static int orphan_fn(void *arg, const struct nbd_rec *r)
+{
+	struct orphans *o = arg;
+
+	if (r->pid == (int)getpid() || pid_alive(r->pid) || o->wanted(o->arg, r->export_id))
+		return 0;
+	rec_drop(o->run_dir, r, "its export is no longer served over NBD");
+	return 0;
+}
+
+/* Devices a killed daemon left attached for exports no longer served: disconnect them. */
+static void nbd_reclaim(const struct gw_transport_env *env,
+			bool (*wanted)(void *arg, const char *id), void *arg)
+{
+	struct orphans o = { .run_dir = env->run_dir, .wanted = wanted, .arg = arg };
+
+	rec_each(env->run_dir, orphan_fn, &o);
 }
 
 const struct gw_transport_ops gw_nbd_transport = {
@@ -1030,4 +1454,5 @@ const struct gw_transport_ops gw_nbd_transport = {
 	.stop = nbd_stop,
 	.status = nbd_status,
 	.in_use = nbd_in_use,
+	.reclaim = nbd_reclaim,
 };

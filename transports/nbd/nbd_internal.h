@@ -47,6 +47,18 @@ struct nbd_opts {
 
 struct nbd_exp;
 
+/* What RUN-DIR/nbd/N.state records of an attached device (one line). */
+struct nbd_rec {
+	uint32_t index;      /* /dev/nbd<index> */
+	int pid;             /* the blkgw that attached or last reattached it */
+	uint64_t size;       /* bytes */
+	uint32_t block_size; /* bytes */
+	uint32_t flags;      /* transmission flags handed to the kernel */
+	uint32_t conns;      /* sockets the kernel holds */
+	char backend_id[96]; /* NBD_ATTR_BACKEND_IDENTIFIER, no blanks */
+	char export_id[256];
+};
+
 struct nbd_listener {
 	char *key; /* "unix:/path" or "tcp:host:port" */
 	bool is_unix;
@@ -91,6 +103,16 @@ struct nbd_exp {
 	uint32_t attach_index;
 	uint64_t attach_bs;
 	char attach_err[256];
+	/*
+	 * Reattaching after a restart: the device a previous daemon recorded in
+	 * RUN-DIR/nbd/N.state for this export (reuse: RECONFIGURE it), or one to
+	 * disconnect before attaching anew (drop_index >= 0).
+	 */
+	bool reuse, reattached;
+	int drop_index;
+	struct nbd_rec *prev;
+	char backend_id[96];   /* NBD_ATTR_BACKEND_IDENTIFIER of this attach */
+	unsigned kernel_conns; /* sockets the kernel holds (for in_use) */
 };
 
 /* ---- nbd.c ---- */
