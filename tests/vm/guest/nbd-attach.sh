@@ -6,7 +6,10 @@
 # file; a read-only attach refuses writes; Debian's nbd-client (netlink and
 # ioctl) works against blkgw's TCP and unix exports; a backup read through
 # nbd-client while fio --verify writes the attached disk is the disk at its
-# checkpoint.
+# checkpoint; fio --verify survives three kill -9 restarts of blkgw (the
+# device reattached with NBD_CMD_RECONFIGURE, same index), a device
+# disconnected behind a dead blkgw's back is attached anew, and a dropped
+# export's device is disconnected.
 # shellcheck source=SCRIPTDIR/../guest-lib.sh
 . /lib/blkgw-vm/guest-lib.sh
 
@@ -191,3 +194,91 @@ vm_log "fio runs: $(cat /tmp/fio.runs 2>/dev/null); $($B status --control $RUN/c
 check "backup stop" $B backup stop bk@c1 --control $RUN/control.sock
 stop_gwb() { kill -TERM "$(bg_pid gwb)" && bg_wait gwb 30; }
 check "SIGTERM: the tracked image's daemon exits 0" stop_gwb
+
+# --- kill -9 under fio --verify: a restart reattaches the same /dev/nbdN -----------
+# dead-conn-timeout at its default (60 s): the kernel holds the device's I/O
+# while blkgw is dead. fio --verify writes the device (rate-capped, so it is
+# still writing at every kill) while blkgw is killed with -9 and restarted 3
+# times at random moments; each restart hands the kernel fresh sockets
+# (NBD_CMD_RECONFIGURE) for the device recorded in RUN-DIR/nbd/. Then: a
+# device disconnected behind the dead daemon's back is attached anew; SIGTERM
+# disconnects and removes the record; a restart whose manifest dropped the
+# export disconnects the device the killed daemon left.
+
+truncate -s 32M /tmp/rk.raw
+cat >/tmp/rk.yaml <<YAML
+version: 1
+gateway: { run-dir: $RUN, workers: 2 }
+images:
+  rk: { backend: file, path: /tmp/rk.raw }
+exports:
+  - { image: rk, transports: [nbd], nbd: { attach: true, connections: 2 } }
+YAML
+cat >/tmp/rk2.yaml <<YAML
+version: 1
+gateway: { run-dir: $RUN, workers: 1 }
+images:
+  other: { backend: memory, size: 16M }
+exports:
+  - { image: other, transports: [nbd], nbd: { socket: $RUN/other.sock } }
+YAML
+rk_start() { bg_start gwr $B serve "${1:-/tmp/rk.yaml}" --log-level debug; }
+rk_kill9() {
+	kill -9 "$(bg_pid gwr)"
+	bg_wait gwr 30
+	return 0
+}
+rk_stop() { kill -TERM "$(bg_pid gwr)" && bg_wait gwr 30; }
+rk_records() { ls $RUN/nbd 2>/dev/null | wc -l; }
+
+rk_start
+require "blkgw attaches rk" bg_wait_for gwr 20 test -L $RUN/dev/rk
+rdev=$(readlink $RUN/dev/rk)
+ridx=${rdev#/dev/nbd}
+check "the device is recorded in the run dir" test -s $RUN/nbd/$ridx.state
+check "its backend identifier names blkgw and the export" grep -q '^blkgw:rk:' /sys/block/nbd$ridx/backend
+t0=$(vm_uptime)
+bg_start fior fio --name=rk --filename="$rdev" --direct=1 --ioengine=io_uring --rw=randwrite \
+	--bs=4k --size=24M --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+	--randrepeat=1 --rate_iops=100000,300
+for cycle in 1 2 3; do
+	pause=$(($(od -An -N1 -tu1 /dev/urandom) % 4 + 1))
+	vm_log "cycle $cycle: killing blkgw in ${pause}s"
+	sleep $pause
+	check "cycle $cycle: fio is still writing when blkgw is killed" bg_running fior
+	rk_kill9
+	check "cycle $cycle: $rdev survives kill -9 (still sized, its backend kept)" \
+		sh -c "test \"\$(cat /sys/block/nbd$ridx/size)\" != 0 && test -s /sys/block/nbd$ridx/backend"
+	rk_start
+	check "cycle $cycle: the restarted blkgw reattaches $rdev (NBD_CMD_RECONFIGURE, 2 sockets)" \
+		bg_wait_for gwr 60 grep -q "reattached $rdev left by blkgw pid [0-9]* (2 fresh connections)" $VM_LOGS/gwr.log
+	check_eq "cycle $cycle: the device link still names $rdev" "$rdev" "$(readlink $RUN/dev/rk)"
+	check_eq "cycle $cycle: one record in the run dir" 1 "$(rk_records)"
+done
+check "fio completes and verifies with no error across three kill -9 restarts" bg_wait fior 600
+vm_log "fio under three kill -9 restarts took $(awk "BEGIN{print $(vm_uptime) - $t0}") s"
+
+check "kill -9 once more" rk_kill9
+check "nbd-client -d disconnects $rdev behind the dead blkgw's back" nbd-client -d "$rdev"
+rk_start
+check "the restarted blkgw says the recorded device is gone and attaches anew" \
+	bg_wait_for gwr 60 grep -q "not reattaching $rdev left by blkgw pid [0-9]*: it is gone.*attaching anew" $VM_LOGS/gwr.log
+check "attached anew" bg_wait_for gwr 30 grep -q "export rk: attached as /dev/nbd" $VM_LOGS/gwr.log
+rdev2=$(readlink $RUN/dev/rk)
+check "the new device reads what fio wrote" \
+	sh -c "dd if=$rdev2 bs=1M iflag=direct 2>/dev/null | cmp - /tmp/rk.raw"
+check_eq "one record in the run dir (the stale one removed)" 1 "$(rk_records)"
+check "SIGTERM: blkgw exits 0" rk_stop
+check "SIGTERM disconnected ${rdev2}" sh -c "test \"\$(cat /sys/block/${rdev2#/dev/}/size 2>/dev/null || echo 0)\" = 0"
+check_eq "SIGTERM removed the record" 0 "$(rk_records)"
+
+rk_start
+check "blkgw attaches rk again" bg_wait_for gwr 20 grep -q "export rk: attached as /dev/nbd" $VM_LOGS/gwr.log
+rdev3=$(readlink $RUN/dev/rk)
+check "kill -9" rk_kill9
+rk_start /tmp/rk2.yaml
+check "a restart whose manifest dropped rk disconnects the device the killed blkgw left" \
+	bg_wait_for gwr 30 grep -q "disconnected $rdev3 left by a stopped blkgw for export rk" $VM_LOGS/gwr.log
+check_eq "and removes its record" 0 "$(rk_records)"
+check "$rdev3 is disconnected" sh -c "test \"\$(cat /sys/block/${rdev3#/dev/}/size 2>/dev/null || echo 0)\" = 0"
+check "SIGTERM: blkgw exits 0" rk_stop
