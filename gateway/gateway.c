@@ -190,6 +190,45 @@ static json_object *export_json(struct gw_export *e)
 	return o;
 }
 
+/* What each worker's loop does (lib/worker.h struct gw_worker_counters). */
+static json_object *workers_json(void)
+{
+	json_object *a = json_object_new_array();
+
+	for (unsigned i = 0; i < gw_workers_total(); i++) {
+		struct gw_worker *w = gw_worker_get(i);
+		struct gw_worker_counters c;
+		json_object *o, *co;
+
+		if (!w)
+			continue; /* the background worker before its first use */
+		o = json_object_new_object();
+		co = json_object_new_object();
+		gw_worker_counters_get(w, &c);
+		json_object_object_add(o, "name", json_object_new_string(w->name));
+		json_object_object_add(o, "background", json_object_new_boolean(w->background));
+		json_object_object_add(
+			o, "load",
+			json_object_new_int((int)__atomic_load_n(&w->load, __ATOMIC_RELAXED)));
+		json_object_object_add(o, "turns", u64(c.turns));
+		json_object_object_add(o, "sleeps", u64(c.sleeps));
+		json_object_object_add(o, "spin_turns", u64(c.spin_turns));
+		json_object_object_add(o, "spin_turns_with_work", u64(c.spin_found));
+		json_object_object_add(o, "requests", u64(c.requests));
+		json_object_object_add(o, "held_signals", u64(c.held_signals));
+		json_object_object_add(co, "phase",
+				       json_object_new_string(gw_coalesce_phase_name(
+					       (enum gw_coalesce_phase)c.co_phase)));
+		json_object_object_add(co, "window_us",
+				       json_object_new_double((double)c.co_window_ns / 1000.0));
+		json_object_object_add(co, "kept", u64(c.co_decided_wait));
+		json_object_object_add(co, "dropped", u64(c.co_decided_nowait));
+		json_object_object_add(o, "coalesce", co);
+		json_object_array_add(a, o);
+	}
+	return a;
+}
+
 static json_object *cmd_status(json_object *req)
 {
 	json_object *r = json_object_new_object(), *a = json_object_new_array();
@@ -207,6 +246,7 @@ static json_object *cmd_status(json_object *req)
 	/* Wake-ups of the main loop (listeners, control socket, timers): a loop
 	 * that spins shows here as a count, whatever the machine's speed. */
 	json_object_object_add(r, "main_loop_iterations", u64(ev_iteration(EV_DEFAULT)));
+	json_object_object_add(r, "worker_loops", workers_json());
 	for (size_t i = 0; i < gw.nexports; i++)
 		json_object_array_add(a, export_json(gw.exports[i].e));
 	json_object_object_add(r, "exports", a);
@@ -244,6 +284,63 @@ static void head(FILE *f, const char *name, const char *type, const char *help)
 
 static const char *const op_names[GW_OP__COUNT] = { "read", "write",        "flush",
 						    "trim", "write_zeroes", "cache" };
+
+/* Per worker loop: the counters of workers_json(). */
+static void worker_metrics(FILE *f)
+{
+	static const struct {
+		const char *name, *help;
+		size_t off;
+	} m[] = {
+		{ "blkgw_worker_turns_total", "Loop turns of the worker.",
+		  offsetof(struct gw_worker_counters, turns) },
+		{ "blkgw_worker_sleeps_total",
+		  "Turns after which the worker's loop could block (no poller spinning, no work left).",
+		  offsetof(struct gw_worker_counters, sleeps) },
+		{ "blkgw_worker_spin_turns_total",
+		  "Turns while a poller kept the loop from sleeping.",
+		  offsetof(struct gw_worker_counters, spin_turns) },
+		{ "blkgw_worker_spin_turns_with_work_total",
+		  "Spinning turns that handled requests.",
+		  offsetof(struct gw_worker_counters, spin_found) },
+		{ "blkgw_worker_requests_total", "Requests the coalescer counted (NBD, FUSE).",
+		  offsetof(struct gw_worker_counters, requests) },
+		{ "blkgw_worker_held_signals_total", "virtio completion signals held back.",
+		  offsetof(struct gw_worker_counters, held_signals) },
+	};
+	unsigned n = gw_workers_total();
+	struct gw_worker_counters *c = calloc(n ? n : 1, sizeof(*c));
+	bool *have = calloc(n ? n : 1, sizeof(*have));
+
+	if (!c || !have)
+		goto out;
+	for (unsigned i = 0; i < n; i++) {
+		struct gw_worker *w = gw_worker_get(i);
+
+		if (w) {
+			gw_worker_counters_get(w, &c[i]);
+			have[i] = true;
+		}
+	}
+	for (size_t k = 0; k < GW_ARRAY_SIZE(m); k++) {
+		head(f, m[k].name, "counter", m[k].help);
+		for (unsigned i = 0; i < n; i++)
+			if (have[i])
+				fprintf(f, "%s{worker=\"%s\"} %llu\n", m[k].name,
+					gw_worker_get(i)->name,
+					(unsigned long long)*(
+						const uint64_t *)((const char *)&c[i] + m[k].off));
+	}
+	head(f, "blkgw_worker_coalesce_window_seconds", "gauge",
+	     "The event-coalescing window in force (0: none).");
+	for (unsigned i = 0; i < n; i++)
+		if (have[i])
+			fprintf(f, "blkgw_worker_coalesce_window_seconds{worker=\"%s\"} %.9f\n",
+				gw_worker_get(i)->name, (double)c[i].co_window_ns / 1e9);
+out:
+	free(c);
+	free(have);
+}
 
 static void metrics_fill(FILE *f, void *arg)
 {
@@ -371,6 +468,7 @@ static void metrics_fill(FILE *f, void *arg)
 			fprintf(f, "\",op=\"%s\"} %llu\n", op_names[o], (unsigned long long)cum);
 		}
 	free(t);
+	worker_metrics(f);
 }
 
 /* ---- lifecycle ---- */

@@ -29,6 +29,21 @@ static void enter(struct gw_coalesce *c, enum gw_coalesce_phase p, uint64_t now)
 	c->current = p == GW_CO_MEASURE_ON ? c->window_ns : (p == GW_CO_SETTLED ? c->current : 0);
 }
 
+const char *gw_coalesce_phase_name(enum gw_coalesce_phase p)
+{
+	switch (p) {
+	case GW_CO_IDLE:
+		return "idle";
+	case GW_CO_MEASURE_OFF:
+		return "measure-off";
+	case GW_CO_MEASURE_ON:
+		return "measure-on";
+	case GW_CO_SETTLED:
+		return "settled";
+	}
+	return "?";
+}
+
 uint64_t gw_coalesce_update(struct gw_coalesce *c, uint64_t now, unsigned reqs)
 {
 	uint64_t dt;
@@ -68,6 +83,10 @@ uint64_t gw_coalesce_update(struct gw_coalesce *c, uint64_t now, unsigned reqs)
 			/* Probing costs a little each time it loses: back off while it keeps
 			 * losing. */
 			c->backoff = c->current ? 0 : GW_MIN(c->backoff + 1, CO_MAX_BACKOFF);
+			if (c->current)
+				c->decided_wait++;
+			else
+				c->decided_nowait++;
 			enter(c, GW_CO_SETTLED, now);
 		}
 		break;

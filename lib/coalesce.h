@@ -32,12 +32,17 @@ struct gw_coalesce {
 	uint64_t settle_ns; /* how long a decision to wait holds */
 	unsigned backoff;   /* consecutive decisions not to wait: each doubles the hold */
 	enum gw_coalesce_phase phase;
-	uint64_t phase_start; /* ns */
-	uint64_t reqs;        /* requests counted in this phase */
-	uint64_t rate_off;    /* requests per second measured without the window */
-	uint64_t iters;       /* loop iterations in this phase */
-	uint64_t current;     /* the window in force, ns */
+	uint64_t phase_start;    /* ns */
+	uint64_t reqs;           /* requests counted in this phase */
+	uint64_t rate_off;       /* requests per second measured without the window */
+	uint64_t iters;          /* loop iterations in this phase */
+	uint64_t current;        /* the window in force, ns */
+	uint64_t decided_wait;   /* measurements that kept the window (status) */
+	uint64_t decided_nowait; /* measurements that dropped it */
 };
+
+/* The phase's name for status: idle, measure-off, measure-on, settled. */
+const char *gw_coalesce_phase_name(enum gw_coalesce_phase p);
 
 void gw_coalesce_init(struct gw_coalesce *c, uint64_t window_ns);
 /*

@@ -151,13 +151,24 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 
 	(void)loop;
 	(void)revents;
+	gw_worker_count(&w->ctr.turns, 1);
+	gw_worker_count(&w->ctr.requests, w->work);
+	if (ev_is_active(&w->spin)) {
+		gw_worker_count(&w->ctr.spin_turns, 1);
+		if (w->work)
+			gw_worker_count(&w->ctr.spin_found, 1);
+	}
 	/* Empty turns of a spinning loop are not wake-ups: coalescing ignores them. */
 	if (w->co.window_ns && (w->work || !ev_is_active(&w->spin))) {
 		uint64_t win = gw_coalesce_update(&w->co, gw_now_ns(), w->work);
 
 		ev_set_io_collect_interval(w->loop, (double)win / 1e9);
-		w->work = 0;
+		__atomic_store_n(&w->ctr.co_window_ns, win, __ATOMIC_RELAXED);
+		__atomic_store_n(&w->ctr.co_phase, (uint64_t)w->co.phase, __ATOMIC_RELAXED);
+		__atomic_store_n(&w->ctr.co_decided_wait, w->co.decided_wait, __ATOMIC_RELAXED);
+		__atomic_store_n(&w->ctr.co_decided_nowait, w->co.decided_nowait, __ATOMIC_RELAXED);
 	}
+	w->work = 0;
 	/*
 	 * Completions can keep coming for ever (a uring command that completes
 	 * inline with the next request, as FUSE and ublk commits do), so the
@@ -181,6 +192,18 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 	if ((io_uring_cq_ready(&w->ioq.ring) || w->deferred || w->ioq.queued) &&
 	    !ev_is_active(&w->again))
 		ev_idle_start(w->loop, &w->again);
+	if (!ev_is_active(&w->again) && !ev_is_active(&w->spin))
+		gw_worker_count(&w->ctr.sleeps, 1);
+}
+
+void gw_worker_counters_get(const struct gw_worker *w, struct gw_worker_counters *out)
+{
+	const uint64_t *src = (const uint64_t *)&w->ctr;
+	uint64_t *dst = (uint64_t *)out;
+
+	/* Every field is a uint64_t (struct gw_worker_counters). */
+	for (size_t i = 0; i < sizeof(*out) / sizeof(uint64_t); i++)
+		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
 }
 
 /* prepare_cb left work: nothing to do here, the next prepare_cb does it. */

@@ -35,6 +35,27 @@ struct gw_deferred {
 	bool queued;
 };
 
+/*
+ * What a worker's loop did, for `status --json` (`worker_loops`) and the
+ * metrics: which mode it runs in, seen from outside. Written only by the
+ * worker's thread, read by any (gw_worker_counters_get); every field is
+ * stored and loaded whole (relaxed atomics), so a reader sees each value
+ * as it was at some moment, never a torn one.
+ */
+struct gw_worker_counters {
+	uint64_t turns;  /* loop turns (each ends in a poll, blocking or not) */
+	uint64_t sleeps; /* turns after which the loop may block: no poller spinning, no work left
+			  */
+	uint64_t spin_turns; /* turns while a poller (gw_worker_spin) kept the loop from sleeping */
+	uint64_t spin_found; /* of those, turns that handled requests */
+	uint64_t requests;   /* requests counted for coalescing (gw_worker_note_work: NBD, FUSE) */
+	uint64_t held_signals; /* virtio completion signals held back (lib/coalesce.h gw_hold) */
+	uint64_t co_window_ns; /* the coalescing window in force now (0: none) */
+	uint64_t co_phase;     /* enum gw_coalesce_phase */
+	uint64_t co_decided_wait, co_decided_nowait; /* coalescer measurements that kept/dropped it
+						      */
+};
+
 struct gw_worker {
 	unsigned id;
 	char name[24];
@@ -54,6 +75,7 @@ struct gw_worker {
 	unsigned load;                   /* connections/queues assigned (atomic) */
 	bool started;
 	bool background; /* the low-priority worker (gw_worker_background) */
+	struct gw_worker_counters ctr;
 };
 
 /* Start n workers (n >= 1). Main thread. 0 or -errno with a message. */
@@ -94,6 +116,15 @@ static inline void gw_worker_note_work(struct gw_worker *w, unsigned n)
 {
 	w->work += n;
 }
+
+/* Same-thread: add to one of w->ctr's counters (readers elsewhere see it whole). */
+static inline void gw_worker_count(uint64_t *ctr, uint64_t n)
+{
+	__atomic_store_n(ctr, *ctr + n, __ATOMIC_RELAXED);
+}
+
+/* Any thread: a snapshot of w's counters. */
+void gw_worker_counters_get(const struct gw_worker *w, struct gw_worker_counters *out);
 
 /* Main thread, before gw_workers_start(): the coalescing window (0 disables). */
 void gw_workers_set_coalesce_us(unsigned us);

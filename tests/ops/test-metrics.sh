@@ -32,6 +32,14 @@ want 'blkgw_export_in_flight{export="disk"} 0'
 want 'blkgw_export_info{export="disk",image="disk",transport="nbd",state="running"} 1'
 want 'blkgw_export_request_duration_seconds_count{export="disk",op="write"} 1'
 want 'blkgw_export_request_duration_seconds_bucket{export="disk",op="read",le="+Inf"} 2'
+# Per worker loop: each pool worker has its counters; the pool counted the requests above.
+for n in turns sleeps spin_turns spin_turns_with_work requests held_signals; do
+  want "# TYPE blkgw_worker_${n}_total counter"
+done
+want 'blkgw_worker_coalesce_window_seconds{worker="worker0"}'
+want 'blkgw_worker_turns_total{worker="worker0"}'
+awk '/^blkgw_worker_requests_total\{worker="worker[0-9]+"\}/ { n += $2; w++ }
+  END { exit !(w >= 1 && n >= 3) }' "$T/m.txt" || fail "per-worker request counts missing or short"
 if [ ! -e /sys/module/nbd ]; then
   want 'blkgw_export_info{export="disk#2",image="disk",transport="vhost-user-blk",state="running"} 1'
   want 'blkgw_export_fallbacks{export="disk#2"} 1'

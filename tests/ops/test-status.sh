@@ -2,7 +2,8 @@
 # blkgw status, as an operator reads it: the table has size, read-only and
 # backend columns that stay aligned whatever the transport's name; --json
 # carries an absolute manifest path and per-op total times; without a
-# daemon, --json still prints a JSON object (an error) and exits non-zero.
+# daemon, --json still prints a JSON object (an error) and exits non-zero;
+# worker_loops counts what each worker's loop did.
 . "$(dirname "$0")/../lib.sh"
 requires jq qemu-io
 
@@ -46,6 +47,23 @@ jq -e '.exports[0].counters | .reads == 2 and .writes == 1 and .flushes >= 1
 # Means in a plausible range: more than nothing, less than the test's life.
 jq -e '.exports[0].counters | (.write_total_time_ns / .writes) < 60e9 and (.read_total_time_ns / .reads) < 60e9' \
   "$T/s.json" >/dev/null || fail "per-op times implausible"
+
+# Each worker's loop, seen from outside: 300 more 4 KiB reads at QD1 show
+# up in the pool's request count, each counter stays within the one it is a
+# part of, and the coalescer's state is a known one.
+reads=""
+for i in $(seq 300); do reads="$reads -c 'read $((i * 4096)) 4k'"; done
+eval qemu-io -f raw $reads "nbd+unix:///disk?socket=$run/disk.sock" >/dev/null || fail "qemu-io reads failed"
+"$BLKGW" status --json >"$T/s2.json" || fail "status --json failed"
+jq -e --slurpfile a "$T/s.json" '.worker_loops as $w | ($a[0].worker_loops) as $v
+  | ($w | length) == .workers and ($v | length) == .workers
+  and ([$w[].requests] | add) - ([$v[].requests] | add) >= 300
+  and ([$w[].turns] | add) > ([$v[].turns] | add)
+  and all($w[]; .background == false and .turns >= .sleeps and .turns >= .spin_turns
+      and .spin_turns >= .spin_turns_with_work and .turns >= 1
+      and (.coalesce.phase | IN("idle", "measure-off", "measure-on", "settled"))
+      and .coalesce.window_us >= 0 and .held_signals == 0)' "$T/s2.json" >/dev/null ||
+  { jq .worker_loops "$T/s.json" "$T/s2.json"; fail "worker_loops counters missing or inconsistent"; }
 stop_blkgw
 
 rc=0
@@ -53,4 +71,4 @@ rc=0
 [ $rc -eq 1 ] || fail "status --json without a daemon exited $rc"
 jq -e '.ok == false and .error.code < 0 and (.error.message | test("is the daemon running"))' "$T/none.json" >/dev/null ||
   fail "status --json without a daemon did not print a JSON error: $(cat "$T/none.json" "$T/err")"
-echo "status: table aligned with size, read-only and backend; JSON with times; JSON error without a daemon"
+echo "status: table aligned with size, read-only and backend; JSON with times and worker loops; JSON error without a daemon"

@@ -1,4 +1,6 @@
 /* The adaptive coalescing controller: when it waits, when it does not. */
+#include <string.h>
+
 #include "check.h"
 #include "lib/coalesce.h"
 
@@ -127,6 +129,12 @@ int main(void)
 		t = 1;
 		CHECK(run(&c, &deep, &t, 2000 * MS, &on) == 20000);
 		CHECK(on > 1500 * MS); /* the window held most of the time */
+		/* status counts the decisions: 2 s hold 3 or 4 settle periods, all kept. */
+		CHECK(c.decided_wait >= 3 && c.decided_wait <= 4);
+		CHECK_EQ_U64(c.decided_nowait, 0);
+		CHECK(c.phase == GW_CO_SETTLED || c.phase == GW_CO_MEASURE_ON ||
+		      c.phase == GW_CO_MEASURE_OFF);
+		CHECK(strcmp(gw_coalesce_phase_name(c.phase), "?") != 0);
 	}
 	/* Shallow pipeline (QD4-like): waiting starves the client (2/17us -> 4/40us): it stops. */
 	{
@@ -137,6 +145,8 @@ int main(void)
 		t = 1;
 		CHECK(run(&c, &shallow, &t, 2000 * MS, &on) == 0);
 		CHECK(on < 200 * MS); /* only the probing epochs */
+		CHECK_EQ_U64(c.decided_wait, 0);
+		CHECK(c.decided_nowait >= 1);
 	}
 	/* Losing probes back off: over 20 s of a shallow load, less than 1% of the time is spent
 	 * waiting. */

@@ -303,6 +303,7 @@ static void notify_or_hold(struct vblk_queue *q)
 		vblkq_notify_now(q);
 		return;
 	}
+	gw_worker_count(&q->w->ctr.held_signals, 1);
 	if (!q->poll_on) {
 		q->poll_deadline = now;
 		q->idle_since = 0;
