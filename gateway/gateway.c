@@ -215,6 +215,9 @@ static json_object *workers_json(void)
 		json_object_object_add(o, "spin_turns", u64(c.spin_turns));
 		json_object_object_add(o, "spin_turns_with_work", u64(c.spin_found));
 		json_object_object_add(o, "requests", u64(c.requests));
+		json_object_object_add(o, "kicks", u64(c.kicks));
+		json_object_object_add(o, "ring_polls", u64(c.ring_polls));
+		json_object_object_add(o, "ring_polls_with_work", u64(c.ring_polls_found));
 		json_object_object_add(o, "held_signals", u64(c.held_signals));
 		json_object_object_add(co, "phase",
 				       json_object_new_string(gw_coalesce_phase_name(
@@ -305,6 +308,13 @@ static void worker_metrics(FILE *f)
 		  offsetof(struct gw_worker_counters, spin_found) },
 		{ "blkgw_worker_requests_total", "Requests the coalescer counted (NBD, FUSE).",
 		  offsetof(struct gw_worker_counters, requests) },
+		{ "blkgw_worker_kicks_total", "virtio queue kicks taken.",
+		  offsetof(struct gw_worker_counters, kicks) },
+		{ "blkgw_worker_ring_polls_total", "virtio queue polling slices.",
+		  offsetof(struct gw_worker_counters, ring_polls) },
+		{ "blkgw_worker_ring_polls_with_work_total",
+		  "virtio queue polling slices that found requests.",
+		  offsetof(struct gw_worker_counters, ring_polls_found) },
 		{ "blkgw_worker_held_signals_total", "virtio completion signals held back.",
 		  offsetof(struct gw_worker_counters, held_signals) },
 	};

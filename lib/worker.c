@@ -153,7 +153,7 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 	(void)revents;
 	gw_worker_count(&w->ctr.turns, 1);
 	gw_worker_count(&w->ctr.requests, w->work);
-	if (ev_is_active(&w->spin)) {
+	if (ev_is_active(&w->spin) || w->pollers) {
 		gw_worker_count(&w->ctr.spin_turns, 1);
 		if (w->work)
 			gw_worker_count(&w->ctr.spin_found, 1);
@@ -192,7 +192,7 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 	if ((io_uring_cq_ready(&w->ioq.ring) || w->deferred || w->ioq.queued) &&
 	    !ev_is_active(&w->again))
 		ev_idle_start(w->loop, &w->again);
-	if (!ev_is_active(&w->again) && !ev_is_active(&w->spin))
+	if (!ev_is_active(&w->again) && !ev_is_active(&w->spin) && !w->pollers)
 		gw_worker_count(&w->ctr.sleeps, 1);
 }
 

@@ -43,17 +43,25 @@ struct gw_deferred {
  * as it was at some moment, never a torn one.
  */
 struct gw_worker_counters {
-	uint64_t turns;  /* loop turns (each ends in a poll, blocking or not) */
-	uint64_t sleeps; /* turns after which the loop may block: no poller spinning, no work left
-			  */
-	uint64_t spin_turns; /* turns while a poller (gw_worker_spin) kept the loop from sleeping */
-	uint64_t spin_found; /* of those, turns that handled requests */
-	uint64_t requests;   /* requests counted for coalescing (gw_worker_note_work: NBD, FUSE) */
-	uint64_t held_signals; /* virtio completion signals held back (lib/coalesce.h gw_hold) */
-	uint64_t co_window_ns; /* the coalescing window in force now (0: none) */
-	uint64_t co_phase;     /* enum gw_coalesce_phase */
-	uint64_t co_decided_wait, co_decided_nowait; /* coalescer measurements that kept/dropped it
-						      */
+	/* Loop turns (each ends in a poll, blocking or not). */
+	uint64_t turns;
+	/* Turns after which the loop may block: no poller on, no work left. */
+	uint64_t sleeps;
+	/* Turns while a poller (socket or queue) kept the loop from sleeping. */
+	uint64_t spin_turns;
+	/* Of those, turns that handled requests counted in `requests`. */
+	uint64_t spin_found;
+	/* Requests counted for coalescing (gw_worker_note_work: NBD, FUSE). */
+	uint64_t requests;
+	/* virtio queues: kicks taken (the driver woke a queue)... */
+	uint64_t kicks;
+	/* ...polling slices instead (vblkq_poll_cb), and those that found requests. */
+	uint64_t ring_polls, ring_polls_found;
+	/* virtio completion signals held back (lib/coalesce.h gw_hold). */
+	uint64_t held_signals;
+	/* The coalescer: the window in force now (0: none), its phase (enum
+	 * gw_coalesce_phase), and its measurements that kept or dropped it. */
+	uint64_t co_window_ns, co_phase, co_decided_wait, co_decided_nowait;
 };
 
 struct gw_worker {
@@ -74,7 +82,8 @@ struct gw_worker {
 	uint64_t spin_until, spin_yield; /* ns: when spinning stops; when it last yielded */
 	unsigned load;                   /* connections/queues assigned (atomic) */
 	bool started;
-	bool background; /* the low-priority worker (gw_worker_background) */
+	bool background;  /* the low-priority worker (gw_worker_background) */
+	unsigned pollers; /* queue pollers on (gw_worker_poller): the loop does not block */
 	struct gw_worker_counters ctr;
 };
 
@@ -121,6 +130,15 @@ static inline void gw_worker_note_work(struct gw_worker *w, unsigned n)
 static inline void gw_worker_count(uint64_t *ctr, uint64_t n)
 {
 	__atomic_store_n(ctr, *ctr + n, __ATOMIC_RELAXED);
+}
+
+/* Same-thread: a queue's own poller (an ev_idle) goes on or off, for the counters. */
+static inline void gw_worker_poller(struct gw_worker *w, bool on)
+{
+	if (on)
+		w->pollers++;
+	else if (w->pollers)
+		w->pollers--;
 }
 
 /* Any thread: a snapshot of w's counters. */

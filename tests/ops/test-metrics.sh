@@ -33,7 +33,7 @@ want 'blkgw_export_info{export="disk",image="disk",transport="nbd",state="runnin
 want 'blkgw_export_request_duration_seconds_count{export="disk",op="write"} 1'
 want 'blkgw_export_request_duration_seconds_bucket{export="disk",op="read",le="+Inf"} 2'
 # Per worker loop: each pool worker has its counters; the pool counted the requests above.
-for n in turns sleeps spin_turns spin_turns_with_work requests held_signals; do
+for n in turns sleeps spin_turns spin_turns_with_work requests kicks ring_polls ring_polls_with_work held_signals; do
   want "# TYPE blkgw_worker_${n}_total counter"
 done
 want 'blkgw_worker_coalesce_window_seconds{worker="worker0"}'

@@ -62,6 +62,7 @@ jq -e --slurpfile a "$T/s.json" '.worker_loops as $w | ($a[0].worker_loops) as $
   and all($w[]; .background == false and .turns >= .sleeps and .turns >= .spin_turns
       and .spin_turns >= .spin_turns_with_work and .turns >= 1
       and (.coalesce.phase | IN("idle", "measure-off", "measure-on", "settled"))
+      and .ring_polls >= .ring_polls_with_work and .kicks == 0
       and .coalesce.window_us >= 0 and .held_signals == 0)' "$T/s2.json" >/dev/null ||
   { jq .worker_loops "$T/s.json" "$T/s2.json"; fail "worker_loops counters missing or inconsistent"; }
 stop_blkgw

@@ -203,6 +203,14 @@ case_slow_driver() {
       ok "QD$qd, 30 us between requests: written and verified ($(jq '.jobs[0].write.total_ios' "$T/out") writes)" ||
       { cat "$T/err"; bad "QD$qd slow driver failed"; }
   done
+  # The workers' counters (status --json worker_loops) saw it: held signals,
+  # kicks from a driver that lets the queue sleep, polling that found work.
+  "$BLKGW" status --json | jq -e '[.worker_loops[].held_signals] | add > 0' >/dev/null &&
+    "$BLKGW" status --json | jq -e '([.worker_loops[].kicks] | add > 0) and
+      ([.worker_loops[].ring_polls_with_work] | add > 0) and
+      all(.worker_loops[]; .ring_polls >= .ring_polls_with_work and .turns >= .sleeps)' >/dev/null &&
+    ok "worker_loops counted held signals, kicks and polls that found work" ||
+    { "$BLKGW" status --json | jq .worker_loops; bad "worker_loops counters do not show the held signals or kicks"; }
 }
 
 # One frontend per export: a second is refused, the first is unaffected.

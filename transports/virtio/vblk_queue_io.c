@@ -204,6 +204,7 @@ void vblkq_poll_watch(struct vblk_queue *q, bool on)
 	if (on == q->poll_on)
 		return;
 	q->poll_on = on;
+	gw_worker_poller(q->w, on);
 	if (on)
 		ev_idle_start(q->w->loop, &q->poll_w);
 	else
@@ -343,7 +344,9 @@ void vblkq_poll_cb(struct ev_loop *loop, ev_idle *w, int revents)
 	struct vblk_queue *q = container_of(w, struct vblk_queue, poll_w);
 	struct gw_ioq *ioq = &q->w->ioq;
 	uint64_t now = gw_now_ns(), start = now, last_work = now;
+	bool found = false;
 
+	gw_worker_count(&q->w->ctr.ring_polls, 1);
 	if (q->need_process) {
 		q->need_process = false;
 		vblkq_poll_watch(q, false);
@@ -361,6 +364,10 @@ void vblkq_poll_cb(struct ev_loop *loop, ev_idle *w, int revents)
 		if (vq_pending(&q->vq)) {
 			int rc;
 
+			if (!found) {
+				found = true;
+				gw_worker_count(&q->w->ctr.ring_polls_found, 1);
+			}
 			gw_hold_arrival(&q->hold, now);
 			rc = pass(q);
 			gw_ioq_submit(ioq);
@@ -412,6 +419,7 @@ void vblkq_kick_cb(struct ev_loop *loop, ev_io *w, int revents)
 	uint64_t v, now;
 	int rc = gw_efd_take(q->kick_fd, &v);
 
+	gw_worker_count(&q->w->ctr.kicks, 1);
 	if (rc < 0 && rc != -EAGAIN && rc != -EINTR) {
 		gw_warn("%s: kick eventfd: %s; the queue stops", q->name, strerror(-rc));
 		q->vq.broken = true;
