@@ -15,7 +15,10 @@
 # Jobs: QD1 4k randread (mean latency), QD32 4k randread and randwrite
 # (IOPS); one fio job, one virtqueue, interrupts (no client polling).
 # CPU per request: the daemon's utime+stime from /proc/PID/stat over the
-# run, divided by the requests fio completed.
+# run, divided by the requests fio completed; so are its threads' context
+# switches and, for blkgw, its workers' loop counters (status --json
+# worker_loops: turns, sleeps, kicks, polling slices and those that found
+# requests, held signals), which say which mode each run ran in (issue 23).
 #
 # The client is one fio thread, and at QD32 on the null backend it is the
 # limit: both daemons poll, so each is charged 1/IOPS per request and the
@@ -117,6 +120,15 @@ wait_quiet() {
 }
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# Context switches of all of a daemon's threads (voluntary and not).
+ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { n += $2 } END { print n + 0 }'; }
+# blkgw's pool workers' loop counters (status --json worker_loops), summed.
+loop_counters() {
+	"$blkgw" status --manifest "$work/m.yaml" --json | jq -c '[.worker_loops[] | select(.background | not)]
+		| { turns: (map(.turns) | add), sleeps: (map(.sleeps) | add), kicks: (map(.kicks) | add),
+		    polls: (map(.ring_polls) | add), polls_found: (map(.ring_polls_with_work) | add),
+		    held: (map(.held_signals) | add), spin: (map(.spin_turns) | add) }'
+}
 
 start_blkgw() {
 	cat >"$work/m.yaml" <<YAML
@@ -156,7 +168,7 @@ wait_sockets() {
 
 # run DAEMON PID BACKEND JOB REP
 run() {
-	local daemon=$1 pid=$2 backend=$3 job=$4 rep=$5 rw qd c0 c1 j quiet
+	local daemon=$1 pid=$2 backend=$3 job=$4 rep=$5 rw qd c0 c1 x0 x1 l0='{}' l1='{}' j quiet
 	local -a lean_opts=()
 	case "$job" in
 	qd1-randread) rw=randread qd=1 ;;
@@ -170,18 +182,25 @@ run() {
 	fi
 	quiet=$(wait_quiet)
 	j=$out/$daemon-$backend-$job-$rep.json
+	[ "$daemon" != blkgw ] || l0=$(loop_counters)
+	x0=$(ctx_switches "$pid")
 	c0=$(cpu_ticks "$pid")
 	"${client_cpu[@]}" fio --thread --ioengine="external:$engine" --vhost_socket="$work/$daemon-$backend.sock" \
 		--name="$job" --rw=$rw --bs=4k --iodepth=$qd --size=1G --time_based --runtime="$runtime" \
 		"${lean_opts[@]}" --output-format=json --output="$j" >/dev/null
 	c1=$(cpu_ticks "$pid")
+	x1=$(ctx_switches "$pid")
+	[ "$daemon" != blkgw ] || l1=$(loop_counters)
 	jq -r --arg d "$daemon" --arg b "$backend" --arg j "$job" --arg r "$rep" --arg c "$((c1 - c0))" \
-		--arg hz "$hz" --arg q "$quiet" \
+		--arg hz "$hz" --arg q "$quiet" --arg cs "$((x1 - x0))" --argjson l0 "$l0" --argjson l1 "$l1" \
 		'.jobs[0] as $x | ($x.read.total_ios + $x.write.total_ios) as $n |
+		 def per($k): if $l1[$k] == null then "" else ($l1[$k] - $l0[$k]) / $n end;
 		 [$d, $b, $j, $r, ($x.read.iops + $x.write.iops),
 		  ((if $x.read.total_ios > 0 then $x.read.lat_ns.mean else $x.write.lat_ns.mean end) / 1000
 		   | if . == 0 then "" else . end),
-		  (($c | tonumber) / ($hz | tonumber) * 1e6 / $n), $q] | @csv' "$j" >>"$out/results.csv"
+		  (($c | tonumber) / ($hz | tonumber) * 1e6 / $n), $q, (($cs | tonumber) / $n),
+		  per("turns"), per("sleeps"), per("kicks"), per("polls"), per("polls_found"), per("held"),
+		  per("spin")] | @csv' "$j" >>"$out/results.csv"
 	log "$(tail -n1 "$out/results.csv")"
 }
 
@@ -200,7 +219,7 @@ case " $backends " in
 	done
 	;;
 esac
-echo '"daemon","backend","job","rep","iops","lat_us","cpu_us_per_req","busy_pct_before"' >"$out/results.csv"
+echo '"daemon","backend","job","rep","iops","lat_us","cpu_us_per_req","busy_pct_before","ctxsw_per_req","turns_per_req","sleeps_per_req","kicks_per_req","polls_per_req","polls_found_per_req","held_per_req","spin_turns_per_req"' >"$out/results.csv"
 for rep in $(seq "$reps"); do
 	for backend in $backends; do
 		for job in $jobs; do
