@@ -119,7 +119,6 @@ static inline void fuse_reply(struct fuse_req *r, int err, const void *arg, size
 /* fuse_ops.c: decode one request and answer it (now or when the backend completes). */
 void fuse_dispatch(struct fuse_req *r, const struct fuse_in_header *in, const void *arg,
 		   size_t arglen, void *payload, size_t paylen);
-void fuse_fill_attr(const struct fuse_exp *x, struct gw_ioq *q, struct fuse_attr *a);
 /* A request slot is free again (queue bookkeeping). */
 void fuse_req_done(struct fuse_req *r);
 

@@ -30,34 +30,30 @@ static void reply_err(struct fuse_req *r, int err)
 	fuse_reply(r, err, NULL, 0, NULL, 0);
 }
 
-/* Allocated bytes from the backend's extents (so du tells the truth). */
-static uint64_t allocated_bytes(const struct fuse_exp *x, struct gw_ioq *q)
-{
-	struct gw_export *e = x->exp;
+/*
+ * Extents walks: GETATTR's allocated blocks (so du tells the truth) and
+ * LSEEK's next data or hole go query by query through
+ * gw_export_extents_submit, so a backend whose map is on a network (rbd)
+ * answers later while the worker serves other requests; local backends
+ * answer inline and the walk runs as a loop.
+ */
+struct walk {
+	struct fuse_req *r;
+	struct gw_ext_req x;
+	struct gw_extents ex;
+	uint64_t pos;  /* where the next query starts */
+	uint64_t off;  /* LSEEK: the offset asked for */
+	uint64_t used; /* GETATTR: allocated bytes found so far */
+	bool seek, want_data;
 	struct gw_extent v[64];
-	uint64_t off = 0, used = 0;
+};
 
-	if (!(e->caps & GW_CAP_EXTENTS))
-		return e->size;
-	while (off < e->size) {
-		struct gw_extents ex = { .v = v, .cap = GW_ARRAY_SIZE(v) };
-
-		if (gw_export_extents(e, q, off, e->size - off, &ex) < 0 || ex.end <= off)
-			return e->size;
-		for (size_t i = 0; i < ex.n; i++)
-			if (!(v[i].flags & GW_EXT_HOLE))
-				used += v[i].len;
-		off = ex.end;
-	}
-	return used;
-}
-
-void fuse_fill_attr(const struct fuse_exp *x, struct gw_ioq *q, struct fuse_attr *a)
+static void fill_attr(const struct fuse_exp *x, uint64_t allocated, struct fuse_attr *a)
 {
 	memset(a, 0, sizeof(*a));
 	a->ino = FUSE_ROOT_ID;
 	a->size = x->exp->size;
-	a->blocks = (allocated_bytes(x, q) + 511) / 512;
+	a->blocks = (allocated + 511) / 512;
 	a->mode = x->mode_bits;
 	a->nlink = 1;
 	a->uid = x->uid;
@@ -66,12 +62,118 @@ void fuse_fill_attr(const struct fuse_exp *x, struct gw_ioq *q, struct fuse_attr
 	a->atime = a->mtime = a->ctime = x->start_time;
 }
 
-static void reply_attr(struct fuse_req *r)
+static void attr_answer(struct fuse_req *r, uint64_t allocated)
 {
 	struct fuse_attr_out out = { .attr_valid = ATTR_VALID_S };
 
-	fuse_fill_attr(r->q->x, &r->q->w->ioq, &out.attr);
+	fill_attr(r->q->x, allocated, &out.attr);
 	fuse_reply(r, 0, &out, sizeof(out), NULL, 0);
+}
+
+static void seek_answer(struct fuse_req *r, uint64_t offset)
+{
+	struct fuse_lseek_out out = { .offset = offset };
+
+	fuse_reply(r, 0, &out, sizeof(out), NULL, 0);
+}
+
+/* The query k->x answered: take its extents. False once the walk has replied. */
+static bool walk_take(struct walk *k)
+{
+	struct gw_export *e = k->r->q->x->exp;
+	struct gw_extents *ex = &k->ex;
+
+	if (!k->seek) {
+		/* An unreadable map counts the whole image: du overstates, never understates. */
+		if (k->x.result < 0 || ex->end <= k->pos) {
+			attr_answer(k->r, e->size);
+			return false;
+		}
+		for (size_t i = 0; i < ex->n; i++)
+			if (!(ex->v[i].flags & GW_EXT_HOLE))
+				k->used += ex->v[i].len;
+		k->pos = ex->end;
+		if (k->pos < e->size)
+			return true;
+		attr_answer(k->r, k->used);
+		return false;
+	}
+	if (k->x.result < 0) {
+		reply_err(k->r, -k->x.result);
+		return false;
+	}
+	/* Zero-reading runs count as holes. */
+	for (size_t i = 0; i < ex->n; i++) {
+		bool hole = ex->v[i].flags & (GW_EXT_HOLE | GW_EXT_ZERO);
+
+		if (hole != k->want_data) {
+			seek_answer(k->r, GW_MAX(k->pos, k->off));
+			return false;
+		}
+		k->pos += ex->v[i].len;
+	}
+	if (ex->n > 0 && k->pos < e->size)
+		return true;
+	if (k->want_data)
+		reply_err(k->r, ENXIO);
+	else
+		seek_answer(k->r, e->size); /* the implicit hole at the end */
+	return false;
+}
+
+static void walk_done(struct gw_ext_req *x);
+
+/* Query on from k->pos until a query is queued or the walk has replied (then k is freed). */
+static void walk_run(struct walk *k)
+{
+	struct fuse_queue *q = k->r->q;
+	struct gw_export *e = q->x->exp;
+
+	do {
+		k->ex = (struct gw_extents){ .v = k->v, .cap = GW_ARRAY_SIZE(k->v) };
+		k->x = (struct gw_ext_req){
+			.offset = k->pos, .len = e->size - k->pos, .out = &k->ex, .done = walk_done
+		};
+		if (gw_export_extents_submit(e, &q->w->ioq, &k->x) == 0)
+			return;
+	} while (walk_take(k));
+	free(k);
+}
+
+static void walk_done(struct gw_ext_req *x)
+{
+	struct walk *k = container_of(x, struct walk, x);
+
+	if (walk_take(k))
+		walk_run(k);
+	else
+		free(k);
+}
+
+/* A walk for r, or NULL after answering ENOMEM. */
+static struct walk *walk_new(struct fuse_req *r)
+{
+	struct walk *k = calloc(1, sizeof(*k));
+
+	if (!k)
+		reply_err(r, ENOMEM);
+	else
+		k->r = r;
+	return k;
+}
+
+static void reply_attr(struct fuse_req *r)
+{
+	struct gw_export *e = r->q->x->exp;
+	struct walk *k;
+
+	if (!(e->caps & GW_CAP_EXTENTS) || e->size == 0) {
+		attr_answer(r, e->size);
+		return;
+	}
+	k = walk_new(r);
+	if (k)
+		walk_run(k);
 }
 
 static void setattr(struct fuse_req *r, const struct fuse_setattr_in *in)
@@ -263,12 +365,10 @@ static void do_fallocate(struct fuse_req *r, const struct fuse_fallocate_in *in)
 
 static void do_lseek(struct fuse_req *r, const struct fuse_lseek_in *in)
 {
-	struct fuse_exp *x = r->q->x;
-	struct gw_export *e = x->exp;
-	struct fuse_lseek_out out = { 0 };
+	struct gw_export *e = r->q->x->exp;
 	uint64_t mb = e->min_block, off = in->offset;
 	bool want_data = in->whence == SEEK_DATA;
-	struct gw_extent v[64];
+	struct walk *k;
 
 	if (in->whence != SEEK_DATA && in->whence != SEEK_HOLE) {
 		reply_err(r, EINVAL);
@@ -279,38 +379,18 @@ static void do_lseek(struct fuse_req *r, const struct fuse_lseek_in *in)
 		return;
 	}
 	if (!(e->caps & GW_CAP_EXTENTS)) {
-		out.offset = want_data ? off : e->size;
-		fuse_reply(r, 0, &out, sizeof(out), NULL, 0);
+		seek_answer(r, want_data ? off : e->size);
 		return;
 	}
-	/* Walk from the block holding off; zero-reading runs count as holes. */
-	for (uint64_t pos = off & ~(mb - 1); pos < e->size;) {
-		struct gw_extents ex = { .v = v, .cap = GW_ARRAY_SIZE(v) };
-		int rc = gw_export_extents(e, &r->q->w->ioq, pos, e->size - pos, &ex);
-
-		if (rc < 0) {
-			reply_err(r, -rc);
-			return;
-		}
-		for (size_t i = 0; i < ex.n; i++) {
-			bool hole = v[i].flags & (GW_EXT_HOLE | GW_EXT_ZERO);
-
-			if (hole != want_data) {
-				out.offset = GW_MAX(pos, off);
-				fuse_reply(r, 0, &out, sizeof(out), NULL, 0);
-				return;
-			}
-			pos += v[i].len;
-		}
-		if (ex.n == 0)
-			break;
-	}
-	if (want_data) {
-		reply_err(r, ENXIO);
+	/* Walk from the block holding off. */
+	k = walk_new(r);
+	if (!k)
 		return;
-	}
-	out.offset = e->size; /* the implicit hole at the end */
-	fuse_reply(r, 0, &out, sizeof(out), NULL, 0);
+	k->seek = true;
+	k->want_data = want_data;
+	k->off = off;
+	k->pos = off & ~(mb - 1);
+	walk_run(k);
 }
 
 static void do_statfs(struct fuse_req *r)
