@@ -4,7 +4,10 @@
  * for tests and for operators rehearsing failures (docs/manifest.md).
  *
  * A request matches when its op is in `ops` and it overlaps one of
- * `ranges` (every byte when none). Matching requests are numbered from 0
+ * `ranges` (every byte when none). `extents` in `ops` (never by default)
+ * makes allocation queries match too: NBD block status, FUSE's lseek and
+ * block count; only those answered later (gw_export_extents_submit) can be
+ * delayed, a synchronous query is only failed. Matching requests are numbered from 0
  * across every thread; those numbered below `after` pass untouched, and of
  * the rest every `every`-th is hit: held for `delay` (an io_uring timeout
  * on the submitting thread's ring, so nothing else on that thread waits),
@@ -49,7 +52,7 @@ static const struct gw_opt_desc fault_opts[] = {
 	  .type = GW_OPT_STR,
 	  .offset = offsetof(struct gw_fault_opts, ops),
 	  .help = "which requests match, comma-separated: read, write, flush, trim, zero, "
-		  "cache (default: all)" },
+		  "cache, extents (default: all but extents)" },
 	{ .key = "ranges",
 	  .type = GW_OPT_STR,
 	  .offset = offsetof(struct gw_fault_opts, ranges),
@@ -63,15 +66,18 @@ static const struct gw_opt_desc fault_opts[] = {
 
 struct fault_rule {
 	int err;      /* positive errno, 0: delay only */
-	uint32_t ops; /* bit per GW_OP_* */
+	uint32_t ops; /* bit per GW_OP_*, and OP_EXTENTS */
 	uint64_t delay_ns;
 	uint32_t every, after;
 	unsigned nranges;
 	uint64_t start[MAX_RANGES], end[MAX_RANGES];
 };
 
-static const char *const op_names[GW_OP__COUNT] = { "read", "write", "flush",
-						    "trim", "zero",  "cache" };
+/* Allocation queries: one more bit after the I/O ops. */
+#define OP_EXTENTS GW_OP__COUNT
+
+static const char *const op_names[GW_OP__COUNT + 1] = { "read", "write", "flush",  "trim",
+							"zero", "cache", "extents" };
 
 /* Parse ops, ranges and delay. 0, or -1 with a message in msg. */
 static int parse_rule(const struct gw_fault_opts *o, struct fault_rule *r, char *msg, size_t len)
@@ -91,12 +97,13 @@ static int parse_rule(const struct gw_fault_opts *o, struct fault_rule *r, char 
 		for (w = strtok_r(s, ", ", &save); w; w = strtok_r(NULL, ", ", &save)) {
 			unsigned i;
 
-			for (i = 0; i < GW_OP__COUNT && strcmp(w, op_names[i]) != 0; i++)
+			for (i = 0; i <= OP_EXTENTS && strcmp(w, op_names[i]) != 0; i++)
 				;
-			if (i == GW_OP__COUNT) {
+			if (i > OP_EXTENTS) {
 				snprintf(
 					msg, len,
-					"unknown op '%s' (ops: read, write, flush, trim, zero, cache)",
+					"unknown op '%s' (ops: read, write, flush, trim, zero, cache, "
+					"extents)",
 					w);
 				free(s);
 				return -1;
@@ -216,16 +223,36 @@ static int fault_open(struct gw_backend *b, const void *opts, char *err, size_t 
 	return 0;
 }
 
-static bool matches(const struct fault_rule *r, const struct gw_io *io)
+static bool matches(const struct fault_rule *r, unsigned op, uint64_t offset, uint64_t len)
 {
-	if (!(r->ops & (1u << io->op)))
+	if (!(r->ops & (1u << op)))
 		return false;
-	if (!r->nranges || io->op == GW_OP_FLUSH)
+	if (!r->nranges || op == GW_OP_FLUSH)
 		return true;
 	for (unsigned i = 0; i < r->nranges; i++)
-		if (io->offset < r->end[i] && io->offset + (io->len ? io->len : 1) > r->start[i])
+		if (offset < r->end[i] && offset + (len ? len : 1) > r->start[i])
 			return true;
 	return false;
+}
+
+/* A matching request: is it one to hit (after `after`, every `every`-th)? Counts it. */
+static bool hits(struct fault *f)
+{
+	uint64_t n = atomic_fetch_add_explicit(&f->seen, 1, memory_order_relaxed);
+
+	if (n < f->r.after || (n - f->r.after) % f->r.every != 0)
+		return false;
+	atomic_fetch_add_explicit(&f->hit, 1, memory_order_relaxed);
+	return true;
+}
+
+/* Prepare a timeout of the rule's delay on q; the timespec lives in ts until submitted. */
+static void delay_on(struct fault *f, struct gw_ioq *q, struct __kernel_timespec *ts,
+		     struct gw_uring_cb *cb)
+{
+	ts->tv_sec = (long long)(f->r.delay_ns / 1000000000u);
+	ts->tv_nsec = (long long)(f->r.delay_ns % 1000000000u);
+	io_uring_prep_timeout(gw_ioq_sqe(q, cb), ts, 0, 0);
 }
 
 /* After the delay: fail, or hand the request on (completing it ourselves if inline). */
@@ -245,26 +272,15 @@ static void delay_done(struct gw_uring_cb *cb, int res)
 static int fault_submit(struct gw_backend *b, struct gw_ioq *q, struct gw_io *io)
 {
 	struct fault *f = (struct fault *)b;
-	uint64_t n;
 
-	if (!matches(&f->r, io))
+	if (!matches(&f->r, io->op, io->offset, io->len) || !hits(f))
 		return f->inner->ops->submit(f->inner, q, io);
-	n = atomic_fetch_add_explicit(&f->seen, 1, memory_order_relaxed);
-	if (n < f->r.after || (n - f->r.after) % f->r.every != 0)
-		return f->inner->ops->submit(f->inner, q, io);
-	atomic_fetch_add_explicit(&f->hit, 1, memory_order_relaxed);
 	if (f->r.delay_ns) {
-		struct __kernel_timespec *ts = (struct __kernel_timespec *)&io->scratch[0];
-		struct io_uring_sqe *sqe;
-
 		/* scratch[0..1]: the timespec the ring reads at submission; [2]: us. */
-		ts->tv_sec = (long long)(f->r.delay_ns / 1000000000u);
-		ts->tv_nsec = (long long)(f->r.delay_ns % 1000000000u);
 		io->scratch[2] = (uint64_t)(uintptr_t)f;
 		io->q = q;
 		io->ucb.fn = delay_done;
-		sqe = gw_ioq_sqe(q, &io->ucb);
-		io_uring_prep_timeout(sqe, ts, 0, 0);
+		delay_on(f, q, (struct __kernel_timespec *)&io->scratch[0], &io->ucb);
 		return 0;
 	}
 	io->result = -f->r.err;
@@ -276,6 +292,9 @@ static int fault_extents(struct gw_backend *b, uint64_t offset, uint64_t len,
 {
 	struct fault *f = (struct fault *)b;
 
+	/* Asked synchronously: a hit fails, it cannot be delayed. */
+	if (matches(&f->r, OP_EXTENTS, offset, len) && hits(f) && f->r.err)
+		return -f->r.err;
 	if (!f->inner->ops->extents) {
 		gw_extents_add(out, len, 0);
 		return 0;
@@ -283,14 +302,50 @@ static int fault_extents(struct gw_backend *b, uint64_t offset, uint64_t len,
 	return f->inner->ops->extents(f->inner, offset, len, out);
 }
 
-/* An inner backend that answers later (rbd) still does: the fault layer adds nothing to extents. */
+/* The query goes on to the inner backend: 0 queued there, 1 answered inline. */
+static int extents_pass(struct fault *f, struct gw_ioq *q, struct gw_ext_req *x)
+{
+	if (f->inner->ops->extents_async)
+		return f->inner->ops->extents_async(f->inner, q, x);
+	x->result = 0;
+	if (f->inner->ops->extents)
+		x->result = f->inner->ops->extents(f->inner, x->offset, x->len, x->out);
+	else
+		gw_extents_add(x->out, x->len, 0);
+	return 1;
+}
+
+/* A delayed query's time is up (scratch[3] holds its callback). */
+static void ext_delay_done(struct gw_uring_cb *cb, int res)
+{
+	struct gw_ext_req *x = container_of((uint64_t *)cb, struct gw_ext_req, scratch[3]);
+	struct fault *f = (struct fault *)x->scratch[2];
+
+	(void)res;
+	if (f->r.err)
+		gw_ext_complete(x, -f->r.err);
+	else if (extents_pass(f, x->q, x) == 1)
+		gw_ext_complete(x, x->result);
+}
+
+/* An inner backend that answers later (rbd) still does; a hit query fails or waits first. */
 static int fault_extents_async(struct gw_backend *b, struct gw_ioq *q, struct gw_ext_req *x)
 {
 	struct fault *f = (struct fault *)b;
 
-	if (f->inner->ops->extents_async)
-		return f->inner->ops->extents_async(f->inner, q, x);
-	x->result = fault_extents(b, x->offset, x->len, x->out);
+	if (!matches(&f->r, OP_EXTENTS, x->offset, x->len) || !hits(f))
+		return extents_pass(f, q, x);
+	if (f->r.delay_ns) {
+		struct gw_uring_cb *cb = (struct gw_uring_cb *)&x->scratch[3];
+
+		_Static_assert(sizeof(struct gw_uring_cb) <= sizeof(x->scratch[3]),
+			       "the callback fits one scratch word");
+		x->scratch[2] = (uint64_t)(uintptr_t)f;
+		cb->fn = ext_delay_done;
+		delay_on(f, q, (struct __kernel_timespec *)&x->scratch[0], cb);
+		return 0;
+	}
+	x->result = -f->r.err;
 	return 1;
 }
 
