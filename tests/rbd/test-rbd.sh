@@ -3,7 +3,9 @@
 # OSD, started once here and shared by every check), with real NBD clients:
 #   - qemu-img convert a random image in and out; qemu-img compare against
 #     rbd:rbd/img read by QEMU's own rbd driver; nbdcopy out; cmp
-#   - nbdinfo --map reports the written objects as data, the rest as holes
+#   - nbdinfo --map reports the written objects as data, the rest as holes;
+#     so do lseek SEEK_DATA/SEEK_HOLE and stat's block count on a FUSE file
+#     of the same image (the map asked of the cluster without blocking)
 #   - fio verify (nbd engine) at QD32 from 2 jobs
 #   - write-zeroes and trim through qemu-io read back as zeros
 #   - exclusive lock: a second blkgw on the same image, and an image locked
@@ -42,6 +44,12 @@ exports:
   - { image: timed, transports: [nbd], nbd: { socket: $run/nbd.sock } }
   - { image: mem, transports: [nbd], nbd: { socket: $run/nbd.sock } }
 YAML
+fuse=0
+if [ -c /dev/fuse ] && [ "$(id -u)" = 0 ]; then
+  fuse=1
+  echo "  - { image: sparse, read-only: true, transports: [fuse], fuse: { path: $T/sparse.file } }" >>"$T/m.yaml"
+  on_exit "umount -l $T/sparse.file 2>/dev/null"
+fi
 "$BLKGW" check "$T/m.yaml" >"$T/check.out" 2>&1 || { cat "$T/check.out"; fail "check refused a good rbd manifest"; }
 start_blkgw "$T/m.yaml"
 uri() { echo "nbd+unix:///$1?socket=$run/nbd.sock"; }
@@ -67,6 +75,28 @@ cat >"$T/map.expect" <<MAP
 37748736 29360128 hole,zero
 MAP
 diff -u "$T/map.expect" "$T/map" || fail "nbdinfo --map differs from what was written"
+if [ $fuse = 1 ]; then
+  /usr/bin/python3 - "$T/sparse.file" <<'PY' || fail "the FUSE file's holes differ from the rbd map"
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+M = 1 << 20
+got = [os.lseek(fd, 0, os.SEEK_DATA), os.lseek(fd, 8 * M, os.SEEK_HOLE),
+       os.lseek(fd, 12 * M, os.SEEK_DATA), os.lseek(fd, 32 * M, os.SEEK_HOLE),
+       os.lseek(fd, 40 * M, os.SEEK_HOLE)]
+want = [8 * M, 12 * M, 32 * M, 36 * M, 40 * M]
+assert got == want, (got, want)
+try:
+    os.lseek(fd, 40 * M, os.SEEK_DATA)
+    raise SystemExit("SEEK_DATA past the last object found data")
+except OSError as e:
+    assert e.errno == 6, e  # ENXIO
+blocks = os.stat(sys.argv[1]).st_blocks
+assert blocks * 512 == 8 * M, blocks
+print("fuse over rbd: SEEK_DATA/SEEK_HOLE and st_blocks match the objects written")
+PY
+else
+  echo "SKIP: FUSE over rbd (needs /dev/fuse and root)"
+fi
 qemu-io -f raw -c 'read -P 0x11 8M 1M' -c 'read -P 0 9M 1M' -c 'read -P 0x22 33M 4K' "$(uri sparse)" |
   grep -q "Pattern verification failed" && fail "sparse image reads back wrong"
 
