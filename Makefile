@@ -10,7 +10,7 @@ FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 
 .PHONY: all deps deps-test configure build run test test-asan fuzz install check-manifest clean \
-  bench bench-quick
+  bench bench-quick soak
 
 all: build
 
@@ -60,6 +60,15 @@ bench-quick: deps-test build
 # after test-asan.
 fuzz: deps-test
 	FUZZ_SECONDS=$(FUZZ_SECONDS) JOBS=$(JOBS) scripts/fuzz.sh $(FUZZ_BUILD) $(CTEST_ARGS)
+
+# kill -9 soaks (scripts/soak.sh, docs/reliability.md): ublk and VDUSE in
+# one TCG guest, vhost-user-blk with QEMU reconnecting; blkgw killed at
+# random moments while fio verifies, SOAK_CYCLES times per transport.
+# SOAK_SEED replays a run's delays. `make test` runs 3 cycles of each.
+SOAK_CYCLES ?= 20
+SOAK_SEED   ?=
+soak: deps-test build
+	scripts/soak.sh $(BUILD) $(SOAK_CYCLES) $(SOAK_SEED)
 
 # The binary, man pages, docs and examples under PREFIX; DESTDIR stages them.
 install: build

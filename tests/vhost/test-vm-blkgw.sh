@@ -8,11 +8,16 @@
 #                               backing files (pattern, zeros, e2fsck, debugfs);
 #                               a third disk with a fault layer (EIO in 4M-5M):
 #                               the guest sees EIO there, blkgw counts 3 errors
-#   test-vm-blkgw.sh reconnect  guest fio with verify while blkgw is killed
-#                               with SIGKILL three times, each time with
-#                               requests in flight, and started again; the
-#                               restarted blkgw must resubmit exactly the
-#                               requests the inflight region holds
+#   test-vm-blkgw.sh reconnect [--cycles N] [--seed S]
+#                               guest fio with verify while blkgw is killed
+#                               with SIGKILL N times (default 3) at random
+#                               moments (a delay of 300..3000 ms from the
+#                               seed S, printed so a run can be replayed),
+#                               each time with requests in flight, and
+#                               started again; the restarted blkgw must
+#                               resubmit exactly the requests the inflight
+#                               region holds; the run dir must not grow.
+#                               Prints one SOAK-FIGURES line (make soak).
 #   test-vm-blkgw.sh MODE --qemu-backports
 #                               the same with the newest QEMU from
 #                               bookworm-backports (10.x, fetched once into
@@ -28,16 +33,30 @@
 # cannot be installed (vm-test.sh decides).
 . "$(dirname "$0")/../lib.sh"
 requires python3 cmp
-mode=${1:?usage: $0 io|reconnect [--qemu-backports|--mem-file]}
+mode=${1:?usage: $0 io|reconnect [--qemu-backports|--mem-file] [--cycles N] [--seed S]}
+shift
 src=${GW_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 vm=$src/tests/vm
 mem_args=()
 log_level=info
-if [ "${2:-}" = --mem-file ]; then
-  mem_args=(--mem-path /dev/shm)
-  log_level=debug # the line that says a region is guarded
-fi
-if [ "${2:-}" = --qemu-backports ]; then
+qemu_backports=""
+cycles=3
+seed=$((RANDOM * 32768 + RANDOM))
+while [ $# -gt 0 ]; do
+  case "$1" in
+  --mem-file)
+    mem_args=(--mem-path /dev/shm)
+    log_level=debug # the line that says a region is guarded
+    shift ;;
+  --qemu-backports) qemu_backports=1; shift ;;
+  --cycles) cycles=${2:?--cycles N}; shift 2 ;;
+  --seed) seed=${2:?--seed S}; shift 2 ;;
+  *) fail "unknown option $1" ;;
+  esac
+done
+[[ "$cycles" =~ ^[1-9][0-9]*$ ]] || fail "--cycles wants a positive number, not '$cycles'"
+[[ "$seed" =~ ^[0-9]+$ ]] || fail "--seed wants a number, not '$seed'"
+if [ -n "$qemu_backports" ]; then
   QEMU_SYSTEM=$("$vm/build-guest.sh" --qemu -q | tail -n1) || fail "cannot fetch QEMU from bookworm-backports"
   export QEMU_SYSTEM
   echo "# QEMU: $("$QEMU_SYSTEM" --version | head -n1)"
@@ -158,8 +177,18 @@ kill_with_inflight() {
   done
 }
 
+# The run dir's regular files and sockets: "COUNT BYTES".
+rundir_size() {
+  find "$run" \( -type f -o -type s -o -type l \) -printf '%s\n' | awk '{ n++; s += $1 } END { print n + 0, s + 0 }'
+}
+
 case_reconnect() {
-  local round n resub total_in=0 total_re=0
+  local round n resub total_in=0 total_re=0 delay t0 t1 size base="" passes
+  # the guest's fio passes stop at the first pass boundary after this
+  # marker appears at 126 MiB (written after the last kill)
+  local stop_off=$(((128 - 2) << 20))
+  RANDOM=$seed
+  echo "# SOAK-SEED $seed (replay: --cycles $cycles --seed $seed)"
   truncate -s 128M "$T/disk.raw"
   cat >"$T/m.yaml" <<YAML
 version: 1
@@ -171,15 +200,18 @@ exports:
 YAML
   start_blkgw "$T/m.yaml"
   start_vm vhost-blkgw-reconnect.sh --bin fio -- "${mem_args[@]}" --smp 2 --vhost-user-blk "$run/vu.sock,num-queues=2" \
-    --append "blkgw.size_mib=128 blkgw.fio_mib=112 blkgw.fio_runs=3" --timeout 600
+    --append "blkgw.size_mib=128 blkgw.fio_mib=112 blkgw.stop_mib=126" --timeout $((600 + cycles * 30))
   wait_console BLKGW-FIO-RUNNING || { wait_vm; fail "the guest never started fio"; }
-  for round in 1 2 3; do
-    sleep 1
-    grep -q BLKGW-FIO-DONE "$T/vm/console.log" && fail "fio finished before kill $round; make it longer"
+  : >"$T/recovery_ms"
+  for round in $(seq "$cycles"); do
+    delay=$((300 + RANDOM % 2701))
+    sleep "$(printf '%d.%03d' $((delay / 1000)) $((delay % 1000)))"
+    grep -q BLKGW-FIO-DONE "$T/vm/console.log" && fail "round $round: fio ended before the kill"
     n=$(kill_with_inflight "$BLKGW_PID") || fail "round $round: never caught a request in flight"
+    t0=$(date +%s%N)
     wait "$BLKGW_PID" 2>/dev/null || true
     BLKGW_PID=""
-    echo "round $round: killed blkgw with $n request(s) in flight"
+    echo "round $round: killed blkgw ${delay} ms after the last restart with $n request(s) in flight"
     mv "$T/blkgw.log" "$T/blkgw.$round.log"
     sleep 0.5
     start_blkgw "$T/m.yaml" --log-level debug
@@ -191,21 +223,40 @@ YAML
     done
     [ "$(grep -c 'inflight tracked' "$T/blkgw.log")" -ge 2 ] ||
       fail "round $round: QEMU did not restart both rings with an inflight region"
+    t1=$(date +%s%N)
+    echo $(((t1 - t0) / 1000000)) >>"$T/recovery_ms"
     sleep 0.5
     resub=$(sed -n 's/.*resubmitting \([0-9]*\) request.*/\1/p' "$T/blkgw.log" | awk '{ s += $1 } END { print s + 0 }')
     torn=$(grep -c 'completed just before the restart' "$T/blkgw.log" || true)
-    echo "round $round: the restarted blkgw resubmitted $resub, skipped $torn torn completion(s)"
+    echo "round $round: the restarted blkgw resubmitted $resub, skipped $torn torn completion(s); rings back $(((t1 - t0) / 1000000)) ms after the kill"
     [ "$resub" -eq $((n - torn)) ] || fail "round $round: $n in flight at the kill, $torn torn, but $resub resubmitted"
+    size=$(rundir_size)
+    [ -n "$base" ] || base=$size
+    # no more files than after round 1, no more bytes but for 16 a file
+    # (in case a file records a pid)
+    # shellcheck disable=SC2086 # two numbers each
+    set -- $size $base
+    [ "$1" -le "$3" ] && [ "$2" -le $(($4 + 16 * $3)) ] ||
+      { ls -lR "$run"; fail "round $round: the run dir grew to $1 files, $2 bytes (after round 1: $3, $4)"; }
     total_in=$((total_in + n))
     total_re=$((total_re + resub))
   done
+  # tell the guest to end its fio passes (it looks between passes)
+  printf 'BLKGW-SOAK-STOP' | dd of="$T/disk.raw" bs=4096 seek=$((stop_off / 4096)) conv=notrunc,sync oflag=direct status=none
   wait_vm
-  [ "$(grep -c 'PASS: fio randwrite' "$T/vm/console.log")" -eq 3 ] || fail "fio's verify did not pass in all 3 runs"
-  echo "ok - 3 kills with $total_in request(s) in flight, $total_re resubmitted exactly once, fio verify passed"
+  passes=$(grep -c 'PASS: fio randwrite' "$T/vm/console.log")
+  [ "$passes" -ge 1 ] || fail "no fio pass completed"
+  echo "ok - $cycles kills with $total_in request(s) in flight, $total_re resubmitted exactly once, fio verify passed ($passes passes)"
   stop_blkgw
   (set +o pipefail; yes blkgw-vm-pattern | head -c 1048576) >"$T/pattern"
   cmp -n 1048576 -i 0:$((127 << 20)) "$T/pattern" "$T/disk.raw" || fail "disk.raw lacks the final pattern"
   echo "ok - the backing file holds what the guest wrote after the last restart"
+  # shellcheck disable=SC2086
+  set -- $base
+  echo "SOAK-FIGURES transport=vhost-user-blk cycles=$cycles survived=$cycles fio_passes=$passes" \
+    "verified_mib=$((passes * 112)) recovery_ms_median=$(sort -n "$T/recovery_ms" | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')" \
+    "recovery_ms_max=$(sort -n "$T/recovery_ms" | tail -n1) rundir_files=$1 rundir_bytes=$2" \
+    "inflight_at_kill=$total_in resubmitted=$total_re"
 }
 
 mkdir -p "$run"

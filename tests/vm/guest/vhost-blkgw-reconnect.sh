@@ -1,7 +1,7 @@
 # shellcheck shell=dash
 # vm-vhost-blkgw-reconnect (guest side): fio writes with crc32c verify to a
 # vhost-user-blk disk served by blkgw on the host while the host kills blkgw
-# with SIGKILL and starts it again (test-vhost-blkgw.sh reconnect). QEMU
+# with SIGKILL and starts it again (test-vm-blkgw.sh reconnect [--cycles N]). QEMU
 # reconnects, the restarted blkgw resubmits what was in flight from the
 # inflight region, and fio must see every write it was told completed.
 #
@@ -11,7 +11,7 @@
 
 size_mib=$(vm_arg size_mib 64)
 fio_mib=$(vm_arg fio_mib 48)
-fio_runs=$(vm_arg fio_runs 1)
+stop_mib=$(vm_arg stop_mib $((size_mib - 2)))
 
 require "load virtio_blk" load_modules virtio_blk
 require "/dev/vda appears" wait_for 10 test -b /dev/vda
@@ -21,15 +21,20 @@ check_eq "/dev/vda is ${size_mib} MiB" $((size_mib * 2048)) "$(cat /sys/block/vd
 # pass at the end; both run across the restarts. A write acknowledged by the
 # backend and then lost, or written twice with older data after newer, fails
 # the verify.
-# fio runs fio_runs times back to back, so that on a fast machine it still
-# outlasts the host's three kills; every run verifies what it wrote.
+# fio passes run back to back until the host, done killing, writes
+# BLKGW-SOAK-STOP at stop_mib MiB (outside fio's range); every pass verifies
+# what it wrote.
+stopped() {
+	dd if=/dev/vda bs=4k count=1 skip=$((stop_mib * 256)) iflag=direct 2>/dev/null | grep -q BLKGW-SOAK-STOP
+}
 vm_log "BLKGW-FIO-RUNNING"
 run=1
-while [ $run -le "$fio_runs" ]; do
-	check "fio randwrite ${fio_mib} MiB (run $run of $fio_runs), crc32c verify, across blkgw kill -9 and restart" \
+while :; do
+	check "fio randwrite ${fio_mib} MiB (pass $run), crc32c verify, across blkgw kill -9 and restart" \
 		fio --name=reconnect --filename=/dev/vda --direct=1 --ioengine=io_uring --rw=randwrite \
 		--bs=4k --size=${fio_mib}M --iodepth=16 --verify=crc32c --do_verify=1 \
-		--verify_fatal=1 --verify_backlog=512 --randrepeat=1 --serialize_overlap=1
+		--verify_fatal=1 --verify_backlog=512 --randrepeat=1 --serialize_overlap=1 || break
+	stopped && break
 	run=$((run + 1))
 done
 vm_log "BLKGW-FIO-DONE"
