@@ -202,8 +202,9 @@ check "SIGTERM: the tracked image's daemon exits 0" stop_gwb
 # times at random moments; each restart hands the kernel fresh sockets
 # (NBD_CMD_RECONFIGURE) for the device recorded in RUN-DIR/nbd/. Then: a
 # device disconnected behind the dead daemon's back is attached anew; SIGTERM
-# disconnects and removes the record; a restart whose manifest dropped the
-# export disconnects the device the killed daemon left.
+# disconnects and removes the record; a restart after the image grew
+# disconnects the old device and attaches anew; a restart whose manifest
+# dropped the export disconnects the device the killed daemon left.
 
 truncate -s 32M /tmp/rk.raw
 cat >/tmp/rk.yaml <<YAML
@@ -275,6 +276,15 @@ check_eq "SIGTERM removed the record" 0 "$(rk_records)"
 rk_start
 check "blkgw attaches rk again" bg_wait_for gwr 20 grep -q "export rk: attached as /dev/nbd" $VM_LOGS/gwr.log
 rdev3=$(readlink $RUN/dev/rk)
+check "kill -9" rk_kill9
+truncate -s 40M /tmp/rk.raw
+rk_start
+check "a restart after the image grew does not reattach $rdev3: it says why and disconnects it" \
+	bg_wait_for gwr 30 grep -q "not reattaching $rdev3 left by blkgw pid [0-9]*: its size, block size or flags .* differ .*disconnecting it" $VM_LOGS/gwr.log
+check "and attaches anew" bg_wait_for gwr 30 grep -q "export rk: attached as /dev/nbd" $VM_LOGS/gwr.log
+rdev3=$(readlink $RUN/dev/rk)
+check_eq "at the new size (40 MiB)" 81920 "$(cat /sys/block/${rdev3#/dev/}/size)"
+check_eq "one record in the run dir" 1 "$(rk_records)"
 check "kill -9" rk_kill9
 rk_start /tmp/rk2.yaml
 check "a restart whose manifest dropped rk disconnects the device the killed blkgw left" \
