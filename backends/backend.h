@@ -284,6 +284,13 @@ struct gw_backend_ops {
 	int (*snap_remove)(struct gw_backend *b, const char *name, char *err, size_t errlen);
 	int (*snap_changes)(struct gw_backend *b, const char *from, const char *to, uint32_t gran,
 			    uint64_t *bits, char *err, size_t errlen);
+
+	/*
+	 * Optional. Any thread, when the daemon stops: requests the backend
+	 * holds back on purpose (the fault layer's `delay`) go on now instead
+	 * of when their time is up, so a stop does not wait out a delay.
+	 */
+	void (*release)(struct gw_backend *b);
 };
 
 /*

@@ -9,9 +9,11 @@
  * block count; only those answered later (gw_export_extents_submit) can be
  * delayed, a synchronous query is only failed. Matching requests are numbered from 0
  * across every thread; those numbered below `after` pass untouched, and of
- * the rest every `every`-th is hit: held for `delay` (an io_uring timeout
- * on the submitting thread's ring, so nothing else on that thread waits),
- * then failed with `errno`, or passed on when errno is `none`.
+ * the rest every `every`-th is hit: held for `delay` (io_uring timeouts
+ * on the submitting thread's ring, so nothing else on that thread waits;
+ * at most DELAY_SLICE_NS each, so that a stopping daemon's release() cuts
+ * a long delay short), then failed with `errno`, or passed on when errno
+ * is `none`.
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -24,7 +26,9 @@
 #include "lib/opts.h"
 #include "lib/util.h"
 
-#define MAX_RANGES 16
+#define MAX_RANGES     16
+/* A held request looks at release() this often. */
+#define DELAY_SLICE_NS (100 * 1000 * 1000ull)
 
 static const char *const errno_names[] = { "EIO",    "ENOSPC",    "EPERM",  "EROFS", "ENOMEM",
 					   "EINVAL", "ETIMEDOUT", "EDQUOT", "none",  NULL };
@@ -198,6 +202,7 @@ struct fault {
 	struct fault_rule r;
 	atomic_uint_fast64_t seen; /* matching requests so far */
 	atomic_uint_fast64_t hit;
+	atomic_bool released; /* the daemon stops: held requests go on now */
 };
 
 struct fault_wrap_opts {
@@ -246,21 +251,38 @@ static bool hits(struct fault *f)
 	return true;
 }
 
-/* Prepare a timeout of the rule's delay on q; the timespec lives in ts until submitted. */
-static void delay_on(struct fault *f, struct gw_ioq *q, struct __kernel_timespec *ts,
-		     struct gw_uring_cb *cb)
+/*
+ * Hold on toward deadline (ns): true when a timeout was prepared on q (its
+ * timespec lives in ts until submitted), false when the hold is over: the
+ * deadline passed, or the daemon stops.
+ */
+static bool hold(struct fault *f, struct gw_ioq *q, uint64_t deadline, struct __kernel_timespec *ts,
+		 struct gw_uring_cb *cb)
 {
-	ts->tv_sec = (long long)(f->r.delay_ns / 1000000000u);
-	ts->tv_nsec = (long long)(f->r.delay_ns % 1000000000u);
+	uint64_t now = gw_now_ns(), ns;
+
+	if (now >= deadline || atomic_load_explicit(&f->released, memory_order_relaxed))
+		return false;
+	ns = GW_MIN(deadline - now, DELAY_SLICE_NS);
+	ts->tv_sec = (long long)(ns / 1000000000u);
+	ts->tv_nsec = (long long)(ns % 1000000000u);
 	io_uring_prep_timeout(gw_ioq_sqe(q, cb), ts, 0, 0);
+	return true;
 }
 
-/* After the delay: fail, or hand the request on (completing it ourselves if inline). */
+/*
+ * A slice of the delay is over: hold on, or fail the request, or hand it on
+ * (completing it ourselves if inline). scratch[0..1]: the timespec the ring
+ * reads at submission; [2]: us; [3]: the deadline.
+ */
 static void delay_done(struct gw_uring_cb *cb, int res)
 {
 	struct gw_io *io = container_of(cb, struct gw_io, ucb);
 	struct fault *f = (struct fault *)io->scratch[2];
 
+	(void)res;
+	if (hold(f, io->q, io->scratch[3], (struct __kernel_timespec *)&io->scratch[0], &io->ucb))
+		return;
 	if (f->r.err) {
 		gw_io_complete(io, -f->r.err);
 		return;
@@ -276,13 +298,16 @@ static int fault_submit(struct gw_backend *b, struct gw_ioq *q, struct gw_io *io
 	if (!matches(&f->r, io->op, io->offset, io->len) || !hits(f))
 		return f->inner->ops->submit(f->inner, q, io);
 	if (f->r.delay_ns) {
-		/* scratch[0..1]: the timespec the ring reads at submission; [2]: us. */
 		io->scratch[2] = (uint64_t)(uintptr_t)f;
+		io->scratch[3] = gw_now_ns() + f->r.delay_ns;
 		io->q = q;
 		io->ucb.fn = delay_done;
-		delay_on(f, q, (struct __kernel_timespec *)&io->scratch[0], &io->ucb);
-		return 0;
+		if (hold(f, q, io->scratch[3], (struct __kernel_timespec *)&io->scratch[0],
+			 &io->ucb))
+			return 0;
 	}
+	if (f->r.err == 0)
+		return f->inner->ops->submit(f->inner, q, io);
 	io->result = -f->r.err;
 	return 1;
 }
@@ -315,13 +340,26 @@ static int extents_pass(struct fault *f, struct gw_ioq *q, struct gw_ext_req *x)
 	return 1;
 }
 
-/* A delayed query's time is up (scratch[3] holds its callback). */
+/* A held extents query (they are rare: one allocation each). */
+struct ext_hold {
+	struct gw_uring_cb cb;
+	struct __kernel_timespec ts;
+	struct fault *f;
+	struct gw_ext_req *x;
+	uint64_t deadline;
+};
+
+/* A slice of a query's delay is over: hold on, fail it, or hand it on. */
 static void ext_delay_done(struct gw_uring_cb *cb, int res)
 {
-	struct gw_ext_req *x = container_of((uint64_t *)cb, struct gw_ext_req, scratch[3]);
-	struct fault *f = (struct fault *)x->scratch[2];
+	struct ext_hold *h = container_of(cb, struct ext_hold, cb);
+	struct gw_ext_req *x = h->x;
+	struct fault *f = h->f;
 
 	(void)res;
+	if (hold(f, x->q, h->deadline, &h->ts, &h->cb))
+		return;
+	free(h);
 	if (f->r.err)
 		gw_ext_complete(x, -f->r.err);
 	else if (extents_pass(f, x->q, x) == 1)
@@ -336,17 +374,29 @@ static int fault_extents_async(struct gw_backend *b, struct gw_ioq *q, struct gw
 	if (!matches(&f->r, OP_EXTENTS, x->offset, x->len) || !hits(f))
 		return extents_pass(f, q, x);
 	if (f->r.delay_ns) {
-		struct gw_uring_cb *cb = (struct gw_uring_cb *)&x->scratch[3];
+		struct ext_hold *h = malloc(sizeof(*h));
 
-		_Static_assert(sizeof(struct gw_uring_cb) <= sizeof(x->scratch[3]),
-			       "the callback fits one scratch word");
-		x->scratch[2] = (uint64_t)(uintptr_t)f;
-		cb->fn = ext_delay_done;
-		delay_on(f, q, (struct __kernel_timespec *)&x->scratch[0], cb);
-		return 0;
+		if (!h) {
+			x->result = -ENOMEM;
+			return 1;
+		}
+		*h = (struct ext_hold){ .cb.fn = ext_delay_done,
+					.f = f,
+					.x = x,
+					.deadline = gw_now_ns() + f->r.delay_ns };
+		if (hold(f, q, h->deadline, &h->ts, &h->cb))
+			return 0;
+		free(h);
 	}
+	if (f->r.err == 0)
+		return extents_pass(f, q, x);
 	x->result = -f->r.err;
 	return 1;
+}
+
+static void fault_release(struct gw_backend *b)
+{
+	atomic_store(&((struct fault *)b)->released, true);
 }
 
 static int fault_sync(struct gw_backend *b)
@@ -387,6 +437,7 @@ static const struct gw_backend_ops gw_fault_backend = {
 	.sync = fault_sync,
 	.close = fault_close,
 	.describe = fault_describe,
+	.release = fault_release,
 };
 
 struct gw_backend *gw_fault_wrap(struct gw_backend *inner, const struct gw_fault_opts *o, char *err,

@@ -2464,6 +2464,10 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 	gw.stop_requested = true;
 	gw_notify("STOPPING=1\nSTATUS=stopping");
 	gw_info("%s: stopping (finishing in-flight requests)", strsignal(w->signum));
+	/* Requests held on purpose (a fault layer's delay) go on now: a stop waits for them. */
+	for (size_t i = 0; i < gw.nimages; i++)
+		if (gw.images[i].b && gw.images[i].b->ops->release)
+			gw.images[i].b->ops->release(gw.images[i].b);
 	stop_all();
 }
 

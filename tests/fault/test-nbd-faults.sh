@@ -45,3 +45,26 @@ jq -e '.exports[] | select(.id == "rerr") | .counters.errors == 3' "$T/status.js
 jq -e '.exports[] | select(.id == "werr") | .counters.errors == 2' "$T/status.json" >/dev/null ||
   fail "werr: errors not counted as 2"
 stop_blkgw
+
+# A stop does not wait out a delay: a read held for an hour is let go at
+# SIGTERM (failed with the layer's errno, here EIO), and blkgw exits.
+cat >"$T/hold.yaml" <<YAML
+version: 1
+gateway: { run-dir: $run }
+images:
+  held: { backend: memory, size: 4M, fault: { delay: 3600s, errno: EIO, ops: read } }
+exports:
+  - { image: held, transports: [nbd], nbd: { socket: $run/held.sock } }
+YAML
+start_blkgw "$T/hold.yaml"
+qemu-io -f raw -c 'read 0 4k' "nbd+unix:///held?socket=$run/held.sock" >"$T/held.out" 2>&1 &
+qpid=$!
+i=0
+until "$BLKGW" status | grep -q "1 hit"; do
+  i=$((i + 1)); [ $i -lt 300 ] || fail "the read never reached the fault layer"; sleep 0.1
+done
+stop_blkgw # at most 30 s, or it fails
+wait $qpid || true
+grep -q "Input/output error" "$T/held.out" || fail "the held read did not fail with EIO: $(cat "$T/held.out")"
+echo "a read held for an hour was let go at SIGTERM (EIO); blkgw exited"
+
