@@ -61,8 +61,8 @@ bench-quick: deps-test build
 fuzz: deps-test
 	FUZZ_SECONDS=$(FUZZ_SECONDS) JOBS=$(JOBS) scripts/fuzz.sh $(FUZZ_BUILD) $(CTEST_ARGS)
 
-# kill -9 soaks (scripts/soak.sh, docs/reliability.md): ublk and VDUSE in
-# one TCG guest, vhost-user-blk with QEMU reconnecting; blkgw killed at
+# kill -9 soaks (scripts/soak.sh, docs/reliability.md): ublk, VDUSE and
+# attached NBD in one TCG guest, vhost-user-blk with QEMU reconnecting; blkgw killed at
 # random moments while fio verifies, SOAK_CYCLES times per transport.
 # SOAK_SEED replays a run's delays. `make test` runs 3 cycles of each.
 SOAK_CYCLES ?= 20

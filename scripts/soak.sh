@@ -3,7 +3,7 @@
 #
 #   scripts/soak.sh BUILD_DIR [CYCLES] [SEED]
 #
-# ublk and VDUSE: one TCG guest (tests/vm/guest/soak.sh), blkgw killed with
+# ublk, VDUSE and attached NBD: one TCG guest (tests/vm/guest/soak.sh), blkgw killed with
 # SIGKILL at random moments while fio verifies, CYCLES times per transport.
 # vhost-user-blk: tests/vhost/test-vm-blkgw.sh reconnect --cycles CYCLES
 # (blkgw on the host, QEMU reconnecting). SEED (default: new) sets the
@@ -25,10 +25,10 @@ out=$(mktemp -d "${TMPDIR:-/tmp}/blkgw-soak.XXXXXX")
 echo "soak: $cycles cycles per transport, seed $seed, logs in $out"
 rc=0
 # a guest's timeout: boot, per cycle up to 3 s of delay plus recovery, fio's last pass
-guest_timeout=$((300 + cycles * 2 * 30))
+guest_timeout=$((300 + cycles * 3 * 30))
 
 start=$(date +%s)
-echo "== ublk, vduse (one guest) =="
+echo "== ublk, vduse, nbd (one guest) =="
 if "$src/tests/vm/vm-test.sh" --workdir "$out/kernel" --script "$src/tests/vm/guest/soak.sh" \
 	--bin "$build/blkgw" --bin fio -- --smp 2 -m 1024 --timeout "$guest_timeout" -q \
 	--append "blkgw.cycles=$cycles blkgw.seed=$seed" >"$out/kernel.out" 2>&1; then

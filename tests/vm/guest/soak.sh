@@ -11,7 +11,7 @@
 #
 # Kernel command line (run-vm.sh --append):
 #   blkgw.cycles=N          kills per transport (default 3)
-#   blkgw.transports=a,b    which ones, in order (default ublk,vduse)
+#   blkgw.transports=a,b    which ones, in order (default ublk,vduse,nbd)
 #   blkgw.seed=S            the random delays' seed (default: new, printed)
 #   blkgw.kill_min_ms=A, blkgw.kill_max_ms=B
 #                           the delay before each kill, uniform in [A, B]
@@ -23,7 +23,7 @@
 #     recovery_ms_median=X recovery_ms_max=Y rundir_files=F rundir_bytes=Z
 # (the run dir's files after cycle 1, its largest size in bytes seen after a cycle)
 #
-# Adding a transport T (the attached-NBD slot is below): define
+# Adding a transport T: define
 #   soak_T_setup           load modules etc.; vm_skip or return 1 if impossible
 #   soak_T_export          print the export's manifest line for image "soak"
 #                          (backing file $SOAK_IMG, run dir $SOAK_RUN)
@@ -37,7 +37,7 @@
 
 B=/usr/local/bin/blkgw
 cycles=$(vm_arg cycles 3)
-transports=$(vm_arg transports ublk,vduse)
+transports=$(vm_arg transports ublk,vduse,nbd)
 kmin=$(vm_arg kill_min_ms 300)
 kmax=$(vm_arg kill_max_ms 3000)
 seed=$(vm_arg seed "")
@@ -75,9 +75,14 @@ soak_vduse_orphans() {
 }
 
 # --- attached NBD (/dev/nbdN) ------------------------------------------------------
-# Slot for the attached-NBD case (NBD_CMD_RECONFIGURE on restart): define
-# soak_nbd_setup/_export/_device/_recovered/_orphans as above and pass
-# blkgw.transports=...,nbd.
+# Two sockets; each restart hands the recorded device fresh ones
+# (NBD_CMD_RECONFIGURE). Left over: a configured device (its backend file)
+# or a record in the run dir.
+soak_nbd_setup() { load_module nbd nbds_max=4; }
+soak_nbd_export() { echo "  - { image: soak, transports: [nbd], nbd: { attach: true, connections: 2 } }"; }
+soak_nbd_device() { readlink "$SOAK_RUN/dev/soak"; }
+soak_nbd_recovered() { grep -q 'reattached /dev/nbd[0-9]* left by blkgw pid' "$VM_LOGS/gw.log"; }
+soak_nbd_orphans() { ls /sys/block/nbd*/backend "$SOAK_RUN"/nbd/* 2>/dev/null; }
 
 # --- the driver -------------------------------------------------------------------
 
