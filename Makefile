@@ -9,7 +9,7 @@ ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps deps-test configure build run test test-asan fuzz install check-manifest clean \
+.PHONY: all deps deps-test configure build run test test-asan test-valgrind fuzz install check-manifest clean \
   bench bench-quick soak
 
 all: build
@@ -43,6 +43,12 @@ test: deps-test build
 # labels it skips, and why: scripts/test-asan.sh). CI runs it after `test`.
 test-asan: deps-test
 	JOBS=$(JOBS) scripts/test-asan.sh $(ASAN_BUILD)
+
+# The NBD integration tests with the daemon under valgrind's memcheck
+# (scripts/test-valgrind.sh: the selection, the suppressions, the cost).
+# About 2 min on 2 cores; CI runs it after test-asan.
+test-valgrind: deps-test build
+	JOBS=$(JOBS) scripts/test-valgrind.sh $(BUILD)
 
 # The benchmark harness (bench/run, bench/README.md): every transport and
 # the peers over fio, tables, CSV and plots in BENCH_OUT. `bench` is the full

@@ -22,12 +22,13 @@ build_pkgs="build-essential cmake pkg-config liburing-dev libev-dev libjson-c-de
 # draws bench/run's plots; libvirt (virsh, virt-xml-validate, its QEMU driver)
 # runs vm-libvirt's guest from docs/libvirt.md's XML.
 # xfsprogs makes the XFS file system backup.export loop-mounts (reflink views).
+# valgrind runs the daemon in make test-valgrind (scripts/test-valgrind.sh).
 test_pkgs="libnbd-bin python3-libnbd nbdkit fio qemu-utils qemu-system-x86
   qemu-block-extra jq cpio busybox-static xz-utils e2fsprogs util-linux iproute2 nbd-client
   procps kmod file binutils dpkg-dev clang-format man-db curl prometheus
   clang libclang-rt-14-dev llvm cryptsetup-bin ceph-mon ceph-osd ceph-common
   cppcheck clang-tidy gnuplot-nox libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu
-  xfsprogs"
+  xfsprogs valgrind"
 
 # The quick start's clients (README.md): nbdinfo, qemu-img and qemu-io.
 run_pkgs="libnbd-bin qemu-utils"

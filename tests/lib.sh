@@ -5,7 +5,9 @@
 #   T                a private temporary folder, removed on exit
 #   on_exit CMD      run CMD on exit (last registered runs first)
 #   start_blkgw MANIFEST [ARGS...]   start the daemon, wait until it answers;
-#                    sets BLKGW_PID; its stderr goes to $T/blkgw.log
+#                    sets BLKGW_PID; its stderr goes to $T/blkgw.log. With
+#                    BLKGW_WRAP set (scripts/test-valgrind.sh), the daemon runs
+#                    under that command (e.g. valgrind and its options)
 #   stop_blkgw [SIG] stop it (default TERM) and wait; fails the test if it
 #                    does not exit within 30 s or exits non-zero
 #   fail MSG         print MSG (and the daemon log) and exit 1
@@ -57,7 +59,8 @@ start_blkgw() {
   # Ask `check` first: once serve runs, the images it creates are half-made for a moment.
   control=$("$BLKGW" check "$manifest" | sed -n 's/.*control socket \([^,]*\),.*/\1/p')
   [ -n "$control" ] || fail "blkgw check $manifest named no control socket"
-  "$BLKGW" serve "$manifest" "$@" 2>>"$T/blkgw.log" &
+  # shellcheck disable=SC2086
+  ${BLKGW_WRAP:-} "$BLKGW" serve "$manifest" "$@" 2>>"$T/blkgw.log" &
   BLKGW_PID=$!
   i=0
   while ! "$BLKGW" status --control "$control" >/dev/null 2>&1; do
