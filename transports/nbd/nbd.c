@@ -1219,6 +1219,7 @@ static int attach(struct nbd_exp *x, char *err, size_t errlen)
 		}
 		x->attach_kfds[x->attach_n] = sp[1];
 		atomic_fetch_add(&x->conns, 1);
+		atomic_fetch_add(&x->kconns_live, 1);
 		nbd_conn_attach(gw_worker_pick(), sp[0], x);
 	}
 	x->kernel_conns = x->attach_n;
@@ -1234,6 +1235,111 @@ static int attach(struct nbd_exp *x, char *err, size_t errlen)
 		for (unsigned i = 0; i < x->attach_n; i++)
 			close(x->attach_kfds[i]);
 	return rc < 0 ? rc : GW_START_PENDING;
+}
+
+/*
+ * While serving, the kernel ends a connection: it gave up on a request
+ * (`timeout`) and waits `dead-conn-timeout` for a new connection, or the
+ * device was disconnected behind blkgw's back (nbd-client -d). Main thread,
+ * with a reference: ask the kernel which, then hand the device fresh
+ * connections for the lost ones (NBD_CMD_RECONFIGURE), or report the
+ * export dead so that the daemon serves it over the next transport.
+ */
+static void kernel_conn_lost(void *arg)
+{
+	struct nbd_exp *x = arg;
+	struct gw_export *e = x->exp;
+	int lost = (int)x->kernel_conns - atomic_load(&x->kconns_live);
+	uint64_t now = gw_now_ns();
+	struct nbd_nl_dev_status st;
+	struct nbd_nl nl;
+	char msg[256] = "", why[384], have[96];
+	int fds[16], n = 0, rc;
+
+	if (atomic_load(&x->stopping) || e->tpriv != x || e->state != GW_EXPORT_RUNNING ||
+	    x->dev_index < 0 || lost <= 0) {
+		nbd_exp_unbind(x);
+		return;
+	}
+	rc = nbd_nl_open(&nl, msg, sizeof(msg));
+	if (rc < 0) {
+		snprintf(why, sizeof(why), "/dev/nbd%d lost %d connection%s: %s", x->dev_index,
+			 lost, lost == 1 ? "" : "s", msg);
+		e->died(e, why);
+		nbd_exp_unbind(x);
+		return;
+	}
+	rc = nbd_nl_status(&nl, x->dev_index, &st, 1, msg, sizeof(msg));
+	sysfs_backend((uint32_t)x->dev_index, have, sizeof(have));
+	if (rc >= 0 && (rc == 0 || !st.connected || strcmp(have, x->backend_id) != 0)) {
+		snprintf(
+			why, sizeof(why),
+			"/dev/nbd%d was disconnected behind blkgw's back (nbd-client -d?): the kernel closed its connections",
+			x->dev_index);
+		rc = -ENODEV;
+	} else if (rc >= 0 && x->repair_ns[0] && now - x->repair_ns[0] < 60ull * 1000000000ull) {
+		/* Connected and waiting, but this is the 5th time in a minute. */
+		rc = -EAGAIN;
+		snprintf(msg, sizeof(msg),
+			 "the kernel dropped connections 5 times within a minute");
+	}
+	for (; rc >= 0 && n < lost && n < (int)GW_ARRAY_SIZE(fds); n++) {
+		int sp[2];
+
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
+			rc = -errno;
+			snprintf(msg, sizeof(msg), "socketpair: %s", strerror(errno));
+			break;
+		}
+		if (fcntl(sp[0], F_SETFL, O_NONBLOCK) < 0) {
+			rc = -errno;
+			snprintf(msg, sizeof(msg), "fcntl: %s", strerror(errno));
+			close(sp[0]);
+			close(sp[1]);
+			break;
+		}
+		fds[n] = sp[1];
+		atomic_fetch_add(&x->conns, 1);
+		atomic_fetch_add(&x->kconns_live, 1);
+		nbd_conn_attach(gw_worker_pick(), sp[0], x);
+	}
+	if (rc >= 0) {
+		struct nbd_nl_reconfigure_params rp = { .index = (uint32_t)x->dev_index,
+							.fds = fds,
+							.n_fds = (unsigned)n,
+							.backend_id = x->backend_id };
+
+		rc = nbd_nl_reconfigure(&nl, &rp, msg, sizeof(msg));
+	}
+	nbd_nl_close(&nl);
+	/* The kernel holds its own references; ours go (on failure this ends the server side). */
+	for (int i = 0; i < n; i++)
+		close(fds[i]);
+	if (rc == -ENODEV) {
+		e->died(e, why);
+	} else if (rc < 0) {
+		snprintf(why, sizeof(why),
+			 "/dev/nbd%d lost %d connection%s and blkgw cannot hand it new ones: %s",
+			 x->dev_index, lost, lost == 1 ? "" : "s", msg);
+		e->died(e, why);
+	} else {
+		memmove(x->repair_ns, x->repair_ns + 1,
+			sizeof(x->repair_ns) - sizeof(x->repair_ns[0]));
+		x->repair_ns[GW_ARRAY_SIZE(x->repair_ns) - 1] = now;
+		gw_warn("export %s: the kernel dropped %d connection%s of /dev/nbd%d (a request outlived `timeout`?); handed it %d fresh one%s",
+			e->id, lost, lost == 1 ? "" : "s", x->dev_index, n, n == 1 ? "" : "s");
+	}
+	nbd_exp_unbind(x);
+}
+
+void nbd_exp_kernel_conn_gone(struct nbd_exp *x)
+{
+	atomic_fetch_sub(&x->kconns_live, 1);
+	if (atomic_load(&x->stopping))
+		return;
+	atomic_fetch_add(&x->conns, 1); /* kernel_conn_lost's */
+	if (gw_main_call(kernel_conn_lost, x) < 0)
+		nbd_exp_unbind(x);
 }
 
 static void detach(struct nbd_exp *x)

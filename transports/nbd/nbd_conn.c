@@ -477,6 +477,8 @@ static void conn_free(struct nbd_conn *c)
 		c->next->prev = c->prev;
 	if (c->x) {
 		atomic_fetch_sub(&c->exp->clients, 1);
+		if (!c->lis)
+			nbd_exp_kernel_conn_gone(c->x);
 		nbd_exp_unbind(c->x);
 	}
 	atomic_fetch_sub(&nbd_buffered, c->accounted);
@@ -615,6 +617,7 @@ static void attach_on_worker(void *arg)
 			nbd_conn_kill(c);
 		} else {
 			close(m->fd);
+			nbd_exp_kernel_conn_gone(m->x);
 			nbd_exp_unbind(m->x);
 			gw_worker_unload(m->w);
 		}
@@ -637,6 +640,7 @@ void nbd_conn_attach(struct gw_worker *w, int fd, struct nbd_exp *x)
 	if (!m || gw_worker_call(w, attach_on_worker, m) < 0) {
 		free(m);
 		close(fd);
+		nbd_exp_kernel_conn_gone(x);
 		nbd_exp_unbind(x);
 		gw_worker_unload(w);
 	}

@@ -113,6 +113,12 @@ struct nbd_exp {
 	struct nbd_rec *prev;
 	char backend_id[96];   /* NBD_ATTR_BACKEND_IDENTIFIER of this attach */
 	unsigned kernel_conns; /* sockets the kernel holds (for in_use) */
+	/*
+	 * While serving: connections to the kernel still open (any thread), and
+	 * when blkgw last handed the device fresh ones for lost ones (main).
+	 */
+	atomic_int kconns_live;
+	uint64_t repair_ns[4];
 };
 
 /* ---- nbd.c ---- */
@@ -126,6 +132,8 @@ struct nbd_exp *nbd_listener_get(struct nbd_listener *l, const char *name, size_
 void nbd_listener_each(struct nbd_listener *l, void (*fn)(void *arg, struct nbd_exp *x), void *arg);
 /* Drop a reference from nbd_listener_get() or a drain message. Any thread. */
 void nbd_exp_unbind(struct nbd_exp *x);
+/* A connection to the kernel (attach) ended; x still bound. Any thread. */
+void nbd_exp_kernel_conn_gone(struct nbd_exp *x);
 /* Transmission flags for this export. */
 uint16_t nbd_tflags(const struct nbd_exp *x, bool structured);
 

@@ -292,3 +292,39 @@ check "a restart whose manifest dropped rk disconnects the device the killed blk
 check_eq "and removes its record" 0 "$(rk_records)"
 check "$rdev3 is disconnected" sh -c "test \"\$(cat /sys/block/${rdev3#/dev/}/size 2>/dev/null || echo 0)\" = 0"
 check "SIGTERM: blkgw exits 0" rk_stop
+
+# --- while serving: a lost connection is replaced, a lost device moves on ----------
+# A read held 6 s by the fault layer outlives `timeout: 2`: the kernel drops
+# the device's only connection and waits for a new one (dead-conn-timeout);
+# blkgw hands it a fresh one (NBD_CMD_RECONFIGURE) and the retried read
+# completes with the data. Then nbd-client -d disconnects the device behind
+# blkgw's back: the export is served over the next transport of its list
+# (vhost-user-blk), and status says why.
+cat >/tmp/rt.yaml <<YAML
+version: 1
+gateway: { run-dir: $RUN, workers: 1 }
+images:
+  rt: { backend: memory, size: 16M, fault: { delay: 6s, ops: read, ranges: 1M-1028K, every: 1000000 } }
+exports:
+  - { image: rt, transports: [nbd, vhost-user-blk], nbd: { attach: true, timeout: 2 } }
+YAML
+rt_has() { $B status --control $RUN/control.sock --json | grep -q "$1"; }
+rt_stop() { kill -TERM "$(bg_pid gwt)" && bg_wait gwt 30; }
+bg_start gwt $B serve /tmp/rt.yaml
+require "blkgw attaches rt" bg_wait_for gwt 20 test -L $RUN/dev/rt
+tdev=$(readlink $RUN/dev/rt)
+head -c 4096 /dev/urandom >/tmp/rt.blk
+check "write a block at 1 MiB" dd if=/tmp/rt.blk of=$tdev bs=4k seek=256 oflag=direct conv=notrunc status=none
+check "a read held 6 s (over timeout: 2) completes with the data once blkgw replaces the dropped connection" \
+	sh -c "timeout 50 dd if=$tdev of=/tmp/rt.out bs=4k skip=256 count=1 iflag=direct status=none && cmp /tmp/rt.blk /tmp/rt.out"
+check "blkgw says the kernel dropped the connection and it handed a fresh one" \
+	grep -q "export rt: the kernel dropped 1 connection of $tdev .*handed it 1 fresh one" $VM_LOGS/gwt.log
+check "still served over nbd as $tdev" rt_has "\"device\": \"$tdev\""
+check "the device still works" dd if=$tdev of=/dev/null bs=1M count=4 iflag=direct status=none
+check "nbd-client -d $tdev while blkgw serves it" nbd-client -d $tdev
+check "the export moves to vhost-user-blk" \
+	bg_wait_for gwt 30 sh -c "$B status --control $RUN/control.sock --json | grep -q '\"transport\": \"vhost-user-blk\"'"
+check "status says nbd died while serving, and why" \
+	rt_has "died while serving: $tdev was disconnected behind blkgw"
+check "the device link is gone" test ! -e $RUN/dev/rt
+check "SIGTERM: blkgw exits 0" rt_stop
