@@ -346,6 +346,7 @@ static int log_map(struct vduse_exp *x, bool fresh, char *err, size_t errlen)
 /* remove: the device is gone for good (not after kill -9: then the file stays). */
 static void exp_free(struct vduse_exp *x, bool remove)
 {
+	ev_timer_stop(EV_DEFAULT, &x->gone_w);
 	gw_devlink_remove(&x->link);
 	if (x->infl)
 		munmap(x->infl, x->infl_len);
@@ -710,10 +711,43 @@ static void vduse_reclaim(const struct gw_transport_env *env,
 	closedir(d);
 }
 
+/* 0.2 s after a reset, and on for 5 s: the vdpa device deleted means the disk is gone for good. */
+static void gone_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct vduse_exp *x = container_of(w, struct vduse_exp, gone_w);
+	char why[VDUSE_NAME_MAX + 160];
+
+	(void)revents;
+	if (x->stopping || !x->exp || !x->attached || ++x->gone_checks > 25) {
+		ev_timer_stop(loop, w);
+		return;
+	}
+	if (vdpa_bound(x->name))
+		return;
+	ev_timer_stop(loop, w);
+	x->attached = false; /* nothing to DEV_DEL any more */
+	snprintf(why, sizeof(why),
+		 "its vdpa device %s (%s) was deleted behind blkgw's back (vdpa dev del)", x->name,
+		 x->disk[0] ? x->disk : "no disk");
+	x->exp->died(x->exp, why);
+}
+
+void vduse_reset_seen(struct vduse_exp *x)
+{
+	if (x->stopping || !x->exp || !x->attached)
+		return;
+	x->gone_checks = 0;
+	if (!ev_is_active(&x->gone_w)) {
+		ev_timer_init(&x->gone_w, gone_cb, 0.2, 0.2);
+		ev_timer_start(EV_DEFAULT, &x->gone_w);
+	}
+}
+
 static void vduse_stop(struct gw_export *e, void (*done)(struct gw_export *e))
 {
 	struct vduse_exp *x = e->tpriv;
 
+	ev_timer_stop(EV_DEFAULT, &x->gone_w);
 	x->stop_done = done;
 	x->stopping = true;
 	gw_devlink_remove(&x->link);

@@ -211,6 +211,8 @@ static void pending_done(struct vduse_exp *x)
 		if (ok)
 			x->status = req->s.status;
 		reply(x, req, ok, 0);
+		if (req->s.status == 0)
+			vduse_reset_seen(x);
 		break;
 	case VDUSE_GET_VQ_STATE:
 		reply(x, req, ok, x->vq[req->vq_state.index].base);

@@ -178,10 +178,19 @@ struct vduse_exp {
 
 	char disk[64]; /* "/dev/vdX" */
 	char *link;    /* RUN-DIR/dev/ID */
+	/* After a reset while serving: is the vdpa device still there? (vduse_reset_seen) */
+	ev_timer gone_w;
+	unsigned gone_checks;
 	bool stopping;
 	void (*stop_done)(struct gw_export *exp);
 };
 
+/*
+ * The driver reset the device while it served (main thread): a `vdpa dev
+ * del` behind blkgw's back resets it first, then removes the vdpa device;
+ * vduse.c looks for that for a few seconds and reports the export dead.
+ */
+void vduse_reset_seen(struct vduse_exp *x);
 /* Create the device and open it (EEXIST: -EEXIST with a message). */
 int vduse_dev_create(struct vduse_exp *x, char *err, size_t errlen);
 /* Open an existing device (to tear it down): control, then /dev/vduse/NAME. */

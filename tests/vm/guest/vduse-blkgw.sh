@@ -381,3 +381,34 @@ check "fault: the held read was still held all that time" kill -0 $held
 check "fault: then it completes without an error" wait $held
 check "fault: SIGTERM tears the devices down" stop_gw
 check "fault: nothing left under /sys/bus/vdpa/devices or /dev/vduse, no links" torn_down
+
+# --- the vdpa device deleted behind blkgw's back ----------------------------------
+# `vdpa dev del` resets the device, then removes it: the disk is gone for
+# good, so the export moves to the next transport of its list
+# (vhost-user-blk) and status says why; a driver reset alone (unbind and
+# bind again) is not a death.
+cat >/tmp/m.yaml <<YAML
+version: 1
+gateway: { run-dir: $RUN, workers: 1 }
+images:
+  vd: { backend: memory, size: 16M }
+exports:
+  - { image: vd, transports: [vduse, vhost-user-blk] }
+YAML
+vd_has() { $B status --control $RUN/control.sock --json | grep -q "$1"; }
+require "gone: blkgw serves vd over VDUSE" start_gw vd
+vdisk=$(readlink $RUN/dev/vd)
+check "gone: unbind and bind the driver again (a reset, not a deletion)" \
+	sh -c "echo vd > /sys/bus/vdpa/drivers/virtio_vdpa/unbind && echo vd > /sys/bus/vdpa/drivers/virtio_vdpa/bind"
+check "gone: after the driver's reset the export stays on VDUSE" \
+	sh -c "sleep 6; $B status --control $RUN/control.sock --json | grep -q '\"transport\": \"vduse\"'"
+check "gone: its disk comes back and reads" \
+	wait_for 20 sh -c "d=\$(ls /sys/bus/vdpa/devices/vd/virtio*/block 2>/dev/null) && [ -n \"\$d\" ] && dd if=/dev/\$d of=/dev/null bs=4k count=1 iflag=direct"
+check "gone: vdpa dev del vd behind blkgw's back" vdpa dev del vd
+check "gone: the export moves to vhost-user-blk" \
+	wait_for 30 sh -c "$B status --control $RUN/control.sock --json | grep -q '\"transport\": \"vhost-user-blk\"'"
+check "gone: status says VDUSE died while serving, and why" \
+	vd_has "died while serving: its vdpa device vd .*was deleted behind blkgw's back"
+check "gone: the VDUSE device was destroyed (nothing under /dev/vduse but control)" \
+	sh -c "[ \"\$(ls /dev/vduse)\" = control ]"
+check "gone: SIGTERM: blkgw exits 0" stop_gw
