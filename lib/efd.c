@@ -24,6 +24,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lib/util.h"
+
 #define MAX_THREADS 256
 
 struct watched {
@@ -111,7 +113,7 @@ int gw_efd_init(void)
 	sigemptyset(&sa.sa_mask);
 	if (sigaction(SIGURG, &sa, NULL) < 0)
 		return -errno;
-	sigfillset(&all);
+	gw_thread_sigset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	rc = -pthread_create(&watchdog, NULL, watchdog_main, NULL);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);

@@ -70,3 +70,12 @@ bool gw_have_cap(int cap)
 		return geteuid() == 0;
 	return d[cap / 32].effective & (1u << (cap % 32));
 }
+
+void gw_thread_sigset(sigset_t *set)
+{
+	static const int faults[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT };
+
+	sigfillset(set);
+	for (size_t i = 0; i < GW_ARRAY_SIZE(faults); i++)
+		sigdelset(set, faults[i]);
+}

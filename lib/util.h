@@ -3,6 +3,7 @@
 
 #include <stddef.h>
 #include <stdbool.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -43,3 +44,11 @@ const char *gw_fmt_size(uint64_t bytes, char *buf, size_t len);
 bool gw_have_cap(int cap);
 /* Monotonic clock in nanoseconds. */
 uint64_t gw_now_ns(void);
+
+/*
+ * The signals a helper thread blocks: every one except those that report a
+ * fault of the thread itself (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP,
+ * SIGSYS, SIGABRT). Blocked, those would kill the process with no handler
+ * run: no sanitizer report, no crash input for a fuzzer.
+ */
+void gw_thread_sigset(sigset_t *set);

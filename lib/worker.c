@@ -338,18 +338,17 @@ static void worker_fini(struct gw_worker *w)
 static int worker_spawn(struct gw_worker *w)
 {
 	/*
-	 * Workers inherit a full signal mask: signals belong to the main loop.
-	 * Except SIGBUS: a worker's access to shared memory that its owner
-	 * shrank raises it, and lib/guard.c handles it on that thread (a
-	 * blocked synchronous fault signal kills the process instead). And
-	 * SIGURG: lib/efd.c's watchdog uses it to free a worker stuck
-	 * writing to a peer's eventfd.
+	 * Workers block the signals that belong to the main loop, not the
+	 * fault signals (gw_thread_sigset): SIGBUS, raised by a worker's access
+	 * to shared memory that its owner shrank, is handled on that thread by
+	 * lib/guard.c, and a blocked fault signal would kill the process with
+	 * no handler run (no sanitizer report). And SIGURG: lib/efd.c's
+	 * watchdog uses it to free a worker stuck writing to a peer's eventfd.
 	 */
 	sigset_t all, old;
 	int rc;
 
-	sigfillset(&all);
-	sigdelset(&all, SIGBUS);
+	gw_thread_sigset(&all);
 	sigdelset(&all, SIGURG);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	rc = -pthread_create(&w->thread, NULL, worker_main, w);

@@ -1130,7 +1130,7 @@ static void *attach_main(void *arg)
 	bool opened;
 	int rc;
 
-	sigfillset(&all);
+	gw_thread_sigset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	gw_log_set_thread_name("nbd-attach");
 	rc = nbd_nl_open(&nl, x->attach_err, sizeof(x->attach_err));

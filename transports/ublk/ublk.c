@@ -375,7 +375,7 @@ static void *reclaim_main(void *arg)
 	sigset_t all;
 	int rc;
 
-	sigfillset(&all);
+	gw_thread_sigset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	gw_log_set_thread_name("ublk-reclaim");
 	rc = ublk_ctrl_open(&c);
@@ -624,7 +624,7 @@ static void *ctl_main(void *arg)
 	sigset_t all;
 	int rc;
 
-	sigfillset(&all);
+	gw_thread_sigset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	snprintf(name, sizeof(name), "ublk%u-ctl", d->dev_id);
 	gw_log_set_thread_name(name);

@@ -245,7 +245,7 @@ static void *queue_main(void *arg)
 	uint64_t v;
 	int rc;
 
-	sigfillset(&all);
+	gw_thread_sigset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	snprintf(name, sizeof(name), "ublk%u-q%u", d->dev_id, q->id);
 	gw_log_set_thread_name(name);
