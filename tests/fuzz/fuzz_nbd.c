@@ -44,29 +44,13 @@ static struct nbd_opts opts;
 static void setup(void)
 {
 	static int done;
-	struct {
-		uint64_t size;
-	} mo = { DISK };
-	char err[256];
-	struct gw_backend *b;
 	struct gw_export *e;
 	static struct nbd_exp *exps[1];
 
 	if (done)
 		return;
 	done = 1;
-	gw_log_set_level(getenv("FUZZ_VERBOSE") ? GW_LOG_DEBUG : GW_LOG_ERR);
-	gw_main_init(EV_DEFAULT);
-	if (gw_workers_start(1, err, sizeof(err)) < 0) {
-		fprintf(stderr, "fuzz_nbd: workers: %s\n", err);
-		abort();
-	}
-	b = gw_backend_open(gw_backend_find("memory"), "mem0", &mo, err, sizeof(err));
-	if (!b) {
-		fprintf(stderr, "fuzz_nbd: memory backend: %s\n", err);
-		abort();
-	}
-	e = gw_export_new("mem0", b, false, 0);
+	e = fuzz_memory_export("fuzz_nbd", DISK, true);
 	/* A backup export's change map: every third 64K chunk changed since c1, a layer. */
 	e->changes = calloc(1, sizeof(*e->changes));
 	if (e->changes) {

@@ -46,22 +46,11 @@ static int expect_set[MAXDEPTH];
 static void setup(void)
 {
 	static int done;
-	struct {
-		uint64_t size;
-	} mo = { DISK };
-	char err[256];
-	struct gw_backend *b;
 
 	if (done)
 		return;
 	done = 1;
-	gw_log_set_level(getenv("FUZZ_VERBOSE") ? GW_LOG_DEBUG : GW_LOG_ERR);
-	b = gw_backend_open(gw_backend_find("memory"), "mem0", &mo, err, sizeof(err));
-	if (!b) {
-		fprintf(stderr, "fuzz_ublk: memory backend: %s\n", err);
-		abort();
-	}
-	exp_ = gw_export_new("mem0", b, false, 0);
+	exp_ = fuzz_memory_export("fuzz_ublk", DISK, false);
 	dev.exp = exp_;
 	dev.nr_queues = 1;
 	dev.cdev_fd = -1;
@@ -72,22 +61,6 @@ static void setup(void)
 		abort();
 	}
 	q->ring_ok = true;
-}
-
-static uint64_t get(const uint8_t **p, size_t *left, unsigned n)
-{
-	uint64_t v = 0;
-
-	for (unsigned i = 0; i < n; i++) {
-		uint64_t b = *left ? **p : 0;
-
-		v |= b << (8 * i);
-		if (*left) {
-			(*p)++;
-			(*left)--;
-		}
-	}
-	return v;
 }
 
 /* Take the commands the queue prepared, as the kernel would, and check them. */
@@ -129,8 +102,8 @@ static void take_commands(void)
 
 static void queue_input(const uint8_t *p, size_t left)
 {
-	dev.depth = (uint16_t)((get(&p, &left, 1) & 15) + 1);
-	dev.max_io = (uint32_t)((get(&p, &left, 1) & 15) + 1) * 4096;
+	dev.depth = (uint16_t)((fuzz_get(&p, &left, 1) & 15) + 1);
+	dev.max_io = (uint32_t)((fuzz_get(&p, &left, 1) & 15) + 1) * 4096;
 	q->iods = iods;
 	q->live = q->busy = 0;
 	memset(iods, 0, sizeof(iods));
@@ -145,8 +118,8 @@ static void queue_input(const uint8_t *p, size_t left)
 		ublk_tag_arm(q, (uint16_t)i);
 	take_commands();
 	while (left) {
-		unsigned tag = (unsigned)get(&p, &left, 1) % dev.depth;
-		unsigned r = (unsigned)get(&p, &left, 1);
+		unsigned tag = (unsigned)fuzz_get(&p, &left, 1) % dev.depth;
+		unsigned r = (unsigned)fuzz_get(&p, &left, 1);
 		int res = r == 0   ? UBLK_IO_RES_OK
 			  : r == 1 ? UBLK_IO_RES_NEED_GET_DATA
 			  : r == 2 ? UBLK_IO_RES_ABORT
@@ -154,10 +127,10 @@ static void queue_input(const uint8_t *p, size_t left)
 		struct ublksrv_io_desc d;
 		struct ublk_tag *t = &q->tags[tag];
 
-		d.op_flags = (uint32_t)get(&p, &left, 4);
-		d.nr_sectors = (uint32_t)get(&p, &left, 4);
-		d.start_sector = get(&p, &left, 8);
-		d.addr = get(&p, &left, 8);
+		d.op_flags = (uint32_t)fuzz_get(&p, &left, 4);
+		d.nr_sectors = (uint32_t)fuzz_get(&p, &left, 4);
+		d.start_sector = fuzz_get(&p, &left, 8);
+		d.addr = fuzz_get(&p, &left, 8);
 		if (!with_kernel[tag])
 			continue;
 		iods[tag] = d;
@@ -191,7 +164,7 @@ static void control_input(const uint8_t *p, size_t left)
 	uint32_t id;
 	size_t n;
 
-	(void)ublk_check_features(get(&p, &left, 8), err, sizeof(err));
+	(void)ublk_check_features(fuzz_get(&p, &left, 8), err, sizeof(err));
 	memset(&info, 0, sizeof(info));
 	n = left < sizeof(info) ? left : sizeof(info);
 	memcpy(&info, p, n);

@@ -72,27 +72,11 @@ static struct {
 static void setup(void)
 {
 	static int done;
-	struct {
-		uint64_t size;
-	} mo = { DISK };
-	char err[256];
-	struct gw_backend *b;
 
 	if (done)
 		return;
 	done = 1;
-	gw_log_set_level(getenv("FUZZ_VERBOSE") ? GW_LOG_DEBUG : GW_LOG_ERR);
-	gw_main_init(EV_DEFAULT);
-	if (gw_workers_start(1, err, sizeof(err)) < 0) {
-		fprintf(stderr, "fuzz_vduse: workers: %s\n", err);
-		abort();
-	}
-	b = gw_backend_open(gw_backend_find("memory"), "mem0", &mo, err, sizeof(err));
-	if (!b) {
-		fprintf(stderr, "fuzz_vduse: memory backend: %s\n", err);
-		abort();
-	}
-	exp_ = gw_export_new("mem0", b, false, 0);
+	exp_ = fuzz_memory_export("fuzz_vduse", DISK, true);
 	k.domain = memfd_create("fuzz-vduse-domain", MFD_CLOEXEC);
 	if (k.domain < 0 || ftruncate(k.domain, (off_t)DOMAIN) < 0)
 		abort();
@@ -147,27 +131,11 @@ static int fake_ioctl(int fd, unsigned long req, void *arg)
 	return -1;
 }
 
-static uint64_t get(const uint8_t **p, size_t *left, unsigned n)
-{
-	uint64_t v = 0;
-
-	for (unsigned i = 0; i < n; i++) {
-		uint64_t b = *left ? **p : 0;
-
-		v |= b << (8 * i);
-		if (*left) {
-			(*p)++;
-			(*left)--;
-		}
-	}
-	return v;
-}
-
 static void set_entry(unsigned idx, const uint8_t **p, size_t *left)
 {
-	uint64_t start = get(p, left, 2) * PAGE, pages = get(p, left, 1) + 1;
-	uint8_t perm = (uint8_t)get(p, left, 1);
-	uint64_t fpage = get(p, left, 2), fpages = DOMAIN / PAGE;
+	uint64_t start = fuzz_get(p, left, 2) * PAGE, pages = fuzz_get(p, left, 1) + 1;
+	uint8_t perm = (uint8_t)fuzz_get(p, left, 1);
+	uint64_t fpage = fuzz_get(p, left, 2), fpages = DOMAIN / PAGE;
 	struct vduse_iotlb_entry e = { .start = start, .last = start + pages * PAGE - 1 };
 
 	/* The kernel's windows lie inside the domain's file. */
@@ -219,18 +187,18 @@ static void message(int fd, const uint8_t **p, size_t *left)
 	static uint32_t id;
 	struct vduse_dev_request req;
 	struct vduse_dev_response resp;
-	unsigned t = (unsigned)get(p, left, 1);
+	unsigned t = (unsigned)fuzz_get(p, left, 1);
 
 	memset(&req, 0, sizeof(req));
 	req.type = t; /* VDUSE_GET_VQ_STATE 0, SET_STATUS 1, UPDATE_IOTLB 2 */
 	req.request_id = ++id;
 	if (req.type == VDUSE_GET_VQ_STATE)
-		req.vq_state.index = (uint32_t)get(p, left, 1);
+		req.vq_state.index = (uint32_t)fuzz_get(p, left, 1);
 	else if (req.type == VDUSE_SET_STATUS)
-		req.s.status = (uint8_t)get(p, left, 1);
+		req.s.status = (uint8_t)fuzz_get(p, left, 1);
 	else if (req.type == VDUSE_UPDATE_IOTLB) {
-		req.iova.start = get(p, left, 8);
-		req.iova.last = get(p, left, 8);
+		req.iova.start = fuzz_get(p, left, 8);
+		req.iova.last = fuzz_get(p, left, 8);
 	}
 	if (write(fd, &req, sizeof(req)) != sizeof(req))
 		abort();
@@ -268,13 +236,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(k.tlb_on, 0, sizeof(k.tlb_on));
 	memset(k.info, 0, sizeof(k.info));
 	k.kick[0] = k.kick[1] = -1;
-	feat = (unsigned)get(&p, &left, 1);
+	feat = (unsigned)fuzz_get(&p, &left, 1);
 	k.features = (feat & 1 ? VIRTIO_BIT(VIRTIO_RING_F_INDIRECT_DESC) : 0) |
 		     (feat & 2 ? VIRTIO_BIT(VIRTIO_RING_F_EVENT_IDX) : 0) |
 		     (feat & 4 ? VIRTIO_BIT(VIRTIO_F_VERSION_1) : 0) |
 		     (feat & 8 ? VIRTIO_BIT(VIRTIO_BLK_F_FLUSH) : 0) |
 		     (feat & 16 ? VIRTIO_BIT(VIRTIO_F_NOTIFY_ON_EMPTY) : 0);
-	n = (unsigned)get(&p, &left, 1) % NENTRIES;
+	n = (unsigned)fuzz_get(&p, &left, 1) % NENTRIES;
 	for (unsigned i = 0; i < n; i++)
 		set_entry(i, &p, &left);
 
@@ -301,15 +269,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	vduse_dev_serve(x);
 
 	while (left) {
-		unsigned op = (unsigned)get(&p, &left, 1);
+		unsigned op = (unsigned)fuzz_get(&p, &left, 1);
 
 		switch (op & 7) {
 		case 0:
 			message(sv[1], &p, &left);
 			break;
 		case 1: {
-			uint64_t off = get(&p, &left, 4) % (DOMAIN - 256);
-			size_t len = (size_t)get(&p, &left, 1);
+			uint64_t off = fuzz_get(&p, &left, 4) % (DOMAIN - 256);
+			size_t len = (size_t)fuzz_get(&p, &left, 1);
 
 			if (len > left)
 				len = left;
@@ -335,12 +303,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			uint64_t extra = (op >> 4) * 64;
 
 			i->index = (op >> 3) & 1;
-			i->ready = (uint8_t)get(&p, &left, 1);
-			i->num = (uint32_t)get(&p, &left, 2);
-			i->desc_addr = get(&p, &left, 2) * PAGE + extra;
-			i->driver_addr = get(&p, &left, 2) * PAGE + extra;
-			i->device_addr = get(&p, &left, 2) * PAGE + extra;
-			i->split.avail_index = (uint16_t)get(&p, &left, 2);
+			i->ready = (uint8_t)fuzz_get(&p, &left, 1);
+			i->num = (uint32_t)fuzz_get(&p, &left, 2);
+			i->desc_addr = fuzz_get(&p, &left, 2) * PAGE + extra;
+			i->driver_addr = fuzz_get(&p, &left, 2) * PAGE + extra;
+			i->device_addr = fuzz_get(&p, &left, 2) * PAGE + extra;
+			i->split.avail_index = (uint16_t)fuzz_get(&p, &left, 2);
 			break;
 		}
 		case 5: {

@@ -60,31 +60,15 @@ static unsigned nev;
 static void setup(void)
 {
 	static int done;
-	struct {
-		uint64_t size;
-	} mo = { DISK };
-	char err[256];
-	struct gw_backend *b;
 	struct gw_export *e;
 
 	if (done)
 		return;
 	done = 1;
-	gw_log_set_level(getenv("FUZZ_VERBOSE") ? GW_LOG_DEBUG : GW_LOG_ERR);
-	gw_main_init(EV_DEFAULT);
 	/* As the gateway does: unsealed regions are guarded, frontend eventfds written safely. */
 	if (gw_guard_init(EV_DEFAULT) < 0 || gw_efd_init() < 0)
 		abort();
-	if (gw_workers_start(1, err, sizeof(err)) < 0) {
-		fprintf(stderr, "fuzz_vhost: workers: %s\n", err);
-		abort();
-	}
-	b = gw_backend_open(gw_backend_find("memory"), "mem0", &mo, err, sizeof(err));
-	if (!b) {
-		fprintf(stderr, "fuzz_vhost: memory backend: %s\n", err);
-		abort();
-	}
-	e = gw_export_new("mem0", b, false, 0);
+	e = fuzz_memory_export("fuzz_vhost", DISK, true);
 	opts.queues = 2;
 	opts.queue_size = 256;
 	xp.exp = e;
@@ -104,22 +88,6 @@ static void setup(void)
 		abort();
 	for (unsigned i = 0; i < NEVFDS; i++)
 		evfd[i] = -1;
-}
-
-static uint64_t get(const uint8_t **p, size_t *left, unsigned n)
-{
-	uint64_t v = 0;
-
-	for (unsigned i = 0; i < n; i++) {
-		uint64_t b = *left ? **p : 0;
-
-		v |= b << (8 * i);
-		if (*left) {
-			(*p)++;
-			(*left)--;
-		}
-	}
-	return v;
 }
 
 static unsigned open_fds(void)
@@ -200,8 +168,8 @@ static int new_eventfd(void)
 
 static void send_msg(int sock, unsigned op, const uint8_t **p, size_t *left)
 {
-	uint32_t req = (uint32_t)get(p, left, 1), fl = (uint32_t)get(p, left, 1);
-	uint32_t size = (uint32_t)get(p, left, 2) % 4097;
+	uint32_t req = (uint32_t)fuzz_get(p, left, 1), fl = (uint32_t)fuzz_get(p, left, 1);
+	uint32_t size = (uint32_t)fuzz_get(p, left, 2) % 4097;
 	uint8_t buf[12 + 4096];
 	unsigned nfds = (op >> 3) & 3;
 	int fds[3];
@@ -259,14 +227,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!xp.conn)
 		abort();
 	while (left && xp.conn && !xp.conn->closing) {
-		unsigned op = (unsigned)get(&p, &left, 1);
+		unsigned op = (unsigned)fuzz_get(&p, &left, 1);
 
 		switch (op & 3) {
 		case 0:
 			send_msg(sv[0], op, &p, &left);
 			break;
 		case 1: {
-			size_t n = (size_t)get(&p, &left, 1);
+			size_t n = (size_t)fuzz_get(&p, &left, 1);
 
 			if (n > left)
 				n = left;
@@ -292,8 +260,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		}
 		case 3: {
-			uint64_t off = get(&p, &left, 4) % (MEM - 255);
-			size_t n = (size_t)get(&p, &left, 1);
+			uint64_t off = fuzz_get(&p, &left, 4) % (MEM - 255);
+			size_t n = (size_t)fuzz_get(&p, &left, 1);
 
 			if (n > left)
 				n = left;
