@@ -38,6 +38,7 @@
 #include "lib/devlink.h"
 #include "lib/log.h"
 #include "lib/sockets.h"
+#include "lib/statefile.h"
 #include "gateway/transport.h"
 #include "lib/util.h"
 #include "transports/nbd/nbd_conn.h"
@@ -827,37 +828,31 @@ static void rec_save(struct nbd_exp *x)
 		close(fd);
 }
 
+struct rec_each_ctx {
+	int (*fn)(void *arg, const struct nbd_rec *r);
+	void *arg;
+};
+
+/* A record counts when it parses and its file is named by its device index. */
+static int rec_each_fn(void *arg, const char *path, const char *name, const char *line)
+{
+	struct rec_each_ctx *c = arg;
+	struct nbd_rec r;
+	char want[32];
+
+	(void)path;
+	if (rec_parse(line, &r) < 0)
+		return 0;
+	snprintf(want, sizeof(want), "%u.state", r.index);
+	return strcmp(want, name) == 0 ? c->fn(c->arg, &r) : 0;
+}
+
 /* Call fn for every record in RUN-DIR/nbd; stops when fn returns nonzero and returns that. */
 static int rec_each(const char *run_dir, int (*fn)(void *arg, const struct nbd_rec *r), void *arg)
 {
-	char dir[4096], path[4400], line[512];
-	struct dirent *de;
-	DIR *dp;
-	int rc = 0;
+	struct rec_each_ctx c = { fn, arg };
 
-	snprintf(dir, sizeof(dir), "%s/nbd", run_dir);
-	dp = opendir(dir);
-	if (!dp)
-		return 0;
-	while (!rc && (de = readdir(dp))) {
-		size_t n = strlen(de->d_name);
-		struct nbd_rec r;
-		FILE *f;
-
-		if (n < 7 || strcmp(de->d_name + n - 6, ".state") != 0)
-			continue;
-		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-		f = fopen(path, "re");
-		if (!f)
-			continue;
-		if (fgets(line, sizeof(line), f) && rec_parse(line, &r) == 0 &&
-		    (size_t)snprintf(line, sizeof(line), "%u.state", r.index) == n &&
-		    strcmp(line, de->d_name) == 0)
-			rc = fn(arg, &r);
-		fclose(f);
-	}
-	closedir(dp);
-	return rc;
+	return gw_state_each(run_dir, "nbd", rec_each_fn, &c);
 }
 
 struct rec_find {
@@ -873,11 +868,6 @@ static int rec_find_fn(void *arg, const struct nbd_rec *r)
 		return 0;
 	f->r = *r;
 	return 1;
-}
-
-static bool pid_alive(int pid)
-{
-	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
 }
 
 /* /sys/block/nbdN/backend: the backend identifier the device was connected with ("" if none). */
@@ -1077,7 +1067,7 @@ static int reattach(struct nbd_exp *x, struct nbd_nl *nl)
 
 	if (!rec_device_live(nl, r, x->attach_err, sizeof(x->attach_err)))
 		return ATTACH_ANEW;
-	if (r->pid != (int)getpid() && pid_alive(r->pid)) {
+	if (r->pid != (int)getpid() && gw_pid_alive(r->pid)) {
 		gw_seterr(x->attach_err, sizeof(x->attach_err),
 			  "/dev/nbd%u of export %s is served by another blkgw (pid %d)", r->index,
 			  e->id, r->pid);
@@ -1375,7 +1365,7 @@ static int find_previous(struct nbd_exp *x, char *err, size_t errlen)
 	if (rec_each(e->env->run_dir, rec_find_fn, &f) <= 0)
 		return 0;
 	if (!x->o->attach) {
-		if (f.r.pid != (int)getpid() && pid_alive(f.r.pid)) {
+		if (f.r.pid != (int)getpid() && gw_pid_alive(f.r.pid)) {
 			gw_seterr(err, errlen,
 				  "/dev/nbd%u of export %s is served by another blkgw (pid %d)",
 				  f.r.index, e->id, f.r.pid);
@@ -1530,7 +1520,7 @@ static int orphan_fn(void *arg, const struct nbd_rec *r)
 {
 	struct orphans *o = arg;
 
-	if (r->pid == (int)getpid() || pid_alive(r->pid) || o->wanted(o->arg, r->export_id))
+	if (r->pid == (int)getpid() || gw_pid_alive(r->pid) || o->wanted(o->arg, r->export_id))
 		return 0;
 	rec_drop(o->run_dir, r, "its export is no longer served over NBD");
 	return 0;

@@ -32,6 +32,7 @@
 #include "lib/devlink.h"
 #include "lib/log.h"
 #include "lib/sockets.h"
+#include "lib/statefile.h"
 #include "lib/util.h"
 #include "lib/worker.h"
 #include "transports/ublk/ublk_internal.h"
@@ -197,9 +198,18 @@ static void state_save(struct ublk_dev *d)
 		close(fd);
 }
 
-static bool pid_alive(int pid)
+struct state_each_ctx {
+	int (*fn)(void *arg, const char *path, const struct ublk_state *s);
+	void *arg;
+};
+
+static int state_each_fn(void *arg, const char *path, const char *name, const char *line)
 {
-	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+	struct state_each_ctx *c = arg;
+	struct ublk_state st;
+
+	(void)name;
+	return ublk_state_parse(line, &st) == 0 ? c->fn(c->arg, path, &st) : 0;
 }
 
 /*
@@ -209,32 +219,9 @@ static bool pid_alive(int pid)
 static int state_each(const struct gw_transport_env *env,
 		      int (*fn)(void *arg, const char *path, const struct ublk_state *s), void *arg)
 {
-	char dir[4096], path[4400], line[512];
-	struct dirent *de;
-	DIR *dp;
-	int rc = 0;
+	struct state_each_ctx c = { fn, arg };
 
-	snprintf(dir, sizeof(dir), "%s/ublk", env->run_dir);
-	dp = opendir(dir);
-	if (!dp)
-		return 0;
-	while (!rc && (de = readdir(dp))) {
-		size_t n = strlen(de->d_name);
-		struct ublk_state st;
-		FILE *f;
-
-		if (n < 7 || strcmp(de->d_name + n - 6, ".state") != 0)
-			continue;
-		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-		f = fopen(path, "re");
-		if (!f)
-			continue;
-		if (fgets(line, sizeof(line), f) && ublk_state_parse(line, &st) == 0)
-			rc = fn(arg, path, &st);
-		fclose(f);
-	}
-	closedir(dp);
-	return rc;
+	return gw_state_each(env->run_dir, "ublk", state_each_fn, &c);
 }
 
 struct state_find {
@@ -283,7 +270,7 @@ static int find_previous(struct ublk_dev *d, const struct ublk_opts *o, char *er
 
 	if (state_each(e->env, state_find_fn, &f) <= 0)
 		return 0;
-	if (f.st.pid != (int)getpid() && pid_alive(f.st.pid)) {
+	if (f.st.pid != (int)getpid() && gw_pid_alive(f.st.pid)) {
 		gw_seterr(err, errlen,
 			  "/dev/ublkb%u of export %s is served by another blkgw (pid %d)",
 			  f.st.dev_id, e->id, f.st.pid);
@@ -296,7 +283,7 @@ static int find_previous(struct ublk_dev *d, const struct ublk_opts *o, char *er
 		return 0;
 	}
 	if (info.ublksrv_pid > 0 && info.ublksrv_pid != f.st.pid && info.ublksrv_pid != getpid() &&
-	    pid_alive(info.ublksrv_pid)) {
+	    gw_pid_alive(info.ublksrv_pid)) {
 		/* The id was freed and taken again: not ours to recover or delete. */
 		gw_warn("export %s: ublk%u recorded in %s now belongs to pid %d; leaving it alone",
 			e->id, f.st.dev_id, f.path, info.ublksrv_pid);
@@ -354,7 +341,7 @@ static int orphan_fn(void *arg, const char *path, const struct ublk_state *s)
 	struct orphans *o = arg;
 	struct orphan *v;
 
-	if (s->pid == (int)getpid() || pid_alive(s->pid) || o->wanted(o->arg, s->export_id))
+	if (s->pid == (int)getpid() || gw_pid_alive(s->pid) || o->wanted(o->arg, s->export_id))
 		return 0;
 	v = realloc(o->v, (o->n + 1) * sizeof(*v));
 	if (!v)

@@ -24,6 +24,7 @@
 #include "gateway/transport.h"
 #include "lib/devlink.h"
 #include "lib/log.h"
+#include "lib/statefile.h"
 #include "lib/util.h"
 #include "lib/worker.h"
 #include "transports/vduse/vduse_internal.h"
@@ -261,11 +262,6 @@ static bool vdpa_bound(const char *name)
 	return stat(p, &st) == 0;
 }
 
-static bool pid_alive(int pid)
-{
-	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
-}
-
 /* The record at the end of the log at path, checked. 0 or -errno. */
 static int rec_read(const char *path, struct vduse_rec *r)
 {
@@ -408,7 +404,7 @@ static int vduse_start(struct gw_export *e, char *err, size_t errlen)
 		goto fail;
 	}
 	if (survivor(x->infl_path, x->name, &rec)) {
-		if (rec.pid != (int32_t)getpid() && pid_alive(rec.pid)) {
+		if (rec.pid != (int32_t)getpid() && gw_pid_alive(rec.pid)) {
 			gw_seterr(err, errlen,
 				  "VDUSE device %s is served by another blkgw (pid %d)", x->name,
 				  rec.pid);
@@ -684,7 +680,7 @@ static void vduse_reclaim(const struct gw_transport_env *env,
 			free(path);
 			continue;
 		}
-		if (rec.pid == (int32_t)getpid() || pid_alive(rec.pid)) {
+		if (rec.pid == (int32_t)getpid() || gw_pid_alive(rec.pid)) {
 			free(path); /* served, here or by another blkgw */
 			continue;
 		}
