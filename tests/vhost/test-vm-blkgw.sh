@@ -7,7 +7,9 @@
 #                               files and fstrim; the host then checks the
 #                               backing files (pattern, zeros, e2fsck, debugfs);
 #                               a third disk with a fault layer (EIO in 4M-5M):
-#                               the guest sees EIO there, blkgw counts 3 errors
+#                               the guest sees EIO there, blkgw counts 3 errors;
+#                               a fourth whose reads in 8M-8M+4K are held 3 s:
+#                               one held holds up no other read
 #   test-vm-blkgw.sh reconnect [--cycles N] [--seed S]
 #                               guest fio with verify while blkgw is killed
 #                               with SIGKILL N times (default 3) at random
@@ -113,16 +115,18 @@ images:
   rawdisk: { backend: file, path: $T/disk0.raw }
   fsdisk: { backend: file, path: $T/disk1.raw, direct: true }
   faulty: { backend: memory, size: 16M, fault: { errno: EIO, ranges: 4M-5M } }
+  slow: { backend: memory, size: 16M, fault: { delay: 3s, ops: read, ranges: 8M-8196K } }
 exports:
   - { image: rawdisk, transports: [vhost-user-blk], vhost-user-blk: { socket: $run/vda.sock, queues: 2, serial: blkgw-vda } }
   - { image: fsdisk, transports: [vhost-user-blk], vhost-user-blk: { socket: $run/vdb.sock, queues: 2 } }
   - { image: faulty, transports: [vhost-user-blk], vhost-user-blk: { socket: $run/vdc.sock } }
+  - { image: slow, transports: [vhost-user-blk], vhost-user-blk: { socket: $run/vdd.sock } }
 YAML
   start_blkgw "$T/m.yaml" --log-level "$log_level"
   start_vm vhost-blkgw.sh --bin fio --bin blkdiscard --bin fstrim --bin mkfs.ext4 \
     --file /etc/mke2fs.conf:/etc/mke2fs.conf --module ext4 --module crc32c_generic -- \
     "${mem_args[@]}" --smp 2 --vhost-user-blk "$run/vda.sock,num-queues=2" --vhost-user-blk "$run/vdb.sock,num-queues=2" \
-    --vhost-user-blk "$run/vdc.sock" \
+    --vhost-user-blk "$run/vdc.sock" --vhost-user-blk "$run/vdd.sock" \
     --append "blkgw.size_mib=128 blkgw.queues=2" --timeout 400
   wait_vm
   if [ ${#mem_args[@]} -gt 0 ]; then

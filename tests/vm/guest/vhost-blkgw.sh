@@ -1,12 +1,14 @@
 # shellcheck shell=dash
-# vm-vhost-blkgw (guest side): three vhost-user-blk disks served by blkgw on
-# the host (tests/vhost/test-vm-blkgw.sh), two vCPUs, two queues each (vdc: one).
+# vm-vhost-blkgw (guest side): four vhost-user-blk disks served by blkgw on
+# the host (tests/vhost/test-vm-blkgw.sh), two vCPUs, two queues each (vdc,
+# vdd: one).
 #   /dev/vda: fio crc32c verify on both queues, flushes, discard and
 #             write-zeroes, a pattern the host finds in the backing file;
 #   /dev/vdb: mkfs.ext4, mount, files, fstrim, remount and re-check; the host
 #             runs e2fsck and reads a file back with debugfs.
 #   /dev/vdc: a memory image with a fault layer (EIO in 4M-5M): direct I/O
 #             there fails with EIO and the kernel logs it; the rest works.
+#   /dev/vdd: a read held 3 s by a fault layer holds up no other read.
 # Markers for the host: "BLKGW-MD5 <md5>" of /mnt/big.
 # shellcheck source=SCRIPTDIR/../guest-lib.sh
 . /lib/blkgw-vm/guest-lib.sh
@@ -114,3 +116,17 @@ check "vdc: the disk keeps serving (fio verify 1 MiB outside the range)" \
 check "vdc: the faulted range still fails (the layer, not a dead device)" \
 	io_error if=/dev/vdc of=/dev/null skip=1024 iflag=direct
 check "vdc: still there" test -b /dev/vdc -a "$(cat /sys/block/vdc/size)" = 32768
+
+# --- vdd: a read held 3 s by the fault layer (8M-8M+4K) ----------------------
+# It holds up neither a read of another range on the same queue nor another
+# disk, and then completes without an error.
+require "/dev/vdd appears" wait_for 10 test -b /dev/vdd
+dd if=/dev/vdd of=/dev/null bs=4k skip=2048 count=1 iflag=direct 2>/tmp/held.err &
+held=$!
+vdd_reading() { read -r r w </sys/block/vdd/inflight && [ "$r" -ge 1 ]; }
+check "vdd: the held read is in flight" wait_for 5 vdd_reading
+check "vdd: meanwhile a read of another range of vdd completes" \
+	dd if=/dev/vdd of=/dev/null bs=4k skip=16 count=1 iflag=direct
+check "vdd: and a read of another disk" dd if=/dev/vda of=/dev/null bs=4k count=1 iflag=direct
+check "vdd: the held read was still held all that time" kill -0 $held
+check "vdd: then it completes without an error" wait $held
