@@ -384,6 +384,39 @@ static void exp_init(struct vduse_exp *x, const char *name)
 }
 
 static int scrap_sync(const char *run_dir, const struct vduse_rec *rec, char *err, size_t errlen);
+static void unbound(struct vduse_exp *x);
+
+/* Main thread: the vdpa device's creation (VDPA_CMD_DEV_NEW) answered; start() ends here. */
+static void add_done(struct vduse_exp *x)
+{
+	struct gw_export *e = x->exp;
+	int rc = x->nl_rc == 0 && x->attached_no_disk ? x->nl_disk_rc : x->nl_rc;
+	char err[sizeof(x->nl_err)];
+	bool remove;
+
+	if (x->stopping) {
+		/* Given up (start-timeout) or stopped meanwhile: never announced; it goes now. */
+		gw_info("export %s: the device creation given up earlier has ended; removing it",
+			e->id);
+		if (x->attached && vduse_nl_start(x, false, unbound) == 0)
+			return;
+		unbound(x);
+		return;
+	}
+	if (rc == 0) {
+		x->link = gw_devlink_set(e->env->run_dir, e->id, x->disk);
+		x->rec->pid = (int32_t)getpid(); /* ours now: reclaim leaves it alone */
+		e->started(e, 0, NULL);
+		return;
+	}
+	snprintf(err, sizeof(err), "%s", x->nl_err);
+	/* Keep a log that belongs to a device this start did not touch. */
+	remove = !x->infl_existed || x->created;
+	e->tpriv = NULL;
+	undo(x);
+	exp_free(x, remove && !x->destroy_failed);
+	e->started(e, rc, err);
+}
 
 static int vduse_start(struct gw_export *e, char *err, size_t errlen)
 {
@@ -466,13 +499,19 @@ static int vduse_start(struct gw_export *e, char *err, size_t errlen)
 			goto fail;
 		}
 	} else {
-		rc = nl_run(x, true);
-		if (rc == 0 && x->attached_no_disk)
-			rc = x->nl_disk_rc;
+		/*
+		 * Binding (VDPA_CMD_DEV_NEW) makes the kernel read the disk's
+		 * partition table through blkgw, so a stalled image wedges it: it
+		 * runs on its thread, bounded by the gateway's start-timeout.
+		 */
+		x->rec->pid = (int32_t)getpid(); /* being made here: reclaim leaves it alone */
+		rc = vduse_nl_start(x, true, add_done);
 		if (rc < 0) {
-			gw_seterr(err, errlen, "%s", x->nl_err);
+			gw_seterr(err, errlen, "cannot start the vdpa request: %s", strerror(-rc));
 			goto fail;
 		}
+		e->tpriv = x;
+		return GW_START_PENDING;
 	}
 	x->link = gw_devlink_set(e->env->run_dir, e->id, x->disk);
 	x->rec->pid = (int32_t)getpid(); /* ours now: reclaim leaves it alone */
@@ -499,7 +538,8 @@ static void stop_finish(struct vduse_exp *x)
 		return;
 	}
 	gw_info("%s: device removed", x->log);
-	e->tpriv = NULL;
+	if (e->tpriv == x) /* a given-up start's export may be served by another transport now */
+		e->tpriv = NULL;
 	exp_free(x, !x->destroy_failed);
 	done(e);
 }
@@ -747,6 +787,8 @@ static void vduse_stop(struct gw_export *e, void (*done)(struct gw_export *e))
 	x->stop_done = done;
 	x->stopping = true;
 	gw_devlink_remove(&x->link);
+	if (x->nl_busy)
+		return; /* the pending creation ends in add_done(), which tears it down */
 	if (x->attached && vduse_nl_start(x, false, unbound) == 0)
 		return;
 	unbound(x);

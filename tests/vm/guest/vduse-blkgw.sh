@@ -412,3 +412,32 @@ check "gone: status says VDUSE died while serving, and why" \
 check "gone: the VDUSE device was destroyed (nothing under /dev/vduse but control)" \
 	sh -c "[ \"\$(ls /dev/vduse)\" = control ]"
 check "gone: SIGTERM: blkgw exits 0" stop_gw
+
+# --- a wedged device creation: given up after start-timeout ----------------------
+# Binding makes the kernel read the partition table through blkgw; the
+# image's first 4 KiB are held 8 s, start-timeout is 2 s: the export moves
+# on to vhost-user-blk while the kernel still waits, the daemon answers
+# meanwhile, and the given-up device is removed once the kernel returns.
+cat >/tmp/m.yaml <<YAML
+version: 1
+gateway: { run-dir: $RUN, workers: 1, start-timeout: 2 }
+images:
+  wedge: { backend: memory, size: 16M, fault: { delay: 8s, ops: read, ranges: 0-4K } }
+exports:
+  - { image: wedge, transports: [vduse, vhost-user-blk] }
+YAML
+bg_start gwe $B serve /tmp/m.yaml --log-level debug
+stop_gwe() { kill -TERM "$(bg_pid gwe)" && bg_wait gwe 60; }
+check "wedge: the export serves over vhost-user-blk once VDUSE's creation times out" \
+	bg_wait_for gwe 30 sh -c "$B status --control $RUN/control.sock --json | grep -q '\"transport\": \"vhost-user-blk\"'"
+check "wedge: status says VDUSE's creation did not finish within 2 s" \
+	sh -c "$B status --control $RUN/control.sock --json | grep -q 'creating the device did not finish within 2 s'"
+check "wedge: the kernel is still creating it (the vdpa device exists, the read is held)" \
+	test -e /sys/bus/vdpa/devices/wedge
+check "wedge: the given-up device is removed once the kernel returns" \
+	bg_wait_for gwe 60 grep -q 'export wedge: the device creation given up earlier has ended' $VM_LOGS/gwe.log
+check "wedge: nothing left under /sys/bus/vdpa/devices or /dev/vduse" \
+	wait_for 20 sh -c "[ -z \"\$(ls /sys/bus/vdpa/devices)\" ] && [ \"\$(ls /dev/vduse)\" = control ]"
+check "wedge: the device being made was never taken for one left behind" \
+	sh -c "! grep 'removing the device left by' $VM_LOGS/gwe.log"
+check "wedge: SIGTERM: blkgw exits 0" stop_gwe
