@@ -14,7 +14,8 @@ import sys
 from collections import defaultdict
 
 
-LOOP_FIELDS = [("ctxsw", "ctxsw_per_req"), ("kicks", "kicks_per_req"),
+LOOP_FIELDS = [("fio cs", "client_ctxsw_per_req"), ("ctxsw", "ctxsw_per_req"),
+               ("kicks", "kicks_per_req"),
                ("polls", "polls_per_req"), ("found", "polls_found_per_req"),
                ("sleeps", "sleeps_per_req"), ("held", "held_per_req")]
 

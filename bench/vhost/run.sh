@@ -18,7 +18,9 @@
 # run, divided by the requests fio completed; so are its threads' context
 # switches and, for blkgw, its workers' loop counters (status --json
 # worker_loops: turns, sleeps, kicks, polling slices and those that found
-# requests, held signals), which say which mode each run ran in (issue 23).
+# requests, held signals), which say which mode each run ran in (issue 23);
+# and fio's own context switches per request (the client sleeping on its
+# call eventfd: what decides blkgw's QD1 mode, docs/performance.md).
 #
 # The client is one fio thread, and at QD32 on the null backend it is the
 # limit: both daemons poll, so each is charged 1/IOPS per request and the
@@ -200,7 +202,7 @@ run() {
 		   | if . == 0 then "" else . end),
 		  (($c | tonumber) / ($hz | tonumber) * 1e6 / $n), $q, (($cs | tonumber) / $n),
 		  per("turns"), per("sleeps"), per("kicks"), per("polls"), per("polls_found"), per("held"),
-		  per("spin")] | @csv' "$j" >>"$out/results.csv"
+		  per("spin"), ($x.ctx / $n)] | @csv' "$j" >>"$out/results.csv"
 	log "$(tail -n1 "$out/results.csv")"
 }
 
@@ -219,7 +221,7 @@ case " $backends " in
 	done
 	;;
 esac
-echo '"daemon","backend","job","rep","iops","lat_us","cpu_us_per_req","busy_pct_before","ctxsw_per_req","turns_per_req","sleeps_per_req","kicks_per_req","polls_per_req","polls_found_per_req","held_per_req","spin_turns_per_req"' >"$out/results.csv"
+echo '"daemon","backend","job","rep","iops","lat_us","cpu_us_per_req","busy_pct_before","ctxsw_per_req","turns_per_req","sleeps_per_req","kicks_per_req","polls_per_req","polls_found_per_req","held_per_req","spin_turns_per_req","client_ctxsw_per_req"' >"$out/results.csv"
 for rep in $(seq "$reps"); do
 	for backend in $backends; do
 		for job in $jobs; do
