@@ -1170,6 +1170,34 @@ static void *attach_main(void *arg)
 }
 
 /*
+ * One connection for the kernel: a socketpair whose one end is served on a
+ * worker as a connection already in transmission (bound to x), the other
+ * end returned in *kfd to hand to the kernel. 0 or -errno with a message.
+ */
+static int kernel_socket(struct nbd_exp *x, int *kfd, char *err, size_t errlen)
+{
+	int sp[2], rc;
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
+		rc = -errno;
+		gw_seterr(err, errlen, "socketpair: %s", strerror(errno));
+		return rc;
+	}
+	if (fcntl(sp[0], F_SETFL, O_NONBLOCK) < 0) {
+		rc = -errno;
+		gw_seterr(err, errlen, "fcntl: %s", strerror(errno));
+		close(sp[0]);
+		close(sp[1]);
+		return rc;
+	}
+	*kfd = sp[1];
+	atomic_fetch_add(&x->conns, 1);
+	atomic_fetch_add(&x->kconns_live, 1);
+	nbd_conn_attach(gw_worker_pick(), sp[0], x);
+	return 0;
+}
+
+/*
  * Hand the kernel one end of a socketpair per connection; the other ends are
  * served on workers as already-negotiated connections (simple replies).
  * NBD_CMD_CONNECT (or RECONFIGURE of the device a previous daemon recorded,
@@ -1194,23 +1222,9 @@ static int attach(struct nbd_exp *x, char *err, size_t errlen)
 	if (!x->reuse)
 		make_backend_id(e->id, x->backend_id, sizeof(x->backend_id));
 	for (x->attach_n = 0; x->attach_n < want; x->attach_n++) {
-		int sp[2];
-
-		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
-			rc = -errno;
-			gw_seterr(err, errlen, "socketpair: %s", strerror(errno));
+		rc = kernel_socket(x, &x->attach_kfds[x->attach_n], err, errlen);
+		if (rc < 0)
 			break;
-		}
-		if (fcntl(sp[0], F_SETFL, O_NONBLOCK) < 0) {
-			rc = -errno;
-			close(sp[0]);
-			close(sp[1]);
-			break;
-		}
-		x->attach_kfds[x->attach_n] = sp[1];
-		atomic_fetch_add(&x->conns, 1);
-		atomic_fetch_add(&x->kconns_live, 1);
-		nbd_conn_attach(gw_worker_pick(), sp[0], x);
 	}
 	x->kernel_conns = x->attach_n;
 	if (rc == 0) {
@@ -1274,24 +1288,9 @@ static void kernel_conn_lost(void *arg)
 			 "the kernel dropped connections 5 times within a minute");
 	}
 	for (; rc >= 0 && n < lost && n < (int)GW_ARRAY_SIZE(fds); n++) {
-		int sp[2];
-
-		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
-			rc = -errno;
-			snprintf(msg, sizeof(msg), "socketpair: %s", strerror(errno));
+		rc = kernel_socket(x, &fds[n], msg, sizeof(msg));
+		if (rc < 0)
 			break;
-		}
-		if (fcntl(sp[0], F_SETFL, O_NONBLOCK) < 0) {
-			rc = -errno;
-			snprintf(msg, sizeof(msg), "fcntl: %s", strerror(errno));
-			close(sp[0]);
-			close(sp[1]);
-			break;
-		}
-		fds[n] = sp[1];
-		atomic_fetch_add(&x->conns, 1);
-		atomic_fetch_add(&x->kconns_live, 1);
-		nbd_conn_attach(gw_worker_pick(), sp[0], x);
 	}
 	if (rc >= 0) {
 		struct nbd_nl_reconfigure_params rp = { .index = (uint32_t)x->dev_index,
