@@ -1178,6 +1178,7 @@ static int kernel_socket(struct nbd_exp *x, int *kfd, char *err, size_t errlen)
 {
 	int sp[2], rc;
 
+	*kfd = -1;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
 		rc = -errno;
 		gw_seterr(err, errlen, "socketpair: %s", strerror(errno));
@@ -1259,6 +1260,7 @@ static void kernel_conn_lost(void *arg)
 	struct nbd_nl nl;
 	char msg[256] = "", why[384], have[96];
 	int fds[16], n = 0, rc;
+	bool gone = false;
 
 	if (atomic_load(&x->stopping) || e->tpriv != x || e->state != GW_EXPORT_RUNNING ||
 	    x->dev_index < 0 || lost <= 0) {
@@ -1280,6 +1282,7 @@ static void kernel_conn_lost(void *arg)
 			why, sizeof(why),
 			"/dev/nbd%d was disconnected behind blkgw's back (nbd-client -d?): the kernel closed its connections",
 			x->dev_index);
+		gone = true;
 		rc = -ENODEV;
 	} else if (rc >= 0 && x->repair_ns[0] && now - x->repair_ns[0] < 60ull * 1000000000ull) {
 		/* Connected and waiting, but this is the 5th time in a minute. */
@@ -1303,8 +1306,9 @@ static void kernel_conn_lost(void *arg)
 	nbd_nl_close(&nl);
 	/* The kernel holds its own references; ours go (on failure this ends the server side). */
 	for (int i = 0; i < n; i++)
-		close(fds[i]);
-	if (rc == -ENODEV) {
+		if (fds[i] >= 0)
+			close(fds[i]);
+	if (gone) {
 		e->died(e, why);
 	} else if (rc < 0) {
 		snprintf(why, sizeof(why),
