@@ -52,6 +52,7 @@ struct vhost_options {
 	unsigned long long mem;
 	unsigned int queue_size;
 	unsigned int poll;
+	unsigned int spin_us;
 	unsigned int trim_mode;
 	unsigned int timeout;
 	unsigned int connect_timeout;
@@ -122,6 +123,18 @@ static struct fio_option options[] = {
 		.def = "0",
 		.help = "Busy-poll the used ring instead of sleeping on the call "
 			"eventfd (lower latency, burns a CPU)",
+		.category = FIO_OPT_C_ENGINE,
+		.group = FIO_OPT_G_INVALID,
+	},
+	{
+		.name = "vhost_spin_us",
+		.lname = "vhost-user spin before sleeping",
+		.type = FIO_OPT_INT,
+		.off1 = offsetof(struct vhost_options, spin_us),
+		.def = "0",
+		.maxval = 1000000,
+		.help = "Look at the used ring for up to this many microseconds "
+			"before sleeping on the call eventfd (0: sleep at once)",
 		.category = FIO_OPT_C_ENGINE,
 		.group = FIO_OPT_G_INVALID,
 	},
@@ -510,6 +523,7 @@ static int vhost_init(struct thread_data *td)
 			vu_client_errmsg(cn->c), r == -ENOMEM ? " (raise vhost_mem=)" : "");
 		return 1;
 	}
+	vu_queue_set_spin(vd->q, o->spin_us);
 
 	vd->cpl = calloc(td->o.iodepth, sizeof(*vd->cpl));
 	vd->events = calloc(td->o.iodepth, sizeof(*vd->events));
@@ -694,9 +708,10 @@ static void vhost_cleanup(struct thread_data *td)
 			log_info("fio: vhost-user-blk: queue %u: %" PRIu64 " submitted, "
 				 "%" PRIu64 " completed, %" PRIu64 " kicks (%" PRIu64
 				 " suppressed), %" PRIu64 " waits, %" PRIu64 " wakeups, "
+				 "%" PRIu64 " spins (%" PRIu64 " answered), "
 				 "%" PRIu64 " used.len different from expected\n",
 				 idx, st.submitted, st.completed, st.kicks, st.kicks_suppressed,
-				 st.waits, st.wakeups, st.len_mismatch);
+				 st.waits, st.wakeups, st.spins, st.spin_hits, st.len_mismatch);
 		r = vu_queue_close(vd->q);
 		if (r < 0)
 			log_err("fio: vhost-user-blk: job %s: stopping queue %u: %s\n", td->o.name,

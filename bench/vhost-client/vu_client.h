@@ -190,6 +190,15 @@ int vu_queue_open(struct vu_client *c, unsigned int index, unsigned int size, un
 		  struct vu_queue **out);
 
 /*
+ * In interrupt mode, look at the used ring for up to `us` microseconds
+ * before asking for an interrupt and sleeping (0, the default: sleep at
+ * once). A bounded spin is what a KVM guest's wait costs the host (the
+ * vCPU thread halt-polls before it really sleeps); without one, whether
+ * a fast backend's answer lands before the client sleeps is a race.
+ */
+void vu_queue_set_spin(struct vu_queue *q, unsigned int us);
+
+/*
  * Stop the queue: SET_VRING_ENABLE(0) then GET_VRING_BASE, and check that
  * the backend consumed everything that was submitted. Frees the queue.
  * Returns 0 or a negative errno (the queue is freed in any case).
@@ -263,6 +272,8 @@ const char *vu_queue_errmsg(const struct vu_queue *q);
 struct vu_queue_stats {
 	uint64_t submitted, completed, kicks, kicks_suppressed;
 	uint64_t waits, wakeups, len_mismatch;
+	uint64_t spins, spin_hits; /* bounded spins before sleeping, and those that ended with an
+				      answer */
 };
 void vu_queue_get_stats(const struct vu_queue *q, struct vu_queue_stats *st);
 

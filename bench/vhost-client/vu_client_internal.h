@@ -158,6 +158,7 @@ struct vu_queue {
 	unsigned int index;
 	unsigned int num;
 	unsigned int flags;
+	unsigned int spin_us; /* check the used ring this long before sleeping */
 	bool event_idx;
 	bool broken;
 	int kickfd;
@@ -190,6 +191,14 @@ __attribute__((format(printf, 2, 3))) void vu_queue_set_err(struct vu_queue *q, 
 							    ...);
 
 /* ---- time --------------------------------------------------------------- */
+
+static inline int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 static inline int64_t now_ms(void)
 {

@@ -434,6 +434,32 @@ static int check_conn(struct vu_queue *q, short revents)
 	return 0;
 }
 
+void vu_queue_set_spin(struct vu_queue *q, unsigned int us)
+{
+	q->spin_us = us;
+}
+
+/* Look at the used ring for up to spin_us; true when something came. */
+static bool spin_for_used(struct vu_queue *q)
+{
+	int64_t end;
+	unsigned int n = 0;
+
+	if (!q->spin_us)
+		return false;
+	q->st.spins++;
+	end = now_ns() + (int64_t)q->spin_us * 1000;
+	for (;;) {
+		if (has_used(q)) {
+			q->st.spin_hits++;
+			return true;
+		}
+		if ((++n & 63) == 0 && now_ns() >= end)
+			return false;
+		cpu_relax();
+	}
+}
+
 int vu_queue_wait(struct vu_queue *q, int timeout_ms)
 {
 	int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
@@ -461,6 +487,8 @@ int vu_queue_wait(struct vu_queue *q, int timeout_ms)
 			cpu_relax();
 		}
 	}
+	if (spin_for_used(q))
+		return 0;
 	for (;;) {
 		enable_cb(q);
 		if (has_used(q))

@@ -5,7 +5,7 @@
 #
 #   bench/vhost/run.sh [--build DIR] [--runtime S] [--reps N] [--out DIR] [--quick]
 #                      [--no-pin] [--backends null,memory] [--jobs LIST] [--no-wait]
-#                      [--fio-defaults]
+#                      [--fio-defaults] [--client-spin US]
 #
 # Backends (same for both daemons as far as each can):
 #   null     blkgw: null (reads zero-filled)     qsd: null-co, read-zeroes=on
@@ -13,7 +13,13 @@
 #            (tmpfs), aio=io_uring - the closest it has to a RAM disk;
 #            both images are written in full before the first run
 # Jobs: QD1 4k randread (mean latency), QD32 4k randread and randwrite
-# (IOPS); one fio job, one virtqueue, interrupts (no client polling).
+# (IOPS); one fio job, one virtqueue, interrupts. Before it sleeps on its
+# call eventfd the client looks at the used ring for up to --client-spin
+# microseconds (default 200: what a KVM guest's vCPU thread does on the
+# host, halt-polling up to halt_poll_ns, 200 us by default, before it
+# really sleeps). With 0 the client sleeps at once, and whether a fast
+# daemon's answer lands before the client is asleep is a race that makes
+# QD1 bimodal from run to run (issue 23, docs/performance.md).
 # CPU per request: the daemon's utime+stime from /proc/PID/stat over the
 # run, divided by the requests fio completed; so are its threads' context
 # switches and, for blkgw, its workers' loop counters (status --json
@@ -50,9 +56,10 @@ out=""
 pin=1
 wait=1
 lean=1
+spin=200
 backends="null memory"
 jobs="qd1-randread qd32-randread qd32-randwrite"
-usage="usage: $0 [--build DIR] [--runtime S] [--reps N] [--out DIR] [--quick] [--no-pin] [--backends null,memory] [--jobs qd1-randread,qd32-randread,qd32-randwrite] [--no-wait] [--fio-defaults]"
+usage="usage: $0 [--build DIR] [--runtime S] [--reps N] [--out DIR] [--quick] [--no-pin] [--backends null,memory] [--jobs qd1-randread,qd32-randread,qd32-randwrite] [--no-wait] [--fio-defaults] [--client-spin US]"
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--no-pin) pin=0; shift ;;
@@ -60,6 +67,7 @@ while [ $# -gt 0 ]; do
 	--fio-defaults) lean=0; shift ;;
 	--build) build=${2:?}; shift 2 ;;
 	--runtime) runtime=${2:?}; shift 2 ;;
+	--client-spin) spin=${2:?}; shift 2 ;;
 	--reps) reps=${2:?}; shift 2 ;;
 	--out) out=${2:?}; shift 2 ;;
 	--quick) runtime=3; reps=1; shift ;;
@@ -188,7 +196,7 @@ run() {
 	x0=$(ctx_switches "$pid")
 	c0=$(cpu_ticks "$pid")
 	"${client_cpu[@]}" fio --thread --ioengine="external:$engine" --vhost_socket="$work/$daemon-$backend.sock" \
-		--name="$job" --rw=$rw --bs=4k --iodepth=$qd --size=1G --time_based --runtime="$runtime" \
+		--vhost_spin_us="$spin" --name="$job" --rw=$rw --bs=4k --iodepth=$qd --size=1G --time_based --runtime="$runtime" \
 		"${lean_opts[@]}" --output-format=json --output="$j" >/dev/null
 	c1=$(cpu_ticks "$pid")
 	x1=$(ctx_switches "$pid")
@@ -206,7 +214,7 @@ run() {
 	log "$(tail -n1 "$out/results.csv")"
 }
 
-log "load before: $(uptime); pinning: ${daemon_cpu[*]:-none} (daemons) ${client_cpu[*]:-none} (fio)"
+log "load before: $(uptime); pinning: ${daemon_cpu[*]:-none} (daemons) ${client_cpu[*]:-none} (fio); client spin ${spin} us"
 start_blkgw
 start_qsd
 wait_sockets "$work/blkgw-null.sock" "$work/blkgw-memory.sock" "$work/qsd-null.sock" "$work/qsd-memory.sock"

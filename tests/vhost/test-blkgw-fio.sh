@@ -167,6 +167,15 @@ case_null_poll() {
     ok "null, 2 queues, driver polling (no interrupts): 32768 reads" || bad "wrong read count"
   vfio null --name=n --rw=randrw --bs=4k --iodepth=1 --vhost_no_event_idx=1 --size=1G --io_size=8M \
     >"$T/out" 2>&1 && ok "without EVENT_IDX at QD1" || { cat "$T/out"; bad "no-EVENT_IDX run failed"; }
+  # A bounded spin before sleeping (the bench's client): blkgw answers a
+  # QD1 read in microseconds, so the spin sees answers.
+  vfio null --name=n --rw=randread --bs=4k --iodepth=1 --vhost_spin_us=200 --vhost_trace=1 \
+    --size=1G --io_size=8M >"$T/out" 2>&1 || { cat "$T/out"; bad "spin run failed"; return; }
+  local sp
+  sp=$(sed -n 's/.* \([0-9]*\) spins (\([0-9]*\) answered).*/\1 \2/p' "$T/out")
+  [ -n "$sp" ] && [ "${sp% *}" -gt 0 ] && [ "${sp#* }" -gt 0 ] &&
+    ok "client spin before sleeping: ${sp% *} spins, ${sp#* } answered (2048 reads)" ||
+    { cat "$T/out"; bad "the spin never ran or never saw an answer"; }
 }
 
 # While a frontend is connected the export reports one client and its socket.
