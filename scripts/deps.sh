@@ -21,6 +21,7 @@ build_pkgs="build-essential cmake pkg-config liburing-dev libev-dev libjson-c-de
 # cppcheck runs as lint.cppcheck, clang-tidy as static.clang_tidy; gnuplot-nox
 # draws bench/run's plots; libvirt (virsh, virt-xml-validate, its QEMU driver)
 # runs vm-libvirt's guest from docs/libvirt.md's XML.
+# iproute2 and util-linux (unshare) make vm-rbd's network namespace and tap link.
 # xfsprogs makes the XFS file system backup.export loop-mounts (reflink views).
 # valgrind runs the daemon in make test-valgrind (scripts/test-valgrind.sh).
 test_pkgs="libnbd-bin python3-libnbd nbdkit fio qemu-utils qemu-system-x86

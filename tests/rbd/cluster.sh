@@ -1,7 +1,9 @@
 # A throwaway single-node Ceph cluster for the rbd tests. Source it after
 # tests/lib.sh, then call ceph_start.
 #
-#   ceph_start      one mon and one memstore OSD, no cephx, bound to 127.0.0.1,
+#   ceph_start      one mon and one memstore OSD, no cephx, bound to
+#                   $CEPH_ADDR (default 127.0.0.1; the VM test binds a tap
+#                   link's address inside a network namespace of its own),
 #                   everything under $T/ceph; sets CEPH_CONF (exported) and
 #                   creates pool "rbd". About a second on an idle machine.
 #   ceph_stop       SIGTERM the OSD, then the mon (also run on exit)
@@ -17,6 +19,7 @@ export PATH
 
 CEPH_MON_PID=""
 CEPH_OSD_PID=""
+CEPH_ADDR=${CEPH_ADDR:-127.0.0.1}
 
 _ceph_alive() { # pid
   [ -n "$1" ] && [ -e "/proc/$1/exe" ] && [ "$(readlink "/proc/$1/exe" 2>/dev/null)" != "" ] &&
@@ -48,9 +51,9 @@ ceph_start() {
   cat >"$CEPH_CONF" <<EOF
 [global]
 fsid = $fsid
-mon host = [v2:127.0.0.1:$p2,v1:127.0.0.1:$p1]
-public addr = 127.0.0.1
-cluster addr = 127.0.0.1
+mon host = [v2:$CEPH_ADDR:$p2,v1:$CEPH_ADDR:$p1]
+public addr = $CEPH_ADDR
+cluster addr = $CEPH_ADDR
 ms bind port min = $lo
 ms bind port max = $hi
 auth cluster required = none
@@ -90,7 +93,7 @@ osd heartbeat grace = 600
 log file = /dev/null
 admin socket =
 EOF
-  monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$p2,v1:127.0.0.1:$p1]" "$d/monmap" >/dev/null ||
+  monmaptool --create --fsid "$fsid" --addv a "[v2:$CEPH_ADDR:$p2,v1:$CEPH_ADDR:$p1]" "$d/monmap" >/dev/null ||
     fail "monmaptool failed"
   ceph-mon --mkfs -i a --monmap "$d/monmap" --keyring /dev/null || fail "ceph-mon --mkfs failed"
   ceph-mon -f -i a 2>>"$d/log/mon.err" &
