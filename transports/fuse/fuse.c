@@ -62,6 +62,13 @@ static const struct gw_opt_desc fuse_opts_table[] = {
 	  .max = FUSE_MAX_QUEUES,
 	  .def = 0,
 	  .help = "read loop: cloned /dev/fuse fds, spread over the workers (default 0: one per worker)" },
+	{ .key = "poll-us",
+	  .type = GW_OPT_U32,
+	  .offset = offsetof(struct fuse_opts, poll_us),
+	  .min = 0,
+	  .max = 1000,
+	  .def = 50,
+	  .help = "io_uring: a queue whose client sends one request at a time keeps its worker polling up to this many microseconds after a reply (adaptive; 0 never polls; default 50)" },
 };
 
 /* Is path itself a mount point (a file mounted onto)? */
@@ -433,23 +440,32 @@ static void fuse_status(struct gw_export *e, struct gw_export_status *st)
 	struct fuse_exp *x = e->tpriv;
 
 	int failed = __atomic_load_n(&x->uring_failed, __ATOMIC_RELAXED);
-	uint64_t ring = 0, dev = 0;
+	uint64_t ring = 0, dev = 0, polls = 0, hits = 0, same = 0;
 
 	for (unsigned i = 0; i < x->nq; i++) {
 		ring += __atomic_load_n(&x->qs[i].ring_reqs, __ATOMIC_RELAXED);
 		dev += __atomic_load_n(&x->qs[i].dev_reqs, __ATOMIC_RELAXED);
+		polls += __atomic_load_n(&x->qs[i].polls, __ATOMIC_RELAXED);
+		hits += __atomic_load_n(&x->qs[i].poll_hits, __ATOMIC_RELAXED);
+		same += __atomic_load_n(&x->qs[i].poll_same_cpu, __ATOMIC_RELAXED);
 	}
 
 	if (x->mode == FUSE_MODE_URING && failed)
 		snprintf(st->endpoint, sizeof(st->endpoint),
 			 "%s (read loop, %u queues: the kernel refused io_uring entries: %s)",
 			 x->path, x->nq, strerror(failed));
+	else if (x->mode == FUSE_MODE_URING)
+		snprintf(st->endpoint, sizeof(st->endpoint),
+			 "%s (io_uring, %u queues; requests: %llu over io_uring, %llu read; "
+			 "polled for: %llu, came in time: %llu, not polled (client on the "
+			 "worker's CPU): %llu)",
+			 x->path, x->kernel_queues, (unsigned long long)ring,
+			 (unsigned long long)dev, (unsigned long long)polls,
+			 (unsigned long long)hits, (unsigned long long)same);
 	else
 		snprintf(st->endpoint, sizeof(st->endpoint),
-			 "%s (%s, %u queues; requests: %llu over io_uring, %llu read)", x->path,
-			 x->mode == FUSE_MODE_URING ? "io_uring" : "read loop",
-			 x->mode == FUSE_MODE_URING ? x->kernel_queues : x->nq,
-			 (unsigned long long)ring, (unsigned long long)dev);
+			 "%s (read loop, %u queues; requests: %llu over io_uring, %llu read)",
+			 x->path, x->nq, (unsigned long long)ring, (unsigned long long)dev);
 }
 
 const struct gw_transport_ops gw_fuse_transport = {

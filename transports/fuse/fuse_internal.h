@@ -29,6 +29,7 @@ struct fuse_opts {
 	bool allow_other; /* let other users open it (mount option allow_other) */
 	char *io_uring;   /* "auto", "on", "off" */
 	uint32_t queues;  /* read loop: cloned fds (0 = one per worker) */
+	uint32_t poll_us; /* io_uring: longest ring polling window for a serial client */
 };
 
 struct fuse_exp;
@@ -53,6 +54,15 @@ struct fuse_queue {
 	unsigned armed;               /* entries in the kernel (waiting for a request) */
 	unsigned busy;                /* entries holding a request here */
 	uint64_t ring_reqs, dev_reqs; /* requests taken from the ring / read from the fd (status) */
+	/* io_uring mode, polling for a serial client (fuse_uring.c) */
+	uint64_t idle_since;       /* ns: when the last busy entry was answered; 0: busy */
+	uint32_t poll_ns;          /* the polling window now (0: none) */
+	uint32_t turn_reqs;        /* requests taken since the queue last went idle */
+	uint8_t serial;            /* idle periods running that followed exactly one request */
+	bool polling;              /* the worker polls for this queue's next request */
+	int client_cpu;            /* the kernel queue (= the client's CPU) of the last request */
+	uint64_t polls, poll_hits; /* windows opened, and those a request ended early (status) */
+	uint64_t poll_same_cpu;    /* windows not opened: the client ran on the worker's CPU */
 };
 
 /* One request slot: its buffers and the backend request in flight. */

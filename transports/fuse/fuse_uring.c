@@ -14,16 +14,75 @@
  * through /dev/fuse, and every request until all queues are registered.
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "lib/coalesce.h"
 #include "lib/log.h"
 #include "lib/util.h"
 #include "transports/fuse/fuse_internal.h"
 
 static void arm(struct fuse_req *r, uint32_t cmd_op, uint64_t commit_id);
+
+/*
+ * Polling for a serial client. At queue depth 1 the client's next request
+ * comes a few microseconds after the reply to its last one. A worker
+ * asleep in epoll_wait then pays a full wake-up for it: the kernel queues
+ * the request as task work on the worker's thread, which interrupts the
+ * sleep (epoll_wait fails with EINTR), posts the CQE, signals the ring's
+ * eventfd, and only then does the loop take the request.
+ *
+ * So, as ublk's queues and NBD's connections do, a queue that went idle
+ * after serving exactly one request per idle period, many times running,
+ * keeps its worker from sleeping for a window (gw_worker_spin): the loop
+ * goes round without blocking and reaps the ring before each turn, so the
+ * task work lands in a running thread and the request is taken at once.
+ * The window starts at 4 us, doubles while the client comes back within
+ * it (arrivals up to twice poll-us count, as a gap measured without
+ * polling includes the wake-up polling would save) and drops to 0 when it
+ * does not (gw_poll_window_next), so an idle, slow or deep client costs no
+ * CPU; the spinning loop yields every few microseconds (spin_cb). poll-us
+ * 0 never polls. A request's kernel queue is its client's CPU: a worker
+ * running on that same CPU does not poll, as the client needs the CPU to
+ * send its next request (on a busy machine the scheduler wakes the worker
+ * there for nearly every request).
+ */
+#define FUSE_POLL_SERIAL_RUN 8
+
+static void came_back(struct fuse_queue *q)
+{
+	uint32_t max = q->x->o->poll_us * 1000u;
+	uint64_t gap = gw_now_ns() - q->idle_since;
+
+	if (q->polling && gap <= q->poll_ns)
+		gw_worker_count(&q->poll_hits, 1);
+	q->polling = false;
+	q->poll_ns = gw_poll_window_next(q->poll_ns, gap, max, 2ull * max);
+	q->idle_since = 0;
+}
+
+static void went_idle(struct fuse_queue *q)
+{
+	q->serial = q->turn_reqs == 1 ? (uint8_t)GW_MIN(q->serial + 1u, 255u) : 0;
+	q->turn_reqs = 0;
+	if (!q->x->o->poll_us || q->stopping)
+		return;
+	q->idle_since = gw_now_ns();
+	if (q->poll_ns && q->serial >= FUSE_POLL_SERIAL_RUN) {
+		/* The client's next request needs this CPU: spinning here would
+		 * only delay it (a busy machine runs both on one CPU). */
+		if (sched_getcpu() == q->client_cpu) {
+			gw_worker_count(&q->poll_same_cpu, 1);
+			return;
+		}
+		gw_worker_count(&q->polls, 1);
+		q->polling = true;
+		gw_worker_spin(q->w, q->idle_since + q->poll_ns);
+	}
+}
 
 void fuse_uring_reply(struct fuse_req *r, int err, const void *arg, size_t arglen, const void *data,
 		      size_t datalen)
@@ -43,6 +102,8 @@ void fuse_uring_reply(struct fuse_req *r, int err, const void *arg, size_t argle
 	r->uhdr->ring_ent_in_out.payload_sz = (uint32_t)(arglen + datalen);
 	r->q->busy--;
 	arm(r, FUSE_IO_URING_CMD_COMMIT_AND_FETCH, r->uhdr->ring_ent_in_out.commit_id);
+	if (!r->q->busy)
+		went_idle(r->q);
 }
 
 static void entry_gone(struct fuse_req *r, int res)
@@ -70,6 +131,10 @@ static void cqe_cb(struct gw_uring_cb *cb, int res)
 		return;
 	}
 	r->q->busy++;
+	r->q->turn_reqs++;
+	r->q->client_cpu = (int)r->qid;
+	if (r->q->idle_since)
+		came_back(r->q);
 	__atomic_store_n(&r->q->ring_reqs, r->q->ring_reqs + 1, __ATOMIC_RELAXED);
 	if (paylen > r->q->x->data_buf)
 		paylen = (uint32_t)r->q->x->data_buf;
