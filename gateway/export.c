@@ -119,9 +119,11 @@ static inline unsigned lat_bucket(uint64_t ns)
 	return b < GW_LAT_BUCKETS ? b : GW_LAT_BUCKETS - 1;
 }
 
-static inline void count(struct gw_stats *s, struct gw_io *io, uint64_t start_ns)
+static inline void count(struct gw_stats *s, const struct gw_ioq *q, struct gw_io *io,
+			 uint64_t start_ns)
 {
-	uint64_t took = gw_now_ns() - start_ns;
+	uint64_t end = gw_ioq_now(q);
+	uint64_t took = end > start_ns ? end - start_ns : 0;
 
 	__atomic_fetch_add(&s->ops[io->op], 1, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&s->time_ns[io->op], took, __ATOMIC_RELAXED);
@@ -278,19 +280,19 @@ static int view_read(struct gw_export *e, struct gw_stats *s, struct gw_io *io, 
 	}
 	io->result = gw_cbw_read(e->view, io->iov, io->iovcnt, io->offset, io->len);
 	io->rflags = 0;
-	count(s, io, start);
+	count(s, io->q, io, start);
 	return 1;
 }
 
 int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io)
 {
 	struct gw_stats *s = slot_of(e, q);
-	uint64_t start = gw_now_ns();
+	uint64_t start = gw_ioq_now(q);
 	int rc;
 
 	if (check(e, io)) {
 		if (gw_likely(io->op < GW_OP__COUNT))
-			count(s, io, start);
+			count(s, q, io, start);
 		else
 			__atomic_fetch_add(&s->errors, 1, __ATOMIC_RELAXED);
 		return 1;
@@ -301,7 +303,7 @@ int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io)
 	io->result = 0;
 	io->_cbt = NULL;
 	if (gw_unlikely(e->backend->cbt != NULL) && track(e->backend, e->backend->cbt, io)) {
-		count(s, io, start);
+		count(s, q, io, start);
 		return 1;
 	}
 	if (gw_unlikely(e->view != NULL) && io->op == GW_OP_READ)
@@ -312,7 +314,7 @@ int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io)
 		if (io->_cbt)
 			gw_cbt_mark(io->_cbt, io->offset, io->len);
 		__atomic_fetch_sub(&s->inflight, 1, __ATOMIC_RELAXED);
-		count(s, io, start);
+		count(s, q, io, start);
 		return 1;
 	}
 	return 0;
@@ -324,7 +326,7 @@ void gw_io_complete(struct gw_io *io, int result)
 	if (io->_cbt)
 		gw_cbt_mark(io->_cbt, io->offset, io->len);
 	__atomic_fetch_sub(&((struct gw_stats *)io->_stats)->inflight, 1, __ATOMIC_RELAXED);
-	count(io->_stats, io, io->_start_ns);
+	count(io->_stats, io->q, io, io->_start_ns);
 	io->done(io);
 }
 

@@ -11,6 +11,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "lib/util.h"
+
 struct gw_ioq;
 
 /* What a CQE's user_data points at. */
@@ -24,7 +26,32 @@ struct gw_ioq {
 	unsigned slot;     /* statistics slot (see gw_export stats) */
 	unsigned queued;   /* SQEs prepared but not yet submitted */
 	unsigned inflight; /* SQEs submitted, CQE not yet seen */
+	uint64_t now_ns;   /* the owner's current pass began then; 0: none (gw_ioq_now) */
 };
+
+/*
+ * The time for a request's statistics. A loop that handles many requests in
+ * one pass reads the clock once per pass (gw_ioq_tick) and clears it when
+ * the pass ends (gw_ioq_untick); requests answered meanwhile share that
+ * reading. A clock read costs 60-100 ns in some VMs, more than the rest of
+ * a null request. Outside a pass (now_ns 0) this reads the clock.
+ */
+static inline uint64_t gw_ioq_now(const struct gw_ioq *q)
+{
+	return q->now_ns ? q->now_ns : gw_now_ns();
+}
+
+/* Read the clock and make it the current pass's time; returns it. */
+static inline uint64_t gw_ioq_tick(struct gw_ioq *q)
+{
+	return q->now_ns = gw_now_ns();
+}
+
+/* The pass ended: later requests read the clock again. */
+static inline void gw_ioq_untick(struct gw_ioq *q)
+{
+	q->now_ns = 0;
+}
 
 /* entries: SQ size; with_eventfd: register an eventfd for an event loop to watch. */
 int gw_ioq_init(struct gw_ioq *q, unsigned entries, unsigned slot, bool with_eventfd);

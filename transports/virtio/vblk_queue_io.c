@@ -299,7 +299,7 @@ static void notify_or_hold(struct vblk_queue *q)
 		vblkq_notify_now(q);
 		return;
 	}
-	now = gw_now_ns();
+	now = gw_ioq_now(&q->w->ioq);
 	if (!gw_hold_signal_due(&q->hold, now)) {
 		vblkq_notify_now(q);
 		return;
@@ -339,11 +339,9 @@ static void poll_expired(struct vblk_queue *q, uint64_t now)
  * notify_or_hold). A yield now and then leaves the CPU to a
  * thread woken onto it (the client, often).
  */
-void vblkq_poll_cb(struct ev_loop *loop, ev_idle *w, int revents)
+static void poll_slice(struct vblk_queue *q, struct gw_ioq *ioq)
 {
-	struct vblk_queue *q = container_of(w, struct vblk_queue, poll_w);
-	struct gw_ioq *ioq = &q->w->ioq;
-	uint64_t now = gw_now_ns(), start = now, last_work = now;
+	uint64_t now = ioq->now_ns, start = now, last_work = now;
 	bool found = false;
 
 	gw_worker_count(&q->w->ctr.ring_polls, 1);
@@ -374,13 +372,13 @@ void vblkq_poll_cb(struct ev_loop *loop, ev_idle *w, int revents)
 			notify_or_hold(q);
 			if (rc < 0)
 				return;
-			now = gw_now_ns();
+			now = gw_ioq_tick(ioq);
 			q->poll_deadline = now + q->poll_ns;
 			last_work = now;
 		} else if (io_uring_cq_ready(&ioq->ring)) {
 			gw_ioq_reap(ioq);
 			notify_or_hold(q);
-			now = gw_now_ns();
+			now = gw_ioq_tick(ioq);
 		} else if (q->hold.due && now >= q->hold.due) {
 			vblkq_notify_now(q); /* the driver went quiet: release */
 		} else if (!q->hold.due && now >= q->poll_deadline) {
@@ -389,7 +387,7 @@ void vblkq_poll_cb(struct ev_loop *loop, ev_idle *w, int revents)
 			return;
 		} else {
 			cpu_relax();
-			now = gw_now_ns();
+			now = gw_ioq_tick(ioq);
 			if (now - last_work > GW_POLL_YIELD_NS) {
 				sched_yield();
 				last_work = now;
@@ -398,6 +396,21 @@ void vblkq_poll_cb(struct ev_loop *loop, ev_idle *w, int revents)
 		if (now - start > VBLK_POLL_SLICE_NS)
 			return; /* let the loop serve the rest; polling stays on */
 	}
+}
+
+/*
+ * Requests found in one pass of the slice share one clock reading for their
+ * statistics (gw_ioq_tick): the slice reads the clock after every pass
+ * anyway.
+ */
+void vblkq_poll_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+	struct vblk_queue *q = container_of(w, struct vblk_queue, poll_w);
+	struct gw_ioq *ioq = &q->w->ioq;
+
+	gw_ioq_tick(ioq);
+	poll_slice(q, ioq);
+	gw_ioq_untick(ioq);
 }
 
 void vblkq_deferred(struct gw_deferred *d)
