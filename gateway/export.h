@@ -32,14 +32,15 @@
 
 /* Counters of one slot; each I/O thread writes its own slot. */
 struct gw_stats {
-	uint64_t ops[GW_OP__COUNT];
+	/* Requests per op: the sum of the op's latency buckets (one locked add fewer). */
 	uint64_t time_ns[GW_OP__COUNT]; /* checked layer to completion, summed */
 	uint64_t bytes_read;
 	uint64_t bytes_written;
 	uint64_t errors;
 	uint64_t extents; /* extent queries */
 	uint64_t fua;     /* requests that carried FUA (durable before completion) */
-	int64_t inflight; /* handed to the backend, not yet complete */
+	int64_t inflight; /* handed to the backend, not yet complete (counted once the
+			   * backend took it: may dip below 0 for a moment) */
 	uint64_t lat[GW_OP__COUNT][GW_LAT_BUCKETS];
 } __attribute__((aligned(GW_CACHELINE)));
 
