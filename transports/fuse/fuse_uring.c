@@ -36,7 +36,7 @@ static void arm(struct fuse_req *r, uint32_t cmd_op, uint64_t commit_id);
  * eventfd, and only then does the loop take the request.
  *
  * So, as ublk's queues and NBD's connections do, a queue that went idle
- * after serving exactly one request per idle period, many times running,
+ * after exactly one request per loop turn, many turns running,
  * keeps its worker from sleeping for a window (gw_worker_spin): the loop
  * goes round without blocking and reaps the ring before each turn, so the
  * task work lands in a running thread and the request is taken at once.
