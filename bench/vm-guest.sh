@@ -2,11 +2,15 @@
 # Guest side of bench/run --vm (bench/lib/vmbench.py): the kernel paths in
 # the 6.12 test VM (QEMU TCG). /test/config (written by the host) sets
 # RT (seconds per run), REPS, SIZE, BACKENDS, COLUMNS, VHOST_DISKS and
+# ONLY (empty: every cell; else the cells to run, as
+# BACKEND:COLUMN:WORKLOAD:ROUND words: a rerun of noisy cells), and
 # /test/workloads holds "NAME FIO-ARGS..." lines. For every round, backend
 # and column it sets the device up, prefills it (memory, file), runs each
 # workload with fio (io_uring, O_DIRECT) and prints
 #   BENCH-CMD <fio command line>
-#   BENCH-BEGIN <backend> <column> <workload> <round> <server ticks|host|-> <ticks/s>
+#   BENCH-T0 <n> and BENCH-T1 <n> around the fio run (the host measures the
+#   load of other processes in between)
+#   BENCH-BEGIN <backend> <column> <workload> <round> <server ticks|host|-> <ticks/s> <n>
 #   <fio JSON>
 #   BENCH-END
 # A manifest or server command line is printed between BENCH-FILE-BEGIN NAME
@@ -21,6 +25,8 @@ B=/usr/local/bin/blkgw
 RUN=/tmp/run
 HZ=100 # USER_HZ on x86
 SEQ=0
+CELL=0
+ONLY=${ONLY:-}
 require "modules" load_modules vduse virtio_vdpa virtio_blk ublk_drv
 require "load nbd" load_module nbd nbds_max=8
 require "load null_blk" load_module null_blk nr_devices=1 gb=1 irqmode=0 hw_queue_depth=128
@@ -168,9 +174,27 @@ target() { # BACKEND: fio's target options
 	fi
 }
 
+# Whether ONLY asks for a cell (BACKEND COLUMN WORKLOAD ROUND; WORKLOAD may
+# be '*': any of the column's).
+wanted() {
+	local w
+	[ -z "$ONLY" ] && return 0
+	for w in $ONLY; do
+		[ "$w" = "$1:$2:$3:$4" ] && return 0
+		if [ "$3" = '*' ]; then
+			case $w in
+			"$1:$2:"*":$4") return 0 ;;
+			esac
+		fi
+	done
+	return 1
+}
+
 run_cell() { # BACKEND COLUMN WORKLOAD ROUND ARGS...
 	local b="$1" col="$2" wl="$3" rep="$4" c0 c1 cpu cmd
 	shift 4
+	wanted "$b" "$col" "$wl" "$rep" || return 0
+	CELL=$((CELL + 1))
 	cmd="fio --output-format=json --time_based --runtime=$RT $(target "$b") $*"
 	echo "BENCH-CMD $cmd"
 	c0="" cpu=-
@@ -180,11 +204,13 @@ run_cell() { # BACKEND COLUMN WORKLOAD ROUND ARGS...
 		echo "BENCH-HOST-START $SEQ $HOSTID"
 		sleep 0.3
 	fi
+	echo "BENCH-T0 $CELL"
 	# shellcheck disable=SC2086
 	$cmd >/tmp/out.json 2>/tmp/fio.err || { fail "$col/$b/$wl: fio: $(tail -n 3 /tmp/fio.err)"; return; }
+	echo "BENCH-T1 $CELL"
 	[ -n "$HOSTID" ] && echo "BENCH-HOST-STOP $SEQ $HOSTID" && cpu=host:$SEQ
 	[ -n "$c0" ] && c1=$(ticks "$PID") && cpu=$((c1 - c0))
-	echo "BENCH-BEGIN $b $col $wl $rep $cpu $HZ"
+	echo "BENCH-BEGIN $b $col $wl $rep $cpu $HZ $CELL"
 	cat /tmp/out.json
 	echo "BENCH-END"
 }
@@ -194,6 +220,7 @@ for rep in $(seq 1 "$REPS"); do
 		for col in $COLUMNS; do
 			if [ "$col" = vm/null_blk ]; then [ "$b" = any ] || continue
 			else [ "$b" != any ] || continue; fi
+			wanted "$b" "$col" '*' "$rep" || continue
 			vm_log "round $rep: $b: $col"
 			if ! setup "$col" "$b"; then
 				fail "$col ($b): no device"

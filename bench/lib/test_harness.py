@@ -248,6 +248,37 @@ class FormatTest(unittest.TestCase):
         self.assertEqual(cells[0]["fio"], {"jobs": []})
         self.assertEqual(files, [(0, "manifest.yaml", "version: 1\n")])
 
+    def test_vm_console_seq(self):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import vmbench
+        text = ("BENCH-T0 7\nBENCH-T1 7\n"
+                "BENCH-BEGIN null vm/blkgw/ublk randread-4k-qd1 2 42 100 7\n{}\nBENCH-END\n")
+        cells, _ = vmbench.parse_console(text)
+        self.assertEqual(cells[0]["seq"], "7")
+        self.assertEqual(vmbench.cell_key(cells[0]), "null:vm/blkgw/ublk:randread-4k-qd1:2")
+
+    def test_vm_noisy_reruns(self):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import vmbench
+
+        def c(col, rep, attempt, fc):
+            x = cell("null", "randread-4k-qd1", col, rep, 1.0)
+            x.update({"attempt": attempt, "foreign_cores": fc})
+            return x
+        cells = [c("vm/blkgw/ublk", 1, 0, 0.9), c("vm/blkgw/ublk", 2, 0, 0.1),
+                 c("vm/blkgw/vduse", 1, 0, None), c("vm/qsd/vduse", 1, 0, 1.5)]
+        self.assertEqual(vmbench.noisy_keys(cells, 0.5),
+                         ["null:vm/blkgw/ublk:randread-4k-qd1:1",
+                          "null:vm/qsd/vduse:randread-4k-qd1:1"])
+        # the rerun: ublk round 1 quiet now, qsd still noisy but less so
+        cells += [c("vm/blkgw/ublk", 1, 1, 0.2), c("vm/qsd/vduse", 1, 1, 0.8)]
+        self.assertEqual(vmbench.noisy_keys(cells, 0.5), ["null:vm/qsd/vduse:randread-4k-qd1:1"])
+        vmbench.mark_attempts(cells, 0.5)
+        kept = [(x["column"], x["rep"], x["attempt"]) for x in cells if not x["discarded"]]
+        self.assertEqual(sorted(kept), [("vm/blkgw/ublk", 1, 1), ("vm/blkgw/ublk", 2, 0),
+                                        ("vm/blkgw/vduse", 1, 0), ("vm/qsd/vduse", 1, 1)])
+        self.assertEqual([x["noisy"] for x in cells], [True, False, False, True, False, True])
+
     def test_forced_columns_show_dashes(self):
         cells = [cell("null", "randread-4k-qd1", "blkgw/nbd-unix", 1, 10.0)]
         md = H.backend_tables(cells, "null", ["blkgw/nbd-unix", "qsd/vhost"])

@@ -54,10 +54,42 @@ def parse_console(text):
             if doc is not None and len(f) >= 7:
                 cells.append({"backend": f[1], "column": f[2], "workload": f[3],
                               "rep": int(f[4]), "ticks": f[5], "hz": int(f[6]),
+                              "seq": f[7] if len(f) >= 8 else None,
                               "cmd": cmd, "fio": doc})
             cmd = None
         i += 1
     return cells, files
+
+
+def tree_ticks(root):
+    """utime + stime (clock ticks) of process root and all its descendants
+    (run-vm.sh and the QEMU it starts), read from /proc."""
+    parent, ticks = {}, {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as fh:
+                t = fh.read()
+        except OSError:
+            continue
+        rest = t[t.rindex(")") + 2:].split()
+        parent[int(d)] = int(rest[1])
+        ticks[int(d)] = int(rest[11]) + int(rest[12])
+    total, todo, seen = 0, [root], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        total += ticks.get(p, 0)
+        todo += [c for c, pp in parent.items() if pp == p]
+    return total
+
+
+def cell_key(c):
+    """The word a rerun names a cell by (bench/vm-guest.sh's ONLY)."""
+    return f"{c['backend']}:{c['column']}:{c['workload']}:{c['rep']}"
 
 
 def vm_size(a):
@@ -137,114 +169,185 @@ def run(b, log, die):
             if not b.wait(daemons[dn], lambda s=s: os.path.exists(s), 60):
                 die(f"host {dn} for the VM's vhost-user-blk disks did not come up")
 
-    with open(os.path.join(work, "config"), "w") as fh:
-        fh.write(f"RT={a.vm_runtime}\nREPS={a.repeat}\nSIZE={size}\nSIZE_BYTES={size}\n"
-                 f"BACKENDS='{' '.join(backends)}'\nCOLUMNS='{' '.join(cols)}'\n"
-                 f"VHOST_DISKS='{' '.join(disks)}'\n")
     with open(os.path.join(work, "workloads"), "w") as fh:
         for w in a.workloads:
             fh.write(w + " " + " ".join(H.fio_workload_args(w, a.numjobs)) + "\n")
-    for n in ("config", "workloads"):
-        with open(os.path.join(work, n)) as src, open(os.path.join(rawvm, n), "w") as dst:
-            dst.write(src.read())
-
-    n_cells = a.repeat * len(a.workloads) * sum(
-        1 if c == "vm/null_blk" else len(backends) for c in cols)
-    per = a.vm_runtime + 4.0
-    timeout = int(n_cells * per * 3 + 900)
-    log(f"VM: building the guest; {n_cells} cells in one boot, ~{int(n_cells * per / 60) + 1} min")
-    guest = os.path.join(work, "guest")
+    with open(os.path.join(work, "workloads")) as src, \
+            open(os.path.join(rawvm, "workloads"), "w") as dst:
+        dst.write(src.read())
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    r = subprocess.run([os.path.join(root, "tests/vm/build-guest.sh"), "-q", "--out", guest,
-                        "--script", os.path.join(root, "bench/vm-guest.sh"),
-                        "--bin", blkgw, "--bin", "fio", "--bin", "qemu-storage-daemon",
-                        "--bin", "vdpa", "--bin", "nbd-client", "--module", "null_blk",
-                        "--file", os.path.join(work, "config") + ":/test/config",
-                        "--file", os.path.join(work, "workloads") + ":/test/workloads"],
-                       capture_output=True, text=True, timeout=900)
-    if r.returncode != 0:
-        die(f"VM: build-guest.sh failed: {r.stderr[-800:]}")
-    console = os.path.join(rawvm, "console.log")
-    argv = [os.path.join(root, "tests/vm/run-vm.sh"), "-q", "--guest", guest, "--log", console,
-            "--smp", "2", "-m", "2048", "--timeout", str(timeout)]
-    for s in socks:
-        argv += ["--vhost-user-blk", s + ",num-queues=1"]
-    with open(os.path.join(rawvm, "run-vm.cmd"), "w") as fh:
-        fh.write(shlex.join(argv) + "\n")
-    vm = b.spawn(argv, os.path.join(rawvm, "run-vm.log"))
-    host_ticks, started = {}, {}
-    pos, seen, t0 = 0, 0, time.time()
-    while True:
-        done = vm.poll() is not None
-        try:
-            with open(console, errors="replace") as fh:
-                fh.seek(pos)
-                chunk = fh.read()
-        except OSError:
-            chunk = ""
-        # only whole lines
-        cut = chunk.rfind("\n") + 1
-        pos += len(chunk[:cut].encode("utf-8", "replace"))
-        for line in chunk[:cut].replace("\r", "").split("\n"):
-            f = line.split()
-            if line.startswith("BENCH-HOST-START ") and len(f) == 3:
-                dn = f[2].split(":")[0]
-                started[f[1]] = b.proc_ticks(daemons[dn].pid) if dn in daemons else None
-            elif line.startswith("BENCH-HOST-STOP ") and len(f) == 3:
-                dn = f[2].split(":")[0]
-                t1 = b.proc_ticks(daemons[dn].pid) if dn in daemons else None
-                s0 = started.get(f[1])
-                host_ticks[f[1]] = (t1 - s0) if s0 is not None and t1 is not None else None
-            elif line.startswith("BENCH-BEGIN "):
-                seen += 1
-                el = time.time() - t0
-                left = el / seen * (n_cells - seen)
-                log(f"VM [{seen}/{n_cells} {100 * seen // max(1, n_cells)}%] "
-                    f"{f[1]} {f[3]} {f[2]} round {f[4]} (TCG)  elapsed {int(el) // 60}:"
-                    f"{int(el) % 60:02d}, ~{int(left) // 60}:{int(left) % 60:02d} left")
-        if done:
+    ours = [os.getpid()] + [p.pid for p in daemons.values()]
+
+    def boot(only, attempt):
+        """One boot of the guest running every cell, or only those named
+        (cell_key words). -> the cells' metrics, each with the cores other
+        processes on the host used while it ran (between its BENCH-T0 and
+        BENCH-T1 lines; QEMU, run-vm.sh, the host daemons and this harness
+        are not others)."""
+        sfx = "" if attempt == 0 else f".a{attempt}"
+        with open(os.path.join(work, "config"), "w") as fh:
+            fh.write(f"RT={a.vm_runtime}\nREPS={a.repeat}\nSIZE={size}\nSIZE_BYTES={size}\n"
+                     f"BACKENDS='{' '.join(backends)}'\nCOLUMNS='{' '.join(cols)}'\n"
+                     f"VHOST_DISKS='{' '.join(disks)}'\nONLY='{' '.join(only)}'\n")
+        with open(os.path.join(work, "config")) as src, \
+                open(os.path.join(rawvm, "config" + sfx), "w") as dst:
+            dst.write(src.read())
+        n_cells = len(only) if only else a.repeat * len(a.workloads) * sum(
+            1 if c == "vm/null_blk" else len(backends) for c in cols)
+        per = a.vm_runtime + 4.0
+        timeout = int(n_cells * per * 3 + 900)
+        log(f"VM: building the guest; {n_cells} cells in one boot, ~{int(n_cells * per / 60) + 1} min"
+            + (f" (rerun {attempt} of noisy cells)" if attempt else ""))
+        guest = os.path.join(work, "guest")
+        r = subprocess.run([os.path.join(root, "tests/vm/build-guest.sh"), "-q", "--out", guest,
+                            "--script", os.path.join(root, "bench/vm-guest.sh"),
+                            "--bin", blkgw, "--bin", "fio", "--bin", "qemu-storage-daemon",
+                            "--bin", "vdpa", "--bin", "nbd-client", "--module", "null_blk",
+                            "--file", os.path.join(work, "config") + ":/test/config",
+                            "--file", os.path.join(work, "workloads") + ":/test/workloads"],
+                           capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            if attempt:
+                log(f"VM: build-guest.sh failed for the rerun: {r.stderr[-400:]}")
+                return []
+            die(f"VM: build-guest.sh failed: {r.stderr[-800:]}")
+        console = os.path.join(rawvm, f"console{sfx}.log")
+        argv = [os.path.join(root, "tests/vm/run-vm.sh"), "-q", "--guest", guest, "--log", console,
+                "--smp", "2", "-m", "2048", "--timeout", str(timeout)]
+        for sk in socks:
+            argv += ["--vhost-user-blk", sk + ",num-queues=1"]
+        with open(os.path.join(rawvm, f"run-vm{sfx}.cmd"), "w") as fh:
+            fh.write(shlex.join(argv) + "\n")
+        vm = b.spawn(argv, os.path.join(rawvm, f"run-vm{sfx}.log"))
+        host_ticks, started, t0s, foreign = {}, {}, {}, {}
+
+        def snap():
+            with open("/proc/stat") as fh:
+                busy, _ = H.parse_sys_stat(fh.read())
+            mine = tree_ticks(vm.pid) + sum(b.proc_ticks(p) or 0 for p in ours)
+            return busy, mine, time.time()
+
+        pos, seen, t0 = 0, 0, time.time()
+        while True:
+            done = vm.poll() is not None
+            try:
+                with open(console, errors="replace") as fh:
+                    fh.seek(pos)
+                    chunk = fh.read()
+            except OSError:
+                chunk = ""
+            # only whole lines
+            cut = chunk.rfind("\n") + 1
+            pos += len(chunk[:cut].encode("utf-8", "replace"))
+            for line in chunk[:cut].replace("\r", "").split("\n"):
+                f = line.split()
+                if line.startswith("BENCH-T0 ") and len(f) == 2:
+                    t0s[f[1]] = snap()
+                elif line.startswith("BENCH-T1 ") and len(f) == 2 and f[1] in t0s:
+                    (b0, m0, w0), (b1, m1, w1) = t0s.pop(f[1]), snap()
+                    if w1 > w0:
+                        foreign[f[1]] = max(0.0, ((b1 - b0) - (m1 - m0)) / b.hz / (w1 - w0))
+                elif line.startswith("BENCH-HOST-START ") and len(f) == 3:
+                    dn = f[2].split(":")[0]
+                    started[f[1]] = b.proc_ticks(daemons[dn].pid) if dn in daemons else None
+                elif line.startswith("BENCH-HOST-STOP ") and len(f) == 3:
+                    dn = f[2].split(":")[0]
+                    t1 = b.proc_ticks(daemons[dn].pid) if dn in daemons else None
+                    s0 = started.get(f[1])
+                    host_ticks[f[1]] = (t1 - s0) if s0 is not None and t1 is not None else None
+                elif line.startswith("BENCH-BEGIN "):
+                    seen += 1
+                    el = time.time() - t0
+                    left = el / seen * max(0, n_cells - seen)
+                    log(f"VM [{seen}/{n_cells} {100 * seen // max(1, n_cells)}%] "
+                        f"{f[1]} {f[3]} {f[2]} round {f[4]} (TCG)  elapsed {int(el) // 60}:"
+                        f"{int(el) % 60:02d}, ~{int(left) // 60}:{int(left) % 60:02d} left")
+            if done:
+                break
+            time.sleep(0.05)
+        rc = vm.returncode
+        b.forget(vm)
+        text = open(console, errors="replace").read()
+        cells, vfiles = parse_console(text)
+        if rc != 0:
+            log(f"VM: run-vm.sh exited {rc} (a guest check failed, see {console}); "
+                f"{len(cells)} cells kept")
+        if not cells:
+            if attempt:
+                log(f"VM: no results from the rerun (run-vm.sh exit {rc}); console: {console}")
+                return []
+            die(f"VM: no results (run-vm.sh exit {rc}); console: {console}")
+        for pos_i, name, body in vfiles:
+            if pos_i < len(cells):
+                c = cells[pos_i]
+                d = os.path.join(rawvm, c["backend"], c["column"].replace("/", "_"))
+                os.makedirs(d, exist_ok=True)
+                with open(os.path.join(d, f"r{c['rep']}.{name}"), "w") as fh:
+                    fh.write(body)
+        out = []
+        for c in cells:
+            d = os.path.join(rawvm, c["backend"], c["column"].replace("/", "_"))
+            os.makedirs(d, exist_ok=True)
+            j = os.path.join(d, f"{c['workload']}.r{c['rep']}.a{attempt}.json")
+            with open(j, "w") as fh:
+                json.dump(c["fio"], fh, indent=1)
+            with open(j + ".cmd", "w") as fh:
+                fh.write(f"# in the test VM (QEMU TCG), {shlex.join(argv)}\n{c['cmd']}\n")
+            t = c["ticks"]
+            if t.startswith("host:"):
+                ticks = host_ticks.get(t[5:])
+                hz = b.hz
+            else:
+                ticks = None if t == "-" else int(t)
+                hz = c["hz"]
+            m = H.cell_metrics(H.parse_fio(c["fio"]), ticks, hz)
+            m.update({"backend": c["backend"], "workload": c["workload"], "column": c["column"],
+                      "rep": c["rep"], "attempt": attempt, "discarded": False, "noisy": False,
+                      "where": "tcg", "fio_json": os.path.relpath(j, b.out),
+                      "foreign_cores": foreign.get(c["seq"])})
+            out.append(m)
+        return out
+
+    cells = boot([], 0)
+    retry = a.noisy_cores > 0 and a.noisy_retries > 0
+    for attempt in range(1, a.noisy_retries + 1 if retry else 1):
+        want = noisy_keys(cells, a.noisy_cores)
+        if not want:
             break
-        time.sleep(0.05)
-    rc = vm.returncode
-    b.forget(vm)
+        log(f"VM: {len(want)} cells ran while other processes used more than "
+            f"{a.noisy_cores} cores: running them again (rerun {attempt})")
+        cells += boot(want, attempt)
+    mark_attempts(cells, a.noisy_cores)
     for p in daemons.values():
         b.stop(p)
     for p in files:
         if os.path.exists(p):
             os.unlink(p)
-    text = open(console, errors="replace").read()
-    cells, vfiles = parse_console(text)
-    if rc != 0:
-        log(f"VM: run-vm.sh exited {rc} (a guest check failed, see {console}); "
-            f"{len(cells)} cells kept")
-    if not cells:
-        die(f"VM: no results (run-vm.sh exit {rc}); console: {console}")
-    for idx, (pos_i, name, body) in enumerate(vfiles):
-        if pos_i < len(cells):
-            c = cells[pos_i]
-            d = os.path.join(rawvm, c["backend"], c["column"].replace("/", "_"))
-            os.makedirs(d, exist_ok=True)
-            with open(os.path.join(d, f"r{c['rep']}.{name}"), "w") as fh:
-                fh.write(body)
-    for c in cells:
-        d = os.path.join(rawvm, c["backend"], c["column"].replace("/", "_"))
-        os.makedirs(d, exist_ok=True)
-        j = os.path.join(d, f"{c['workload']}.r{c['rep']}.a0.json")
-        with open(j, "w") as fh:
-            json.dump(c["fio"], fh, indent=1)
-        with open(j + ".cmd", "w") as fh:
-            fh.write(f"# in the test VM (QEMU TCG), {shlex.join(argv)}\n{c['cmd']}\n")
-        t = c["ticks"]
-        if t.startswith("host:"):
-            ticks = host_ticks.get(t[5:])
-            hz = b.hz
-        else:
-            ticks = None if t == "-" else int(t)
-            hz = c["hz"]
-        m = H.cell_metrics(H.parse_fio(c["fio"]), ticks, hz)
-        m.update({"backend": c["backend"], "workload": c["workload"], "column": c["column"],
-                  "rep": c["rep"], "attempt": 0, "discarded": False, "noisy": False,
-                  "where": "tcg", "fio_json": os.path.relpath(j, b.out)})
-        b.cells.append(m)
+    b.cells += cells
     b.save()
-    log(f"VM: {len(cells)} cells")
+    log(f"VM: {len(cells)} cells, {sum(1 for c in cells if c['discarded'])} superseded by reruns")
+
+
+def noisy_keys(cells, limit):
+    """The cells (cell_key words) none of whose attempts ran with others
+    under `limit` cores, sorted."""
+    best = {}
+    for c in cells:
+        k = cell_key(c)
+        f = c.get("foreign_cores")
+        f = 0.0 if f is None else f
+        best[k] = min(best.get(k, f), f)
+    return sorted(k for k, f in best.items() if f > limit)
+
+
+def mark_attempts(cells, limit):
+    """Of each cell's attempts, the least noisy counts (the others are
+    discarded, as on the host); noisy marks those over the limit."""
+    groups = {}
+    for c in cells:
+        groups.setdefault(cell_key(c), []).append(c)
+    for cs in groups.values():
+        keep = min(cs, key=lambda x: (x.get("foreign_cores") or 0.0, x["attempt"]))
+        for c in cs:
+            c["discarded"] = c is not keep
+            c["noisy"] = limit > 0 and (c.get("foreign_cores") or 0.0) > limit
