@@ -237,9 +237,10 @@ static int track(struct gw_backend *b, struct gw_cbt *t, struct gw_io *io)
 }
 
 /*
- * A read of a copy-before-write view (lib/cbw.h): on the view's own threads,
- * which may wait on file I/O and chunk locks where a worker loop must not;
- * the answer comes back to this worker. Inline when not on a worker.
+ * A read of a copy-before-write view (lib/cbw.h): on the worker itself
+ * where the data is in the page cache (no wait on the disk), else on the
+ * view's own threads, which may wait on file I/O where a worker loop must
+ * not; the answer comes back to this worker. Inline when not on a worker.
  */
 struct view_read {
 	struct gw_cbw_job job;
@@ -260,8 +261,17 @@ static void view_read_done(void *arg)
 static int view_read(struct gw_export *e, struct gw_stats *s, struct gw_io *io, uint64_t start)
 {
 	struct gw_worker *w = gw_worker_self();
-	struct view_read *v = w ? malloc(sizeof(*v)) : NULL;
+	struct view_read *v = NULL;
 
+	if (w) {
+		io->result = gw_cbw_read_cached(e->view, io->iov, io->iovcnt, io->offset, io->len);
+		if (io->result != -EAGAIN) {
+			io->rflags = 0;
+			count(s, io->q, io, start);
+			return 1;
+		}
+		v = malloc(sizeof(*v));
+	}
 	if (v) {
 		v->io = io;
 		v->job = (struct gw_cbw_job){ .iov = io->iov,

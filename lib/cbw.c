@@ -17,15 +17,19 @@
 #include "lib/util.h"
 #include "lib/worker.h"
 
-#define STRIPES 64 /* locks; chunk i takes lock i % STRIPES */
-#define READERS 2  /* threads that read the view for workers (gw_cbw_read_submit) */
+#define STRIPES   64           /* locks; chunk i takes lock i % STRIPES */
+#define READERS   2            /* threads that read the view for workers (gw_cbw_read_submit) */
+#define UNIT_MIN  4096u        /* the smallest copy unit */
+#define UNITS_MAX (1ull << 28) /* bits in the copied map at most (32 MiB) */
+#define COPY_MAX  (1u << 20)   /* bytes copied by one pread and pwrite at most */
+#define WB_KICK   (4u << 20)   /* bytes copied aside between writeback starts */
 
 struct gw_cbw {
 	int src, aside;
 	char *aside_path;
-	uint64_t size, nchunks;
-	uint32_t chunk;
-	_Atomic uint64_t *copied; /* one bit per chunk */
+	uint64_t size, nunits;
+	uint32_t chunk, unit, per; /* per: units in a chunk */
+	_Atomic uint64_t *copied;  /* one bit per copy unit */
 	pthread_mutex_t lock[STRIPES];
 	pthread_mutex_t why_mu;
 	pthread_rwlock_t fds; /* readers hold it shared; gw_cbw_stop() to close src, aside */
@@ -39,6 +43,11 @@ struct gw_cbw {
 	pthread_t readers[READERS];
 	unsigned nreaders;
 	bool q_exit;
+	/* Writeback of the aside file, started early on its own thread. */
+	pthread_t wb;
+	pthread_cond_t wb_cv;
+	bool wb_started, wb_kick;
+	uint64_t wb_pending; /* bytes copied since the last kick (under q_mu) */
 	atomic_uint refs;
 };
 
@@ -55,8 +64,17 @@ int gw_cbw_open(struct gw_cbw **out, const char *src_path, const char *aside_pat
 	atomic_init(&c->refs, 1);
 	c->size = size;
 	c->chunk = chunk;
-	c->nchunks = (size + chunk - 1) / chunk;
-	c->copied = calloc((c->nchunks + 63) / 64 + 1, sizeof(*c->copied));
+	/*
+	 * The unit copied aside: 4K (a 4K guest write copies 4K, not the
+	 * whole tracking chunk), larger only where the map would pass
+	 * UNITS_MAX bits, never larger than the chunk.
+	 */
+	c->unit = GW_MIN(chunk, UNIT_MIN);
+	while (c->unit < chunk && (size + c->unit - 1) / c->unit > UNITS_MAX)
+		c->unit *= 2;
+	c->per = chunk / c->unit;
+	c->nunits = (size + c->unit - 1) / c->unit;
+	c->copied = calloc((c->nunits + 63) / 64 + 1, sizeof(*c->copied));
 	c->aside_path = strdup(aside_path);
 	if (!c->copied || !c->aside_path) {
 		rc = -ENOMEM;
@@ -68,6 +86,7 @@ int gw_cbw_open(struct gw_cbw **out, const char *src_path, const char *aside_pat
 	pthread_rwlock_init(&c->fds, NULL);
 	pthread_mutex_init(&c->q_mu, NULL);
 	pthread_cond_init(&c->q_cv, NULL);
+	pthread_cond_init(&c->wb_cv, NULL);
 	c->src = open(src_path, O_RDONLY | O_CLOEXEC);
 	if (c->src < 0) {
 		rc = -errno;
@@ -138,11 +157,17 @@ static void broke(struct gw_cbw *c, const char *fmt, ...)
 	pthread_mutex_unlock(&c->why_mu);
 }
 
-/* Read n bytes at off; past the file's end reads zeros. 0 or -errno. */
-static int pread_full(int fd, char *p, uint64_t n, uint64_t off)
+/*
+ * Read n bytes at off; past the file's end reads zeros. 0 or -errno;
+ * flags RWF_NOWAIT: -EAGAIN where the read would have to wait (the data
+ * is not in the page cache).
+ */
+static int pread_flags(int fd, char *p, uint64_t n, uint64_t off, int flags)
 {
 	while (n) {
-		ssize_t r = pread(fd, p, n, (off_t)off);
+		struct iovec v = { p, n };
+		ssize_t r = flags ? preadv2(fd, &v, 1, (off_t)off, flags)
+				  : pread(fd, p, n, (off_t)off);
 
 		if (r < 0 && errno == EINTR)
 			continue;
@@ -157,6 +182,11 @@ static int pread_full(int fd, char *p, uint64_t n, uint64_t off)
 		off += (uint64_t)r;
 	}
 	return 0;
+}
+
+static int pread_full(int fd, char *p, uint64_t n, uint64_t off)
+{
+	return pread_flags(fd, p, n, off, 0);
 }
 
 static int pwrite_full(int fd, const char *p, uint64_t n, uint64_t off)
@@ -175,15 +205,61 @@ static int pwrite_full(int fd, const char *p, uint64_t n, uint64_t off)
 	return 0;
 }
 
+static void *writeback_main(void *arg)
+{
+	struct gw_cbw *c = arg;
+
+	gw_log_set_thread_name("cbw-wb");
+	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19) < 0)
+		gw_debug("cbw: cannot lower the writeback thread's priority: %s", strerror(errno));
+	pthread_mutex_lock(&c->q_mu);
+	for (;;) {
+		while (!c->wb_kick && !c->q_exit)
+			pthread_cond_wait(&c->wb_cv, &c->q_mu);
+		if (!c->wb_kick)
+			break;
+		c->wb_kick = false;
+		pthread_mutex_unlock(&c->q_mu);
+		pthread_rwlock_rdlock(&c->fds);
+		/* Start writeback of what is dirty, without waiting for it. */
+		if (c->aside >= 0 && sync_file_range(c->aside, 0, 0, SYNC_FILE_RANGE_WRITE) < 0)
+			gw_debug("cbw: sync_file_range: %s", strerror(errno));
+		pthread_rwlock_unlock(&c->fds);
+		pthread_mutex_lock(&c->q_mu);
+	}
+	pthread_mutex_unlock(&c->q_mu);
+	return NULL;
+}
+
+/*
+ * n more bytes were copied aside: every WB_KICK bytes, the writeback
+ * thread starts writing them out, so the aside file's dirty pages never
+ * pile up to where the kernel throttles the guest's writes (and the
+ * copies) to let writeback catch up.
+ */
+static void copied_more(struct gw_cbw *c, uint64_t n)
+{
+	pthread_mutex_lock(&c->q_mu);
+	c->wb_pending += n;
+	if (c->wb_pending >= WB_KICK && !c->q_exit) {
+		c->wb_pending = 0;
+		if (!c->wb_started)
+			c->wb_started = pthread_create(&c->wb, NULL, writeback_main, c) == 0;
+		c->wb_kick = c->wb_started;
+		pthread_cond_signal(&c->wb_cv);
+	}
+	pthread_mutex_unlock(&c->q_mu);
+}
+
 void gw_cbw_before_write(struct gw_cbw *c, uint64_t off, uint64_t len)
 {
-	uint64_t first, last, m;
-	char *buf;
+	uint64_t first, last, m, total = 0;
+	char *buf = NULL;
 
 	if (!len || off >= c->size || atomic_load(&c->stopped) || atomic_load(&c->broken))
 		return;
-	first = off / c->chunk;
-	last = GW_MIN((off + len - 1) / c->chunk, c->nchunks - 1);
+	first = off / c->unit;
+	last = GW_MIN((off + len - 1) / c->unit, c->nunits - 1);
 	for (uint64_t i = first;; i++) {
 		if (!is_copied(c, i))
 			break;
@@ -192,15 +268,31 @@ void gw_cbw_before_write(struct gw_cbw *c, uint64_t off, uint64_t len)
 	}
 	m = stripes(first, last);
 	lock_all(c, m);
-	buf = atomic_load(&c->stopped) || atomic_load(&c->broken) ? NULL : malloc(c->chunk);
-	if (!buf && !atomic_load(&c->stopped) && !atomic_load(&c->broken))
-		broke(c, "out of memory copying a chunk aside");
-	for (uint64_t i = first; buf && i <= last; i++) {
-		uint64_t at = i * c->chunk, n = GW_MIN((uint64_t)c->chunk, c->size - at);
+	/*
+	 * Each run of units not copied yet goes aside with one read and one
+	 * write (at most COPY_MAX at a time): a 4K write copies 4K.
+	 */
+	for (uint64_t i = first; i <= last;) {
+		uint64_t j = i, at, n;
 		int rc;
 
-		if (is_copied(c, i))
+		if (atomic_load(&c->stopped) || atomic_load(&c->broken))
+			break;
+		if (is_copied(c, i)) {
+			i++;
 			continue;
+		}
+		while (j + 1 <= last && !is_copied(c, j + 1) &&
+		       (j + 2 - i) * (uint64_t)c->unit <= COPY_MAX)
+			j++;
+		at = i * c->unit;
+		n = GW_MIN((j + 1 - i) * (uint64_t)c->unit, c->size - at);
+		if (!buf)
+			buf = malloc(GW_MIN((last + 1 - first) * (uint64_t)c->unit, COPY_MAX));
+		if (!buf) {
+			broke(c, "out of memory copying %llu bytes aside", (unsigned long long)n);
+			break;
+		}
 		rc = pread_full(c->src, buf, n, at);
 		if (rc == 0)
 			rc = pwrite_full(c->aside, buf, n, at);
@@ -210,17 +302,22 @@ void gw_cbw_before_write(struct gw_cbw *c, uint64_t off, uint64_t len)
 			      strerror(-rc));
 			break;
 		}
-		atomic_fetch_or_explicit(&c->copied[i >> 6], 1ull << (i & 63),
-					 memory_order_release);
+		for (uint64_t k = i; k <= j; k++)
+			atomic_fetch_or_explicit(&c->copied[k >> 6], 1ull << (k & 63),
+						 memory_order_release);
 		atomic_fetch_add(&c->bytes, n);
+		total += n;
+		i = j + 1;
 	}
 	free(buf);
 	unlock_all(c, m);
+	if (total)
+		copied_more(c, total);
 }
 
 /* Read [skip, skip+n) of the iovec's bytes from fd at off. */
 static int read_into(int fd, const struct iovec *iov, unsigned iovcnt, uint64_t skip, uint64_t n,
-		     uint64_t off)
+		     uint64_t off, int flags)
 {
 	for (unsigned k = 0; k < iovcnt && n; k++) {
 		uint64_t l = iov[k].iov_len, take;
@@ -231,7 +328,7 @@ static int read_into(int fd, const struct iovec *iov, unsigned iovcnt, uint64_t 
 			continue;
 		}
 		take = GW_MIN(l - skip, n);
-		rc = pread_full(fd, (char *)iov[k].iov_base + skip, take, off);
+		rc = pread_flags(fd, (char *)iov[k].iov_base + skip, take, off, flags);
 		if (rc < 0)
 			return rc;
 		skip = 0;
@@ -241,8 +338,22 @@ static int read_into(int fd, const struct iovec *iov, unsigned iovcnt, uint64_t 
 	return n ? -EINVAL : 0;
 }
 
-int gw_cbw_read(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt, uint64_t off,
-		uint64_t len)
+/* The first unit in [i, end) whose copied bit is `want`, or end. */
+static uint64_t find_unit(const struct gw_cbw *c, uint64_t i, uint64_t end, bool want)
+{
+	while (i < end) {
+		uint64_t w = atomic_load_explicit(&c->copied[i >> 6], memory_order_acquire);
+
+		w = (want ? w : ~w) >> (i & 63);
+		if (w)
+			return GW_MIN(i + (uint64_t)__builtin_ctzll(w), end);
+		i = (i | 63) + 1;
+	}
+	return end;
+}
+
+static int view_read(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt, uint64_t off,
+		     uint64_t len, int flags)
 {
 	uint64_t pos = off, end = off + len;
 	int rc = 0;
@@ -253,27 +364,55 @@ int gw_cbw_read(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt, uint
 	if (atomic_load(&c->stopped) || atomic_load(&c->broken))
 		rc = -EIO;
 	/*
-	 * No chunk lock: a reader never holds up a writer (nor waits on one).
-	 * A chunk not copied is read from the live image and then checked
-	 * again: a write to it is handed to the backend only after the chunk
-	 * is marked copied, so if the mark is still clear after the read, the
-	 * read saw the old data; if it is set now, the old data is in the aside
-	 * file, read again from there.
+	 * No unit lock: a reader never holds up a writer (nor waits on one).
+	 * A run of units not copied is read from the live image with one read
+	 * and then checked again: a write to a unit is handed to the backend
+	 * only after the unit is marked copied, so a unit whose mark is still
+	 * clear after the read was read as it was; a unit marked by now has
+	 * its old data in the aside file and is read again from there. A run
+	 * already copied is read from the aside file.
 	 */
 	while (rc == 0 && pos < end) {
-		uint64_t i = pos / c->chunk, stop = GW_MIN((i + 1) * c->chunk, end);
+		uint64_t i = pos / c->unit, last = (end - 1) / c->unit + 1, j, stop;
 		bool copied = is_copied(c, i);
 
-		rc = read_into(copied ? c->aside : c->src, iov, iovcnt, pos - off, stop - pos, pos);
+		j = find_unit(c, i + 1, last, !copied);
+		stop = GW_MIN(j * c->unit, end);
+		rc = read_into(copied ? c->aside : c->src, iov, iovcnt, pos - off, stop - pos, pos,
+			       flags);
 		atomic_thread_fence(memory_order_seq_cst);
-		if (rc == 0 && !copied && is_copied(c, i))
-			rc = read_into(c->aside, iov, iovcnt, pos - off, stop - pos, pos);
+		for (uint64_t k = i; rc == 0 && !copied && k < j;) {
+			uint64_t a = find_unit(c, k, j, true), b, from, to;
+
+			if (a == j)
+				break;
+			b = find_unit(c, a + 1, j, false);
+			from = GW_MAX(a * c->unit, pos);
+			to = GW_MIN(b * c->unit, stop);
+			rc = read_into(c->aside, iov, iovcnt, from - off, to - from, from, flags);
+			k = b;
+		}
 		pos = stop;
 	}
 	if (rc == 0 && atomic_load(&c->broken))
 		rc = -EIO; /* a copy this read may have needed did not happen */
 	pthread_rwlock_unlock(&c->fds);
 	return rc;
+}
+
+int gw_cbw_read(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt, uint64_t off,
+		uint64_t len)
+{
+	return view_read(c, iov, iovcnt, off, len, 0);
+}
+
+int gw_cbw_read_cached(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt, uint64_t off,
+		       uint64_t len)
+{
+	int rc = view_read(c, iov, iovcnt, off, len, RWF_NOWAIT);
+
+	/* A kernel or file system without RWF_NOWAIT reads: the caller's threads do. */
+	return rc == -EOPNOTSUPP ? -EAGAIN : rc;
 }
 
 static void *reader_main(void *arg)
@@ -336,14 +475,25 @@ int gw_cbw_read_submit(struct gw_cbw *c, struct gw_cbw_job *job)
 	return rc;
 }
 
-static bool copied_bit(const void *c, uint64_t i)
+/* Chunk i counts as copied when any of its units is (its data then is the view's own). */
+static bool copied_bit(const void *arg, uint64_t i)
 {
-	return is_copied(c, i);
+	const struct gw_cbw *c = arg;
+	uint64_t a = i * c->per, end = GW_MIN(a + c->per, c->nunits);
+
+	return find_unit(c, a, end, true) < end;
 }
 
 uint64_t gw_cbw_copied_run(struct gw_cbw *c, uint64_t off, uint64_t len, bool *copied)
 {
-	return gw_chunk_run(copied_bit, c, c->nchunks, c->chunk, c->size, off, len, copied);
+	uint64_t nchunks = (c->size + c->chunk - 1) / c->chunk;
+
+	return gw_chunk_run(copied_bit, c, nchunks, c->chunk, c->size, off, len, copied);
+}
+
+uint32_t gw_cbw_unit(const struct gw_cbw *c)
+{
+	return c->unit;
 }
 
 uint64_t gw_cbw_copied(const struct gw_cbw *c)
@@ -396,11 +546,15 @@ void gw_cbw_put(struct gw_cbw *c)
 	pthread_mutex_lock(&c->q_mu);
 	c->q_exit = true;
 	pthread_cond_broadcast(&c->q_cv);
+	pthread_cond_signal(&c->wb_cv);
 	pthread_mutex_unlock(&c->q_mu);
 	for (unsigned i = 0; i < c->nreaders; i++)
 		pthread_join(c->readers[i], NULL);
+	if (c->wb_started)
+		pthread_join(c->wb, NULL);
 	pthread_mutex_destroy(&c->q_mu);
 	pthread_cond_destroy(&c->q_cv);
+	pthread_cond_destroy(&c->wb_cv);
 	for (unsigned i = 0; i < STRIPES; i++)
 		pthread_mutex_destroy(&c->lock[i]);
 	pthread_mutex_destroy(&c->why_mu);

@@ -1,20 +1,25 @@
 /*
  * Copy-before-write: a point-in-time view of an image file on a file
  * system that cannot clone it (docs/backup.md). From the moment the view
- * is made, the first change to each chunk of the live image first copies
- * the chunk's old data into an aside file (sparse, same offsets); reading
- * the view takes a chunk from the aside file once it was copied, and from
- * the live image before. So the view is the image as it was when made,
- * and costs disk space only for the chunks changed since.
+ * is made, the first change to each unit of the live image (4 KiB; more
+ * only on images so large that the map of units would pass 32 MiB, never
+ * more than the tracking chunk) first copies the unit's old data into an
+ * aside file (sparse, same offsets); reading the view takes a unit from the
+ * aside file once it was copied, and from the live image before. So the
+ * view is the image as it was when made, and costs disk space only for
+ * the units changed since.
  *
- * Concurrency: chunks map onto a fixed set of locks. A change to a chunk
- * not yet copied takes its lock, copies, marks it copied and lets go,
- * before the change is handed to the backend; a change to a chunk already
- * copied costs one atomic load. Reading the view takes no chunk lock (a
- * backup reader never holds up the guest): a chunk not copied is read from
- * the live image and its mark checked again afterwards; set by then, the
- * chunk is read again from the aside file. Copying is synchronous on the
- * caller's thread (a pread and a pwrite of one chunk).
+ * Concurrency: units map onto a fixed set of locks. A change to units not
+ * yet copied takes their locks, copies each run of them with one read and
+ * one write, marks them copied and lets go, before the change is handed to
+ * the backend; a change to units already copied costs one atomic load per
+ * unit. Every 4 MiB copied, a thread of the view (nice 19) starts the aside
+ * file's writeback (sync_file_range, not waiting for it), so its dirty
+ * pages do not pile up until the kernel throttles the writers. Reading the
+ * view takes no lock (a backup reader never holds up the guest): a run of
+ * units not copied is read from the live image with one read and its marks
+ * checked again afterwards; units set by then are read again from the
+ * aside file. Copying is synchronous on the caller's thread.
  *
  * A copy that fails (the aside file's file system full, an I/O error)
  * never fails the change: the view is marked broken (reads of it fail with
@@ -31,9 +36,10 @@
 struct gw_cbw;
 
 /*
- * Make a view of the `size`-byte image file src_path, copying in chunks of
- * `chunk` bytes (a power of two) into aside_path (created; removed when
- * the view stops). 0 or -errno with a message.
+ * Make a view of the `size`-byte image file src_path, copying into
+ * aside_path (created; removed when the view stops) in units of at most
+ * `chunk` bytes (a power of two, the tracking granularity, which
+ * gw_cbw_copied_run() answers in). 0 or -errno with a message.
  */
 int gw_cbw_open(struct gw_cbw **out, const char *src_path, const char *aside_path, uint64_t size,
 		uint32_t chunk, char *err, size_t errlen);
@@ -44,6 +50,15 @@ void gw_cbw_before_write(struct gw_cbw *c, uint64_t off, uint64_t len);
 /* Any thread: read the view's [off, off+len) into iov. 0 or -errno. */
 int gw_cbw_read(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt, uint64_t off,
 		uint64_t len);
+
+/*
+ * The same where every byte is in the page cache already, or -EAGAIN
+ * (where it would wait on the disk; iov then holds a partial answer): a
+ * worker loop reads most of a backup itself this way, without a round
+ * trip through the view's threads.
+ */
+int gw_cbw_read_cached(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt, uint64_t off,
+		       uint64_t len);
 
 /*
  * The same without blocking the caller: the read runs on one of the view's
@@ -65,11 +80,15 @@ struct gw_cbw_job {
 int gw_cbw_read_submit(struct gw_cbw *c, struct gw_cbw_job *job);
 
 /*
- * The run from off (at most len) over which chunks are all copied aside or
- * all not (*copied says which). Not copied yet: the view there is the live
- * image, its allocation included. Any thread; a hint that may age.
+ * The run from off (at most len), in whole chunks, over which chunks are
+ * all copied aside (a chunk counts once any unit of it is) or all not
+ * (*copied says which). Not copied yet: the view there is the live image,
+ * its allocation included. Any thread; a hint that may age.
  */
 uint64_t gw_cbw_copied_run(struct gw_cbw *c, uint64_t off, uint64_t len, bool *copied);
+
+/* The copy unit in bytes. */
+uint32_t gw_cbw_unit(const struct gw_cbw *c);
 
 /* Bytes copied aside so far. */
 uint64_t gw_cbw_copied(const struct gw_cbw *c);

@@ -54,6 +54,26 @@ static bool view_is(struct gw_cbw *c, uint64_t off, uint64_t len, unsigned char 
 	return ok;
 }
 
+/*
+ * A worker's read (gw_cbw_read_cached): all of it as it was, or -EAGAIN;
+ * never a mixed answer reported as complete. -1 on a wrong answer.
+ */
+static int cached_is(struct gw_cbw *c, uint64_t off, uint64_t len, unsigned char v)
+{
+	unsigned char *b = malloc(len);
+	struct iovec iov = { b, len };
+	int rc = gw_cbw_read_cached(c, &iov, 1, off, len), ok = 1;
+
+	if (rc == -EAGAIN)
+		ok = 0;
+	else if (rc < 0)
+		ok = -1;
+	for (uint64_t i = 0; ok == 1 && i < len; i++)
+		ok = b[i] == v ? 1 : -1;
+	free(b);
+	return ok;
+}
+
 static int make_src(void)
 {
 	int fd = open(src, O_RDWR | O_CREAT | O_TRUNC, 0600);
@@ -80,7 +100,25 @@ static void test_view(void)
 	change(c, fd, 100, 10, 'F');                     /* chunk 0 again: no second copy */
 	CHECK(view_is(c, 0, SIZE, 'A'));
 	CHECK(view_is(c, CHUNK - 7, 20, 'A'));
-	CHECK_EQ_U64(gw_cbw_copied(c), 5ull * CHUNK + (SIZE - 63ull * CHUNK));
+	/* Units of 4K: the 10 bytes, the 2 across units, 3 chunks, the last unit. */
+	CHECK_EQ_U64(gw_cbw_unit(c), 4096);
+	CHECK_EQ_U64(gw_cbw_copied(c), 4096 + 8192 + 3ull * CHUNK + 4096);
+	/* A read over units copied and not, interleaved, in one request. */
+	for (uint64_t u = 40ull * CHUNK / 4096; u < 42ull * CHUNK / 4096; u += 3)
+		change(c, fd, u * 4096 + 5, 1, 'H');
+	CHECK(view_is(c, 39ull * CHUNK, 4ull * CHUNK, 'A'));
+	CHECK(view_is(c, 40ull * CHUNK + 4096 + 17, 3 * 4096, 'A'));
+	/* All of it was just written or copied: in the page cache, so a worker reads it. */
+	CHECK(cached_is(c, 0, SIZE, 'A') == 1);
+	{
+		bool set;
+
+		/* Chunk 40 has copied units: it counts as copied, in whole chunks. */
+		CHECK_EQ_U64(gw_cbw_copied_run(c, 40ull * CHUNK, 8ull * CHUNK, &set), 2ull * CHUNK);
+		CHECK(set);
+		CHECK_EQ_U64(gw_cbw_copied_run(c, 42ull * CHUNK, 8ull * CHUNK, &set), 8ull * CHUNK);
+		CHECK(!set);
+	}
 	CHECK(!gw_cbw_broken(c, NULL, 0));
 	gw_cbw_stop(c);
 	CHECK(stat(aside, &st) < 0 && errno == ENOENT);
@@ -149,9 +187,12 @@ static void *reader(void *arg)
 {
 	struct race *r = arg;
 
-	while (!atomic_load(&r->stop))
+	for (unsigned n = 0; !atomic_load(&r->stop); n++) {
 		if (!view_is(r->c, 0, SIZE, 'A'))
 			atomic_fetch_add(&r->bad, 1);
+		if (cached_is(r->c, (n * 12345ull) % (SIZE / 2), SIZE / 2, 'A') < 0)
+			atomic_fetch_add(&r->bad, 1);
+	}
 	return NULL;
 }
 
