@@ -619,14 +619,16 @@ static char *backup_field(struct loader *L, const struct ynode *b, const char *k
 }
 
 /*
- * 'backup': { of: IMAGE, checkpoint: NAME, since: NAME, only-changed: BOOL }
+ * 'backup': { of: IMAGE, checkpoint: NAME, since: NAME, only-changed: BOOL,
+ * view: VIEW, rate: SIZE }
  * makes the image a checkpoint's view, named IMAGE@NAME. Whether IMAGE is
  * declared and tracked is checked once every image is known.
  */
 static void image_backup(struct loader *L, struct gw_image_spec *img, const struct ynode *v,
 			 const char *prefix)
 {
-	static const char *const keys[] = { "of", "checkpoint", "since", "only-changed", "view" };
+	static const char *const keys[] = { "of",           "checkpoint", "since",
+					    "only-changed", "view",       "rate" };
 	static const char *const views[] = GW_VIEW_NAMES;
 	const struct ynode *b = ymap_get(v, "backup"), *oc;
 	struct words known = { 0 };
@@ -677,6 +679,21 @@ static void image_backup(struct loader *L, struct gw_image_spec *img, const stru
 				prefix, oc->type == YN_SCALAR ? oc->text : ynode_kind(oc));
 		else
 			s->view = (enum gw_backup_view)k;
+	}
+	if ((oc = ymap_get(b, "rate"))) {
+		char adv[160];
+
+		if (oc->type != YN_SCALAR)
+			diag_at(L->d, oc,
+				"%s'rate' must be the most bytes per second the backup is read "
+				"at, such as 200M (got %s)",
+				prefix, ynode_kind(oc));
+		else if (gw_parse_size(oc->text, &s->rate) < 0)
+			diag_at(L->d, oc, "%s'rate' '%s' is not a size: %s", prefix, oc->text,
+				gw_size_advice(oc->text, adv, sizeof(adv)));
+		else if (!s->rate)
+			diag_at(L->d, oc, "%s'rate' must be more than 0 (leave it out for no cap)",
+				prefix);
 	}
 	if (s->of && s->checkpoint && asprintf(&want, "%s@%s", s->of, s->checkpoint) > 0 &&
 	    strcmp(want, img->name) != 0)

@@ -67,6 +67,7 @@ struct gw_backup_spec {
 	char *since;       /* an earlier checkpoint, or NULL */
 	bool only_changed; /* unchanged chunks read as not allocated (needs since) */
 	enum gw_backup_view view;
+	uint64_t rate; /* reads at most this many bytes per second (0: no cap) */
 };
 
 struct gw_image_spec {

@@ -1,8 +1,10 @@
 #include "gateway/export.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lib/cbt.h"
 #include "lib/cbw.h"
@@ -293,11 +295,99 @@ static int view_read(struct gw_export *e, struct gw_stats *s, struct gw_io *io, 
 	return 1;
 }
 
+/* Hand a checked, tracked request on: to the view or the backend. 1 when done here. */
+static int dispatch(struct gw_export *e, struct gw_stats *s, struct gw_ioq *q, struct gw_io *io,
+		    uint64_t start)
+{
+	int rc;
+
+	if (gw_unlikely(e->view != NULL) && io->op == GW_OP_READ)
+		return view_read(e, s, io, start);
+	/*
+	 * In flight only once the backend took it: most requests of inline
+	 * backends never are, which saves two locked adds each. A backend that
+	 * completes before returning 0 makes the count dip below zero meanwhile.
+	 */
+	rc = e->backend->ops->submit(e->backend, q, io);
+	if (rc) {
+		if (io->_cbt)
+			gw_cbt_mark(io->_cbt, io->offset, io->len);
+		count(s, q, io, start);
+		return 1;
+	}
+	__atomic_fetch_add(&s->inflight, 1, __ATOMIC_RELAXED);
+	return 0;
+}
+
+/*
+ * A backup export's rate cap: each read takes len / rate seconds of the
+ * export's time line, starting when the one before it ends (or now); the
+ * wait until its start, in ns.
+ */
+static uint64_t rate_wait_ns(struct gw_export *e, uint64_t len)
+{
+	uint64_t now = gw_now_ns(), cost = (uint64_t)((double)len * 1e9 / (double)e->rate);
+	uint64_t prev = atomic_load_explicit(&e->rate_next, memory_order_relaxed), at;
+
+	do
+		at = GW_MAX(prev, now);
+	while (!atomic_compare_exchange_weak(&e->rate_next, &prev, at + cost));
+	return at - now;
+}
+
+/* A read held back by the rate cap, on its worker's loop until its turn. */
+struct rate_held {
+	ev_timer timer;
+	struct gw_export *e;
+	struct gw_stats *s;
+	struct gw_ioq *q;
+	struct gw_io *io;
+	uint64_t start;
+};
+
+static void rate_go(struct ev_loop *loop, ev_timer *t, int events)
+{
+	struct rate_held *h = (struct rate_held *)t;
+	struct gw_io *io = h->io;
+
+	(void)loop;
+	(void)events;
+	__atomic_fetch_sub(&h->s->inflight, 1, __ATOMIC_RELAXED);
+	if (dispatch(h->e, h->s, h->q, io, h->start))
+		io->done(io); /* answered at once: counted, result set */
+	free(h);
+}
+
+/* 1 when the read was held (it goes on from rate_go), 0 to go on now. */
+static int rate_hold(struct gw_export *e, struct gw_stats *s, struct gw_ioq *q, struct gw_io *io,
+		     uint64_t start)
+{
+	uint64_t wait = rate_wait_ns(e, io->len);
+	struct gw_worker *w;
+	struct rate_held *h;
+
+	if (wait < 50000) /* not worth a timer */
+		return 0;
+	w = gw_worker_self();
+	h = w ? malloc(sizeof(*h)) : NULL;
+	if (!h) {
+		/* Off a worker loop (or out of memory): this thread waits. */
+		struct timespec ts = { (time_t)(wait / 1000000000u), (long)(wait % 1000000000u) };
+
+		nanosleep(&ts, NULL);
+		return 0;
+	}
+	*h = (struct rate_held){ .e = e, .s = s, .q = q, .io = io, .start = start };
+	__atomic_fetch_add(&s->inflight, 1, __ATOMIC_RELAXED);
+	ev_timer_init(&h->timer, rate_go, (double)wait / 1e9, 0.);
+	ev_timer_start(w->loop, &h->timer);
+	return 1;
+}
+
 int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io)
 {
 	struct gw_stats *s = slot_of(e, q);
 	uint64_t start = gw_ioq_now(q);
-	int rc;
 
 	if (check(e, io)) {
 		if (gw_likely(io->op < GW_OP__COUNT))
@@ -315,22 +405,9 @@ int gw_export_submit(struct gw_export *e, struct gw_ioq *q, struct gw_io *io)
 		count(s, q, io, start);
 		return 1;
 	}
-	if (gw_unlikely(e->view != NULL) && io->op == GW_OP_READ)
-		return view_read(e, s, io, start);
-	/*
-	 * In flight only once the backend took it: most requests of inline
-	 * backends never are, which saves two locked adds each. A backend that
-	 * completes before returning 0 makes the count dip below zero meanwhile.
-	 */
-	rc = e->backend->ops->submit(e->backend, q, io);
-	if (rc) {
-		if (io->_cbt)
-			gw_cbt_mark(io->_cbt, io->offset, io->len);
-		count(s, q, io, start);
-		return 1;
-	}
-	__atomic_fetch_add(&s->inflight, 1, __ATOMIC_RELAXED);
-	return 0;
+	if (gw_unlikely(e->rate != 0) && io->op == GW_OP_READ && rate_hold(e, s, q, io, start))
+		return 0;
+	return dispatch(e, s, q, io, start);
 }
 
 void gw_io_complete(struct gw_io *io, int result)

@@ -130,6 +130,12 @@ struct gw_export {
 	/* A backup export of a copy-before-write view: reads come from it (a reference). */
 	struct gw_cbw *view;
 	/*
+	 * A backup export's read rate cap in bytes per second (0: none), set
+	 * before start; rate_next: when (gw_now_ns) the next read may start.
+	 */
+	uint64_t rate;
+	_Atomic uint64_t rate_next;
+	/*
 	 * Serve at low priority, on the background worker (lib/worker.h), so
 	 * that it never takes CPU or a loop turn from the pool's exports: set
 	 * by the daemon before start for backup exports.

@@ -1128,9 +1128,10 @@ static bool str_same(const char *a, const char *b)
 
 static bool backup_same(const struct gw_backup_spec *a, const struct gw_backup_spec *b)
 {
-	return a == b || (a && b && str_same(a->of, b->of) &&
-			  str_same(a->checkpoint, b->checkpoint) && str_same(a->since, b->since) &&
-			  a->only_changed == b->only_changed && a->view == b->view);
+	return a == b ||
+	       (a && b && str_same(a->of, b->of) && str_same(a->checkpoint, b->checkpoint) &&
+		str_same(a->since, b->since) && a->only_changed == b->only_changed &&
+		a->view == b->view && a->rate == b->rate);
 }
 
 static bool image_same(const struct gw_image_spec *a, const struct gw_image_spec *b)
@@ -1538,6 +1539,7 @@ static void apply_finish2(struct apply *a)
 			char why[768];
 
 			e->background = true;
+			e->rate = nm->images[x->image_index].backup->rate;
 			if (gw_track_backup_attach(nm->images[x->image_index].backup, b->size,
 						   &e->changes, &e->view, why, sizeof(why)) < 0) {
 				gw_err("export %s: %s", x->id, why);
@@ -1914,6 +1916,8 @@ static char *manifest_text(const char *skip_id, const char *skip_image, const ch
 
 				fprintf(f, ", view: %s", views[s->backup->view]);
 			}
+			if (s->backup->rate)
+				fprintf(f, ", rate: %llu", (unsigned long long)s->backup->rate);
 			fprintf(f, " }");
 		}
 		fprintf(f, "%s%s }\n", o && *o ? ", " : "", o ? o : "");
@@ -2220,7 +2224,9 @@ static json_object *cmd_backup_start(json_object *req)
 	const char *image = jstring(req, "image"), *ckpt = jstring(req, "checkpoint");
 	const char *since = jstring(req, "since");
 	bool only = jbool(req, "only_changed"), inconsistent = jbool(req, "inconsistent");
-	json_object *nbd = NULL, *r, *keep;
+	json_object *nbd = NULL, *r, *keep, *jrate = NULL;
+	int64_t rate = 0;
+	char rate_text[40] = "";
 	char err[1024] = "", *fields = NULL, *id = NULL, *im = NULL, *ex = NULL, *text = NULL;
 	struct gw_ctl_pending *p;
 	static const char *const views[] = GW_VIEW_NAMES;
@@ -2235,6 +2241,13 @@ static json_object *cmd_backup_start(json_object *req)
 		return gw_ctl_error(-EINVAL,
 				    "\"only_changed\" needs \"since\": the checkpoint the layer "
 				    "is over");
+	if (json_object_object_get_ex(req, "rate", &jrate)) {
+		rate = json_object_is_type(jrate, json_type_int) ? json_object_get_int64(jrate) : 0;
+		if (rate <= 0)
+			return gw_ctl_error(-EINVAL, "\"rate\" must be the most bytes per second "
+						     "the backup is read at, a number above 0");
+		snprintf(rate_text, sizeof(rate_text), ", rate: %lld", (long long)rate);
+	}
 	if (json_object_object_get_ex(req, "nbd", &nbd) &&
 	    !json_object_is_type(nbd, json_type_object))
 		return gw_ctl_error(-EINVAL, "\"nbd\" must be the export's nbd settings, e.g. "
@@ -2254,10 +2267,11 @@ static json_object *cmd_backup_start(json_object *req)
 	}
 	/* The image (the view's settings, and what it is a backup of) and its export. */
 	keep = json_object_new_array();
-	if (asprintf(&im, "  %s: { %s, backup: { of: %s, checkpoint: %s, view: %s%s%s%s%s } }",
+	if (asprintf(&im, "  %s: { %s, backup: { of: %s, checkpoint: %s, view: %s%s%s%s%s%s } }",
 		     q(&keep, id), fields, q(&keep, image), q(&keep, ckpt), views[view],
 		     since ? ", since: " : "", since ? q(&keep, since) : "",
-		     since ? ", only-changed: " : "", since ? (only ? "true" : "false") : "") < 0)
+		     since ? ", only-changed: " : "", since ? (only ? "true" : "false") : "",
+		     rate_text) < 0)
 		goto oom;
 	/*
 	 * Without settings: a socket of the backups' own, so that every export
@@ -2422,7 +2436,7 @@ static const struct {
 	{ "export-del", cmd_export_del, "remove an export: {id, force}" },
 	{ "save-manifest", cmd_save_manifest, "the live state as a manifest: {path}" },
 	{ "backup-start", cmd_backup_start,
-	  "export a checkpoint's view over NBD: {image, checkpoint, since, only_changed, "
+	  "export a checkpoint's view over NBD: {image, checkpoint, since, only_changed, rate, "
 	  "inconsistent, nbd}" },
 	{ "backup-stop", cmd_backup_stop,
 	  "end a backup export: {id, force} (waits up to 5 s for its readers to hang up)" },
@@ -2713,6 +2727,8 @@ int gw_serve(struct gw_manifest *m, const struct gw_serve_opts *o)
 		if (!e)
 			goto fail;
 		e->background = m->images[x->image_index].backup != NULL;
+		if (m->images[x->image_index].backup)
+			e->rate = m->images[x->image_index].backup->rate;
 		if (m->images[x->image_index].backup &&
 		    gw_track_backup_attach(m->images[x->image_index].backup, b->size, &e->changes,
 					   &e->view, err, sizeof(err)) < 0) {

@@ -11,6 +11,7 @@
 #include "config/manifest.h"
 #include "gateway/control.h"
 #include "gateway/track.h"
+#include "lib/opts.h"
 
 void gw_cli_checkpoint_usage(FILE *f)
 {
@@ -231,7 +232,7 @@ void gw_cli_backup_usage(FILE *f)
 	fprintf(f,
 		"Usage: blkgw backup start IMAGE CHECKPOINT [--since PREV [--only-changed]]\n"
 		"                          [--inconsistent] [--socket PATH | --listen HOST:PORT]\n"
-		"                          [--control SOCKET] [--json]\n"
+		"                          [--rate BYTES] [--control SOCKET] [--json]\n"
 		"       blkgw backup stop IMAGE@CHECKPOINT [--force] [--control SOCKET] [--json]\n"
 		"Back up a tracked image (docs/backup.md).\n"
 		"\n"
@@ -252,6 +253,9 @@ void gw_cli_backup_usage(FILE *f)
 		"  --socket PATH       serve on this unix socket (default: RUN-DIR/backup.sock,\n"
 		"                      the backups' own)\n"
 		"  --listen HOST:PORT  serve on TCP instead\n"
+		"  --rate BYTES        read the backup at most this fast, per second (200M:\n"
+		"                      200 MiB/s), leaving the disk and CPU to the guest\n"
+		"                      (default: no cap)\n"
 		"  --control SOCKET    the daemon's control socket\n"
 		"  --json              print the daemon's JSON reply\n");
 }
@@ -298,10 +302,12 @@ int gw_cli_backup(int argc, char **argv)
 		{ "socket", required_argument, NULL, 'S' },
 		{ "listen", required_argument, NULL, 'l' },
 		{ "force", no_argument, NULL, 'f' },
+		{ "rate", required_argument, NULL, 'r' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	const char *control = NULL, *since = NULL, *sockp = NULL, *listen = NULL, *verb;
+	const char *control = NULL, *since = NULL, *sockp = NULL, *listen = NULL, *rate = NULL;
+	const char *verb;
 	bool as_json = false, only = false, inconsistent = false, force = false, start;
 	json_object *req, *reply;
 	char *id = NULL;
@@ -333,6 +339,9 @@ int gw_cli_backup(int argc, char **argv)
 		case 'f':
 			force = true;
 			break;
+		case 'r':
+			rate = optarg;
+			break;
 		case 'h':
 			gw_cli_backup_usage(stdout);
 			return 0;
@@ -344,8 +353,8 @@ int gw_cli_backup(int argc, char **argv)
 	verb = optind < argc ? argv[optind] : "";
 	start = strcmp(verb, "start") == 0;
 	if ((!start && strcmp(verb, "stop") != 0) || argc - optind != (start ? 3 : 2) ||
-	    (!start && (since || only || inconsistent || sockp || listen)) || (start && force) ||
-	    (only && !since) || (sockp && listen)) {
+	    (!start && (since || only || inconsistent || sockp || listen || rate)) ||
+	    (start && force) || (only && !since) || (sockp && listen)) {
 		gw_cli_backup_usage(stderr);
 		return 2;
 	}
@@ -365,6 +374,20 @@ int gw_cli_backup(int argc, char **argv)
 		json_object_object_add(req, "since", json_object_new_string(since));
 	json_object_object_add(req, "only_changed", json_object_new_boolean(only));
 	json_object_object_add(req, "inconsistent", json_object_new_boolean(inconsistent));
+	if (rate) {
+		uint64_t v = 0;
+		char adv[160];
+		int prc = gw_parse_size(rate, &v);
+
+		if (prc < 0 || !v) {
+			fprintf(stderr, "blkgw backup: --rate %s: %s\n", rate,
+				prc < 0 ? gw_size_advice(rate, adv, sizeof(adv))
+					: "give the most bytes per second, such as 200M");
+			json_object_put(req);
+			return 2;
+		}
+		json_object_object_add(req, "rate", json_object_new_int64((int64_t)v));
+	}
 	if (sockp || listen) {
 		json_object *n = json_object_new_object();
 

@@ -171,6 +171,23 @@ url=$("$BLKGW" backup start disk c3 --inconsistent --socket "$T/b3.sock") ||
 qemu-img compare -q -f raw -F raw "$url" "$live" || fail "the --inconsistent view is not the live disk"
 "$BLKGW" backup stop disk@c3 || fail "backup stop disk@c3"
 
+# A rate cap holds a backup's reads back: 16 reads of 1M at --rate 8M take
+# 15/8 s at least (load only makes them slower; without the cap they take a
+# few ms); save-manifest keeps it; a rate of 0 is refused with the reason.
+"$BLKGW" backup start disk c3 --inconsistent --rate 0 2>"$T/err" && fail "--rate 0 was accepted"
+grep -q "such as 200M" "$T/err" || fail "--rate 0: $(cat "$T/err")"
+url=$("$BLKGW" backup start disk c3 --inconsistent --rate 8M --socket "$T/b3.sock") ||
+  fail "backup start --rate 8M"
+"$BLKGW" save-manifest | grep -q "disk@c3.*rate: 8388608" || fail "save-manifest lost the rate"
+set --
+for i in $(seq 48 63); do set -- "$@" -c "read ${i}M 1M"; done
+t0=$(date +%s%N)
+qemu-io -f raw -r "$@" "$url" >"$T/out" 2>&1 || { cat "$T/out"; fail "reads of the capped backup"; }
+ms=$((($(date +%s%N) - t0) / 1000000))
+echo "16 MiB read at --rate 8M in $ms ms"
+[ "$ms" -ge 1800 ] || fail "16 MiB read in $ms ms: the 8M/s cap did not hold the reads back"
+"$BLKGW" backup stop disk@c3 || fail "backup stop disk@c3 (rate)"
+
 # fio --verify goes on writing to the live disk through a whole backup, without
 # an error; the backup is the disk as it was at its checkpoint.
 cp "$mnt/disk.img" "$T/c4.raw"
