@@ -9,10 +9,16 @@
 # nbdcopy reading the image file itself. QD1 and QD32, interleaved
 # repetitions, one table with medians and the ratios against tracking off.
 #
-#   bench/backup/run.sh [--runtime S] [--repeat N] [--out DIR] [--dir DIR]
+#   bench/backup/run.sh [--runtime S] [--repeat N] [--out DIR] [--dir DIR] [--ab BLKGW]
+#                       [--rate R]
 #
 # --dir: where the image and run dir go (default /tmp). On XFS or btrfs the
 # backup's view is a reflink copy instead of copy-before-write.
+# --ab BLKGW: A/B against another blkgw binary (say, main's before a change):
+# each repetition runs every case with it ("A") and then with this tree's
+# ("B"), one table each and the B/A ratios, so load on the machine hits both.
+# --rate R: one case more, the backup read meanwhile with `backup start
+# --rate R` (this tree's blkgw only; the other cases read it uncapped).
 #
 # Measurements, never tests: nothing here fails because something is slow.
 set -euo pipefail
@@ -24,13 +30,17 @@ RUNTIME=5
 REPEAT=3
 OUT=""
 DIR=/tmp
+AB=""
+RATE=""
 while [ $# -gt 0 ]; do
 	case $1 in
 	--runtime) RUNTIME=$2; shift 2 ;;
 	--repeat) REPEAT=$2; shift 2 ;;
 	--out) OUT=$2; shift 2 ;;
 	--dir) DIR=$2; shift 2 ;;
-	-h | --help) sed -n 2,17p "$0"; exit 0 ;;
+	--ab) AB=$2; shift 2 ;;
+	--rate) RATE=$2; shift 2 ;;
+	-h | --help) sed -n 2,23p "$0"; exit 0 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -75,71 +85,103 @@ fio_run() { # name qd rw [extra...] -> prints "iops mean_us"
 
 truncate -s 4G "$W/disk.img"
 ck=0
-: >"$OUT/raw.txt"
+if [ -n "$AB" ]; then VARIANTS="A B"; else VARIANTS="B"; fi
+for v in $VARIANTS; do : >"$OUT/raw.$v.txt"; done
+NEW=$BLKGW
 for r in $(seq "$REPEAT"); do
+for v in $VARIANTS; do
+	if [ "$v" = A ]; then BLKGW=$AB; else BLKGW=$NEW; fi
+	RAW=$OUT/raw.$v.txt
 	for qd in 1 32; do
 		serve false
-		echo "off qd$qd $(fio_run off-qd$qd-r$r $qd randwrite)" >>"$OUT/raw.txt"
-		echo "offseq qd$qd $(fio_run offseq-qd$qd-r$r $qd write:60k)" >>"$OUT/raw.txt"
+		echo "off qd$qd $(fio_run off-qd$qd-r$r-$v $qd randwrite)" >>"$RAW"
+		echo "offseq qd$qd $(fio_run offseq-qd$qd-r$r-$v $qd write:60k)" >>"$RAW"
 		serve true
 		# Every chunk of the 1 GiB marked first (one sequential pass).
 		fio --name=mark --ioengine=nbd --uri="$URI" --rw=write --bs=1M --iodepth=8 --size=1G \
 			>/dev/null 2>&1
-		echo "marked qd$qd $(fio_run marked-qd$qd-r$r $qd randwrite)" >>"$OUT/raw.txt"
+		echo "marked qd$qd $(fio_run marked-qd$qd-r$r-$v $qd randwrite)" >>"$RAW"
 		ck=$((ck + 1))
 		"$BLKGW" checkpoint create disk "k$ck" --no-snapshot >/dev/null
-		echo "first qd$qd $(fio_run first-qd$qd-r$r $qd write:60k)" >>"$OUT/raw.txt"
+		echo "first qd$qd $(fio_run first-qd$qd-r$r-$v $qd write:60k)" >>"$RAW"
 		# A backup of a new checkpoint (copy-before-write, or a reflink copy on
 		# XFS/btrfs), read in a loop while fio writes.
 		ck=$((ck + 1))
 		url=$("$BLKGW" backup start disk "k$ck" --socket "$W/b.sock")
 		(while [ ! -e "$W/stop" ]; do nbdcopy "$url" null: || break; done) &
 		reader=$!
-		echo "backup qd$qd $(fio_run backup-qd$qd-r$r $qd randwrite)" >>"$OUT/raw.txt"
+		echo "backup qd$qd $(fio_run backup-qd$qd-r$r-$v $qd randwrite)" >>"$RAW"
 		touch "$W/stop"; wait $reader || true; rm -f "$W/stop"
 		copied=$("$BLKGW" status --json | jq '.exports[] | select(.id == "disk") | .tracking.copy_before_write.copied_bytes // 0')
-		echo "copied qd$qd $copied 0" >>"$OUT/raw.txt"
+		echo "copied qd$qd $copied 0" >>"$RAW"
 		"$BLKGW" backup stop "disk@k$ck" >/dev/null
+		if [ -n "$RATE" ] && [ "$v" = B ]; then
+			ck=$((ck + 1))
+			url=$("$BLKGW" backup start disk "k$ck" --socket "$W/b.sock" --rate "$RATE")
+			(while [ ! -e "$W/stop" ]; do nbdcopy "$url" null: || break; done) &
+			reader=$!
+			echo "backuprate qd$qd $(fio_run backuprate-qd$qd-r$r-$v $qd randwrite)" >>"$RAW"
+			touch "$W/stop"; wait $reader || true; rm -f "$W/stop"
+			"$BLKGW" backup stop "disk@k$ck" >/dev/null
+		fi
 	done
 	# Backup read throughput: the export (a new checkpoint's view, idle guest) vs the file.
 	ck=$((ck + 1))
 	url=$("$BLKGW" backup start disk "k$ck" --socket "$W/b.sock")
 	t0=$(date +%s.%N); nbdcopy "$url" null:; t1=$(date +%s.%N)
-	echo "readbackup - $(echo "4096 / ($t1 - $t0)" | bc -l) 0" >>"$OUT/raw.txt"
+	echo "readbackup - $(echo "4096 / ($t1 - $t0)" | bc -l) 0" >>"$RAW"
 	"$BLKGW" backup stop "disk@k$ck" >/dev/null
 	t0=$(date +%s.%N); nbdcopy "$W/disk.img" null:; t1=$(date +%s.%N)
-	echo "readfile - $(echo "4096 / ($t1 - $t0)" | bc -l) 0" >>"$OUT/raw.txt"
+	echo "readfile - $(echo "4096 / ($t1 - $t0)" | bc -l) 0" >>"$RAW"
 done
+done
+BLKGW=$NEW
 
-/usr/bin/python3 - "$OUT/raw.txt" <<'PY' | tee "$OUT/table.md"
+/usr/bin/python3 - $(for v in $VARIANTS; do echo "$OUT/raw.$v.txt"; done) <<'PY' | tee "$OUT/table.md"
 import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    k, qd, a, b = line.split()
-    rows.setdefault((k, qd), []).append((float(a), float(b)))
 med = lambda v, i: statistics.median(x[i] for x in v)
-print("| case | pattern | QD | write IOPS (median) | mean latency us | vs tracking off, same pattern | runs |")
-print("|---|---|---|---|---|---|---|")
-for k, base_k, pat, label in (
-        ("off", "off", "randwrite", "tracking off"),
-        ("marked", "off", "randwrite", "tracking on, chunks already marked"),
-        ("backup", "off", "randwrite", "tracking on, a backup of it read meanwhile (nbdcopy loop)"),
-        ("offseq", "offseq", "write:60k", "tracking off"),
-        ("first", "offseq", "write:60k", "tracking on, every write a new chunk")):
-    for qd in ("qd1", "qd32"):
-        v = rows.get((k, qd))
-        if not v:
-            continue
-        base = med(rows[(base_k, qd)], 0)
-        print(f"| {label} | {pat} | {qd[2:]} | {med(v, 0):,.0f} | {med(v, 1):.1f} | "
-              f"{med(v, 0) / base:.2f}x | {', '.join(f'{x[0]:,.0f}' for x in v)} |")
-for qd in ("qd1", "qd32"):
-    v = rows.get(("copied", qd))
-    if v:
-        print(f"\ncopied aside during the backup at QD{qd[2:]}: median {med(v, 0) / 2**20:.0f} MiB")
-rb, rf = rows.get(("readbackup", "-")), rows.get(("readfile", "-"))
-if rb and rf:
-    print(f"\nbackup read (nbdcopy of IMAGE@CHECKPOINT to null:): median {med(rb, 0):,.0f} MiB/s; "
-          f"nbdcopy of the image file: {med(rf, 0):,.0f} MiB/s; ratio {med(rb, 0) / med(rf, 0):.2f}x")
+allrows = {}
+for path in sys.argv[1:]:
+    rows = allrows[path.rsplit(".", 2)[-2]] = {}
+    for line in open(path):
+        k, qd, a, b = line.split()
+        rows.setdefault((k, qd), []).append((float(a), float(b)))
+for variant, rows in allrows.items():
+  if len(allrows) > 1:
+    print(f"\n### {variant}: {'--ab binary' if variant == 'A' else 'this tree'}\n")
+  print("| case | pattern | QD | write IOPS (median) | mean latency us | vs tracking off, same pattern | runs |")
+  print("|---|---|---|---|---|---|---|")
+  for k, base_k, pat, label in (
+          ("off", "off", "randwrite", "tracking off"),
+          ("marked", "off", "randwrite", "tracking on, chunks already marked"),
+          ("backup", "off", "randwrite", "tracking on, a backup of it read meanwhile (nbdcopy loop)"),
+          ("backuprate", "off", "randwrite", "the same, the backup started with --rate"),
+          ("offseq", "offseq", "write:60k", "tracking off"),
+          ("first", "offseq", "write:60k", "tracking on, every write a new chunk")):
+      for qd in ("qd1", "qd32"):
+          v = rows.get((k, qd))
+          if not v:
+              continue
+          base = med(rows[(base_k, qd)], 0)
+          print(f"| {label} | {pat} | {qd[2:]} | {med(v, 0):,.0f} | {med(v, 1):.1f} | "
+                f"{med(v, 0) / base:.2f}x | {', '.join(f'{x[0]:,.0f}' for x in v)} |")
+  for qd in ("qd1", "qd32"):
+      v = rows.get(("copied", qd))
+      if v:
+          print(f"\ncopied aside during the backup at QD{qd[2:]}: median {med(v, 0) / 2**20:.0f} MiB")
+  rb, rf = rows.get(("readbackup", "-")), rows.get(("readfile", "-"))
+  if rb and rf:
+      print(f"\nbackup read (nbdcopy of IMAGE@CHECKPOINT to null:): median {med(rb, 0):,.0f} MiB/s; "
+            f"nbdcopy of the image file: {med(rf, 0):,.0f} MiB/s; ratio {med(rb, 0) / med(rf, 0):.2f}x")
+if len(allrows) > 1:
+    a, b = allrows["A"], allrows["B"]
+    print("\n### B/A (medians)\n")
+    for k in ("backup", "off", "marked"):
+        for qd in ("qd1", "qd32"):
+            if (k, qd) in a and (k, qd) in b:
+                print(f"- {k} QD{qd[2:]}: B/A {med(b[(k, qd)], 0) / med(a[(k, qd)], 0):.2f}x IOPS"
+                      f" (A {med(a[(k, qd)], 0):,.0f}, B {med(b[(k, qd)], 0):,.0f})")
+    if ("readbackup", "-") in a and ("readbackup", "-") in b:
+        print(f"- backup read: B/A {med(b[('readbackup', '-')], 0) / med(a[('readbackup', '-')], 0):.2f}x MiB/s")
 PY
 echo "results in $OUT"
