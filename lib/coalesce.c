@@ -144,7 +144,7 @@ bool gw_hold_signal_due(struct gw_hold *h, uint64_t now)
 		return true; /* already held: this completion goes with it */
 	if (!h->quiet_ns || h->gap_ns < h->quiet_ns / 4)
 		return false;
-	if (!h->on && ++h->probe < GW_HOLD_PROBE_EVERY)
+	if (!h->on && ++h->probe < (h->probe_every ? h->probe_every : GW_HOLD_PROBE_EVERY))
 		return false;
 	h->probe = 0;
 	h->first = now;
@@ -161,6 +161,12 @@ void gw_hold_release(struct gw_hold *h)
 	if (h->merged) {
 		h->on = true;
 		h->misses = 0;
+		h->probe_every = 0;
+	} else if (!h->on) {
+		/* A probe that took nothing along: wait twice as long for the next. */
+		h->probe_every = (uint16_t)GW_MIN(2u * (h->probe_every ? h->probe_every
+								       : GW_HOLD_PROBE_EVERY),
+						  GW_HOLD_PROBE_MAX);
 	} else if (++h->misses >= 2) {
 		h->on = false;
 		h->misses = 0;

@@ -78,17 +78,23 @@ uint32_t gw_poll_window_next(uint32_t cur_ns, uint64_t gap_ns, uint32_t max_ns, 
  * quiet_ns/4 or more apart on average is ever held; holding stays on
  * while holds take new requests along and goes off after two that took
  * none (a closed-loop driver waiting for the very signal held). While off,
- * every GW_HOLD_PROBE_EVERY-th due signal is held as a probe.
+ * a due signal is held as a probe after GW_HOLD_PROBE_EVERY others; each
+ * probe that takes nothing along doubles that count, up to
+ * GW_HOLD_PROBE_MAX (a QD1 driver, whose every probe is a delay with
+ * nothing to gain, pays for one in 1024 requests instead of one in 32),
+ * and a probe that does take requests along turns holding on again.
  *
  * Pure logic, like the rest of this file: the caller passes the time.
  */
 #define GW_HOLD_PROBE_EVERY 32u
+#define GW_HOLD_PROBE_MAX   1024u
 
 struct gw_hold {
 	uint32_t quiet_ns;     /* configured quiet gap; 0: never hold */
 	bool on;               /* holds have been taking requests along */
 	uint8_t misses;        /* consecutive holds that took none */
-	uint8_t probe;         /* due signals since the last probe */
+	uint16_t probe;        /* due signals since the last probe */
+	uint16_t probe_every;  /* due signals between probes (0: GW_HOLD_PROBE_EVERY) */
 	unsigned merged;       /* arrivals during the current hold */
 	uint64_t due;          /* release at (ns); 0: nothing held */
 	uint64_t first;        /* when the held signal became due */

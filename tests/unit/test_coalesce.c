@@ -243,8 +243,26 @@ int main(void)
 		CHECK(o.reqs > 4000);
 		CHECK(o.held > 0);
 		CHECK(o.held * GW_HOLD_PROBE_EVERY <= o.reqs + GW_HOLD_PROBE_EVERY);
-		/* A probe costs the quiet gap, once in 32 requests. */
+		/* A probe costs the quiet gap. */
 		CHECK(o.delay_ns <= o.held * 40000);
+		/*
+		 * Each lost probe doubles the wait for the next: 32, 64, ... 1024
+		 * requests apart, so about a dozen in 6600 requests, not 200.
+		 */
+		CHECK(o.held <= 12);
+		CHECK_EQ_U64(h.probe_every, GW_HOLD_PROBE_MAX);
+		/* The same queue's driver turns into a slow open-loop one: found within a probe. */
+		{
+			struct driver tcg = { false, 20000, 0, 0 };
+			uint64_t t0 = 1001 * MS;
+
+			o = drive(&h, &tcg, t0, t0 + 30 * MS); /* 1500 requests: one probe at most
+								  1024 in */
+			CHECK(h.on);
+			CHECK_EQ_U64(h.probe_every, 0);
+			o = drive(&h, &tcg, t0 + 30 * MS, t0 + 130 * MS);
+			CHECK(o.signals * 7 < o.reqs);
+		}
 	}
 	/* Fast drivers (a host client, QD1 and QD32) are never held: their pace is under quiet/4.
 	 */
@@ -271,7 +289,11 @@ int main(void)
 		CHECK(!h.on);
 		/* Two holds that took nothing along, then probes only. */
 		CHECK(o.held <= 2 + o.reqs / GW_HOLD_PROBE_EVERY + 1);
-		o = drive(&h, &tcg, 400 * MS, 500 * MS);
+		/* Lost probes have spaced the next one out (at most 1024 requests): found within 30
+		 * ms. */
+		drive(&h, &tcg, 400 * MS, 430 * MS);
+		CHECK(h.on);
+		o = drive(&h, &tcg, 430 * MS, 530 * MS);
 		CHECK(h.on);
 		CHECK(o.signals * 7 < o.reqs);
 	}
