@@ -151,6 +151,14 @@ static json_object *export_json(struct gw_export *e)
 		json_object_object_add(l, "payload_timeouts", u64(st.payload_timeouts));
 		json_object_object_add(o, "limits", l);
 	}
+	if (st.has_poll_counters) {
+		json_object *p = json_object_new_object();
+
+		json_object_object_add(p, "stopped_slow", u64(st.poll_slow_stops));
+		json_object_object_add(p, "resumed", u64(st.poll_slow_resumes));
+		json_object_object_add(p, "slow_connections", u64(st.poll_slow_now));
+		json_object_object_add(o, "socket_poll", p);
+	}
 	json_object_object_add(o, "notes", json_object_new_string(e->notes));
 	if (e->backend->cbt && !image_closing(e->backend))
 		json_object_object_add(o, "tracking", gw_track_status(e->backend));

@@ -46,6 +46,11 @@ struct gw_export_status {
 	unsigned long long handshake_timeouts;
 	unsigned long long idle_timeouts;
 	unsigned long long payload_timeouts; /* a write's payload too slow */
+	/* Socket polling left off for connections whose requests are slow (NBD). */
+	bool has_poll_counters;
+	unsigned long long poll_slow_stops;   /* times a connection stopped polling */
+	unsigned long long poll_slow_resumes; /* times one started again */
+	unsigned long long poll_slow_now;     /* connections not polled for that now */
 };
 
 /* start() returned: the device is being created; exp->started() tells how it ended. */

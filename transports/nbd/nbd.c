@@ -74,7 +74,7 @@ static const struct gw_opt_desc nbd_opts_table[] = {
 	  .offset = offsetof(struct nbd_opts, poll_us),
 	  .max = 1000,
 	  .def = 50,
-	  .help = "a queue-depth-1 client that comes back quickly after each reply has its socket polled up to this long instead of the worker sleeping (adaptive; 0: never; default 50)" },
+	  .help = "a queue-depth-1 client that comes back quickly after each reply has its socket polled up to this long instead of the worker sleeping (adaptive; not while its requests take more than 4x this long; 0: never; default 50)" },
 	{ .key = "max-connections",
 	  .type = GW_OPT_U32,
 	  .offset = offsetof(struct nbd_opts, max_connections),
@@ -1485,6 +1485,10 @@ static void nbd_status(struct gw_export *e, struct gw_export_status *st)
 			st->idle_timeouts += atomic_load(&l->idle_timeouts);
 			st->payload_timeouts += atomic_load(&l->payload_timeouts);
 		}
+		st->has_poll_counters = true;
+		st->poll_slow_stops = atomic_load(&x->poll_slow_stops);
+		st->poll_slow_resumes = atomic_load(&x->poll_slow_resumes);
+		st->poll_slow_now = atomic_load(&x->poll_slow_conns);
 	}
 	if (x && x->dev_index >= 0)
 		snprintf(st->device, sizeof(st->device), "/dev/nbd%d", x->dev_index);

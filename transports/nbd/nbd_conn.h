@@ -84,6 +84,9 @@ struct nbd_conn {
 	uint32_t poll_ns;    /* current window, 0: sleep */
 	uint16_t burst;      /* requests since the last went_idle */
 	uint8_t serial;      /* consecutive wake-ups that brought one request */
+	bool slow;           /* its requests take too long for polling to pay */
+	uint64_t busy_since; /* ns: a request came after went_idle; 0: none */
+	uint64_t svc_ns;     /* moving average: request in to reply out, serial only */
 
 	/* Requests. */
 	unsigned inflight;

@@ -93,8 +93,11 @@ struct nbd_exp {
 	atomic_bool stopping;
 	atomic_bool done_posted;
 	void (*stop_done)(struct gw_export *exp);
-	int dev_index;  /* attached /dev/nbdN, or -1 */
-	char *dev_link; /* RUN-DIR/dev/IMAGE -> /dev/nbdN */
+	/* Socket polling left off for slow requests (nbd_conn.c: went_idle), for status. */
+	atomic_ullong poll_slow_stops, poll_slow_resumes;
+	atomic_uint poll_slow_conns; /* connections not polled for that now */
+	int dev_index;               /* attached /dev/nbdN, or -1 */
+	char *dev_link;              /* RUN-DIR/dev/IMAGE -> /dev/nbdN */
 	/* The kernel attach, on a thread of its own (it may block in the kernel). */
 	pthread_t attach_thread;
 	int attach_kfds[16];
