@@ -335,23 +335,35 @@ static uint64_t rate_wait_ns(struct gw_export *e, uint64_t len)
 	return at - now;
 }
 
-/* A read held back by the rate cap, on its worker's loop until its turn. */
+/*
+ * A read held back by the rate cap, on its worker's loop until its turn
+ * (at, in gw_now_ns time). The timer wakes at least every RATE_STEP_NS to
+ * look whether the export is still running: one that is stopping answers
+ * its held reads at once instead of holding its stop up for their turns.
+ */
+#define RATE_STEP_NS 100000000ull
 struct rate_held {
 	ev_timer timer;
 	struct gw_export *e;
 	struct gw_stats *s;
 	struct gw_ioq *q;
 	struct gw_io *io;
-	uint64_t start;
+	uint64_t start, at;
 };
 
 static void rate_go(struct ev_loop *loop, ev_timer *t, int events)
 {
 	struct rate_held *h = (struct rate_held *)t;
 	struct gw_io *io = h->io;
+	uint64_t now = gw_now_ns();
 
-	(void)loop;
 	(void)events;
+	if (h->at > now + 50000 &&
+	    __atomic_load_n(&h->e->state, __ATOMIC_RELAXED) == GW_EXPORT_RUNNING) {
+		ev_timer_set(t, (double)GW_MIN(h->at - now, RATE_STEP_NS) / 1e9, 0.);
+		ev_timer_start(loop, t);
+		return;
+	}
 	__atomic_fetch_sub(&h->s->inflight, 1, __ATOMIC_RELAXED);
 	if (dispatch(h->e, h->s, h->q, io, h->start))
 		io->done(io); /* answered at once: counted, result set */
@@ -377,9 +389,11 @@ static int rate_hold(struct gw_export *e, struct gw_stats *s, struct gw_ioq *q, 
 		nanosleep(&ts, NULL);
 		return 0;
 	}
-	*h = (struct rate_held){ .e = e, .s = s, .q = q, .io = io, .start = start };
+	*h = (struct rate_held){
+		.e = e, .s = s, .q = q, .io = io, .start = start, .at = gw_now_ns() + wait
+	};
 	__atomic_fetch_add(&s->inflight, 1, __ATOMIC_RELAXED);
-	ev_timer_init(&h->timer, rate_go, (double)wait / 1e9, 0.);
+	ev_timer_init(&h->timer, rate_go, (double)GW_MIN(wait, RATE_STEP_NS) / 1e9, 0.);
 	ev_timer_start(w->loop, &h->timer);
 	return 1;
 }
