@@ -13,7 +13,7 @@
 #   stops (slow_connections 1 while connected), then starts again
 #   (resumed, slow_connections 0).
 # Nothing here is timed: the fault layer's delay makes a request at least
-# 1 ms long, five times the 200 us above which polling stops.
+# 1 ms long, ten times the 100 us above which polling stops.
 . "$(dirname "$0")/../lib.sh"
 cd "$T"
 requires fio jq taskset nproc nbdsh

@@ -399,12 +399,14 @@ void nbd_conn_payload_done(struct nbd_conn *c)
  * readings those make anyway, capped at twice the limit below and averaged
  * from 0 (1/8 weight for the newest), so a few requests held up (the worker
  * preempted for a time slice on a busy machine) do not stop polling.
- * Above POLL_SLOW_RATIO windows (poll-us: 200 us by default) the connection
- * stops polling; below half that it starts again, a few requests after its
+ * Above POLL_SLOW_RATIO windows (poll-us: 100 us by default) the connection
+ * stops polling: past one window the spin cannot catch the completion
+ * either, and at two the wake-up saved is at most a fifth of the request's
+ * time. Below half that it starts again, about a dozen requests after its
  * backend got fast again. Both changes are counted for status.
  */
 #define POLL_SERIAL_RUN 8
-#define POLL_SLOW_RATIO 4u
+#define POLL_SLOW_RATIO 2u
 
 static void note_service(struct nbd_conn *c, uint64_t now)
 {
