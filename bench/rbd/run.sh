@@ -5,7 +5,10 @@
 # interleaved. Also `rbd bench` on the same image: what the cluster itself
 # does, the ceiling. CPU per request is the daemon's utime+stime over a job
 # divided by the requests fio completed; context switches per request are
-# the daemon's (all its threads', voluntary and involuntary) over the same.
+# the daemon's (all its threads', voluntary and involuntary) over the same;
+# for blkgw, its worker's spin turns per request and how many times the NBD
+# connection stopped polling for slow requests (status --json, kept as
+# SERVER-JOB-REP.status.json).
 #
 #   bench/rbd/run.sh [--blkgw PATH] [--runtime S] [--repeat N] [--size SIZE]
 #                    [--jobs LIST] [--servers LIST] [--variant NAME:K=V[,K=V...]]...
@@ -136,7 +139,7 @@ job_args() {
 	esac
 }
 
-echo "server job rep iops lat_us cpu_us_per_req ctxsw_per_req" >"$OUT/results.txt"
+echo "server job rep iops lat_us cpu_us_per_req ctxsw_per_req spin_per_req poll_slow_stops" >"$OUT/results.txt"
 for rep in $(seq "$REPEAT"); do
 	for job in ${JOBS//,/ }; do
 		for srv in ${SERVERS//,/ }; do
@@ -150,17 +153,26 @@ for rep in $(seq "$REPEAT"); do
 				--output="$OUT/$srv-$job-$rep.json" >/dev/null 2>&1 || fail "fio $job on $srv"
 			c1=$(cpu_ticks $SRV)
 			x1=$(ctx_switches $SRV)
+			st=$OUT/$srv-$job-$rep.status.json
+			echo '{}' >"$st"
+			case $srv in blkgw*) "$BLKGW" status --control "$T/run/control.sock" --json >"$st" 2>/dev/null || true ;; esac
 			kill -TERM $SRV; wait $SRV 2>/dev/null || true
-			/usr/bin/python3 - "$OUT/$srv-$job-$rep.json" $((c1 - c0)) "$(getconf CLK_TCK)" "$srv" "$job" "$rep" $((x1 - x0)) >>"$OUT/results.txt" <<'PY'
+			/usr/bin/python3 - "$OUT/$srv-$job-$rep.json" $((c1 - c0)) "$(getconf CLK_TCK)" "$srv" "$job" "$rep" $((x1 - x0)) "$st" >>"$OUT/results.txt" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))["jobs"][0]
+st = json.load(open(sys.argv[8]))
 ticks, hz, ctx = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[7])
 ios = j["read"]["total_ios"] + j["write"]["total_ios"]
 iops = j["read"]["iops"] + j["write"]["iops"]
 d = j["read"] if j["read"]["total_ios"] else j["write"]
 lat = d["clat_ns"]["mean"] / 1000 if "clat_ns" in d else 0
+# blkgw only: its worker's spin turns per request, and whether the NBD
+# connection stopped polling for slow requests (docs/transports/nbd.md)
+spin = sum(w["spin_turns"] for w in st.get("worker_loops", []))
+poll = st["exports"][0].get("socket_poll", {}) if st.get("exports") else {}
 print(sys.argv[4], sys.argv[5], sys.argv[6], round(iops), round(lat, 1), round(ticks / hz * 1e6 / max(ios, 1), 1),
-      round(ctx / max(ios, 1), 2))
+      round(ctx / max(ios, 1), 2), round(spin / max(ios, 1), 2) if st.get("worker_loops") else "-",
+      poll.get("stopped_slow", "-"))
 PY
 			tail -1 "$OUT/results.txt" >&2
 		done
