@@ -4,7 +4,8 @@ the spread (min-max, and max/min), and blkgw's ratio to
 qemu-storage-daemon's; then, run by run, what blkgw's worker loops did per
 request (context switches, kicks, polling slices that found work, sleeps,
 held signals) and how strongly each moves with IOPS across the runs of a
-cell, to see which mode a run ran in (issue 23).
+cell, to see which mode a run ran in (issue 23); and the CPU-to-CPU
+cache-line round trip before each run, against IOPS.
 
     report.py results.csv
 """
@@ -56,6 +57,24 @@ def loops(rows):
         print(f"{'':8} {'':15} {'r':>3} {'vs IOPS':>10} " + " ".join(cor))
 
 
+def pingpong(rows):
+    """CPU 0 <-> CPU 1 cache-line round trip measured before each run
+    (cpu-pingpong), per cell and daemon: its range, and how it moves with
+    IOPS over the cell's runs."""
+    have = [k for k, v in rows.items() if all(r.get("pingpong_ns", "") != "" for r in v)]
+    if not have:
+        return
+    print()
+    print("CPU 0 <-> CPU 1 cache-line round trip before each run (ns), and r against IOPS")
+    for k in sorted(have):
+        runs = rows[k]
+        pp = [float(r["pingpong_ns"]) for r in runs]
+        iops = [float(r["iops"]) for r in runs]
+        c = pearson(pp, iops)
+        print(f"{k[0]:8} {k[1]:15} {k[2]:6} {min(pp):7.0f}-{max(pp):<7.0f} r "
+              + (f"{c:6.2f}" if c == c else "     -"))
+
+
 def main():
     rows = defaultdict(list)
     with open(sys.argv[1]) as f:
@@ -89,6 +108,7 @@ def main():
         bc, qc = med((b, j, "blkgw"), "cpu_us_per_req")[0], med((b, j, "qsd"), "cpu_us_per_req")[0]
         print(f"{'':8} {'':15} {'ratio':6} {ratio(bi, qi, 10)} {ratio(bl, ql, 7)} {ratio(bc, qc, 9)}")
     loops(rows)
+    pingpong(rows)
     busy = [int(r["busy_pct_before"]) for v in rows.values() for r in v]
     if min(busy) < 0:
         print("machine load before each run: not checked (--no-wait)")

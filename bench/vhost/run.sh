@@ -42,7 +42,12 @@
 # swings between ~8 and ~40 us at QD1 from run to run (seen in a VM).
 #
 # Before each run it waits (up to 60 s) for the machine to be below 15%
-# busy and records what it saw; --no-wait skips that (smoke tests).
+# busy and records what it saw; --no-wait skips that (smoke tests). When
+# pinned it also records how long one cache line takes to go from CPU 0 to
+# CPU 1 and back (BUILD/cpu-pingpong): every request crosses between the
+# two through the rings, and in a VM that cost moves with where the
+# hypervisor runs the vCPUs.
+#
 #
 # Output: a table on stdout, raw fio JSON and a results.csv in --out.
 set -euo pipefail
@@ -191,6 +196,8 @@ run() {
 		[ "$qd" = 1 ] || lean_opts+=(--gtod_reduce=1)
 	fi
 	quiet=$(wait_quiet)
+	pp=""
+	[ "${#client_cpu[@]}" = 0 ] || [ ! -x "$build/cpu-pingpong" ] || pp=$("$build/cpu-pingpong" 0 1 50000 2>/dev/null) || pp=""
 	j=$out/$daemon-$backend-$job-$rep.json
 	[ "$daemon" != blkgw ] || l0=$(loop_counters)
 	x0=$(ctx_switches "$pid")
@@ -202,7 +209,7 @@ run() {
 	x1=$(ctx_switches "$pid")
 	[ "$daemon" != blkgw ] || l1=$(loop_counters)
 	jq -r --arg d "$daemon" --arg b "$backend" --arg j "$job" --arg r "$rep" --arg c "$((c1 - c0))" \
-		--arg hz "$hz" --arg q "$quiet" --arg cs "$((x1 - x0))" --argjson l0 "$l0" --argjson l1 "$l1" \
+		--arg hz "$hz" --arg q "$quiet" --arg cs "$((x1 - x0))" --arg pp "$pp" --argjson l0 "$l0" --argjson l1 "$l1" \
 		'.jobs[0] as $x | ($x.read.total_ios + $x.write.total_ios) as $n |
 		 def per($k): if $l1[$k] == null then "" else ($l1[$k] - $l0[$k]) / $n end;
 		 [$d, $b, $j, $r, ($x.read.iops + $x.write.iops),
@@ -210,7 +217,7 @@ run() {
 		   | if . == 0 then "" else . end),
 		  (($c | tonumber) / ($hz | tonumber) * 1e6 / $n), $q, (($cs | tonumber) / $n),
 		  per("turns"), per("sleeps"), per("kicks"), per("polls"), per("polls_found"), per("held"),
-		  per("spin"), ($x.ctx / $n)] | @csv' "$j" >>"$out/results.csv"
+		  per("spin"), ($x.ctx / $n), $pp] | @csv' "$j" >>"$out/results.csv"
 	log "$(tail -n1 "$out/results.csv")"
 }
 
@@ -229,7 +236,7 @@ case " $backends " in
 	done
 	;;
 esac
-echo '"daemon","backend","job","rep","iops","lat_us","cpu_us_per_req","busy_pct_before","ctxsw_per_req","turns_per_req","sleeps_per_req","kicks_per_req","polls_per_req","polls_found_per_req","held_per_req","spin_turns_per_req","client_ctxsw_per_req"' >"$out/results.csv"
+echo '"daemon","backend","job","rep","iops","lat_us","cpu_us_per_req","busy_pct_before","ctxsw_per_req","turns_per_req","sleeps_per_req","kicks_per_req","polls_per_req","polls_found_per_req","held_per_req","spin_turns_per_req","client_ctxsw_per_req","pingpong_ns"' >"$out/results.csv"
 for rep in $(seq "$reps"); do
 	for backend in $backends; do
 		for job in $jobs; do
