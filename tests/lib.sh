@@ -47,6 +47,17 @@ skip() {
   exit 77
 }
 
+# two_cpus: set c0 and c1 to two different CPUs this shell may run on (to
+# pin a client and blkgw apart), or skip the test.
+two_cpus() {
+  local cpus
+  cpus=$(taskset -c -p $$ | sed 's/.*: //')
+  c0=$(echo "$cpus" | tr ',' '\n' | head -1 | cut -d- -f1)
+  c1=$(awk -v c="$cpus" -v c0="$c0" 'BEGIN { n = split(c, r, ","); for (i = 1; i <= n; i++) {
+    m = split(r[i], ab, "-"); for (x = ab[1]; x <= (m > 1 ? ab[2] : ab[1]); x++) if (x != c0) { print x; exit } } }')
+  [ -n "$c1" ] || skip "this shell may run on one CPU only ($cpus)"
+}
+
 requires() {
   for c in "$@"; do
     command -v "$c" >/dev/null 2>&1 || skip "'$c' is not installed (make test installs it)"

@@ -20,11 +20,7 @@ if [ "$(cat $p)" != Y ]; then
   echo Y >$p 2>/dev/null || skip "FUSE over io_uring is off ($p = N) and cannot be turned on"
   on_exit "echo N > $p"
 fi
-cpus=$(taskset -c -p $$ | sed 's/.*: //')
-c0=$(echo "$cpus" | tr ',' '\n' | head -1 | cut -d- -f1)
-c1=$(awk -v c="$cpus" 'BEGIN { n = split(c, r, ","); for (i = 1; i <= n; i++) { m = split(r[i], ab, "-");
-  for (x = ab[1]; x <= (m > 1 ? ab[2] : ab[1]); x++) if (x != '"$c0"') { print x; exit } } }')
-[ -n "$c1" ] || skip "this shell may run on one CPU only ($cpus)"
+two_cpus
 
 run=$T/run
 mkdir -p "$run"

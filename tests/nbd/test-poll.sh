@@ -19,11 +19,7 @@ cd "$T"
 requires fio jq taskset nproc nbdsh
 fio --enghelp 2>/dev/null | grep -qx '[[:space:]]*nbd' || skip "this fio has no nbd engine"
 [ "$(nproc)" -ge 2 ] || skip "pinning client and daemon to two CPUs needs two; this host has $(nproc)"
-cpus=$(taskset -c -p $$ | sed 's/.*: //')
-c0=$(echo "$cpus" | tr ',' '\n' | head -1 | cut -d- -f1)
-c1=$(awk -v c="$cpus" 'BEGIN { n = split(c, r, ","); for (i = 1; i <= n; i++) { m = split(r[i], ab, "-");
-  for (x = ab[1]; x <= (m > 1 ? ab[2] : ab[1]); x++) if (x != '"$c0"') { print x; exit } } }')
-[ -n "$c1" ] || skip "this shell may run on one CPU only ($cpus)"
+two_cpus
 
 run=$T/run
 sock=$run/nbd.sock
