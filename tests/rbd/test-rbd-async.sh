@@ -66,21 +66,32 @@ jq -e '.jobs[0].error == 0 and .jobs[0].read.io_bytes == 33554432' "$T/fio.json"
 echo "block status: $maps maps taken while fio wrote and verified 32 MiB"
 
 # The OSD stopped: a block status query waits on the cluster, the worker does not.
+# Once in a while (seen once under ASan in CI) the query is answered all the
+# same, so the premise does not hold and nothing is tested: then the OSD is
+# let go and the round made again, three rounds at most.
 qemu-io -f raw -c 'write -P 0x11 4M 64K' "$(uri ext)" >/dev/null || fail "qemu-io write to ext"
-before=$(counter ext block_status)
-kill -STOP "$CEPH_OSD_PID"
 on_exit "kill -CONT $CEPH_OSD_PID 2>/dev/null"
-timeout 120 nbdinfo --map "$(uri ext)" >"$T/stalled-map.out" 2>&1 &
-mapper=$!
-i=0
-while [ "$(counter ext block_status)" = "$before" ]; do
-  kill -0 $mapper 2>/dev/null || { cat "$T/stalled-map.out"; fail "nbdinfo ended before its query reached blkgw"; }
-  i=$((i + 1)); [ $i -lt 600 ] || fail "the block status query did not reach blkgw within 60 s"; sleep 0.1
+for round in 1 2 3; do
+  before=$(counter ext block_status)
+  kill -STOP "$CEPH_OSD_PID" || fail "cannot stop the OSD (pid $CEPH_OSD_PID)"
+  timeout 120 nbdinfo --map "$(uri ext)" >"$T/stalled-map.out" 2>&1 &
+  mapper=$!
+  i=0
+  while [ "$(counter ext block_status)" = "$before" ]; do
+    kill -0 $mapper 2>/dev/null || { cat "$T/stalled-map.out"; fail "nbdinfo ended before its query reached blkgw"; }
+    i=$((i + 1)); [ $i -lt 600 ] || fail "the block status query did not reach blkgw within 60 s"; sleep 0.1
+  done
+  timeout 60 qemu-io -f raw -c 'write -P 0x66 0 1M' -c 'read -P 0x66 0 1M' "$(uri mem)" >"$T/mem.out" 2>&1 ||
+    { cat "$T/mem.out"; fail "the worker stopped serving the memory export while a block status query waited on the stopped OSD"; }
+  grep -q "Pattern verification failed" "$T/mem.out" && fail "the memory export read back wrong"
+  kill -0 $mapper 2>/dev/null && break
+  cat "$T/stalled-map.out"
+  [ $round -lt 3 ] || fail "block status answered while the only OSD was stopped, three rounds out of three (not a test of waiting)"
+  echo "round $round: block status answered although the OSD was stopped; again"
+  kill -CONT "$CEPH_OSD_PID"
+  wait $mapper || true
+  sleep 1
 done
-timeout 60 qemu-io -f raw -c 'write -P 0x66 0 1M' -c 'read -P 0x66 0 1M' "$(uri mem)" >"$T/mem.out" 2>&1 ||
-  { cat "$T/mem.out"; fail "the worker stopped serving the memory export while a block status query waited on the stopped OSD"; }
-grep -q "Pattern verification failed" "$T/mem.out" && fail "the memory export read back wrong"
-kill -0 $mapper 2>/dev/null || { cat "$T/stalled-map.out"; fail "block status answered while the only OSD was stopped (not a test of waiting)"; }
 # export-add of an image on the stopped cluster: checking and opening it wait
 # on the OSD, the main loop does not (status answers meanwhile).
 /usr/bin/python3 "$GW_SOURCE_DIR/tests/ops/ctl.py" "$BLKGW_CONTROL" \
