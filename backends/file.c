@@ -11,6 +11,14 @@
  * falls back to punch+allocate, then to writing zeros, where a filesystem
  * lacks one of them. Extents come from SEEK_DATA/SEEK_HOLE.
  *
+ * A file on a memory filesystem (tmpfs, ramfs) is read, written and flushed
+ * in the worker's own thread instead (preadv2/pwritev2: a memcpy that never
+ * waits for a device). io_uring cannot start such I/O without blocking, as
+ * shmem has no nowait reads or writes (6.12 to 6.18 at least), so it would
+ * hand every request to one of its io-wq kernel threads: a wake-up and a
+ * switch back per request, which dwarf the copy. Discard and zeroing still
+ * go through io_uring (fallocate always runs on io-wq; they are rare).
+ *
  * Locking speaks QEMU's language (its file-posix driver): open-file-
  * description byte-range locks, one byte per permission at 100 + bit ("I hold
  * it") and one at 200 + bit ("I do not let others hold it"), for the bits
@@ -31,8 +39,11 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <limits.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "backends/backend.h"
@@ -91,6 +102,7 @@ struct file_backend {
 	bool no_punch;      /* filesystem refused PUNCH_HOLE once */
 	bool no_zero_range; /* filesystem refused ZERO_RANGE once */
 	bool created;       /* open() made the file: a failed start removes it */
+	bool inline_rw;     /* on a memory filesystem: read/write/flush in the caller */
 	uint32_t mem_align; /* O_DIRECT buffer alignment */
 	char *path;
 };
@@ -392,6 +404,15 @@ static void dio_alignment(struct file_backend *f, struct stat *st)
 	f->mem_align = mem_align;
 }
 
+/* Does fd live on a filesystem held in memory (whose I/O io_uring punts)? */
+static bool on_memory_fs(int fd)
+{
+	struct statfs sfs;
+
+	return fstatfs(fd, &sfs) == 0 && (sfs.f_type == (__typeof__(sfs.f_type))TMPFS_MAGIC ||
+					  sfs.f_type == (__typeof__(sfs.f_type))RAMFS_MAGIC);
+}
+
 static int file_open(struct gw_backend *b, const void *opts, char *err, size_t errlen)
 {
 	const struct file_opts *o = opts;
@@ -496,6 +517,7 @@ static int file_open(struct gw_backend *b, const void *opts, char *err, size_t e
 	}
 	if (o->direct)
 		dio_alignment(f, &st);
+	f->inline_rw = !f->blockdev && on_memory_fs(f->fd);
 	b->pref_block = GW_MAX(4096u, b->min_block);
 	b->caps |= GW_CAP_FLUSH | GW_CAP_FUA | GW_CAP_TRIM | GW_CAP_ZERO | GW_CAP_FAST_ZERO |
 		   GW_CAP_CACHE | GW_CAP_MULTI_CONN;
@@ -665,6 +687,29 @@ static int zero_fallback(struct file_backend *f, struct gw_io *io)
 	return 0;
 }
 
+/* READ, WRITE and FLUSH on a memory filesystem, here and now (file comment). */
+static int inline_rw(struct file_backend *f, struct gw_io *io)
+{
+	ssize_t n;
+
+	if (io->op == GW_OP_FLUSH)
+		return fdatasync(f->fd) < 0 ? -errno : 0;
+	/* O_DIRECT's alignment is a no-op on tmpfs, but keep to it all the same. */
+	if (f->direct && !iov_aligned(io, f->mem_align))
+		return finish_short(f, io, 0);
+	do {
+		if (io->op == GW_OP_READ)
+			n = preadv2(f->fd, io->iov, (int)io->iovcnt, (off_t)io->offset, 0);
+		else
+			n = pwritev2(f->fd, io->iov, (int)io->iovcnt, (off_t)io->offset,
+				     (io->flags & GW_IO_FUA) ? RWF_DSYNC : 0);
+	} while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	/* Short: past the end of a file that shrank, or a signal; finish it. */
+	return (uint64_t)n < io->len ? finish_short(f, io, (uint64_t)n) : 0;
+}
+
 static int file_submit(struct gw_backend *b, struct gw_ioq *q, struct gw_io *io)
 {
 	struct file_backend *f = to_file(b);
@@ -678,6 +723,11 @@ static int file_submit(struct gw_backend *b, struct gw_ioq *q, struct gw_io *io)
 	io->scratch[3] = (uintptr_t)f;
 	io->ucb.fn = file_cb;
 
+	if (f->inline_rw &&
+	    (io->op == GW_OP_READ || io->op == GW_OP_WRITE || io->op == GW_OP_FLUSH)) {
+		io->result = inline_rw(f, io);
+		return 1;
+	}
 	switch (io->op) {
 	case GW_OP_READ:
 	case GW_OP_WRITE:
@@ -830,7 +880,8 @@ static void file_describe(struct gw_backend *b, char *buf, size_t len)
 {
 	struct file_backend *f = to_file(b);
 
-	snprintf(buf, len, "file %s%s%s", f->path, f->direct ? " (O_DIRECT)" : "",
+	snprintf(buf, len, "file %s%s%s%s", f->path, f->direct ? " (O_DIRECT)" : "",
+		 f->inline_rw ? " (memory filesystem: I/O in the worker)" : "",
 		 b->caps & GW_CAP_READ_ONLY ? " (read-only)" : "");
 }
 
