@@ -77,7 +77,7 @@ qsd_node() { # BACKEND
 	case $1 in
 	null) echo "driver=null-co,node-name=n0,size=$SIZE_BYTES,read-zeroes=on" ;;
 	memory) rm -f /tmp/img.raw; truncate -s "$SIZE" /tmp/img.raw
-		echo "driver=file,node-name=n0,filename=/tmp/img.raw,aio=io_uring" ;;
+		echo "driver=file,node-name=n0,filename=/tmp/img.raw,cache.direct=on,aio=native" ;;
 	file) rm -f /tmp/img.raw; truncate -s "$SIZE" /tmp/img.raw
 		echo "driver=file,node-name=n0,filename=/tmp/img.raw,cache.direct=on,aio=native" ;;
 	esac

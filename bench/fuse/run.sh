@@ -106,7 +106,7 @@ EOM
 		local bd
 		case $b in
 		null) bd="driver=null-co,node-name=n0,size=$SIZE,read-zeroes=on" ;;
-		memory) bd="driver=file,node-name=n0,filename=/dev/shm/blkgw-bench-fuse.raw,cache.direct=off" ;;
+		memory) bd="driver=file,node-name=n0,filename=/dev/shm/blkgw-bench-fuse.raw,cache.direct=on,aio=native" ;;
 		file) bd="driver=file,node-name=n0,filename=$img,cache.direct=on,aio=native" ;;
 		esac
 		qemu-storage-daemon --blockdev "$bd" \

@@ -140,8 +140,7 @@ def run(b, log, die):
                     with open(p, "w") as fh:
                         fh.truncate(size)
                     files.append(p)
-                    bd = (f"driver=file,node-name={x},filename={p},aio=io_uring" if x == "memory"
-                          else f"driver=file,node-name={x},filename={p},cache.direct=on,aio=native")
+                    bd = f"driver=file,node-name={x},filename={p},cache.direct=on,aio=native"
                 qargs += ["--blockdev", bd, "--export",
                           f"type=vhost-user-blk,id=e{x},node-name={x},addr.type=unix,"
                           f"addr.path={s},writable=on,num-queues=1"]

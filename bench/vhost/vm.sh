@@ -79,7 +79,7 @@ YAML
 			node="driver=null-co,node-name=n0,size=1073741824,read-zeroes=on"
 		else
 			truncate -s 1G /dev/shm/vhost-vmbench-$$.img
-			node="driver=file,node-name=n0,filename=/dev/shm/vhost-vmbench-$$.img,aio=io_uring"
+			node="driver=file,node-name=n0,filename=/dev/shm/vhost-vmbench-$$.img,cache.direct=on,aio=native"
 		fi
 		setpriv --pdeathsig KILL -- "${daemon_cpu[@]}" qemu-storage-daemon --blockdev "$node" \
 			--export "type=vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path=$sock,writable=on,num-queues=1" \
