@@ -5,8 +5,11 @@
 # /test/config (written by the host) sets CONFIGS, WORKLOADS, REPS, RT,
 # SIZE_MB, TRACE.
 #
-# A config is [m]DAEMON-qN[-local|-remote]: m for the memory backend (qsd: a
-# tmpfs file) instead of null, DAEMON blkgw or qsd (VDUSE), or ublk (blkgw's
+# A config is [m|f|u]DAEMON-qN[-local|-remote]: m for the memory backend (qsd: a
+# tmpfs file) instead of null; f for a file on the guest's tmpfs opened
+# O_DIRECT, as bench/run's file column has it (blkgw: file backend, direct:
+# true, through io_uring; qsd: cache.direct=on, aio=native); u the same file
+# with qsd on aio=io_uring (blkgw as f); DAEMON blkgw or qsd (VDUSE), or ublk (blkgw's
 # ublk export, depth 128, for comparison), N queues; -local and -remote pin
 # fio to CPU 0 and the queue's completion interrupt
 # (/sys/class/vduse/NAME/vq0/irq_cb_affinity) to CPU 0 or CPU 1. A workload
@@ -33,21 +36,22 @@ SIZE=${SIZE_MB}M
 mount -t tracefs nodev $T 2>/dev/null
 
 start_cfg() { # CONFIG: sets DEV, PID, FIOCPU
-	local c="$1" nq bk node
+	local c="$1" nq bk node img
 	DEV="" PID="" FIOCPU=""
 	nq=${c#*-q}
 	nq=${nq%%-*}
 	bk=null
-	case $c in m*) bk=memory ;; esac
+	case $c in m*) bk=memory ;; f*) bk="file" ;; u*) bk=file-uring ;; esac
 	rm -f /tmp/img.raw
+	case $bk in memory | file*) truncate -s "$SIZE" /tmp/img.raw ;; esac
 	case $c in
 	*qsd*)
-		if [ $bk = memory ]; then
-			truncate -s "$SIZE" /tmp/img.raw
-			node=driver=file,node-name=n0,filename=/tmp/img.raw,aio=io_uring
-		else
-			node=driver=null-co,node-name=n0,size=$((SIZE_MB * 1048576)),read-zeroes=on
-		fi
+		case $bk in
+		memory) node=driver=file,node-name=n0,filename=/tmp/img.raw,cache.direct=on,aio=native ;;
+		file) node=driver=file,node-name=n0,filename=/tmp/img.raw,cache.direct=on,aio=native ;;
+		file-uring) node=driver=file,node-name=n0,filename=/tmp/img.raw,cache.direct=on,aio=io_uring ;;
+		*) node=driver=null-co,node-name=n0,size=$((SIZE_MB * 1048576)),read-zeroes=on ;;
+		esac
 		qemu-storage-daemon --blockdev "$node" --export \
 			"type=vduse-blk,id=e0,node-name=n0,name=dev0,writable=on,num-queues=$nq,queue-size=128" \
 			>/tmp/srv.log 2>&1 &
@@ -58,12 +62,14 @@ start_cfg() { # CONFIG: sets DEV, PID, FIOCPU
 		DEV=$(vdpa_disk dev0) ;;
 	*blkgw* | *ublk*)
 		tr="transports: [vduse], vduse: { name: dev0, queues: $nq }"
+		img="backend: $bk, size: $SIZE"
+		case $bk in file*) img="backend: file, path: /tmp/img.raw, direct: true" ;; esac
 		case $c in *ublk*) tr="transports: [ublk], ublk: { queues: $nq, depth: 128 }" ;; esac
 		cat >/tmp/m.yaml <<YAML
 version: 1
 gateway: { run-dir: $RUN, workers: 1, log-level: warn }
 images:
-  x: { backend: $bk, size: $SIZE }
+  x: { $img }
 exports:
   - { image: x, $tr }
 YAML
@@ -77,7 +83,7 @@ YAML
 	*-local) echo 1 >/sys/class/vduse/dev0/vq0/irq_cb_affinity && FIOCPU=--cpus_allowed=0 ;;
 	*-remote) echo 2 >/sys/class/vduse/dev0/vq0/irq_cb_affinity && FIOCPU=--cpus_allowed=0 ;;
 	esac
-	if [ $bk = memory ]; then
+	if [ $bk != null ]; then
 		fio --name=prefill --ioengine=io_uring --direct=1 --filename="$DEV" --size="$SIZE" \
 			--rw=write --bs=1M --iodepth=8 >/dev/null 2>&1
 	fi

@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Read the console log of bench/vduse/counts.sh's guest and print, per cell,
 IOPS and mean latency with what each request cost in counts (the server's
-context switches, IPIs and context switches of the whole guest, blkgw's
-worker counters), then the ratios of paired configs round by round, then,
+context switches, those of its io_uring io-wq workers, IPIs and context
+switches of the whole guest, blkgw's worker counters), then the ratios of paired configs round by round, then,
 from the ftrace sample, where a QD1 request's time went and on which vCPU
 its completion interrupt ran.
 
@@ -71,10 +71,16 @@ def cells(lines):
         except (ValueError, KeyError, IndexError):
             n = rd["iops"] * (job["job_runtime"] / 1000.0 + 1.0)
         pre, post = parse_snap(snaps[f"{key} pre"]), parse_snap(snaps[f"{key} post"])
-        cs = sum(a["cs"] - pre[0][t]["cs"] for t, a in post[0].items() if t in pre[0])
-        ticks = sum(a["ticks"] - pre[0][t]["ticks"] for t, a in post[0].items() if t in pre[0])
+        # A thread that started during the cell (an io_uring io-wq worker,
+        # iou-wrk-*) counts from zero; one that ended before the last
+        # snapshot is lost.
+        zero = dict(cs=0, ticks=0)
+        dcs = {t: a["cs"] - pre[0].get(t, zero)["cs"] for t, a in post[0].items()}
+        dticks = {t: a["ticks"] - pre[0].get(t, zero)["ticks"] for t, a in post[0].items()}
+        wq = [t for t, a in post[0].items() if a["comm"].startswith("iou-wrk")]
         x = dict(qd=qd, iops=rd["iops"], lat_us=rd["lat_ns"]["mean"] / 1e3,
-                 srv_cs=cs / n, srv_cpu_us=ticks * 1e4 / n,
+                 srv_cs=sum(dcs.values()) / n, srv_cpu_us=sum(dticks.values()) * 1e4 / n,
+                 wq_threads=len(wq), wq_cs=sum(dcs[t] for t in wq) / n,
                  ctxt=(post[1]["ctxt"] - pre[1]["ctxt"]) / n,
                  ipi=sum(post[2].get(k, 0) - pre[2].get(k, 0) for k in ("RES", "CAL")) / n)
         if key in stats and stats[key] and "blkgw" in c:  # ublk has no worker loop
@@ -143,7 +149,8 @@ def main():
     rounds = sorted({r for _, _, r in res})
     for wl in wls:
         print(f"\n{wl}: per round IOPS, mean latency, then per request: "
-              "server context switches, server CPU, guest IPIs (RES+CAL), guest context switches"
+              "server context switches, server CPU, guest IPIs (RES+CAL), guest context switches,"
+              " the server's io_uring io-wq workers (threads, their context switches)"
               " [blkgw: worker sleeps, kicks, held signals]")
         for c in cfgs:
             row = []
@@ -153,6 +160,8 @@ def main():
                     continue
                 s = (f"{x['iops']:.0f} {x['lat_us']:.0f}us cs {x['srv_cs']:.2f} cpu {x['srv_cpu_us']:.0f}us"
                      f" ipi {x['ipi']:.2f} ctxt {x['ctxt']:.1f}")
+                if x["wq_threads"]:
+                    s += f" io-wq {x['wq_threads']}t cs {x['wq_cs']:.2f}"
                 if "kicks" in x:
                     s += f" [{x['sleeps']:.2f} {x['kicks']:.2f} {x['held_signals']:.3f}]"
                 row.append(s)

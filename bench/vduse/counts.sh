@@ -43,8 +43,8 @@ while [ $# -gt 0 ]; do
 	esac
 done
 for c in $configs; do
-	[[ $c =~ ^m?(blkgw|qsd|ublk)-q[1-9][0-9]*(-local|-remote)?$ ]] || {
-		echo "$0: bad config '$c' (want [m]blkgw-qN, [m]qsd-qN or [m]ublk-qN; VDUSE ones optionally -local or -remote)" >&2
+	[[ $c =~ ^[mfu]?(blkgw|qsd|ublk)-q[1-9][0-9]*(-local|-remote)?$ ]] || {
+		echo "$0: bad config '$c' (want [m|f|u]blkgw-qN, [m|f|u]qsd-qN or [m|f|u]ublk-qN; VDUSE ones optionally -local or -remote)" >&2
 		exit 2
 	}
 	[[ ! $c =~ ublk.*-(local|remote)$ ]] || { echo "$0: -local/-remote are for VDUSE configs: '$c'" >&2; exit 2; }
