@@ -572,6 +572,7 @@ def merge(docs):
             have |= set(d["options"][key])
         out["options"][key] = [x for x in order if x in have]
     out["options"]["command"] = " ; ".join(d["options"]["command"] for d in docs)
+    out["options"]["vm_incidents"] = [x for d in docs for x in d["options"].get("vm_incidents", [])]
     for d in docs:
         out["cells"] += d["cells"]
     return out

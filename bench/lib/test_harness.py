@@ -279,6 +279,48 @@ class FormatTest(unittest.TestCase):
                                         ("vm/blkgw/vduse", 1, 0), ("vm/qsd/vduse", 1, 1)])
         self.assertEqual([x["noisy"] for x in cells], [True, False, False, True, False, True])
 
+    def test_vm_lost_cells(self):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import tempfile
+        import vmbench
+
+        want = vmbench.expected_keys(["vm/blkgw/ublk", "vm/null_blk"], ["null", "file"],
+                                     ["randread-4k-qd1", "write-1m-qd8"], 2)
+        # null_blk once per round under 'any', ublk under each backend
+        self.assertEqual(len(want), 2 * (2 + 2 * 2))
+        self.assertEqual(want[:3], ["any:vm/null_blk:randread-4k-qd1:1",
+                                    "any:vm/null_blk:write-1m-qd8:1",
+                                    "null:vm/blkgw/ublk:randread-4k-qd1:1"])
+        # the guest died after three cells; a rerun boot got one more
+        got = [cell(k.split(":")[0], k.split(":")[2], k.split(":")[1], int(k.split(":")[3]), 1.0)
+               for k in want[:3]]
+        lost = vmbench.missing_keys(want, got)
+        self.assertEqual(lost, want[3:])
+        got.append(cell("file", "write-1m-qd8", "vm/blkgw/ublk", 2, 1.0, attempt=1))
+        self.assertNotIn("file:vm/blkgw/ublk:write-1m-qd8:2", vmbench.missing_keys(want, got))
+        self.assertEqual(len(vmbench.missing_keys(want, got)), len(want) - 4)
+        with tempfile.TemporaryDirectory() as d:
+            con = os.path.join(d, "console.log")
+            with open(con, "w") as fh:
+                fh.write("BENCH-END\n[  518.009783] traps: PANIC: double fault, error_code: 0x0\n"
+                         "[  518.010961] Oops: double fault: 0000 [#1] PREEMPT SMP NOPTI\n"
+                         "[  518.014147] Kernel panic - not syncing: Fatal exception\n")
+            self.assertEqual(vmbench.guest_stop_reason(con),
+                             "Oops: double fault: 0000 [#1] PREEMPT SMP NOPTI")
+            with open(con, "w") as fh:
+                fh.write("BENCH-END\n")
+            self.assertEqual(vmbench.guest_stop_reason(con), "no reason on the console")
+            self.assertEqual(vmbench.guest_stop_reason(os.path.join(d, "none")),
+                             "no reason on the console")
+
+    def test_merge_keeps_vm_incidents(self):
+        d1 = {"options": {"backends": ["file"], "columns": ["direct"], "workloads": ["randread-4k-qd1"],
+                          "command": "a"}, "machine": {}, "cells": []}
+        d2 = {"options": {"backends": ["file"], "columns": ["vm/blkgw/ublk"],
+                          "workloads": ["randread-4k-qd1"], "command": "b",
+                          "vm_incidents": ["boot 0: the guest stopped"]}, "machine": {}, "cells": []}
+        self.assertEqual(H.merge([d1, d2])["options"]["vm_incidents"], ["boot 0: the guest stopped"])
+
     def test_forced_columns_show_dashes(self):
         cells = [cell("null", "randread-4k-qd1", "blkgw/nbd-unix", 1, 10.0)]
         md = H.backend_tables(cells, "null", ["blkgw/nbd-unix", "qsd/vhost"])

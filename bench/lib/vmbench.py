@@ -196,7 +196,7 @@ def run(b, log, die):
         per = a.vm_runtime + 4.0
         timeout = int(n_cells * per * 3 + 900)
         log(f"VM: building the guest; {n_cells} cells in one boot, ~{int(n_cells * per / 60) + 1} min"
-            + (f" (rerun {attempt} of noisy cells)" if attempt else ""))
+            + (f" (boot {attempt}: cells run again)" if attempt else ""))
         guest = os.path.join(work, "guest")
         r = subprocess.run([os.path.join(root, "tests/vm/build-guest.sh"), "-q", "--out", guest,
                             "--script", os.path.join(root, "bench/vm-guest.sh"),
@@ -307,15 +307,36 @@ def run(b, log, die):
             out.append(m)
         return out
 
+    want_all = expected_keys(cols, backends, a.workloads, a.repeat)
+    incidents = b.options.setdefault("vm_incidents", [])
     cells = boot([], 0)
+    attempt = 0
+    # A guest that stopped early (a kernel oops, a timeout) leaves cells
+    # without a result: run those in another boot, twice at most.
+    for _ in range(2):
+        lost = missing_keys(want_all, cells)
+        if not lost:
+            break
+        sfx = f".a{attempt}" if attempt else ""
+        why = guest_stop_reason(os.path.join(rawvm, f"console{sfx}.log"))
+        incidents.append(f"boot {attempt}: the guest stopped with {len(lost)} cells to go"
+                         f" (next: {lost[0]}): {why}")
+        attempt += 1
+        log(f"VM: {len(lost)} cells gave no result ({why}): running them in another boot")
+        cells += boot(lost, attempt)
     retry = a.noisy_cores > 0 and a.noisy_retries > 0
-    for attempt in range(1, a.noisy_retries + 1 if retry else 1):
+    for _ in range(a.noisy_retries if retry else 0):
         want = noisy_keys(cells, a.noisy_cores)
         if not want:
             break
+        attempt += 1
         log(f"VM: {len(want)} cells ran while other processes used more than "
-            f"{a.noisy_cores} cores: running them again (rerun {attempt})")
+            f"{a.noisy_cores} cores: running them again (boot {attempt})")
         cells += boot(want, attempt)
+    lost = missing_keys(want_all, cells)
+    if lost:
+        incidents.append(f"{len(lost)} cells have no result after {attempt + 1} boots: "
+                         + " ".join(lost[:8]) + (" ..." if len(lost) > 8 else ""))
     mark_attempts(cells, a.noisy_cores)
     for p in daemons.values():
         b.stop(p)
@@ -325,6 +346,45 @@ def run(b, log, die):
     b.cells += cells
     b.save()
     log(f"VM: {len(cells)} cells, {sum(1 for c in cells if c['discarded'])} superseded by reruns")
+
+
+def expected_keys(cols, backends, workloads, reps):
+    """Every cell one boot of bench/vm-guest.sh runs (cell_key words):
+    null_blk under the backend 'any', every other column under each backend."""
+    keys = []
+    for rep in range(1, reps + 1):
+        for b in ["any"] + list(backends):
+            for col in cols:
+                if (col == "vm/null_blk") != (b == "any"):
+                    continue
+                keys += [f"{b}:{col}:{wl}:{rep}" for wl in workloads]
+    return keys
+
+
+def missing_keys(want, cells):
+    """The cells of `want` (cell_key words, in order) no boot has a result for."""
+    have = {cell_key(c) for c in cells}
+    return [k for k in want if k not in have]
+
+
+STOP_MARKS = ("Kernel panic", "Oops:", "BUG:", "watchdog:", "timed out", "Out of memory")
+
+
+def guest_stop_reason(console):
+    """The first line of the guest's console that says why it stopped
+    (a panic, an oops, a timeout), without the timestamp; or a plain
+    'no reason on the console'."""
+    try:
+        with open(console, errors="replace") as fh:
+            for line in fh:
+                if any(m in line for m in STOP_MARKS):
+                    line = line.strip()
+                    if line.startswith("[") and "]" in line:
+                        line = line[line.index("]") + 1:].strip()
+                    return line[:160]
+    except OSError:
+        pass
+    return "no reason on the console"
 
 
 def noisy_keys(cells, limit):
