@@ -111,6 +111,23 @@ uint32_t gw_poll_window_next(uint32_t cur, uint64_t gap, uint32_t max, uint64_t 
 	return (uint32_t)GW_MIN((uint64_t)cur * 2, (uint64_t)max);
 }
 
+void gw_serial_poll_came_back(struct gw_serial_poll *p, uint64_t now, uint32_t max_ns)
+{
+	p->window_ns =
+		gw_poll_window_next(p->window_ns, now - p->idle_since, max_ns, 2ull * max_ns);
+	p->idle_since = 0;
+}
+
+uint64_t gw_serial_poll_went_idle(struct gw_serial_poll *p, uint64_t now)
+{
+	p->run = p->turn_reqs == 1 ? (uint8_t)GW_MIN(p->run + 1u, 255u) : 0;
+	p->turn_reqs = 0;
+	p->idle_since = now;
+	if (!now || !p->window_ns || p->run < GW_SERIAL_POLL_RUN)
+		return 0;
+	return now + p->window_ns;
+}
+
 void gw_hold_init(struct gw_hold *h, uint32_t quiet_ns)
 {
 	memset(h, 0, sizeof(*h));

@@ -66,6 +66,39 @@ uint64_t gw_coalesce_update(struct gw_coalesce *c, uint64_t now_ns, unsigned req
 uint32_t gw_poll_window_next(uint32_t cur_ns, uint64_t gap_ns, uint32_t max_ns, uint64_t reach_ns);
 
 /*
+ * Polling for a strictly serial client: NBD connections, ublk and FUSE
+ * queues. At queue depth 1 the next request comes a few microseconds after
+ * the answer to the last one, and a server thread asleep by then pays a
+ * wake-up for every request. So a poller counts the requests that come
+ * between two moments it has answered everything (idle), and once
+ * GW_SERIAL_POLL_RUN idle periods running each followed exactly one
+ * request, it polls for the window gw_poll_window_next keeps: it opens
+ * and grows while the client comes back in time (arrivals up to twice the
+ * longest window count, as a gap measured without polling includes the
+ * wake-up polling would save) and closes when it does not. A client with
+ * several requests in flight keeps the thread busy anyway, so it is never
+ * polled for. Each transport adds its own conditions (NBD: not for slow
+ * requests; FUSE: not on the client's CPU).
+ */
+#define GW_SERIAL_POLL_RUN 8
+
+struct gw_serial_poll {
+	uint64_t idle_since; /* ns: everything answered; 0: busy (or not polling at all) */
+	uint32_t window_ns;  /* the window now (0: sleep at once) */
+	uint32_t turn_reqs;  /* requests since the last idle moment; the transport counts them */
+	uint8_t run;         /* idle periods running that followed exactly one request */
+};
+
+/* A request came at now after the poller went idle (idle_since set): the window follows. */
+void gw_serial_poll_came_back(struct gw_serial_poll *p, uint64_t now, uint32_t max_ns);
+
+/*
+ * Everything answered at now (0: the transport does not poll; saves the
+ * clock reading). Returns when polling should end, or 0 not to poll.
+ */
+uint64_t gw_serial_poll_went_idle(struct gw_serial_poll *p, uint64_t now);
+
+/*
  * Notification holding (interrupt moderation) for a slow driver: an
  * emulated guest that posts requests tens of microseconds apart and takes
  * an interrupt for nearly every completion when the back-end completes

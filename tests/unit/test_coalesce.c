@@ -5,6 +5,7 @@
 #include "lib/coalesce.h"
 
 #define MS 1000000ull
+#define US 1000ull
 
 /*
  * Drive the controller with a workload model: `per_wake` requests per loop
@@ -194,6 +195,43 @@ int main(void)
 		/* Polling off: never a window, whatever the reach. */
 		CHECK_EQ_U64(gw_poll_window_next(0, 0, 0, 0), 0);
 		CHECK_EQ_U64(gw_poll_window_next(0, 100, 0, 1000), 0);
+	}
+
+	/* A serial client: polled for only after GW_SERIAL_POLL_RUN single-request turns. */
+	{
+		struct gw_serial_poll p = { 0 };
+		uint64_t tn = 1000 * US, until = 0;
+		int polled_at = -1;
+
+		for (int i = 0; i < 20 && polled_at < 0; i++) {
+			p.turn_reqs++;
+			if (p.idle_since)
+				gw_serial_poll_came_back(&p, tn += 10 * US, 50 * US);
+			until = gw_serial_poll_went_idle(&p, tn += 5 * US);
+			if (until)
+				polled_at = i;
+		}
+		/* The window opened at the second arrival; the run needs eight turns. */
+		CHECK_EQ_U64((uint64_t)polled_at, GW_SERIAL_POLL_RUN - 1);
+		CHECK_EQ_U64(until, tn + p.window_ns);
+		CHECK(p.window_ns >= 4000 && p.window_ns <= 50 * US);
+		/* Two requests in one turn: not serial; the run starts again. */
+		p.turn_reqs = 2;
+		gw_serial_poll_came_back(&p, tn += 10 * US, 50 * US);
+		CHECK_EQ_U64(gw_serial_poll_went_idle(&p, tn += 5 * US), 0);
+		CHECK_EQ_U64(p.run, 0);
+		CHECK_EQ_U64(p.turn_reqs, 0);
+		/* A client that comes back late closes the window. */
+		p.turn_reqs = 1;
+		gw_serial_poll_came_back(&p, tn += 200 * US, 50 * US);
+		CHECK_EQ_U64(p.window_ns, 0);
+		CHECK_EQ_U64(p.idle_since, 0);
+		/* now 0 (the transport does not poll): no window, idle_since stays 0. */
+		for (int i = 0; i < 10; i++) {
+			p.turn_reqs = 1;
+			CHECK_EQ_U64(gw_serial_poll_went_idle(&p, 0), 0);
+		}
+		CHECK_EQ_U64(p.idle_since, 0);
 	}
 
 	/* Holding signals. Off (quiet 0): every completion is signalled at once. */

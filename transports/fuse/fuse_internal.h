@@ -13,6 +13,7 @@
 #include <sys/uio.h>
 
 #include "gateway/export.h"
+#include "lib/coalesce.h"
 #include "lib/kernel_defs.h"
 #include "lib/worker.h"
 
@@ -55,10 +56,7 @@ struct fuse_queue {
 	unsigned busy;                /* entries holding a request here */
 	uint64_t ring_reqs, dev_reqs; /* requests taken from the ring / read from the fd (status) */
 	/* io_uring mode, polling for a serial client (fuse_uring.c) */
-	uint64_t idle_since;       /* ns: when the last busy entry was answered; 0: busy */
-	uint32_t poll_ns;          /* the polling window now (0: none) */
-	uint32_t turn_reqs;        /* requests taken since the queue last went idle */
-	uint8_t serial;            /* idle periods running that followed exactly one request */
+	struct gw_serial_poll sp;  /* idle_since: when the last busy entry was answered */
 	bool polling;              /* the worker polls for this queue's next request */
 	int client_cpu;            /* the kernel queue (= the client's CPU) of the last request */
 	uint64_t polls, poll_hits; /* windows opened, and those a request ended early (status) */

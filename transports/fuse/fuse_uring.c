@@ -35,53 +35,45 @@ static void arm(struct fuse_req *r, uint32_t cmd_op, uint64_t commit_id);
  * sleep (epoll_wait fails with EINTR), posts the CQE, signals the ring's
  * eventfd, and only then does the loop take the request.
  *
- * So, as ublk's queues and NBD's connections do, a queue that went idle
- * after exactly one request per loop turn, many turns running,
- * keeps its worker from sleeping for a window (gw_worker_spin): the loop
- * goes round without blocking and reaps the ring before each turn, so the
- * task work lands in a running thread and the request is taken at once.
- * The window starts at 4 us, doubles while the client comes back within
- * it (arrivals up to twice poll-us count, as a gap measured without
- * polling includes the wake-up polling would save) and drops to 0 when it
- * does not (gw_poll_window_next), so an idle, slow or deep client costs no
- * CPU; the spinning loop yields every few microseconds (spin_cb). poll-us
- * 0 never polls. A request's kernel queue is its client's CPU: a worker
+ * So, as ublk's queues and NBD's connections do, a queue polls for a
+ * strictly serial client (struct gw_serial_poll, lib/coalesce.h: a window
+ * up to poll-us that grows while the client comes back in time and closes
+ * when it does not, so an idle, slow or deep client costs no CPU): it keeps
+ * its worker from sleeping for the window (gw_worker_spin). The loop goes
+ * round without blocking and reaps the ring before each turn, so the task
+ * work lands in a running thread and the request is taken at once; the
+ * spinning loop yields every few microseconds (spin_cb). poll-us 0 never
+ * polls. A request's kernel queue is its client's CPU: a worker
  * running on that same CPU does not poll, as the client needs the CPU to
  * send its next request (on a busy machine the scheduler wakes the worker
  * there for nearly every request).
  */
-#define FUSE_POLL_SERIAL_RUN 8
-
 static void came_back(struct fuse_queue *q)
 {
-	uint32_t max = q->x->o->poll_us * 1000u;
-	uint64_t gap = gw_now_ns() - q->idle_since;
+	uint64_t now = gw_now_ns();
 
-	if (q->polling && gap <= q->poll_ns)
+	if (q->polling && now - q->sp.idle_since <= q->sp.window_ns)
 		gw_worker_count(&q->poll_hits, 1);
 	q->polling = false;
-	q->poll_ns = gw_poll_window_next(q->poll_ns, gap, max, 2ull * max);
-	q->idle_since = 0;
+	gw_serial_poll_came_back(&q->sp, now, q->x->o->poll_us * 1000u);
 }
 
 static void went_idle(struct fuse_queue *q)
 {
-	q->serial = q->turn_reqs == 1 ? (uint8_t)GW_MIN(q->serial + 1u, 255u) : 0;
-	q->turn_reqs = 0;
-	if (!q->x->o->poll_us || q->stopping)
+	uint64_t until = gw_serial_poll_went_idle(
+		&q->sp, q->x->o->poll_us && !q->stopping ? gw_now_ns() : 0);
+
+	if (!until)
 		return;
-	q->idle_since = gw_now_ns();
-	if (q->poll_ns && q->serial >= FUSE_POLL_SERIAL_RUN) {
-		/* The client's next request needs this CPU: spinning here would
-		 * only delay it (a busy machine runs both on one CPU). */
-		if (sched_getcpu() == q->client_cpu) {
-			gw_worker_count(&q->poll_same_cpu, 1);
-			return;
-		}
-		gw_worker_count(&q->polls, 1);
-		q->polling = true;
-		gw_worker_spin(q->w, q->idle_since + q->poll_ns);
+	/* The client's next request needs this CPU: spinning here would only
+	 * delay it (a busy machine runs both on one CPU). */
+	if (sched_getcpu() == q->client_cpu) {
+		gw_worker_count(&q->poll_same_cpu, 1);
+		return;
 	}
+	gw_worker_count(&q->polls, 1);
+	q->polling = true;
+	gw_worker_spin(q->w, until);
 }
 
 void fuse_uring_reply(struct fuse_req *r, int err, const void *arg, size_t arglen, const void *data,
@@ -131,9 +123,9 @@ static void cqe_cb(struct gw_uring_cb *cb, int res)
 		return;
 	}
 	r->q->busy++;
-	r->q->turn_reqs++;
+	r->q->sp.turn_reqs++;
 	r->q->client_cpu = (int)r->qid;
-	if (r->q->idle_since)
+	if (r->q->sp.idle_since)
 		came_back(r->q);
 	__atomic_store_n(&r->q->ring_reqs, r->q->ring_reqs + 1, __ATOMIC_RELAXED);
 	if (paylen > r->q->x->data_buf)

@@ -377,17 +377,12 @@ void nbd_conn_payload_done(struct nbd_conn *c)
  * Socket polling. A client at queue depth 1 sends its next request a few
  * microseconds after reading a reply; a worker asleep in epoll then costs a
  * wake-up (an IPI to a halted CPU in a VM: tens of microseconds) on every
- * request. So a connection that has answered everything remembers when, and
- * if its client came back in time before, keeps the worker polling for that
- * long. The window grows (from 4 us, doubling, up to poll-us) while the
- * client keeps coming back in time and closes when it does not, so an idle
- * or slow client costs nothing. A gap measured without polling includes the
- * wake-up that polling would have saved, so arrivals up to twice poll-us
- * still count as in time.
- *
- * Only a strictly serial client is polled for: one request per wake-up, many
- * times running. A client with several requests in flight keeps the worker
- * busy anyway, and polling between its bursts only burns CPU (the
+ * request. So a connection that has answered everything keeps the worker
+ * polling for a strictly serial client (struct gw_serial_poll,
+ * lib/coalesce.h: one request per wake-up, many times running; a window up
+ * to poll-us that grows while the client comes back in time and closes
+ * when it does not, so an idle or slow client costs nothing). A client
+ * with several requests in flight keeps the worker busy anyway (the
  * coalescing controller takes care of those).
  *
  * Nor is a connection whose requests are slow (an rbd image, a disk): the
@@ -399,13 +394,12 @@ void nbd_conn_payload_done(struct nbd_conn *c)
  * readings those make anyway, capped at twice the limit below and averaged
  * from 0 (1/8 weight for the newest), so a few requests held up (the worker
  * preempted for a time slice on a busy machine) do not stop polling.
- * Above POLL_SLOW_RATIO windows (poll-us: 100 us by default) the connection
+ * Above POLL_SLOW_RATIO windows (poll-us: 50 us by default) the connection
  * stops polling: past one window the spin cannot catch the completion
  * either, and at two the wake-up saved is at most a fifth of the request's
  * time. Below half that it starts again, about a dozen requests after its
  * backend got fast again. Both changes are counted for status.
  */
-#define POLL_SERIAL_RUN 8
 #define POLL_SLOW_RATIO 2u
 
 static void note_service(struct nbd_conn *c, uint64_t now)
@@ -428,29 +422,27 @@ static void note_service(struct nbd_conn *c, uint64_t now)
 
 static void went_idle(struct nbd_conn *c)
 {
+	uint64_t now, until;
 	bool one;
 
 	if (c->state != CS_TX || !c->x->o->poll_us || c->inflight || c->wr || c->skip ||
 	    c->ipos != c->iend || c->paused)
 		return;
-	one = c->burst == 1;
-	c->serial = one ? (uint8_t)GW_MIN(c->serial + 1u, 255u) : 0;
-	c->burst = 0;
-	c->idle_since = gw_now_ns();
+	one = c->sp.turn_reqs == 1;
+	now = gw_now_ns();
+	until = gw_serial_poll_went_idle(&c->sp, now);
 	if (one && c->busy_since)
-		note_service(c, c->idle_since);
+		note_service(c, now);
 	c->busy_since = 0;
-	if (c->poll_ns && c->serial >= POLL_SERIAL_RUN && !c->slow)
-		gw_worker_spin(c->w, c->idle_since + c->poll_ns);
+	if (until && !c->slow)
+		gw_worker_spin(c->w, until);
 }
 
 static void came_back(struct nbd_conn *c)
 {
-	uint32_t max = c->x->o->poll_us * 1000u;
 	uint64_t now = gw_now_ns();
 
-	c->poll_ns = gw_poll_window_next(c->poll_ns, now - c->idle_since, max, 2 * max);
-	c->idle_since = 0;
+	gw_serial_poll_came_back(&c->sp, now, c->x->o->poll_us * 1000u);
 	c->busy_since = now;
 }
 
@@ -793,7 +785,7 @@ static void conn_readable(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct nbd_conn *c = container_of(w, struct nbd_conn, rio);
 
-	if (c->idle_since)
+	if (c->sp.idle_since)
 		came_back(c);
 	for (int i = 0; i < READS_PER_EVENT; i++) {
 		ssize_t n;

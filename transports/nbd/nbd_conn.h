@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "backends/backend.h"
+#include "lib/coalesce.h"
 #include "lib/worker.h"
 #include "transports/nbd/nbd_internal.h"
 #include "transports/nbd/nbd_proto.h"
@@ -80,13 +81,10 @@ struct nbd_conn {
 	ev_tstamp last_active; /* last request (idle-timeout) */
 
 	/* Socket polling (nbd_conn.c: went_idle). */
-	uint64_t idle_since; /* ns: answered everything and went idle; 0: busy */
-	uint32_t poll_ns;    /* current window, 0: sleep */
-	uint16_t burst;      /* requests since the last went_idle */
-	uint8_t serial;      /* consecutive wake-ups that brought one request */
-	bool slow;           /* its requests take too long for polling to pay */
-	uint64_t busy_since; /* ns: a request came after went_idle; 0: none */
-	uint64_t svc_ns;     /* moving average: request in to reply out, serial only */
+	struct gw_serial_poll sp; /* turn_reqs: requests since the last went_idle */
+	bool slow;                /* its requests take too long for polling to pay */
+	uint64_t busy_since;      /* ns: a request came after went_idle; 0: none */
+	uint64_t svc_ns;          /* moving average: request in to reply out, serial only */
 
 	/* Requests. */
 	unsigned inflight;

@@ -373,7 +373,7 @@ static int tx_request(struct nbd_conn *c)
 	offset = be64toh(q.offset);
 	len = be32toh(q.length);
 	gw_worker_note_work(c->w, 1);
-	c->burst++;
+	c->sp.turn_reqs++;
 	c->last_active = ev_now(c->w->loop);
 	if (be32toh(q.magic) != NBD_REQUEST_MAGIC) {
 		static struct gw_ratelimit rl = GW_RATELIMIT_DEFAULT;

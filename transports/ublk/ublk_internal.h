@@ -26,6 +26,7 @@
 
 #include "backends/backend.h"
 #include "gateway/export.h"
+#include "lib/coalesce.h"
 #include "lib/ioq.h"
 
 #define UBLK_CONTROL_PATH "/dev/ublk-control"
@@ -145,12 +146,9 @@ struct ublk_queue {
 	unsigned busy; /* tags with the backend */
 	bool ring_ok;
 	/* Polling for a queue-depth-1 client (see ublk_queue.c) */
-	uint32_t poll_ns;    /* the window now (0: sleep at once) */
-	uint64_t idle_since; /* when the last answer left, 0 while busy */
-	unsigned turn_reqs;  /* requests that arrived since the queue was last idle */
-	uint8_t serial;      /* idle periods in a row that ended with one request */
-	bool polled;         /* the window opened once (logged) */
-	int quit_fd;         /* eventfd: the control thread asks the thread to end */
+	struct gw_serial_poll sp; /* idle_since: when the last answer left */
+	bool polled;              /* the window opened once (logged) */
+	int quit_fd;              /* eventfd: the control thread asks the thread to end */
 	struct gw_uring_cb quit_cb;
 	bool quit;
 	cpu_set_t cpus; /* GET_QUEUE_AFFINITY's answer, applied to the thread */

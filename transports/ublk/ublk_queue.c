@@ -85,24 +85,19 @@ static void handle(struct ublk_tag *t)
  * Polling. At queue depth 1 the next request arrives a few microseconds
  * after the answer to the last one; a thread asleep in io_uring_enter then
  * costs a wake-up (in a VM, an IPI to a halted vCPU) on every request. As
- * NBD's workers do for their sockets (nbd_conn.c), a queue that went idle
- * after serving strictly one request at a time, many times running, spins
- * on its completion ring for a window instead of sleeping: the kernel's
- * task work (the next request) interrupts the spinning thread and lands in
- * the ring. The window grows while the client comes back in time and
- * closes when it does not (gw_poll_window_next), so a slow or deep client
- * costs nothing; the spinning thread yields its CPU every few
- * microseconds, in case the client waits for it.
+ * NBD's workers do for their sockets (nbd_conn.c), a queue serving a
+ * strictly serial client (struct gw_serial_poll, lib/coalesce.h) spins on
+ * its completion ring for a window instead of sleeping: the kernel's task
+ * work (the next request) interrupts the spinning thread and lands in the
+ * ring. The window grows while the client comes back in time and closes
+ * when it does not, so a slow or deep client costs nothing; the spinning
+ * thread yields its CPU every few microseconds, in case the client waits
+ * for it.
  */
-#define UBLK_POLL_SERIAL_RUN 8
-
 static void came_back(struct ublk_queue *q)
 {
-	uint32_t max = q->d->poll_us * 1000u;
-
-	q->poll_ns = gw_poll_window_next(q->poll_ns, gw_now_ns() - q->idle_since, max, 2ull * max);
-	q->idle_since = 0;
-	if (q->poll_ns && !q->polled) {
+	gw_serial_poll_came_back(&q->sp, gw_now_ns(), q->d->poll_us * 1000u);
+	if (q->sp.window_ns && !q->polled) {
 		q->polled = true; /* said once per queue: the window may open and close often */
 		gw_debug("ublk%u queue %u: a serial client: polling up to %u us", q->d->dev_id,
 			 q->id, q->d->poll_us);
@@ -112,17 +107,12 @@ static void came_back(struct ublk_queue *q)
 /* Everything answered: note when, and poll for the next request if it pays. 1: one came. */
 static int went_idle(struct ublk_queue *q)
 {
-	uint64_t now, until, yield;
+	uint64_t now = q->d->poll_us ? gw_now_ns() : 0, until, yield;
 
-	q->serial = q->turn_reqs == 1 ? (uint8_t)GW_MIN(q->serial + 1u, 255u) : 0;
-	q->turn_reqs = 0;
-	if (!q->d->poll_us)
-		return 0;
-	q->idle_since = now = gw_now_ns();
+	until = gw_serial_poll_went_idle(&q->sp, now);
 	/* Not polling: the answers go out with the wait, in one system call. */
-	if (!q->poll_ns || q->serial < UBLK_POLL_SERIAL_RUN || gw_ioq_submit(&q->ioq) < 0)
+	if (!until || gw_ioq_submit(&q->ioq) < 0)
 		return 0;
-	until = now + q->poll_ns;
 	yield = now + GW_POLL_YIELD_NS;
 	while (!io_uring_cq_ready(&q->ioq.ring)) {
 		now = gw_now_ns();
@@ -143,8 +133,8 @@ static void tag_cb(struct gw_uring_cb *cb, int res)
 	if (gw_likely(res == UBLK_IO_RES_OK)) {
 		struct ublk_queue *q = t->q;
 
-		q->turn_reqs++;
-		if (q->idle_since)
+		q->sp.turn_reqs++;
+		if (q->sp.idle_since)
 			came_back(q);
 		handle(t);
 		return;
