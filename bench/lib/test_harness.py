@@ -321,6 +321,37 @@ class FormatTest(unittest.TestCase):
                           "vm_incidents": ["boot 0: the guest stopped"]}, "machine": {}, "cells": []}
         self.assertEqual(H.merge([d1, d2])["options"]["vm_incidents"], ["boot 0: the guest stopped"])
 
+    def test_report_merge_twice(self):
+        # bench/run --report DIR --merge VM, run twice: the VM cells count once.
+        import json
+        import subprocess
+        import tempfile
+        run = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "run")
+
+        def doc(col, where):
+            c = cell("null", "randread-4k-qd1", col, 1, 100.0, where=where, noisy=False,
+                     fio_json="raw/x.json", ios=200, runtime_s=2.0)
+            return {"options": {"command": f"bench/run {where}", "date": "2026-12-07T00:00:00Z",
+                                "backends": ["null"], "columns": [col],
+                                "workloads": ["randread-4k-qd1"], "runtime": 2, "ramp": 1,
+                                "repeat": 1, "numjobs": 1, "size": "1G"},
+                    "machine": {"cpus": 2}, "cells": [c]}
+        with tempfile.TemporaryDirectory() as d:
+            host, vm = os.path.join(d, "host"), os.path.join(d, "vm")
+            for p, x in ((host, doc("blkgw/nbd-unix", "host")), (vm, doc("vm/blkgw/ublk", "tcg"))):
+                os.makedirs(p)
+                with open(os.path.join(p, "results.json"), "w") as fh:
+                    json.dump(x, fh)
+            for _ in range(2):
+                r = subprocess.run([sys.executable, run, "--report", host, "--merge", vm],
+                                   capture_output=True, text=True)
+                self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(host, "results.json")) as fh:
+                merged = json.load(fh)
+            self.assertEqual(sorted(c["column"] for c in merged["cells"]),
+                             ["blkgw/nbd-unix", "vm/blkgw/ublk"])
+            self.assertEqual(merged["options"]["command"], "bench/run host ; bench/run tcg")
+
     def test_forced_columns_show_dashes(self):
         cells = [cell("null", "randread-4k-qd1", "blkgw/nbd-unix", 1, 10.0)]
         md = H.backend_tables(cells, "null", ["blkgw/nbd-unix", "qsd/vhost"])
