@@ -10,7 +10,7 @@
 # repetitions, one table with medians and the ratios against tracking off.
 #
 #   bench/backup/run.sh [--runtime S] [--repeat N] [--out DIR] [--dir DIR] [--ab BLKGW]
-#                       [--rate R]
+#                       [--rate R] [--qsd]
 #
 # --dir: where the image and run dir go (default /tmp). On XFS or btrfs the
 # backup's view is a reflink copy instead of copy-before-write.
@@ -19,6 +19,11 @@
 # ("B"), one table each and the B/A ratios, so load on the machine hits both.
 # --rate R: one case more, the backup read meanwhile with `backup start
 # --rate R` (this tree's blkgw only; the other cases read it uncapped).
+# --qsd: the peer, in the same repetitions: qemu-storage-daemon's fleecing
+# (a copy-before-write filter over the image, a sparse temporary file as its
+# target, snapshot-access exported for the backup; buffered, as blkgw's
+# image is here) with the same fio writes and nbdcopy loop, against qsd
+# exporting the image alone; and its backup read against the file's.
 #
 # Measurements, never tests: nothing here fails because something is slow.
 set -euo pipefail
@@ -32,6 +37,7 @@ OUT=""
 DIR=/tmp
 AB=""
 RATE=""
+QSD=""
 while [ $# -gt 0 ]; do
 	case $1 in
 	--runtime) RUNTIME=$2; shift 2 ;;
@@ -40,11 +46,12 @@ while [ $# -gt 0 ]; do
 	--dir) DIR=$2; shift 2 ;;
 	--ab) AB=$2; shift 2 ;;
 	--rate) RATE=$2; shift 2 ;;
-	-h | --help) sed -n 2,23p "$0"; exit 0 ;;
+	--qsd) QSD=1; shift ;;
+	-h | --help) sed -n 2,27p "$0"; exit 0 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
 	esac
 done
-for c in fio nbdcopy jq; do command -v $c >/dev/null || { echo "needs $c" >&2; exit 1; }; done
+for c in fio nbdcopy jq ${QSD:+qemu-storage-daemon}; do command -v $c >/dev/null || { echo "needs $c" >&2; exit 1; }; done
 OUT=${OUT:-/tmp/blkgw-bench-backup.$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 W=$(mktemp -d "$DIR/blkgw-bench-backup-w.XXXXXX")
@@ -73,6 +80,31 @@ serve() { # track: true|false
 	export BLKGW_CONTROL=$W/run/control.sock
 	for _ in $(seq 100); do "$BLKGW" status >/dev/null 2>&1 && return; sleep 0.1; done
 	echo "blkgw did not start" >&2; exit 1
+}
+# The peer: qsd exporting the image as "disk"; with fleece, writes go through
+# a copy-before-write filter whose point-in-time view is exported as "backup".
+qsd_serve() { # plain|fleece
+	[ -n "$PID" ] && { kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""; }
+	rm -f "$W/disk.sock" "$W/tmp.img"
+	local node=disk0 extra=() backup=()
+	if [ "$1" = fleece ]; then
+		truncate -s 4G "$W/tmp.img"
+		extra=(--blockdev "driver=file,node-name=tmp-file,filename=$W/tmp.img"
+			--blockdev "driver=raw,node-name=tmp,file=tmp-file"
+			--blockdev "driver=copy-before-write,node-name=cbw,file=disk0,target=tmp"
+			--blockdev "driver=snapshot-access,node-name=acc,file=cbw")
+		backup=(--export "type=nbd,id=b,node-name=acc,name=backup")
+		node=cbw
+	fi
+	qemu-storage-daemon \
+		--blockdev "driver=file,node-name=disk0-file,filename=$W/disk.img" \
+		--blockdev "driver=raw,node-name=disk0,file=disk0-file" "${extra[@]}" \
+		--nbd-server "addr.type=unix,addr.path=$W/disk.sock" \
+		--export "type=nbd,id=w,node-name=$node,name=disk,writable=on" "${backup[@]}" \
+		2>>"$OUT/qsd.log" &
+	PID=$!
+	for _ in $(seq 100); do [ -S "$W/disk.sock" ] && return; sleep 0.1; done
+	echo "qemu-storage-daemon did not start" >&2; exit 1
 }
 URI="nbd+unix:///disk?socket=$W/disk.sock"
 fio_run() { # name qd rw [extra...] -> prints "iops mean_us"
@@ -133,6 +165,22 @@ for v in $VARIANTS; do
 	"$BLKGW" backup stop "disk@k$ck" >/dev/null
 	t0=$(date +%s.%N); nbdcopy "$W/disk.img" null:; t1=$(date +%s.%N)
 	echo "readfile - $(echo "4096 / ($t1 - $t0)" | bc -l) 0" >>"$RAW"
+	if [ -n "$QSD" ] && [ "$v" = B ]; then
+		kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
+		for qd in 1 32; do
+			qsd_serve plain
+			echo "qsdoff qd$qd $(fio_run qsdoff-qd$qd-r$r $qd randwrite)" >>"$RAW"
+			qsd_serve fleece
+			(while [ ! -e "$W/stop" ]; do nbdcopy "nbd+unix:///backup?socket=$W/disk.sock" null: || break; done) &
+			reader=$!
+			echo "qsdbackup qd$qd $(fio_run qsdbackup-qd$qd-r$r $qd randwrite)" >>"$RAW"
+			touch "$W/stop"; wait $reader || true; rm -f "$W/stop"
+		done
+		qsd_serve fleece
+		t0=$(date +%s.%N); nbdcopy "nbd+unix:///backup?socket=$W/disk.sock" null:; t1=$(date +%s.%N)
+		echo "qsdreadbackup - $(echo "4096 / ($t1 - $t0)" | bc -l) 0" >>"$RAW"
+		kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
+	fi
 done
 done
 BLKGW=$NEW
@@ -156,6 +204,8 @@ for variant, rows in allrows.items():
           ("marked", "off", "randwrite", "tracking on, chunks already marked"),
           ("backup", "off", "randwrite", "tracking on, a backup of it read meanwhile (nbdcopy loop)"),
           ("backuprate", "off", "randwrite", "the same, the backup started with --rate"),
+          ("qsdoff", "qsdoff", "randwrite", "qsd: the image exported alone"),
+          ("qsdbackup", "qsdoff", "randwrite", "qsd: fleecing, its backup read meanwhile (vs qsd alone)"),
           ("offseq", "offseq", "write:60k", "tracking off"),
           ("first", "offseq", "write:60k", "tracking on, every write a new chunk")):
       for qd in ("qd1", "qd32"):
@@ -173,6 +223,10 @@ for variant, rows in allrows.items():
   if rb and rf:
       print(f"\nbackup read (nbdcopy of IMAGE@CHECKPOINT to null:): median {med(rb, 0):,.0f} MiB/s; "
             f"nbdcopy of the image file: {med(rf, 0):,.0f} MiB/s; ratio {med(rb, 0) / med(rf, 0):.2f}x")
+  qb = rows.get(("qsdreadbackup", "-"))
+  if qb and rf:
+      print(f"\nqsd's backup read (nbdcopy of its snapshot-access export): median {med(qb, 0):,.0f} MiB/s; "
+            f"ratio to the file {med(qb, 0) / med(rf, 0):.2f}x; blkgw / qsd {med(rb, 0) / med(qb, 0):.2f}x")
 if len(allrows) > 1:
     a, b = allrows["A"], allrows["B"]
     print("\n### B/A (medians)\n")
