@@ -43,18 +43,27 @@ BACKENDS = ["null", "memory", "file"]
 # ---------------------------------------------------------------------------
 # Columns: (id, server, path, heading, where). "where" is host or tcg (the
 # QEMU TCG test VM). The order is the tables' column order: the baseline,
-# blkgw's paths, the peers, the ceilings.
+# blkgw's paths, the peers, the ceilings. The kernel paths (block devices
+# fio opens with io_uring and O_DIRECT, bench/kernel-paths.sh) run on the
+# host as kernel/... when its kernel has them, or in the VM as vm/...
 COLUMNS = [
     ("direct", "direct", "direct", "direct", "host"),
     ("blkgw/nbd-unix", "blkgw", "nbd-unix", "blkgw NBD unix", "host"),
     ("blkgw/nbd-tcp", "blkgw", "nbd-tcp", "blkgw NBD TCP", "host"),
     ("blkgw/vhost", "blkgw", "vhost", "blkgw vhost-user-blk", "host"),
+    ("kernel/blkgw/nbd-attach", "blkgw", "nbd-attach", "blkgw NBD attached", "host"),
+    ("kernel/blkgw/ublk", "blkgw", "ublk", "blkgw ublk", "host"),
+    ("kernel/blkgw/vduse", "blkgw", "vduse", "blkgw VDUSE", "host"),
+    ("kernel/blkgw/nbd-client", "blkgw", "nbd-client", "nbd-client + blkgw", "host"),
     ("qsd/nbd-unix", "qsd", "nbd-unix", "qsd NBD unix", "host"),
     ("qsd/nbd-tcp", "qsd", "nbd-tcp", "qsd NBD TCP", "host"),
     ("qsd/vhost", "qsd", "vhost", "qsd vhost-user-blk", "host"),
+    ("kernel/qsd/vduse", "qsd", "vduse", "qsd vduse-blk", "host"),
+    ("kernel/qsd/nbd-client", "qsd", "nbd-client", "nbd-client + qsd", "host"),
     ("nbdkit/nbd-unix", "nbdkit", "nbd-unix", "nbdkit NBD unix", "host"),
     ("nbdkit/nbd-tcp", "nbdkit", "nbd-tcp", "nbdkit NBD TCP", "host"),
     ("floor/nbd-unix", "floor", "nbd-unix", "ceiling: do-nothing NBD", "host"),
+    ("kernel/null_blk", "null_blk", "null_blk", "ceiling: null_blk", "host"),
     # In the test VM (TCG): kernel block devices, fio with io_uring direct.
     ("vm/direct", "direct", "direct", "direct", "tcg"),
     ("vm/blkgw/nbd-attach", "blkgw", "nbd-attach", "blkgw NBD attached", "tcg"),
@@ -68,9 +77,12 @@ COLUMNS = [
     ("vm/null_blk", "null_blk", "null_blk", "ceiling: null_blk", "tcg"),
 ]
 COLUMN_IDS = [c[0] for c in COLUMNS]
-HOST_COLUMNS = [c[0] for c in COLUMNS if c[4] == "host"]
+# On the host: the userspace paths bench/run drives itself, and the kernel
+# paths (kernel/...) bench/kernel-paths.sh runs there.
+KERNEL_COLUMNS = [c[0] for c in COLUMNS if c[0].startswith("kernel/")]
+HOST_COLUMNS = [c[0] for c in COLUMNS if c[4] == "host" and c[0] not in KERNEL_COLUMNS]
 VM_COLUMNS = [c[0] for c in COLUMNS if c[4] == "tcg"]
-CEILINGS = {"floor/nbd-unix", "vm/null_blk"}
+CEILINGS = {"floor/nbd-unix", "vm/null_blk", "kernel/null_blk"}
 PEERS = {"qsd", "nbdkit"}
 
 
@@ -80,6 +92,108 @@ def column(cid):
             return {"id": c[0], "server": c[1], "path": c[2], "heading": c[3],
                     "where": c[4]}
     raise KeyError(cid)
+
+
+# ---------------------------------------------------------------------------
+# Where the kernel paths run: on the host when its kernel has them, else in
+# the test VM. bench/run probes with `blkgw check` (blkgw's own transport
+# probes) and these decide.
+
+def kernel_twin(cid):
+    """kernel/X <-> vm/X for the paths that can run in both places; None for
+    the others (vm/direct, the vhost-user-blk guest disks, host columns)."""
+    if cid.startswith("kernel/"):
+        return "vm/" + cid[len("kernel/"):]
+    if cid.startswith("vm/") and "kernel/" + cid[len("vm/"):] in KERNEL_COLUMNS:
+        return "kernel/" + cid[len("vm/"):]
+    return None
+
+
+# What each kernel column needs besides its transport's kernel module: the
+# probe's transport (blkgw check) or module, and the programs.
+KERNEL_NEEDS = {
+    "kernel/blkgw/nbd-attach": ("nbd-attach", []),
+    "kernel/blkgw/ublk": ("ublk", []),
+    "kernel/blkgw/vduse": ("vduse", []),
+    "kernel/blkgw/nbd-client": ("nbd-attach", ["nbd-client"]),
+    "kernel/qsd/vduse": ("vduse", ["qemu-storage-daemon", "vdpa"]),
+    "kernel/qsd/nbd-client": ("nbd-attach", ["qemu-storage-daemon", "nbd-client"]),
+    "kernel/null_blk": ("null_blk", []),
+}
+
+
+def check_reason(rc, stderr):
+    """`blkgw check` on a one-export manifest -> None when its transport
+    can serve here, else why not (the probe's words)."""
+    if rc == 0:
+        return None
+    for line in stderr.splitlines():
+        if "no transport could start: " in line:
+            why = line.split("no transport could start: ", 1)[1]
+            # "TRANSPORT: reason"
+            return why.split(": ", 1)[1] if ": " in why else why
+    lines = [x for x in stderr.splitlines() if x.strip()]
+    return lines[0] if lines else f"blkgw check exited {rc}"
+
+
+def kernel_host_reasons(probes, have, root):
+    """probes: {probe name: None or why not} (the transports from blkgw
+    check, null_blk from /sys/module); have: programs found on PATH; root:
+    whether bench/run runs as root. -> {kernel column: None (runs here) or
+    why not}."""
+    out = {}
+    for cid, (probe, progs) in KERNEL_NEEDS.items():
+        missing = [p for p in progs if p not in have]
+        if not root:
+            out[cid] = "needs root"
+        elif probes.get(probe, "not probed"):
+            out[cid] = probes.get(probe, "not probed")
+        elif missing:
+            out[cid] = "no " + ", ".join(missing) + " on PATH"
+        else:
+            out[cid] = None
+    return out
+
+
+def place_kernel_paths(mode, reasons, vm):
+    """The default columns' kernel paths: mode auto, host or vm; reasons
+    from kernel_host_reasons (ignored for mode vm); vm: whether the test VM
+    runs (--vm). -> (kernel/... columns for the host, vm/... columns for the
+    VM, errors, notes). auto: each path on the host when its kernel has it,
+    else in the VM (with --vm), else nowhere (a note says why). host: every
+    path on the host, an error for each it cannot run there. vm: in the VM
+    only (with --vm). The null_blk ceiling goes wherever a path goes (the
+    VM keeps its own for vm/direct and the vhost-user-blk guest disks); a
+    host without null_blk only loses the ceiling."""
+    here, there, errors, notes = [], [], [], []
+    for cid in KERNEL_COLUMNS:
+        if cid == "kernel/null_blk":
+            continue
+        why = None if mode == "vm" else reasons.get(cid, "not probed")
+        if mode == "host":
+            if why:
+                errors.append(f"{cid}: {why}")
+            else:
+                here.append(cid)
+        elif mode == "auto" and not why:
+            here.append(cid)
+        elif vm:
+            there.append(kernel_twin(cid))
+            if mode == "auto":
+                notes.append(f"{kernel_twin(cid)} in the test VM: not on this host ({why})")
+        else:
+            notes.append(f"{cid} not run: "
+                         + (f"not on this host ({why}); " if mode == "auto" else "")
+                         + "--vm runs it in the test VM")
+    if here:
+        why = reasons.get("kernel/null_blk", "not probed")
+        if why:
+            notes.append(f"kernel/null_blk not run: {why} (the host paths have no ceiling)")
+        else:
+            here.append("kernel/null_blk")
+    if vm:
+        there.append("vm/null_blk")
+    return here, there, errors, notes
 
 
 def heading(cid):
@@ -283,13 +397,16 @@ def ratio_pairs(columns):
 
 def ceiling_pairs(columns):
     """(column, ceiling) pairs: host NBD paths against the do-nothing NBD
-    server, VM block devices against null_blk."""
+    server, block devices against null_blk in the same place."""
     out = []
     for a in columns:
         ca = column(a)
         if a in CEILINGS or ca["server"] == "direct":
             continue
-        if ca["where"] == "host" and ca["path"].startswith("nbd") and "floor/nbd-unix" in columns:
+        if a in KERNEL_COLUMNS:
+            if "kernel/null_blk" in columns:
+                out.append((a, "kernel/null_blk"))
+        elif ca["where"] == "host" and ca["path"].startswith("nbd") and "floor/nbd-unix" in columns:
             out.append((a, "floor/nbd-unix"))
         if ca["where"] == "tcg" and "vm/null_blk" in columns:
             out.append((a, "vm/null_blk"))

@@ -313,6 +313,100 @@ class FormatTest(unittest.TestCase):
             self.assertEqual(vmbench.guest_stop_reason(os.path.join(d, "none")),
                              "no reason on the console")
 
+    def test_check_reason(self):
+        # blkgw check's words on a host without the module, and with it.
+        err = ("m.yaml:7:5: export 1 (n): no transport could start: ublk: the ublk_drv kernel "
+               "module is not loaded, no /dev/ublk-control (modprobe ublk_drv; Linux 6.5 or later)\n"
+               "1 problem found\n")
+        self.assertEqual(H.check_reason(1, err),
+                         "the ublk_drv kernel module is not loaded, no /dev/ublk-control "
+                         "(modprobe ublk_drv; Linux 6.5 or later)")
+        self.assertIsNone(H.check_reason(0, ""))
+        self.assertEqual(H.check_reason(1, "\nm.yaml:2:3: gateway: run dir: bad\n"),
+                         "m.yaml:2:3: gateway: run dir: bad")
+        self.assertEqual(H.check_reason(2, ""), "blkgw check exited 2")
+
+    def test_kernel_host_reasons(self):
+        ok = {"nbd-attach": None, "ublk": None, "vduse": None, "null_blk": None}
+        every = {"qemu-storage-daemon", "nbd-client", "vdpa"}
+        r = H.kernel_host_reasons(ok, every, True)
+        self.assertEqual(set(r), set(H.KERNEL_COLUMNS))
+        self.assertTrue(all(v is None for v in r.values()))
+        self.assertTrue(all(v == "needs root" for v in H.kernel_host_reasons(ok, every, False).values()))
+        r = H.kernel_host_reasons(dict(ok, vduse="no vduse"), every - {"vdpa"}, True)
+        self.assertEqual(r["kernel/blkgw/vduse"], "no vduse")
+        self.assertEqual(r["kernel/qsd/vduse"], "no vduse")
+        self.assertIsNone(r["kernel/blkgw/ublk"])
+        r = H.kernel_host_reasons(ok, every - {"vdpa"}, True)
+        self.assertEqual(r["kernel/qsd/vduse"], "no vdpa on PATH")
+        self.assertIsNone(r["kernel/blkgw/vduse"])
+        # nbd-client rides on the nbd module: blkgw's attach probe says whether it is there
+        r = H.kernel_host_reasons(dict(ok, **{"nbd-attach": "no nbd"}), every, True)
+        self.assertEqual(r["kernel/blkgw/nbd-client"], "no nbd")
+        self.assertEqual(r["kernel/qsd/nbd-client"], "no nbd")
+
+    def test_place_kernel_paths(self):
+        every = {c: None for c in H.KERNEL_COLUMNS}
+        only_ublk = {c: "missing" for c in H.KERNEL_COLUMNS}
+        only_ublk.update({"kernel/blkgw/ublk": None, "kernel/null_blk": None})
+        # auto on a host with everything: all on the host, the VM keeps its ceiling only
+        here, there, err, _ = H.place_kernel_paths("auto", every, True)
+        self.assertEqual(here, H.KERNEL_COLUMNS)
+        self.assertEqual(there, ["vm/null_blk"])
+        self.assertEqual(err, [])
+        # auto with ublk only: ublk and null_blk here, the rest in the VM, each with a note
+        here, there, err, notes = H.place_kernel_paths("auto", only_ublk, True)
+        self.assertEqual(here, ["kernel/blkgw/ublk", "kernel/null_blk"])
+        self.assertIn("vm/blkgw/vduse", there)
+        self.assertNotIn("vm/blkgw/ublk", there)
+        self.assertEqual(there[-1], "vm/null_blk")
+        self.assertTrue(any("vm/blkgw/vduse in the test VM" in n and "missing" in n for n in notes))
+        # ... and without --vm the rest runs nowhere, and the notes say so
+        here, there, err, notes = H.place_kernel_paths("auto", only_ublk, False)
+        self.assertEqual((here, there), (["kernel/blkgw/ublk", "kernel/null_blk"], []))
+        self.assertTrue(any(n.startswith("kernel/blkgw/vduse not run") for n in notes))
+        # no kernel path here: no host ceiling either
+        none = {c: "missing" for c in H.KERNEL_COLUMNS}
+        self.assertEqual(H.place_kernel_paths("auto", none, False)[0], [])
+        # host: an error for each path the host lacks; no null_blk only loses the ceiling
+        _, _, err, _ = H.place_kernel_paths("host", only_ublk, True)
+        self.assertEqual(len(err), len(H.KERNEL_COLUMNS) - 2)
+        here, _, err, notes = H.place_kernel_paths("host", dict(every, **{"kernel/null_blk": "x"}), False)
+        self.assertEqual(err, [])
+        self.assertNotIn("kernel/null_blk", here)
+        self.assertTrue(any("kernel/null_blk not run" in n for n in notes))
+        # vm: the host is not asked
+        here, there, err, _ = H.place_kernel_paths("vm", {}, True)
+        self.assertEqual(here, [])
+        self.assertEqual(set(there), {H.kernel_twin(c) for c in H.KERNEL_COLUMNS})
+        self.assertEqual(H.place_kernel_paths("vm", {}, False)[:2], ([], []))
+
+    def test_kernel_columns(self):
+        self.assertEqual(H.kernel_twin("kernel/blkgw/ublk"), "vm/blkgw/ublk")
+        self.assertEqual(H.kernel_twin("vm/qsd/vduse"), "kernel/qsd/vduse")
+        self.assertIsNone(H.kernel_twin("vm/blkgw/vhost-guest"))
+        self.assertIsNone(H.kernel_twin("vm/direct"))
+        self.assertIsNone(H.kernel_twin("blkgw/nbd-unix"))
+        self.assertFalse(set(H.KERNEL_COLUMNS) & set(H.HOST_COLUMNS))
+        for c in H.KERNEL_COLUMNS:
+            self.assertEqual(H.column(c)["where"], "host")
+            self.assertNotIn("TCG", H.heading(c))
+        cols = ["blkgw/nbd-unix", "floor/nbd-unix", "kernel/blkgw/nbd-attach", "kernel/blkgw/vduse",
+                "kernel/qsd/vduse", "kernel/null_blk", "vm/blkgw/vduse", "vm/null_blk"]
+        # host block devices against the host's null_blk, never the NBD floor
+        self.assertEqual(sorted(H.ceiling_pairs(cols)), sorted([
+            ("blkgw/nbd-unix", "floor/nbd-unix"), ("kernel/blkgw/nbd-attach", "kernel/null_blk"),
+            ("kernel/blkgw/vduse", "kernel/null_blk"), ("kernel/qsd/vduse", "kernel/null_blk"),
+            ("vm/blkgw/vduse", "vm/null_blk")]))
+        # a peer in the same place only
+        self.assertEqual(H.ratio_pairs(cols), [("kernel/blkgw/vduse", "kernel/qsd/vduse")])
+        # the host's null_blk runs once per round too, under 'any'
+        import vmbench
+        self.assertEqual(vmbench.expected_keys(["kernel/blkgw/ublk", "kernel/null_blk"], ["null"],
+                                               ["randread-4k-qd1"], 1),
+                         ["any:kernel/null_blk:randread-4k-qd1:1",
+                          "null:kernel/blkgw/ublk:randread-4k-qd1:1"])
+
     def test_merge_keeps_vm_incidents(self):
         d1 = {"options": {"backends": ["file"], "columns": ["direct"], "workloads": ["randread-4k-qd1"],
                           "command": "a"}, "machine": {}, "cells": []}

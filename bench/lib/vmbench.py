@@ -1,18 +1,23 @@
-"""bench/run --vm: the kernel paths in the project's QEMU TCG test VM.
+"""bench/run's kernel paths: on the host when its kernel has them, and in
+the project's QEMU TCG test VM (--vm).
 
-One boot runs every VM column of the matrix (bench/vm-guest.sh): blkgw's
-NBD attached, ublk and VDUSE devices, nbd-client in front of blkgw and of
-qemu-storage-daemon, qsd's vduse-blk, the vhost-user-blk disks of a blkgw
-and a qsd running on the host (QEMU is their client), fio on a guest file,
-and the kernel's null_blk as the ceiling. The guest prints each cell's fio
-JSON on the console; the host reads it back, and reads its own daemons' CPU
-time when the guest says a run starts and stops. Every figure is TCG:
-comparable with the other VM columns only.
+bench/kernel-paths.sh runs them, one column after the other: blkgw's NBD
+attached, ublk and VDUSE devices, nbd-client in front of blkgw and of
+qemu-storage-daemon, qsd's vduse-blk and the kernel's null_blk as the
+ceiling; in the VM also the vhost-user-blk disks of a blkgw and a qsd
+running on the host (QEMU is their client) and fio on a guest file. It
+prints each cell's fio JSON (on the guest's console, or on its own output
+on the host); bench/run reads it back, and reads its own daemons' CPU time
+when the guest says a run starts and stops. Every figure from the VM is
+TCG: comparable with the other VM columns only. Where each path runs is
+decided by probe_host (blkgw's own transport probes) and
+harness.place_kernel_paths.
 """
 
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import time
 
@@ -87,8 +92,49 @@ def tree_ticks(root):
     return total
 
 
+PROBE_EXPORTS = {
+    "nbd-attach": "transports: [nbd], nbd: { attach: true }",
+    "ublk": "transports: [ublk]",
+    "vduse": "transports: [vduse], vduse: { name: bprobe%d }",
+}
+# Loaded (modprobe) before probing, when missing and bench/run is root.
+PROBE_MODULES = ["nbd", "ublk_drv", "vduse", "virtio_vdpa", "virtio_blk"]
+
+
+def probe_host(blkgw, tmp):
+    """Which kernel paths this host can run: loads the transports' modules
+    it can (as root), asks blkgw's probes (`blkgw check` on a one-export
+    manifest each) and looks for null_blk and the programs the peers'
+    columns need. -> ({kernel column: None or why not}, {probe: why})."""
+    root = os.geteuid() == 0
+    if root and shutil.which("modprobe"):
+        for m in PROBE_MODULES:
+            if not os.path.isdir(f"/sys/module/{m}"):
+                subprocess.run(["modprobe", "-q", m], capture_output=True)
+    d = os.path.join(tmp, "probe")
+    os.makedirs(d, exist_ok=True)
+    probes = {}
+    for name, tr in PROBE_EXPORTS.items():
+        m = os.path.join(d, f"{name}.yaml")
+        with open(m, "w") as fh:
+            fh.write(f"version: 1\ngateway: {{ run-dir: {d}/run, workers: 1 }}\n"
+                     "images:\n  p: { backend: null, size: 1M }\n"
+                     f"exports:\n  - {{ image: p, {tr % os.getpid() if '%d' in tr else tr} }}\n")
+        r = subprocess.run([blkgw, "check", m], capture_output=True, text=True)
+        probes[name] = H.check_reason(r.returncode, r.stderr)
+    if os.path.isdir("/sys/module/null_blk"):
+        probes["null_blk"] = None
+    elif root and subprocess.run(["modprobe", "-n", "-q", "null_blk"],
+                                 capture_output=True).returncode == 0:
+        probes["null_blk"] = None  # kernel-paths.sh loads it with its own settings
+    else:
+        probes["null_blk"] = "no null_blk module"
+    have = {p for p in ("qemu-storage-daemon", "nbd-client", "vdpa") if shutil.which(p)}
+    return H.kernel_host_reasons(probes, have, root), probes
+
+
 def cell_key(c):
-    """The word a rerun names a cell by (bench/vm-guest.sh's ONLY)."""
+    """The word a rerun names a cell by (bench/kernel-paths.sh's ONLY)."""
     return f"{c['backend']}:{c['column']}:{c['workload']}:{c['rep']}"
 
 
@@ -96,14 +142,23 @@ def vm_size(a):
     return min(a.size_bytes, 256 << 20)
 
 
-def run(b, log, die):
+def run(b, log, die, site="vm"):
+    """Run the kernel paths of b.a.columns in one place: site "vm" (the
+    vm/... columns, one boot of the test VM, more for cells a stopped guest
+    left) or "host" (the kernel/... columns, kernel-paths.sh here)."""
     a = b.a
-    cols = [c for c in a.columns if H.column(c)["where"] == "tcg"]
-    work = os.path.join(b.tmp, "vm")
+    on_host = site == "host"
+    if on_host:
+        cols = [c for c in a.columns if c in H.KERNEL_COLUMNS]
+    else:
+        cols = [c for c in a.columns if H.column(c)["where"] == "tcg"]
+    label = "host kernel" if on_host else "VM"
+    work = os.path.join(b.tmp, site)
     os.makedirs(work, exist_ok=True)
-    rawvm = os.path.join(b.out, "raw", "vm")
+    rawvm = os.path.join(b.out, "raw", "kernel" if on_host else "vm")
     os.makedirs(rawvm, exist_ok=True)
-    size = vm_size(a)
+    size = a.size_bytes if on_host else vm_size(a)
+    runtime = a.runtime if on_host else a.vm_runtime
     backends = list(a.backends)
     blkgw = b.blkgw
 
@@ -177,29 +232,44 @@ def run(b, log, die):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     ours = [os.getpid()] + [p.pid for p in daemons.values()]
 
-    def boot(only, attempt):
-        """One boot of the guest running every cell, or only those named
-        (cell_key words). -> the cells' metrics, each with the cores other
-        processes on the host used while it ran (between its BENCH-T0 and
-        BENCH-T1 lines; QEMU, run-vm.sh, the host daemons and this harness
-        are not others)."""
+    script = os.path.join(root, "bench/kernel-paths.sh")
+    host_files = {"IMG_FILE": os.path.join(a.file_dir, f"blkgw-bench-kernel-{os.getpid()}.img"),
+                  "IMG_MEM": f"/dev/shm/blkgw-bench-kernel-{os.getpid()}.img"}
+
+    def launch(only, attempt, n_cells, timeout):
+        """Start kernel-paths.sh for the cells (every one, or only those
+        named) -> (process, its output file, its command line), or None when
+        the guest could not be built for a rerun."""
         sfx = "" if attempt == 0 else f".a{attempt}"
-        with open(os.path.join(work, "config"), "w") as fh:
-            fh.write(f"RT={a.vm_runtime}\nREPS={a.repeat}\nSIZE={size}\nSIZE_BYTES={size}\n"
+        config = os.path.join(work, "config")
+        with open(config, "w") as fh:
+            fh.write(f"RT={runtime}\nREPS={a.repeat}\nSIZE={size}\nSIZE_BYTES={size}\n"
                      f"BACKENDS='{' '.join(backends)}'\nCOLUMNS='{' '.join(cols)}'\n"
                      f"VHOST_DISKS='{' '.join(disks)}'\nONLY='{' '.join(only)}'\n")
-        with open(os.path.join(work, "config")) as src, \
-                open(os.path.join(rawvm, "config" + sfx), "w") as dst:
+            if on_host:
+                fh.write(f"ON_HOST=1\nLIB={shlex.quote(os.path.join(root, 'tests/vm/guest-lib.sh'))}\n"
+                         f"WORKLOADS={shlex.quote(os.path.join(work, 'workloads'))}\n"
+                         f"BLKGW={shlex.quote(blkgw)}\nWORKERS={a.workers}\n"
+                         f"T={shlex.quote(os.path.join(work, 't'))}\n"
+                         f"IMG_FILE={shlex.quote(host_files['IMG_FILE'])}\n"
+                         f"IMG_MEM={shlex.quote(host_files['IMG_MEM'])}\n")
+        with open(config) as src, open(os.path.join(rawvm, "config" + sfx), "w") as dst:
             dst.write(src.read())
-        n_cells = len(only) if only else a.repeat * len(a.workloads) * sum(
-            1 if c == "vm/null_blk" else len(backends) for c in cols)
-        per = a.vm_runtime + 4.0
-        timeout = int(n_cells * per * 3 + 900)
-        log(f"VM: building the guest; {n_cells} cells in one boot, ~{int(n_cells * per / 60) + 1} min"
+        out = os.path.join(rawvm, f"{'output' if on_host else 'console'}{sfx}.log")
+        if on_host:
+            log(f"host kernel: {n_cells} cells, ~{int(n_cells * (runtime + 2.0) / 60) + 1} min"
+                + (f" (pass {attempt}: cells run again)" if attempt else ""))
+            # boot() stops it after `timeout` s: SIGTERM, which the script
+            # turns into taking the current device down.
+            argv = ["sh", script, config]
+            with open(os.path.join(rawvm, f"run{sfx}.cmd"), "w") as fh:
+                fh.write(shlex.join(argv) + "\n")
+            return b.spawn(argv, out), out, argv
+        log(f"VM: building the guest; {n_cells} cells in one boot, ~{int(n_cells * (runtime + 4.0) / 60) + 1} min"
             + (f" (boot {attempt}: cells run again)" if attempt else ""))
         guest = os.path.join(work, "guest")
         r = subprocess.run([os.path.join(root, "tests/vm/build-guest.sh"), "-q", "--out", guest,
-                            "--script", os.path.join(root, "bench/vm-guest.sh"),
+                            "--script", script,
                             "--bin", blkgw, "--bin", "fio", "--bin", "qemu-storage-daemon",
                             "--bin", "vdpa", "--bin", "nbd-client", "--module", "null_blk",
                             "--file", os.path.join(work, "config") + ":/test/config",
@@ -208,16 +278,31 @@ def run(b, log, die):
         if r.returncode != 0:
             if attempt:
                 log(f"VM: build-guest.sh failed for the rerun: {r.stderr[-400:]}")
-                return []
+                return None
             die(f"VM: build-guest.sh failed: {r.stderr[-800:]}")
-        console = os.path.join(rawvm, f"console{sfx}.log")
-        argv = [os.path.join(root, "tests/vm/run-vm.sh"), "-q", "--guest", guest, "--log", console,
+        argv = [os.path.join(root, "tests/vm/run-vm.sh"), "-q", "--guest", guest, "--log", out,
                 "--smp", "2", "-m", "2048", "--timeout", str(timeout)]
         for sk in socks:
             argv += ["--vhost-user-blk", sk + ",num-queues=1"]
         with open(os.path.join(rawvm, f"run-vm{sfx}.cmd"), "w") as fh:
             fh.write(shlex.join(argv) + "\n")
-        vm = b.spawn(argv, os.path.join(rawvm, f"run-vm{sfx}.log"))
+        return b.spawn(argv, os.path.join(rawvm, f"run-vm{sfx}.log")), out, argv
+
+    def boot(only, attempt):
+        """One boot of the guest (one run of the script on the host) for
+        every cell, or only those named (cell_key words). -> the cells'
+        metrics, each with the cores other processes on the host used while
+        it ran (between its BENCH-T0 and BENCH-T1 lines; QEMU, run-vm.sh or
+        the script and what it starts, the host daemons and this harness are
+        not others)."""
+        n_cells = len(only) if only else a.repeat * len(a.workloads) * sum(
+            1 if c.endswith("/null_blk") else len(backends) for c in cols)
+        per = runtime + 4.0
+        timeout = int(n_cells * per * 3 + 900)
+        started_vm = launch(only, attempt, n_cells, timeout)
+        if started_vm is None:
+            return []
+        vm, console, argv = started_vm
         host_ticks, started, t0s, foreign = {}, {}, {}, {}
 
         def snap():
@@ -229,6 +314,9 @@ def run(b, log, die):
         pos, seen, t0 = 0, 0, time.time()
         while True:
             done = vm.poll() is not None
+            if not done and on_host and time.time() - t0 > timeout:
+                log(f"{label}: still running after {timeout} s: stopping it")
+                b.stop(vm)
             try:
                 with open(console, errors="replace") as fh:
                     fh.seek(pos)
@@ -258,8 +346,8 @@ def run(b, log, die):
                     seen += 1
                     el = time.time() - t0
                     left = el / seen * max(0, n_cells - seen)
-                    log(f"VM [{seen}/{n_cells} {100 * seen // max(1, n_cells)}%] "
-                        f"{f[1]} {f[3]} {f[2]} round {f[4]} (TCG)  elapsed {int(el) // 60}:"
+                    log(f"{label} [{seen}/{n_cells} {100 * seen // max(1, n_cells)}%] "
+                        f"{f[1]} {f[3]} {f[2]} round {f[4]}{'' if on_host else ' (TCG)'}  elapsed {int(el) // 60}:"
                         f"{int(el) % 60:02d}, ~{int(left) // 60}:{int(left) % 60:02d} left")
             if done:
                 break
@@ -268,14 +356,15 @@ def run(b, log, die):
         b.forget(vm)
         text = open(console, errors="replace").read()
         cells, vfiles = parse_console(text)
+        what = "kernel-paths.sh" if on_host else "run-vm.sh"
         if rc != 0:
-            log(f"VM: run-vm.sh exited {rc} (a guest check failed, see {console}); "
+            log(f"{label}: {what} exited {rc} (a check failed, see {console}); "
                 f"{len(cells)} cells kept")
         if not cells:
             if attempt:
-                log(f"VM: no results from the rerun (run-vm.sh exit {rc}); console: {console}")
+                log(f"{label}: no results from the rerun ({what} exit {rc}); output: {console}")
                 return []
-            die(f"VM: no results (run-vm.sh exit {rc}); console: {console}")
+            die(f"{label}: no results ({what} exit {rc}); output: {console}")
         for pos_i, name, body in vfiles:
             if pos_i < len(cells):
                 c = cells[pos_i]
@@ -291,7 +380,8 @@ def run(b, log, die):
             with open(j, "w") as fh:
                 json.dump(c["fio"], fh, indent=1)
             with open(j + ".cmd", "w") as fh:
-                fh.write(f"# in the test VM (QEMU TCG), {shlex.join(argv)}\n{c['cmd']}\n")
+                fh.write(f"# {'on the host' if on_host else 'in the test VM (QEMU TCG)'}, "
+                         f"{shlex.join(argv)}\n{c['cmd']}\n")
             t = c["ticks"]
             if t.startswith("host:"):
                 ticks = host_ticks.get(t[5:])
@@ -302,27 +392,30 @@ def run(b, log, die):
             m = H.cell_metrics(H.parse_fio(c["fio"]), ticks, hz)
             m.update({"backend": c["backend"], "workload": c["workload"], "column": c["column"],
                       "rep": c["rep"], "attempt": attempt, "discarded": False, "noisy": False,
-                      "where": "tcg", "fio_json": os.path.relpath(j, b.out),
+                      "where": "host" if on_host else "tcg",
+                      "fio_json": os.path.relpath(j, b.out),
                       "foreign_cores": foreign.get(c["seq"])})
             out.append(m)
         return out
 
     want_all = expected_keys(cols, backends, a.workloads, a.repeat)
     incidents = b.options.setdefault("vm_incidents", [])
+    tag = "host kernel: " if on_host else ""
+    boot_word = "pass" if on_host else "boot"
     cells = boot([], 0)
     attempt = 0
-    # A guest that stopped early (a kernel oops, a timeout) leaves cells
-    # without a result: run those in another boot, twice at most.
+    # A guest that stopped early (a kernel oops, a timeout) or a script that
+    # gave up leaves cells without a result: run those again, twice at most.
     for _ in range(2):
         lost = missing_keys(want_all, cells)
         if not lost:
             break
         sfx = f".a{attempt}" if attempt else ""
-        why = guest_stop_reason(os.path.join(rawvm, f"console{sfx}.log"))
-        incidents.append(f"boot {attempt}: the guest stopped with {len(lost)} cells to go"
-                         f" (next: {lost[0]}): {why}")
+        why = guest_stop_reason(os.path.join(rawvm, f"{'output' if on_host else 'console'}{sfx}.log"))
+        incidents.append(f"{tag}{boot_word} {attempt}: {'the script' if on_host else 'the guest'} "
+                         f"stopped with {len(lost)} cells to go (next: {lost[0]}): {why}")
         attempt += 1
-        log(f"VM: {len(lost)} cells gave no result ({why}): running them in another boot")
+        log(f"{label}: {len(lost)} cells gave no result ({why}): running them again ({boot_word} {attempt})")
         cells += boot(lost, attempt)
     retry = a.noisy_cores > 0 and a.noisy_retries > 0
     for _ in range(a.noisy_retries if retry else 0):
@@ -330,32 +423,32 @@ def run(b, log, die):
         if not want:
             break
         attempt += 1
-        log(f"VM: {len(want)} cells ran while other processes used more than "
-            f"{a.noisy_cores} cores: running them again (boot {attempt})")
+        log(f"{label}: {len(want)} cells ran while other processes used more than "
+            f"{a.noisy_cores} cores: running them again ({boot_word} {attempt})")
         cells += boot(want, attempt)
     lost = missing_keys(want_all, cells)
     if lost:
-        incidents.append(f"{len(lost)} cells have no result after {attempt + 1} boots: "
-                         + " ".join(lost[:8]) + (" ..." if len(lost) > 8 else ""))
+        incidents.append(f"{tag}{len(lost)} cells have no result after {attempt + 1} "
+                         f"{'passes' if on_host else 'boots'}: " + " ".join(lost[:8]) + (" ..." if len(lost) > 8 else ""))
     mark_attempts(cells, a.noisy_cores)
     for p in daemons.values():
         b.stop(p)
-    for p in files:
+    for p in files + (list(host_files.values()) if on_host else []):
         if os.path.exists(p):
             os.unlink(p)
     b.cells += cells
     b.save()
-    log(f"VM: {len(cells)} cells, {sum(1 for c in cells if c['discarded'])} superseded by reruns")
+    log(f"{label}: {len(cells)} cells, {sum(1 for c in cells if c['discarded'])} superseded by reruns")
 
 
 def expected_keys(cols, backends, workloads, reps):
-    """Every cell one boot of bench/vm-guest.sh runs (cell_key words):
+    """Every cell one run of bench/kernel-paths.sh runs (cell_key words):
     null_blk under the backend 'any', every other column under each backend."""
     keys = []
     for rep in range(1, reps + 1):
         for b in ["any"] + list(backends):
             for col in cols:
-                if (col == "vm/null_blk") != (b == "any"):
+                if col.endswith("/null_blk") != (b == "any"):
                     continue
                 keys += [f"{b}:{col}:{wl}:{rep}" for wl in workloads]
     return keys

@@ -24,6 +24,8 @@ usage: $0 --out DIR --script GUEST_SCRIPT [options]
                        without a slash is looked up in PATH
   --file SRC:DST       copy a file or directory to DST in the guest (repeatable);
                        ELF files get their libraries too
+  --python             add Debian's python3 as /usr/bin/python3 with its standard
+                       library (without its tests, build config, IDLE and Tk)
   --module NAME        also include kernel module NAME and its dependencies
                        (repeatable; the default set is always included:
                        $default_modules)
@@ -57,7 +59,7 @@ if [ "$(id -u)" != 0 ] && ! { mkdir -p "$default_cache" && [ -w "$default_cache"
 	default_cache="${XDG_CACHE_HOME:-$HOME/.cache}/blkgw-vm"
 fi
 out="" script="" cache="${BLKGW_VM_CACHE:-$default_cache}" kver="" refresh=0
-fetch_only=0 quiet=0 qemu=0
+fetch_only=0 quiet=0 qemu=0 python=0
 bins=() files=() modules=()
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -66,6 +68,7 @@ while [ $# -gt 0 ]; do
 	--bin) bins+=("${2:?}"); shift 2 ;;
 	--file) files+=("${2:?}"); shift 2 ;;
 	--module) modules+=("${2:?}"); shift 2 ;;
+	--python) python=1; shift ;;
 	--cache) cache=${2:?}; shift 2 ;;
 	--kernel-version) kver=${2:?}; shift 2 ;;
 	--refresh) refresh=1; shift ;;
@@ -390,6 +393,20 @@ for spec in "${files[@]}"; do
 		add_libs "$src"
 	fi
 done
+
+if [ "$python" = 1 ]; then
+	py=$(readlink -f /usr/bin/python3 2>/dev/null) || true
+	[ -x "$py" ] || die "--python: no /usr/bin/python3 (apt-get install python3)"
+	pyver=$(basename "$py")
+	[ -d "/usr/lib/$pyver" ] || die "--python: no /usr/lib/$pyver"
+	cp -L "$py" "$stage/usr/bin/$pyver"
+	ln -sf "$pyver" "$stage/usr/bin/python3"
+	add_libs "$py"
+	cp -a "/usr/lib/$pyver" "$stage/usr/lib/"
+	(cd "$stage/usr/lib/$pyver" && rm -rf config-* test idlelib tkinter turtledemo ensurepip \
+		lib2to3 pydoc_data distutils unittest/test ctypes/test sqlite3/test site-packages)
+	while IFS= read -r -d '' f; do add_libs "$f"; done < <(find "$stage/usr/lib/$pyver/lib-dynload" -name '*.so' -print0)
+fi
 
 if [ -s "$libs_list" ]; then
 	LC_ALL=C sort -u "$libs_list" | xargs cp -L --parents -t "$stage"

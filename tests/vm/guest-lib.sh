@@ -8,8 +8,10 @@
 
 VM_LIB_DIR=/lib/blkgw-vm
 VM_MOD_DIR=$VM_LIB_DIR/modules
-VM_STATE=/run/blkgw-vm
-VM_LOGS=/tmp/logs
+# A script that runs outside the guest too (bench/kernel-paths.sh on a host)
+# sets its own state and log folders before sourcing this.
+VM_STATE=${VM_STATE:-/run/blkgw-vm}
+VM_LOGS=${VM_LOGS:-/tmp/logs}
 VM_RESULT_MARKER=BLKGW-VM-RESULT
 
 # --- logging -------------------------------------------------------------
@@ -176,7 +178,7 @@ _vm_shadow_applets() {
 		eval "$n() { $f \"\$@\"; }"
 	done
 }
-_vm_shadow_applets
+if [ -d "$VM_LIB_DIR" ]; then _vm_shadow_applets; fi
 
 # --- kernel modules --------------------------------------------------------
 
