@@ -55,8 +55,9 @@ test-valgrind: deps-test build
 
 # The benchmark harness (bench/run, bench/README.md): every transport and
 # the peers over fio, tables, CSV and plots in BENCH_OUT. `bench` is the full
-# matrix, the test VM's kernel paths included (hours at the defaults);
-# `bench-quick` a few minutes on the host paths only. BENCH_ARGS adds options.
+# matrix, the kernel paths included (on the host when its kernel has them,
+# else in the test VM; hours at the defaults); `bench-quick` a few minutes,
+# no VM. BENCH_ARGS adds options (--kernel-paths vm: every kernel path in the VM).
 BENCH_OUT ?= $(BUILD)/bench-results
 bench: deps-test build
 	bench/run --build $(BUILD) --vm --sweep --out $(BENCH_OUT) $(BENCH_ARGS)
