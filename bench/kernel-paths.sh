@@ -12,8 +12,9 @@
 # VHOST_DISKS and ONLY (empty: every cell; else the cells to run, as
 # BACKEND:COLUMN:WORKLOAD:ROUND words: a rerun of noisy cells); on the host
 # also ON_HOST=1, LIB (tests/vm/guest-lib.sh), WORKLOADS, BLKGW, WORKERS,
-# T (a scratch folder), IMG_FILE (the file backend's image, not on tmpfs)
-# and IMG_MEM (qsd's "memory" image, on tmpfs). The workloads file holds
+# RAMP (fio's ramp_time, as the host's other cells), T (a scratch folder),
+# IMG_FILE (the file backend's image, not on tmpfs) and IMG_MEM (qsd's
+# "memory" image, on tmpfs). On the host it exits 1 when a check failed. The workloads file holds
 # "NAME FIO-ARGS..." lines. For every round, backend and column it sets the
 # device up, prefills it (memory, file), runs each workload with fio
 # (io_uring, O_DIRECT) and prints
@@ -42,7 +43,11 @@ else
 	IMG_FILE=/tmp/img.raw IMG_MEM=/tmp/img.raw
 	# shellcheck source=SCRIPTDIR/../tests/vm/guest-lib.sh
 	. /lib/blkgw-vm/guest-lib.sh
+	# first, so that the vhost-user-blk disks QEMU gives the guest are
+	# vda, vdb, ... in run-vm.sh's order (vhost_dev below)
+	require "load virtio_blk" load_module virtio_blk
 fi
+RAMP=${RAMP:-0}
 
 B=$BLKGW
 RUN=$T/run
@@ -58,8 +63,16 @@ DEV="" PID="" HOSTID="" SRV="" NBD="" CUR="" FIO=""
 # Stopped on the host (bench/run interrupted or out of time): stop fio and
 # take the column's device down before leaving. fio runs in the background
 # (interruptible, below) so that the trap runs at once, not when fio is done.
+stopped() {
+	if [ -n "$FIO" ]; then
+		kill "$FIO" 2>/dev/null
+		wait "$FIO" 2>/dev/null
+	fi
+	[ -n "$CUR" ] && teardown "$CUR"
+	exit 143
+}
 if [ -n "$ON_HOST" ]; then
-	trap '[ -n "$FIO" ] && kill "$FIO" 2>/dev/null; [ -n "$CUR" ] && teardown "$CUR"; exit 143' TERM INT HUP
+	trap stopped TERM INT HUP
 fi
 
 # interruptible CMD...: run CMD and wait for it (the trap can run meanwhile)
@@ -78,6 +91,7 @@ need_modules() {
 	case ${1#*/} in
 	*/ublk) load_module ublk_drv ;;
 	*/vduse) load_modules vduse virtio_vdpa virtio_blk ;;
+	*/vhost-guest) load_module virtio_blk ;;
 	*/nbd-attach | */nbd-client) load_module nbd nbds_max=8 ;;
 	null_blk) load_module null_blk nr_devices=1 gb=1 irqmode=0 hw_queue_depth=128 ;;
 	esac
@@ -173,7 +187,10 @@ setup() {
 		if [ "$b" != null ]; then
 			rm -f "$IMG_MEM"; truncate -s "$SIZE" "$IMG_MEM"; DEV=$IMG_MEM
 		fi ;;
-	null_blk) DEV=/dev/nullb0 ;;
+	null_blk)
+		# a null_blk loaded before with nr_devices=0 has no device
+		[ -b /dev/nullb0 ] || { echo "null_blk is loaded without /dev/nullb0"; return 1; }
+		DEV=/dev/nullb0 ;;
 	blkgw/nbd-attach | blkgw/ublk | blkgw/vduse)
 		case $col in
 		*nbd-attach) start_blkgw "$b" "transports: [nbd], nbd: { attach: true, connections: 1 }" ;;
@@ -264,7 +281,7 @@ run_cell() { # BACKEND COLUMN WORKLOAD ROUND ARGS...
 	shift 4
 	wanted "$b" "$col" "$wl" "$rep" || return 0
 	CELL=$((CELL + 1))
-	cmd="fio --output-format=json --time_based --runtime=$RT $(target "$b") $*"
+	cmd="fio --output-format=json --time_based --runtime=$RT --ramp_time=$RAMP $(target "$b") $*"
 	echo "BENCH-CMD $cmd"
 	c0="" cpu=-
 	[ -n "$PID" ] && c0=$(ticks "$PID")
@@ -311,3 +328,8 @@ for rep in $(seq 1 "$REPS"); do
 		done
 	done
 done
+# On the host nobody counts the checks (the guest's /init does): say it here.
+if [ -n "$ON_HOST" ] && [ -s "$VM_STATE/fail" ]; then
+	vm_log "$(cat "$VM_STATE/fail") check(s) failed"
+	exit 1
+fi

@@ -184,7 +184,7 @@ def place_kernel_paths(mode, reasons, vm):
         else:
             notes.append(f"{cid} not run: "
                          + (f"not on this host ({why}); " if mode == "auto" else "")
-                         + "--vm runs it in the test VM")
+                         + "the test VM runs it (--vm, or the column group vm)")
     if here:
         why = reasons.get("kernel/null_blk", "not probed")
         if why:

@@ -312,6 +312,17 @@ class FormatTest(unittest.TestCase):
             self.assertEqual(vmbench.guest_stop_reason(con), "no reason on the console")
             self.assertEqual(vmbench.guest_stop_reason(os.path.join(d, "none")),
                              "no reason on the console")
+            # no panic: the first failed check says it (the script on a host)
+            with open(con, "w") as fh:
+                fh.write("[12.5] FAIL: kernel/blkgw/ublk (memory): no device\n"
+                         "[13.0] FAIL: kernel/qsd/vduse (memory): no device\n")
+            self.assertEqual(vmbench.guest_stop_reason(con, marks=()),
+                             "FAIL: kernel/blkgw/ublk (memory): no device")
+            # a panic after a failed check is the reason in the VM
+            with open(con, "a") as fh:
+                fh.write("[20.1] Kernel panic - not syncing: Fatal exception\n")
+            self.assertEqual(vmbench.guest_stop_reason(con),
+                             "Kernel panic - not syncing: Fatal exception")
 
     def test_check_reason(self):
         # blkgw check's words on a host without the module, and with it.

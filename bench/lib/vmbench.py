@@ -247,7 +247,8 @@ def run(b, log, die, site="vm"):
                      f"BACKENDS='{' '.join(backends)}'\nCOLUMNS='{' '.join(cols)}'\n"
                      f"VHOST_DISKS='{' '.join(disks)}'\nONLY='{' '.join(only)}'\n")
             if on_host:
-                fh.write(f"ON_HOST=1\nLIB={shlex.quote(os.path.join(root, 'tests/vm/guest-lib.sh'))}\n"
+                fh.write(f"ON_HOST=1\nRAMP={a.ramp}\n"
+                         f"LIB={shlex.quote(os.path.join(root, 'tests/vm/guest-lib.sh'))}\n"
                          f"WORKLOADS={shlex.quote(os.path.join(work, 'workloads'))}\n"
                          f"BLKGW={shlex.quote(blkgw)}\nWORKERS={a.workers}\n"
                          f"T={shlex.quote(os.path.join(work, 't'))}\n"
@@ -264,7 +265,9 @@ def run(b, log, die, site="vm"):
             argv = ["sh", script, config]
             with open(os.path.join(rawvm, f"run{sfx}.cmd"), "w") as fh:
                 fh.write(shlex.join(argv) + "\n")
-            return b.spawn(argv, out), out, argv
+            # SIGTERM makes it take the current device down: up to a minute
+            # for a daemon to stop (bg_wait in teardown), then SIGKILL.
+            return b.spawn(argv, out, cleans_up=90), out, argv
         log(f"VM: building the guest; {n_cells} cells in one boot, ~{int(n_cells * (runtime + 4.0) / 60) + 1} min"
             + (f" (boot {attempt}: cells run again)" if attempt else ""))
         guest = os.path.join(work, "guest")
@@ -309,6 +312,10 @@ def run(b, log, die, site="vm"):
             with open("/proc/stat") as fh:
                 busy, _ = H.parse_sys_stat(fh.read())
             mine = tree_ticks(vm.pid) + sum(b.proc_ticks(p) or 0 for p in ours)
+            if on_host:
+                # the kernel's own threads serve these paths (nbd's receive
+                # work, VDUSE's interrupt work): not other processes' load
+                mine += tree_ticks(2)
             return busy, mine, time.time()
 
         pos, seen, t0 = 0, 0, time.time()
@@ -411,7 +418,8 @@ def run(b, log, die, site="vm"):
         if not lost:
             break
         sfx = f".a{attempt}" if attempt else ""
-        why = guest_stop_reason(os.path.join(rawvm, f"{'output' if on_host else 'console'}{sfx}.log"))
+        why = guest_stop_reason(os.path.join(rawvm, f"{'output' if on_host else 'console'}{sfx}.log"),
+                                marks=() if on_host else STOP_MARKS)
         incidents.append(f"{tag}{boot_word} {attempt}: {'the script' if on_host else 'the guest'} "
                          f"stopped with {len(lost)} cells to go (next: {lost[0]}): {why}")
         attempt += 1
@@ -463,20 +471,23 @@ def missing_keys(want, cells):
 STOP_MARKS = ("Kernel panic", "Oops:", "BUG:", "watchdog:", "timed out", "Out of memory")
 
 
-def guest_stop_reason(console):
-    """The first line of the guest's console that says why it stopped
-    (a panic, an oops, a timeout), without the timestamp; or a plain
-    'no reason on the console'."""
+def guest_stop_reason(console, marks=STOP_MARKS):
+    """The first line of the guest's console (or the script's output on the
+    host) that says why it stopped (a panic, an oops, a timeout; else the
+    first failed check), without the timestamp; or a plain 'no reason on
+    the console'."""
     try:
         with open(console, errors="replace") as fh:
-            for line in fh:
-                if any(m in line for m in STOP_MARKS):
-                    line = line.strip()
-                    if line.startswith("[") and "]" in line:
-                        line = line[line.index("]") + 1:].strip()
-                    return line[:160]
+            lines = fh.readlines()
     except OSError:
-        pass
+        lines = []
+    for want in (marks, ("FAIL: ",)):
+        for line in lines:
+            if any(m in line for m in want):
+                line = line.strip()
+                if line.startswith("[") and "]" in line:
+                    line = line[line.index("]") + 1:].strip()
+                return line[:160]
     return "no reason on the console"
 
 
