@@ -121,7 +121,7 @@ check "fio 1 MiB sequential, 2 jobs x iodepth 16, crc32c verify" \
 	--do_verify=1 --verify_fatal=1 --group_reporting
 sync
 used0=$(stat -c %b /tmp/disk.raw)
-check "blkdiscard 128 MiB" blkdiscard -o 134217728 -l 134217728 "$dev"
+check "blkdiscard 128 MiB" blkdiscard -f -o 134217728 -l 134217728 "$dev"
 used1=$(stat -c %b /tmp/disk.raw)
 vm_log "backing file blocks: $used0 before, $used1 after the discard"
 check "the discard punched holes in the sparse backing file" test $((used0 - used1)) -ge 250000

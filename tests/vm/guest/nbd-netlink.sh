@@ -65,9 +65,11 @@ check "dd writes 8 MiB (O_DIRECT)" dd if=/tmp/pattern of="$dev" bs=1M oflag=dire
 check "dd reads the same 8 MiB back (O_DIRECT)" \
 	sh -c "dd if=$dev of=/tmp/readback bs=1M count=8 iflag=direct && cmp /tmp/pattern /tmp/readback"
 # blkdiscard is util-linux's (build-guest --bin): guest-lib makes the bare name
-# run it instead of busybox's applet, which has no -z
-check "blkdiscard -z zeroes 1 MiB at 4 MiB (WRITE_ZEROES)" blkdiscard -z -o 4194304 -l 1048576 "$dev"
-check "blkdiscard discards 4 MiB at 32 MiB (TRIM)" blkdiscard -o 33554432 -l 4194304 "$dev"
+# run it instead of busybox's applet, which has no -z. -f: the random
+# pattern can look like a file system to libblkid (it once read as hfsplus),
+# and blkdiscard then refuses without it
+check "blkdiscard -z zeroes 1 MiB at 4 MiB (WRITE_ZEROES)" blkdiscard -f -z -o 4194304 -l 1048576 "$dev"
+check "blkdiscard discards 4 MiB at 32 MiB (TRIM)" blkdiscard -f -o 33554432 -l 4194304 "$dev"
 dd if=/dev/zero of=/tmp/zero1m bs=1M count=1 2>/dev/null
 check "the zeroed range reads back as zeroes" \
 	sh -c "dd if=$dev bs=1M skip=4 count=1 iflag=direct 2>/dev/null | cmp - /tmp/zero1m"

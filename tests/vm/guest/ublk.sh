@@ -183,14 +183,14 @@ check "fio's fsyncs between 4 writes reach the backend as flushes" flushes_after
 
 sync
 used0=$(stat -c %b /tmp/d1.raw)
-check "blkdiscard 64 MiB at 128 MiB" /usr/local/bin/blkdiscard -o 134217728 -l 67108864 "$d1"
+check "blkdiscard 64 MiB at 128 MiB" /usr/local/bin/blkdiscard -f -o 134217728 -l 67108864 "$d1"
 used1=$(stat -c %b /tmp/d1.raw)
 vm_log "d1 backing file blocks: $used0 before, $used1 after the discard"
 check "the discard punched a hole in the sparse backing file" test $((used0 - used1)) -ge 60000
 check "the discarded range reads as zeros (its last 16 MiB)" \
 	sh -c "dd if=$d1 bs=1M skip=176 count=16 iflag=direct 2>/dev/null | cmp - /dev/zero 2>&1 | grep -q EOF"
 check "write-zeroes (blkdiscard -z) 16 MiB at 64 MiB" \
-	/usr/local/bin/blkdiscard -z -o 67108864 -l 16777216 "$d1"
+	/usr/local/bin/blkdiscard -f -z -o 67108864 -l 16777216 "$d1"
 check "the zeroed range reads as zeros" \
 	sh -c "dd if=$d1 bs=1M skip=64 count=16 iflag=direct 2>/dev/null | cmp - /dev/zero 2>&1 | grep -q EOF"
 check "status counts the write-zeroes" \

@@ -139,14 +139,14 @@ done
 
 sync
 used0=$(stat -c %b /tmp/disk.raw)
-check "blkdiscard the 64 MiB fio wrote sequentially" blkdiscard -o 67108864 -l 67108864 "$dev"
+check "blkdiscard the 64 MiB fio wrote sequentially" blkdiscard -f -o 67108864 -l 67108864 "$dev"
 used1=$(stat -c %b /tmp/disk.raw)
 vm_log "backing file blocks: $used0 before, $used1 after the discard"
 check "the discard punched holes in the sparse backing file" test $((used0 - used1)) -ge 100000
 check "the discarded range reads as zeros" \
 	sh -c "dd if=$dev bs=1M skip=64 count=64 iflag=direct 2>/dev/null | cmp - /dev/zero 2>&1 | grep -q EOF"
 dd if=/dev/urandom of="$dev" bs=1M count=4 seek=8 oflag=direct 2>/dev/null
-check "blkdiscard -z (write-zeroes) 4 MiB" blkdiscard -z -o 8388608 -l 4194304 "$dev"
+check "blkdiscard -z (write-zeroes) 4 MiB" blkdiscard -f -z -o 8388608 -l 4194304 "$dev"
 check "the zeroed range reads as zeros" \
 	sh -c "dd if=$dev bs=1M skip=8 count=4 iflag=direct 2>/dev/null | cmp - /dev/zero 2>&1 | grep -q EOF"
 

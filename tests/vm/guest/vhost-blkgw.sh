@@ -52,8 +52,8 @@ check "fio: 64k writes with a flush after every 4, verified" \
 # --- vda: discard and write zeroes ------------------------------------------
 yes blkgw-discard | head -c $((4 * MiB)) >/tmp/fill
 check "fill 40-44 MiB" dd if=/tmp/fill of=/dev/vda bs=64k seek=640 oflag=direct
-check "blkdiscard 40-42 MiB" blkdiscard -o $((40 * MiB)) -l $((2 * MiB)) /dev/vda
-check "blkdiscard -z 42-43 MiB (write zeroes)" blkdiscard -z -o $((42 * MiB)) -l $((1 * MiB)) /dev/vda
+check "blkdiscard 40-42 MiB" blkdiscard -f -o $((40 * MiB)) -l $((2 * MiB)) /dev/vda
+check "blkdiscard -z 42-43 MiB (write zeroes)" blkdiscard -f -z -o $((42 * MiB)) -l $((1 * MiB)) /dev/vda
 check "40-43 MiB reads back as zeros" \
 	sh -c "dd if=/dev/vda bs=64k skip=640 count=48 iflag=direct 2>/dev/null | cmp -n $((3 * MiB)) - /dev/zero"
 dd if=/tmp/fill of=/tmp/fill4 bs=64k skip=48 count=16 2>/dev/null
