@@ -92,11 +92,6 @@ def tree_ticks(root):
     return total
 
 
-PROBE_EXPORTS = {
-    "nbd-attach": "transports: [nbd], nbd: { attach: true }",
-    "ublk": "transports: [ublk]",
-    "vduse": "transports: [vduse], vduse: { name: bprobe%d }",
-}
 # Loaded (modprobe) before probing, when missing and bench/run is root.
 PROBE_MODULES = ["nbd", "ublk_drv", "vduse", "virtio_vdpa", "virtio_blk"]
 
@@ -105,7 +100,7 @@ def probe_host(blkgw, tmp):
     """Which kernel paths this host can run: loads the transports' modules
     it can (as root), asks blkgw's probes (`blkgw check` on a one-export
     manifest each) and looks for null_blk and the programs the peers'
-    columns need. -> ({kernel column: None or why not}, {probe: why})."""
+    columns need. -> {kernel column: None or why not}."""
     root = os.geteuid() == 0
     if root and shutil.which("modprobe"):
         for m in PROBE_MODULES:
@@ -114,12 +109,15 @@ def probe_host(blkgw, tmp):
     d = os.path.join(tmp, "probe")
     os.makedirs(d, exist_ok=True)
     probes = {}
-    for name, tr in PROBE_EXPORTS.items():
+    exports = {"nbd-attach": "transports: [nbd], nbd: { attach: true }",
+               "ublk": "transports: [ublk]",
+               "vduse": f"transports: [vduse], vduse: {{ name: bprobe{os.getpid()} }}"}
+    for name, tr in exports.items():
         m = os.path.join(d, f"{name}.yaml")
         with open(m, "w") as fh:
             fh.write(f"version: 1\ngateway: {{ run-dir: {d}/run, workers: 1 }}\n"
                      "images:\n  p: { backend: null, size: 1M }\n"
-                     f"exports:\n  - {{ image: p, {tr % os.getpid() if '%d' in tr else tr} }}\n")
+                     f"exports:\n  - {{ image: p, {tr} }}\n")
         r = subprocess.run([blkgw, "check", m], capture_output=True, text=True)
         probes[name] = H.check_reason(r.returncode, r.stderr)
     if os.path.isdir("/sys/module/null_blk"):
@@ -130,7 +128,7 @@ def probe_host(blkgw, tmp):
     else:
         probes["null_blk"] = "no null_blk module"
     have = {p for p in ("qemu-storage-daemon", "nbd-client", "vdpa") if shutil.which(p)}
-    return H.kernel_host_reasons(probes, have, root), probes
+    return H.kernel_host_reasons(probes, have, root)
 
 
 def cell_key(c):
@@ -153,6 +151,8 @@ def run(b, log, die, site="vm"):
     else:
         cols = [c for c in a.columns if H.column(c)["where"] == "tcg"]
     label = "host kernel" if on_host else "VM"
+    # what the script printed: the guest's console, or its output here
+    out_name = "output" if on_host else "console"
     work = os.path.join(b.tmp, site)
     os.makedirs(work, exist_ok=True)
     rawvm = os.path.join(b.out, "raw", "kernel" if on_host else "vm")
@@ -256,17 +256,16 @@ def run(b, log, die, site="vm"):
                          f"IMG_MEM={shlex.quote(host_files['IMG_MEM'])}\n")
         with open(config) as src, open(os.path.join(rawvm, "config" + sfx), "w") as dst:
             dst.write(src.read())
-        out = os.path.join(rawvm, f"{'output' if on_host else 'console'}{sfx}.log")
+        out = os.path.join(rawvm, f"{out_name}{sfx}.log")
         if on_host:
             log(f"host kernel: {n_cells} cells, ~{int(n_cells * (runtime + 2.0) / 60) + 1} min"
                 + (f" (pass {attempt}: cells run again)" if attempt else ""))
-            # boot() stops it after `timeout` s: SIGTERM, which the script
-            # turns into taking the current device down.
             argv = ["sh", script, config]
             with open(os.path.join(rawvm, f"run{sfx}.cmd"), "w") as fh:
                 fh.write(shlex.join(argv) + "\n")
-            # SIGTERM makes it take the current device down: up to a minute
-            # for a daemon to stop (bg_wait in teardown), then SIGKILL.
+            # On SIGTERM (bench/run stopping, or boot() after `timeout` s) it
+            # takes the current device down: up to a minute for a daemon to
+            # stop (bg_wait in teardown), then SIGKILL.
             return b.spawn(argv, out, cleans_up=90), out, argv
         log(f"VM: building the guest; {n_cells} cells in one boot, ~{int(n_cells * (runtime + 4.0) / 60) + 1} min"
             + (f" (boot {attempt}: cells run again)" if attempt else ""))
@@ -418,7 +417,7 @@ def run(b, log, die, site="vm"):
         if not lost:
             break
         sfx = f".a{attempt}" if attempt else ""
-        why = guest_stop_reason(os.path.join(rawvm, f"{'output' if on_host else 'console'}{sfx}.log"),
+        why = guest_stop_reason(os.path.join(rawvm, f"{out_name}{sfx}.log"),
                                 marks=() if on_host else STOP_MARKS)
         incidents.append(f"{tag}{boot_word} {attempt}: {'the script' if on_host else 'the guest'} "
                          f"stopped with {len(lost)} cells to go (next: {lost[0]}): {why}")
