@@ -53,12 +53,29 @@ static inline void gw_ioq_untick(struct gw_ioq *q)
 	q->now_ns = 0;
 }
 
+/*
+ * Work is waiting: CQEs to reap, or (a ring set up with
+ * IORING_SETUP_DEFER_TASKRUN and IORING_SETUP_TASKRUN_FLAG) completions the
+ * kernel holds until the owner next enters it, which gw_ioq_reap does.
+ */
+static inline bool gw_ioq_ready(const struct gw_ioq *q)
+{
+	return io_uring_cq_ready(&q->ring) ||
+	       (IO_URING_READ_ONCE(*q->ring.sq.kflags) & IORING_SQ_TASKRUN);
+}
+
 /* entries: SQ size; with_eventfd: register an eventfd for an event loop to watch. */
 int gw_ioq_init(struct gw_ioq *q, unsigned entries, unsigned slot, bool with_eventfd);
 /* The same with extra IORING_SETUP_* flags (IORING_SETUP_SQE128 for uring commands). */
 int gw_ioq_init_flags(struct gw_ioq *q, unsigned entries, unsigned slot, bool with_eventfd,
 		      unsigned setup_flags);
 void gw_ioq_exit(struct gw_ioq *q);
+/*
+ * A ring set up disabled (IORING_SETUP_R_DISABLED) is enabled by the thread
+ * that will own it: with IORING_SETUP_SINGLE_ISSUER that thread becomes its
+ * one issuer. 0 or -errno; 0 for a ring that is enabled already.
+ */
+int gw_ioq_enable(struct gw_ioq *q);
 
 /*
  * A zeroed SQE whose user_data is cb. When the SQ is full the queued SQEs

@@ -185,12 +185,11 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 		rc = gw_ioq_submit(&w->ioq);
 		if (rc < 0 && rc != -EAGAIN && rc != -EBUSY)
 			gw_err("%s: io_uring submit: %s", w->name, strerror(-rc));
-		if (!io_uring_cq_ready(&w->ioq.ring) || round == 63)
+		if (!gw_ioq_ready(&w->ioq) || round == 63)
 			break;
 		gw_ioq_reap(&w->ioq);
 	}
-	if ((io_uring_cq_ready(&w->ioq.ring) || w->deferred || w->ioq.queued) &&
-	    !ev_is_active(&w->again))
+	if ((gw_ioq_ready(&w->ioq) || w->deferred || w->ioq.queued) && !ev_is_active(&w->again))
 		ev_idle_start(w->loop, &w->again);
 	if (!ev_is_active(&w->again) && !ev_is_active(&w->spin) && !w->pollers)
 		gw_worker_count(&w->ctr.sleeps, 1);
@@ -261,6 +260,8 @@ static void *worker_main(void *arg)
 	if (gw_efd_thread() < 0)
 		gw_warn("%s: too many threads for the eventfd watchdog; a peer's full eventfd could hang it",
 			w->name);
+	if (gw_ioq_enable(&w->ioq) < 0)
+		gw_err("%s: cannot enable its io_uring", w->name);
 	ev_run(w->loop, 0);
 	run_deferred(w);
 	/* Drain the ring before the thread goes: buffers may still be in flight. */
@@ -293,9 +294,23 @@ static int worker_init(struct gw_worker *w, unsigned id, bool background, char *
 		gw_seterr(err, errlen, "cannot create an event loop for %s", w->name);
 		return -ENOMEM;
 	}
-	/* 128-byte SQEs where the kernel has them (5.19): uring commands such as
-	 * FUSE over io_uring's need them; fall back to plain SQEs. */
-	rc = gw_ioq_init_flags(&w->ioq, GW_WORKER_RING, id, true, IORING_SETUP_SQE128);
+	/*
+	 * 128-byte SQEs where the kernel has them (5.19): uring commands such as
+	 * FUSE over io_uring's need them. Only this worker's thread enters its
+	 * ring, so where the kernel has it (6.1) the ring is single-issuer with
+	 * its task work deferred: a completion that needs the worker (a FUSE
+	 * request, a uring command, a file read) no longer interrupts it with a
+	 * signal and an IPI while it runs, but waits for its next entry, and a
+	 * sleeping worker is woken through the ring's eventfd. The thread
+	 * enables the ring (worker_main), making itself its one issuer. Else
+	 * plain SQEs.
+	 */
+	rc = gw_ioq_init_flags(&w->ioq, GW_WORKER_RING, id, true,
+			       IORING_SETUP_SQE128 | IORING_SETUP_SINGLE_ISSUER |
+				       IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG |
+				       IORING_SETUP_R_DISABLED);
+	if (rc == -EINVAL)
+		rc = gw_ioq_init_flags(&w->ioq, GW_WORKER_RING, id, true, IORING_SETUP_SQE128);
 	if (rc == -EINVAL)
 		rc = gw_ioq_init(&w->ioq, GW_WORKER_RING, id, true);
 	if (rc < 0) {

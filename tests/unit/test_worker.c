@@ -11,6 +11,12 @@
  * Also: a worker blocks the main loop's signals but not the fault signals,
  * so a crash on it runs the sanitizers' handlers (they reported nothing
  * while workers blocked SIGSEGV).
+ *
+ * And: where the kernel has them, a worker's ring defers its task work to
+ * the worker's own thread (lib/worker.c, worker_init). A read of a pipe,
+ * submitted by the worker and completed by the kernel as task work after
+ * the worker went to sleep, must still wake it (the ring's eventfd) and run
+ * its callback on the worker.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -18,6 +24,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "lib/efd.h"
@@ -56,6 +63,59 @@ static void nop_done(struct gw_uring_cb *c, int res)
 }
 
 static sigset_t worker_mask;
+
+/* The pipe read: submitted on the worker, completed after it slept. */
+static int pipefd[2];
+static char pipe_buf[8];
+static struct gw_uring_cb read_cb;
+static int read_res = -1;
+static bool read_on_worker;
+static bool read_done;
+
+static void read_finished(struct gw_uring_cb *c, int res)
+{
+	(void)c;
+	pthread_mutex_lock(&lock);
+	read_res = res;
+	read_on_worker = gw_worker_self() == w;
+	read_done = true;
+	pthread_cond_signal(&cond);
+	pthread_mutex_unlock(&lock);
+}
+
+static void start_read(void *arg)
+{
+	(void)arg;
+	io_uring_prep_read(gw_ioq_sqe(&w->ioq, &read_cb), pipefd[0], pipe_buf, sizeof(pipe_buf), 0);
+}
+
+/* 1: the kernel accepts a ring whose task work is deferred. */
+static bool kernel_defers(void)
+{
+	struct io_uring ring;
+	struct io_uring_params p;
+
+	memset(&p, 0, sizeof(p));
+	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+	if (io_uring_queue_init_params(4, &ring, &p) < 0)
+		return false;
+	io_uring_queue_exit(&ring);
+	return true;
+}
+
+static bool wait_for(bool *flag)
+{
+	struct timespec until;
+	int rc = 0;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 30;
+	pthread_mutex_lock(&lock);
+	while (!*flag && rc != ETIMEDOUT)
+		rc = pthread_cond_timedwait(&cond, &lock, &until);
+	pthread_mutex_unlock(&lock);
+	return *flag;
+}
 
 static void start_chain(void *arg)
 {
@@ -99,6 +159,27 @@ int main(void)
 		CHECK(sigismember(&worker_mask, SIGABRT) == 0);
 		CHECK(sigismember(&worker_mask, SIGFPE) == 0);
 		CHECK(sigismember(&worker_mask, SIGURG) == 0);
+
+		if (kernel_defers())
+			CHECK((w->ioq.ring.flags & IORING_SETUP_DEFER_TASKRUN) &&
+			      (w->ioq.ring.flags & IORING_SETUP_SINGLE_ISSUER));
+		else
+			fprintf(stderr, "note: this kernel has no IORING_SETUP_DEFER_TASKRUN; "
+					"the worker's ring takes task work as signals\n");
+		CHECK(pipe(pipefd) == 0);
+		read_cb.fn = read_finished;
+		CHECK(gw_worker_call(w, start_read, NULL) == 0);
+		usleep(100 * 1000); /* the worker submits the read and sleeps */
+		CHECK(!read_done);
+		CHECK(write(pipefd[1], "wake", 4) == 4);
+		if (!wait_for(&read_done))
+			fprintf(stderr, "the pipe read completed in the kernel but the sleeping "
+					"worker never ran it (deferred task work, no wake-up)\n");
+		CHECK(read_done);
+		CHECK(read_res == 4);
+		CHECK(read_on_worker);
+		close(pipefd[0]);
+		close(pipefd[1]);
 		gw_workers_stop();
 	}
 	return check_report();

@@ -375,7 +375,7 @@ static void poll_slice(struct vblk_queue *q, struct gw_ioq *ioq)
 			now = gw_ioq_tick(ioq);
 			q->poll_deadline = now + q->poll_ns;
 			last_work = now;
-		} else if (io_uring_cq_ready(&ioq->ring)) {
+		} else if (gw_ioq_ready(ioq)) {
 			gw_ioq_reap(ioq);
 			notify_or_hold(q);
 			now = gw_ioq_tick(ioq);
