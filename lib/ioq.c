@@ -3,7 +3,6 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "lib/util.h"
@@ -43,18 +42,6 @@ int gw_ioq_init_flags(struct gw_ioq *q, unsigned entries, unsigned slot, bool wi
 			return rc;
 		}
 	}
-	return 0;
-}
-
-int gw_ioq_enable(struct gw_ioq *q)
-{
-	/* liburing 2.3 declares io_uring_enable_rings but does not export it. */
-	if (!(q->ring.flags & IORING_SETUP_R_DISABLED))
-		return 0;
-	if (syscall(__NR_io_uring_register, q->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL,
-		    0) < 0)
-		return -errno;
-	q->ring.flags &= ~IORING_SETUP_R_DISABLED;
 	return 0;
 }
 

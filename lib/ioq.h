@@ -55,8 +55,8 @@ static inline void gw_ioq_untick(struct gw_ioq *q)
 
 /*
  * Work is waiting: CQEs to reap, or (a ring set up with
- * IORING_SETUP_DEFER_TASKRUN and IORING_SETUP_TASKRUN_FLAG) completions the
- * kernel holds until the owner next enters it, which gw_ioq_reap does.
+ * IORING_SETUP_COOP_TASKRUN and IORING_SETUP_TASKRUN_FLAG) completions whose
+ * task work waits for the owner to enter the kernel, which gw_ioq_reap does.
  */
 static inline bool gw_ioq_ready(const struct gw_ioq *q)
 {
@@ -70,12 +70,6 @@ int gw_ioq_init(struct gw_ioq *q, unsigned entries, unsigned slot, bool with_eve
 int gw_ioq_init_flags(struct gw_ioq *q, unsigned entries, unsigned slot, bool with_eventfd,
 		      unsigned setup_flags);
 void gw_ioq_exit(struct gw_ioq *q);
-/*
- * A ring set up disabled (IORING_SETUP_R_DISABLED) is enabled by the thread
- * that will own it: with IORING_SETUP_SINGLE_ISSUER that thread becomes its
- * one issuer. 0 or -errno; 0 for a ring that is enabled already.
- */
-int gw_ioq_enable(struct gw_ioq *q);
 
 /*
  * A zeroed SQE whose user_data is cb. When the SQ is full the queued SQEs

@@ -260,8 +260,6 @@ static void *worker_main(void *arg)
 	if (gw_efd_thread() < 0)
 		gw_warn("%s: too many threads for the eventfd watchdog; a peer's full eventfd could hang it",
 			w->name);
-	if (gw_ioq_enable(&w->ioq) < 0)
-		gw_err("%s: cannot enable its io_uring", w->name);
 	ev_run(w->loop, 0);
 	run_deferred(w);
 	/* Drain the ring before the thread goes: buffers may still be in flight. */
@@ -296,19 +294,16 @@ static int worker_init(struct gw_worker *w, unsigned id, bool background, char *
 	}
 	/*
 	 * 128-byte SQEs where the kernel has them (5.19): uring commands such as
-	 * FUSE over io_uring's need them. Only this worker's thread enters its
-	 * ring, so where the kernel has it (6.1) the ring is single-issuer with
-	 * its task work deferred: a completion that needs the worker (a FUSE
-	 * request, a uring command, a file read) no longer interrupts it with a
-	 * signal and an IPI while it runs, but waits for its next entry, and a
-	 * sleeping worker is woken through the ring's eventfd. The thread
-	 * enables the ring (worker_main), making itself its one issuer. Else
-	 * plain SQEs.
+	 * FUSE over io_uring's need them. With them, cooperative task work
+	 * (5.19): a completion that needs the worker (a FUSE request, a file
+	 * read) does not interrupt it with an IPI while it runs but waits for
+	 * its next system call, and raises IORING_SQ_TASKRUN so a polling loop
+	 * knows to enter (gw_ioq_ready); a worker asleep in epoll_wait is woken
+	 * as before. Else plain SQEs.
 	 */
 	rc = gw_ioq_init_flags(&w->ioq, GW_WORKER_RING, id, true,
-			       IORING_SETUP_SQE128 | IORING_SETUP_SINGLE_ISSUER |
-				       IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG |
-				       IORING_SETUP_R_DISABLED);
+			       IORING_SETUP_SQE128 | IORING_SETUP_COOP_TASKRUN |
+				       IORING_SETUP_TASKRUN_FLAG);
 	if (rc == -EINVAL)
 		rc = gw_ioq_init_flags(&w->ioq, GW_WORKER_RING, id, true, IORING_SETUP_SQE128);
 	if (rc == -EINVAL)

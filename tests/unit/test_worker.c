@@ -12,11 +12,11 @@
  * so a crash on it runs the sanitizers' handlers (they reported nothing
  * while workers blocked SIGSEGV).
  *
- * And: where the kernel has them, a worker's ring defers its task work to
- * the worker's own thread (lib/worker.c, worker_init). A read of a pipe,
- * submitted by the worker and completed by the kernel as task work after
- * the worker went to sleep, must still wake it (the ring's eventfd) and run
- * its callback on the worker.
+ * And: where the kernel has it, a worker's ring runs its task work
+ * cooperatively (lib/worker.c, worker_init: no IPI to a running worker). A
+ * read of a pipe, submitted by the worker and completed by the kernel as
+ * task work after the worker went to sleep, must still wake it and run its
+ * callback on the worker.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -89,14 +89,14 @@ static void start_read(void *arg)
 	io_uring_prep_read(gw_ioq_sqe(&w->ioq, &read_cb), pipefd[0], pipe_buf, sizeof(pipe_buf), 0);
 }
 
-/* 1: the kernel accepts a ring whose task work is deferred. */
-static bool kernel_defers(void)
+/* 1: the kernel accepts a ring whose task work runs cooperatively. */
+static bool kernel_coop(void)
 {
 	struct io_uring ring;
 	struct io_uring_params p;
 
 	memset(&p, 0, sizeof(p));
-	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+	p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
 	if (io_uring_queue_init_params(4, &ring, &p) < 0)
 		return false;
 	io_uring_queue_exit(&ring);
@@ -160,12 +160,12 @@ int main(void)
 		CHECK(sigismember(&worker_mask, SIGFPE) == 0);
 		CHECK(sigismember(&worker_mask, SIGURG) == 0);
 
-		if (kernel_defers())
-			CHECK((w->ioq.ring.flags & IORING_SETUP_DEFER_TASKRUN) &&
-			      (w->ioq.ring.flags & IORING_SETUP_SINGLE_ISSUER));
+		if (kernel_coop())
+			CHECK((w->ioq.ring.flags & IORING_SETUP_COOP_TASKRUN) &&
+			      (w->ioq.ring.flags & IORING_SETUP_TASKRUN_FLAG));
 		else
-			fprintf(stderr, "note: this kernel has no IORING_SETUP_DEFER_TASKRUN; "
-					"the worker's ring takes task work as signals\n");
+			fprintf(stderr, "note: this kernel has no IORING_SETUP_COOP_TASKRUN; "
+					"the worker's ring takes task work with IPIs\n");
 		CHECK(pipe(pipefd) == 0);
 		read_cb.fn = read_finished;
 		CHECK(gw_worker_call(w, start_read, NULL) == 0);
