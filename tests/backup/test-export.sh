@@ -143,6 +143,25 @@ if [ "$mode" = reflink ]; then
   nbdinfo --map=qemu:dirty-bitmap:c1 --json "$url" >"$T/map.json" || fail "dirty map after restart"
   got=$(jq -c '[.[] | select(.type == 1) | [.offset, .length, .type]]' "$T/map.json")
   [ "$got" = "$want" ] || fail "after a restart from the saved manifest, the dirty map is $got"
+  # The checkpoint as a read-only file too, for backup tools that read files
+  # (docs/transports/fuse.md): a FUSE export of disk@c2 added by apply.
+  if [ -c /dev/fuse ]; then
+    : >"$T/c2.file"
+    sed "/^exports:/a\\  - { image: disk@c2, transports: [fuse], fuse: { path: $T/c2.file } }" \
+      "$T/saved.yaml" >"$T/fuse.yaml"
+    grep -q "c2.file" "$T/fuse.yaml" || { cat "$T/saved.yaml"; fail "no exports: list in the saved manifest"; }
+    "$BLKGW" apply "$T/fuse.yaml" >"$T/apply2.out" 2>&1 ||
+      { cat "$T/apply2.out"; fail "apply a FUSE export of disk@c2"; }
+    cmp "$T/c2.file" "$T/c2.raw" || fail "the FUSE file of disk@c2 is not the disk as it was at c2"
+    dd if=/dev/zero of="$T/c2.file" bs=4k count=1 conv=notrunc 2>"$T/dd.err" &&
+      fail "the FUSE file of a checkpoint took a write"
+    grep -q "Read-only file system" "$T/dd.err" || { cat "$T/dd.err"; fail "a write to the checkpoint's file: not EROFS"; }
+    cmp "$T/c2.file" "$T/c2.raw" || fail "the FUSE file of disk@c2 changed after a refused write"
+    "$BLKGW" apply "$T/saved.yaml" >"$T/apply3.out" 2>&1 ||
+      { cat "$T/apply3.out"; fail "apply without the FUSE export"; }
+  else
+    echo "SKIP: no /dev/fuse: the checkpoint as a FUSE file is not tested" >&2
+  fi
   "$BLKGW" backup stop disk@c2 || fail "backup stop disk@c2"
 else
   # A copy-before-write view lives as long as the daemon: a restart cannot bring
