@@ -103,13 +103,14 @@ static bool kernel_coop(void)
 	return true;
 }
 
-static bool wait_for(bool *flag)
+/* Wait until *flag is set (under lock) or `secs` pass; returns *flag. */
+static bool wait_for(bool *flag, int secs)
 {
 	struct timespec until;
 	int rc = 0;
 
 	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += 30;
+	until.tv_sec += secs;
 	pthread_mutex_lock(&lock);
 	while (!*flag && rc != ETIMEDOUT)
 		rc = pthread_cond_timedwait(&cond, &lock, &until);
@@ -127,8 +128,6 @@ static void start_chain(void *arg)
 int main(void)
 {
 	char err[256];
-	struct timespec until;
-	int rc = 0;
 
 	gw_main_init(EV_DEFAULT);
 	CHECK(gw_efd_init() == 0);
@@ -140,12 +139,7 @@ int main(void)
 	cb.fn = nop_done;
 	CHECK(gw_worker_call(w, start_chain, NULL) == 0);
 
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += 60; /* generous: the chain takes milliseconds */
-	pthread_mutex_lock(&lock);
-	while (!finished && rc != ETIMEDOUT)
-		rc = pthread_cond_timedwait(&cond, &lock, &until);
-	pthread_mutex_unlock(&lock);
+	wait_for(&finished, 60); /* generous: the chain takes milliseconds */
 	if (!finished)
 		fprintf(stderr,
 			"the chain stalled after %u of %u NOPs: the worker slept with work left\n",
@@ -172,7 +166,7 @@ int main(void)
 		usleep(100 * 1000); /* the worker submits the read and sleeps */
 		CHECK(!read_done);
 		CHECK(write(pipefd[1], "wake", 4) == 4);
-		if (!wait_for(&read_done))
+		if (!wait_for(&read_done, 30))
 			fprintf(stderr, "the pipe read completed in the kernel but the sleeping "
 					"worker never ran it (deferred task work, no wake-up)\n");
 		CHECK(read_done);
