@@ -266,6 +266,9 @@ json_object *gw_track_status(struct gw_backend *b)
 			json_object_object_add(
 				v, "copied_bytes",
 				json_object_new_int64((int64_t)gw_cbw_copied(t->cbw)));
+			json_object_object_add(
+				v, "staged_bytes",
+				json_object_new_int64((int64_t)gw_cbw_staged(t->cbw)));
 			if (gw_cbw_broken(t->cbw, why, sizeof(why)))
 				json_object_object_add(v, "broken", json_object_new_string(why));
 			json_object_object_add(o, "copy_before_write", v);

@@ -17,12 +17,17 @@
 #include "lib/util.h"
 #include "lib/worker.h"
 
-#define STRIPES   64           /* locks; chunk i takes lock i % STRIPES */
-#define READERS   2            /* threads that read the view for workers (gw_cbw_read_submit) */
-#define UNIT_MIN  4096u        /* the smallest copy unit */
-#define UNITS_MAX (1ull << 28) /* bits in the copied map at most (32 MiB) */
-#define COPY_MAX  (1u << 20)   /* bytes copied by one pread and pwrite at most */
-#define WB_KICK   (4u << 20)   /* bytes copied aside between writeback starts */
+#define STRIPES      64           /* locks; chunk i takes lock i % STRIPES */
+#define READERS      2            /* threads that read the view for workers (gw_cbw_read_submit) */
+#define UNIT_MIN     4096u        /* the smallest copy unit */
+#define UNITS_MAX    (1ull << 28) /* bits in the copied map at most (32 MiB) */
+#define COPY_MAX     (1u << 20)   /* bytes copied by one pread and pwrite at most */
+#define WB_KICK      (4u << 20)   /* bytes copied aside between writeback starts */
+#define STAGE_DEF    (32u << 20)  /* memory that copies waiting for the aside file may hold */
+#define STAGE_BATCH  64u          /* staged units written out per turn */
+#define STAGE_WAKE   (1u << 20)   /* staged bytes that wake the writer thread */
+#define STAGE_LAG_MS 20           /* a smaller backlog waits at most this long */
+#define NO_SLOT      UINT32_MAX
 
 struct gw_cbw {
 	int src, aside;
@@ -48,6 +53,21 @@ struct gw_cbw {
 	pthread_cond_t wb_cv;
 	bool wb_started, wb_kick;
 	uint64_t wb_pending; /* bytes copied since the last kick (under q_mu) */
+	/*
+	 * Staged copies (under q_mu): units copied into memory that the same
+	 * thread writes to the aside file. A unit is in `ht` (unit -> slot)
+	 * from before its copied bit is set until its data is in the aside
+	 * file; `ready` holds the slots whose data is complete, oldest first.
+	 */
+	uint64_t stage_max; /* bytes; 0: copies go straight to the aside file */
+	char *smem;
+	uint32_t nslots, nfree, nready, rhead;
+	uint64_t *slot_unit; /* NO_UNIT: free */
+	uint32_t *freel, *ready;
+	uint32_t *ht, htmask;
+	bool writing;            /* the thread is writing out a batch */
+	bool flush_now;          /* gw_cbw_flush() waits: write out whatever is staged */
+	_Atomic uint64_t staged; /* bytes in memory now */
 	atomic_uint refs;
 };
 
@@ -61,6 +81,7 @@ int gw_cbw_open(struct gw_cbw **out, const char *src_path, const char *aside_pat
 	if (!c)
 		return -ENOMEM;
 	c->src = c->aside = -1;
+	c->stage_max = STAGE_DEF;
 	atomic_init(&c->refs, 1);
 	c->size = size;
 	c->chunk = chunk;
@@ -86,7 +107,14 @@ int gw_cbw_open(struct gw_cbw **out, const char *src_path, const char *aside_pat
 	pthread_rwlock_init(&c->fds, NULL);
 	pthread_mutex_init(&c->q_mu, NULL);
 	pthread_cond_init(&c->q_cv, NULL);
-	pthread_cond_init(&c->wb_cv, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&c->wb_cv, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	c->src = open(src_path, O_RDONLY | O_CLOEXEC);
 	if (c->src < 0) {
 		rc = -errno;
@@ -205,19 +233,184 @@ static int pwrite_full(int fd, const char *p, uint64_t n, uint64_t off)
 	return 0;
 }
 
+/* ---- staged copies: the table unit -> slot, all under q_mu ---- */
+
+#define NO_UNIT UINT64_MAX
+
+static uint32_t ht_home(const struct gw_cbw *c, uint64_t unit)
+{
+	return (uint32_t)((unit * 0x9E3779B97F4A7C15ull) >> 32) & c->htmask;
+}
+
+static uint32_t stage_find(const struct gw_cbw *c, uint64_t unit)
+{
+	for (uint32_t h = ht_home(c, unit);; h = (h + 1) & c->htmask) {
+		uint32_t s = c->ht[h];
+
+		if (s == NO_SLOT || c->slot_unit[s] == unit)
+			return s;
+	}
+}
+
+static void stage_insert(struct gw_cbw *c, uint64_t unit, uint32_t slot)
+{
+	uint32_t h = ht_home(c, unit);
+
+	while (c->ht[h] != NO_SLOT)
+		h = (h + 1) & c->htmask;
+	c->ht[h] = slot;
+	c->slot_unit[slot] = unit;
+}
+
+/* Out of the table and free (linear probing: later entries of the cluster move back). */
+static void stage_remove(struct gw_cbw *c, uint32_t slot)
+{
+	uint32_t h = ht_home(c, c->slot_unit[slot]);
+
+	while (c->ht[h] != slot)
+		h = (h + 1) & c->htmask;
+	for (uint32_t j = (h + 1) & c->htmask; c->ht[j] != NO_SLOT; j = (j + 1) & c->htmask) {
+		uint32_t home = ht_home(c, c->slot_unit[c->ht[j]]);
+
+		/* j's entry may fill the hole if the hole lies between its home and j */
+		if (((j - home) & c->htmask) >= ((j - h) & c->htmask)) {
+			c->ht[h] = c->ht[j];
+			h = j;
+		}
+	}
+	c->ht[h] = NO_SLOT;
+	c->slot_unit[slot] = NO_UNIT;
+	c->freel[c->nfree++] = slot;
+}
+
+static bool stage_init(struct gw_cbw *c)
+{
+	uint32_t n, hs = 1;
+
+	if (c->smem)
+		return true;
+	if (c->stage_max < c->unit)
+		return false;
+	n = (uint32_t)GW_MIN(c->stage_max / c->unit, 1u << 20);
+	while (hs < 2 * n)
+		hs <<= 1;
+	c->smem = malloc((size_t)n * c->unit);
+	c->slot_unit = malloc(n * sizeof(*c->slot_unit));
+	c->freel = malloc(n * sizeof(*c->freel));
+	c->ready = malloc(n * sizeof(*c->ready));
+	c->ht = malloc(hs * sizeof(*c->ht));
+	if (!c->smem || !c->slot_unit || !c->freel || !c->ready || !c->ht) {
+		free(c->smem);
+		free(c->slot_unit);
+		free(c->freel);
+		free(c->ready);
+		free(c->ht);
+		c->smem = NULL;
+		c->stage_max = 0; /* copies go straight to the aside file */
+		return false;
+	}
+	memset(c->ht, 0xff, hs * sizeof(*c->ht));
+	for (uint32_t i = 0; i < n; i++) {
+		c->slot_unit[i] = NO_UNIT;
+		c->freel[i] = n - 1 - i;
+	}
+	c->nslots = c->nfree = n;
+	c->htmask = hs - 1;
+	return true;
+}
+
+/*
+ * Write the oldest staged copies to the aside file, then drop them from
+ * memory (a reader that then misses the table finds them in the file).
+ * Called and returns with q_mu held.
+ */
+static void write_out(struct gw_cbw *c)
+{
+	uint32_t b[STAGE_BATCH], n = 0;
+	uint64_t done = 0, bytes = 0;
+	int rc = 0;
+
+	while (n < STAGE_BATCH && c->nready) {
+		b[n++] = c->ready[c->rhead];
+		c->rhead = (c->rhead + 1) % c->nslots;
+		c->nready--;
+	}
+	c->writing = true;
+	pthread_mutex_unlock(&c->q_mu);
+	pthread_rwlock_rdlock(&c->fds);
+	for (uint32_t k = 0; k < n; k++) {
+		/* The slot is this thread's until removed: its unit does not change. */
+		uint64_t at = c->slot_unit[b[k]] * c->unit, len = GW_MIN(c->unit, c->size - at);
+
+		bytes += len;
+		if (rc < 0 || atomic_load(&c->stopped))
+			continue;
+		rc = pwrite_full(c->aside, c->smem + (size_t)b[k] * c->unit, len, at);
+		if (rc < 0)
+			broke(c, "writing %llu bytes at %llu to %s: %s", (unsigned long long)len,
+			      (unsigned long long)at, c->aside_path, strerror(-rc));
+		else
+			done += len;
+	}
+	pthread_rwlock_unlock(&c->fds);
+	pthread_mutex_lock(&c->q_mu);
+	for (uint32_t k = 0; k < n; k++)
+		stage_remove(c, b[k]);
+	atomic_fetch_sub(&c->staged, bytes);
+	c->writing = false;
+	c->wb_pending += done;
+	if (c->wb_pending >= WB_KICK) {
+		c->wb_pending = 0;
+		c->wb_kick = true;
+	}
+	if (!c->nready)
+		c->flush_now = false;
+	pthread_cond_broadcast(&c->wb_cv); /* gw_cbw_flush() waits on it too */
+}
+
+/* Has the writer thread work now? Under q_mu. */
+static bool wb_due(const struct gw_cbw *c)
+{
+	return c->wb_kick || c->q_exit || (c->nready && c->flush_now) ||
+	       (uint64_t)c->nready * c->unit >= STAGE_WAKE;
+}
+
+/*
+ * The view's writer thread (nice 19): writes staged copies to the aside
+ * file (at once from STAGE_WAKE bytes on, a smaller backlog within
+ * STAGE_LAG_MS) and starts the aside file's writeback every WB_KICK bytes.
+ */
 static void *writeback_main(void *arg)
 {
 	struct gw_cbw *c = arg;
 
 	gw_log_set_thread_name("cbw-wb");
 	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19) < 0)
-		gw_debug("cbw: cannot lower the writeback thread's priority: %s", strerror(errno));
+		gw_debug("cbw: cannot lower the writer thread's priority: %s", strerror(errno));
 	pthread_mutex_lock(&c->q_mu);
 	for (;;) {
-		while (!c->wb_kick && !c->q_exit)
-			pthread_cond_wait(&c->wb_cv, &c->q_mu);
-		if (!c->wb_kick)
+		while (!wb_due(c)) {
+			struct timespec t;
+
+			if (!c->nready) {
+				pthread_cond_wait(&c->wb_cv, &c->q_mu);
+				continue;
+			}
+			clock_gettime(CLOCK_MONOTONIC, &t);
+			t.tv_nsec += STAGE_LAG_MS * 1000000L;
+			t.tv_sec += t.tv_nsec / 1000000000L;
+			t.tv_nsec %= 1000000000L;
+			if (pthread_cond_timedwait(&c->wb_cv, &c->q_mu, &t) == ETIMEDOUT)
+				break;
+		}
+		if (c->q_exit)
 			break;
+		if (c->nready) {
+			write_out(c);
+			continue;
+		}
+		if (!c->wb_kick)
+			continue;
 		c->wb_kick = false;
 		pthread_mutex_unlock(&c->q_mu);
 		pthread_rwlock_rdlock(&c->fds);
@@ -229,6 +422,14 @@ static void *writeback_main(void *arg)
 	}
 	pthread_mutex_unlock(&c->q_mu);
 	return NULL;
+}
+
+/* Under q_mu: the writer thread runs (started at the first copy that needs it). */
+static bool wb_start(struct gw_cbw *c)
+{
+	if (!c->wb_started && !c->q_exit)
+		c->wb_started = pthread_create(&c->wb, NULL, writeback_main, c) == 0;
+	return c->wb_started;
 }
 
 /*
@@ -243,12 +444,81 @@ static void copied_more(struct gw_cbw *c, uint64_t n)
 	c->wb_pending += n;
 	if (c->wb_pending >= WB_KICK && !c->q_exit) {
 		c->wb_pending = 0;
-		if (!c->wb_started)
-			c->wb_started = pthread_create(&c->wb, NULL, writeback_main, c) == 0;
-		c->wb_kick = c->wb_started;
+		c->wb_kick = wb_start(c);
 		pthread_cond_signal(&c->wb_cv);
 	}
 	pthread_mutex_unlock(&c->q_mu);
+}
+
+/* Read n bytes at off into v[0..cnt) (whole units, the last one maybe short). 0 or -errno. */
+static int preadv_full(int fd, struct iovec *v, unsigned cnt, uint64_t n, uint64_t off)
+{
+	unsigned k = 0;
+
+	while (n && k < cnt) {
+		ssize_t r = preadv(fd, v + k, (int)GW_MIN(cnt - k, 1024u), (off_t)off);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0) { /* past the file's end: zeros */
+			for (; k < cnt; k++)
+				memset(v[k].iov_base, 0, v[k].iov_len);
+			return 0;
+		}
+		n -= GW_MIN((uint64_t)r, n);
+		off += (uint64_t)r;
+		while (r > 0 && k < cnt) {
+			size_t t = GW_MIN((size_t)r, v[k].iov_len);
+
+			v[k].iov_base = (char *)v[k].iov_base + t;
+			v[k].iov_len -= t;
+			r -= (ssize_t)t;
+			if (!v[k].iov_len)
+				k++;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Copy units i..j (n bytes at `at`) into memory for the writer thread to
+ * write aside: 1 when done, 0 when staging is off or full (the caller
+ * copies to the file itself), -errno when the read failed.
+ */
+static int copy_staged(struct gw_cbw *c, uint64_t i, uint64_t j, uint64_t at, uint64_t n)
+{
+	uint32_t slots[COPY_MAX / UNIT_MIN];
+	struct iovec v[COPY_MAX / UNIT_MIN];
+	unsigned cnt = (unsigned)(j + 1 - i);
+	bool ok, wake;
+	int rc;
+
+	pthread_mutex_lock(&c->q_mu);
+	ok = c->stage_max && stage_init(c) && c->nfree >= cnt && wb_start(c);
+	for (unsigned k = 0; ok && k < cnt; k++) {
+		slots[k] = c->freel[--c->nfree];
+		/* In the table before the unit is marked: a reader that sees the mark finds it. */
+		stage_insert(c, i + k, slots[k]);
+	}
+	pthread_mutex_unlock(&c->q_mu);
+	if (!ok)
+		return 0;
+	for (unsigned k = 0; k < cnt; k++)
+		v[k] = (struct iovec){ c->smem + (size_t)slots[k] * c->unit, c->unit };
+	rc = preadv_full(c->src, v, cnt, n, at);
+	if (rc < 0)
+		return rc; /* the slots stay taken: the view breaks */
+	pthread_mutex_lock(&c->q_mu);
+	wake = !c->nready; /* the writer thread may be asleep without a timeout */
+	for (unsigned k = 0; k < cnt; k++)
+		c->ready[(c->rhead + c->nready++) % c->nslots] = slots[k];
+	atomic_fetch_add(&c->staged, n);
+	if (wake || (uint64_t)c->nready * c->unit >= STAGE_WAKE)
+		pthread_cond_signal(&c->wb_cv);
+	pthread_mutex_unlock(&c->q_mu);
+	return 1;
 }
 
 void gw_cbw_before_write(struct gw_cbw *c, uint64_t off, uint64_t len)
@@ -287,6 +557,14 @@ void gw_cbw_before_write(struct gw_cbw *c, uint64_t off, uint64_t len)
 			j++;
 		at = i * c->unit;
 		n = GW_MIN((j + 1 - i) * (uint64_t)c->unit, c->size - at);
+		rc = copy_staged(c, i, j, at, n);
+		if (rc < 0) {
+			broke(c, "copying %llu bytes at %llu aside: %s", (unsigned long long)n,
+			      (unsigned long long)at, strerror(-rc));
+			break;
+		}
+		if (rc > 0)
+			goto copied;
 		if (!buf)
 			buf = malloc(GW_MIN((last + 1 - first) * (uint64_t)c->unit, COPY_MAX));
 		if (!buf) {
@@ -302,11 +580,12 @@ void gw_cbw_before_write(struct gw_cbw *c, uint64_t off, uint64_t len)
 			      strerror(-rc));
 			break;
 		}
+		total += n; /* counts toward the writeback start */
+copied:
 		for (uint64_t k = i; k <= j; k++)
 			atomic_fetch_or_explicit(&c->copied[k >> 6], 1ull << (k & 63),
 						 memory_order_release);
 		atomic_fetch_add(&c->bytes, n);
-		total += n;
 		i = j + 1;
 	}
 	free(buf);
@@ -336,6 +615,75 @@ static int read_into(int fd, const struct iovec *iov, unsigned iovcnt, uint64_t 
 		off += take;
 	}
 	return n ? -EINVAL : 0;
+}
+
+/* Copy len bytes from p into the iovec's bytes from skip on. */
+static void to_iov(const struct iovec *iov, unsigned iovcnt, uint64_t skip, const char *p,
+		   uint64_t len)
+{
+	for (unsigned k = 0; k < iovcnt && len; k++) {
+		uint64_t l = iov[k].iov_len, take;
+
+		if (skip >= l) {
+			skip -= l;
+			continue;
+		}
+		take = GW_MIN(l - skip, len);
+		memcpy((char *)iov[k].iov_base + skip, p, take);
+		skip = 0;
+		len -= take;
+		p += take;
+	}
+}
+
+/*
+ * Read [off, off+n) of units already copied into the iovec's bytes from
+ * skip on: from memory where they are still staged, from the aside file
+ * where they are not (a copied unit leaves the table only once it is in
+ * the file, and never goes back). The lock is held for a few units at a
+ * time, so a guest's copy never waits long on a reader.
+ */
+static int read_aside(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt, uint64_t skip,
+		      uint64_t n, uint64_t off, int flags)
+{
+	uint64_t pos = off, end = off + n;
+
+	/* Nothing staged: every copied unit is in the file (see gw_cbw_staged()). */
+	if (!atomic_load(&c->staged))
+		return read_into(c->aside, iov, iovcnt, skip, n, off, flags);
+	while (pos < end) {
+		uint64_t miss = pos;
+		unsigned looked = 0;
+
+		pthread_mutex_lock(&c->q_mu);
+		while (c->smem && pos < end && looked++ < 16) {
+			uint64_t u = pos / c->unit, ue = GW_MIN((u + 1) * c->unit, end);
+			uint32_t s = stage_find(c, u);
+
+			if (s == NO_SLOT)
+				break;
+			to_iov(iov, iovcnt, skip + (pos - off),
+			       c->smem + (size_t)s * c->unit + (pos - u * c->unit), ue - pos);
+			pos = ue;
+		}
+		for (miss = pos; miss < end && looked++ < 64;) {
+			uint64_t u = miss / c->unit;
+
+			if (c->smem && stage_find(c, u) != NO_SLOT)
+				break;
+			miss = GW_MIN((u + 1) * c->unit, end);
+		}
+		pthread_mutex_unlock(&c->q_mu);
+		if (miss > pos) {
+			int rc = read_into(c->aside, iov, iovcnt, skip + (pos - off), miss - pos,
+					   pos, flags);
+
+			if (rc < 0)
+				return rc;
+			pos = miss;
+		}
+	}
+	return 0;
 }
 
 /* The first unit in [i, end) whose copied bit is `want`, or end. */
@@ -378,8 +726,8 @@ static int view_read(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt,
 
 		j = find_unit(c, i + 1, last, !copied);
 		stop = GW_MIN(j * c->unit, end);
-		rc = read_into(copied ? c->aside : c->src, iov, iovcnt, pos - off, stop - pos, pos,
-			       flags);
+		rc = copied ? read_aside(c, iov, iovcnt, pos - off, stop - pos, pos, flags)
+			    : read_into(c->src, iov, iovcnt, pos - off, stop - pos, pos, flags);
 		atomic_thread_fence(memory_order_seq_cst);
 		for (uint64_t k = i; rc == 0 && !copied && k < j;) {
 			uint64_t a = find_unit(c, k, j, true), b, from, to;
@@ -389,7 +737,7 @@ static int view_read(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt,
 			b = find_unit(c, a + 1, j, false);
 			from = GW_MAX(a * c->unit, pos);
 			to = GW_MIN(b * c->unit, stop);
-			rc = read_into(c->aside, iov, iovcnt, from - off, to - from, from, flags);
+			rc = read_aside(c, iov, iovcnt, from - off, to - from, from, flags);
 			k = b;
 		}
 		pos = stop;
@@ -501,6 +849,29 @@ uint64_t gw_cbw_copied(const struct gw_cbw *c)
 	return atomic_load(&c->bytes);
 }
 
+uint64_t gw_cbw_staged(const struct gw_cbw *c)
+{
+	return atomic_load(&c->staged);
+}
+
+void gw_cbw_set_stage(struct gw_cbw *c, uint64_t bytes)
+{
+	pthread_mutex_lock(&c->q_mu);
+	if (!c->smem)
+		c->stage_max = bytes;
+	pthread_mutex_unlock(&c->q_mu);
+}
+
+void gw_cbw_flush(struct gw_cbw *c)
+{
+	pthread_mutex_lock(&c->q_mu);
+	c->flush_now = true;
+	pthread_cond_broadcast(&c->wb_cv);
+	while ((c->nready || c->writing) && c->wb_started && !c->q_exit)
+		pthread_cond_wait(&c->wb_cv, &c->q_mu);
+	pthread_mutex_unlock(&c->q_mu);
+}
+
 bool gw_cbw_broken(struct gw_cbw *c, char *why, size_t len)
 {
 	bool b;
@@ -546,7 +917,7 @@ void gw_cbw_put(struct gw_cbw *c)
 	pthread_mutex_lock(&c->q_mu);
 	c->q_exit = true;
 	pthread_cond_broadcast(&c->q_cv);
-	pthread_cond_signal(&c->wb_cv);
+	pthread_cond_broadcast(&c->wb_cv);
 	pthread_mutex_unlock(&c->q_mu);
 	for (unsigned i = 0; i < c->nreaders; i++)
 		pthread_join(c->readers[i], NULL);
@@ -561,5 +932,10 @@ void gw_cbw_put(struct gw_cbw *c)
 	pthread_rwlock_destroy(&c->fds);
 	free(c->aside_path);
 	free((void *)c->copied);
+	free(c->smem);
+	free(c->slot_unit);
+	free(c->freel);
+	free(c->ready);
+	free(c->ht);
 	free(c);
 }

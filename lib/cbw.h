@@ -10,16 +10,21 @@
  * the units changed since.
  *
  * Concurrency: units map onto a fixed set of locks. A change to units not
- * yet copied takes their locks, copies each run of them with one read and
- * one write, marks them copied and lets go, before the change is handed to
- * the backend; a change to units already copied costs one atomic load per
- * unit. Every 4 MiB copied, a thread of the view (nice 19) starts the aside
- * file's writeback (sync_file_range, not waiting for it), so its dirty
- * pages do not pile up until the kernel throttles the writers. Reading the
- * view takes no lock (a backup reader never holds up the guest): a run of
- * units not copied is read from the live image with one read and its marks
- * checked again afterwards; units set by then are read again from the
- * aside file. Copying is synchronous on the caller's thread.
+ * yet copied takes their locks, copies each run of them, marks them copied
+ * and lets go, before the change is handed to the backend; a change to
+ * units already copied costs one atomic load per unit. The copy is one
+ * read into memory (32 MiB per view at most, gw_cbw_set_stage()); the
+ * view's thread (nice 19) writes staged units to the aside file in
+ * batches, and only when that memory is full does the changing thread
+ * write the aside file itself (one read and one write per run). Every 4 MiB
+ * written aside, the same thread starts the aside file's writeback
+ * (sync_file_range, not waiting for it), so its dirty pages do not pile up
+ * until the kernel throttles the writers. Reading the view takes no unit
+ * lock (a backup reader never holds up the guest): a run of units not
+ * copied is read from the live image with one read and its marks checked
+ * again afterwards; units set by then are read again, from memory while
+ * staged and from the aside file after. Copying is synchronous on the
+ * caller's thread.
  *
  * A copy that fails (the aside file's file system full, an I/O error)
  * never fails the change: the view is marked broken (reads of it fail with
@@ -92,6 +97,15 @@ uint32_t gw_cbw_unit(const struct gw_cbw *c);
 
 /* Bytes copied aside so far. */
 uint64_t gw_cbw_copied(const struct gw_cbw *c);
+/* Of those, bytes in memory now, not yet written to the aside file. */
+uint64_t gw_cbw_staged(const struct gw_cbw *c);
+/*
+ * The memory copies may wait in for the aside file (default 32 MiB; 0:
+ * every copy writes the aside file at once). Before the first change only.
+ */
+void gw_cbw_set_stage(struct gw_cbw *c, uint64_t bytes);
+/* Write everything staged so far to the aside file; returns when done. */
+void gw_cbw_flush(struct gw_cbw *c);
 /* Is the view broken (a copy failed)? why (may be NULL) says how. */
 bool gw_cbw_broken(struct gw_cbw *c, char *why, size_t len);
 

@@ -2,7 +2,9 @@
  * Copy-before-write views (lib/cbw.c): a view keeps the image as it was
  * while the image is rewritten, also with writers racing a reader; a copy
  * that cannot be made breaks the view, never the write; stop removes the
- * aside file.
+ * aside file. Each with copies staged in memory (the default), with a
+ * staging area small enough to fill (copies then go to the file
+ * directly), and with staging off.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,6 +16,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -24,6 +27,33 @@
 #define SIZE   ((uint64_t)CHUNK * NCHUNK - 4096) /* the last chunk is short */
 
 static char dir[256], src[300], aside[300];
+static uint64_t stage = UINT64_MAX; /* gw_cbw_set_stage(); UINT64_MAX: the default */
+
+static int view_open(struct gw_cbw **c)
+{
+	char err[256] = "";
+	int rc = gw_cbw_open(c, src, aside, SIZE, CHUNK, err, sizeof(err));
+
+	if (rc == 0 && stage != UINT64_MAX)
+		gw_cbw_set_stage(*c, stage);
+	return rc;
+}
+
+static double now(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Bytes the aside file holds on disk or in the page cache (its blocks). */
+static uint64_t aside_blocks(void)
+{
+	struct stat st;
+
+	return stat(aside, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
+}
 
 static void fill(int fd, uint64_t off, uint64_t len, unsigned char v)
 {
@@ -87,22 +117,42 @@ static void test_view(void)
 {
 	int fd = make_src();
 	struct gw_cbw *c = NULL;
-	char err[256] = "";
 	struct stat st;
 
-	CHECK(gw_cbw_open(&c, src, aside, SIZE, CHUNK, err, sizeof(err)) == 0 && c);
+	double t0;
+
+	CHECK(view_open(&c) == 0 && c);
 	if (!c)
 		return;
+	t0 = now();
 	change(c, fd, 100, 10, 'B');                     /* inside chunk 0 */
 	change(c, fd, CHUNK - 1, 2, 'C');                /* across chunks 0 and 1 */
 	change(c, fd, 10ull * CHUNK, 3ull * CHUNK, 'D'); /* chunks 10..12 whole */
 	change(c, fd, SIZE - 10, 10, 'E');               /* the short last chunk */
 	change(c, fd, 100, 10, 'F');                     /* chunk 0 again: no second copy */
+	/*
+	 * Staging on: the view's thread writes a backlog under 1 MiB out after
+	 * 20 ms, so until then the first copy is still in memory.
+	 */
+	if (stage != 0 && now() - t0 < 0.02)
+		CHECK(gw_cbw_staged(c) > 0);
 	CHECK(view_is(c, 0, SIZE, 'A'));
 	CHECK(view_is(c, CHUNK - 7, 20, 'A'));
 	/* Units of 4K: the 10 bytes, the 2 across units, 3 chunks, the last unit. */
 	CHECK_EQ_U64(gw_cbw_unit(c), 4096);
 	CHECK_EQ_U64(gw_cbw_copied(c), 4096 + 8192 + 3ull * CHUNK + 4096);
+	if (stage == 0) {
+		/* Nothing waits in memory: every copy is in the aside file already. */
+		CHECK_EQ_U64(gw_cbw_staged(c), 0);
+		CHECK(aside_blocks() >= gw_cbw_copied(c));
+	} else {
+		/* Staged copies (some may be written out already) read back as they were... */
+		CHECK(view_is(c, 0, SIZE, 'A'));
+		gw_cbw_flush(c);
+		/* ...and, once written out, from the file: nothing is left in memory. */
+		CHECK_EQ_U64(gw_cbw_staged(c), 0);
+		CHECK(aside_blocks() >= gw_cbw_copied(c));
+	}
 	/* A read over units copied and not, interleaved, in one request. */
 	for (uint64_t u = 40ull * CHUNK / 4096; u < 42ull * CHUNK / 4096; u += 3)
 		change(c, fd, u * 4096 + 5, 1, 'H');
@@ -136,12 +186,12 @@ static void test_broken(void)
 {
 	int fd = make_src();
 	struct gw_cbw *c = NULL;
-	char err[256] = "", why[256] = "";
+	char why[256] = "";
 	struct rlimit old, lim;
 	struct iovec iov;
 	char b[16];
 
-	CHECK(gw_cbw_open(&c, src, aside, SIZE, CHUNK, err, sizeof(err)) == 0 && c);
+	CHECK(view_open(&c) == 0 && c);
 	if (!c)
 		return;
 	signal(SIGXFSZ, SIG_IGN);
@@ -149,8 +199,10 @@ static void test_broken(void)
 	lim = (struct rlimit){ 1 << 20, old.rlim_max }; /* the soft limit only: it goes back up */
 	CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0);
 	gw_cbw_before_write(c, 0, 10); /* under the limit: copied */
+	gw_cbw_flush(c);
 	CHECK(!gw_cbw_broken(c, NULL, 0));
-	gw_cbw_before_write(c, 40ull * CHUNK, 10); /* past it: EFBIG */
+	gw_cbw_before_write(c, 40ull * CHUNK, 10); /* past it: EFBIG, now or when written out */
+	gw_cbw_flush(c);
 	CHECK(setrlimit(RLIMIT_FSIZE, &old) == 0);
 	CHECK(gw_cbw_broken(c, why, sizeof(why)));
 	CHECK(strstr(why, "File too large") != NULL);
@@ -201,9 +253,8 @@ static void test_race(void)
 	struct race r = { .fd = make_src() };
 	struct race w[3];
 	pthread_t tr, tw[3];
-	char err[256] = "";
 
-	CHECK(gw_cbw_open(&r.c, src, aside, SIZE, CHUNK, err, sizeof(err)) == 0 && r.c);
+	CHECK(view_open(&r.c) == 0 && r.c);
 	if (!r.c)
 		return;
 	pthread_create(&tr, NULL, reader, &r);
@@ -232,9 +283,13 @@ int main(void)
 	}
 	snprintf(src, sizeof(src), "%s/image", dir);
 	snprintf(aside, sizeof(aside), "%s/aside", dir);
-	test_view();
-	test_broken();
-	test_race();
+	/* Default staging; 64 KiB (16 units: it fills, copies go to the file too); none. */
+	for (int i = 0; i < 3; i++) {
+		stage = (uint64_t[]){ UINT64_MAX, 65536, 0 }[i];
+		test_view();
+		test_broken();
+		test_race();
+	}
 	unlink(src);
 	unlink(aside);
 	rmdir(dir);
