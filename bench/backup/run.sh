@@ -25,6 +25,9 @@
 # image is here) with the same fio writes and nbdcopy loop, against qsd
 # exporting the image alone; and its backup read against the file's.
 #
+# Each timed case starts after a sync (the cases before leave a GiB or more
+# dirty in the page cache, whose writeback would land in it).
+#
 # Measurements, never tests: nothing here fails because something is slow.
 set -euo pipefail
 
@@ -109,6 +112,9 @@ qsd_serve() { # plain|fleece
 URI="nbd+unix:///disk?socket=$W/disk.sock"
 fio_run() { # name qd rw [extra...] -> prints "iops mean_us"
 	local name=$1 qd=$2 rw=$3; shift 3
+	# Every case starts with nothing dirty in the page cache: otherwise the
+	# writeback of the cases before (1 GiB and more) lands in this one.
+	sync
 	fio --name="$name" --ioengine=nbd --uri="$URI" --rw="$rw" --bs=4k --iodepth="$qd" \
 		--size=1G --runtime="$RUNTIME" --time_based --randrepeat=0 "$@" \
 		--output-format=json --output="$OUT/$name.json" >/dev/null 2>&1
