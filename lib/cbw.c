@@ -24,7 +24,7 @@
 #define COPY_MAX     (1u << 20)   /* bytes copied by one pread and pwrite at most */
 #define WB_KICK      (4u << 20)   /* bytes copied aside between writeback starts */
 #define STAGE_DEF    (32u << 20)  /* memory that copies waiting for the aside file may hold */
-#define STAGE_BATCH  64u          /* staged units written out per turn */
+#define STAGE_BATCH  256u         /* staged units written out per turn (1 MiB of 4K units) */
 #define STAGE_WAKE   (1u << 20)   /* staged bytes that wake the writer thread */
 #define STAGE_LAG_MS 20           /* a smaller backlog waits at most this long */
 #define NO_SLOT      UINT32_MAX
@@ -233,6 +233,64 @@ static int pwrite_full(int fd, const char *p, uint64_t n, uint64_t off)
 	return 0;
 }
 
+/* Drop the first n bytes of v[*k..cnt). */
+static void iov_skip(struct iovec *v, unsigned cnt, unsigned *k, size_t n)
+{
+	while (n && *k < cnt) {
+		size_t t = GW_MIN(n, v[*k].iov_len);
+
+		v[*k].iov_base = (char *)v[*k].iov_base + t;
+		v[*k].iov_len -= t;
+		n -= t;
+		if (!v[*k].iov_len)
+			(*k)++;
+	}
+}
+
+/* Read n bytes at off into v[0..cnt) (whole units, the last one maybe short). 0 or -errno. */
+static int preadv_full(int fd, struct iovec *v, unsigned cnt, uint64_t n, uint64_t off)
+{
+	unsigned k = 0;
+
+	while (n && k < cnt) {
+		ssize_t r = preadv(fd, v + k, (int)GW_MIN(cnt - k, 1024u), (off_t)off);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0) { /* past the file's end: zeros */
+			for (; k < cnt; k++)
+				memset(v[k].iov_base, 0, v[k].iov_len);
+			return 0;
+		}
+		n -= GW_MIN((uint64_t)r, n);
+		off += (uint64_t)r;
+		iov_skip(v, cnt, &k, (size_t)r);
+	}
+	return 0;
+}
+
+/* Write all of v[0..cnt) at off. 0 or -errno. */
+static int pwritev_full(int fd, struct iovec *v, unsigned cnt, uint64_t off)
+{
+	unsigned k = 0;
+
+	while (k < cnt) {
+		ssize_t r = pwritev(fd, v + k, (int)GW_MIN(cnt - k, 1024u), (off_t)off);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -EIO;
+		off += (uint64_t)r;
+		iov_skip(v, cnt, &k, (size_t)r);
+	}
+	return 0;
+}
+
 /* ---- staged copies: the table unit -> slot, all under q_mu ---- */
 
 #define NO_UNIT UINT64_MAX
@@ -338,14 +396,26 @@ static void write_out(struct gw_cbw *c)
 	c->writing = true;
 	pthread_mutex_unlock(&c->q_mu);
 	pthread_rwlock_rdlock(&c->fds);
-	for (uint32_t k = 0; k < n; k++) {
-		/* The slot is this thread's until removed: its unit does not change. */
-		uint64_t at = c->slot_unit[b[k]] * c->unit, len = GW_MIN(c->unit, c->size - at);
+	for (uint32_t k = 0; k < n;) {
+		/* A slot is this thread's until removed: its unit does not change. */
+		uint64_t u = c->slot_unit[b[k]], at = u * c->unit, len = 0;
+		struct iovec v[STAGE_BATCH];
+		unsigned m = 0;
 
+		/* Units next to each other in the file (a run copied at once) go out in one write.
+		 */
+		do {
+			uint64_t l = GW_MIN(c->unit, c->size - (u + m) * c->unit);
+
+			v[m] = (struct iovec){ c->smem + (size_t)b[k + m] * c->unit, l };
+			len += l;
+			m++;
+		} while (k + m < n && c->slot_unit[b[k + m]] == u + m);
+		k += m;
 		bytes += len;
 		if (rc < 0 || atomic_load(&c->stopped))
 			continue;
-		rc = pwrite_full(c->aside, c->smem + (size_t)b[k] * c->unit, len, at);
+		rc = pwritev_full(c->aside, v, m, at);
 		if (rc < 0)
 			broke(c, "writing %llu bytes at %llu to %s: %s", (unsigned long long)len,
 			      (unsigned long long)at, c->aside_path, strerror(-rc));
@@ -448,38 +518,6 @@ static void copied_more(struct gw_cbw *c, uint64_t n)
 		pthread_cond_signal(&c->wb_cv);
 	}
 	pthread_mutex_unlock(&c->q_mu);
-}
-
-/* Read n bytes at off into v[0..cnt) (whole units, the last one maybe short). 0 or -errno. */
-static int preadv_full(int fd, struct iovec *v, unsigned cnt, uint64_t n, uint64_t off)
-{
-	unsigned k = 0;
-
-	while (n && k < cnt) {
-		ssize_t r = preadv(fd, v + k, (int)GW_MIN(cnt - k, 1024u), (off_t)off);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		if (r == 0) { /* past the file's end: zeros */
-			for (; k < cnt; k++)
-				memset(v[k].iov_base, 0, v[k].iov_len);
-			return 0;
-		}
-		n -= GW_MIN((uint64_t)r, n);
-		off += (uint64_t)r;
-		while (r > 0 && k < cnt) {
-			size_t t = GW_MIN((size_t)r, v[k].iov_len);
-
-			v[k].iov_base = (char *)v[k].iov_base + t;
-			v[k].iov_len -= t;
-			r -= (ssize_t)t;
-			if (!v[k].iov_len)
-				k++;
-		}
-	}
-	return 0;
 }
 
 /*
