@@ -690,7 +690,7 @@ static int read_aside(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt
 	if (!atomic_load(&c->staged))
 		return read_into(c->aside, iov, iovcnt, skip, n, off, flags);
 	while (pos < end) {
-		uint64_t miss = pos;
+		uint64_t miss;
 		unsigned looked = 0;
 
 		pthread_mutex_lock(&c->q_mu);
