@@ -3,7 +3,8 @@
 
 #include <stdio.h>
 
-static int check_passed, check_failed;
+/* Atomic: tests bump them from several threads (test_cbw's writers, say). */
+static _Atomic int check_passed, check_failed;
 
 #define CHECK(cond)                                                                              \
 	do {                                                                                     \
