@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "lib/iov.h" /* gw_iov_*: helpers for backends */
 #include "lib/ioq.h"
 #include "lib/opts.h"
 
@@ -340,10 +341,3 @@ size_t gw_backend_open_all(struct gw_backend_open_req *r, size_t n);
 void gw_io_complete(struct gw_io *io, int result);
 /* For backends: finish a queued extents query (on the submitting thread). */
 void gw_ext_complete(struct gw_ext_req *x, int result);
-
-/* Helpers for backends. */
-void gw_iov_zero(const struct iovec *iov, unsigned iovcnt);
-/* Copy between a flat buffer and an iovec, starting at byte `skip` of the iovec. */
-void gw_iov_to_buf(void *dst, const struct iovec *iov, unsigned iovcnt, size_t skip, size_t len);
-void gw_iov_from_buf(const struct iovec *iov, unsigned iovcnt, size_t skip, const void *src,
-		     size_t len);

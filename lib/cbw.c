@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "lib/cbt.h"
+#include "lib/iov.h"
 #include "lib/log.h"
 #include "lib/util.h"
 #include "lib/worker.h"
@@ -655,25 +656,6 @@ static int read_into(int fd, const struct iovec *iov, unsigned iovcnt, uint64_t 
 	return n ? -EINVAL : 0;
 }
 
-/* Copy len bytes from p into the iovec's bytes from skip on. */
-static void to_iov(const struct iovec *iov, unsigned iovcnt, uint64_t skip, const char *p,
-		   uint64_t len)
-{
-	for (unsigned k = 0; k < iovcnt && len; k++) {
-		uint64_t l = iov[k].iov_len, take;
-
-		if (skip >= l) {
-			skip -= l;
-			continue;
-		}
-		take = GW_MIN(l - skip, len);
-		memcpy((char *)iov[k].iov_base + skip, p, take);
-		skip = 0;
-		len -= take;
-		p += take;
-	}
-}
-
 /*
  * Read [off, off+n) of units already copied into the iovec's bytes from
  * skip on: from memory where they are still staged, from the aside file
@@ -700,8 +682,9 @@ static int read_aside(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt
 
 			if (s == NO_SLOT)
 				break;
-			to_iov(iov, iovcnt, skip + (pos - off),
-			       c->smem + (size_t)s * c->unit + (pos - u * c->unit), ue - pos);
+			gw_iov_from_buf(iov, iovcnt, skip + (pos - off),
+					c->smem + (size_t)s * c->unit + (pos - u * c->unit),
+					ue - pos);
 			pos = ue;
 		}
 		for (miss = pos; miss < end && looked++ < 64;) {
