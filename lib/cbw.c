@@ -218,22 +218,6 @@ static int pread_full(int fd, char *p, uint64_t n, uint64_t off)
 	return pread_flags(fd, p, n, off, 0);
 }
 
-static int pwrite_full(int fd, const char *p, uint64_t n, uint64_t off)
-{
-	while (n) {
-		ssize_t r = pwrite(fd, p, n, (off_t)off);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		p += r;
-		n -= (uint64_t)r;
-		off += (uint64_t)r;
-	}
-	return 0;
-}
-
 /* Drop the first n bytes of v[*k..cnt). */
 static void iov_skip(struct iovec *v, unsigned cnt, unsigned *k, size_t n)
 {
@@ -248,12 +232,12 @@ static void iov_skip(struct iovec *v, unsigned cnt, unsigned *k, size_t n)
 	}
 }
 
-/* Read n bytes at off into v[0..cnt) (whole units, the last one maybe short). 0 or -errno. */
-static int preadv_full(int fd, struct iovec *v, unsigned cnt, uint64_t n, uint64_t off)
+/* Fill v[0..cnt) from off; past the file's end with zeros. 0 or -errno. */
+static int preadv_full(int fd, struct iovec *v, unsigned cnt, uint64_t off)
 {
 	unsigned k = 0;
 
-	while (n && k < cnt) {
+	while (k < cnt) {
 		ssize_t r = preadv(fd, v + k, (int)GW_MIN(cnt - k, 1024u), (off_t)off);
 
 		if (r < 0 && errno == EINTR)
@@ -265,7 +249,6 @@ static int preadv_full(int fd, struct iovec *v, unsigned cnt, uint64_t n, uint64
 				memset(v[k].iov_base, 0, v[k].iov_len);
 			return 0;
 		}
-		n -= GW_MIN((uint64_t)r, n);
 		off += (uint64_t)r;
 		iov_skip(v, cnt, &k, (size_t)r);
 	}
@@ -378,6 +361,24 @@ static bool stage_init(struct gw_cbw *c)
 	return true;
 }
 
+static bool wb_start(struct gw_cbw *c);
+
+/*
+ * Under q_mu: n more bytes are in the aside file. Every WB_KICK of them,
+ * the writer thread starts their writeback, so the aside file's dirty
+ * pages never pile up to where the kernel throttles the guest's writes
+ * (and the copies) to let writeback catch up.
+ */
+static void wb_account(struct gw_cbw *c, uint64_t n)
+{
+	c->wb_pending += n;
+	if (c->wb_pending >= WB_KICK && !c->q_exit) {
+		c->wb_pending = 0;
+		c->wb_kick = wb_start(c);
+		pthread_cond_signal(&c->wb_cv);
+	}
+}
+
 /*
  * Write the oldest staged copies to the aside file, then drop them from
  * memory (a reader that then misses the table finds them in the file).
@@ -429,11 +430,7 @@ static void write_out(struct gw_cbw *c)
 		stage_remove(c, b[k]);
 	atomic_fetch_sub(&c->staged, bytes);
 	c->writing = false;
-	c->wb_pending += done;
-	if (c->wb_pending >= WB_KICK) {
-		c->wb_pending = 0;
-		c->wb_kick = true;
-	}
+	wb_account(c, done);
 	if (!c->nready)
 		c->flush_now = false;
 	pthread_cond_broadcast(&c->wb_cv); /* gw_cbw_flush() waits on it too */
@@ -504,24 +501,6 @@ static bool wb_start(struct gw_cbw *c)
 }
 
 /*
- * n more bytes were copied aside: every WB_KICK bytes, the writeback
- * thread starts writing them out, so the aside file's dirty pages never
- * pile up to where the kernel throttles the guest's writes (and the
- * copies) to let writeback catch up.
- */
-static void copied_more(struct gw_cbw *c, uint64_t n)
-{
-	pthread_mutex_lock(&c->q_mu);
-	c->wb_pending += n;
-	if (c->wb_pending >= WB_KICK && !c->q_exit) {
-		c->wb_pending = 0;
-		c->wb_kick = wb_start(c);
-		pthread_cond_signal(&c->wb_cv);
-	}
-	pthread_mutex_unlock(&c->q_mu);
-}
-
-/*
  * Copy units i..j (n bytes at `at`) into memory for the writer thread to
  * write aside: 1 when done, 0 when staging is off or full (the caller
  * copies to the file itself), -errno when the read failed.
@@ -544,9 +523,10 @@ static int copy_staged(struct gw_cbw *c, uint64_t i, uint64_t j, uint64_t at, ui
 	pthread_mutex_unlock(&c->q_mu);
 	if (!ok)
 		return 0;
-	for (unsigned k = 0; k < cnt; k++)
-		v[k] = (struct iovec){ c->smem + (size_t)slots[k] * c->unit, c->unit };
-	rc = preadv_full(c->src, v, cnt, n, at);
+	for (unsigned k = 0; k < cnt; k++) /* n: whole units, the last one maybe short */
+		v[k] = (struct iovec){ c->smem + (size_t)slots[k] * c->unit,
+				       GW_MIN(c->unit, n - (uint64_t)k * c->unit) };
+	rc = preadv_full(c->src, v, cnt, at);
 	if (rc < 0)
 		return rc; /* the slots stay taken: the view breaks */
 	pthread_mutex_lock(&c->q_mu);
@@ -612,7 +592,7 @@ void gw_cbw_before_write(struct gw_cbw *c, uint64_t off, uint64_t len)
 		}
 		rc = pread_full(c->src, buf, n, at);
 		if (rc == 0)
-			rc = pwrite_full(c->aside, buf, n, at);
+			rc = pwritev_full(c->aside, &(struct iovec){ buf, n }, 1, at);
 		if (rc < 0) {
 			broke(c, "copying %llu bytes at %llu aside to %s: %s",
 			      (unsigned long long)n, (unsigned long long)at, c->aside_path,
@@ -629,8 +609,11 @@ copied:
 	}
 	free(buf);
 	unlock_all(c, m);
-	if (total)
-		copied_more(c, total);
+	if (total) {
+		pthread_mutex_lock(&c->q_mu);
+		wb_account(c, total);
+		pthread_mutex_unlock(&c->q_mu);
+	}
 }
 
 /* Read [skip, skip+n) of the iovec's bytes from fd at off. */
