@@ -651,7 +651,7 @@ static int read_aside(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt
 {
 	uint64_t pos = off, end = off + n;
 
-	/* Nothing staged: every copied unit is in the file (see gw_cbw_staged()). */
+	/* Nothing staged: every copied unit is in the file. Something staged: the table exists. */
 	if (!atomic_load(&c->staged))
 		return read_into(c->aside, iov, iovcnt, skip, n, off, flags);
 	while (pos < end) {
@@ -659,7 +659,7 @@ static int read_aside(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt
 		unsigned looked = 0;
 
 		pthread_mutex_lock(&c->q_mu);
-		while (c->smem && pos < end && looked++ < 16) {
+		while (pos < end && looked++ < 16) {
 			uint64_t u = pos / c->unit, ue = GW_MIN((u + 1) * c->unit, end);
 			uint32_t s = stage_find(c, u);
 
@@ -673,7 +673,7 @@ static int read_aside(struct gw_cbw *c, const struct iovec *iov, unsigned iovcnt
 		for (miss = pos; miss < end && looked++ < 64;) {
 			uint64_t u = miss / c->unit;
 
-			if (c->smem && stage_find(c, u) != NO_SLOT)
+			if (stage_find(c, u) != NO_SLOT)
 				break;
 			miss = GW_MIN((u + 1) * c->unit, end);
 		}
